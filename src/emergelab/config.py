@@ -1,0 +1,108 @@
+"""Frozen, self-validating dataclass configs and the `section.field=value` override syntax.
+
+Every config in emergelab is a frozen dataclass whose ``__post_init__`` validates it, so a bad value
+fails at construction with a :class:`ConfigError` naming the field and what is allowed, before any
+work starts. Unknown keys are errors (no silent fall-back to defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, TypeVar, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad config value or key. Its message is one line naming the field and what is allowed."""
+
+
+def require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    """Raise ``ConfigError("field=value: allowed")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{field}={value!r}: {allowed}")
+
+
+def require_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> None:
+    """Check ``value`` is an int (not a bool) within ``[minimum, maximum]``."""
+    lo = "-inf" if minimum is None else str(minimum)
+    hi = "inf" if maximum is None else str(maximum)
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    require(ok, field, value, f"must be an integer in [{lo}, {hi}]")
+
+
+def require_float(field: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                  open_min: bool = False) -> None:
+    """Check ``value`` is a real number within the bounds (``open_min`` excludes ``minimum``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and minimum is not None:
+        ok = value > minimum if open_min else value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    lo = "(" if open_min else "["
+    require(ok, field, value, f"must be a number in {lo}{minimum if minimum is not None else '-inf'}, "
+                              f"{maximum if maximum is not None else 'inf'}]")
+
+
+def require_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    require(value in choices, field, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def build(cls: type[T], values: Mapping[str, Any], section: str) -> T:
+    """Construct dataclass ``cls`` from ``values``; unknown keys raise a ConfigError naming them.
+
+    Ints given where a float is declared are converted (``lr=1`` means ``1.0``).
+    """
+    known = field_names(cls)
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown field {section}.{key}: allowed fields are {', '.join(known)}")
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict (YAML-safe) of a dataclass config, recursing into nested configs."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``section.field=value`` (value parsed as YAML) into ``(section, field, value)``.
+
+    >>> parse_override("task.sparsity=3")
+    ('task', 'sparsity', 3)
+    """
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. task.sparsity=3")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {text!r}: the key must be section.field with section one of task, model, train")
+    section, name = parts
+    if section not in ("task", "model", "train"):
+        raise ConfigError(f"--set {text!r}: unknown section {section!r}; allowed sections are task, model, train")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: the value {raw!r} does not parse") from None
+    return section, name, value

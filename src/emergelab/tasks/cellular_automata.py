@@ -1,0 +1,132 @@
+"""Task 2: cellular automata with in-context rule inference.
+
+A state is S cells over an alphabet of k values. A lookup table maps each window of W neighbouring cells
+to the next value of the centre cell. Each sequence draws its rule (from a fresh table per sequence, or
+from a pool of ``rules`` tables drawn once per run), so the model must infer the rule in context from the
+earlier states. A trajectory of T states is flattened into ``L = S*T`` tokens.
+
+The window of cell i covers cells ``i + o`` for ``o`` in ``offsets(W) = -(W//2) .. W-1-W//2`` (for W=3:
+i-1, i, i+1). The boundary is not published; ``periodic`` wraps around, ``zero`` reads cells outside the
+state as symbol 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..config import require, require_choice, require_int
+from .base import Batch
+
+BOUNDARIES = ("periodic", "zero")
+
+
+@dataclass(frozen=True)
+class CellularAutomataConfig:
+    """state_size: S cells. trajectory_length: T states. alphabet: k. window: W.
+    rules: size of the rule pool (None or 0: a fresh random table per sequence). boundary: periodic|zero.
+    """
+
+    name: ClassVar[str] = "cellular-automata"
+    state_size: int = 16
+    trajectory_length: int = 16
+    alphabet: int = 4
+    window: int = 3
+    rules: int | None = None
+    boundary: str = "periodic"
+
+    def __post_init__(self) -> None:
+        require_int("task.state_size", self.state_size, 1, 65536)
+        require_int("task.trajectory_length", self.trajectory_length, 2, 65536)
+        require_int("task.alphabet", self.alphabet, 2, 1024)
+        require_int("task.window", self.window, 1, self.state_size)
+        require(self.alphabet ** self.window <= 2 ** 24, "task.window", self.window,
+                "task.alphabet ** task.window must be at most 2**24 table entries")
+        if self.rules is not None:
+            require_int("task.rules", self.rules, 0, 2 ** 31 - 1)
+        require_choice("task.boundary", self.boundary, BOUNDARIES)
+
+    def build(self, generator: torch.Generator) -> "CellularAutomataTask":
+        pool = None
+        if self.rules:
+            pool = torch.randint(0, self.alphabet, (self.rules, self.alphabet ** self.window),
+                                 generator=generator, device=generator.device)
+        return CellularAutomataTask(self, pool, generator.device)
+
+
+def window_offsets(window: int) -> list[int]:
+    """Offsets of a cell's window relative to the cell: W=3 -> [-1, 0, 1]."""
+    return list(range(-(window // 2), window - window // 2))
+
+
+class CellularAutomataTask:
+    """The cellular-automaton task; ``pool`` is ``[rules, k**W]`` int64 or None (fresh per sequence)."""
+
+    output_name = "state"
+
+    def __init__(self, config: CellularAutomataConfig, pool: torch.Tensor | None,
+                 device: torch.device | str = "cpu"):
+        self.config = config
+        self.pool = pool
+        S, T = config.state_size, config.trajectory_length
+        self.state_size, self.trajectory_length = S, T
+        self.vocab_size = config.alphabet
+        self.seq_len = S * T
+        self.n_outputs = T
+        self._build_masks(torch.device(device))
+
+    def _build_masks(self, device: torch.device) -> None:
+        S, T, P = self.state_size, self.trajectory_length, self.seq_len - 1
+        positions = torch.arange(P, device=device)
+        self.loss_mask = torch.ones(P, dtype=torch.bool, device=device)
+        self.output_index = (positions + 1) // S  # the state that token p+1 belongs to
+        # Query p predicts cell i of state t+1 (p + 1 = (t+1) S + i) and should read state t's window.
+        queries = positions[S - 1:]
+        target = queries + 1
+        t, i = target // S - 1, target % S
+        mask = torch.zeros(P, P, dtype=torch.bool, device=device)
+        for offset in window_offsets(self.config.window):  # W is small: a loop over offsets, not cells
+            cell = i + offset
+            inside = (cell >= 0) & (cell < S)
+            if self.config.boundary == "periodic":
+                cell, inside = cell % S, torch.ones_like(inside)
+            keys = t * S + cell.clamp(0, S - 1)
+            mask[queries[inside], keys[inside]] = True
+        self.attention_mask = mask
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        """``n`` trajectories ``[n, S*T]``, each from its own rule table (``Batch.rules``: ``[n, k**W]``)."""
+        c, device = self.config, generator.device
+        S, k, W = c.state_size, c.alphabet, c.window
+        if self.pool is None:
+            rule_ids = None
+            rules = torch.randint(0, k, (n, k ** W), generator=generator, device=device)
+        else:
+            rule_ids = torch.randint(0, self.pool.shape[0], (n,), generator=generator, device=device)
+            rules = self.pool.to(device)[rule_ids]
+        state = torch.randint(0, k, (n, S), generator=generator, device=device)
+        cells = torch.arange(S, device=device)
+        neighbours = []  # per offset: [S] index of the neighbour cell, and [S] whether it is inside
+        for offset in window_offsets(W):
+            idx = cells + offset
+            inside = (idx >= 0) & (idx < S) if c.boundary == "zero" else torch.ones_like(idx, dtype=torch.bool)
+            neighbours.append((idx % S, inside))
+        states = [state]
+        for _ in range(c.trajectory_length - 1):  # time is sequential; cells and samples are vectorised
+            code = torch.zeros_like(state)
+            for idx, inside in neighbours:
+                code = code * k + torch.where(inside, state[:, idx], 0)
+            state = rules.gather(1, code)
+            states.append(state)
+        return Batch(tokens=torch.cat(states, dim=1), rules=rules, rule_ids=rule_ids)
+
+    def optimal_loss(self) -> float | None:
+        """Closed form only for a single fixed rule (rules=1): later states are then determined,
+        so the loss is ``(S-1)/(S*T-1) * ln k``. For rule inference in context there is none."""
+        if self.config.rules == 1:
+            S, T = self.state_size, self.trajectory_length
+            return (S - 1) / (S * T - 1) * math.log(self.config.alphabet)
+        return None
