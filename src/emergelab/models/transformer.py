@@ -70,7 +70,8 @@ class TransformerConfig:
         hd = self.heads * self.head_dim
         attn = d * 3 * hd + 3 * hd + hd * d + d
         mlp = (d * m + m + m * d + d) if m else 0
-        return V * d + T * d + L * (attn + mlp + 4 * d) + 2 * d + d * V + V
+        norms = 4 * d if m else 2 * d  # ln1, and ln2 only when there is an MLP
+        return V * d + T * d + L * (attn + mlp + norms) + 2 * d + d * V + V
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token (2 per multiply-add) at full context, attention included."""
@@ -176,14 +177,14 @@ class Block(nn.Module):
         super().__init__()
         self.ln1 = LayerNorm(n_models, config.width)
         self.attn = Attention(n_models, config)
-        self.mlp = None
-        if config.mlp_width:
-            self.ln2 = LayerNorm(n_models, config.width)
-            self.mlp = MLP(n_models, config)
         self.hook_resid_pre = HookPoint()  # [E, B, T, d]
         self.hook_attn_out = HookPoint()  # [E, B, T, d]
         self.hook_resid_mid = HookPoint()  # [E, B, T, d]
-        self.hook_mlp_out = HookPoint()  # [E, B, T, d]
+        self.mlp = None
+        if config.mlp_width:  # attention-only models declare no MLP hooks: every declared hook fires
+            self.ln2 = LayerNorm(n_models, config.width)
+            self.mlp = MLP(n_models, config)
+            self.hook_mlp_out = HookPoint()  # [E, B, T, d]
         self.hook_resid_post = HookPoint()  # [E, B, T, d]
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -272,7 +273,7 @@ class Transformer(HookedModule):
 
     def member(self, index: int) -> "Transformer":
         """A new single model holding a copy of member ``index`` (the ensemble is untouched)."""
-        single = Transformer(self.config, n_models=1, seeds=[0]).to(self.W_E.device)
+        single = Transformer(self.config, n_models=1, seeds=[0]).to(self.W_E.device, self.W_E.dtype)
         single.load_state_dict({k: v[index:index + 1].clone() for k, v in self.state_dict().items()})
         return single
 
@@ -284,7 +285,8 @@ class Transformer(HookedModule):
     def from_member_state_dicts(cls, config: TransformerConfig,
                                 states: list[dict[str, torch.Tensor]]) -> "Transformer":
         """Stack single-model state dicts (as saved by :meth:`member_state_dict`) into one ensemble."""
-        model = cls(config, n_models=len(states), seeds=[0] * len(states))
         stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+        model = cls(config, n_models=len(states), seeds=[0] * len(states))
+        model = model.to(stacked["W_E"].device, stacked["W_E"].dtype)  # load keeps the params' dtype
         model.load_state_dict(stacked)
-        return model.to(stacked["W_E"].device)
+        return model

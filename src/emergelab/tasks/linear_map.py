@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from ..config import require_int
+from ..config import require, require_int
 from .base import Batch
 
 
@@ -26,7 +26,8 @@ class LinearMapConfig:
 
     def __post_init__(self) -> None:
         require_int("task.state_size", self.state_size, 1, 4096)
-        require_int("task.sparsity", self.sparsity, 1, self.state_size)
+        require(isinstance(self.sparsity, int) and 1 <= self.sparsity <= self.state_size, "task.sparsity",
+                self.sparsity, f"must be an integer in [1, task.state_size={self.state_size}]")
 
     def build(self, generator: torch.Generator) -> "LinearMapTask":
         return LinearMapTask(self, draw_sparse_matrix(self.state_size, self.sparsity, generator))

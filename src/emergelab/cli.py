@@ -1,0 +1,157 @@
+"""The ``emergelab`` command. Thin: parses arguments, calls the library, prints.
+
+Every bad input exits with code 2 and one line naming the field and what is allowed, before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, field_names, parse_override
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="emergelab", description="Train many seeds on tasks with known attention and "
+                                                   "watch capabilities emerge.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train N seeds of a task, write the run directory and its figures")
+    run.add_argument("task", help="task name (see `emergelab list`)")
+    run.add_argument("--preset", help="start from a named preset (see `emergelab list`)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set task.sparsity=3 (repeatable)")
+    run.add_argument("--seeds", type=int, help="number of seeds (train.seeds)")
+    run.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
+    run.add_argument("--device", help="cpu | cuda | cuda:N (train.device)")
+    run.add_argument("--strategy", help="auto | ensemble | workers (train.strategy)")
+    run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
+    run.add_argument("--no-figures", action="store_true", help="skip drawing figures")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    report = sub.add_parser("report", help="redraw the figures of a run directory")
+    report.add_argument("run_dir", type=Path)
+
+    sub.add_parser("list", help="list tasks and their fields, models and presets")
+    return parser
+
+
+def experiment_from_args(args: argparse.Namespace) -> Any:
+    """The ExperimentConfig that ``emergelab run`` arguments describe (validated, nothing run)."""
+    from .presets import preset_dict
+    from .tasks import TASKS
+    from .train import ExperimentConfig
+
+    if args.task not in TASKS:
+        raise ConfigError(f"unknown task {args.task!r}: allowed tasks are {', '.join(TASKS)}")
+    data: dict[str, dict[str, Any]] = {"task": {"name": args.task}, "model": {}, "train": {}}
+    if args.preset:
+        preset = preset_dict(args.preset)
+        if preset["task"]["name"] != args.task:
+            raise ConfigError(f"--preset {args.preset} is for task {preset['task']['name']}, not {args.task}")
+        for section in data:
+            data[section].update(preset.get(section, {}))
+    for text in args.overrides:
+        section, name, value = parse_override(text)
+        if section == "task" and name == "name":
+            raise ConfigError("--set task.name: choose the task with the positional TASK argument")
+        data[section][name] = value
+    for flag, name in (("seeds", "seeds"), ("steps", "steps"), ("device", "device"), ("strategy", "strategy")):
+        if getattr(args, flag) is not None:
+            data["train"][name] = getattr(args, flag)
+    return ExperimentConfig.from_dict(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = experiment_from_args(args)
+    if config.train.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={config.train.device!r}: CUDA is not available here; use cpu")
+    from .train import train
+
+    out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
+    print(f"run directory: {out}")
+    run = train(config, out, progress=not args.quiet, figures=not args.no_figures)
+    print_summary(run)
+    return 0
+
+
+def print_summary(run: Any) -> None:
+    summary = run.summary()
+    optimum = summary.get("optimal_loss")
+    opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
+    print(f"\n{summary['task']}: {summary['steps']} steps; optimal loss {opt_text}")
+    print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  steps at which each output was learned")
+    for seed, info in summary["seeds"].items():
+        gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
+        learned = " ".join("-" if s is None else str(s) for s in info["learned_step"].values())
+        print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {learned}")
+    figures = sorted(run.figures_dir.glob("*.png")) if run.figures_dir.exists() else []
+    if figures:
+        print("figures: " + ", ".join(str(f) for f in figures))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_figures
+    from .store import RunDir
+
+    run = RunDir(args.run_dir)
+    if not run.config_path.exists():
+        raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)")
+    if not run.metrics_path.exists():
+        raise ConfigError(f"{args.run_dir}: the run has no metrics.parquet yet; finish it with `emergelab run`")
+    for path in make_figures(run):
+        print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .models import MODELS
+    from .presets import PRESETS
+    from .tasks import TASKS
+    from .train import TrainConfig
+
+    def fields(cls: type) -> str:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        return ", ".join(f"{name}={defaults[name]!r}" for name in field_names(cls))
+
+    print("tasks:")
+    for name, cls in TASKS.items():
+        print(f"  {name}\n    task.* fields: {fields(cls)}")
+    print("models:")
+    for name, cls in MODELS.items():
+        print(f"  {name}\n    model.* fields: {fields(cls)}")
+    print(f"training:\n    train.* fields: {fields(TrainConfig)}")
+    print("presets:")
+    for name, preset in PRESETS.items():
+        print(f"  {name} ({preset['task']['name']}): {preset['description']}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        print(f"emergelab: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

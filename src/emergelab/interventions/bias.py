@@ -1,0 +1,59 @@
+"""Attention bias toward the ground truth, ``scores += beta * M``, as a training option.
+
+M is the task's ground-truth (query, key) mask. The bias enters through the model's ``attn_bias`` input,
+so no model surgery is needed, and it is applied to the chosen layers and heads only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ..config import ConfigError
+
+
+def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
+                      which_layers: Sequence[int] | str = "all",
+                      which_heads: Sequence[int] | str = "all") -> torch.Tensor:
+    """``[E, layers, heads, P, P]`` bias: ``beta`` on ground-truth keys of the chosen heads, else 0.
+
+    masks: ``[E, P, P]`` bool ground-truth attention of each member (``[P, P]`` is taken as E = 1).
+
+    Example::
+
+        bias = ground_truth_bias(task.attention_mask, layers=1, heads=4, beta=2.0, which_heads=[0])
+        logits = model(tokens[None, :, :-1], attn_bias=bias)
+    """
+    if masks.dim() == 2:
+        masks = masks.unsqueeze(0)
+    selected = torch.zeros(layers, heads, device=masks.device)
+    layer_ids = range(layers) if which_layers == "all" else list(which_layers)
+    head_ids = range(heads) if which_heads == "all" else list(which_heads)
+    for name, ids, limit in (("train.bias_layers", layer_ids, layers), ("train.bias_heads", head_ids, heads)):
+        bad = [i for i in ids if not 0 <= i < limit]
+        if bad:
+            raise ConfigError(f"{name}={list(ids)}: indices must be in [0, {limit - 1}]")
+    selected[torch.tensor(list(layer_ids), dtype=torch.long)[:, None],
+             torch.tensor(list(head_ids), dtype=torch.long)[None, :]] = 1.0
+    return beta * selected[None, :, :, None, None] * masks.float()[:, None, None]
+
+
+def bias_schedule(config, tasks: list) -> Callable[[int], torch.Tensor | None] | None:
+    """The bias to use at each optimizer step of a run (None when the intervention is off)."""
+    train, model = config.train, config.model
+    if train.bias_beta == 0.0:
+        return None
+    masks = torch.stack([task.attention_mask for task in tasks])
+    full = ground_truth_bias(masks, model.layers, model.heads, train.bias_beta, train.bias_layers,
+                             train.bias_heads)
+    until = train.bias_steps
+
+    def at(step: int) -> torch.Tensor | None:
+        if until and step >= until:
+            return None
+        if train.bias_schedule == "linear" and until:
+            return full * (1.0 - step / until)
+        return full
+
+    return at

@@ -1,0 +1,492 @@
+"""Attention-head patching and ablation for any model that exposes our hook names.
+
+A model here is anything with ``model.hooks(fwd_hooks)`` (a scope that removes its hooks), ``model(inputs)
+-> logits [n, T, V]`` and hook points ``blocks.{l}.attn.hook_pattern`` / ``blocks.{l}.attn.hook_attn_scores``
+of shape ``[batch, head, query, key]`` (one model, not an ensemble). Nothing else of the model is touched,
+so a Hugging Face model wrapped with the same hook names works unchanged. See README.md in this folder for
+the semantics (what is patched, pattern vs scores, ablation kinds).
+
+Layout: every function takes a *task batch* ``tokens [n, L]``; the model reads ``tokens[:, :-1]`` and
+position ``p`` predicts ``tokens[:, p + 1]`` (``P = L - 1`` positions), as everywhere in emergelab.
+
+Structure (TransformerLens ``patching.py`` style): one generic runner, :func:`run_with_head_edits`, takes
+``(PatchTarget, setter)`` pairs; a *setter* maps the head's current activation ``[n, Tq, Tk]`` to its new
+value. :func:`patch_heads` and :func:`ablate_heads` are that runner with the setters below; the tables
+and the greedy search are loops over it.
+
+Example::
+
+    import torch
+    from emergelab.models import Transformer, TransformerConfig
+    from emergelab.interventions import patching_table, greedy_heads
+    cfg = TransformerConfig(layers=2, heads=4, head_dim=8, vocab_size=2, context_length=15)
+    early, late = Transformer(cfg, seeds=[0]), Transformer(cfg, seeds=[1])
+    tokens = torch.randint(0, 2, (64, 16))
+    table = patching_table(early, late, tokens)            # table.prob_gain: [2, 4]
+    greedy = greedy_heads(early, late, tokens, fraction=0.9)
+    greedy.heads, greedy.recovered                         # [(layer, head), ...], [float, ...]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
+KINDS = ("zero", "mean", "uniform")
+
+Setter = Callable[[torch.Tensor], torch.Tensor]  # head activation [n, Tq, Tk] -> new value (broadcastable)
+Head = tuple[int, int]  # (layer, head)
+
+
+def hook_name(layer: int, what: str = "pattern") -> str:
+    """``blocks.{layer}.attn.hook_pattern`` (what="pattern") or ``...hook_attn_scores`` (what="scores")."""
+    _check_what(what)
+    return f"blocks.{layer}.attn.{WHAT[what]}"
+
+
+def _check_what(what: str) -> None:
+    if what not in WHAT:
+        raise ValueError(f"what={what!r}: must be one of {', '.join(WHAT)}")
+
+
+def _is_attention_hook(what: str) -> Callable[[str], bool]:
+    pattern = re.compile(rf"blocks\.\d+\.attn\.{WHAT[what]}")
+    return lambda name: pattern.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class PatchTarget:
+    """One head's attention activation: ``what`` is "pattern" (``hook_pattern``, post-softmax) or "scores"
+    (``hook_attn_scores``, pre-softmax with -inf above the diagonal)."""
+
+    layer: int
+    head: int
+    what: str = "pattern"
+
+    def __post_init__(self) -> None:
+        _check_what(self.what)
+        if self.layer < 0 or self.head < 0:
+            raise ValueError(f"PatchTarget(layer={self.layer}, head={self.head}): must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return hook_name(self.layer, self.what)
+
+
+# ----------------------------------------------------------------------------------------- plumbing
+
+def model_device(model: Any) -> torch.device | None:
+    """The device of the model's first parameter (None for a parameter-free callable)."""
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return None
+
+
+def _inputs(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be a task batch [n, L], got shape {tuple(tokens.shape)}")
+    if getattr(model, "n_models", 1) != 1:
+        raise ValueError("patching needs a single model; take one with model.member(e)")
+    device = model_device(model)
+    inputs = tokens[:, :-1]
+    return inputs if device is None else inputs.to(device)
+
+
+def _causal(n_query: int, n_key: int, device: torch.device) -> torch.Tensor:
+    """``[Tq, Tk]`` bool, True where key ``j`` is visible to query ``q`` (queries are the last Tq keys)."""
+    return torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(n_key - n_query)
+
+
+def run_with_head_edits(model: Any, tokens: torch.Tensor, edits: Sequence[tuple[PatchTarget, Setter]] = (),
+                        *, what: str | None = None, fwd_hooks: Sequence[tuple[Any, Any]] = ()) -> torch.Tensor:
+    """Run ``model`` on ``tokens [n, L]`` with each target head's activation replaced by its setter's value.
+
+    Returns logits ``[n, L-1, V]``. A setter gets the head's current activation ``[n, Tq, Tk]`` (after any
+    edits of earlier layers) and returns the new one (broadcastable to it). Every layer's hook of each
+    ``what`` in use (``edits``' and the ``what`` argument; "pattern" when neither) gets a hook, edited or
+    not, so all runs of this function take the same numerical path (our Transformer materialises attention
+    only where hooked) and an edit that changes nothing gives bit-equal logits. ``fwd_hooks`` are added
+    after the edits, so they observe edited activations. Hooks live only inside this call.
+    """
+    whats = {target.what for target, _ in edits} | ({what} if what else set())
+    for w in whats:
+        _check_what(w)
+    by_name: dict[str, list[tuple[int, Setter]]] = {}
+    for target, setter in edits:
+        by_name.setdefault(target.name, []).append((target.head, setter))
+
+    hit: set[str] = set()
+
+    def edit(activation: torch.Tensor, hook: Any) -> torch.Tensor | None:
+        todo = by_name.get(hook.name)
+        if not todo:
+            return None
+        hit.add(hook.name)
+        new = activation.clone()
+        for head, setter in todo:
+            new[:, head] = setter(activation[:, head]).to(new)
+        return new
+
+    hooks = [(_is_attention_hook(w), edit) for w in sorted(whats or {"pattern"})]
+    with model.hooks([*hooks, *fwd_hooks]):
+        logits = model(_inputs(model, tokens))
+    if set(by_name) - hit:
+        raise KeyError(f"no hook point fired for {sorted(set(by_name) - hit)}; see model.hook_dict")
+    return logits
+
+
+# --------------------------------------------------------------------------------- per-target setters
+
+def source_setter(source: torch.Tensor, head: int) -> Setter:
+    """Write ``source[:, head]`` (``source`` ``[n or 1, H, Tq, Tk]``, e.g. another model's cache entry)."""
+    return lambda activation: source[:, head]
+
+
+def zero_setter(what: str) -> Setter:
+    """Pattern: all zeros (the head writes nothing but its bias). Scores: 0 on the causal part, -inf above
+    the diagonal, i.e. a uniform causal pattern after the softmax."""
+    if what == "pattern":
+        return torch.zeros_like
+
+    def zero_scores(activation: torch.Tensor) -> torch.Tensor:
+        visible = _causal(activation.shape[-2], activation.shape[-1], activation.device)
+        return torch.zeros_like(activation).masked_fill(~visible, float("-inf"))
+
+    return zero_scores
+
+
+def mean_setter(mean: torch.Tensor | None = None) -> Setter:
+    """The batch mean: of ``mean`` (``[n', Tq, Tk]`` or ``[Tq, Tk]``) when given, else of the run itself."""
+    if mean is not None:
+        fixed = mean if mean.dim() == 2 else mean.mean(dim=0)
+        return lambda activation: fixed.expand_as(activation)
+    return lambda activation: activation.mean(dim=0, keepdim=True).expand_as(activation)
+
+
+def uniform_setter(what: str) -> Setter:
+    """Pattern: ``1/(q+1)`` on keys ``<= q``, 0 above. Scores: the scores that give that pattern (zeros)."""
+    if what == "scores":
+        return zero_setter("scores")
+
+    def uniform(activation: torch.Tensor) -> torch.Tensor:
+        visible = _causal(activation.shape[-2], activation.shape[-1], activation.device).to(activation.dtype)
+        return (visible / visible.sum(dim=-1, keepdim=True)).expand_as(activation)
+
+    return uniform
+
+
+# ------------------------------------------------------------------------------------ public runners
+
+def cache_attention(model: Any, tokens: torch.Tensor, what: str = "pattern",
+                    layers: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
+    """``{hook_name(l, what): [n, H, L-1, L-1]}`` for ``layers`` (None: all), detached.
+
+    Every layer is hooked during the run (only the wanted ones are kept), the same numerical path that
+    :func:`run_with_head_edits` takes, so patching a cache back into its own model changes nothing.
+    """
+    _check_what(what)
+    keep = None if layers is None else {hook_name(layer, what) for layer in layers}
+    _, cache = model.run_with_cache(_inputs(model, tokens), names_filter=_is_attention_hook(what))
+    return {name: act for name, act in cache.items() if keep is None or name in keep}
+
+
+def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.Tensor],
+                heads: Sequence[Head], what: str = "pattern", **kwargs: Any) -> torch.Tensor:
+    """Logits ``[n, L-1, V]`` of ``model`` on ``tokens [n, L]`` with, for each ``(layer, head)``, the activation
+    ``blocks.{layer}.attn.hook_{what}[:, head]`` replaced by ``source_cache[...][:, head]`` (a
+    :func:`cache_attention` of another model on the same tokens). ``kwargs`` go to :func:`run_with_head_edits`.
+    """
+    edits = [(t, source_setter(source_cache[t.name], t.head)) for t in _targets(heads, what)]
+    return run_with_head_edits(model, tokens, edits, what=what, **kwargs)
+
+
+def ablate_heads(model: Any, tokens: torch.Tensor, heads: Sequence[Head], kind: str = "zero",
+                 what: str = "pattern", mean_cache: dict[str, torch.Tensor] | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+    """Logits ``[n, L-1, V]`` with each listed head's ``hook_{what}`` ablated.
+
+    kind "zero": pattern 0 (what="scores": scores 0 -> uniform attention); "mean": the batch mean of that
+    head's activation, from ``mean_cache[name]`` (``[n', H, Tq, Tk]``) when given, else from this run;
+    "uniform": the causal uniform pattern ``1/(q+1)`` (what="scores": same as "zero").
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
+    edits = []
+    for t in _targets(heads, what):
+        if kind == "zero":
+            setter = zero_setter(what)
+        elif kind == "uniform":
+            setter = uniform_setter(what)
+        else:
+            setter = mean_setter(None if mean_cache is None else mean_cache[t.name][:, t.head])
+        edits.append((t, setter))
+    return run_with_head_edits(model, tokens, edits, what=what, **kwargs)
+
+
+def _targets(heads: Sequence[Head], what: str) -> list[PatchTarget]:
+    return [PatchTarget(int(layer), int(head), what) for layer, head in heads]
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+def target_metrics(logits: torch.Tensor, tokens: torch.Tensor, output_index: torch.Tensor | None = None,
+                   loss_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Correct-token probability and loss of ``logits [n, P, V]`` against ``tokens [n, P+1]``.
+
+    Returns ``prob`` and ``loss`` ``[P]`` (means over the batch), ``mean_prob`` and ``mean_loss`` (scalars,
+    means over the positions in ``loss_mask``, all when None) and, with ``output_index [P]``,
+    ``prob_per_output`` and ``loss_per_output`` ``[n_outputs]`` (means over the positions predicting each
+    output that are also in ``loss_mask``; NaN for an output with no such position).
+    """
+    targets = tokens[:, 1:].to(logits.device)
+    if logits.shape[:2] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}: "
+                         "expected logits [n, L-1, V] for tokens [n, L]")
+    logp = logits.float().log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [n, P]
+    return _summarise(logp.exp().mean(dim=0), -logp.mean(dim=0), output_index, loss_mask)
+
+
+def _summarise(prob: torch.Tensor, loss: torch.Tensor, output_index: torch.Tensor | None,
+               loss_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    mask = torch.ones_like(prob, dtype=torch.bool) if loss_mask is None else loss_mask.to(prob.device).bool()
+    out = {"prob": prob, "loss": loss, "mean_prob": prob[mask].mean(), "mean_loss": loss[mask].mean()}
+    if output_index is not None:
+        index = output_index.to(prob.device)
+        n_outputs = int(index.max()) + 1
+        onehot = F.one_hot(index.clamp(min=0), n_outputs).float() * ((index >= 0) & mask)[:, None]  # [P, O]
+        count = onehot.sum(dim=0)
+        out["prob_per_output"] = (prob @ onehot) / count
+        out["loss_per_output"] = (loss @ onehot) / count
+    return out
+
+
+def _metrics(run: Callable[[slice], torch.Tensor], tokens: torch.Tensor, batch_size: int | None,
+             output_index: torch.Tensor | None, loss_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Metrics of ``run(rows) -> logits`` over ``tokens`` taken ``batch_size`` rows at a time."""
+    n = tokens.shape[0]
+    step = n if batch_size is None else batch_size
+    prob_sum = loss_sum = 0.0
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        m = target_metrics(run(rows), tokens[rows])
+        prob_sum = prob_sum + m["prob"] * (rows.stop - rows.start)
+        loss_sum = loss_sum + m["loss"] * (rows.stop - rows.start)
+    return {k: v.detach().cpu() for k, v in _summarise(prob_sum / n, loss_sum / n, output_index, loss_mask).items()}
+
+
+def _chunk(cache: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    return {name: act[rows] if act.shape[0] > 1 else act for name, act in cache.items()}
+
+
+def _cache_chunked(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
+    step = tokens.shape[0] if batch_size is None else batch_size
+    parts = [cache_attention(model, tokens[i:i + step], what) for i in range(0, tokens.shape[0], step)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def _shape(cache: dict[str, torch.Tensor], what: str) -> tuple[int, int]:
+    layers = sorted(int(name.split(".")[1]) for name in cache)
+    if layers != list(range(len(layers))):
+        raise ValueError(f"expected {hook_name(0, what)} ... for consecutive layers, found {sorted(cache)}")
+    return len(layers), cache[hook_name(0, what)].shape[1]
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+@dataclass
+class PatchingResult:
+    """Per-head effect of patching late -> early. ``prob_gain [layers, heads]``: patched minus early mean
+    correct-token probability; ``loss_drop``: early minus patched mean loss; ``*_per_output [layers, heads,
+    n_outputs]`` when an ``output_index`` was given. ``early``/``late``: :func:`target_metrics` dicts."""
+
+    what: str
+    prob_gain: torch.Tensor
+    loss_drop: torch.Tensor
+    early: dict[str, torch.Tensor]
+    late: dict[str, torch.Tensor]
+    prob_gain_per_output: torch.Tensor | None = None
+    loss_drop_per_output: torch.Tensor | None = None
+
+    def ranking(self) -> list[Head]:
+        """Heads ordered by ``prob_gain``, largest first."""
+        order = self.prob_gain.flatten().argsort(descending=True, stable=True).tolist()
+        heads = self.prob_gain.shape[1]
+        return [(i // heads, i % heads) for i in order]
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One row per (layer, head, output); ``output = -1`` is the overall mean (Parquet-ready)."""
+        return _rows(self.what, {"prob_gain": (self.prob_gain, self.prob_gain_per_output),
+                                 "loss_drop": (self.loss_drop, self.loss_drop_per_output)})
+
+
+@dataclass
+class AblationResult:
+    """Per-head effect of ablating one head. ``prob_drop [layers, heads]``: clean minus ablated mean
+    correct-token probability; ``loss_increase``: ablated minus clean mean loss; per-output ``[L, H, O]``."""
+
+    kind: str
+    what: str
+    prob_drop: torch.Tensor
+    loss_increase: torch.Tensor
+    clean: dict[str, torch.Tensor]
+    prob_drop_per_output: torch.Tensor | None = None
+    loss_increase_per_output: torch.Tensor | None = None
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        rows = _rows(self.what, {"prob_drop": (self.prob_drop, self.prob_drop_per_output),
+                                 "loss_increase": (self.loss_increase, self.loss_increase_per_output)})
+        return [{"kind": self.kind, **row} for row in rows]
+
+
+def _rows(what: str, columns: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> list[dict[str, Any]]:
+    first, per_output = next(iter(columns.values()))
+    n_layers, n_heads = first.shape
+    n_outputs = 0 if per_output is None else per_output.shape[-1]
+    rows = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            for output in range(-1, n_outputs):
+                row: dict[str, Any] = {"what": what, "layer": layer, "head": head, "output": output}
+                for key, (overall, by_output) in columns.items():
+                    value = overall[layer, head] if output < 0 else by_output[layer, head, output]
+                    row[key] = float(value)
+                rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, what: str = "pattern",
+                   output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                   batch_size: int | None = None) -> PatchingResult:
+    """Patch each single head's ``hook_{what}`` from ``late_model`` into ``early_model`` on ``tokens [n, L]``.
+
+    ``layers * heads`` forward passes of the early model (plus one baseline each), ``batch_size`` rows at a
+    time (None: all). Results are on the CPU. Example::
+
+        table = patching_table(early, late, task_batch.tokens, output_index=task.output_index)
+        table.prob_gain            # [layers, heads]
+        table.ranking()[0]         # (layer, head) whose late attention helps most
+    """
+    _check_what(what)
+    source = _cache_chunked(late_model, tokens, what, batch_size)
+    n_layers, n_heads = _shape(source, what)
+
+    def evaluate(model: Any, heads: Sequence[Head]) -> dict[str, torch.Tensor]:
+        return _metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
+                        tokens, batch_size, output_index, loss_mask)
+
+    early, late = evaluate(early_model, []), evaluate(late_model, [])
+    cells = [[evaluate(early_model, [(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
+
+    def grid(key: str) -> torch.Tensor:
+        return torch.stack([torch.stack([cell[key] for cell in row]) for row in cells])
+
+    per_output = output_index is not None
+    return PatchingResult(
+        what=what, prob_gain=grid("mean_prob") - early["mean_prob"], loss_drop=early["mean_loss"] - grid("mean_loss"),
+        early=early, late=late,
+        prob_gain_per_output=grid("prob_per_output") - early["prob_per_output"] if per_output else None,
+        loss_drop_per_output=early["loss_per_output"] - grid("loss_per_output") if per_output else None)
+
+
+@torch.no_grad()
+def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what: str = "pattern",
+                   output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                   mean_cache: dict[str, torch.Tensor] | None = None,
+                   batch_size: int | None = None) -> AblationResult:
+    """Ablate each single head (``kind`` as in :func:`ablate_heads`) and record the damage.
+
+    For kind="mean" without ``mean_cache`` the mean is over the whole ``tokens`` batch of the clean run
+    (for a single ablated head that equals the ablated run's own mean). Example::
+
+        result = ablation_table(late, tokens, kind="mean")
+        result.prob_drop           # [layers, heads], large for heads the model relies on
+    """
+    clean_cache = _cache_chunked(model, tokens, what, batch_size)
+    n_layers, n_heads = _shape(clean_cache, what)
+    if kind == "mean" and mean_cache is None:
+        mean_cache = {name: act.mean(dim=0, keepdim=True) for name, act in clean_cache.items()}
+    del clean_cache
+
+    def evaluate(heads: Sequence[Head]) -> dict[str, torch.Tensor]:
+        return _metrics(lambda rows: ablate_heads(model, tokens[rows], heads, kind, what, mean_cache),
+                        tokens, batch_size, output_index, loss_mask)
+
+    clean = evaluate([])
+    cells = [[evaluate([(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
+
+    def grid(key: str) -> torch.Tensor:
+        return torch.stack([torch.stack([cell[key] for cell in row]) for row in cells])
+
+    per_output = output_index is not None
+    return AblationResult(
+        kind=kind, what=what, prob_drop=clean["mean_prob"] - grid("mean_prob"),
+        loss_increase=grid("mean_loss") - clean["mean_loss"], clean=clean,
+        prob_drop_per_output=clean["prob_per_output"] - grid("prob_per_output") if per_output else None,
+        loss_increase_per_output=grid("loss_per_output") - clean["loss_per_output"] if per_output else None)
+
+
+@dataclass
+class GreedyResult:
+    """``heads``: chosen (layer, head) in order; ``prob[i]`` / ``recovered[i]``: the early model's mean
+    correct-token probability and the fraction ``(prob - early) / (late - early)`` with ``heads[:i+1]``
+    patched; ``reached``: whether ``recovered`` got to ``fraction``."""
+
+    what: str
+    fraction: float
+    early_prob: float
+    late_prob: float
+    heads: list[Head] = field(default_factory=list)
+    prob: list[float] = field(default_factory=list)
+    recovered: list[float] = field(default_factory=list)
+    reached: bool = False
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        return [{"what": self.what, "step": i, "layer": layer, "head": head, "prob": p, "recovered": r}
+                for i, ((layer, head), p, r) in enumerate(zip(self.heads, self.prob, self.recovered))]
+
+
+@torch.no_grad()
+def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fraction: float = 0.9,
+                 what: str = "pattern", loss_mask: torch.Tensor | None = None, max_heads: int | None = None,
+                 batch_size: int | None = None) -> GreedyResult:
+    """Greedily grow the set of heads patched late -> early, each step adding the head that maximises the
+    mean correct-token probability (over ``loss_mask``) together with those chosen, until the patched model
+    recovers ``fraction`` of ``late - early`` (or all / ``max_heads`` heads are used). Costs up to
+    ``(layers*heads)**2 / 2`` forward passes. If the late model is not better than the early one, nothing
+    is chosen and ``reached`` is True. Example::
+
+        result = greedy_heads(early, late, tokens, fraction=0.9)
+        result.heads[0], result.recovered[0]
+    """
+    _check_what(what)
+    source = _cache_chunked(late_model, tokens, what, batch_size)
+    n_layers, n_heads = _shape(source, what)
+
+    def mean_prob(model: Any, heads: Sequence[Head]) -> float:
+        return float(_metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
+                              tokens, batch_size, None, loss_mask)["mean_prob"])
+
+    early, late = mean_prob(early_model, []), mean_prob(late_model, [])
+    result = GreedyResult(what=what, fraction=fraction, early_prob=early, late_prob=late)
+    if late <= early:
+        result.reached = True
+        return result
+    remaining = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    limit = len(remaining) if max_heads is None else min(max_heads, len(remaining))
+    while len(result.heads) < limit:
+        scores = [mean_prob(early_model, [*result.heads, head]) for head in remaining]
+        best = max(range(len(remaining)), key=lambda i: scores[i])  # first maximum on ties
+        result.heads.append(remaining.pop(best))
+        result.prob.append(scores[best])
+        result.recovered.append((scores[best] - early) / (late - early))
+        if result.recovered[-1] >= fraction:
+            result.reached = True
+            break
+    return result

@@ -1,0 +1,413 @@
+"""The standard figures of a run directory, written to ``RUN/figures/*.png``.
+
+* ``loss.png``: per seed, the held-out loss and the loss of every task output (``loss_pos``: the bit
+  ``x1[i]`` of the linear map, the state ``t`` of a cellular automaton) over steps, with the task's optimal
+  aggregate loss dashed (none for cellular automata with in-context rule inference) and optional markers.
+* ``attention_entropy.png``: per seed, a heatmap of every head's attention entropy (mean over the queries
+  with a non-empty ground-truth row) over the probe steps.
+* ``attention_maps.png``: for the heads whose entropy dropped most, the batch-mean attention pattern at
+  initialisation, just before and just after their entropy drop (the span in which it falls from 80% to
+  20% of its total fall, see ``drop_span``), beside the ideal pattern (ground-truth mask, each row
+  normalised to sum 1), on one colour scale.
+
+The step axis is ``symlog`` with ``linthresh=1``: linear on ``[0, 1]`` (so step 0 sits at x = 0), logarithmic
+above. Figures are plain ``matplotlib.figure.Figure`` objects rendered by the Agg canvas (no pyplot, no
+global backend switch) and saved atomically.
+
+Example::
+
+    >>> from emergelab.report import make_figures
+    >>> paths = make_figures("runs/linear-map-8-2")          # doctest: +SKIP
+    >>> [p.name for p in paths]                              # doctest: +SKIP
+    ['loss.png', 'attention_entropy.png', 'attention_maps.png']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..store import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Jumps = dict[int, list[tuple[float, str]]]  # seed -> [(step, label), ...]
+
+DPI = 110
+STEP_SCALE = {"value": "symlog", "linthresh": 1.0, "linscale": 0.4}
+STEP_LABEL = "step (symlog: linear on [0, 1])"
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Grid:
+    """One metric of one seed as a dense grid: ``values[K, N]`` for index ``labels[K]`` at ``steps[N]``
+    (NaN where a value was not measured)."""
+
+    steps: np.ndarray  # [N] int64, increasing
+    labels: list[str]  # [K], numerically sorted ("2" < "10", "0.3" < "1.0")
+    values: np.ndarray  # [K, N] float64
+
+    def row(self, label: str) -> np.ndarray:
+        return self.values[self.labels.index(label)]
+
+
+def _label_key(label: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in label.replace(":", ".").split("."))
+
+
+def metric_grid(table: pa.Table, metric: str, seed: int) -> Grid:
+    """The rows of ``metric`` for ``seed`` pivoted to a :class:`Grid`."""
+    rows = table.filter(pc.and_(pc.equal(table["metric"], metric), pc.equal(table["seed"], seed)))
+    steps = rows["step"].to_numpy()
+    index = rows["index"].to_pylist()
+    unique_steps = np.unique(steps)
+    labels = sorted(set(index), key=_label_key)
+    position = {label: k for k, label in enumerate(labels)}
+    values = np.full((len(labels), len(unique_steps)), np.nan)
+    values[[position[i] for i in index], np.searchsorted(unique_steps, steps)] = rows["value"].to_numpy()
+    return Grid(unique_steps, labels, values)
+
+
+def seed_task(config: Any, seed: int):
+    """The built task of run seed ``seed`` (its own ground truth, e.g. its matrix A), as training drew it."""
+    from ..tasks import make_generator
+    from ..train.schedule import seed_streams
+
+    return config.task.build(make_generator(seed_streams(config.train.seed, seed)["task"]))
+
+
+def describe(config: Any) -> str:
+    """One line naming the task and the key model / training knobs."""
+    task, model, train = config.task, config.model, config.train
+    if task.name == "linear-map":
+        what = f"linear map S={task.state_size} s={task.sparsity}"
+    elif task.name == "cellular-automata":
+        rules = f"pool of {task.rules}" if task.rules else "fresh per sequence"
+        what = (f"cellular automata S={task.state_size} T={task.trajectory_length} k={task.alphabet} "
+                f"W={task.window} (rules {rules})")
+    else:
+        what = task.name
+    mlp = f"MLP x{model.mlp_ratio:g}" if model.mlp_ratio else "no MLP"
+    layers = f"{model.layers} layer" + ("s" if model.layers > 1 else "")
+    return (f"{what} | {layers} x {model.heads} heads, head_dim {model.head_dim}, "
+            f"d_model {model.width}, {mlp} | lr {train.lr:g}, batch {train.batch_size}, "
+            f"master seed {train.seed}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _figure(width: float, height: float) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _save(fig: "Figure", path: Path) -> Path:
+    # the temporary file ends in .tmp, so the format must be given explicitly
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+
+
+def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = True) -> None:
+    for k, (step, label) in enumerate(marks or []):
+        ax.axvline(step, color="tab:red", lw=0.8, ls=":", alpha=0.8)
+        if text and label:
+            # alternate heights so neighbouring labels do not sit on each other
+            y = 0.97 - 0.1 * (k % 3)
+            ax.text(step, y, f" {label}", transform=ax.get_xaxis_transform(), rotation=0, fontsize=7,
+                    color="tab:red", va="top", ha="left", clip_on=True)
+
+
+def _step_edges(steps: np.ndarray) -> np.ndarray:
+    """Cell edges ``[N + 1]`` around ``steps`` for a heatmap on the symlog step axis (midpoints in
+    ``log1p`` space, which symlog with ``linthresh=1`` resembles)."""
+    u = np.log1p(steps.astype(np.float64))
+    if len(u) == 1:
+        return np.expm1(np.array([u[0] - 0.3, u[0] + 0.3]))
+    mid = (u[1:] + u[:-1]) / 2
+    edges = np.concatenate([[u[0] - (mid[0] - u[0])], mid, [u[-1] + (u[-1] - mid[-1])]])
+    return np.expm1(edges)
+
+
+# ---------------------------------------------------------------------------------------------- figure 1
+def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | None = None) -> "Figure":
+    """Held-out loss and per-output loss over steps, one panel per seed."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    rows, cols = _grid_shape(len(seeds))
+    fig = _figure(3.8 * cols + 1.0, 2.9 * rows + 0.6)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    cmap = colormaps["viridis"]
+    n_outputs = 1
+    output_name = "output"
+    for ax, seed in zip(axes.flat, seeds):
+        task = seed_task(config, seed)
+        output_name = task.output_name
+        per_output = metric_grid(table, "loss_pos", seed)
+        n_outputs = max(n_outputs, len(per_output.labels))
+        norm = Normalize(0, max(1, len(per_output.labels) - 1))
+        for label, values in zip(per_output.labels, per_output.values):
+            ok = ~np.isnan(values)
+            ax.plot(per_output.steps[ok], values[ok], lw=0.8, alpha=0.85, color=cmap(0.9 * norm(int(label))))
+        aggregate = metric_grid(table, "loss", seed)
+        ax.plot(aggregate.steps, aggregate.values[0], color="black", lw=2.0, label="held-out loss (mean)")
+        optimum = task.optimal_loss()
+        if optimum is not None:
+            ax.axhline(optimum, color="tab:red", ls="--", lw=1.2, label=f"optimal mean loss {optimum:.3f}")
+        _draw_jumps(ax, (jumps or {}).get(seed))
+        ax.set_xscale(**STEP_SCALE)
+        ax.set_title(f"seed {seed}", fontsize=10)
+        ax.grid(alpha=0.3, lw=0.5)
+    for ax in axes.flat[len(seeds):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("held-out loss (nats)")
+    axes.flat[0].legend(fontsize=8, loc="lower left")
+    bar = fig.colorbar(ScalarMappable(Normalize(0, max(1, n_outputs - 1)), cmap=_truncated(cmap)),
+                       ax=axes, shrink=0.9, pad=0.01)
+    bar.set_label(f"per-output loss: {output_name} index")
+    fig.suptitle(f"Held-out loss per {output_name}\n{describe(config)}", fontsize=10)
+    return fig
+
+
+def _truncated(cmap):
+    """``cmap`` restricted to [0, 0.9] (viridis' last tenth is too pale on white)."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(cmap(np.linspace(0, 0.9, 256)))
+
+
+# ---------------------------------------------------------------------------------------------- figure 2
+def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
+                           jumps: Jumps | None = None) -> "Figure":
+    """Per-head attention entropy (rows ``l.h``) over probe steps (columns), one heatmap per seed."""
+    grids = [metric_grid(table, "attn_entropy", seed) for seed in seeds]
+    n_heads = max(len(g.labels) for g in grids)
+    rows, cols = _grid_shape(len(seeds))
+    fig = _figure(3.8 * cols + 1.0, (0.9 + 0.16 * n_heads) * rows + 0.8)
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
+    vmax = max(np.nanmax(g.values) for g in grids)
+    mesh = None
+    for ax, seed, grid in zip(axes.flat, seeds, grids):
+        y = np.arange(len(grid.labels) + 1) - 0.5
+        mesh = ax.pcolormesh(_step_edges(grid.steps), y, grid.values, cmap="magma", vmin=0, vmax=vmax)
+        ax.set_xscale(**STEP_SCALE)
+        ax.set_ylim(len(grid.labels) - 0.5, -0.5)  # head 0.0 on top
+        stride = max(1, len(grid.labels) // 16)
+        ax.set_yticks(range(0, len(grid.labels), stride), grid.labels[::stride], fontsize=7)
+        layers = [label.split(".")[0] for label in grid.labels]
+        for k in range(1, len(layers)):
+            if layers[k] != layers[k - 1]:
+                ax.axhline(k - 0.5, color="white", lw=1.0)
+        for step, _ in (jumps or {}).get(seed, []):
+            ax.axvline(step, color="cyan", lw=0.8, ls=":")
+        ax.set_title(f"seed {seed}", fontsize=10)
+    for ax in axes.flat[len(seeds):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("head (layer.head)")
+    bar = fig.colorbar(mesh, ax=axes, shrink=0.9, pad=0.01)
+    bar.set_label("attention entropy (nats)")
+    fig.suptitle("Attention entropy per head (mean over queries with a ground-truth row)\n"
+                 f"{describe(config)}", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- figure 3
+@dataclass
+class MapView:
+    """Which block of a ``[P, P]`` attention map to draw, and how to name its axes."""
+
+    rows: slice
+    cols: slice
+    row_label: str
+    col_label: str
+
+
+def map_view(task: Any) -> MapView:
+    """The readable block of the attention map of ``task``.
+
+    Linear map: the queries ``S-1 .. 2S-2`` (predicting ``x1[0..S-1]``) against the keys ``0 .. S-1``
+    (``x0``). Cellular automata: the queries predicting state ``t = min(2, T-1)`` against the keys of
+    states ``0 .. t`` (the query reads state ``t-1``; earlier states carry the rule evidence). Other tasks:
+    the queries with a ground-truth row against every key up to the last of them.
+    """
+    name = getattr(task.config, "name", "")
+    if name == "linear-map":
+        S = task.state_size
+        return MapView(slice(S - 1, 2 * S - 1), slice(0, S),
+                       f"query position {S - 1}..{2 * S - 2} (predicts x1[0..{S - 1}])",
+                       f"key position 0..{S - 1} (x0)")
+    if name == "cellular-automata":
+        S, T = task.state_size, task.trajectory_length
+        t = min(2, T - 1)
+        first, last = t * S - 1, (t + 1) * S - 2  # query p predicts token p + 1 of state t
+        return MapView(slice(first, last + 1), slice(0, last + 1),
+                       f"query position {first}..{last} (predicts state {t})",
+                       f"key position 0..{last} (states 0..{t})")
+    relevant = np.flatnonzero(task.attention_mask.any(-1).cpu().numpy())
+    first, last = int(relevant[0]), int(relevant[-1])
+    return MapView(slice(first, last + 1), slice(0, last + 1), f"query position {first}..{last}",
+                   f"key position 0..{last}")
+
+
+def drop_span(steps: np.ndarray, values: np.ndarray, high: float = 0.8, low: float = 0.2) -> tuple[int, int]:
+    """``(start, end)``: the steps between which a falling curve does the bulk of its fall.
+
+    With ``fall = values[0] - min(values)``, ``end`` is the first step where the curve is at most
+    ``min + low * fall`` and ``start`` the last step before ``end`` where it is still at least
+    ``min + high * fall``. (The single steepest probe interval is not used: entropy often falls in stages,
+    and the first, small stage of a head that later becomes sparse is often the steepest one.)
+    NaNs are skipped; a flat curve gives ``(steps[0], steps[-1])``.
+    """
+    ok = ~np.isnan(values)
+    steps, values = steps[ok], values[ok]
+    lowest = float(values.min())
+    fall = float(values[0]) - lowest
+    if len(steps) < 2 or fall <= 0:
+        return int(steps[0]), int(steps[-1])
+    end = int(np.flatnonzero(values <= lowest + low * fall)[0])
+    above = np.flatnonzero(values[:end] >= lowest + high * fall)
+    start = int(above[-1]) if len(above) else 0
+    return int(steps[start]), int(steps[end])
+
+
+def pick_heads(entropy: Grid, max_heads: int = 4, min_heads: int = 2) -> list[tuple[str, float]]:
+    """The heads ``[(label, drop)]`` whose entropy fell most (initial minus minimum), largest first:
+    every head that fell at least half as much as the largest drop, between ``min_heads`` and
+    ``max_heads`` of them."""
+    first = entropy.values[:, 0]
+    drops = first - np.nanmin(entropy.values, axis=1)
+    order = np.argsort(-drops, kind="stable")
+    keep = [k for k in order if drops[k] >= 0.5 * drops[order[0]]][:max_heads]
+    keep = list(order[:max(len(keep), min(min_heads, len(order)))])
+    return [(entropy.labels[k], float(drops[k])) for k in keep]
+
+
+def _latest_at_or_before(snapshots: list[int], step: int) -> int:
+    before = [s for s in snapshots if s <= step]
+    return before[-1] if before else snapshots[0]
+
+
+def _earliest_at_or_after(snapshots: list[int], step: int) -> int:
+    after = [s for s in snapshots if s >= step]
+    return after[0] if after else snapshots[-1]
+
+
+def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[int],
+                        max_heads: int = 3) -> "Figure | None":
+    """Attention maps of the heads whose entropy dropped most, at init / before / after the drop, beside
+    the ideal pattern; ``None`` when the run saved no attention snapshots for these seeds."""
+    import torch
+
+    panels = []  # (seed, head, drop, view, [(title, image, gt)])
+    for seed in seeds:
+        snapshots = run.attention_steps(seed)
+        if not snapshots:
+            continue
+        task = seed_task(config, seed)
+        view = map_view(task)
+        gt = task.attention_mask.cpu().float()
+        ideal = (gt / gt.sum(-1, keepdim=True).clamp(min=1))[view.rows, view.cols].numpy()
+        gt_block = gt[view.rows, view.cols].numpy()
+        entropy = metric_grid(table, "attn_entropy", seed)
+        cache: dict[int, torch.Tensor] = {}
+        for label, drop in pick_heads(entropy, max_heads):
+            layer, head = (int(part) for part in label.split("."))
+            start, end = drop_span(entropy.steps, entropy.row(label))
+            chosen = [("init", snapshots[0]), ("before drop", _latest_at_or_before(snapshots, start)),
+                      ("after drop", _earliest_at_or_after(snapshots, end))]
+            images = [("ideal: ground truth,\nrows normalised", ideal)]
+            for name, step in chosen:
+                if step not in cache:
+                    cache[step] = run.load_attention(seed, step)
+                images.append((f"{name}: step {step}",
+                               cache[step][layer, head].float()[view.rows, view.cols].numpy()))
+            panels.append((seed, label, drop, (start, end), view, images, gt_block))
+        if len(panels) >= 2 * max_heads:
+            break
+    if not panels:
+        return None
+
+    n_rows, n_cols = len(panels), 4
+    first_view = panels[0][4]
+    aspect = (first_view.cols.stop - first_view.cols.start) / (first_view.rows.stop - first_view.rows.start)
+    panel_h = 2.0
+    panel_w = min(4.5, max(1.8, panel_h * aspect))
+    fig = _figure(panel_w * n_cols + 1.2, panel_h * n_rows + 1.0)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    vmax = max(float(np.max(img)) for *_, images, _ in panels for _, img in images)
+    image = None
+    for r, (seed, label, drop, (start, end), view, images, gt_block) in enumerate(panels):
+        for c, (title, img) in enumerate(images):
+            ax = axes[r, c]
+            image = ax.imshow(img, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest",
+                              aspect="auto", extent=(view.cols.start - 0.5, view.cols.stop - 0.5,
+                                                     view.rows.stop - 0.5, view.rows.start - 0.5))
+            rows_with_gt = gt_block.any(-1)
+            if c > 0 and rows_with_gt.any():
+                mass = float((img * gt_block).sum(-1)[rows_with_gt].mean())
+                title = f"{title}\nmass on ground truth {mass:.2f}"
+            ax.set_title(title, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if c > 0:
+                ax.set_yticklabels([])
+        axes[r, 0].set_ylabel(f"seed {seed}, head {label}\n(entropy -{drop:.2f} nats,\n"
+                              f"falls over {start}-{end})\nquery", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("key position", fontsize=8)
+    bar = fig.colorbar(image, ax=axes, shrink=0.8, pad=0.01)
+    bar.set_label("attention weight (batch mean)")
+    fig.suptitle(f"Heads whose entropy dropped most: rows = {first_view.row_label}, "
+                 f"columns = {first_view.col_label}\n{describe(config)}", fontsize=9)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_seeds: int = 8,
+                 jumps: Jumps | None = None) -> list[Path]:
+    """Write ``loss.png``, ``attention_entropy.png`` and (if attention snapshots exist)
+    ``attention_maps.png`` into ``run.figures_dir``; return the paths written.
+
+    seeds: which run seeds to draw (default: every seed in the metrics); at most ``max_seeds`` of them
+    (the attention-map figure draws at most 2). jumps: optional markers ``{seed: [(step, label), ...]}``
+    drawn as labelled vertical lines on the loss figure (and unlabelled on the entropy heatmap).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    config = run.config
+    table = run.metrics()
+    table = table.filter(pc.is_in(table["metric"], pa.array(["loss", "loss_pos", "attn_entropy"])))
+    available = sorted(set(table["seed"].to_pylist()))
+    chosen = available if seeds is None else [s for s in seeds if s in available]
+    missing = [] if seeds is None else [s for s in seeds if s not in available]
+    if missing:
+        raise ValueError(f"{run.path}: no metrics for seeds {missing}; the run has seeds {available}")
+    chosen = chosen[:max_seeds]
+    if not chosen:
+        raise ValueError(f"{run.path}: the metrics hold no seeds to plot")
+
+    written = [_save(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png"),
+               _save(plot_attention_entropy(table, config, chosen, jumps),
+                     run.figures_dir / "attention_entropy.png")]
+    maps = plot_attention_maps(run, table, config, chosen[:2])
+    if maps is not None:
+        written.append(_save(maps, run.figures_dir / "attention_maps.png"))
+    return written

@@ -1,0 +1,83 @@
+"""The long-format metrics table every run writes (``metrics.parquet``).
+
+Schema, one row per measured value:
+
+============  =======  ===========================================================================
+column        type     meaning
+============  =======  ===========================================================================
+step          int64    optimizer steps taken when measured (0 = at initialisation)
+seed          int32    seed index within the run (0 .. seeds-1)
+metric        string   what was measured (see below)
+index         string   which part: "" for scalars, an output position "3", a head "0.2" (layer.head),
+                       or a head at an output position "0.2:3"
+value         float64  the measurement
+============  =======  ===========================================================================
+
+Metrics written by the training probe (held-out batch, no grad):
+
+* ``loss``, ``accuracy``, ``target_prob``: mean over the task's loss positions (``index = ""``).
+* ``loss_pos``, ``accuracy_pos``, ``target_prob_pos``: per task output (``index = "i"``; the bit ``x1[i]``
+  of the linear map, the state ``t`` of a cellular automaton).
+* ``attn_entropy``, ``attn_gt_mass``: per head (``"l.h"``), attention entropy in nats and attention mass on
+  the ground-truth keys, averaged over the queries whose ground-truth row is not empty.
+* ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``).
+* ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+SCHEMA = pa.schema([
+    ("step", pa.int64()),
+    ("seed", pa.int32()),
+    ("metric", pa.string()),
+    ("index", pa.string()),
+    ("value", pa.float64()),
+])
+
+
+@dataclass
+class MetricsBuffer:
+    """Column chunks of metric rows, appended a whole block at a time (no per-row Python work)."""
+
+    chunks: list[pa.Table] = field(default_factory=list)
+
+    def add(self, step: int, seeds: np.ndarray, metric: str, labels: list[str], values: np.ndarray) -> None:
+        """Add ``values [E, K]`` measured at ``step`` for ``seeds [E]`` and index ``labels [K]``."""
+        values = np.asarray(values, dtype=np.float64).reshape(len(seeds), len(labels))
+        E, K = values.shape
+        self.chunks.append(pa.table({
+            "step": pa.array(np.full(E * K, step, dtype=np.int64)),
+            "seed": pa.array(np.repeat(np.asarray(seeds, dtype=np.int32), K)),
+            "metric": pa.array([metric] * (E * K), type=pa.string()),
+            "index": pa.array(labels * E, type=pa.string()),
+            "value": pa.array(values.reshape(-1)),
+        }, schema=SCHEMA))
+
+    def extend(self, table: pa.Table) -> None:
+        self.chunks.append(table.cast(SCHEMA))
+
+    def table(self) -> pa.Table:
+        if not self.chunks:
+            return SCHEMA.empty_table()
+        return pa.concat_tables(self.chunks).combine_chunks()
+
+
+def sort_rows(table: pa.Table) -> pa.Table:
+    """Rows in a canonical order (seed, metric, index, step), so equal runs give equal files."""
+    return table.sort_by([("seed", "ascending"), ("metric", "ascending"), ("index", "ascending"),
+                          ("step", "ascending")])
+
+
+def curve(table: pa.Table, metric: str, seed: int, index: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one metric for one seed and index, sorted by step."""
+    import pyarrow.compute as pc
+
+    mask = pc.and_(pc.and_(pc.equal(table["metric"], metric), pc.equal(table["seed"], seed)),
+                   pc.equal(table["index"], index))
+    rows = table.filter(mask).sort_by("step")
+    return rows["step"].to_numpy(), rows["value"].to_numpy()

@@ -1,0 +1,158 @@
+"""A run directory and everything in it.
+
+::
+
+    RUN/
+      config.yaml                         resolved config + package version + git commit
+      metrics.parquet                     long-format metrics of every seed (see store.metrics)
+      summary.json                        per-seed summary written at the end
+      checkpoints/seed-003/step-00000400.safetensors   one model's weights (no member dim)
+      attention/seed-003/step-00000400.safetensors     "pattern": [layers, heads, P, P], batch mean
+      figures/*.png
+      state/                              resume states while the run is unfinished
+
+Every file is written atomically (``store.atomic``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from .. import __version__
+from .atomic import write_safetensors, write_text
+from .metrics import SCHEMA
+
+_STEP = re.compile(r"step-(\d+)\.safetensors$")
+
+
+def git_commit() -> str | None:
+    """The commit of the emergelab source tree, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunDir:
+    """Paths and readers of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.parquet"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / "state"
+
+    def checkpoint_path(self, seed: int, step: int) -> Path:
+        return self.path / "checkpoints" / f"seed-{seed:03d}" / f"step-{step:08d}.safetensors"
+
+    def attention_path(self, seed: int, step: int) -> Path:
+        return self.path / "attention" / f"seed-{seed:03d}" / f"step-{step:08d}.safetensors"
+
+    # ---- config
+    def write_config(self, config: Any) -> None:
+        """Write the resolved experiment config with the package version and git commit."""
+        data = {**config.to_dict(), "emergelab": {"version": __version__, "git_commit": git_commit()}}
+        write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
+
+    def read_config_dict(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise FileNotFoundError(f"{self.path} is not a run directory (no config.yaml)")
+        return yaml.safe_load(self.config_path.read_text())
+
+    @cached_property
+    def config(self) -> Any:
+        from ..train.config import ExperimentConfig
+
+        data = self.read_config_dict()
+        data.pop("emergelab", None)
+        return ExperimentConfig.from_dict(data)
+
+    # ---- metrics
+    def is_complete(self) -> bool:
+        return self.summary_path.exists() and self.metrics_path.exists()
+
+    def metrics(self) -> pa.Table:
+        if not self.metrics_path.exists():
+            raise FileNotFoundError(f"{self.path}: no metrics.parquet yet (is the run finished?)")
+        return pq.read_table(self.metrics_path, schema=SCHEMA)
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_path.read_text())
+
+    # ---- checkpoints and attention snapshots
+    def _steps(self, folder: str, seed: int) -> list[int]:
+        directory = self.path / folder / f"seed-{seed:03d}"
+        if not directory.exists():
+            return []
+        return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _STEP.search(p.name)))
+
+    def checkpoint_steps(self, seed: int = 0) -> list[int]:
+        return self._steps("checkpoints", seed)
+
+    def attention_steps(self, seed: int = 0) -> list[int]:
+        return self._steps("attention", seed)
+
+    def nearest_checkpoint(self, seed: int, step: int) -> int:
+        steps = self.checkpoint_steps(seed)
+        if not steps:
+            raise FileNotFoundError(f"{self.path}: no checkpoints for seed {seed}")
+        return min(steps, key=lambda s: (abs(s - step), s))
+
+    def save_checkpoint(self, seed: int, step: int, state: dict[str, torch.Tensor]) -> None:
+        write_safetensors(self.checkpoint_path(seed, step), state,
+                          metadata={"seed": str(seed), "step": str(step)})
+
+    def load_model(self, seed: int, step: int, device: str | torch.device = "cpu"):
+        """The single model of ``seed`` at checkpoint ``step`` (a ``Transformer`` with E = 1)."""
+        from ..models import Transformer
+
+        path = self.checkpoint_path(seed, step)
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint for seed {seed} at step {step}; saved steps: "
+                                    f"{self.checkpoint_steps(seed)}")
+        state = load_file(str(path), device=str(device))
+        return Transformer.from_member_state_dicts(self.config.model, [state]).eval()
+
+    def save_attention(self, seed: int, step: int, pattern: torch.Tensor) -> None:
+        write_safetensors(self.attention_path(seed, step), {"pattern": pattern},
+                          metadata={"seed": str(seed), "step": str(step)})
+
+    def load_attention(self, seed: int, step: int) -> torch.Tensor:
+        """Mean attention pattern ``[layers, heads, P, P]`` of ``seed`` at ``step``."""
+        with safe_open(str(self.attention_path(seed, step)), framework="pt") as f:
+            return f.get_tensor("pattern")

@@ -1,0 +1,454 @@
+"""The transformer: fast SDPA path vs the hooked reference path, hook points, ensembles, bias, configs.
+
+Shapes are odd on purpose (T=13, head_dim=7, 3 heads, d_model=10 != heads*head_dim) to exercise tails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emergelab.config import ConfigError
+from emergelab.models import HookPoint, Transformer, TransformerConfig
+
+REL_TOL = 1e-5  # relative error allowed between two float32 computations of the same quantity
+E_SEEDS = [11, 22, 33]
+T, B, CTX, V = 13, 4, 16, 5
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| (0 when both are 0)."""
+    a, b = a.detach().double(), b.detach().double()
+    denom = b.norm().item()
+    return (a - b).norm().item() / denom if denom > 0 else (a - b).norm().item()
+
+
+def make_config(mlp_ratio: float = 4.0, layers: int = 2, init_std: float = 0.4) -> TransformerConfig:
+    # A large init_std makes attention patterns far from uniform, so errors in them show.
+    return TransformerConfig(layers=layers, heads=3, head_dim=7, d_model=10, mlp_ratio=mlp_ratio,
+                             vocab_size=V, context_length=CTX, init_std=init_std)
+
+
+def make_tokens(n_models: int, seed: int = 0, single: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T) if single else (n_models, B, T)
+    return torch.randint(0, V, shape, generator=g)
+
+
+def observe(tensor: torch.Tensor, hook: HookPoint) -> None:
+    """A no-op observing hook: hooking hook_pattern forces the manual attention path."""
+    return None
+
+
+def is_pattern(name: str) -> bool:
+    return name.endswith("hook_pattern")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast path == hooked reference path (outputs and gradients)
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_bias(kind: str, n_models: int, layers: int, seed: int = 1) -> torch.Tensor | None:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return None
+    if kind == "shared":  # [layers, heads, query, key], larger than T: the model slices it
+        return torch.randn(layers, 3, CTX, CTX, generator=g).requires_grad_()
+    return torch.randn(n_models, layers, 3, CTX, CTX, generator=g).requires_grad_()  # per member
+
+
+def forward_and_grads(model: Transformer, tokens: torch.Tensor, bias: torch.Tensor | None,
+                      manual: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+    model.zero_grad(set_to_none=True)
+    if bias is not None:
+        bias.grad = None
+    if manual:
+        logits = model.run_with_hooks(tokens, attn_bias=bias, fwd_hooks=[(is_pattern, observe)])
+    else:
+        logits = model(tokens, attn_bias=bias)
+    weights = torch.linspace(-1.0, 1.0, logits.numel()).reshape(logits.shape)
+    (logits * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    bias_grad = None if bias is None else bias.grad.clone()
+    return logits.detach(), grads, bias_grad
+
+
+@pytest.mark.parametrize("n_models", [1, 3])
+@pytest.mark.parametrize("mlp_ratio", [0.0, 4.0])
+@pytest.mark.parametrize("bias_kind", ["none", "shared", "per_member"])
+def test_manual_attention_matches_sdpa_outputs_and_gradients(n_models, mlp_ratio, bias_kind):
+    config = make_config(mlp_ratio)
+    model = Transformer(config, n_models=n_models, seeds=E_SEEDS[:n_models])
+    tokens = make_tokens(n_models, single=(n_models == 1 and bias_kind == "shared"))
+    bias = make_bias(bias_kind, n_models, config.layers)
+
+    fast, fast_grads, fast_bias_grad = forward_and_grads(model, tokens, bias, manual=False)
+    slow, slow_grads, slow_bias_grad = forward_and_grads(model, tokens, bias, manual=True)
+
+    assert fast.shape == slow.shape
+    assert rel_err(fast, slow) < REL_TOL, rel_err(fast, slow)
+    assert set(fast_grads) == {name for name, _ in model.named_parameters()}
+    for name in fast_grads:
+        assert fast_grads[name].abs().sum() > 0, f"no gradient reaches {name}"
+        err = rel_err(fast_grads[name], slow_grads[name])
+        assert err < REL_TOL, (name, err)
+    if bias is not None:
+        err = rel_err(fast_bias_grad, slow_bias_grad)
+        assert err < REL_TOL, ("attn_bias", err)
+        assert fast_bias_grad[..., T:, :].abs().sum() == 0  # rows beyond T are sliced off
+
+
+def test_fast_path_taken_only_when_attention_is_unobserved(monkeypatch):
+    """SDPA runs once per layer unless that layer's hook_attn_scores or hook_pattern is hooked."""
+    model = Transformer(make_config(), n_models=1)
+    tokens = make_tokens(1, single=True)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model(tokens)
+    assert len(calls) == 2
+    calls.clear()
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_q", observe)])
+    assert len(calls) == 2
+    calls.clear()
+    model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_attn_scores", observe)])
+    assert len(calls) == 1
+    calls.clear()
+    model.run_with_cache(tokens)
+    assert len(calls) == 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hook points: every one fires, has its documented shape, and writing to it changes the output
+# ----------------------------------------------------------------------------------------------------
+
+
+def expected_shape(name: str, config: TransformerConfig, E: int) -> tuple[int, ...]:
+    """The shape comments of transformer.py, restated."""
+    d, m, H, D = config.width, config.mlp_width, config.heads, config.head_dim
+    suffix = name.rsplit(".", 1)[-1]
+    shapes = {
+        "hook_embed": (E, B, T, d),
+        "hook_pos_embed": (E, 1, T, d),
+        "hook_normalized": (E, B, T, d),
+        "hook_q": (E * B, T, H, D), "hook_k": (E * B, T, H, D), "hook_v": (E * B, T, H, D),
+        "hook_z": (E * B, T, H, D),
+        "hook_attn_scores": (E * B, H, T, T), "hook_pattern": (E * B, H, T, T),
+        "hook_pre": (E, B, T, m), "hook_post": (E, B, T, m),
+        "hook_resid_pre": (E, B, T, d), "hook_attn_out": (E, B, T, d), "hook_resid_mid": (E, B, T, d),
+        "hook_mlp_out": (E, B, T, d), "hook_resid_post": (E, B, T, d),
+    }
+    return shapes[suffix]
+
+
+def declared_names(config: TransformerConfig) -> set[str]:
+    names = {"hook_embed", "hook_pos_embed", "ln_final.hook_normalized"}
+    for layer in range(config.layers):
+        p = f"blocks.{layer}"
+        names |= {f"{p}.{h}" for h in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_resid_post")}
+        names |= {f"{p}.ln1.hook_normalized"}
+        names |= {f"{p}.attn.{h}" for h in ("hook_q", "hook_k", "hook_v", "hook_attn_scores",
+                                             "hook_pattern", "hook_z")}
+        if config.mlp_width:
+            names |= {f"{p}.hook_mlp_out", f"{p}.ln2.hook_normalized", f"{p}.mlp.hook_pre",
+                      f"{p}.mlp.hook_post"}
+    return names
+
+
+@pytest.mark.parametrize("n_models", [1, 3])
+@pytest.mark.parametrize("mlp_ratio", [0.0, 4.0])
+def test_every_hook_point_fires_with_documented_shape(n_models, mlp_ratio):
+    config = make_config(mlp_ratio)
+    model = Transformer(config, n_models=n_models, seeds=E_SEEDS[:n_models])
+    assert set(model.hook_dict) == declared_names(config)
+    for name, hp in model.hook_dict.items():
+        assert hp.name == name and model.get_submodule(name) is hp
+    tokens = make_tokens(n_models, single=(n_models == 1))
+    logits, cache = model.run_with_cache(tokens)
+    assert set(cache) == set(model.hook_dict)
+    for name, tensor in cache.items():
+        assert tuple(tensor.shape) == expected_shape(name, config, n_models), name
+        assert not tensor.requires_grad
+    for layer in range(config.layers):
+        scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
+        above = torch.ones(T, T, dtype=torch.bool).triu(1)
+        assert torch.isneginf(scores[..., above]).all() and torch.isfinite(scores[..., ~above]).all()
+        assert (pattern[..., above] == 0).all()
+        assert rel_err(pattern.sum(-1), torch.ones_like(pattern.sum(-1))) < REL_TOL
+    # the cache holds the activations the output was computed from: ln_final and W_U give the logits
+    final = cache["ln_final.hook_normalized"]
+    recomputed = torch.einsum("ebtd,edv->ebtv", final, model.W_U.detach()) + model.b_U.detach()[:, None, None]
+    assert rel_err(logits.reshape(recomputed.shape), recomputed) < REL_TOL
+    # names_filter selects
+    _, only = model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    assert set(only) == {"blocks.0.attn.hook_pattern"}
+    _, some = model.run_with_cache(tokens, names_filter=["hook_embed", "blocks.1.hook_resid_post"])
+    assert set(some) == {"hook_embed", "blocks.1.hook_resid_post"}
+
+
+def perturb(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A different, valid value for the activation at hook point ``name``."""
+    g = torch.Generator().manual_seed(7)
+    if name.endswith("hook_pattern"):  # uniform causal attention: rows sum to 1, zero above diagonal
+        n = tensor.shape[-1]
+        uniform = torch.ones(n, n).tril()
+        return (uniform / uniform.sum(-1, keepdim=True)).expand_as(tensor).clone()
+    noise = torch.randn(tensor.shape, generator=g)
+    if name.endswith("hook_attn_scores"):  # noise only where the score is not masked
+        return torch.where(torch.isfinite(tensor), tensor + 3 * noise, tensor)
+    return tensor + noise
+
+
+@pytest.mark.parametrize("n_models", [1, 3])
+def test_writing_to_every_hook_point_changes_the_output(n_models):
+    config = make_config(4.0)
+    model = Transformer(config, n_models=n_models, seeds=E_SEEDS[:n_models])
+    tokens = make_tokens(n_models)
+    with torch.no_grad():
+        base = model(tokens)
+        for name in model.hook_dict:
+            seen = []
+
+            def write(tensor, hook, name=name):
+                seen.append(hook.name)
+                return perturb(name, tensor)
+
+            out = model.run_with_hooks(tokens, fwd_hooks=[(name, write)])
+            assert seen == [name]
+            assert (out - base).abs().max() > 1e-4, f"writing to {name} did not change the output"
+            # and the hook is gone again
+            assert torch.equal(model(tokens), base), name
+
+
+def test_pattern_write_reaches_output_exactly():
+    """Patching a pattern with the pattern it already has changes nothing (the write is what is used)."""
+    model = Transformer(make_config(0.0, layers=1), n_models=1)
+    tokens = make_tokens(1, single=True)
+    with torch.no_grad():
+        base, cache = model.run_with_cache(tokens, names_filter=is_pattern)
+        same = model.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, h: cache[h.name].clone())])
+    assert rel_err(same, base) < REL_TOL
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hooks never outlive their scope
+# ----------------------------------------------------------------------------------------------------
+
+
+def no_hooks_left(model: Transformer) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_hooks_removed_after_success_and_after_errors():
+    model = Transformer(make_config(), n_models=1)
+    tokens = make_tokens(1, single=True)
+    model.run_with_hooks(tokens, fwd_hooks=[(lambda n: True, observe)])
+    assert no_hooks_left(model)
+    model.run_with_cache(tokens)
+    assert no_hooks_left(model)
+
+    def boom(tensor, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", observe), ("blocks.1.hook_resid_mid", boom)])
+    assert no_hooks_left(model)
+
+    too_long = torch.zeros(1, CTX + 1, dtype=torch.int64)
+    with pytest.raises(ValueError):
+        model.run_with_cache(too_long)
+    assert no_hooks_left(model)
+    with pytest.raises(ValueError):
+        model.run_with_hooks(too_long, fwd_hooks=[(lambda n: True, observe)])
+    assert no_hooks_left(model)
+
+    # an unknown name fails while registering, after a valid one was already added
+    with pytest.raises(KeyError):
+        model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", observe), ("blocks.9.hook_nope", observe)])
+    assert no_hooks_left(model)
+    with pytest.raises(KeyError):
+        model.run_with_cache(tokens, names_filter="blocks.9.hook_nope")
+    assert no_hooks_left(model)
+
+    # an exception raised inside the with-block of hooks() itself
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.hooks([("hook_embed", observe)]):
+            assert not no_hooks_left(model)
+            raise RuntimeError("inside")
+    assert no_hooks_left(model)
+    # the fast path is back once the hooks are gone
+    assert not any(block.attn.observed() for block in model.blocks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ensembles: member e of seeds [a, b, c] is the single model with seed b
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mlp_ratio", [0.0, 4.0])
+def test_ensemble_member_equals_single_model(mlp_ratio):
+    config = make_config(mlp_ratio, init_std=0.02)
+    ensemble = Transformer(config, n_models=3, seeds=E_SEEDS)
+    tokens = make_tokens(3)
+    with torch.no_grad():
+        logits = ensemble(tokens)
+        for e, seed in enumerate(E_SEEDS):
+            single = Transformer(config, n_models=1, seeds=[seed])
+            for name, value in single.state_dict().items():
+                assert torch.equal(ensemble.state_dict()[name][e], value[0]), (e, name)
+            alone = single(tokens[e])
+            assert rel_err(logits[e], alone) < REL_TOL
+            assert (logits[e] - alone).abs().max() < 1e-5
+            # member(e) is a bit-equal copy with the same logits, and a copy, not a view
+            member = ensemble.member(e)
+            assert member.n_models == 1
+            for name, value in member.state_dict().items():
+                assert torch.equal(value, single.state_dict()[name]), (e, name)
+            assert torch.equal(member(tokens[e]), alone)
+            member.W_E.add_(1.0)
+            assert torch.equal(ensemble.W_E[e], single.W_E[0])
+        # different seeds give different members
+        assert not torch.equal(ensemble.W_E[0], ensemble.W_E[1])
+
+
+def test_member_state_dicts_round_trip():
+    config = make_config(4.0)
+    ensemble = Transformer(config, n_models=3, seeds=E_SEEDS)
+    states = [ensemble.member_state_dict(e) for e in range(3)]
+    assert states[1]["W_E"].shape == (V, config.width)
+    rebuilt = Transformer.from_member_state_dicts(config, states)
+    assert rebuilt.n_models == 3
+    for name, value in ensemble.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], value), name
+    tokens = make_tokens(3)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(tokens), ensemble(tokens))
+    # a reordered subset builds a smaller ensemble in that order
+    pair = Transformer.from_member_state_dicts(config, [states[2], states[0]])
+    assert torch.equal(pair.blocks[0].attn.W_QKV, ensemble.blocks[0].attn.W_QKV[[2, 0]])
+    # member_state_dict is a copy
+    states[0]["W_E"].add_(1.0)
+    assert not torch.equal(states[0]["W_E"], ensemble.W_E[0])
+
+
+def test_init_weights_rejects_wrong_seed_count():
+    with pytest.raises(ValueError):
+        Transformer(make_config(), n_models=3, seeds=[1, 2])
+
+
+def test_forward_shape_errors():
+    model = Transformer(make_config(), n_models=3, seeds=E_SEEDS)
+    with pytest.raises(ValueError):
+        model(make_tokens(1, single=True))  # [B, T] needs n_models == 1
+    with pytest.raises(ValueError):
+        model(make_tokens(2))  # 2 members given, 3 in the model
+    single = Transformer(make_config(), n_models=1)
+    tokens = make_tokens(1, single=True)
+    with torch.no_grad():
+        assert torch.equal(single(tokens), single(tokens[None])[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention bias
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_member", [False, True])
+def test_huge_bias_makes_pattern_one_hot(per_member):
+    config = make_config(4.0)
+    E = 3 if per_member else 1
+    model = Transformer(config, n_models=E, seeds=E_SEEDS[:E])
+    g = torch.Generator().manual_seed(3)
+    # target[q] is a random visible key for each query (a different choice per layer, head and member)
+    shape = (E, config.layers, config.heads, CTX) if per_member else (config.layers, config.heads, CTX)
+    target = (torch.rand(shape, generator=g) * (torch.arange(CTX) + 1)).long()
+    bias = torch.zeros(*shape, CTX).scatter_(-1, target[..., None], 1e4)
+    tokens = make_tokens(E, single=not per_member)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, attn_bias=bias, names_filter=is_pattern)
+        fast = model(tokens, attn_bias=bias)
+    assert rel_err(fast, logits) < REL_TOL
+    members = target if per_member else target[None]
+    for layer in range(config.layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"].reshape(E, B, config.heads, T, T)
+        want = torch.nn.functional.one_hot(members[:, layer, :, :T], T).float()  # [E, H, T, T]
+        assert (pattern - want[:, None]).abs().max() < 1e-6, layer
+
+
+def test_zero_bias_is_no_bias():
+    model = Transformer(make_config(), n_models=1)
+    tokens = make_tokens(1, single=True)
+    with torch.no_grad():
+        assert rel_err(model(tokens, attn_bias=torch.zeros(2, 3, CTX, CTX)), model(tokens)) < REL_TOL
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------
+
+BAD_MODEL_CONFIGS = [
+    (dict(layers=0), "model.layers"),
+    (dict(layers=1.5), "model.layers"),
+    (dict(heads=0), "model.heads"),
+    (dict(head_dim=0), "model.head_dim"),
+    (dict(d_model=0), "model.d_model"),
+    (dict(mlp_ratio=-1.0), "model.mlp_ratio"),
+    (dict(mlp_ratio="4"), "model.mlp_ratio"),
+    (dict(vocab_size=0), "model.vocab_size"),
+    (dict(context_length=0), "model.context_length"),
+    (dict(init_std=0.0), "model.init_std"),
+    (dict(init_std=-0.1), "model.init_std"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field", BAD_MODEL_CONFIGS)
+def test_bad_model_config_raises_one_line_error_naming_field(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        TransformerConfig(**kwargs)
+    message = str(info.value)
+    assert field in message and "\n" not in message
+
+
+def test_unresolved_config_is_rejected_by_the_model():
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        Transformer(TransformerConfig())
+
+
+def test_resolved_config_and_parameter_count():
+    for mlp_ratio in (0.0, 4.0, 1.5):
+        config = TransformerConfig(layers=2, heads=3, head_dim=7, mlp_ratio=mlp_ratio)
+        assert config.width == 21
+        resolved = config.resolved(vocab_size=V, context_length=CTX)
+        assert (resolved.vocab_size, resolved.context_length, resolved.d_model) == (V, CTX, 21)
+        model = Transformer(resolved, n_models=3, seeds=E_SEEDS)
+        counted = sum(p.numel() for p in model.parameters()) // 3
+        assert resolved.n_params() == counted, mlp_ratio
+    odd = make_config(0.0)
+    assert odd.n_params() == sum(p.numel() for p in Transformer(odd).parameters())
+
+
+def test_float64_member_round_trip_keeps_dtype_and_matches_sdpa_tightly():
+    """A float64 ensemble: member() and from_member_state_dicts keep float64 (no silent downcast),
+    and the two attention paths agree to float64 precision."""
+    model = Transformer(make_config(4.0), n_models=3, seeds=E_SEEDS).double()
+    member = model.member(2)
+    rebuilt = Transformer.from_member_state_dicts(model.config, [model.member_state_dict(e) for e in range(3)])
+    for copy in (member, rebuilt):
+        assert all(p.dtype == torch.float64 for p in copy.parameters())
+    for name, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], value)
+        assert torch.equal(member.state_dict()[name][0], value[2])
+    tokens = make_tokens(3)
+    bias = torch.randn(2, 3, CTX, CTX, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model(tokens, attn_bias=bias)
+        slow = model.run_with_hooks(tokens, attn_bias=bias, fwd_hooks=[(is_pattern, observe)])
+    assert rel_err(fast, slow) < 1e-12

@@ -1,0 +1,276 @@
+"""Known-answer tests for attention-head patching and ablation (emergelab.interventions.patching)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from emergelab.interventions import (
+    PatchTarget,
+    ablate_heads,
+    ablation_table,
+    cache_attention,
+    greedy_heads,
+    hook_name,
+    patch_heads,
+    patching_table,
+    run_with_head_edits,
+    target_metrics,
+)
+from emergelab.models import Transformer, TransformerConfig
+from emergelab.tasks import LinearMapConfig, make_generator
+
+torch.set_num_threads(1)
+
+S = 8  # linear-map state size: L = 16 tokens, 15 prediction positions
+CFG = TransformerConfig(layers=2, heads=3, head_dim=4, vocab_size=2, context_length=15)
+ATTN_ONLY = TransformerConfig(layers=1, heads=3, head_dim=4, mlp_ratio=0, vocab_size=2, context_length=15)
+
+
+def random_tokens(n=32, seed=0):
+    return torch.randint(0, 2, (n, 2 * S), generator=torch.Generator().manual_seed(seed))
+
+
+def observer(what="pattern"):
+    """A hook that records each layer's ``hook_{what}`` as the model sees it (after any edit)."""
+    seen = {}
+
+    def save(tensor, hook):
+        seen[hook.name] = tensor.detach().clone()
+
+    return seen, [(lambda name: name.endswith(hook_name(0, what).split(".")[-1]), save)]
+
+
+def all_heads(cfg):
+    return [(layer, head) for layer in range(cfg.layers) for head in range(cfg.heads)]
+
+
+def causal_uniform(T):
+    tril = torch.ones(T, T).tril()
+    return tril / tril.sum(dim=-1, keepdim=True)
+
+
+# ------------------------------------------------------------------------------------------ patching
+
+@pytest.mark.parametrize("what", ["pattern", "scores"])
+def test_patching_every_head_reproduces_late_patterns(what):
+    early, late = Transformer(CFG, seeds=[0]), Transformer(CFG, seeds=[1])
+    tokens = random_tokens()
+    source = cache_attention(late, tokens, what)
+    late_patterns = cache_attention(late, tokens, "pattern")
+    seen, watch = observer("pattern")
+    patch_heads(early, tokens, source, all_heads(CFG), what, fwd_hooks=watch)
+    assert sorted(seen) == sorted(late_patterns)
+    early_patterns = cache_attention(early, tokens, "pattern")
+    for name, pattern in late_patterns.items():
+        assert torch.equal(seen[name], pattern), name
+        assert not torch.equal(early_patterns[name], pattern)  # the patch did something
+
+
+def test_patching_qk_only_difference_gives_late_logits_exactly():
+    """1-layer attention-only models differing only in W_QKV's query/key columns: late patterns in early
+    reproduce the late model's logits bit for bit."""
+    early = Transformer(ATTN_ONLY, seeds=[0])
+    late = Transformer(ATTN_ONLY, seeds=[0])
+    other = Transformer(ATTN_ONLY, seeds=[7])
+    qk = 2 * ATTN_ONLY.heads * ATTN_ONLY.head_dim
+    with torch.no_grad():
+        late.blocks[0].attn.W_QKV[..., :qk] = other.blocks[0].attn.W_QKV[..., :qk]
+    tokens = random_tokens()
+    late_logits = run_with_head_edits(late, tokens)
+    patched = patch_heads(early, tokens, cache_attention(late, tokens), all_heads(ATTN_ONLY))
+    assert not torch.equal(run_with_head_edits(early, tokens), late_logits)
+    assert torch.equal(patched, late_logits)
+
+
+def test_patching_a_model_into_itself_changes_nothing():
+    model = Transformer(CFG, seeds=[3])
+    tokens = random_tokens()
+    clean, _ = model.run_with_cache(tokens[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
+    for what in ("pattern", "scores"):
+        source = cache_attention(model, tokens, what)
+        for heads in ([(1, 2)], all_heads(CFG)):
+            assert torch.equal(patch_heads(model, tokens, source, heads, what), clean)
+    # and the model is left without hooks
+    assert not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def test_patch_target_names_and_validation():
+    assert PatchTarget(1, 2).name == "blocks.1.attn.hook_pattern"
+    assert PatchTarget(0, 0, "scores").name == "blocks.0.attn.hook_attn_scores"
+    with pytest.raises(ValueError):
+        PatchTarget(0, 0, "values")
+    model = Transformer(CFG, seeds=[0])
+    with pytest.raises(KeyError):  # layer 5 does not exist: an edit that never fires is an error
+        ablate_heads(model, random_tokens(4), [(5, 0)])
+
+
+# ------------------------------------------------------------------------------------------ ablation
+
+def test_ablations_write_the_intended_pattern():
+    model = Transformer(CFG, seeds=[2])
+    tokens = random_tokens()
+    T = tokens.shape[1] - 1
+    clean = cache_attention(model, tokens)["blocks.0.attn.hook_pattern"]
+    name = "blocks.0.attn.hook_pattern"
+
+    def ablated(kind, what="pattern", mean_cache=None):
+        seen, watch = observer("pattern")
+        ablate_heads(model, tokens, [(0, 1)], kind, what, mean_cache, fwd_hooks=watch)
+        assert torch.equal(seen[name][:, [0, 2]], clean[:, [0, 2]])  # other heads untouched
+        return seen[name][:, 1]
+
+    assert torch.equal(ablated("zero"), torch.zeros(len(tokens), T, T))
+    torch.testing.assert_close(ablated("mean"), clean[:, 1].mean(dim=0).expand(len(tokens), T, T))
+    other = random_tokens(8, seed=5)
+    other_cache = cache_attention(model, other)
+    torch.testing.assert_close(ablated("mean", mean_cache=other_cache),
+                               other_cache[name][:, 1].mean(dim=0).expand(len(tokens), T, T))
+    torch.testing.assert_close(ablated("uniform"), causal_uniform(T).expand(len(tokens), T, T))
+    for kind in ("zero", "uniform"):  # zero scores keep -inf above the diagonal: uniform attention
+        torch.testing.assert_close(ablated(kind, "scores"), causal_uniform(T).expand(len(tokens), T, T))
+    with pytest.raises(ValueError):
+        ablate_heads(model, tokens, [(0, 1)], "random")
+
+
+def test_uniform_ablation_of_uniform_heads_changes_nothing():
+    model = Transformer(CFG, seeds=[4])
+    qk = CFG.heads * CFG.head_dim
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_QKV[..., :qk] = 0  # queries 0: every score 0, every pattern uniform
+    tokens = random_tokens()
+    clean = run_with_head_edits(model, tokens)
+    for what in ("pattern", "scores"):
+        torch.testing.assert_close(ablate_heads(model, tokens, all_heads(CFG), "uniform", what), clean,
+                                   rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ hand-built circuit
+
+def copy_circuit(task, carrier_on: bool, seed: int = 0) -> Transformer:
+    """A 1-layer attention-only transformer that solves the linear map with sparsity 1 (``x1[i] = x0[j(i)]``)
+    through head 0 alone, when ``carrier_on``.
+
+    Residual stream (d = 3 heads * 16 = 48), every vector zero-mean so ``ln1`` only rescales by
+    ``1/sigma``: position t -> ``e_{2t} - e_{2t+1}`` (dims 0..29); token v -> ``(2v-1)(e_30 - e_31)``.
+    Head 0 (the carrier): query at position ``p = S-1+i`` -> ``beta * u_{j(i)}``, key at ``j < S`` -> ``u_j``
+    (score ``3 beta = 15`` on the right key, 0 elsewhere); value = the token sign; output writes it to
+    ``e_32 - e_33``, which the unembedding reads as the logit of token 1 minus token 0. With
+    ``carrier_on=False`` the carrier's query weights are 0 (uniform attention, a blurred copy) and
+    everything else is identical. Head 1 (distractor): random Q/K drawn from ``seed`` (so it differs
+    between early and late) and a small random V/O. Head 2: random Q/K/V/O, the same in both models.
+    """
+    cfg = TransformerConfig(layers=1, heads=3, head_dim=16, mlp_ratio=0, vocab_size=2, context_length=2 * S - 1)
+    model = Transformer(cfg, seeds=[0])
+    H, D, d = 3, 16, 48
+    beta, gamma = 5.0, 3.0
+    fixed = torch.Generator().manual_seed(123)
+    varying = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.blocks[0].ln1.w.fill_(1.0)
+        model.ln_final.w.fill_(1.0)
+        for t in range(cfg.context_length):
+            model.W_pos[0, t, 2 * t], model.W_pos[0, t, 2 * t + 1] = 1.0, -1.0
+        model.W_E[0, 1, 30], model.W_E[0, 1, 31] = 1.0, -1.0
+        model.W_E[0, 0, 30], model.W_E[0, 0, 31] = -1.0, 1.0
+        W, W_O = model.blocks[0].attn.W_QKV[0], model.blocks[0].attn.W_O[0]  # [d, (3, H, D)], [(H, D), d]
+
+        def col(which, head, dim=0):
+            return which * H * D + head * D + dim
+
+        columns = task.matrix.argmax(dim=1)  # j(i)
+        for i in range(S):
+            if carrier_on:
+                W[2 * (S - 1 + i), col(0, 0, int(columns[i]))] = beta
+            W[2 * i, col(1, 0, i)] = 1.0
+        W[30, col(2, 0)] = 1.0
+        W_O[0, 32], W_O[0, 33] = gamma, -gamma
+        model.W_U[0, 32, 1], model.W_U[0, 32, 0] = 1.0, -1.0
+        for which in (0, 1):  # distractor Q/K vary, head 2's are fixed
+            W[:, col(which, 1):col(which, 1) + D] = torch.randn(d, D, generator=varying) * 0.5
+            W[:, col(which, 2):col(which, 2) + D] = torch.randn(d, D, generator=fixed) * 0.5
+        for head in (1, 2):
+            W[:, col(2, head):col(2, head) + D] = torch.randn(d, D, generator=fixed) * 0.5
+            W_O[head * D:(head + 1) * D] = torch.randn(D, d, generator=fixed) * 0.1
+    return model
+
+
+@pytest.fixture(scope="module")
+def circuit():
+    task = LinearMapConfig(state_size=S, sparsity=1).build(make_generator(0))
+    tokens = task.sample(256, make_generator(1)).tokens
+    early, late = copy_circuit(task, carrier_on=False, seed=1), copy_circuit(task, carrier_on=True, seed=2)
+    return task, tokens, early, late
+
+
+def test_hand_built_circuit_is_as_designed(circuit):
+    task, tokens, early, late = circuit
+    late_m = target_metrics(run_with_head_edits(late, tokens), tokens, task.output_index)
+    early_m = target_metrics(run_with_head_edits(early, tokens), tokens, task.output_index)
+    assert late_m["prob_per_output"].min() > 0.99  # the carrier copies every output bit
+    assert early_m["prob_per_output"].max() < 0.8
+
+
+def test_carrier_ranks_first_in_patching_table_and_greedy(circuit):
+    task, tokens, early, late = circuit
+    table = patching_table(early, late, tokens, output_index=task.output_index, loss_mask=task.loss_mask)
+    assert table.prob_gain.shape == table.loss_drop.shape == (1, 3)
+    assert table.prob_gain_per_output.shape == table.loss_drop_per_output.shape == (1, 3, S)
+    assert table.ranking()[0] == (0, 0)
+    assert table.prob_gain[0, 0] > 0.1 and table.loss_drop[0, 0] > 0.1  # 8 of the 15 positions gain
+    assert (table.prob_gain_per_output[0, 0] > 0).all()
+    assert table.prob_gain[0, 2] == 0 and table.loss_drop[0, 2] == 0  # identical patterns: exactly 0
+    assert abs(float(table.prob_gain[0, 1])) < 0.05  # the distractor's pattern differs but barely matters
+    rows = table.to_rows()
+    assert len(rows) == 3 * (1 + S) and {"layer", "head", "output", "prob_gain", "loss_drop"} <= set(rows[0])
+
+    greedy = greedy_heads(early, late, tokens, fraction=0.9, loss_mask=task.loss_mask)
+    assert greedy.heads[0] == (0, 0) and greedy.reached
+    assert greedy.recovered[0] >= 0.9 and len(greedy.heads) == 1
+
+    ablation = ablation_table(late, tokens, kind="zero", output_index=task.output_index)
+    assert ablation.prob_drop.argmax() == 0 and ablation.prob_drop[0, 0] > 0.1
+    assert ablation.loss_increase_per_output.shape == (1, 3, S)
+    # the carrier's late pattern depends on positions only, so its batch mean is itself: no damage
+    mean = ablation_table(late, tokens, kind="mean")
+    assert abs(float(mean.prob_drop[0, 0])) < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_patching_on_cuda_matches_cpu(circuit):
+    task, tokens, early, late = circuit
+    cpu = patching_table(early, late, tokens, output_index=task.output_index)
+    early, late = copy.deepcopy(early).cuda(), copy.deepcopy(late).cuda()
+    gpu = patching_table(early, late, tokens, output_index=task.output_index)  # CPU tokens: moved inside
+    torch.testing.assert_close(gpu.prob_gain, cpu.prob_gain, rtol=0, atol=1e-4)
+    assert greedy_heads(early, late, tokens.cuda()).heads[0] == (0, 0)
+    assert ablation_table(late, tokens.cuda(), kind="mean").prob_drop.device.type == "cpu"
+
+
+def test_patching_table_batched_equals_unbatched_and_shapes():
+    early, late = Transformer(CFG, seeds=[0]), Transformer(CFG, seeds=[1])
+    tokens = random_tokens(24)
+    whole = patching_table(early, late, tokens, what="scores")
+    chunked = patching_table(early, late, tokens, what="scores", batch_size=7)
+    assert whole.prob_gain.shape == (CFG.layers, CFG.heads) and whole.prob_gain_per_output is None
+    torch.testing.assert_close(whole.prob_gain, chunked.prob_gain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(whole.loss_drop, chunked.loss_drop, rtol=0, atol=1e-6)
+    assert len(whole.to_rows()) == CFG.layers * CFG.heads
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+def test_target_metrics_known_answer():
+    tokens = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])
+    logits = torch.zeros(2, 3, 2)
+    logits[0, 0, 1] = math.log(3.0)  # p(correct = 1) = 3/4 at row 0, position 0
+    output_index = torch.tensor([-1, 0, 0])
+    m = target_metrics(logits, tokens, output_index, loss_mask=torch.tensor([False, True, True]))
+    torch.testing.assert_close(m["prob"], torch.tensor([(0.75 + 0.5) / 2, 0.5, 0.5]))
+    torch.testing.assert_close(m["mean_prob"], torch.tensor(0.5))
+    torch.testing.assert_close(m["mean_loss"], torch.tensor(math.log(2)))
+    torch.testing.assert_close(m["prob_per_output"], torch.tensor([0.5]))

@@ -1,0 +1,439 @@
+"""Task generators against slow, independent references written with plain Python loops.
+
+Every check here recomputes the ground truth (next states, attention masks, closed-form losses) without
+reusing the task code, on random configs with odd sizes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, defaultdict
+from itertools import combinations
+
+import pytest
+import torch
+
+from emergelab.config import ConfigError
+from emergelab.tasks import (
+    CellularAutomataConfig,
+    LinearMapConfig,
+    draw_sparse_matrix,
+    make_generator,
+    relevant_queries,
+)
+
+# ----------------------------------------------------------------------------------------------------
+# Plain-loop references
+# ----------------------------------------------------------------------------------------------------
+
+
+def ref_linear_map_next(A: list[list[int]], x0: list[int]) -> list[int]:
+    """x1[i] = sum_j A[i][j] x0[j] mod 2, by loops."""
+    S = len(x0)
+    out = []
+    for i in range(S):
+        total = 0
+        for j in range(S):
+            total += A[i][j] * x0[j]
+        out.append(total % 2)
+    return out
+
+
+def ref_linear_map_mask(A: list[list[int]]) -> list[list[bool]]:
+    """[P][P]: the query predicting x1[i] (flat position S+i-1) reads keys j < S with A[i][j] = 1."""
+    S = len(A)
+    P = 2 * S - 1
+    mask = [[False] * P for _ in range(P)]
+    for i in range(S):
+        for j in range(S):
+            if A[i][j] == 1:
+                mask[S + i - 1][j] = True
+    return mask
+
+
+def ref_offsets(W: int) -> list[int]:
+    """Window offsets written out from the docstring: -(W//2) .. W-1-W//2 inclusive."""
+    lo, hi = -(W // 2), W - 1 - W // 2
+    out, o = [], lo
+    while o <= hi:
+        out.append(o)
+        o += 1
+    return out
+
+
+def ref_ca_step(state: list[int], table: list[int], k: int, W: int, boundary: str) -> list[int]:
+    """Next state: cell i becomes table[code] where code is the window read base k, leftmost first."""
+    S = len(state)
+    out = []
+    for i in range(S):
+        code = 0
+        for o in ref_offsets(W):
+            j = i + o
+            if boundary == "periodic":
+                value = state[j % S]
+            else:
+                value = state[j] if 0 <= j < S else 0
+            code = code * k + value
+        out.append(table[code])
+    return out
+
+
+def ref_ca_mask(S: int, T: int, W: int, boundary: str) -> list[list[bool]]:
+    """[P][P]: query (t+1)*S + i - 1 (predicting cell i of state t+1) reads state t's window of i."""
+    P = S * T - 1
+    mask = [[False] * P for _ in range(P)]
+    for t in range(T - 1):
+        for i in range(S):
+            q = (t + 1) * S + i - 1
+            for o in ref_offsets(W):
+                j = i + o
+                if boundary == "periodic":
+                    mask[q][t * S + (j % S)] = True
+                elif 0 <= j < S:
+                    mask[q][t * S + j] = True
+    return mask
+
+
+def empirical_conditional_entropy(sequences: list[list[int]]) -> float:
+    """Mean over positions p = 0..L-2 of the plug-in entropy (nats) of token p+1 given tokens 0..p.
+
+    Counts every prefix with a dict; this is the loss of the Bayes predictor estimated from samples.
+    """
+    n, L = len(sequences), len(sequences[0])
+    total = 0.0
+    for p in range(L - 1):
+        counts: dict[tuple, Counter] = defaultdict(Counter)
+        for seq in sequences:
+            counts[tuple(seq[: p + 1])][seq[p + 1]] += 1
+        entropy = 0.0
+        for counter in counts.values():
+            m = sum(counter.values())
+            for c in counter.values():
+                entropy -= (c / n) * math.log(c / m)
+        total += entropy
+    return total / (L - 1)
+
+
+def as_lists(t: torch.Tensor) -> list:
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Linear map
+# ----------------------------------------------------------------------------------------------------
+
+
+def random_linear_configs(n: int, seed: int) -> list[tuple[int, int, int]]:
+    """(S, s, task_seed) with odd sizes S in {1, 5, 7, 13} and s uniform in 1..S."""
+    rng = random.Random(seed)
+    out = [(1, 1, 0), (5, 5, 1), (7, 1, 2)]  # edges: S = 1, s = S, s = 1
+    for _ in range(n):
+        S = rng.choice([5, 7, 13])
+        out.append((S, rng.randint(1, S), rng.randint(0, 10 ** 6)))
+    return out
+
+
+LINEAR_CONFIGS = random_linear_configs(6, seed=2024)
+
+
+@pytest.mark.parametrize("S,s,seed", LINEAR_CONFIGS)
+def test_linear_map_matrix_sequences_and_layout(S, s, seed):
+    task = LinearMapConfig(state_size=S, sparsity=s).build(make_generator(seed))
+    A = as_lists(task.matrix)
+    assert task.matrix.shape == (S, S) and task.matrix.dtype == torch.int64
+    for row in A:
+        assert all(v in (0, 1) for v in row)
+        assert sum(row) == s  # exactly s ones per row
+
+    assert (task.vocab_size, task.seq_len, task.n_outputs) == (2, 2 * S, S)
+    batch = task.sample(64, make_generator(seed + 1))
+    assert batch.tokens.shape == (64, 2 * S) and batch.tokens.dtype == torch.int64
+    assert batch.rules is None and batch.rule_ids is None
+    for seq in as_lists(batch.tokens):
+        x0, x1 = seq[:S], seq[S:]
+        assert all(v in (0, 1) for v in x0)
+        assert x1 == ref_linear_map_next(A, x0)
+
+    P = 2 * S - 1
+    assert task.attention_mask.shape == (P, P) and task.attention_mask.dtype == torch.bool
+    assert as_lists(task.attention_mask) == ref_linear_map_mask(A)
+    # every ground-truth key is visible to its query (causal)
+    for q, row in enumerate(ref_linear_map_mask(A)):
+        assert all(j <= q for j, on in enumerate(row) if on)
+    expected_index = [p - (S - 1) if p >= S - 1 else -1 for p in range(P)]
+    assert as_lists(task.output_index) == expected_index
+    assert task.output_index.dtype == torch.int64
+    assert as_lists(task.loss_mask) == [True] * P and task.loss_mask.dtype == torch.bool
+    assert as_lists(relevant_queries(task.attention_mask)) == [p >= S - 1 for p in range(P)]
+
+
+def test_linear_map_determinism():
+    config = LinearMapConfig(state_size=7, sparsity=3)
+    a = config.build(make_generator(5))
+    b = config.build(make_generator(5))
+    c = config.build(make_generator(6))
+    assert torch.equal(a.matrix, b.matrix)
+    assert not torch.equal(a.matrix, c.matrix)
+    ta = a.sample(32, make_generator(11)).tokens
+    assert torch.equal(ta, b.sample(32, make_generator(11)).tokens)
+    assert not torch.equal(ta, a.sample(32, make_generator(12)).tokens)
+    # consuming a generator advances it: two successive draws differ
+    g = make_generator(11)
+    assert not torch.equal(a.sample(32, g).tokens, a.sample(32, g).tokens)
+
+
+def chi_square_bound(dof: int) -> float:
+    """A loose upper bound for a chi-square statistic: mean + 6 standard deviations."""
+    return dof + 6 * math.sqrt(2 * dof)
+
+
+def test_linear_map_rows_are_uniform_subsets():
+    """Each row of A is a uniformly random s-subset of the S columns (diagonal allowed)."""
+    S, s, draws = 5, 2, 3000
+    g = make_generator(0)
+    subsets = list(combinations(range(S), s))
+    counts = {(i, sub): 0 for i in range(S) for sub in subsets}
+    column_counts = [[0] * S for _ in range(S)]
+    for _ in range(draws):
+        A = as_lists(draw_sparse_matrix(S, s, g))
+        for i in range(S):
+            cols = tuple(j for j in range(S) if A[i][j] == 1)
+            counts[(i, cols)] += 1
+            for j in cols:
+                column_counts[i][j] += 1
+    # Subsets per row: chi-square with C(S, s) - 1 degrees of freedom per row.
+    expected = draws / len(subsets)
+    stat = sum((c - expected) ** 2 / expected for c in counts.values())
+    assert stat < chi_square_bound(S * (len(subsets) - 1)), stat
+    # Columns: each (i, j) is chosen with probability s/S, diagonal included.
+    p = s / S
+    for i in range(S):
+        for j in range(S):
+            z = (column_counts[i][j] - draws * p) / math.sqrt(draws * p * (1 - p))
+            assert abs(z) < 6, (i, j, z)
+
+
+@pytest.mark.parametrize("S,s,seed", [(3, 2, 0), (3, 1, 1), (4, 2, 2)])
+def test_linear_map_optimal_loss_matches_monte_carlo(S, s, seed):
+    """The closed form (S-1)/(2S-1) ln 2 equals the Bayes loss estimated by counting prefixes."""
+    task = LinearMapConfig(state_size=S, sparsity=s).build(make_generator(seed))
+    closed = task.optimal_loss()
+    assert closed == pytest.approx((S - 1) / (2 * S - 1) * math.log(2), rel=1e-12)
+    n = 60000
+    sequences = as_lists(task.sample(n, make_generator(seed + 100)).tokens)
+    estimate = empirical_conditional_entropy(sequences)
+    # Each unpredictable bit's plug-in entropy near ln 2 has bias and spread O(2^S / n) < 1e-3;
+    # determined bits give exactly 0. A wrong count of predictable positions would be off by > 0.05.
+    assert abs(estimate - closed) < 2e-3, (estimate, closed)
+
+
+def test_linear_map_untrained_loss_is_ln2_bits_uniform():
+    """x0 bits are fair coins (the unlearned loss is ln 2)."""
+    task = LinearMapConfig(state_size=13, sparsity=6).build(make_generator(3))
+    x0 = task.sample(4000, make_generator(4)).tokens[:, :13]
+    freq = x0.double().mean().item()
+    assert abs(freq - 0.5) < 6 * math.sqrt(0.25 / x0.numel())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cellular automata
+# ----------------------------------------------------------------------------------------------------
+
+CA_CASES = [
+    # (S, T, k, W, boundary, rules, seed)
+    (5, 4, 2, 1, "periodic", None, 0),
+    (5, 4, 3, 2, "zero", None, 1),
+    (7, 3, 4, 3, "periodic", None, 2),
+    (7, 3, 4, 3, "zero", 0, 3),
+    (13, 3, 2, 5, "periodic", 3, 4),
+    (13, 2, 3, 5, "zero", None, 5),
+    (5, 3, 2, 5, "periodic", None, 6),  # window = S: periodic wraps every cell once
+    (5, 3, 3, 5, "zero", 2, 7),
+    (7, 4, 3, 2, "periodic", 1, 8),
+    (1, 5, 4, 1, "zero", None, 9),  # one cell
+]
+
+
+@pytest.mark.parametrize("S,T,k,W,boundary,rules,seed", CA_CASES)
+def test_cellular_automata_against_loops(S, T, k, W, boundary, rules, seed):
+    config = CellularAutomataConfig(state_size=S, trajectory_length=T, alphabet=k, window=W,
+                                    rules=rules, boundary=boundary)
+    task = config.build(make_generator(seed))
+    assert (task.vocab_size, task.seq_len, task.n_outputs) == (k, S * T, T)
+    n = 40
+    batch = task.sample(n, make_generator(seed + 1000))
+    assert batch.tokens.shape == (n, S * T) and batch.tokens.dtype == torch.int64
+    assert batch.rules.shape == (n, k ** W) and batch.rules.dtype == torch.int64
+    tables = as_lists(batch.rules)
+    for seq, table in zip(as_lists(batch.tokens), tables):
+        assert all(0 <= v < k for v in seq)
+        assert all(0 <= v < k for v in table)
+        states = [seq[t * S:(t + 1) * S] for t in range(T)]
+        for t in range(T - 1):
+            assert states[t + 1] == ref_ca_step(states[t], table, k, W, boundary), (t, states)
+
+    if rules:
+        assert task.pool.shape == (rules, k ** W)
+        assert batch.rule_ids.shape == (n,) and batch.rule_ids.dtype == torch.int64
+        ids = as_lists(batch.rule_ids)
+        assert all(0 <= i < rules for i in ids)
+        pool = as_lists(task.pool)
+        assert tables == [pool[i] for i in ids]
+    else:
+        assert task.pool is None and batch.rule_ids is None
+
+    P = S * T - 1
+    assert task.attention_mask.shape == (P, P) and task.attention_mask.dtype == torch.bool
+    assert as_lists(task.attention_mask) == ref_ca_mask(S, T, W, boundary)
+    assert as_lists(task.output_index) == [(p + 1) // S for p in range(P)]
+    assert as_lists(task.loss_mask) == [True] * P
+
+
+def test_cellular_automata_window_code_convention():
+    """A hand-built table: with W=3, k=2 the code of (left, centre, right) is 4*left + 2*centre + right.
+
+    Rule 'copy the left neighbour' is table[code] = code >> 2; one step of it shifts the state right."""
+    task = CellularAutomataConfig(state_size=7, trajectory_length=2, alphabet=2, window=3,
+                                  rules=1, boundary="periodic").build(make_generator(0))
+    task.pool = torch.tensor([[code >> 2 for code in range(8)]])
+    tokens = task.sample(20, make_generator(1)).tokens
+    x0, x1 = tokens[:, :7], tokens[:, 7:]
+    assert torch.equal(x1, x0.roll(1, dims=1))
+    zero = CellularAutomataConfig(state_size=7, trajectory_length=2, alphabet=2, window=3,
+                                  rules=1, boundary="zero").build(make_generator(0))
+    zero.pool = task.pool
+    tokens = zero.sample(20, make_generator(1)).tokens
+    x0, x1 = tokens[:, :7], tokens[:, 7:]
+    assert torch.equal(x1[:, 0], torch.zeros(20, dtype=torch.int64))  # reads 0 left of cell 0
+    assert torch.equal(x1[:, 1:], x0[:, :-1])
+
+
+@pytest.mark.parametrize("rules", [None, 0])
+def test_cellular_automata_fresh_tables_per_sequence(rules):
+    task = CellularAutomataConfig(state_size=5, trajectory_length=3, alphabet=3, window=3,
+                                  rules=rules).build(make_generator(0))
+    batch = task.sample(200, make_generator(1))
+    assert task.pool is None and batch.rule_ids is None
+    unique = {tuple(row) for row in as_lists(batch.rules)}
+    assert len(unique) == 200  # 3**27 possible tables: a repeat means tables are not per sequence
+    # the table entries are uniform over the alphabet
+    counts = Counter(v for row in as_lists(batch.rules) for v in row)
+    m = 200 * 27
+    stat = sum((counts[v] - m / 3) ** 2 / (m / 3) for v in range(3))
+    assert stat < chi_square_bound(2)
+
+
+def test_cellular_automata_pool_ids_cover_pool():
+    task = CellularAutomataConfig(state_size=5, trajectory_length=3, alphabet=2, window=3,
+                                  rules=4).build(make_generator(0))
+    batch = task.sample(400, make_generator(1))
+    counts = Counter(as_lists(batch.rule_ids))
+    assert set(counts) == {0, 1, 2, 3}
+    assert all(abs(c - 100) < 6 * math.sqrt(400 * 0.25 * 0.75) for c in counts.values())
+    assert torch.equal(batch.rules, task.pool[batch.rule_ids])
+
+
+def test_cellular_automata_determinism():
+    config = CellularAutomataConfig(state_size=7, trajectory_length=4, alphabet=3, rules=5)
+    a, b, c = (config.build(make_generator(s)) for s in (3, 3, 4))
+    assert torch.equal(a.pool, b.pool) and not torch.equal(a.pool, c.pool)
+    t1 = a.sample(16, make_generator(9)).tokens
+    assert torch.equal(t1, b.sample(16, make_generator(9)).tokens)
+    assert not torch.equal(t1, a.sample(16, make_generator(10)).tokens)
+
+
+@pytest.mark.parametrize("boundary", ["periodic", "zero"])
+def test_cellular_automata_optimal_loss_single_rule_monte_carlo(boundary):
+    """rules=1: the closed form (S-1)/(S*T-1) ln k against prefix counting."""
+    S, T, k = 3, 3, 2
+    task = CellularAutomataConfig(state_size=S, trajectory_length=T, alphabet=k, window=3, rules=1,
+                                  boundary=boundary).build(make_generator(0))
+    closed = task.optimal_loss()
+    assert closed == pytest.approx((S - 1) / (S * T - 1) * math.log(k), rel=1e-12)
+    sequences = as_lists(task.sample(60000, make_generator(1)).tokens)
+    estimate = empirical_conditional_entropy(sequences)
+    assert abs(estimate - closed) < 2e-3, (estimate, closed)
+
+
+def test_cellular_automata_optimal_loss_is_none_for_inference():
+    for rules in (None, 0, 2):
+        task = CellularAutomataConfig(state_size=5, rules=rules).build(make_generator(0))
+        assert task.optimal_loss() is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config validation
+# ----------------------------------------------------------------------------------------------------
+
+BAD_CONFIGS = [
+    (LinearMapConfig, dict(state_size=5, sparsity=6), "task.sparsity"),
+    (LinearMapConfig, dict(state_size=5, sparsity=0), "task.sparsity"),
+    (LinearMapConfig, dict(state_size=5, sparsity=-1), "task.sparsity"),
+    (LinearMapConfig, dict(state_size=0, sparsity=1), "task.state_size"),
+    (LinearMapConfig, dict(state_size=-3, sparsity=1), "task.state_size"),
+    (LinearMapConfig, dict(state_size=5.0, sparsity=1), "task.state_size"),
+    (LinearMapConfig, dict(state_size=True, sparsity=1), "task.state_size"),
+    (LinearMapConfig, dict(state_size=5, sparsity="2"), "task.sparsity"),
+    (CellularAutomataConfig, dict(alphabet=1), "task.alphabet"),
+    (CellularAutomataConfig, dict(alphabet=0), "task.alphabet"),
+    (CellularAutomataConfig, dict(state_size=0), "task.state_size"),
+    (CellularAutomataConfig, dict(state_size=-1), "task.state_size"),
+    (CellularAutomataConfig, dict(trajectory_length=0), "task.trajectory_length"),
+    (CellularAutomataConfig, dict(trajectory_length=1), "task.trajectory_length"),
+    (CellularAutomataConfig, dict(window=0), "task.window"),
+    (CellularAutomataConfig, dict(state_size=3, window=4), "task.window"),
+    (CellularAutomataConfig, dict(alphabet=1024, window=3), "task.window"),
+    (CellularAutomataConfig, dict(rules=-1), "task.rules"),
+    (CellularAutomataConfig, dict(rules=1.5), "task.rules"),
+    (CellularAutomataConfig, dict(boundary="reflect"), "task.boundary"),
+    (CellularAutomataConfig, dict(boundary="Periodic"), "task.boundary"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,field", BAD_CONFIGS)
+def test_bad_task_config_raises_one_line_error_naming_field(cls, kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    message = str(info.value)
+    assert field in message
+    assert "\n" not in message and message.strip() == message
+
+
+def test_task_configs_are_frozen():
+    config = LinearMapConfig()
+    with pytest.raises(Exception):
+        config.sparsity = 3  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices: ground truth and tokens live on the generator's device
+# ----------------------------------------------------------------------------------------------------
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="CUDA not available"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_generation_on_generator_device(device):
+    linear = LinearMapConfig(state_size=7, sparsity=3).build(make_generator(0, device))
+    batch = linear.sample(8, make_generator(1, device))
+    assert batch.tokens.device.type == device
+    for t in (linear.matrix, linear.attention_mask, linear.loss_mask, linear.output_index):
+        assert t.device.type == device
+    A = as_lists(linear.matrix)
+    for seq in as_lists(batch.tokens):
+        assert seq[7:] == ref_linear_map_next(A, seq[:7])
+
+    for rules in (None, 3):
+        ca = CellularAutomataConfig(state_size=5, trajectory_length=3, alphabet=3, rules=rules,
+                                    boundary="zero").build(make_generator(0, device))
+        batch = ca.sample(8, make_generator(1, device))
+        assert batch.tokens.device.type == device and batch.rules.device.type == device
+        for t in (ca.attention_mask, ca.loss_mask, ca.output_index):
+            assert t.device.type == device
+        if rules:
+            assert ca.pool.device.type == device and batch.rule_ids.device.type == device
+        for seq, table in zip(as_lists(batch.tokens), as_lists(batch.rules)):
+            for t in range(2):
+                assert seq[(t + 1) * 5:(t + 2) * 5] == ref_ca_step(seq[t * 5:(t + 1) * 5], table, 3, 3, "zero")
