@@ -58,7 +58,7 @@ def _check_finite(values: np.ndarray, name: str = "values") -> None:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"{name} must be finite: {name}[{i}] = {values[i]!r} is the first non-finite value "
+            f"{name} must be finite: {name}[{i}] = {float(values[i])} is the first non-finite value "
             f"({int(bad.sum())} non-finite in total)"
         )
 
@@ -415,6 +415,13 @@ def _jumps_at_scale(
         sharp = t90 - t10
         if plateau < sharp:
             continue
+        # the fall must also have ended: flat after it for as long as it took (or to the
+        # end of the curve); this rejects a short window's slice of a slower fall
+        j = int(math.ceil(f90))
+        while j < n and abs(y[j] - after) <= flat_fraction * drop:
+            j += 1
+        if j < n and step_at(float(j - 1)) - t90 < sharp:
+            continue
         lo = min(max(int(math.floor(f10 - lag)), 0), n - 1)
         hi = min(max(int(math.ceil(f90 - lag)), 0), n - 1)
         jump = Jump(
@@ -482,7 +489,10 @@ def detect_jumps(
     5. Flat stretch: walking back from the 10% crossing over the points with
        ``|s - before| <= flat_fraction * drop``.  A candidate is kept only if that stretch
        lasted at least as long as the fall (``plateau_before_steps >= sharpness_steps``):
-       this rejects the smooth decay at the start of an ordinary loss curve.
+       this rejects the smooth decay at the start of an ordinary loss curve.  Likewise
+       the curve must stay within ``flat_fraction * drop`` of the level after for at
+       least as long as the fall took (or until the curve ends), which rejects a short
+       window's slice of a slower fall.
     6. Scales: with ``window=None`` steps 2-5 run for ``w = max(2, smooth)`` and
        doublings of it up to ``max(w, round(0.05 * n))`` points.  Jumps found at the
        smallest window are kept first; a jump found at a larger window is added only if

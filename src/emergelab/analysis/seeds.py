@@ -51,7 +51,7 @@ def _finite_1d(values: ArrayLike, name: str) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name} must be finite: {name}[{i}] = {x[i]!r} is the first non-finite value")
+        raise ValueError(f"{name} must be finite: {name}[{i}] = {float(x[i])} is the first non-finite value")
     return x
 
 
@@ -69,7 +69,7 @@ def _seed_arrays(emergence_steps: ArrayLike, solved: ArrayLike) -> tuple[np.ndar
     bad = ok & ~np.isfinite(e)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"seed {i} is marked solved but its emergence step is {e[i]!r}")
+        raise ValueError(f"seed {i} is marked solved but its emergence step is {float(e[i])}")
     return e, ok
 
 
@@ -182,8 +182,10 @@ def sarle_bimodality_coefficient(values: ArrayLike) -> float | None:
     ``n < 4`` or all values are equal.  Shape: ``values``: ``(n,)``.
 
     Example:
-        >>> round(sarle_bimodality_coefficient([0, 0, 0, 0, 1, 1, 1, 1]), 3)
-        0.778
+        >>> round(sarle_bimodality_coefficient([0] * 50 + [1] * 50), 3)
+        0.951
+        >>> round(sarle_bimodality_coefficient([0, 0, 0, 0, 1, 1, 1, 1]), 3)  # small n: weak
+        0.476
     """
     x = _finite_1d(values, "values")
     n = x.size
@@ -369,18 +371,21 @@ def _dip_sorted(xa: np.ndarray) -> float:
 def dip_statistic(values: ArrayLike) -> float:
     """Hartigan's dip: sup distance between the empirical CDF and the closest unimodal CDF.
 
-    Computed with Algorithm AS 217 as in R's ``diptest::dip`` (see :func:`_dip_sorted`).
-    For ``n`` values not all equal it lies in ``[1/(2n), 1/4]``: ``1/(2n)`` for evenly
-    spaced data, about ``0.5/sqrt(n)`` scale for a uniform sample, and towards ``1/4`` for
-    two well-separated equal clusters.  All-equal data give 0.  For ``n < 4`` (where R
-    returns 0) this returns ``1/(2n)``, the exact dip of any 2 or 3 distinct points.
+    Computed with Algorithm AS 217 as in R's ``diptest::dip`` with its default
+    ``min.is.0 = FALSE`` (see :func:`_dip_sorted`): the result is at least ``1/(2n)``,
+    which is exact for any data with two or more distinct values (a continuous CDF must
+    split each jump of ``1/n`` away from the mode).  So for ``n`` values not all equal it
+    lies in ``[1/(2n), 1/4]``: ``1/(2n)`` for evenly spaced data, of order
+    ``0.5/sqrt(n)`` for a uniform sample, and towards ``1/4`` for two well-separated
+    equal clusters.  All-equal data give 0 (a point mass is unimodal).  ``n < 4`` with
+    distinct values gives ``1/(2n)``.
     Shape: ``values``: ``(n,)``, ``n >= 1``.
 
     Example:
         >>> dip_statistic(range(10))
         0.05
         >>> round(dip_statistic([0, 0.1, 0.2, 0.3, 100, 100.1, 100.2, 100.3]), 4)
-        0.25
+        0.2492
     """
     x = np.sort(_finite_1d(values, "values"))
     n = x.size
@@ -390,7 +395,7 @@ def dip_statistic(values: ArrayLike) -> float:
         return 0.0
     if n < 4:
         return 1.0 / (2 * n)
-    return _dip_sorted(x)
+    return max(_dip_sorted(x), 1.0 / (2 * n))
 
 
 def dip_test(values: ArrayLike, *, n_boot: int = 1000, rng: RngLike = None) -> tuple[float, float]:
@@ -413,7 +418,7 @@ def dip_test(values: ArrayLike, *, n_boot: int = 1000, rng: RngLike = None) -> t
     if n < 4 or dip == 0.0:
         return dip, 1.0
     gen = _rng(rng)
-    null = np.array([_dip_sorted(np.sort(gen.random(n))) for _ in range(n_boot)])
+    null = np.array([max(_dip_sorted(np.sort(gen.random(n))), 0.5 / n) for _ in range(n_boot)])
     # relative tolerance: equal dips computed from different data can differ in the last bits
     hits = int(np.sum(null >= dip * (1 - 1e-12)))
     return dip, (1 + hits) / (n_boot + 1)
