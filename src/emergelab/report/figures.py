@@ -85,8 +85,8 @@ def seed_task(config: Any, seed: int):
     return config.task.build(make_generator(seed_streams(config.train.seed, seed)["task"]))
 
 
-def describe(config: Any) -> str:
-    """One line naming the task and the key model / training knobs."""
+def describe(config: Any, sep: str = " | ") -> str:
+    """The task and the key model / training knobs, in three parts joined by ``sep``."""
     task, model, train = config.task, config.model, config.train
     if task.name == "linear-map":
         what = f"linear map S={task.state_size} s={task.sparsity}"
@@ -98,9 +98,8 @@ def describe(config: Any) -> str:
         what = task.name
     mlp = f"MLP x{model.mlp_ratio:g}" if model.mlp_ratio else "no MLP"
     layers = f"{model.layers} layer" + ("s" if model.layers > 1 else "")
-    return (f"{what} | {layers} x {model.heads} heads, head_dim {model.head_dim}, "
-            f"d_model {model.width}, {mlp} | lr {train.lr:g}, batch {train.batch_size}, "
-            f"master seed {train.seed}")
+    return sep.join([what, f"{layers} x {model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, "
+                          f"{mlp}", f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -115,19 +114,28 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _sep(columns: int) -> str:
+    """How to join the parts of ``describe``: on one line when the figure is wide enough."""
+    return " | " if columns >= 2 else "\n"
+
+
 def _save(fig: "Figure", path: Path) -> Path:
     # the temporary file ends in .tmp, so the format must be given explicitly
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = True) -> None:
-    for k, (step, label) in enumerate(marks or []):
+    """Dotted vertical lines at the marked steps; their labels listed in one box (upper left), so
+    markers that fall close together never print over each other."""
+    for step, _ in marks or []:
         ax.axvline(step, color="tab:red", lw=0.8, ls=":", alpha=0.8)
-        if text and label:
-            # alternate heights so neighbouring labels do not sit on each other
-            y = 0.97 - 0.1 * (k % 3)
-            ax.text(step, y, f" {label}", transform=ax.get_xaxis_transform(), rotation=0, fontsize=7,
-                    color="tab:red", va="top", ha="left", clip_on=True)
+    labels = [f"{step:>6.0f}  {label}" for step, label in marks or [] if label]
+    if text and labels:
+        if len(labels) > 12:
+            labels = labels[:11] + [f"... {len(labels) - 11} more"]
+        ax.text(0.02, 0.97, "emerged at step: output: head\n" + "\n".join(labels), transform=ax.transAxes,
+                fontsize=6.5, family="monospace", color="tab:red", va="top", ha="left",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
 
 def _step_edges(steps: np.ndarray) -> np.ndarray:
@@ -149,7 +157,7 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     from matplotlib.colors import Normalize
 
     rows, cols = _grid_shape(len(seeds))
-    fig = _figure(3.8 * cols + 1.0, 2.9 * rows + 0.6)
+    fig = _figure(max(6.0, 3.8 * cols + 1.0), 2.9 * rows + 0.6)
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     cmap = colormaps["viridis"]
     n_outputs = 1
@@ -165,11 +173,14 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
             ax.plot(per_output.steps[ok], values[ok], lw=0.8, alpha=0.85, color=cmap(0.9 * norm(int(label))))
         aggregate = metric_grid(table, "loss", seed)
         ax.plot(aggregate.steps, aggregate.values[0], color="black", lw=2.0, label="held-out loss (mean)")
+        per_output_optimum = " (optimum 0)" if getattr(task.config, "name", "") == "linear-map" else ""
+        ax.plot([], [], color=cmap(0.45), lw=0.8, label=f"loss of each {output_name}{per_output_optimum}")
         optimum = task.optimal_loss()
         if optimum is not None:
             ax.axhline(optimum, color="tab:red", ls="--", lw=1.2, label=f"optimal mean loss {optimum:.3f}")
         _draw_jumps(ax, (jumps or {}).get(seed))
         ax.set_xscale(**STEP_SCALE)
+        ax.set_xlim(-0.3, aggregate.steps[-1] * 1.3)  # symlog's automatic margin reaches far below 0
         ax.set_title(f"seed {seed}", fontsize=10)
         ax.grid(alpha=0.3, lw=0.5)
     for ax in axes.flat[len(seeds):]:
@@ -182,7 +193,7 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     bar = fig.colorbar(ScalarMappable(Normalize(0, max(1, n_outputs - 1)), cmap=_truncated(cmap)),
                        ax=axes, shrink=0.9, pad=0.01)
     bar.set_label(f"per-output loss: {output_name} index")
-    fig.suptitle(f"Held-out loss per {output_name}\n{describe(config)}", fontsize=10)
+    fig.suptitle(f"Held-out loss per {output_name}\n{describe(config, _sep(cols))}", fontsize=10)
     return fig
 
 
@@ -200,7 +211,7 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
     grids = [metric_grid(table, "attn_entropy", seed) for seed in seeds]
     n_heads = max(len(g.labels) for g in grids)
     rows, cols = _grid_shape(len(seeds))
-    fig = _figure(3.8 * cols + 1.0, (0.9 + 0.16 * n_heads) * rows + 0.8)
+    fig = _figure(max(6.0, 3.8 * cols + 1.0), min(6.0, 0.9 + 0.16 * n_heads) * rows + 0.8)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     vmax = max(np.nanmax(g.values) for g in grids)
     mesh = None
@@ -226,8 +237,8 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
         ax.set_ylabel("head (layer.head)")
     bar = fig.colorbar(mesh, ax=axes, shrink=0.9, pad=0.01)
     bar.set_label("attention entropy (nats)")
-    fig.suptitle("Attention entropy per head (mean over queries with a ground-truth row)\n"
-                 f"{describe(config)}", fontsize=10)
+    fig.suptitle("Attention entropy per head, mean over the queries with a ground-truth row\n"
+                 f"{describe(config, _sep(cols))}", fontsize=10)
     return fig
 
 
@@ -317,8 +328,10 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     """Attention maps of the heads whose entropy dropped most, at init / before / after the drop, beside
     the ideal pattern; ``None`` when the run saved no attention snapshots for these seeds."""
     import torch
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    panels = []  # (seed, head, drop, view, [(title, image, gt)])
+    panels = []  # (seed, head label, entropy drop, (start, end), view, [(title, image [R, C])], gt [R, C])
     for seed in seeds:
         snapshots = run.attention_steps(seed)
         if not snapshots:
@@ -342,56 +355,69 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
                 images.append((f"{name}: step {step}",
                                cache[step][layer, head].float()[view.rows, view.cols].numpy()))
             panels.append((seed, label, drop, (start, end), view, images, gt_block))
-        if len(panels) >= 2 * max_heads:
-            break
     if not panels:
         return None
 
     n_rows, n_cols = len(panels), 4
     first_view = panels[0][4]
     aspect = (first_view.cols.stop - first_view.cols.start) / (first_view.rows.stop - first_view.rows.start)
-    panel_h = 2.0
-    panel_w = min(4.5, max(1.8, panel_h * aspect))
-    fig = _figure(panel_w * n_cols + 1.2, panel_h * n_rows + 1.0)
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    panel_w = min(3.4, max(1.9, 2.0 * aspect))  # inches of image
+    panel_h = min(2.0, max(1.5, panel_w / aspect))
+    # A fixed layout in inches (constrained layout costs seconds with this many axes): margins for the
+    # row labels (left), the colorbar (right), the suptitle and panel titles (top), ticks and labels.
+    left, right, top, bottom, gap_w, gap_h = 1.2, 1.1, 0.95, 0.55, 0.15, 0.62
+    width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
+    height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True, gridspec_kw=dict(
+        left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+        wspace=gap_w / panel_w, hspace=gap_h / panel_h))
+    axes[0, 0].xaxis.set_major_locator(MaxNLocator(6, integer=True))  # shared by every panel
+    axes[0, 0].yaxis.set_major_locator(MaxNLocator(4, integer=True))
     vmax = max(float(np.max(img)) for *_, images, _ in panels for _, img in images)
     image = None
     for r, (seed, label, drop, (start, end), view, images, gt_block) in enumerate(panels):
+        rows_with_gt = gt_block.any(-1)
         for c, (title, img) in enumerate(images):
             ax = axes[r, c]
             image = ax.imshow(img, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest",
                               aspect="auto", extent=(view.cols.start - 0.5, view.cols.stop - 0.5,
                                                      view.rows.stop - 0.5, view.rows.start - 0.5))
-            rows_with_gt = gt_block.any(-1)
             if c > 0 and rows_with_gt.any():
                 mass = float((img * gt_block).sum(-1)[rows_with_gt].mean())
                 title = f"{title}\nmass on ground truth {mass:.2f}"
             ax.set_title(title, fontsize=8)
-            ax.tick_params(labelsize=7)
-            if c > 0:
-                ax.set_yticklabels([])
+            ax.tick_params(labelsize=7, labelleft=c == 0, labelbottom=True)
         axes[r, 0].set_ylabel(f"seed {seed}, head {label}\n(entropy -{drop:.2f} nats,\n"
                               f"falls over {start}-{end})\nquery", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("key position", fontsize=8)
-    bar = fig.colorbar(image, ax=axes, shrink=0.8, pad=0.01)
+    bar_axes = fig.add_axes((1 - (right - 0.15) / width, bottom / height, 0.15 / width,
+                             1 - (top + bottom) / height))
+    bar = fig.colorbar(image, cax=bar_axes)
     bar.set_label("attention weight (batch mean)")
     fig.suptitle(f"Heads whose entropy dropped most: rows = {first_view.row_label}, "
-                 f"columns = {first_view.col_label}\n{describe(config)}", fontsize=9)
+                 f"columns = {first_view.col_label}\n{describe(config)}", fontsize=9, y=1 - 0.08 / height,
+                 va="top")
     return fig
 
 
 # ---------------------------------------------------------------------------------------------- entry point
 def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_seeds: int = 8,
-                 jumps: Jumps | None = None) -> list[Path]:
+                 jumps: Jumps | None = None, annotate: bool = True) -> list[Path]:
     """Write ``loss.png``, ``attention_entropy.png`` and (if attention snapshots exist)
     ``attention_maps.png`` into ``run.figures_dir``; return the paths written.
 
     seeds: which run seeds to draw (default: every seed in the metrics); at most ``max_seeds`` of them
     (the attention-map figure draws at most 2). jumps: optional markers ``{seed: [(step, label), ...]}``
-    drawn as labelled vertical lines on the loss figure (and unlabelled on the entropy heatmap).
+    drawn as labelled vertical lines on the loss figure (and unlabelled on the entropy heatmap); when
+    None and ``annotate``, each output's detected emergence step labelled with its attributed head.
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
+    if jumps is None and annotate:
+        from .markers import emergence_markers
+
+        jumps = emergence_markers(run)
     config = run.config
     table = run.metrics()
     table = table.filter(pc.is_in(table["metric"], pa.array(["loss", "loss_pos", "attn_entropy"])))

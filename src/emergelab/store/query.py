@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import duckdb
 import pyarrow as pa
@@ -27,8 +28,8 @@ def _flatten(prefix: str, data: dict, out: dict) -> None:
             out[name] = value if value is None or isinstance(value, (int, float, bool)) else str(value)
 
 
-def connect(path: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with two views over every run below ``path``:
+def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with two views over every run below ``path`` (or below each of several paths):
 
     * ``metrics``: the long-format metrics of all runs plus a ``run`` column (the run directory).
     * ``runs``: one row per run, ``run`` and each config field as a column named ``"task.state_size"`` ...
@@ -39,9 +40,11 @@ def connect(path: str | Path, database: str = ":memory:") -> duckdb.DuckDBPyConn
         con.sql('''SELECT r."task.sparsity", m.seed, min(m.value) FROM metrics m JOIN runs r USING (run)
                    WHERE m.metric = 'loss' GROUP BY ALL''').show()
     """
-    runs = find_runs(path)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    runs = list({str(run.path.resolve()): run for p in paths for run in find_runs(p)}.values())
     if not runs:
-        raise FileNotFoundError(f"no finished runs (metrics.parquet + config.yaml) at or below {path}")
+        where = ", ".join(map(str, paths))
+        raise FileNotFoundError(f"no finished runs (metrics.parquet + config.yaml) at or below {where}")
     con = duckdb.connect(database)
     files = ", ".join("'" + str(run.metrics_path).replace("'", "''") + "'" for run in runs)
     con.execute(  # views cannot hold prepared-statement parameters, hence the quoted literal list

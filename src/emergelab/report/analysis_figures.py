@@ -1,0 +1,187 @@
+"""Figures of a cross-seed emergence analysis (:class:`emergelab.analysis.runs.RunAnalysis`).
+
+* ``emergence_steps.png``: per config, a histogram of the solved seeds' emergence steps (left) and
+  their ECDF over all seeds (right; it ends at the solved fraction, so unsolved seeds show as the gap
+  to 1).
+* ``solved_by_step.png``: P(solved by step t) per config with its bootstrap band, log step axis.
+* ``plateau_vs_<field>.png``: the median plateau length of each config against a config field, log-log,
+  with a least-squares power law on the group medians (exponent in the legend).  Drawn only when the
+  field takes at least 2 distinct positive values.
+
+Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas, saved atomically.
+
+Example::
+
+    >>> from emergelab.report.analysis_figures import make_analysis_figures   # doctest: +SKIP
+    >>> make_analysis_figures(result, "analysis/", vs="task.state_size")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..store import atomic_write
+
+DPI = 110
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
+    return [cmap(k if n <= 10 else k / max(1, n - 1)) for k in range(n)]
+
+
+def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
+    groups = result.groups.to_pylist()
+    s = result.seeds.to_pydict()
+    g = np.asarray(s["group"], dtype=np.int64)
+    cols = {}
+    for row in groups:
+        m = g == row["group"]
+        cols[row["group"]] = {
+            "solved": np.asarray(s["solved"], dtype=bool)[m],
+            "emergence": np.asarray([np.nan if v is None else v for v in s["emergence_step"]], float)[m],
+        }
+    return groups, cols
+
+
+def emergence_figure(result: Any, path: str | Path) -> Path:
+    """Histogram and ECDF of the solved seeds' emergence steps, one colour per config."""
+    groups, cols = _group_columns(result)
+    fig = _figure(11, 4.2)
+    ax_h, ax_e = fig.subplots(1, 2)
+    colors = _colors(len(groups))
+    finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
+                            or [np.zeros(0)])
+    bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 2))) if finite.size else 10
+    for row, color in zip(groups, colors):
+        c = cols[row["group"]]
+        e = np.sort(c["emergence"][c["solved"] & np.isfinite(c["emergence"])])
+        n = c["solved"].size
+        label = f"{row['label']} ({e.size}/{n} solved)"
+        if e.size:
+            ax_h.hist(e, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.2,
+                      label=label)
+            x = np.concatenate([[e[0]], e])
+            y = np.concatenate([[0.0], np.arange(1, e.size + 1) / n])
+            ax_e.step(x, y, where="post", color=color, lw=1.8, label=label)
+        else:
+            ax_h.plot([], [], color=color, label=label)
+            ax_e.plot([], [], color=color, label=label)
+    ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds",
+             title="Emergence step, solved seeds")
+    ax_e.set(xlabel="emergence step", ylabel="fraction of all seeds", ylim=(0, 1.02),
+             title="ECDF (ends at the solved fraction)")
+    ax_e.grid(alpha=0.3)
+    ax_h.legend(fontsize=8, loc="upper right")
+    ax_e.legend(fontsize=8, loc="lower right")
+    return _save(fig, Path(path))
+
+
+def solved_figure(result: Any, path: str | Path) -> Path:
+    """P(solved by step t) with its bootstrap band per config, log step axis."""
+    groups = result.groups.to_pylist()
+    sc = result.solved_curves.to_pydict()
+    g = np.asarray(sc["group"], dtype=np.int64)
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    for row, color in zip(groups, _colors(len(groups))):
+        m = (g == row["group"])
+        t = np.asarray(sc["step"])[m]
+        keep = t > 0  # log axis
+        t, p = t[keep], np.asarray(sc["p"])[m][keep]
+        lo, hi = np.asarray(sc["lo"])[m][keep], np.asarray(sc["hi"])[m][keep]
+        ax.fill_between(t, lo, hi, step="post", color=color, alpha=0.2, lw=0)
+        ax.step(t, p, where="post", color=color, lw=1.8, label=f"{row['label']} (n={row['n_seeds']})")
+    ax.set_xscale("log")
+    ax.set(xlabel="step (log)", ylabel="P(solved by step)", ylim=(-0.02, 1.02),
+           title=f"Solved by step t (final loss within {result.solved_tol:g} nats of optimum, or every "
+                 "output emerged); 95% bootstrap band")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, Path(path))
+
+
+def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
+    """Median plateau length per config against ``field`` on log-log axes with a fitted power law.
+
+    Returns None (draws nothing) unless ``field`` takes at least 2 distinct positive values."""
+    from ..analysis.runs import fit_power_law
+
+    groups = [row for row in result.groups.to_pylist() if field in row]
+    x = np.asarray([row[field] if isinstance(row[field], (int, float)) else np.nan for row in groups], float)
+    y = np.asarray([np.nan if row["plateau_median"] is None else row["plateau_median"] for row in groups], float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if np.unique(x[ok]).size < 2:
+        return None
+    fig = _figure(6.5, 4.5)
+    ax = fig.subplots()
+    s = result.seeds.to_pydict()
+    gid = np.asarray(s["group"])
+    plateau = np.asarray([np.nan if v is None else v for v in s["plateau_steps"]], float)
+    for row, xv in zip(groups, x):
+        if np.isfinite(xv) and xv > 0:
+            p = plateau[(gid == row["group"]) & (plateau > 0)]
+            ax.scatter(np.full(p.size, xv), p, s=10, color="0.6", alpha=0.5, zorder=1)
+    ax.scatter(x[ok], y[ok], s=40, color="tab:blue", zorder=3, label="config median")
+    a, c = fit_power_law(x[ok], y[ok])
+    grid = np.geomspace(x[ok].min(), x[ok].max(), 50)
+    ax.plot(grid, c * grid ** a, color="tab:red", lw=1.5, label=f"fit: plateau ~ {c:.3g} x^{a:.2f}")
+    ax.scatter([], [], s=10, color="0.6", label="seeds")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.set_xticks(np.unique(x[ok]))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if y[ok].max() / y[ok].min() < 20 else NullFormatter())
+    ax.set(xlabel=field + " (log)", ylabel="plateau length, steps (log)",
+           title=f"Plateau before the loss leaves its initial level vs {field}")
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def numeric_fields(result: Any) -> list[str]:
+    """The ``by`` fields that take at least 2 distinct positive numeric values across configs."""
+    out = []
+    for f in result.by:
+        values = {row.get(f) for row in result.groups.to_pylist()}
+        nums = {v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
+        if len(nums) >= 2:
+            out.append(f)
+    return out
+
+
+def make_analysis_figures(result: Any, out: str | Path, *, vs: str | None = None) -> list[Path]:
+    """Draw every analysis figure into ``out``; returns the written paths.
+
+    ``vs``: the config field for the plateau-scaling figure (default: the first ``by`` field with at
+    least 2 distinct positive values; none drawn if there is no such field)."""
+    out = Path(out)
+    paths = [emergence_figure(result, out / "emergence_steps.png"), solved_figure(result, out / "solved_by_step.png")]
+    fields = [vs] if vs else numeric_fields(result)[:1]
+    for f in fields:
+        p = plateau_figure(result, f, out / f"plateau_vs_{f.replace('.', '_')}.png")
+        if p is not None:
+            paths.append(p)
+    return paths

@@ -1,0 +1,228 @@
+"""Emergence analysis over the store (analysis.runs), head attribution (analysis.heads), `emergelab analyze`.
+
+Known answers: hand-built metrics tables with planted drops and a planted head, and a real small
+linear-map run whose detected steps are recomputed with plain numpy and whose attributed heads are
+checked against the seed's own matrix A in the saved attention snapshots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from emergelab.analysis.heads import attribute_heads, head_rows
+from emergelab.analysis.runs import analyze_runs, curve_emergence, fit_power_law
+from emergelab.cli import main
+from emergelab.config import ConfigError
+from emergelab.models import TransformerConfig
+from emergelab.store import SCHEMA, RunDir, connect, write_parquet
+from emergelab.tasks import LinearMapConfig, make_generator
+from emergelab.train import ExperimentConfig, TrainConfig, train
+from emergelab.train.schedule import seed_streams
+
+
+# ------------------------------------------------------------------------------------------ synthetic runs
+def fake_run(path, rows, *, state_size=4, sparsity=1, heads=4):
+    """A run directory holding the metric ``rows`` [(step, seed, metric, index, value)] and a config."""
+    cfg = ExperimentConfig(task=LinearMapConfig(state_size=state_size, sparsity=sparsity),
+                           model=TransformerConfig(layers=1, heads=heads, head_dim=4, mlp_ratio=0),
+                           train=TrainConfig(steps=1000, seeds=2)).resolved()
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    step, seed, metric, index, value = zip(*rows)
+    write_parquet(path / "metrics.parquet", pa.table(
+        {"step": list(step), "seed": list(seed), "metric": list(metric), "index": list(index), "value": list(value)},
+        schema=SCHEMA))
+    return path
+
+
+def planted_rows(drops, *, seeds=(0,), state_size=4, heads=4, steps=np.arange(0, 1001, 20)):
+    """Per seed, loss_pos[i] falls from ln 2 to 0 at ``drops[seed][i]`` (None: never); head ``0.h`` with
+    h = (i + 2) % heads concentrates on row i (entropy 2 -> 0.1, gt mass 0.1 -> 0.95) at that same step;
+    the other heads stay flat.  The aggregate loss is the mean as the linear map defines it."""
+    S, ln2 = state_size, math.log(2)
+    rows = []
+    for seed in seeds:
+        for t in steps:
+            learned = [d is not None and t >= d for d in drops[seed]]
+            pos = [0.0 if ok else ln2 for ok in learned]
+            loss = ((S - 1) * ln2 + sum(pos)) / (2 * S - 1)
+            rows += [(int(t), seed, "loss", "", loss), (int(t), seed, "target_prob", "", math.exp(-loss))]
+            for i in range(S):
+                rows.append((int(t), seed, "loss_pos", str(i), pos[i]))
+                for h in range(heads):
+                    mine = h == (i + 2) % heads and learned[i]
+                    rows.append((int(t), seed, "attn_entropy_pos", f"0.{h}:{i}", 0.1 if mine else 2.0))
+                    rows.append((int(t), seed, "attn_gt_mass_pos", f"0.{h}:{i}", 0.95 if mine else 0.1))
+    return rows
+
+
+def test_heads_planted_head_and_row(tmp_path):
+    # head 0.2 concentrates on row 0 exactly when loss_pos 0 drops (h = (i + 2) % 4); row 3 -> head 0.1
+    drops = {0: [300, 500, None, 700]}
+    fake_run(tmp_path / "r", planted_rows(drops))
+    con = connect(tmp_path / "r")
+    table = attribute_heads(con).to_pylist()
+    by_pos = {r["position"]: r for r in table}
+    for i, d in enumerate(drops[0]):
+        r = by_pos[i]
+        if d is None:
+            assert r["event"] == "none" and r["top_head"] is None
+            continue
+        assert r["top_head"] == f"0.{(i + 2) % 4}"
+        assert r["mass_gain"] == pytest.approx(0.85)
+        assert r["entropy_drop"] == pytest.approx(1.9)
+        assert r["final_mass"] == pytest.approx(0.95)
+        assert r["before_step"] < d <= r["after_step"]
+        assert r["runner_up_gain"] == pytest.approx(0.0)
+    rows = head_rows(con, threshold=0.5).to_pylist()
+    assert [(r["head"], r["position"]) for r in rows] == [("0.1", 3), ("0.2", 0), ("0.3", 1)]
+    assert all(r["final_mass"] == pytest.approx(0.95) and r["step"] == 1000 for r in rows)
+
+
+def test_heads_entropy_fallback(tmp_path):
+    """Without per-output metrics, heads are ranked by the head-level attention entropy drop."""
+    rows = [r for r in planted_rows({0: [300, None, None, None]}) if r[2] != "attn_gt_mass_pos"]
+    rows = [(t, s, "attn_entropy", idx.split(":")[0], v) if m == "attn_entropy_pos" and idx.endswith(":0")
+            else (t, s, m, idx, v) for t, s, m, idx, v in rows if m != "attn_entropy_pos" or idx.endswith(":0")]
+    fake_run(tmp_path / "r", rows)
+    r = attribute_heads(connect(tmp_path / "r")).to_pylist()[0]
+    assert (r["top_head"], r["score"], r["mass_gain"]) == ("0.2", "entropy_drop", None)
+    assert r["entropy_drop"] == pytest.approx(1.9)
+
+
+def test_emergence_and_groups_planted(tmp_path):
+    # config A (sparsity 1): both seeds learn every bit; config B (sparsity 2): one seed misses bit 3
+    fake_run(tmp_path / "a", planted_rows({0: [100, 200, 300, 400], 1: [200, 200, 600, 800]}, seeds=(0, 1)))
+    fake_run(tmp_path / "b", planted_rows({0: [100, 200, 300, None], 1: [400, 420, 440, 460]}, seeds=(0, 1)),
+             sparsity=2)
+    con = connect(tmp_path)
+    result = analyze_runs(con, n_boot=200)
+    assert result.by == ["task.sparsity"]
+    groups = result.groups.to_pylist()
+    assert [g["task.sparsity"] for g in groups] == [1, 2] and [g["n_seeds"] for g in groups] == [2, 2]
+    # solved: every bit emerged, or final loss within 0.05 of the optimum: one missing bit costs
+    # ln2 / 7 = 0.099 nats > 0.05, so seed 0 of config B is not solved
+    assert [g["solved_fraction"] for g in groups] == [1.0, 0.5]
+    seeds = {(r["run"].split("/")[-1], r["seed"]): r for r in result.seeds.to_pylist()}
+    assert seeds[("a", 1)]["solved_step"] == 800 and seeds[("b", 0)]["solved"] is False
+    assert seeds[("b", 0)]["n_emerged"] == 3
+    # aggregate loss: halfway from ln 2 * 7/7... to the optimum is crossed when 2 of 4 bits are learned
+    assert seeds[("a", 0)]["emergence_step"] == 200 and seeds[("a", 1)]["emergence_step"] == 200
+    assert groups[0]["emergence_median"] == 200
+    curves = {(r["run"].split("/")[-1], r["seed"], r["target"]): r for r in result.curves.to_pylist()}
+    assert curves[("a", 1, "pos:3")]["step"] == 800 and curves[("a", 1, "pos:3")]["plateau_steps"] == 800
+    assert curves[("b", 0, "pos:3")]["emerged"] is False
+    # P(solved by t) of config A: 0 before 400, 1/2 from 400, 1 from 800
+    sc = [r for r in result.solved_curves.to_pylist() if r["group"] == 0]
+    p = {r["step"]: r["p"] for r in sc}
+    assert p[380] == 0 and p[400] == 0.5 and p[780] == 0.5 and p[800] == 1.0
+    # the aggregate loss of config A seed 0 falls one bit at a time: four jumps
+    jumps = [r for r in result.jumps.to_pylist() if r["run"].endswith("a") and r["seed"] == 0
+             and r["target"] == "loss"]
+    assert [round(j["step"]) for j in jumps] == [90, 190, 290, 390]
+    with pytest.raises(ConfigError, match="--by task.nope"):
+        analyze_runs(con, by=["task.nope"])
+
+
+def test_fit_power_law_exact():
+    a, c = fit_power_law([8, 16, 32], [5 * 8 ** 1.5, 5 * 16 ** 1.5, 5 * 32 ** 1.5])
+    assert a == pytest.approx(1.5) and c == pytest.approx(5.0)
+    assert fit_power_law([8, 8], [1, 2]) is None
+
+
+# ------------------------------------------------------------------------------------------ a real run
+@pytest.fixture(scope="module")
+def linear_map_run(tmp_path_factory):
+    """S = 8, s = 2, 1-layer attention-only transformer: bits are learned one at a time, at seed-dependent
+    steps (about 20 s on one CPU thread)."""
+    cfg = ExperimentConfig(task=LinearMapConfig(state_size=8, sparsity=2),
+                           model=TransformerConfig(layers=1, heads=4, head_dim=8, mlp_ratio=0),
+                           train=TrainConfig(steps=1000, lr=3e-3, eval_every=25, seeds=2, strategy="ensemble"))
+    return train(cfg, tmp_path_factory.mktemp("lm") / "run", progress=False, figures=False)
+
+
+def seed_matrix(run, seed):
+    cfg = run.config
+    return cfg.task.build(make_generator(seed_streams(cfg.train.seed, seed)["task"])).matrix.numpy()
+
+
+def test_real_run_emergence_matches_plain_crossing(linear_map_run):
+    run = linear_map_run
+    con = connect(run.path)
+    emergence, _ = curve_emergence(con)
+    table = run.metrics().to_pylist()
+    n_emerged = 0
+    for r in emergence.to_pylist():
+        metric, index = ("loss", "") if r["target"] == "loss" else ("loss_pos", r["target"][4:])
+        pts = sorted((x["step"], x["value"]) for x in table
+                     if x["seed"] == r["seed"] and x["metric"] == metric and x["index"] == index)
+        steps, values = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        optimum = 0.0 if metric == "loss_pos" else 7 / 15 * math.log(2)
+        initial = np.median(values[:3])
+        threshold = initial + 0.5 * (optimum - initial)
+        below = values <= threshold
+        # first point below the threshold that stays below for the next point too
+        hits = [k for k in range(len(values)) if below[k] and (k + 1 == len(values) or below[k + 1])]
+        assert r["threshold"] == pytest.approx(threshold)
+        if hits:
+            assert r["emerged"] and r["step"] == steps[hits[0]], r
+            n_emerged += r["target"] != "loss"
+        else:
+            assert not r["emerged"] and r["step"] == steps[-1]
+    assert n_emerged >= 10  # of 16 outputs: the settings do make bits emerge
+    steps = sorted(r["step"] for r in emergence.to_pylist() if r["emerged"] and r["target"] != "loss")
+    assert steps[-1] > 2 * steps[0]  # ... at different times
+
+
+def test_real_run_heads_attend_to_their_row(linear_map_run):
+    run = linear_map_run
+    S = 8
+    rows = attribute_heads(connect(run.path)).to_pylist()
+    checked, masses = 0, []
+    for r in rows:
+        A = seed_matrix(run, r["seed"])
+        i = r["position"]
+        # a row equal to an earlier row is solved by copying x1[earlier] instead: no A-keys to check
+        if r["event"] not in ("emergence jump", "emergence") or any((A[i] == A[k]).all() for k in range(i)):
+            continue
+        layer, head = map(int, r["top_head"].split("."))
+        pattern = run.load_attention(r["seed"], run.attention_steps(r["seed"])[-1]).numpy()
+        attn = pattern[layer, head, S + i - 1]  # the query that predicts x1[i]
+        keys = np.flatnonzero(A[i])
+        mass = attn[keys].sum()
+        assert attn.argmax() in keys, (r, keys)
+        assert mass > max(0.4, 2 * len(keys) / (S + i)), (r, mass)  # well above uniform attention
+        assert r["final_mass"] == pytest.approx(mass, abs=0.05)  # probe metric agrees with the snapshot
+        masses.append(mass)
+        checked += 1
+    assert checked >= 6 and np.median(masses) > 0.8
+
+
+def test_cli_analyze(linear_map_run, tmp_path, capsys):
+    out = tmp_path / "an"
+    assert main(["analyze", str(linear_map_run.path), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "emergence median" in text and "emergence step per output" in text
+    for name in ("emergence_steps.png", "solved_by_step.png", "groups.csv", "seeds.parquet", "heads.csv",
+                 "head_rows.parquet"):
+        assert (out / name).stat().st_size > 0, name
+    assert main(["analyze", str(linear_map_run.path), "--solved-tol", "0.01"]) == 0
+    assert (linear_map_run.path / "analysis" / "groups.parquet").exists()
+
+
+def test_cli_analyze_bad_inputs(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing" in err and len(err.splitlines()) == 1
+    assert main(["analyze", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no finished runs" in err and len(err.splitlines()) == 1
+    fake_run(tmp_path / "r", planted_rows({0: [100, 200, 300, 400]}))
+    assert main(["analyze", str(tmp_path / "r"), "--by", "task.nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--by task.nope" in err and len(err.splitlines()) == 1

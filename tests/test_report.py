@@ -1,0 +1,124 @@
+"""Figures of a run directory: written, readable as PNG, atomic on re-runs, for both tasks."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from emergelab.models import TransformerConfig
+from emergelab.report import make_figures
+from emergelab.report.figures import drop_span, map_view, metric_grid, pick_heads, seed_task
+from emergelab.store import RunDir, sort_rows, write_parquet
+from emergelab.tasks import CellularAutomataConfig, LinearMapConfig
+from emergelab.train.config import ExperimentConfig, TrainConfig
+from emergelab.train.group import SeedGroup
+
+FIGURES = ["loss.png", "attention_entropy.png", "attention_maps.png"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _train_run(path, task, layers: int, seeds: int = 2):
+    torch.set_num_threads(1)
+    config = ExperimentConfig(
+        task=task,
+        model=TransformerConfig(layers=layers, heads=2, head_dim=4, mlp_ratio=0),
+        train=TrainConfig(steps=100, seeds=seeds, lr=3e-3, batch_size=16, eval_batch_size=32, eval_every=25,
+                          checkpoints=2, attention_snapshots=4, resume_every=0),
+    ).resolved()
+    run = RunDir(path)
+    run.write_config(config)
+    group = SeedGroup(config, list(range(seeds)), run)
+    group.train()
+    write_parquet(run.metrics_path, sort_rows(group.metrics.table()))
+    return run, group
+
+
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory):
+    return _train_run(tmp_path_factory.mktemp("linear") / "run", LinearMapConfig(4, 2), layers=1)
+
+
+@pytest.fixture(scope="module")
+def ca_run(tmp_path_factory):
+    task = CellularAutomataConfig(state_size=4, trajectory_length=3, alphabet=2)
+    return _train_run(tmp_path_factory.mktemp("ca") / "run", task, layers=2)
+
+
+def _check_pngs(paths, run):
+    assert [p.name for p in paths] == FIGURES
+    for path in paths:
+        assert path.parent == run.figures_dir
+        data = path.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000
+
+
+def test_linear_map_figures_rerun_overwrites_atomically(linear_run, tmp_path):
+    source, _ = linear_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(source.path, run.path)
+    first = make_figures(run)
+    _check_pngs(first, run)
+    inodes = {p.name: p.stat().st_ino for p in first}
+    second = make_figures(run, jumps={0: [(30, "bit 1"), (60, "bit 0")]})
+    _check_pngs(second, run)
+    # os.replace puts a new file in place; nothing temporary is left behind
+    assert all(p.stat().st_ino != inodes[p.name] for p in second)
+    assert sorted(p.name for p in run.figures_dir.iterdir()) == sorted(FIGURES)
+
+
+def test_cellular_automata_two_layers(ca_run):
+    run, _ = ca_run
+    _check_pngs(make_figures(str(run.path)), run)  # a plain path works too
+
+
+def test_seed_selection_and_missing_snapshots(linear_run, tmp_path):
+    source, _ = linear_run
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(source.path, run.path)
+    with pytest.raises(ValueError, match="seeds \\[7\\]"):
+        make_figures(run, seeds=[7])
+    shutil.rmtree(run.path / "attention")  # a run without attention snapshots: no maps figure
+    assert [p.name for p in make_figures(run, seeds=[1], jumps={1: [(50, "x")]})] == FIGURES[:2]
+
+
+def test_seed_task_reproduces_training_ground_truth(linear_run, ca_run):
+    for run, group in (linear_run, ca_run):
+        for seed, task in zip(group.seeds, group.tasks):
+            assert torch.equal(seed_task(run.config, seed).attention_mask, task.attention_mask)
+
+
+def test_map_view_covers_the_ground_truth():
+    linear = LinearMapConfig(6, 3).build(torch.Generator().manual_seed(0))
+    view = map_view(linear)
+    mask = linear.attention_mask
+    assert (view.rows, view.cols) == (slice(5, 11), slice(0, 6))
+    assert mask[view.rows, view.cols].sum() == mask.sum() == 6 * 3  # every ground-truth key is shown
+    ca = CellularAutomataConfig(state_size=5, trajectory_length=4, alphabet=2).build(torch.Generator())
+    view = map_view(ca)
+    block = ca.attention_mask[view.rows, view.cols]
+    assert block.shape == (5, 3 * 5 - 1) and (block.sum(-1) == 3).all()  # each query's window is inside
+
+
+def test_drop_span_and_pick_heads_on_planted_curves():
+    steps = np.arange(0, 1001, 10)
+    fall = 2.0 - 1.8 / (1 + np.exp(-(steps - 500) / 20))  # from 2.0 to 0.2, centred at step 500
+    start, end = drop_span(steps, fall)
+    assert 400 <= start < 500 < end <= 600
+    staged = np.where(steps < 100, 2.0, np.where(steps < 600, 1.7, 0.1))  # small early stage, big late one
+    assert drop_span(steps, staged) == (590, 600)
+    assert drop_span(steps, np.full(len(steps), 1.0)) == (0, 1000)
+
+    values = np.stack([np.full(len(steps), 2.0), fall, staged, 2.0 - 0.8 * (steps > 300)])
+    grid = type("G", (), {})()
+    grid.labels, grid.values = ["0.0", "0.1", "1.0", "1.1"], values
+    assert [label for label, _ in pick_heads(grid, max_heads=4)] == ["1.0", "0.1"]
+    assert [label for label, _ in pick_heads(grid, max_heads=4, min_heads=3)] == ["1.0", "0.1", "1.1"]
+
+
+def test_metric_grid_sorts_labels_numerically(linear_run):
+    run, _ = linear_run
+    grid = metric_grid(run.metrics(), "attn_entropy", 0)
+    assert grid.labels == ["0.0", "0.1"]
+    assert grid.values.shape == (2, len(grid.steps)) and not np.isnan(grid.values).any()
+    assert grid.steps[0] == 0 and grid.steps[-1] == 100
