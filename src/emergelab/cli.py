@@ -40,6 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="redraw the figures of a run directory")
     report.add_argument("run_dir", type=Path)
 
+    analyze = sub.add_parser("analyze", help="emergence steps per seed and output, statistics per config, "
+                                             "head attribution; tables and figures")
+    analyze.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
+                         help="run directories, or folders searched for runs")
+    analyze.add_argument("--by", help="comma-separated config fields that define a config, e.g. "
+                                      "task.sparsity,model.heads (default: every field that differs)")
+    analyze.add_argument("--out", type=Path, help="output folder (default: RUN/analysis for one run, "
+                                                  "else ./analysis)")
+    analyze.add_argument("--solved-tol", type=float, default=0.05,
+                         help="a seed is solved when its final loss is within this many nats of the optimum "
+                              "(or every output emerged); default 0.05")
+    analyze.add_argument("--vs", help="config field for the plateau-scaling figure (default: the first --by "
+                                      "field with >= 2 positive values)")
+
+    patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
+                                         "one; table, greedy head set and figures")
+    patch.add_argument("run_dir", type=Path, metavar="RUN")
+    patch.add_argument("--early", type=int, required=True, metavar="STEP",
+                       help="checkpoint before emergence (the nearest saved one is used)")
+    patch.add_argument("--late", type=int, required=True, metavar="STEP",
+                       help="checkpoint after emergence (the nearest saved one is used)")
+    patch.add_argument("--seed", type=int, default=0, help="run seed index (default 0)")
+    patch.add_argument("--what", choices=("pattern", "scores"), default="pattern",
+                       help="patch the post-softmax pattern (default) or the pre-softmax scores")
+    patch.add_argument("--fraction", type=float, default=0.9,
+                       help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
+    patch.add_argument("--batch", type=int, help="held-out sequences (default train.eval_batch_size)")
+    patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
+    patch.add_argument("--out", type=Path, help="output folder (default RUN/patching)")
+
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     return parser
 
@@ -115,6 +145,52 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.heads import attribute_heads, head_rows
+    from .analysis.runs import analyze_runs
+    from .analysis.tables import format_groups, format_positions, write_tables
+    from .report.analysis_figures import make_analysis_figures
+    from .store import connect, find_runs
+
+    for path in args.paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+    runs = [run for path in args.paths for run in find_runs(path)]
+    if not runs:
+        raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
+                          f"{', '.join(map(str, args.paths))}")
+    by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
+    con = connect(args.paths)
+    result = analyze_runs(con, by=by, solved_tol=args.solved_tol)
+    if args.vs and args.vs not in result.groups.column_names:
+        raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
+    single = len(args.paths) == 1 and len({str(r.path.resolve()) for r in runs}) == 1
+    out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
+    heads = attribute_heads(con, emergence=(result.curves, result.jumps))
+    print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "
+          f"{', '.join(result.by) or '(all runs together)'}")
+    print(format_groups(result))
+    print()
+    print(format_positions(result))
+    paths = write_tables(result, out, {"heads": heads, "head_rows": head_rows(con)})
+    paths += make_analysis_figures(result, out, vs=args.vs)
+    print(f"\nwrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths if p.suffix != ".csv"))
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from .interventions.checkpoints import patch_checkpoints, write_patching
+
+    result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
+                               fraction=args.fraction, batch=args.batch, device=args.device)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.format())
+    paths = write_patching(result, args.out)
+    print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .models import MODELS
     from .presets import PRESETS
@@ -139,6 +215,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
+COMMANDS["analyze"] = cmd_analyze
+COMMANDS["patch"] = cmd_patch
 
 
 def main(argv: Sequence[str] | None = None) -> int:

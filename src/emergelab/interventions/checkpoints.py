@@ -1,0 +1,222 @@
+"""Head patching between two checkpoints of one seed of a run: the library side of ``emergelab patch``.
+
+:func:`patch_checkpoints` loads the seed's model at an early and a late checkpoint (a step that is not a
+saved checkpoint resolves to the nearest one, and ``result.notes`` says so), rebuilds that seed's held-out
+batch exactly as training drew it, and runs :func:`~.patching.patching_table` (per-output gains through
+``task.output_index``) and :func:`~.patching.greedy_heads` late -> early. :func:`write_patching` saves the
+table (Parquet + CSV), the greedy set (CSV) and the figures of ``report.patch_figures``.
+
+Metrics are means over the held-out batch and over the *scored positions*: those in the task's
+``loss_mask`` whose ground-truth attention row is non-empty (the predictable ones: for the linear map the
+``S`` positions that predict ``x1``; the unpredictable ``x0`` positions would only dilute every gain).
+
+Example::
+
+    from emergelab.interventions.checkpoints import patch_checkpoints, write_patching
+    result = patch_checkpoints("runs/lm8", early=100, late=1500, seed=0)
+    print(result.format())                 # the layer x head table and the greedy set
+    write_patching(result, "runs/lm8/patching")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from ..store import RunDir
+from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, hook_name, patching_table
+
+
+@dataclass
+class CheckpointPatching:
+    """Patching late -> early for one seed. ``early_step``/``late_step`` are the checkpoints used
+    (``requested`` the steps asked for); ``patterns[step]``: batch-mean attention ``[layers, heads, P, P]``
+    of that checkpoint on the held-out batch; ``score_mask [P]``: the positions the means are over."""
+
+    run: RunDir
+    seed: int
+    early_step: int
+    late_step: int
+    requested: tuple[int, int]
+    what: str
+    fraction: float
+    n_sequences: int
+    table: PatchingResult
+    greedy: GreedyResult
+    task: Any
+    score_mask: torch.Tensor
+    patterns: dict[int, torch.Tensor]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stem(self) -> str:
+        """File-name stem of this comparison, e.g. ``seed0_step100-1500_pattern``."""
+        return f"seed{self.seed}_step{self.early_step}-{self.late_step}_{self.what}"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The table in long format (``output = -1`` is the overall mean), with seed and steps."""
+        meta = {"seed": self.seed, "early_step": self.early_step, "late_step": self.late_step}
+        return [{**meta, **row} for row in self.table.to_rows()]
+
+    def greedy_rows(self) -> list[dict[str, Any]]:
+        meta = {"seed": self.seed, "early_step": self.early_step, "late_step": self.late_step}
+        return [{**meta, **row} for row in self.greedy.to_rows()]
+
+    def format(self) -> str:
+        """A plain-text report: baselines, the layer x head table, best head per output, the greedy set."""
+        t, g = self.table, self.greedy
+        n_layers, n_heads = t.prob_gain.shape
+        early_p, late_p = float(t.early["mean_prob"]), float(t.late["mean_prob"])
+        early_l, late_l = float(t.early["mean_loss"]), float(t.late["mean_loss"])
+        lines = [f"seed {self.seed}: attention {self.what} of step {self.late_step} patched into step "
+                 f"{self.early_step}, one head at a time ({self.n_sequences} held-out sequences, "
+                 f"{int(self.score_mask.sum())} scored positions)",
+                 f"correct-token probability: early {early_p:.4f}, late {late_p:.4f}; "
+                 f"loss: early {early_l:.4f}, late {late_l:.4f}",
+                 "prob gain (loss drop) when one head is patched:"]
+        cell = 19
+        lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
+        for layer in range(n_layers):
+            cells = [f"{float(t.prob_gain[layer, h]):+.4f} ({float(t.loss_drop[layer, h]):+.4f})"
+                     for h in range(n_heads)]
+            lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
+        if t.prob_gain_per_output is not None:
+            per = t.prob_gain_per_output.flatten(0, 1)  # [layers*heads, O]
+            name = getattr(self.task, "output_name", "output")
+            best = [f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
+                    for i, k in enumerate(per.argmax(0)) if not torch.isnan(per[k, i])]
+            lines.append(f"best head per {name} ({name}: layer.head gain): " + ", ".join(best))
+        if not g.heads:
+            lines.append(f"greedy: nothing to recover (late {late_p:.4f} <= early {early_p:.4f})")
+        else:
+            steps = ", ".join(f"{l}.{h} -> {r:.0%}" for (l, h), r in zip(g.heads, g.recovered))
+            verdict = "reached" if g.reached else "not reached"
+            lines.append(f"greedy set (recovered fraction of late - early after each head; target "
+                         f"{g.fraction:.0%}, {verdict}): {steps}")
+        return "\n".join(lines)
+
+
+def resolve_step(run: RunDir, seed: int, step: int, label: str) -> tuple[int, str | None]:
+    """The saved checkpoint nearest ``step`` and a one-line note when it is not ``step`` itself."""
+    saved = run.checkpoint_steps(seed)
+    if not saved:
+        raise ConfigError(f"{run.path}: no checkpoints for seed {seed} (train with train.checkpoints > 0)")
+    nearest = run.nearest_checkpoint(seed, step)
+    if nearest == step:
+        return step, None
+    return nearest, (f"{label} step {step} is not a saved checkpoint of seed {seed}; using the nearest, "
+                     f"step {nearest} (saved: {', '.join(map(str, saved))})")
+
+
+def load_run(run: RunDir | str | Path) -> RunDir:
+    """``run`` as a :class:`RunDir`, or a ConfigError when it is not a run directory."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    if not run.config_path.exists():
+        raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
+    return run
+
+
+def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
+    """``(task, tokens [n, L])``: seed ``seed``'s task (its own ground truth) and ``n`` sequences of its eval
+    stream, drawn as training drew them (``n = train.eval_batch_size`` gives the probe's batch).
+
+    The generators live on ``train.device`` as in training (a CUDA generator draws other numbers than a
+    CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
+    """
+    from ..tasks import make_generator
+    from ..train.schedule import seed_streams
+
+    device = torch.device(config.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"the run trained on {config.train.device}: its ground truth and held-out batch "
+                          "are drawn by a CUDA generator, and CUDA is not available here")
+    streams = seed_streams(config.train.seed, seed)
+    task = config.task.build(make_generator(streams["task"], device))
+    return task, task.sample(n, make_generator(streams["eval"], device)).tokens
+
+
+def score_mask(task: Any) -> torch.Tensor:
+    """``[P]`` bool: loss positions with a non-empty ground-truth attention row (all loss positions if none)."""
+    mask = task.loss_mask & task.attention_mask.any(-1)
+    return mask if bool(mask.any()) else task.loss_mask
+
+
+@torch.no_grad()
+def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int = 0, *, what: str = "pattern",
+                      fraction: float = 0.9, batch: int | None = None, batch_size: int | None = None,
+                      device: str = "cpu") -> CheckpointPatching:
+    """Patch each head's ``hook_{what}`` of seed ``seed`` from checkpoint ``late`` into checkpoint ``early``.
+
+    ``batch``: held-out sequences (None: ``train.eval_batch_size``, the probe's own batch); ``batch_size``:
+    rows per forward pass (None: all). Raises ConfigError for a directory that is not a run, a seed the run
+    does not have, or ``early >= late`` after both are resolved to saved checkpoints.
+    """
+    if what not in WHAT:
+        raise ConfigError(f"--what {what!r}: must be one of {', '.join(WHAT)}")
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"--fraction {fraction}: must be in (0, 1]")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch {batch}: must be >= 1")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use cpu")
+    run = load_run(run)
+    config = run.config.resolved()
+    if not 0 <= seed < config.train.seeds:
+        raise ConfigError(f"--seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
+    notes = []
+    early_step, note = resolve_step(run, seed, early, "early")
+    notes += [note] if note else []
+    late_step, note = resolve_step(run, seed, late, "late")
+    notes += [note] if note else []
+    if early_step >= late_step:
+        raise ConfigError(f"early step {early_step} must come before late step {late_step} "
+                          f"(after resolving to saved checkpoints {run.checkpoint_steps(seed)})")
+    if config.train.bias_beta:
+        notes.append(f"the run trained with an attention bias (beta {config.train.bias_beta:g}); "
+                     "checkpoints are evaluated without it")
+
+    n = batch or config.train.eval_batch_size
+    task, tokens = held_out_batch(config, seed, n)
+    tokens, mask = tokens.to(device), score_mask(task).to(device)
+    early_model = run.load_model(seed, early_step, device)
+    late_model = run.load_model(seed, late_step, device)
+    table = patching_table(early_model, late_model, tokens, what=what, output_index=task.output_index.to(device),
+                           loss_mask=mask, batch_size=batch_size)
+    greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
+                          batch_size=batch_size)
+    patterns = {}
+    for step, model in ((early_step, early_model), (late_step, late_model)):
+        cache = cache_attention(model, tokens, "pattern")
+        patterns[step] = torch.stack([cache[hook_name(layer)].mean(0) for layer in range(len(cache))]).cpu()
+    return CheckpointPatching(run=run, seed=seed, early_step=early_step, late_step=late_step,
+                              requested=(early, late), what=what, fraction=fraction, n_sequences=n,
+                              table=table, greedy=greedy, task=task, score_mask=mask.cpu(),
+                              patterns=patterns, notes=notes)
+
+
+def write_patching(result: CheckpointPatching, out: str | Path | None = None) -> list[Path]:
+    """Write ``{stem}_table.parquet`` / ``.csv``, ``{stem}_greedy.csv``, ``{stem}_heatmap.png`` and
+    ``{stem}_attention.png`` into ``out`` (default ``RUN/patching``); returns the paths."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from ..report.patch_figures import plot_patched_attention, plot_patching_heatmap, save_figure
+    from ..store import atomic_write, write_parquet
+
+    out = Path(out) if out is not None else result.run.path / "patching"
+    table = pa.Table.from_pylist(result.rows())
+    greedy = pa.Table.from_pylist(result.greedy_rows(), schema=pa.schema(
+        [("seed", pa.int64()), ("early_step", pa.int64()), ("late_step", pa.int64()), ("what", pa.string()),
+         ("step", pa.int64()), ("layer", pa.int64()), ("head", pa.int64()), ("prob", pa.float64()),
+         ("recovered", pa.float64())]))
+    stem = result.stem
+    paths = [write_parquet(out / f"{stem}_table.parquet", table),
+             atomic_write(out / f"{stem}_table.csv", lambda tmp: pacsv.write_csv(table, tmp)),
+             atomic_write(out / f"{stem}_greedy.csv", lambda tmp: pacsv.write_csv(greedy, tmp)),
+             save_figure(plot_patching_heatmap(result), out / f"{stem}_heatmap.png"),
+             save_figure(plot_patched_attention(result), out / f"{stem}_attention.png")]
+    return paths

@@ -1,0 +1,162 @@
+"""Figures of ``emergelab patch`` (a :class:`~emergelab.interventions.checkpoints.CheckpointPatching`).
+
+* ``plot_patching_heatmap``: left, layers x heads, the gain in mean correct-token probability when that
+  one head's late attention is patched into the early checkpoint (annotated with the gain and the loss
+  drop); right, the same gain per task output (rows = heads, columns = outputs, e.g. the bits of ``x1``).
+  Diverging colours centred on 0, one scale for both panels.
+* ``plot_patched_attention``: for the heads with the largest gain, the batch-mean attention of the early
+  and the late checkpoint on the held-out batch beside the ground-truth pattern (rows normalised to sum 1),
+  restricted to the readable block (``figures.map_view``: for the linear map the queries ``S-1..2S-2``
+  against the keys ``0..S-1``), one colour scale.
+
+Plain ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot), saved atomically by
+:func:`save_figure`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..store import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def save_figure(fig: "Figure", path: str | Path) -> Path:
+    """Save ``fig`` as PNG atomically (the temporary name ends in .tmp, so the format is explicit)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+
+
+def _title(result: Any) -> str:
+    from .figures import describe
+
+    t = result.table
+    return (f"seed {result.seed}: attention {result.what} of step {result.late_step} patched into step "
+            f"{result.early_step}; correct-token prob early {float(t.early['mean_prob']):.3f}, "
+            f"late {float(t.late['mean_prob']):.3f}\n{describe(result.run.config)}")
+
+
+def _greedy_text(result: Any) -> str:
+    g = result.greedy
+    if not g.heads:
+        return "greedy set: nothing to recover (late is not better than early)"
+    steps = ", ".join(f"{l}.{h} ({r:.0%})" for (l, h), r in zip(g.heads, g.recovered))
+    return f"greedy set, cumulative recovered fraction of late - early: {steps}"
+
+
+def _annotate(ax: Any, values: np.ndarray, texts: list[list[str]], vmax: float, fontsize: float) -> None:
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            dark = abs(values[r, c]) > 0.6 * vmax
+            ax.text(c, r, texts[r][c], ha="center", va="center", fontsize=fontsize,
+                    color="white" if dark else "black")
+
+
+def plot_patching_heatmap(result: Any) -> "Figure":
+    """Prob gain per head (layers x heads) and per head and output; see the module docstring."""
+    from matplotlib.figure import Figure
+
+    t = result.table
+    gain = t.prob_gain.numpy()  # [layers, heads]
+    drop = t.loss_drop.numpy()
+    n_layers, n_heads = gain.shape
+    per_output = None if t.prob_gain_per_output is None else t.prob_gain_per_output.flatten(0, 1).numpy()
+    vmax = float(np.nanmax(np.abs(gain))) if gain.size else 0.0
+    if per_output is not None:
+        vmax = max(vmax, float(np.nanmax(np.abs(per_output))))
+    vmax = max(vmax, 0.01)  # near-zero gains stay white instead of showing noise at full colour
+
+    left_w = max(3.2, 1.05 * n_heads + 1.0)
+    right_w = 0.0 if per_output is None else max(3.0, 0.42 * per_output.shape[1] + 1.4)
+    height = max(3.0, 0.45 * n_layers * n_heads + 1.9, 0.75 * n_layers + 2.2)
+    fig = Figure(figsize=(left_w + right_w + 0.9, height), dpi=DPI, layout="constrained")
+    cols = 1 if per_output is None else 2
+    axes = fig.subplots(1, cols, squeeze=False, width_ratios=[left_w, right_w][:cols])[0]
+
+    ax = axes[0]
+    image = ax.imshow(gain, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    _annotate(ax, gain, [[f"{gain[l, h]:+.3f}\n({drop[l, h]:+.3f})" for h in range(n_heads)]
+                         for l in range(n_layers)], vmax, 8)
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
+    ax.set_yticks(range(n_layers), [str(l) for l in range(n_layers)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("prob gain (loss drop)\nfrom patching one head", fontsize=9)
+
+    if per_output is not None:
+        ax = axes[1]
+        n_out = per_output.shape[1]
+        ax.imshow(per_output, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+        if n_out <= 16 and per_output.shape[0] <= 24:
+            _annotate(ax, per_output, [[f"{v:+.2f}" for v in row] for row in per_output], vmax, 6.5)
+        name = getattr(result.task, "output_name", "output")
+        ax.set_xticks(range(n_out), [str(i) for i in range(n_out)])
+        ax.set_yticks(range(n_layers * n_heads),
+                      [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads)])
+        ax.set_xlabel(f"{name} (task output)")
+        ax.set_ylabel("layer.head")
+        ax.set_title(f"prob gain per {name}", fontsize=9)
+    bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
+    bar.set_label("gain in mean correct-token probability")
+    fig.suptitle(_title(result) + "\n" + _greedy_text(result), fontsize=8)
+    return fig
+
+
+def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
+    """Early vs late batch-mean attention of the heads with the largest gain, beside the ground truth."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .figures import map_view
+
+    task = result.task
+    view = map_view(task)
+    gt = task.attention_mask.detach().cpu().float()
+    ideal = (gt / gt.sum(-1, keepdim=True).clamp(min=1))[view.rows, view.cols].numpy()
+    gt_block = gt[view.rows, view.cols].numpy()
+    rows_with_gt = gt_block.any(-1)
+    gain = result.table.prob_gain
+    heads = result.table.ranking()[:max_heads]
+    early, late = result.patterns[result.early_step], result.patterns[result.late_step]
+
+    n_rows, n_cols = len(heads), 3
+    n_q, n_k = view.rows.stop - view.rows.start, view.cols.stop - view.cols.start
+    panel_w = min(3.2, max(1.8, 0.28 * n_k))
+    panel_h = min(3.2, max(1.6, panel_w * n_q / n_k))
+    fig = Figure(figsize=(n_cols * panel_w + 2.4, n_rows * (panel_h + 0.75) + 1.3), dpi=DPI,
+                 layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)
+    images = []
+    for r, (layer, head) in enumerate(heads):
+        images.append([(f"early: step {result.early_step}", early[layer, head][view.rows, view.cols].numpy()),
+                       (f"late: step {result.late_step}", late[layer, head][view.rows, view.cols].numpy()),
+                       ("ground truth,\nrows normalised", ideal)])
+    vmax = max(float(np.max(img)) for row in images for _, img in row)
+    extent = (view.cols.start - 0.5, view.cols.stop - 0.5, view.rows.stop - 0.5, view.rows.start - 0.5)
+    image = None
+    for r, ((layer, head), row) in enumerate(zip(heads, images)):
+        for c, (title, img) in enumerate(row):
+            ax = axes[r, c]
+            image = ax.imshow(img, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest",
+                              aspect="auto", extent=extent)
+            if c < 2 and rows_with_gt.any():
+                mass = float((img * gt_block).sum(-1)[rows_with_gt].mean())
+                title = f"{title}\nmass on ground truth {mass:.2f}"
+            ax.set_title(title, fontsize=8)
+            ax.tick_params(labelsize=7, labelbottom=True)
+        axes[r, 0].set_ylabel(f"head {layer}.{head} (gain {float(gain[layer, head]):+.3f})\nquery", fontsize=8)
+    axes[0, 0].xaxis.set_major_locator(MaxNLocator(8, integer=True))
+    axes[0, 0].yaxis.set_major_locator(MaxNLocator(8, integer=True))
+    for ax in axes[-1]:
+        ax.set_xlabel("key position", fontsize=8)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
+    bar.set_label("attention weight (batch mean)")
+    fig.suptitle(f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
+                 f"{view.col_label}\n{_title(result)}", fontsize=8)
+    return fig

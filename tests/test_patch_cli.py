@@ -1,0 +1,110 @@
+"""``emergelab patch``: head patching between two checkpoints of a real (tiny) run, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from emergelab.cli import main
+from emergelab.config import ConfigError
+from emergelab.interventions import patching_table
+from emergelab.interventions.checkpoints import held_out_batch, patch_checkpoints, score_mask
+from emergelab.store import curve
+from emergelab.train import ExperimentConfig, train
+
+STEPS = 600
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Linear map S=8 s=2, 1-layer attention-only 4-head model, 1 seed, 8 log-spaced checkpoints
+    (steps 0 1 2 6 16 39 96 241 600)."""
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 8, "sparsity": 2},
+        "model": {"layers": 1, "heads": 4, "head_dim": 8, "mlp_ratio": 0},
+        "train": {"steps": STEPS, "seeds": 1, "batch_size": 32, "lr": 3e-3, "checkpoints": 8,
+                  "attention_snapshots": 0, "eval_every": 100, "eval_batch_size": 128, "strategy": "ensemble"}})
+    return train(config, tmp_path_factory.mktemp("patch") / "run", progress=False, figures=False)
+
+
+def test_patch_command_prints_the_table_and_writes_files(run, tmp_path, capsys):
+    steps = run.checkpoint_steps(0)
+    assert 241 in steps and STEPS in steps
+    assert main(["patch", str(run.path), "--early", "241", "--late", str(STEPS), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out  # both are saved checkpoints
+    assert "prob gain (loss drop)" in out and "head 3" in out and "greedy set" in out
+    assert "best head per bit" in out
+    stem = f"seed0_step241-{STEPS}_pattern"
+    names = {f"{stem}_{suffix}" for suffix in ("table.parquet", "table.csv", "greedy.csv", "heatmap.png",
+                                               "attention.png")}
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    table = pq.read_table(tmp_path / f"{stem}_table.parquet").to_pylist()
+    assert len(table) == 4 * (1 + 8)  # 4 heads x (overall + 8 bits)
+    assert {row["early_step"] for row in table} == {241} and {row["late_step"] for row in table} == {STEPS}
+    for png in ("heatmap.png", "attention.png"):
+        assert (tmp_path / f"{stem}_{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_out_is_run_patching(run, capsys):
+    assert main(["patch", str(run.path), "--early", "96", "--late", str(STEPS), "--what", "scores",
+                 "--batch", "64"]) == 0
+    assert (run.path / "patching" / f"seed0_step96-{STEPS}_scores_heatmap.png").exists()
+
+
+def test_non_checkpoint_step_resolves_to_the_nearest(run, tmp_path, capsys):
+    assert main(["patch", str(run.path), "--early", "50", "--late", "10000", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2
+    assert "early step 50" in notes[0] and "nearest, step 39" in notes[0]
+    assert "late step 10000" in notes[1] and f"nearest, step {STEPS}" in notes[1]
+    assert (tmp_path / f"seed0_step39-{STEPS}_pattern_table.csv").exists()
+
+
+def test_held_out_batch_is_the_probes_batch(run):
+    """The late model's per-bit loss on the rebuilt batch equals the probe's loss_pos at that step."""
+    result = patch_checkpoints(run, 241, STEPS, fraction=1.0)
+    steps, _ = curve(run.metrics(), "loss", 0)
+    assert STEPS in steps
+    probe = [curve(run.metrics(), "loss_pos", 0, str(i))[1][-1] for i in range(8)]
+    np.testing.assert_allclose(result.table.late["loss_per_output"].numpy(), probe, rtol=0, atol=1e-4)
+    assert result.score_mask.sum() == 8  # the x1 positions
+    # the greedy search at fraction 1 goes on until every head is patched or the late model is matched
+    greedy = result.greedy
+    assert greedy.reached or len(greedy.heads) == 4
+    assert greedy.late_prob == pytest.approx(float(result.table.late["mean_prob"]), abs=1e-6)
+
+
+def test_patching_a_checkpoint_into_itself_gains_nothing(run):
+    task, tokens = held_out_batch(run.config.resolved(), 0, 128)
+    model = run.load_model(0, 241)
+    table = patching_table(model, run.load_model(0, 241), tokens, output_index=task.output_index,
+                           loss_mask=score_mask(task))
+    assert torch.equal(table.prob_gain, torch.zeros(1, 4))
+    assert torch.equal(table.loss_drop, torch.zeros(1, 4))
+    assert torch.equal(table.prob_gain_per_output, torch.zeros(1, 4, 8))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "1"], "--seed 1: the run has seeds 0..0"),
+    (["--early", "600"], "early step 600 must come before late step 600"),
+    (["--early", "700"], "early step 600 must come before late step 600"),
+    (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
+])
+def test_bad_inputs_exit_2_with_one_line(run, capsys, argv, message):
+    args = ["patch", str(run.path), "--early", "96", "--late", str(STEPS)]
+    assert main(args + argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    assert main(["patch", str(tmp_path), "--early", "1", "--late", "2"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="not a run directory"):
+        patch_checkpoints(tmp_path, 1, 2)
