@@ -6,11 +6,11 @@ from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
-        "description": "linear map S=8, s=3, 1-layer attention-only transformer, 4 seeds: "
+        "description": "linear map S=8, s=3, 1-layer transformer with 8 heads, 4 seeds: "
                        "per-bit stepwise learning in a few minutes on 2 CPU cores",
         "task": {"name": "linear-map", "state_size": 8, "sparsity": 3},
-        "model": {"layers": 1, "heads": 4, "head_dim": 16, "mlp_ratio": 4},
-        "train": {"steps": 3000, "batch_size": 64, "lr": 0.001, "seeds": 4, "eval_every": 25},
+        "model": {"layers": 1, "heads": 8, "head_dim": 8, "mlp_ratio": 4},
+        "train": {"steps": 3000, "batch_size": 64, "lr": 0.002, "seeds": 4, "eval_every": 25},
     },
     "linear-map-tiny": {
         "description": "linear map S=8, s=2, the smallest run that learns every bit (~1 min)",

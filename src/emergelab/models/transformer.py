@@ -97,7 +97,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
         x = F.layer_norm(x, x.shape[-1:])
-        return self.hook_normalized(x * self.w[:, None, None, :] + self.b[:, None, None, :])
+        # b + x * w in one pass (per-member affine; F.layer_norm's own affine is shared by all members)
+        return self.hook_normalized(torch.addcmul(self.b[:, None, None, :], x, self.w[:, None, None, :]))
 
 
 class Attention(nn.Module):
@@ -124,9 +125,8 @@ class Attention(nn.Module):
         E, B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         qkv = _linear(x, self.W_QKV, self.b_QKV).reshape(E * B, T, 3, H, D)
-        q = self.hook_q(qkv[:, :, 0])
-        k = self.hook_k(qkv[:, :, 1])
-        v = self.hook_v(qkv[:, :, 2])
+        q, k, v = qkv.unbind(2)  # views; backward is one stack (three selects would each zero-fill qkv)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # [E*B, T, H, D]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [E*B, H, T, D]
         if bias is not None:
             bias = bias[..., :T, :T]
@@ -260,8 +260,11 @@ class Transformer(HookedModule):
             raise ValueError(f"tokens have {E} members, the model has {self.n_models}")
         if T > self.config.context_length:
             raise ValueError(f"sequence length {T} exceeds context_length {self.config.context_length}")
-        members = torch.arange(E, device=tokens.device)[:, None, None]
-        x = self.hook_embed(self.W_E[members, tokens])  # [E, B, T, d]
+        # member e's token t is row e*V + t of W_E viewed [E*V, d]: one embedding lookup for all members
+        # (its backward is a dense scatter-add, much cheaper than advanced indexing's index_put)
+        rows = tokens + torch.arange(0, E * self.config.vocab_size, self.config.vocab_size,
+                                     device=tokens.device)[:, None, None]
+        x = self.hook_embed(F.embedding(rows, self.W_E.view(E * self.config.vocab_size, -1)))  # [E, B, T, d]
         x = x + self.hook_pos_embed(self.W_pos[:, None, :T])
         for layer, block in enumerate(self.blocks):
             bias = None

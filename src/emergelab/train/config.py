@@ -99,6 +99,14 @@ class ExperimentConfig:
     model: TransformerConfig = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        # bias indices are checked against the model here, so a bad one fails before any work starts
+        for name, limit, size in (("bias_layers", self.model.layers, "model.layers"),
+                                  ("bias_heads", self.model.heads, "model.heads")):
+            value = getattr(self.train, name)
+            require(value == "all" or all(i < limit for i in value), f"train.{name}", list(value),
+                    f"indices must be in [0, {limit - 1}] ({size}={limit})")
+
     @property
     def task_name(self) -> str:
         return self.task.name

@@ -178,13 +178,15 @@ class SeedGroup:
                 "done": self.step >= self.config.train.steps}
         write_text(target / "meta.json", json.dumps(meta))  # written last: marks the state complete
         for old in self.state_dir.glob("step-*"):
-            if old != target:
+            if old != target:  # un-mark first: a deletion cut short never leaves a "complete" remnant
+                (old / "meta.json").unlink(missing_ok=True)
                 shutil.rmtree(old, ignore_errors=True)
 
     def latest_state(self) -> Path | None:
         if self.run is None or not self.state_dir.exists():
             return None
-        complete = sorted(p for p in self.state_dir.glob("step-*") if (p / "meta.json").exists())
+        complete = sorted(p for p in self.state_dir.glob("step-*")
+                          if all((p / f).exists() for f in ("meta.json", "tensors.safetensors", "metrics.parquet")))
         return complete[-1] if complete else None
 
     def resume(self) -> bool:
@@ -195,7 +197,9 @@ class SeedGroup:
         meta = json.loads((path / "meta.json").read_text())
         if meta["seeds"] != self.seeds:
             raise RuntimeError(f"{path}: resume state holds seeds {meta['seeds']}, expected {self.seeds}")
-        tensors = load_file(str(path / "tensors.safetensors"), device=str(self.device))
+        # clone: fresh allocations, as in an uninterrupted run (not views into the file's buffer)
+        tensors = {k: v.clone() for k, v in load_file(str(path / "tensors.safetensors"),
+                                                       device=str(self.device)).items()}
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optim_state = self.optimizer.state_dict()
         for key, value in tensors.items():
@@ -219,20 +223,23 @@ class SeedGroup:
 
 
 def _make_optimizer(model: Transformer, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on weight matrices (3-d with the member dim), not on biases or norms."""
+    """AdamW; weight decay on weight matrices (3-d with the member dim), not on biases or norms.
+
+    ``fused=True``: one kernel updates every tensor (3-5x faster than ``foreach`` on a CPU for these
+    sizes, see benchmarks/README.md); elementwise, so deterministic, and its state is the usual
+    ``exp_avg`` / ``exp_avg_sq`` / ``step`` in ``state_dict()``."""
     train = config.train
     decay = [p for p in model.parameters() if p.dim() >= 3]
     no_decay = [p for p in model.parameters() if p.dim() < 3]
     groups = [{"params": decay, "weight_decay": train.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), foreach=True)
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=True)
 
 
 @torch.no_grad()
 def _clip_per_member(model: Transformer, max_norm: float) -> None:
     """Clip each member's gradient to global norm ``max_norm`` independently of the other members."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    squares = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # [E]
-    scale = (max_norm / (squares.sqrt() + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+    squares = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0)  # [E]
+    scale = (max_norm / (squares.sqrt() + 1e-6)).clamp_(max=1.0)
+    torch._foreach_mul_(grads, [scale.view(-1, *([1] * (g.dim() - 1))) for g in grads])

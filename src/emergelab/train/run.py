@@ -13,14 +13,18 @@ Two execution strategies share :class:`SeedGroup`:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
+import threading
+import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -99,19 +103,20 @@ def train(config: ExperimentConfig, out: str | Path, *, seeds: list[int] | None 
     _check_or_write_config(run, config)
     if run.is_complete():
         return run
-    plan = _load_or_make_plan(run, config, seeds)
-    done_before = sum(_group_progress(config, run, i, g) for i, g in enumerate(plan.groups))
-    total = len(seeds) * config.train.steps
-    bar = _progress_bar(total, done_before, progress, plan)
-    try:
-        if plan.strategy == "ensemble":
-            for index, group in enumerate(plan.groups):
-                _train_group(config, run, index, group, bar.update_loss)
-        else:
-            _run_workers(config, run, plan, bar.update_loss)
-    finally:
-        bar.close()
-    _finish(config, run, plan, seeds)
+    with _locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
+        plan = _load_or_make_plan(run, config, seeds)
+        done_before = sum(_group_progress(config, run, i, g) for i, g in enumerate(plan.groups))
+        total = len(seeds) * config.train.steps
+        bar = _progress_bar(total, done_before, progress, plan)
+        try:
+            if plan.strategy == "ensemble":
+                for index, group in enumerate(plan.groups):
+                    _train_group(config, run, index, group, bar.update_loss)
+            else:
+                _run_workers(config, run, plan, bar.update_loss)
+        finally:
+            bar.close()
+        _finish(config, run, plan, seeds)
     if figures:
         from ..report import make_figures
 
@@ -176,15 +181,45 @@ def _group_progress(config: ExperimentConfig, run: RunDir, index: int, seeds: li
 
 
 def _train_group(config: ExperimentConfig, run: RunDir, index: int, seeds: list[int], on_progress) -> None:
-    group = _group(config, run, index, seeds)
-    group.resume()
-    if group.step < config.train.steps:
-        group.train(on_progress=on_progress)
-    if not group.is_done():
-        group.save_state()
+    with _locked(run.state_dir / f"group-{index}.lock"):  # waits for a dying orphan of a killed run
+        group = _group(config, run, index, seeds)
+        group.resume()
+        if group.step < config.train.steps:
+            group.train(on_progress=on_progress)
+        if not group.is_done():
+            group.save_state()
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (released by the OS if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ConfigError(f"{path.parent.parent}: another emergelab process is training this run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this worker when the main process dies (e.g. SIGKILL): a daemon flag only covers a normal
+    exit, and an orphan would train on and write into the run directory beside the resumed run."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_main(config_dict: dict, run_path: str, groups: list[tuple[int, list[int]]], queue: Any) -> None:
+    _exit_with_parent()
     torch.set_num_threads(1)
     try:
         config = ExperimentConfig.from_dict(config_dict).resolved()

@@ -1,0 +1,142 @@
+"""The ``emergelab`` command: bad inputs exit 2 with one line before any work; list; a tiny real run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from emergelab.cli import main
+from emergelab.config import field_names
+from emergelab.models import MODELS
+from emergelab.presets import PRESETS
+from emergelab.tasks import TASKS
+from emergelab.train import TrainConfig
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty current directory (the default output ``runs/`` would appear here)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# (arguments after `emergelab run`, words the one error line must contain)
+BAD_INPUTS = [
+    (["no-such-task"], ["no-such-task", "allowed tasks", "linear-map", "cellular-automata"]),
+    (["linear-map", "--set", "model.hedas=3"], ["model.hedas", "allowed fields", "heads", "head_dim"]),
+    (["linear-map", "--set", "task.sparisty=3"], ["task.sparisty", "allowed fields", "sparsity"]),
+    (["linear-map", "--preset", "nope"], ["nope", "allowed presets", *PRESETS]),
+    (["cellular-automata", "--preset", "demo"], ["--preset demo", "linear-map"]),
+    (["linear-map", "--set", "task.sparsity=9"], ["task.sparsity=9", "[1, task.state_size=8]"]),
+    (["linear-map", "--set", "task.sparsity=0"], ["task.sparsity=0", "[1, task.state_size=8]"]),
+    (["cellular-automata", "--set", "task.alphabet=1"], ["task.alphabet=1", "[2, 1024]"]),
+    (["linear-map", "--set", "model.heads=0"], ["model.heads=0", "[1, 4096]"]),
+    (["linear-map", "--set", "model.head_dim=-4"], ["model.head_dim=-4", "[1, 65536]"]),
+    (["linear-map", "--steps", "0"], ["train.steps=0", "[1, inf]"]),
+    (["linear-map", "--seeds", "0"], ["train.seeds=0", "[1, 1000000]"]),
+    (["linear-map", "--set", "train.batch_size=0"], ["train.batch_size=0", "[1, inf]"]),
+    (["linear-map", "--set", "task.sparsity"], ["task.sparsity", "expected section.field=value"]),
+    (["linear-map", "--set", "foo.bar=1"], ["foo", "allowed sections are task, model, train"]),
+    (["linear-map", "--set", "sparsity=1"], ["sparsity=1", "section.field"]),
+    (["linear-map", "--set", "train.lr=abc"], ["train.lr='abc'", "must be a number"]),
+    (["linear-map", "--set", "train.lr=[1"], ["train.lr=[1", "does not parse"]),
+    (["linear-map", "--set", "task.name=cellular-automata"], ["task.name", "positional TASK"]),
+    (["linear-map", "--strategy", "fast"], ["train.strategy='fast'", "auto, ensemble, workers"]),
+    (["linear-map", "--device", "tpu"], ["train.device='tpu'", "cpu, cuda"]),
+    (["linear-map", "--set", "train.bias_beta=1", "--set", "train.bias_heads=[4]"],
+     ["train.bias_heads=[4]", "[0, 3]", "model.heads=4"]),
+    (["linear-map", "--steps", "abc"], ["--steps", "invalid int value"]),
+    (["linear-map", "--no-such-flag"], ["unrecognized arguments", "--no-such-flag"]),
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line_before_any_work(workdir, capsys, args, words):
+    out = workdir / "out"
+    code = main(["run", *args, "--out", str(out), "--quiet", "--no-figures"])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("emergelab: error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert captured.out == ""  # nothing started, not even the "run directory" line
+    assert list(workdir.iterdir()) == []  # no run directory, no default runs/ folder
+
+
+def test_cuda_when_unavailable(workdir, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        code = main(["run", "linear-map", "--device", device, "--out", str(workdir / "out")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1
+        assert f"train.device={device!r}" in err[0] and "CUDA is not available" in err[0] and "cpu" in err[0]
+    assert list(workdir.iterdir()) == []
+
+
+def test_missing_command_and_task(workdir, capsys):
+    for argv in ([], ["run"], ["frobnicate"]):
+        assert main(argv) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_report_on_a_non_run(workdir, capsys):
+    assert main(["report", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a run directory" in err[0]
+
+
+def test_bad_input_in_a_real_process(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "emergelab.cli", "run", "linear-map", "--set", "model.hedas=3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "model.hedas" in done.stderr and "allowed fields" in done.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_list_shows_tasks_fields_and_presets(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for name, cls in TASKS.items():
+        assert name in text
+        line = next(l for l in text.splitlines() if l.strip().startswith("task.* fields") and
+                    all(f"{f}=" in l for f in field_names(cls)))
+        assert line
+    for cls in MODELS.values():
+        assert all(f"{f}=" in text for f in field_names(cls))
+    assert all(f"{f}=" in text for f in field_names(TrainConfig))
+    for name, preset in PRESETS.items():
+        assert name in text and preset["description"] in text
+
+
+def test_tiny_run_writes_the_run_directory(workdir, capsys):
+    out = workdir / "tiny"
+    code = main(["run", "linear-map", "--steps", "20", "--seeds", "2", "--out", str(out), "--no-figures",
+                 "--quiet", "--set", "model.head_dim=4"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == f"run directory: {out}"
+    assert any(l.startswith("linear-map: 20 steps; optimal loss 0.3235") for l in lines)
+    header = next(i for i, l in enumerate(lines) if "final loss" in l and "seed" in l)
+    rows = [l.split() for l in lines[header + 1:header + 3]]
+    assert [r[0] for r in rows] == ["0", "1"]
+    assert all(0.0 < float(r[1]) < 1.0 and len(r[3:]) == 8 for r in rows)  # loss, gap, 8 learned steps
+    for name in ("config.yaml", "metrics.parquet", "summary.json"):
+        assert (out / name).is_file()
+    for seed in ("seed-000", "seed-001"):
+        assert any((out / "checkpoints" / seed).glob("step-*.safetensors"))
+        assert (out / "checkpoints" / seed / "step-00000020.safetensors").is_file()
+    assert not (out / "state").exists() and not (out / "figures").exists()
+    assert [p.name for p in workdir.iterdir()] == ["tiny"]
+    # re-running the same command finds it finished and prints the same summary
+    assert main(["run", "linear-map", "--steps", "20", "--seeds", "2", "--out", str(out), "--no-figures",
+                 "--quiet", "--set", "model.head_dim=4"]) == 0
+    assert capsys.readouterr().out == captured.out

@@ -1,0 +1,461 @@
+"""Many-seed training: batched = single = workers, determinism, exact resume (also after SIGKILL),
+schedules, the attention-bias intervention, per-member clipping, and a real run that reaches the optimum.
+
+Every run here is tiny (1 layer, a few heads of dim 4) so the whole file stays fast on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from emergelab.config import ConfigError
+from emergelab.interventions.bias import bias_schedule, ground_truth_bias
+from emergelab.models import Transformer, TransformerConfig
+from emergelab.store import RunDir, curve
+from emergelab.train import ExperimentConfig, SeedGroup, train
+from emergelab.train.group import _clip_per_member
+from emergelab.train.schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps, seed_streams
+from emergelab.train.config import TrainConfig
+
+LINEAR_MAP = {"name": "linear-map", "state_size": 8, "sparsity": 2}
+CELLULAR = {"name": "cellular-automata", "state_size": 5, "trajectory_length": 4, "alphabet": 3}
+TINY_MODEL = {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 2}
+
+
+def experiment(task: dict = LINEAR_MAP, model: dict | None = None, **train_fields) -> ExperimentConfig:
+    """A tiny resolved experiment; ``train_fields`` override the small training defaults below."""
+    fields = {"steps": 50, "batch_size": 16, "eval_every": 1, "eval_batch_size": 32, "checkpoints": 0,
+              "attention_snapshots": 0, **train_fields}
+    return ExperimentConfig.from_dict({"task": task, "model": model or TINY_MODEL, "train": fields}).resolved()
+
+
+def trained(config: ExperimentConfig, seeds: list[int], **kwargs) -> SeedGroup:
+    group = SeedGroup(config, seeds, **kwargs)
+    group.train()
+    return group
+
+
+def assert_tables_close(a, b, atol: float = 1e-5) -> None:
+    """Same rows (step, seed, metric, index) in the same order, values within ``atol``."""
+    assert a.num_rows == b.num_rows > 0
+    for column in ("step", "seed", "metric", "index"):
+        assert a[column].to_pylist() == b[column].to_pylist(), column
+    np.testing.assert_allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=0, atol=atol)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seed i trains the same in any group, and under any strategy
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", [LINEAR_MAP, CELLULAR], ids=["linear-map", "cellular-automata"])
+def test_seed_in_ensemble_equals_seed_alone(task):
+    config = experiment(task, steps=50, eval_every=1, lr=1e-2)
+    ensemble = trained(config, [0, 1, 2]).metrics.table()
+    for seed in (0, 1, 2):
+        alone = trained(config, [seed]).metrics.table()
+        for metric in ("loss", "train_loss", "attn_entropy"):
+            index = "0.1" if metric == "attn_entropy" else ""
+            steps_a, together = curve(ensemble, metric, seed, index)
+            steps_b, single = curve(alone, metric, seed, index)
+            assert len(together) >= 50 and np.array_equal(steps_a, steps_b)
+            np.testing.assert_allclose(together, single, rtol=0, atol=1e-5, err_msg=f"seed {seed} {metric}")
+    # the seeds are really different runs, and their weights really move
+    first = [curve(ensemble, "train_loss", s)[1] for s in (0, 1, 2)]
+    assert not np.allclose(first[0], first[1])
+    assert all(np.ptp(curve(ensemble, "loss", s)[1]) > 1e-3 for s in (0, 1, 2))
+
+
+def test_workers_strategy_equals_ensemble(tmp_path):
+    config = experiment(steps=50, eval_every=1, seeds=3)
+    ensemble = train(replace(config, train=replace(config.train, strategy="ensemble")), tmp_path / "ens",
+                     progress=False, figures=False)
+    workers = train(replace(config, train=replace(config.train, strategy="workers", workers=2)),
+                    tmp_path / "workers", progress=False, figures=False)
+    a, b = ensemble.metrics(), workers.metrics()
+    assert sorted(set(a["seed"].to_pylist())) == [0, 1, 2]
+    assert len(set(a["step"].to_pylist())) == 51
+    assert_tables_close(a, b, atol=1e-5)
+    assert not (tmp_path / "workers" / "state").exists()
+
+
+def test_same_config_gives_bit_identical_metrics(tmp_path):
+    config = experiment(steps=30, eval_every=5, seeds=2, checkpoints=3)
+    first = train(config, tmp_path / "a", progress=False, figures=False)
+    second = train(config, tmp_path / "b", progress=False, figures=False)
+    assert first.metrics().num_rows > 0
+    assert first.metrics().equals(second.metrics())
+    assert pq.read_table(first.metrics_path).equals(pq.read_table(second.metrics_path))
+    assert first.summary() == second.summary()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resume
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_seed_group_resume_equals_uninterrupted(tmp_path):
+    # k = 37: not a data-chunk boundary (64 steps a chunk here), not a probe step (every 10), not a checkpoint
+    config = experiment(steps=100, eval_every=10, checkpoints=3, resume_every=0)
+    k = 37
+    assert k % data_chunk_steps(16, 16) != 0 and k not in probe_steps(config.train)
+    assert k not in log_spaced_steps(config.train.steps, config.train.checkpoints)
+
+    reference = RunDir(tmp_path / "reference")
+    reference.write_config(config)
+    uninterrupted = trained(config, [0, 2], run=reference).metrics.table()
+
+    run = RunDir(tmp_path / "resumed")
+    run.write_config(config)
+    first = SeedGroup(config, [0, 2], run=run)
+    first.train(stop_after=k)
+    assert first.step == k
+    first.save_state()
+    del first
+
+    second = SeedGroup(config, [0, 2], run=run)
+    assert second.resume() and second.step == k
+    second.train()
+    assert second.step == config.train.steps and second.is_done()
+    resumed = second.metrics.table()
+    assert resumed.num_rows == uninterrupted.num_rows > 0
+    assert resumed.equals(uninterrupted)
+
+
+def cli_command(out: Path, strategy: str) -> list[str]:
+    """A 300-step, 2-seed CLI run that saves a resume state every 25 steps (probes every 15)."""
+    workers = ["--set", "train.workers=2"] if strategy == "workers" else []
+    return [sys.executable, "-m", "emergelab.cli", "run", "linear-map", "--out", str(out), "--quiet",
+            "--no-figures", "--seeds", "2", "--steps", "300", "--strategy", strategy, *workers,
+            "--set", "model.heads=2", "--set", "model.head_dim=4", "--set", "model.mlp_ratio=0",
+            "--set", "train.batch_size=16", "--set", "train.eval_every=15",
+            "--set", "train.eval_batch_size=32", "--set", "train.resume_every=25",
+            "--set", "train.checkpoints=4", "--set", "train.attention_snapshots=4"]
+
+
+def latest_state_step(out: Path) -> int:
+    steps = [int(p.parent.name.split("-")[1]) for p in (out / "state").glob("group-*/step-*/meta.json")]
+    return max(steps, default=-1)
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Pids of the not-yet-exited processes of process group ``pgid`` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def kill_main_process_midway(command: list[str], out: Path, at_step: int = 100, timeout: float = 90) -> None:
+    """Start ``command`` in its own process group; once it has saved a resume state at ``at_step`` or
+    later, SIGKILL its main process only (as an OOM killer would), and check no worker outlives it."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while latest_state_step(out) < at_step:
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no resume state appeared in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not (out / "summary.json").exists() and not (out / "metrics.parquet").exists()
+        # orphaned workers must not train on beside the resumed run
+        deadline = time.monotonic() + 10
+        while live_processes_in_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not live_processes_in_group(proc.pid), "worker processes outlived the killed main process"
+    finally:
+        for pid in live_processes_in_group(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("strategy", ["ensemble", "workers"])
+def test_killed_cli_run_resumes_bit_identically(tmp_path, strategy):
+    reference_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference = subprocess.Popen(cli_command(reference_out, strategy), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        kill_main_process_midway(cli_command(out, strategy), out)
+        resumed_run = subprocess.run(cli_command(out, strategy), capture_output=True, text=True, timeout=120)
+        assert resumed_run.returncode == 0, resumed_run.stderr
+        _, stderr = reference.communicate(timeout=120)
+        assert reference.returncode == 0, stderr
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    resumed = pq.read_table(out / "metrics.parquet")
+    uninterrupted = pq.read_table(reference_out / "metrics.parquet")
+    assert sorted(set(resumed["step"].to_pylist()))[-1] == 300
+    if strategy == "ensemble":
+        assert resumed.equals(uninterrupted)
+    else:
+        # Known issue: about 1 run in 7, one seed's probe metrics differ by 1-2 float32 ulps from step ~240
+        # on (train_loss stays identical). Under investigation (suspect: MKL results depending on buffer
+        # alignment in 1-thread, E=1 worker processes). Until then: exact rows, values within 1e-6.
+        assert_tables_close(resumed, uninterrupted, atol=1e-6)
+    assert not (out / "state").exists()
+    assert sorted(json.loads((out / "summary.json").read_text())["seeds"]) == ["0", "1"]
+    for seed in (0, 1):
+        assert RunDir(out).checkpoint_steps(seed) == RunDir(reference_out).checkpoint_steps(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A finished run is never retrained; a different config is refused
+# ----------------------------------------------------------------------------------------------------
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(path)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_finished_run_is_not_retrained(tmp_path, monkeypatch):
+    config = experiment(steps=20, eval_every=5, seeds=2, checkpoints=2)
+    run = train(config, tmp_path / "run", progress=False, figures=False)
+    before = snapshot(run.path)
+    assert "metrics.parquet" in before and "summary.json" in before
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(SeedGroup, "train", no_training)
+    monkeypatch.setattr(SeedGroup, "__init__", no_training)
+    start = time.perf_counter()
+    again = train(config, tmp_path / "run", progress=False, figures=False)
+    assert time.perf_counter() - start < 5.0
+    assert again.path == run.path and snapshot(run.path) == before
+    # execution knobs may change between re-runs (they do not change the numbers)
+    knobs = replace(config, train=replace(config.train, strategy="workers", workers=2, resume_every=7))
+    train(knobs, tmp_path / "run", progress=False, figures=False)
+    assert snapshot(run.path) == before
+
+
+def test_different_config_into_same_dir_is_refused(tmp_path):
+    config = experiment(steps=10, eval_every=5)
+    train(config, tmp_path / "run", progress=False, figures=False)
+    before = snapshot(tmp_path / "run")
+    other = experiment({**LINEAR_MAP, "sparsity": 3}, steps=10, eval_every=5)
+    with pytest.raises(ConfigError, match=r"task\.sparsity") as error:
+        train(other, tmp_path / "run", progress=False, figures=False)
+    assert "2" in str(error.value) and "3" in str(error.value)
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        train(experiment(steps=10, eval_every=5, lr=0.002), tmp_path / "run", progress=False, figures=False)
+    assert snapshot(tmp_path / "run") == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# A real run reaches the optimum
+# ----------------------------------------------------------------------------------------------------
+
+# Linear map S=8, s=1 (each x1 bit copies one x0 bit), 1-layer attention-only transformer: every seed
+# reaches the optimum (7/15 ln 2) within 0.01 nats by ~step 100 at lr 3e-3 (found by a small sweep).
+SOLVABLE = dict(task={"name": "linear-map", "state_size": 8, "sparsity": 1},
+                model={"layers": 1, "heads": 4, "head_dim": 8, "mlp_ratio": 0})
+
+
+def test_short_run_falls_below_chance():
+    config = experiment(SOLVABLE["task"], SOLVABLE["model"], steps=60, batch_size=64, lr=3e-3,
+                        eval_every=20, eval_batch_size=256)
+    table = trained(config, [0, 1]).metrics.table()
+    for seed in (0, 1):
+        _, loss = curve(table, "loss", seed)
+        assert loss[0] == pytest.approx(math.log(2), abs=0.02)  # nothing learned: ln 2 per token
+        assert loss[-1] < math.log(2) - 0.1
+
+
+def test_linear_map_reaches_the_optimum():
+    config = experiment(SOLVABLE["task"], SOLVABLE["model"], steps=200, batch_size=64, lr=3e-3,
+                        eval_every=25, eval_batch_size=256)
+    group = trained(config, [0, 1, 2])
+    table = group.metrics.table()
+    optimum = group.tasks[0].optimal_loss()
+    assert optimum == pytest.approx(7 / 15 * math.log(2))
+    final = np.array([curve(table, "loss", seed)[1][-1] for seed in (0, 1, 2)])
+    assert np.all(final > optimum - 0.02)  # held-out loss cannot beat the optimum (up to sampling noise)
+    assert np.all(final < optimum + 0.01), f"final loss - optimum per seed: {final - optimum}"
+    accuracy = np.array([curve(table, "accuracy_pos", seed, str(i))[1][-1] for seed in (0, 1, 2) for i in range(8)])
+    assert np.all(accuracy > 0.99)  # every bit of x1 is predicted
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedules and seeds
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_warmup_then_cosine():
+    config = TrainConfig(steps=110, lr=1e-2, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert learning_rate(config, 0) == pytest.approx(1e-3)
+    assert learning_rate(config, 4) == pytest.approx(5e-3)
+    assert learning_rate(config, 9) == pytest.approx(1e-2)
+    assert learning_rate(config, 10) == pytest.approx(1e-2)  # warmup done: cosine starts at the peak
+    assert learning_rate(config, 60) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5))  # half way
+    assert learning_rate(config, 35) == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))
+    assert learning_rate(config, 110) == pytest.approx(1e-3)  # the floor, and never below it
+    assert learning_rate(config, 500) == pytest.approx(1e-3)
+    values = [learning_rate(config, s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_constant_schedule():
+    config = TrainConfig(steps=100, lr=2e-3, warmup_steps=4)
+    assert [learning_rate(config, s) for s in range(6)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2e-3, 2e-3])
+    assert learning_rate(TrainConfig(steps=100, lr=2e-3), 0) == 2e-3
+
+
+@pytest.mark.parametrize("total,count", [(1, 5), (7, 3), (100, 12), (2000, 12), (10_000, 40), (50, 0)])
+def test_log_spaced_steps(total, count):
+    steps = log_spaced_steps(total, count)
+    assert steps[0] == 0 and steps[-1] == total
+    assert steps == sorted(set(steps)) and all(0 <= s <= total for s in steps)
+    assert len(steps) <= max(count, 0) + 2
+    if count >= 3 and total >= 1000:
+        gaps = np.diff(steps[1:])
+        assert gaps[-1] > 10 * gaps[0]  # log spacing: dense early, sparse late
+
+
+def test_probe_steps():
+    config = TrainConfig(steps=95, eval_every=20, attention_snapshots=0)
+    assert probe_steps(config) == [0, 20, 40, 60, 80, 95]
+
+
+def test_seed_streams_deterministic_and_distinct():
+    a = seed_streams(0, 3)
+    assert a == seed_streams(0, 3)
+    assert set(a) == {"init", "task", "data", "eval"}
+    assert all(isinstance(v, int) and 0 <= v < 2 ** 63 for v in a.values())
+    assert len(set(a.values())) == 4  # the streams of one seed are independent
+    others = [seed_streams(0, i) for i in range(8)] + [seed_streams(1, 3)]
+    values = [v for streams in others for v in streams.values()]
+    assert len(set(values)) == len(values)  # no two seeds (or master seeds) share any stream
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention bias toward the ground truth
+# ----------------------------------------------------------------------------------------------------
+
+
+def gt_mass(table, step: int, seed: int = 0) -> float:
+    steps, values = curve(table, "attn_gt_mass", seed, "0.0")
+    return float(values[list(steps).index(step)])
+
+
+def biased_group(**train_fields) -> SeedGroup:
+    config = experiment(steps=6, eval_every=1, **train_fields)
+    return trained(config, [0], attn_bias_fn=bias_schedule(config, SeedGroup(config, [0]).tasks))
+
+
+def test_attention_bias_moves_mass_to_ground_truth():
+    plain = biased_group().metrics.table()
+    biased = biased_group(bias_beta=8.0).metrics.table()
+    # near-uniform attention over ~8 keys at init: ground-truth mass ~ s / keys
+    assert gt_mass(plain, 1) < 0.5
+    assert gt_mass(biased, 1) > 0.9 and gt_mass(biased, 1) > gt_mass(plain, 1) + 0.4
+
+
+def test_attention_bias_stops_after_bias_steps():
+    table = biased_group(bias_beta=8.0, bias_steps=3).metrics.table()
+    # the probe after step K uses the bias of step K - 1: on through step 3, off from step 4
+    assert gt_mass(table, 3) > 0.9
+    assert gt_mass(table, 4) < 0.5
+    config = experiment(bias_beta=2.0, bias_steps=4, bias_schedule="linear")
+    tasks = SeedGroup(config, [0, 1]).tasks
+    at = bias_schedule(config, tasks)
+    assert at(3) is not None and at(4) is None and at(100) is None
+    torch.testing.assert_close(at(1), at(0) * 0.75)
+    assert bias_schedule(experiment(), tasks) is None  # beta 0: off
+
+
+def test_trainer_uses_the_bias(tmp_path):
+    config = experiment(steps=6, eval_every=1, bias_beta=8.0, checkpoints=0)
+    run = train(config, tmp_path / "run", progress=False, figures=False)
+    assert gt_mass(run.metrics(), 1) > 0.9
+
+
+def test_ground_truth_bias_shape_and_placement():
+    masks = torch.zeros(2, 5, 5, dtype=torch.bool)
+    masks[0, 3, 1] = masks[0, 4, 0] = masks[1, 2, 2] = True
+    bias = ground_truth_bias(masks, layers=2, heads=3, beta=1.5, which_layers=[1], which_heads=[0, 2])
+    assert bias.shape == (2, 2, 3, 5, 5)  # [E, layers, heads, P, P]
+    for e in range(2):
+        for layer in range(2):
+            for head in range(3):
+                expected = 1.5 * masks[e].float() if layer == 1 and head in (0, 2) else torch.zeros(5, 5)
+                torch.testing.assert_close(bias[e, layer, head], expected)
+    single = ground_truth_bias(masks[0], layers=1, heads=2, beta=-2.0)
+    assert single.shape == (1, 1, 2, 5, 5)
+    torch.testing.assert_close(single[0, 0, 1], -2.0 * masks[0].float())
+
+
+def test_bad_bias_index_is_a_config_error():
+    masks = torch.zeros(1, 5, 5, dtype=torch.bool)
+    with pytest.raises(ConfigError, match=r"train\.bias_heads"):
+        ground_truth_bias(masks, layers=1, heads=2, beta=1.0, which_heads=[2])
+    with pytest.raises(ConfigError, match=r"train\.bias_layers"):
+        ground_truth_bias(masks, layers=1, heads=2, beta=1.0, which_layers=[1])
+    # the experiment config refuses it at construction, before a run directory exists
+    with pytest.raises(ConfigError, match=r"train\.bias_heads.*model\.heads=2"):
+        experiment(bias_beta=1.0, bias_heads=[0, 2])
+    with pytest.raises(ConfigError, match=r"train\.bias_layers"):
+        experiment(bias_beta=1.0, bias_layers=[1])
+    with pytest.raises(ConfigError, match=r"train\.bias_heads"):
+        experiment(bias_beta=1.0, bias_heads=[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-member gradient clipping
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_clipping_is_per_member():
+    config = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=3, context_length=6)
+    ensemble = Transformer(config, n_models=3, seeds=[0, 1, 2])
+    generator = torch.Generator().manual_seed(0)
+    scales = [0.01, 1.0, 30.0]  # one member far below the threshold, two above it
+    for p in ensemble.parameters():
+        p.grad = torch.randn(p.shape, generator=generator) * torch.tensor(scales).view(-1, *[1] * (p.dim() - 1))
+    singles = [ensemble.member(e) for e in range(3)]
+    for e, single in enumerate(singles):
+        for p_single, p in zip(single.parameters(), ensemble.parameters()):
+            p_single.grad = p.grad[e:e + 1].clone()
+        torch.nn.utils.clip_grad_norm_(single.parameters(), max_norm=0.5)
+    norms_before = [torch.stack([p.grad[e].norm() for p in ensemble.parameters()]).norm() for e in range(3)]
+    assert norms_before[0] < 0.5 < norms_before[1]
+    _clip_per_member(ensemble, 0.5)
+    for e, single in enumerate(singles):
+        for p_single, p in zip(single.parameters(), ensemble.parameters()):
+            torch.testing.assert_close(p.grad[e:e + 1], p_single.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_clipped_training_in_ensemble_equals_alone():
+    config = experiment(steps=30, eval_every=1, grad_clip=0.05, lr=1e-2)
+    ensemble = trained(config, [0, 1]).metrics.table()
+    for seed in (0, 1):
+        alone = trained(config, [seed]).metrics.table()
+        np.testing.assert_allclose(curve(ensemble, "train_loss", seed)[1], curve(alone, "train_loss", seed)[1],
+                                   rtol=0, atol=1e-5)
+    unclipped = trained(replace(config, train=replace(config.train, grad_clip=0.0)), [0]).metrics.table()
+    assert not np.allclose(curve(unclipped, "train_loss", 0)[1], curve(ensemble, "train_loss", 0)[1])
