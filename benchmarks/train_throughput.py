@@ -7,8 +7,8 @@ For each size (the ``linear-map-tiny`` and ``demo`` presets' models) and each se
 
 * ``ensemble/1t``, ``ensemble/2t``: one ``SeedGroup`` of N members in this process, torch threads 1 / 2.
 * ``workers/2x1t``: 2 spawned processes with 1 thread each, each running a ``SeedGroup`` of N/2 seeds,
-  concurrently (a barrier starts every timed repeat together); throughput = sum over workers. Process
-  start-up (spawn, import torch, build the group) is measured separately as ``startup_s``.
+  concurrently (a barrier starts every timed block together); throughput = sum over workers. The two
+  processes live for the whole benchmark; their start-up (spawn + import) is timed once, ``startup_s``.
 * ``plain/1t``, ``plain/2t``: N sequential runs of a standard one-model loop (nn.Linear, SDPA, AdamW,
   batch 64, grad clipping), i.e. 1 / step-time seed-steps per second whatever N.
 
@@ -172,36 +172,50 @@ def matmul_peak(device: torch.device, threads: int, n: int, target_s: float) -> 
     return 2 * n ** 3 / seconds / 1e9
 
 
-def _worker(size: str, seeds: list[int], threads: int, budget: dict, barrier, results) -> None:
-    torch.set_num_threads(threads)
+def _worker(jobs, barrier, results) -> None:
+    """A 1-thread worker process: for each job (size, seeds, budget), time a SeedGroup of those seeds."""
+    torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    config = experiment(size, len(seeds), "cpu")
-    step = group_stepper(config, seeds)
+    import emergelab.train.group  # noqa: F401  (the import is part of start-up)
+
     results.put(("ready", time.time()))
-    seconds, n = time_steps(step, torch.device("cpu"), budget["warmup"], budget["target_s"],
-                            budget["repeats"], barrier)
-    results.put(("done", (len(seeds), seconds, n)))
+    for size, seeds, budget in iter(jobs.get, None):
+        step = group_stepper(experiment(size, len(seeds), "cpu"), seeds)
+        barrier.wait()  # both workers start warming up together
+        seconds, n = time_steps(step, torch.device("cpu"), budget["warmup"], budget["target_s"],
+                                budget["repeats"], barrier)
+        results.put(("done", (len(seeds), seconds, n)))
 
 
-def measure_workers(size: str, n_seeds: int, n_workers: int, budget: dict) -> dict:
-    """``n_workers`` concurrent 1-thread processes, the seeds split among them (as ``train()`` does)."""
-    ctx = mp.get_context("spawn")
-    shares = [list(range(i, n_seeds, n_workers)) for i in range(n_workers)]
-    barrier, results = ctx.Barrier(n_workers), ctx.Queue()
-    started = time.time()
-    procs = [ctx.Process(target=_worker, args=(size, share, 1, budget, barrier, results))
-             for share in shares]
-    for p in procs:
-        p.start()
-    ready, done = [], []
-    while len(done) < n_workers:
-        kind, payload = results.get(timeout=600)
-        (ready if kind == "ready" else done).append(payload)
-    for p in procs:
-        p.join()
-    rate = sum(e / seconds for e, seconds, _ in done)  # seed-steps per second, all workers together
-    return {"seed_steps_per_s": rate, "step_s": max(s for _, s, _ in done),
-            "steps_per_block": min(n for _, _, n in done), "startup_s": max(ready) - started}
+class WorkerPair:
+    """``n`` spawned 1-thread processes kept alive across measurements (start-up is timed once).
+
+    Each measurement splits the seeds among them as ``train()`` does; a barrier starts every timed
+    block on all workers together, so they contend for the machine as real workers do."""
+
+    def __init__(self, n: int):
+        ctx = mp.get_context("spawn")
+        self.n, self.barrier, self.results = n, ctx.Barrier(n), ctx.Queue()
+        self.jobs = [ctx.Queue() for _ in range(n)]
+        started = time.time()
+        self.procs = [ctx.Process(target=_worker, args=(q, self.barrier, self.results), daemon=True)
+                      for q in self.jobs]
+        for p in self.procs:
+            p.start()
+        self.startup_s = max(self.results.get(timeout=600)[1] for _ in range(n)) - started
+
+    def measure(self, size: str, n_seeds: int, budget: dict) -> dict:
+        for i, q in enumerate(self.jobs):
+            q.put((size, list(range(i, n_seeds, self.n)), budget))
+        done = [self.results.get(timeout=600)[1] for _ in range(self.n)]
+        rate = sum(e / seconds for e, seconds, _ in done)  # seed-steps per second, all workers together
+        return {"seed_steps_per_s": rate, "step_s": max(s for _, s, _ in done), "startup_s": self.startup_s}
+
+    def close(self) -> None:
+        for q in self.jobs:
+            q.put(None)
+        for p in self.procs:
+            p.join()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,8 +248,11 @@ def run(args) -> dict:
         rows.append(row)
         print(f"{size:5s} {strategy:14s} N={n_seeds:3d}  {seed_steps_per_s:9.1f} seed-steps/s  "
               f"{tokens / 1e3:9.1f} ktok/s  {gflops:6.2f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)"
-              + (f"  start-up {extra['startup_s']:.1f} s" if extra and "startup_s" in extra else ""), flush=True)
+              , flush=True)
 
+    pool = WorkerPair(args.workers) if cpu and args.workers >= 2 else None
+    if pool is not None:
+        print(f"worker start-up (spawn, import torch + emergelab): {pool.startup_s:.1f} s", flush=True)
     for size in SIZES:
         base = experiment(size, 1, args.device)
         m = base.model
@@ -253,10 +270,12 @@ def run(args) -> dict:
                 torch.set_num_threads(threads)
                 seconds, _ = time_steps(group_stepper(config, list(range(n_seeds))), device, **budget)
                 add(size, f"ensemble/{threads}t", n_seeds, threads, config, n_seeds / seconds, seconds)
-            if cpu and n_seeds >= 2 and args.workers >= 2:
-                w = measure_workers(size, n_seeds, args.workers, budget)
+            if pool is not None and n_seeds >= args.workers:
+                w = pool.measure(size, n_seeds, budget)
                 add(size, f"workers/{args.workers}x1t", n_seeds, args.workers, config, w["seed_steps_per_s"],
                     w["step_s"], {"startup_s": w["startup_s"]})
+    if pool is not None:
+        pool.close()
 
     return {
         "benchmark": "train_throughput", "quick": quick, "device": args.device,
@@ -266,6 +285,7 @@ def run(args) -> dict:
                     "ld_preload": os.environ.get("LD_PRELOAD", ""), "malloc_conf": os.environ.get("MALLOC_CONF", "")},
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
         "budget": budget, "matmul_peak_gflops": peaks, "rows": rows,
+        "worker_startup_s": pool.startup_s if pool is not None else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 

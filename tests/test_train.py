@@ -210,13 +210,7 @@ def test_killed_cli_run_resumes_bit_identically(tmp_path, strategy):
     resumed = pq.read_table(out / "metrics.parquet")
     uninterrupted = pq.read_table(reference_out / "metrics.parquet")
     assert sorted(set(resumed["step"].to_pylist()))[-1] == 300
-    if strategy == "ensemble":
-        assert resumed.equals(uninterrupted)
-    else:
-        # Known issue: about 1 run in 7, one seed's probe metrics differ by 1-2 float32 ulps from step ~240
-        # on (train_loss stays identical). Under investigation (suspect: MKL results depending on buffer
-        # alignment in 1-thread, E=1 worker processes). Until then: exact rows, values within 1e-6.
-        assert_tables_close(resumed, uninterrupted, atol=1e-6)
+    assert resumed.equals(uninterrupted)
     assert not (out / "state").exists()
     assert sorted(json.loads((out / "summary.json").read_text())["seeds"]) == ["0", "1"]
     for seed in (0, 1):
