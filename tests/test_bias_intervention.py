@@ -37,7 +37,7 @@ def config(steps: int, seeds: int, **train_fields) -> ExperimentConfig:
 
 def plateaus(run, cfg: ExperimentConfig) -> list[float]:
     """Plateau length of every seed's aggregate probe loss."""
-    from emergelab.report.figures import seed_task
+    from emergelab.train.schedule import seed_task
 
     table = run.metrics()
     out = []

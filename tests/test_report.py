@@ -8,7 +8,8 @@ import torch
 
 from emergelab.models import TransformerConfig
 from emergelab.report import make_figures
-from emergelab.report.figures import drop_span, map_view, metric_grid, pick_heads, seed_task
+from emergelab.report.figures import drop_span, map_view, metric_grid, pick_heads
+from emergelab.train.schedule import seed_task
 from emergelab.store import RunDir, sort_rows, write_parquet
 from emergelab.tasks import CellularAutomataConfig, LinearMapConfig
 from emergelab.train.config import ExperimentConfig, TrainConfig

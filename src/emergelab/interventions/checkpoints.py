@@ -128,15 +128,15 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
     """
     from ..tasks import make_generator
-    from ..train.schedule import seed_streams
+    from ..train.schedule import seed_streams, seed_task
 
     device = torch.device(config.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"the run trained on {config.train.device}: its ground truth and held-out batch "
                           "are drawn by a CUDA generator, and CUDA is not available here")
-    streams = seed_streams(config.train.seed, seed)
-    task = config.task.build(make_generator(streams["task"], device))
-    return task, task.sample(n, make_generator(streams["eval"], device)).tokens
+    task = seed_task(config, seed, device)
+    eval_stream = make_generator(seed_streams(config.train.seed, seed)["eval"], device)
+    return task, task.sample(n, eval_stream).tokens
 
 
 def score_mask(task: Any) -> torch.Tensor:

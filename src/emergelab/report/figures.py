@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..store import RunDir, atomic_write
+from ..train.schedule import seed_task
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -75,14 +76,6 @@ def metric_grid(table: pa.Table, metric: str, seed: int) -> Grid:
     values = np.full((len(labels), len(unique_steps)), np.nan)
     values[[position[i] for i in index], np.searchsorted(unique_steps, steps)] = rows["value"].to_numpy()
     return Grid(unique_steps, labels, values)
-
-
-def seed_task(config: Any, seed: int):
-    """The built task of run seed ``seed`` (its own ground truth, e.g. its matrix A), as training drew it."""
-    from ..tasks import make_generator
-    from ..train.schedule import seed_streams
-
-    return config.task.build(make_generator(seed_streams(config.train.seed, seed)["task"]))
 
 
 def describe(config: Any, sep: str = " | ") -> str:

@@ -282,10 +282,9 @@ def _finish(config: ExperimentConfig, run: RunDir, plan: Plan, seeds: list[int])
 def summarize(config: ExperimentConfig, table: pa.Table, seeds: list[int], fraction: float = 0.5) -> dict:
     """Per seed: final loss, the optimum, and the step each output position was learned (its loss first
     fell ``fraction`` of the way from its initial value to 0), or None if not yet."""
-    from ..tasks import make_generator
-    from .schedule import seed_streams
+    from .schedule import seed_task
 
-    optimum = config.task.build(make_generator(seed_streams(config.train.seed, 0)["task"])).optimal_loss()
+    optimum = seed_task(config, 0).optimal_loss()
     per_seed = {}
     n_outputs = len(set(table.filter(pa.compute.equal(table["metric"], "loss_pos"))["index"].to_pylist()))
     for seed in seeds:

@@ -43,6 +43,14 @@ def seed_streams(master_seed: int, seed_index: int) -> dict[str, int]:
     return dict(zip(("init", "task", "data", "eval"), (int(s) >> 1 for s in state)))
 
 
+def seed_task(config, seed_index: int, device: str = "cpu"):
+    """The built task of run seed ``seed_index`` (its own ground truth, e.g. its matrix A), drawn exactly
+    as training drew it. ``config`` is an ``ExperimentConfig``."""
+    from ..tasks import make_generator
+
+    return config.task.build(make_generator(seed_streams(config.train.seed, seed_index)["task"], device))
+
+
 def data_chunk_steps(batch_size: int, seq_len: int) -> int:
     """Steps of training data generated per call (amortises the per-seed generator calls).
 
