@@ -453,3 +453,20 @@ def test_clipped_training_in_ensemble_equals_alone():
                                    rtol=0, atol=1e-5)
     unclipped = trained(replace(config, train=replace(config.train, grad_clip=0.0)), [0]).metrics.table()
     assert not np.allclose(curve(unclipped, "train_loss", 0)[1], curve(ensemble, "train_loss", 0)[1])
+
+
+def test_second_process_on_the_same_run_is_refused(tmp_path):
+    """While one `emergelab run` trains into a directory (it holds state/run.lock), another is refused
+    with a one-line ConfigError instead of racing it."""
+    import fcntl
+
+    config = experiment(steps=10, eval_every=5)
+    lock = tmp_path / "run" / "state" / "run.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the "other process"
+        with pytest.raises(ConfigError, match="another emergelab process"):
+            train(config, tmp_path / "run", progress=False, figures=False)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    run = train(config, tmp_path / "run", progress=False, figures=False)  # free again: trains
+    assert run.is_complete()
