@@ -107,7 +107,7 @@ def train(config: ExperimentConfig, out: str | Path, *, seeds: list[int] | None 
         plan = _load_or_make_plan(run, config, seeds)
         done_before = sum(_group_progress(config, run, i, g) for i, g in enumerate(plan.groups))
         total = len(seeds) * config.train.steps
-        bar = _progress_bar(total, done_before, progress, plan)
+        bar = _Bar(total, done_before, progress, plan)
         try:
             if plan.strategy == "ensemble":
                 for index, group in enumerate(plan.groups):
@@ -315,6 +315,3 @@ class _Bar:
     def close(self) -> None:
         self.bar.close()
 
-
-def _progress_bar(total: int, initial: int, enabled: bool, plan: Plan) -> _Bar:
-    return _Bar(total, initial, enabled, plan)
