@@ -6,6 +6,16 @@ is never left modified.
 
 A hook function is called as ``fn(tensor, hook)`` with ``hook.name`` the hook point's name; returning a
 tensor replaces the activation (patching), returning None leaves it (observing).
+
+**One hook layout.** Inside a model every activation carries a leading member dimension ``E`` (one
+member per seed of an ensemble): ``[E, B, ...]``. A hook function sees
+
+* for a single model (``E = 1``): the activation without the member dimension, exactly TransformerLens'
+  shape (``[B, T, d]``, ``[B, H, Tq, Tk]``);
+* for an ensemble (``E > 1``): the activation with it, ``[E, B, ...]``, for every hook point alike.
+
+``hooks(..., member_dim=True)`` (and ``run_with_cache(..., member_dim=True)``) always shows the member
+dimension, which code that handles ensembles and single models alike uses.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ class HookPoint(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
+        self.single = True  # E == 1: hook functions see the activation without the member dimension
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -48,16 +59,30 @@ def _matcher(names: NameFilter) -> Callable[[str], bool]:
 class HookedModule(nn.Module):
     """Mixin: call :meth:`setup_hooks` at the end of ``__init__`` to name every hook point."""
 
-    def setup_hooks(self) -> None:
+    def setup_hooks(self, n_models: int = 1) -> None:
+        """Name every hook point by its module path; ``n_models`` decides the layout hooks see."""
         self.hook_dict: dict[str, HookPoint] = {}
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
                 module.name = name
+                module.single = n_models == 1
                 self.hook_dict[name] = module
 
     @contextmanager
-    def hooks(self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()) -> Iterator[None]:
-        """Add forward hooks for the duration of the ``with`` block. Unknown names raise KeyError."""
+    def observing(self) -> Iterator[None]:
+        """Scope in which every activation a hook may ask for is computed (the reference path).
+
+        The base class computes everything always; a model with a fast path that skips an activation
+        (the transformer's fused attention skips the pattern) overrides this to switch to its reference
+        path for the scope. ``run_with_hooks`` and ``run_with_cache`` always run inside it."""
+        yield
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+              member_dim: bool = False) -> Iterator[None]:
+        """Add forward hooks for the duration of the ``with`` block. Unknown names raise KeyError.
+
+        ``member_dim``: show hook functions ``[E, B, ...]`` even for a single model (see module doc)."""
         handles = []
         try:
             for names, fn in fwd_hooks:
@@ -66,20 +91,23 @@ class HookedModule(nn.Module):
                 if isinstance(names, str) and not points:
                     raise KeyError(f"no hook point named {names!r}; see model.hook_dict for the names")
                 for hp in points:
-                    handles.append(hp.register_forward_hook(_wrap(fn)))
+                    handles.append(hp.register_forward_hook(_wrap(fn, squeeze=hp.single and not member_dim)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def run_with_hooks(self, *args: Any, fwd_hooks: Sequence[tuple[Any, HookFn]] = (), **kwargs: Any) -> Any:
-        """Run ``forward(*args, **kwargs)`` with ``fwd_hooks`` active; they are removed afterwards."""
-        with self.hooks(fwd_hooks):
+    def run_with_hooks(self, *args: Any, fwd_hooks: Sequence[tuple[Any, HookFn]] = (), member_dim: bool = False,
+                       **kwargs: Any) -> Any:
+        """Run ``forward(*args, **kwargs)`` on the reference path with ``fwd_hooks`` active; they are
+        removed afterwards."""
+        with self.observing(), self.hooks(fwd_hooks, member_dim=member_dim):
             return self(*args, **kwargs)
 
     def run_with_cache(self, *args: Any, names_filter: NameFilter = None, detach: bool = True,
-                       **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-        """Run forward and return ``(output, cache)`` where ``cache[name]`` is each matched activation."""
+                       member_dim: bool = False, **kwargs: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run forward on the reference path and return ``(output, cache)`` where ``cache[name]`` is each
+        matched activation (layout: see the module doc)."""
         cache: dict[str, torch.Tensor] = {}
 
         def save(tensor: torch.Tensor, hook: HookPoint) -> None:
@@ -88,13 +116,20 @@ class HookedModule(nn.Module):
         match = _matcher(names_filter)
         if isinstance(names_filter, str) and names_filter not in self.hook_dict:
             raise KeyError(f"no hook point named {names_filter!r}; see model.hook_dict for the names")
-        with self.hooks([(match, save)]):
+        with self.observing(), self.hooks([(match, save)], member_dim=member_dim):
             output = self(*args, **kwargs)
         return output, cache
 
 
-def _wrap(fn: HookFn) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None]:
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        return fn(output, module)  # type: ignore[arg-type]
+def _wrap(fn: HookFn, squeeze: bool) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None]:
+    if not squeeze:
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            return fn(output, module)  # type: ignore[arg-type]
 
-    return hook
+        return hook
+
+    def single_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        new = fn(output[0], module)  # type: ignore[arg-type]  # [1, B, ...] -> [B, ...]
+        return None if new is None else new.unsqueeze(0)
+
+    return single_hook

@@ -1,0 +1,150 @@
+"""Parts every residual sequence model shares: per-member linear maps, layer norm, the MLP, the block,
+and the stack (embedding -> blocks -> final norm -> unembedding). Only the sequence mixer differs.
+
+Every tensor carries the member dimension first: activations ``[E, B, T, d]``, weights ``[E, in, out]``.
+A model is a :class:`ResidualModel` subclass that says which mixer each layer gets
+(``make_mixer(layer) -> (attribute name, module)``); the block calls it as ``mixer(x, **inputs)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Init, SequenceModel, normal, ones, zeros
+from .hooks import HookPoint
+
+
+def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``."""
+    E, out = weight.shape[0], weight.shape[-1]
+    flat = x.reshape(E, -1, x.shape[-1])
+    y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
+    return y.reshape(*x.shape[:-1], out)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, n_models: int, width: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(n_models, width))
+        self.b = nn.Parameter(torch.zeros(n_models, width))
+        self.hook_normalized = HookPoint()  # [E, B, T, d]
+
+    def init_specs(self) -> dict[str, Init]:
+        return {"w": ones, "b": zeros}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
+        x = F.layer_norm(x, x.shape[-1:])
+        # b + x * w in one pass (per-member affine; F.layer_norm's own affine is shared by all members)
+        return self.hook_normalized(torch.addcmul(self.b[:, None, None, :], x, self.w[:, None, None, :]))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_models: int, width: int, hidden: int, init_std: float, out_std: float):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(n_models, width, hidden))
+        self.b_in = nn.Parameter(torch.zeros(n_models, hidden))
+        self.W_out = nn.Parameter(torch.empty(n_models, hidden, width))
+        self.b_out = nn.Parameter(torch.zeros(n_models, width))
+        self.hook_pre = HookPoint()  # [E, B, T, m]
+        self.hook_post = HookPoint()  # [E, B, T, m]
+        self._std = (init_std, out_std)
+
+    def init_specs(self) -> dict[str, Init]:
+        std, out_std = self._std
+        return {"W_in": normal(std), "b_in": zeros, "W_out": normal(out_std), "b_out": zeros}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.hook_post(F.gelu(self.hook_pre(member_linear(x, self.W_in, self.b_in))))
+        return member_linear(h, self.W_out, self.b_out)
+
+
+class Block(nn.Module):
+    """Pre-LN residual block: ``x + mixer(ln1(x))``, then ``x + mlp(ln2(x))`` when the MLP is not empty.
+
+    The mixer lives at attribute ``mixer_name`` (``attn`` for attention, so hook names read
+    ``blocks.0.attn.hook_pattern``) and its output at ``hook_{mixer_name}_out``."""
+
+    def __init__(self, n_models: int, width: int, mixer_name: str, mixer: nn.Module, mlp: MLP | None):
+        super().__init__()
+        self.mixer_name = mixer_name
+        self.ln1 = LayerNorm(n_models, width)
+        setattr(self, mixer_name, mixer)
+        self.hook_resid_pre = HookPoint()  # [E, B, T, d]
+        setattr(self, f"hook_{mixer_name}_out", HookPoint())  # [E, B, T, d]
+        self.hook_resid_mid = HookPoint()  # [E, B, T, d]
+        self.mlp = None
+        if mlp is not None:  # a model without MLP declares no MLP hooks: every declared hook fires
+            self.ln2 = LayerNorm(n_models, width)
+            self.mlp = mlp
+            self.hook_mlp_out = HookPoint()  # [E, B, T, d]
+        self.hook_resid_post = HookPoint()  # [E, B, T, d]
+
+    def forward(self, x: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        mixer = getattr(self, self.mixer_name)
+        mixer_out = getattr(self, f"hook_{self.mixer_name}_out")
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + mixer_out(mixer(self.ln1(x), **inputs)))
+        if self.mlp is not None:
+            x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
+        return self.hook_resid_post(x)
+
+
+class ResidualModel(SequenceModel):
+    """Token and learned absolute position embeddings, ``layers`` blocks, final layer norm, unembedding.
+
+    The config needs ``layers``, ``width``, ``mlp_width``, ``init_std``, ``vocab_size``,
+    ``context_length``. Init follows GPT-2: ``N(0, init_std)``, residual-output projections (the mixer's
+    output map and ``W_out``) scaled by ``1/sqrt(2 layers)`` (``self.out_std``), norms 1, biases 0.
+    Subclasses implement ``make_mixer(layer) -> (name, module)``.
+    """
+
+    def __init__(self, config: Any, n_models: int = 1, seeds: list[int] | None = None):
+        super().__init__(config, n_models)
+        E, d, std = n_models, config.width, config.init_std
+        self.out_std = std / math.sqrt(2 * config.layers)
+        self.W_E = nn.Parameter(torch.empty(E, config.vocab_size, d))
+        self.W_pos = nn.Parameter(torch.empty(E, config.context_length, d))
+        self.hook_embed = HookPoint()  # [E, B, T, d]
+        self.hook_pos_embed = HookPoint()  # [E, B, T, d] (the same positions for every sequence)
+        blocks = []
+        for layer in range(config.layers):
+            name, mixer = self.make_mixer(layer)
+            mlp = MLP(E, d, config.mlp_width, std, self.out_std) if config.mlp_width else None
+            blocks.append(Block(E, d, name, mixer, mlp))
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_final = LayerNorm(E, d)
+        self.W_U = nn.Parameter(torch.empty(E, d, config.vocab_size))
+        self.b_U = nn.Parameter(torch.zeros(E, config.vocab_size))
+        self.finish_init(seeds)
+
+    def make_mixer(self, layer: int) -> tuple[str, nn.Module]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def init_specs(self) -> dict[str, Init]:
+        std = self.config.init_std
+        return {"W_E": normal(std), "W_pos": normal(std), "W_U": normal(std), "b_U": zeros}
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens ``[E, B, T]`` -> ``[E, B, T, d]``, token plus position embedding."""
+        E, B, T = tokens.shape
+        V = self.config.vocab_size
+        # member e's token t is row e*V + t of W_E viewed [E*V, d]: one embedding lookup for all members
+        # (its backward is a dense scatter-add, much cheaper than advanced indexing's index_put)
+        rows = tokens + torch.arange(0, E * V, V, device=tokens.device)[:, None, None]
+        x = self.hook_embed(F.embedding(rows, self.W_E.view(E * V, -1)))  # [E, B, T, d]
+        return x + self.hook_pos_embed(self.W_pos[:, None, :T].expand(E, B, T, -1))
+
+    def forward_members(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        x = self.embed(tokens)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, **self.layer_inputs(layer, inputs))
+        return member_linear(self.ln_final(x), self.W_U, self.b_U)  # [E, B, T, V]
+
+    def layer_inputs(self, layer: int, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What layer ``layer``'s mixer receives from ``forward``'s keyword inputs (default: nothing)."""
+        return {}
