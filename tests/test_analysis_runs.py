@@ -15,14 +15,16 @@ import pytest
 import yaml
 
 from emergelab.analysis.heads import attribute_heads, head_rows
-from emergelab.analysis.runs import analyze_runs, curve_emergence, fit_power_law
+from emergelab.analysis.emergence import curve_emergence
+from emergelab.analysis.runs import analyze_runs
+from emergelab.analysis.scaling import fit_power_law
 from emergelab.cli import main
 from emergelab.config import ConfigError
 from emergelab.models import TransformerConfig
 from emergelab.store import SCHEMA, RunDir, connect, write_parquet
 from emergelab.tasks import LinearMapConfig, make_generator
-from emergelab.train import ExperimentConfig, TrainConfig, train
-from emergelab.train.schedule import seed_streams
+from emergelab.train import ExperimentConfig, ExecutionConfig, TrainConfig, train
+from emergelab.tasks import seed_streams
 
 
 # ------------------------------------------------------------------------------------------ synthetic runs
@@ -142,12 +144,13 @@ def linear_map_run(tmp_path_factory):
     steps (about 20 s on one CPU thread)."""
     cfg = ExperimentConfig(task=LinearMapConfig(state_size=8, sparsity=2),
                            model=TransformerConfig(layers=1, heads=4, head_dim=8, mlp_ratio=0),
-                           train=TrainConfig(steps=1000, lr=3e-3, eval_every=25, seeds=2, strategy="ensemble"))
-    return train(cfg, tmp_path_factory.mktemp("lm") / "run", progress=False, figures=False)
+                           train=TrainConfig(steps=1000, lr=3e-3, eval_every=25, seeds=2),
+                           execution=ExecutionConfig(strategy="ensemble"))
+    return train(cfg, tmp_path_factory.mktemp("lm") / "run", progress=False)
 
 
 def seed_matrix(run, seed):
-    cfg = run.config
+    cfg = ExperimentConfig.from_run(run)
     return cfg.task.build(make_generator(seed_streams(cfg.train.seed, seed)["task"])).matrix.numpy()
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from emergelab.analysis.seeds import (
+from emergelab.analysis import (
     bimodality,
     breakthroughness,
     dip_statistic,

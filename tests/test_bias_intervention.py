@@ -32,18 +32,19 @@ BETA = 4.0
 def config(steps: int, seeds: int, **train_fields) -> ExperimentConfig:
     return ExperimentConfig.from_dict({"task": TASK, "model": MODEL, "train": {
         "steps": steps, "seeds": seeds, "batch_size": 32, "lr": 3e-3, "eval_every": 10, "eval_batch_size": 128,
-        "checkpoints": 0, "attention_snapshots": 0, "strategy": "ensemble", "resume_every": 0, **train_fields}})
+        "checkpoints": 0, "attention_snapshots": 0, **train_fields},
+        "execution": {"strategy": "ensemble", "resume_every": 0}})
 
 
 def plateaus(run, cfg: ExperimentConfig) -> list[float]:
     """Plateau length of every seed's aggregate probe loss."""
-    from emergelab.train.schedule import seed_task
+    from emergelab.tasks import seed_task
 
     table = run.metrics()
     out = []
     for seed in range(cfg.train.seeds):
         steps, loss = curve(table, "loss", seed)
-        optimum = seed_task(run.config, seed).optimal_loss()
+        optimum = seed_task(ExperimentConfig.from_run(run).task, ExperimentConfig.from_run(run).train.seed, seed).optimal_loss()
         out.append(detect_emergence(steps, loss, optimum=optimum).plateau_steps)
     return out
 
@@ -56,7 +57,7 @@ def fast_runs(tmp_path_factory):
     configs = {"none": config(200, 3), "bias": config(80, 3, bias_beta=BETA),
                "first40": config(80, 3, bias_beta=BETA, bias_steps=40),
                "linear": config(80, 3, bias_beta=BETA, bias_steps=80, bias_schedule="linear")}
-    return {name: (train(cfg, root / name, progress=False, figures=False), cfg) for name, cfg in configs.items()}
+    return {name: (train(cfg, root / name, progress=False), cfg) for name, cfg in configs.items()}
 
 
 def test_bias_shortens_the_plateau_3x(fast_runs):
@@ -96,8 +97,8 @@ def test_linear_bias_schedule_runs_end_to_end(fast_runs):
 def test_bias_removes_the_plateau_many_seeds(tmp_path):
     """6 seeds, longer runs: the plateau is >= 5x shorter and every biased seed reaches the optimum."""
     none_cfg, bias_cfg = config(400, 6), config(200, 6, bias_beta=BETA)
-    none_run = train(none_cfg, tmp_path / "none", progress=False, figures=False)
-    bias_run = train(bias_cfg, tmp_path / "bias", progress=False, figures=False)
+    none_run = train(none_cfg, tmp_path / "none", progress=False)
+    bias_run = train(bias_cfg, tmp_path / "bias", progress=False)
     without, with_bias = plateaus(none_run, none_cfg), plateaus(bias_run, bias_cfg)
     assert np.median(without) >= 5 * np.median(with_bias), (without, with_bias)
     summary = bias_run.summary()

@@ -43,8 +43,8 @@ BAD_INPUTS = [
     (["linear-map", "--set", "train.lr=abc"], ["train.lr='abc'", "must be a number"]),
     (["linear-map", "--set", "train.lr=[1"], ["train.lr=[1", "does not parse"]),
     (["linear-map", "--set", "task.name=cellular-automata"], ["task.name", "positional TASK"]),
-    (["linear-map", "--strategy", "fast"], ["train.strategy='fast'", "auto, ensemble, workers"]),
-    (["linear-map", "--device", "tpu"], ["train.device='tpu'", "cpu, cuda"]),
+    (["linear-map", "--strategy", "fast"], ["execution.strategy='fast'", "auto, ensemble, workers"]),
+    (["linear-map", "--device", "tpu"], ["execution.device='tpu'", "cpu, cuda"]),
     (["linear-map", "--set", "train.bias_beta=1", "--set", "train.bias_heads=[4]"],
      ["train.bias_heads=[4]", "[0, 3]", "model.heads=4"]),
     (["linear-map", "--steps", "abc"], ["--steps", "invalid int value"]),
@@ -75,7 +75,7 @@ def test_cuda_when_unavailable(workdir, capsys, monkeypatch):
         code = main(["run", "linear-map", "--device", device, "--out", str(workdir / "out")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1
-        assert f"train.device={device!r}" in err[0] and "CUDA is not available" in err[0] and "cpu" in err[0]
+        assert f"execution.device={device!r}" in err[0] and "CUDA is not available" in err[0] and "cpu" in err[0]
     assert list(workdir.iterdir()) == []
 
 

@@ -99,8 +99,9 @@ def test_manual_attention_matches_sdpa_outputs_and_gradients(n_models, mlp_ratio
         assert fast_bias_grad[..., T:, :].abs().sum() == 0  # rows beyond T are sliced off
 
 
-def test_fast_path_taken_only_when_attention_is_unobserved(monkeypatch):
-    """SDPA runs once per layer unless that layer's hook_attn_scores or hook_pattern is hooked."""
+def test_attention_path_is_chosen_explicitly_never_by_hooks(monkeypatch):
+    """model(...) takes SDPA in every layer; run_with_hooks / run_with_cache / observing() take the
+    reference path in every layer, whatever is hooked; hooking the pattern on the fast path is an error."""
     model = Transformer(make_config(), n_models=1)
     tokens = make_tokens(1, single=True)
     calls = []
@@ -114,14 +115,20 @@ def test_fast_path_taken_only_when_attention_is_unobserved(monkeypatch):
     model(tokens)
     assert len(calls) == 2
     calls.clear()
-    model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_q", observe)])
-    assert len(calls) == 2
-    calls.clear()
-    model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_attn_scores", observe)])
-    assert len(calls) == 1
-    calls.clear()
-    model.run_with_cache(tokens)
+    for run in (lambda: model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_q", observe)]),
+                lambda: model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_attn_scores", observe)]),
+                lambda: model.run_with_cache(tokens, names_filter="hook_embed"),
+                lambda: model.run_with_cache(tokens)):
+        run()
+        assert len(calls) == 0
+    with model.observing():
+        model(tokens)
     assert len(calls) == 0
+    model(tokens)
+    assert len(calls) == 2  # the scope restored the fast path
+    with model.hooks([("blocks.0.attn.hook_pattern", observe)]):
+        with pytest.raises(RuntimeError, match="not computed on the fast attention path"):
+            model(tokens)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,22 +136,20 @@ def test_fast_path_taken_only_when_attention_is_unobserved(monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 
 
-def expected_shape(name: str, config: TransformerConfig, E: int) -> tuple[int, ...]:
-    """The shape comments of transformer.py, restated."""
+def expected_shape(name: str, config: TransformerConfig, E: int, member_dim: bool = False) -> tuple[int, ...]:
+    """The shape comments of transformer.py, restated, under the one hook layout (models/hooks.py):
+    TransformerLens' shape for a single model, a leading member dimension for an ensemble."""
     d, m, H, D = config.width, config.mlp_width, config.heads, config.head_dim
     suffix = name.rsplit(".", 1)[-1]
     shapes = {
-        "hook_embed": (E, B, T, d),
-        "hook_pos_embed": (E, 1, T, d),
-        "hook_normalized": (E, B, T, d),
-        "hook_q": (E * B, T, H, D), "hook_k": (E * B, T, H, D), "hook_v": (E * B, T, H, D),
-        "hook_z": (E * B, T, H, D),
-        "hook_attn_scores": (E * B, H, T, T), "hook_pattern": (E * B, H, T, T),
-        "hook_pre": (E, B, T, m), "hook_post": (E, B, T, m),
-        "hook_resid_pre": (E, B, T, d), "hook_attn_out": (E, B, T, d), "hook_resid_mid": (E, B, T, d),
-        "hook_mlp_out": (E, B, T, d), "hook_resid_post": (E, B, T, d),
+        "hook_embed": (B, T, d), "hook_pos_embed": (B, T, d), "hook_normalized": (B, T, d),
+        "hook_q": (B, T, H, D), "hook_k": (B, T, H, D), "hook_v": (B, T, H, D), "hook_z": (B, T, H, D),
+        "hook_attn_scores": (B, H, T, T), "hook_pattern": (B, H, T, T),
+        "hook_pre": (B, T, m), "hook_post": (B, T, m),
+        "hook_resid_pre": (B, T, d), "hook_attn_out": (B, T, d), "hook_resid_mid": (B, T, d),
+        "hook_mlp_out": (B, T, d), "hook_resid_post": (B, T, d),
     }
-    return shapes[suffix]
+    return shapes[suffix] if E == 1 and not member_dim else (E, *shapes[suffix])
 
 
 def declared_names(config: TransformerConfig) -> set[str]:
@@ -182,8 +187,13 @@ def test_every_hook_point_fires_with_documented_shape(n_models, mlp_ratio):
         assert torch.isneginf(scores[..., above]).all() and torch.isfinite(scores[..., ~above]).all()
         assert (pattern[..., above] == 0).all()
         assert rel_err(pattern.sum(-1), torch.ones_like(pattern.sum(-1))) < REL_TOL
+    # with member_dim=True every hook shows the member dimension, also for a single model
+    _, full = model.run_with_cache(tokens, member_dim=True)
+    for name, tensor in full.items():
+        assert tuple(tensor.shape) == expected_shape(name, config, n_models, member_dim=True), name
+        assert torch.equal(tensor if n_models > 1 else tensor[0], cache[name])
     # the cache holds the activations the output was computed from: ln_final and W_U give the logits
-    final = cache["ln_final.hook_normalized"]
+    final = full["ln_final.hook_normalized"]
     recomputed = torch.einsum("ebtd,edv->ebtv", final, model.W_U.detach()) + model.b_U.detach()[:, None, None]
     assert rel_err(logits.reshape(recomputed.shape), recomputed) < REL_TOL
     # names_filter selects
@@ -284,8 +294,8 @@ def test_hooks_removed_after_success_and_after_errors():
             assert not no_hooks_left(model)
             raise RuntimeError("inside")
     assert no_hooks_left(model)
-    # the fast path is back once the hooks are gone
-    assert not any(block.attn.observed() for block in model.blocks)
+    # the fast path is back once the scopes are left
+    assert not any(block.attn.materialize for block in model.blocks)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from emergelab.interventions import patching_table
 from emergelab.interventions.checkpoints import held_out_batch, patch_checkpoints, score_mask
 from emergelab.store import curve
 from emergelab.train import ExperimentConfig, train
+from emergelab.train import load_model
 
 STEPS = 600
 
@@ -25,8 +26,9 @@ def run(tmp_path_factory):
         "task": {"name": "linear-map", "state_size": 8, "sparsity": 2},
         "model": {"layers": 1, "heads": 4, "head_dim": 8, "mlp_ratio": 0},
         "train": {"steps": STEPS, "seeds": 1, "batch_size": 32, "lr": 3e-3, "checkpoints": 8,
-                  "attention_snapshots": 0, "eval_every": 100, "eval_batch_size": 128, "strategy": "ensemble"}})
-    return train(config, tmp_path_factory.mktemp("patch") / "run", progress=False, figures=False)
+                  "attention_snapshots": 0, "eval_every": 100, "eval_batch_size": 128},
+        "execution": {"strategy": "ensemble"}})
+    return train(config, tmp_path_factory.mktemp("patch") / "run", progress=False)
 
 
 def test_patch_command_prints_the_table_and_writes_files(run, tmp_path, capsys):
@@ -79,9 +81,9 @@ def test_held_out_batch_is_the_probes_batch(run):
 
 
 def test_patching_a_checkpoint_into_itself_gains_nothing(run):
-    task, tokens = held_out_batch(run.config.resolved(), 0, 128)
-    model = run.load_model(0, 241)
-    table = patching_table(model, run.load_model(0, 241), tokens, output_index=task.output_index,
+    task, tokens = held_out_batch(ExperimentConfig.from_run(run).resolved(), 0, 128)
+    model = load_model(run, 0, 241)
+    table = patching_table(model, load_model(run, 0, 241), tokens, output_index=task.output_index,
                            loss_mask=score_mask(task))
     assert torch.equal(table.prob_gain, torch.zeros(1, 4))
     assert torch.equal(table.loss_drop, torch.zeros(1, 4))

@@ -8,11 +8,11 @@ import torch
 
 from emergelab.models import TransformerConfig
 from emergelab.report import make_figures
-from emergelab.report.figures import drop_span, map_view, metric_grid, pick_heads
-from emergelab.train.schedule import seed_task
+from emergelab.report.figures import drop_span, metric_grid, pick_heads
+from emergelab.tasks import seed_task, task_info
 from emergelab.store import RunDir, sort_rows, write_parquet
 from emergelab.tasks import CellularAutomataConfig, LinearMapConfig
-from emergelab.train.config import ExperimentConfig, TrainConfig
+from emergelab.train.config import ExecutionConfig, ExperimentConfig, TrainConfig
 from emergelab.train.group import SeedGroup
 
 FIGURES = ["loss.png", "attention_entropy.png", "attention_maps.png"]
@@ -25,10 +25,12 @@ def _train_run(path, task, layers: int, seeds: int = 2):
         task=task,
         model=TransformerConfig(layers=layers, heads=2, head_dim=4, mlp_ratio=0),
         train=TrainConfig(steps=100, seeds=seeds, lr=3e-3, batch_size=16, eval_batch_size=32, eval_every=25,
-                          checkpoints=2, attention_snapshots=4, resume_every=0),
+                          checkpoints=2, attention_snapshots=4),
+        execution=ExecutionConfig(resume_every=0),
     ).resolved()
     run = RunDir(path)
-    run.write_config(config)
+    run.write_config(config.to_dict())
+    run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
     group = SeedGroup(config, list(range(seeds)), run)
     group.train()
     write_parquet(run.metrics_path, sort_rows(group.metrics.table()))
@@ -86,17 +88,17 @@ def test_seed_selection_and_missing_snapshots(linear_run, tmp_path):
 def test_seed_task_reproduces_training_ground_truth(linear_run, ca_run):
     for run, group in (linear_run, ca_run):
         for seed, task in zip(group.seeds, group.tasks):
-            assert torch.equal(seed_task(run.config, seed).attention_mask, task.attention_mask)
+            assert torch.equal(seed_task(ExperimentConfig.from_run(run).task, ExperimentConfig.from_run(run).train.seed, seed).attention_mask, task.attention_mask)
 
 
 def test_map_view_covers_the_ground_truth():
     linear = LinearMapConfig(6, 3).build(torch.Generator().manual_seed(0))
-    view = map_view(linear)
+    view = linear.map_view()
     mask = linear.attention_mask
     assert (view.rows, view.cols) == (slice(5, 11), slice(0, 6))
     assert mask[view.rows, view.cols].sum() == mask.sum() == 6 * 3  # every ground-truth key is shown
     ca = CellularAutomataConfig(state_size=5, trajectory_length=4, alphabet=2).build(torch.Generator())
-    view = map_view(ca)
+    view = ca.map_view()
     block = ca.attention_mask[view.rows, view.cols]
     assert block.shape == (5, 3 * 5 - 1) and (block.sum(-1) == 3).all()  # each query's window is inside
 

@@ -16,6 +16,7 @@ from emergelab import __version__
 from emergelab.store import (SCHEMA, MetricsBuffer, RunDir, atomic_write, connect, curve, sort_rows,
                              write_parquet, write_safetensors, write_text)
 from emergelab.train import ExperimentConfig, SeedGroup, train
+from emergelab.train import load_model
 
 
 def tiny_config(sparsity: int = 2, **train_fields) -> ExperimentConfig:
@@ -30,8 +31,8 @@ def tiny_config(sparsity: int = 2, **train_fields) -> ExperimentConfig:
 def two_runs(tmp_path_factory) -> tuple[RunDir, RunDir]:
     """Two finished runs (sparsity 2 and 3) below one folder."""
     root = tmp_path_factory.mktemp("runs")
-    return (train(tiny_config(2), root / "s2", progress=False, figures=False),
-            train(tiny_config(3), root / "nested" / "s3", progress=False, figures=False))
+    return (train(tiny_config(2), root / "s2", progress=False),
+            train(tiny_config(3), root / "nested" / "s3", progress=False))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,34 +162,34 @@ def test_config_yaml_records_version_and_commit(two_runs):
     commit = data["emergelab"]["git_commit"]
     assert commit is None or (len(commit) == 40 and int(commit, 16) >= 0)
     assert data["task"]["sparsity"] == 2 and data["model"]["vocab_size"] == 2  # the resolved config
-    assert run.config == tiny_config(2)
+    assert ExperimentConfig.from_run(run) == tiny_config(2)
     assert run.is_complete() and run.summary()["seeds"].keys() == {"0", "1"}
 
 
 def test_load_model_matches_the_ensemble_member(tmp_path):
     config = tiny_config(steps=12, checkpoints=3)
     run = RunDir(tmp_path / "run")
-    run.write_config(config)
+    run.write_config(config.to_dict())
     group = SeedGroup(config, [4, 7], run=run)
     step = 3  # checkpoints are log-spaced over 12 steps: 0, 1, 3, 12
     group.train(stop_after=step + 1)  # a step past the checkpoint: the ensemble has moved on
     assert run.checkpoint_steps(7) == [0, 1, 3]
-    tokens = group.targets.tokens[..., :-1]  # [E, B, P]
+    tokens = group.eval_tokens[..., :-1]  # [E, B, P]
     at_checkpoint = SeedGroup(config, [4, 7])
     at_checkpoint.train(stop_after=step)
     with torch.no_grad():
         moved_on = group.model(tokens)
         ensemble_logits = at_checkpoint.model(tokens)  # [E, B, P, V]
         for e, seed in enumerate((4, 7)):
-            single = run.load_model(seed, step)
+            single = load_model(run, seed, step)
             assert single.n_models == 1
             torch.testing.assert_close(single(tokens[e]), ensemble_logits[e], rtol=0, atol=1e-6)
     # the checkpoint is of that step, not of another
     with torch.no_grad():
-        assert not torch.allclose(run.load_model(7, 1)(tokens[1]), ensemble_logits[1])
+        assert not torch.allclose(load_model(run, 7, 1)(tokens[1]), ensemble_logits[1])
         assert not torch.allclose(moved_on[1], ensemble_logits[1])
     with pytest.raises(FileNotFoundError, match="saved steps"):
-        run.load_model(7, 2)
+        load_model(run, 7, 2)
 
 
 def test_nearest_checkpoint(tmp_path):
@@ -207,7 +208,7 @@ def test_nearest_checkpoint(tmp_path):
 
 def test_load_attention_shape(two_runs):
     run = two_runs[0]
-    config = run.config
+    config = ExperimentConfig.from_run(run)
     steps = run.attention_steps(1)
     assert steps[0] == 0 and steps[-1] == config.train.steps
     pattern = run.load_attention(1, steps[-1])

@@ -22,12 +22,13 @@ import pytest
 import torch
 
 from emergelab.config import ConfigError
-from emergelab.interventions.bias import bias_schedule, ground_truth_bias
+from emergelab.train.bias import bias_schedule, ground_truth_bias
 from emergelab.models import Transformer, TransformerConfig
-from emergelab.store import RunDir, curve
+from emergelab.store import RunDir, RunLockedError, curve
 from emergelab.train import ExperimentConfig, SeedGroup, train
 from emergelab.train.group import _clip_per_member
-from emergelab.train.schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps, seed_streams
+from emergelab.tasks import seed_streams
+from emergelab.train.schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 from emergelab.train.config import TrainConfig
 
 LINEAR_MAP = {"name": "linear-map", "state_size": 8, "sparsity": 2}
@@ -35,11 +36,22 @@ CELLULAR = {"name": "cellular-automata", "state_size": 5, "trajectory_length": 4
 TINY_MODEL = {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 2}
 
 
-def experiment(task: dict = LINEAR_MAP, model: dict | None = None, **train_fields) -> ExperimentConfig:
-    """A tiny resolved experiment; ``train_fields`` override the small training defaults below."""
-    fields = {"steps": 50, "batch_size": 16, "eval_every": 1, "eval_batch_size": 32, "checkpoints": 0,
-              "attention_snapshots": 0, **train_fields}
-    return ExperimentConfig.from_dict({"task": task, "model": model or TINY_MODEL, "train": fields}).resolved()
+EXECUTION_FIELDS = ("strategy", "workers", "threads", "seed_batch", "resume_every", "device")
+
+
+def experiment(task: dict = LINEAR_MAP, model: dict | None = None, **fields) -> ExperimentConfig:
+    """A tiny resolved experiment; ``fields`` override the small training defaults below (execution
+    fields go to the execution section)."""
+    execution = {k: fields.pop(k) for k in EXECUTION_FIELDS if k in fields}
+    train_fields = {"steps": 50, "batch_size": 16, "eval_every": 1, "eval_batch_size": 32, "checkpoints": 0,
+                    "attention_snapshots": 0, **fields}
+    return ExperimentConfig.from_dict({"task": task, "model": model or TINY_MODEL, "train": train_fields,
+                                       "execution": execution}).resolved()
+
+
+def executed(config: ExperimentConfig, **execution) -> ExperimentConfig:
+    """``config`` with other execution knobs."""
+    return replace(config, execution=replace(config.execution, **execution))
 
 
 def trained(config: ExperimentConfig, seeds: list[int], **kwargs) -> SeedGroup:
@@ -81,10 +93,8 @@ def test_seed_in_ensemble_equals_seed_alone(task):
 
 def test_workers_strategy_equals_ensemble(tmp_path):
     config = experiment(steps=50, eval_every=1, seeds=3)
-    ensemble = train(replace(config, train=replace(config.train, strategy="ensemble")), tmp_path / "ens",
-                     progress=False, figures=False)
-    workers = train(replace(config, train=replace(config.train, strategy="workers", workers=2)),
-                    tmp_path / "workers", progress=False, figures=False)
+    ensemble = train(executed(config, strategy="ensemble"), tmp_path / "ens", progress=False)
+    workers = train(executed(config, strategy="workers", workers=2), tmp_path / "workers", progress=False)
     a, b = ensemble.metrics(), workers.metrics()
     assert sorted(set(a["seed"].to_pylist())) == [0, 1, 2]
     assert len(set(a["step"].to_pylist())) == 51
@@ -94,8 +104,8 @@ def test_workers_strategy_equals_ensemble(tmp_path):
 
 def test_same_config_gives_bit_identical_metrics(tmp_path):
     config = experiment(steps=30, eval_every=5, seeds=2, checkpoints=3)
-    first = train(config, tmp_path / "a", progress=False, figures=False)
-    second = train(config, tmp_path / "b", progress=False, figures=False)
+    first = train(config, tmp_path / "a", progress=False)
+    second = train(config, tmp_path / "b", progress=False)
     assert first.metrics().num_rows > 0
     assert first.metrics().equals(second.metrics())
     assert pq.read_table(first.metrics_path).equals(pq.read_table(second.metrics_path))
@@ -115,11 +125,11 @@ def test_seed_group_resume_equals_uninterrupted(tmp_path):
     assert k not in log_spaced_steps(config.train.steps, config.train.checkpoints)
 
     reference = RunDir(tmp_path / "reference")
-    reference.write_config(config)
+    reference.write_config(config.to_dict())
     uninterrupted = trained(config, [0, 2], run=reference).metrics.table()
 
     run = RunDir(tmp_path / "resumed")
-    run.write_config(config)
+    run.write_config(config.to_dict())
     first = SeedGroup(config, [0, 2], run=run)
     first.train(stop_after=k)
     assert first.step == k
@@ -137,12 +147,12 @@ def test_seed_group_resume_equals_uninterrupted(tmp_path):
 
 def cli_command(out: Path, strategy: str) -> list[str]:
     """A 300-step, 2-seed CLI run that saves a resume state every 25 steps (probes every 15)."""
-    workers = ["--set", "train.workers=2"] if strategy == "workers" else []
+    workers = ["--set", "execution.workers=2"] if strategy == "workers" else []
     return [sys.executable, "-m", "emergelab.cli", "run", "linear-map", "--out", str(out), "--quiet",
             "--no-figures", "--seeds", "2", "--steps", "300", "--strategy", strategy, *workers,
             "--set", "model.heads=2", "--set", "model.head_dim=4", "--set", "model.mlp_ratio=0",
             "--set", "train.batch_size=16", "--set", "train.eval_every=15",
-            "--set", "train.eval_batch_size=32", "--set", "train.resume_every=25",
+            "--set", "train.eval_batch_size=32", "--set", "execution.resume_every=25",
             "--set", "train.checkpoints=4", "--set", "train.attention_snapshots=4"]
 
 
@@ -229,7 +239,7 @@ def snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
 
 def test_finished_run_is_not_retrained(tmp_path, monkeypatch):
     config = experiment(steps=20, eval_every=5, seeds=2, checkpoints=2)
-    run = train(config, tmp_path / "run", progress=False, figures=False)
+    run = train(config, tmp_path / "run", progress=False)
     before = snapshot(run.path)
     assert "metrics.parquet" in before and "summary.json" in before
 
@@ -239,25 +249,25 @@ def test_finished_run_is_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setattr(SeedGroup, "train", no_training)
     monkeypatch.setattr(SeedGroup, "__init__", no_training)
     start = time.perf_counter()
-    again = train(config, tmp_path / "run", progress=False, figures=False)
+    again = train(config, tmp_path / "run", progress=False)
     assert time.perf_counter() - start < 5.0
     assert again.path == run.path and snapshot(run.path) == before
     # execution knobs may change between re-runs (they do not change the numbers)
-    knobs = replace(config, train=replace(config.train, strategy="workers", workers=2, resume_every=7))
-    train(knobs, tmp_path / "run", progress=False, figures=False)
+    knobs = executed(config, strategy="workers", workers=2, resume_every=7)
+    train(knobs, tmp_path / "run", progress=False)
     assert snapshot(run.path) == before
 
 
 def test_different_config_into_same_dir_is_refused(tmp_path):
     config = experiment(steps=10, eval_every=5)
-    train(config, tmp_path / "run", progress=False, figures=False)
+    train(config, tmp_path / "run", progress=False)
     before = snapshot(tmp_path / "run")
     other = experiment({**LINEAR_MAP, "sparsity": 3}, steps=10, eval_every=5)
     with pytest.raises(ConfigError, match=r"task\.sparsity") as error:
-        train(other, tmp_path / "run", progress=False, figures=False)
+        train(other, tmp_path / "run", progress=False)
     assert "2" in str(error.value) and "3" in str(error.value)
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        train(experiment(steps=10, eval_every=5, lr=0.002), tmp_path / "run", progress=False, figures=False)
+        train(experiment(steps=10, eval_every=5, lr=0.002), tmp_path / "run", progress=False)
     assert snapshot(tmp_path / "run") == before
 
 
@@ -385,7 +395,7 @@ def test_attention_bias_stops_after_bias_steps():
 
 def test_trainer_uses_the_bias(tmp_path):
     config = experiment(steps=6, eval_every=1, bias_beta=8.0, checkpoints=0)
-    run = train(config, tmp_path / "run", progress=False, figures=False)
+    run = train(config, tmp_path / "run", progress=False)
     assert gt_mass(run.metrics(), 1) > 0.9
 
 
@@ -457,7 +467,7 @@ def test_clipped_training_in_ensemble_equals_alone():
 
 def test_second_process_on_the_same_run_is_refused(tmp_path):
     """While one `emergelab run` trains into a directory (it holds state/run.lock), another is refused
-    with a one-line ConfigError instead of racing it."""
+    with a one-line RunLockedError (its own type) instead of racing it."""
     import fcntl
 
     config = experiment(steps=10, eval_every=5)
@@ -465,8 +475,8 @@ def test_second_process_on_the_same_run_is_refused(tmp_path):
     lock.parent.mkdir(parents=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # the "other process"
-        with pytest.raises(ConfigError, match="another emergelab process"):
-            train(config, tmp_path / "run", progress=False, figures=False)
+        with pytest.raises(RunLockedError, match="another emergelab process"):
+            train(config, tmp_path / "run", progress=False)
         fcntl.flock(handle, fcntl.LOCK_UN)
-    run = train(config, tmp_path / "run", progress=False, figures=False)  # free again: trains
+    run = train(config, tmp_path / "run", progress=False)  # free again: trains
     assert run.is_complete()

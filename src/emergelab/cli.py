@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, field_names, parse_override
+from .store.locks import RunLockedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config field, e.g. --set task.sparsity=3 (repeatable)")
     run.add_argument("--seeds", type=int, help="number of seeds (train.seeds)")
     run.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
-    run.add_argument("--device", help="cpu | cuda | cuda:N (train.device)")
-    run.add_argument("--strategy", help="auto | ensemble | workers (train.strategy)")
+    run.add_argument("--device", help="cpu | cuda | cuda:N (execution.device)")
+    run.add_argument("--strategy", help="auto | ensemble | workers (execution.strategy)")
     run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
     run.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,7 +83,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
 
     if args.task not in TASKS:
         raise ConfigError(f"unknown task {args.task!r}: allowed tasks are {', '.join(TASKS)}")
-    data: dict[str, dict[str, Any]] = {"task": {"name": args.task}, "model": {}, "train": {}}
+    data: dict[str, dict[str, Any]] = {"task": {"name": args.task}, "model": {}, "train": {}, "execution": {}}
     if args.preset:
         preset = preset_dict(args.preset)
         if preset["task"]["name"] != args.task:
@@ -94,34 +95,40 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
         if section == "task" and name == "name":
             raise ConfigError("--set task.name: choose the task with the positional TASK argument")
         data[section][name] = value
-    for flag, name in (("seeds", "seeds"), ("steps", "steps"), ("device", "device"), ("strategy", "strategy")):
+    for flag, section in (("seeds", "train"), ("steps", "train"), ("device", "execution"), ("strategy", "execution")):
         if getattr(args, flag) is not None:
-            data["train"][name] = getattr(args, flag)
+            data[section][flag] = getattr(args, flag)
     return ExperimentConfig.from_dict(data)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = experiment_from_args(args)
-    if config.train.device.startswith("cuda"):
+    if config.execution.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={config.train.device!r}: CUDA is not available here; use cpu")
+            raise ConfigError(f"execution.device={config.execution.device!r}: CUDA is not available here; use cpu")
     from .train import train
 
     out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
     print(f"run directory: {out}")
-    run = train(config, out, progress=not args.quiet, figures=not args.no_figures)
+    run = train(config, out, progress=not args.quiet)
+    if not args.no_figures:
+        from .report import make_figures
+
+        make_figures(run)
     print_summary(run)
     return 0
 
 
 def print_summary(run: Any) -> None:
+    """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
+    emergence step (the detector of ``analysis.emergence``; ``-``: not yet)."""
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
     print(f"\n{summary['task']}: {summary['steps']} steps; optimal loss {opt_text}")
-    print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  steps at which each output was learned")
+    print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
         learned = " ".join("-" if s is None else str(s) for s in info["learned_step"].values())
@@ -148,8 +155,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.heads import attribute_heads, head_rows
     from .analysis.runs import analyze_runs
-    from .analysis.tables import format_groups, format_positions, write_tables
     from .report.analysis_figures import make_analysis_figures
+    from .report.tables import format_groups, format_positions, write_tables
     from .store import connect, find_runs
 
     for path in args.paths:
@@ -180,13 +187,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_patch(args: argparse.Namespace) -> int:
     from .interventions.checkpoints import patch_checkpoints, write_patching
+    from .report.patch_figures import write_patching_figures
 
     result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
                                fraction=args.fraction, batch=args.batch, device=args.device)
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())
-    paths = write_patching(result, args.out)
+    paths = write_patching(result, args.out) + write_patching_figures(result, args.out)
     print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
     return 0
 
@@ -195,7 +203,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .models import MODELS
     from .presets import PRESETS
     from .tasks import TASKS
-    from .train import TrainConfig
+    from .train import ExecutionConfig, TrainConfig
 
     def fields(cls: type) -> str:
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
@@ -204,10 +212,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for name, cls in TASKS.items():
         print(f"  {name}\n    task.* fields: {fields(cls)}")
-    print("models:")
+    print("models (model.name):")
     for name, cls in MODELS.items():
         print(f"  {name}\n    model.* fields: {fields(cls)}")
     print(f"training:\n    train.* fields: {fields(TrainConfig)}")
+    print(f"execution (never changes the numbers):\n    execution.* fields: {fields(ExecutionConfig)}")
     print("presets:")
     for name, preset in PRESETS.items():
         print(f"  {name} ({preset['task']['name']}): {preset['description']}")
@@ -223,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except ConfigError as error:
+    except (ConfigError, RunLockedError) as error:
         print(f"emergelab: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

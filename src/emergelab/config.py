@@ -86,6 +86,9 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
+SECTIONS = ("task", "model", "train", "execution")
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``section.field=value`` (value parsed as YAML) into ``(section, field, value)``.
 
@@ -97,10 +100,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"--set {text!r}: the key must be section.field with section one of task, model, train")
+        raise ConfigError(f"--set {text!r}: the key must be section.field with section one of {', '.join(SECTIONS)}")
     section, name = parts
-    if section not in ("task", "model", "train"):
-        raise ConfigError(f"--set {text!r}: unknown section {section!r}; allowed sections are task, model, train")
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {text!r}: unknown section {section!r}; allowed sections are {', '.join(SECTIONS)}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

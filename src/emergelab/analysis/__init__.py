@@ -1,25 +1,18 @@
-"""Emergence analysis: detectors on training curves and statistics across seeds."""
+"""Emergence analysis: detectors on training curves and statistics across seeds. Reads only the store.
 
-from .curves import (
-    Emergence,
-    Jump,
-    crossing_step,
-    detect_emergence,
-    detect_jumps,
-    smooth_curve,
-    validate_curve,
-)
-from .seeds import (
-    bimodality,
-    breakthroughness,
-    dip_statistic,
-    dip_test,
-    emergence_summary,
-    fit_two_gaussians,
-    linearity,
-    sarle_bimodality_coefficient,
-    solved_fraction_curve,
-)
+* ``curves``: detectors on one curve (emergence, plateau, jumps); ``bigbench``: linearity and
+  breakthroughness of one ordered sequence;
+* ``fetch``: curves out of the store; ``emergence``: every run/seed/output's emergence (the one
+  definition of "output learned"); ``summary``: a run's ``summary.json``;
+* ``seeds``: P(solved by t) and summaries across seeds; ``bimodality``: is an outcome bimodal;
+* ``runs``: everything above per config (``analyze_runs``); ``heads``: head attribution;
+  ``scaling``: power-law fits across configs.
+"""
+
+from .bigbench import breakthroughness, linearity
+from .bimodality import bimodality, dip_statistic, dip_test, fit_two_gaussians, sarle_bimodality_coefficient
+from .curves import Emergence, Jump, crossing_step, detect_emergence, detect_jumps, smooth_curve, validate_curve
+from .seeds import emergence_summary, solved_fraction_curve
 
 __all__ = [
     "Emergence",

@@ -4,18 +4,8 @@ Everything here reads a DuckDB connection from :func:`emergelab.store.connect`, 
 analyses one run or ten thousand: each metric is pulled with **one** SQL query (curves aggregated to
 lists in DuckDB), then every curve is a numpy slice.
 
-Per curve (``curve_emergence``): for the aggregate ``loss`` (target ``"loss"``) and each output's
-``loss_pos`` (target ``"pos:i"``) of every run and seed, :func:`~emergelab.analysis.detect_emergence`
-(emergence step or "not yet", plateau length) and :func:`~emergelab.analysis.detect_jumps`.
-
-Optima (the target of the emergence threshold ``initial + fraction * (optimum - initial)``):
-
-* aggregate ``loss``: the task's ``optimal_loss()`` (linear map: ``(S-1)/(2S-1) ln 2``; cellular
-  automata with a single fixed rule: ``(S-1)/(ST-1) ln k``), built from the run's config; from
-  ``summary.json``'s ``"optimal_loss"`` if the config cannot be rebuilt; else the curve's own minimum;
-* ``loss_pos[i]``: 0 for every bit of the linear map (x1 is determined by x0) and for the states
-  ``t >= 1`` of a cellular automaton with ``rules = 1``; otherwise (rule inference in context, where
-  no closed form exists) the curve's own minimum, guarded by the detector's noise floor.
+Per curve: ``analysis.emergence.curve_emergence`` (the one definition of "output learned", with the
+optima each run recorded).
 
 Per seed (``RunAnalysis.seeds``): **solved** = final aggregate loss within ``solved_tol`` nats of the
 optimum, *or* every output emerged.  ``solved_step`` = the first step at which that held (the loss
@@ -35,234 +25,31 @@ Example::
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..config import ConfigError
-from .curves import crossing_step, detect_emergence, detect_jumps
-from .seeds import bimodality, breakthroughness, linearity, solved_fraction_curve
+from .bigbench import breakthroughness, linearity
+from .bimodality import bimodality
+from .curves import crossing_step
+from .emergence import Optima, curve_emergence, run_optima
+from .fetch import Curves, arrow, fetch_curves, rows_table
+from .seeds import solved_fraction_curve
 
-__all__ = [
-    "EXCLUDED_FIELDS",
-    "Curves",
-    "RunAnalysis",
-    "analyze_runs",
-    "curve_emergence",
-    "default_by",
-    "fetch_curves",
-    "fit_power_law",
-    "position_of",
-]
+__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "default_by"]
 
-# Config fields never used to tell configs apart: seeds, execution knobs, derived and provenance fields.
-EXCLUDED_FIELDS = frozenset({
-    "run", "train.seed", "train.seeds", "train.strategy", "train.workers", "train.seed_batch",
-    "train.resume_every", "train.device", "model.vocab_size", "model.context_length",
-})
-
-
-# ---------------------------------------------------------------------------------------------- curves
-@dataclass
-class Curves:
-    """All curves of one metric: curve ``k`` is ``steps[offsets[k]:offsets[k+1]]`` (and ``values``) of
-    ``(run[k], seed[k], index[k])``.  Arrays: ``run``, ``index``: ``[K]`` object; ``seed``: ``[K]`` int;
-    ``offsets``: ``[K+1]``; ``steps``, ``values``: ``[sum of lengths]``, steps increasing within a curve."""
-
-    run: np.ndarray
-    seed: np.ndarray
-    index: np.ndarray
-    offsets: np.ndarray
-    steps: np.ndarray
-    values: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.run)
-
-    def curve(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = self.offsets[k], self.offsets[k + 1]
-        return self.steps[a:b], self.values[a:b]
-
-    def __iter__(self) -> Iterator[tuple[str, int, str, np.ndarray, np.ndarray]]:
-        for k in range(len(self)):
-            yield (self.run[k], int(self.seed[k]), self.index[k], *self.curve(k))
-
-    def lookup(self) -> dict[tuple[str, int, str], int]:
-        """``(run, seed, index) -> k``."""
-        return {(r, int(s), i): k for k, (r, s, i) in enumerate(zip(self.run, self.seed, self.index))}
-
-
-def arrow(con: Any, query: str, params: list | None = None) -> pa.Table:
-    """The result of ``query`` as a pyarrow Table (DuckDB 1.x and 2.x spell this differently)."""
-    rel = con.sql(query, params=params) if params else con.sql(query)
-    return rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
-
-
-def fetch_curves(con: Any, metric: str) -> Curves:
-    """Every curve of ``metric`` in the store, with one SQL query (lists aggregated in DuckDB).
-
-    Curves are ordered by run, seed, index (as strings).  A step measured twice keeps its last value.
-    """
-    table = arrow(con,
-                  'SELECT run, seed, "index", list(step ORDER BY step) AS steps, list(value ORDER BY step) AS vals '
-                  'FROM metrics WHERE metric = ? GROUP BY run, seed, "index" ORDER BY run, seed, "index"', [metric])
-    steps_list = table["steps"].combine_chunks()
-    lengths = pc.list_value_length(steps_list).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    steps = steps_list.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    values = table["vals"].combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    out = Curves(np.asarray(table["run"].to_pylist(), dtype=object),
-                 table["seed"].to_numpy().astype(np.int64),
-                 np.asarray(table["index"].to_pylist(), dtype=object), offsets, steps, values)
-    d = np.diff(steps)
-    boundary = np.zeros(d.size, dtype=bool)
-    boundary[offsets[1:-1] - 1] = True  # d[o - 1] compares the first step of a curve with the last of the one before
-    return _dedupe_steps(out) if ((d <= 0) & ~boundary).any() else out
-
-
-def _dedupe_steps(c: Curves) -> Curves:
-    keep = np.ones(c.steps.size, dtype=bool)
-    for k in range(len(c)):
-        a, b = c.offsets[k], c.offsets[k + 1]
-        s = c.steps[a:b]
-        _, last = np.unique(s[::-1], return_index=True)
-        mask = np.zeros(b - a, dtype=bool)
-        mask[(b - a - 1) - last] = True
-        keep[a:b] = mask
-    lengths = np.add.reduceat(keep, c.offsets[:-1]) if len(c) else np.zeros(0, np.int64)
-    return Curves(c.run, c.seed, c.index, np.concatenate([[0], np.cumsum(lengths)]), c.steps[keep],
-                  c.values[keep])
-
-
-def position_of(target: str) -> int | None:
-    """``"pos:3" -> 3``; ``"loss" -> None``."""
-    return int(target[4:]) if target.startswith("pos:") else None
-
-
-# ---------------------------------------------------------------------------------------------- optima
-@dataclass(frozen=True)
-class _Optima:
-    aggregate: float | None
-    task: str
-    rules: Any
-
-    def position(self, i: int) -> float | None:
-        if self.task == "linear-map":
-            return 0.0
-        if self.task == "cellular-automata" and self.rules == 1 and i >= 1:
-            return 0.0
-        return None
+# Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
+# ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
+EXCLUDED_FIELDS = frozenset({"run", "train.seed", "train.seeds", "model.vocab_size", "model.context_length"})
+IGNORED_PREFIXES = ("execution.", "emergelab.", "train.strategy", "train.workers", "train.seed_batch",
+                    "train.resume_every", "train.device")  # the last five: runs made before `execution`
 
 
 def _run_rows(con: Any) -> list[dict[str, Any]]:
     return arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist()
-
-
-def _optima(rows: list[dict[str, Any]]) -> dict[str, _Optima]:
-    from ..config import build, field_names
-    from ..tasks import TASKS, make_generator
-
-    cache: dict[tuple, float | None] = {}
-    out = {}
-    for row in rows:
-        name = row.get("task.name")
-        aggregate = None
-        if name in TASKS:
-            cls = TASKS[name]
-            kwargs = {f: row[f"task.{f}"] for f in field_names(cls) if row.get(f"task.{f}") is not None}
-            key = (name, tuple(sorted(kwargs.items())))
-            if key not in cache:
-                try:
-                    cache[key] = build(cls, kwargs, "task").build(make_generator(0)).optimal_loss()
-                except (ConfigError, TypeError, ValueError):
-                    cache[key] = _summary_optimum(row["run"])
-            aggregate = cache[key]
-        else:
-            aggregate = _summary_optimum(row["run"])
-        out[row["run"]] = _Optima(aggregate, str(name), row.get("task.rules"))
-    return out
-
-
-def _summary_optimum(run: str) -> float | None:
-    path = Path(run) / "summary.json"
-    try:
-        return json.loads(path.read_text()).get("optimal_loss")
-    except (OSError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------- per curve
-_CURVE_SCHEMA = pa.schema([
-    ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
-    ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
-    ("initial", pa.float64()), ("threshold", pa.float64()), ("optimum", pa.float64()),
-])
-_JUMP_SCHEMA = pa.schema([
-    ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("start_step", pa.float64()),
-    ("end_step", pa.float64()), ("step", pa.float64()), ("drop", pa.float64()),
-    ("sharpness_steps", pa.float64()), ("plateau_before_steps", pa.float64()), ("before", pa.float64()),
-    ("after", pa.float64()),
-])
-
-
-def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float = 0.1, smooth: int = 1,
-                    persist: int = 1, jump_fraction: float = 0.2,
-                    _optima_by_run: dict[str, _Optima] | None = None) -> tuple[pa.Table, pa.Table]:
-    """Emergence and jumps of the aggregate ``loss`` and every ``loss_pos`` curve in the store.
-
-    Returns ``(emergence, jumps)`` pyarrow Tables:
-
-    * ``emergence``: one row per (run, seed, target) with target ``"loss"`` or ``"pos:i"``: ``emerged``,
-      ``step`` (the emergence step; the last step when not yet), ``plateau_steps``, ``final`` (last
-      smoothed value), ``initial``, ``threshold`` and the ``optimum`` used (null: the curve's minimum);
-    * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
-      is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
-      whose outputs fall one at a time (``1/S`` of its range each for the linear map).
-
-    ``fraction``, ``plateau_fraction``, ``smooth``, ``persist`` are passed to ``detect_emergence``.
-    """
-    optima = _optima_by_run if _optima_by_run is not None else _optima(_run_rows(con))
-    loss = fetch_curves(con, "loss")
-    loss_pos = fetch_curves(con, "loss_pos")
-    n_outputs: dict[tuple[str, int], int] = {}
-    for run, seed in zip(loss_pos.run, loss_pos.seed):
-        n_outputs[(run, int(seed))] = n_outputs.get((run, int(seed)), 0) + 1
-
-    em_rows: list[tuple] = []
-    jump_rows: list[tuple] = []
-
-    def one(run: str, seed: int, target: str, steps: np.ndarray, values: np.ndarray,
-            optimum: float | None, min_drop_fraction: float) -> None:
-        if steps.size < 2:
-            return
-        e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,
-                             plateau_fraction=plateau_fraction, smooth=smooth, persist=persist)
-        em_rows.append((run, seed, target, e.emerged, float(e.step), float(e.plateau_steps), e.final,
-                        e.initial, e.threshold, optimum))
-        for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
-            jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
-                              j.sharpness_steps, j.plateau_before_steps, j.before, j.after))
-
-    for run, seed, _, steps, values in loss:
-        opt = optima.get(run)
-        k = max(1, n_outputs.get((run, seed), 1))
-        one(run, seed, "loss", steps, values, opt.aggregate if opt else None, min(1.0, jump_fraction / k))
-    for run, seed, index, steps, values in loss_pos:
-        opt = optima.get(run)
-        i = int(index)
-        one(run, seed, f"pos:{i}", steps, values, opt.position(i) if opt else None, jump_fraction)
-    return _table(em_rows, _CURVE_SCHEMA), _table(jump_rows, _JUMP_SCHEMA)
-
-
-def _table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    columns = list(zip(*rows)) if rows else [[] for _ in schema]
-    return pa.table({f.name: pa.array(list(c), type=f.type) for f, c in zip(schema, columns)}, schema=schema)
 
 
 # ---------------------------------------------------------------------------------------------- grouping
@@ -273,7 +60,7 @@ def default_by(rows: list[dict[str, Any]]) -> list[str]:
     fields = sorted({k for row in rows for k in row})
     out = []
     for f in fields:
-        if f in EXCLUDED_FIELDS or f.startswith("emergelab."):
+        if f in EXCLUDED_FIELDS or f.startswith(IGNORED_PREFIXES):
             continue
         if len({repr(row.get(f)) for row in rows}) > 1:
             out.append(f)
@@ -358,9 +145,9 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
     by = default_by(rows) if by is None else list(by)
     for f in by:
         if f not in columns:
-            fields = ", ".join(c for c in columns if not c.startswith("emergelab."))
+            fields = ", ".join(c for c in columns if not c.startswith(IGNORED_PREFIXES))
             raise ConfigError(f"--by {f}: unknown config field; fields are {fields}")
-    optima = _optima(rows)
+    optima = run_optima(con)
     curves, jumps = curve_emergence(con, fraction=fraction, plateau_fraction=plateau_fraction, smooth=smooth,
                                     persist=persist, jump_fraction=jump_fraction, _optima_by_run=optima)
 
@@ -412,13 +199,13 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
             solved_rows += [(g, float(t), float(p), float(lo), float(hi))
                             for t, p, lo, hi in zip(grid, curve["p"], curve["lo"], curve["hi"])]
     groups = pa.Table.from_pylist(group_rows) if group_rows else pa.table({"group": pa.array([], pa.int64())})
-    solved_curves = _table(solved_rows, pa.schema([("group", pa.int64()), ("step", pa.float64()),
+    solved_curves = rows_table(solved_rows, pa.schema([("group", pa.int64()), ("step", pa.float64()),
                                                    ("p", pa.float64()), ("lo", pa.float64()),
                                                    ("hi", pa.float64())]))
     return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol)
 
 
-def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, _Optima], group_of_run: dict[str, int],
+def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Optima], group_of_run: dict[str, int],
                 solved_tol: float, persist: int) -> pa.Table:
     c = curves.to_pydict()
     per_seed: dict[tuple[str, int], dict[str, Any]] = {}
@@ -490,22 +277,3 @@ def _median(x: np.ndarray) -> float | None:
 def _finite_mean(x: np.ndarray) -> float | None:
     x = x[np.isfinite(x)]
     return float(np.mean(x)) if x.size else None
-
-
-def fit_power_law(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
-    """Least-squares fit of ``log y = log c + a log x`` over the points with ``x, y > 0``.
-
-    Returns ``(a, c)`` (``y ~ c x^a``) or None with fewer than 2 distinct positive ``x``.
-
-    Example:
-        >>> a, c = fit_power_law([1, 2, 4], [3, 12, 48])
-        >>> round(a, 6), round(c, 6)
-        (2.0, 3.0)
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if np.unique(x[ok]).size < 2:
-        return None
-    a, logc = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
-    return float(a), float(math.exp(logc))

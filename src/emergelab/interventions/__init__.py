@@ -1,7 +1,8 @@
-"""Interventions on models through their hook points: attention bias toward the ground truth,
-attention-head patching and ablation."""
+"""Interventions on models through their hook points: attention-head patching and ablation, and the
+attention bias toward the ground truth (defined with the training recipe in ``train.bias``, re-exported
+here for use on any model)."""
 
-from .bias import bias_schedule, ground_truth_bias
+from ..train.bias import bias_schedule, ground_truth_bias
 from .patching import (
     KINDS,
     WHAT,

@@ -4,7 +4,7 @@
 saved checkpoint resolves to the nearest one, and ``result.notes`` says so), rebuilds that seed's held-out
 batch exactly as training drew it, and runs :func:`~.patching.patching_table` (per-output gains through
 ``task.output_index``) and :func:`~.patching.greedy_heads` late -> early. :func:`write_patching` saves the
-table (Parquet + CSV), the greedy set (CSV) and the figures of ``report.patch_figures``.
+table (Parquet + CSV) and the greedy set (CSV); ``report.patch_figures.write_patching_figures`` draws it.
 
 Metrics are means over the held-out batch and over the *scored positions*: those in the task's
 ``loss_mask`` whose ground-truth attention row is non-empty (the predictable ones: for the linear map the
@@ -15,7 +15,7 @@ Example::
     from emergelab.interventions.checkpoints import patch_checkpoints, write_patching
     result = patch_checkpoints("runs/lm8", early=100, late=1500, seed=0)
     print(result.format())                 # the layer x head table and the greedy set
-    write_patching(result, "runs/lm8/patching")
+    write_patching(result, "runs/lm8/patching")   # tables; figures: report.patch_figures
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import torch
 
 from ..config import ConfigError
-from ..store import RunDir
+from ..store import RunDir, atomic_write, write_parquet
+from ..tasks import held_out_tokens, seed_task
+from ..train import ExperimentConfig, load_model
 from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, hook_name, patching_table
 
 
@@ -127,16 +131,12 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     The generators live on ``train.device`` as in training (a CUDA generator draws other numbers than a
     CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
     """
-    from ..tasks import make_generator
-    from ..train.schedule import seed_streams, seed_task
-
-    device = torch.device(config.train.device)
+    device = torch.device(config.execution.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"the run trained on {config.train.device}: its ground truth and held-out batch "
+        raise ConfigError(f"the run trained on {config.execution.device}: its ground truth and held-out batch "
                           "are drawn by a CUDA generator, and CUDA is not available here")
-    task = seed_task(config, seed, device)
-    eval_stream = make_generator(seed_streams(config.train.seed, seed)["eval"], device)
-    return task, task.sample(n, eval_stream).tokens
+    task = seed_task(config.task, config.train.seed, seed, device)
+    return task, held_out_tokens(task, config.train.seed, seed, n, device)
 
 
 def score_mask(task: Any) -> torch.Tensor:
@@ -164,7 +164,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here; use cpu")
     run = load_run(run)
-    config = run.config.resolved()
+    config = ExperimentConfig.from_run(run).resolved()
     if not 0 <= seed < config.train.seeds:
         raise ConfigError(f"--seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
     notes = []
@@ -182,8 +182,8 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     n = batch or config.train.eval_batch_size
     task, tokens = held_out_batch(config, seed, n)
     tokens, mask = tokens.to(device), score_mask(task).to(device)
-    early_model = run.load_model(seed, early_step, device)
-    late_model = run.load_model(seed, late_step, device)
+    early_model = load_model(run, seed, early_step, device, config)
+    late_model = load_model(run, seed, late_step, device, config)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=task.output_index.to(device),
                            loss_mask=mask, batch_size=batch_size)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
@@ -199,13 +199,8 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
 
 
 def write_patching(result: CheckpointPatching, out: str | Path | None = None) -> list[Path]:
-    """Write ``{stem}_table.parquet`` / ``.csv``, ``{stem}_greedy.csv``, ``{stem}_heatmap.png`` and
-    ``{stem}_attention.png`` into ``out`` (default ``RUN/patching``); returns the paths."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    from ..report.patch_figures import plot_patched_attention, plot_patching_heatmap, save_figure
-    from ..store import atomic_write, write_parquet
+    """Write ``{stem}_table.parquet`` / ``.csv`` and ``{stem}_greedy.csv`` into ``out`` (default
+    ``RUN/patching``); returns the paths."""
 
     out = Path(out) if out is not None else result.run.path / "patching"
     table = pa.Table.from_pylist(result.rows())
@@ -216,7 +211,5 @@ def write_patching(result: CheckpointPatching, out: str | Path | None = None) ->
     stem = result.stem
     paths = [write_parquet(out / f"{stem}_table.parquet", table),
              atomic_write(out / f"{stem}_table.csv", lambda tmp: pacsv.write_csv(table, tmp)),
-             atomic_write(out / f"{stem}_greedy.csv", lambda tmp: pacsv.write_csv(greedy, tmp)),
-             save_figure(plot_patching_heatmap(result), out / f"{stem}_heatmap.png"),
-             save_figure(plot_patched_attention(result), out / f"{stem}_attention.png")]
+             atomic_write(out / f"{stem}_greedy.csv", lambda tmp: pacsv.write_csv(greedy, tmp))]
     return paths

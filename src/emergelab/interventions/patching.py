@@ -1,7 +1,8 @@
 """Attention-head patching and ablation for any model that exposes our hook names.
 
-A model here is anything with ``model.hooks(fwd_hooks)`` (a scope that removes its hooks), ``model(inputs)
--> logits [n, T, V]`` and hook points ``blocks.{l}.attn.hook_pattern`` / ``blocks.{l}.attn.hook_attn_scores``
+A model here is anything with ``model.run_with_hooks(inputs, fwd_hooks=...)`` and ``run_with_cache``
+(``models.hooks.HookedModule``: the reference path, hooks removed afterwards), ``-> logits [n, T, V]``,
+and hook points ``blocks.{l}.attn.hook_pattern`` / ``blocks.{l}.attn.hook_attn_scores``
 of shape ``[batch, head, query, key]`` (one model, not an ensemble). Nothing else of the model is touched,
 so a Hugging Face model wrapped with the same hook names works unchanged. See README.md in this folder for
 the semantics (what is patched, pattern vs scores, ablation kinds).
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ..train.measure import output_onehot, per_output_mean, per_position_scores
 
 WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
 KINDS = ("zero", "mean", "uniform")
@@ -108,11 +110,10 @@ def run_with_head_edits(model: Any, tokens: torch.Tensor, edits: Sequence[tuple[
     """Run ``model`` on ``tokens [n, L]`` with each target head's activation replaced by its setter's value.
 
     Returns logits ``[n, L-1, V]``. A setter gets the head's current activation ``[n, Tq, Tk]`` (after any
-    edits of earlier layers) and returns the new one (broadcastable to it). Every layer's hook of each
-    ``what`` in use (``edits``' and the ``what`` argument; "pattern" when neither) gets a hook, edited or
-    not, so all runs of this function take the same numerical path (our Transformer materialises attention
-    only where hooked) and an edit that changes nothing gives bit-equal logits. ``fwd_hooks`` are added
-    after the edits, so they observe edited activations. Hooks live only inside this call.
+    edits of earlier layers) and returns the new one (broadcastable to it). The model runs on its reference
+    path (``run_with_hooks``: every layer materialises its attention), so all runs of this function take
+    the same numerical path and an edit that changes nothing gives bit-equal logits. ``fwd_hooks`` are
+    added after the edits, so they observe edited activations. Hooks live only inside this call.
     """
     whats = {target.what for target, _ in edits} | ({what} if what else set())
     for w in whats:
@@ -134,8 +135,7 @@ def run_with_head_edits(model: Any, tokens: torch.Tensor, edits: Sequence[tuple[
         return new
 
     hooks = [(_is_attention_hook(w), edit) for w in sorted(whats or {"pattern"})]
-    with model.hooks([*hooks, *fwd_hooks]):
-        logits = model(_inputs(model, tokens))
+    logits = model.run_with_hooks(_inputs(model, tokens), fwd_hooks=[*hooks, *fwd_hooks])
     if set(by_name) - hit:
         raise KeyError(f"no hook point fired for {sorted(set(by_name) - hit)}; see model.hook_dict")
     return logits
@@ -187,8 +187,8 @@ def cache_attention(model: Any, tokens: torch.Tensor, what: str = "pattern",
                     layers: Iterable[int] | None = None) -> dict[str, torch.Tensor]:
     """``{hook_name(l, what): [n, H, L-1, L-1]}`` for ``layers`` (None: all), detached.
 
-    Every layer is hooked during the run (only the wanted ones are kept), the same numerical path that
-    :func:`run_with_head_edits` takes, so patching a cache back into its own model changes nothing.
+    The run takes the reference path, as :func:`run_with_head_edits` does, so patching a cache back into
+    its own model changes nothing.
     """
     _check_what(what)
     keep = None if layers is None else {hook_name(layer, what) for layer in layers}
@@ -248,8 +248,8 @@ def target_metrics(logits: torch.Tensor, tokens: torch.Tensor, output_index: tor
     if logits.shape[:2] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}: "
                          "expected logits [n, L-1, V] for tokens [n, L]")
-    logp = logits.float().log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [n, P]
-    return _summarise(logp.exp().mean(dim=0), -logp.mean(dim=0), output_index, loss_mask)
+    loss, _, prob = per_position_scores(logits, targets)  # each [P], means over the batch
+    return _summarise(prob, loss, output_index, loss_mask)
 
 
 def _summarise(prob: torch.Tensor, loss: torch.Tensor, output_index: torch.Tensor | None,
@@ -257,12 +257,11 @@ def _summarise(prob: torch.Tensor, loss: torch.Tensor, output_index: torch.Tenso
     mask = torch.ones_like(prob, dtype=torch.bool) if loss_mask is None else loss_mask.to(prob.device).bool()
     out = {"prob": prob, "loss": loss, "mean_prob": prob[mask].mean(), "mean_loss": loss[mask].mean()}
     if output_index is not None:
-        index = output_index.to(prob.device)
-        n_outputs = int(index.max()) + 1
-        onehot = F.one_hot(index.clamp(min=0), n_outputs).float() * ((index >= 0) & mask)[:, None]  # [P, O]
-        count = onehot.sum(dim=0)
-        out["prob_per_output"] = (prob @ onehot) / count
-        out["loss_per_output"] = (loss @ onehot) / count
+        index = torch.where(mask, output_index.to(prob.device), -1)  # only scored positions count
+        n_outputs = int(output_index.max()) + 1
+        empty = output_onehot(index, n_outputs).sum(0) == 0  # outputs with no scored position: NaN
+        for name, values in (("prob", prob), ("loss", loss)):
+            out[f"{name}_per_output"] = per_output_mean(values, index, n_outputs).masked_fill(empty, float("nan"))
     return out
 
 

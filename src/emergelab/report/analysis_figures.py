@@ -23,27 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..store import atomic_write
-
-DPI = 110
-
-
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
-    return [cmap(k if n <= 10 else k / max(1, n - 1)) for k in range(n)]
-
+from ..analysis.scaling import fit_power_law
+from .plotting import colors, new_figure, save_figure
 
 def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
     groups = result.groups.to_pylist()
@@ -62,13 +43,13 @@ def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndar
 def emergence_figure(result: Any, path: str | Path) -> Path:
     """Histogram and ECDF of the solved seeds' emergence steps, one colour per config."""
     groups, cols = _group_columns(result)
-    fig = _figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     ax_h, ax_e = fig.subplots(1, 2)
-    colors = _colors(len(groups))
+    palette = colors(len(groups))
     finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
                             or [np.zeros(0)])
     bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 2))) if finite.size else 10
-    for row, color in zip(groups, colors):
+    for row, color in zip(groups, palette):
         c = cols[row["group"]]
         e = np.sort(c["emergence"][c["solved"] & np.isfinite(c["emergence"])])
         n = c["solved"].size
@@ -89,7 +70,7 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     ax_e.grid(alpha=0.3)
     ax_h.legend(fontsize=8, loc="upper right")
     ax_e.legend(fontsize=8, loc="lower right")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def solved_figure(result: Any, path: str | Path) -> Path:
@@ -97,9 +78,9 @@ def solved_figure(result: Any, path: str | Path) -> Path:
     groups = result.groups.to_pylist()
     sc = result.solved_curves.to_pydict()
     g = np.asarray(sc["group"], dtype=np.int64)
-    fig = _figure(7.5, 4.5)
+    fig = new_figure(7.5, 4.5)
     ax = fig.subplots()
-    for row, color in zip(groups, _colors(len(groups))):
+    for row, color in zip(groups, colors(len(groups))):
         m = (g == row["group"])
         t = np.asarray(sc["step"])[m]
         keep = t > 0  # log axis
@@ -114,14 +95,13 @@ def solved_figure(result: Any, path: str | Path) -> Path:
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
     """Median plateau length per config against ``field`` on log-log axes with a fitted power law.
 
     Returns None (draws nothing) unless ``field`` takes at least 2 distinct positive values."""
-    from ..analysis.runs import fit_power_law
 
     groups = [row for row in result.groups.to_pylist() if field in row]
     x = np.asarray([row[field] if isinstance(row[field], (int, float)) else np.nan for row in groups], float)
@@ -129,7 +109,7 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
     if np.unique(x[ok]).size < 2:
         return None
-    fig = _figure(6.5, 4.5)
+    fig = new_figure(6.5, 4.5)
     ax = fig.subplots()
     s = result.seeds.to_pydict()
     gid = np.asarray(s["group"])
@@ -158,7 +138,7 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def numeric_fields(result: Any) -> list[str]:

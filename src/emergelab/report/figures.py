@@ -33,8 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..store import RunDir, atomic_write
-from ..train.schedule import seed_task
+from ..store import RunDir
+from ..tasks import seed_task
+from ..train import ExperimentConfig
+from .plotting import DPI, describe, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 
 Jumps = dict[int, list[tuple[float, str]]]  # seed -> [(step, label), ...]
 
-DPI = 110
 STEP_SCALE = {"value": "symlog", "linthresh": 1.0, "linscale": 0.4}
 STEP_LABEL = "step (symlog: linear on [0, 1])"
 
@@ -78,30 +79,7 @@ def metric_grid(table: pa.Table, metric: str, seed: int) -> Grid:
     return Grid(unique_steps, labels, values)
 
 
-def describe(config: Any, sep: str = " | ") -> str:
-    """The task and the key model / training knobs, in three parts joined by ``sep``."""
-    task, model, train = config.task, config.model, config.train
-    if task.name == "linear-map":
-        what = f"linear map S={task.state_size} s={task.sparsity}"
-    elif task.name == "cellular-automata":
-        rules = f"pool of {task.rules}" if task.rules else "fresh per sequence"
-        what = (f"cellular automata S={task.state_size} T={task.trajectory_length} k={task.alphabet} "
-                f"W={task.window} (rules {rules})")
-    else:
-        what = task.name
-    mlp = f"MLP x{model.mlp_ratio:g}" if model.mlp_ratio else "no MLP"
-    layers = f"{model.layers} layer" + ("s" if model.layers > 1 else "")
-    return sep.join([what, f"{layers} x {model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, "
-                          f"{mlp}", f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-def _figure(width: float, height: float) -> "Figure":
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
 def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     cols = min(n, max_cols)
     return math.ceil(n / cols), cols
@@ -110,11 +88,6 @@ def _grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
 def _sep(columns: int) -> str:
     """How to join the parts of ``describe``: on one line when the figure is wide enough."""
     return " | " if columns >= 2 else "\n"
-
-
-def _save(fig: "Figure", path: Path) -> Path:
-    # the temporary file ends in .tmp, so the format must be given explicitly
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
 
 
 def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = True) -> None:
@@ -150,13 +123,13 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     from matplotlib.colors import Normalize
 
     rows, cols = _grid_shape(len(seeds))
-    fig = _figure(max(6.0, 3.8 * cols + 1.0), 2.9 * rows + 0.6)
+    fig = new_figure(max(6.0, 3.8 * cols + 1.0), 2.9 * rows + 0.6)
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
     cmap = colormaps["viridis"]
     n_outputs = 1
     output_name = "output"
     for ax, seed in zip(axes.flat, seeds):
-        task = seed_task(config, seed)
+        task = seed_task(config.task, config.train.seed, seed)
         output_name = task.output_name
         per_output = metric_grid(table, "loss_pos", seed)
         n_outputs = max(n_outputs, len(per_output.labels))
@@ -166,7 +139,8 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
             ax.plot(per_output.steps[ok], values[ok], lw=0.8, alpha=0.85, color=cmap(0.9 * norm(int(label))))
         aggregate = metric_grid(table, "loss", seed)
         ax.plot(aggregate.steps, aggregate.values[0], color="black", lw=2.0, label="held-out loss (mean)")
-        per_output_optimum = " (optimum 0)" if getattr(task.config, "name", "") == "linear-map" else ""
+        optima = set(task.output_optima())
+        per_output_optimum = f" (optimum {optima.pop():.3g})" if len(optima) == 1 and None not in optima else ""
         ax.plot([], [], color=cmap(0.45), lw=0.8, label=f"loss of each {output_name}{per_output_optimum}")
         optimum = task.optimal_loss()
         if optimum is not None:
@@ -204,7 +178,7 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
     grids = [metric_grid(table, "attn_entropy", seed) for seed in seeds]
     n_heads = max(len(g.labels) for g in grids)
     rows, cols = _grid_shape(len(seeds))
-    fig = _figure(max(6.0, 3.8 * cols + 1.0), min(6.0, 0.9 + 0.16 * n_heads) * rows + 0.8)
+    fig = new_figure(max(6.0, 3.8 * cols + 1.0), min(6.0, 0.9 + 0.16 * n_heads) * rows + 0.8)
     axes = fig.subplots(rows, cols, sharex=True, squeeze=False)
     vmax = max(np.nanmax(g.values) for g in grids)
     mesh = None
@@ -236,43 +210,6 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
 
 
 # ---------------------------------------------------------------------------------------------- figure 3
-@dataclass
-class MapView:
-    """Which block of a ``[P, P]`` attention map to draw, and how to name its axes."""
-
-    rows: slice
-    cols: slice
-    row_label: str
-    col_label: str
-
-
-def map_view(task: Any) -> MapView:
-    """The readable block of the attention map of ``task``.
-
-    Linear map: the queries ``S-1 .. 2S-2`` (predicting ``x1[0..S-1]``) against the keys ``0 .. S-1``
-    (``x0``). Cellular automata: the queries predicting state ``t = min(2, T-1)`` against the keys of
-    states ``0 .. t`` (the query reads state ``t-1``; earlier states carry the rule evidence). Other tasks:
-    the queries with a ground-truth row against every key up to the last of them.
-    """
-    name = getattr(task.config, "name", "")
-    if name == "linear-map":
-        S = task.state_size
-        return MapView(slice(S - 1, 2 * S - 1), slice(0, S),
-                       f"query position {S - 1}..{2 * S - 2} (predicts x1[0..{S - 1}])",
-                       f"key position 0..{S - 1} (x0)")
-    if name == "cellular-automata":
-        S, T = task.state_size, task.trajectory_length
-        t = min(2, T - 1)
-        first, last = t * S - 1, (t + 1) * S - 2  # query p predicts token p + 1 of state t
-        return MapView(slice(first, last + 1), slice(0, last + 1),
-                       f"query position {first}..{last} (predicts state {t})",
-                       f"key position 0..{last} (states 0..{t})")
-    relevant = np.flatnonzero(task.attention_mask.any(-1).cpu().numpy())
-    first, last = int(relevant[0]), int(relevant[-1])
-    return MapView(slice(first, last + 1), slice(0, last + 1), f"query position {first}..{last}",
-                   f"key position 0..{last}")
-
-
 def drop_span(steps: np.ndarray, values: np.ndarray, high: float = 0.8, low: float = 0.2) -> tuple[int, int]:
     """``(start, end)``: the steps between which a falling curve does the bulk of its fall.
 
@@ -329,8 +266,8 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
         snapshots = run.attention_steps(seed)
         if not snapshots:
             continue
-        task = seed_task(config, seed)
-        view = map_view(task)
+        task = seed_task(config.task, config.train.seed, seed)
+        view = task.map_view()
         gt = task.attention_mask.cpu().float()
         ideal = (gt / gt.sum(-1, keepdim=True).clamp(min=1))[view.rows, view.cols].numpy()
         gt_block = gt[view.rows, view.cols].numpy()
@@ -411,7 +348,7 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
         from .markers import emergence_markers
 
         jumps = emergence_markers(run)
-    config = run.config
+    config = ExperimentConfig.from_run(run)
     table = run.metrics()
     table = table.filter(pc.is_in(table["metric"], pa.array(["loss", "loss_pos", "attn_entropy"])))
     available = sorted(set(table["seed"].to_pylist()))
@@ -423,10 +360,10 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
     if not chosen:
         raise ValueError(f"{run.path}: the metrics hold no seeds to plot")
 
-    written = [_save(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png"),
-               _save(plot_attention_entropy(table, config, chosen, jumps),
+    written = [save_figure(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png"),
+               save_figure(plot_attention_entropy(table, config, chosen, jumps),
                      run.figures_dir / "attention_entropy.png")]
     maps = plot_attention_maps(run, table, config, chosen[:2])
     if maps is not None:
-        written.append(_save(maps, run.figures_dir / "attention_maps.png"))
+        written.append(save_figure(maps, run.figures_dir / "attention_maps.png"))
     return written

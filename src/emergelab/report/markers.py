@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..analysis.emergence import curve_emergence
+from ..analysis.heads import attribute_heads
 from ..store import RunDir, connect
 
 
@@ -9,15 +11,11 @@ def emergence_markers(run: RunDir) -> dict[int, list[tuple[float, str]]]:
     """``{seed: [(step, label), ...]}``: one marker per emerged output position, e.g. ``"bit 3: 0.2"``
     (output 3's loss crossed its emergence threshold at ``step``; head 0.2 gained most ground-truth mass
     in that jump)."""
-    from ..analysis.heads import attribute_heads
-    from ..analysis.runs import curve_emergence
-
     con = connect(run.path)
     emergence, jumps = curve_emergence(con)
     heads = {(r["seed"], r["position"]): r["top_head"] for r in attribute_heads(
         con, emergence=(emergence, jumps)).to_pylist()}
-    name = getattr(run.config.task, "name", "")
-    noun = "bit" if name == "linear-map" else "state"
+    noun = (run.task_info() or {}).get("output_name", "output")
     markers: dict[int, list[tuple[float, str]]] = {}
     for row in emergence.to_pylist():
         if not row["emerged"] or not row["target"].startswith("pos:"):

@@ -6,11 +6,11 @@
   Diverging colours centred on 0, one scale for both panels.
 * ``plot_patched_attention``: for the heads with the largest gain, the batch-mean attention of the early
   and the late checkpoint on the held-out batch beside the ground-truth pattern (rows normalised to sum 1),
-  restricted to the readable block (``figures.map_view``: for the linear map the queries ``S-1..2S-2``
+  restricted to the readable block (``task.map_view()``: for the linear map the queries ``S-1..2S-2``
   against the keys ``0..S-1``), one colour scale.
 
 Plain ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot), saved atomically by
-:func:`save_figure`.
+:func:`~emergelab.report.plotting.save_figure`; :func:`write_patching_figures` writes both.
 """
 
 from __future__ import annotations
@@ -20,26 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..store import atomic_write
+from ..train import ExperimentConfig
+from .plotting import DPI, describe, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DPI = 110
-
-
-def save_figure(fig: "Figure", path: str | Path) -> Path:
-    """Save ``fig`` as PNG atomically (the temporary name ends in .tmp, so the format is explicit)."""
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-
-
 def _title(result: Any) -> str:
-    from .figures import describe
-
     t = result.table
     return (f"seed {result.seed}: attention {result.what} of step {result.late_step} patched into step "
             f"{result.early_step}; correct-token prob early {float(t.early['mean_prob']):.3f}, "
-            f"late {float(t.late['mean_prob']):.3f}\n{describe(result.run.config)}")
+            f"late {float(t.late['mean_prob']):.3f}\n{describe(ExperimentConfig.from_run(result.run))}")
 
 
 def _greedy_text(result: Any) -> str:
@@ -113,10 +104,8 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from .figures import map_view
-
     task = result.task
-    view = map_view(task)
+    view = task.map_view()
     gt = task.attention_mask.detach().cpu().float()
     ideal = (gt / gt.sum(-1, keepdim=True).clamp(min=1))[view.rows, view.cols].numpy()
     gt_block = gt[view.rows, view.cols].numpy()
@@ -160,3 +149,10 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
     fig.suptitle(f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
                  f"{view.col_label}\n{_title(result)}", fontsize=8)
     return fig
+
+
+def write_patching_figures(result: Any, out: str | Path | None = None) -> list[Path]:
+    """Write ``{stem}_heatmap.png`` and ``{stem}_attention.png`` into ``out`` (default ``RUN/patching``)."""
+    out = Path(out) if out is not None else result.run.path / "patching"
+    return [save_figure(plot_patching_heatmap(result), out / f"{result.stem}_heatmap.png"),
+            save_figure(plot_patched_attention(result), out / f"{result.stem}_attention.png")]

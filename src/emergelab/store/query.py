@@ -29,10 +29,14 @@ def _flatten(prefix: str, data: dict, out: dict) -> None:
 
 
 def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with two views over every run below ``path`` (or below each of several paths):
+    """A DuckDB connection with three views over every run below ``path`` (or below each of several paths):
 
     * ``metrics``: the long-format metrics of all runs plus a ``run`` column (the run directory).
     * ``runs``: one row per run, ``run`` and each config field as a column named ``"task.state_size"`` ...
+    * ``optima``: per run, the best achievable loss recorded when the run was created (``task.json``):
+      ``run``, ``index`` (``""`` for the aggregate ``loss``, ``"i"`` for output ``i``'s ``loss_pos``),
+      ``label`` ("bit 3") and ``optimum`` (null where the task knows none). Runs made before emergelab
+      recorded optima have no rows here.
 
     Example::
 
@@ -61,4 +65,22 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
                       **{c: pa.array([r.get(c) for r in rows]) for c in columns}})
     con.register("runs_table", table)
     con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM runs_table")
+    optima: dict[str, list] = {"run": [], "index": [], "label": [], "optimum": []}
+    for run in runs:
+        info = run.task_info()
+        if info is None:
+            continue
+        entries = [("", "loss", info["optimal_loss"])]
+        entries += [(str(i), label, value) for i, (label, value) in
+                    enumerate(zip(info["labels"], info["output_optima"]))]
+        for index, label, value in entries:
+            optima["run"].append(str(run.metrics_path.parent))
+            optima["index"].append(index)
+            optima["label"].append(label)
+            optima["optimum"].append(value)
+    con.register("optima_table", pa.table({"run": pa.array(optima["run"], pa.string()),
+                                           "index": pa.array(optima["index"], pa.string()),
+                                           "label": pa.array(optima["label"], pa.string()),
+                                           "optimum": pa.array(optima["optimum"], pa.float64())}))
+    con.execute("CREATE OR REPLACE VIEW optima AS SELECT * FROM optima_table")
     return con

@@ -4,6 +4,7 @@
 
     RUN/
       config.yaml                         resolved config + package version + git commit
+      task.json                           what the task knows about itself: output labels, per-output optima
       metrics.parquet                     long-format metrics of every seed (see store.metrics)
       summary.json                        per-seed summary written at the end
       checkpoints/seed-003/step-00000400.safetensors   one model's weights (no member dim)
@@ -11,7 +12,9 @@
       figures/*.png
       state/                              resume states while the run is unfinished
 
-Every file is written atomically (``store.atomic``).
+Every file is written atomically (``store.atomic``). The store holds plain data: dicts, Arrow tables
+and tensors; it imports no model and no trainer (``ExperimentConfig.from_run`` and
+``train.checkpoints.load_model`` turn its contents back into objects).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,10 @@ class RunDir:
         return self.path / "metrics.parquet"
 
     @property
+    def task_path(self) -> Path:
+        return self.path / "task.json"
+
+    @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
@@ -84,23 +90,27 @@ class RunDir:
         return self.path / "attention" / f"seed-{seed:03d}" / f"step-{step:08d}.safetensors"
 
     # ---- config
-    def write_config(self, config: Any) -> None:
-        """Write the resolved experiment config with the package version and git commit."""
-        data = {**config.to_dict(), "emergelab": {"version": __version__, "git_commit": git_commit()}}
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write a resolved experiment config (a plain dict) with the package version and git commit."""
+        data = {**config, "emergelab": {"version": __version__, "git_commit": git_commit()}}
         write_text(self.config_path, yaml.safe_dump(data, sort_keys=False))
 
     def read_config_dict(self) -> dict[str, Any]:
+        """The saved config as a dict (with its ``emergelab`` provenance section)."""
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no config.yaml)")
         return yaml.safe_load(self.config_path.read_text())
 
-    @cached_property
-    def config(self) -> Any:
-        from ..train.config import ExperimentConfig
+    # ---- task
+    def write_task_info(self, info: dict[str, Any]) -> None:
+        """Record what the task knows about itself (``tasks.task_info``): labels, per-output optima."""
+        write_text(self.task_path, json.dumps(info, indent=1))
 
-        data = self.read_config_dict()
-        data.pop("emergelab", None)
-        return ExperimentConfig.from_dict(data)
+    def task_info(self) -> dict[str, Any] | None:
+        """The task record, or None for a run made before emergelab wrote one."""
+        if not self.task_path.exists():
+            return None
+        return json.loads(self.task_path.read_text())
 
     # ---- metrics
     def is_complete(self) -> bool:
@@ -137,16 +147,13 @@ class RunDir:
         write_safetensors(self.checkpoint_path(seed, step), state,
                           metadata={"seed": str(seed), "step": str(step)})
 
-    def load_model(self, seed: int, step: int, device: str | torch.device = "cpu"):
-        """The single model of ``seed`` at checkpoint ``step`` (a ``Transformer`` with E = 1)."""
-        from ..models import Transformer
-
+    def load_checkpoint(self, seed: int, step: int, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The state dict (one model, no member dimension) of ``seed`` at checkpoint ``step``."""
         path = self.checkpoint_path(seed, step)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint for seed {seed} at step {step}; saved steps: "
                                     f"{self.checkpoint_steps(seed)}")
-        state = load_file(str(path), device=str(device))
-        return Transformer.from_member_state_dicts(self.config.model, [state]).eval()
+        return load_file(str(path), device=str(device))
 
     def save_attention(self, seed: int, step: int, pattern: torch.Tensor) -> None:
         write_safetensors(self.attention_path(seed, step), {"pattern": pattern},

@@ -10,6 +10,17 @@ Layout conventions (one for the whole package):
   linear map, the state ``t`` of a cellular-automaton trajectory), ``-1`` for none.
 * ``attention_mask``: ``[P, P]`` bool over (query position, key position), the ground-truth sparse
   attention pattern: ``mask[p, j]`` is True when the query at ``p`` should attend to key ``j``.
+
+What a task knows about itself, so no other layer switches on task names:
+
+* ``output_name`` ("bit", "state") and ``output_labels()`` (``["bit 0", ...]``);
+* ``output_optima()``: per output, the best achievable mean loss of its positions (None where no closed
+  form is known); ``optimal_loss()``: the same for the aggregate loss;
+* ``describe()``: one line for figure titles and reports;
+* ``map_view()``: which block of the ``[P, P]`` attention map is worth drawing.
+
+The run store records these when a run is created (``task.json``), so analysis and figures read them
+there instead of rebuilding tasks.
 """
 
 from __future__ import annotations
@@ -22,15 +33,20 @@ import torch
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch of sequences and the ground truth that generated it.
-
-    tokens: ``[n, L]`` int64. rules: ``[n, k**W]`` int64 per-sequence lookup tables (cellular automata
-    only), else None. rule_ids: ``[n]`` int64 index into the task's rule pool, or None.
-    """
+    """A batch of sequences: tokens ``[n, L]`` int64. A task may return a subclass carrying the ground
+    truth that generated each sequence (e.g. the cellular automaton's per-sequence rules)."""
 
     tokens: torch.Tensor
-    rules: torch.Tensor | None = None
-    rule_ids: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class MapView:
+    """Which block of a ``[P, P]`` attention map to draw, and how to name its axes."""
+
+    rows: slice
+    cols: slice
+    row_label: str
+    col_label: str
 
 
 class Task(Protocol):
@@ -42,6 +58,14 @@ class Task(Protocol):
     n_outputs: int
 
     def sample(self, n: int, generator: torch.Generator) -> Batch: ...
+
+    def output_labels(self) -> list[str]: ...
+
+    def output_optima(self) -> list[float | None]: ...
+
+    def describe(self) -> str: ...
+
+    def map_view(self) -> MapView: ...
 
     @property
     def loss_mask(self) -> torch.Tensor: ...
@@ -66,6 +90,21 @@ class TaskConfig(Protocol):
 def relevant_queries(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[P]`` bool: query positions whose ground-truth attention row is not empty."""
     return attention_mask.any(dim=-1)
+
+
+def default_map_view(attention_mask: torch.Tensor) -> MapView:
+    """The queries with a ground-truth row against every key up to the last of them."""
+    relevant = torch.nonzero(attention_mask.any(-1)).flatten().tolist() or [0]
+    first, last = relevant[0], relevant[-1]
+    return MapView(slice(first, last + 1), slice(0, last + 1), f"query position {first}..{last}",
+                   f"key position 0..{last}")
+
+
+def task_info(task: Task) -> dict:
+    """The plain-data record of a built task that the run store keeps (``task.json``)."""
+    return {"output_name": task.output_name, "n_outputs": task.n_outputs, "labels": task.output_labels(),
+            "optimal_loss": task.optimal_loss(), "output_optima": task.output_optima(),
+            "describe": task.describe()}
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require, require_choice, require_int
-from .base import Batch
+from .base import Batch, MapView
 
 BOUNDARIES = ("periodic", "zero")
 
@@ -55,6 +55,15 @@ class CellularAutomataConfig:
             pool = torch.randint(0, self.alphabet, (self.rules, self.alphabet ** self.window),
                                  generator=generator, device=generator.device)
         return CellularAutomataTask(self, pool, generator.device)
+
+
+@dataclass(frozen=True)
+class CellularAutomataBatch(Batch):
+    """tokens ``[n, S*T]``; rules ``[n, k**W]`` each sequence's lookup table; rule_ids ``[n]`` its index
+    in the task's rule pool (None for a fresh table per sequence)."""
+
+    rules: torch.Tensor | None = None
+    rule_ids: torch.Tensor | None = None
 
 
 def window_offsets(window: int) -> list[int]:
@@ -97,7 +106,7 @@ class CellularAutomataTask:
             mask[queries[inside], keys[inside]] = True
         self.attention_mask = mask
 
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
+    def sample(self, n: int, generator: torch.Generator) -> CellularAutomataBatch:
         """``n`` trajectories ``[n, S*T]``, each from its own rule table (``Batch.rules``: ``[n, k**W]``)."""
         c, device = self.config, generator.device
         S, k, W = c.state_size, c.alphabet, c.window
@@ -121,7 +130,32 @@ class CellularAutomataTask:
                 code = code * k + torch.where(inside, state[:, idx], 0)
             state = rules.gather(1, code)
             states.append(state)
-        return Batch(tokens=torch.cat(states, dim=1), rules=rules, rule_ids=rule_ids)
+        return CellularAutomataBatch(tokens=torch.cat(states, dim=1), rules=rules, rule_ids=rule_ids)
+
+    def output_labels(self) -> list[str]:
+        return [f"state {t}" for t in range(self.n_outputs)]
+
+    def output_optima(self) -> list[float | None]:
+        """State 0 is uniform random (``ln k`` per cell); with a single fixed rule (rules=1) every later
+        state is determined (0). With rule inference in context no closed form is known (None)."""
+        later = 0.0 if self.config.rules == 1 else None
+        return [math.log(self.config.alphabet)] + [later] * (self.n_outputs - 1)
+
+    def describe(self) -> str:
+        c = self.config
+        rules = f"pool of {c.rules}" if c.rules else "fresh per sequence"
+        return (f"cellular automata S={c.state_size} T={c.trajectory_length} k={c.alphabet} W={c.window} "
+                f"(rules {rules})")
+
+    def map_view(self) -> MapView:
+        """The queries predicting state ``t = min(2, T-1)`` against the keys of states ``0 .. t`` (the
+        query reads state ``t-1``; earlier states carry the rule evidence)."""
+        S, T = self.state_size, self.trajectory_length
+        t = min(2, T - 1)
+        first, last = t * S - 1, (t + 1) * S - 2  # query p predicts token p + 1 of state t
+        return MapView(slice(first, last + 1), slice(0, last + 1),
+                       f"query position {first}..{last} (predicts state {t})",
+                       f"key position 0..{last} (states 0..{t})")
 
     def optimal_loss(self) -> float | None:
         """Closed form only for a single fixed rule (rules=1): later states are then determined,

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require, require_int
-from .base import Batch
+from .base import Batch, MapView
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,23 @@ class LinearMapTask:
         # Float matmul is exact here (sums of at most S ones) and, unlike int64, runs on CUDA.
         x1 = (x0.to(torch.float32) @ self.matrix.T.to(torch.float32)).to(torch.int64) % 2
         return Batch(tokens=torch.cat([x0, x1], dim=1))
+
+    def output_labels(self) -> list[str]:
+        return [f"bit {i}" for i in range(self.n_outputs)]
+
+    def output_optima(self) -> list[float]:
+        """Every bit of x1 is determined by x0: optimum 0."""
+        return [0.0] * self.n_outputs
+
+    def describe(self) -> str:
+        return f"linear map S={self.state_size} s={self.config.sparsity}"
+
+    def map_view(self) -> MapView:
+        """The queries ``S-1 .. 2S-2`` (predicting ``x1[0..S-1]``) against the keys ``0 .. S-1`` (``x0``)."""
+        S = self.state_size
+        return MapView(slice(S - 1, 2 * S - 1), slice(0, S),
+                       f"query position {S - 1}..{2 * S - 2} (predicts x1[0..{S - 1}])",
+                       f"key position 0..{S - 1} (x0)")
 
     def optimal_loss(self) -> float:
         """Mean loss of the Bayes predictor over the 2S-1 positions: ``(S-1)/(2S-1) * ln 2``."""

@@ -1,4 +1,10 @@
-"""Training and experiment configs. An experiment is ``task`` + ``model`` + ``train``."""
+"""Experiment configs: ``task`` + ``model`` + ``train`` (what changes the numbers) + ``execution`` (how
+the work is run, which never does).
+
+The run hash (``science_key``) covers ``task``, ``model`` and ``train``; ``execution`` is excluded by
+construction, since it is its own section. Adding an execution knob is one field in
+:class:`ExecutionConfig`.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,25 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from ..config import ConfigError, build, require, require_choice, require_float, require_int, to_dict
-from ..models import TransformerConfig
-from ..tasks import TASKS
+from ..config import SECTIONS, ConfigError, build, require, require_choice, require_float, require_int, to_dict
+from ..models import MODELS, TransformerConfig
+from ..tasks import TASKS, make_generator
 
 SCHEDULES = ("constant", "cosine")
 BIAS_SCHEDULES = ("constant", "linear")
 STRATEGIES = ("auto", "ensemble", "workers")
 
+DEFAULT_MODEL = TransformerConfig.name
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, measurement and execution knobs. Optimizer and lr are not published: AdamW at 1e-3.
+    """Optimisation and measurement knobs. Optimizer and lr are not published: AdamW at 1e-3.
 
-    seeds: how many seeds; seed: the master seed every per-seed seed derives from.
+    seeds: how many seeds; seed: the master seed every per-seed stream derives from.
     eval_every: probe interval (a probe also runs at step 0, at log-spaced steps and at the end).
     checkpoints / attention_snapshots: how many log-spaced steps save weights / mean attention maps.
-    strategy: auto | ensemble (one process, seeds batched) | workers (1-thread processes, seeds split).
-    workers: processes for the workers strategy (0: one per CPU core). seed_batch: most seeds batched in
-    one ensemble (0: all of a process's seeds). resume_every: steps between resume states (0: only at
-    checkpoints).
+    bias_*: the attention bias toward the ground truth (``train.bias``), off when ``bias_beta = 0``.
     """
 
     steps: int = 2000
@@ -45,11 +50,6 @@ class TrainConfig:
     attention_snapshots: int = 12
     seeds: int = 1
     seed: int = 0
-    strategy: str = "auto"
-    workers: int = 0
-    seed_batch: int = 0
-    resume_every: int = 500
-    device: str = "cpu"
     bias_beta: float = 0.0
     bias_layers: Any = "all"
     bias_heads: Any = "all"
@@ -73,12 +73,6 @@ class TrainConfig:
         require_int("train.attention_snapshots", self.attention_snapshots, 0)
         require_int("train.seeds", self.seeds, 1, 1_000_000)
         require_int("train.seed", self.seed, 0, 2 ** 63 - 1)
-        require_choice("train.strategy", self.strategy, STRATEGIES)
-        require_int("train.workers", self.workers, 0, 4096)
-        require_int("train.seed_batch", self.seed_batch, 0)
-        require_int("train.resume_every", self.resume_every, 0)
-        require(isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-                "train.device", self.device, "must be cpu, cuda, cuda:N or mps")
         require_float("train.bias_beta", self.bias_beta, -1e6, 1e6)
         for name in ("bias_layers", "bias_heads"):
             value = getattr(self, name)
@@ -92,20 +86,60 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """How the work runs; never part of the run's identity (seed ``i`` trains the same under any of it).
+
+    strategy: auto | ensemble (one process, seeds batched) | workers (1-thread processes, each training
+    its share of the seeds as an ensemble). workers: processes for ``workers`` (0: the thread budget).
+    threads: the thread budget of the whole run (0: the CPUs this process may use); a pool that runs
+    several trainings at once gives each a share. seed_batch: most seeds batched in one ensemble (0: all
+    of a process's seeds). resume_every: steps between resume states (0: only at checkpoints).
+    device: cpu, cuda, cuda:N or mps.
+    """
+
+    strategy: str = "auto"
+    workers: int = 0
+    threads: int = 0
+    seed_batch: int = 0
+    resume_every: int = 500
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require_choice("execution.strategy", self.strategy, STRATEGIES)
+        require_int("execution.workers", self.workers, 0, 4096)
+        require_int("execution.threads", self.threads, 0, 4096)
+        require_int("execution.seed_batch", self.seed_batch, 0)
+        require_int("execution.resume_every", self.resume_every, 0)
+        require(isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+                "execution.device", self.device, "must be cpu, cuda, cuda:N or mps")
+
+
+# Fields that moved from ``train`` to ``execution``: accepted in saved configs (runs made before the move),
+# refused with a pointer on the command line.
+MOVED_TO_EXECUTION = ("strategy", "workers", "seed_batch", "resume_every", "device")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: a task config (any of ``TASKS``), a model config and a train config."""
+    """One experiment: a task config (any of ``TASKS``), a model config (any of ``MODELS``), a train
+    config and an execution config."""
 
     task: Any
-    model: TransformerConfig = field(default_factory=TransformerConfig)
+    model: Any = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __post_init__(self) -> None:
         # bias indices are checked against the model here, so a bad one fails before any work starts
-        for name, limit, size in (("bias_layers", self.model.layers, "model.layers"),
-                                  ("bias_heads", self.model.heads, "model.heads")):
+        for name, size in (("bias_layers", "layers"), ("bias_heads", "heads")):
             value = getattr(self.train, name)
-            require(value == "all" or all(i < limit for i in value), f"train.{name}", list(value),
-                    f"indices must be in [0, {limit - 1}] ({size}={limit})")
+            limit = getattr(self.model, size, None)
+            if value == "all":
+                continue
+            require(limit is not None, f"train.{name}", list(value),
+                    f'model.name={self.model.name} has no {size}; use "all"')
+            require(all(i < limit for i in value), f"train.{name}", list(value),
+                    f"indices must be in [0, {limit - 1}] (model.{size}={limit})")
 
     @property
     def task_name(self) -> str:
@@ -113,31 +147,66 @@ class ExperimentConfig:
 
     def resolved(self) -> "ExperimentConfig":
         """The model's vocabulary and context length filled in from the task."""
-        from ..tasks import make_generator
-
         task = self.task.build(make_generator(0))
         return replace(self, model=self.model.resolved(task.vocab_size, task.seq_len - 1))
 
+    def science_dict(self) -> dict[str, Any]:
+        """``task``, ``model`` and ``train`` as plain data: everything that changes the numbers."""
+        model = {"name": self.model.name, **to_dict(self.model)}
+        return {"task": {"name": self.task.name, **to_dict(self.task)}, "model": model,
+                "train": to_dict(self.train)}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"task": {"name": self.task.name, **to_dict(self.task)},
-                "model": to_dict(self.model), "train": to_dict(self.train)}
+        return {**self.science_dict(), "execution": to_dict(self.execution)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        """Build and validate from plain data; unknown sections, names and fields are errors."""
         for key in data:
-            require(key in ("task", "model", "train"), key, key,
-                    "unknown section; allowed sections are task, model, train")
+            if key not in SECTIONS:
+                raise ConfigError(f"unknown section {key!r}; allowed sections are {', '.join(SECTIONS)}")
         task_values = dict(data.get("task") or {})
         name = task_values.pop("name", None)
         if name not in TASKS:
-            raise ConfigError(f"unknown task {name!r}: allowed tasks are {', '.join(TASKS)}")
+            raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(TASKS)}")
+        model_values = dict(data.get("model") or {})
+        model_name = model_values.pop("name", DEFAULT_MODEL)
+        if model_name not in MODELS:
+            raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(MODELS)}")
+        train_values = dict(data.get("train") or {})
+        for key in MOVED_TO_EXECUTION:
+            if key in train_values:
+                raise ConfigError(f"train.{key} is now execution.{key} (it never changes the numbers)")
         return cls(task=build(TASKS[name], task_values, "task"),
-                   model=build(TransformerConfig, dict(data.get("model") or {}), "model"),
-                   train=build(TrainConfig, dict(data.get("train") or {}), "train"))
+                   model=build(MODELS[model_name], model_values, "model"),
+                   train=build(TrainConfig, train_values, "train"),
+                   execution=build(ExecutionConfig, dict(data.get("execution") or {}), "execution"))
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        """From a saved ``config.yaml`` dict: drops the provenance section and migrates runs made before
+        ``execution`` existed (their execution knobs sat in ``train``)."""
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items() if k != "emergelab"}
+        train = data.get("train") or {}
+        moved = {k: train.pop(k) for k in MOVED_TO_EXECUTION if k in train}
+        if moved:
+            data["execution"] = {**moved, **(data.get("execution") or {})}
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_run(cls, run: Any) -> "ExperimentConfig":
+        """The config saved in run directory ``run`` (a ``store.RunDir``)."""
+        try:
+            return cls.from_saved(run.read_config_dict())
+        except ConfigError as error:
+            raise ConfigError(f"{run.config_path}: {error}") from None
 
     def science_key(self) -> str:
-        """A short hash of everything that changes the numbers (not the execution knobs)."""
-        data = self.to_dict()
-        for knob in ("strategy", "workers", "seed_batch", "resume_every", "device"):
-            data["train"].pop(knob)
+        """A short hash of everything that changes the numbers (``task``, ``model``, ``train``).
+
+        The model's name enters only when it is not the transformer, so runs made before ``model.name``
+        existed keep their hashes."""
+        data = self.science_dict()
+        if data["model"]["name"] == DEFAULT_MODEL:
+            data["model"].pop("name")
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]

@@ -17,46 +17,50 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ..models import Transformer
 from ..store import MetricsBuffer, RunDir, write_parquet, write_safetensors, write_text
-from ..tasks import make_generator
+from ..tasks import held_out_tokens, make_generator, seed_streams
+from .bias import bias_schedule
 from .config import ExperimentConfig
-from .probe import ProbeResult, ProbeTargets, probe
-from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps, seed_streams
+from .measure import Measurement, Metric, default_measurements, probe
+from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 
 ProgressFn = Callable[[int, float | None], None]  # (seed-steps done since last call, mean loss or None)
-
-
-def head_labels(layers: int, heads: int) -> list[str]:
-    return [f"{l}.{h}" for l in range(layers) for h in range(heads)]
+BiasFn = Callable[[int], "torch.Tensor | None"]  # optimizer step -> attention bias [E, layers, heads, P, P]
 
 
 class SeedGroup:
     """The seeds ``seeds`` of experiment ``config`` trained together (``E = len(seeds)`` members).
 
     ``config`` must be resolved (``ExperimentConfig.resolved()``). ``run`` is where checkpoints,
-    attention snapshots and resume states go (None: keep everything in memory, e.g. in tests).
+    snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
+    what the probe measures (default ``default_measurements()``; each applies only where the model offers
+    what it needs). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     """
 
     def __init__(self, config: ExperimentConfig, seeds: list[int], run: RunDir | None = None,
-                 name: str = "group-0", attn_bias_fn: Callable[[int], torch.Tensor | None] | None = None):
+                 name: str = "group-0", attn_bias_fn: BiasFn | None = None,
+                 measurements: list[Measurement] | None = None):
         self.config, self.seeds, self.run, self.name = config, list(seeds), run, name
         train = config.train
-        self.device = device = torch.device(train.device)
+        self.device = device = torch.device(config.execution.device)
         streams = [seed_streams(train.seed, i) for i in self.seeds]
         self.tasks = [config.task.build(make_generator(s["task"], device)) for s in streams]
-        self.model = Transformer(config.model, len(seeds), seeds=[s["init"] for s in streams]).to(device)
+        self.model = config.model.build(len(seeds), seeds=[s["init"] for s in streams]).to(device)
+        self.attn_bias_fn = attn_bias_fn if attn_bias_fn is not None else bias_schedule(config, self.tasks)
+        if self.attn_bias_fn is not None and not self.model.accepts_attn_bias:
+            from ..config import ConfigError
+
+            raise ConfigError(f"train.bias_beta={train.bias_beta}: model.name={config.model.name} takes no "
+                              "attention bias; set train.bias_beta=0")
+        candidates = default_measurements() if measurements is None else measurements
+        self.measurements = [m for m in candidates if m.applies(self.model)]
         self.optimizer = _make_optimizer(self.model, config)
         self.data_generators = [make_generator(s["data"], device) for s in streams]
-        eval_tokens = torch.stack([task.sample(train.eval_batch_size, make_generator(s["eval"], device)).tokens
-                                   for task, s in zip(self.tasks, streams)])
+        self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)
+                                        for task, i in zip(self.tasks, self.seeds)])  # [E, B, L]
         first = self.tasks[0]
-        self.targets = ProbeTargets(tokens=eval_tokens, loss_mask=first.loss_mask,
-                                    output_index=first.output_index,
-                                    gt_mask=torch.stack([t.attention_mask for t in self.tasks]),
-                                    n_outputs=first.n_outputs)
+        self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
-        self.attn_bias_fn = attn_bias_fn
         self.chunk_steps = data_chunk_steps(train.batch_size, first.seq_len)
         self.step = 0
         self.metrics = MetricsBuffer()
@@ -68,6 +72,7 @@ class SeedGroup:
         self._probe_at = set(probe_steps(train))
         self._checkpoint_at = set(log_spaced_steps(train.steps, train.checkpoints))
         self._snapshot_at = set(log_spaced_steps(train.steps, train.attention_snapshots))
+        self._last_loss: float | None = None
 
     # ------------------------------------------------------------------ training
     def train(self, on_progress: ProgressFn | None = None, stop_after: int | None = None) -> None:
@@ -90,8 +95,10 @@ class SeedGroup:
         lr = learning_rate(self.config.train, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        bias = self.attn_bias_fn(self.step) if self.attn_bias_fn is not None else None
-        logits = self.model(tokens[..., :-1], attn_bias=bias)  # [E, B, P, V]
+        inputs = {}
+        if self.attn_bias_fn is not None:
+            inputs["attn_bias"] = self.attn_bias_fn(self.step)
+        logits = self.model(tokens[..., :-1], **inputs)  # [E, B, P, V]
         E, B, P, V = logits.shape
         losses = F.cross_entropy(logits.reshape(-1, V), tokens[..., 1:].reshape(-1), reduction="none")
         per_seed = (losses.view(E, B, P).mean(1) * self.loss_weights).sum(-1)  # [E]
@@ -119,39 +126,36 @@ class SeedGroup:
         probed = step in self._probe_at
         if probed:
             bias = self.attn_bias_fn(max(step - 1, 0)) if self.attn_bias_fn is not None else None
-            self._record(step, probe(self.model, self.targets, attn_bias=bias))
+            first = self.tasks[0]
+            metrics, snapshots = probe(self.model, self.measurements, self.eval_tokens, first.loss_mask,
+                                       first.output_index, self.gt_mask, first.n_outputs,
+                                       **({"attn_bias": bias} if bias is not None else {}))
+            self._record(step, metrics, snapshots)
         if self.run is not None:
             if step in self._checkpoint_at:
                 for e, seed in enumerate(self.seeds):
                     self.run.save_checkpoint(seed, step, self.model.member_state_dict(e))
-            resume_every = self.config.train.resume_every
+            resume_every = self.config.execution.resume_every
             if step > 0 and (step in self._checkpoint_at or (resume_every and step % resume_every == 0)):
                 self.save_state()
         return probed
 
-    def _record(self, step: int, result: ProbeResult) -> None:
+    def _record(self, step: int, metrics: list[Metric], snapshots: dict[str, torch.Tensor]) -> None:
         seeds = np.asarray(self.seeds)
-        L, H, O = result.attn_entropy_pos.shape[1:]
-        outputs = [str(i) for i in range(O)]
-        heads = head_labels(L, H)
-        head_outputs = [f"{h}:{o}" for h in heads for o in outputs]
         m = self.metrics
-        for name in ("loss", "accuracy", "target_prob"):
-            m.add(step, seeds, name, [""], getattr(result, name)[:, None])
-            m.add(step, seeds, f"{name}_pos", outputs, getattr(result, f"{name}_pos"))
-        for name in ("attn_entropy", "attn_gt_mass"):
-            m.add(step, seeds, name, heads, getattr(result, name))
-            m.add(step, seeds, f"{name}_pos", head_outputs, getattr(result, f"{name}_pos"))
+        for metric in metrics:
+            m.add(step, seeds, metric.name, metric.labels, metric.values)
+            if metric.name == "loss":
+                self._last_loss = float(metric.values.mean())
         if self.loss_steps:
             train_loss = (self.loss_sum / self.loss_steps).cpu().numpy()
             m.add(step, seeds, "train_loss", [""], train_loss[:, None])
             self.loss_sum.zero_()
             self.loss_steps = 0
         m.add(step, seeds, "lr", [""], np.full((len(seeds), 1), learning_rate(self.config.train, max(step - 1, 0))))
-        self._last_loss = float(result.loss.mean())
-        if self.run is not None and step in self._snapshot_at:
+        if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
             for e, seed in enumerate(self.seeds):
-                self.run.save_attention(seed, step, result.pattern[e])
+                self.run.save_attention(seed, step, snapshots["attention"][e])
 
     # ------------------------------------------------------------------ resume
     @property
@@ -222,7 +226,7 @@ class SeedGroup:
         return path is not None and json.loads((path / "meta.json").read_text()).get("done", False)
 
 
-def _make_optimizer(model: Transformer, config: ExperimentConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
     """AdamW; weight decay on weight matrices (3-d with the member dim), not on biases or norms.
 
     ``fused=True``: one kernel updates every tensor (3-5x faster than ``foreach`` on a CPU for these
@@ -237,7 +241,7 @@ def _make_optimizer(model: Transformer, config: ExperimentConfig) -> torch.optim
 
 
 @torch.no_grad()
-def _clip_per_member(model: Transformer, max_norm: float) -> None:
+def _clip_per_member(model: torch.nn.Module, max_norm: float) -> None:
     """Clip each member's gradient to global norm ``max_norm`` independently of the other members."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     squares = torch.stack([g.flatten(1).square().sum(1) for g in grads]).sum(0)  # [E]

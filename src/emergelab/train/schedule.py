@@ -1,4 +1,5 @@
-"""Learning-rate schedule, seed derivation and the steps at which things are measured or saved."""
+"""Learning-rate schedule and the steps at which things are measured or saved (seed derivation:
+``tasks.seeding``)."""
 
 from __future__ import annotations
 
@@ -33,22 +34,6 @@ def probe_steps(config: TrainConfig) -> list[int]:
     """Probe at 0, every ``eval_every`` steps, at the attention-snapshot steps and at the end."""
     regular = range(0, config.steps + 1, config.eval_every)
     return sorted({*regular, *log_spaced_steps(config.steps, config.attention_snapshots), config.steps})
-
-
-def seed_streams(master_seed: int, seed_index: int) -> dict[str, int]:
-    """The independent seeds of one run seed, derived from the master seed alone (devinterp style):
-    ``init`` (weights), ``task`` (ground truth such as A), ``data`` (training batches), ``eval``."""
-    state = np.random.SeedSequence(master_seed, spawn_key=(seed_index,)).generate_state(4, dtype=np.uint64)
-    # torch seeds must fit in a signed int64
-    return dict(zip(("init", "task", "data", "eval"), (int(s) >> 1 for s in state)))
-
-
-def seed_task(config, seed_index: int, device: str = "cpu"):
-    """The built task of run seed ``seed_index`` (its own ground truth, e.g. its matrix A), drawn exactly
-    as training drew it. ``config`` is an ``ExperimentConfig``."""
-    from ..tasks import make_generator
-
-    return config.task.build(make_generator(seed_streams(config.train.seed, seed_index)["task"], device))
 
 
 def data_chunk_steps(batch_size: int, seq_len: int) -> int:

@@ -1,7 +1,10 @@
-"""Attention bias toward the ground truth, ``scores += beta * M``, as a training option.
+"""Attention bias toward the ground truth, ``scores += beta * M``, as a training option (``train.bias_*``).
 
-M is the task's ground-truth (query, key) mask. The bias enters through the model's ``attn_bias`` input,
-so no model surgery is needed, and it is applied to the chosen layers and heads only.
+M is the task's ground-truth (query, key) mask. The bias enters through the model's ``attn_bias`` input
+(models with ``accepts_attn_bias``), so no model surgery is needed, and it is applied to the chosen
+layers and heads only. The trainer receives it as a function of the step (``bias_schedule``); it lives
+here, with the training recipe, because it is part of a run's identity. ``emergelab.interventions``
+re-exports ``ground_truth_bias`` for use on any model outside training.
 """
 
 from __future__ import annotations
@@ -40,10 +43,15 @@ def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
 
 
 def bias_schedule(config, tasks: list) -> Callable[[int], torch.Tensor | None] | None:
-    """The bias to use at each optimizer step of a run (None when the intervention is off)."""
+    """The bias to use at each optimizer step of a run (None when the intervention is off).
+
+    ``config`` is an ``ExperimentConfig``; ``tasks`` the built task of each member (its ground truth)."""
     train, model = config.train, config.model
     if train.bias_beta == 0.0:
         return None
+    if not all(hasattr(model, size) for size in ("layers", "heads")):
+        raise ConfigError(f"train.bias_beta={train.bias_beta}: model.name={model.name} has no attention heads "
+                          "to bias; set train.bias_beta=0")
     masks = torch.stack([task.attention_mask for task in tasks])
     full = ground_truth_bias(masks, model.layers, model.heads, train.bias_beta, train.bias_layers,
                              train.bias_heads)

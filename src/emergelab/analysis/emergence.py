@@ -1,0 +1,126 @@
+"""Emergence of every run, seed and output in a store: the one definition of "output learned".
+
+:func:`curve_emergence` runs :func:`~emergelab.analysis.curves.detect_emergence` (emergence step or
+"not yet", plateau length) and :func:`~emergelab.analysis.curves.detect_jumps` on the aggregate ``loss``
+(target ``"loss"``) and each output's ``loss_pos`` (target ``"pos:i"``) of every run and seed. The
+run summary (``summary.json``, the CLI's table), the figures' markers and ``emergelab analyze`` all
+read it, so they print the same steps.
+
+Optima (the target of the threshold ``initial + fraction * (optimum - initial)``) are the ones the run
+recorded when it was created (the store's ``optima`` view, from ``task.json``): the task's closed-form
+aggregate optimum and each output's own (0 for a determined output such as a bit of ``x1``; ``ln k``
+for the uniform first state of a cellular automaton). Where the task knows none (rule inference in
+context) the curve's own minimum is used, guarded by the detector's noise floor; a run made before
+optima were recorded says so in a warning and uses the curve minimum everywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .curves import detect_emergence, detect_jumps
+from .fetch import arrow, fetch_curves, rows_table
+
+__all__ = ["Optima", "curve_emergence", "position_of", "run_optima"]
+
+
+def position_of(target: str) -> int | None:
+    """``"pos:3" -> 3``; ``"loss" -> None``."""
+    return int(target[4:]) if target.startswith("pos:") else None
+
+
+@dataclass(frozen=True)
+class Optima:
+    """The recorded optima of one run: ``aggregate`` (of ``loss``) and ``outputs[i]`` (of ``loss_pos``
+    ``i``); None where the task knows none."""
+
+    aggregate: float | None
+    outputs: dict[int, float | None]
+
+    def position(self, i: int) -> float | None:
+        return self.outputs.get(i)
+
+
+def run_optima(con: Any) -> dict[str, Optima]:
+    """``run -> Optima`` from the store's ``optima`` view; warns about runs without recorded optima."""
+    rows = arrow(con, 'SELECT run, "index", optimum FROM optima').to_pylist()
+    out: dict[str, Optima] = {}
+    for row in rows:
+        entry = out.setdefault(row["run"], Optima(None, {}))
+        if row["index"] == "":
+            out[row["run"]] = Optima(row["optimum"], entry.outputs)
+        else:
+            entry.outputs[int(row["index"])] = row["optimum"]
+    missing = [r["run"] for r in arrow(con, "SELECT run FROM runs ORDER BY run").to_pylist() if r["run"] not in out]
+    if missing:
+        warnings.warn(f"{len(missing)} run(s) have no task.json (made before emergelab recorded optima), e.g. "
+                      f"{missing[0]}: their emergence thresholds use each curve's own minimum; re-run "
+                      "`emergelab run` on them (nothing is retrained) to record the optima", stacklevel=2)
+    return out
+
+
+_CURVE_SCHEMA = pa.schema([
+    ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
+    ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
+    ("initial", pa.float64()), ("threshold", pa.float64()), ("optimum", pa.float64()),
+])
+_JUMP_SCHEMA = pa.schema([
+    ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("start_step", pa.float64()),
+    ("end_step", pa.float64()), ("step", pa.float64()), ("drop", pa.float64()),
+    ("sharpness_steps", pa.float64()), ("plateau_before_steps", pa.float64()), ("before", pa.float64()),
+    ("after", pa.float64()),
+])
+
+
+def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float = 0.1, smooth: int = 1,
+                    persist: int = 1, jump_fraction: float = 0.2,
+                    _optima_by_run: dict[str, Optima] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Emergence and jumps of the aggregate ``loss`` and every ``loss_pos`` curve in the store.
+
+    Returns ``(emergence, jumps)`` pyarrow Tables:
+
+    * ``emergence``: one row per (run, seed, target) with target ``"loss"`` or ``"pos:i"``: ``emerged``,
+      ``step`` (the emergence step; the last step when not yet), ``plateau_steps``, ``final`` (last
+      smoothed value), ``initial``, ``threshold`` and the ``optimum`` used (null: the curve's minimum);
+    * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
+      is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
+      whose outputs fall one at a time (``1/S`` of its range each for the linear map).
+
+    ``fraction``, ``plateau_fraction``, ``smooth``, ``persist`` are passed to ``detect_emergence``.
+    """
+    optima = _optima_by_run if _optima_by_run is not None else run_optima(con)
+    loss = fetch_curves(con, "loss")
+    loss_pos = fetch_curves(con, "loss_pos")
+    n_outputs: dict[tuple[str, int], int] = {}
+    for run, seed in zip(loss_pos.run, loss_pos.seed):
+        n_outputs[(run, int(seed))] = n_outputs.get((run, int(seed)), 0) + 1
+
+    em_rows: list[tuple] = []
+    jump_rows: list[tuple] = []
+
+    def one(run: str, seed: int, target: str, steps: np.ndarray, values: np.ndarray,
+            optimum: float | None, min_drop_fraction: float) -> None:
+        if steps.size < 2:
+            return
+        e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,
+                             plateau_fraction=plateau_fraction, smooth=smooth, persist=persist)
+        em_rows.append((run, seed, target, e.emerged, float(e.step), float(e.plateau_steps), e.final,
+                        e.initial, e.threshold, optimum))
+        for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
+            jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
+                              j.sharpness_steps, j.plateau_before_steps, j.before, j.after))
+
+    for run, seed, _, steps, values in loss:
+        opt = optima.get(run)
+        k = max(1, n_outputs.get((run, seed), 1))
+        one(run, seed, "loss", steps, values, opt.aggregate if opt else None, min(1.0, jump_fraction / k))
+    for run, seed, index, steps, values in loss_pos:
+        opt = optima.get(run)
+        i = int(index)
+        one(run, seed, f"pos:{i}", steps, values, opt.position(i) if opt else None, jump_fraction)
+    return rows_table(em_rows, _CURVE_SCHEMA), rows_table(jump_rows, _JUMP_SCHEMA)

@@ -1,0 +1,39 @@
+"""``summary.json`` of a run: per seed, the final loss and the step at which each output emerged.
+
+The steps come from :func:`~emergelab.analysis.emergence.curve_emergence` with its defaults, the same
+call the figures' markers and ``emergelab analyze`` make, so every place that prints "the step at which
+output i was learned" prints the same number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store import RunDir, connect
+from .emergence import curve_emergence
+
+
+def summarize_run(run: RunDir) -> dict[str, Any]:
+    """``{"task", "steps", "optimal_loss", "output_labels", "seeds": {seed: {...}}}`` where each seed has
+    ``final_loss``, ``learned_step`` (output index -> emergence step, None if not yet), ``n_learned``
+    and ``all_learned``."""
+    config = run.read_config_dict()
+    info = run.task_info() or {}
+    con = connect(run.path)
+    emergence, _ = curve_emergence(con)
+    final = {int(seed): float(value) for seed, value in con.sql(
+        "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
+    seeds: dict[str, dict[str, Any]] = {}
+    for row in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
+        if not row["target"].startswith("pos:"):
+            continue
+        entry = seeds.setdefault(str(row["seed"]), {"final_loss": final.get(int(row["seed"])), "learned_step": {}})
+        entry["learned_step"][row["target"][4:]] = int(row["step"]) if row["emerged"] else None
+    for entry in seeds.values():
+        entry["learned_step"] = dict(sorted(entry["learned_step"].items(), key=lambda kv: int(kv[0])))
+        learned = [s for s in entry["learned_step"].values() if s is not None]
+        entry["n_learned"] = len(learned)
+        entry["all_learned"] = len(learned) == len(entry["learned_step"])
+    return {"task": config["task"]["name"], "steps": config["train"]["steps"],
+            "optimal_loss": info.get("optimal_loss"), "output_labels": info.get("labels"),
+            "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))}

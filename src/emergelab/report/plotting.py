@@ -1,0 +1,48 @@
+"""The figure helpers every report module shares: one DPI, figures without pyplot, atomic PNG saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..store import atomic_write
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def new_figure(width: float, height: float, constrained: bool = True) -> "Figure":
+    """A ``matplotlib.figure.Figure`` on the Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
+
+
+def save_figure(fig: "Figure", path: str | Path) -> Path:
+    """Save ``fig`` as PNG atomically (the temporary name ends in .tmp, so the format is explicit)."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+
+
+def colors(n: int) -> list[Any]:
+    """``n`` distinguishable colours: tab10 up to 10, else evenly spaced viridis."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"] if n <= 10 else colormaps["viridis"]
+    return [cmap(k if n <= 10 else k / max(1, n - 1)) for k in range(n)]
+
+
+def describe(config: Any, sep: str = " | ") -> str:
+    """The task, the model and the key training knobs of an ``ExperimentConfig``, joined by ``sep``."""
+    from ..tasks import make_generator
+
+    task, model, train = config.task, config.model, config.train
+    what = task.build(make_generator(0)).describe()
+    mlp = f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP"
+    layers = f"{model.layers} layer" + ("s" if model.layers > 1 else "")
+    if hasattr(model, "heads"):
+        arch = f"{layers} x {model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, {mlp}"
+    else:
+        arch = f"{model.name}: {layers}, d_model {model.width}, {mlp}"
+    return sep.join([what, arch, f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])

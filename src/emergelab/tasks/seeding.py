@@ -1,0 +1,40 @@
+"""Every per-seed random stream of a run, derived from the master seed alone (devinterp style).
+
+Run seed ``i`` gets four independent streams from ``numpy.random.SeedSequence(master, spawn_key=(i,))``:
+``init`` (weights), ``task`` (the ground truth, e.g. the matrix A of the linear map), ``data``
+(training batches) and ``eval`` (the held-out probe batch). So seed ``i`` is the same run whether it
+trains alone, in an ensemble of 64, or in a worker process, and every later reader (the probe, patching,
+figures) rebuilds exactly what training drew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Task, make_generator
+
+STREAMS = ("init", "task", "data", "eval")
+
+
+def seed_streams(master_seed: int, seed_index: int) -> dict[str, int]:
+    """The seeds of run seed ``seed_index``'s four streams (each fits a signed int64, as torch needs)."""
+    state = np.random.SeedSequence(master_seed, spawn_key=(seed_index,)).generate_state(4, dtype=np.uint64)
+    return dict(zip(STREAMS, (int(s) >> 1 for s in state)))
+
+
+def seed_task(task_config: Any, master_seed: int, seed_index: int, device: str | torch.device = "cpu") -> Task:
+    """The built task of run seed ``seed_index`` (its own ground truth), drawn exactly as training drew it.
+
+    The generator lives on ``device``: a CUDA generator draws other numbers than a CPU one, so a run
+    trained on CUDA rebuilds its ground truth on CUDA."""
+    return task_config.build(make_generator(seed_streams(master_seed, seed_index)["task"], device))
+
+
+def held_out_tokens(task: Task, master_seed: int, seed_index: int, n: int,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[n, L]``: the first ``n`` sequences of seed ``seed_index``'s eval stream (``n =
+    train.eval_batch_size`` is exactly the probe's batch)."""
+    return task.sample(n, make_generator(seed_streams(master_seed, seed_index)["eval"], device)).tokens

@@ -1,0 +1,25 @@
+"""Turning a run directory's stored weights back into models (the store itself holds plain tensors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..models import SequenceModel
+from ..store import RunDir
+from .config import ExperimentConfig
+
+
+def load_model(run: RunDir, seed: int, step: int, device: str | torch.device = "cpu",
+               config: ExperimentConfig | None = None) -> Any:
+    """The single model (E = 1, in eval mode) of run seed ``seed`` at checkpoint ``step``.
+
+    Example::
+
+        model = load_model(RunDir("runs/demo"), seed=0, step=3000)
+        _, cache = model.run_with_cache(tokens[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
+    """
+    config = (config or ExperimentConfig.from_run(run)).resolved()
+    state = run.load_checkpoint(seed, step, device)
+    return SequenceModel.from_member_state_dicts(config.model, [state]).eval()

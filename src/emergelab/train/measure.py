@@ -1,0 +1,202 @@
+"""Measurements as objects (devinterp style): each says what it needs and returns named metrics.
+
+The probe runs the model once on a fixed held-out batch per seed (no grad, the reference path) and
+hands every applicable measurement a :class:`ProbeData`. A measurement:
+
+* ``applies(model) -> bool``: whether the model offers what it needs (e.g. ``hook_pattern``);
+* ``hooks(model) -> list[str]``: hook names whose activations it reads (cached with the member
+  dimension, ``[E, B, ...]``);
+* ``measure(data) -> list[Metric]``: metric name, index labels and values ``[E, K]``;
+* ``snapshot(data) -> Tensor | None``: an optional per-member tensor saved at snapshot steps
+  (``snapshot_name`` says where in the run directory).
+
+Metric names and meanings: ``store.metrics``. Every reduction is batched over members, layers, heads
+and outputs; one host transfer per measurement. ``tests/test_measure.py`` checks each against a slow
+per-seed loop.
+
+Adding a measurement: a class with these four methods, passed in ``measurements=`` to ``SeedGroup``
+(or added to ``default_measurements``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class Metric(NamedTuple):
+    name: str
+    labels: list[str]
+    values: np.ndarray  # [E, K] float64
+
+
+@dataclass
+class ProbeData:
+    """What a probe measured, for ``E`` members on ``B`` held-out sequences of ``P + 1`` tokens.
+
+    tokens ``[E, B, P+1]``; logits ``[E, B, P, V]``; cache: hook name -> ``[E, B, ...]``;
+    loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none); gt_mask ``[E, P, P]`` bool (the ground-truth
+    attention of each member's task); n_outputs.
+    """
+
+    model: Any
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    cache: dict[str, torch.Tensor]
+    loss_mask: torch.Tensor
+    output_index: torch.Tensor
+    gt_mask: torch.Tensor
+    n_outputs: int
+
+
+class Measurement(Protocol):
+    snapshot_name: str | None
+
+    def applies(self, model: Any) -> bool: ...
+
+    def hooks(self, model: Any) -> list[str]: ...
+
+    def measure(self, data: ProbeData) -> list[Metric]: ...
+
+    def snapshot(self, data: ProbeData) -> torch.Tensor | None: ...
+
+
+def output_onehot(output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    """``[P, O]`` float: position ``p`` predicts output ``output_index[p]`` (rows of -1 are zero)."""
+    onehot = F.one_hot(output_index.clamp(min=0), n_outputs).float()
+    return onehot * (output_index >= 0).float().unsqueeze(-1)
+
+
+def per_output_mean(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    """``values [..., P]`` averaged over the positions of each output -> ``[..., O]`` (0 for an output
+    with no position). The one definition of "per-output" loss, used by the probe and by patching."""
+    onehot = output_onehot(output_index, n_outputs)
+    return (values @ onehot) / onehot.sum(0).clamp(min=1)
+
+
+def per_position_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[3, ..., P]``: loss, accuracy and correct-token probability per position, averaged over the batch
+    dimension (the one before ``P``). logits ``[..., B, P, V]``, labels ``[..., B, P]``."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    target_logp = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [..., B, P]
+    correct = (logits.argmax(-1) == labels).float()
+    return torch.stack([-target_logp, correct, target_logp.exp()]).mean(dim=-2)
+
+
+class OutputScores:
+    """``loss``, ``accuracy``, ``target_prob`` over the loss positions and per task output (``*_pos``).
+    Applies to every model."""
+
+    snapshot_name = None
+
+    def applies(self, model: Any) -> bool:
+        return True
+
+    def hooks(self, model: Any) -> list[str]:
+        return []
+
+    def measure(self, data: ProbeData) -> list[Metric]:
+        per_position = per_position_scores(data.logits, data.tokens[..., 1:])  # [3, E, P]
+        mask = data.loss_mask.float()
+        overall = (per_position * mask).sum(-1) / mask.sum()  # [3, E]
+        per_output = per_output_mean(per_position, data.output_index, data.n_outputs)  # [3, E, O]
+        overall, per_output = (t.cpu().numpy().astype(np.float64) for t in (overall, per_output))
+        outputs = [str(i) for i in range(data.n_outputs)]
+        metrics = []
+        for k, name in enumerate(("loss", "accuracy", "target_prob")):
+            metrics.append(Metric(name, [""], overall[k][:, None]))
+            metrics.append(Metric(f"{name}_pos", outputs, per_output[k]))
+        return metrics
+
+    def snapshot(self, data: ProbeData) -> None:
+        return None
+
+
+_PATTERN = re.compile(r"blocks\.(\d+)\.attn\.hook_pattern")
+
+
+def pattern_hooks(model: Any) -> list[str]:
+    """The model's ``blocks.{l}.attn.hook_pattern`` names, by layer."""
+    names = [n for n in getattr(model, "hook_dict", {}) if _PATTERN.fullmatch(n)]
+    return sorted(names, key=lambda n: int(_PATTERN.fullmatch(n).group(1)))
+
+
+def head_labels(layers: int, heads: int) -> list[str]:
+    return [f"{l}.{h}" for l in range(layers) for h in range(heads)]
+
+
+class AttentionScores:
+    """Per head (``"l.h"``) and per head and output (``"l.h:i"``): ``attn_entropy`` (nats) and
+    ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
+    is not empty. Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
+    Applies to models with ``blocks.{l}.attn.hook_pattern``."""
+
+    snapshot_name = "attention"
+
+    def applies(self, model: Any) -> bool:
+        return bool(pattern_hooks(model))
+
+    def hooks(self, model: Any) -> list[str]:
+        return pattern_hooks(model)
+
+    def _pattern(self, data: ProbeData) -> torch.Tensor:
+        """``[E, B, L, H, P, P]``."""
+        return torch.stack([data.cache[name] for name in pattern_hooks(data.model)], dim=2)
+
+    def measure(self, data: ProbeData) -> list[Metric]:
+        pattern = self._pattern(data)
+        E, B, L, H = pattern.shape[:4]
+        entropy = -(pattern * pattern.clamp(min=1e-30).log()).sum(-1).mean(1)  # [E, L, H, P]
+        gt = data.gt_mask.float()  # [E, P, P]
+        mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
+        relevant = data.gt_mask.any(-1).float()  # [E, P]
+        rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
+        rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
+        rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
+
+        def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H]
+            return ((values * relevant[:, None, None]).sum(-1) / rel_count).reshape(E, L * H)
+
+        def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H*O]
+            return (torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count).reshape(E, -1)
+
+        host = [t.cpu().numpy().astype(np.float64) for t in (
+            per_head(entropy), per_head(mass), per_head_output(entropy), per_head_output(mass))]
+        heads = head_labels(L, H)
+        head_outputs = [f"{h}:{o}" for h in heads for o in range(data.n_outputs)]
+        return [Metric("attn_entropy", heads, host[0]), Metric("attn_gt_mass", heads, host[1]),
+                Metric("attn_entropy_pos", head_outputs, host[2]), Metric("attn_gt_mass_pos", head_outputs, host[3])]
+
+    def snapshot(self, data: ProbeData) -> torch.Tensor:
+        return self._pattern(data).mean(1)  # [E, L, H, P, P]
+
+
+def default_measurements() -> list[Measurement]:
+    """What every training run measures; each applies only where the model offers what it needs."""
+    return [OutputScores(), AttentionScores()]
+
+
+@torch.no_grad()
+def probe(model: Any, measurements: list[Measurement], tokens: torch.Tensor, loss_mask: torch.Tensor,
+          output_index: torch.Tensor, gt_mask: torch.Tensor, n_outputs: int,
+          **inputs: Any) -> tuple[list[Metric], dict[str, torch.Tensor]]:
+    """Run ``model`` (E members) once on ``tokens [E, B, L]`` on the reference path and apply every
+    measurement. Returns ``(metrics, snapshots)``, snapshots keyed by ``snapshot_name`` ``[E, ...]``."""
+    wanted = {name for m in measurements for name in m.hooks(model)}
+    logits, cache = model.run_with_cache(tokens[..., :-1], names_filter=lambda n: n in wanted, member_dim=True,
+                                         **inputs)
+    data = ProbeData(model, tokens, logits, cache, loss_mask, output_index, gt_mask, n_outputs)
+    metrics: list[Metric] = []
+    snapshots: dict[str, torch.Tensor] = {}
+    for m in measurements:
+        metrics += m.measure(data)
+        if m.snapshot_name is not None:
+            snap = m.snapshot(data)
+            if snap is not None:
+                snapshots[m.snapshot_name] = snap
+    return metrics, snapshots

@@ -1,0 +1,74 @@
+"""The unit of work: train one group of seeds of one run into its run directory, with a thread budget.
+
+A :class:`WorkUnit` is plain data (picklable, so a worker process or a Ray task can take it), and
+:func:`run_unit` is the one function every executor calls. A unit resumes from its group's latest
+resume state, so running it again after an interruption continues exactly where it stopped, and running
+it after it finished does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from ..store import RunDir, locked
+from .config import ExperimentConfig
+from .group import ProgressFn, SeedGroup
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Train ``seeds`` (resume-state group ``group``) of ``config`` into ``run_path``.
+
+    config: ``ExperimentConfig.to_dict()`` of the resolved config; threads: torch threads for this unit
+    (0: leave the process's setting)."""
+
+    config: dict[str, Any]
+    run_path: str
+    group: int
+    seeds: tuple[int, ...]
+    threads: int = 1
+
+    @property
+    def steps(self) -> int:
+        """Seed-steps of the whole unit."""
+        return int(self.config["train"]["steps"]) * len(self.seeds)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the scope with ``n`` intra-op threads (0: unchanged), restoring the setting afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
+    """Train the unit's seeds to the end (resuming if a resume state exists); see the module doc."""
+    config = ExperimentConfig.from_dict(unit.config).resolved()
+    run = RunDir(unit.run_path)
+    # waits (rather than failing) so that a dying orphan of a killed run releases the group first
+    with torch_threads(unit.threads), locked(run.state_dir / f"group-{unit.group}.lock", what="these seeds"):
+        group = SeedGroup(config, list(unit.seeds), run, name=f"group-{unit.group}")
+        group.resume()
+        if group.step < config.train.steps:
+            group.train(on_progress=on_progress)
+        if not group.is_done():
+            group.save_state()
+
+
+def unit_progress(unit: WorkUnit) -> int:
+    """Seed-steps already done (by its latest complete resume state)."""
+    group = RunDir(unit.run_path).state_dir / f"group-{unit.group}"
+    metas = sorted(group.glob("step-*/meta.json")) if group.exists() else []
+    if not metas:
+        return 0
+    return int(json.loads(metas[-1].read_text())["step"]) * len(unit.seeds)
