@@ -335,8 +335,8 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
 # ---------------------------------------------------------------------------------------------- entry point
 def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_seeds: int = 8,
                  jumps: Jumps | None = None, annotate: bool = True) -> list[Path]:
-    """Write ``loss.png``, ``attention_entropy.png`` and (if attention snapshots exist)
-    ``attention_maps.png`` into ``run.figures_dir``; return the paths written.
+    """Write ``loss.png``, and for models with attention ``attention_entropy.png`` and (if attention
+    snapshots exist) ``attention_maps.png``, into ``run.figures_dir``; return the paths written.
 
     seeds: which run seeds to draw (default: every seed in the metrics); at most ``max_seeds`` of them
     (the attention-map figure draws at most 2). jumps: optional markers ``{seed: [(step, label), ...]}``
@@ -360,9 +360,11 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
     if not chosen:
         raise ValueError(f"{run.path}: the metrics hold no seeds to plot")
 
-    written = [save_figure(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png"),
-               save_figure(plot_attention_entropy(table, config, chosen, jumps),
-                     run.figures_dir / "attention_entropy.png")]
+    written = [save_figure(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png")]
+    if "attn_entropy" not in set(table["metric"].unique().to_pylist()):
+        return written  # a model without attention: no attention figures
+    written.append(save_figure(plot_attention_entropy(table, config, chosen, jumps),
+                               run.figures_dir / "attention_entropy.png"))
     maps = plot_attention_maps(run, table, config, chosen[:2])
     if maps is not None:
         written.append(save_figure(maps, run.figures_dir / "attention_maps.png"))

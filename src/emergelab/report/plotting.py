@@ -40,9 +40,10 @@ def describe(config: Any, sep: str = " | ") -> str:
     task, model, train = config.task, config.model, config.train
     what = task.build(make_generator(0)).describe()
     mlp = f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP"
-    layers = f"{model.layers} layer" + ("s" if model.layers > 1 else "")
+    n_layers = getattr(model, "layers", None)
+    layers = "" if n_layers is None else f"{n_layers} layer" + ("s" if n_layers > 1 else "") + ", "
     if hasattr(model, "heads"):
-        arch = f"{layers} x {model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, {mlp}"
+        arch = f"{layers}{model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, {mlp}"
     else:
-        arch = f"{model.name}: {layers}, d_model {model.width}, {mlp}"
+        arch = f"{model.name}: {layers}width {getattr(model, 'width', '?')}, {mlp}, {model.n_params()} parameters"
     return sep.join([what, arch, f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])

@@ -1,0 +1,237 @@
+"""The seams of the architecture (docs/architecture.md), each exercised from outside the package:
+
+* a model with no attention at all, defined and registered in this file alone, trains through
+  ``train()`` and ``emergelab run --set model.name=...``, gets loss/accuracy per output and no attention
+  metrics;
+* a parameter without an initialiser is an error, never a silent zero;
+* the store imports and works without importing a model or the trainer;
+* nothing imports upward (``shared/tools/layers.py`` reports no circle);
+* a custom measurement and a custom executor plug in through ``SeedGroup`` / ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+import pyarrow.compute as pc
+import pytest
+import torch
+from torch import nn
+
+from emergelab.cli import main
+from emergelab.models import MODELS, SequenceModel, normal, register_model, zeros
+from emergelab.train import ExperimentConfig, InProcess, Metric, SeedGroup, default_measurements, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------------
+# A causal bag-of-tokens model: logits at t depend on the mean embedding of tokens 0..t. No attention.
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BagConfig:
+    name: ClassVar[str] = "bag-of-tokens"
+    width: int = 8
+    vocab_size: int | None = None
+    context_length: int | None = None
+
+    def resolved(self, vocab_size: int, context_length: int) -> "BagConfig":
+        return replace(self, vocab_size=vocab_size, context_length=context_length)
+
+    def n_params(self) -> int:
+        return 2 * self.vocab_size * self.width + self.context_length * self.width + self.vocab_size
+
+    def flops_per_token(self) -> int:
+        return 2 * self.width * self.vocab_size
+
+    def build(self, n_models: int = 1, seeds: list[int] | None = None) -> "Bag":
+        return Bag(self, n_models, seeds)
+
+
+class Bag(SequenceModel):
+    def __init__(self, config: BagConfig, n_models: int = 1, seeds: list[int] | None = None):
+        super().__init__(config, n_models)
+        E, V, d, T = n_models, config.vocab_size, config.width, config.context_length
+        self.embed = nn.Parameter(torch.empty(E, V, d))
+        self.pos = nn.Parameter(torch.empty(E, T, d))
+        self.unembed = nn.Parameter(torch.empty(E, d, V))
+        self.bias = nn.Parameter(torch.empty(E, V))
+        self.finish_init(seeds)
+
+    def init_specs(self):
+        return {"embed": normal(0.5), "pos": normal(0.5), "unembed": normal(0.5), "bias": zeros}
+
+    def forward_members(self, tokens: torch.Tensor) -> torch.Tensor:  # [E, B, T] -> [E, B, T, V]
+        E, B, T = tokens.shape
+        x = torch.stack([self.embed[e][tokens[e]] for e in range(E)]) + self.pos[:, None, :T]  # [E, B, T, d]
+        counts = torch.arange(1, T + 1, device=tokens.device, dtype=x.dtype)[None, None, :, None]
+        mean = x.cumsum(dim=2) / counts  # causal: position t sees tokens 0..t
+        return torch.einsum("ebtd,edv->ebtv", torch.tanh(mean), self.unembed) + self.bias[:, None, None]
+
+
+@pytest.fixture
+def bag_registered():
+    register_model(BagConfig)
+    yield
+    MODELS.pop(BagConfig.name, None)
+
+
+def bag_experiment(**train_fields) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+        "model": {"name": "bag-of-tokens", "width": 8},
+        "train": {"steps": 30, "batch_size": 16, "eval_every": 10, "eval_batch_size": 32, "seeds": 2,
+                  "lr": 0.01, "checkpoints": 2, "attention_snapshots": 2, **train_fields},
+        "execution": {"strategy": "ensemble"}})
+
+
+def test_a_model_without_attention_trains_through_train(bag_registered, tmp_path):
+    config = bag_experiment()
+    assert config.model.name == "bag-of-tokens"
+    run = train(config, tmp_path / "bag", progress=False)
+    table = run.metrics()
+    metrics = set(table["metric"].to_pylist())
+    assert {"loss", "accuracy", "target_prob", "loss_pos", "accuracy_pos", "target_prob_pos", "train_loss",
+            "lr"} <= metrics
+    assert not any(m.startswith("attn") for m in metrics)
+    loss_pos = table.filter(pc.equal(table["metric"], "loss_pos"))
+    assert sorted(set(loss_pos["index"].to_pylist()), key=int) == ["0", "1", "2", "3"]  # one per bit of x1
+    assert sorted(set(table["seed"].to_pylist())) == [0, 1]
+    assert not (run.path / "attention").exists()  # nothing to snapshot
+    assert run.checkpoint_steps(1) == [0, 1, 30]
+    summary = run.summary()
+    assert set(summary["seeds"]) == {"0", "1"} and len(summary["seeds"]["0"]["learned_step"]) == 4
+    saved = json.loads((run.path / "task.json").read_text())
+    assert saved["output_optima"] == [0.0] * 4 and saved["labels"][0] == "bit 0"
+    # the bias intervention needs attention scores: refused before any work
+    from emergelab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.bias_beta"):
+        train(bag_experiment(bias_beta=2.0), tmp_path / "biased", progress=False)
+
+
+def test_a_model_without_attention_trains_through_the_cli(bag_registered, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["run", "linear-map", "--set", "model.name=bag-of-tokens", "--set", "model.width=6",
+                 "--set", "task.state_size=4", "--set", "task.sparsity=1", "--steps", "20", "--seeds", "2",
+                 "--strategy", "ensemble", "--set", "train.eval_every=10", "--set", "train.eval_batch_size=16",
+                 "--set", "train.batch_size=8", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "step at which each output emerged" in printed
+    assert (out / "figures" / "loss.png").exists()  # per-output figure; no attention figures
+    assert not (out / "figures" / "attention_entropy.png").exists()
+    assert main(["run", "linear-map", "--set", "model.name=nope", "--out", str(tmp_path / "x")]) == 2
+    assert "model.name='nope'" in capsys.readouterr().err
+
+
+def test_member_of_the_toy_ensemble_equals_the_single_model(bag_registered):
+    config = BagConfig(width=5).resolved(3, 9)
+    ensemble, single = config.build(3, seeds=[4, 5, 6]), config.build(1, seeds=[5])
+    tokens = torch.randint(0, 3, (3, 2, 9))
+    assert torch.equal(ensemble(tokens)[1], single(tokens[1]))
+    assert torch.equal(ensemble.member(1)(tokens[1]), single(tokens[1]))
+
+
+def test_a_parameter_without_an_initialiser_is_an_error():
+    class Forgetful(Bag):
+        def __init__(self, config, n_models=1, seeds=None):
+            SequenceModel.__init__(self, config, n_models)
+            self.embed = nn.Parameter(torch.empty(n_models, 2, 2))
+            self.extra = nn.Parameter(torch.empty(n_models, 2))
+            self.finish_init(seeds)
+
+        def init_specs(self):
+            return {"embed": normal(1.0)}
+
+    with pytest.raises(TypeError, match="extra has no initialiser"):
+        Forgetful(BagConfig(width=2).resolved(2, 3))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Measurements and executors plug in from outside
+# ------------------------------------------------------------------------------------------------------
+class FirstLogit:
+    """A custom measurement: the mean first logit per member."""
+
+    snapshot_name = None
+
+    def applies(self, model):
+        return True
+
+    def hooks(self, model):
+        return []
+
+    def measure(self, data):
+        return [Metric("first_logit", [""], data.logits[..., 0].mean((1, 2)).double().cpu().numpy()[:, None])]
+
+    def snapshot(self, data):
+        return None
+
+
+def test_a_custom_measurement_is_recorded():
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+                                         "train": {"steps": 5, "eval_every": 5, "eval_batch_size": 8,
+                                                   "attention_snapshots": 0}}).resolved()
+    group = SeedGroup(config, [0, 1], measurements=[*default_measurements(), FirstLogit()])
+    group.train()
+    table = group.metrics.table()
+    assert table.filter(pc.equal(table["metric"], "first_logit")).num_rows == 2 * 2  # 2 probes x 2 seeds
+
+
+def test_a_custom_executor_receives_the_units(tmp_path):
+    seen = []
+
+    class Recording(InProcess):
+        def map(self, units, on_progress=None):
+            seen.extend((u.group, u.seeds, u.threads) for u in units)
+            super().map(units, on_progress)
+
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+                                         "train": {"steps": 5, "eval_every": 5, "eval_batch_size": 8, "seeds": 3},
+                                         "execution": {"strategy": "ensemble", "seed_batch": 2, "threads": 1}})
+    run = train(config, tmp_path / "run", executor=Recording(), progress=False)
+    assert seen == [(0, (0, 1), 1), (1, (2,), 1)]
+    assert run.is_complete() and sorted(set(run.metrics()["seed"].to_pylist())) == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------------------
+def test_store_works_without_models_or_the_trainer(tmp_path):
+    script = f"""
+import sys
+import numpy as np
+from emergelab.store import MetricsBuffer, RunDir, connect, write_parquet
+run = RunDir({str(tmp_path / 'plain')!r})
+run.write_config({{"task": {{"name": "linear-map"}}, "train": {{"seeds": 1}}}})
+run.write_task_info({{"output_name": "bit", "n_outputs": 1, "labels": ["bit 0"], "optimal_loss": 0.1,
+                      "output_optima": [0.0], "describe": "plain"}})
+buffer = MetricsBuffer()
+buffer.add(0, np.array([0]), "loss", [""], np.array([[0.7]]))
+write_parquet(run.metrics_path, buffer.table())
+con = connect(run.path)
+assert con.sql("SELECT value FROM metrics").fetchall() == [(0.7,)]
+assert con.sql("SELECT optimum FROM optima ORDER BY index").fetchall() == [(0.1,), (0.0,)]
+loaded = [m for m in sys.modules if m.startswith("emergelab.")]
+assert not any(m.startswith(("emergelab.models", "emergelab.train", "emergelab.analysis")) for m in loaded), loaded
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_imports_flow_one_way():
+    tool = ROOT.parent / "shared" / "tools" / "layers.py"
+    if not tool.exists():
+        pytest.skip("shared/tools/layers.py is not beside this checkout")
+    out = subprocess.run([sys.executable, str(tool), str(ROOT / "src" / "emergelab")], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "CIRCLE" not in out.stdout, out.stdout

@@ -1,0 +1,125 @@
+"""The batched measurements against a slow per-seed, per-head, per-position reference written as loops,
+and "one definition of output learned": the summary, summary.json, the figure markers and
+``emergelab analyze`` report the same emergence steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from emergelab.analysis.emergence import curve_emergence
+from emergelab.analysis.runs import analyze_runs
+from emergelab.report.markers import emergence_markers
+from emergelab.store import RunDir, connect
+from emergelab.train import ExperimentConfig, SeedGroup, default_measurements, train
+from emergelab.train.measure import probe
+
+
+@torch.no_grad()
+def slow_reference(model, tokens, task_of, gt_mask):
+    """Per seed e, one model at a time, plain loops: the metrics of store.metrics, from their definitions."""
+    out = {}
+    E = tokens.shape[0]
+    for e in range(E):
+        single = model.member(e)
+        task = task_of[e]
+        logits, cache = single.run_with_cache(tokens[e, :, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
+        labels = tokens[e, :, 1:]
+        B, P = labels.shape
+        logp = torch.log_softmax(logits.double(), -1)
+        loss = torch.zeros(P, dtype=torch.float64)
+        acc = torch.zeros(P, dtype=torch.float64)
+        prob = torch.zeros(P, dtype=torch.float64)
+        for p in range(P):
+            for b in range(B):
+                lp = logp[b, p, labels[b, p]]
+                loss[p] += -lp / B
+                prob[p] += lp.exp() / B
+                acc[p] += float(logits[b, p].argmax() == labels[b, p]) / B
+        mask = task.loss_mask
+        out[(e, "loss", "")] = float(loss[mask].mean())
+        out[(e, "accuracy", "")] = float(acc[mask].mean())
+        for i in range(task.n_outputs):
+            where = task.output_index == i
+            out[(e, "loss_pos", str(i))] = float(loss[where].mean())
+            out[(e, "target_prob_pos", str(i))] = float(prob[where].mean())
+        relevant = [p for p in range(P) if gt_mask[e, p].any()]
+        for layer in range(len(single.blocks)):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # [B, H, P, P]
+            for h in range(pattern.shape[1]):
+                ent, mass = [], []
+                for p in relevant:
+                    rows = pattern[:, h, p]  # [B, P]
+                    ent.append(float(sum(-(r * torch.log(r.clamp(min=1e-30))).sum() for r in rows) / B))
+                    mass.append(float(rows.mean(0)[gt_mask[e, p]].sum()))
+                out[(e, "attn_entropy", f"{layer}.{h}")] = float(np.mean(ent))
+                out[(e, "attn_gt_mass", f"{layer}.{h}")] = float(np.mean(mass))
+                for i in range(task.n_outputs):
+                    sel = [k for k, p in enumerate(relevant) if int(task.output_index[p]) == i]
+                    if sel:
+                        out[(e, "attn_gt_mass_pos", f"{layer}.{h}:{i}")] = float(np.mean([mass[k] for k in sel]))
+    return out
+
+
+@pytest.mark.parametrize("task", [{"name": "linear-map", "state_size": 5, "sparsity": 2},
+                                  {"name": "cellular-automata", "state_size": 3, "trajectory_length": 3,
+                                   "alphabet": 3}], ids=["linear-map", "cellular-automata"])
+def test_batched_measurements_equal_the_per_seed_loops(task):
+    config = ExperimentConfig.from_dict({"task": task, "model": {"layers": 2, "heads": 3, "head_dim": 4,
+                                                                 "init_std": 0.5},
+                                         "train": {"eval_batch_size": 6}}).resolved()
+    group = SeedGroup(config, [0, 3, 5])
+    first = group.tasks[0]
+    metrics, snapshots = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask,
+                               first.output_index, group.gt_mask, first.n_outputs)
+    reference = slow_reference(group.model, group.eval_tokens, group.tasks, group.gt_mask)
+    batched = {}
+    for m in metrics:
+        for e in range(3):
+            for k, label in enumerate(m.labels):
+                batched[(e, m.name, label)] = m.values[e, k]
+    for key, value in reference.items():
+        assert math.isclose(batched[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, batched[key], value)
+    assert snapshots["attention"].shape == (3, 2, 3, first.seq_len - 1, first.seq_len - 1)
+
+
+def test_measurements_that_do_not_apply_are_skipped():
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4}}).resolved()
+    group = SeedGroup(config, [0])
+    assert [type(m).__name__ for m in group.measurements] == ["OutputScores", "AttentionScores"]
+    assert all(m.applies(group.model) for m in default_measurements())
+
+
+def test_one_definition_of_output_learned(tmp_path, capsys):
+    """The CLI summary, summary.json, the figure markers and analyze print the same emergence steps."""
+    from emergelab.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "linear-map", "--preset", "linear-map-tiny", "--steps", "600", "--seeds", "2",
+                 "--strategy", "ensemble", "--quiet", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    config = ExperimentConfig.from_run(RunDir(out))
+    run = train(config, out, progress=False)  # finished: returns the run
+    summary = run.summary()
+    emergence, _ = curve_emergence(connect(out))
+    steps = {(r["seed"], int(r["target"][4:])): int(r["step"]) for r in emergence.to_pylist()
+             if r["target"].startswith("pos:") and r["emerged"]}
+    from_summary = {(int(s), int(i)): v for s, info in summary["seeds"].items()
+                    for i, v in info["learned_step"].items() if v is not None}
+    assert from_summary == steps and steps  # something emerged in 600 steps
+    markers = {(seed, int(label.split(":")[0].split()[-1])): int(step)
+               for seed, marks in emergence_markers(run).items() for step, label in marks}
+    assert markers == steps
+    analysis = analyze_runs(connect(out))
+    from_analyze = {(r["seed"], int(r["target"][4:])): int(r["step"]) for r in analysis.curves.to_pylist()
+                    if r["target"].startswith("pos:") and r["emerged"]}
+    assert from_analyze == steps
+    for seed in (0, 1):  # the printed table is summary.json
+        row = next(line for line in printed.splitlines() if line.strip().startswith(f"{seed} "))
+        printed_steps = row.split()[3:]
+        assert printed_steps == ["-" if v is None else str(v) for v in summary["seeds"][str(seed)]["learned_step"].values()]
