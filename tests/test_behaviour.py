@@ -34,3 +34,32 @@ def test_recorded_runs_give_the_same_metrics_and_hash(name, tmp_path):
     differ = np.flatnonzero(a != b)
     assert np.allclose(a, b, rtol=0, atol=1e-6), f"{len(differ)} values differ beyond 1e-6"
     assert differ.size == 0, f"{differ.size} of {a.size} values are not bit-identical (max {np.abs(a - b).max():.2e})"
+
+
+def test_a_run_made_before_the_refactor_is_migrated(tmp_path):
+    """A finished run in the old layout (execution knobs under ``train``, no task.json): analysis warns
+    and uses curve minima; re-running the same command records task.json without retraining."""
+    import shutil
+
+    import yaml
+
+    from emergelab.analysis.runs import analyze_runs
+    from emergelab.store import connect
+
+    case = CASES["linear-map-ensemble"]
+    config = ExperimentConfig.from_saved(case["config"])
+    run = train(config, tmp_path / "old", progress=False)
+    old = {**yaml.safe_load(run.config_path.read_text())}
+    execution = old.pop("execution")
+    execution.pop("threads")  # the pre-refactor layout: execution knobs under train, no threads
+    old["train"].update(execution)
+    run.config_path.write_text(yaml.safe_dump(old))
+    run.task_path.unlink()
+    shutil.copy(FIXTURES / "linear-map-ensemble.parquet", run.metrics_path)
+    with pytest.warns(UserWarning, match="no task.json"):
+        analyze_runs(connect(run.path))
+    before = run.metrics_path.read_bytes()
+    again = train(ExperimentConfig.from_run(run), run.path, progress=False)
+    assert again.metrics_path.read_bytes() == before  # nothing retrained
+    assert json.loads(run.task_path.read_text())["output_optima"] == [0.0] * 6
+    assert ExperimentConfig.from_run(run).science_key() == case["hash"]

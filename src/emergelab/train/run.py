@@ -96,6 +96,7 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
     run = RunDir(out)
     if run.is_complete():
         _check_same(run, config)
+        _record_task(run, config)
         return run, None
     with locked(run.state_dir / "prepare.lock"):
         if run.config_path.exists():
@@ -103,9 +104,14 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
         else:
             run.path.mkdir(parents=True, exist_ok=True)
             run.write_config(config.to_dict())
-        if run.task_info() is None:  # also fills in runs made before task.json existed
-            run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
+        _record_task(run, config)
         return run, _load_or_make_plan(run, config)
+
+
+def _record_task(run: RunDir, config: ExperimentConfig) -> None:
+    """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it)."""
+    if run.task_info() is None:
+        run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
 
 
 def _check_same(run: RunDir, config: ExperimentConfig) -> None:
