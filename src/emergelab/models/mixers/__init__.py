@@ -1,0 +1,11 @@
+"""Alternative sequence mixers behind the model contract: the transformer's residual stack with another
+mixer in place of attention (derivations and what plays attention's role: README.md in this folder)."""
+
+from .common import MixerConfig, MixerModel
+from .lru import LRU, LRUConfig
+from .mamba import Mamba, MambaConfig
+from .mlp_mixer import MLPMixer, MLPMixerConfig
+
+MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig]
+
+__all__ = ["LRU", "LRUConfig", "MIXER_CONFIGS", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
