@@ -2,10 +2,11 @@
 mixer in place of attention (derivations and what plays attention's role: README.md in this folder)."""
 
 from .common import MixerConfig, MixerModel
+from .gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
 from .lru import LRU, LRUConfig
 from .mamba import Mamba, MambaConfig
 from .mlp_mixer import MLPMixer, MLPMixerConfig
 
-MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig]
+MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig, GatedDeltaNetConfig]
 
-__all__ = ["LRU", "LRUConfig", "MIXER_CONFIGS", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "LRU", "LRUConfig", "MIXER_CONFIGS", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
