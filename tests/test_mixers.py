@@ -270,3 +270,14 @@ def test_gated_delta_rule_chunk_and_matrix_equal_the_recurrence(length, chunk):
         return torch.einsum("nhts,nshv->nthv", gated_delta_rule_matrix(q, k, gl, beta), v)
 
     _check_same(via_matrix, gated_delta_rule_naive, [q, k, v, gl, beta])
+
+
+@pytest.mark.parametrize("length", [1, 13, 63])
+def test_mlstm_parallel_equals_the_stabilised_recurrence(length):
+    from emergelab.models.mixers.mlstm import mlstm_parallel, mlstm_recurrent
+
+    g = torch.Generator().manual_seed(length)
+    f64 = dict(generator=g, dtype=torch.float64)
+    q, k, v = (torch.randn(2, 3, length, 5, **f64) for _ in range(3))
+    i_pre, f_pre = torch.randn(2, 3, length, **f64) * 3, torch.randn(2, 3, length, **f64) * 3 + 2
+    _check_same(mlstm_parallel, mlstm_recurrent, [q, k, v, i_pre, f_pre])

@@ -5,8 +5,9 @@ from .common import MixerConfig, MixerModel
 from .gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
 from .lru import LRU, LRUConfig
 from .mamba import Mamba, MambaConfig
+from .mlstm import MLSTM, MLSTMConfig
 from .mlp_mixer import MLPMixer, MLPMixerConfig
 
-MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig, GatedDeltaNetConfig]
+MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig, GatedDeltaNetConfig, MLSTMConfig]
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "LRU", "LRUConfig", "MIXER_CONFIGS", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "LRU", "LRUConfig", "MIXER_CONFIGS", "MLSTM", "MLSTMConfig", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
