@@ -7,14 +7,16 @@ outputs and gradients within a relative error of 1e-5:
                    flash-linear-attention's ``fla/ops/gated_delta_rule/naive.py`` (loaded by file path:
                    the package's triton kernels are never imported);
 * mlstm          - ``mlstm_kernels``' native parallel forward (``torch/parallel/native/fw.py``, by path);
-* rwkv7          - flash-linear-attention's ``fla/ops/generalized_delta_rule/dplr/naive.py`` (by path);
+* rwkv7          - the kernel only, against flash-linear-attention's
+                   ``fla/ops/generalized_delta_rule/dplr/naive.py`` (by path); no CPU reference exists for
+                   the whole time-mixing layer (FLA's needs triton, BlinkDL's CUDA);
 * lru            - no CPU reference package exists: the published equations (Orvieto et al. 2023,
                    appendix A) written out as a complex loop here;
 * mlp_mixer      - no reference package: the definition written out as a loop here.
 
 Each reference package is optional (``pytest.importorskip``); install with
-``pip install transformers mambapy fla-core einops mlstm_kernels`` (``fla-core`` and ``mlstm_kernels``
-with ``--no-deps``: only their plain-PyTorch files are read).
+``pip install transformers mambapy fla-core einops mlstm_kernels`` (the ``dev`` extra); only the
+plain-PyTorch files of fla-core and mlstm_kernels are read, never their triton kernels.
 """
 
 from __future__ import annotations
@@ -296,3 +298,39 @@ def test_mlstm_matches_mlstm_kernels_native_parallel_forward(length):
         assert rel_err(out, out_ref) < REL_TOL
         for i, (a, b) in enumerate(zip(grads, grads_ref)):
             assert rel_err(a, b) < REL_TOL, i
+
+
+# ----------------------------------------------------------------------------------------- rwkv7
+@pytest.mark.parametrize("length", [13, 63])
+def test_rwkv7_kernel_matches_fla_dplr_naive_recurrence(length):
+    """RWKV-7's state update is FLA's DPLR recurrence ``S = S diag(exp(gk)) + beta alpha^T S + k v^T`` in
+    key-major layout, with alpha = -kk, beta = kk * a, gk = log w; FLA scales q by 1/sqrt(N), RWKV does
+    not (so r is passed times sqrt(N))."""
+    from emergelab.models.mixers.rwkv7 import rwkv7_pattern, rwkv7_recurrent
+
+    pytest.importorskip("einops")
+    dplr = load_file_function("fla", "ops/generalized_delta_rule/dplr/naive.py", "dplr_recurrence")
+    g = torch.Generator().manual_seed(length)
+    N = 5
+    r, k, v = (torch.randn(2, length, 3, N, generator=g) for _ in range(3))
+    log_w = -torch.rand(2, length, 3, N, generator=g) * 0.6
+    kk = torch.nn.functional.normalize(torch.randn(2, length, 3, N, generator=g), dim=-1)
+    lr = torch.rand(2, length, 3, N, generator=g)
+    inputs = [r, k, v, log_w, kk, lr]
+
+    def reference(r, k, v, log_w, kk, lr):
+        bhtn = lambda t: t.transpose(1, 2)  # noqa: E731  [M, T, H, N] -> [M, H, T, N]
+        o, _ = dplr(bhtn(r) * math.sqrt(N), bhtn(k), bhtn(v), bhtn(-kk), bhtn(kk * lr), bhtn(log_w))
+        return o.transpose(1, 2)
+
+    out_ref, grads_ref = _run_with_grads(reference, inputs)
+    ours = {
+        "recurrent": lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
+        "pattern": lambda r, k, v, log_w, kk, lr: torch.einsum(
+            "mhts,mshn->mthn", rwkv7_pattern(r, k, log_w, -kk, kk * lr), v),
+    }
+    for name, fn in ours.items():
+        out, grads = _run_with_grads(fn, inputs)
+        assert rel_err(out, out_ref) < REL_TOL, name
+        for i, (a, b) in enumerate(zip(grads, grads_ref)):
+            assert rel_err(a, b) < REL_TOL, (name, i)

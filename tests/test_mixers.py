@@ -281,3 +281,21 @@ def test_mlstm_parallel_equals_the_stabilised_recurrence(length):
     q, k, v = (torch.randn(2, 3, length, 5, **f64) for _ in range(3))
     i_pre, f_pre = torch.randn(2, 3, length, **f64) * 3, torch.randn(2, 3, length, **f64) * 3 + 2
     _check_same(mlstm_parallel, mlstm_recurrent, [q, k, v, i_pre, f_pre])
+
+
+@pytest.mark.parametrize("length", [1, 13])
+def test_rwkv7_pattern_equals_the_recurrence(length):
+    from emergelab.models.mixers.rwkv7 import rwkv7_pattern, rwkv7_recurrent
+
+    g = torch.Generator().manual_seed(length)
+    f64 = dict(generator=g, dtype=torch.float64)
+    r, k, v = (torch.randn(2, length, 3, 5, **f64) for _ in range(3))
+    log_w = -torch.rand(2, length, 3, 5, **f64) * 0.6
+    kk = torch.nn.functional.normalize(torch.randn(2, length, 3, 5, **f64), dim=-1)
+    lr = torch.rand(2, length, 3, 5, **f64)
+
+    def via_pattern(r, k, v, log_w, kk, lr):
+        return torch.einsum("mhts,mshn->mthn", rwkv7_pattern(r, k, log_w, -kk, kk * lr), v)
+
+    _check_same(via_pattern, lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
+                [r, k, v, log_w, kk, lr])

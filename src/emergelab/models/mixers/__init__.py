@@ -7,7 +7,8 @@ from .lru import LRU, LRUConfig
 from .mamba import Mamba, MambaConfig
 from .mlstm import MLSTM, MLSTMConfig
 from .mlp_mixer import MLPMixer, MLPMixerConfig
+from .rwkv7 import RWKV7, RWKV7Config
 
-MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig, GatedDeltaNetConfig, MLSTMConfig]
+MIXER_CONFIGS = [MLPMixerConfig, LRUConfig, MambaConfig, GatedDeltaNetConfig, MLSTMConfig, RWKV7Config]
 
-__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "LRU", "LRUConfig", "MIXER_CONFIGS", "MLSTM", "MLSTMConfig", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel"]
+__all__ = ["GatedDeltaNet", "GatedDeltaNetConfig", "LRU", "LRUConfig", "MIXER_CONFIGS", "MLSTM", "MLSTMConfig", "Mamba", "MambaConfig", "MLPMixer", "MLPMixerConfig", "MixerConfig", "MixerModel", "RWKV7", "RWKV7Config"]
