@@ -9,7 +9,10 @@ from .base import Init, ModelConfig, SequenceModel, constant, normal, ones, zero
 from .hooks import HookedModule, HookPoint
 from .transformer import Transformer, TransformerConfig
 
+from .mixers import MIXER_CONFIGS
+
 MODELS: dict[str, type] = {TransformerConfig.name: TransformerConfig}
+MODELS.update({config_class.name: config_class for config_class in MIXER_CONFIGS})
 
 
 def register_model(config_class: type) -> type:

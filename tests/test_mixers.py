@@ -1,0 +1,301 @@
+"""Alternative sequence mixers behind the model contract: every mixer model meets the same checks
+(parameter count, ensemble == single model, causality, fast path == observed path, hooks fire and patch,
+config errors), and every fast kernel equals its step-by-step reference in float64, outputs and
+gradients, at odd shapes. Comparisons with the field's reference implementations are in
+``tests/test_mixer_references.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emergelab.config import ConfigError
+from emergelab.models import MODELS
+from emergelab.models.mixers import MIXER_CONFIGS
+from emergelab.models.mixers.common import causal_conv1d, diag_scan, diag_scan_naive
+from emergelab.models.mixers.gated_deltanet import (gated_delta_rule_chunk, gated_delta_rule_matrix,
+                                                    gated_delta_rule_naive, l2norm)
+from emergelab.models.mixers.mamba import selective_kernel, selective_scan, selective_scan_naive
+from emergelab.models.mixers.mlp_mixer import token_mix, token_mix_naive
+
+REL_TOL = 1e-5  # float32 vs float32 of the same quantity
+REL_TOL_64 = 1e-10  # float64 fast form vs float64 reference
+T, B, CTX, V = 13, 3, 16, 5
+
+# Small configs at odd sizes; init_std large so mixing is far from trivial and errors show.
+SMALL = {
+    "mlp_mixer": dict(d_model=9, heads=3),
+    "lru": dict(d_model=9, state_size=7),
+    "mamba": dict(d_model=9, state_size=5, expand=2, conv_size=3, dt_rank=3),
+    "gated_deltanet": dict(d_model=9, heads=3, head_dim=5, expand_v=1, conv_size=3),
+    "mlstm": dict(d_model=9, heads=3, head_dim=5),
+    "rwkv7": dict(d_model=9, heads=3, low_rank=4),
+}
+NAMES = [c.name for c in MIXER_CONFIGS]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    denom = b.norm().item()
+    return (a - b).norm().item() / denom if denom > 0 else (a - b).norm().item()
+
+
+def make_config(name: str, layers: int = 2, mlp_ratio: float = 2.0, init_std: float = 0.3):
+    return MODELS[name](layers=layers, mlp_ratio=mlp_ratio, init_std=init_std, **SMALL[name]).resolved(V, CTX)
+
+
+def tokens(n_models: int | None, seed: int = 0, length: int = T) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, length) if n_models is None else (n_models, B, length)
+    return torch.randint(0, V, shape, generator=g)
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+# ----------------------------------------------------------------------------------------- contract
+def test_every_mixer_is_registered():
+    for name in ("mlp_mixer", "lru", "mamba", "gated_deltanet"):
+        assert name in MODELS
+    assert set(NAMES) <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("mlp_ratio", [2.0, 0.0])
+def test_parameter_count_is_exact(name, mlp_ratio):
+    config = make_config(name, mlp_ratio=mlp_ratio)
+    model = config.build(n_models=2, seeds=[0, 1])
+    assert sum(p[0].numel() for p in model.parameters()) == config.n_params()
+    assert all(p.shape[0] == 2 for p in model.parameters())  # every parameter has the member dim
+    assert config.flops_per_token() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ensemble_member_equals_single_model(name):
+    config = make_config(name, init_std=0.02)  # the default init; batched float32 rounding stays < 1e-6
+    seeds = [11, 22, 33]
+    ensemble = config.build(n_models=3, seeds=seeds)
+    x = tokens(3)
+    out = ensemble(x)
+    for e, seed in enumerate(seeds):
+        single = config.build(n_models=1, seeds=[seed])
+        for (n, p), (_, q) in zip(ensemble.named_parameters(), single.named_parameters()):
+            assert torch.equal(p[e], q[0]), n
+        assert (out[e] - single(x[e])).abs().max().item() < 1e-6
+        assert (ensemble.member(e)(x[e]) - out[e]).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("observed", [False, True])
+def test_changing_a_token_never_changes_earlier_outputs(name, observed):
+    model = make_config(name).build(n_models=2, seeds=[3, 4]).double()
+    x = tokens(2, length=CTX)
+    with torch.no_grad():
+        for t in (0, 5, CTX - 1):
+            x2 = x.clone()
+            x2[..., t] = (x2[..., t] + 1) % V
+            if observed:
+                with model.observing():
+                    a, b = model(x), model(x2)
+            else:
+                a, b = model(x), model(x2)
+            assert torch.equal(a[..., :t, :], b[..., :t, :]), t
+            assert not torch.equal(a[..., t, :], b[..., t, :])  # the token itself is seen
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_path_equals_observed_path_outputs_and_gradients(name):
+    model = make_config(name).build(n_models=2, seeds=[5, 6])
+    x = tokens(2)
+    w = torch.randn(2, B, T, V, generator=torch.Generator().manual_seed(9))
+    (model(x) * w).sum().backward()
+    fast_out, fast_grads = model(x).detach(), grads(model)
+    model.zero_grad()
+    with model.observing():
+        out = model(x)
+        (out * w).sum().backward()
+    assert rel_err(out, fast_out) < REL_TOL
+    for n, g in grads(model).items():
+        assert rel_err(g, fast_grads[n]) < REL_TOL, n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_hook_fires_and_writing_to_it_changes_the_output(name):
+    model = make_config(name).build(n_models=2, seeds=[1, 2])
+    x = tokens(2)
+    base, cache = model.run_with_cache(x)
+    assert set(cache) == set(model.hook_dict)  # every declared hook fires
+    for hook_name, act in cache.items():
+        assert act.shape[:2] == (2, B), hook_name  # [E, B, ...]
+    for hook_name in model.hook_dict:
+        if ".mixer." not in hook_name:
+            continue
+        patched = model.run_with_hooks(x, fwd_hooks=[(hook_name, lambda t, hook: t * 1.5 + 0.1)])
+        assert not torch.allclose(patched, base), hook_name
+    single, cache1 = make_config(name).build(1, [1]).run_with_cache(x[0])
+    assert all(cache1[n].shape == cache[n].shape[1:] for n in cache)  # a single model drops E
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "lru"])
+def test_pattern_is_refused_on_the_fast_path_and_is_lower_triangular(name):
+    model = make_config(name).build(n_models=2, seeds=[1, 2])
+    x = tokens(2)
+    with pytest.raises(RuntimeError, match="fast path"), model.hooks([("blocks.0.mixer.hook_pattern", lambda t, h: None)]):
+        model(x)
+    _, cache = model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
+    pattern = cache["blocks.1.mixer.hook_pattern"]  # [E, B, heads or channels, Tq, Tk]
+    assert pattern.shape[0] == 2 and pattern.shape[1] == B and pattern.shape[-2:] == (T, T)
+    assert torch.equal(pattern, pattern.tril())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_few_steps_of_training_lower_the_loss(name):
+    torch.manual_seed(0)
+    model = make_config(name, init_std=0.02).build(n_models=2, seeds=[0, 1])
+    x = tokens(2, length=CTX)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        logits = model(x[..., :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), x[..., 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("mlp_mixer", "heads", 4), ("mlp_mixer", "d_model", 0), ("lru", "r_min", 0.995), ("lru", "state_size", 0),
+    ("mamba", "dt_rank", 0), ("mamba", "dt_min", -1.0), ("gated_deltanet", "conv_size", -1),
+    ("gated_deltanet", "head_dim", 1.5), ("mlstm", "heads", 0), ("rwkv7", "low_rank", 0),
+])
+def test_bad_config_raises_one_line_error_naming_the_field(name, field, value):
+    if name not in MODELS:
+        pytest.skip(f"{name} not built")
+    kwargs = dict(SMALL[name])
+    kwargs[field] = value
+    with pytest.raises(ConfigError, match=rf"^model\.{field}=") as info:
+        MODELS[name](**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_unresolved_config_is_rejected():
+    with pytest.raises(ConfigError, match="vocab_size"):
+        MODELS["lru"]().build()
+
+
+# ----------------------------------------------------------------------------------------- kernels
+def _check_same(fast_fn, ref_fn, inputs: list[torch.Tensor], tol: float = REL_TOL_64):
+    """Outputs and every input gradient of fast_fn and ref_fn agree (float64)."""
+    ins_a = [t.detach().clone().requires_grad_(t.is_floating_point() or t.is_complex()) for t in inputs]
+    ins_b = [t.detach().clone().requires_grad_(t.is_floating_point() or t.is_complex()) for t in inputs]
+    a, b = fast_fn(*ins_a), ref_fn(*ins_b)
+    assert rel_err(torch.view_as_real(a) if a.is_complex() else a,
+                   torch.view_as_real(b) if b.is_complex() else b) < tol
+    w = torch.randn(a.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (a.real * w).sum().backward()
+    (b.real * w).sum().backward()
+    for i, (x, y) in enumerate(zip(ins_a, ins_b)):
+        # an input that cannot affect the output (a_0 in a scan) may get no gradient at all: zero
+        gx, gy = (t.grad if t.grad is not None else torch.zeros_like(t) for t in (x, y))
+        gx, gy = (torch.view_as_real(g) if g.is_complex() else g for g in (gx, gy))
+        assert rel_err(gx, gy) < tol, f"gradient of input {i}"
+
+
+@pytest.mark.parametrize("length", [1, 13, 63])
+@pytest.mark.parametrize("complex_", [False, True])
+def test_diag_scan_equals_step_by_step_recurrence(length, complex_):
+    g = torch.Generator().manual_seed(length)
+    shape = (2, 3, length, 7)
+    if complex_:
+        a = torch.polar(torch.rand(shape, generator=g, dtype=torch.float64),
+                        torch.rand(shape, generator=g, dtype=torch.float64) * 6)
+        b = torch.complex(torch.randn(shape, generator=g, dtype=torch.float64),
+                          torch.randn(shape, generator=g, dtype=torch.float64))
+    else:
+        a, b = torch.rand(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    _check_same(diag_scan, diag_scan_naive, [a, b])
+
+
+def test_causal_conv1d_equals_torch_conv1d_per_member():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 3, 13, 5, generator=g), torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, generator=g)
+    y = causal_conv1d(x, w, b)
+    for e in range(2):
+        conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3)
+        conv.weight.data, conv.bias.data = w[e][:, None, :], b[e]
+        ref = conv(x[e].transpose(1, 2))[..., :13].transpose(1, 2)
+        assert rel_err(y[e], ref) < REL_TOL
+
+
+@pytest.mark.parametrize("length", [1, 13])
+def test_token_mix_equals_position_loop(length):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, length, 3, 5, generator=g, dtype=torch.float64)
+    w, b = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64), torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    _check_same(token_mix, token_mix_naive, [x, w, b])
+
+
+@pytest.mark.parametrize("length", [1, 13, 63])
+def test_selective_scan_and_its_kernel_equal_the_recurrence(length):
+    g = torch.Generator().manual_seed(length)
+    E, b, I, N = 2, 3, 5, 7
+    f64 = dict(generator=g, dtype=torch.float64)
+    x, dt = torch.randn(E, b, length, I, **f64), torch.rand(E, b, length, I, **f64)
+    A, Bm, C, D = -torch.rand(E, I, N, **f64) * 3, torch.randn(E, b, length, N, **f64), \
+        torch.randn(E, b, length, N, **f64), torch.randn(E, I, **f64)
+    _check_same(selective_scan, selective_scan_naive, [x, dt, A, Bm, C, D])
+
+    def via_kernel(x, dt, A, Bm, C, D):
+        return torch.einsum("ebits,ebsi->ebti", selective_kernel(dt, A, Bm, C), x) + D[:, None, None] * x
+
+    _check_same(via_kernel, selective_scan_naive, [x, dt, A, Bm, C, D])
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 16), (13, 4), (63, 16), (63, 64)])
+def test_gated_delta_rule_chunk_and_matrix_equal_the_recurrence(length, chunk):
+    g = torch.Generator().manual_seed(length)
+    N, H, Dk, Dv = 2, 3, 5, 7
+    f64 = dict(generator=g, dtype=torch.float64)
+    q, k = l2norm(torch.randn(N, length, H, Dk, **f64)), l2norm(torch.randn(N, length, H, Dk, **f64))
+    v, gl, beta = torch.randn(N, length, H, Dv, **f64), -torch.rand(N, length, H, **f64), torch.rand(N, length, H, **f64)
+    _check_same(lambda *a: gated_delta_rule_chunk(*a, chunk=chunk), gated_delta_rule_naive, [q, k, v, gl, beta])
+
+    def via_matrix(q, k, v, gl, beta):
+        return torch.einsum("nhts,nshv->nthv", gated_delta_rule_matrix(q, k, gl, beta), v)
+
+    _check_same(via_matrix, gated_delta_rule_naive, [q, k, v, gl, beta])
+
+
+@pytest.mark.parametrize("length", [1, 13, 63])
+def test_mlstm_parallel_equals_the_stabilised_recurrence(length):
+    from emergelab.models.mixers.mlstm import mlstm_parallel, mlstm_recurrent
+
+    g = torch.Generator().manual_seed(length)
+    f64 = dict(generator=g, dtype=torch.float64)
+    q, k, v = (torch.randn(2, 3, length, 5, **f64) for _ in range(3))
+    i_pre, f_pre = torch.randn(2, 3, length, **f64) * 3, torch.randn(2, 3, length, **f64) * 3 + 2
+    _check_same(mlstm_parallel, mlstm_recurrent, [q, k, v, i_pre, f_pre])
+
+
+@pytest.mark.parametrize("length", [1, 13])
+def test_rwkv7_pattern_equals_the_recurrence(length):
+    from emergelab.models.mixers.rwkv7 import rwkv7_pattern, rwkv7_recurrent
+
+    g = torch.Generator().manual_seed(length)
+    f64 = dict(generator=g, dtype=torch.float64)
+    r, k, v = (torch.randn(2, length, 3, 5, **f64) for _ in range(3))
+    log_w = -torch.rand(2, length, 3, 5, **f64) * 0.6
+    kk = torch.nn.functional.normalize(torch.randn(2, length, 3, 5, **f64), dim=-1)
+    lr = torch.rand(2, length, 3, 5, **f64)
+
+    def via_pattern(r, k, v, log_w, kk, lr):
+        return torch.einsum("mhts,mshn->mthn", rwkv7_pattern(r, k, log_w, -kk, kk * lr), v)
+
+    _check_same(via_pattern, lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
+                [r, k, v, log_w, kk, lr])

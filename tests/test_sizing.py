@@ -1,0 +1,29 @@
+"""match_params picks the d_model whose parameter count is closest to a target."""
+
+import pytest
+
+from emergelab.config import ConfigError
+from emergelab.models import MODELS
+from emergelab.models.sizing import match_params
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("target", [5_000, 60_000])
+def test_match_params_is_closest_over_d_model(name, target):
+    fields = {"layers": 2}
+    config = match_params(MODELS[name], target, vocab_size=7, context_length=32, **fields)
+    gap = abs(config.n_params() - target)
+    for d in range(max(1, config.d_model - 8), config.d_model + 9):  # no neighbour is closer
+        try:
+            other = MODELS[name](**fields, d_model=d).resolved(7, 32)
+        except ConfigError:
+            continue
+        assert abs(other.n_params() - target) >= gap
+    assert config.vocab_size == 7 and config.context_length == 32
+
+
+def test_match_params_respects_divisibility_and_reports_impossible_requests():
+    config = match_params(MODELS["mlp_mixer"], 20_000, 7, 32, heads=5)
+    assert config.d_model % 5 == 0
+    with pytest.raises(ConfigError, match="model.d_model"):
+        match_params(MODELS["mlp_mixer"], 20_000, 7, 32, max_d_model=3, heads=5)
