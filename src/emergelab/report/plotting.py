@@ -39,11 +39,13 @@ def describe(config: Any, sep: str = " | ") -> str:
 
     task, model, train = config.task, config.model, config.train
     what = task.build(make_generator(0)).describe()
-    mlp = f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP"
+    parts = [] if model.name == "transformer" else [model.name]
     n_layers = getattr(model, "layers", None)
-    layers = "" if n_layers is None else f"{n_layers} layer" + ("s" if n_layers > 1 else "") + ", "
-    if hasattr(model, "heads"):
-        arch = f"{layers}{model.heads} heads, head_dim {model.head_dim}, d_model {model.width}, {mlp}"
-    else:
-        arch = f"{model.name}: {layers}width {getattr(model, 'width', '?')}, {mlp}, {model.n_params()} parameters"
+    if n_layers is not None:
+        parts.append(f"{n_layers} layer" + ("s" if n_layers > 1 else ""))
+    for field, label in (("heads", "heads"), ("head_dim", "head_dim"), ("width", "d_model")):
+        if getattr(model, field, None) is not None:
+            parts.append(f"{getattr(model, field)} {label}" if field == "heads" else f"{label} {getattr(model, field)}")
+    parts.append(f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP")
+    arch = ", ".join(parts)
     return sep.join([what, arch, f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])
