@@ -119,7 +119,8 @@ def experiment(size: str, seeds: int, device: str):
     from emergelab.train import ExperimentConfig
 
     data = preset_dict(SIZES[size])
-    data["train"] = {**data["train"], "seeds": seeds, "steps": 10 ** 9, "device": device}
+    data["train"] = {**data["train"], "seeds": seeds, "steps": 10 ** 9}
+    data["execution"] = {"device": device}
     return ExperimentConfig.from_dict(data).resolved()
 
 

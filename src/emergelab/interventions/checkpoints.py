@@ -128,7 +128,7 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     """``(task, tokens [n, L])``: seed ``seed``'s task (its own ground truth) and ``n`` sequences of its eval
     stream, drawn as training drew them (``n = train.eval_batch_size`` gives the probe's batch).
 
-    The generators live on ``train.device`` as in training (a CUDA generator draws other numbers than a
+    The generators live on ``execution.device`` as in training (a CUDA generator draws other numbers than a
     CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
     """
     device = torch.device(config.execution.device)
