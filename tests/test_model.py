@@ -66,7 +66,9 @@ def forward_and_grads(model: Transformer, tokens: torch.Tensor, bias: torch.Tens
     if manual:
         logits = model.run_with_hooks(tokens, attn_bias=bias, fwd_hooks=[(is_pattern, observe)])
     else:
+        model.use_fused_attention(True)  # SDPA, also on a CPU
         logits = model(tokens, attn_bias=bias)
+        model.use_fused_attention(None)
     weights = torch.linspace(-1.0, 1.0, logits.numel()).reshape(logits.shape)
     (logits * weights).sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -100,9 +102,12 @@ def test_manual_attention_matches_sdpa_outputs_and_gradients(n_models, mlp_ratio
 
 
 def test_attention_path_is_chosen_explicitly_never_by_hooks(monkeypatch):
-    """model(...) takes SDPA in every layer; run_with_hooks / run_with_cache / observing() take the
-    reference path in every layer, whatever is hooked; hooking the pattern on the fast path is an error."""
+    """With fused attention on, model(...) takes SDPA in every layer; run_with_hooks / run_with_cache /
+    observing() materialise every layer, whatever is hooked; hooking the pattern of fused attention is an
+    error. On a CPU the default is the materialised path (no SDPA at all)."""
     model = Transformer(make_config(), n_models=1)
+    model(make_tokens(1, single=True))  # default on a CPU: materialised
+    model.use_fused_attention(True)
     tokens = make_tokens(1, single=True)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -127,7 +132,7 @@ def test_attention_path_is_chosen_explicitly_never_by_hooks(monkeypatch):
     model(tokens)
     assert len(calls) == 2  # the scope restored the fast path
     with model.hooks([("blocks.0.attn.hook_pattern", observe)]):
-        with pytest.raises(RuntimeError, match="not computed on the fast attention path"):
+        with pytest.raises(RuntimeError, match="not computed by fused attention"):
             model(tokens)
 
 

@@ -19,6 +19,32 @@ from .base import Init, SequenceModel, normal, ones, zeros
 from .hooks import HookPoint
 
 
+class RowSoftmax(torch.autograd.Function):
+    """Softmax over the last dimension from elementwise ops and last-dim sums, forward and backward.
+
+    Same values as ``torch.softmax`` up to rounding, but every row is computed alike whatever the batch
+    size or the thread count: ``torch.softmax``'s CPU backward groups rows into thread-sized chunks, so
+    there a row's bits depend on the threads (and through the batch, on the other members). Forward
+    ``p = exp(s - max) / sum``; backward ``p * (g - sum(g * p))``. ``tests/test_determinism.py``."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor) -> torch.Tensor:
+        e = (scores - scores.amax(-1, keepdim=True)).exp_()
+        p = e.div_(e.sum(-1, keepdim=True))
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (p,) = ctx.saved_tensors
+        return p * (grad - (grad * p).sum(-1, keepdim=True))
+
+
+def row_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension whose bits do not depend on batch size or threads."""
+    return RowSoftmax.apply(scores)
+
+
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``."""
     E, out = weight.shape[0], weight.shape[-1]

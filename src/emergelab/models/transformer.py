@@ -3,15 +3,20 @@
 Every parameter has a leading member dimension ``E``; see ``models.base`` for the contract and
 ``models.hooks`` for the hook layout (a single model's hooks have TransformerLens' shapes).
 
-Two attention paths, chosen explicitly (like nanoGPT's ``self.flash``), never by whether a hook is
-attached:
+Two attention implementations, chosen explicitly (like nanoGPT's ``self.flash``), never by whether a
+hook is attached:
 
-* the **fast** path (``model(tokens)``): ``scaled_dot_product_attention``; scores and pattern are not
-  materialised, so ``hook_attn_scores`` / ``hook_pattern`` cannot be hooked there (an error says so);
-* the **reference** path (inside ``model.observing()``, which ``run_with_cache`` and ``run_with_hooks``
-  always use): scores and pattern are materialised in every layer and hookable.
+* **materialised**: ``softmax(q k^T / sqrt(D) + bias) v`` with batched matmuls and :func:`row_softmax`;
+  scores and pattern exist and are hookable. Its bits for one member do not depend on the other
+  members, the batch size or the thread count (``tests/test_determinism.py``), and at the paper's short
+  sequences it is also the faster one on a CPU (``shared/notes/step-profile.md``);
+* **fused**: ``scaled_dot_product_attention`` (flash kernels on a GPU); scores and pattern are never
+  formed, so hooking them there is an error.
 
-The two agree to float rounding (``tests/test_model.py`` compares outputs and gradients).
+``Attention.fused`` chooses: None (default) fuses on CUDA only; ``model.use_fused_attention(flag)``
+sets it for every layer. ``model.observing()`` (which ``run_with_cache`` and ``run_with_hooks`` always
+use) materialises every layer whatever the setting. The two agree to float rounding
+(``tests/test_model.py`` compares outputs and gradients).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 from ..config import require_float, require_int
 from .base import Init, normal, zeros
 from .hooks import HookPoint
-from .layers import ResidualModel, member_linear
+from .layers import ResidualModel, member_linear, row_softmax
 
 
 @dataclass(frozen=True)
@@ -91,13 +96,15 @@ class TransformerConfig:
 
 
 class Attention(nn.Module):
-    """Causal multi-head attention for ``E`` members. ``materialize`` selects the reference path."""
+    """Causal multi-head attention for ``E`` members. ``materialize`` forces the materialised path
+    (set by ``observing()``); ``fused``: None = SDPA on CUDA only, True / False = always / never."""
 
     def __init__(self, n_models: int, config: TransformerConfig, out_std: float):
         super().__init__()
         d, H, D = config.width, config.heads, config.head_dim
         self.heads, self.head_dim = H, D
         self.materialize = False
+        self.fused: bool | None = None
         self.W_QKV = nn.Parameter(torch.empty(n_models, d, 3 * H * D))
         self.b_QKV = nn.Parameter(torch.zeros(n_models, 3 * H * D))
         self.W_O = nn.Parameter(torch.empty(n_models, H * D, d))
@@ -127,12 +134,13 @@ class Attention(nn.Module):
             bias = attn_bias[..., :T, :T]
             bias = bias.unsqueeze(1) if bias.dim() == 4 else bias.expand(E, 1, H, T, T)
             bias = bias.expand(E, B, H, T, T).reshape(E * B, H, T, T)
-        if self.materialize:
+        fused = self.fused if self.fused is not None else x.is_cuda
+        if self.materialize or not fused:
             z = self._attend_observed(q, k, v, bias, E)
         else:
             if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
-                raise RuntimeError("hook_attn_scores / hook_pattern are not computed on the fast attention path: "
-                                   "use model.run_with_hooks / run_with_cache, or `with model.observing():`")
+                raise RuntimeError("hook_attn_scores / hook_pattern are not computed by fused attention: use "
+                                   "model.run_with_hooks / run_with_cache, or `with model.observing():`")
             if bias is None:
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
@@ -143,14 +151,14 @@ class Attention(nn.Module):
 
     def _attend_observed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                          E: int) -> torch.Tensor:
-        """The reference attention: scores and pattern are materialised and hookable."""
+        """The materialised attention: scores and pattern exist and are hookable."""
         EB, H, T, _ = q.shape
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [E*B, H, T, T]
         if bias is not None:
             scores = scores + bias
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~causal, float("-inf")).view(E, EB // E, H, T, T)
-        pattern = self.hook_pattern(torch.softmax(self.hook_attn_scores(scores), dim=-1))  # [E, B, H, T, T]
+        pattern = self.hook_pattern(row_softmax(self.hook_attn_scores(scores)))  # [E, B, H, T, T]
         return pattern.reshape(EB, H, T, T) @ v  # [E*B, H, T, D]
 
 
@@ -185,9 +193,14 @@ class Transformer(ResidualModel):
         """
         return super().forward(tokens, attn_bias=attn_bias)
 
+    def use_fused_attention(self, fused: bool | None) -> None:
+        """SDPA in every layer (True), the materialised attention (False), or SDPA on CUDA only (None)."""
+        for block in self.blocks:
+            block.attn.fused = fused
+
     @contextmanager
     def observing(self) -> Iterator[None]:
-        """Every layer takes the reference attention path (scores and pattern materialised) in the scope."""
+        """Every layer materialises its attention (scores and pattern hookable) in the scope."""
         attentions = [block.attn for block in self.blocks]
         before = [a.materialize for a in attentions]
         for a in attentions:

@@ -1,0 +1,100 @@
+"""Same config, same seed -> the same bits, however the work is executed.
+
+Seed ``i``'s metrics and checkpoints are bit-identical when it trains alone, in ensembles of other sizes
+and orders, in worker processes, and at 1 or 2 threads (the ops that broke this, and their fixes:
+``models/layers.py:RowSoftmax``, ``train/group.py:MemberAdamW`` and ``_clip_per_member``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emergelab.models import TransformerConfig
+from emergelab.train import ExperimentConfig, SeedGroup, train
+
+LINEAR = {"name": "linear-map", "state_size": 6, "sparsity": 3}
+CELLULAR = {"name": "cellular-automata", "state_size": 4, "trajectory_length": 4, "alphabet": 3}
+EXECUTIONS = {  # name: execution section
+    "all-at-once-1t": {"strategy": "ensemble", "threads": 1},
+    "all-at-once-2t": {"strategy": "ensemble", "threads": 2},
+    "alone-1t": {"strategy": "ensemble", "threads": 1, "seed_batch": 1},
+    "three-and-one-2t": {"strategy": "ensemble", "threads": 2, "seed_batch": 3},
+    "workers-2x1t": {"strategy": "workers", "workers": 2},
+}
+
+
+def config(task: dict, execution: dict, **train_fields) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({
+        "task": task, "model": {"layers": 2, "heads": 3, "head_dim": 4, "mlp_ratio": 2},
+        "train": {"steps": 40, "batch_size": 16, "lr": 0.02, "eval_every": 4, "eval_batch_size": 16, "seeds": 4,
+                  "checkpoints": 3, "attention_snapshots": 2, "grad_clip": 0.05, **train_fields},
+        "execution": execution})
+
+
+def checkpoints(path: Path) -> dict[str, dict[str, bytes]]:
+    """Every checkpoint's tensors as raw bytes (the files' JSON headers order their metadata at random)."""
+    return {str(p.relative_to(path)): {k: v.numpy().tobytes() for k, v in load_file(str(p)).items()}
+            for p in sorted((path / "checkpoints").rglob("*.safetensors"))}
+
+
+@pytest.mark.parametrize("task,bias", [(LINEAR, 0.0), (CELLULAR, 0.0), (LINEAR, 2.0)],
+                         ids=["linear-map", "cellular-automata", "linear-map-bias"])
+def test_every_execution_gives_the_same_bits(tmp_path, task, bias):
+    runs = {name: train(config(task, execution, bias_beta=bias), tmp_path / name, progress=False)
+            for name, execution in EXECUTIONS.items()}
+    reference = runs["all-at-once-1t"]
+    metrics, weights = reference.metrics(), checkpoints(reference.path)
+    loss = metrics.filter(pc.equal(metrics["metric"], "loss"))["value"].to_numpy()
+    assert loss.max() - loss.min() > 0.01  # the weights really moved
+    for name, run in runs.items():
+        assert run.metrics().equals(metrics), name
+        assert checkpoints(run.path) == weights, name
+        assert run.summary() == reference.summary(), name
+
+
+def test_member_steps_are_identical_at_every_step_in_any_group():
+    """Lock-step: after every optimizer step, member ``i``'s parameters equal seed ``i`` trained alone,
+    for groups of different sizes and orders, at 1 and 2 threads."""
+    cfg = config(LINEAR, {}, grad_clip=0.05).resolved()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = {s: SeedGroup(cfg, [s]) for s in (0, 1, 2)}
+        groups = []
+        for threads, seeds in ((1, [0, 1, 2]), (2, [2, 0]), (2, [1]), (1, [2, 1, 0, 3])):
+            groups.append((threads, SeedGroup(cfg, seeds)))
+        for step in range(12):
+            torch.set_num_threads(1)
+            for g in alone.values():
+                g._train_step()
+                g.step += 1
+            for threads, g in groups:
+                torch.set_num_threads(threads)
+                g._train_step()
+                g.step += 1
+                for e, seed in enumerate(g.seeds):
+                    if seed not in alone:
+                        continue
+                    ours, theirs = g.model.member_state_dict(e), alone[seed].model.member_state_dict(0)
+                    for key in ours:
+                        assert torch.equal(ours[key], theirs[key]), (step, threads, g.seeds, seed, key)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_materialised_and_fused_attention_agree_and_materialised_is_the_default_on_cpu():
+    cfg = TransformerConfig(layers=2, heads=3, head_dim=4, vocab_size=3, context_length=9).resolved(3, 9)
+    model = cfg.build(2, seeds=[1, 2])
+    tokens = torch.randint(0, 3, (2, 5, 9))
+    default = model(tokens)
+    with model.observing():
+        assert torch.equal(model(tokens), default)  # on a CPU the default is the materialised path
+    model.use_fused_attention(True)
+    fused = model(tokens)
+    assert not torch.equal(fused, default)  # really another kernel ...
+    torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)  # ... computing the same thing
