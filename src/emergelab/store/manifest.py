@@ -70,6 +70,7 @@ class Manifest:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.path = self.root / MANIFEST
+        self._cache: tuple[tuple[int, int, int], ManifestState] | None = None
 
     def relative(self, path: str | os.PathLike) -> str:
         return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))).as_posix()
@@ -90,8 +91,19 @@ class Manifest:
         self._append(_line({"p": self.relative(path), "del": True}))
 
     def read(self) -> ManifestState:
-        if not self.path.exists():
+        """The journal's current state (re-parsed only when the file changed since the last call)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return ManifestState({}, set(), [], False)
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        state = self._parse()
+        self._cache = (key, state)
+        return state
+
+    def _parse(self) -> ManifestState:
         entries: dict[str, Entry] = {}
         uncertain: set[str] = set()
         damaged: list[int] = []
