@@ -55,6 +55,7 @@ def test_a_run_made_before_the_refactor_is_migrated(tmp_path):
     old["train"].update(execution)
     run.config_path.write_text(yaml.safe_dump(old))
     run.task_path.unlink()
+    (run.path / "manifest.jsonl").unlink()  # nor a manifest of checksums
     shutil.copy(FIXTURES / "linear-map-ensemble.parquet", run.metrics_path)
     with pytest.warns(UserWarning, match="no task.json"):
         analyze_runs(connect(run.path))

@@ -1,6 +1,7 @@
 """The ``emergelab`` command. Thin: parses arguments, calls the library, prints.
 
-Every bad input exits with code 2 and one line naming the field and what is allowed, before any work.
+Every bad input exits with code 2 and one line naming the field and what is allowed, before any work;
+so does a damaged file of a run directory (one line: the file, the damage, what to do).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 from .config import ConfigError, field_names, parse_override
 from .store.locks import RunLockedError
+from .store.verify import CorruptFileError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
     patch.add_argument("--out", type=Path, help="output folder (default RUN/patching)")
 
+    check = sub.add_parser("check", help="verify every file of run directories (checksums, structure); "
+                                         "exit 0 when all are intact, 2 otherwise")
+    check.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
+                       help="run directories, or folders searched for runs")
+
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     return parser
 
@@ -118,7 +125,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         make_figures(run)
     print_summary(run)
+    _fail_on_problems(run.path)
     return 0
+
+
+def _fail_on_problems(path: Path) -> None:
+    """Raise CorruptFileError (one line: the first problem) when ``emergelab check`` would find any."""
+    from .store import check_run
+
+    problems, _ = check_run(path)
+    if problems:
+        more = f"`emergelab check {path}` lists all {len(problems)} problems" if len(problems) > 1 else ""
+        raise CorruptFileError(problems[0].path, problems[0].message, more)
 
 
 def print_summary(run: Any) -> None:
@@ -144,11 +162,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     run = RunDir(args.run_dir)
     if not run.config_path.exists():
+        if run.manifest.path.exists():
+            raise CorruptFileError(run.config_path, "missing (the run's manifest.jsonl records it)",
+                                   "it cannot be rebuilt: restore it from a backup")
         raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)")
     if not run.metrics_path.exists():
+        if run.summary_path.exists() or run.manifest.expected(run.metrics_path) is not None:
+            run.verify_metrics()  # raises: missing from a finished run
         raise ConfigError(f"{args.run_dir}: the run has no metrics.parquet yet; finish it with `emergelab run`")
     for path in make_figures(run):
         print(path)
+    _fail_on_problems(run.path)
     return 0
 
 
@@ -157,21 +181,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.runs import analyze_runs
     from .report.analysis_figures import make_analysis_figures
     from .report.tables import format_groups, format_positions, write_tables
-    from .store import connect, find_runs
+    from .store import RunDir, connect
+    from .store.query import finished_run_dirs
 
     for path in args.paths:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
-    runs = [run for path in args.paths for run in find_runs(path)]
-    if not runs:
-        raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
-                          f"{', '.join(map(str, args.paths))}")
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
-    con = connect(args.paths)
+    try:
+        con = connect(args.paths)  # damaged runs are left out with a warning
+    except FileNotFoundError:
+        raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
+                          f"{', '.join(map(str, args.paths))}") from None
+    runs = [RunDir(row[0]) for row in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
+    found = {str(r.path.resolve()) for p in args.paths for r in finished_run_dirs(p)}
     result = analyze_runs(con, by=by, solved_tol=args.solved_tol)
     if args.vs and args.vs not in result.groups.column_names:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
-    single = len(args.paths) == 1 and len({str(r.path.resolve()) for r in runs}) == 1
+    single = len(args.paths) == 1 and len(found) == 1
     out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
     heads = attribute_heads(con, emergence=(result.curves, result.jumps))
     print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "
@@ -196,6 +223,41 @@ def cmd_patch(args: argparse.Namespace) -> int:
     print(result.format())
     paths = write_patching(result, args.out) + write_patching_figures(result, args.out)
     print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .store import Problem, RunDir, check_run, find_run_dirs
+    from .train import ExperimentConfig
+
+    roots: list[Path] = []
+    for path in args.paths:
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or directory")
+        found = find_run_dirs(path)
+        if not found:
+            raise ConfigError(f"{path}: no run directories (config.yaml, manifest.jsonl or metrics.parquet) "
+                              "at or below it")
+        roots += [p for p in found if p not in roots]
+    total, damaged = 0, 0
+    for root in roots:
+        problems, notes = check_run(root)
+        run = RunDir(root)
+        if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
+            try:
+                ExperimentConfig.from_run(run)
+            except (ConfigError, CorruptFileError) as error:
+                problems.append(Problem(run.config_path, f"not a valid config ({error})"))
+        for note in notes:
+            print(f"note: {note}")
+        for problem in problems:
+            print(problem)
+        total += len(problems)
+        damaged += bool(problems)
+    if total:
+        print(f"checked {len(roots)} run(s): {total} problem(s) in {damaged} run(s)")
+        return 2
+    print(f"checked {len(roots)} run(s): every file is intact")
     return 0
 
 
@@ -226,13 +288,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
 COMMANDS["analyze"] = cmd_analyze
 COMMANDS["patch"] = cmd_patch
+COMMANDS["check"] = cmd_check
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except (ConfigError, RunLockedError) as error:
+    except (ConfigError, RunLockedError, CorruptFileError) as error:
         print(f"emergelab: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,9 +4,13 @@ Plain data in, plain data out: nothing here imports a model or the trainer."""
 
 from .atomic import atomic_write, write_parquet, write_safetensors, write_text
 from .locks import RunLockedError, locked
+from .manifest import MANIFEST, Manifest
 from .metrics import SCHEMA, MetricsBuffer, curve, sort_rows
 from .query import connect, find_runs
 from .rundir import RunDir
+from .verify import CorruptFileError, CorruptFileWarning, Problem, check_run, find_run_dirs
 
-__all__ = ["SCHEMA", "MetricsBuffer", "RunDir", "RunLockedError", "atomic_write", "connect", "curve",
-           "find_runs", "locked", "sort_rows", "write_parquet", "write_safetensors", "write_text"]
+__all__ = ["MANIFEST", "SCHEMA", "CorruptFileError", "CorruptFileWarning", "Manifest", "MetricsBuffer",
+           "Problem", "RunDir", "RunLockedError", "atomic_write", "check_run", "connect", "curve",
+           "find_run_dirs", "find_runs", "locked", "sort_rows", "write_parquet", "write_safetensors",
+           "write_text"]

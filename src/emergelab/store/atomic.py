@@ -1,6 +1,8 @@
 """Atomic writes: write to a temporary file beside the target, fsync, then rename over it.
 
 A reader never sees a half-written file: it sees the old complete file or the new complete one.
+Given a run's ``manifest`` (``store.manifest``), a writer records the new file's size and sha256 there
+after the rename.
 """
 
 from __future__ import annotations
@@ -8,16 +10,22 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
+from .manifest import sha256_file
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory, so atomic)."""
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], manifest: "Manifest | None" = None) -> Path:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory, so atomic); record the
+    file in ``manifest`` if given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,28 +34,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        recorded = sha256_file(tmp) if manifest is not None else None
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    if recorded is not None:
+        manifest.record(path, *recorded)
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
+def write_text(path: str | os.PathLike, text: str, manifest: "Manifest | None" = None) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, manifest)
 
 
-def write_parquet(path: str | os.PathLike, table: pa.Table) -> Path:
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+def write_parquet(path: str | os.PathLike, table: pa.Table, manifest: "Manifest | None" = None) -> Path:
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp), manifest)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                      metadata: dict[str, str] | None = None) -> Path:
+                      metadata: dict[str, str] | None = None, manifest: "Manifest | None" = None) -> Path:
     """Save CPU-contiguous copies of ``tensors`` (safetensors needs both) atomically."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata), manifest)

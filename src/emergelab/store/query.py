@@ -9,6 +9,7 @@ import duckdb
 import pyarrow as pa
 
 from .rundir import RunDir
+from .verify import CorruptFileError, find_run_dirs, warn
 
 
 def find_runs(path: str | Path) -> list[RunDir]:
@@ -28,6 +29,24 @@ def _flatten(prefix: str, data: dict, out: dict) -> None:
             out[name] = value if value is None or isinstance(value, (int, float, bool)) else str(value)
 
 
+def finished_run_dirs(path: str | Path) -> list[RunDir]:
+    """Run directories at or below ``path`` that look finished (metrics.parquet or summary.json), whole
+    or not: the ones :func:`connect` verifies."""
+    return [RunDir(p) for p in find_run_dirs(path)
+            if (p / "metrics.parquet").exists() or (p / "summary.json").exists()]
+
+
+def _verify(run: RunDir) -> tuple[dict, dict | None]:
+    """``(config dict, task record)`` of ``run`` after checking the files a query reads."""
+    if not run.config_path.exists() and not run.manifest.expected(run.config_path):
+        raise CorruptFileError(run.config_path, "missing from a finished run",
+                               "it cannot be rebuilt: restore it from a backup, or train again in a new directory")
+    config = run.read_config_dict()
+    info = run.task_info()
+    run.verify_metrics()
+    return config, info
+
+
 def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with three views over every run below ``path`` (or below each of several paths):
 
@@ -38,6 +57,10 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
       ``label`` ("bit 3") and ``optimum`` (null where the task knows none). Runs made before emergelab
       recorded optima have no rows here.
 
+    Every run's config.yaml, task.json and metrics.parquet are verified first (``store.verify``): a
+    damaged run is left out with a :class:`~emergelab.store.verify.CorruptFileWarning` naming the file;
+    when no intact run is left, the first damage is raised (``CorruptFileError``).
+
     Example::
 
         con = emergelab.store.connect("runs/")
@@ -45,10 +68,22 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
                    WHERE m.metric = 'loss' GROUP BY ALL''').show()
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    runs = list({str(run.path.resolve()): run for p in paths for run in find_runs(p)}.values())
+    candidates = list({str(run.path.resolve()): run for p in paths for run in finished_run_dirs(p)}.values())
+    runs, records, errors = [], {}, []
+    for run in candidates:
+        try:
+            records[str(run.path.resolve())] = _verify(run)
+        except CorruptFileError as error:
+            errors.append(error)
+            continue
+        runs.append(run)
     if not runs:
+        if errors:
+            raise errors[0]
         where = ", ".join(map(str, paths))
         raise FileNotFoundError(f"no finished runs (metrics.parquet + config.yaml) at or below {where}")
+    for error in errors:
+        warn(f"left out run {error.path.parent}: {error}")
     con = duckdb.connect(database)
     files = ", ".join("'" + str(run.metrics_path).replace("'", "''") + "'" for run in runs)
     con.execute(  # views cannot hold prepared-statement parameters, hence the quoted literal list
@@ -58,7 +93,7 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
     rows = []
     for run in runs:
         flat: dict = {"run": str(run.metrics_path.parent)}
-        _flatten("", run.read_config_dict(), flat)
+        _flatten("", records[str(run.path.resolve())][0], flat)
         rows.append(flat)
     columns = sorted({k for row in rows for k in row} - {"run"})
     table = pa.table({"run": [r["run"] for r in rows],
@@ -67,7 +102,7 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
     con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM runs_table")
     optima: dict[str, list] = {"run": [], "index": [], "label": [], "optimum": []}
     for run in runs:
-        info = run.task_info()
+        info = records[str(run.path.resolve())][1]
         if info is None:
             continue
         entries = [("", "loss", info["optimal_loss"])]

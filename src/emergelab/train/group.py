@@ -7,17 +7,15 @@ batch, all derived from ``(train.seed, i)`` alone, so seed ``i`` trains the same
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from ..store import MetricsBuffer, RunDir, write_parquet, write_safetensors, write_text
+from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
+from ..store.verify import warn
 from ..tasks import held_out_tokens, make_generator, seed_streams
 from .bias import bias_schedule
 from .config import ExperimentConfig
@@ -164,7 +162,9 @@ class SeedGroup:
         return self.run.state_dir / self.name
 
     def save_state(self) -> None:
-        """Write everything needed to continue bit-identically, into a new complete directory."""
+        """Write everything needed to continue bit-identically, into a new complete directory; keep the
+        previous complete state (the fallback should this one be damaged) and drop older ones."""
+        assert self.run is not None
         target = self.state_dir / f"step-{self.step:08d}"
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         for i, state in self.optimizer.state_dict()["state"].items():
@@ -176,34 +176,84 @@ class SeedGroup:
         for e, state in enumerate(states):
             tensors[f"data_generator.{e}"] = state
         tensors["loss_sum"] = self.loss_sum
-        write_safetensors(target / "tensors.safetensors", tensors)
-        write_parquet(target / "metrics.parquet", self.metrics.table())
+        self.run.write_file_safetensors(target / "tensors.safetensors", tensors)
+        self.run.write_file_parquet(target / "metrics.parquet", self.metrics.table())
         meta = {"step": self.step, "seeds": self.seeds, "loss_steps": self.loss_steps,
                 "done": self.step >= self.config.train.steps}
-        write_text(target / "meta.json", json.dumps(meta))  # written last: marks the state complete
-        for old in self.state_dir.glob("step-*"):
-            if old != target:  # un-mark first: a deletion cut short never leaves a "complete" remnant
-                (old / "meta.json").unlink(missing_ok=True)
-                shutil.rmtree(old, ignore_errors=True)
+        self.run.write_file_text(target / "meta.json", json.dumps(meta))  # written last: marks it complete
+        older = [p for p in self._complete_states() if p != target]
+        for old in older[1:]:  # un-mark first: a deletion cut short never leaves a "complete" remnant
+            (old / "meta.json").unlink(missing_ok=True)
+            self.run.remove(old)
+        for old in self.state_dir.glob("step-*"):  # incomplete leftovers of an interrupted save
+            if old != target and old not in older[:1]:
+                self.run.remove(old)
 
-    def latest_state(self) -> Path | None:
+    def _complete_states(self) -> list[Path]:
+        """State directories marked complete (a meta.json there, or recorded in the manifest: deleted
+        since), newest first. A directory without is a save cut short and is never read."""
         if self.run is None or not self.state_dir.exists():
-            return None
-        complete = sorted(p for p in self.state_dir.glob("step-*")
-                          if all((p / f).exists() for f in ("meta.json", "tensors.safetensors", "metrics.parquet")))
-        return complete[-1] if complete else None
+            return []
+        state = self.run.manifest.read()
+        return sorted((p for p in self.state_dir.glob("step-*") if (p / "meta.json").exists()
+                       or self.run.manifest.expected(p / "meta.json", state) is not None), reverse=True)
 
-    def resume(self) -> bool:
-        """Load the latest complete resume state, if any. Returns whether one was loaded."""
-        path = self.latest_state()
-        if path is None:
-            return False
-        meta = json.loads((path / "meta.json").read_text())
+    def _read_state(self, path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+        """``(meta, tensors, metrics table)`` of a resume state, verified (CorruptFileError if damaged)."""
+        assert self.run is not None
+        meta_path, tensors_path = path / "meta.json", path / "tensors.safetensors"
+        meta = self.run.read_file_json(meta_path)
+        if not (isinstance(meta.get("step"), int) and isinstance(meta.get("loss_steps"), int)
+                and isinstance(meta.get("seeds"), list)):
+            raise CorruptFileError(meta_path, "damaged: step, seeds or loss_steps missing or malformed")
         if meta["seeds"] != self.seeds:
             raise RuntimeError(f"{path}: resume state holds seeds {meta['seeds']}, expected {self.seeds}")
+        tensors = self.run.read_file_safetensors(tensors_path, self.device)
+        expected = {f"model.{k}": v.shape for k, v in self.model.state_dict().items()}
+        expected.update({f"data_generator.{e}": None for e in range(len(self.seeds))}, loss_sum=None)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                if name.startswith("exp_avg") and (not index.isdigit() or int(index) >= len(params)
+                                                   or value.shape != params[int(index)].shape):
+                    raise CorruptFileError(tensors_path, f"damaged: {key} does not fit the model")
+        wrong = [k for k, shape in expected.items()
+                 if k not in tensors or (shape is not None and tensors[k].shape != shape)]
+        if wrong:
+            raise CorruptFileError(tensors_path, f"damaged: {wrong[0]} missing or of the wrong shape")
+        table = self.run.read_file_parquet(path / "metrics.parquet", SCHEMA)
+        return meta, tensors, table
+
+    def _load_latest(self) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor], Any] | None:
+        """The newest intact resume state; damaged ones are reported (a warning), removed, and passed
+        over for the previous one."""
+        for path in self._complete_states():
+            try:
+                return (path, *self._read_state(path))
+            except CorruptFileError as error:
+                assert self.run is not None
+                older = [p for p in self._complete_states() if p < path]
+                fallback = (f"resuming from the previous state, {older[0].name}" if older
+                            else f"no intact state is left: training seeds {self.seeds} from the start")
+                warn(f"{error.path}: {error.problem}; {fallback}")
+                (path / "meta.json").unlink(missing_ok=True)
+                self.run.remove(path)
+        return None
+
+    def latest_state(self) -> Path | None:
+        """The newest resume state that verifies (damaged newer ones are removed with a warning)."""
+        latest = self._load_latest()
+        return None if latest is None else latest[0]
+
+    def resume(self) -> bool:
+        """Load the latest intact resume state, if any. Returns whether one was loaded."""
+        latest = self._load_latest()
+        if latest is None:
+            return False
+        path, meta, tensors, table = latest
         # clone: fresh allocations, as in an uninterrupted run (not views into the file's buffer)
-        tensors = {k: v.clone() for k, v in load_file(str(path / "tensors.safetensors"),
-                                                       device=str(self.device)).items()}
+        tensors = {k: v.clone() for k, v in tensors.items()}
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optim_state = self.optimizer.state_dict()
         for key, value in tensors.items():
@@ -218,12 +268,12 @@ class SeedGroup:
         self.loss_steps = meta["loss_steps"]
         self.step = meta["step"]
         self.metrics = MetricsBuffer()
-        self.metrics.extend(pq.read_table(path / "metrics.parquet"))
+        self.metrics.extend(table)
         return True
 
     def is_done(self) -> bool:
-        path = self.latest_state()
-        return path is not None and json.loads((path / "meta.json").read_text()).get("done", False)
+        latest = self._load_latest()
+        return latest is not None and bool(latest[1].get("done", False))
 
 
 def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:

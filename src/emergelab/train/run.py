@@ -20,17 +20,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..analysis.summary import summarize_run
 from ..config import ConfigError
-from ..store import RunDir, locked, sort_rows, write_parquet, write_text
+from ..store import SCHEMA, CorruptFileError, RunDir, locked, sort_rows
+from ..store.verify import warn
 from ..tasks import seed_task, task_info
 from .config import ExperimentConfig
 from .execute import Executor, local_executor
@@ -92,14 +91,20 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
     run is already complete).
 
     A directory holding another config is refused (ConfigError naming the differences); so is resuming
-    on another kind of device than the run started on (its numbers would change)."""
+    on another kind of device than the run started on (its numbers would change).
+
+    Damaged files (``store.verify``): a damaged config.yaml is a CorruptFileError; task.json and a
+    finished run's summary.json are rebuilt (from the config and metrics.parquet) with a warning; a
+    finished run's damaged metrics.parquet is rebuilt from the resume states if they are still there,
+    else it is a CorruptFileError."""
     run = RunDir(out)
-    if run.is_complete():
+    if _looks_finished(run):
         _check_same(run, config)
         _record_task(run, config)
-        return run, None
+        if _repair_finished(run):
+            return run, None
     with locked(run.state_dir / "prepare.lock"):
-        if run.config_path.exists():
+        if run.config_path.exists() or run.manifest.expected(run.config_path) is not None:
             _check_same(run, config)
         else:
             run.path.mkdir(parents=True, exist_ok=True)
@@ -108,10 +113,50 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
         return run, _load_or_make_plan(run, config)
 
 
+def _looks_finished(run: RunDir) -> bool:
+    """metrics.parquet is written only when a run finishes (summary.json right after it)."""
+    return (run.metrics_path.exists() or run.summary_path.exists()
+            or run.manifest.expected(run.metrics_path) is not None)
+
+
+def _repair_finished(run: RunDir) -> bool:
+    """Check a finished run's metrics.parquet and summary.json, rebuilding what can be rebuilt. False when
+    the metrics must be rebuilt by finishing the run again from its resume states (still there)."""
+    try:
+        run.verify_metrics()
+    except CorruptFileError as error:
+        if not _groups_done(run):
+            raise
+        warn(f"{error.path}: {error.problem}; rebuilding it from the run's resume states")
+        run.remove(run.metrics_path)
+        run.remove(run.summary_path)
+        return False
+    try:
+        run.summary()
+    except (CorruptFileError, FileNotFoundError) as error:
+        problem = error.problem if isinstance(error, CorruptFileError) else "missing"
+        warn(f"{run.summary_path}: {problem}; rebuilt it from metrics.parquet")
+        run.write_summary(summarize_run(run))
+    return True
+
+
+def _groups_done(run: RunDir) -> bool:
+    """Whether the resume states of a finished run are still there, every group's latest one done."""
+    try:
+        plan = _read_plan(run)
+    except (CorruptFileError, FileNotFoundError):
+        return False
+    return all(_done_metrics(run, index) is not None for index in range(len(plan["groups"])))
+
+
 def _record_task(run: RunDir, config: ExperimentConfig) -> None:
-    """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it)."""
-    if run.task_info() is None:
-        run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
+    """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it) or damaged."""
+    try:
+        if run.task_info() is not None:
+            return
+    except CorruptFileError as error:
+        warn(f"{error.path}: {error.problem}; rebuilt it from config.yaml")
+    run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
 
 
 def _check_same(run: RunDir, config: ExperimentConfig) -> None:
@@ -139,19 +184,37 @@ def _device_kind(device: str) -> str:
     return device.split(":")[0]
 
 
+def _read_plan(run: RunDir) -> dict:
+    path = run.state_dir / "plan.json"
+    plan = run.read_file_json(path)
+    groups = plan.get("groups")
+    if not (isinstance(groups, list) and all(isinstance(g, list) and all(isinstance(s, int) for s in g)
+                                             for g in groups)):
+        raise CorruptFileError(path, "damaged: no list of seed groups")
+    return plan
+
+
 def _load_or_make_plan(run: RunDir, config: ExperimentConfig) -> Plan:
     path = run.state_dir / "plan.json"
     fresh = make_plan(config)
-    if path.exists():
-        saved = json.loads(path.read_text())
+    if path.exists() or run.manifest.expected(path) is not None:
+        try:
+            saved = _read_plan(run)
+        except CorruptFileError as error:
+            raise CorruptFileError(error.path, error.problem, f"delete {run.state_dir} to train the run from "
+                                                              "the start") from None
         device = saved.get("device", "cpu")
         if device != _device_kind(config.execution.device):
             raise ConfigError(f"execution.device={config.execution.device!r}: {run.path} started on {device}, and "
                               f"its numbers depend on the device kind; resume it with --device {device}")
         # keep the groups (resume must batch the same seeds together); the processes follow this call
         return Plan(fresh.strategy, saved["groups"], fresh.processes)
-    write_text(path, json.dumps({"strategy": fresh.strategy, "groups": fresh.groups,
-                                 "device": _device_kind(config.execution.device)}))
+    if _looks_finished(run):
+        raise CorruptFileError(run.metrics_path, "missing from a finished run (summary.json or the manifest "
+                                                 "says it was written), and the resume states are gone",
+                               "restore it from a backup, or delete the run directory and train again")
+    run.write_file_text(path, json.dumps({"strategy": fresh.strategy, "groups": fresh.groups,
+                                          "device": _device_kind(config.execution.device)}))
     return fresh
 
 
@@ -203,20 +266,36 @@ def finish_run(run: RunDir, plan: Plan | None = None) -> bool:
     if run.is_complete():
         return True
     if plan is None:
-        plan_path = run.state_dir / "plan.json"
-        if not plan_path.exists():
+        if not (run.state_dir / "plan.json").exists():
             return False
-        plan = Plan("", json.loads(plan_path.read_text())["groups"], 0)
+        plan = Plan("", _read_plan(run)["groups"], 0)
     tables = []
     for index in range(len(plan.groups)):
-        states = sorted((run.state_dir / f"group-{index}").glob("step-*/meta.json"))
-        if not states or not json.loads(states[-1].read_text()).get("done"):
+        table = _done_metrics(run, index)
+        if table is None:
             return False
-        tables.append(pq.read_table(states[-1].parent / "metrics.parquet"))
-    write_parquet(run.metrics_path, sort_rows(pa.concat_tables(tables)))
-    write_text(run.summary_path, json.dumps(summarize_run(run), indent=1))
-    shutil.rmtree(run.state_dir, ignore_errors=True)
+        tables.append(table)
+    run.write_metrics(sort_rows(pa.concat_tables(tables)))
+    run.write_summary(summarize_run(run))
+    run.remove(run.state_dir)
+    run.manifest.compact()
     return True
+
+
+def _done_metrics(run: RunDir, group: int) -> pa.Table | None:
+    """The metrics of group ``group``'s latest intact resume state if it is done (damaged newer states are
+    passed over with a warning), else None."""
+    states = sorted((run.state_dir / f"group-{group}").glob("step-*/meta.json"), reverse=True)
+    for meta_path in states:
+        try:
+            meta = run.read_file_json(meta_path)
+            if not meta.get("done"):
+                return None
+            return run.read_file_parquet(meta_path.parent / "metrics.parquet", SCHEMA)
+        except (CorruptFileError, FileNotFoundError) as error:
+            warn(f"{getattr(error, 'path', meta_path.parent)}: {getattr(error, 'problem', 'missing')}; "
+                 "passed over for the previous resume state")
+    return None
 
 
 class _Bar:

@@ -8,14 +8,13 @@ it after it finished does nothing.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
-from ..store import RunDir, locked
+from ..store import CorruptFileError, RunDir, locked
 from .config import ExperimentConfig
 from .group import ProgressFn, SeedGroup
 
@@ -67,8 +66,11 @@ def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
 
 def unit_progress(unit: WorkUnit) -> int:
     """Seed-steps already done (by its latest complete resume state)."""
-    group = RunDir(unit.run_path).state_dir / f"group-{unit.group}"
-    metas = sorted(group.glob("step-*/meta.json")) if group.exists() else []
-    if not metas:
-        return 0
-    return int(json.loads(metas[-1].read_text())["step"]) * len(unit.seeds)
+    run = RunDir(unit.run_path)
+    group = run.state_dir / f"group-{unit.group}"
+    for meta in sorted(group.glob("step-*/meta.json"), reverse=True) if group.exists() else []:
+        try:  # a damaged state is reported when the unit resumes; here it only counts as not there
+            return int(run.read_file_json(meta)["step"]) * len(unit.seeds)
+        except (CorruptFileError, OSError, KeyError, TypeError, ValueError):
+            continue
+    return 0

@@ -1,0 +1,258 @@
+"""Damaged files: every command either recovers cleanly or exits 2 with one line naming the file.
+
+Each file kind of a run directory (config.yaml, task.json, metrics.parquet, summary.json, a checkpoint, an
+attention snapshot, each part of a resume state) is truncated, has bytes flipped, or is deleted, in a copy
+of a tiny run made once per module; then ``run``, ``report``, ``analyze`` (the run alone, and a folder
+with an intact run beside it), ``patch`` and ``check`` are run in-process. An unexpected exception fails
+the test (it would be a traceback for the user).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import emergelab.report.analysis_figures
+import emergelab.report.figures
+import emergelab.report.patch_figures
+from emergelab.cli import build_parser, experiment_from_args, main
+from emergelab.store import MANIFEST, CorruptFileWarning, RunDir, check_run, connect
+from emergelab.train import SeedGroup
+from emergelab.train.run import finish_run, plan_units, prepare_run
+from emergelab.train.unit import run_unit
+
+ARGS = ["linear-map", "--set", "task.state_size=4", "--set", "task.sparsity=2", "--set", "model.layers=1",
+        "--set", "model.heads=2", "--set", "model.head_dim=4", "--set", "train.batch_size=8",
+        "--set", "train.eval_batch_size=16", "--set", "train.eval_every=5", "--set", "train.checkpoints=3",
+        "--set", "train.attention_snapshots=3", "--set", "execution.resume_every=10",
+        "--set", "execution.strategy=ensemble", "--steps", "30", "--seeds", "2", "--quiet"]
+
+FILES = {"config.yaml": "config.yaml", "task.json": "task.json", "metrics.parquet": "metrics.parquet",
+         "summary.json": "summary.json", "checkpoint": "checkpoints/seed-000/step-00000030.safetensors",
+         "attention": "attention/seed-000/step-00000000.safetensors"}
+STATE = "state/group-0/step-00000020"
+
+
+def corrupt(path: Path, how: str) -> None:
+    if how == "delete":
+        path.unlink()
+        return
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # flip bytes in the middle
+        for i in range(len(data) // 2, min(len(data), len(data) // 2 + 3)):
+            data[i] ^= 0x5A
+        path.write_bytes(bytes(data))
+
+
+@pytest.fixture(autouse=True)
+def no_png(monkeypatch):
+    """Figures are built (attention snapshots are read) but not rendered: this file tests damage, not art."""
+    for module in (emergelab.report.figures, emergelab.report.patch_figures, emergelab.report.analysis_figures):
+        monkeypatch.setattr(module, "save_figure", lambda fig, path: Path(path))
+
+
+def config():
+    return experiment_from_args(build_parser().parse_args(["run", *ARGS])).resolved()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A finished run, trained without interruption."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert main(["run", *ARGS, "--out", str(out), "--no-figures"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory) -> Path:
+    """The same run stopped at step 20: two resume states kept (steps 10 and 20)."""
+    cfg = config()
+    run, plan = prepare_run(cfg, tmp_path_factory.mktemp("partial") / "run")
+    SeedGroup(cfg, plan.groups[0], run, name="group-0").train(stop_after=20)
+    assert sorted(p.name for p in (run.state_dir / "group-0").iterdir()) == ["step-00000010", "step-00000020"]
+    return run.path
+
+
+def one_error_line(err: str, name: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("emergelab: error: ") and name in lines[0], lines[0]
+
+
+def call(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def same_numbers(a: Path, b: Path) -> None:
+    assert pq.read_table(a / "metrics.parquet").equals(pq.read_table(b / "metrics.parquet"))
+    assert (a / "summary.json").read_text() == (b / "summary.json").read_text()
+    for rel in ("checkpoints/seed-000/step-00000030.safetensors", "checkpoints/seed-001/step-00000030.safetensors"):
+        x, y = load_file(str(a / rel)), load_file(str(b / rel))  # (the header's metadata order varies)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+# what each command does with each damaged file of a finished run:
+# err: exit 2, one line naming the file; skip: the folder's other run is analysed (warning naming the file);
+# fixed: rebuilt (exit 0, then `check` is clean); ok: not needed by the command, exit 0
+EXPECT = {
+    "config.yaml": dict(report="err", analyze="err", folder="skip", patch="err", run="err"),
+    "task.json": dict(report="err", analyze="err", folder="skip", patch="ok", run="fixed"),
+    "metrics.parquet": dict(report="err", analyze="err", folder="skip", patch="ok", run="err"),
+    "summary.json": dict(report="err", analyze="ok", folder="ok", patch="ok", run="fixed"),
+    "checkpoint": dict(report="err", analyze="ok", folder="ok", patch="err", run="err"),
+    "attention": dict(report="err", analyze="ok", folder="ok", patch="ok", run="err"),
+}
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("kind", list(FILES))
+def test_damaged_file_of_a_finished_run(base, tmp_path, capsys, kind, how):
+    bad, good = tmp_path / "runs" / "bad", tmp_path / "runs" / "good"
+    shutil.copytree(base, bad)
+    shutil.copytree(base, good)
+    target = bad / FILES[kind]
+    name = target.name
+    corrupt(target, how)
+    expect = dict(EXPECT[kind])
+    if kind == "checkpoint" and how == "delete":
+        expect["patch"] = "ok"  # the nearest saved checkpoint is used, with a note
+
+    def outcome(command: str, code: int, err: str) -> None:
+        if expect[command] == "err":
+            assert code == 2, (command, err)
+            one_error_line(err, name)
+        else:
+            assert code == 0, (command, err)
+            assert "error" not in err, (command, err)
+
+    # check: one line per problem on stdout, a summary, exit 2
+    code, out, err = call(capsys, "check", str(bad))
+    assert code == 2 and not err
+    assert any(name in line for line in out.splitlines()[:-1]) and "problem" in out.splitlines()[-1], out
+
+    code, _, err = call(capsys, "report", str(bad))
+    outcome("report", code, err)
+
+    code, _, err = call(capsys, "analyze", str(bad), "--out", str(tmp_path / "a1"))
+    outcome("analyze", code, err)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = call(capsys, "analyze", str(tmp_path / "runs"), "--out", str(tmp_path / "a2"))
+    assert code == 0, err
+    warned = [str(w.message) for w in caught if issubclass(w.category, CorruptFileWarning)]
+    if expect["folder"] == "skip":
+        assert out.startswith("1 run(s)") and len(warned) == 1 and name in warned[0], (out, warned)
+    else:
+        assert out.startswith("2 run(s)") and not warned, (out, warned)
+
+    code, _, err = call(capsys, "patch", str(bad), "--early", "1", "--late", "30", "--out", str(tmp_path / "p"))
+    outcome("patch", code, err)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = call(capsys, "run", *ARGS, "--out", str(bad), "--no-figures")
+    if expect["run"] == "fixed":
+        assert code == 0, err
+        assert any(name in str(w.message) and "rebuilt" in str(w.message) for w in caught)
+        assert check_run(bad)[0] == []
+        same_numbers(bad, base)
+    else:
+        outcome("run", code, err)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("part", ["tensors.safetensors", "metrics.parquet", "meta.json"])
+def test_damaged_resume_state_falls_back_to_the_previous_one(base, partial, tmp_path, capsys, part, how):
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    assert call(capsys, "check", str(run))[0] == 0
+    corrupt(run / STATE / part, how)
+    code, out, err = call(capsys, "check", str(run))
+    assert code == 2 and part in out, out
+    with pytest.warns(CorruptFileWarning, match=part):
+        code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0, err
+    same_numbers(run, base)  # resumed from step 10: bit-identical to the uninterrupted run
+    assert not (run / "state").exists()
+    assert check_run(run)[0] == []
+
+
+def test_every_resume_state_damaged_trains_from_the_start(base, partial, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    corrupt(run / STATE / "tensors.safetensors", "flip")
+    corrupt(run / "state/group-0/step-00000010/meta.json", "truncate")
+    with pytest.warns(CorruptFileWarning) as caught:
+        code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0, err
+    assert [("previous state" in str(w.message), "from the start" in str(w.message)) for w in caught] == \
+        [(True, False), (False, True)]
+    same_numbers(run, base)
+
+
+def test_damaged_plan_is_one_line(partial, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    corrupt(run / "state" / "plan.json", "truncate")
+    code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 2
+    one_error_line(err, "plan.json")
+
+
+def test_damaged_metrics_rebuilt_from_resume_states_still_there(base, partial, tmp_path, capsys):
+    """A finished run whose resume states survived (copied back here): its metrics are rebuilt."""
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    cfg = config()
+    rundir, plan = prepare_run(cfg, run)
+    for unit in plan_units(cfg, rundir, plan):
+        run_unit(unit)
+    shutil.copytree(run / "state", tmp_path / "state")
+    assert finish_run(rundir, plan)
+    shutil.copytree(tmp_path / "state", run / "state")
+    corrupt(run / "metrics.parquet", "truncate")
+    with pytest.warns(CorruptFileWarning, match="rebuilding it from the run's resume states"):
+        code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0, err
+    same_numbers(run, base)
+
+
+def test_check_reports_a_damaged_manifest_line_and_walks_a_tree(base, tmp_path, capsys):
+    for name in ("a", "b/c"):
+        shutil.copytree(base, tmp_path / name)
+    assert call(capsys, "check", str(tmp_path))[:2] == (0, "checked 2 run(s): every file is intact\n")
+    manifest = tmp_path / "b/c" / MANIFEST
+    lines = manifest.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace('"n":', '"n":1')
+    manifest.write_text("".join(lines))
+    code, out, _ = call(capsys, "check", str(tmp_path))
+    assert code == 2 and "manifest.jsonl: line 1 is damaged" in out
+    assert out.splitlines()[-1] == "checked 2 run(s): 1 problem(s) in 1 run(s)"
+    code, _, err = call(capsys, "check", str(tmp_path / "nothing-here"))
+    assert code == 2 and err.startswith("emergelab: error:")
+
+
+def test_a_run_without_manifest_is_checked_by_structure(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / MANIFEST).unlink()
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 0 and out.startswith("note:")
+    corrupt(run / "metrics.parquet", "truncate")
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 2 and "metrics.parquet" in out
+    with pytest.raises(Exception, match="metrics.parquet"):
+        connect(run)
+    assert RunDir(run).read_config_dict()["task"]["name"] == "linear-map"
