@@ -123,3 +123,44 @@ def test_one_definition_of_output_learned(tmp_path, capsys):
         row = next(line for line in printed.splitlines() if line.strip().startswith(f"{seed} "))
         printed_steps = row.split()[3:]
         assert printed_steps == ["-" if v is None else str(v) for v in summary["seeds"][str(seed)]["learned_step"].values()]
+
+
+@pytest.mark.parametrize("name", ["mlp_mixer", "gated_deltanet", "mlstm"])
+def test_mixer_pattern_scores_against_a_loop(name):
+    """For mixers, attn_entropy / attn_gt_mass come from the row-normalised |M| of
+    blocks.{l}.mixer.hook_pattern (models/mixers/README.md), checked against a per-seed loop."""
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 2},
+                                         "model": {"name": name, "layers": 2, "d_model": 16, "init_std": 0.3},
+                                         "train": {"eval_batch_size": 5}}).resolved()
+    group = SeedGroup(config, [0, 1])
+    assert [type(m).__name__ for m in group.measurements] == ["OutputScores", "MixerPatternScores"]
+    first = group.tasks[0]
+    metrics, snapshots = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask,
+                               first.output_index, group.gt_mask, first.n_outputs)
+    values = {m.name: m for m in metrics}
+    for e in range(2):
+        _, cache = group.model.member(e).run_with_cache(group.eval_tokens[e, :, :-1],
+                                                        names_filter=lambda n: n.endswith("mixer.hook_pattern"))
+        relevant = [p for p in range(first.seq_len - 1) if group.gt_mask[e, p].any()]
+        for layer in range(2):
+            M = cache[f"blocks.{layer}.mixer.hook_pattern"].double().abs()  # [B, H, P, P]
+            W = M / M.sum(-1, keepdim=True)
+            for h in range(W.shape[1]):
+                mass = np.mean([float(W[:, h, p].mean(0)[group.gt_mask[e, p]].sum()) for p in relevant])
+                ent = np.mean([float((-(W[:, h, p] * W[:, h, p].clamp(min=1e-30).log()).sum(-1)).mean())
+                               for p in relevant])
+                k = values["attn_gt_mass"].labels.index(f"{layer}.{h}")
+                assert math.isclose(values["attn_gt_mass"].values[e, k], mass, rel_tol=1e-4, abs_tol=1e-6)
+                assert math.isclose(values["attn_entropy"].values[e, k], ent, rel_tol=1e-4, abs_tol=1e-6)
+    assert snapshots["attention"].shape[:2] == (2, 2)
+
+
+def test_mamba_is_probed_on_its_fast_path_without_pattern_metrics():
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 2},
+                                         "model": {"name": "mamba", "d_model": 16},
+                                         "train": {"steps": 2, "eval_every": 1, "eval_batch_size": 4,
+                                                   "attention_snapshots": 0}}).resolved()
+    group = SeedGroup(config, [0])
+    assert [type(m).__name__ for m in group.measurements] == ["OutputScores"]
+    group.train()
+    assert not any(m.startswith("attn") for m in set(group.metrics.table()["metric"].to_pylist()))

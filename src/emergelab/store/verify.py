@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .manifest import MANIFEST, Manifest, ManifestState, sha256_file
+from .manifest import MANIFEST, Manifest, ManifestState
 
 # What to do about a damaged file, by its name (relative to the run directory).
 ADVICE = {

@@ -88,7 +88,7 @@ class CellularAutomataTask:
         self._build_masks(torch.device(device))
 
     def _build_masks(self, device: torch.device) -> None:
-        S, T, P = self.state_size, self.trajectory_length, self.seq_len - 1
+        S, P = self.state_size, self.seq_len - 1
         positions = torch.arange(P, device=device)
         self.loss_mask = torch.ones(P, dtype=torch.bool, device=device)
         self.output_index = (positions + 1) // S  # the state that token p+1 belongs to

@@ -118,12 +118,13 @@ class OutputScores:
 
 
 _PATTERN = re.compile(r"blocks\.(\d+)\.attn\.hook_pattern")
+_MIXER_PATTERN = re.compile(r"blocks\.(\d+)\.mixer\.hook_pattern")
 
 
-def pattern_hooks(model: Any) -> list[str]:
-    """The model's ``blocks.{l}.attn.hook_pattern`` names, by layer."""
-    names = [n for n in getattr(model, "hook_dict", {}) if _PATTERN.fullmatch(n)]
-    return sorted(names, key=lambda n: int(_PATTERN.fullmatch(n).group(1)))
+def pattern_hooks(model: Any, pattern: re.Pattern = _PATTERN) -> list[str]:
+    """The model's ``blocks.{l}.attn.hook_pattern`` names (or another per-layer ``pattern``), by layer."""
+    names = [n for n in getattr(model, "hook_dict", {}) if pattern.fullmatch(n)]
+    return sorted(names, key=lambda n: int(pattern.fullmatch(n).group(1)))
 
 
 def head_labels(layers: int, heads: int) -> list[str]:
@@ -139,14 +140,14 @@ class AttentionScores:
     snapshot_name = "attention"
 
     def applies(self, model: Any) -> bool:
-        return bool(pattern_hooks(model))
+        return bool(self.hooks(model))
 
     def hooks(self, model: Any) -> list[str]:
         return pattern_hooks(model)
 
     def _pattern(self, data: ProbeData) -> torch.Tensor:
-        """``[E, B, L, H, P, P]``."""
-        return torch.stack([data.cache[name] for name in pattern_hooks(data.model)], dim=2)
+        """``[E, B, L, H, P, P]``, rows summing to 1."""
+        return torch.stack([data.cache[name] for name in self.hooks(data.model)], dim=2)
 
     def measure(self, data: ProbeData) -> list[Metric]:
         pattern = self._pattern(data)
@@ -176,20 +177,45 @@ class AttentionScores:
         return self._pattern(data).mean(1)  # [E, L, H, P, P]
 
 
+class MixerPatternScores(AttentionScores):
+    """``attn_entropy`` / ``attn_gt_mass`` (and ``*_pos``) of a non-attention mixer's effective mixing
+    matrix ``blocks.{l}.mixer.hook_pattern`` (``[E, B, H, Tq, Tk]``; see models/mixers/README.md), so the
+    analysis and figures work unchanged. The matrix is signed and its rows do not sum to one, so each row
+    is normalised to ``|M| / sum |M|`` first: "mass" is then the share of absolute mixing weight on the
+    ground-truth keys, "entropy" that of the normalised ``|M|`` (an adaptation, not a probability).
+    Applies where the mixer declares ``probe_pattern = True`` (its matrix is cheap enough to form at every
+    probe; Mamba's per-channel kernel and RWKV-7's are not, and are measured on demand with
+    ``run_with_cache`` instead)."""
+
+    def hooks(self, model: Any) -> list[str]:
+        names = pattern_hooks(model, _MIXER_PATTERN)
+        return [n for n in names if getattr(model.get_submodule(n.rsplit(".", 1)[0]), "probe_pattern", False)]
+
+    def _pattern(self, data: ProbeData) -> torch.Tensor:
+        weights = super()._pattern(data).abs()
+        return weights / weights.sum(-1, keepdim=True).clamp(min=1e-30)
+
+
 def default_measurements() -> list[Measurement]:
     """What every training run measures; each applies only where the model offers what it needs."""
-    return [OutputScores(), AttentionScores()]
+    return [OutputScores(), AttentionScores(), MixerPatternScores()]
 
 
 @torch.no_grad()
 def probe(model: Any, measurements: list[Measurement], tokens: torch.Tensor, loss_mask: torch.Tensor,
           output_index: torch.Tensor, gt_mask: torch.Tensor, n_outputs: int,
           **inputs: Any) -> tuple[list[Metric], dict[str, torch.Tensor]]:
-    """Run ``model`` (E members) once on ``tokens [E, B, L]`` on the reference path and apply every
-    measurement. Returns ``(metrics, snapshots)``, snapshots keyed by ``snapshot_name`` ``[E, ...]``."""
+    """Run ``model`` (E members) once on ``tokens [E, B, L]`` and apply every measurement. Returns
+    ``(metrics, snapshots)``, snapshots keyed by ``snapshot_name`` ``[E, ...]``.
+
+    When a measurement reads activations the model runs on its reference path (``run_with_cache``);
+    when none does, on its default path (a mixer's observed path can cost far more than its fast one)."""
     wanted = {name for m in measurements for name in m.hooks(model)}
-    logits, cache = model.run_with_cache(tokens[..., :-1], names_filter=lambda n: n in wanted, member_dim=True,
-                                         **inputs)
+    if wanted:
+        logits, cache = model.run_with_cache(tokens[..., :-1], names_filter=lambda n: n in wanted,
+                                             member_dim=True, **inputs)
+    else:
+        logits, cache = model(tokens[..., :-1], **inputs), {}
     data = ProbeData(model, tokens, logits, cache, loss_mask, output_index, gt_mask, n_outputs)
     metrics: list[Metric] = []
     snapshots: dict[str, torch.Tensor] = {}

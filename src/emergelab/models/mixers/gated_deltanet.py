@@ -140,6 +140,8 @@ def _a_log_init(shape: tuple[int, ...], generator: torch.Generator) -> torch.Ten
 
 
 class GatedDeltaNetMixer(nn.Module):
+
+    probe_pattern: ClassVar[bool] = True  # cheap enough to form at every training probe (train.measure.MixerPatternScores)
     def __init__(self, n_models: int, config: GatedDeltaNetConfig, out_std: float):
         super().__init__()
         E, d, H, Dk, Dv, K = (n_models, config.d_model, config.heads, config.head_dim, config.value_dim,

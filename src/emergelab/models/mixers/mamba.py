@@ -31,7 +31,7 @@ from ...config import require_float, require_int
 from ..base import Init, normal, ones
 from ..hooks import HookPoint
 from ..layers import member_linear
-from .common import (MixerConfig, MixerModel, causal_conv1d, check_positive, diag_scan, diag_scan_naive,
+from .common import (MixerConfig, MixerModel, causal_conv1d, check_positive, diag_scan,
                      dt_bias_init, refuse_unobserved, uniform)
 
 
@@ -111,6 +111,8 @@ def _a_log_init(shape: tuple[int, ...], generator: torch.Generator) -> torch.Ten
 
 
 class MambaMixer(nn.Module):
+
+    probe_pattern: ClassVar[bool] = False  # too costly to form at every probe: measured on demand with run_with_cache
     def __init__(self, n_models: int, config: MambaConfig, out_std: float):
         super().__init__()
         E, d, I, N, K, R = n_models, config.d_model, config.inner, config.state_size, config.conv_size, config.rank

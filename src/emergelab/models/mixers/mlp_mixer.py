@@ -59,6 +59,8 @@ class MLPMixerConfig(MixerConfig):
 
 
 class CausalTokenMixing(nn.Module):
+
+    probe_pattern: ClassVar[bool] = True  # cheap enough to form at every training probe (train.measure.MixerPatternScores)
     def __init__(self, n_models: int, config: MLPMixerConfig, out_std: float):
         super().__init__()
         T, H = config.context_length, config.heads

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..base import Init, normal, ones, zeros
+from ..base import Init, normal, ones
 from ..hooks import HookPoint
 from ..layers import member_linear
 from .common import MixerConfig, MixerModel, check_positive, refuse_unobserved
@@ -109,6 +109,8 @@ def _f_bias_init(shape: tuple[int, ...], generator: torch.Generator) -> torch.Te
 
 
 class MLSTMMixer(nn.Module):
+
+    probe_pattern: ClassVar[bool] = True  # cheap enough to form at every training probe (train.measure.MixerPatternScores)
     def __init__(self, n_models: int, config: MLSTMConfig, out_std: float):
         super().__init__()
         E, d, H, D = n_models, config.d_model, config.heads, config.head_dim

@@ -102,6 +102,8 @@ def rwkv7_pattern(r: torch.Tensor, k: torch.Tensor, log_w: torch.Tensor, a: torc
 
 
 class RWKV7TimeMix(nn.Module):
+
+    probe_pattern: ClassVar[bool] = False  # too costly to form at every probe: measured on demand with run_with_cache
     def __init__(self, n_models: int, config: RWKV7Config, out_std: float, layer: int):
         super().__init__()
         E, C, R = n_models, config.d_model, config.low_rank
