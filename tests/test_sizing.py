@@ -27,3 +27,16 @@ def test_match_params_respects_divisibility_and_reports_impossible_requests():
     assert config.d_model % 5 == 0
     with pytest.raises(ConfigError, match="model.d_model"):
         match_params(MODELS["mlp_mixer"], 20_000, 7, 32, max_d_model=3, heads=5)
+
+
+@pytest.mark.parametrize("name", ["transformer", "mlp_mixer", "mamba", "gated_deltanet", "lru", "mlstm", "rwkv7"])
+def test_match_params_field_sizes_every_model_from_the_config(name):
+    from emergelab.train import ExperimentConfig
+
+    target = 30_000
+    cfg = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 8, "sparsity": 3},
+                                      "model": {"name": name, "match_params": target}})
+    n = cfg.resolved().model.n_params()
+    assert abs(n - target) / target < 0.15, (name, n)
+    assert "match_params" not in cfg.to_dict()["model"]  # the saved config holds the chosen d_model
+    assert sum(p[0].numel() for p in cfg.resolved().model.build(1).parameters()) == n

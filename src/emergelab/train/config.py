@@ -173,12 +173,17 @@ class ExperimentConfig:
         model_name = model_values.pop("name", DEFAULT_MODEL)
         if model_name not in MODELS:
             raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(MODELS)}")
+        match = model_values.pop("match_params", None)
         train_values = dict(data.get("train") or {})
         for key in MOVED_TO_EXECUTION:
             if key in train_values:
                 raise ConfigError(f"train.{key} is now execution.{key} (it never changes the numbers)")
-        return cls(task=build(TASKS[name], task_values, "task"),
-                   model=build(MODELS[model_name], model_values, "model"),
+        task = build(TASKS[name], task_values, "task")
+        if match is not None:
+            model = _matched_model(MODELS[model_name], match, task, model_values)
+        else:
+            model = build(MODELS[model_name], model_values, "model")
+        return cls(task=task, model=model,
                    train=build(TrainConfig, train_values, "train"),
                    execution=build(ExecutionConfig, dict(data.get("execution") or {}), "execution"))
 
@@ -210,3 +215,16 @@ class ExperimentConfig:
         if data["model"]["name"] == DEFAULT_MODEL:
             data["model"].pop("name")
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _matched_model(config_class: type, target: Any, task_config: Any, fields: dict[str, Any]) -> Any:
+    """``model.match_params=N``: the model whose ``d_model`` gives about N parameters per member, the
+    other model fields as given (the saved config holds the chosen ``d_model``, not N)."""
+    from ..models.sizing import match_params
+
+    require(isinstance(target, int) and not isinstance(target, bool) and target >= 1, "model.match_params",
+            target, "must be a positive integer (parameters per member)")
+    require("d_model" not in fields, "model.match_params", target, "choose d_model or match_params, not both")
+    build(config_class, fields, "model")  # unknown or bad fields fail with their own message first
+    task = task_config.build(make_generator(0))
+    return match_params(config_class, target, task.vocab_size, task.seq_len - 1, **fields)
