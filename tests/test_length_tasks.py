@@ -175,7 +175,7 @@ class CountOracle(torch.nn.Module):
         self.N, self.stop_after = N, stop_after
 
     def forward(self, x: torch.Tensor, **inputs) -> torch.Tensor:
-        SEP, PAD, V = self.N + 1, self.N + 2, self.N + 3
+        PAD, V = self.N + 2, self.N + 3
         nxt = torch.zeros_like(x)
         nxt[..., 2] = x[..., 0]
         prev = x[..., 3:]

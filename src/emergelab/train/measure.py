@@ -16,6 +16,8 @@ per-seed loop.
 
 Adding a measurement: a class with these four methods, passed in ``measurements=`` to ``SeedGroup``
 (or added to ``default_measurements``).
+Held-out lengths of length-generalization tasks (``id_*`` / ``ood_*``): ``measure_ood.LengthEval``, which
+runs the model again on its own batches with ``ProbeData.inputs``.
 """
 
 from __future__ import annotations
