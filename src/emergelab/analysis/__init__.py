@@ -6,19 +6,24 @@
   definition of "output learned"); ``summary``: a run's ``summary.json``;
 * ``seeds``: P(solved by t) and summaries across seeds; ``bimodality``: is an outcome bimodal;
 * ``runs``: everything above per config (``analyze_runs``); ``heads``: head attribution;
-  ``scaling``: power-law fits across configs.
+  ``scaling``: power-law fits across configs; ``scales``: outcomes across model scales over many seeds
+  (P(success), conditional mean, bimodality per scale; BIG-bench scores across scales).
 """
 
 from .bigbench import breakthroughness, linearity
 from .bimodality import bimodality, dip_statistic, dip_test, fit_two_gaussians, sarle_bimodality_coefficient
 from .curves import Emergence, Jump, crossing_step, detect_emergence, detect_jumps, smooth_curve, validate_curve
+from .scales import (ScaleAnalysis, breakthroughness_across_scales, linearity_across_scales, scale_outcomes,
+                     scale_outcomes_from_store)
 from .seeds import emergence_summary, solved_fraction_curve
 
 __all__ = [
     "Emergence",
     "Jump",
+    "ScaleAnalysis",
     "bimodality",
     "breakthroughness",
+    "breakthroughness_across_scales",
     "crossing_step",
     "detect_emergence",
     "detect_jumps",
@@ -27,6 +32,9 @@ __all__ = [
     "emergence_summary",
     "fit_two_gaussians",
     "linearity",
+    "linearity_across_scales",
+    "scale_outcomes",
+    "scale_outcomes_from_store",
     "sarle_bimodality_coefficient",
     "smooth_curve",
     "solved_fraction_curve",

@@ -4,6 +4,8 @@ sequence of scores.
 BIG-bench defines them **across model scales** (``y_i`` = a task score of the i-th model size).
 ``emergelab`` also applies them to one seed's curve over training steps (``y_i`` = the score at the i-th
 probe): that is an adaptation, and tables label it so ("per-curve linearity / breakthroughness").
+Across scales, as BIG-bench defines them: ``analysis.scales`` (``linearity_across_scales``,
+``breakthroughness_across_scales``, ``scale_outcomes``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,14 @@ Metrics written by the training probe (held-out batch, no grad):
   the ground-truth keys, averaged over the queries whose ground-truth row is not empty.
 * ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``).
 * ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
+
+Written only for tasks with held-out lengths (``count``, ``reverse-addition``; ``train/measure_ood.py``):
+
+* ``id_accuracy``, ``id_loss``: exact-match accuracy (every loss position right) and mean loss per
+  sequence on in-distribution data: ``index = ""`` the probe's held-out batch, ``"len:5"`` a held-out batch
+  of that trained length (an entry of the task's eval lengths).
+* ``ood_accuracy``, ``ood_loss``: the same on each held-out length the task does not train on
+  (``"len:12"``), and their mean over those lengths (``index = ""``).
 """
 
 from __future__ import annotations

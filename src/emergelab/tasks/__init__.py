@@ -1,13 +1,18 @@
 """Tasks with known ground-truth attention. ``TASKS`` maps a CLI name to its config class."""
 
-from .base import Batch, MapView, Task, TaskConfig, default_map_view, make_generator, relevant_queries, task_info
+from .base import (Batch, LengthTask, MapView, Task, TaskConfig, default_map_view, make_generator, relevant_queries,
+                   supports_lengths, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
+from .count import CountConfig, CountTask
 from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix
-from .seeding import held_out_tokens, seed_streams, seed_task
+from .reverse_addition import ReverseAdditionConfig, ReverseAdditionTask
+from .seeding import held_out_tokens, length_eval_tokens, seed_streams, seed_task
 
 TASKS: dict[str, type] = {
     LinearMapConfig.name: LinearMapConfig,
     CellularAutomataConfig.name: CellularAutomataConfig,
+    CountConfig.name: CountConfig,
+    ReverseAdditionConfig.name: ReverseAdditionConfig,
 }
 
 __all__ = [
@@ -15,4 +20,6 @@ __all__ = [
     "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task",
     "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",
+    "LengthTask", "supports_lengths", "length_eval_tokens", "CountConfig", "CountTask",
+    "ReverseAdditionConfig", "ReverseAdditionTask",
 ]

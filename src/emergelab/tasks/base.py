@@ -26,9 +26,11 @@ there instead of rebuilding tasks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
+
+from ..config import require, require_int
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,39 @@ class TaskConfig(Protocol):
     name: ClassVar[str]
 
     def build(self, generator: torch.Generator) -> Task: ...
+
+
+@runtime_checkable
+class LengthTask(Protocol):
+    """A task whose instances have a length (a count's number of emitted numbers, an addition's digits)
+    and that is trained on some lengths and evaluated on others (length generalization).
+
+    ``train_lengths``: the lengths ``sample`` draws; ``eval_lengths``: the lengths the held-out length
+    evaluation scores (those in ``train_lengths`` count as in-distribution, the rest as out-of-distribution);
+    ``sample_length(n, length, generator)``: ``n`` sequences of exactly that length, in the same fixed
+    layout as ``sample`` (``seq_len`` covers the longest length); ``length_of(tokens) -> [n]``: the length
+    of each sequence of a batch."""
+
+    train_lengths: tuple[int, ...]
+    eval_lengths: tuple[int, ...]
+
+    def sample_length(self, n: int, length: int, generator: torch.Generator) -> Batch: ...
+
+    def length_of(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def supports_lengths(task: object) -> bool:
+    """Whether ``task`` offers held-out lengths (:class:`LengthTask`)."""
+    return isinstance(task, LengthTask)
+
+
+def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[int, ...]:
+    """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
+    a ConfigError naming ``field`` otherwise."""
+    require(isinstance(value, (list, tuple)) and len(value) > 0, field, value, "must be a non-empty list of integers")
+    for v in value:  # type: ignore[union-attr]
+        require_int(field, v, minimum, maximum)
+    return tuple(sorted(set(int(v) for v in value)))  # type: ignore[union-attr]
 
 
 def relevant_queries(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Run seed ``i`` gets four independent streams from ``numpy.random.SeedSequence(master, spawn_key=(i,))``:
 ``init`` (weights), ``task`` (the ground truth, e.g. the matrix A of the linear map), ``data``
-(training batches) and ``eval`` (the held-out probe batch). So seed ``i`` is the same run whether it
+(training batches) and ``eval`` (the held-out probe batch; a length-generalization task's per-length
+held-out batches derive from it too, :func:`length_eval_tokens`). So seed ``i`` is the same run whether it
 trains alone, in an ensemble of 64, or in a worker process, and every later reader (the probe, patching,
 figures) rebuilds exactly what training drew.
 """
@@ -38,3 +39,14 @@ def held_out_tokens(task: Task, master_seed: int, seed_index: int, n: int,
     """``[n, L]``: the first ``n`` sequences of seed ``seed_index``'s eval stream (``n =
     train.eval_batch_size`` is exactly the probe's batch)."""
     return task.sample(n, make_generator(seed_streams(master_seed, seed_index)["eval"], device)).tokens
+
+
+def length_eval_tokens(task: Task, master_seed: int, seed_index: int, length: int, n: int,
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[n, L]``: seed ``seed_index``'s held-out sequences of exactly ``length`` (a task with
+    ``sample_length``, :class:`~emergelab.tasks.base.LengthTask`). Each length draws from its own generator
+    derived from the seed's eval stream alone (``SeedSequence(eval, spawn_key=(length,))``), so the batch of
+    one length does not depend on which other lengths are evaluated, nor on the group, order or executor."""
+    eval_seed = seed_streams(master_seed, seed_index)["eval"]
+    state = np.random.SeedSequence(eval_seed, spawn_key=(int(length),)).generate_state(1, dtype=np.uint64)
+    return task.sample_length(n, int(length), make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]

@@ -16,12 +16,14 @@ per-seed loop.
 
 Adding a measurement: a class with these four methods, passed in ``measurements=`` to ``SeedGroup``
 (or added to ``default_measurements``).
+Held-out lengths of length-generalization tasks (``id_*`` / ``ood_*``): ``measure_ood.LengthEval``, which
+runs the model again on its own batches with ``ProbeData.inputs``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -41,7 +43,8 @@ class ProbeData:
 
     tokens ``[E, B, P+1]``; logits ``[E, B, P, V]``; cache: hook name -> ``[E, B, ...]``;
     loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none); gt_mask ``[E, P, P]`` bool (the ground-truth
-    attention of each member's task); n_outputs.
+    attention of each member's task); n_outputs; inputs: the extra model inputs the probe ran with (e.g.
+    ``attn_bias``), for a measurement that runs the model again on other tokens (``measure_ood``).
     """
 
     model: Any
@@ -52,6 +55,7 @@ class ProbeData:
     output_index: torch.Tensor
     gt_mask: torch.Tensor
     n_outputs: int
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 class Measurement(Protocol):
@@ -216,7 +220,7 @@ def probe(model: Any, measurements: list[Measurement], tokens: torch.Tensor, los
                                              member_dim=True, **inputs)
     else:
         logits, cache = model(tokens[..., :-1], **inputs), {}
-    data = ProbeData(model, tokens, logits, cache, loss_mask, output_index, gt_mask, n_outputs)
+    data = ProbeData(model, tokens, logits, cache, loss_mask, output_index, gt_mask, n_outputs, dict(inputs))
     metrics: list[Metric] = []
     snapshots: dict[str, torch.Tensor] = {}
     for m in measurements:

@@ -1,0 +1,114 @@
+"""Outcomes across model scales (analysis/scales.py) on planted distributions."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import pytest
+
+from emergelab.analysis.scales import (bootstrap_mean, breakthroughness_across_scales, linearity_across_scales,
+                                       scale_outcomes, scale_outcomes_from_store, store_outcomes)
+from emergelab.config import ConfigError
+
+SCALES = [1, 2, 4, 8, 16, 32]
+
+
+def planted(p_success: list[float], n: int = 200, seed: int = 0, good: float = 0.95, bad: float = 0.05):
+    """Bimodal outcomes: per scale, ``round(p n)`` seeds near ``good``, the rest near ``bad``."""
+    rng = np.random.default_rng(seed)
+    scale, outcome = [], []
+    for s, p in zip(SCALES, p_success):
+        k = int(round(p * n))
+        values = np.concatenate([rng.normal(good, 0.02, k), rng.normal(bad, 0.02, n - k)])
+        scale += [s] * n
+        outcome += rng.permutation(values).tolist()
+    return np.array(scale), np.clip(np.array(outcome), 0, 1)
+
+
+def test_smoothly_rising_success_is_recovered_within_its_band():
+    p_true = [0.05, 0.2, 0.4, 0.6, 0.8, 0.95]
+    scale, outcome = planted(p_true)
+    a = scale_outcomes(scale, outcome, n_boot=400, dip_boot=100, rng=1)
+    assert a.column("scale") == [float(s) for s in SCALES] and a.column("n") == [200] * 6
+    for row, p in zip(a.rows, p_true):
+        assert row["p_success"] == pytest.approx(p)
+        assert row["p_success_lo"] <= p <= row["p_success_hi"]
+        width = row["p_success_hi"] - row["p_success_lo"]
+        assert 0.5 * 3.92 * math.sqrt(p * (1 - p) / 200) < width < 2 * 3.92 * math.sqrt(p * (1 - p) / 200)
+        assert sum(row["histogram"]) == 200
+        assert sum(row["histogram"][3:7]) == 0  # two modes, nothing in between
+    middle = a.rows[3]["bimodality"]
+    assert middle["gmm_delta_bic"] > 10 and middle["dip_pvalue"] < 0.05 and middle["sarle_bc"] > 5 / 9
+    assert len(a.bin_edges) == 11
+
+
+def test_plain_mean_looks_abrupt_while_the_success_mean_is_flat():
+    scale, outcome = planted([0.0, 0.0, 0.02, 0.5, 0.98, 1.0], seed=3)
+    a = scale_outcomes(scale, outcome, n_boot=300, dip_boot=50, rng=0)
+    means = a.column("mean")
+    assert means[-1] - means[0] > 0.85  # the averaged metric "emerges"
+    assert a.column("success_mean")[:2] == [None, None]  # no success yet: no conditional mean
+    successes = [m for m in a.column("success_mean") if m is not None]
+    assert max(successes) - min(successes) < 0.03  # the good mode itself does not move with scale
+    for row in a.rows[3:]:  # >= 100 successes each
+        assert row["success_mean_lo"] <= 0.95 <= row["success_mean_hi"]
+        assert row["mean_lo"] <= row["mean"] <= row["mean_hi"]
+    # across scales: the plain mean is abrupt (breakthroughness well above the ramp's 5)
+    assert a.across["breakthroughness_mean"] > 10
+    assert a.across["breakthroughness_success_mean"] is None  # undefined where a scale has no success
+    ramp = scale_outcomes(*planted([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], seed=3), n_boot=50, dip_boot=10)
+    assert ramp.across["breakthroughness_mean"] < 7 < a.across["breakthroughness_mean"]
+    assert ramp.across["linearity_mean"] > a.across["linearity_mean"]
+
+
+def test_bigbench_across_scales_step_vs_ramp():
+    scales = [32, 1, 8, 2, 16, 4]  # unordered on purpose: scores are ordered by scale
+    order = np.argsort(scales)
+    step_sorted, ramp_sorted = [0, 0, 0, 1, 1, 1], [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    step, ramp = np.empty(6), np.empty(6)
+    step[order], ramp[order] = step_sorted, ramp_sorted
+    assert breakthroughness_across_scales(scales, step) == math.inf
+    assert breakthroughness_across_scales(scales, ramp) == pytest.approx(5.0)
+    assert linearity_across_scales(scales, ramp) == pytest.approx(5.0)
+    assert linearity_across_scales(scales, step) == pytest.approx(math.sqrt(5))
+    assert breakthroughness_across_scales(scales, 1 - ramp, increasing=False) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="repeat"):
+        linearity_across_scales([1, 1, 2], [0, 1, 1])
+
+
+def test_bootstrap_mean_band():
+    mean, lo, hi = bootstrap_mean(np.arange(100.0), n_boot=500, rng=0)
+    assert mean == 49.5 and lo < 49.5 < hi and hi - lo < 15
+    assert bootstrap_mean([]) == (None, None, None)
+
+
+def test_store_variant_reads_the_final_step_grouped_by_a_config_field():
+    scale, outcome = planted([0.1, 0.3, 0.5, 0.7, 0.9, 1.0], n=20, seed=5)
+    con = duckdb.connect()
+    con.execute('CREATE TABLE runs (run VARCHAR, "model.layers" BIGINT, "task.name" VARCHAR)')
+    con.execute('CREATE TABLE metrics (step BIGINT, seed INTEGER, metric VARCHAR, "index" VARCHAR, '
+                'value DOUBLE, run VARCHAR)')
+    for s in SCALES:
+        con.execute("INSERT INTO runs VALUES (?, ?, 'count')", [f"r{s}", s])
+    rows = []
+    for k, (s, y) in enumerate(zip(scale, outcome)):
+        seed = k % 20
+        rows += [(0, seed, "ood_accuracy", "", 0.0, f"r{s}"), (100, seed, "ood_accuracy", "", float(y), f"r{s}"),
+                 (50, seed, "ood_accuracy", "", 0.5, f"r{s}"), (100, seed, "ood_accuracy", "len:8", 0.0, f"r{s}"),
+                 (100, seed, "loss", "", 9.0, f"r{s}")]
+    con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", rows)
+    got_scale, got_outcome = store_outcomes(con, "ood_accuracy", "model.layers")
+    key = lambda a, b: sorted(zip(a.tolist(), b.tolist()))
+    assert key(got_scale, got_outcome) == key(scale.astype(float), outcome)
+    a = scale_outcomes_from_store(con, "ood_accuracy", "model.layers", n_boot=100, dip_boot=10)
+    b = scale_outcomes(scale, outcome, n_boot=100, dip_boot=10)
+    assert a.column("p_success") == b.column("p_success")
+    assert a.across == pytest.approx(b.across) and a.column("mean") == pytest.approx(b.column("mean"))
+    with pytest.raises(ConfigError, match="model.layers"):
+        store_outcomes(con, "ood_accuracy", "model.width")
+    with pytest.raises(ConfigError, match="number"):
+        store_outcomes(con, "ood_accuracy", "task.name")
+    with pytest.raises(ValueError, match="no values"):
+        store_outcomes(con, "id_accuracy", "model.layers")
