@@ -243,6 +243,19 @@ def test_scan_finds_the_planted_revision_resumes_and_respects_the_budget(suite, 
         scan(sources, ScanConfig(capability="induction"), out)
 
 
+def test_duplicate_weights_are_reported_and_a_relapse_is_not_emergence(suite, tmp_path):
+    import shutil
+
+    for name, copy_of in (("step0", "step0"), ("step1000", "step1000"), ("step2000", "step2000"),
+                          ("step3000", "step0")):
+        shutil.copytree(suite / "seed0" / copy_of, tmp_path / "revs" / name)
+    result = scan({0: LocalSource(tmp_path / "revs")}, _config(exhaustive=True), tmp_path / "scan")
+    assert result.seeds[0].duplicates == [["step0", "step3000"]]
+    assert result.seeds[0].status == "not_emerged"  # back below the threshold at the last revision
+    summary = json.loads((tmp_path / "scan" / "summary.json").read_text())
+    assert summary["seeds"]["0"]["duplicates"] == [["step0", "step3000"]]
+
+
 def test_retries_then_one_clear_error():
     calls, delays = [], []
 
@@ -289,6 +302,7 @@ def test_cli_scan(suite, tmp_path, capsys):
             "--n-prompts", "64", "--coarse", "5", "--out", str(tmp_path)]
     assert main(args) == 0
     assert "step2000" in capsys.readouterr().out
+    assert main(["check", str(tmp_path)]) == 0  # a scan directory is a valid run directory
     assert main(["lm", "scan", "--local", str(suite), "--seeds", "0,7", "--out", str(tmp_path / "b")]) == 2
     assert "seed7" in capsys.readouterr().err
 

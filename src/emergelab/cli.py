@@ -246,7 +246,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         run = RunDir(root)
         if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
             try:
-                ExperimentConfig.from_run(run)
+                if not str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
+                    ExperimentConfig.from_run(run)  # an `emergelab lm scan` has no training config
             except (ConfigError, CorruptFileError) as error:
                 problems.append(Problem(run.config_path, f"not a valid config ({error})"))
         for note in notes:

@@ -22,7 +22,9 @@ directory that ``emergelab analyze`` / ``query`` and ``store.connect`` read::
     OUT/task.json         the prompt set's description; optimal loss 0
     OUT/metrics.parquet   step = the revision's step, seed = the suite seed, metric in target_prob[_lo/_hi],
                           solved_fraction[_lo/_hi], loss, logit_diff (IOI)
-    OUT/summary.json      per seed: emergence revision and step, status, the revisions evaluated
+    OUT/summary.json      per seed: emergence revision and step, status, the revisions evaluated, and
+                          groups of revisions whose weights are byte-identical (``duplicates``)
+    OUT/state/fingerprints.json   sha256 of each evaluated revision's weights
     OUT/cache/            the checkpoint being evaluated (empty between evaluations)
 
 Example::
@@ -35,6 +37,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import shutil
@@ -108,6 +112,7 @@ class SeedScan:
     evaluated: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     fetched: int = 0  # checkpoints fetched by this call (resumed evaluations are not fetched again)
+    duplicates: list[list[str]] = field(default_factory=list)  # revisions whose weights are byte-identical
 
 
 @dataclass
@@ -229,6 +234,8 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
     if config.tokenizer:
         state["prompts"] = _prompts(config, _tokenizer(Path(config.tokenizer)))
 
+    prints_path = run.state_dir / "fingerprints.json"
+    prints: dict[str, dict[str, str]] = run.read_file_json(prints_path) if prints_path.exists() else {}
     for seed, source in sorted(sources.items()):
         revisions = source.revisions()
         if not revisions:
@@ -240,8 +247,10 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
         def value(i: int) -> float:
             key = (seed, steps[i])
             if key not in done:
-                metrics = _evaluate(source, revisions[i], config, cache / _safe(source.name), budget, dtype,
-                                    loader, state, result)
+                metrics, fingerprint = _evaluate(source, revisions[i], config, cache / _safe(source.name), budget,
+                                                 dtype, loader, state, result)
+                prints.setdefault(str(seed), {})[revisions[i]] = fingerprint
+                run.write_file_text(prints_path, json.dumps(prints, indent=1))
                 info.fetched += 1
                 for name, v in metrics.items():
                     buffer.add(steps[i], np.array([seed]), name, [""], np.array([[v]]))
@@ -255,6 +264,12 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
         status, index = find_emergence(len(revisions), value, config.threshold,
                                        coarse_revisions(revisions, config.coarse), config.exhaustive)
         info.status = status
+        by_print: dict[str, list[str]] = {}
+        for revision, fingerprint in prints.get(str(seed), {}).items():
+            by_print.setdefault(fingerprint, []).append(revision)
+        info.duplicates = [sorted(g, key=revision_step) for g in by_print.values() if len(g) > 1]
+        for group in info.duplicates:
+            log(f"warning: seed {seed}: revisions {', '.join(group)} hold byte-identical weights")
         if index is not None:
             info.emergence_revision, info.emergence_step = revisions[index], steps[index]
         log(f"seed {seed}: {status} at {info.emergence_revision or '-'} "
@@ -272,14 +287,25 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
     return result
 
 
+def _fingerprint(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
 def _prompts(config: ScanConfig, tokenizer: Any) -> PromptSet:
     return build_prompts(config.capability, tokenizer, n=config.n_prompts, seed=config.prompt_seed, **config.params)
 
 
 def _evaluate(source: CheckpointSource, revision: str, config: ScanConfig, cache: Path, budget: int,
               dtype: torch.dtype, loader: Callable[..., Any], state: dict[str, Any],
-              result: ScanResult) -> dict[str, float]:
-    """Fetch one checkpoint into ``cache/<revision>``, score it, delete it."""
+              result: ScanResult) -> tuple[dict[str, float], str]:
+    """Fetch one checkpoint into ``cache/<revision>``, score it, delete it. Returns the metrics and a
+    fingerprint of the weights (sha256 of the safetensors files), so revisions that serve the same
+    weights (a known hub problem: EleutherAI/pythia#205) show up in ``summary.json``."""
     size = source.size(revision)
     if size is not None and size > budget:
         raise ConfigError(f"{source.name}@{revision} needs {size / 1e9:.2f} GB, over the disk budget of "
@@ -300,6 +326,6 @@ def _evaluate(source: CheckpointSource, revision: str, config: ScanConfig, cache
         metrics = score.metrics()
         if config.metric not in metrics:
             raise ConfigError(f"metric {config.metric!r} is not defined for {config.capability}")
-        return metrics
+        return metrics, _fingerprint(folder)
     finally:
         shutil.rmtree(into, ignore_errors=True)

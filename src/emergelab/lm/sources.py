@@ -92,7 +92,7 @@ class LocalSource:
     the checkpoint into ``into``, as a download would, so disk budgets and eviction behave as on the hub."""
 
     def __init__(self, root: str | Path, revisions: list[str] | None = None):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ConfigError(f"{self.root}: no such folder of checkpoint revisions")
         self.name = str(self.root)
