@@ -305,6 +305,8 @@ def test_cli_scan(suite, tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 0  # a scan directory is a valid run directory
     assert main(["lm", "scan", "--local", str(suite), "--seeds", "0,7", "--out", str(tmp_path / "b")]) == 2
     assert "seed7" in capsys.readouterr().err
+    assert main(["lm", "scan", "--local", str(suite), "--param", "lenght=8", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown knob 'lenght'" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 # ----------------------------------------------------------------------------------------- patching
@@ -337,3 +339,23 @@ def test_cli_patch(suite, tmp_path, capsys):
     joint = pq.read_table(tmp_path / "patch_joint.parquet").to_pylist()
     assert [r["k"] for r in joint] == [1, 2, 3]
     assert np.isfinite([r["prob"] for r in joint]).all()
+
+
+def test_missing_extra_is_an_install_hint(monkeypatch, capsys):
+    import importlib.util
+
+    from emergelab.lm import require_transformers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'emergelab\[lm\]'"):
+        require_transformers()
+    assert main(["lm", "scan", "--pythia", "14m", "--out", "unused"]) == 2
+    assert "emergelab[lm]" in capsys.readouterr().err
+
+
+def test_importing_lm_does_not_import_transformers():
+    code = "import sys, emergelab.lm; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip() == "False", out.stderr

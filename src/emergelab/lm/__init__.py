@@ -10,13 +10,11 @@ from __future__ import annotations
 
 def require_transformers() -> None:
     """Raise ImportError with an install hint when the ``lm`` extra is missing."""
-    try:
-        import huggingface_hub  # noqa: F401
-        import tokenizers  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"emergelab.lm needs transformers, tokenizers and huggingface_hub ({error}); "
-                          "install them with: pip install 'emergelab[lm]'") from None
+    from importlib.util import find_spec
+
+    missing = [name for name in ("transformers", "tokenizers", "huggingface_hub") if find_spec(name) is None]
+    if missing:
+        raise ImportError(f"emergelab.lm needs {', '.join(missing)}: install it with pip install 'emergelab[lm]'")
 
 
 from .capabilities import CAPABILITIES, PromptSet, Score, build_prompts, score_prompts  # noqa: E402

@@ -164,10 +164,22 @@ def ioi(tokenizer: Any, n: int, *, template: int = 0, names: Sequence[str] = NAM
 CAPABILITIES = {"repetition": repetition, "induction": induction, "ioi": ioi}
 
 
-def build_prompts(capability: str, tokenizer: Any, n: int = 200, seed: int = 0, **params: Any) -> PromptSet:
-    """``CAPABILITIES[capability](tokenizer, n, seed=seed, **params)``; unknown names are a ConfigError."""
+def check_params(capability: str, params: dict[str, Any]) -> None:
+    """ConfigError for a capability that does not exist or a knob it does not have (before any download)."""
+    import inspect
+
     if capability not in CAPABILITIES:
         raise ConfigError(f"capability {capability!r}: allowed are {', '.join(CAPABILITIES)}")
+    knobs = [p.name for p in inspect.signature(CAPABILITIES[capability]).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"]
+    for name in params:
+        if name not in knobs:
+            raise ConfigError(f"{capability}: unknown knob {name!r}; knobs are {', '.join(knobs)}")
+
+
+def build_prompts(capability: str, tokenizer: Any, n: int = 200, seed: int = 0, **params: Any) -> PromptSet:
+    """``CAPABILITIES[capability](tokenizer, n, seed=seed, **params)``; unknown names are a ConfigError."""
+    check_params(capability, params)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"n={n!r}: the number of prompts must be a positive integer")
     return CAPABILITIES[capability](tokenizer, n, seed=seed, **params)

@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError, require_float, require_int
 from ..store import MetricsBuffer, RunDir, locked, sort_rows
-from .capabilities import CAPABILITIES, PromptSet, build_prompts, score_prompts
+from .capabilities import PromptSet, build_prompts, check_params, score_prompts
 from .sources import CheckpointSource, folder_size, revision_step
 
 METRICS = ("target_prob", "solved_fraction", "loss", "logit_diff")
@@ -78,8 +78,7 @@ class ScanConfig:
     tokenizer: str | None = None  # a tokenizer.json to use instead of the checkpoint's
 
     def __post_init__(self) -> None:
-        if self.capability not in CAPABILITIES:
-            raise ConfigError(f"capability {self.capability!r}: allowed are {', '.join(CAPABILITIES)}")
+        check_params(self.capability, self.params)
         if self.metric not in METRICS or self.metric == "loss":
             raise ConfigError(f"metric {self.metric!r}: allowed are target_prob, solved_fraction, logit_diff")
         require_int("n_prompts", self.n_prompts, 1, 10 ** 7)
