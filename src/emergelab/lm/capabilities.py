@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Sequence
 
@@ -77,6 +78,15 @@ class PromptSet:
     def describe(self) -> str:
         knobs = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"{self.capability} ({knobs}): {self.tokens.shape[0]} prompts of {self.tokens.shape[1] - 1} tokens"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` (ConfigError when there is none)."""
+    from tokenizers import Tokenizer
+
+    if not Path(path).exists():
+        raise ConfigError(f"{path}: no tokenizer.json; pass one with --tokenizer (ScanConfig.tokenizer)")
+    return Tokenizer.from_file(str(path))
 
 
 def single_token(tokenizer: Any, text: str) -> int:

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ import torch
 
 from ..interventions import GreedyResult, PatchingResult, greedy_heads, patch_heads, patching_table, target_metrics
 from ..store import write_parquet, write_text
-from .capabilities import PromptSet, build_prompts
-from .scan import DTYPES, _tokenizer
+from .capabilities import PromptSet, build_prompts, check_params, load_tokenizer
+from .scan import DTYPES
 from .sources import CheckpointSource
 
 
@@ -87,13 +86,13 @@ def patch_revisions(source: CheckpointSource, early: str, late: str, *, capabili
                     tokenizer: str | None = None, loader: Callable[..., Any] | None = None) -> RevisionPatching:
     """Patch each head of ``late`` into ``early`` on ``n_prompts`` prompts of ``capability``; the top
     ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit)."""
+    check_params(capability, params or {})
     if loader is None:
         from .neox import load_neox as loader
     with tempfile.TemporaryDirectory(prefix="emergelab-patch-") as tmp:
         early_model, folder = _fetch_and_load(source, early, DTYPES[dtype], device, loader, Path(tmp))
-        tok = _tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.json")
+        tok = load_tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.json")
         late_model, _ = _fetch_and_load(source, late, DTYPES[dtype], device, loader, Path(tmp))
-        shutil.rmtree(tmp, ignore_errors=True)  # weights are in memory now
     prompts = build_prompts(capability, tok, n=n_prompts, seed=prompt_seed, **(params or {}))
     tokens, mask = prompts.tokens, prompts.loss_mask
     table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size)

@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError, require_float, require_int
 from ..store import MetricsBuffer, RunDir, locked, sort_rows
-from .capabilities import PromptSet, build_prompts, check_params, score_prompts
+from .capabilities import PromptSet, build_prompts, check_params, load_tokenizer, score_prompts
 from .sources import CheckpointSource, folder_size, revision_step
 
 METRICS = ("target_prob", "solved_fraction", "loss", "logit_diff")
@@ -165,14 +165,6 @@ def find_emergence(n: int, value: Callable[[int], float], threshold: float, coar
     return "emerged", hi
 
 
-def _tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
-    if not path.exists():
-        raise ConfigError(f"{path}: no tokenizer.json; pass one with --tokenizer (ScanConfig.tokenizer)")
-    return Tokenizer.from_file(str(path))
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -231,7 +223,7 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
     result = ScanResult(run.path, config, {})
     state: dict[str, Any] = {"prompts": None}
     if config.tokenizer:
-        state["prompts"] = _prompts(config, _tokenizer(Path(config.tokenizer)))
+        state["prompts"] = _prompts(config, load_tokenizer(Path(config.tokenizer)))
 
     prints_path = run.state_dir / "fingerprints.json"
     prints: dict[str, dict[str, str]] = run.read_file_json(prints_path) if prints_path.exists() else {}
@@ -318,7 +310,7 @@ def _evaluate(source: CheckpointSource, revision: str, config: ScanConfig, cache
             raise ConfigError(f"{source.name}@{revision} took {held / 1e9:.2f} GB, over the disk budget of "
                               f"{budget / 1e9:.2f} GB; raise --disk-budget-gb")
         if state["prompts"] is None:
-            state["prompts"] = _prompts(config, _tokenizer(folder / "tokenizer.json"))
+            state["prompts"] = _prompts(config, load_tokenizer(folder / "tokenizer.json"))
         model = loader(folder, dtype=dtype, device=config.device)
         score = score_prompts(model, state["prompts"], batch_size=config.batch_size)
         del model
