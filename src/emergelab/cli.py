@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run directories, or folders searched for runs")
 
     sub.add_parser("list", help="list tasks and their fields, models and presets")
+    _add_lm_parser(sub)
     return parser
 
 
@@ -245,7 +246,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         run = RunDir(root)
         if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
             try:
-                ExperimentConfig.from_run(run)
+                if not str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
+                    ExperimentConfig.from_run(run)  # an `emergelab lm scan` has no training config
             except (ConfigError, CorruptFileError) as error:
                 problems.append(Problem(run.config_path, f"not a valid config ({error})"))
         for note in notes:
@@ -284,11 +286,101 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name} ({preset['task']['name']}): {preset['description']}")
     return 0
 
+# ------------------------------------------------------------------------------------ emergelab lm ...
+def _add_lm_parser(sub: Any) -> None:
+    lm = sub.add_parser("lm", help="language-model checkpoints (Pythia): capability scans and head patching")
+    lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
+    scan = lm_sub.add_parser("scan", help="find each seed's revision of emergence by a coarse-to-fine search")
+    patch = lm_sub.add_parser("patch", help="patch each head of a late revision into an early one")
+    for p in (scan, patch):
+        p.add_argument("--pythia", metavar="SIZE", help="EleutherAI/pythia-SIZE (and -seedK for seeds 1..9)")
+        p.add_argument("--repo", help="a hub repo of a GPT-NeoX causal LM (revisions stepN)")
+        p.add_argument("--local", type=Path, metavar="DIR", help="local revisions: DIR/seed<k>/<revision>/")
+        p.add_argument("--capability", default="repetition", help="repetition | induction | ioi")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="a prompt-set knob, e.g. --param length=16 (repeatable)")
+        p.add_argument("--n-prompts", type=int, default=200, help="prompts per evaluation (default 200)")
+        p.add_argument("--prompt-seed", type=int, default=0)
+        p.add_argument("--tokenizer", help="tokenizer.json to use instead of the checkpoint's")
+        p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--retries", type=int, default=5, help="tries per hub request (default 5)")
+        p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, doubling")
+        p.add_argument("--out", type=Path, required=True, help="output folder (a scan resumes in it)")
+    scan.add_argument("--seeds", default="0", help="suite seeds, e.g. 0-9 or 0,3 (default 0)")
+    scan.add_argument("--revisions", help="comma-separated revisions (default: all of the source's)")
+    scan.add_argument("--metric", default="solved_fraction", help="solved_fraction | target_prob | logit_diff")
+    scan.add_argument("--threshold", type=float, default=0.5, help="emergence: metric >= this (default 0.5)")
+    scan.add_argument("--coarse", type=int, default=8, help="coarse log-spaced revisions per seed (default 8)")
+    scan.add_argument("--exhaustive", action="store_true", help="evaluate every revision")
+    scan.add_argument("--batch-size", type=int, default=64)
+    scan.add_argument("--disk-budget-gb", type=float, default=20.0, help="largest checkpoint held (default 20)")
+    patch.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
+    patch.add_argument("--early", required=True, metavar="REVISION", help="e.g. step1000")
+    patch.add_argument("--late", required=True, metavar="REVISION", help="e.g. step8000")
+    patch.add_argument("--what", choices=("pattern", "scores"), default="pattern")
+    patch.add_argument("--top-k", type=int, default=5, help="top heads patched together (default 5)")
+    patch.add_argument("--fraction", type=float, default=0.9, help="greedy target fraction (default 0.9)")
+    patch.add_argument("--max-heads", type=int, default=8, help="greedy set size limit; 0 skips it (default 8)")
+
+
+def cmd_lm(args: argparse.Namespace) -> int:
+    import yaml
+
+    try:
+        from .lm import ScanConfig, require_transformers, scan
+        from .lm.patch import patch_revisions, write_patch
+        from .lm.sources import make_sources, parse_seeds
+
+        require_transformers()
+    except ImportError as error:
+        raise ConfigError(str(error)) from None
+    params = {}
+    for text in args.param:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        params[key.strip()] = yaml.safe_load(value)
+    seeds = parse_seeds(args.seeds) if args.lm_command == "scan" else [args.seed]
+    revisions = [r.strip() for r in args.revisions.split(",")] if getattr(args, "revisions", None) else None
+    hub = {"attempts": args.retries, "backoff": args.backoff}
+    try:
+        sources = make_sources(pythia=args.pythia, repo=args.repo, local=args.local, seeds=seeds,
+                               revisions=revisions, **hub)
+        if args.lm_command == "scan":
+            config = ScanConfig(capability=args.capability, params=params, n_prompts=args.n_prompts,
+                                prompt_seed=args.prompt_seed, metric=args.metric, threshold=args.threshold,
+                                coarse=args.coarse, exhaustive=args.exhaustive, batch_size=args.batch_size,
+                                disk_budget_gb=args.disk_budget_gb, dtype=args.dtype, device=args.device,
+                                tokenizer=args.tokenizer)
+            result = scan(sources, config, args.out, log=print)
+            print(result.format())
+            print(f"wrote {args.out}/metrics.parquet and summary.json")
+            return 0
+        result = patch_revisions(sources[args.seed], args.early, args.late, capability=args.capability,
+                                 params=params, n_prompts=args.n_prompts, prompt_seed=args.prompt_seed,
+                                 what=args.what, top_k=args.top_k, fraction=args.fraction,
+                                 greedy_max_heads=args.max_heads, dtype=args.dtype, device=args.device,
+                                 tokenizer=args.tokenizer)
+    except (TypeError, ValueError, FileNotFoundError) as error:  # bad --param names, checkpoint mismatches
+        raise ConfigError(" ".join(str(error).split())) from None
+    except Exception as error:
+        if type(error).__module__.startswith("huggingface_hub"):  # missing repo or revision, gated repo
+            raise ConfigError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
+        raise
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.format())
+    paths = write_patch(result, args.out)
+    print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
+    return 0
+
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
 COMMANDS["analyze"] = cmd_analyze
 COMMANDS["patch"] = cmd_patch
 COMMANDS["check"] = cmd_check
+COMMANDS["lm"] = cmd_lm
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,28 @@
+"""Language models: Pythia-style checkpoint suites, capabilities as prompt sets, checkpoint scans for the
+point of emergence per seed, and head patching between two revisions. See README.md in this folder.
+
+Needs the optional extra ``emergelab[lm]`` (transformers, tokenizers, huggingface_hub); everything heavy
+is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+
+def require_transformers() -> None:
+    """Raise ImportError with an install hint when the ``lm`` extra is missing."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("transformers", "tokenizers", "huggingface_hub") if find_spec(name) is None]
+    if missing:
+        raise ImportError(f"emergelab.lm needs {', '.join(missing)}: install it with pip install 'emergelab[lm]'")
+
+
+from .capabilities import CAPABILITIES, PromptSet, Score, build_prompts, score_prompts  # noqa: E402
+from .neox import HookedGPTNeoX, NeoXSpec, load_neox  # noqa: E402
+from .scan import ScanConfig, ScanResult, coarse_revisions, scan  # noqa: E402
+from .sources import (HubSource, HubUnavailableError, LocalSource, pythia_repo, pythia_revisions,  # noqa: E402
+                      revision_step)
+
+__all__ = ["CAPABILITIES", "HookedGPTNeoX", "HubSource", "HubUnavailableError", "LocalSource", "NeoXSpec",
+           "PromptSet", "ScanConfig", "ScanResult", "Score", "build_prompts", "coarse_revisions", "load_neox",
+           "pythia_repo", "pythia_revisions", "require_transformers", "revision_step", "scan", "score_prompts"]

@@ -1,0 +1,148 @@
+"""Head patching between two revisions of a language model, on a capability's prompts.
+
+:func:`patch_revisions` loads ``early`` and ``late`` (a :class:`~emergelab.lm.sources.CheckpointSource`,
+fetched into a temporary folder and deleted after loading) and reuses ``interventions.patching``
+unchanged: :func:`~emergelab.interventions.patching_table` (each head's ``hook_pattern`` or
+``hook_attn_scores`` from late patched into early, one at a time), the top heads by gain and their joint
+effect (``patch_heads`` with the top 1, 2, ... k together), and :func:`~emergelab.interventions.greedy_heads`.
+Every mean is over the prompts' scored position (the answer token).
+
+Example::
+
+    from emergelab.lm import HubSource, pythia_repo
+    from emergelab.lm.patch import patch_revisions, write_patch
+    result = patch_revisions(HubSource(pythia_repo("14m")), "step1000", "step8000", capability="repetition")
+    print(result.format()); write_patch(result, "runs/pythia-14m-patch")
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import torch
+
+from ..interventions import GreedyResult, PatchingResult, greedy_heads, patch_heads, patching_table, target_metrics
+from ..store import write_parquet, write_text
+from .capabilities import PromptSet, build_prompts, check_params, load_tokenizer
+from .scan import DTYPES
+from .sources import CheckpointSource
+
+
+@dataclass
+class RevisionPatching:
+    """``table``: per-head gains ``[layers, heads]``; ``top``: heads by gain; ``joint_prob[k-1]`` /
+    ``joint_recovered[k-1]``: mean answer probability and fraction of ``late - early`` recovered with the
+    top ``k`` heads patched together; ``greedy``: the greedy set."""
+
+    source: str
+    early: str
+    late: str
+    what: str
+    prompts: PromptSet
+    table: PatchingResult
+    top: list[tuple[int, int]]
+    joint_prob: list[float]
+    joint_recovered: list[float]
+    greedy: GreedyResult | None
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        t = self.table
+        early_p, late_p = float(t.early["mean_prob"]), float(t.late["mean_prob"])
+        n_layers, n_heads = t.prob_gain.shape
+        lines = [f"{self.source}: attention {self.what} of {self.late} patched into {self.early}, "
+                 f"{self.prompts.describe()}",
+                 f"answer probability: early {early_p:.4f}, late {late_p:.4f}",
+                 "gain in answer probability per head (rows: layers, columns: heads):",
+                 "layer " + "".join(f"{h:>8}" for h in range(n_heads))]
+        for layer in range(n_layers):
+            lines.append(f"{layer:>5} " + "".join(f"{float(t.prob_gain[layer, h]):>8.4f}" for h in range(n_heads)))
+        lines.append("top heads patched together: " + ", ".join(
+            f"{k + 1}: {p:.4f} ({r:.0%})" for k, (p, r) in enumerate(zip(self.joint_prob, self.joint_recovered))))
+        lines.append("top heads: " + " ".join(f"L{l}H{h}" for l, h in self.top))
+        if self.greedy is not None:
+            g = self.greedy
+            reach = "reached" if g.reached else "did not reach"
+            lines.append(f"greedy set ({reach} {g.fraction:.0%}): " + ", ".join(
+                f"L{l}H{h} -> {r:.0%}" for (l, h), r in zip(g.heads, g.recovered)))
+        return "\n".join(lines)
+
+
+def _fetch_and_load(source: CheckpointSource, revision: str, dtype: torch.dtype, device: str,
+                    loader: Callable[..., Any], workdir: Path) -> tuple[Any, Path]:
+    folder = source.fetch(revision, workdir / revision)
+    return loader(folder, dtype=dtype, device=device), folder
+
+
+@torch.no_grad()
+def patch_revisions(source: CheckpointSource, early: str, late: str, *, capability: str = "repetition",
+                    params: dict | None = None, n_prompts: int = 100, prompt_seed: int = 0, what: str = "pattern",
+                    top_k: int = 5, fraction: float = 0.9, greedy_max_heads: int | None = 8,
+                    batch_size: int | None = 32, dtype: str = "float32", device: str = "cpu",
+                    tokenizer: str | None = None, loader: Callable[..., Any] | None = None) -> RevisionPatching:
+    """Patch each head of ``late`` into ``early`` on ``n_prompts`` prompts of ``capability``; the top
+    ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit)."""
+    check_params(capability, params or {})
+    if loader is None:
+        from .neox import load_neox as loader
+    with tempfile.TemporaryDirectory(prefix="emergelab-patch-") as tmp:
+        early_model, folder = _fetch_and_load(source, early, DTYPES[dtype], device, loader, Path(tmp))
+        tok = load_tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.json")
+        late_model, _ = _fetch_and_load(source, late, DTYPES[dtype], device, loader, Path(tmp))
+    prompts = build_prompts(capability, tok, n=n_prompts, seed=prompt_seed, **(params or {}))
+    tokens, mask = prompts.tokens, prompts.loss_mask
+    table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size)
+    top = table.ranking()[:top_k]
+    early_p, late_p = float(table.early["mean_prob"]), float(table.late["mean_prob"])
+    joint_prob, joint_recovered = [], []
+    source_cache = _late_cache(late_model, tokens, what, batch_size)
+    for k in range(1, len(top) + 1):
+        probs = []
+        step = batch_size or tokens.shape[0]
+        for start in range(0, tokens.shape[0], step):
+            rows = slice(start, start + step)
+            cache = {name: act[rows] for name, act in source_cache.items()}
+            logits = patch_heads(early_model, tokens[rows], cache, top[:k], what)
+            n_rows = tokens[rows].shape[0]
+            probs.append(float(target_metrics(logits, tokens[rows], loss_mask=mask)["mean_prob"]) * n_rows)
+        p = float(sum(probs) / tokens.shape[0])
+        joint_prob.append(p)
+        joint_recovered.append((p - early_p) / (late_p - early_p) if late_p != early_p else float("nan"))
+    greedy = None
+    if greedy_max_heads != 0:
+        greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
+                              max_heads=greedy_max_heads, batch_size=batch_size)
+    notes = [] if late_p > early_p else [f"{late} is not better than {early} on these prompts "
+                                         f"({late_p:.4f} vs {early_p:.4f}): gains are not recoveries"]
+    return RevisionPatching(source.name, early, late, what, prompts, table, top, joint_prob, joint_recovered,
+                            greedy, notes)
+
+
+def _late_cache(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
+    from ..interventions import cache_attention
+
+    step = batch_size or tokens.shape[0]
+    parts = [cache_attention(model, tokens[i:i + step], what) for i in range(0, tokens.shape[0], step)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def write_patch(result: RevisionPatching, out: str | Path) -> list[Path]:
+    """``patch_table.parquet`` (per layer, head: prob_gain, loss_drop), ``patch_joint.parquet`` (top-k),
+    ``patch_greedy.parquet`` and ``patch.txt`` (the report) in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"source": result.source, "early": result.early, "late": result.late}
+    paths = [out / "patch_table.parquet", out / "patch_joint.parquet", out / "patch_greedy.parquet", out / "patch.txt"]
+    rows = [{**meta, **row} for row in result.table.to_rows()]
+    write_parquet(paths[0], pa.Table.from_pylist(rows))
+    joint = [{**meta, "k": k + 1, "layer": l, "head": h, "prob": p, "recovered": r}
+             for k, ((l, h), p, r) in enumerate(zip(result.top, result.joint_prob, result.joint_recovered))]
+    write_parquet(paths[1], pa.Table.from_pylist(joint))
+    greedy = [{**meta, **row} for row in (result.greedy.to_rows() if result.greedy else [])]
+    write_parquet(paths[2], pa.Table.from_pylist(greedy) if greedy else pa.table({"step": pa.array([], pa.int64())}))
+    write_text(paths[3], result.format() + "\n")
+    return paths

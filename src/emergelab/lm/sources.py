@@ -1,0 +1,273 @@
+"""Where checkpoints come from: the Hugging Face hub, or a local folder of revisions (tests, mirrors).
+
+A :class:`CheckpointSource` names its revisions and copies one into a folder the caller owns::
+
+    source.name                      "EleutherAI/pythia-160m" (recorded in the scan's config)
+    source.revisions()               ["step0", "step1", ..., "step143000"]
+    source.size(revision)            bytes it will take (None when unknown), checked against a disk budget
+    source.fetch(revision, into)     -> folder with config.json, *.safetensors (and tokenizer.json)
+
+``fetch`` may return a folder other than ``into`` (a checkpoint already in the Hugging Face cache); the
+caller deletes ``into`` after use (``scan`` does, so a scan holds one checkpoint at a time).
+
+* :class:`HubSource` downloads ``config.json``, ``*.safetensors`` and the tokenizer files of
+  ``repo@revision`` (never pickle weights, never remote code), retrying network errors with exponential
+  backoff; when the hub cannot be reached, or ``HF_HUB_OFFLINE=1`` is set and the checkpoint is not in
+  the Hugging Face cache, it raises :class:`HubUnavailableError` (one line; the CLI exits 2).
+* :class:`LocalSource` reads ``ROOT/<revision>/`` folders (``ROOT/step0/``, ``ROOT/step1/``, ...): the
+  layout tests build with ``save_pretrained``. ``from_pretrained(local_path, revision=...)`` ignores the
+  revision for a local path, hence this explicit layout.
+
+Pythia naming (:func:`pythia_repo`, :func:`pythia_revisions`): ``EleutherAI/pythia-{size}`` is seed 0,
+``EleutherAI/pythia-{size}-seed{k}`` seeds 1..9; revisions ``step0``, ``step1, 2, 4 ... 512``, then
+``step1000`` to ``step143000`` every 1000 (154 in all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, TypeVar
+
+from ..config import ConfigError
+
+# Files a checkpoint needs; pickle weights (*.bin, *.pt) are never downloaded.
+ALLOW = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+         "tokenizer_config.json", "special_tokens_map.json"]
+PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+_STEP = re.compile(r"step(\d+)$")
+T = TypeVar("T")
+
+
+class HubUnavailableError(ConfigError):
+    """The hub cannot be reached (after retries), or offline mode is set and the checkpoint is not cached."""
+
+
+class CheckpointSource(Protocol):
+    name: str
+
+    def revisions(self) -> list[str]: ...
+
+    def size(self, revision: str) -> int | None: ...
+
+    def fetch(self, revision: str, into: Path) -> Path: ...
+
+
+def revision_step(revision: str) -> int:
+    """``"step1000"`` -> 1000 (the step a Pythia-style revision names)."""
+    match = _STEP.fullmatch(revision)
+    if not match:
+        raise ConfigError(f"revision {revision!r}: expected stepN (e.g. step1000)")
+    return int(match.group(1))
+
+
+def pythia_revisions() -> list[str]:
+    """The 154 Pythia checkpoint revisions in training order: step0, step1, 2, 4 ... 512, step1000 ... 143000."""
+    steps = [0] + [2 ** i for i in range(10)] + list(range(1000, 143001, 1000))
+    return [f"step{s}" for s in steps]
+
+
+def pythia_repo(size: str, seed: int = 0, deduped: bool = False) -> str:
+    """``EleutherAI/pythia-{size}[-deduped]`` for seed 0, ``...-seed{seed}`` for seeds 1..9."""
+    if size not in PYTHIA_SIZES:
+        raise ConfigError(f"pythia size {size!r}: allowed sizes are {', '.join(PYTHIA_SIZES)}")
+    if not 0 <= int(seed) <= 9:
+        raise ConfigError(f"pythia seed {seed!r}: must be 0..9 (0 is the original run)")
+    base = f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}"
+    return base if int(seed) == 0 else f"{base}-seed{int(seed)}"
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of every file below ``path`` (0 when it does not exist)."""
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class LocalSource:
+    """Revisions as folders ``root/<revision>/`` (each a ``save_pretrained`` folder). ``fetch`` copies
+    the checkpoint into ``into``, as a download would, so disk budgets and eviction behave as on the hub."""
+
+    def __init__(self, root: str | Path, revisions: list[str] | None = None):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: no such folder of checkpoint revisions")
+        self.name = str(self.root)
+        self._revisions = revisions
+
+    def revisions(self) -> list[str]:
+        if self._revisions is not None:
+            return list(self._revisions)
+        found = [p.name for p in self.root.iterdir() if (p / "config.json").exists()]
+        return sorted(found, key=lambda r: (revision_step(r) if _STEP.fullmatch(r) else -1, r))
+
+    def size(self, revision: str) -> int | None:
+        return folder_size(self._folder(revision))
+
+    def fetch(self, revision: str, into: Path) -> Path:
+        source = self._folder(revision)
+        into.mkdir(parents=True, exist_ok=True)
+        for path in source.iterdir():
+            if path.is_file() and not path.name.endswith((".bin", ".pt", ".pth")):
+                shutil.copy2(path, into / path.name)
+        return into
+
+    def _folder(self, revision: str) -> Path:
+        folder = self.root / revision
+        if not (folder / "config.json").exists():
+            raise ConfigError(f"{self.root}: no revision {revision!r} (expected {folder}/config.json)")
+        return folder
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_network_error(error: BaseException) -> bool:
+    """A failure worth retrying: connection, timeout, 429/5xx; not a missing repo, revision or file."""
+    from huggingface_hub import errors
+
+    if isinstance(error, (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.EntryNotFoundError,
+                          errors.GatedRepoError, errors.LocalEntryNotFoundError)):
+        return False
+    if isinstance(error, errors.HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        return status is None or status == 429 or status >= 500
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(isinstance(error, (ConnectionError, TimeoutError, OSError))
+                or names & {"TransportError", "TimeoutException", "NetworkError", "ConnectError",
+                            "RequestException", "ConnectionError"})
+
+
+def with_retries(fn: Callable[[], T], what: str, *, attempts: int = 5, backoff: float = 2.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 retry_if: Callable[[BaseException], bool] = is_network_error) -> T:
+    """``fn()``, retried on network errors with delays ``backoff * 2**i`` seconds; after ``attempts``
+    failures raises :class:`HubUnavailableError` naming ``what`` and the last error (one line)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as error:  # noqa: BLE001 - classified below
+            if not retry_if(error):
+                raise
+            last = error
+            if attempt + 1 < attempts:
+                sleep(backoff * 2 ** attempt)
+    reason = " ".join(str(last).split())[:200] or type(last).__name__
+    raise HubUnavailableError(f"cannot reach the Hugging Face hub for {what} after {attempts} tries "
+                              f"({type(last).__name__}: {reason}); check the network and re-run (the scan "
+                              "resumes), or set HF_HUB_OFFLINE=1 to use cached checkpoints only")
+
+
+class HubSource:
+    """``repo`` on the Hugging Face hub; revisions are git branches/tags (Pythia: ``stepN``).
+
+    ``revisions``: the list to scan (default: :func:`pythia_revisions` for an ``EleutherAI/pythia-*``
+    repo; else pass it). ``use_cache``: take a checkpoint from the Hugging Face cache when it is there
+    (nothing is downloaded, nothing counts against a scan's disk budget).
+    """
+
+    def __init__(self, repo: str, revisions: list[str] | None = None, *, attempts: int = 5,
+                 backoff: float = 2.0, use_cache: bool = True, token: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        from . import require_transformers
+
+        require_transformers()
+        self.name = repo
+        if revisions is None and not repo.startswith("EleutherAI/pythia-"):
+            raise ConfigError(f"{repo}: not a Pythia repo; give its revisions explicitly")
+        self._revisions = revisions
+        self.attempts, self.backoff, self.use_cache, self.token, self.sleep = attempts, backoff, use_cache, token, sleep
+
+    def revisions(self) -> list[str]:
+        return list(self._revisions) if self._revisions is not None else pythia_revisions()
+
+    def _cached(self, revision: str) -> Path | None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(self.name, revision=revision, allow_patterns=ALLOW,
+                                          local_files_only=True))
+        except Exception:  # noqa: BLE001 - anything short of a complete cached snapshot means "not cached"
+            return None
+        return path if (path / "config.json").exists() and any(path.glob("*.safetensors")) else None
+
+    def size(self, revision: str) -> int | None:
+        if _offline() or (self.use_cache and self._cached(revision) is not None):
+            return None
+        from fnmatch import fnmatch
+
+        from huggingface_hub import HfApi
+
+        def ask() -> Any:
+            return HfApi(token=self.token).model_info(self.name, revision=revision, files_metadata=True)
+
+        info = with_retries(ask, f"{self.name}@{revision}", attempts=self.attempts, backoff=self.backoff,
+                            sleep=self.sleep)
+        return sum(s.size or 0 for s in info.siblings or [] if any(fnmatch(s.rfilename, p) for p in ALLOW))
+
+    def fetch(self, revision: str, into: Path) -> Path:
+        if self.use_cache or _offline():
+            cached = self._cached(revision)
+            if cached is not None:
+                return cached
+        if _offline():
+            raise HubUnavailableError(f"HF_HUB_OFFLINE=1 is set and {self.name}@{revision} is not in the Hugging "
+                                      "Face cache; unset HF_HUB_OFFLINE to download it")
+        from huggingface_hub import snapshot_download
+
+        def download() -> Path:
+            return Path(snapshot_download(self.name, revision=revision, local_dir=into, allow_patterns=ALLOW,
+                                          token=self.token))
+
+        folder = with_retries(download, f"{self.name}@{revision}", attempts=self.attempts,
+                              backoff=self.backoff, sleep=self.sleep)
+        if not any(folder.glob("*.safetensors")):
+            raise ConfigError(f"{self.name}@{revision} has no safetensors weights (pickle weights are never "
+                              "loaded); convert the checkpoint to safetensors first")
+        return folder
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]``."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise ConfigError(f"seeds {text!r}: expected a list such as 0,1,2 or 0-9") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"seeds {text!r}: expected distinct seeds >= 0")
+    return seeds
+
+
+def make_sources(*, pythia: str | None = None, repo: str | None = None, local: str | Path | None = None,
+                 seeds: list[int] | None = None, revisions: list[str] | None = None, deduped: bool = False,
+                 **hub: Any) -> dict[int, CheckpointSource]:
+    """Suite seed -> source, from exactly one of:
+
+    * ``pythia="14m"``: ``EleutherAI/pythia-14m`` (seed 0) and ``...-seed{k}`` (:func:`pythia_repo`);
+    * ``repo="org/name"``: one hub repo, seed 0 (``revisions`` needed unless it is a Pythia repo);
+    * ``local=ROOT``: ``ROOT/seed{k}/<revision>/`` for each seed, or ``ROOT/<revision>/`` for seed 0 alone.
+
+    ``hub``: keyword arguments of :class:`HubSource` (attempts, backoff, use_cache, token)."""
+    if sum(x is not None for x in (pythia, repo, local)) != 1:
+        raise ConfigError("give exactly one of --pythia SIZE, --repo REPO, --local DIR")
+    seeds = [0] if seeds is None else seeds
+    if pythia is not None:
+        return {s: HubSource(pythia_repo(pythia, s, deduped), revisions, **hub) for s in seeds}
+    if repo is not None:
+        if seeds != [0]:
+            raise ConfigError("--repo names one seed's repo; use --pythia SIZE --seeds ... for a suite")
+        return {0: HubSource(repo, revisions, **hub)}
+    root = Path(local)  # type: ignore[arg-type]
+    if all((root / f"seed{s}").is_dir() for s in seeds) and (root / f"seed{seeds[0]}").exists():
+        return {s: LocalSource(root / f"seed{s}", revisions) for s in seeds}
+    if seeds == [0]:
+        return {0: LocalSource(root, revisions)}
+    missing = [str(root / f"seed{s}") for s in seeds if not (root / f"seed{s}").is_dir()]
+    raise ConfigError(f"--local {root}: no folder {missing[0]} (layout: ROOT/seed<k>/<revision>/)")
