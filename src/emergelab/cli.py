@@ -366,7 +366,7 @@ def _values(overrides: dict) -> str:
 
 def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace) -> int:
     from .sweep.driver import default_workers
-    from .sweep.estimate import estimate, format_seconds, wall_seconds
+    from .sweep.cost import estimate, format_seconds, wall_seconds
     from .store import RunDir
 
     workers = args.workers or default_workers()

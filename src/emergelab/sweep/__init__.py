@@ -15,7 +15,7 @@ Sits above ``train`` and below ``interventions``/``report``/``cli``. See README.
 
 from .driver import (RunStatus, SweepResult, local_sweep_executor, read_sweep_json, run_sweep, sweep_out,
                      sweep_status)
-from .estimate import Calibration, Estimate, calibrate, estimate, wall_seconds
+from .cost import Calibration, Estimate, calibrate, estimate, wall_seconds
 from .spec import Sweep, SweepRun, expand, load_sweep
 
 
