@@ -97,8 +97,8 @@ def last_line(error: str) -> str:
 class _Active:
     """A run with units out: its plan, units, and how many are still running this round."""
 
-    def __init__(self, spec: SweepRun, run: RunDir, plan: Plan):
-        self.spec, self.run, self.plan = spec, run, plan
+    def __init__(self, spec: SweepRun, run: RunDir, plan: Plan, threads: int = 1):
+        self.spec, self.run, self.plan, self.threads = spec, run, plan, threads
         self.cost = train_flops(spec.config) / (spec.config.train.steps * spec.config.train.seeds)  # per seed-step
         self.units: list[WorkUnit] = []
         self.left = 0
@@ -106,7 +106,7 @@ class _Active:
         self.attempts = 0
 
     def all_units(self) -> list[WorkUnit]:
-        return plan_units(self.spec.config, self.run, self.plan, threads=1)
+        return plan_units(self.spec.config, self.run, self.plan, threads=self.threads)
 
     def total_cost(self) -> float:
         return self.cost * sum(u.steps for u in self.all_units())
@@ -117,15 +117,16 @@ class _Active:
         return self.cost * sum(min(unit_progress(u), u.steps) for u in self.all_units())
 
     def remaining_units(self) -> list[WorkUnit]:
-        """Units of the plan not yet done (threads=1: one per worker)."""
+        """Units of the plan not yet done."""
         return [u for u in self.all_units() if unit_progress(u) < u.steps]
 
 
 def run_sweep(sweep: Sweep, out: str | Path | None = None, *, executor: Executor | None = None,
-              retries: int = 1, progress: bool = True) -> SweepResult:
+              retries: int = 1, progress: bool = True, threads: int = 1) -> SweepResult:
     """Train every run of ``sweep`` into ``out`` (default: the sweep file's ``out``) on ``executor``
     (default: :func:`local_sweep_executor`). A run whose unit fails is tried again up to ``retries`` times
-    (resuming from its resume states), then recorded under ``OUT/failed/``; it never stops the others."""
+    (resuming from its resume states), then recorded under ``OUT/failed/``; it never stops the others.
+    ``threads``: torch threads per unit (1: one per worker process, what packs best on CPUs; README.md)."""
     out = sweep_out(sweep, out)
     if retries < 0:
         raise ConfigError(f"--retries={retries}: must be >= 0")
@@ -151,7 +152,7 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, executor: Executor
             except RunLockedError:
                 result.busy.append(spec.name)
                 continue
-            active.append(_Active(spec, run, plan))
+            active.append(_Active(spec, run, plan, threads))
         bar = _SweepBar(len(sweep.runs), len(result.done), len(result.failed), progress)
         try:
             _train(active, executor, retries, out, result, bar)
