@@ -1,4 +1,5 @@
-# emergelab: `make demo` trains the demo preset; `make test` runs the test suite. Both install first.
+# emergelab: `make demo` trains the demo preset; `make test` runs the test suite. Both install first
+# (the dev and ray extras: tests/test_sweep.py runs a sweep on a real local Ray instance).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emergelab-installed
@@ -10,7 +11,7 @@ $(PY):
 
 $(STAMP): pyproject.toml scripts/install_torch.sh | $(PY)
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
                        help="run directories, or folders searched for runs")
 
+    sweep = sub.add_parser("sweep", help="train every run of a sweep file (grid x zip over a base config); "
+                                         "`emergelab sweep status DIR` reports on one",
+                           usage="emergelab sweep FILE.yaml [options] | emergelab sweep status DIR")
+    sweep.add_argument("targets", nargs="+", metavar="FILE | status DIR",
+                       help="a sweep file to run, or `status` and a sweep directory")
+    sweep.add_argument("--out", type=Path, help="sweep directory (overrides the file's `out:`)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs with their FLOPs and an estimated "
+                                                              "time (calibrated on this machine); train nothing")
+    sweep.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local worker processes (default) or Ray tasks")
+    sweep.add_argument("--address", help="Ray cluster to join (e.g. auto, ray://HOST:10001); default: start a "
+                                         "local Ray instance")
+    sweep.add_argument("--workers", type=int, help="local: 1-thread worker processes (default: the CPUs)")
+    sweep.add_argument("--cpus-per-unit", type=float, default=1.0, help="ray: CPUs per unit (default 1)")
+    sweep.add_argument("--gpus-per-unit", type=float, default=0.0,
+                       help="ray: GPUs per unit; a fraction lets several small runs share a GPU (default 0)")
+    sweep.add_argument("--retries", type=int, default=1, help="tries after a run's first failure (default 1)")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    query = sub.add_parser("query", help="SQL over the metrics, runs and optima views of the runs below DIR")
+    query.add_argument("path", type=Path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
+    query.add_argument("sql", metavar="SQL", help="e.g. \"SELECT metric, count(*) FROM metrics GROUP BY metric\"")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
+
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     _add_lm_parser(sub)
     return parser
@@ -376,11 +400,147 @@ def cmd_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list}
-COMMANDS["analyze"] = cmd_analyze
-COMMANDS["patch"] = cmd_patch
-COMMANDS["check"] = cmd_check
-COMMANDS["lm"] = cmd_lm
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_sweep, sweep_out
+
+    targets = args.targets
+    if targets[0] == "status":
+        if len(targets) != 2:
+            raise ConfigError("usage: emergelab sweep status DIR")
+        return _sweep_status(Path(targets[1]))
+    if len(targets) != 1:
+        raise ConfigError(f"expected one sweep file, got {' '.join(targets)} (or: emergelab sweep status DIR)")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers={args.workers}: must be >= 1")
+    if args.retries < 0:
+        raise ConfigError(f"--retries={args.retries}: must be >= 0")
+    if args.executor == "local" and args.address:
+        raise ConfigError("--address joins a Ray cluster: use it with --executor ray")
+    sweep = load_sweep(targets[0], args.out)
+    out = sweep_out(sweep, args.out)
+    dup = f" ({sweep.duplicates} duplicate point(s) merged)" if sweep.duplicates else ""
+    print(f"sweep: {len(sweep.runs)} run(s) in {out}{dup}")
+    if args.dry_run:
+        return _sweep_dry_run(sweep, out, args)
+    if args.executor == "ray":
+        from .sweep import ray_executor
+        from .sweep.ray_executor import _import_ray
+
+        _import_ray()
+        executor = ray_executor(args.address, args.cpus_per_unit, args.gpus_per_unit)
+    else:
+        if any(r.config.execution.device.startswith("cuda") for r in sweep.runs):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("execution.device=cuda: CUDA is not available here; use cpu")
+        from .sweep import local_sweep_executor
+
+        executor = local_sweep_executor(args.workers)
+    from .sweep import run_sweep
+
+    result = run_sweep(sweep, out, executor=executor, retries=args.retries, progress=not args.quiet)
+    print(f"done {len(result.done)}, failed {len(result.failed)}, busy elsewhere {len(result.busy)} "
+          f"(of {len(sweep.runs)}); `emergelab sweep status {out}` for details")
+    from .sweep.driver import last_line
+
+    for name, error in result.failed.items():
+        print(f"  failed {name}: {last_line(error)}")
+    for name in result.busy:
+        print(f"  busy {name}: another emergelab process is training it; left alone")
+    return 1 if result.failed else 0
+
+
+def _values(overrides: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items()) or "-"
+
+
+def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace) -> int:
+    from .sweep.driver import default_workers
+    from .sweep.cost import estimate, format_seconds, wall_seconds
+    from .store import RunDir
+
+    workers = args.workers or default_workers()
+    estimates = estimate(sweep.runs)
+    rows = []
+    for e in estimates:
+        run = RunDir(e.run.path(out))
+        state = "done" if run.is_complete() else ("started" if run.state_dir.exists() else "new")
+        rows.append([e.run.name, _values(e.run.overrides), str(e.run.config.train.seeds),
+                     str(e.run.config.train.steps), f"{e.flops:.2e}", format_seconds(e.seconds), state])
+    print(_format_table(["run", "values", "seeds", "steps", "FLOPs", "est. time", "state"], rows))
+    todo = [e for e, row in zip(estimates, rows) if row[-1] != "done"]
+    print(f"total {sum(e.flops for e in estimates):.2e} FLOPs; to do: {len(todo)} run(s), "
+          f"{format_seconds(sum(e.seconds for e in todo))} of one thread, about "
+          f"{format_seconds(wall_seconds(todo, workers))} on {workers} worker(s) "
+          "(training steps only; probes and start-up add ~10-30%)")
+    return 0
+
+
+def _sweep_status(out: Path) -> int:
+    from .sweep import sweep_status
+    from .sweep.driver import STATES, last_line
+
+    statuses = sweep_status(out)
+    rows = [[s.name, s.state, f"{100 * s.progress:.0f}%", _values(s.overrides),
+             (f"after {s.attempts} attempt(s): " if s.attempts else "") + last_line(s.error) if s.error else ""]
+            for s in statuses]
+    print(_format_table(["run", "state", "progress", "values", "error"], rows))
+    counts = {state: sum(s.state == state for s in statuses) for state in STATES}
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" (of {len(statuses)})")
+    return 0
+
+
+def _format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+
+    import duckdb
+
+    from .store import connect
+
+    if not args.path.exists():
+        raise ConfigError(f"{args.path}: no such file or directory")
+    try:
+        con = connect(args.path)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        relation = con.sql(args.sql)
+        if relation is None:  # a statement without a result (CREATE, SET ...)
+            return 0
+        columns, rows = relation.columns, relation.fetchall()
+    except duckdb.Error as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"bad SQL: {first}") from None
+    if args.format == "json":
+        print(json.dumps([dict(zip(columns, row)) for row in rows], indent=1, default=str))
+    elif args.format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        print(buffer.getvalue(), end="")
+    else:
+        def cell(value: Any) -> str:
+            if value is None:
+                return "NULL"
+            return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+        print(_format_table(list(columns), [[cell(v) for v in row] for row in rows]))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze, "patch": cmd_patch,
+            "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,3 +28,19 @@ def locked(path: str | Path, wait: bool = True, what: str = "this run") -> Itera
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether another process holds the lock on ``path`` now (False when the file does not exist)."""
+    path = Path(path)
+    try:
+        handle = open(path, "r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -2,14 +2,17 @@
 
 An :class:`Executor` has one method, ``map(units, on_progress)``: run every unit to completion (each
 through :func:`~emergelab.train.unit.run_unit`), reporting progress as ``on_progress(seed_steps, loss)``.
-It raises if a unit fails. The local executors:
+It raises if a unit fails, unless it is given ``on_unit``: then it reports each unit by index as
+``on_unit(i, "progress", seed_steps)``, ``on_unit(i, "done", None)`` or ``on_unit(i, "failed", text)``
+(the traceback) and carries on with the other units (a sweep isolates failing runs this way). The local
+executors:
 
 * :class:`InProcess`: one unit after another in this process (the seed-batched ensemble; the choice on
   an accelerator, where one big ensemble fills the device);
 * :class:`WorkerProcesses`: ``workers`` spawned processes pull units from a queue, each at the unit's
   thread budget (one thread on a CPU: two 1-thread processes beat one 2-thread process).
 
-A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep``.
+A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep.ray_executor``.
 """
 
 from __future__ import annotations
@@ -18,22 +21,44 @@ import os
 import threading
 import time
 import traceback
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .group import ProgressFn
 from .unit import WorkUnit, run_unit
 
 
+UnitFn = Callable[[int, str, Any], None]  # (unit index, "progress" | "done" | "failed", steps | None | text)
+
+
 class Executor(Protocol):
-    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None) -> None: ...
+    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None,
+            on_unit: UnitFn | None = None) -> None: ...
+
+
+def _unit_progress_fn(index: int, on_progress: ProgressFn | None, on_unit: UnitFn | None) -> ProgressFn:
+    def report(n: int, loss: float | None) -> None:
+        if on_progress is not None:
+            on_progress(n, loss)
+        if on_unit is not None:
+            on_unit(index, "progress", n)
+    return report
 
 
 class InProcess:
     """Run units one after another in this process."""
 
-    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None) -> None:
-        for unit in units:
-            run_unit(unit, on_progress)
+    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None,
+            on_unit: UnitFn | None = None) -> None:
+        for index, unit in enumerate(units):
+            if on_unit is None:
+                run_unit(unit, on_progress)
+                continue
+            try:
+                run_unit(unit, _unit_progress_fn(index, on_progress, on_unit))
+            except Exception:
+                on_unit(index, "failed", traceback.format_exc())
+            else:
+                on_unit(index, "done", None)
 
 
 class WorkerFailed(RuntimeError):
@@ -48,7 +73,11 @@ class WorkerProcesses:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
 
-    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None) -> None:
+    def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None,
+            on_unit: UnitFn | None = None) -> None:
+        """Without ``on_unit``, the first failure stops everything (WorkerFailed). With it, a unit that
+        raises is reported and its worker takes the next unit; a worker that dies (killed, out of memory)
+        takes down only the unit it held, reported as failed."""
         import multiprocessing as mp
         import queue as queue_module
 
@@ -56,29 +85,48 @@ class WorkerProcesses:
             return
         ctx = mp.get_context("spawn")  # fork after torch has threads is unsafe
         tasks, results = ctx.Queue(), ctx.Queue()
-        for unit in units:
-            tasks.put(unit)
+        for index, unit in enumerate(units):
+            tasks.put((index, unit))
         n = min(self.workers, len(units))
         for _ in range(n):
             tasks.put(None)  # one stop marker per worker
-        procs = [ctx.Process(target=_worker_main, args=(tasks, results), daemon=True) for _ in range(n)]
+        isolate = on_unit is not None
+        procs = [ctx.Process(target=_worker_main, args=(tasks, results, worker, isolate), daemon=True)
+                 for worker in range(n)]
         for proc in procs:
             proc.start()
-        finished = 0
+        finished: set[int] = set()  # workers that said "done" or died
+        holding: dict[int, int] = {}  # worker -> index of the unit it is training
         try:
-            while finished < n:
+            while len(finished) < n:
                 try:
-                    kind, payload, loss = results.get(timeout=1.0)
+                    kind, worker, index, payload, loss = results.get(timeout=1.0)
                 except queue_module.Empty:
-                    if any(p.exitcode not in (None, 0) for p in procs):
+                    dead = [w for w, p in enumerate(procs) if p.exitcode not in (None, 0) and w not in finished]
+                    if dead and not isolate:
                         raise WorkerFailed("a training worker died (exit codes "
                                            f"{[p.exitcode for p in procs]}); re-run to resume") from None
+                    for w in dead:
+                        finished.add(w)
+                        if w in holding:
+                            on_unit(holding.pop(w), "failed", f"its worker process died (exit code "
+                                                              f"{procs[w].exitcode})")
                     continue
-                if kind == "progress":
+                if kind == "start":
+                    holding[worker] = index
+                elif kind == "progress":
                     if on_progress is not None:
                         on_progress(payload, loss)
+                    if isolate:
+                        on_unit(index, "progress", payload)
+                elif kind == "unit-done":
+                    holding.pop(worker, None)
+                    on_unit(index, "done", None)
+                elif kind == "unit-failed":
+                    holding.pop(worker, None)
+                    on_unit(index, "failed", payload)
                 elif kind == "done":
-                    finished += 1
+                    finished.add(worker)
                 else:
                     raise WorkerFailed(f"a training worker failed:\n{payload}")
         finally:
@@ -101,17 +149,33 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _worker_main(tasks: Any, results: Any) -> None:
+def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
+    """Take ``(index, unit)`` from ``tasks`` until a stop marker; report on ``results`` as
+    ``(kind, worker, index, payload, loss)``. ``isolate``: a failing unit is reported, not fatal."""
     import signal
 
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
     try:
-        while (unit := tasks.get()) is not None:
-            run_unit(unit, lambda n, loss: results.put(("progress", n, loss)))
-        results.put(("done", None, None))
+        while (item := tasks.get()) is not None:
+            index, unit = item
+            results.put(("start", worker, index, None, None))
+
+            def report(n: int, loss: float | None, index: int = index) -> None:
+                results.put(("progress", worker, index, n, loss))
+
+            if not isolate:
+                run_unit(unit, report)
+                continue
+            try:
+                run_unit(unit, report)
+            except Exception:
+                results.put(("unit-failed", worker, index, traceback.format_exc(), None))
+            else:
+                results.put(("unit-done", worker, index, None, None))
+        results.put(("done", worker, None, None, None))
     except BaseException:
-        results.put(("error", traceback.format_exc(), None))
+        results.put(("error", worker, None, traceback.format_exc(), None))
         raise SystemExit(1)
 
 

@@ -1,0 +1,160 @@
+"""A sweep file: ``base`` (+ optional ``preset``), ``grid`` and ``zip`` expanded to runs keyed by the hash
+of their resolved config.
+
+    base:                      # a config as ExperimentConfig.from_dict takes it
+      task: {name: linear-map, state_size: 8}
+      train: {steps: 2000, seeds: 4}
+    preset: linear-map-tiny    # optional: the preset first, base on top of it
+    grid:                      # every combination (the cartesian product) ...
+      task.state_size: [8, 16]
+      task.sparsity: [2, 3]
+    zip:                       # ... times these lists taken together, element by element
+      train.lr: [0.003, 0.002]
+      train.batch_size: [32, 64]
+    out: runs/sparsity         # the sweep directory (--out overrides it)
+
+Every point is validated (``ExperimentConfig.from_dict`` and ``resolved``) before any work; an error is one
+line naming the key. Points that resolve to the same config (same ``science_key``) are one run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..config import SECTIONS, ConfigError
+from ..train import ExperimentConfig
+
+KEYS = ("base", "preset", "grid", "zip", "out")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its name (``<task>-<hash>``, the run directory under ``OUT/runs``), the grid
+    and zip values that made it, and its resolved config."""
+
+    name: str
+    key: str
+    overrides: dict[str, Any]
+    config: ExperimentConfig
+
+    def path(self, out: str | Path) -> Path:
+        return Path(out) / "runs" / self.name
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: its runs (distinct configs, in expansion order) and its directory (None when the
+    file names none and no ``--out`` was given)."""
+
+    runs: list[SweepRun]
+    out: Path | None
+    spec: dict[str, Any]
+    duplicates: int = 0  # points that resolved to a config already in the sweep
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """Read and validate sweep file ``path`` (``out`` overrides its ``out:``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    try:
+        return expand(data, out)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def expand(data: Any, out: str | Path | None = None) -> Sweep:
+    """Validate a sweep given as plain data (the parsed YAML) and expand it to its runs."""
+    from ..presets import preset_dict
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a sweep file is a mapping with keys {', '.join(KEYS)}")
+    for key in data:
+        if key not in KEYS:
+            raise ConfigError(f"unknown key {key!r}; allowed keys are {', '.join(KEYS)}")
+    base = data.get("base") or {}
+    if not isinstance(base, Mapping) or not all(isinstance(v, Mapping) or v is None for v in base.values()):
+        raise ConfigError("base: must be a mapping of sections (task, model, train, execution) to mappings")
+    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    if data.get("preset") is not None:
+        preset = preset_dict(str(data["preset"]))
+        base_task = (base.get("task") or {}).get("name")
+        if base_task is not None and base_task != preset["task"]["name"]:
+            raise ConfigError(f"preset={data['preset']}: it is for task {preset['task']['name']}, but "
+                              f"base.task.name={base_task!r}")
+        for section in SECTIONS:
+            merged[section].update(preset.get(section, {}))
+    for section, values in base.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"base.{section}: unknown section; allowed sections are {', '.join(SECTIONS)}")
+        merged[section].update(values or {})
+    grid = _axes(data.get("grid"), "grid")
+    zipped = _axes(data.get("zip"), "zip")
+    for key in set(grid) & set(zipped):
+        raise ConfigError(f"{key}: in both grid and zip; put it in one of them")
+    lengths = {key: len(values) for key, values in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError("zip: the lists must have equal lengths, got "
+                          + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+    zip_points = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
+    grid_points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    runs: dict[str, SweepRun] = {}
+    duplicates = 0
+    for grid_point in grid_points:
+        for zip_point in zip_points:
+            overrides = {**grid_point, **zip_point}
+            config = _point_config(merged, overrides)
+            key = config.science_key()
+            if key in runs:
+                duplicates += 1
+                continue
+            runs[key] = SweepRun(f"{config.task_name}-{key}", key, overrides, config)
+    where = out if out is not None else data.get("out")
+    if where is not None and not isinstance(where, (str, Path)):
+        raise ConfigError(f"out={where!r}: must be a directory path")
+    spec = {k: data[k] for k in KEYS if k in data}
+    return Sweep(list(runs.values()), Path(where) if where is not None else None, spec, duplicates)
+
+
+def _axes(values: Any, name: str) -> dict[str, list[Any]]:
+    """``grid`` / ``zip``: dotted ``section.field`` keys to non-empty lists."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{name}: must map dotted keys (e.g. task.state_size) to lists")
+    out = {}
+    for key, options in values.items():
+        parts = str(key).split(".")
+        if len(parts) != 2 or parts[0] not in SECTIONS or not parts[1]:
+            raise ConfigError(f"{name}.{key}: the key must be section.field with section one of "
+                              f"{', '.join(SECTIONS)}")
+        if parts[0] == "execution":
+            raise ConfigError(f"{name}.{key}: execution never changes the numbers (every value would be the "
+                              "same run); set it in base")
+        if not isinstance(options, list) or not options:
+            raise ConfigError(f"{name}.{key}={options!r}: must be a non-empty list")
+        out[str(key)] = list(options)
+    return out
+
+
+def _point_config(merged: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> ExperimentConfig:
+    data = {section: dict(values) for section, values in merged.items()}
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        data[section][name] = value
+    label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    try:
+        return ExperimentConfig.from_dict(data).resolved()
+    except ConfigError as error:
+        raise ConfigError(f"the run {{{label}}}: {error}" if label else str(error)) from None

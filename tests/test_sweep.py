@@ -1,0 +1,414 @@
+"""Sweeps: expansion (grid x zip, preset, one-line validation errors), hash-keyed runs, skip and exact resume
+(also after SIGKILL of a real `emergelab sweep`), retries and failure isolation, status, dry-run, query
+formats, and the Ray executor against the local one, bit for bit.
+
+Every run here is tiny (1 layer, 2 heads of dim 4, tens of steps) so the fast tests stay a few seconds each.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from emergelab.cli import main
+from emergelab.config import ConfigError
+from emergelab.store import locked
+from emergelab.sweep import expand, run_sweep, sweep_status
+from emergelab.sweep.cost import Calibration, estimate, wall_seconds
+from emergelab.train import ExperimentConfig, InProcess, train
+
+BASE = {
+    "task": {"name": "linear-map", "state_size": 6},
+    "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+    "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 32, "seeds": 2,
+              "checkpoints": 2, "attention_snapshots": 2},
+}
+SPEC = {"base": BASE, "grid": {"task.sparsity": [2]}, "zip": {"train.lr": [0.003, 0.002], "train.seed": [0, 1]}}
+
+
+def spec(**changes) -> dict:
+    data = copy.deepcopy(SPEC)
+    data.update(changes)
+    return data
+
+
+def write_spec(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def metrics_of(out: Path) -> dict[str, object]:
+    return {p.parent.name: pq.read_table(p) for p in sorted((out / "runs").glob("*/metrics.parquet"))}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Expansion, validation, hashing
+# ------------------------------------------------------------------------------------------------------
+def test_grid_times_zip_expands_to_hash_keyed_runs():
+    data = spec(grid={"task.sparsity": [1, 2, 3], "model.heads": [1, 2]},
+                zip={"train.lr": [0.003, 0.002], "train.seed": [0, 7]})
+    sweep = expand(data, "out")
+    assert len(sweep.runs) == 3 * 2 * 2
+    seen = {(r.overrides["task.sparsity"], r.overrides["model.heads"], r.overrides["train.lr"],
+             r.overrides["train.seed"]) for r in sweep.runs}
+    assert (2, 1, 0.002, 7) in seen and (2, 1, 0.002, 0) not in seen  # zip pairs its lists, never crosses them
+    for run in sweep.runs:
+        assert run.config.task.sparsity == run.overrides["task.sparsity"]
+        assert run.config.train.lr == run.overrides["train.lr"] and run.config.model.context_length is not None
+        assert run.name == f"linear-map-{run.config.science_key()}" and run.key == run.config.science_key()
+        assert run.path("out") == Path("out/runs") / run.name
+    assert len({r.name for r in sweep.runs}) == len(sweep.runs)
+
+
+def test_same_config_same_hash_and_execution_never_enters_it():
+    a = expand(spec(), "x").runs
+    b = expand(spec(base={**BASE, "execution": {"resume_every": 7, "workers": 3}}), "y").runs
+    assert [r.name for r in a] == [r.name for r in b]
+    # a point equal to another (0.003 == 3e-3) is one run
+    merged = expand(spec(zip={"train.lr": [0.003, 3e-3]}), "x")
+    assert len(merged.runs) == 1 and merged.duplicates == 1
+    # the hash is the one `emergelab run` gives the same config
+    cfg = ExperimentConfig.from_dict({**BASE, "task": {**BASE["task"], "sparsity": 2},
+                                      "train": {**BASE["train"], "lr": 0.003, "seed": 0}}).resolved()
+    assert a[0].key == cfg.science_key()
+
+
+def test_preset_under_base():
+    sweep = expand({"preset": "linear-map-tiny", "base": {"train": {"steps": 30}},
+                    "grid": {"task.sparsity": [1, 3]}}, "out")
+    assert [r.config.task.sparsity for r in sweep.runs] == [1, 3]
+    assert all(r.config.train.steps == 30 and r.config.model.heads == 4 and r.config.train.lr == 0.003
+               for r in sweep.runs)
+
+
+@pytest.mark.parametrize("data, message", [
+    (spec(grids={}), "unknown key 'grids'"),
+    (spec(zip={"train.lr": [1e-3, 2e-3], "train.seed": [1]}), "zip: the lists must have equal lengths"),
+    (spec(grid={"execution.workers": [1, 2]}), "grid.execution.workers: execution never changes"),
+    (spec(grid={"sparsity": [1]}), "grid.sparsity: the key must be section.field"),
+    (spec(grid={"task.sparsity": []}), "grid.task.sparsity=[]: must be a non-empty list"),
+    (spec(grid={"task.sparsity": 2}), "grid.task.sparsity=2: must be a non-empty list"),
+    (spec(grid={"task.sparsity": [1, 9]}), "the run {task.sparsity=9, train.lr=0.003, train.seed=0}: task.sparsity=9"),
+    (spec(grid={"task.spars": [1]}), "unknown field task.spars"),
+    (spec(grid={"train.lr": [1e-3]}), "train.lr: in both grid and zip"),
+    (spec(preset="cellular-automata-small"), "preset=cellular-automata-small: it is for task cellular-automata"),
+    (spec(preset="nope"), "unknown preset 'nope'"),
+    (spec(base={"tusk": {}}), "base.tusk: unknown section"),
+    ({"grid": {"task.sparsity": [1]}}, "task.name=None"),
+    ([1, 2], "a sweep file is a mapping"),
+])
+def test_validation_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as info:
+        expand(data, "out")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_validation_is_one_line_exit_2_before_any_work(tmp_path, capsys):
+    bad = write_spec(tmp_path / "bad.yaml", spec(out=str(tmp_path / "out"), grid={"task.sparsity": [1, 99]}))
+    assert main(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emergelab: error: ") and "task.sparsity=99" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "broken.yaml").write_text("base: [unclosed\n")
+    assert main(["sweep", str(tmp_path / "broken.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    nowhere = write_spec(tmp_path / "nowhere.yaml", spec())
+    assert main(["sweep", str(nowhere)]) == 2
+    assert "no sweep directory" in capsys.readouterr().err
+    good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
+    for argv, text in ((["--address", "auto"], "--address joins a Ray cluster"),
+                       (["--retries", "-1"], "--retries=-1"), (["--workers", "0"], "--workers=0"),
+                       (["--executor", "ray", "--gpus-per-unit", "-1"], "--gpus-per-unit=-1")):
+        if "ray" in argv and not _has_ray():
+            continue
+        assert main(["sweep", str(good), *argv]) == 2
+        assert text in capsys.readouterr().err
+    assert main(["sweep", "status"]) == 2 and main(["sweep", "a.yaml", "b.yaml"]) == 2
+    assert main(["sweep", "status", str(tmp_path)]) == 2
+    assert "not a sweep directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running: hash-keyed directories, skip, resume, status, query
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The 2-run sweep trained in this process (InProcess: no worker start-up)."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    sweep = expand(spec(), out)
+    result = run_sweep(sweep, executor=InProcess(), progress=False)
+    assert sorted(result.done) == sorted(r.name for r in sweep.runs) and not result.failed
+    return sweep, out
+
+
+def test_sweep_writes_runs_and_sweep_json(finished, tmp_path):
+    sweep, out = finished
+    listed = json.loads((out / "sweep.json").read_text())
+    assert [r["name"] for r in listed["runs"]] == [r.name for r in sweep.runs]
+    assert listed["runs"][0]["overrides"] == {"task.sparsity": 2, "train.lr": 0.003, "train.seed": 0}
+    assert listed["spec"]["grid"] == SPEC["grid"]
+    for run in sweep.runs:
+        assert (run.path(out) / "summary.json").exists() and not (run.path(out) / "state").exists()
+    # a run of the sweep equals `train()` of its config: the same hash means the same numbers
+    config = sweep.runs[1].config
+    config = type(config)(config.task, config.model, config.train, type(config.execution)(threads=1))
+    alone = train(config, tmp_path / "alone", progress=False)
+    assert alone.metrics().equals(pq.read_table(sweep.runs[1].path(out) / "metrics.parquet"))
+    assert [s.state for s in sweep_status(out)] == ["done", "done"]
+
+
+def test_rerun_skips_finished_runs(finished, monkeypatch):
+    sweep, out = finished
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "sweep.json"}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("emergelab.train.execute.run_unit", no_training)
+    result = run_sweep(sweep, executor=InProcess(), progress=False)
+    assert len(result.done) == 2
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "sweep.json"}
+    assert before == after
+
+
+def test_interrupted_sweep_resumes_exactly(finished, tmp_path, monkeypatch):
+    """A unit stopped part-way (its resume state at step 20) resumes to the uninterrupted numbers."""
+    sweep, reference = finished
+    out = tmp_path / "out"
+    data = spec(base={**BASE, "execution": {"resume_every": 10}})
+    import emergelab.train.group as group_module
+
+    real_train = group_module.SeedGroup.train
+
+    def stop_at_25(self, on_progress=None, stop_after=None):
+        real_train(self, on_progress, stop_after=25)
+        raise KeyboardInterrupt  # like a Ctrl-C mid-sweep: resume states up to step 20 are on disk
+
+    monkeypatch.setattr(group_module.SeedGroup, "train", stop_at_25)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(expand(data, out), executor=InProcess(), progress=False)
+    statuses = sweep_status(out)
+    assert [s.state for s in statuses] == ["pending", "pending"] and 0 < statuses[0].progress < 1
+    monkeypatch.setattr(group_module.SeedGroup, "train", real_train)
+    result = run_sweep(expand(data, out), executor=InProcess(), progress=False)
+    assert len(result.done) == 2
+    got, want = metrics_of(out), metrics_of(reference)
+    assert got.keys() == want.keys() and all(got[k].equals(want[k]) for k in got)
+
+
+def test_status_running_and_busy_runs_are_left_alone(finished, tmp_path, monkeypatch):
+    sweep = expand(spec(), tmp_path / "out")
+    first = sweep.runs[0].path(sweep.out)
+    # another process (here: another open lock) is training the first run right now
+    (first / "state").mkdir(parents=True)
+    with locked(first / "state" / "run.lock"):
+        result = run_sweep(sweep, executor=InProcess(), progress=False)
+        assert result.busy == [sweep.runs[0].name] and result.done == [sweep.runs[1].name]
+        assert [s.state for s in sweep_status(sweep.out)] == ["running", "done"]
+    assert [s.state for s in sweep_status(sweep.out)] == ["pending", "done"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Failures: retried, recorded, isolated
+# ------------------------------------------------------------------------------------------------------
+def test_failing_run_is_retried_recorded_and_isolated(tmp_path, monkeypatch, capsys):
+    import emergelab.train.execute as execute
+
+    real_run_unit = execute.run_unit
+    calls: dict[float, int] = {}
+
+    def flaky(unit, on_progress=None):
+        lr = unit.config["train"]["lr"]
+        calls[lr] = calls.get(lr, 0) + 1
+        if lr == 0.002:
+            raise RuntimeError("boom: the optimizer exploded")
+        return real_run_unit(unit, on_progress)
+
+    monkeypatch.setattr(execute, "run_unit", flaky)
+    sweep = expand(spec(), tmp_path / "out")
+    result = run_sweep(sweep, executor=InProcess(), retries=2, progress=False)
+    bad, good = sweep.runs[1].name, sweep.runs[0].name
+    assert result.done == [good] and list(result.failed) == [bad] and "boom" in result.failed[bad]
+    assert calls[0.002] == 3 and calls[0.003] == 1  # 1 try + 2 retries; the good run ran once
+    record = json.loads((tmp_path / "out" / "failed" / f"{bad}.json").read_text())
+    assert record["attempts"] == 3 and "RuntimeError: boom" in record["error"]
+    statuses = {s.name: s for s in sweep_status(tmp_path / "out")}
+    assert statuses[bad].state == "failed" and "boom" in statuses[bad].error and statuses[good].state == "done"
+    assert main(["sweep", "status", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "after 3 attempt(s): RuntimeError: boom: the optimizer exploded" in text
+    assert "1 done, 0 running, 1 failed, 0 pending" in text
+    # fixed: the next sweep trains it and drops the record
+    monkeypatch.setattr(execute, "run_unit", real_run_unit)
+    result = run_sweep(sweep, executor=InProcess(), progress=False)
+    assert sorted(result.done) == sorted([good, bad]) and not (tmp_path / "out" / "failed" / f"{bad}.json").exists()
+
+
+def test_worker_processes_isolate_a_run_that_raises_in_training(tmp_path, capsys):
+    """Real worker processes (the local sweep executor): a model without attention given an attention bias
+    fails inside training; the other run of the sweep finishes, the CLI exits 1 and names the failure."""
+    data = {"base": {"task": {"name": "linear-map", "state_size": 6, "sparsity": 2},
+                     "model": {"name": "mlp_mixer", "d_model": 8, "heads": 2, "mlp_ratio": 0},
+                     "train": {**BASE["train"], "steps": 20}},
+            "grid": {"train.bias_beta": [0.0, 2.0]}, "out": str(tmp_path / "out")}
+    path = write_spec(tmp_path / "s.yaml", data)
+    assert main(["sweep", str(path), "--workers", "2", "--retries", "0", "--quiet"]) == 1
+    text = capsys.readouterr().out
+    assert "done 1, failed 1" in text and "takes no attention bias" in text
+    states = sorted(s.state for s in sweep_status(tmp_path / "out"))
+    assert states == ["done", "failed"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Dry run and the estimate
+# ------------------------------------------------------------------------------------------------------
+def test_dry_run_lists_runs_with_cost_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    import emergelab.sweep.cost as est
+
+    monkeypatch.setattr(est, "time_seed_step", lambda config, **kw: 1e-3 * (1 + config.task.sparsity))
+    path = write_spec(tmp_path / "s.yaml", spec(out=str(tmp_path / "out")))
+    assert main(["sweep", str(path), "--dry-run", "--workers", "2"]) == 0
+    text = capsys.readouterr().out
+    for run in expand(spec(), "x").runs:
+        assert run.name in text
+    assert "FLOPs" in text and "est. time" in text and "on 2 worker(s)" in text and " new" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimate_scales_with_flops_and_seed_steps():
+    runs = expand(spec(grid={"task.state_size": [6, 12]}, zip=None), "x").runs
+    calibration = Calibration(overhead_s=1e-3, s_per_flop=1e-9)
+    small, big = estimate(runs, calibration)
+    assert big.flops > small.flops
+    seed_steps = 40 * 2
+    assert small.seconds == pytest.approx(seed_steps * 1e-3 + 1e-9 * small.flops)
+    assert wall_seconds([small, big], 2) == pytest.approx(max((small.seconds + big.seconds) / 2, big.seconds))
+
+
+def test_real_calibration_is_positive():
+    from emergelab.sweep.cost import calibrate
+
+    runs = expand(spec(grid={"task.state_size": [6, 16]}, zip=None), "x").runs
+    calibration = calibrate([r.config for r in runs])
+    assert calibration.s_per_flop > 0 and calibration.overhead_s >= 0
+
+
+# ------------------------------------------------------------------------------------------------------
+# emergelab query
+# ------------------------------------------------------------------------------------------------------
+SQL = ('SELECT r."train.lr" AS lr, count(*) AS n FROM metrics m JOIN runs r USING (run) '
+       "WHERE m.metric = 'loss' GROUP BY ALL ORDER BY lr")
+
+
+def test_query_formats(finished, capsys):
+    _, out = finished
+    assert main(["query", str(out), SQL, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["lr"] for r in rows] == [0.002, 0.003] and all(r["n"] > 0 for r in rows)
+    assert main(["query", str(out), SQL, "--format", "csv"]) == 0
+    parsed = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert parsed[0] == ["lr", "n"] and [p[0] for p in parsed[1:]] == ["0.002", "0.003"]
+    assert main(["query", str(out), SQL]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["lr", "n"] and table[-1] == "(2 rows)"
+    assert main(["query", str(out), "SELECT label, optimum FROM optima WHERE index = '' LIMIT 1"]) == 0
+
+
+def test_query_bad_sql_is_one_line_exit_2(finished, tmp_path, capsys):
+    _, out = finished
+    assert main(["query", str(out), "SELEC nonsense"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emergelab: error: bad SQL:") and "\n" not in err
+    assert main(["query", str(out), "SELECT nope FROM metrics"]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
+    assert main(["query", str(tmp_path), "SELECT 1"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------
+# A real `emergelab sweep` killed with SIGKILL, then re-run
+# ------------------------------------------------------------------------------------------------------
+def sweep_command(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "emergelab.cli", "sweep", str(path), "--quiet", *extra]
+
+
+def _latest_state_step(out: Path) -> int:
+    steps = [int(p.parent.name.split("-")[1]) for p in (out / "runs").glob("*/state/group-*/step-*/meta.json")]
+    return max(steps, default=-1)
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_bit_identically(tmp_path):
+    data = spec(base={**BASE, "train": {**BASE["train"], "steps": 300}, "execution": {"resume_every": 25}})
+    reference = write_spec(tmp_path / "ref.yaml", {**data, "out": str(tmp_path / "ref")})
+    killed = write_spec(tmp_path / "killed.yaml", {**data, "out": str(tmp_path / "killed")})
+    proc = subprocess.Popen(sweep_command(killed, "--workers", "2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _latest_state_step(tmp_path / "killed") < 100:
+            assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no resume state appeared in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(1.5)  # the orphaned workers notice their parent is gone and exit
+    assert {s.state for s in sweep_status(tmp_path / "killed")} <= {"pending", "done"}
+    resumed = subprocess.run(sweep_command(killed, "--workers", "2"), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    uninterrupted = subprocess.run(sweep_command(reference, "--workers", "2"), capture_output=True,
+                                   text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    got, want = metrics_of(tmp_path / "killed"), metrics_of(tmp_path / "ref")
+    assert len(got) == 2 and got.keys() == want.keys()
+    assert all(got[k].equals(want[k]) for k in got)
+    for run in got:
+        ckpts = sorted(p.name for p in (tmp_path / "killed" / "runs" / run / "checkpoints").rglob("*.safetensors"))
+        assert ckpts == sorted(p.name for p in (tmp_path / "ref" / "runs" / run / "checkpoints").rglob("*.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ray: a real local instance, the same numbers as the local executor
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emergelab[ray]')")
+    from emergelab.sweep import ray_executor
+
+    _, reference = finished
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sweep = expand(spec(), tmp_path / "out")
+        result = run_sweep(sweep, executor=ray_executor(), progress=False)
+        assert sorted(result.done) == sorted(r.name for r in sweep.runs) and not result.failed
+    finally:
+        ray.shutdown()
+    got, want = metrics_of(tmp_path / "out"), metrics_of(reference)
+    assert len(got) == 2 and got.keys() == want.keys()
+    assert all(got[k].equals(want[k]) for k in got)
