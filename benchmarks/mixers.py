@@ -1,0 +1,148 @@
+"""Step time and tokens/s of every sequence model, fast form and reference form, at T = 256 and 1024.
+
+    python benchmarks/mixers.py                  # full grid (E = 1, 8; T = 256, 1024)
+    python benchmarks/mixers.py --quick          # T = 64 and 256, fewer repeats (a smoke run)
+    python benchmarks/mixers.py --device cuda
+
+One training step = forward, next-token cross-entropy, backward and an AdamW step of a 1-layer model
+(d_model 64, MLP 4x; the transformer: 4 heads x 16) on random binary tokens, ``E`` members batched, batch
+``B`` sequences per member. The **fast** form is what training runs; the **reference** form swaps the
+mixer's fast kernel for its plain recurrent reference (``models/mixers/*.py``: the pairs in
+``REFERENCES``; RWKV-7 has no separate fast form yet, so its two rows are the same kernel). The best of
+``repeats`` timed blocks counts (the machine may be shared). Prints a table and writes
+``benchmarks/results/mixers.json``; the ratio column is the step time over the transformer's at the same
+(E, T). Target (the mixers issue): every fast form within 3x of the transformer at T = 1024 on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+MODELS = ["transformer", "mlp_mixer", "lru", "mamba", "gated_deltanet", "mlstm", "rwkv7"]
+# model name -> (module, fast kernel, reference kernel): module-level functions the mixer calls. The LRU and
+# Mamba mixers hold their diagonal scan as an attribute (``mixer.scan``), swapped per instance instead.
+REFERENCES = {
+    "mlp_mixer": ("emergelab.models.mixers.mlp_mixer", "token_mix", "token_mix_naive"),
+    "lru": None,
+    "mamba": None,
+    "gated_deltanet": ("emergelab.models.mixers.gated_deltanet", "gated_delta_rule_chunk", "gated_delta_rule_naive"),
+    "mlstm": ("emergelab.models.mixers.mlstm", "mlstm_parallel", "mlstm_recurrent"),
+}
+
+
+@contextlib.contextmanager
+def reference_form(name: str, model: torch.nn.Module) -> Iterator[None]:
+    """Swap the model's fast kernel for its step-by-step reference for the scope."""
+    from emergelab.models.mixers.common import diag_scan_naive
+
+    if REFERENCES[name] is None:
+        mixers = [block.mixer for block in model.blocks]
+        before = [m.scan for m in mixers]
+        for m in mixers:
+            m.scan = diag_scan_naive
+        try:
+            yield
+        finally:
+            for m, scan in zip(mixers, before):
+                m.scan = scan
+        return
+    module = importlib.import_module(REFERENCES[name][0])
+    fast, slow = REFERENCES[name][1:]
+    original, reference = getattr(module, fast), getattr(module, slow)
+    setattr(module, fast, lambda *args, **tuning: reference(*args))  # drops the fast form's knobs (chunk)
+    try:
+        yield
+    finally:
+        setattr(module, fast, original)
+
+
+def build(name: str, T: int, E: int, device: str):
+    from emergelab.models import MODELS as REGISTRY
+
+    fields = {"layers": 1, "mlp_ratio": 4.0}
+    fields.update({"heads": 4, "head_dim": 16} if name == "transformer" else {"d_model": 64})
+    config = REGISTRY[name](**fields).resolved(2, T)
+    model = config.build(E, seeds=list(range(E))).to(device)
+    return config, model
+
+
+def time_step(name: str, T: int, E: int, B: int, device: str, repeats: int, reference: bool) -> float:
+    config, model = build(name, T, E, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 2, (E, B, T + 1), device=device)
+
+    def step() -> None:
+        logits = model(tokens[..., :-1])
+        loss = F.cross_entropy(logits.reshape(-1, 2), tokens[..., 1:].reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with reference_form(name, model) if reference else contextlib.nullcontext():
+        step()  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4, help="sequences per member (default 4)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mixers.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    lengths = (64, 256) if args.quick else (256, 1024)
+    members = (1, 8)
+    repeats = 2 if args.quick else 3
+    rows = []
+    load_before = os.getloadavg()
+    print(f"{'model':15s} {'form':9s} {'E':>2s} {'T':>5s} {'step ms':>10s} {'tokens/s':>10s} {'x transformer':>14s}")
+    for T in lengths:
+        for E in members:
+            base = None
+            for name in MODELS:
+                for form in ("fast", "reference"):
+                    if form == "reference" and name not in REFERENCES:
+                        continue
+                    seconds = time_step(name, T, E, args.batch, args.device, repeats, form == "reference")
+                    if name == "transformer":
+                        base = seconds
+                    tokens_per_s = E * args.batch * T / seconds
+                    ratio = seconds / base if base else float("nan")
+                    rows.append({"model": name, "form": form, "E": E, "T": T, "batch": args.batch,
+                                 "step_s": seconds, "tokens_per_s": tokens_per_s, "vs_transformer": ratio})
+                    print(f"{name:15s} {form:9s} {E:2d} {T:5d} {seconds * 1e3:10.1f} {tokens_per_s:10.0f} {ratio:14.2f}",
+                          flush=True)
+    result = {"machine": platform.processor() or platform.machine(), "device": args.device,
+              "torch": torch.__version__, "threads": args.threads, "load_before": load_before,
+              "load_after": os.getloadavg(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
