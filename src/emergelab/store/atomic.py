@@ -1,6 +1,8 @@
 """Atomic writes: write to a temporary file beside the target, fsync, then rename over it.
 
-A reader never sees a half-written file: it sees the old complete file or the new complete one.
+A reader never sees a half-written file: it sees the old complete file or the new complete one. The file
+gets the permissions of a plain ``open()``: ``0o666`` less the user's umask (``mkstemp`` alone would
+leave it ``0o600``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ import torch
 from safetensors.torch import save_file
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory, so atomic)."""
     path = Path(path)
@@ -26,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -145,10 +145,29 @@ class ExperimentConfig:
     def task_name(self) -> str:
         return self.task.name
 
-    def resolved(self) -> "ExperimentConfig":
-        """The model's vocabulary and context length filled in from the task."""
+    def task_sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task (from ``task.sizes()`` when it has one: nothing built)."""
+        if hasattr(self.task, "sizes"):
+            return self.task.sizes()
         task = self.task.build(make_generator(0))
-        return replace(self, model=self.model.resolved(task.vocab_size, task.seq_len - 1))
+        return task.vocab_size, task.seq_len
+
+    def resolved(self) -> "ExperimentConfig":
+        """The model's vocabulary and context length filled in from the task.
+
+        A ``model.vocab_size`` / ``model.context_length`` that differs from the task's is refused (they
+        are the task's to set; a saved config holds the resolved, equal, values)."""
+        vocab_size, seq_len = self.task_sizes()
+        for name, value in (("vocab_size", vocab_size), ("context_length", seq_len - 1)):
+            given = getattr(self.model, name, None)
+            require(given is None or given == value, f"model.{name}", given,
+                    f"is set by the task ({self.task_name} has {name} {value}); leave it out")
+        try:
+            model = self.model.resolved(vocab_size, seq_len - 1)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (set by the task: {self.task_name} sequences have {seq_len} tokens "
+                              f"over {vocab_size} symbols)") from None
+        return replace(self, model=model)
 
     def science_dict(self) -> dict[str, Any]:
         """``task``, ``model`` and ``train`` as plain data: everything that changes the numbers."""

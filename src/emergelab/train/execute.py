@@ -1,8 +1,9 @@
 """Executors: where units of work run. ``train()`` plans units and hands them to one of these.
 
 An :class:`Executor` has one method, ``map(units, on_progress)``: run every unit to completion (each
-through :func:`~emergelab.train.unit.run_unit`), reporting progress as ``on_progress(seed_steps, loss)``.
-It raises if a unit fails. The local executors:
+through :func:`~emergelab.train.unit.run_unit`), reporting progress as ``on_progress(seed_steps, loss)``,
+or ``on_progress(seed_steps, loss, unit.group)`` when the callback takes a third argument (the progress bar
+keeps the latest loss of each unit and shows their seed-weighted mean). It raises if a unit fails. The local executors:
 
 * :class:`InProcess`: one unit after another in this process (the seed-batched ensemble; the choice on
   an accelerator, where one big ensemble fills the device);
@@ -28,12 +29,32 @@ class Executor(Protocol):
     def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None) -> None: ...
 
 
+def takes_unit(on_progress: Any) -> bool:
+    """Whether ``on_progress`` accepts ``(seed_steps, loss, unit)``."""
+    import inspect
+
+    try:
+        inspect.signature(on_progress).bind(0, None, 0)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def unit_reporter(on_progress: Any, unit: WorkUnit) -> ProgressFn | None:
+    """``on_progress`` as a two-argument callback for ``run_unit``, adding ``unit.group`` where it takes it."""
+    if on_progress is None:
+        return None
+    if takes_unit(on_progress):
+        return lambda n, loss: on_progress(n, loss, unit.group)
+    return on_progress
+
+
 class InProcess:
     """Run units one after another in this process."""
 
     def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None) -> None:
         for unit in units:
-            run_unit(unit, on_progress)
+            run_unit(unit, unit_reporter(on_progress, unit))
 
 
 class WorkerFailed(RuntimeError):
@@ -65,17 +86,20 @@ class WorkerProcesses:
         for proc in procs:
             proc.start()
         finished = 0
+        with_unit = on_progress is not None and takes_unit(on_progress)
         try:
             while finished < n:
                 try:
-                    kind, payload, loss = results.get(timeout=1.0)
+                    kind, payload, loss, group = results.get(timeout=1.0)
                 except queue_module.Empty:
                     if any(p.exitcode not in (None, 0) for p in procs):
                         raise WorkerFailed("a training worker died (exit codes "
                                            f"{[p.exitcode for p in procs]}); re-run to resume") from None
                     continue
                 if kind == "progress":
-                    if on_progress is not None:
+                    if with_unit:
+                        on_progress(payload, loss, group)
+                    elif on_progress is not None:
                         on_progress(payload, loss)
                 elif kind == "done":
                     finished += 1
@@ -108,10 +132,10 @@ def _worker_main(tasks: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
     try:
         while (unit := tasks.get()) is not None:
-            run_unit(unit, lambda n, loss: results.put(("progress", n, loss)))
-        results.put(("done", None, None))
+            run_unit(unit, lambda n, loss, group=unit.group: results.put(("progress", n, loss, group)))
+        results.put(("done", None, None, None))
     except BaseException:
-        results.put(("error", traceback.format_exc(), None))
+        results.put(("error", traceback.format_exc(), None, None))
         raise SystemExit(1)
 
 
