@@ -26,7 +26,8 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
 **Time**: FLOPs of training (``3 x`` forward FLOPs per token x tokens x steps x seeds) plus every probe's
 forward pass, at ``CPU_FLOPS_PER_THREAD`` (15 GFLOP/s, measured on this trainer's small models with one
 thread) x threads, or ``CUDA_FLOPS`` (2 TFLOP/s: conservative for small models on a GPU), plus
-``STEP_OVERHEAD_S`` per optimizer step of each group (Python and kernel launches dominate tiny models).
+``STEP_OVERHEAD_S`` (8 ms) per optimizer step of each group (Python and kernel launches dominate tiny
+models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to start (imports, workers).
 
 Both are estimates, tested against measured peaks (``tests/test_estimate.py``: within a factor of 3).
 """
@@ -44,7 +45,9 @@ BYTES_PER_FLOAT = 4
 CPU_FLOPS_PER_THREAD = 15e9
 CUDA_FLOPS = 2e12
 MPS_FLOPS = 3e11
-STEP_OVERHEAD_S = 2e-3
+STEP_OVERHEAD_S = 8e-3
+SAVE_S = 0.05
+START_S = 3.0
 PROCESS_BYTES = 300e6
 WARN_HOURS = 1.0
 
@@ -180,8 +183,8 @@ def _pattern_channels(model: Any) -> int:
 
 def _pattern_transient(model: Any) -> int:
     """Channels of the largest quadratic transient a layer makes on the reference path."""
-    if model.name == "mamba":  # the selective kernel's [E, B, I, Tq, Tk, N] decay
-        return model.inner * (model.state_size + 2)
+    if model.name == "mamba":  # the selective kernel's [E, B, I, Tq, Tk, N] differences, decay and mask
+        return model.inner * (3 * model.state_size + 2)
     return 2 * _pattern_channels(model)
 
 
@@ -190,7 +193,7 @@ def _quadratic_channels(model: Any, bias: bool) -> int:
     if model.name in QUADRATIC_MIXERS:
         return 3 * _pattern_channels(model)
     if model.name == "transformer" and bias:  # the explicit mask leaves the fused kernel
-        return 4 * model.heads
+        return 2 * model.heads
     return 0
 
 
@@ -250,8 +253,10 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     else:
         threads = plan.processes if plan.strategy == "workers" else thread_budget(config)
         rate = CPU_FLOPS_PER_THREAD * max(1, min(threads, len(os.sched_getaffinity(0))))
-    step_time = STEP_OVERHEAD_S * train.steps * math.ceil(len(plan.groups) / max(1, plan.processes))
-    est.seconds = est.flops / rate + step_time
+    rounds = math.ceil(len(plan.groups) / max(1, plan.processes))  # groups one process trains in turn
+    saves = train.checkpoints + 1 + (train.steps // config.execution.resume_every if config.execution.resume_every
+                                     else 0)
+    est.seconds = est.flops / rate + rounds * (STEP_OVERHEAD_S * train.steps + SAVE_S * saves) + START_S
     est.notes["rate"] = f"{rate / 1e9:.0f} GFLOP/s"
     return est
 

@@ -207,10 +207,10 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
         units = plan_units(config, run, plan)
         done = sum(unit_progress(u) for u in units)
         if done:
-            first = min(unit_progress(u) // len(u.seeds) for u in units)
-            say(f"resuming from step {first} of {config.train.steps}" if first == max(
-                unit_progress(u) // len(u.seeds) for u in units) else
-                f"resuming from step {first} of {config.train.steps} (some seeds are further on)")
+            steps = [unit_progress(u) // len(u.seeds) for u in units]
+            lo, hi, total = min(steps), max(steps), config.train.steps
+            say(f"resuming from step {lo} of {total}" if lo == hi else
+                f"resuming from steps {lo}-{hi} of {total} (the seed groups stopped at different steps)")
         bar = _Bar(units, done, progress, plan)
         try:
             (executor or local_executor(plan.strategy, plan.processes)).map(units, bar.update_loss)
