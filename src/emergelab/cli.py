@@ -132,6 +132,9 @@ def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
     """Refuse (one line) an output path that is a file, lies under a file, cannot be created or written,
     or (for a run, ``run=True``) is a non-empty directory that is not a run directory."""
     try:
+        for part in out.parts:
+            if len(os.fsencode(part)) > 255:
+                raise ConfigError(f"{flag} {out}: a name in it is longer than 255 bytes; choose another path")
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{flag} {out}: exists and is not a directory; choose another path")
         if out.is_dir():
@@ -308,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return done.code if isinstance(done.code, int) else 0
         return COMMANDS[args.command](args)
     except (ConfigError, RunLockedError) as error:
-        print(f"emergelab: error: {error}", file=sys.stderr)
+        message = str(error).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a path holds
+        print(f"emergelab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)

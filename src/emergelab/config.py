@@ -27,11 +27,17 @@ def require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r}: {allowed}")
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
 def require_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> None:
-    """Check ``value`` is an int (not a bool) within ``[minimum, maximum]``."""
+    """Check ``value`` is an int (not a bool) within ``[minimum, maximum]``; with no ``maximum``, within
+    int64 (torch and numpy hold every count in one)."""
     lo = "-inf" if minimum is None else str(minimum)
     hi = "inf" if maximum is None else str(maximum)
     ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and maximum is None and not -INT64_MAX <= value <= INT64_MAX:
+        ok, hi = False, "2**63-1"
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     require(ok, field, value, f"must be an integer in [{lo}, {hi}]")
 

@@ -22,6 +22,7 @@ BIAS_SCHEDULES = ("constant", "linear")
 STRATEGIES = ("auto", "ensemble", "workers")
 
 DEFAULT_MODEL = TransformerConfig.name
+MAX_STEPS = 10 ** 8  # months of training at the fastest step; the probe schedule is listed in memory
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TrainConfig:
     bias_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        require_int("train.steps", self.steps, 1)
+        require_int("train.steps", self.steps, 1, MAX_STEPS)
         require_int("train.batch_size", self.batch_size, 1)
         require_float("train.lr", self.lr, 0.0, 10.0, open_min=True)
         require_float("train.weight_decay", self.weight_decay, 0.0, 10.0)
@@ -69,8 +70,8 @@ class TrainConfig:
         require_float("train.grad_clip", self.grad_clip, 0.0)
         require_int("train.eval_every", self.eval_every, 1)
         require_int("train.eval_batch_size", self.eval_batch_size, 1)
-        require_int("train.checkpoints", self.checkpoints, 0)
-        require_int("train.attention_snapshots", self.attention_snapshots, 0)
+        require_int("train.checkpoints", self.checkpoints, 0, 1_000_000)
+        require_int("train.attention_snapshots", self.attention_snapshots, 0, 1_000_000)
         require_int("train.seeds", self.seeds, 1, 1_000_000)
         require_int("train.seed", self.seed, 0, 2 ** 63 - 1)
         require_float("train.bias_beta", self.bias_beta, -1e6, 1e6)
@@ -184,13 +185,16 @@ class ExperimentConfig:
         for key in data:
             if key not in SECTIONS:
                 raise ConfigError(f"unknown section {key!r}; allowed sections are {', '.join(SECTIONS)}")
+        for section in SECTIONS:
+            if data.get(section) is not None and not isinstance(data[section], Mapping):
+                raise ConfigError(f"section {section}: expected a mapping of field: value, got {data[section]!r}")
         task_values = dict(data.get("task") or {})
         name = task_values.pop("name", None)
-        if name not in TASKS:
+        if not isinstance(name, str) or name not in TASKS:
             raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(TASKS)}")
         model_values = dict(data.get("model") or {})
         model_name = model_values.pop("name", DEFAULT_MODEL)
-        if model_name not in MODELS:
+        if not isinstance(model_name, str) or model_name not in MODELS:
             raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(MODELS)}")
         train_values = dict(data.get("train") or {})
         for key in MOVED_TO_EXECUTION:

@@ -20,7 +20,7 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
 * ``data``: the generated chunk ``K E B L`` int64 (``K = train.schedule.data_chunk_steps``) x 3 for
   sampling temporaries, plus per-sequence rule tables for the cellular automata (``k^W`` int64 each);
 * ``ground truth``: each member's ``[P, P]`` bool mask, stacked and as float in the probe (6 bytes per
-  entry), and the attention bias ``[E, layers, heads, P, P]`` when ``train.bias_beta != 0``;
+  entry), a cellular-automata rule pool (``rules k^W`` int64 per member), and the attention bias ``[E, layers, heads, P, P]`` when ``train.bias_beta != 0``;
 * ``process``: ~300 MB per process for Python and torch.
 
 **Time**: FLOPs of training (``3 x`` forward FLOPs per token x tokens x steps x seeds) plus every probe's
@@ -236,6 +236,8 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     est.parts["data"] = data
     est.notes["data"] = "train.batch_size x sequence length"
     truth = E * P * P * 6.0 + P * P  # masks (and the one task.json is written from)
+    if isinstance(task, CellularAutomataConfig) and task.rules:  # each member's pool of rule tables
+        truth += (E + 1) * task.rules * task.alphabet ** task.window * 8.0
     if bias:
         truth += E * layers * getattr(model, "heads", 1) * P * P * f
     est.parts["ground truth"] = truth
