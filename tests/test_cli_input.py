@@ -257,3 +257,12 @@ def test_ctrl_c_during_a_workers_run_prints_one_line_and_a_rerun_resumes(tmp_pat
     assert len(resumed) == 1 and " of 400" in resumed[0], done.stdout
     assert not resumed[0].startswith("resuming from step 0 ")
     assert (out / "metrics.parquet").exists()
+
+
+def test_analyze_and_patch_out_that_is_a_file(tiny_run, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["analyze", str(tiny_run.path), "--out", str(afile)]) == 2
+    assert "exists and is not a directory" in one_error_line(capsys)
+    assert main(["patch", str(tiny_run.path), "--early", "1", "--late", "20", "--out", str(afile / "p")]) == 2
+    assert "is a file" in one_error_line(capsys)

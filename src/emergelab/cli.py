@@ -232,6 +232,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
     runs = [run for path in args.paths for run in find_runs(path)]
     if not runs:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
