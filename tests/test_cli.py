@@ -34,7 +34,9 @@ BAD_INPUTS = [
     (["cellular-automata", "--set", "task.alphabet=1"], ["task.alphabet=1", "[2, 1024]"]),
     (["linear-map", "--set", "model.heads=0"], ["model.heads=0", "[1, 4096]"]),
     (["linear-map", "--set", "model.head_dim=-4"], ["model.head_dim=-4", "[1, 65536]"]),
-    (["linear-map", "--steps", "0"], ["train.steps=0", "[1, inf]"]),
+    (["linear-map", "--steps", "0"], ["train.steps=0", "[1, 100000000]"]),
+    (["linear-map", "--steps", "1e9"], ["train.steps=1000000000", "[1, 100000000]"]),
+    (["linear-map", "--set", "execution.seed_batch=1e30"], ["execution.seed_batch", "[0, 2**63-1]"]),
     (["linear-map", "--seeds", "0"], ["train.seeds=0", "[1, 1000000]"]),
     (["linear-map", "--set", "train.batch_size=0"], ["train.batch_size=0", "[1, inf]"]),
     (["linear-map", "--set", "task.sparsity"], ["task.sparsity", "expected section.field=value"]),
@@ -45,6 +47,22 @@ BAD_INPUTS = [
     (["linear-map", "--set", "task.name=cellular-automata"], ["task.name", "positional TASK"]),
     (["linear-map", "--strategy", "fast"], ["execution.strategy='fast'", "auto, ensemble, workers"]),
     (["linear-map", "--device", "tpu"], ["execution.device='tpu'", "cpu, cuda"]),
+    (["linear-map", "--device", "cpu:abc"], ["execution.device='cpu:abc'", "cpu, cuda"]),
+    (["linear-map", "--device", "cpu:3"], ["execution.device='cpu:3'", "one CPU device"]),
+    (["linear-map", "--set", "task.sparsity=true"], ["task.sparsity=True", "must be an integer"]),
+    (["linear-map", "--set", "model.heads=yes"], ["model.heads=True", "must be an integer"]),
+    (["linear-map", "--set", "train.batch_size=64.5"], ["train.batch_size=64.5", "must be an integer"]),
+    (["linear-map", "--set", "train.lr=nan"], ["train.lr='nan'", "must be a number"]),
+    (["linear-map", "--set", "train.lr=.nan"], ["train.lr=nan", "must be a number"]),
+    (["linear-map", "--set", "train.grad_clip=.inf"], ["train.grad_clip=inf", "must be a number"]),
+    (["linear-map", "--set", "model.vocab_size=3"], ["model.vocab_size=3", "set by the task", "vocab_size 2"]),
+    (["linear-map", "--set", "model.context_length=99"], ["model.context_length=99", "set by the task", "15"]),
+    (["linear-map", "--set", "task.state_size=4096"], ["memory", "available", "train.eval_batch_size"]),
+    (["linear-map", "--set", "train.batch_size=1e8"], ["memory", "available", "train.batch_size"]),
+    (["cellular-automata", "--set", "task.state_size=65536", "--set", "task.trajectory_length=65536"],
+     ["model.context_length", "set by the task"]),
+    (["cellular-automata", "--set", "task.state_size=1024", "--set", "task.trajectory_length=64"],
+     ["memory", "available"]),
     (["linear-map", "--set", "train.bias_beta=1", "--set", "train.bias_heads=[4]"],
      ["train.bias_heads=[4]", "[0, 3]", "model.heads=4"]),
     (["linear-map", "--steps", "abc"], ["--steps", "invalid int value"]),
@@ -124,6 +142,7 @@ def test_tiny_run_writes_the_run_directory(workdir, capsys):
     assert code == 0, captured.err
     lines = captured.out.splitlines()
     assert lines[0] == f"run directory: {out}"
+    assert lines[1].startswith("estimate: about ") and "peak memory about" in lines[1]
     assert any(l.startswith("linear-map: 20 steps; optimal loss 0.3235") for l in lines)
     header = next(i for i, l in enumerate(lines) if "final loss" in l and "seed" in l)
     rows = [l.split() for l in lines[header + 1:header + 3]]
@@ -136,7 +155,9 @@ def test_tiny_run_writes_the_run_directory(workdir, capsys):
         assert (out / "checkpoints" / seed / "step-00000020.safetensors").is_file()
     assert not (out / "state").exists() and not (out / "figures").exists()
     assert [p.name for p in workdir.iterdir()] == ["tiny"]
-    # re-running the same command finds it finished and prints the same summary
+    # re-running the same command finds it finished, says so and prints the same summary
     assert main(["run", "linear-map", "--steps", "20", "--seeds", "2", "--out", str(out), "--no-figures",
                  "--quiet", "--set", "model.head_dim=4"]) == 0
-    assert capsys.readouterr().out == captured.out
+    again = capsys.readouterr().out.splitlines()
+    assert again[0] == lines[0] and again[1] == f"{out}: already finished; nothing to train"
+    assert again[2:] == lines[2:]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, field_names, parse_override
+from . import __version__
+from .config import ConfigError, field_names, number_from_text, parse_override
 from .store.locks import RunLockedError
 from .store.verify import CorruptFileError
 
@@ -22,9 +24,34 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _int(text: str) -> int:
+    """An integer flag: ``64``, or an integral number in any notation (``1e3`` is 1000)."""
+    value = number_from_text(text)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError(text)
+    return value
+
+
+_int.__name__ = "int"  # argparse says "invalid int value"
+
+
+def _float(text: str) -> float:
+    """A finite real flag (``0.9``, ``5e-2``)."""
+    value = number_from_text(text)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(text)
+    return float(value)
+
+
+_float.__name__ = "float"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emergelab", description="Train many seeds on tasks with known attention and "
                                                    "watch capabilities emerge.")
+    parser.add_argument("--version", action="version", version=f"emergelab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="train N seeds of a task, write the run directory and its figures")
@@ -32,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="start from a named preset (see `emergelab list`)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set task.sparsity=3 (repeatable)")
-    run.add_argument("--seeds", type=int, help="number of seeds (train.seeds)")
-    run.add_argument("--steps", type=int, help="optimizer steps (train.steps)")
+    run.add_argument("--seeds", type=_int, help="number of seeds (train.seeds)")
+    run.add_argument("--steps", type=_int, help="optimizer steps (train.steps)")
     run.add_argument("--device", help="cpu | cuda | cuda:N (execution.device)")
     run.add_argument("--strategy", help="auto | ensemble | workers (execution.strategy)")
     run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
@@ -51,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "task.sparsity,model.heads (default: every field that differs)")
     analyze.add_argument("--out", type=Path, help="output folder (default: RUN/analysis for one run, "
                                                   "else ./analysis)")
-    analyze.add_argument("--solved-tol", type=float, default=0.05,
+    analyze.add_argument("--solved-tol", type=_float, default=0.05,
                          help="a seed is solved when its final loss is within this many nats of the optimum "
                               "(or every output emerged); default 0.05")
     analyze.add_argument("--vs", help="config field for the plateau-scaling figure (default: the first --by "
@@ -60,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
                                          "one; table, greedy head set and figures")
     patch.add_argument("run_dir", type=Path, metavar="RUN")
-    patch.add_argument("--early", type=int, required=True, metavar="STEP",
+    patch.add_argument("--early", type=_int, required=True, metavar="STEP",
                        help="checkpoint before emergence (the nearest saved one is used)")
-    patch.add_argument("--late", type=int, required=True, metavar="STEP",
+    patch.add_argument("--late", type=_int, required=True, metavar="STEP",
                        help="checkpoint after emergence (the nearest saved one is used)")
-    patch.add_argument("--seed", type=int, default=0, help="run seed index (default 0)")
+    patch.add_argument("--seed", type=_int, default=0, help="run seed index (default 0)")
     patch.add_argument("--what", choices=("pattern", "scores"), default="pattern",
                        help="patch the post-softmax pattern (default) or the pre-softmax scores")
-    patch.add_argument("--fraction", type=float, default=0.9,
+    patch.add_argument("--fraction", type=_float, default=0.9,
                        help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
-    patch.add_argument("--batch", type=int, help="held-out sequences (default train.eval_batch_size)")
+    patch.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")
     patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
     patch.add_argument("--out", type=Path, help="output folder (default RUN/patching)")
 
@@ -133,18 +160,61 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     return ExperimentConfig.from_dict(data)
 
 
+def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
+    """Refuse (one line) an output path that is a file, lies under a file, cannot be created or written,
+    or (for a run, ``run=True``) is a non-empty directory that is not a run directory."""
+    try:
+        for part in out.parts:
+            if len(os.fsencode(part)) > 255:
+                raise ConfigError(f"{flag} {out}: a name in it is longer than 255 bytes; choose another path")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{flag} {out}: exists and is not a directory; choose another path")
+        if out.is_dir():
+            if not os.access(out, os.W_OK | os.X_OK):
+                raise ConfigError(f"{flag} {out}: not writable (permission denied); choose another path")
+            if run and not (out / "config.yaml").exists() and any(out.iterdir()):
+                raise ConfigError(f"{flag} {out}: a directory that is not a run and is not empty; choose a new "
+                                  f"or empty directory, e.g. {out / 'run'}")
+            return
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{flag} {out}: {parent} is a file, so the directory cannot be created; choose "
+                              "another path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {out}: cannot create it in {parent} (permission denied); choose "
+                              "another path")
+    except OSError as error:  # e.g. a name too long, or a path through an unreadable folder
+        raise ConfigError(f"{flag} {out}: {error.strerror or error}; choose another path") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = experiment_from_args(args)
-    if config.execution.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"execution.device={config.execution.device!r}: CUDA is not available here; use cpu")
+    from .store import RunDir
     from .train import train
+    from .train.run import check_existing
+    from .train.estimate import (WARN_HOURS, check_device, check_fits, estimate_run, format_bytes,
+                                 format_seconds, available_bytes)
 
+    config = experiment_from_args(args)
+    device = check_device("execution.device", config.execution.device)
+    config = config.resolved()
     out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
+    check_out_dir(out)
+    check_existing(config, out)
+    finished = RunDir(out).is_complete()
+    if not finished:
+        estimate = estimate_run(config)
+        check_fits(estimate, device)
     print(f"run directory: {out}")
-    run = train(config, out, progress=not args.quiet)
+    if not finished:
+        print(f"estimate: about {format_seconds(estimate.seconds)} ({estimate.flops / 1e9:.3g} GFLOP at "
+              f"~{estimate.notes['rate']}), peak memory about {format_bytes(estimate.peak_bytes)} of "
+              f"{format_bytes(available_bytes(device))} available")
+        if estimate.seconds > WARN_HOURS * 3600:
+            print(f"emergelab: warning: this run will take about {format_seconds(estimate.seconds)}; "
+                  "fewer train.steps / train.seeds or a smaller model run faster", file=sys.stderr)
+    run = train(config, out, progress=not args.quiet, log=print)
     if not args.no_figures:
         from .report import make_figures
 
@@ -212,6 +282,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not path.exists():
             raise ConfigError(f"{path}: no such file or directory")
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
     try:
         con = connect(args.paths)  # damaged runs are left out with a warning
@@ -240,6 +312,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_patch(args: argparse.Namespace) -> int:
     from .interventions.checkpoints import patch_checkpoints, write_patching
     from .report.patch_figures import write_patching_figures
+    from .train.estimate import check_device
+
+    check_device("--device", args.device)
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
 
     result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
                                fraction=args.fraction, batch=args.batch, device=args.device)
@@ -545,10 +622,14 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": c
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --version, --help
+            return done.code if isinstance(done.code, int) else 0
         return COMMANDS[args.command](args)
     except (ConfigError, RunLockedError, CorruptFileError) as error:
-        print(f"emergelab: error: {error}", file=sys.stderr)
+        message = str(error).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a path holds
+        print(f"emergelab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)

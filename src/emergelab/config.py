@@ -8,6 +8,8 @@ work starts. Unknown keys are errors (no silent fall-back to defaults).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Any, Mapping, TypeVar, get_type_hints
 
 import yaml
@@ -25,19 +27,26 @@ def require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{field}={value!r}: {allowed}")
 
 
+INT64_MAX = 2 ** 63 - 1
+
+
 def require_int(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> None:
-    """Check ``value`` is an int (not a bool) within ``[minimum, maximum]``."""
+    """Check ``value`` is an int (not a bool) within ``[minimum, maximum]``; with no ``maximum``, within
+    int64 (torch and numpy hold every count in one)."""
     lo = "-inf" if minimum is None else str(minimum)
     hi = "inf" if maximum is None else str(maximum)
     ok = isinstance(value, int) and not isinstance(value, bool)
+    if ok and maximum is None and not -INT64_MAX <= value <= INT64_MAX:
+        ok, hi = False, "2**63-1"
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     require(ok, field, value, f"must be an integer in [{lo}, {hi}]")
 
 
 def require_float(field: str, value: Any, minimum: float | None = None, maximum: float | None = None,
                   open_min: bool = False) -> None:
-    """Check ``value`` is a real number within the bounds (``open_min`` excludes ``minimum``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Check ``value`` is a finite real number (not a bool) within the bounds (``open_min`` excludes
+    ``minimum``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if ok and minimum is not None:
         ok = value > minimum if open_min else value >= minimum
     if ok and maximum is not None:
@@ -45,6 +54,13 @@ def require_float(field: str, value: Any, minimum: float | None = None, maximum:
     lo = "(" if open_min else "["
     require(ok, field, value, f"must be a number in {lo}{minimum if minimum is not None else '-inf'}, "
                               f"{maximum if maximum is not None else 'inf'}]")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def require_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -55,21 +71,54 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
+def number_from_text(value: Any) -> Any:
+    """``value`` as a number when it is a string holding a Python int or float literal (``"1e-3"``,
+    ``"1e8"``, ``" 64 "``), else ``value`` unchanged. YAML 1.1 reads ``1e-3`` (no dot) as a string;
+    this makes scientific notation work wherever a number is accepted. ``"nan"`` / ``"inf"`` stay strings
+    (no field accepts them), and so does anything else, for the field's own check to refuse."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        return value
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        return number if math.isfinite(number) else value
+
+
+def coerce(hint: Any, value: Any) -> Any:
+    """``value`` for a field declared ``hint``: numeric text becomes a number (:func:`number_from_text`);
+    an int given for a float field becomes a float (``lr=1`` means ``1.0``); an integral float given for
+    an int field becomes an int (``batch_size=1e3`` means ``1000``; ``64.5`` stays a float and the
+    field's check refuses it). Booleans are never numbers: ``true`` stays ``True`` and is refused."""
+    value = number_from_text(value)
+    if isinstance(value, bool):
+        return value
+    numeric = {hint} if isinstance(hint, type) else set(getattr(hint, "__args__", ()))
+    if float in numeric and isinstance(value, int):
+        return float(value)
+    if int in numeric and float not in numeric and isinstance(value, float) and math.isfinite(value) \
+            and value.is_integer():
+        return int(value)
+    return value
+
+
 def build(cls: type[T], values: Mapping[str, Any], section: str) -> T:
     """Construct dataclass ``cls`` from ``values``; unknown keys raise a ConfigError naming them.
 
-    Ints given where a float is declared are converted (``lr=1`` means ``1.0``).
+    Values pass through :func:`coerce`: ``"1e-3"`` is a number, ``lr=1`` means ``1.0`` and an integral
+    float such as ``1e3`` given for an int field means ``1000``.
     """
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"section {section}: expected a mapping of field: value, got {values!r}")
     known = field_names(cls)
     for key in values:
         if key not in known:
             raise ConfigError(f"unknown field {section}.{key}: allowed fields are {', '.join(known)}")
     hints = get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[key] = value
+    kwargs = {key: coerce(hints.get(key), value) for key, value in values.items()}
     return cls(**kwargs)
 
 
@@ -90,10 +139,13 @@ SECTIONS = ("task", "model", "train", "execution")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """Parse ``section.field=value`` (value parsed as YAML) into ``(section, field, value)``.
+    """Parse ``section.field=value`` (value parsed as YAML; a Python number literal such as ``1e-3``
+    is a number, see :func:`number_from_text`) into ``(section, field, value)``.
 
     >>> parse_override("task.sparsity=3")
     ('task', 'sparsity', 3)
+    >>> parse_override("train.lr=1e-3")
+    ('train', 'lr', 0.001)
     """
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.field=value, e.g. task.sparsity=3")
@@ -108,4 +160,4 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {text!r}: the value {raw!r} does not parse") from None
-    return section, name, value
+    return section, name, number_from_text(value)

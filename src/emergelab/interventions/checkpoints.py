@@ -32,6 +32,7 @@ from ..config import ConfigError
 from ..store import RunDir, atomic_write, write_parquet
 from ..tasks import held_out_tokens, seed_task
 from ..train import ExperimentConfig, load_model
+from ..train.estimate import check_fits, estimate_patch
 from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, hook_name, patching_table
 
 
@@ -180,6 +181,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
                      "checkpoints are evaluated without it")
 
     n = batch or config.train.eval_batch_size
+    check_fits(estimate_patch(config, n), str(device), "patching")
     task, tokens = held_out_batch(config, seed, n)
     tokens, mask = tokens.to(device), score_mask(task).to(device)
     early_model = load_model(run, seed, early_step, device, config)

@@ -3,6 +3,8 @@
 A reader never sees a half-written file: it sees the old complete file or the new complete one.
 Given a run's ``manifest`` (``store.manifest``), a writer records the new file's size and sha256 there
 after the rename.
+The file gets the permissions of a plain ``open()``: ``0o666`` less the user's umask (``mkstemp``
+alone would leave it ``0o600``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ if TYPE_CHECKING:
     from .manifest import Manifest
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], manifest: "Manifest | None" = None) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path`` (same directory, so atomic); record the
     file in ``manifest`` if given."""
@@ -34,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], manifest
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         recorded = sha256_file(tmp) if manifest is not None else None
         os.replace(tmp, path)
     except BaseException:

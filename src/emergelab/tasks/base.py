@@ -82,7 +82,9 @@ class Task(Protocol):
 
 
 class TaskConfig(Protocol):
-    """A frozen dataclass of a task's knobs; ``build`` draws the run's ground truth."""
+    """A frozen dataclass of a task's knobs; ``build`` draws the run's ground truth. Optional:
+    ``sizes() -> (vocab_size, seq_len)`` without building (else the sizes come from a built task), so a
+    config too large to build is refused before anything is allocated."""
 
     name: ClassVar[str]
 

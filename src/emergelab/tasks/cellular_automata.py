@@ -49,6 +49,10 @@ class CellularAutomataConfig:
             require_int("task.rules", self.rules, 0, 2 ** 31 - 1)
         require_choice("task.boundary", self.boundary, BOUNDARIES)
 
+    def sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
+        return self.alphabet, self.state_size * self.trajectory_length
+
     def build(self, generator: torch.Generator) -> "CellularAutomataTask":
         pool = None
         if self.rules:

@@ -26,8 +26,13 @@ class LinearMapConfig:
 
     def __post_init__(self) -> None:
         require_int("task.state_size", self.state_size, 1, 4096)
-        require(isinstance(self.sparsity, int) and 1 <= self.sparsity <= self.state_size, "task.sparsity",
+        ok = isinstance(self.sparsity, int) and not isinstance(self.sparsity, bool)
+        require(ok and 1 <= self.sparsity <= self.state_size, "task.sparsity",
                 self.sparsity, f"must be an integer in [1, task.state_size={self.state_size}]")
+
+    def sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
+        return 2, 2 * self.state_size
 
     def build(self, generator: torch.Generator) -> "LinearMapTask":
         return LinearMapTask(self, draw_sparse_matrix(self.state_size, self.sparsity, generator))

@@ -22,6 +22,7 @@ BIAS_SCHEDULES = ("constant", "linear")
 STRATEGIES = ("auto", "ensemble", "workers")
 
 DEFAULT_MODEL = TransformerConfig.name
+MAX_STEPS = 10 ** 8  # months of training at the fastest step; the probe schedule is listed in memory
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class TrainConfig:
     bias_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        require_int("train.steps", self.steps, 1)
+        require_int("train.steps", self.steps, 1, MAX_STEPS)
         require_int("train.batch_size", self.batch_size, 1)
         require_float("train.lr", self.lr, 0.0, 10.0, open_min=True)
         require_float("train.weight_decay", self.weight_decay, 0.0, 10.0)
@@ -69,8 +70,8 @@ class TrainConfig:
         require_float("train.grad_clip", self.grad_clip, 0.0)
         require_int("train.eval_every", self.eval_every, 1)
         require_int("train.eval_batch_size", self.eval_batch_size, 1)
-        require_int("train.checkpoints", self.checkpoints, 0)
-        require_int("train.attention_snapshots", self.attention_snapshots, 0)
+        require_int("train.checkpoints", self.checkpoints, 0, 1_000_000)
+        require_int("train.attention_snapshots", self.attention_snapshots, 0, 1_000_000)
         require_int("train.seeds", self.seeds, 1, 1_000_000)
         require_int("train.seed", self.seed, 0, 2 ** 63 - 1)
         require_float("train.bias_beta", self.bias_beta, -1e6, 1e6)
@@ -145,10 +146,29 @@ class ExperimentConfig:
     def task_name(self) -> str:
         return self.task.name
 
-    def resolved(self) -> "ExperimentConfig":
-        """The model's vocabulary and context length filled in from the task."""
+    def task_sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task (from ``task.sizes()`` when it has one: nothing built)."""
+        if hasattr(self.task, "sizes"):
+            return self.task.sizes()
         task = self.task.build(make_generator(0))
-        return replace(self, model=self.model.resolved(task.vocab_size, task.seq_len - 1))
+        return task.vocab_size, task.seq_len
+
+    def resolved(self) -> "ExperimentConfig":
+        """The model's vocabulary and context length filled in from the task.
+
+        A ``model.vocab_size`` / ``model.context_length`` that differs from the task's is refused (they
+        are the task's to set; a saved config holds the resolved, equal, values)."""
+        vocab_size, seq_len = self.task_sizes()
+        for name, value in (("vocab_size", vocab_size), ("context_length", seq_len - 1)):
+            given = getattr(self.model, name, None)
+            require(given is None or given == value, f"model.{name}", given,
+                    f"is set by the task ({self.task_name} has {name} {value}); leave it out")
+        try:
+            model = self.model.resolved(vocab_size, seq_len - 1)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (set by the task: {self.task_name} sequences have {seq_len} tokens "
+                              f"over {vocab_size} symbols)") from None
+        return replace(self, model=model)
 
     def science_dict(self) -> dict[str, Any]:
         """``task``, ``model`` and ``train`` as plain data: everything that changes the numbers."""
@@ -165,13 +185,16 @@ class ExperimentConfig:
         for key in data:
             if key not in SECTIONS:
                 raise ConfigError(f"unknown section {key!r}; allowed sections are {', '.join(SECTIONS)}")
+        for section in SECTIONS:
+            if data.get(section) is not None and not isinstance(data[section], Mapping):
+                raise ConfigError(f"section {section}: expected a mapping of field: value, got {data[section]!r}")
         task_values = dict(data.get("task") or {})
         name = task_values.pop("name", None)
-        if name not in TASKS:
+        if not isinstance(name, str) or name not in TASKS:
             raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(TASKS)}")
         model_values = dict(data.get("model") or {})
         model_name = model_values.pop("name", DEFAULT_MODEL)
-        if model_name not in MODELS:
+        if not isinstance(model_name, str) or model_name not in MODELS:
             raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(MODELS)}")
         match = model_values.pop("match_params", None)
         train_values = dict(data.get("train") or {})

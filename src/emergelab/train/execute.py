@@ -1,8 +1,9 @@
 """Executors: where units of work run. ``train()`` plans units and hands them to one of these.
 
 An :class:`Executor` has one method, ``map(units, on_progress)``: run every unit to completion (each
-through :func:`~emergelab.train.unit.run_unit`), reporting progress as ``on_progress(seed_steps, loss)``.
-It raises if a unit fails, unless it is given ``on_unit``: then it reports each unit by index as
+through :func:`~emergelab.train.unit.run_unit`), reporting progress as ``on_progress(seed_steps, loss)``,
+or ``on_progress(seed_steps, loss, unit.group)`` when the callback takes a third argument (the progress bar
+keeps the latest loss of each unit and shows their seed-weighted mean). It raises if a unit fails, unless it is given ``on_unit``: then it reports each unit by index as
 ``on_unit(i, "progress", seed_steps)``, ``on_unit(i, "done", None)`` or ``on_unit(i, "failed", text)``
 (the traceback) and carries on with the other units (a sweep isolates failing runs this way). The local
 executors:
@@ -35,10 +36,32 @@ class Executor(Protocol):
             on_unit: UnitFn | None = None) -> None: ...
 
 
-def _unit_progress_fn(index: int, on_progress: ProgressFn | None, on_unit: UnitFn | None) -> ProgressFn:
+def takes_unit(on_progress: Any) -> bool:
+    """Whether ``on_progress`` accepts ``(seed_steps, loss, unit)``."""
+    import inspect
+
+    try:
+        inspect.signature(on_progress).bind(0, None, 0)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def unit_reporter(on_progress: Any, unit: WorkUnit) -> ProgressFn | None:
+    """``on_progress`` as a two-argument callback for ``run_unit``, adding ``unit.group`` where it takes it."""
+    if on_progress is None:
+        return None
+    if takes_unit(on_progress):
+        return lambda n, loss: on_progress(n, loss, unit.group)
+    return on_progress
+
+
+def _unit_progress_fn(index: int, unit: WorkUnit, on_progress: Any, on_unit: UnitFn | None) -> ProgressFn:
+    progress = unit_reporter(on_progress, unit)
+
     def report(n: int, loss: float | None) -> None:
-        if on_progress is not None:
-            on_progress(n, loss)
+        if progress is not None:
+            progress(n, loss)
         if on_unit is not None:
             on_unit(index, "progress", n)
     return report
@@ -51,10 +74,10 @@ class InProcess:
             on_unit: UnitFn | None = None) -> None:
         for index, unit in enumerate(units):
             if on_unit is None:
-                run_unit(unit, on_progress)
+                run_unit(unit, unit_reporter(on_progress, unit))
                 continue
             try:
-                run_unit(unit, _unit_progress_fn(index, on_progress, on_unit))
+                run_unit(unit, _unit_progress_fn(index, unit, on_progress, on_unit))
             except Exception:
                 on_unit(index, "failed", traceback.format_exc())
             else:
@@ -95,6 +118,7 @@ class WorkerProcesses:
                  for worker in range(n)]
         for proc in procs:
             proc.start()
+        with_unit = on_progress is not None and takes_unit(on_progress)
         finished: set[int] = set()  # workers that said "done" or died
         holding: dict[int, int] = {}  # worker -> index of the unit it is training
         try:
@@ -115,7 +139,9 @@ class WorkerProcesses:
                 if kind == "start":
                     holding[worker] = index
                 elif kind == "progress":
-                    if on_progress is not None:
+                    if with_unit:
+                        on_progress(payload, loss, units[index].group)
+                    elif on_progress is not None:
                         on_progress(payload, loss)
                     if isolate:
                         on_unit(index, "progress", payload)

@@ -22,6 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -149,6 +150,19 @@ def _groups_done(run: RunDir) -> bool:
     return all(_done_metrics(run, index) is not None for index in range(len(plan["groups"])))
 
 
+def check_existing(config: ExperimentConfig, out: str | Path) -> None:
+    """Raise the ConfigError ``train`` would raise on run directory ``out`` (another config there, or a
+    resume on another kind of device), without writing anything."""
+    run = RunDir(out)
+    if run.config_path.exists():
+        _check_same(run, config)
+    if (run.state_dir / "plan.json").exists() and not run.is_complete():
+        device = _read_plan(run).get("device", "cpu")
+        if device != _device_kind(config.execution.device):
+            raise ConfigError(f"execution.device={config.execution.device!r}: {run.path} started on {device}, and "
+                              f"its numbers depend on the device kind; resume it with --device {device}")
+
+
 def _record_task(run: RunDir, config: ExperimentConfig) -> None:
     """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it) or damaged."""
     try:
@@ -229,12 +243,13 @@ def plan_units(config: ExperimentConfig, run: RunDir, plan: Plan, threads: int |
 
 
 def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | None = None,
-          progress: bool = True) -> RunDir:
+          progress: bool = True, log: Callable[[str], None] | None = None) -> RunDir:
     """Train every seed of ``config`` into run directory ``out`` and return it.
 
     Re-running with the same ``out`` resumes an interrupted run (bit-identically) and does nothing for
-    a finished one. ``executor``: where the units run (default: the local plan's). Figures are not drawn
-    here: ``emergelab.report.make_figures(run)`` (the CLI calls it).
+    a finished one. ``executor``: where the units run (default: the local plan's). ``log``: called with one
+    line when the run is already finished or resumes (``print`` in the CLI). Figures are not drawn here:
+    ``emergelab.report.make_figures(run)`` (the CLI calls it).
 
     Example::
 
@@ -246,12 +261,19 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
     """
     config = config.resolved()
     run, plan = prepare_run(config, out)
+    say = log or (lambda line: None)
     if plan is None:
+        say(f"{run.path}: already finished; nothing to train")
         return run
     with locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
         units = plan_units(config, run, plan)
         done = sum(unit_progress(u) for u in units)
-        bar = _Bar(sum(u.steps for u in units), done, progress, plan)
+        if done:
+            steps = [unit_progress(u) // len(u.seeds) for u in units]
+            lo, hi, total = min(steps), max(steps), config.train.steps
+            say(f"resuming from step {lo} of {total}" if lo == hi else
+                f"resuming from steps {lo}-{hi} of {total} (the seed groups stopped at different steps)")
+        bar = _Bar(units, done, progress, plan)
         try:
             (executor or local_executor(plan.strategy, plan.processes)).map(units, bar.update_loss)
         finally:
@@ -299,17 +321,30 @@ def _done_metrics(run: RunDir, group: int) -> pa.Table | None:
 
 
 class _Bar:
-    def __init__(self, total: int, initial: int, enabled: bool, plan: Plan):
+    """The progress bar: seed-steps done, and ONE loss: the latest probe loss of each unit, averaged over
+    the units weighted by their seed counts (so parallel workers do not make it alternate)."""
+
+    def __init__(self, units: list[WorkUnit], initial: int, enabled: bool, plan: Plan):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="seed-step",
-                        desc=f"train ({plan.strategy}, {plan.processes} proc)", smoothing=0.1,
+        self.weights = {u.group: len(u.seeds) for u in units}
+        self.latest: dict[Any, float] = {}
+        self.bar = tqdm(total=sum(u.steps for u in units), initial=initial, disable=not enabled,
+                        unit="seed-step", desc=f"train ({plan.strategy}, {plan.processes} proc)", smoothing=0.1,
                         dynamic_ncols=True)
 
-    def update_loss(self, n: int, loss: float | None) -> None:
+    def mean_loss(self) -> float | None:
+        if not self.latest:
+            return None
+        total = sum(self.weights.get(k, 1) for k in self.latest)
+        return sum(loss * self.weights.get(k, 1) for k, loss in self.latest.items()) / total
+
+    def update_loss(self, n: int, loss: float | None, unit: Any = None) -> None:
+        """``n`` seed-steps done; ``loss``: the latest probe's mean loss of unit (group) ``unit``."""
         self.bar.update(n)
         if loss is not None and math.isfinite(loss):
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.latest[unit] = loss
+            self.bar.set_postfix(loss=f"{self.mean_loss():.4f}", refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -1,0 +1,108 @@
+"""The memory and time estimate (``train/estimate.py``) against measured peaks, and the refusals it drives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from emergelab.config import ConfigError
+from emergelab.train import ExperimentConfig
+from emergelab.train.estimate import available_bytes, check_device, check_fits, estimate_run
+
+MEASURE = textwrap.dedent("""
+    import json, resource, sys, tempfile
+    import torch
+    torch.set_num_threads(1)
+    from emergelab.train import ExperimentConfig, train
+    from emergelab.train.estimate import estimate_run
+    cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1])).resolved()
+    est = estimate_run(cfg)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as d:
+        train(cfg, d + "/run", progress=False)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"measured": after - before, "estimated": est.peak_bytes - est.parts["process"]}))
+""")
+
+ENSEMBLE = {"strategy": "ensemble", "threads": 1}
+MEASURED = {
+    # the probe's attention patterns dominate
+    "probe patterns": {"task": {"name": "linear-map", "state_size": 64, "sparsity": 2},
+                       "model": {"layers": 2, "heads": 4, "head_dim": 8},
+                       "train": {"steps": 2, "eval_batch_size": 256, "checkpoints": 0, "attention_snapshots": 0},
+                       "execution": ENSEMBLE},
+    # the training step's activations dominate
+    "activations": {"task": {"name": "linear-map", "state_size": 8, "sparsity": 2},
+                    "model": {"layers": 2, "heads": 4, "head_dim": 16},
+                    "train": {"steps": 2, "batch_size": 4096, "eval_batch_size": 64, "seeds": 2},
+                    "execution": ENSEMBLE},
+    "cellular automata": {"task": {"name": "cellular-automata", "state_size": 16, "trajectory_length": 16},
+                          "model": {"layers": 2, "heads": 4, "head_dim": 16},
+                          "train": {"steps": 2, "batch_size": 128, "eval_batch_size": 32},
+                          "execution": ENSEMBLE},
+}
+
+
+@pytest.mark.parametrize("name", list(MEASURED))
+def test_estimate_is_within_a_factor_of_3_of_the_measured_peak(name):
+    done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(MEASURED[name])], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    measured, estimated = result["measured"], result["estimated"]
+    assert measured > 100e6, result  # large enough to measure against the interpreter's own noise
+    assert measured / 3 <= estimated <= measured * 3, result
+
+
+def config(**sections):
+    data = {"task": {"name": "linear-map"}, **sections}
+    return ExperimentConfig.from_dict(data).resolved()
+
+
+def test_estimate_grows_with_what_drives_it():
+    small = estimate_run(config())
+    assert estimate_run(config(train={"batch_size": 640})).parts["activations"] > 5 * small.parts["activations"]
+    assert estimate_run(config(train={"eval_batch_size": 2560})).parts["probe"] > 5 * small.parts["probe"]
+    assert estimate_run(config(train={"steps": 20000})).seconds > 5 * small.seconds
+    assert estimate_run(config(train={"seeds": 10})).flops == pytest.approx(10 * small.flops, rel=0.01)
+
+
+def test_a_run_that_cannot_fit_is_refused_with_the_limit(monkeypatch):
+    import emergelab.train.estimate as estimate
+
+    est = estimate_run(config())
+    check_fits(est, "cpu")  # the default run fits
+    monkeypatch.setattr(estimate, "available_bytes", lambda device: est.peak_bytes / 2)
+    with pytest.raises(ConfigError, match=r"needs about .* more than the .* available on cpu"):
+        check_fits(est, "cpu")
+
+
+def test_available_memory_is_positive():
+    assert 0 < available_bytes("cpu") < float("inf")
+
+
+@pytest.mark.parametrize("device,words", [("cpu:abc", "must be cpu"), ("tpu", "must be cpu"), ("", "must be cpu"),
+                                          (3, "must be cpu"), ("cpu:2", "one CPU device"), ("meta", "must be cpu")])
+def test_bad_devices(device, words):
+    with pytest.raises(ConfigError, match=words):
+        check_device("execution.device", device)
+
+
+def test_unavailable_devices(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        check_device("--device", "mps")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        check_device("--device", "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="1 CUDA device"):
+        check_device("--device", "cuda:1")
+    assert check_device("--device", "cpu") == "cpu"
