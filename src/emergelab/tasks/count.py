@@ -53,6 +53,10 @@ class CountConfig:
     def max_length(self) -> int:
         return max(self.train_max_length, max(self.eval_lengths))
 
+    def sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
+        return self.max_number + 3, self.max_length + 3
+
     def build(self, generator: torch.Generator) -> "CountTask":
         return CountTask(self, generator.device)
 

@@ -53,6 +53,10 @@ class ReverseAdditionConfig:
     def max_digits(self) -> int:
         return max(self.train_max_digits, max(self.eval_digits))
 
+    def sizes(self) -> tuple[int, int]:
+        """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
+        return self.max_digits + 14, 6 * self.max_digits + 4
+
     def build(self, generator: torch.Generator) -> "ReverseAdditionTask":
         return ReverseAdditionTask(self, generator.device)
 
