@@ -33,6 +33,7 @@ from torch import nn
 from ..config import require_float, require_int
 from .base import Init, normal, zeros
 from .hooks import HookPoint
+from .fast_attention import causal_attention
 from .layers import ResidualModel, member_linear, row_softmax
 
 
@@ -105,6 +106,7 @@ class Attention(nn.Module):
         self.heads, self.head_dim = H, D
         self.materialize = False
         self.fused: bool | None = None
+        self.blocked = True  # CPU training uses fast_attention (False: the reference path below)
         self.W_QKV = nn.Parameter(torch.empty(n_models, d, 3 * H * D))
         self.b_QKV = nn.Parameter(torch.zeros(n_models, 3 * H * D))
         self.W_O = nn.Parameter(torch.empty(n_models, H * D, d))
@@ -126,6 +128,9 @@ class Attention(nn.Module):
         E, B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         qkv = member_linear(x, self.W_QKV, self.b_QKV).reshape(E, B, T, 3, H, D)
+        if self._blocked(x, attn_bias):
+            z = causal_attention(qkv, None if attn_bias is None else attn_bias[..., :T, :T])  # [E, B, T, H, D]
+            return member_linear(z.view(E, B, T, H * D), self.W_O, self.b_O)
         q, k, v = qkv.unbind(3)  # views; backward is one stack (three selects would each zero-fill qkv)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # [E, B, T, H, D]
         q, k, v = (t.reshape(E * B, T, H, D).transpose(1, 2) for t in (q, k, v))  # [E*B, H, T, D]
@@ -148,6 +153,15 @@ class Attention(nn.Module):
                 z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~causal, float("-inf")))
         z = self.hook_z(z.transpose(1, 2).reshape(E, B, T, H, D))  # [E, B, T, H, D]
         return member_linear(z.reshape(E, B, T, H * D), self.W_O, self.b_O)
+
+    def _blocked(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> bool:
+        """Whether ``fast_attention.causal_attention`` computes this call: the materialised path on a CPU
+        with nothing observing its insides and no gradient wanted for the bias."""
+        fused = self.fused if self.fused is not None else x.is_cuda
+        return (self.blocked and not self.materialize and not fused and x.device.type == "cpu"
+                and not (attn_bias is not None and attn_bias.requires_grad)
+                and not any(h.has_hooks() for h in (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores,
+                                                    self.hook_pattern, self.hook_z)))
 
     def _attend_observed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                          E: int) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""End to end: ``emergelab`` ``train()`` (what ``emergelab run`` does: auto strategy, probes every
+``eval_every`` steps, checkpoints, metrics, summary) against a plain nanoGPT-style loop training the same
+seeds one after another with torch's default threads, on the same machine in one run; beside the FLOP
+floor (training FLOPs / the 2-thread fp32 matmul rate measured here) and the probe cost.
+
+    python benchmarks/end_to_end.py [--size lm16 demo] [--seeds 4] [--steps 1000] [--out benchmarks/results/end_to_end.json]
+
+Sizes: ``lm16`` = linear map S=16 s=3, 1 layer, 8 heads x 8, MLP 4x, batch 128 (T=31); ``demo`` = the
+demo preset's model and task (S=8, batch 64, T=15). The plain loop is ``train_throughput.PlainGPT``
+(nn.Linear, nn.LayerNorm, SDPA, AdamW with decay groups, clip_grad_norm_) with the same task data
+generator per step. Prints a table; writes JSON with the load averages before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SIZES = {
+    "lm16": ({"name": "linear-map", "state_size": 16, "sparsity": 3},
+             {"layers": 1, "heads": 8, "head_dim": 8, "mlp_ratio": 4}, 128),
+    "demo": ({"name": "linear-map", "state_size": 8, "sparsity": 3},
+             {"layers": 1, "heads": 8, "head_dim": 8, "mlp_ratio": 4}, 64),
+}
+
+
+def config(size: str, seeds: int, steps: int, execution: dict | None = None):
+    from emergelab.train import ExperimentConfig
+
+    task, model, batch = SIZES[size]
+    return ExperimentConfig.from_dict({"task": task, "model": model,
+                                       "train": {"steps": steps, "batch_size": batch, "seeds": seeds},
+                                       "execution": execution or {}})
+
+
+def plain_run(cfg, seed: int, steps: int) -> None:
+    """One seed of the plain loop: model init, ``steps`` steps (data sampled per step)."""
+    import torch.nn.functional as F
+
+    from emergelab.tasks import make_generator
+    from train_throughput import PlainGPT
+
+    torch.manual_seed(seed)
+    model = PlainGPT(cfg.model)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    task = cfg.task.build(make_generator(2 * seed, torch.device("cpu")))
+    data = make_generator(2 * seed + 1, torch.device("cpu"))
+    B = cfg.train.batch_size
+    for _ in range(steps):
+        tokens = task.sample(B, data).tokens
+        logits = model(tokens[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+
+
+def probe_share(size: str, eval_every: int = 50) -> dict:
+    """Probe time / (eval_every x step time) for a group of 2 seeds at 1 thread (CPU time, best of 5)."""
+    from emergelab.train.group import SeedGroup
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = SeedGroup(config(size, 2, 10 ** 6).resolved(), [0, 1])
+        for _ in range(3):
+            g._train_step()
+        step = probe = float("inf")
+        for _ in range(5):
+            c = time.process_time()
+            for _ in range(5):
+                g._train_step()
+            step = min(step, (time.process_time() - c) / 5)
+            c = time.process_time()
+            g._measure(0)
+            probe = min(probe, time.process_time() - c)
+    finally:
+        torch.set_num_threads(threads)
+    return {"step_cpu_s": step, "probe_cpu_s": probe, "eval_every": eval_every,
+            "probe_share": probe / (eval_every * step)}
+
+
+def matmul_rate(threads: int, n: int = 2048) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--skip-plain", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/end_to_end.json")
+    args = p.parse_args()
+    from emergelab.store import write_text
+    from emergelab.train import train
+    from emergelab.train.run import make_plan, train_flops
+
+    default_threads = torch.get_num_threads()
+    result = {"benchmark": "end_to_end", "seeds": args.seeds, "steps": args.steps,
+              "emergelab_src": str(Path(sys.modules["emergelab"].__file__).parent),
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "default_threads": default_threads},
+              "load_avg_before": os.getloadavg(), "rows": []}
+    peak2 = matmul_rate(2)
+    torch.set_num_threads(default_threads)
+    result["matmul_2t_gflops"] = peak2
+    for size in args.size:
+        cfg = config(size, args.seeds, args.steps)
+        flops = train_flops(cfg.resolved())
+        plan = make_plan(cfg.resolved())
+        row = {"size": size, "train_flops": flops, "floor_s": flops / (peak2 * 1e9),
+               "strategy": plan.strategy, "processes": plan.processes, "load_before": os.getloadavg()[0]}
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            train(cfg, Path(tmp) / "run", progress=False)
+            row["emergelab_s"] = time.perf_counter() - t
+        torch.set_num_threads(default_threads)
+        if not args.skip_plain:
+            t = time.perf_counter()
+            for seed in range(args.seeds):
+                plain_run(cfg.resolved(), seed, args.steps)
+            row["plain_s"] = time.perf_counter() - t
+            row["speedup"] = row["plain_s"] / row["emergelab_s"]
+        row.update(probe_share(size))
+        row["load_after"] = os.getloadavg()[0]
+        result["rows"].append(row)
+        print(f"{size}: {args.seeds} seeds x {args.steps} steps: emergelab {row['emergelab_s']:.1f} s "
+              f"({plan.strategy}, {plan.processes} proc), plain loop "
+              f"{row.get('plain_s', float('nan')):.1f} s ({default_threads} threads) -> "
+              f"{row.get('speedup', float('nan')):.2f}x; FLOP floor {row['floor_s']:.1f} s at "
+              f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50; "
+              f"load {row['load_before']:.1f} -> {row['load_after']:.1f}", flush=True)
+    result["load_avg_after"] = os.getloadavg()
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_text(args.out, json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

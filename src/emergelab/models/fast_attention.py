@@ -1,0 +1,108 @@
+"""The CPU training step's causal attention as one ``autograd.Function``: fewer, cheaper passes than the
+reference (``transformer.Attention._attend_observed`` under autograd), same math, its own rounding.
+
+Why: at the paper's sizes (T = 15-31, head_dim D = 8) attention is a third of a CPU training step and
+almost none of it is arithmetic (``benchmarks/README.md``, "Where a step's time goes"). Measured at
+E * B * H = 2048 problems of 31 x 31 x 8, 1 thread, the reference spends its time in
+
+* GEMM layouts: MKL runs a ``[T, D] @ [D, T]`` or ``[D, T] @ [T, T]`` product (output rows of T) about
+  twice as fast as ``[T, T] @ [T, D]`` (rows of 8), and the reference's ``q @ k^T`` on a contiguous k^T
+  is 4x slower than on k^T as a transposed view. Here every product is the fast form: z, dq, dk and dv
+  come out transposed (``[D, T]``) and one copy per direction restores the ``[E, B, T, 3, H, D]`` layout;
+* the softmax from elementwise ops and row reductions over 31 elements (``row_softmax``: 10 passes);
+  here ``torch.softmax`` forward (one vectorised pass per row; its bits do not depend on the batch or the
+  threads, checked in ``tests/test_fast_attention.py``) and its native backward run at one thread
+  (at two threads its CPU kernel splits rows differently and a row's bits change);
+* ``masked_fill`` (one broadcast pass, 10x an add): here the causal mask (and the attention bias) is one
+  additive ``[E, H, T, T]`` tensor.
+
+The rounding differs from the reference's (other GEMM kernels, the native softmax): outputs and
+gradients agree to float tolerance (``tests/test_fast_attention.py``), and a seed's bits do not depend
+on E, the group order or the threads (``tests/test_determinism.py``). Only for what training needs: no
+hooks on q, k, v, scores, pattern or z, and an attention bias without gradient; ``Attention`` uses the
+reference path otherwise (and under ``observing()``, so probes and caches see the reference).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+def padded_length(T: int) -> int:
+    """Key length the scores are padded to: a multiple of 16 floats (one AVX-512 vector). The CPU
+    softmax and row reductions run their rows in whole vectors; a row of 15 or 31 leaves a scalar tail
+    that costs more than the rest (measured: softmax over [1024, 15, 15] 4.0 ms, over [2048, 16, 16] 0.7 ms)."""
+    return -(-T // 16) * 16
+
+
+class CausalAttention(torch.autograd.Function):
+    """z = softmax(q k^T / sqrt(D) + mask_bias) v per member, sequence and head.
+
+    qkv ``[E, B, T, 3, H, D]``, mask_bias ``[E, H, T, Tp]`` or ``[T, Tp]`` (``Tp = padded_length(T)``; -inf
+    above the diagonal and in the padding, plus any attention bias; no gradient) -> z ``[E, B, T, H, D]``.
+    k and v get ``Tp - T`` zero rows, so the scores are ``[T, Tp]`` with masked (zero-probability) padding
+    columns; padding adds only exact zeros to the products."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        E, B, T, _, H, D = qkv.shape
+        Tp, N = mask_bias.shape[-1], E * B * H
+        x = qkv.new_empty(3, N, Tp, D)
+        x[:, :, T:].zero_()
+        x.view(3, E, B, H, Tp, D)[:, :, :, :, :T].copy_(qkv.permute(3, 0, 1, 4, 2, 5))
+        q, k, v = x[0, :, :T], x[1], x[2]
+        s = torch.bmm(q, k.transpose(1, 2))  # [N, T, Tp]
+        s5 = s.view(E, B, H, T, Tp)
+        s5.div_(math.sqrt(D))
+        s5.add_(mask_bias[:, None] if mask_bias.dim() == 4 else mask_bias)
+        p = torch.softmax(s, -1)
+        zt = torch.bmm(v.transpose(1, 2), p.transpose(1, 2))  # z^T [N, D, T]
+        ctx.save_for_backward(x, p)
+        return zt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3).contiguous()  # [E, B, T, H, D]
+
+    @staticmethod
+    def backward(ctx: Any, dz: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, p = ctx.saved_tensors
+        E, B, T, H, D = dz.shape
+        N, Tp = x.shape[1], x.shape[2]
+        q, k, v = x[0, :, :T], x[1], x[2]
+        g = dz.permute(0, 1, 3, 2, 4).reshape(N, T, D)
+        dp = torch.bmm(g, v.transpose(1, 2))  # [N, T, Tp]
+        dkv = dz.new_empty(2, N, D, Tp)  # dk^T, dv^T (padding columns dropped below)
+        torch.bmm(g.transpose(1, 2), p, out=dkv[1])
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the native softmax backward's rows are thread-independent only at 1
+        try:
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
+        finally:
+            torch.set_num_threads(threads)
+        ds.div_(math.sqrt(D))
+        dqt = torch.bmm(k.transpose(1, 2), ds.transpose(1, 2))  # [N, D, T]
+        torch.bmm(q.transpose(1, 2), ds, out=dkv[0])
+        dqkv = dz.new_empty(E, B, T, 3, H, D)
+        dqkv[:, :, :, 0].copy_(dqt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3))
+        dqkv[:, :, :, 1:].copy_(dkv.view(2, E, B, H, D, Tp)[..., :T].permute(1, 2, 5, 0, 3, 4))
+        return dqkv, None
+
+
+def causal_mask_bias(E: int, H: int, T: int, bias: torch.Tensor | None, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``[T, Tp]`` (no bias) or ``[E, H, T, Tp]``: the attention bias, -inf above the diagonal and in the
+    padding columns."""
+    Tp = padded_length(T)
+    masked = ~torch.ones(T, Tp, dtype=torch.bool, device=device).tril()
+    out = torch.zeros(T, Tp, device=device, dtype=dtype) if bias is None else \
+        torch.nn.functional.pad(bias.expand(E, H, T, T).to(dtype), (0, Tp - T))
+    return out.masked_fill_(masked, float("-inf"))
+
+
+def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """qkv ``[E, B, T, 3, H, D]``, bias ``[E, H, T, T]``, ``[H, T, T]`` or None (no gradient) -> z
+    ``[E, B, T, H, D]``: the causal attention of the training step (see the module doc)."""
+    E, B, T, _, H, D = qkv.shape
+    if bias is not None and bias.requires_grad:
+        raise ValueError("causal_attention: the attention bias must not require a gradient")
+    return CausalAttention.apply(qkv, causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype))

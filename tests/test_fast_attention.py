@@ -1,0 +1,112 @@
+"""The training step's attention (``models/fast_attention.py``) against the reference path
+(``Attention._attend_observed`` under autograd), and the per-row invariances its bit-identity rests on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emergelab.models import TransformerConfig
+from emergelab.models.fast_attention import causal_attention, padded_length
+
+
+def _forward_backward(model, tokens, fast: bool, bias=None):
+    for block in model.blocks:
+        block.attn.blocked = fast
+    model.zero_grad(set_to_none=True)
+    out = model(tokens, attn_bias=bias)
+    weights = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    (out * weights).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    scale = a.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= 2e-5 * scale + 1e-7, f"{what}: max error {err:.2e} at scale {scale:.2e}"
+
+
+@pytest.mark.parametrize("layers,heads,head_dim,T,V,E,B,bias", [
+    (2, 3, 4, 9, 3, 2, 5, None),
+    (1, 8, 8, 31, 2, 2, 7, None),
+    (1, 8, 8, 15, 2, 3, 4, "per-member"),
+    (2, 5, 3, 7, 4, 1, 3, "shared"),
+    (1, 2, 5, 16, 3, 2, 3, None),
+    (1, 1, 1, 1, 2, 1, 2, None),
+    (1, 2, 4, 33, 2, 1, 2, "shared"),
+])
+def test_fast_attention_matches_the_reference_outputs_and_gradients(layers, heads, head_dim, T, V, E, B, bias):
+    cfg = TransformerConfig(layers=layers, heads=heads, head_dim=head_dim, vocab_size=V,
+                            context_length=T).resolved(V, T)
+    model = cfg.build(E, seeds=list(range(E)))
+    with torch.no_grad():  # non-trivial norms and biases, so every gradient path carries signal
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    tokens = torch.randint(0, V, (E, B, T), generator=torch.Generator().manual_seed(1))
+    attn_bias = None
+    if bias == "per-member":
+        attn_bias = torch.randn(E, layers, heads, T, T)
+    elif bias == "shared":
+        attn_bias = torch.randn(layers, heads, T, T)
+    ref_out, ref_grads = _forward_backward(model, tokens, False, attn_bias)
+    out, grads = _forward_backward(model, tokens, True, attn_bias)
+    _assert_close(ref_out, out, "logits")
+    for name in ref_grads:
+        _assert_close(ref_grads[name], grads[name], name)
+
+
+def test_fast_attention_is_used_only_when_nothing_observes_it():
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=2, context_length=7).resolved(2, 7)
+    model = cfg.build(1)
+    tokens = torch.randint(0, 2, (3, 7))
+    attn = model.blocks[0].attn
+    x = torch.zeros(1, 3, 7, 8)
+    assert attn._blocked(x, None)
+    with model.observing():
+        assert not attn._blocked(x, None)
+    assert not attn._blocked(x, torch.zeros(2, 7, 7, requires_grad=True))
+    _, cache = model.run_with_cache(tokens)  # hooks attached: the reference path, pattern cached
+    assert "blocks.0.attn.hook_pattern" in cache
+    handle = attn.hook_z.register_forward_hook(lambda m, i, o: None)
+    assert not attn._blocked(x, None)
+    handle.remove()
+    assert attn._blocked(x, None)
+
+
+def test_a_row_does_not_depend_on_the_batch_the_threads_or_its_neighbours():
+    """What the fast path's bit-identity rests on: torch.softmax forward (any threads) and its native
+    backward (one thread), and bmm, give a row / matrix the same bits in any batch."""
+    before = torch.get_num_threads()
+    try:
+        for T in (7, 15, 31):
+            Tp = padded_length(T)
+            gen = torch.Generator().manual_seed(T)
+            s = torch.randn(600, T, Tp, generator=gen) * 3
+            s.masked_fill_(~torch.ones(T, Tp, dtype=torch.bool).tril(), float("-inf"))
+            g = torch.randn(600, T, Tp, generator=gen)
+            q, k = torch.randn(2, 600, T, 8, generator=gen)
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                p = torch.softmax(s, -1)
+                torch.set_num_threads(1)
+                d = torch._softmax_backward_data(g, p, -1, torch.float32)
+                torch.set_num_threads(threads)
+                m = torch.bmm(q, k.transpose(1, 2))
+                results.append((p, d, m))
+                for a, b in ((0, 1), (3, 130), (101, 600), (7, 8)):
+                    assert torch.equal(torch.softmax(s[a:b], -1), p[a:b])
+                    torch.set_num_threads(1)
+                    assert torch.equal(torch._softmax_backward_data(g[a:b], p[a:b], -1, torch.float32), d[a:b])
+                    torch.set_num_threads(threads)
+                    assert torch.equal(torch.bmm(q[a:b], k[a:b].transpose(1, 2)), m[a:b])
+            for x, y in zip(*results):
+                assert torch.equal(x, y)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_causal_attention_refuses_a_bias_that_needs_a_gradient():
+    qkv = torch.zeros(1, 2, 3, 3, 1, 2)
+    with pytest.raises(ValueError):
+        causal_attention(qkv, torch.zeros(1, 3, 3, requires_grad=True))
