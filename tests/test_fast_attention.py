@@ -55,22 +55,26 @@ def test_fast_attention_matches_the_reference_outputs_and_gradients(layers, head
         _assert_close(ref_grads[name], grads[name], name)
 
 
-def test_fast_attention_is_used_only_when_nothing_observes_it():
+def test_the_implementation_is_chosen_explicitly_never_by_hooks():
     cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=2, context_length=7).resolved(2, 7)
     model = cfg.build(1)
     tokens = torch.randint(0, 2, (3, 7))
     attn = model.blocks[0].attn
     x = torch.zeros(1, 3, 7, 8)
-    assert attn._blocked(x, None)
+    assert attn.implementation(x, None) == "blocked"  # the CPU training default
     with model.observing():
-        assert not attn._blocked(x, None)
-    assert not attn._blocked(x, torch.zeros(2, 7, 7, requires_grad=True))
-    _, cache = model.run_with_cache(tokens)  # hooks attached: the reference path, pattern cached
+        assert attn.implementation(x, None) == "materialised"
+    assert attn.implementation(x, torch.zeros(2, 7, 7, requires_grad=True)) == "materialised"
+    _, cache = model.run_with_cache(tokens)  # the reference path, pattern cached
     assert "blocks.0.attn.hook_pattern" in cache
-    handle = attn.hook_z.register_forward_hook(lambda m, i, o: None)
-    assert not attn._blocked(x, None)
-    handle.remove()
-    assert attn._blocked(x, None)
+    with model.hooks([("blocks.0.attn.hook_z", lambda t, h: None)]):
+        assert attn.implementation(x, None) == "blocked"  # a hook does not switch the path ...
+        with pytest.raises(RuntimeError, match="hook_z is not formed by blocked attention"):
+            model(tokens)  # ... it is refused, naming the fix
+    attn.blocked = False
+    assert attn.implementation(x, None) == "materialised"
+    model.use_fused_attention(True)
+    assert attn.implementation(x, None) == "fused"
 
 
 def test_a_row_does_not_depend_on_the_batch_the_threads_or_its_neighbours():

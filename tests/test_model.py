@@ -132,7 +132,7 @@ def test_attention_path_is_chosen_explicitly_never_by_hooks(monkeypatch):
     model(tokens)
     assert len(calls) == 2  # the scope restored the fast path
     with model.hooks([("blocks.0.attn.hook_pattern", observe)]):
-        with pytest.raises(RuntimeError, match="not computed by fused attention"):
+        with pytest.raises(RuntimeError, match="hook_pattern is not formed by fused attention"):
             model(tokens)
 
 

@@ -3,20 +3,22 @@
 Every parameter has a leading member dimension ``E``; see ``models.base`` for the contract and
 ``models.hooks`` for the hook layout (a single model's hooks have TransformerLens' shapes).
 
-Two attention implementations, chosen explicitly (like nanoGPT's ``self.flash``), never by whether a
-hook is attached:
+Three attention implementations, chosen explicitly (like nanoGPT's ``self.flash``), never by whether a
+hook is attached (``Attention.implementation``):
 
-* **materialised**: ``softmax(q k^T / sqrt(D) + bias) v`` with batched matmuls and :func:`row_softmax`;
-  scores and pattern exist and are hookable. Its bits for one member do not depend on the other
-  members, the batch size or the thread count (``tests/test_determinism.py``), and at the paper's short
-  sequences it is also the faster one on a CPU (``shared/notes/step-profile.md``);
-* **fused**: ``scaled_dot_product_attention`` (flash kernels on a GPU); scores and pattern are never
-  formed, so hooking them there is an error.
+* **materialised** (the reference): ``softmax(q k^T / sqrt(D) + bias) v`` with batched matmuls and
+  :func:`row_softmax`; q, k, v, scores, pattern and z exist and are hookable. Always inside
+  ``model.observing()`` (which ``run_with_cache`` and ``run_with_hooks`` use);
+* **blocked** (the CPU training default): ``fast_attention.causal_attention``, one autograd function with
+  fast GEMM layouts and the native softmax at one thread; nothing inside it is hookable. Used on a CPU
+  unless ``Attention.blocked = False`` or the attention bias wants a gradient;
+* **fused**: ``scaled_dot_product_attention`` (flash kernels on a GPU; the default on CUDA,
+  ``model.use_fused_attention(True)`` elsewhere); scores and pattern are never formed.
 
-``Attention.fused`` chooses: None (default) fuses on CUDA only; ``model.use_fused_attention(flag)``
-sets it for every layer. ``model.observing()`` (which ``run_with_cache`` and ``run_with_hooks`` always
-use) materialises every layer whatever the setting. The two agree to float rounding
-(``tests/test_model.py`` compares outputs and gradients).
+Hooking an activation that the chosen implementation does not form is an error naming the fix, never a
+silent switch. On a CPU, materialised and blocked give each seed bits that do not depend on the other
+members, the batch size or the thread count (``tests/test_determinism.py``); all three agree to float
+rounding (``tests/test_model.py``, ``tests/test_fast_attention.py``).
 """
 
 from __future__ import annotations
@@ -128,7 +130,14 @@ class Attention(nn.Module):
         E, B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         qkv = member_linear(x, self.W_QKV, self.b_QKV).reshape(E, B, T, 3, H, D)
-        if self._blocked(x, attn_bias):
+        implementation = self.implementation(x, attn_bias)
+        unformed = {"blocked": ("q", "k", "v", "attn_scores", "pattern", "z"),
+                    "fused": ("attn_scores", "pattern"), "materialised": ()}[implementation]
+        hooked = [name for name in unformed if getattr(self, f"hook_{name}").has_hooks()]
+        if hooked:
+            raise RuntimeError(f"hook_{hooked[0]} is not formed by {implementation} attention: use "
+                               "model.run_with_hooks / run_with_cache, or `with model.observing():`")
+        if implementation == "blocked":
             z = causal_attention(qkv, None if attn_bias is None else attn_bias[..., :T, :T])  # [E, B, T, H, D]
             return member_linear(z.view(E, B, T, H * D), self.W_O, self.b_O)
         q, k, v = qkv.unbind(3)  # views; backward is one stack (three selects would each zero-fill qkv)
@@ -139,13 +148,9 @@ class Attention(nn.Module):
             bias = attn_bias[..., :T, :T]
             bias = bias.unsqueeze(1) if bias.dim() == 4 else bias.expand(E, 1, H, T, T)
             bias = bias.expand(E, B, H, T, T).reshape(E * B, H, T, T)
-        fused = self.fused if self.fused is not None else x.is_cuda
-        if self.materialize or not fused:
+        if implementation == "materialised":
             z = self._attend_observed(q, k, v, bias, E)
         else:
-            if self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks():
-                raise RuntimeError("hook_attn_scores / hook_pattern are not computed by fused attention: use "
-                                   "model.run_with_hooks / run_with_cache, or `with model.observing():`")
             if bias is None:
                 z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:
@@ -154,14 +159,16 @@ class Attention(nn.Module):
         z = self.hook_z(z.transpose(1, 2).reshape(E, B, T, H, D))  # [E, B, T, H, D]
         return member_linear(z.reshape(E, B, T, H * D), self.W_O, self.b_O)
 
-    def _blocked(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> bool:
-        """Whether ``fast_attention.causal_attention`` computes this call: the materialised path on a CPU
-        with nothing observing its insides and no gradient wanted for the bias."""
-        fused = self.fused if self.fused is not None else x.is_cuda
-        return (self.blocked and not self.materialize and not fused and x.device.type == "cpu"
-                and not (attn_bias is not None and attn_bias.requires_grad)
-                and not any(h.has_hooks() for h in (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores,
-                                                    self.hook_pattern, self.hook_z)))
+    def implementation(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> str:
+        """``"materialised"``, ``"blocked"`` or ``"fused"`` (module doc), from the settings, the device and
+        whether the bias wants a gradient; never from the hooks attached."""
+        if self.materialize:
+            return "materialised"
+        if self.fused if self.fused is not None else x.is_cuda:
+            return "fused"
+        if self.blocked and x.device.type == "cpu" and not (attn_bias is not None and attn_bias.requires_grad):
+            return "blocked"
+        return "materialised"
 
     def _attend_observed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                          E: int) -> torch.Tensor:
