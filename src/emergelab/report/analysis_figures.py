@@ -122,7 +122,7 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
         if isinstance(xv, (int, float)) and not isinstance(xv, bool) and xv > 0:
             p = plateau[(gid == row["group"]) & (plateau > 0)]
             ax.scatter(np.full(p.size, xv), p, s=10, color="0.6", alpha=0.5, zorder=1)
-    ax.scatter([], [], s=10, color="0.6", label="seeds (never left the plateau: the run's length)")
+    ax.scatter([], [], s=10, color="0.6", label="seeds (one that never left the plateau sits at the run's length)")
     name = field.split(".")[-1]
     for s, color in zip(series, colors(len(series))):
         x, y, cens = s["x"], s["y"], s["censored_mask"]
