@@ -7,6 +7,7 @@ checked against the seed's own matrix A in the saved attention snapshots.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -17,7 +18,8 @@ import yaml
 from emergelab.analysis.heads import attribute_heads, head_rows
 from emergelab.analysis.emergence import curve_emergence
 from emergelab.analysis.runs import analyze_runs
-from emergelab.analysis.scaling import fit_power_law
+from emergelab.analysis.runs import plateau_scaling
+from emergelab.analysis.scaling import fit_power_law, student_t_quantile
 from emergelab.cli import main
 from emergelab.config import ConfigError
 from emergelab.models import TransformerConfig
@@ -28,13 +30,19 @@ from emergelab.tasks import seed_streams
 
 
 # ------------------------------------------------------------------------------------------ synthetic runs
-def fake_run(path, rows, *, state_size=4, sparsity=1, heads=4):
-    """A run directory holding the metric ``rows`` [(step, seed, metric, index, value)] and a config."""
+def fake_run(path, rows, *, state_size=4, sparsity=1, heads=4, steps=1000, optima=None):
+    """A run directory holding the metric ``rows`` [(step, seed, metric, index, value)] and a config;
+    ``optima`` = (aggregate, [per output]) writes a task.json recording them (the store's optima view)."""
     cfg = ExperimentConfig(task=LinearMapConfig(state_size=state_size, sparsity=sparsity),
                            model=TransformerConfig(layers=1, heads=heads, head_dim=4, mlp_ratio=0),
-                           train=TrainConfig(steps=1000, seeds=2)).resolved()
+                           train=TrainConfig(steps=steps, seeds=2)).resolved()
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if optima is not None:
+        aggregate, outputs = optima
+        (path / "task.json").write_text(json.dumps({
+            "task": "linear-map", "labels": [f"bit {i}" for i in range(len(outputs))],
+            "output_optima": list(outputs), "optimal_loss": aggregate, "description": "planted"}))
     step, seed, metric, index, value = zip(*rows)
     write_parquet(path / "metrics.parquet", pa.table(
         {"step": list(step), "seed": list(seed), "metric": list(metric), "index": list(index), "value": list(value)},
@@ -132,9 +140,43 @@ def test_emergence_and_groups_planted(tmp_path):
 
 
 def test_fit_power_law_exact():
-    a, c = fit_power_law([8, 16, 32], [5 * 8 ** 1.5, 5 * 16 ** 1.5, 5 * 32 ** 1.5])
-    assert a == pytest.approx(1.5) and c == pytest.approx(5.0)
+    fit = fit_power_law([8, 16, 32], [5 * 8 ** 1.5, 5 * 16 ** 1.5, 5 * 32 ** 1.5])
+    assert fit.exponent == pytest.approx(1.5) and fit.prefactor == pytest.approx(5.0)
+    assert fit.stderr == pytest.approx(0.0, abs=1e-9) and fit.n_points == 3
     assert fit_power_law([8, 8], [1, 2]) is None
+
+
+def test_student_t_quantile():
+    # two-sided 95% points of Student t (tables): dof 1, 2, 5, 30
+    for dof, t in ((1, 12.706), (2, 4.303), (5, 2.571), (30, 2.042)):
+        assert student_t_quantile(0.95, dof) == pytest.approx(t, abs=2e-3)
+
+
+def test_fit_power_law_refuses_two_points():
+    """Two distinct x values (however many points) give no fit: any line passes through them."""
+    assert fit_power_law([4, 8], [10, 80]) is None
+    assert fit_power_law([4, 4, 8, 8], [10, 12, 80, 90]) is None
+    assert fit_power_law([4, 8, 16], [10, 80, float("nan")]) is None  # a censored/missing y leaves 2
+
+
+def test_fit_power_law_interval_covers_planted_exponent():
+    """y = 3 x^2.5 with 20% lognormal noise at 5 sizes: the 95% interval covers 2.5 in ~95% of draws, and
+    the standard error matches the spread of the estimates."""
+    rng = np.random.default_rng(0)
+    x = np.array([4, 6, 8, 12, 16], dtype=float)
+    estimates, covered = [], 0
+    for _ in range(400):
+        y = 3 * x ** 2.5 * np.exp(rng.normal(0, 0.2, x.size))
+        fit = fit_power_law(x, y)
+        estimates.append(fit.exponent)
+        covered += fit.lo <= 2.5 <= fit.hi
+        assert fit.lo < fit.exponent < fit.hi and fit.ci == 0.95
+    assert 0.92 <= covered / 400 <= 0.98
+    # sd of the estimate: sigma / sqrt(Sxx) of log x
+    lx = np.log(x)
+    assert np.std(estimates) == pytest.approx(0.2 / np.sqrt(((lx - lx.mean()) ** 2).sum()), rel=0.1)
+    fit = fit_power_law(x, 3 * x ** 2.5 * np.exp(np.random.default_rng(1).normal(0, 0.2, x.size)))
+    assert fit.lo <= 2.5 <= fit.hi
 
 
 # ------------------------------------------------------------------------------------------ a real run
@@ -234,3 +276,117 @@ def test_cli_analyze_bad_inputs(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "r"), "--by", "task.nope", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--by task.nope" in err and len(err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ honest numbers (planted)
+def lm_optima(S):
+    return ((S - 1) / (2 * S - 1) * math.log(2), [0.0] * S)
+
+
+def test_by_groups_by_every_differing_field_unless_pooled(tmp_path, capsys):
+    """--by task.sparsity over runs that also differ in heads keeps the heads apart; pooling is explicit
+    and named with its values."""
+    rows = planted_rows({0: [100, 200, 300, 400], 1: [200, 300, 400, 500]}, seeds=(0, 1))
+    fake_run(tmp_path / "s1h4", rows, sparsity=1, heads=4, optima=lm_optima(4))
+    fake_run(tmp_path / "s1h8", planted_rows({0: [100, 200, 300, 400], 1: [200, 300, 400, 500]}, seeds=(0, 1),
+                                             heads=8), sparsity=1, heads=8, optima=lm_optima(4))
+    fake_run(tmp_path / "s2h4", rows, sparsity=2, heads=4, optima=lm_optima(4))
+    con = connect(tmp_path)
+    result = analyze_runs(con, by=["task.sparsity"], n_boot=50)
+    assert result.by == ["task.sparsity", "model.heads"] and result.added_by == ["model.heads"]
+    assert result.pooled == {}
+    assert [(g["task.sparsity"], g["model.heads"], g["n_runs"]) for g in result.groups.to_pylist()] == [
+        (1, 4, 1), (1, 8, 1), (2, 4, 1)]
+    for kwargs in ({"pool": ["model.heads"]}, {"pool_rest": True}):
+        pooled = analyze_runs(con, by=["task.sparsity"], n_boot=50, **kwargs)
+        # the width d_model = heads * head_dim goes with heads
+        assert pooled.by == ["task.sparsity"] and pooled.pooled == {"model.d_model": [16, 32], "model.heads": [4, 8]}
+        assert [(g["task.sparsity"], g["n_runs"], g["n_seeds"]) for g in pooled.groups.to_pylist()] == [
+            (1, 2, 4), (2, 1, 2)]
+    default = analyze_runs(con, pool=["model.heads"], n_boot=50)
+    assert default.by == ["task.sparsity"] and list(default.pooled) == ["model.d_model", "model.heads"]
+    assert analyze_runs(con, n_boot=50).by == ["model.heads", "task.sparsity"]  # default: sorted, no d_model
+    with pytest.raises(ConfigError, match="--pool task.sparsity"):
+        analyze_runs(con, by=["task.sparsity"], pool=["task.sparsity"])
+    with pytest.raises(ConfigError, match="--pool model.nope"):
+        analyze_runs(con, pool=["model.nope"])
+
+    assert main(["analyze", str(tmp_path), "--by", "task.sparsity", "--out", str(tmp_path / "o1")]) == 0
+    text = capsys.readouterr().out
+    assert "configs by task.sparsity, model.heads" in text and "also differ" in text and "pooled" not in text
+    assert main(["analyze", str(tmp_path), "--by", "task.sparsity", "--pool-rest", "--out", str(tmp_path / "o2")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pooled")]
+    assert lines == ["pooled (runs that differ in these count as one config): model.d_model in {16, 32}; "
+                     "model.heads in {4, 8}"]
+    assert main(["analyze", str(tmp_path), "--pool-rest", "--out", str(tmp_path / "o3")]) == 2
+    assert "--pool-rest" in capsys.readouterr().err
+
+
+def test_solved_judged_per_output(tmp_path):
+    """S = 8: a seed whose bit 7 never emerges ends ln2/15 = 0.046 nats above the optimum, inside a 0.05
+    tolerance on the aggregate loss, and is still not solved: solved means every output emerged."""
+    S = 8
+    drops = {0: [100, 200, 300, 400, 500, 600, 700, None], 1: [100, 200, 300, 400, 500, 600, 700, 800]}
+    rows = planted_rows(drops, seeds=(0, 1), state_size=S)
+    fake_run(tmp_path / "per_output", rows, state_size=S, optima=lm_optima(S))
+    result = analyze_runs(connect(tmp_path / "per_output"), n_boot=50)
+    seeds = {r["seed"]: r for r in result.seeds.to_pylist()}
+    assert seeds[0]["final_loss"] - seeds[0]["optimum"] == pytest.approx(math.log(2) / 15)
+    assert math.log(2) / 15 < result.solved_tol
+    assert seeds[0]["solved"] is False and seeds[0]["solved_step"] is None and seeds[0]["n_emerged"] == 7
+    assert seeds[1]["solved"] is True and seeds[1]["solved_step"] == 800
+    assert {r["solved_by"] for r in seeds.values()} == {"outputs"}
+    assert result.groups.to_pylist()[0]["solved_fraction"] == 0.5
+    # no per-output optima recorded: only then the aggregate tolerance judges (and lets the seed through)
+    fake_run(tmp_path / "aggregate", rows, state_size=S, optima=(lm_optima(S)[0], [None] * S))
+    agg = {r["seed"]: r for r in analyze_runs(connect(tmp_path / "aggregate"), n_boot=50).seeds.to_pylist()}
+    assert agg[0]["solved_by"] == "aggregate" and agg[0]["solved"] is True
+    # an output with nothing to learn (optimum = its initial level) is not judged
+    flat = [(t, s, m, i, math.log(2) if (m == "loss_pos" and i == "7") else v) for t, s, m, i, v in rows]
+    fake_run(tmp_path / "unlearnable", flat, state_size=S, optima=(lm_optima(S)[0], [0.0] * 7 + [math.log(2)]))
+    un = {r["seed"]: r for r in analyze_runs(connect(tmp_path / "unlearnable"), n_boot=50).seeds.to_pylist()}
+    assert un[0]["solved"] is True and un[0]["solved_step"] == 700 and un[1]["solved_step"] == 700
+
+
+def test_curve_metrics_are_labelled_as_adaptation(tmp_path):
+    fake_run(tmp_path / "r", planted_rows({0: [100, 200, 300, 400]}), optima=lm_optima(4))
+    result = analyze_runs(connect(tmp_path / "r"), n_boot=50)
+    assert {"curve_linearity", "curve_breakthroughness"} <= set(result.seeds.column_names)
+    assert {"curve_linearity_mean", "curve_breakthroughness_mean"} <= set(result.groups.column_names)
+    names = result.seeds.column_names + result.groups.column_names
+    assert not [n for n in names if n.startswith(("linearity", "breakthroughness"))]
+
+
+def plateau_runs(tmp_path, sizes, never=()):
+    """Runs at state sizes ``sizes`` whose two seeds learn every bit at 5 S^2 steps (a planted plateau
+    ~ S^2); sizes in ``never`` never leave the plateau (censored)."""
+    for S in sizes:
+        d = None if S in never else 5 * S * S
+        fake_run(tmp_path / f"S{S}", planted_rows({0: [d] * S, 1: [d] * S}, seeds=(0, 1), state_size=S),
+                 state_size=S, optima=lm_optima(S))
+
+
+def test_plateau_scaling_leaves_censored_out(tmp_path, capsys):
+    plateau_runs(tmp_path, (4, 6, 8, 12), never=(12,))
+    result = analyze_runs(connect(tmp_path), n_boot=50)
+    groups = {g["task.state_size"]: g for g in result.groups.to_pylist()}
+    assert groups[12]["plateau_censored"] and groups[12]["n_plateau_censored"] == 2
+    assert not groups[8]["plateau_censored"] and groups[8]["plateau_median"] == 320
+    (series,) = plateau_scaling(result, "task.state_size")
+    assert series["censored"] == [12.0]
+    fit = series["fit"]
+    assert fit.n_points == 3 and fit.exponent == pytest.approx(2.0) and fit.stderr == pytest.approx(0, abs=1e-9)
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert ">=1000" in text and "censored" in text and "2.00" in text
+    assert (tmp_path / "o" / "plateau_vs_task_state_size.png").stat().st_size > 0
+
+
+def test_plateau_scaling_refuses_two_sizes(tmp_path, capsys):
+    plateau_runs(tmp_path, (4, 8, 12), never=(12,))
+    result = analyze_runs(connect(tmp_path), n_boot=50)
+    (series,) = plateau_scaling(result, "task.state_size")
+    assert series["fit"] is None and "needs 3" in series["reason"]
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert "no fit" in capsys.readouterr().out
+    assert (tmp_path / "o" / "plateau_vs_task_state_size.png").stat().st_size > 0  # points, no line

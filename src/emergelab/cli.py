@@ -75,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
                          help="run directories, or folders searched for runs")
     analyze.add_argument("--by", help="comma-separated config fields that define a config, e.g. "
-                                      "task.sparsity,model.heads (default: every field that differs)")
+                                      "task.sparsity,model.heads; every other field that differs between "
+                                      "runs defines configs too unless pooled (default: every field that differs)")
+    analyze.add_argument("--pool", metavar="FIELD,...", help="comma-separated fields whose values are pooled "
+                                                            "into one config (a line names them and their values)")
+    analyze.add_argument("--pool-rest", action="store_true",
+                         help="pool every field that differs but is not in --by")
     analyze.add_argument("--out", type=Path, help="output folder (default: RUN/analysis for one run, "
                                                   "else ./analysis)")
     analyze.add_argument("--solved-tol", type=_float, default=0.05,
-                         help="a seed is solved when its final loss is within this many nats of the optimum "
-                              "(or every output emerged); default 0.05")
+                         help="a seed is solved when every output emerged (per-output optima); only for runs "
+                              "without recorded per-output optima: when its final loss is within this many "
+                              "nats of the optimum; default 0.05")
     analyze.add_argument("--vs", help="config field for the plateau-scaling figure (default: the first --by "
                                       "field with >= 2 positive values)")
 
@@ -275,7 +281,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.heads import attribute_heads, head_rows
     from .analysis.runs import analyze_runs
     from .report.analysis_figures import make_analysis_figures
-    from .report.tables import format_groups, format_positions, write_tables
+    from .report.analysis_figures import numeric_fields
+    from .report.tables import format_groups, format_plateau_scaling, format_pooling, format_positions, write_tables
     from .store import RunDir, connect
     from .store.query import finished_run_dirs
 
@@ -285,6 +292,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_dir(args.out, run=False)
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
+    pool = [f.strip() for f in args.pool.split(",") if f.strip()] if args.pool else None
     try:
         con = connect(args.paths)  # damaged runs are left out with a warning
     except FileNotFoundError:
@@ -292,7 +300,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           f"{', '.join(map(str, args.paths))}") from None
     runs = [RunDir(row[0]) for row in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
     found = {str(r.path.resolve()) for p in args.paths for r in finished_run_dirs(p)}
-    result = analyze_runs(con, by=by, solved_tol=args.solved_tol)
+    result = analyze_runs(con, by=by, pool=pool, pool_rest=args.pool_rest, solved_tol=args.solved_tol)
     if args.vs and args.vs not in result.groups.column_names:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
     single = len(args.paths) == 1 and len(found) == 1
@@ -300,7 +308,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     heads = attribute_heads(con, emergence=(result.curves, result.jumps))
     print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "
           f"{', '.join(result.by) or '(all runs together)'}")
+    for line in format_pooling(result):
+        print(line)
     print(format_groups(result))
+    vs = args.vs or next(iter(numeric_fields(result)), None)
+    if vs:
+        print()
+        print(format_plateau_scaling(result, vs))
     print()
     print(format_positions(result))
     paths = write_tables(result, out, {"heads": heads, "head_rows": head_rows(con)})

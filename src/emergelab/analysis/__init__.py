@@ -1,13 +1,15 @@
 """Emergence analysis: detectors on training curves and statistics across seeds. Reads only the store.
 
 * ``curves``: detectors on one curve (emergence, plateau, jumps); ``bigbench``: linearity and
-  breakthroughness of one ordered sequence;
+  breakthroughness of one ordered sequence (defined across model scales; over one training curve an
+  adaptation, named ``curve_linearity`` / ``curve_breakthroughness`` in tables);
 * ``fetch``: curves out of the store; ``emergence``: every run/seed/output's emergence (the one
   definition of "output learned"); ``summary``: a run's ``summary.json``;
 * ``seeds``: P(solved by t) and summaries across seeds; ``bimodality``: is an outcome bimodal;
 * ``runs``: everything above per config (``analyze_runs``); ``heads``: head attribution;
-  ``scaling``: power-law fits across configs; ``scales``: outcomes across model scales over many seeds
-  (P(success), conditional mean, bimodality per scale; BIG-bench scores across scales).
+  ``scaling``: power-law fits across configs, with the exponent's standard error and interval; ``scales``:
+  outcomes across model scales over many seeds (P(success), conditional mean, bimodality per scale;
+  BIG-bench scores across scales).
 """
 
 from .bigbench import breakthroughness, linearity

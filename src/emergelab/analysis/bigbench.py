@@ -3,7 +3,9 @@ sequence of scores.
 
 BIG-bench defines them **across model scales** (``y_i`` = a task score of the i-th model size).
 ``emergelab`` also applies them to one seed's curve over training steps (``y_i`` = the score at the i-th
-probe): that is an adaptation, and tables label it so ("per-curve linearity / breakthroughness").
+probe): that is an adaptation, and every table labels it so (columns ``curve_linearity`` and
+``curve_breakthroughness`` in ``analysis.runs``; ``curve_linearity_mean`` / ``curve_breakthroughness_mean``
+per config).
 Across scales, as BIG-bench defines them: ``analysis.scales`` (``linearity_across_scales``,
 ``breakthroughness_across_scales``, ``scale_outcomes``).
 """

@@ -68,6 +68,7 @@ _CURVE_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
     ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
     ("initial", pa.float64()), ("threshold", pa.float64()), ("optimum", pa.float64()),
+    ("plateau_ended", pa.bool_()),
 ])
 _JUMP_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("start_step", pa.float64()),
@@ -86,7 +87,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
 
     * ``emergence``: one row per (run, seed, target) with target ``"loss"`` or ``"pos:i"``: ``emerged``,
       ``step`` (the emergence step; the last step when not yet), ``plateau_steps``, ``final`` (last
-      smoothed value), ``initial``, ``threshold`` and the ``optimum`` used (null: the curve's minimum);
+      smoothed value), ``initial``, ``threshold``, the ``optimum`` used (null: the curve's minimum) and
+      ``plateau_ended`` (False: the curve never left its plateau, so ``plateau_steps`` is the run's
+      length, a lower bound: censored);
     * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
       is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
@@ -109,8 +112,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
             return
         e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,
                              plateau_fraction=plateau_fraction, smooth=smooth, persist=persist)
+        ended = bool(e.plateau_steps < steps[-1] - steps[0])
         em_rows.append((run, seed, target, e.emerged, float(e.step), float(e.plateau_steps), e.final,
-                        e.initial, e.threshold, optimum))
+                        e.initial, e.threshold, optimum, ended))
         for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
             jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
                               j.sharpness_steps, j.plateau_before_steps, j.before, j.after))

@@ -7,13 +7,21 @@ lists in DuckDB), then every curve is a numpy slice.
 Per curve: ``analysis.emergence.curve_emergence`` (the one definition of "output learned", with the
 optima each run recorded).
 
-Per seed (``RunAnalysis.seeds``): **solved** = final aggregate loss within ``solved_tol`` nats of the
-optimum, *or* every output emerged.  ``solved_step`` = the first step at which that held (the loss
-first stays within ``solved_tol`` of the optimum, or the last output's emergence step, whichever is
-earlier).  ``emergence_step`` = the aggregate loss's emergence step.
+Per seed (``RunAnalysis.seeds``): **solved** = every output emerged, judged per output against the
+optima the run recorded (``solved_by = "outputs"``; ``solved_step`` = the last output's emergence
+step).  Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial
+level, e.g. the uniform first state of a cellular automaton) are not judged.  Only a run whose outputs
+are not all covered by recorded optima falls back to the aggregate loss: final loss within
+``solved_tol`` nats of the aggregate optimum (``solved_by = "aggregate"``; ``solved_step`` = the first
+step from which the loss stays within it), or, with no optimum at all, every output emerged against
+its curve's own minimum (``solved_by = "outputs (curve minimum)"``).  The per-output rule matters: one
+unlearned bit of the linear map costs only ``ln 2 / (2S - 1)`` of the aggregate loss (0.046 nats at
+S = 8, below a 0.05 tolerance).  ``emergence_step`` = the aggregate loss's emergence step.
 
-Per config (``RunAnalysis.groups``): runs are grouped by the ``by`` config fields (columns of the
-``runs`` view); seeds of runs in one group are pooled.  See :func:`analyze_runs`.
+Per config (``RunAnalysis.groups``): runs are grouped by the ``by`` config fields **and every other
+field that differs between them** (so runs that differ in, say, heads are never pooled by accident);
+fields are pooled only when asked (``pool`` or ``pool_rest``), and ``RunAnalysis.pooled`` names them
+with their values.  See :func:`analyze_runs`.
 
 Example::
 
@@ -25,7 +33,7 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,13 +45,17 @@ from .bimodality import bimodality
 from .curves import crossing_step
 from .emergence import Optima, curve_emergence, run_optima
 from .fetch import Curves, arrow, fetch_curves, rows_table
+from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
 
-__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "default_by"]
+__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "default_by", "plateau_scaling"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
 EXCLUDED_FIELDS = frozenset({"run", "train.seed", "train.seeds", "model.vocab_size", "model.context_length"})
+# Fields usually derived from others (the transformer's width is heads * head_dim unless set): when a
+# field and a derived one split runs alike, the configs are labelled by the field.
+DERIVED_FIELDS = frozenset({"model.d_model"})
 IGNORED_PREFIXES = ("execution.", "emergelab.", "train.strategy", "train.workers", "train.seed_batch",
                     "train.resume_every", "train.device")  # the last five: runs made before `execution`
 
@@ -88,15 +100,23 @@ class RunAnalysis:
     * ``curves``: per (run, seed, target) emergence (see :func:`curve_emergence`);
     * ``jumps``: per (run, seed, target) jumps;
     * ``seeds``: per (run, seed): ``group``, ``final_loss``, ``optimum``, ``emerged`` / ``emergence_step``
-      / ``plateau_steps`` of the aggregate loss, ``n_outputs``, ``n_emerged`` (outputs), ``solved``,
-      ``solved_step``, ``linearity`` and ``breakthroughness`` of the ``target_prob`` curve;
+      / ``plateau_steps`` / ``plateau_ended`` of the aggregate loss, ``n_outputs``, ``n_emerged``
+      (outputs), ``solved``, ``solved_step``, ``solved_by`` (which rule judged it, see the module),
+      ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
+      steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation);
     * ``groups``: per config (the ``by`` fields' values, ``label``): ``n_runs``, ``n_seeds``, ``n_solved``,
       ``solved_fraction``, ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
-      ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``final_loss_median``,
-      bimodality of the final loss (``sarle_bc``, ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for
-      fewer than 4 seeds), ``linearity_mean`` and ``breakthroughness_mean`` (finite values only);
+      ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``n_plateau_censored``
+      (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
+      then only a lower bound), ``final_loss_median``, bimodality of the final loss (``sarle_bc``,
+      ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds), ``curve_linearity_mean`` and
+      ``curve_breakthroughness_mean`` (finite values only);
     * ``solved_curves``: per group and probe step, P(solved by step) ``p`` and its bootstrap band
       ``lo`` .. ``hi``.
+
+    ``by``: the fields that define a config (the requested ones first, then every other field that
+    differs and was not pooled); ``requested_by``: the fields asked for (None: the default);
+    ``pooled``: field -> the distinct values whose runs were pooled into the same configs.
     """
 
     by: list[str]
@@ -106,24 +126,76 @@ class RunAnalysis:
     groups: pa.Table
     solved_curves: pa.Table
     solved_tol: float
+    requested_by: list[str] | None = None
+    pooled: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def added_by(self) -> list[str]:
+        """Fields that were not asked for but differ between runs, so they define configs too."""
+        return [] if self.requested_by is None else [f for f in self.by if f not in self.requested_by]
 
     def tables(self) -> dict[str, pa.Table]:
         return {"groups": self.groups, "seeds": self.seeds, "curves": self.curves, "jumps": self.jumps,
                 "solved_curves": self.solved_curves}
 
 
-def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float = 0.05,
+def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequence[str] | None,
+              pool_rest: bool) -> tuple[list[str], dict[str, list[Any]]]:
+    """``(by, pooled)``: the fields that define a config and the pooled fields with their values."""
+    columns = sorted({k for row in rows for k in row} - {"run"})
+    fields_text = ", ".join(c for c in columns if not c.startswith(IGNORED_PREFIXES))
+    pool = list(pool or [])
+    for flag, names in (("--by", by or []), ("--pool", pool)):
+        for f in names:
+            if f not in columns:
+                raise ConfigError(f"{flag} {f}: unknown config field; fields are {fields_text}")
+    both = [f for f in pool if f in (by or [])]
+    if both:
+        raise ConfigError(f"--pool {both[0]}: also a --by field; a field either defines configs or is pooled")
+    if pool_rest and by is None:
+        raise ConfigError("--pool-rest: needs --by (the fields that still define configs)")
+    differing = default_by(rows)
+    if pool_rest:
+        out = list(by)
+    else:
+        out = list(by) if by is not None else []
+        rest = [f for f in differing if f not in out and f not in pool]
+        rest.sort(key=lambda f: f in DERIVED_FIELDS)  # prefer heads over d_model = heads * head_dim
+        for f in rest:  # a field adds configs only where it splits runs that agree on the fields so far
+            if _splits(rows, out + pool, f):
+                out.append(f)
+    pooled = {f: sorted({row.get(f) for row in rows}, key=_sort_key)
+              for f in differing if f not in out and _splits(rows, out, f)}
+    return out, pooled
+
+
+def _splits(rows: list[dict[str, Any]], fields: Sequence[str], f: str) -> bool:
+    """Whether runs that agree on ``fields`` differ in ``f``."""
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        key = tuple(repr(row.get(k)) for k in fields)
+        if seen.setdefault(key, repr(row.get(f))) != repr(row.get(f)):
+            return True
+    return False
+
+
+def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[str] | None = None,
+                 pool_rest: bool = False, solved_tol: float = 0.05,
                  fraction: float = 0.5, plateau_fraction: float = 0.1, smooth: int = 1, persist: int = 1,
                  jump_fraction: float = 0.2, n_boot: int = 1000, ci: float = 0.95, rng: int = 0) -> RunAnalysis:
     """Emergence per run, seed and output, and statistics per config, for every run in ``con``.
 
     Args:
         con: a connection from :func:`emergelab.store.connect` (views ``metrics`` and ``runs``).
-        by: config fields (columns of ``runs``, e.g. ``"task.sparsity"``) that define a config; default
-            :func:`default_by` (every field that differs between runs, except seeds and execution knobs).
+        by: config fields (columns of ``runs``, e.g. ``"task.sparsity"``) that define a config. Every
+            other field that differs between runs (except seeds and execution knobs, see
+            :func:`default_by`) defines configs too, unless pooled; default: all of them.
             An unknown field raises :class:`~emergelab.config.ConfigError`.
-        solved_tol: a seed is solved when its final loss is within this many nats of the optimum (or
-            every output emerged).
+        pool: fields whose values are pooled into one config (named in ``RunAnalysis.pooled``).
+        pool_rest: pool every differing field that is not in ``by`` (needs ``by``).
+        solved_tol: nats. With per-output optima recorded: outputs whose optimum is within this of their
+            initial level have nothing to learn and are not judged. Without them: a seed is solved when
+            its final aggregate loss is within this of the optimum (see the module docstring).
         fraction, plateau_fraction, smooth, persist: ``detect_emergence`` parameters (defaults: halfway to
             the optimum; plateau ends 10% of the way; no smoothing; one point of persistence).
         jump_fraction: ``detect_jumps``' ``min_drop_fraction`` for an output (divided by the number of
@@ -141,12 +213,8 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
     if not solved_tol >= 0:
         raise ConfigError(f"solved_tol={solved_tol!r}: must be a number >= 0")
     rows = _run_rows(con)
-    columns = sorted({k for row in rows for k in row} - {"run"})
-    by = default_by(rows) if by is None else list(by)
-    for f in by:
-        if f not in columns:
-            fields = ", ".join(c for c in columns if not c.startswith(IGNORED_PREFIXES))
-            raise ConfigError(f"--by {f}: unknown config field; fields are {fields}")
+    requested = None if by is None else list(by)
+    by, pooled = _grouping(rows, requested, pool, pool_rest)
     optima = run_optima(con)
     curves, jumps = curve_emergence(con, fraction=fraction, plateau_fraction=plateau_fraction, smooth=smooth,
                                     persist=persist, jump_fraction=jump_fraction, _optima_by_run=optima)
@@ -168,6 +236,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
     loss_steps: dict[str, list[np.ndarray]] = {}
     for run, _, _, steps, _ in loss:
         loss_steps.setdefault(run, []).append(steps)
+    ended_arr = np.asarray([v is not False for v in s["plateau_ended"]], dtype=bool)
     for g, key in enumerate(keys):
         m = group_arr == g
         solved = np.asarray(s["solved"], dtype=bool)[m]
@@ -176,6 +245,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
         plateau = _nan_array(s["plateau_steps"])[m]
         final = _nan_array(s["final_loss"])[m]
         n = int(m.sum())
+        n_censored = int((~ended_arr[m] & np.isfinite(plateau)).sum())
         ok = solved & np.isfinite(e_step)
         q25, med, q75 = (np.percentile(e_step[ok], [25, 50, 75]) if ok.any() else (None,) * 3)
         finite_final = final[np.isfinite(final)]
@@ -186,11 +256,13 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
                "solved_fraction": float(solved.mean()) if n else None,
                "emergence_median": _f(med), "emergence_q25": _f(q25), "emergence_q75": _f(q75),
                "solved_step_median": _median(solved_step[solved]),
-               "plateau_median": _median(plateau), "final_loss_median": _median(final),
+               "plateau_median": _median(plateau), "n_plateau_censored": n_censored,
+               "plateau_censored": bool(n and 2 * n_censored >= int(np.isfinite(plateau).sum())),
+               "final_loss_median": _median(final),
                "sarle_bc": bm.get("sarle_bc"), "gmm_delta_bic": bm.get("gmm_delta_bic"),
                "dip": bm.get("dip"), "dip_pvalue": bm.get("dip_pvalue"),
-               "linearity_mean": _finite_mean(_nan_array(s["linearity"])[m]),
-               "breakthroughness_mean": _finite_mean(_nan_array(s["breakthroughness"])[m])}
+               "curve_linearity_mean": _finite_mean(_nan_array(s["curve_linearity"])[m]),
+               "curve_breakthroughness_mean": _finite_mean(_nan_array(s["curve_breakthroughness"])[m])}
         group_rows.append(row)
         if n:
             grid = np.unique(np.concatenate([s for r in runs_in for s in loss_steps.get(r, [])] or [[0]]))
@@ -202,7 +274,42 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, solved_tol: float
     solved_curves = rows_table(solved_rows, pa.schema([("group", pa.int64()), ("step", pa.float64()),
                                                    ("p", pa.float64()), ("lo", pa.float64()),
                                                    ("hi", pa.float64())]))
-    return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol)
+    return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol, requested, pooled)
+
+
+def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> list[dict[str, Any]]:
+    """Power law of the median plateau length against ``field``, one fit per series of configs.
+
+    A series is the configs that agree on every other ``by`` field (one series when ``field`` is the only
+    one).  Each config contributes its median plateau; a config whose median is censored (at least half
+    its seeds never left the plateau within the run: ``plateau_censored``) is left out of the fit and
+    listed in ``censored``.  A series with fewer than 3 distinct ``field`` values left gets no fit
+    (``fit`` None and ``reason``).
+
+    Returns one dict per series: ``series`` (label), ``x``, ``y`` (the medians), ``censored_mask``,
+    ``censored`` (the left-out ``field`` values), ``fit`` (a :class:`~emergelab.analysis.scaling.PowerLawFit`
+    or None) and ``reason``.
+    """
+    others = [f for f in result.by if f != field]
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for row in result.groups.to_pylist():
+        v = row.get(field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        series.setdefault(tuple(row.get(f) for f in others), []).append(row)
+    out = []
+    for key, rows in sorted(series.items(), key=lambda kv: tuple(_sort_key(v) for v in kv[0])):
+        x = np.asarray([float(r[field]) for r in rows])
+        y = np.asarray([np.nan if r["plateau_median"] is None else r["plateau_median"] for r in rows], float)
+        cens = np.asarray([bool(r.get("plateau_censored")) for r in rows])
+        use = ~cens & np.isfinite(y) & (y > 0) & (x > 0)
+        fit = fit_power_law(x[use], y[use], ci=ci)
+        n_x = int(np.unique(x[use]).size)
+        reason = None if fit else (f"{n_x} value(s) of {field.split('.')[-1]} with an ended plateau median; "
+                                   f"a fit needs {MIN_DISTINCT_X}")
+        out.append({"series": _label(others, key), "x": x, "y": y, "censored_mask": cens,
+                    "censored": sorted(float(v) for v in x[cens]), "fit": fit, "reason": reason})
+    return out
 
 
 def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Optima], group_of_run: dict[str, int],
@@ -225,9 +332,8 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
         optimum = opt.aggregate if opt else None
         pos = entry["pos"]
         n_emerged = sum(bool(c["emerged"][k]) for k in pos)
-        all_emerged = bool(pos) and n_emerged == len(pos)
-        final_loss = emerged = e_step = plateau = None
-        candidates = []
+        final_loss = emerged = e_step = plateau = ended = None
+        aggregate_hit = None
         if "loss" in entry:
             k = entry["loss"]
             steps, values = loss.curve(loss_index[(run, seed, "")])
@@ -235,13 +341,26 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
             emerged = bool(c["emerged"][k])
             e_step = c["step"][k] if emerged else None
             plateau = c["plateau_steps"][k]
-            if optimum is not None and steps.size >= 2:
+            ended = c["plateau_ended"][k]
+            if optimum is not None and steps.size >= 2 and final_loss <= optimum + solved_tol:
                 hit = crossing_step(steps, values, optimum + solved_tol, persist=persist)
-                if hit is not None and final_loss <= optimum + solved_tol:
-                    candidates.append(float(hit))
-        if all_emerged:
-            candidates.append(max(c["step"][k] for k in pos))
-        solved = bool(candidates)
+                aggregate_hit = None if hit is None else float(hit)
+        # outputs with a recorded optimum at their initial level have nothing to learn (not judged)
+        judged = [k for k in pos if c["optimum"][k] is None or c["initial"][k] - c["optimum"][k] > solved_tol]
+        all_recorded = bool(pos) and all(c["optimum"][k] is not None for k in pos)
+        if all_recorded and judged:
+            solved_by = "outputs"
+        elif optimum is not None:
+            solved_by = "aggregate"
+        elif judged:
+            solved_by = "outputs (curve minimum)"
+        else:
+            solved_by = None
+        solved_step = None
+        if solved_by == "aggregate":
+            solved_step = aggregate_hit
+        elif solved_by is not None and all(c["emerged"][k] for k in judged):
+            solved_step = float(max(c["step"][k] for k in judged))
         lin = brk = None
         if (run, seed, "") in prob_index:
             _, p = prob.curve(prob_index[(run, seed, "")])
@@ -249,15 +368,15 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                 lin, brk = linearity(p), breakthroughness(p)
         rows.append({"run": run, "seed": seed, "group": group_of_run.get(run, -1), "final_loss": final_loss,
                      "optimum": optimum, "emerged": emerged, "emergence_step": e_step, "plateau_steps": plateau,
-                     "n_outputs": len(pos), "n_emerged": n_emerged, "solved": solved,
-                     "solved_step": min(candidates) if candidates else None, "linearity": lin,
-                     "breakthroughness": brk})
+                     "plateau_ended": ended, "n_outputs": len(pos), "n_emerged": n_emerged,
+                     "solved": solved_step is not None, "solved_step": solved_step, "solved_by": solved_by,
+                     "curve_linearity": lin, "curve_breakthroughness": brk})
     schema = pa.schema([("run", pa.string()), ("seed", pa.int64()), ("group", pa.int64()),
                         ("final_loss", pa.float64()), ("optimum", pa.float64()), ("emerged", pa.bool_()),
                         ("emergence_step", pa.float64()), ("plateau_steps", pa.float64()),
-                        ("n_outputs", pa.int64()), ("n_emerged", pa.int64()), ("solved", pa.bool_()),
-                        ("solved_step", pa.float64()), ("linearity", pa.float64()),
-                        ("breakthroughness", pa.float64())])
+                        ("plateau_ended", pa.bool_()), ("n_outputs", pa.int64()), ("n_emerged", pa.int64()),
+                        ("solved", pa.bool_()), ("solved_step", pa.float64()), ("solved_by", pa.string()),
+                        ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -5,8 +5,9 @@
   to 1).
 * ``solved_by_step.png``: P(solved by step t) per config with its bootstrap band, log step axis.
 * ``plateau_vs_<field>.png``: the median plateau length of each config against a config field, log-log,
-  with a least-squares power law on the group medians (exponent in the legend).  Drawn only when the
-  field takes at least 2 distinct positive values.
+  with a least-squares power law on the config medians per series (exponent, its standard error and
+  95% interval in the legend; censored medians hollow and not fitted; no fit with fewer than 3 values).
+  Drawn only when the field takes at least 2 distinct positive values.
 
 Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas, saved atomically.
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.scaling import fit_power_law
+from ..analysis.runs import plateau_scaling
 from .plotting import colors, new_figure, save_figure
 
 def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
@@ -90,8 +91,8 @@ def solved_figure(result: Any, path: str | Path) -> Path:
         ax.step(t, p, where="post", color=color, lw=1.8, label=f"{row['label']} (n={row['n_seeds']})")
     ax.set_xscale("log")
     ax.set(xlabel="step (log)", ylabel="P(solved by step)", ylim=(-0.02, 1.02),
-           title=f"Solved by step t (final loss within {result.solved_tol:g} nats of optimum, or every "
-                 "output emerged); 95% bootstrap band")
+           title="Solved by step t (every output emerged; without per-output optima: final loss within "
+                 f"{result.solved_tol:g} nats of the optimum); 95% bootstrap band")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")
@@ -99,45 +100,61 @@ def solved_figure(result: Any, path: str | Path) -> Path:
 
 
 def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
-    """Median plateau length per config against ``field`` on log-log axes with a fitted power law.
+    """Median plateau length per config against ``field`` on log-log axes, with a power law per series
+    (:func:`~emergelab.analysis.runs.plateau_scaling`): exponent, standard error and 95% interval in
+    the legend; censored medians (at least half the seeds never left the plateau) drawn hollow and left
+    out of the fit; no line where fewer than 3 values remain.
 
     Returns None (draws nothing) unless ``field`` takes at least 2 distinct positive values."""
-
-    groups = [row for row in result.groups.to_pylist() if field in row]
-    x = np.asarray([row[field] if isinstance(row[field], (int, float)) else np.nan for row in groups], float)
-    y = np.asarray([np.nan if row["plateau_median"] is None else row["plateau_median"] for row in groups], float)
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    if np.unique(x[ok]).size < 2:
+    series = plateau_scaling(result, field)
+    xs = np.concatenate([s["x"] for s in series]) if series else np.zeros(0)
+    ys = np.concatenate([s["y"] for s in series]) if series else np.zeros(0)
+    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
+    if np.unique(xs[ok]).size < 2:
         return None
-    fig = new_figure(6.5, 4.5)
+    fig = new_figure(7.5, 4.8)
     ax = fig.subplots()
-    s = result.seeds.to_pydict()
-    gid = np.asarray(s["group"])
-    plateau = np.asarray([np.nan if v is None else v for v in s["plateau_steps"]], float)
-    for row, xv in zip(groups, x):
-        if np.isfinite(xv) and xv > 0:
+    s_tab = result.seeds.to_pydict()
+    gid = np.asarray(s_tab["group"])
+    plateau = np.asarray([np.nan if v is None else v for v in s_tab["plateau_steps"]], float)
+    for row in result.groups.to_pylist():
+        xv = row.get(field)
+        if isinstance(xv, (int, float)) and not isinstance(xv, bool) and xv > 0:
             p = plateau[(gid == row["group"]) & (plateau > 0)]
             ax.scatter(np.full(p.size, xv), p, s=10, color="0.6", alpha=0.5, zorder=1)
-    ax.scatter(x[ok], y[ok], s=40, color="tab:blue", zorder=3, label="config median")
-    a, c = fit_power_law(x[ok], y[ok])
-    grid = np.geomspace(x[ok].min(), x[ok].max(), 50)
-    ax.plot(grid, c * grid ** a, color="tab:red", lw=1.5, label=f"fit: plateau ~ {c:.3g} x^{a:.2f}")
-    ax.scatter([], [], s=10, color="0.6", label="seeds")
+    ax.scatter([], [], s=10, color="0.6", label="seeds (one that never left the plateau sits at the run's length)")
+    name = field.split(".")[-1]
+    for s, color in zip(series, colors(len(series))):
+        x, y, cens = s["x"], s["y"], s["censored_mask"]
+        good = np.isfinite(y) & (y > 0) & (x > 0)
+        prefix = "" if len(series) == 1 else f"{s['series']}: "
+        ax.scatter(x[good & ~cens], y[good & ~cens], s=40, color=color, zorder=3, label=f"{prefix}config median")
+        if (good & cens).any():
+            ax.scatter(x[good & cens], y[good & cens], s=40, facecolors="none", edgecolors=color, zorder=3,
+                       label=f"{prefix}censored median (lower bound; not fitted)")
+        fit = s["fit"]
+        if fit is not None:
+            grid = np.geomspace(x[good & ~cens].min(), x[good & ~cens].max(), 50)
+            ax.plot(grid, fit.prefactor * grid ** fit.exponent, color=color, lw=1.5,
+                    label=f"{prefix}fit: plateau ~ {fit.prefactor:.3g} {name}^a, a = {fit.exponent:.2f} "
+                          f"+- {fit.stderr:.2f} (95% CI [{fit.lo:.2f}, {fit.hi:.2f}], {fit.n_points} configs)")
+        else:
+            ax.plot([], [], color=color, lw=0, label=f"{prefix}no fit: {s['reason']}")
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.set_xticks(np.unique(x[ok]))
+    ax.set_xticks(np.unique(xs[ok]))
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain if y[ok].max() / y[ok].min() < 20 else NullFormatter())
+    ax.yaxis.set_minor_formatter(plain if ys[ok].max() / ys[ok].min() < 20 else NullFormatter())
     ax.set(xlabel=field + " (log)", ylabel="plateau length, steps (log)",
            title=f"Plateau before the loss leaves its initial level vs {field}")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return save_figure(fig, Path(path))
 
 

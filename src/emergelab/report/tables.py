@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..analysis.runs import plateau_scaling
 from ..store import atomic_write, write_parquet
 
 
@@ -28,15 +29,63 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
 
 
 def format_groups(result: Any) -> str:
-    """One line per config: seeds, solved fraction, emergence step median [IQR], plateau median."""
+    """One line per config: seeds, solved fraction, emergence step median [IQR], plateau median (``>=N``:
+    censored, at least half the seeds never left the plateau), and what the columns mean."""
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
     rows = []
+    censored = False
+    solved_by = {r["group"]: r["solved_by"] for r in result.seeds.to_pylist()} if result.seeds.num_rows else {}
     for g in result.groups.to_pylist():
         iqr = (f"[{_fmt(g['emergence_q25'])}, {_fmt(g['emergence_q75'])}]"
                if g["emergence_q25"] is not None else "-")
+        plateau = _fmt(g["plateau_median"])
+        if g.get("plateau_censored"):
+            plateau, censored = f">={plateau}", True
         rows.append([g["label"], str(g["n_seeds"]), f"{g['solved_fraction']:.2f}", _fmt(g["emergence_median"]),
-                     iqr, _fmt(g["plateau_median"]), _fmt(g["final_loss_median"])])
-    return _render(header, rows)
+                     iqr, plateau, _fmt(g["final_loss_median"])])
+    rules = set(solved_by.values()) - {None}
+    notes = {"outputs": "solved = every output emerged (halfway to its recorded optimum)",
+             "aggregate": f"solved = final loss within {result.solved_tol:g} nats of the optimum "
+                          "(no per-output optima recorded)",
+             "outputs (curve minimum)": "solved = every output emerged (halfway to its curve's minimum: "
+                                        "no optima recorded)"}
+    lines = [notes[r] for r in sorted(rules)]
+    if censored:
+        lines.append("plateau >=N: at least half the seeds never left the plateau; N is a lower bound (censored)")
+    return _render(header, rows) + "".join(f"\n{line}" for line in lines)
+
+
+def format_pooling(result: Any) -> list[str]:
+    """Lines saying which differing fields were added to ``--by`` and which were pooled (with values)."""
+    lines = []
+    added = result.added_by
+    if added:
+        lines.append(f"also differ between the runs, so they define configs too: {', '.join(added)} "
+                     "(--pool FIELD,... or --pool-rest to pool them)")
+    if result.pooled:
+        parts = [f"{f} in {{{', '.join(_fmt(v) for v in values)}}}" for f, values in result.pooled.items()]
+        lines.append("pooled (runs that differ in these count as one config): " + "; ".join(parts))
+    return lines
+
+
+def format_plateau_scaling(result: Any, field: str) -> str:
+    """The power law of the median plateau against ``field`` per series, with the exponent's standard
+    error and 95% interval, the censored configs left out, or why there is no fit."""
+    name = field.split(".")[-1]
+    lines = [f"plateau median ~ c * {name}^a (least squares on log-log config medians; configs whose median "
+             "plateau is censored are left out)"]
+    header = ["series", "configs fitted", "a", "s.e.", "95% interval", "c", f"censored {name}"]
+    rows = []
+    for s in plateau_scaling(result, field):
+        fit = s["fit"]
+        cens = ", ".join(_fmt(v) for v in s["censored"]) or "-"
+        if fit is None:
+            rows.append([s["series"], f"{int((~s['censored_mask']).sum())} of {s['x'].size}",
+                         "no fit", "-", s["reason"], "-", cens])
+        else:
+            rows.append([s["series"], f"{fit.n_points} of {s['x'].size}", f"{fit.exponent:.2f}",
+                         f"{fit.stderr:.2f}", f"[{fit.lo:.2f}, {fit.hi:.2f}]", f"{fit.prefactor:.3g}", cens])
+    return "\n".join(lines) + "\n" + _render(header, rows)
 
 
 def format_positions(result: Any, max_rows: int = 40) -> str:
