@@ -179,6 +179,11 @@ def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
             if not os.access(out, os.W_OK | os.X_OK):
                 raise ConfigError(f"{flag} {out}: not writable (permission denied); choose another path")
             if run and not (out / "config.yaml").exists() and any(out.iterdir()):
+                from .store.manifest import MANIFEST
+
+                if (out / MANIFEST).exists():  # a run that lost its config.yaml: say that, not "not a run"
+                    raise CorruptFileError(out / "config.yaml", "missing (the run's manifest.jsonl records it)",
+                                           "it cannot be rebuilt: restore it from a backup")
                 raise ConfigError(f"{flag} {out}: a directory that is not a run and is not empty; choose a new "
                                   f"or empty directory, e.g. {out / 'run'}")
             return
