@@ -49,10 +49,15 @@ MEASURED = {
 
 @pytest.mark.parametrize("name", list(MEASURED))
 def test_estimate_is_within_a_factor_of_3_of_the_measured_peak(name):
-    done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(MEASURED[name])], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # the peak is the larger of two measurements: once in a full suite run, one process reported a fifth of
+    # the peak it reports alone (maxrss can miss a peak the allocator served from pages already counted)
+    results = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(MEASURED[name])], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = max(results, key=lambda r: r["measured"])
     measured, estimated = result["measured"], result["estimated"]
     assert measured > 100e6, result  # large enough to measure against the interpreter's own noise
     assert measured / 3 <= estimated <= measured * 3, result

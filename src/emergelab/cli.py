@@ -520,7 +520,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _sweep_dry_run(sweep, out, args)
     if args.executor == "ray":
         from .sweep import ray_executor
-        from .sweep.ray_executor import _import_ray
+        from .sweep.ray_tasks import _import_ray
 
         _import_ray()
         executor = ray_executor(args.address, args.cpus_per_unit, args.gpus_per_unit)

@@ -20,8 +20,8 @@ from .spec import Sweep, SweepRun, expand, load_sweep
 
 
 def ray_executor(address: str | None = None, num_cpus: float = 1, num_gpus: float = 0):
-    """A :class:`~emergelab.sweep.ray_executor.RayExecutor` (Ray is imported only when it runs)."""
-    from .ray_executor import RayExecutor
+    """A :class:`~emergelab.sweep.ray_tasks.RayExecutor` (Ray is imported only when it runs)."""
+    from .ray_tasks import RayExecutor
 
     return RayExecutor(address, num_cpus, num_gpus)
 

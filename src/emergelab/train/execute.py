@@ -13,7 +13,7 @@ executors:
 * :class:`WorkerProcesses`: ``workers`` spawned processes pull units from a queue, each at the unit's
   thread budget (one thread on a CPU: two 1-thread processes beat one 2-thread process).
 
-A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep.ray_executor``.
+A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep.ray_tasks``.
 """
 
 from __future__ import annotations
