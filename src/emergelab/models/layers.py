@@ -9,7 +9,8 @@ A model is a :class:`ResidualModel` subclass that says which mixer each layer ge
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +171,20 @@ class ResidualModel(SequenceModel):
         for layer, block in enumerate(self.blocks):
             x = block(x, **self.layer_inputs(layer, inputs))
         return member_linear(self.ln_final(x), self.W_U, self.b_U)  # [E, B, T, V]
+
+    @contextmanager
+    def observing(self) -> Iterator[None]:
+        """Every mixer with a ``materialize`` flag takes its reference path in the scope (the transformer's
+        attention materialises scores and pattern; a mixer forms its effective mixing matrix)."""
+        mixers = [m for m in (getattr(b, b.mixer_name) for b in self.blocks) if hasattr(m, "materialize")]
+        before = [m.materialize for m in mixers]
+        for m in mixers:
+            m.materialize = True
+        try:
+            yield
+        finally:
+            for m, b in zip(mixers, before):
+                m.materialize = b
 
     def layer_inputs(self, layer: int, inputs: dict[str, Any]) -> dict[str, Any]:
         """What layer ``layer``'s mixer receives from ``forward``'s keyword inputs (default: nothing)."""

@@ -24,9 +24,8 @@ rounding (``tests/test_model.py``, ``tests/test_fast_attention.py``).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -218,16 +217,3 @@ class Transformer(ResidualModel):
         """SDPA in every layer (True), the materialised attention (False), or SDPA on CUDA only (None)."""
         for block in self.blocks:
             block.attn.fused = fused
-
-    @contextmanager
-    def observing(self) -> Iterator[None]:
-        """Every layer materialises its attention (scores and pattern hookable) in the scope."""
-        attentions = [block.attn for block in self.blocks]
-        before = [a.materialize for a in attentions]
-        for a in attentions:
-            a.materialize = True
-        try:
-            yield
-        finally:
-            for a, b in zip(attentions, before):
-                a.materialize = b

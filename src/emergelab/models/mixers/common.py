@@ -7,9 +7,8 @@ Layout as everywhere in ``models``: activations ``[E, B, T, ...]``, every parame
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -107,18 +106,6 @@ class MixerModel(ResidualModel):
         for block in self.blocks:
             if hasattr(block.mixer, "post_init"):
                 block.mixer.post_init()
-
-    @contextmanager
-    def observing(self) -> Iterator[None]:
-        mixers = [block.mixer for block in self.blocks if hasattr(block.mixer, "materialize")]
-        before = [m.materialize for m in mixers]
-        for m in mixers:
-            m.materialize = True
-        try:
-            yield
-        finally:
-            for m, b in zip(mixers, before):
-                m.materialize = b
 
 
 def refuse_unobserved(mixer: nn.Module, *names: str) -> None:
