@@ -13,19 +13,34 @@ from emergelab.config import ConfigError
 from emergelab.train import ExperimentConfig
 from emergelab.train.estimate import available_bytes, check_device, check_fits, estimate_run
 
+# The peak is the resident-set growth during train(), sampled every millisecond by a thread from
+# /proc/self/statm (not ru_maxrss: that is a high-water mark since process start, so a peak during the
+# imports hides the training's own peak; inside the full suite it once reported a fifth of the real one).
 MEASURE = textwrap.dedent("""
-    import json, resource, sys, tempfile
+    import json, resource, sys, tempfile, threading, time
     import torch
     torch.set_num_threads(1)
     from emergelab.train import ExperimentConfig, train
     from emergelab.train.estimate import estimate_run
     cfg = ExperimentConfig.from_dict(json.loads(sys.argv[1])).resolved()
     est = estimate_run(cfg)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    page = resource.getpagesize()
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+    peak, done = [0], threading.Event()
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+    base = rss()
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
     with tempfile.TemporaryDirectory() as d:
         train(cfg, d + "/run", progress=False)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"measured": after - before, "estimated": est.peak_bytes - est.parts["process"]}))
+    done.set()
+    watcher.join()
+    print(json.dumps({"measured": peak[0] - base, "estimated": est.peak_bytes - est.parts["process"]}))
 """)
 
 ENSEMBLE = {"strategy": "ensemble", "threads": 1}
@@ -49,10 +64,7 @@ MEASURED = {
 
 @pytest.mark.parametrize("name", list(MEASURED))
 def test_estimate_is_near_the_measured_peak(name):
-    # the peak is the larger of two measurements. Known open question: run alone, "probe patterns" measures
-    # 0.7-0.75 GB against 0.80 GB estimated; inside the full suite (`make test`) its subprocess reports only
-    # 0.14-0.15 GB, for reasons not yet found. So the bound is asymmetric: never under a third of the peak
-    # (an underestimate would let an out-of-memory run start), at most 6x over it (a conservative refusal).
+    # the larger of two measurements (a 1 ms sampler can miss a short peak)
     results = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(MEASURED[name])], capture_output=True,
@@ -62,7 +74,7 @@ def test_estimate_is_near_the_measured_peak(name):
     result = max(results, key=lambda r: r["measured"])
     measured, estimated = result["measured"], result["estimated"]
     assert measured > 100e6, result  # large enough to measure against the interpreter's own noise
-    assert measured / 3 <= estimated <= measured * 6, result
+    assert measured / 3 <= estimated <= measured * 3, result
 
 
 def config(**sections):
