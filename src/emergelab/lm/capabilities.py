@@ -97,15 +97,6 @@ def single_token(tokenizer: Any, text: str) -> int:
     return ids[0]
 
 
-def _single_tokens(tokenizer: Any, words: Sequence[str]) -> list[int]:
-    out = []
-    for word in words:
-        ids = tokenizer.encode(word, add_special_tokens=False).ids
-        if len(ids) == 1:
-            out.append(ids[0])
-    return out
-
-
 def repetition(tokenizer: Any, n: int, *, length: int = 12, repeat: int = 6, words: Sequence[str] = DIGITS,
                seed: int = 0) -> PromptSet:
     """``length`` random words, then the first ``repeat`` again; the answer is word ``repeat``."""

@@ -245,11 +245,6 @@ class SeedGroup:
                 self.run.remove(path)
         return None
 
-    def latest_state(self) -> Path | None:
-        """The newest resume state that verifies (damaged newer ones are removed with a warning)."""
-        latest = self._load_latest()
-        return None if latest is None else latest[0]
-
     def resume(self) -> bool:
         """Load the latest intact resume state, if any. Returns whether one was loaded."""
         latest = self._load_latest()
