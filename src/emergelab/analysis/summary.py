@@ -20,9 +20,12 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     config = run.read_config_dict()
     info = run.task_info() or {}
     con = connect(run.path)
-    emergence, _ = curve_emergence(con)
-    final = {int(seed): float(value) for seed, value in con.sql(
-        "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
+    try:  # closed explicitly: a DuckDB connection left to interpreter exit can abort the process
+        emergence, _ = curve_emergence(con)
+        final = {int(seed): float(value) for seed, value in con.sql(
+            "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
+    finally:
+        con.close()
     seeds: dict[str, dict[str, Any]] = {}
     for row in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
         if not row["target"].startswith("pos:"):

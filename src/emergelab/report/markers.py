@@ -12,9 +12,12 @@ def emergence_markers(run: RunDir) -> dict[int, list[tuple[float, str]]]:
     (output 3's loss crossed its emergence threshold at ``step``; head 0.2 gained most ground-truth mass
     in that jump)."""
     con = connect(run.path)
-    emergence, jumps = curve_emergence(con)
-    heads = {(r["seed"], r["position"]): r["top_head"] for r in attribute_heads(
-        con, emergence=(emergence, jumps)).to_pylist()}
+    try:  # closed explicitly: a DuckDB connection left to interpreter exit can abort the process
+        emergence, jumps = curve_emergence(con)
+        heads = {(r["seed"], r["position"]): r["top_head"] for r in attribute_heads(
+            con, emergence=(emergence, jumps)).to_pylist()}
+    finally:
+        con.close()
     noun = (run.task_info() or {}).get("output_name", "output")
     markers: dict[int, list[tuple[float, str]]] = {}
     for row in emergence.to_pylist():
