@@ -37,6 +37,7 @@ from torch import nn
 
 SIZES = {"tiny": "linear-map-tiny", "demo": "demo"}  # size name -> preset whose model and task it uses
 SEED_COUNTS = (1, 8, 64)
+GPU_SEED_COUNTS = (1, 8, 64, 256)  # a GPU keeps gaining past 64 members
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def experiment(size: str, seeds: int, device: str):
     from emergelab.train import ExperimentConfig
 
     data = preset_dict(SIZES[size])
-    data["train"] = {**data["train"], "seeds": seeds, "steps": 10 ** 9}
+    data["train"] = {**data["train"], "seeds": seeds, "steps": 10 ** 7}
     data["execution"] = {"device": device}
     return ExperimentConfig.from_dict(data).resolved()
 
@@ -230,6 +231,7 @@ def run(args) -> dict:
     budget = {"warmup": 2 if quick else 5, "target_s": 0.12 if quick else 0.5, "repeats": 2 if quick else 4}
     cpu = device.type == "cpu"
     thread_counts = (1, 2) if cpu else (1,)
+    seed_counts = SEED_COUNTS if cpu else GPU_SEED_COUNTS
     rows = []
     load_before = os.getloadavg()
 
@@ -263,9 +265,9 @@ def run(args) -> dict:
         for threads in thread_counts:
             torch.set_num_threads(threads)
             seconds, _ = time_steps(plain_stepper(base, device), device, **budget)
-            for n_seeds in SEED_COUNTS:  # N runs one after another: the same rate whatever N
+            for n_seeds in seed_counts:  # N runs one after another: the same rate whatever N
                 add(size, f"plain/{threads}t", n_seeds, threads, base, 1 / seconds, seconds)
-        for n_seeds in SEED_COUNTS:
+        for n_seeds in seed_counts:
             config = experiment(size, n_seeds, args.device)
             for threads in thread_counts:
                 torch.set_num_threads(threads)
@@ -285,7 +287,7 @@ def run(args) -> dict:
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "ld_preload": os.environ.get("LD_PRELOAD", ""), "malloc_conf": os.environ.get("MALLOC_CONF", "")},
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-        "budget": budget, "matmul_peak_gflops": peaks, "rows": rows,
+        "budget": budget, "matmul_peak_gflops": peaks, "rows": rows, "seed_counts": list(seed_counts),
         "worker_startup_s": pool.startup_s if pool is not None else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -296,11 +298,12 @@ def print_table(result: dict) -> None:
           f"load avg before/after {result['load_avg_before'][0]:.1f}/{result['load_avg_after'][0]:.1f}")
     rows = result["rows"]
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    seed_counts = result.get("seed_counts", SEED_COUNTS)
     for size in dict.fromkeys(r["size"] for r in rows):
-        print(f"\n{size:14s}" + "".join(f"{'N=' + str(n):>26s}" for n in SEED_COUNTS))
+        print(f"\n{size:14s}" + "".join(f"{'N=' + str(n):>26s}" for n in seed_counts))
         for strategy in strategies:
             cells = []
-            for n in SEED_COUNTS:
+            for n in seed_counts:
                 r = next((r for r in rows if (r["size"], r["strategy"], r["seeds"]) == (size, strategy, n)), None)
                 cells.append(f"{r['seed_steps_per_s']:8.1f} ({r['gflops']:5.2f}, {100 * r['peak_fraction']:4.1f}%)"
                              if r else "-")

@@ -7,6 +7,7 @@ gradients, at odd shapes. Comparisons with the field's reference implementations
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -299,3 +300,35 @@ def test_rwkv7_pattern_equals_the_recurrence(length):
 
     _check_same(via_pattern, lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
                 [r, k, v, log_w, kk, lr])
+
+
+# ------------------------------------------------------------------------------------------ CUDA
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["transformer", *NAMES])
+@pytest.mark.parametrize("observed", [False, True])
+def test_cuda_equals_cpu_outputs_and_gradients(name, observed):
+    """Every model's fast path (the one training uses on a GPU) and observed path compute on CUDA what
+    they compute on the CPU: float32 rounding only (TF32 off)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if name == "transformer":
+        config = MODELS[name](layers=2, heads=3, head_dim=5, mlp_ratio=2.0).resolved(V, CTX)
+    else:
+        config = make_config(name, init_std=0.1)
+    cpu = config.build(n_models=2, seeds=[5, 6])
+    gpu = config.build(n_models=2, seeds=[5, 6]).cuda()
+    x = tokens(2)
+    w = torch.randn(2, B, T, V, generator=torch.Generator().manual_seed(9))
+    results = []
+    for model, device in ((cpu, "cpu"), (gpu, "cuda")):
+        with model.observing() if observed else contextlib.nullcontext():
+            out = model(x.to(device))
+            (out * w.to(device)).sum().backward()
+        results.append((out.detach().cpu(), {n: g.cpu() for n, g in grads(model).items()}))
+    (out_cpu, grads_cpu), (out_gpu, grads_gpu) = results
+    assert rel_err(out_gpu, out_cpu) < 1e-5
+    for n, g in grads_gpu.items():
+        assert rel_err(g, grads_cpu[n]) < 1e-4, n
