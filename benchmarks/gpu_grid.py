@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=300, help="stop the sweep this many seconds after the script started")
     parser.add_argument("--steps", type=int, help="smoke test: fewer steps")
     parser.add_argument("--seeds", type=int, help="smoke test: fewer seeds")
+    parser.add_argument("--alone-only", action="store_true", help="time the --alone run; no sweep")
     parser.add_argument("--collect", type=Path, metavar="SWEEP_DIR", help="only collect the results of SWEEP_DIR")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gpu_grid"))
     args = parser.parse_args()
@@ -112,6 +113,11 @@ def main() -> None:
     if args.alone:
         timing["alone"] = train_alone(path, args.alone)
         print(f"alone: s={args.alone}: {timing['alone']['seconds']:.1f} s end to end", flush=True)
+    if args.alone_only:
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / "grid_timing.json").write_text(json.dumps(timing, indent=1))
+        collect(args.out, args.results)
+        return
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "emergelab.cli", "sweep", str(path), "--workers", str(args.workers), "--quiet"]

@@ -120,9 +120,42 @@ def test_cuda_same_grouping_reproduces(tmp_path):
 
 
 @CUDA
-def test_cuda_member_matches_seed_alone_within_rounding(tmp_path):
-    together = train(config(LINEAR, {"strategy": "ensemble", "device": "cuda"}), tmp_path / "all", progress=False)
-    alone = train(config(LINEAR, {"strategy": "ensemble", "device": "cuda", "seed_batch": 1}), tmp_path / "one",
-                  progress=False)
-    loss = [r.metrics().filter(pc.equal(r.metrics()["metric"], "loss"))["value"].to_numpy() for r in (together, alone)]
-    assert abs(loss[0] - loss[1]).max() < 1e-3  # rounding differences, amplified a little over 40 steps
+def test_cuda_member_matches_seed_alone_within_rounding_after_one_step():
+    """On CUDA a member's bits may depend on the ensemble's size (cuBLAS picks kernels by shape): after
+    one step they agree to float rounding; over a run the plateau amplifies that (docs/determinism.md:
+    per-output losses 1.1e-2 apart after 40 steps of this config on an H200)."""
+    cfg = config(LINEAR, {"device": "cuda"}).resolved()
+    groups = [SeedGroup(cfg, [0, 1, 2, 3]), SeedGroup(cfg, [0])]
+    for group in groups:
+        group._train_step()
+    together, alone = (g.model.member_state_dict(0) for g in groups)
+    for key in alone:
+        torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-6)
+
+
+@CUDA
+def test_cuda_adamw_on_whole_tensors_equals_per_member_slices():
+    """MemberAdamW passes whole [E, ...] tensors to the CUDA kernel (elementwise: no tail), the CPU's
+    per-member slices there would give the same bits."""
+    from emergelab.train.group import MemberAdamW
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    params = [torch.randn(5, 7, 3, device="cuda", generator=g).requires_grad_() for _ in range(2)]
+    copies = [p.detach().clone() for p in params]
+    opt = MemberAdamW([{"params": params, "weight_decay": 0.01}], lr=1e-2)
+    avgs = [torch.zeros_like(c) for c in copies]
+    squares = [torch.zeros_like(c) for c in copies]
+    steps = [torch.zeros((), device="cuda") for _ in copies]
+    for _ in range(3):
+        grads = [torch.randn(p.shape, device="cuda", generator=g) for p in params]
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.step()
+        torch._foreach_add_(steps, 1)
+        torch._fused_adamw_([c[e] for c in copies for e in range(5)], [x[e] for x in grads for e in range(5)],
+                            [a[e] for a in avgs for e in range(5)], [s[e] for s in squares for e in range(5)],
+                            [], [s for s in steps for _ in range(5)], amsgrad=False, lr=1e-2, beta1=0.9,
+                            beta2=0.999, weight_decay=0.01, eps=1e-8, maximize=False, grad_scale=None,
+                            found_inf=None)
+    for p, c in zip(params, copies):
+        assert torch.equal(p.detach(), c)

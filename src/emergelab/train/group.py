@@ -290,7 +290,8 @@ class MemberAdamW(torch.optim.AdamW):
 
     The fused CPU kernel runs SIMD over the body of a tensor and scalar code (other rounding) over its
     short tail; which of a member's elements fall in that tail would depend on ``E`` unless every member
-    is its own tensor. One kernel still updates everything (3-5x faster than ``foreach`` here, see
+    is its own tensor. (The CUDA kernel is elementwise throughout, so there whole tensors go in: the
+    ``E x parameters`` slices cost ~6 ms of Python per step at E = 64.) One kernel still updates everything (3-5x faster than ``foreach`` here, see
     benchmarks/README.md). State and ``state_dict()`` are ``torch.optim.AdamW``'s (``exp_avg``,
     ``exp_avg_sq``, ``step``), so resume states are unchanged. Only the options emergelab uses (no
     amsgrad, maximize or closure)."""
@@ -316,13 +317,15 @@ class MemberAdamW(torch.optim.AdamW):
                 states.append(state)
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
-            E = params[0].shape[0]
+            grads = [p.grad for p in params]
+            avgs, squares = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+            if params[0].device.type == "cpu":  # on a GPU the kernel is elementwise throughout: no tail
+                E = params[0].shape[0]
+                params, grads, avgs, squares = ([t[e] for t in ts for e in range(E)]
+                                                for ts in (params, grads, avgs, squares))
+                steps = [s for s in steps for _ in range(E)]
             beta1, beta2 = group["betas"]
-            torch._fused_adamw_([p[e] for p in params for e in range(E)],
-                                [p.grad[e] for p in params for e in range(E)],
-                                [s["exp_avg"][e] for s in states for e in range(E)],
-                                [s["exp_avg_sq"][e] for s in states for e in range(E)],
-                                [], [s for s in steps for _ in range(E)],
+            torch._fused_adamw_(params, grads, avgs, squares, [], steps,
                                 amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
                                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
                                 grad_scale=None, found_inf=None)
