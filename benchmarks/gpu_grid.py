@@ -116,7 +116,6 @@ def main() -> None:
     if args.alone_only:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "grid_timing.json").write_text(json.dumps(timing, indent=1))
-        collect(args.out, args.results)
         return
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
