@@ -120,17 +120,22 @@ def test_cuda_same_grouping_reproduces(tmp_path):
 
 
 @CUDA
-def test_cuda_member_matches_seed_alone_within_rounding_after_one_step():
-    """On CUDA a member's bits may depend on the ensemble's size (cuBLAS picks kernels by shape): after
-    one step they agree to float rounding; over a run the plateau amplifies that (docs/determinism.md:
-    per-output losses 1.1e-2 apart after 40 steps of this config on an H200)."""
+def test_cuda_member_gradient_matches_seed_alone_within_rounding():
+    """On CUDA a member's bits may depend on the ensemble's size (cuBLAS picks kernels by shape): its
+    first gradient agrees with the seed's own to float rounding. Adam then magnifies rounding in
+    near-zero gradients (one parameter of 288 moved 1.6e-5 apart after one step on an H200) and the
+    plateau amplifies it over a run (docs/determinism.md)."""
     cfg = config(LINEAR, {"device": "cuda"}).resolved()
     groups = [SeedGroup(cfg, [0, 1, 2, 3]), SeedGroup(cfg, [0])]
+    grads = []
     for group in groups:
+        group.optimizer.step = lambda: None  # keep the gradients the step computed (clipped per member)
         group._train_step()
-    together, alone = (g.model.member_state_dict(0) for g in groups)
-    for key in alone:
-        torch.testing.assert_close(together[key], alone[key], rtol=1e-5, atol=1e-6)
+        grads.append({n: p.grad[0].detach().cpu() for n, p in group.model.named_parameters()})
+    together, alone = grads
+    for name, g in alone.items():
+        err = (together[name] - g).double().norm() / max(g.double().norm().item(), 1e-30)
+        assert err < 1e-4, name
 
 
 @CUDA
