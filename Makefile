@@ -1,5 +1,6 @@
 # emergelab: `make demo` trains the demo preset; `make test` runs the test suite. Both install first
-# (the dev and ray extras: tests/test_sweep.py runs a sweep on a real local Ray instance).
+# (the dev and ray extras: tests/test_sweep.py runs a sweep on a real local Ray instance; the tensorboard
+# and wandb extras: tests/test_trackers.py reads the trackers' files back, wandb in offline mode).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emergelab-installed
@@ -11,7 +12,7 @@ $(PY):
 
 $(STAMP): pyproject.toml scripts/install_torch.sh | $(PY)
 	bash scripts/install_torch.sh $(PY)
-	$(PY) -m pip install -e '.[dev,ray]'
+	$(PY) -m pip install -e '.[dev,ray,tensorboard,wandb]'
 	touch $(STAMP)
 
 install: $(STAMP)

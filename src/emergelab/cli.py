@@ -48,6 +48,21 @@ def _float(text: str) -> float:
 _float.__name__ = "float"
 
 
+LOG_HELP = ("stream the metrics to tensorboard (RUN/tensorboard/seed-<i>/) or wandb (one W&B run per seed, "
+            "grouped by the config hash; WANDB_MODE=offline is honoured); repeatable or comma-separated "
+            "(execution.log)")
+
+
+def _trackers(values: list[str]) -> tuple[str, ...]:
+    """The ``--log`` values (repeated and/or comma-separated), checked; their packages must be there."""
+    from .train.config import tracker_names
+    from .train.trackers import require_packages
+
+    names = tracker_names("--log", ",".join(values))
+    require_packages(names)
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="emergelab", description="Train many seeds on tasks with known attention and "
                                                    "watch capabilities emerge.")
@@ -64,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="cpu | cuda | cuda:N (execution.device)")
     run.add_argument("--strategy", help="auto | ensemble | workers (execution.strategy)")
     run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
+    run.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                     help=LOG_HELP)
     run.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -128,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-unit", type=float, default=0.0,
                        help="ray: GPUs per unit; a fraction lets several small runs share a GPU (default 0)")
     sweep.add_argument("--retries", type=int, default=1, help="tries after a run's first failure (default 1)")
+    sweep.add_argument("--log", action="append", default=[], metavar="TRACKER", help=LOG_HELP)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
 
     query = sub.add_parser("query", help="SQL over the metrics, runs and optima views of the runs below DIR")
@@ -163,6 +181,8 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     for flag, section in (("seeds", "train"), ("steps", "train"), ("device", "execution"), ("strategy", "execution")):
         if getattr(args, flag) is not None:
             data[section][flag] = getattr(args, flag)
+    if args.log:
+        data["execution"]["log"] = _trackers(args.log)
     return ExperimentConfig.from_dict(data)
 
 
@@ -498,6 +518,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep, sweep_out
+    from .sweep.spec import with_trackers
 
     targets = args.targets
     if targets[0] == "status":
@@ -513,6 +534,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "local" and args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --executor ray")
     sweep = load_sweep(targets[0], args.out)
+    if args.log:
+        sweep = with_trackers(sweep, _trackers(args.log))
     out = sweep_out(sweep, args.out)
     dup = f" ({sweep.duplicates} duplicate point(s) merged)" if sweep.duplicates else ""
     print(f"sweep: {len(sweep.runs)} run(s) in {out}{dup}")

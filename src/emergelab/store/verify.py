@@ -58,7 +58,8 @@ def warn(message: str) -> None:
 
 def _one_line_warning(original: Callable) -> Callable:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if isinstance(category, type) and issubclass(category, CorruptFileWarning):
+        if isinstance(category, type) and (issubclass(category, CorruptFileWarning)
+                                           or getattr(category, "one_line", False)):
             import sys
 
             print(f"emergelab: warning: {message}", file=file or sys.stderr)
@@ -70,7 +71,8 @@ def _one_line_warning(original: Callable) -> Callable:
 
 
 def install_warning_format() -> None:
-    """Print :class:`CorruptFileWarning` s as one line (``emergelab: warning: ...``), in this process."""
+    """Print :class:`CorruptFileWarning` s (and warnings whose category sets ``one_line = True``) as one line
+    (``emergelab: warning: ...``), in this process."""
     if not getattr(warnings.showwarning, "_emergelab", False):
         warnings.showwarning = _one_line_warning(warnings.showwarning)
 

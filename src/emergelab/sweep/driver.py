@@ -26,6 +26,7 @@ from ..config import ConfigError
 from ..store import RunDir, RunLockedError, locked, write_text
 from ..store.locks import is_locked
 from ..train import Executor, WorkerProcesses, WorkUnit, finish_run, plan_units, prepare_run
+from ..train.trackers import log_finished, require_packages
 from ..train.run import Plan, train_flops
 from ..train.unit import unit_progress
 from .spec import Sweep, SweepRun
@@ -130,6 +131,7 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, executor: Executor
     out = sweep_out(sweep, out)
     if retries < 0:
         raise ConfigError(f"--retries={retries}: must be >= 0")
+    require_packages({name for spec in sweep.runs for name in spec.config.execution.log})
     executor = executor or local_sweep_executor()
     out.mkdir(parents=True, exist_ok=True)
     result = SweepResult()
@@ -139,6 +141,8 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, executor: Executor
         for spec in sweep.runs:
             try:
                 run, plan = prepare_run(spec.config, spec.path(out))
+                if plan is None:
+                    log_finished(spec.config, run)  # trackers added after the run finished
                 if plan is None or finish_run(run, plan):
                     result.done.append(spec.name)
                     _clear_failure(out, spec.name)

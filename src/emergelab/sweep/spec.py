@@ -20,7 +20,7 @@ line naming the key. Points that resolve to the same config (same ``science_key`
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +55,14 @@ class Sweep:
     out: Path | None
     spec: dict[str, Any]
     duplicates: int = 0  # points that resolved to a config already in the sweep
+
+
+def with_trackers(sweep: Sweep, names: tuple[str, ...]) -> Sweep:
+    """``sweep`` with ``execution.log = names`` in every run (``emergelab sweep --log``; the runs keep
+    their names and hashes)."""
+    runs = [replace(r, config=replace(r.config, execution=replace(r.config.execution, log=names)))
+            for r in sweep.runs]
+    return replace(sweep, runs=runs)
 
 
 def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:

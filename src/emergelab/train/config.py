@@ -20,6 +20,7 @@ from ..tasks import TASKS, make_generator
 SCHEDULES = ("constant", "cosine")
 BIAS_SCHEDULES = ("constant", "linear")
 STRATEGIES = ("auto", "ensemble", "workers")
+TRACKERS = ("tensorboard", "wandb")  # execution.log (train/trackers.py)
 
 DEFAULT_MODEL = TransformerConfig.name
 MAX_STEPS = 10 ** 8  # months of training at the fastest step; the probe schedule is listed in memory
@@ -95,7 +96,8 @@ class ExecutionConfig:
     threads: the thread budget of the whole run (0: the CPUs this process may use); a pool that runs
     several trainings at once gives each a share. seed_batch: most seeds batched in one ensemble (0: all
     of a process's seeds). resume_every: steps between resume states (0: only at checkpoints).
-    device: cpu, cuda, cuda:N or mps.
+    device: cpu, cuda, cuda:N or mps. log: trackers the metrics stream to as the run trains
+    (``tensorboard``, ``wandb``; a list, or one comma-separated string; see ``train/trackers.py``).
     """
 
     strategy: str = "auto"
@@ -104,6 +106,7 @@ class ExecutionConfig:
     seed_batch: int = 0
     resume_every: int = 500
     device: str = "cpu"
+    log: Any = ()
 
     def __post_init__(self) -> None:
         require_choice("execution.strategy", self.strategy, STRATEGIES)
@@ -113,6 +116,19 @@ class ExecutionConfig:
         require_int("execution.resume_every", self.resume_every, 0)
         require(isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 "execution.device", self.device, "must be cpu, cuda, cuda:N or mps")
+        object.__setattr__(self, "log", tracker_names("execution.log", self.log))
+
+
+def tracker_names(field: str, value: Any) -> tuple[str, ...]:
+    """Tracker names from a list or a comma-separated string (``"tensorboard,wandb"``), each once, in
+    order (None: none); an unknown name is a ConfigError naming the allowed ones."""
+    names = value.split(",") if isinstance(value, str) else [] if value is None else value
+    allowed = f"allowed trackers are {', '.join(TRACKERS)}"
+    require(isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names), field, value,
+            f"must be a list of tracker names; {allowed}")
+    names = [n.strip() for n in names if n.strip()]
+    require(all(n in TRACKERS for n in names), field, value, allowed)
+    return tuple(dict.fromkeys(names))
 
 
 # Fields that moved from ``train`` to ``execution``: accepted in saved configs (runs made before the move),

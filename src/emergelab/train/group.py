@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +26,7 @@ from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_s
 
 ProgressFn = Callable[[int, float | None], None]  # (seed-steps done since last call, mean loss or None)
 BiasFn = Callable[[int], "torch.Tensor | None"]  # optimizer step -> attention bias [E, layers, heads, P, P]
+RecordFn = Callable[[pa.Table], None]  # the metric rows one probe recorded
 
 
 class SeedGroup:
@@ -34,12 +36,15 @@ class SeedGroup:
     snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
     what the probe measures (default ``default_measurements()``; each applies only where the model offers
     what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
+    ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
+    are recorded (the trackers of ``train/trackers.py``).
     """
 
     def __init__(self, config: ExperimentConfig, seeds: list[int], run: RunDir | None = None,
                  name: str = "group-0", attn_bias_fn: BiasFn | None = None,
-                 measurements: list[Measurement] | None = None):
+                 measurements: list[Measurement] | None = None, on_record: RecordFn | None = None):
         self.config, self.seeds, self.run, self.name = config, list(seeds), run, name
+        self.on_record = on_record
         train = config.train
         self.device = device = torch.device(config.execution.device)
         streams = [seed_streams(train.seed, i) for i in self.seeds]
@@ -145,6 +150,7 @@ class SeedGroup:
     def _record(self, step: int, metrics: list[Metric], snapshots: dict[str, torch.Tensor]) -> None:
         seeds = np.asarray(self.seeds)
         m = self.metrics
+        first = len(m.chunks)
         for metric in metrics:
             m.add(step, seeds, metric.name, metric.labels, metric.values)
             if metric.name == "loss":
@@ -155,6 +161,8 @@ class SeedGroup:
             self.loss_sum.zero_()
             self.loss_steps = 0
         m.add(step, seeds, "lr", [""], np.full((len(seeds), 1), learning_rate(self.config.train, max(step - 1, 0))))
+        if self.on_record is not None:
+            self.on_record(pa.concat_tables(m.chunks[first:]))
         if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
             for e, seed in enumerate(self.seeds):
                 self.run.save_attention(seed, step, snapshots["attention"][e])

@@ -34,6 +34,7 @@ from ..store.verify import warn
 from ..tasks import seed_task, task_info
 from .config import ExperimentConfig
 from .execute import Executor, local_executor
+from .trackers import log_finished, require_packages
 from .unit import WorkUnit, unit_progress
 
 # A worker process costs a couple of seconds to start; below this much work, one process wins.
@@ -260,10 +261,12 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
         run.metrics()  # pyarrow Table: step, seed, metric, index, value
     """
     config = config.resolved()
+    require_packages(config.execution.log)
     run, plan = prepare_run(config, out)
     say = log or (lambda line: None)
     if plan is None:
         say(f"{run.path}: already finished; nothing to train")
+        log_finished(config, run)  # a tracker added after the run finished gets its metrics now
         return run
     with locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
         units = plan_units(config, run, plan)

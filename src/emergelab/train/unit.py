@@ -17,6 +17,7 @@ import torch
 from ..store import CorruptFileError, RunDir, locked
 from .config import ExperimentConfig
 from .group import ProgressFn, SeedGroup
+from .trackers import Trackers
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,17 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
-    """Train the unit's seeds to the end (resuming if a resume state exists); see the module doc."""
+    """Train the unit's seeds to the end (resuming if a resume state exists); see the module doc. The
+    trackers of ``execution.log`` get every probe's metrics of these seeds (``train/trackers.py``)."""
     config = ExperimentConfig.from_dict(unit.config).resolved()
     run = RunDir(unit.run_path)
     # waits (rather than failing) so that a dying orphan of a killed run releases the group first
-    with torch_threads(unit.threads), locked(run.state_dir / f"group-{unit.group}.lock", what="these seeds"):
-        group = SeedGroup(config, list(unit.seeds), run, name=f"group-{unit.group}")
+    with torch_threads(unit.threads), locked(run.state_dir / f"group-{unit.group}.lock", what="these seeds"), \
+            Trackers(config.execution.log, config, run, unit.seeds) as trackers:
+        group = SeedGroup(config, list(unit.seeds), run, name=f"group-{unit.group}",
+                          on_record=trackers.log if trackers.trackers else None)
         group.resume()
+        trackers.log(group.metrics.table())  # what the trackers missed before the resume state (if any)
         if group.step < config.train.steps:
             group.train(on_progress=on_progress)
         if not group.is_done():
