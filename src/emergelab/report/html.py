@@ -72,14 +72,15 @@ def downsample(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POIN
     if n <= max_points:
         return np.arange(n)
     buckets = (max_points - 2) // 2
-    edges = np.linspace(1, n - 1, buckets + 1).round().astype(int)
-    keep = [0, n - 1]
-    v = np.where(np.isnan(values), np.inf, values)
-    w = np.where(np.isnan(values), -np.inf, values)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi > lo:
-            keep += [lo + int(np.argmin(v[lo:hi])), lo + int(np.argmax(w[lo:hi]))]
-    return np.unique(np.asarray(keep))
+    edges = np.linspace(1, n - 1, buckets + 1).round().astype(int)  # runs [edges[b], edges[b + 1])
+    inner = np.arange(1, n - 1)
+    bucket = np.searchsorted(edges, inner, side="right") - 1  # [n - 2]
+    v = np.asarray(values, dtype=np.float64)[1:-1]
+    low = np.lexsort((inner, np.where(np.isnan(v), np.inf, v), bucket))  # by bucket, then value, then step
+    high = np.lexsort((-inner, np.where(np.isnan(v), -np.inf, v), bucket))
+    first = np.r_[True, bucket[low][1:] != bucket[low][:-1]]  # the first of each bucket: its minimum
+    last = np.r_[bucket[high][1:] != bucket[high][:-1], True]  # the last of each bucket: its maximum
+    return np.unique(np.concatenate([[0, n - 1], inner[low[first]], inner[high[last]]]))
 
 
 def _num(x: Any, digits: int = 4) -> Any:
@@ -157,10 +158,11 @@ def _attention(run: RunDir, config: ExperimentConfig, seeds: list[int]) -> dict[
             break
         spent += cost
         included.append(seed)
-        maps[seed] = [np.round(a, ATTENTION_DECIMALS).tolist() for a in stack]  # [steps][L][H][R][C]
+        # float64 before rounding: a rounded float32 prints as 0.012000000104308128 in JSON
+        maps[seed] = [np.round(a.astype(np.float64), ATTENTION_DECIMALS).tolist() for a in stack]  # [steps][L][H][R][C]
         steps[seed] = snapshots
         gt = task.attention_mask.cpu().float()[view.rows, view.cols]
-        truth[seed] = (gt / gt.sum(-1, keepdim=True).clamp(min=1)).numpy().round(ATTENTION_DECIMALS).tolist()
+        truth[seed] = (gt / gt.sum(-1, keepdim=True).clamp(min=1)).double().numpy().round(ATTENTION_DECIMALS).tolist()
     if not included or view is None:
         return None
     with_snapshots = [s for s in seeds if run.attention_steps(s)]

@@ -143,7 +143,8 @@
       seedSel.addEventListener("change", setSeed);
       headSel.addEventListener("change", drawAttn);
       slider.addEventListener("input", drawAttn);
-      slider.value = String(att.steps[att.seeds[0]].length - 1);  // start on the last snapshot
+      slider.max = String(att.steps[att.seeds[0]].length - 1);
+      slider.value = slider.max;  // start on the last snapshot
       setSeed();
     }
 
