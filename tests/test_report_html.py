@@ -59,9 +59,11 @@ def sweep_dir(tmp_path_factory):
     return out
 
 
-def _synthetic_run(path, seeds: int, steps: int, eval_every: int = 10, snapshots: int = 12) -> RunDir:
+def _synthetic_run(path, seeds: int, steps: int, eval_every: int = 10, snapshots: int = 12,
+                   attention: bool = True) -> RunDir:
     """A finished run with ``seeds`` seeds and ``steps // eval_every + 1`` probes of plausible curves (each
-    output's loss falls from ln 2 at a random step) and attention snapshots, written without training."""
+    output's loss falls from ln 2 at a random step) and (``attention``) per-head metrics and attention
+    snapshots, written without training."""
     config = ExperimentConfig(
         task=LinearMapConfig(8, 2), model=TransformerConfig(layers=1, heads=4, head_dim=8, mlp_ratio=0),
         train=TrainConfig(steps=steps, seeds=seeds, eval_every=eval_every, attention_snapshots=snapshots),
@@ -90,6 +92,8 @@ def _synthetic_run(path, seeds: int, steps: int, eval_every: int = 10, snapshots
             pos.append(v)
             add(seed, "loss_pos", str(i), v)
         add(seed, "loss", "", np.mean(pos, axis=0))
+        if not attention:
+            continue
         for h in range(4):
             add(seed, "attn_entropy", f"0.{h}", np.linspace(np.log(P), 0.5, probe.size))
             add(seed, "attn_gt_mass", f"0.{h}", np.linspace(0.1, 0.9, probe.size))
@@ -156,6 +160,14 @@ def test_run_page_data(run_dir):
     assert data["heads"] == ["0.0", "0.1"] and set(data["head_metrics"]["attn_gt_mass"][0]) == {"0.0", "0.1"}
 
 
+def test_attention_beyond_the_budget_is_left_out_and_said(run_dir, monkeypatch):
+    import emergelab.report.html as report_html
+
+    monkeypatch.setattr(report_html, "ATTENTION_BUDGET", 1)  # the first seed always comes in
+    attention = report_html.run_page(run_dir)["data"]["attention"]
+    assert attention["seeds"] == [0] and "seeds 0-0 of 2" in attention["note"]
+
+
 def test_64_seed_page_stays_small_and_downsampled(tmp_path):
     run = _synthetic_run(tmp_path / "big", seeds=64, steps=5000)  # 501 probes per curve
     page = run_page(run.path)
@@ -165,6 +177,20 @@ def test_64_seed_page_stays_small_and_downsampled(tmp_path):
     assert out == run.path / "report.html"
     size = out.stat().st_size
     assert size < 20e6, f"{size / 1e6:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def no_attention_run(tmp_path_factory):
+    """A run of a model without attention: no per-head metrics, no snapshots."""
+    return _synthetic_run(tmp_path_factory.mktemp("html") / "noattn", seeds=3, steps=200, attention=False)
+
+
+def test_a_run_without_attention_gets_a_page(no_attention_run, tmp_path):
+    page = run_page(no_attention_run.path)
+    assert page["data"]["attention"] is None and page["data"]["heads"] == []
+    assert all(r["head"] is None for r in page["emergence"]) and len(page["emergence"]) == 3 * 8
+    html = write_html(no_attention_run.path, tmp_path / "p.html").read_text()
+    assert "saved no attention snapshots" in html and 'id="attn-step"' not in html
 
 
 def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
@@ -192,12 +218,20 @@ def test_cli_report_html(run_dir, tmp_path, capsys):
     (["report", "{tmp}", "--html"], "not a run directory"),
     (["report", "{tmp}/missing", "--html"], "no such file"),
     (["report", "{run}", "--out", "{tmp}/x.html"], "add --html"),
+    (["report", "{run}", "--html", "--out", "{tmp}"], "is a directory"),
 ])
 def test_cli_report_html_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_cli_report_html_of_a_sweep_without_finished_runs(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text('{"spec": {}, "runs": []}')
+    assert main(["report", str(tmp_path), "--html"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs" in err and err.count("\n") == 1 and not (tmp_path / "report.html").exists()
 
 
 # ---------------------------------------------------------------------------------------------- browser
@@ -262,11 +296,26 @@ def test_run_page_in_chromium(browser, run_dir, tmp_path):
     after = heatmap()
     assert before[0] != after[0] and before[1] != after[1]  # the data and the drawn image changed
     assert page.locator("#attn-step-label").inner_text() != label
+    def hidden(group):
+        return page.evaluate(f"() => document.getElementById('plot-loss').data.filter((t) => t.legendgroup === "
+                             f"'{group}' && t.mode === 'lines').map((t) => t.visible === 'legendonly')")
+
+    assert page.locator("#loss-output").input_value() == "all" and not any(hidden("seed 0"))
+    page.locator("#plot-loss .legend .traces").first.click()  # a seed's legend entry hides all its curves
+    page.wait_for_function("() => document.getElementById('plot-loss').data[0].visible === 'legendonly'")
+    assert all(hidden("seed 0")) and len(hidden("seed 0")) == 4 and not any(hidden("seed 1"))
     page.select_option("#loss-output", "-1")  # the aggregate loss: one trace per seed
     assert page.evaluate("() => document.getElementById('plot-loss').data.length") >= 2
     page.check("#log-steps")
     assert page.evaluate("() => document.getElementById('plot-loss').layout.xaxis.type") == "log"
     _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()
+
+
+def test_page_without_attention_in_chromium(browser, no_attention_run, tmp_path):
+    page, errors = _open(browser, write_html(no_attention_run.path, tmp_path / "p.html"))
+    assert page.locator("#plot-loss.js-plotly-plot .main-svg").count() >= 1
     assert not errors, errors
     page.close()
 

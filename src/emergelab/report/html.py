@@ -108,8 +108,12 @@ def _index_key(index: str) -> tuple:
 
 
 def _short(run: str, root: Path | None) -> str:
-    path = Path(run)
-    return path.name if root is None else str(path.relative_to(root)) if path.is_relative_to(root) else run
+    """A run's name on the page: its folder name, or its path below ``root``."""
+    path = Path(run).resolve()
+    if root is None:
+        return path.name
+    root = root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else run
 
 
 def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = None) -> list[dict[str, Any]]:
@@ -203,9 +207,11 @@ def run_page(path: str | Path) -> dict[str, Any]:
                 entry["pos"][i] = _curve(*loss_pos.curve(k))
         curves[seed] = entry
     heads = sorted({str(i) for c in head_metrics.values() for i in c.index}, key=_index_key)
-    per_head = {m: {seed: {h: _curve(*c.curve(k)) for h in heads
-                           if (k := _curves_by(c).get((run_key, seed, h))) is not None} for seed in seeds}
-                for m, c in head_metrics.items()}
+    per_head = {}
+    for metric, c in head_metrics.items():
+        where = _curves_by(c)
+        per_head[metric] = {seed: {h: _curve(*c.curve(where[(run_key, seed, h)])) for h in heads
+                                   if (run_key, seed, h) in where} for seed in seeds}
     summary = run.summary() if run.summary_path.exists() else None
     raw = run.read_config_dict()
     data = {"kind": "run", "seeds": seeds, "outputs": labels, "optimum": info.get("optimal_loss"),
@@ -306,6 +312,9 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
         row["config"] = config_of.get(row["run"], {})
     seed_rows = [{**s, "run": _short(s["run"], runs_dir), "config": config_of.get(_short(s["run"], runs_dir), {}),
                   "final_loss": _num(s["final_loss"]), "solved_step": _num(s["solved_step"])} for s in seeds]
+    for rows in (table, seed_rows):  # configs in order of their field values, then run, seed, output
+        rows.sort(key=lambda r: (_sort_key(tuple(r["config"].get(f) for f in differing)), r["run"], r["seed"],
+                                 r.get("position", 0)))
     data = {"kind": "sweep", "groupings": groupings}
     return {"kind": "sweep", "title": f"emergelab sweep report: {root.name}", "path": str(root),
             "describe": f"{len(runs)} runs, {len(seeds)} seeds; fields that differ: {', '.join(differing) or 'none'}",
@@ -359,5 +368,10 @@ def write_html(path: str | Path, out: str | Path | None = None) -> Path:
     else:
         raise ConfigError(f"{path}: not a run directory (config.yaml) or a sweep directory (sweep.json)")
     target = Path(out) if out is not None else path / "report.html"
-    write_text(target, render_page(page))
+    if target.is_dir():
+        raise ConfigError(f"--out {target}: is a directory; give a file name such as {target / 'report.html'}")
+    try:
+        write_text(target, render_page(page))
+    except OSError as error:
+        raise ConfigError(f"--out {target}: {error.strerror or error}; choose another path") from None
     return target
