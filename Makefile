@@ -21,10 +21,13 @@ demo: $(STAMP)
 	$(VENV)/bin/emergelab run linear-map --preset demo --out runs/demo
 
 # Tests run torch at one thread (tests/conftest.py); OMP_NUM_THREADS keeps workers from oversubscribing.
+# The HTML report's browser tests need chromium: ensure_chromium.sh installs it when it can (else they skip).
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 test-fast: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)

@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    report = sub.add_parser("report", help="redraw the figures of a run directory")
-    report.add_argument("run_dir", type=Path)
+    report = sub.add_parser("report", help="redraw the figures of a run directory, or (--html) write the "
+                                           "interactive report of a run or sweep directory")
+    report.add_argument("run_dir", type=Path, metavar="RUN_OR_SWEEP")
+    report.add_argument("--html", action="store_true", help="write one self-contained, offline HTML page "
+                                                            "(default RUN_OR_SWEEP/report.html)")
+    report.add_argument("--out", type=Path, metavar="FILE", help="where --html writes the page")
 
     analyze = sub.add_parser("analyze", help="emergence steps per seed and output, statistics per config, "
                                              "head attribution; tables and figures")
@@ -286,16 +290,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_figures
     from .store import RunDir
 
+    if args.out is not None and not args.html:
+        raise ConfigError("--out FILE: is where --html writes the page; add --html")
+    if args.html and not args.run_dir.exists():
+        raise ConfigError(f"{args.run_dir}: no such file or directory")
+    if args.html and (args.run_dir / "sweep.json").is_file():
+        from .report.html import write_html
+
+        print(write_html(args.run_dir, args.out))
+        return 0
     run = RunDir(args.run_dir)
     if not run.config_path.exists():
         if run.manifest.path.exists():
             raise CorruptFileError(run.config_path, "missing (the run's manifest.jsonl records it)",
                                    "it cannot be rebuilt: restore it from a backup")
-        raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)")
+        raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)"
+                          + (" or a sweep directory (no sweep.json)" if args.html else ""))
     if not run.metrics_path.exists():
         if run.summary_path.exists() or run.manifest.expected(run.metrics_path) is not None:
             run.verify_metrics()  # raises: missing from a finished run
         raise ConfigError(f"{args.run_dir}: the run has no metrics.parquet yet; finish it with `emergelab run`")
+    if args.html:
+        from .report.html import write_html
+
+        _fail_on_problems(run.path)
+        print(write_html(run.path, args.out))
+        return 0
     for path in make_figures(run):
         print(path)
     _fail_on_problems(run.path)

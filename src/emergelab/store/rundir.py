@@ -165,16 +165,18 @@ class RunDir:
             path.unlink(missing_ok=True)
         self.manifest.forget(path)
 
+    # (``self.manifest.read()`` is parsed once and re-parsed only when the journal changes, so reading every
+    # snapshot of a many-seed run does not parse the whole manifest per file)
     def read_file_json(self, path: Path) -> Any:
-        return parse_json(path, read_verified(path, self.path))
+        return parse_json(path, read_verified(path, self.path, self.manifest.read()))
 
     def read_file_parquet(self, path: Path, schema: pa.Schema | None = SCHEMA) -> pa.Table:
-        table = parse_parquet(path, read_verified(path, self.path), schema)
+        table = parse_parquet(path, read_verified(path, self.path, self.manifest.read()), schema)
         assert table is not None
         return table
 
     def read_file_safetensors(self, path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        return parse_safetensors(path, read_verified(path, self.path), str(device))
+        return parse_safetensors(path, read_verified(path, self.path, self.manifest.read()), str(device))
 
     # ---- checkpoints and attention snapshots
     def _steps(self, folder: str, seed: int) -> list[int]:

@@ -1,0 +1,377 @@
+"""The interactive report: one self-contained, offline HTML file for a run or a sweep directory.
+
+``write_html(path, out=None)`` reads the store (nothing is trained or recomputed beyond what
+``emergelab analyze`` computes), prepares the page's data here, and renders ``templates/report.html.j2``
+with plotly's bundled JavaScript embedded once (no CDN: the page opens offline) and ``templates/report.js``,
+which draws every plot in the browser from one JSON block.
+
+Large runs stay light (the page of a 64-seed run is a few MB, mostly plotly's ~4.7 MB of JavaScript):
+
+* **curves** (loss per output, per-head entropy and ground-truth mass, P(solved by t)): at most
+  ``MAX_POINTS`` (300) points each; a longer curve is cut into ``(MAX_POINTS - 2) // 2`` runs of
+  consecutive probes, and each run keeps its lowest and its highest point (in step order), plus the first
+  and the last probe, so a plateau, a drop or a spike keeps its extent (:func:`downsample`); values are
+  rounded to 4 significant digits;
+* **attention snapshots**: the task's map block only (``Task.map_view()``: e.g. output rows by input
+  columns), weights rounded to 3 decimals, and at most ``ATTENTION_BUDGET`` weights in all: seeds are
+  included in order until the budget is spent, and the page says which;
+* **tables**: at most ``MAX_TABLE_ROWS`` rows each (``emergelab analyze`` writes them whole as CSV).
+
+Example::
+
+    from emergelab.report.html import write_html
+    write_html("runs/tiny")            # -> runs/tiny/report.html
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..analysis.emergence import curve_emergence
+from ..analysis.fetch import Curves, arrow, fetch_curves
+from ..analysis.heads import attribute_heads
+from ..analysis.runs import analyze_runs, default_by
+from ..analysis.seeds import emergence_summary, solved_fraction_curve
+from ..config import ConfigError
+from ..store import RunDir, connect, write_text
+from ..tasks import seed_task
+from ..train import ExperimentConfig
+
+__all__ = ["MAX_POINTS", "ATTENTION_BUDGET", "downsample", "render_page", "run_page", "sweep_page", "write_html"]
+
+MAX_POINTS = 300  # per curve on the page
+ATTENTION_BUDGET = 2_000_000  # attention weights embedded in a run page, all seeds and snapshots together
+ATTENTION_DECIMALS = 3
+MAX_TABLE_ROWS = 5000
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+# ---------------------------------------------------------------------------------------------- data
+def downsample(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices (increasing) of at most ``max_points`` points of a curve that keep its shape.
+
+    The first and last points are always kept; the points between are cut into ``(max_points - 2) // 2``
+    runs of consecutive points and each run keeps its minimum and its maximum (NaN-aware). Shapes:
+    ``steps``, ``values``: ``[N]``; returns ``[M]`` with ``M <= max(max_points, 4)``.
+
+    >>> downsample(np.arange(10), np.arange(10.0), max_points=6).tolist()
+    [0, 1, 4, 5, 8, 9]
+    """
+    n = len(values)
+    if max_points < 4:
+        raise ValueError(f"max_points must be >= 4, got {max_points}")
+    if n != len(steps):
+        raise ValueError(f"steps and values differ in length: {len(steps)} and {n}")
+    if n <= max_points:
+        return np.arange(n)
+    buckets = (max_points - 2) // 2
+    edges = np.linspace(1, n - 1, buckets + 1).round().astype(int)  # runs [edges[b], edges[b + 1])
+    inner = np.arange(1, n - 1)
+    bucket = np.searchsorted(edges, inner, side="right") - 1  # [n - 2]
+    v = np.asarray(values, dtype=np.float64)[1:-1]
+    low = np.lexsort((inner, np.where(np.isnan(v), np.inf, v), bucket))  # by bucket, then value, then step
+    high = np.lexsort((-inner, np.where(np.isnan(v), -np.inf, v), bucket))
+    first = np.r_[True, bucket[low][1:] != bucket[low][:-1]]  # the first of each bucket: its minimum
+    last = np.r_[bucket[high][1:] != bucket[high][:-1], True]  # the last of each bucket: its maximum
+    return np.unique(np.concatenate([[0, n - 1], inner[low[first]], inner[high[last]]]))
+
+
+def _num(x: Any, digits: int = 4) -> Any:
+    """A float rounded to ``digits`` significant digits for JSON (None for NaN/inf/None)."""
+    if x is None:
+        return None
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return int(x) if x.is_integer() and abs(x) < 1e15 else float(f"{x:.{digits}g}")
+
+
+def _curve(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list]:
+    """``{"x": steps, "y": values}`` downsampled and rounded for the page."""
+    keep = downsample(steps, values, max_points)
+    return {"x": [int(s) for s in steps[keep]], "y": [_num(v) for v in values[keep]]}
+
+
+def _curves_by(curves: Curves) -> dict[tuple[str, int, str], int]:
+    return {(r, int(s), i): k for k, (r, s, i) in enumerate(zip(curves.run, curves.seed, curves.index))}
+
+
+def _index_key(index: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in index.replace(":", ".").split("."))
+
+
+def _short(run: str, root: Path | None) -> str:
+    """A run's name on the page: its folder name, or its path below ``root``."""
+    path = Path(run).resolve()
+    if root is None:
+        return path.name
+    root = root.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else run
+
+
+def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = None) -> list[dict[str, Any]]:
+    """One row per (run, seed, output): ``emerged``, ``step``, ``plateau_steps``, ``sharpness`` (steps
+    from 10% to 90% of the emergence jump, ``analysis.curves.Jump.sharpness_steps``), ``head`` (the head
+    that gained most ground-truth mass in that jump, ``analysis.heads.attribute_heads``), ``mass_gain``
+    and ``final_mass``. ``labels``: run -> output labels (``task.json``)."""
+    emergence, jumps = curve_emergence(con)
+    heads = {(r["run"], r["seed"], r["position"]): r
+             for r in attribute_heads(con, emergence=(emergence, jumps)).to_pylist()}
+    sharp = {(j["run"], j["seed"], j["target"], j["step"]): j["sharpness_steps"] for j in jumps.to_pylist()}
+    rows = []
+    for r in emergence.to_pylist():
+        if not r["target"].startswith("pos:"):
+            continue
+        i = int(r["target"][4:])
+        head = heads.get((r["run"], r["seed"], i), {})
+        sharpness = None
+        if r["emerged"] and head.get("event") in ("emergence jump",):
+            sharpness = sharp.get((r["run"], r["seed"], r["target"], head["event_step"]))
+        names = labels.get(r["run"]) or []
+        rows.append({"run": _short(r["run"], root), "seed": int(r["seed"]), "position": i,
+                     "output": names[i] if i < len(names) else f"output {i}", "emerged": bool(r["emerged"]),
+                     "step": r["step"] if r["emerged"] else None, "plateau_steps": r["plateau_steps"],
+                     "sharpness": sharpness, "head": head.get("top_head") if r["emerged"] else None,
+                     "mass_gain": head.get("mass_gain") if r["emerged"] else None,
+                     "final_mass": head.get("final_mass")})
+    rows.sort(key=lambda r: (r["run"], r["seed"], r["position"]))
+    return rows
+
+
+def _attention(run: RunDir, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any] | None:
+    """Attention snapshots of the map block per seed and step, and each seed's ground truth, within
+    ``ATTENTION_BUDGET`` weights."""
+    included, maps, steps, truth, spent = [], {}, {}, {}, 0
+    view = None
+    for seed in seeds:
+        snapshots = run.attention_steps(seed)
+        if not snapshots:
+            continue
+        task = seed_task(config.task, config.train.seed, seed)
+        view = task.map_view()
+        stack = [run.load_attention(seed, s).float()[:, :, view.rows, view.cols].numpy() for s in snapshots]
+        cost = sum(a.size for a in stack)
+        if included and spent + cost > ATTENTION_BUDGET:
+            break
+        spent += cost
+        included.append(seed)
+        # float64 before rounding: a rounded float32 prints as 0.012000000104308128 in JSON
+        maps[seed] = [np.round(a.astype(np.float64), ATTENTION_DECIMALS).tolist() for a in stack]  # [steps][L][H][R][C]
+        steps[seed] = snapshots
+        gt = task.attention_mask.cpu().float()[view.rows, view.cols]
+        truth[seed] = (gt / gt.sum(-1, keepdim=True).clamp(min=1)).double().numpy().round(ATTENTION_DECIMALS).tolist()
+    if not included or view is None:
+        return None
+    with_snapshots = [s for s in seeds if run.attention_steps(s)]
+    note = "" if len(included) == len(with_snapshots) else (
+        f"attention snapshots of seeds {included[0]}-{included[-1]} of {len(with_snapshots)} are embedded "
+        f"(page size budget: {ATTENTION_BUDGET:,} weights)")
+    return {"seeds": included, "steps": steps, "maps": maps, "truth": truth, "note": note,
+            "rows": [view.rows.start, view.rows.stop], "cols": [view.cols.start, view.cols.stop],
+            "row_label": view.row_label, "col_label": view.col_label}
+
+
+def run_page(path: str | Path) -> dict[str, Any]:
+    """Everything the run page shows: ``data`` (JSON for the plots) and the server-side tables."""
+    run = RunDir(path)
+    config = ExperimentConfig.from_run(run)
+    info = run.task_info() or {}
+    con = connect(run.path)
+    try:  # closed explicitly: a DuckDB connection left to interpreter exit can abort the process
+        loss, loss_pos = fetch_curves(con, "loss"), fetch_curves(con, "loss_pos")
+        head_metrics = {m: fetch_curves(con, m) for m in ("attn_entropy", "attn_gt_mass")}
+        run_key = str(loss.run[0]) if len(loss) else str(run.path)
+        n_out = int(info.get("n_outputs") or 0)
+        labels = info.get("labels") or [f"output {i}" for i in range(n_out)]
+        table = emergence_rows(con, {run_key: labels})
+    finally:
+        con.close()
+    seeds = sorted({int(s) for s in loss.seed})
+    n_out = max([len(labels)] + [int(i) + 1 for i in loss_pos.index])
+    labels = list(labels) + [f"output {i}" for i in range(len(labels), n_out)]
+    by_loss, by_pos = _curves_by(loss), _curves_by(loss_pos)
+    curves: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        entry: dict[str, Any] = {"pos": [None] * n_out}
+        if (k := by_loss.get((run_key, seed, ""))) is not None:
+            entry["loss"] = _curve(*loss.curve(k))
+        for i in range(n_out):
+            if (k := by_pos.get((run_key, seed, str(i)))) is not None:
+                entry["pos"][i] = _curve(*loss_pos.curve(k))
+        curves[seed] = entry
+    heads = sorted({str(i) for c in head_metrics.values() for i in c.index}, key=_index_key)
+    per_head = {}
+    for metric, c in head_metrics.items():
+        where = _curves_by(c)
+        per_head[metric] = {seed: {h: _curve(*c.curve(where[(run_key, seed, h)])) for h in heads
+                                   if (run_key, seed, h) in where} for seed in seeds}
+    summary = run.summary() if run.summary_path.exists() else None
+    raw = run.read_config_dict()
+    data = {"kind": "run", "seeds": seeds, "outputs": labels, "optimum": info.get("optimal_loss"),
+            "output_optima": info.get("output_optima"), "loss": curves, "heads": heads,
+            "head_metrics": per_head, "markers": [{"seed": r["seed"], "position": r["position"], "step": r["step"],
+                                                   "head": r["head"]} for r in table if r["emerged"]],
+            "attention": _attention(run, config, seeds)}
+    return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
+            "describe": info.get("describe") or config.task.name, "data": data,
+            "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table),
+            "summary": _summary_rows(summary), "summary_json": json.dumps(summary, indent=1) if summary else None,
+            "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
+
+
+def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not summary:
+        return []
+    optimum = summary.get("optimal_loss")
+    return [{"seed": seed, "final_loss": _num(s.get("final_loss")),
+             "gap": _num(s["final_loss"] - optimum) if optimum is not None and s.get("final_loss") is not None
+             else None, "n_learned": s.get("n_learned"), "n_outputs": len(s.get("learned_step", {})),
+             "all_learned": s.get("all_learned")} for seed, s in summary.get("seeds", {}).items()]
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+def _label(fields: list[str], key: tuple) -> str:
+    if not fields:
+        return "all runs"
+    return ", ".join(f"{f.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{f.split('.')[-1]}={v}"
+                     for f, v in zip(fields, key))
+
+
+def _sort_key(key: tuple) -> tuple:
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+                 for v in key)
+
+
+def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[str, Any]],
+              steps_of: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Groups of the runs that agree on ``fields``: the ``emergelab analyze`` statistics per group,
+    P(solved by t) with its 95% bootstrap band, and the solved seeds' emergence steps."""
+    key_of = {r["run"]: tuple(r.get(f) for f in fields) for r in runs}
+    groups = []
+    for key in sorted(set(key_of.values()), key=_sort_key):
+        members = [s for s in seeds if key_of.get(s["run"]) == key]
+        if not members:
+            continue
+        solved = np.asarray([bool(s["solved"]) for s in members])
+        solved_step = np.asarray([np.nan if s["solved_step"] is None else s["solved_step"] for s in members])
+        e_step = np.asarray([np.nan if s["emergence_step"] is None else s["emergence_step"] for s in members])
+        stats = emergence_summary(np.where(solved & np.isfinite(e_step), e_step, np.nan),
+                                  solved & np.isfinite(e_step))
+        runs_in = sorted({s["run"] for s in members})
+        grid = np.unique(np.concatenate([steps_of[r] for r in runs_in if r in steps_of] or [np.zeros(1)]))
+        band = solved_fraction_curve(np.where(solved, solved_step, np.nan), solved, grid, rng=0)
+        keep = downsample(grid, band["p"])
+        plateau = [s["plateau_steps"] for s in members if s["plateau_steps"] is not None]
+        final = [s["final_loss"] for s in members if s["final_loss"] is not None]
+        groups.append({
+            "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
+            "n_solved": int(solved.sum()), "solved_fraction": _num(solved.mean()),
+            "emergence_median": _num(stats["median"]), "emergence_q25": _num(stats["q25"]),
+            "emergence_q75": _num(stats["q75"]),
+            "plateau_median": _num(np.median(plateau)) if plateau else None,
+            "final_loss_median": _num(np.median(final)) if final else None,
+            "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
+                      "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},
+            "emergence_steps": [_num(v) for v in e_step[solved & np.isfinite(e_step)]]})
+    return {"name": ", ".join(fields) if fields else "(all runs together)", "groups": groups}
+
+
+def sweep_page(path: str | Path) -> dict[str, Any]:
+    """Everything the sweep page shows: one grouping of the runs per config field that differs between
+    them (plus every differing field together, as ``emergelab analyze`` groups by default)."""
+    root = Path(path)
+    runs_dir = root / "runs" if (root / "runs").is_dir() else root
+    try:
+        con = connect(runs_dir)  # damaged runs are left out with a warning
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no finished runs in the sweep yet (`emergelab sweep status {path}`)") from None
+    try:
+        result = analyze_runs(con, n_boot=200)
+        runs = arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist()
+        labels = {r: json.loads(v) if v else [] for r, v in con.sql(
+            "SELECT run, to_json(list(label ORDER BY \"index\"::INT)) FROM optima WHERE \"index\" <> '' "
+            "GROUP BY run").fetchall()}
+        table = emergence_rows(con, labels, runs_dir)
+        steps_of = {r: np.asarray(s, dtype=np.int64) for r, s in con.sql(
+            "SELECT run, list(DISTINCT step ORDER BY step) FROM metrics WHERE metric = 'loss' GROUP BY run").fetchall()}
+    finally:
+        con.close()
+    seeds = result.seeds.to_pylist()
+    differing = default_by(runs)
+    fields_options = [result.by] + [[f] for f in differing if [f] != result.by]
+    groupings = [_grouping(f, runs, seeds, steps_of) for f in fields_options]
+    config_of = {_short(r["run"], runs_dir): {f: r.get(f) for f in differing} for r in runs}
+    for row in table:
+        row["config"] = config_of.get(row["run"], {})
+    seed_rows = [{**s, "run": _short(s["run"], runs_dir), "config": config_of.get(_short(s["run"], runs_dir), {}),
+                  "final_loss": _num(s["final_loss"]), "solved_step": _num(s["solved_step"])} for s in seeds]
+    for rows in (table, seed_rows):  # configs in order of their field values, then run, seed, output
+        rows.sort(key=lambda r: (_sort_key(tuple(r["config"].get(f) for f in differing)), r["run"], r["seed"],
+                                 r.get("position", 0)))
+    data = {"kind": "sweep", "groupings": groupings}
+    return {"kind": "sweep", "title": f"emergelab sweep report: {root.name}", "path": str(root),
+            "describe": f"{len(runs)} runs, {len(seeds)} seeds; fields that differ: {', '.join(differing) or 'none'}",
+            "data": data, "groupings": groupings, "fields": differing,
+            "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table),
+            "seeds": seed_rows[:MAX_TABLE_ROWS], "seeds_total": len(seed_rows), "max_points": MAX_POINTS}
+
+
+# ---------------------------------------------------------------------------------------------- render
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError:  # a runtime dependency; only a broken install lacks it
+        raise ConfigError("the HTML report needs plotly: pip install plotly") from None
+    return get_plotlyjs()
+
+
+def _script_json(data: Any) -> str:
+    """JSON safe inside a ``<script>`` element (no ``</``, no HTML comment openers)."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def render_page(page: dict[str, Any]) -> str:
+    """The page's HTML: ``templates/report.html.j2`` with plotly's JavaScript, ``report.js`` and the
+    page's data embedded."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    return env.get_template("report.html.j2").render(
+        page=page, plotly_js=_plotly_js(), report_js=(TEMPLATES / "report.js").read_text(),
+        data_json=_script_json(page["data"]))
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / "sweep.json").is_file()
+
+
+def write_html(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of the run or sweep directory ``path`` to ``out`` (default ``path/report.html``)
+    and return where. Not a run or sweep directory: :class:`~emergelab.config.ConfigError`."""
+    path = Path(path)
+    if is_sweep_dir(path):
+        page = sweep_page(path)
+    elif (path / "config.yaml").is_file():
+        if not (path / "metrics.parquet").is_file():
+            raise ConfigError(f"{path}: the run has no metrics.parquet yet; finish it with `emergelab run`")
+        page = run_page(path)
+    else:
+        raise ConfigError(f"{path}: not a run directory (config.yaml) or a sweep directory (sweep.json)")
+    target = Path(out) if out is not None else path / "report.html"
+    if target.is_dir():
+        raise ConfigError(f"--out {target}: is a directory; give a file name such as {target / 'report.html'}")
+    try:
+        write_text(target, render_page(page))
+    except OSError as error:
+        raise ConfigError(f"--out {target}: {error.strerror or error}; choose another path") from None
+    return target

@@ -1,0 +1,334 @@
+"""The interactive HTML report (``emergelab report RUN_OR_SWEEP --html``, ``report/html.py``).
+
+Data preparation (downsampling, plotly embedded once, nothing fetched, a 64-seed page under 20 MB), the CLI,
+and the page in a real headless chromium (no console errors, plots and the attention slider render, a
+non-blank screenshot). The browser tests skip only when no chromium binary is found
+(``scripts/ensure_chromium.sh``, run by ``make test``, installs Debian's) or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from emergelab.cli import main
+from emergelab.models import TransformerConfig
+from emergelab.report.html import MAX_POINTS, downsample, run_page, write_html
+from emergelab.store import RunDir, sort_rows, write_parquet
+from emergelab.sweep import expand, run_sweep
+from emergelab.tasks import LinearMapConfig, seed_task, task_info
+from emergelab.train import ExperimentConfig, InProcess, train
+from emergelab.train.config import ExecutionConfig, TrainConfig
+
+PLOTLY_BANNER = "* plotly.js v"
+
+
+def _config(seeds: int = 2, steps: int = 60, sparsity: int = 2) -> ExperimentConfig:
+    return ExperimentConfig(
+        task=LinearMapConfig(4, sparsity),
+        model=TransformerConfig(layers=1, heads=2, head_dim=4, mlp_ratio=0),
+        train=TrainConfig(steps=steps, seeds=seeds, lr=1e-2, batch_size=16, eval_batch_size=32, eval_every=10,
+                          checkpoints=1, attention_snapshots=4),
+        execution=ExecutionConfig(resume_every=0),
+    ).resolved()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    return train(_config(), tmp_path_factory.mktemp("html") / "run", executor=InProcess(), progress=False).path
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    base = {"task": {"name": "linear-map", "state_size": 4},
+            "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+            "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 32, "seeds": 2,
+                      "lr": 0.01, "checkpoints": 1, "attention_snapshots": 2}}
+    out = tmp_path_factory.mktemp("html") / "sweep"
+    result = run_sweep(expand({"base": base, "grid": {"task.sparsity": [1, 2]}}, out), executor=InProcess(),
+                       progress=False)
+    assert not result.failed
+    return out
+
+
+def _synthetic_run(path, seeds: int, steps: int, eval_every: int = 10, snapshots: int = 12,
+                   attention: bool = True) -> RunDir:
+    """A finished run with ``seeds`` seeds and ``steps // eval_every + 1`` probes of plausible curves (each
+    output's loss falls from ln 2 at a random step) and (``attention``) per-head metrics and attention
+    snapshots, written without training."""
+    config = ExperimentConfig(
+        task=LinearMapConfig(8, 2), model=TransformerConfig(layers=1, heads=4, head_dim=8, mlp_ratio=0),
+        train=TrainConfig(steps=steps, seeds=seeds, eval_every=eval_every, attention_snapshots=snapshots),
+    ).resolved()
+    run = RunDir(path)
+    run.write_config(config.to_dict())
+    task = seed_task(config.task, config.train.seed, 0)
+    run.write_task_info(task_info(task))
+    rng = np.random.default_rng(0)
+    probe = np.arange(0, steps + 1, eval_every)
+    P = task.seq_len
+    cols: dict[str, list] = {"step": [], "seed": [], "metric": [], "index": [], "value": []}
+
+    def add(seed, metric, index, values):
+        cols["step"].append(probe)
+        cols["seed"].append(np.full(probe.size, seed, np.int32))
+        cols["metric"] += [metric] * probe.size
+        cols["index"] += [index] * probe.size
+        cols["value"].append(values)
+
+    for seed in range(seeds):
+        pos = []
+        for i in range(8):
+            t = rng.uniform(0.2, 0.9) * steps
+            v = np.log(2) / (1 + np.exp((probe - t) / (steps / 100))) + rng.normal(0, 0.01, probe.size) ** 2
+            pos.append(v)
+            add(seed, "loss_pos", str(i), v)
+        add(seed, "loss", "", np.mean(pos, axis=0))
+        if not attention:
+            continue
+        for h in range(4):
+            add(seed, "attn_entropy", f"0.{h}", np.linspace(np.log(P), 0.5, probe.size))
+            add(seed, "attn_gt_mass", f"0.{h}", np.linspace(0.1, 0.9, probe.size))
+        for s in np.unique(np.geomspace(1, steps, snapshots).astype(int)):
+            run.save_attention(seed, int(s), torch.softmax(torch.randn(1, 4, P, P), -1))
+    table = pa.table({"step": pa.array(np.concatenate(cols["step"]), pa.int64()),
+                      "seed": pa.array(np.concatenate(cols["seed"]), pa.int32()),
+                      "metric": cols["metric"], "index": cols["index"],
+                      "value": pa.array(np.concatenate(cols["value"]), pa.float64())})
+    write_parquet(run.metrics_path, sort_rows(table), run.manifest)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_downsample_keeps_first_last_and_each_run_min_max():
+    rng = np.random.default_rng(1)
+    steps = np.arange(5000) * 3
+    values = np.cumsum(rng.normal(size=5000))
+    values[1234] = 1e3  # a spike, and a dip
+    values[4321] = -1e3
+    keep = downsample(steps, values, 300)
+    assert keep.size <= 300 and np.all(np.diff(keep) > 0)
+    assert keep[0] == 0 and keep[-1] == 4999
+    assert {1234, 4321} <= set(keep.tolist())
+    edges = np.linspace(1, 4999, 150).round().astype(int)
+    for lo, hi in zip(edges[:-1], edges[1:]):  # every run of probes keeps its extremes
+        assert lo + np.argmin(values[lo:hi]) in keep and lo + np.argmax(values[lo:hi]) in keep
+    assert downsample(steps[:300], values[:300], 300).tolist() == list(range(300))  # short: untouched
+
+
+def test_downsample_ignores_nan_and_checks_arguments():
+    values = np.linspace(1, 0, 1000)
+    values[::7] = np.nan
+    keep = downsample(np.arange(1000), values, 50)
+    assert keep.size <= 50 and keep[0] == 0 and keep[-1] == 999
+    assert not np.isnan(values[keep[1:-1]]).any()
+    with pytest.raises(ValueError, match="max_points"):
+        downsample(np.arange(10), np.arange(10.0), 3)
+    with pytest.raises(ValueError, match="length"):
+        downsample(np.arange(10), np.arange(9.0), 6)
+
+
+def test_run_page_embeds_plotly_once_and_fetches_nothing(run_dir, tmp_path):
+    out = write_html(run_dir, tmp_path / "page.html")
+    html = out.read_text()
+    assert html.count(PLOTLY_BANNER) == 1
+    assert not re.search(r"<script[^>]*\ssrc=", html) and "<link" not in html
+    for section in ("loss", "emergence", "attention", "heads", "summary", "config"):
+        assert f'id="{section}"' in html
+    assert 'id="attn-step"' in html and "emergence-table" in html
+
+
+def test_run_page_data(run_dir):
+    page = run_page(run_dir)
+    data = page["data"]
+    assert data["seeds"] == [0, 1] and len(data["outputs"]) == 4
+    assert {r["seed"] for r in page["emergence"]} == {0, 1} and len(page["emergence"]) == 8
+    attention = data["attention"]
+    assert attention["seeds"] == [0, 1] and len(attention["steps"][0]) == len(attention["maps"][0]) >= 2
+    rows = attention["rows"][1] - attention["rows"][0]
+    cols = attention["cols"][1] - attention["cols"][0]
+    assert np.asarray(attention["maps"][0][0]).shape == (1, 2, rows, cols)  # [layers, heads, R, C]
+    assert np.asarray(attention["truth"][0]).shape == (rows, cols)
+    assert data["heads"] == ["0.0", "0.1"] and set(data["head_metrics"]["attn_gt_mass"][0]) == {"0.0", "0.1"}
+
+
+def test_attention_beyond_the_budget_is_left_out_and_said(run_dir, monkeypatch):
+    import emergelab.report.html as report_html
+
+    monkeypatch.setattr(report_html, "ATTENTION_BUDGET", 1)  # the first seed always comes in
+    attention = report_html.run_page(run_dir)["data"]["attention"]
+    assert attention["seeds"] == [0] and "seeds 0-0 of 2" in attention["note"]
+
+
+def test_64_seed_page_stays_small_and_downsampled(tmp_path):
+    run = _synthetic_run(tmp_path / "big", seeds=64, steps=5000)  # 501 probes per curve
+    page = run_page(run.path)
+    curve = page["data"]["loss"][0]["pos"][3]
+    assert len(curve["x"]) <= MAX_POINTS and curve["x"][0] == 0 and curve["x"][-1] == 5000
+    out = write_html(run.path)
+    assert out == run.path / "report.html"
+    size = out.stat().st_size
+    assert size < 20e6, f"{size / 1e6:.1f} MB"
+
+
+@pytest.fixture(scope="module")
+def no_attention_run(tmp_path_factory):
+    """A run of a model without attention: no per-head metrics, no snapshots."""
+    return _synthetic_run(tmp_path_factory.mktemp("html") / "noattn", seeds=3, steps=200, attention=False)
+
+
+def test_a_run_without_attention_gets_a_page(no_attention_run, tmp_path):
+    page = run_page(no_attention_run.path)
+    assert page["data"]["attention"] is None and page["data"]["heads"] == []
+    assert all(r["head"] is None for r in page["emergence"]) and len(page["emergence"]) == 3 * 8
+    html = write_html(no_attention_run.path, tmp_path / "p.html").read_text()
+    assert "saved no attention snapshots" in html and 'id="attn-step"' not in html
+
+
+def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
+    html = write_html(sweep_dir, tmp_path / "sweep.html").read_text()
+    assert html.count(PLOTLY_BANNER) == 1
+    assert 'id="group-field"' in html and "sparsity=1" in html and "sparsity=2" in html
+    from emergelab.report.html import sweep_page
+
+    page = sweep_page(sweep_dir)
+    assert page["fields"] == ["task.sparsity"]
+    groups = page["groupings"][0]["groups"]
+    assert [g["label"] for g in groups] == ["sparsity=1", "sparsity=2"] and all(g["n_seeds"] == 2 for g in groups)
+    assert all(len(g["curve"]["x"]) == len(g["curve"]["lo"]) == len(g["curve"]["hi"]) for g in groups)
+    assert len(page["emergence"]) == 2 * 2 * 4  # runs x seeds x outputs
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_report_html(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", str(run_dir), "--html", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1e6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{tmp}", "--html"], "not a run directory"),
+    (["report", "{tmp}/missing", "--html"], "no such file"),
+    (["report", "{run}", "--out", "{tmp}/x.html"], "add --html"),
+    (["report", "{run}", "--html", "--out", "{tmp}"], "is a directory"),
+])
+def test_cli_report_html_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys, argv, message):
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_cli_report_html_of_a_sweep_without_finished_runs(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text('{"spec": {}, "runs": []}')
+    assert main(["report", str(tmp_path), "--html"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs" in err and err.count("\n") == 1 and not (tmp_path / "report.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------- browser
+def _chromium() -> str | None:
+    env = os.environ.get("EMERGELAB_CHROMIUM")
+    if env:
+        return env
+    return next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = _chromium()
+    if path is None:
+        pytest.skip("no chromium binary found (scripts/ensure_chromium.sh installs Debian's chromium; "
+                    "or set EMERGELAB_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _open(browser, html_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(html_path.resolve().as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    return page, errors
+
+
+def _not_blank(png: bytes) -> None:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 50, "the screenshot is (nearly) one colour"
+
+
+def test_run_page_in_chromium(browser, run_dir, tmp_path):
+    html = write_html(run_dir, tmp_path / "run.html")
+    page, errors = _open(browser, html)
+    for plot in ("plot-loss", "plot-attn", "plot-truth", "plot-entropy", "plot-mass"):
+        assert page.locator(f"#{plot}.js-plotly-plot .main-svg").count() >= 1, plot
+    assert page.locator("#emergence-table tbody tr").count() == 8
+    slider = page.locator("#attn-step")
+    assert slider.count() == 1 and int(slider.get_attribute("max")) >= 1
+
+    def heatmap():
+        return page.evaluate("() => JSON.stringify(document.getElementById('plot-attn').data[0].z)"), \
+            page.locator("#plot-attn .hm image").get_attribute("href")
+
+    before, label = heatmap(), page.locator("#attn-step-label").inner_text()
+    assert slider.input_value() == slider.get_attribute("max")  # starts on the last snapshot
+    page.evaluate("() => { const s = document.getElementById('attn-step'); s.value = 0;"
+                  " s.dispatchEvent(new Event('input')); }")
+    after = heatmap()
+    assert before[0] != after[0] and before[1] != after[1]  # the data and the drawn image changed
+    assert page.locator("#attn-step-label").inner_text() != label
+    def hidden(group):
+        return page.evaluate(f"() => document.getElementById('plot-loss').data.filter((t) => t.legendgroup === "
+                             f"'{group}' && t.mode === 'lines').map((t) => t.visible === 'legendonly')")
+
+    assert page.locator("#loss-output").input_value() == "all" and not any(hidden("seed 0"))
+    page.locator("#plot-loss .legend .traces").first.click()  # a seed's legend entry hides all its curves
+    page.wait_for_function("() => document.getElementById('plot-loss').data[0].visible === 'legendonly'")
+    assert all(hidden("seed 0")) and len(hidden("seed 0")) == 4 and not any(hidden("seed 1"))
+    page.select_option("#loss-output", "-1")  # the aggregate loss: one trace per seed
+    assert page.evaluate("() => document.getElementById('plot-loss').data.length") >= 2
+    page.check("#log-steps")
+    assert page.evaluate("() => document.getElementById('plot-loss').layout.xaxis.type") == "log"
+    _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()
+
+
+def test_page_without_attention_in_chromium(browser, no_attention_run, tmp_path):
+    page, errors = _open(browser, write_html(no_attention_run.path, tmp_path / "p.html"))
+    assert page.locator("#plot-loss.js-plotly-plot .main-svg").count() >= 1
+    assert not errors, errors
+    page.close()
+
+
+def test_sweep_page_in_chromium(browser, sweep_dir, tmp_path):
+    html = write_html(sweep_dir, tmp_path / "sweep.html")
+    page, errors = _open(browser, html)
+    for plot in ("plot-solved", "plot-dist"):
+        assert page.locator(f"#{plot}.js-plotly-plot .main-svg").count() >= 1, plot
+    n_options = page.locator("#group-field option").count()
+    assert n_options >= 1
+    page.select_option("#group-field", str(n_options - 1))
+    assert page.locator(f"table.groups[data-grouping='{n_options - 1}']").is_visible()
+    _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()
