@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config import ConfigError, field_names, number_from_text, parse_override
+from .reproduce.targets import TARGETS as REPRODUCE_TARGETS
 from .store.locks import RunLockedError
 from .store.verify import CorruptFileError
 
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("targets", nargs="+", metavar="FILE | status DIR",
                        help="a sweep file to run, or `status` and a sweep directory")
     sweep.add_argument("--out", type=Path, help="sweep directory (overrides the file's `out:`)")
+    sweep.add_argument("--scale", help="one of the file's `scales` (e.g. smoke, cpu; paper: the file as written)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs with their FLOPs and an estimated "
                                                               "time (calibrated on this machine); train nothing")
     sweep.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -156,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("path", type=Path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
     query.add_argument("sql", metavar="SQL", help="e.g. \"SELECT metric, count(*) FROM metrics GROUP BY metric\"")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
+
+    reproduce = sub.add_parser("reproduce", help="run, analyse and draw one synthetic-task figure of the paper "
+                                                 "(docs/results.md); re-run to resume")
+    reproduce.add_argument("target", metavar="NAME", help="one of: " + ", ".join(REPRODUCE_TARGETS))
+    reproduce.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (about an hour on 2 cores, the "
+                                                          "default) | paper (the published sizes; a GPU)")
+    reproduce.add_argument("--out", type=Path, help="output directory (default runs/reproduce/NAME-SCALE)")
+    reproduce.add_argument("--device", help="cpu | cuda | cuda:N for every run (execution.device)")
+    reproduce.add_argument("--workers", type=_int, help="local worker processes (default: the CPUs)")
+    reproduce.add_argument("--retries", type=_int, default=1, help="tries after a run's first failure (default 1)")
+    reproduce.add_argument("--analyse-only", action="store_true", help="analyse the finished runs in --out; "
+                                                                       "train nothing")
+    reproduce.add_argument("--dry-run", action="store_true", help="list the runs of every part; train nothing")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     _add_lm_parser(sub)
@@ -536,6 +552,40 @@ def cmd_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce.run import analyse, check_scale, command_line, default_out, load_parts, reproduce, target
+
+    t, scale = target(args.target), check_scale(args.scale)
+    out = args.out or default_out(t.name, scale)
+    if args.device is not None:
+        from .train.estimate import check_device
+
+        check_device("--device", args.device)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers={args.workers}: must be >= 1")
+    sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
+    if args.dry_run:
+        for part, sweep in sweeps.items():
+            print(f"{part}: {len(sweep.runs)} run(s) in {out / part}")
+            for run in sweep.runs:
+                print(f"  {run.name}  {_values(run.overrides)}")
+        return 0
+    if args.analyse_only:
+        result = analyse(t, scale, out, command=command_line())
+    else:
+        from .sweep import local_sweep_executor
+
+        print(f"reproduce {t.name} at {scale} scale into {out}: "
+              + ", ".join(f"{part} {len(s.runs)} run(s)" for part, s in sweeps.items()))
+        result = reproduce(t.name, scale, out, executor=local_sweep_executor(args.workers), device=args.device,
+                           retries=args.retries, progress=not args.quiet, command=command_line())
+    print(result.table)
+    if result.failed:
+        print(f"failed runs: {', '.join(result.failed)} (`emergelab sweep status {out}/PART`)")
+    print(f"\nwrote {out / 'RESULT.md'}, {out / 'table.txt'} and {len(result.figures)} figure(s) in {out / 'figures'}")
+    return 1 if result.failed else 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep, sweep_out
     from .sweep.spec import with_trackers
@@ -553,7 +603,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--retries={args.retries}: must be >= 0")
     if args.executor == "local" and args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --executor ray")
-    sweep = load_sweep(targets[0], args.out)
+    sweep = load_sweep(targets[0], args.out, args.scale)
     if args.log:
         sweep = with_trackers(sweep, _trackers(args.log))
     out = sweep_out(sweep, args.out)
@@ -678,7 +728,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze, "patch": cmd_patch,
+COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze, "patch": cmd_patch,
             "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query}
 
 

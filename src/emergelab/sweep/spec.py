@@ -12,6 +12,10 @@ of their resolved config.
       train.lr: [0.003, 0.002]
       train.batch_size: [32, 64]
     out: runs/sparsity         # the sweep directory (--out overrides it)
+    scales:                    # optional: named smaller versions (--scale NAME); the file as written is
+      smoke:                   # the full-size one. Each key is a path into the file: base.SECTION.FIELD,
+        base.train.seeds: 2    # grid.SECTION.FIELD / zip.SECTION.FIELD (a list, or null to drop the axis),
+        grid.task.state_size: [8]   # zip (a whole mapping), preset, out
 
 Every point is validated (``ExperimentConfig.from_dict`` and ``resolved``) before any work; an error is one
 line naming the key. Points that resolve to the same config (same ``science_key``) are one run.
@@ -29,7 +33,8 @@ import yaml
 from ..config import SECTIONS, ConfigError
 from ..train import ExperimentConfig
 
-KEYS = ("base", "preset", "grid", "zip", "out")
+KEYS = ("base", "preset", "grid", "zip", "out", "scales")
+FULL_SCALE = "paper"  # --scale naming the file as written (the published sizes)
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,9 @@ def with_trackers(sweep: Sweep, names: tuple[str, ...]) -> Sweep:
     return replace(sweep, runs=runs)
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
-    """Read and validate sweep file ``path`` (``out`` overrides its ``out:``)."""
+def load_sweep(path: str | Path, out: str | Path | None = None, scale: str | None = None) -> Sweep:
+    """Read and validate sweep file ``path`` (``out`` overrides its ``out:``; ``scale`` picks one of its
+    ``scales``, see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
@@ -77,13 +83,52 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
     try:
-        return expand(data, out)
+        return expand(data, out, scale)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def expand(data: Any, out: str | Path | None = None) -> Sweep:
-    """Validate a sweep given as plain data (the parsed YAML) and expand it to its runs."""
+def scale_names(data: Any) -> list[str]:
+    """The scales a sweep (parsed YAML) offers: ``paper`` (the file as written) and its ``scales``."""
+    scales = data.get("scales") if isinstance(data, Mapping) else None
+    return [FULL_SCALE, *(scales if isinstance(scales, Mapping) else {})]
+
+
+def apply_scale(data: Mapping[str, Any], scale: str) -> dict[str, Any]:
+    """The sweep ``data`` at ``scale`` (a copy; ``scales`` removed). ``paper`` is the file as written."""
+    allowed = scale_names(data)
+    if scale not in allowed:
+        raise ConfigError(f"--scale {scale}: allowed scales of this sweep are {', '.join(allowed)}")
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items() if k != "scales"}
+    out["base"] = {k: dict(v or {}) for k, v in (data.get("base") or {}).items()}
+    if scale == FULL_SCALE:
+        return out
+    changes = data["scales"][scale] or {}
+    if not isinstance(changes, Mapping):
+        raise ConfigError(f"scales.{scale}: must map paths (base.train.seeds, grid.task.sparsity, ...) to values")
+    for path, value in changes.items():
+        head, _, rest = str(path).partition(".")
+        if head in ("preset", "out", "zip") and not rest:
+            out[head] = value
+        elif head == "base" and rest.count(".") == 1:
+            section, name = rest.split(".")
+            out["base"].setdefault(section, {})[name] = value
+        elif head in ("grid", "zip") and rest:
+            axes = dict(out.get(head) or {})
+            if value is None:
+                axes.pop(rest, None)
+            else:
+                axes[rest] = value
+            out[head] = axes
+        else:
+            raise ConfigError(f"scales.{scale}.{path}: a path is base.SECTION.FIELD, grid.SECTION.FIELD, "
+                              "zip.SECTION.FIELD, zip, preset or out")
+    return out
+
+
+def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -> Sweep:
+    """Validate a sweep given as plain data (the parsed YAML) and expand it to its runs (at ``scale``, one
+    of its ``scales``; None: the file as written)."""
     from ..presets import preset_dict
 
     if not isinstance(data, Mapping):
@@ -91,6 +136,12 @@ def expand(data: Any, out: str | Path | None = None) -> Sweep:
     for key in data:
         if key not in KEYS:
             raise ConfigError(f"unknown key {key!r}; allowed keys are {', '.join(KEYS)}")
+    if data.get("scales") is not None and not isinstance(data["scales"], Mapping):
+        raise ConfigError("scales: must map scale names to their changes")
+    if scale is not None:
+        data = apply_scale(data, scale)
+    elif "scales" in data:
+        data = {k: v for k, v in data.items() if k != "scales"}
     base = data.get("base") or {}
     if not isinstance(base, Mapping) or not all(isinstance(v, Mapping) or v is None for v in base.values()):
         raise ConfigError("base: must be a mapping of sections (task, model, train, execution) to mappings")

@@ -1,0 +1,159 @@
+"""``emergelab reproduce NAME --scale smoke|cpu|paper``: run a target's sweeps, analyse their runs, draw
+the figures, print the table behind them, and write ``RESULT.md`` (claim, command, scale, machine, time,
+table, figures) into the output directory. Re-running resumes: finished runs are skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..store import write_text
+from ..sweep import load_sweep, run_sweep
+from ..train.execute import Executor
+from .figures import FIGURES, per_position_figures
+from .targets import SCALES, TARGETS, Target
+
+
+@dataclass
+class ReproduceResult:
+    """What a reproduction wrote: the table (text), the figures, per-part wall seconds, failed runs."""
+
+    target: Target
+    scale: str
+    out: Path
+    table: str
+    figures: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    runs: int = 0
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ConfigError(f"reproduce {name}: unknown target; allowed targets are {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ConfigError(f"--scale {scale}: allowed scales are {', '.join(SCALES)}")
+    return scale
+
+
+def default_out(name: str, scale: str) -> Path:
+    return Path("runs") / "reproduce" / f"{name}-{scale}"
+
+
+def load_parts(t: Target, scale: str, out: Path, device: str | None = None) -> dict[str, Any]:
+    """Each part's sweep at ``scale``, into ``out/<part>`` (validated: a bad file fails before any work)."""
+    sweeps = {}
+    for part, path in zip(t.parts, t.sweep_files()):
+        sweep = load_sweep(path, out / part, scale)
+        if device is not None:
+            runs = [replace(r, config=replace(r.config, execution=replace(r.config.execution, device=device)))
+                    for r in sweep.runs]
+            sweep = replace(sweep, runs=runs)
+        sweeps[part] = sweep
+    return sweeps
+
+
+def reproduce(name: str, scale: str = "cpu", out: str | Path | None = None, *, executor: Executor | None = None,
+              device: str | None = None, retries: int = 1, progress: bool = True,
+              command: str | None = None) -> ReproduceResult:
+    """Run target ``name`` at ``scale`` into ``out`` (default ``runs/reproduce/NAME-SCALE``), analyse it and
+    write its table, figures and ``RESULT.md`` there."""
+    t, scale = target(name), check_scale(scale)
+    out = Path(out) if out is not None else default_out(name, scale)
+    sweeps = load_parts(t, scale, out, device)
+    seconds, failed = {}, {}
+    for part, sweep in sweeps.items():
+        start = time.perf_counter()
+        result = run_sweep(sweep, out / part, executor=executor, retries=retries, progress=progress)
+        seconds[part] = time.perf_counter() - start
+        failed.update(result.failed)
+    return analyse(t, scale, out, seconds=seconds, failed=failed,
+                   runs=sum(len(s.runs) for s in sweeps.values()), command=command)
+
+
+def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,
+            failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
+    """The table, figures and ``RESULT.md`` of the finished runs under ``out``."""
+    from ..analysis.runs import analyze_runs
+    from ..report.analysis_figures import make_analysis_figures
+    from ..report.tables import format_groups, format_plateau_scaling, format_positions
+    from ..store import connect
+
+    try:
+        con = connect(out)
+    except FileNotFoundError:
+        raise ConfigError(f"{out}: no finished runs to analyse") from None
+    result = analyze_runs(con, by=list(t.by) or None)
+    lines = [f"{result.seeds.num_rows} seed(s) in {result.groups.num_rows} config(s); configs by "
+             f"{', '.join(result.by) or '(all runs together)'}", format_groups(result)]
+    if t.vs and t.vs in result.by:
+        lines += ["", format_plateau_scaling(result, t.vs)]
+    if t.figure in ("per-position", "seeds"):
+        lines += ["", format_positions(result)]
+    if t.figure == "seeds":
+        row = result.groups.to_pylist()[0]
+        stats = {k: row.get(k) for k in ("sarle_bc", "gmm_delta_bic", "dip", "dip_pvalue",
+                                         "curve_linearity_mean", "curve_breakthroughness_mean")}
+        lines += ["", "final loss over seeds: " + ", ".join(f"{k} {_fmt(v)}" for k, v in stats.items())]
+    table = "\n".join(lines)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    figures = make_analysis_figures(result, figures_dir, vs=t.vs if t.vs in result.by else None)
+    if t.figure in FIGURES:
+        figures += FIGURES[t.figure](result, figures_dir)
+    if t.figure == "per-position":
+        run_dirs = [Path(r[0]) for r in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
+        figures += per_position_figures(run_dirs, figures_dir)
+    con.close()
+    outcome = ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs)
+    write_text(out / "table.txt", table + "\n")
+    write_text(out / "RESULT.md", result_markdown(outcome, command))
+    write_text(out / "result.json", json.dumps({"target": t.name, "scale": scale, "seconds": outcome.seconds,
+                                                "failed": outcome.failed, "machine": machine(),
+                                                "groups": result.groups.to_pylist()}, indent=1, default=str))
+    return outcome
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "load_avg": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def result_markdown(r: ReproduceResult, command: str | None) -> str:
+    m = machine()
+    total = sum(r.seconds.values())
+    where = f"{m['cpus']} CPU(s)" + (f", {m['gpu']}" if m["gpu"] else "")
+    times = ", ".join(f"{part} {s / 60:.1f} min" for part, s in r.seconds.items())
+    lines = [f"## {r.target.name} ({r.scale} scale)", "",
+             f"**Paper's claim.** {r.target.claim}", "",
+             f"Command: `{command or f'emergelab reproduce {r.target.name} --scale {r.scale}'}`  ",
+             f"Machine: {where}, torch {m['torch']}, load average {m['load_avg'][0]:.1f} at the end; "
+             f"{r.runs} run(s); wall time {total / 60:.1f} min ({times or 'analysis only'}); {m['time']}.", ""]
+    if r.failed:
+        lines += [f"Failed runs: {', '.join(r.failed)}", ""]
+    lines += ["```", r.table, "```", ""]
+    lines += [f"![{p.stem}](figures/{p.name})" for p in r.figures]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def command_line() -> str:
+    return "emergelab " + " ".join(sys.argv[1:])

@@ -1,0 +1,65 @@
+"""The reproduction targets: for each synthetic-task figure of the paper, the sweep files that make its
+runs, the config fields that define its configs, and the paper's claim it tests (``../shared/PAPER.md``).
+
+A target's sweep files live in ``sweeps/`` beside this module: each is an ordinary sweep file
+(``emergelab sweep FILE --scale cpu`` runs one by hand) whose ``scales`` hold the ``smoke`` and ``cpu``
+sizes; the file as written is the ``paper`` size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SWEEPS = Path(__file__).resolve().parent / "sweeps"
+SCALES = ("smoke", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure of the paper.
+
+    name: what ``emergelab reproduce NAME`` takes. parts: sweep files (stems under ``sweeps/``), each run
+    into ``OUT/<part>``. by: config fields that define a config in the analysis (every other field that
+    differs defines configs too). vs: the field of the plateau-scaling figure (None: no such figure).
+    claim: the paper's claim, as ``docs/results.md`` quotes it beside ours. figure: the target's own
+    figure beside the generic ones (``figures.py``)."""
+
+    name: str
+    parts: tuple[str, ...]
+    by: tuple[str, ...]
+    vs: str | None
+    claim: str
+    figure: str | None = None
+
+    def sweep_files(self) -> list[Path]:
+        return [SWEEPS / f"{part}.yaml" for part in self.parts]
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("sparsity", ("sparsity",), ("task.state_size", "task.sparsity"), "task.sparsity",
+           "Linear map: learning is hardest at intermediate sparsity (s ~ S/2: C(S, s) candidate patterns per "
+           "row); final loss and emergence step against s/S for S in {8, 16, 32}, 10k steps, 3 seeds.",
+           figure="sparsity"),
+    Target("state-size", ("state-size",), ("task.state_size", "train.bias_beta", "task.rules"), "task.state_size",
+           "Cellular automata at a fixed token batch (S x T x batch constant): the plateau before the loss "
+           "first drops grows multiplicatively with S; biasing attention toward the ground truth removes it. "
+           "The paper's small-S losses lie below the fresh-rule floor, so it likely draws rules from a pool.",
+           figure="bias"),
+    Target("trajectory", ("trajectory",), ("task.trajectory_length",), "task.trajectory_length",
+           "Cellular automata: the plateau against the trajectory length T at fixed S (published sweeps vary T)."),
+    Target("width", ("width-linear-map", "width-cellular-automata"), ("task.name", "model.heads", "model.head_dim"),
+           None,
+           "More heads at fixed head dim, more heads at fixed width (smaller heads) and head dim at fixed heads "
+           "change how fast the pattern is found (both tasks).", figure="width"),
+    Target("layers", ("layers-linear-map", "layers-cellular-automata"), ("task.name", "model.layers"),
+           "model.layers", "Depth from 1 to 12 layers (both tasks)."),
+    Target("per-position", ("per-position",), (), None,
+           "The S losses of x1 fall one at a time, each after its own plateau (the aggregate curve is "
+           "jagged); the head whose entropy drops when a position's loss drops is the one that learned "
+           "that row of the pattern.", figure="per-position"),
+    Target("seeds", ("seeds",), (), None,
+           "Across seeds: emergence steps are spread over training; P(solved by t), the mean of solved runs, "
+           "bimodality of final performance (Zhao et al.: outcomes across seeds are bimodal near a threshold).",
+           figure="seeds"),
+)}
