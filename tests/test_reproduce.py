@@ -1,0 +1,117 @@
+"""``emergelab reproduce``: every target runs end to end at smoke scale (sweeps, analysis, figures,
+RESULT.md), every shipped sweep file validates at every scale, and sweep files' ``scales`` apply as
+documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from emergelab.config import ConfigError
+from emergelab.reproduce import SCALES, TARGETS
+from emergelab.reproduce.run import load_parts, reproduce
+from emergelab.sweep import expand, load_sweep
+from emergelab.sweep.spec import apply_scale
+from emergelab.train.execute import InProcess
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path):
+    result = reproduce(name, "smoke", tmp_path, executor=InProcess(), progress=False)
+    assert not result.failed
+    assert result.runs >= 1 and "config(s); configs by" in result.table.splitlines()[0]
+    for path in result.figures:
+        assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
+    own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
+           "seeds": "seeds.png", "per-position": "per_position_loss.png"}
+    if name in own:
+        assert (tmp_path / "figures" / own[name]).exists()
+    text = (tmp_path / "RESULT.md").read_text()
+    assert TARGETS[name].claim in text and "wall time" in text and "figures/" in text
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["target"] == name and saved["groups"]
+    # re-running trains nothing new and gives the same table
+    again = reproduce(name, "smoke", tmp_path, executor=InProcess(), progress=False)
+    assert again.table == result.table
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_shipped_sweep_validates_at_every_scale(name, scale, tmp_path):
+    sweeps = load_parts(TARGETS[name], scale, tmp_path)
+    assert all(s.runs for s in sweeps.values())
+
+
+def test_cpu_scale_is_smaller_than_paper_and_smoke_smaller_than_cpu(tmp_path):
+    for name, target in TARGETS.items():
+        cost = {}
+        for scale in SCALES:
+            sweeps = load_parts(target, scale, tmp_path)
+            cost[scale] = sum(r.config.train.steps * r.config.train.seeds for s in sweeps.values() for r in s.runs)
+        assert cost["smoke"] < cost["cpu"] < cost["paper"], name
+
+
+SWEEP = {"base": {"task": {"name": "linear-map", "state_size": 8}, "train": {"steps": 100, "seeds": 3}},
+         "grid": {"task.sparsity": [1, 2, 3]}, "zip": {"train.lr": [0.001, 0.002], "train.batch_size": [16, 32]},
+         "scales": {"small": {"base.train.seeds": 1, "grid.task.sparsity": [2], "zip": None,
+                              "base.model.heads": 2}}}
+
+
+def test_scales_apply_paths_and_leave_the_file_as_written_for_paper():
+    small = expand(SWEEP, "/tmp/x", "small")
+    assert [r.overrides for r in small.runs] == [{"task.sparsity": 2}]
+    assert small.runs[0].config.train.seeds == 1 and small.runs[0].config.model.heads == 2
+    full = expand(SWEEP, "/tmp/x", "paper")
+    assert len(full.runs) == 6 and full.runs[0].config.train.seeds == 3
+    assert [r.key for r in expand(SWEEP, "/tmp/x").runs] == [r.key for r in full.runs]
+    assert "scales" in SWEEP  # applying a scale never edits the caller's data
+    dropped = apply_scale({**SWEEP, "scales": {"s": {"grid.task.sparsity": None}}}, "s")
+    assert "task.sparsity" not in dropped["grid"]
+
+
+@pytest.mark.parametrize("scales,scale,message", [
+    ({"small": {}}, "big", "--scale big: allowed scales of this sweep are paper, small"),
+    ({"small": {"foo.bar": 1}}, "small", "scales.small.foo.bar: a path is base.SECTION.FIELD"),
+    ({"small": {"base.train.seeds": "many"}}, "small", "train.seeds"),
+    ({"small": [1]}, "small", "scales.small: must map paths"),
+])
+def test_bad_scales_are_one_line_errors(scales, scale, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        expand({**SWEEP, "scales": scales}, "/tmp/x", scale)
+
+
+def test_scale_from_a_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SWEEP))
+    assert len(load_sweep(path, tmp_path / "out", "small").runs) == 1
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emergelab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
+    done = cli("reproduce", "width", "--scale", "smoke", "--dry-run", "--out", str(tmp_path / "w"), cwd=tmp_path)
+    assert done.returncode == 0 and "width-linear-map: 3 run(s)" in done.stdout
+    for args, message in ((["nope"], "reproduce nope: unknown target; allowed targets are sparsity"),
+                          (["seeds", "--scale", "huge"], "--scale huge: allowed scales are smoke, cpu, paper"),
+                          (["seeds", "--workers", "0"], "--workers=0: must be >= 1"),
+                          (["seeds", "--analyse-only", "--out", str(tmp_path / "none")], "no finished runs"),
+                          (["seeds", "--device", "tpu"], "--device")):
+        bad = cli("reproduce", *args, cwd=tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_reproduce_runs_and_analyses_again(tmp_path):
+    out = tmp_path / "seeds"
+    done = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--workers", "1", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "final loss over seeds" in done.stdout and (out / "RESULT.md").exists()
+    again = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
+    assert again.returncode == 0 and "emergelab reproduce seeds --scale smoke" in (out / "RESULT.md").read_text()
