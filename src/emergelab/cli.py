@@ -135,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", metavar="SQL", help="e.g. \"SELECT metric, count(*) FROM metrics GROUP BY metric\"")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
 
+    forecast = sub.add_parser("forecast", help="forecast each output's emergence step from the metrics up to a "
+                                               "step; --evaluate: score the forecasters over held-out seeds")
+    forecast.add_argument("path", type=Path, metavar="RUN_OR_DIR", help="a run, or with --evaluate a sweep/folder")
+    forecast.add_argument("--evaluate", action="store_true",
+                          help="forecast every emerged output at 25/50/75%% of its true step (2-fold over seeds), "
+                               "print the error and calibration table, draw the figure")
+    forecast.add_argument("--at", type=_int, metavar="STEP", help="forecast from the probes up to STEP "
+                                                                  "(default: each run's last probe)")
+    forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
+                                                   "else ./forecast)")
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     _add_lm_parser(sub)
     return parser
@@ -380,6 +390,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"checked {len(roots)} run(s): {total} problem(s) in {damaged} run(s)")
         return 2
     print(f"checked {len(roots)} run(s): every file is intact")
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from .analysis.forecast import evaluate_forecasts, forecast_run
+    from .report.forecast import format_evaluation, format_forecasts, write_evaluation
+    from .store import connect
+    from .store.query import finished_run_dirs
+
+    if not args.path.exists():
+        raise ConfigError(f"{args.path}: no such file or directory")
+    if args.evaluate and args.at is not None:
+        raise ConfigError("--at: forecasts of one step; --evaluate chooses its own steps (25/50/75% of each "
+                          "true emergence step)")
+    if args.at is not None and args.at < 0:
+        raise ConfigError(f"--at={args.at}: must be >= 0")
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
+    try:
+        con = connect(args.path)
+    except FileNotFoundError:
+        raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
+    if not args.evaluate:
+        print(format_forecasts(forecast_run(con, args.at)))
+        return 0
+    evaluation = evaluate_forecasts(con)
+    print(format_evaluation(evaluation))
+    runs = finished_run_dirs(args.path)
+    out = args.out or (runs[0].path / "forecast" if len(runs) == 1 else Path("forecast"))
+    paths = write_evaluation(evaluation, out)
+    print(f"\nwrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
     return 0
 
 
@@ -636,7 +677,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze, "patch": cmd_patch,
-            "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query}
+            "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query,
+            "forecast": cmd_forecast}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
