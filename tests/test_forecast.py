@@ -194,6 +194,9 @@ def test_cli_forecast(planted, tmp_path, capsys):
     assert main(["forecast", str(planted), "--at", "350"]) == 0
     text = capsys.readouterr().out
     assert "mass-exp" in text and "baseline" in text
+    assert main(["forecast", str(planted), "--at", "350", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["seed", "output", "t"] and lines[1].split()[0] == "3"
     assert main(["forecast", str(planted), "--evaluate", "--out", str(tmp_path / "fc")]) == 0
     text = capsys.readouterr().out
     assert "med |rel err|" in text and "coverage" in text
@@ -201,6 +204,7 @@ def test_cli_forecast(planted, tmp_path, capsys):
     for argv in (["forecast", str(tmp_path / "missing")],
                  ["forecast", str(planted), "--evaluate", "--at", "100"],
                  ["forecast", str(planted), "--at", "-5"],
+                 ["forecast", str(planted), "--seed", "99"],
                  ["forecast", str(tmp_path / "fc")]):
         assert main(argv) == 2
         err = capsys.readouterr().err

@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "print the error and calibration table, draw the figure")
     forecast.add_argument("--at", type=_int, metavar="STEP", help="forecast from the probes up to STEP "
                                                                   "(default: each run's last probe)")
+    forecast.add_argument("--seed", type=_int, help="only this seed (default: every seed)")
     forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
                                                    "else ./forecast)")
     sub.add_parser("list", help="list tasks and their fields, models and presets")
@@ -394,6 +395,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
     from .analysis.forecast import evaluate_forecasts, forecast_run
     from .report.forecast import format_evaluation, format_forecasts, write_evaluation
     from .store import connect
@@ -401,9 +404,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
-    if args.evaluate and args.at is not None:
-        raise ConfigError("--at: forecasts of one step; --evaluate chooses its own steps (25/50/75% of each "
-                          "true emergence step)")
+    if args.evaluate and (args.at is not None or args.seed is not None):
+        raise ConfigError("--at/--seed: for forecasts at one step; --evaluate forecasts every seed at 25/50/75% "
+                          "of each true emergence step")
     if args.at is not None and args.at < 0:
         raise ConfigError(f"--at={args.at}: must be >= 0")
     if args.out is not None:
@@ -413,7 +416,14 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
     if not args.evaluate:
-        print(format_forecasts(forecast_run(con, args.at)))
+        table = forecast_run(con, args.at)
+        if args.seed is not None:
+            seeds = sorted(set(table["seed"].to_pylist()))
+            table = table.filter(pc.equal(table["seed"], args.seed))
+            if table.num_rows == 0 and args.seed not in seeds:
+                raise ConfigError(f"--seed {args.seed}: no output of that seed to forecast (seeds with one: "
+                                  f"{', '.join(map(str, seeds)) or 'none'})")
+        print(format_forecasts(table))
         return 0
     evaluation = evaluate_forecasts(con)
     print(format_evaluation(evaluation))

@@ -38,15 +38,29 @@ def format_evaluation(evaluation: Any) -> str:
 
 
 def format_forecasts(table: Any) -> str:
-    header = ["run", "seed", "output", "t", "forecaster", "forecast", "interval", "true step", "note"]
-    rows = []
-    for r in table.to_pylist():
-        interval = f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["lo"] is not None else "-"
-        rows.append([Path(r["run"]).name, str(r["seed"]), str(r["output"]), _fmt(r["t"]), r["forecaster"],
-                     _fmt(r["step"]), interval, _fmt(r["true_step"]), r["reason"] or ""])
+    """One line per (run, seed, output): each forecaster's ``step [lo, hi]`` (``-``: no forecast) and the
+    run's own emergence step for comparison; then why forecasters abstained, with counts."""
+    rows = table.to_pylist()
     if not rows:
         return "every output had emerged by then (or had fewer than 3 probes): nothing to forecast"
-    return _render(header, rows)
+    names = list(dict.fromkeys(r["forecaster"] for r in rows))
+    lines: dict[tuple, dict[str, Any]] = {}
+    reasons: dict[tuple[str, str], int] = {}
+    for r in rows:
+        line = lines.setdefault((r["run"], r["seed"], r["output"]), {"t": r["t"], "true": r["true_step"]})
+        if r["step"] is None:
+            line[r["forecaster"]] = "-"
+            reasons[(r["forecaster"], r["reason"])] = reasons.get((r["forecaster"], r["reason"]), 0) + 1
+        else:
+            interval = f" [{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["lo"] is not None else ""
+            line[r["forecaster"]] = _fmt(r["step"]) + interval
+    multi = len({k[0] for k in lines}) > 1
+    header = (["run"] if multi else []) + ["seed", "output", "t"] + names + ["true step"]
+    body = [([Path(run).name] if multi else []) + [str(seed), str(output), _fmt(v["t"])]
+            + [v.get(n, "") for n in names] + [_fmt(v["true"])] for (run, seed, output), v in lines.items()]
+    notes = [f"no forecast: {name}, {n} output(s): {reason}" for (name, reason), n in sorted(reasons.items())]
+    return "\n".join([_render(header, body), "forecast [interval] in steps; true step: the run's own emergence "
+                      "step (never used by a forecaster; - = not within the run)", *notes])
 
 
 def forecast_figure(evaluation: Any, path: str | Path) -> Path:
