@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from emergelab.analysis.forecast import (BaselineForecaster, EscapeForecaster, Example, MassForecaster,
-                                         OutputCurves, default_forecasters, evaluate_forecasts, forecast_run,
-                                         load_examples)
+                                         OutputCurves, RegressionForecaster, default_forecasters,
+                                         evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
 from emergelab.models import TransformerConfig
 from emergelab.store import SCHEMA, connect, write_parquet
@@ -183,7 +183,8 @@ def test_evaluation_planted_mass_is_exact(planted):
     exact wherever it answers, and its calibrated interval has zero width."""
     ev = evaluate_forecasts(connect(planted))
     rows = {(r["forecaster"], r["fraction"]): r for r in ev.rows.to_pylist()}
-    for f in (0.25, 0.5, 0.75):
+    assert {f for _, f in rows} == {0.125, 0.375, 0.625, 0.875}  # centres of the t / E bins
+    for f in (0.125, 0.375, 0.625, 0.875):
         r = rows[("mass-exp", f)]
         assert r["n_forecast"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
         assert r["coverage"] == 1.0
@@ -223,17 +224,19 @@ def test_evaluation_table_on_a_real_run(tmp_path):
     small_run = train(cfg, tmp_path / "run", progress=False)
     ev = evaluate_forecasts(connect(small_run.path))
     rows = ev.rows.to_pylist()
-    assert {r["forecaster"] for r in rows} == {"baseline", "baseline-emerged", "mass-exp", "escape-law"}
-    assert {r["fraction"] for r in rows} == {0.25, 0.5, 0.75}
+    assert {r["forecaster"] for r in rows} == {"baseline", "baseline-emerged", "mass-exp", "escape-law",
+                                               "regression"}
+    assert {r["fraction"] for r in rows} <= {0.125, 0.375, 0.625, 0.875}
     for r in rows:
         assert 0 <= r["n_forecast"] <= r["n_test"]
         if r["coverage"] is not None:
             assert 0 <= r["coverage"] <= 1
     base = [r for r in rows if r["forecaster"] == "baseline"]
     assert all(r["n_forecast"] > 0 for r in base)
-    # every forecast row is scored against the true step and made at t <= that step
+    # every forecast is made before the true step, at a moment that is the same for every seed
     f = ev.forecasts.to_pydict()
-    assert all(t <= s for t, s in zip(f["t"], f["true_step"]))
+    assert all(t < s for t, s in zip(f["t"], f["true_step"]))
+    assert set(f["t"]) <= set(forecast_moments(load_examples(connect(small_run.path))[0].curves.steps))
     # forecasts of one run at one step: only outputs that had not emerged by then
     out = forecast_run(connect(small_run.path), 100).to_pylist()
     assert out and all(r["t"] <= 100 for r in out)

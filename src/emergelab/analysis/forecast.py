@@ -27,19 +27,26 @@ answer; ``tests/test_forecast.py`` checks it).
   exponential (residual sum of squares of ``x``), (4) the output's loss has not left its plateau
   (:func:`on_plateau`: within 10% of its initial level).
 
+**Forecast moments.**  Forecasts are made at fixed steps of a run (:func:`forecast_moments`: probe steps
+nearest a geometric grid, the same for every seed), never at ``f * E``: a forecaster that learned
+"E is about t / f" would be exact there.  Training and scoring both use every moment before the
+output's emergence step.
+
 **Calibration (split conformal on training seeds).**  ``mass-exp`` and ``escape-law`` give a raw
-remaining time ``R = s_raw - t``.  On the training seeds, at the forecast moments ``f * E`` (``f`` in
-``fractions``, ``E`` the true emergence step), the log-ratios ``log((E - t) / R)`` are collected; their
-median corrects the point (``t + R * exp(q50)``) and their ``(1-coverage)/2`` and ``(1+coverage)/2``
-quantiles give the interval.  The fit window (probes) and a trailing smoothing of the mass are chosen
-on the training seeds too (the grid setting with the smallest spread of the log ratios, among those with
-at least ``MIN_CALIBRATION`` of them).  Nothing about the evaluation seeds enters a fit.
+remaining time ``R = s_raw - t``.  On the training seeds, at every forecast moment before ``E`` (the true
+emergence step), the log-ratios ``log((E - t) / R)`` are collected; their median corrects the point
+(``t + R * exp(q50)``) and their ``(1-coverage)/2`` and ``(1+coverage)/2`` quantiles give the interval.
+The fit window (probes) and a trailing smoothing of the mass are chosen on the training seeds too (the
+grid setting with the smallest spread of the log ratios, among those with at least ``MIN_CALIBRATION``
+of them).  :class:`RegressionForecaster` (``regression``) fits ``log(E - t)`` on features of the curves
+up to ``t`` on the same training moments.  Nothing about the evaluation seeds enters a fit.
 
 **Evaluation** (:func:`evaluate_forecasts`): per run, two-fold cross-fitting over seeds (even seed
-indices train the forecasters that predict the odd ones, and the other way round), each test output
-that emerged forecast at ``t = f * E`` for each ``f``; per forecaster and ``f``: the number forecast,
-the median absolute relative error ``|s - E| / E``, the fraction of true steps inside the interval,
-and ``baseline-emerged``'s error on the same outputs (a forecaster may abstain on some).
+indices train the forecasters that predict the odd ones, and the other way round); each test output
+that emerged is forecast at every moment before its emergence step, scored in bins of ``t / E`` (how
+far into its plateau): per forecaster and bin, the number forecast, the median absolute relative error
+``|s - E| / E``, the fraction of true steps inside the interval, and ``baseline-emerged``'s error on the
+same (output, moment) pairs (a forecaster may abstain on some).
 
 Example::
 
@@ -65,16 +72,17 @@ from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
 
 __all__ = ["BaselineForecaster", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
-           "MassForecaster", "OutputCurves", "default_forecasters", "evaluate_forecasts", "forecast_run",
+           "MassForecaster", "OutputCurves", "RegressionForecaster", "default_forecasters", "evaluate_forecasts", "forecast_run",
            "load_examples", "on_plateau"]
 
 COVERAGE = 0.8          # nominal coverage of every interval
-FRACTIONS = (0.25, 0.5, 0.75)
+N_MOMENTS = 16         # forecast moments per run: probe steps nearest a geometric grid (the same for every seed)
+BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # t / E bins of the evaluation table
 WINDOWS = (4, 8, 16, 32)  # probes in the fit window (chosen on training seeds)
 SMOOTHS = (1, 3)        # trailing mean of the mass over this many probes (chosen on training seeds)
 SAME_BASELINE = "baseline-emerged"  # the baseline scored on each forecaster's answered outputs
 MIN_CALIBRATION = 20    # a setting is chosen only with at least this many calibration ratios
-MIN_PROBES = 3          # a forecaster needs at least this many probes up to t
+MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial level, 3 more the current one
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
 
 
@@ -219,12 +227,11 @@ class _ModelForecaster:
     name = "model"
 
     def __init__(self, window: int | None = None, smooth: int | None = None, coverage: float = COVERAGE,
-                 fractions: Sequence[float] = FRACTIONS, windows: Sequence[int] = WINDOWS,
+                 windows: Sequence[int] = WINDOWS,
                  smooths: Sequence[int] = SMOOTHS):
         self.window = window
         self.smooth = smooth
         self.coverage = coverage
-        self.fractions = tuple(fractions)
         self.windows = (window,) if window is not None else tuple(windows)
         self.smooths = (smooth,) if smooth is not None else tuple(smooths)
         self.log_ratio_q: tuple[float, float, float] | None = None  # (lo, mid, hi)
@@ -278,10 +285,7 @@ class _ModelForecaster:
         for e in examples:
             if not e.emerged:
                 continue
-            for f in self.fractions:
-                t = _probe_at(e.curves.steps, f * e.step)
-                if t is None:
-                    continue
+            for t in _moments_before(e):
                 c = e.curves.upto(t)
                 remaining, _ = self.raw(c, e.output, window)
                 if remaining is None or not np.isfinite(remaining) or remaining <= 0 or e.step <= t:
@@ -303,10 +307,23 @@ class _ModelForecaster:
         return Forecast(self.name, float(t), mid, lo, hi, raw)
 
 
-def _probe_at(steps: np.ndarray, t: float) -> float | None:
-    """The last probe step ``<= t`` with at least ``MIN_PROBES`` probes up to it, else None."""
-    n = int(np.searchsorted(steps, t, side="right"))
-    return float(steps[n - 1]) if n >= MIN_PROBES else None
+def forecast_moments(steps: np.ndarray, n: int = N_MOMENTS) -> list[float]:
+    """Fixed forecast moments of a run: the probe steps nearest ``n`` geometrically spaced steps from the
+    ``MIN_PROBES``-th probe to the last.  They depend on the probe schedule only, never on an output's
+    emergence step: forecasting at ``t = f * E`` instead would hand a forecaster that learned "E is about
+    t / f" the answer."""
+    steps = np.asarray(steps, float)
+    if steps.size < MIN_PROBES:
+        return []
+    first = max(steps[MIN_PROBES - 1], 1.0)
+    grid = np.geomspace(first, max(steps[-1], first), n)
+    k = np.clip(np.searchsorted(steps, grid), MIN_PROBES - 1, steps.size - 1)
+    return sorted({float(steps[i]) for i in k})
+
+
+def _moments_before(e: Example) -> list[float]:
+    """The forecast moments of ``e``'s run before its emergence step (all of them if it never emerged)."""
+    return [t for t in forecast_moments(e.curves.steps) if t < e.censored_step]
 
 
 class MassForecaster(_ModelForecaster):
@@ -332,8 +349,8 @@ class MassForecaster(_ModelForecaster):
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         target = self.target.get(output, self.target_all)
-        if target is None:
-            return None, "no training seed emerged"
+        if target is None or not target > 0:
+            return None, "no training seed emerged with ground-truth mass on this output"
         mass = self.mass(c)
         h = _leading_head(mass)
         w = min(window, c.steps.size)
@@ -374,8 +391,68 @@ class EscapeForecaster(_ModelForecaster):
         return inv / k, ""
 
 
+class RegressionForecaster:
+    """Least squares of ``log(E - t)`` on features of the curves up to ``t``, fitted on training seeds at
+    the forecast moments ``f * E``; the interval from the quantiles of the training residuals.
+
+    Features: 1, ``log t``, the leading head's log mass ratio (last 3 probes against the first 3), its
+    log-mass slope over the last ``window`` probes times ``t``, and the loss at ``t`` over its initial
+    level.  It assumes the output will emerge (trained on emerged training outputs only)."""
+
+    name = "regression"
+
+    def __init__(self, window: int = 8, coverage: float = COVERAGE):
+        self.window = window
+        self.coverage = coverage
+        self.coef: np.ndarray | None = None
+        self.residual_q: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def features(self, c: OutputCurves) -> np.ndarray:
+        h = _leading_head(c.mass)
+        m = np.maximum(c.mass[h], 1e-12)
+        ratio = math.log(m[-3:].mean() / np.median(m[:3]))
+        w = min(self.window, c.steps.size)
+        _, slope, _ = _line(c.steps[-w:].astype(float), np.log(m[-w:]))
+        t = float(c.steps[-1])
+        loss = float(c.loss[-1] / max(np.median(c.loss[:3]), 1e-12))
+        return np.asarray([1.0, math.log(max(t, 1.0)), ratio, slope * t, loss])
+
+    def fit(self, examples: Sequence[Example]) -> "RegressionForecaster":
+        X, y = [], []
+        for e in examples:
+            if not e.emerged:
+                continue
+            for t in _moments_before(e):
+                X.append(self.features(e.curves.upto(t)))
+                y.append(math.log(e.step - t))
+        if len(y) < 2 * len(X[0] if X else ()) or not X:
+            self.coef = None
+            return self
+        A, b = np.asarray(X), np.asarray(y)
+        self.coef, *_ = np.linalg.lstsq(A, b, rcond=None)
+        r = b - A @ self.coef
+        q = (1 - self.coverage) / 2
+        self.residual_q = (float(np.quantile(r, q)), float(np.median(r)), float(np.quantile(r, 1 - q)))
+        return self
+
+    @property
+    def setting(self) -> str:
+        return f"w{self.window}"
+
+    def predict(self, curves: OutputCurves, t: float, output: int) -> Forecast:
+        c = curves.upto(t)
+        if c.steps.size < MIN_PROBES:
+            return _none(self.name, t, f"fewer than {MIN_PROBES} probes up to t")
+        if self.coef is None:
+            return _none(self.name, t, "too few emerged training outputs to fit")
+        log_rest = float(self.features(c) @ self.coef)
+        lo, mid, hi = (t + math.exp(log_rest + q) for q in self.residual_q)
+        return Forecast(self.name, float(t), mid, lo, hi, t + math.exp(log_rest))
+
+
 def default_forecasters() -> list[Any]:
-    return [BaselineForecaster(), BaselineForecaster(emerged_only=True), MassForecaster(), EscapeForecaster()]
+    return [BaselineForecaster(), BaselineForecaster(emerged_only=True), MassForecaster(), EscapeForecaster(),
+            RegressionForecaster()]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -383,7 +460,8 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
     """Every judged output of every run and seed in the store, with its emergence (``curve_emergence``).
 
     Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial level,
-    as in ``analysis.runs``) are left out.  Head curves are put on the loss curve's steps."""
+    as in ``analysis.runs``) and outputs without ground-truth attention (mass 0 at every probe and head)
+    are left out.  Head curves are put on the loss curve's steps."""
     em, _ = curve_emergence(con, _optima_by_run=run_optima(con))
     truth = {(r["run"], r["seed"], r["target"]): r for r in em.to_pylist()}
     loss = fetch_curves(con, "loss_pos")
@@ -414,6 +492,8 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
             return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
 
         m = np.stack([on_steps(mass, heads[h][0]) for h in names])
+        if not (np.nan_to_num(m) > 0).any():  # no ground-truth keys (a cellular automaton's first state)
+            continue
         ent = np.stack([on_steps(entropy, heads[h][1]) for h in names])
         out.append(Example(run, seed, i, OutputCurves(steps, values, m, ent, names), bool(row["emerged"]),
                            float(row["step"]), row["optimum"], float(steps[-1])))
@@ -435,7 +515,8 @@ def _fitted(train: Sequence[Example], make: Any) -> list[Any]:
 # ---------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class ForecastEvaluation:
-    """``rows``: per run, forecaster and fraction: ``n_test`` (emerged test outputs with enough probes),
+    """``rows``: per run, forecaster and bin of ``t / E`` (``fraction``: the bin's centre): ``n_test``
+    (forecast moments of emerged test outputs in the bin),
     ``n_forecast``, ``median_rel_error`` (``|s - E| / E``), ``coverage`` (true step inside the interval),
     ``median_rel_width`` (``(hi - lo) / E``), ``baseline_rel_error_same`` (``baseline-emerged`` on the
     same outputs: like the model forecasters it assumes the output emerges), ``window`` (the settings
@@ -448,19 +529,22 @@ class ForecastEvaluation:
 
 
 _FORECAST_SCHEMA = pa.schema([
-    ("run", pa.string()), ("seed", pa.int64()), ("output", pa.int64()), ("fraction", pa.float64()),
-    ("t", pa.float64()), ("true_step", pa.float64()), ("forecaster", pa.string()), ("step", pa.float64()),
+    ("run", pa.string()), ("seed", pa.int64()), ("output", pa.int64()), ("t", pa.float64()),
+    ("true_step", pa.float64()), ("fraction", pa.float64()), ("bin", pa.float64()),
+    ("forecaster", pa.string()), ("step", pa.float64()),
     ("lo", pa.float64()), ("hi", pa.float64()), ("raw", pa.float64()), ("reason", pa.string()),
 ])
 
 
-def evaluate_forecasts(con: Any, *, fractions: Sequence[float] = FRACTIONS, make: Any = default_forecasters,
+def evaluate_forecasts(con: Any, *, bins: Sequence[float] = BINS, make: Any = default_forecasters,
                        examples: Sequence[Example] | None = None) -> ForecastEvaluation:
-    """Forecast every emerged output of every seed at ``t = f * E`` (``f`` in ``fractions``), with
-    forecasters fitted on the other fold of seeds of the same run (see the module)."""
-    for f in fractions:
-        if not 0 < f < 1:
-            raise ConfigError(f"fraction {f!r}: must be in (0, 1)")
+    """Forecast every emerged test output at each of its run's fixed forecast moments before its
+    emergence step (:func:`forecast_moments`), with forecasters fitted on the other fold of seeds of the
+    same run; score per bin of ``t / E`` (``bins``: edges in [0, 1]; a row's ``fraction`` is its bin's
+    centre)."""
+    edges = np.asarray(bins, float)
+    if edges.size < 2 or (np.diff(edges) <= 0).any() or edges[0] < 0 or edges[-1] > 1:
+        raise ConfigError(f"bins {list(bins)!r}: need at least 2 increasing edges in [0, 1]")
     examples = list(load_examples(con) if examples is None else examples)
     if not examples:
         raise ConfigError("no outputs with loss_pos and attn_gt_mass_pos curves to forecast")
@@ -486,13 +570,15 @@ def evaluate_forecasts(con: Any, *, fractions: Sequence[float] = FRACTIONS, make
             for e in test:
                 if not e.emerged:
                     continue
-                for f in fractions:
-                    t = _probe_at(e.curves.steps, f * e.step)
-                    if t is None:
+                for t in _moments_before(e):
+                    f = t / e.step
+                    b = int(np.searchsorted(edges, f, side="left")) - 1  # (edge_b, edge_b+1]
+                    if not 0 <= b < edges.size - 1:
                         continue
+                    centre = float((edges[b] + edges[b + 1]) / 2)
                     for fc in fitted:
                         p = fc.predict(e.curves, t, e.output)
-                        rows.append((run, e.seed, e.output, float(f), float(t), float(e.step), p.forecaster,
+                        rows.append((run, e.seed, e.output, float(t), float(e.step), f, centre, p.forecaster,
                                      p.step, p.lo, p.hi, p.raw, p.reason))
     forecasts = rows_table(rows, _FORECAST_SCHEMA)
     return ForecastEvaluation(_summarise(forecasts, windows), forecasts, notes)
@@ -501,7 +587,7 @@ def evaluate_forecasts(con: Any, *, fractions: Sequence[float] = FRACTIONS, make
 def _summarise(forecasts: pa.Table, windows: dict[tuple[str, str], list[str]]) -> pa.Table:
     d = forecasts.to_pydict()
     n = len(d["run"])
-    key = list(zip(d["run"], d["seed"], d["output"], d["fraction"]))
+    key = list(zip(d["run"], d["seed"], d["output"], d["t"]))
     base_err = {}
     for k in range(n):
         if d["forecaster"][k] == SAME_BASELINE and d["step"][k] is not None:
@@ -509,7 +595,7 @@ def _summarise(forecasts: pa.Table, windows: dict[tuple[str, str], list[str]]) -
     groups: dict[tuple[str, str, float], list[int]] = {}
     order: list[str] = []
     for k in range(n):
-        groups.setdefault((d["run"][k], d["forecaster"][k], d["fraction"][k]), []).append(k)
+        groups.setdefault((d["run"][k], d["forecaster"][k], d["bin"][k]), []).append(k)
         if d["forecaster"][k] not in order:
             order.append(d["forecaster"][k])
     out = []

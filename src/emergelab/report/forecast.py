@@ -1,10 +1,10 @@
 """Tables and the figure of emergence forecasts (:mod:`emergelab.analysis.forecast`).
 
-* :func:`format_evaluation`: per run, forecaster and forecast moment (fraction of the true emergence
-  step): outputs forecast / scored, median absolute relative error, the baseline's on the same outputs,
+* :func:`format_evaluation`: per run, forecaster and bin of ``t / E`` (how far into its plateau an output
+  was when forecast): outputs forecast / scored, median absolute relative error, the baseline's on the same outputs,
   interval coverage against its nominal value, median relative interval width.
 * :func:`forecast_figure` (``forecast_evaluation.png``): one row per run; left the median absolute
-  relative error against the forecast moment per forecaster, middle the interval coverage with the
+  relative error against ``t / E`` per forecaster, middle the interval coverage with the
   nominal line, right the fraction of outputs each forecaster answered.
 * :func:`format_forecasts`: the forecasts of one run at one step (``emergelab forecast RUN``).
 """
@@ -16,20 +16,24 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.forecast import MIN_PROBES
 from ..store import atomic_write, write_parquet
 from .plotting import colors, new_figure, save_figure
 from .tables import _fmt, _render
 
 
 def format_evaluation(evaluation: Any) -> str:
-    header = ["run", "forecaster", "at f*E", "forecast/n", "med |rel err|", "b-emerged same", "coverage",
+    header = ["run", "forecaster", "t/E bin", "forecast/n", "med |rel err|", "b-emerged same", "coverage",
               "med rel width", "window"]
     rows = []
     for r in evaluation.rows.to_pylist():
-        rows.append([Path(r["run"]).name, r["forecaster"], f"{r['fraction']:g}", f"{r['n_forecast']}/{r['n_test']}",
+        half = _bin_half(evaluation)
+        rows.append([Path(r["run"]).name, r["forecaster"], f"{r['fraction'] - half:g}-{r['fraction'] + half:g}", f"{r['n_forecast']}/{r['n_test']}",
                      _fmt(r["median_rel_error"], 3), _fmt(r["baseline_rel_error_same"], 3),
                      _fmt(r["coverage"], 3), _fmt(r["median_rel_width"], 3), r["window"] or "-"])
     lines = [_render(header, rows),
+             "forecasts at fixed steps of each run (the same for every seed), scored by how far into its plateau "
+             "each output was (t / E, E its true emergence step); forecast/n: (output, step) pairs answered",
              f"coverage: fraction of true emergence steps inside the stated {evaluation.coverage_nominal:.0%} "
              "interval; |rel err| = |forecast - E| / E; b-emerged same = baseline-emerged's error on the outputs "
              "that forecaster answered; window: wNsK = fit over N probes of the mass smoothed over K, chosen "
@@ -37,12 +41,17 @@ def format_evaluation(evaluation: Any) -> str:
     return "\n".join(lines + [f"note: {n}" for n in evaluation.notes])
 
 
+def _bin_half(evaluation: Any) -> float:
+    centres = sorted(set(evaluation.rows["fraction"].to_pylist()))
+    return (centres[1] - centres[0]) / 2 if len(centres) > 1 else 0.125
+
+
 def format_forecasts(table: Any) -> str:
     """One line per (run, seed, output): each forecaster's ``step [lo, hi]`` (``-``: no forecast) and the
     run's own emergence step for comparison; then why forecasters abstained, with counts."""
     rows = table.to_pylist()
     if not rows:
-        return "every output had emerged by then (or had fewer than 3 probes): nothing to forecast"
+        return f"every output had emerged by then (or had fewer than {MIN_PROBES} probes): nothing to forecast"
     names = list(dict.fromkeys(r["forecaster"] for r in rows))
     lines: dict[tuple, dict[str, Any]] = {}
     reasons: dict[tuple[str, str], int] = {}
@@ -84,13 +93,13 @@ def forecast_figure(evaluation: Any, path: str | Path) -> Path:
             ax_n.plot(f, [r["n_forecast"] / max(1, r["n_test"]) for r in rs], "o-", color=palette[name], label=name)
         ax_c.axhline(evaluation.coverage_nominal, color="0.4", ls="--", lw=1,
                      label=f"nominal {evaluation.coverage_nominal:.0%}")
-        ax_e.set(xlabel="forecast made at t = f x true emergence step", ylabel="median |forecast - E| / E",
+        ax_e.set(xlabel="t / E (bin centre): how far into the plateau", ylabel="median |forecast - E| / E",
                  title=f"{Path(run).name}: forecast error", ylim=(0, None))
-        ax_c.set(xlabel="f", ylabel="fraction of E inside interval", title="interval calibration", ylim=(0, 1.02))
-        ax_n.set(xlabel="f", ylabel="fraction of outputs answered", title="forecasts made", ylim=(0, 1.02))
+        ax_c.set(xlabel="t / E", ylabel="fraction of E inside interval", title="interval calibration", ylim=(0, 1.02))
+        ax_n.set(xlabel="t / E", ylabel="fraction of outputs answered", title="forecasts made", ylim=(0, 1.02))
         for ax in ax_row:
             ax.grid(alpha=0.3)
-        ax_e.legend(fontsize=7)
+        ax_e.legend(fontsize=7, loc="best")
         ax_c.legend(fontsize=7, loc="lower right")
     return save_figure(fig, Path(path))
 
