@@ -206,7 +206,8 @@ def test_cli_forecast(planted, tmp_path, capsys):
                  ["forecast", str(planted), "--evaluate", "--at", "100"],
                  ["forecast", str(planted), "--at", "-5"],
                  ["forecast", str(planted), "--seed", "99"],
-                 ["forecast", str(tmp_path / "fc")]):
+                 ["forecast", str(tmp_path / "fc")],
+                 ["forecast", str(planted_run(tmp_path / "three", seeds=3)), "--evaluate"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("emergelab: error:") and err.count("\n") == 1

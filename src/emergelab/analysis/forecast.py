@@ -580,6 +580,8 @@ def evaluate_forecasts(con: Any, *, bins: Sequence[float] = BINS, make: Any = de
                         p = fc.predict(e.curves, t, e.output)
                         rows.append((run, e.seed, e.output, float(t), float(e.step), f, centre, p.forecaster,
                                      p.step, p.lo, p.hi, p.raw, p.reason))
+    if not rows:
+        raise ConfigError("nothing to evaluate: " + ("; ".join(notes) or "no output emerged after enough probes"))
     forecasts = rows_table(rows, _FORECAST_SCHEMA)
     return ForecastEvaluation(_summarise(forecasts, windows), forecasts, notes)
 
