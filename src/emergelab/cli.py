@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--dry-run", action="store_true", help="list the runs of every part; train nothing")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    forecast = sub.add_parser("forecast", help="forecast each output's emergence step from the metrics up to a "
+                                               "step; --evaluate: score the forecasters over held-out seeds")
+    forecast.add_argument("path", type=Path, metavar="RUN_OR_DIR", help="a run, or with --evaluate a sweep/folder")
+    forecast.add_argument("--evaluate", action="store_true",
+                          help="forecast every emerged output at 25/50/75%% of its true step (2-fold over seeds), "
+                               "print the error and calibration table, draw the figure")
+    forecast.add_argument("--at", type=_int, metavar="STEP", help="forecast from the probes up to STEP "
+                                                                  "(default: each run's last probe)")
+    forecast.add_argument("--seed", type=_int, help="only this seed (default: every seed)")
+    forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
+                                                   "else ./forecast)")
     sub.add_parser("list", help="list tasks and their fields, models and presets")
     _add_lm_parser(sub)
     return parser
@@ -436,6 +447,46 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"checked {len(roots)} run(s): {total} problem(s) in {damaged} run(s)")
         return 2
     print(f"checked {len(roots)} run(s): every file is intact")
+    return 0
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    import pyarrow.compute as pc
+
+    from .analysis.forecast import evaluate_forecasts, forecast_run
+    from .report.forecast import format_evaluation, format_forecasts, write_evaluation
+    from .store import connect
+    from .store.query import finished_run_dirs
+
+    if not args.path.exists():
+        raise ConfigError(f"{args.path}: no such file or directory")
+    if args.evaluate and (args.at is not None or args.seed is not None):
+        raise ConfigError("--at/--seed: for forecasts at one step; --evaluate forecasts every seed at 25/50/75% "
+                          "of each true emergence step")
+    if args.at is not None and args.at < 0:
+        raise ConfigError(f"--at={args.at}: must be >= 0")
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
+    try:
+        con = connect(args.path)
+    except FileNotFoundError:
+        raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
+    if not args.evaluate:
+        table = forecast_run(con, args.at)
+        if args.seed is not None:
+            seeds = sorted(set(table["seed"].to_pylist()))
+            table = table.filter(pc.equal(table["seed"], args.seed))
+            if table.num_rows == 0 and args.seed not in seeds:
+                raise ConfigError(f"--seed {args.seed}: no output of that seed to forecast (seeds with one: "
+                                  f"{', '.join(map(str, seeds)) or 'none'})")
+        print(format_forecasts(table))
+        return 0
+    evaluation = evaluate_forecasts(con)
+    print(format_evaluation(evaluation))
+    runs = finished_run_dirs(args.path)
+    out = args.out or (runs[0].path / "forecast" if len(runs) == 1 else Path("forecast"))
+    paths = write_evaluation(evaluation, out)
+    print(f"\nwrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
     return 0
 
 
@@ -728,8 +779,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze, "patch": cmd_patch,
-            "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query}
+COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze,
+            "patch": cmd_patch, "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query,
+            "forecast": cmd_forecast}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

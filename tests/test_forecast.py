@@ -1,0 +1,243 @@
+"""Emergence forecasting (analysis.forecast, `emergelab forecast`).
+
+Known answers: mass growing exponentially at a known rate to a known threshold, an excess mass growing
+as the escape law's hyperbola to a known blow-up step, the baseline's conditional quantiles against a
+slow reference; truncation invariance (a forecaster never looks past t), the evaluation table on a small
+real run, and the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from emergelab.analysis.forecast import (BaselineForecaster, EscapeForecaster, Example, MassForecaster,
+                                         OutputCurves, RegressionForecaster, default_forecasters,
+                                         evaluate_forecasts, forecast_moments, forecast_run, load_examples)
+from emergelab.cli import main
+from emergelab.models import TransformerConfig
+from emergelab.store import SCHEMA, connect, write_parquet
+from emergelab.tasks import LinearMapConfig
+from emergelab.train import ExecutionConfig, ExperimentConfig, TrainConfig, train
+
+LN2 = math.log(2)
+STEPS = np.arange(0, 2001, 20)
+
+
+def example(mass0, E, *, seed=0, output=0, heads=3, flat=0.1):
+    """An output whose head 0 has mass ``mass0 [n]`` up to ``E`` (0.95 after) and whose loss falls from
+    ln 2 to 0 at ``E``; the other heads stay at ``flat``."""
+    mass = np.full((heads, STEPS.size), flat)
+    mass[0] = np.where(STEPS <= E, mass0, 0.95)
+    loss = np.where(STEPS < E, LN2, 0.0)
+    curves = OutputCurves(STEPS, loss, mass, np.full((heads, STEPS.size), 1.0), tuple(f"0.{h}" for h in range(heads)))
+    return Example("run", seed, output, curves, True, float(E), 0.0, float(STEPS[-1]))
+
+
+# ------------------------------------------------------------------------------------------ known answers
+def exp_example(E, rate=0.004, target=0.6, **kw):
+    """Mass ``target * exp(rate (s - E))``: it reaches ``target`` exactly at E (a probe step)."""
+    return example(target * np.exp(rate * (STEPS - E)), E, **kw)
+
+
+def test_mass_forecaster_exponential_known_answer():
+    train_set = [exp_example(E, seed=k) for k, E in enumerate([600, 800, 1000, 1200, 1400])]
+    fc = MassForecaster().fit(train_set)
+    assert fc.target[0] == pytest.approx(0.6)
+    assert fc.log_ratio_q == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    test = exp_example(1600, seed=9)
+    for t in (400, 800, 1200):
+        p = fc.predict(test.curves, t, 0)
+        assert p.step == pytest.approx(1600, rel=1e-6) and p.raw == pytest.approx(1600, rel=1e-6)
+    # a mass that does not grow gives no forecast, and says why
+    flat = example(np.full(STEPS.size, 0.2), 1600)
+    assert fc.predict(flat.curves, 800, 0).step is None
+    assert "not growing" in fc.predict(flat.curves, 800, 0).reason
+
+
+def escape_example(tau, k=0.01, start=100, m0=0.1, **kw):
+    """Mass ``m0`` until ``start``, then ``m0 + 1 / (k (tau - s))``: the escape law blowing up at ``tau``."""
+    x = np.where(STEPS >= start, 1.0 / (k * np.maximum(tau - STEPS, 1e-9)), 0.0)
+    return example(m0 + np.minimum(x, 0.8), tau, **kw)
+
+
+def test_escape_forecaster_known_answer_and_assumptions():
+    train_set = [escape_example(tau, seed=k) for k, tau in enumerate([700, 900, 1100, 1300])]
+    fc = EscapeForecaster(window=8).fit(train_set)
+    assert fc.log_ratio_q == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    test = escape_example(1500, seed=9)
+    for t in (500, 800, 1100):
+        assert fc.predict(test.curves, t, 0).step == pytest.approx(1500, rel=1e-6)
+    # assumption (3): an exponential is not an escape, the law abstains and names the reason
+    p = fc.predict(exp_example(1500).curves, 800, 0)
+    assert p.step is None and "exponential" in p.reason
+    # assumption (1): no excess mass over the initial level
+    p = fc.predict(example(np.full(STEPS.size, 0.2), 1500).curves, 800, 0)
+    assert p.step is None and "initial mass" in p.reason
+
+
+def slow_quantile(values, p):
+    """np.quantile with +inf replaced by two different huge numbers: equal answers are finite."""
+    a = np.quantile(np.where(np.isinf(values), 1e12, values), p)
+    b = np.quantile(np.where(np.isinf(values), 2e12, values), p)
+    return float(a) if a == b else math.inf
+
+
+def test_baseline_conditional_quantiles_match_slow_reference():
+    rng = np.random.default_rng(0)
+    steps = rng.integers(100, 3000, 40).astype(float)
+    steps[rng.choice(40, 6, replace=False)] = math.inf  # never emerged: censored
+    train_set = [Example("run", k, 0, example(np.zeros(STEPS.size), 500).curves, bool(np.isfinite(s)),
+                         float(s) if np.isfinite(s) else 2000.0, 0.0, 2000.0) for k, s in enumerate(steps)]
+    fc = BaselineForecaster(coverage=0.8).fit(train_set)
+    for t in (0, 500, 1500, 2500, 2990):
+        later = [s for s in steps if s > t]
+        p = fc.predict(None, t, 0)
+        expected = tuple(pytest.approx(slow_quantile(np.asarray(later), q)) for q in (0.1, 0.5, 0.9))
+        assert (p.lo, p.step, p.hi) == expected
+    assert fc.predict(None, 0, 7).step is None  # an output no training seed has
+
+
+# ------------------------------------------------------------------------------------------ stores
+def planted_run(path, seeds=8, outputs=4, heads=4, steps=np.arange(0, 1501, 25)):
+    """A linear-map run directory (S = ``outputs``) whose output i of seed k emerges at
+    ``E = 300 + 100 k + 50 i`` (a probe step) (seed 7's output 3: never): head ``i % heads`` grows its mass as
+    ``0.6 exp(0.006 (s - E))`` up to E, then 0.95; the other heads stay near 0.2 (noise)."""
+    import json
+
+    import pyarrow as pa
+    import yaml
+
+    cfg = ExperimentConfig(task=LinearMapConfig(state_size=outputs, sparsity=1),
+                           model=TransformerConfig(layers=1, heads=heads, head_dim=4, mlp_ratio=0),
+                           train=TrainConfig(steps=int(steps[-1]), seeds=seeds)).resolved()
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    S = outputs
+    (path / "task.json").write_text(json.dumps({
+        "task": "linear-map", "labels": [f"bit {i}" for i in range(S)], "output_optima": [0.0] * S,
+        "optimal_loss": (S - 1) / (2 * S - 1) * LN2, "description": "planted"}))
+    rng = np.random.default_rng(0)
+    cols = {k: [] for k in ("step", "seed", "metric", "index", "value")}
+
+    def add(metric, index, seed, values):
+        cols["step"] += steps.tolist()
+        cols["seed"] += [seed] * steps.size
+        cols["metric"] += [metric] * steps.size
+        cols["index"] += [index] * steps.size
+        cols["value"] += np.asarray(values, float).tolist()
+
+    for k in range(seeds):
+        losses = []
+        for i in range(S):
+            E = math.inf if (k, i) == (seeds - 1, S - 1) else 300 + 100 * k + 50 * i
+            losses.append(np.where(steps < E, LN2, 0.0))
+            add("loss_pos", str(i), k, losses[-1])
+            for h in range(heads):
+                mine = np.where(steps <= E, 0.6 * np.exp(0.006 * np.minimum(steps - E, 0)), 0.95)
+                other = 0.2 + 0.01 * rng.standard_normal(steps.size)
+                add("attn_gt_mass_pos", f"0.{h}:{i}", k, mine if h == i % heads else other)
+                add("attn_entropy_pos", f"0.{h}:{i}", k, np.full(steps.size, 1.0))
+        add("loss", "", k, ((S - 1) * LN2 + sum(losses)) / (2 * S - 1))
+    write_parquet(path / "metrics.parquet", pa.table(cols).cast(SCHEMA))
+    return path
+
+
+@pytest.fixture
+def planted(tmp_path):
+    return planted_run(tmp_path / "planted")
+
+
+def test_truncation_invariance_store_and_curves(planted, tmp_path):
+    """A forecaster fitted on the training seeds answers the same for the run's metrics cut at t (a new
+    store) as for the full run with cut-off t."""
+    examples = load_examples(connect(planted))
+    train_set = [e for e in examples if e.seed % 2 == 0]
+    forecasters = [f.fit(train_set) for f in default_forecasters()]
+    table = pq.read_table(planted / "metrics.parquet")
+    for t in (200, 400, 700):
+        cut = tmp_path / f"cut{t}"
+        cut.mkdir()
+        for name in ("config.yaml", "task.json"):
+            (cut / name).write_bytes((planted / name).read_bytes())
+        write_parquet(cut / "metrics.parquet", table.filter(pc.less_equal(table["step"], t)))
+        truncated = {(e.seed, e.output): e for e in load_examples(connect(cut))}
+        n = 0
+        for e in examples:
+            if e.seed % 2 == 0:
+                continue
+            for fc in forecasters:
+                full = fc.predict(e.curves, t, e.output)
+                assert full == fc.predict(e.curves.upto(t), t, e.output)
+                assert full == fc.predict(truncated[(e.seed, e.output)].curves, t, e.output)
+                n += full.step is not None
+        assert n > 0
+
+
+def test_evaluation_planted_mass_is_exact(planted):
+    """Every planted output reaches the same mass (0.6) at emergence at the same rate: ``mass-exp`` is
+    exact wherever it answers, and its calibrated interval has zero width."""
+    ev = evaluate_forecasts(connect(planted))
+    rows = {(r["forecaster"], r["fraction"]): r for r in ev.rows.to_pylist()}
+    assert {f for _, f in rows} == {0.125, 0.375, 0.625, 0.875}  # centres of the t / E bins
+    for f in (0.125, 0.375, 0.625, 0.875):
+        r = rows[("mass-exp", f)]
+        assert r["n_forecast"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
+        assert r["coverage"] == 1.0
+    assert any("never emerged" in n for n in ev.notes)
+
+
+def test_cli_forecast(planted, tmp_path, capsys):
+    assert main(["forecast", str(planted), "--at", "350"]) == 0
+    text = capsys.readouterr().out
+    assert "mass-exp" in text and "baseline" in text
+    assert main(["forecast", str(planted), "--at", "350", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["seed", "output", "t"] and lines[1].split()[0] == "3"
+    assert main(["forecast", str(planted), "--evaluate", "--out", str(tmp_path / "fc")]) == 0
+    text = capsys.readouterr().out
+    assert "med |rel err|" in text and "coverage" in text
+    assert (tmp_path / "fc" / "forecast_evaluation.png").stat().st_size > 10_000
+    for argv in (["forecast", str(tmp_path / "missing")],
+                 ["forecast", str(planted), "--evaluate", "--at", "100"],
+                 ["forecast", str(planted), "--at", "-5"],
+                 ["forecast", str(planted), "--seed", "99"],
+                 ["forecast", str(tmp_path / "fc")],
+                 ["forecast", str(planted_run(tmp_path / "three", seeds=3)), "--evaluate"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("emergelab: error:") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------ a real run
+@pytest.mark.slow
+def test_evaluation_table_on_a_real_run(tmp_path):
+    """Linear map S = 8, s = 2, attention-only, 4 seeds, 500 steps (~1 min on one busy thread)."""
+    cfg = ExperimentConfig(task=LinearMapConfig(state_size=8, sparsity=2),
+                           model=TransformerConfig(layers=1, heads=4, head_dim=8, mlp_ratio=0),
+                           train=TrainConfig(steps=500, lr=3e-3, eval_every=25, seeds=4, checkpoints=1,
+                                             attention_snapshots=1),
+                           execution=ExecutionConfig(strategy="ensemble"))
+    small_run = train(cfg, tmp_path / "run", progress=False)
+    ev = evaluate_forecasts(connect(small_run.path))
+    rows = ev.rows.to_pylist()
+    assert {r["forecaster"] for r in rows} == {"baseline", "baseline-emerged", "mass-exp", "escape-law",
+                                               "regression"}
+    assert {r["fraction"] for r in rows} <= {0.125, 0.375, 0.625, 0.875}
+    for r in rows:
+        assert 0 <= r["n_forecast"] <= r["n_test"]
+        if r["coverage"] is not None:
+            assert 0 <= r["coverage"] <= 1
+    base = [r for r in rows if r["forecaster"] == "baseline"]
+    assert all(r["n_forecast"] > 0 for r in base)
+    # every forecast is made before the true step, at a moment that is the same for every seed
+    f = ev.forecasts.to_pydict()
+    assert all(t < s for t, s in zip(f["t"], f["true_step"]))
+    assert set(f["t"]) <= set(forecast_moments(load_examples(connect(small_run.path))[0].curves.steps))
+    # forecasts of one run at one step: only outputs that had not emerged by then
+    out = forecast_run(connect(small_run.path), 100).to_pylist()
+    assert out and all(r["t"] <= 100 for r in out)
