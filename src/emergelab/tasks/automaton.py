@@ -54,7 +54,7 @@ import torch
 
 EXACT_WORK = 2 ** 16  # fresh tables: enumerate when leaves * cells (k**S * k**min(k**W, S*(T-1)) * S*(T-1)) fit
 EXACT_POOL_PAIRS = 2 ** 12  # a pool: enumerate when N * k**S (table, initial state) pairs are at most this
-MC_WORK = 2 ** 22  # Monte Carlo: trajectories * per-trajectory work is about this (fixed, so deterministic)
+MC_WORK = 2 ** 21  # Monte Carlo: trajectories * per-trajectory work is about this (fixed, so deterministic)
 MC_MIN, MC_MAX = 256, 4096  # ... within these trajectory counts
 MC_SEED = 0
 CHUNK = 2 ** 22  # table entries drawn at once
