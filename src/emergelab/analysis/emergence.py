@@ -9,8 +9,8 @@ read it, so they print the same steps.
 Optima (the target of the threshold ``initial + fraction * (optimum - initial)``) are the ones the run
 recorded when it was created (the store's ``optima`` view, from ``task.json``): the task's closed-form
 aggregate optimum and each output's own (0 for a determined output such as a bit of ``x1``; ``ln k``
-for the uniform first state of a cellular automaton). Where the task knows none (rule inference in
-context) the curve's own minimum is used, guarded by the detector's noise floor; a run made before
+for the uniform first state of a cellular automaton, and the Bayes floor of rule inference in context for
+its later states, ``tasks/automaton.py``). Where the task knows none the curve's own minimum is used, guarded by the detector's noise floor; a run made before
 optima were recorded says so in a warning and uses the curve minimum everywhere.
 """
 

@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require, require_choice, require_int
+from .automaton import Floor, evolve, fresh_rule_floor, pool_floor, window_offsets
 from .base import Batch, MapView
 
 BOUNDARIES = ("periodic", "zero")
@@ -70,11 +71,6 @@ class CellularAutomataBatch(Batch):
     rule_ids: torch.Tensor | None = None
 
 
-def window_offsets(window: int) -> list[int]:
-    """Offsets of a cell's window relative to the cell: W=3 -> [-1, 0, 1]."""
-    return list(range(-(window // 2), window - window // 2))
-
-
 class CellularAutomataTask:
     """The cellular-automaton task; ``pool`` is ``[rules, k**W]`` int64 or None (fresh per sequence)."""
 
@@ -89,6 +85,7 @@ class CellularAutomataTask:
         self.vocab_size = config.alphabet
         self.seq_len = S * T
         self.n_outputs = T
+        self._floor: tuple[torch.Tensor | None, Floor | None] | None = None  # (pool, its floor), by floor()
         self._build_masks(torch.device(device))
 
     def _build_masks(self, device: torch.device) -> None:
@@ -121,29 +118,35 @@ class CellularAutomataTask:
             rule_ids = torch.randint(0, self.pool.shape[0], (n,), generator=generator, device=device)
             rules = self.pool.to(device)[rule_ids]
         state = torch.randint(0, k, (n, S), generator=generator, device=device)
-        cells = torch.arange(S, device=device)
-        neighbours = []  # per offset: [S] index of the neighbour cell, and [S] whether it is inside
-        for offset in window_offsets(W):
-            idx = cells + offset
-            inside = (idx >= 0) & (idx < S) if c.boundary == "zero" else torch.ones_like(idx, dtype=torch.bool)
-            neighbours.append((idx % S, inside))
-        states = [state]
-        for _ in range(c.trajectory_length - 1):  # time is sequential; cells and samples are vectorised
-            code = torch.zeros_like(state)
-            for idx, inside in neighbours:
-                code = code * k + torch.where(inside, state[:, idx], 0)
-            state = rules.gather(1, code)
-            states.append(state)
-        return CellularAutomataBatch(tokens=torch.cat(states, dim=1), rules=rules, rule_ids=rule_ids)
+        tokens, _ = evolve(rules, state, c.trajectory_length, k, W, c.boundary)
+        return CellularAutomataBatch(tokens=tokens, rules=rules, rule_ids=rule_ids)
 
     def output_labels(self) -> list[str]:
         return [f"state {t}" for t in range(self.n_outputs)]
 
+    def floor(self) -> Floor | None:
+        """The Bayes-optimal loss per position, per state and overall (``tasks/automaton.py`` derives it):
+        a cell whose window has not appeared earlier in the context costs ``ln k`` with a fresh table per
+        sequence, and with a pool of tables the posterior over the pool given the context; every other
+        cell is determined. Exact for tiny sizes, else Monte Carlo with a fixed seed and its standard
+        errors; computed once per task. None where too costly (pool over 2**14 tables, k**W over 2**16).
+
+        Fresh tables, k=4, W=3, T=16, periodic: 0.539 (S=4), 0.694 (S=5), 0.646 (S=6), 0.594 (S=8),
+        0.395 (S=16) nats; the cellular-automata-small preset (S=8, T=8): 0.918. ``docs/defaults.md``
+        has more, and the pool's values."""
+        c = self.config
+        if self._floor is None or self._floor[0] is not self.pool:  # recomputed if the pool is swapped
+            args = (c.state_size, c.trajectory_length, c.alphabet, c.window, c.boundary)
+            self._floor = (self.pool, fresh_rule_floor(*args) if self.pool is None else pool_floor(self.pool, *args))
+        return self._floor[1]
+
     def output_optima(self) -> list[float | None]:
-        """State 0 is uniform random (``ln k`` per cell); with a single fixed rule (rules=1) every later
-        state is determined (0). With rule inference in context no closed form is known (None)."""
-        later = 0.0 if self.config.rules == 1 else None
-        return [math.log(self.config.alphabet)] + [later] * (self.n_outputs - 1)
+        """Per state: ``ln k`` for state 0 (uniform), then the mean floor of the state's cells
+        (:meth:`floor`); state 0 only where no floor is computed."""
+        floor = self.floor()
+        if floor is None:
+            return [math.log(self.config.alphabet)] + [None] * (self.n_outputs - 1)
+        return list(floor.outputs)
 
     def describe(self) -> str:
         c = self.config
@@ -162,9 +165,7 @@ class CellularAutomataTask:
                        f"key position 0..{last} (states 0..{t})")
 
     def optimal_loss(self) -> float | None:
-        """Closed form only for a single fixed rule (rules=1): later states are then determined,
-        so the loss is ``(S-1)/(S*T-1) * ln k``. For rule inference in context there is none."""
-        if self.config.rules == 1:
-            S, T = self.state_size, self.trajectory_length
-            return (S - 1) / (S * T - 1) * math.log(self.config.alphabet)
-        return None
+        """The floor's mean over all ``S*T-1`` positions (every position is in the loss); with one fixed
+        table (rules=1) it is ``(S-1)/(S*T-1) * ln k``."""
+        floor = self.floor()
+        return None if floor is None else floor.loss
