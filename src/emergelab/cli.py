@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "step; --evaluate: score the forecasters over held-out seeds")
     forecast.add_argument("path", type=Path, metavar="RUN_OR_DIR", help="a run, or with --evaluate a sweep/folder")
     forecast.add_argument("--evaluate", action="store_true",
-                          help="forecast every emerged output at 25/50/75%% of its true step (2-fold over seeds), "
+                          help="forecast every output at ~15 fixed steps per run, scored by how far into its plateau it was "
+                               "(t/E in quarters; 2-fold over seeds), "
                                "print the error and calibration table, draw the figure")
     forecast.add_argument("--at", type=_int, metavar="STEP", help="forecast from the probes up to STEP "
                                                                   "(default: each run's last probe)")
@@ -461,8 +462,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
     if args.evaluate and (args.at is not None or args.seed is not None):
-        raise ConfigError("--at/--seed: for forecasts at one step; --evaluate forecasts every seed at 25/50/75% "
-                          "of each true emergence step")
+        raise ConfigError("--at/--seed: for forecasts at one step; --evaluate forecasts every seed at ~15 fixed "
+                          "steps of each run")
     if args.at is not None and args.at < 0:
         raise ConfigError(f"--at={args.at}: must be >= 0")
     if args.out is not None:

@@ -109,7 +109,8 @@ def width_figure(result: Any, out: Path) -> list[Path]:
         ax.set_xscale("log", base=2)
         ax.set(xlabel=field.split(".")[-1], ylabel="median plateau, steps", title=label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return [save_figure(fig, out / "width.png")]
 
 
