@@ -205,6 +205,8 @@ def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
     assert [g["label"] for g in groups] == ["sparsity=1", "sparsity=2"] and all(g["n_seeds"] == 2 for g in groups)
     assert all(len(g["curve"]["x"]) == len(g["curve"]["lo"]) == len(g["curve"]["hi"]) for g in groups)
     assert len(page["emergence"]) == 2 * 2 * 4  # runs x seeds x outputs
+    assert [g["x"] for g in groups] == [1, 2]  # a single numeric field: the plateau plot's x
+    assert all(isinstance(g["plateau_censored"], bool) for g in groups)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -323,7 +325,7 @@ def test_page_without_attention_in_chromium(browser, no_attention_run, tmp_path)
 def test_sweep_page_in_chromium(browser, sweep_dir, tmp_path):
     html = write_html(sweep_dir, tmp_path / "sweep.html")
     page, errors = _open(browser, html)
-    for plot in ("plot-solved", "plot-dist"):
+    for plot in ("plot-solved", "plot-dist", "plot-plateau"):
         assert page.locator(f"#{plot}.js-plotly-plot .main-svg").count() >= 1, plot
     n_options = page.locator("#group-field option").count()
     assert n_options >= 1

@@ -269,13 +269,18 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         band = solved_fraction_curve(np.where(solved, solved_step, np.nan), solved, grid, rng=0)
         keep = downsample(grid, band["p"])
         plateau = [s["plateau_steps"] for s in members if s["plateau_steps"] is not None]
+        ended = [bool(s.get("plateau_ended")) for s in members if s["plateau_steps"] is not None]
         final = [s["final_loss"] for s in members if s["final_loss"] is not None]
+        x = key[0] if len(fields) == 1 and isinstance(key[0], (int, float)) and not isinstance(key[0], bool) else None
         groups.append({
             "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
             "n_solved": int(solved.sum()), "solved_fraction": _num(solved.mean()),
             "emergence_median": _num(stats["median"]), "emergence_q25": _num(stats["q25"]),
             "emergence_q75": _num(stats["q75"]),
             "plateau_median": _num(np.median(plateau)) if plateau else None,
+            # the plot of plateau vs a numeric field: the group's value, and whether its median is only a
+            # lower bound (at least half its seeds never left the plateau, as `emergelab analyze` marks it)
+            "x": x, "plateau_censored": bool(ended) and sum(not e for e in ended) * 2 >= len(ended),
             "final_loss_median": _num(np.median(final)) if final else None,
             "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
                       "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},

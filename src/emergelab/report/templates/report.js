@@ -192,6 +192,24 @@
         y: grp.emergence_steps, type: "box", name: grp.label + " (" + grp.n_solved + "/" + grp.n_seeds + " solved)",
         boxpoints: "all", jitter: 0.4, pointpos: 0, marker: { color: color(k, n), size: 5 },
         hovertemplate: "emergence step %{y}<extra>" + grp.label + "</extra>" }));
+      const numeric = g.groups.length > 1 && g.groups.every((grp) => grp.x !== null && grp.x > 0);
+      $("plot-plateau").hidden = !numeric;
+      $("plateau-note").textContent = numeric
+        ? "Median plateau (steps before the loss left its initial level) per group against " + g.name +
+          ", log-log; hollow: censored (at least half the seeds never left the plateau: a lower bound)."
+        : "Group the runs by a single numeric field to plot the plateau against it.";
+      if (numeric) {
+        const pts = g.groups.filter((grp) => grp.plateau_median !== null && grp.plateau_median > 0);
+        const mk = (censored) => ({
+          x: pts.filter((p) => p.plateau_censored === censored).map((p) => p.x),
+          y: pts.filter((p) => p.plateau_censored === censored).map((p) => p.plateau_median),
+          type: "scatter", mode: "markers", name: censored ? "censored median (lower bound)" : "median plateau",
+          marker: { size: 10, color: "#1f77b4", symbol: censored ? "circle-open" : "circle" },
+          hovertemplate: g.name + " %{x}<br>plateau %{y}<extra></extra>" });
+        draw("plot-plateau", [mk(false), mk(true)],
+             { margin: { l: 60, r: 20, t: 30, b: 45 }, xaxis: { title: { text: g.name }, type: "log" },
+               yaxis: { title: { text: "median plateau, steps" }, type: "log" } }, false);
+      }
       draw("plot-dist", boxes, { margin: { l: 60, r: 20, t: 30, b: 80 }, showlegend: false,
                                  yaxis: { title: { text: "emergence step (solved seeds)" } } }, false);
     }
