@@ -28,7 +28,7 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
     for path in result.figures:
         assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
-           "seeds": "seeds.png", "per-position": "per_position_loss.png"}
+           "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
@@ -54,6 +54,27 @@ def test_cpu_scale_is_smaller_than_paper_and_smoke_smaller_than_cpu(tmp_path):
             sweeps = load_parts(target, scale, tmp_path)
             cost[scale] = sum(r.config.train.steps * r.config.train.seeds for s in sweeps.values() for r in s.runs)
         assert cost["smoke"] < cost["cpu"] < cost["paper"], name
+
+
+def test_random_scaling_table_is_the_across_scales_table(tmp_path):
+    result = reproduce("random-scaling", "smoke", tmp_path, executor=InProcess(), progress=False)
+    lines = result.table.splitlines()
+    assert lines[0].startswith("8 seed(s) in 2 config(s); configs by model.layers; outcome: final ood_accuracy")
+    assert lines[1].split()[:4] == ["model.layers", "seeds", "P(success)", "[band]"]
+    assert [line.split()[:2] for line in lines[2:4]] == [["1", "4"], ["2", "4"]]
+    assert any(line.startswith("across model.layers (BIG-bench") and "breakthroughness" in line for line in lines)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert [g["scale"] for g in saved["groups"]] == [1.0, 2.0] and all(g["n"] == 4 for g in saved["groups"])
+    assert {"linearity_mean", "breakthroughness_p_success"} <= set(saved["across"])
+    assert [p.name for p in result.figures] == ["random_scaling.png"]
+
+
+def test_random_scaling_cpu_scale_has_six_depths_and_32_seeds_and_paper_hundreds(tmp_path):
+    for scale, seeds in (("cpu", 32), ("paper", 256)):
+        (sweep,) = load_parts(TARGETS["random-scaling"], scale, tmp_path).values()
+        assert sorted(r.config.model.layers for r in sweep.runs) == [1, 2, 3, 4, 5, 6]
+        assert {r.config.train.seeds for r in sweep.runs} == {seeds}
+        assert {r.config.task.name for r in sweep.runs} == {"count"}
 
 
 SWEEP = {"base": {"task": {"name": "linear-map", "state_size": 8}, "train": {"steps": 100, "seeds": 3}},

@@ -55,6 +55,32 @@ def format_groups(result: Any) -> str:
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 
+def format_scales(analysis: Any, by: str) -> str:
+    """The across-scales table of a ``ScaleAnalysis`` (``analysis/scales.py``): per scale the seeds,
+    P(success), the plain mean and the mean of the successful seeds (each with its bootstrap band), and
+    the bimodality statistics; then BIG-bench linearity and breakthroughness across scales."""
+    header = [by, "seeds", "P(success)", "[band]", "mean", "[band]", "cond. mean", "[band]", "Sarle BC",
+              "GMM dBIC", "dip p"]
+    band = lambda r, key: (f"[{_fmt(r[key + '_lo'], 3)}, {_fmt(r[key + '_hi'], 3)}]"
+                           if r[key + "_lo"] is not None else "-")
+    rows = []
+    for r in analysis.rows:
+        b = r["bimodality"]
+        rows.append([_fmt(r["scale"]), str(r["n"]), _fmt(r["p_success"], 3), band(r, "p_success"),
+                     _fmt(r["mean"], 3), band(r, "mean"), _fmt(r["success_mean"], 3), band(r, "success_mean"),
+                     _fmt(b["sarle_bc"], 3), _fmt(b["gmm_delta_bic"], 3), _fmt(b["dip_pvalue"], 3)])
+    a = analysis.across
+    across = "; ".join(f"{name} linearity {_fmt(a.get('linearity_' + key), 3)}, breakthroughness "
+                       f"{_fmt(a.get('breakthroughness_' + key), 3)}"
+                       for key, name in (("mean", "mean"), ("p_success", "P(success)"),
+                                         ("success_mean", "cond. mean")))
+    notes = [f"success: outcome >= {analysis.threshold:g}; cond. mean: mean over the successful seeds; bands: "
+             "95% percentile bootstrap over seeds; Sarle BC > 0.555, GMM dBIC > 10 (two Gaussians better), "
+             "small dip p: signs of bimodality",
+             f"across {by} (BIG-bench, Srivastava et al. 2022 App. B, over the scales in order): {across}"]
+    return _render(header, rows) + "".join(f"\n{line}" for line in notes)
+
+
 def format_pooling(result: Any) -> list[str]:
     """Lines saying which differing fields were added to ``--by`` and which were pooled (with values)."""
     lines = []

@@ -85,6 +85,8 @@ def reproduce(name: str, scale: str = "cpu", out: str | Path | None = None, *, e
 def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,
             failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
     """The table, figures and ``RESULT.md`` of the finished runs under ``out``."""
+    if t.analysis == "scales":
+        return analyse_scales(t, scale, out, seconds=seconds, failed=failed, runs=runs, command=command)
     from ..analysis.runs import analyze_runs
     from ..report.analysis_figures import make_analysis_figures
     from ..report.tables import format_groups, format_plateau_scaling, format_positions
@@ -116,12 +118,52 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         run_dirs = [Path(r[0]) for r in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
         figures += per_position_figures(run_dirs, figures_dir)
     con.close()
-    outcome = ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs)
-    write_text(out / "table.txt", table + "\n")
+    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
+                  command, result.groups.to_pylist())
+
+
+def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,
+                   failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
+    """A target with ``analysis="scales"``: the across-scales table and figure (``analysis/scales.py``) of
+    the final ``t.outcome`` per seed against the config field ``t.by[0]``."""
+    from ..analysis.scales import scale_outcomes, store_outcomes
+    from ..report.tables import format_scales
+    from ..store import connect
+    from .figures import scales_figure
+
+    try:
+        con = connect(out)
+    except FileNotFoundError:
+        raise ConfigError(f"{out}: no finished runs to analyse") from None
+    by, metric = t.by[0], str(t.outcome)
+    scales, outcomes = store_outcomes(con, metric, by)
+    con.close()
+    analysis = scale_outcomes(scales, outcomes, threshold=t.threshold, bins=20, value_range=(0.0, 1.0), rng=0)
+    head = (f"{outcomes.size} seed(s) in {len(analysis.rows)} config(s); configs by {by}; outcome: final "
+            f"{metric} per seed, success at >= {t.threshold:g}")
+    table = head + "\n" + format_scales(analysis, by)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    figures = scales_figure(analysis, scales, outcomes, figures_dir, by=by, metric=metric)
+    groups = [{k: v for k, v in row.items() if k != "bimodality"} | _bimodality_columns(row["bimodality"])
+              for row in analysis.rows]
+    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
+                  command, groups, {"across": analysis.across, "bin_edges": analysis.bin_edges})
+
+
+def _bimodality_columns(b: dict[str, Any]) -> dict[str, Any]:
+    return {k: b.get(k) for k in ("sarle_bc", "gmm_delta_bic", "dip", "dip_pvalue")}
+
+
+def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str, Any]],
+           extra: dict[str, Any] | None = None) -> ReproduceResult:
+    out = outcome.out
+    write_text(out / "table.txt", outcome.table + "\n")
     write_text(out / "RESULT.md", result_markdown(outcome, command))
-    write_text(out / "result.json", json.dumps({"target": t.name, "scale": scale, "seconds": outcome.seconds,
-                                                "failed": outcome.failed, "machine": machine(),
-                                                "groups": result.groups.to_pylist()}, indent=1, default=str))
+    write_text(out / "result.json", json.dumps({"target": outcome.target.name, "scale": outcome.scale,
+                                                "seconds": outcome.seconds, "failed": outcome.failed,
+                                                "machine": machine(), "groups": groups, **(extra or {})},
+                                               indent=1, default=str))
     return outcome
 
 

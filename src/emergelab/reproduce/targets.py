@@ -23,7 +23,12 @@ class Target:
     into ``OUT/<part>``. by: config fields that define a config in the analysis (every other field that
     differs defines configs too). vs: the field of the plateau-scaling figure (None: no such figure).
     claim: the paper's claim, as ``docs/results.md`` quotes it beside ours. figure: the target's own
-    figure beside the generic ones (``figures.py``)."""
+    figure beside the generic ones (``figures.py``).
+
+    analysis: "runs" (the default: ``analysis.runs.analyze_runs``, its table and the generic figures) or
+    "scales": the across-scales table and figure of ``analysis/scales.py`` instead, with ``by[0]`` as the
+    scale, the final value of metric ``outcome`` (index "") per seed as the outcome, and success at
+    ``outcome >= threshold``."""
 
     name: str
     parts: tuple[str, ...]
@@ -31,6 +36,9 @@ class Target:
     vs: str | None
     claim: str
     figure: str | None = None
+    analysis: str = "runs"
+    outcome: str | None = None
+    threshold: float = 0.5
 
     def sweep_files(self) -> list[Path]:
         return [SWEEPS / f"{part}.yaml" for part in self.parts]
@@ -62,4 +70,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "Across seeds: emergence steps are spread over training; P(solved by t), the mean of solved runs, "
            "bimodality of final performance (Zhao et al.: outcomes across seeds are bimodal near a threshold).",
            figure="seeds"),
+    Target("random-scaling", ("random-scaling",), ("model.layers",), None,
+           "Zhao et al. (Random Scaling of Emergent Capabilities): on length-generalization tasks trained over "
+           "hundreds of seeds per model size, the outcome across seeds is bimodal near a capacity threshold; "
+           "scale raises the fraction of seeds in the successful mode smoothly, while the mean over seeds "
+           "looks like an abrupt breakthrough.",
+           analysis="scales", outcome="ood_accuracy", threshold=0.5),
 )}

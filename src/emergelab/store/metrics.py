@@ -30,6 +30,13 @@ Written only for tasks with held-out lengths (``count``, ``reverse-addition``; `
   of that trained length (an entry of the task's eval lengths).
 * ``ood_accuracy``, ``ood_loss``: the same on each held-out length the task does not train on
   (``"len:12"``), and their mean over those lengths (``index = ""``).
+
+Written only for tasks whose generalization set tells rules apart (``question-formation``;
+``train/measure_ood.py``, ``RuleEval``), per rule (``index = "hierarchical"``, ``"linear"``):
+
+* ``gen_first_word``: fraction of generalization sequences whose greedy first output word is the rule's;
+* ``gen_accuracy``, ``gen_loss``: fraction whose whole greedy output is the rule's, and that output's loss;
+* ``id_accuracy`` (``index = ""``): exact match on the probe's held-out batch.
 """
 
 from __future__ import annotations

@@ -1,18 +1,20 @@
 """Tasks with known ground-truth attention. ``TASKS`` maps a CLI name to its config class."""
 
-from .base import (Batch, LengthTask, MapView, Task, TaskConfig, default_map_view, make_generator, relevant_queries,
-                   supports_lengths, task_info)
+from .base import (Batch, LengthTask, MapView, RuleTask, Task, TaskConfig, default_map_view, make_generator,
+                   relevant_queries, supports_lengths, supports_rules, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
 from .count import CountConfig, CountTask
 from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix
+from .question_formation import QuestionFormationConfig, QuestionFormationTask
 from .reverse_addition import ReverseAdditionConfig, ReverseAdditionTask
-from .seeding import held_out_tokens, length_eval_tokens, seed_streams, seed_task
+from .seeding import generalization_tokens, held_out_tokens, length_eval_tokens, seed_streams, seed_task
 
 TASKS: dict[str, type] = {
     LinearMapConfig.name: LinearMapConfig,
     CellularAutomataConfig.name: CellularAutomataConfig,
     CountConfig.name: CountConfig,
     ReverseAdditionConfig.name: ReverseAdditionConfig,
+    QuestionFormationConfig.name: QuestionFormationConfig,
 }
 
 __all__ = [
@@ -21,5 +23,6 @@ __all__ = [
     "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",
     "LengthTask", "supports_lengths", "length_eval_tokens", "CountConfig", "CountTask",
-    "ReverseAdditionConfig", "ReverseAdditionTask",
+    "ReverseAdditionConfig", "ReverseAdditionTask", "RuleTask", "supports_rules", "generalization_tokens",
+    "QuestionFormationConfig", "QuestionFormationTask",
 ]

@@ -115,6 +115,30 @@ def supports_lengths(task: object) -> bool:
     return isinstance(task, LengthTask)
 
 
+@runtime_checkable
+class RuleTask(Protocol):
+    """A task whose training data are consistent with several rules and whose generalization set tells
+    them apart (question formation: the linear and the hierarchical rule).
+
+    ``rules``: the rules' names; ``decision_position``: the position whose prediction shows which rule the
+    model applied (the first output word); ``sample_generalization(n, generator)``: ``n`` generalization
+    sequences in the task's layout; ``apply_rule(tokens, rule)``: the same sequences with the output
+    region rewritten as ``rule`` produces it (every rule gives a different token at ``decision_position + 1``
+    on every generalization sequence)."""
+
+    rules: tuple[str, ...]
+    decision_position: int
+
+    def sample_generalization(self, n: int, generator: torch.Generator) -> Batch: ...
+
+    def apply_rule(self, tokens: torch.Tensor, rule: str) -> torch.Tensor: ...
+
+
+def supports_rules(task: object) -> bool:
+    """Whether ``task`` offers a generalization set that tells rules apart (:class:`RuleTask`)."""
+    return isinstance(task, RuleTask)
+
+
 def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[int, ...]:
     """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
     a ConfigError naming ``field`` otherwise."""

@@ -50,3 +50,16 @@ def length_eval_tokens(task: Task, master_seed: int, seed_index: int, length: in
     eval_seed = seed_streams(master_seed, seed_index)["eval"]
     state = np.random.SeedSequence(eval_seed, spawn_key=(int(length),)).generate_state(1, dtype=np.uint64)
     return task.sample_length(n, int(length), make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]
+
+
+GENERALIZATION_KEY = (0, 0)  # a two-entry spawn key: never one of length_eval_tokens' one-entry keys
+
+
+def generalization_tokens(task: Task, master_seed: int, seed_index: int, n: int,
+                          device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[n, L]``: seed ``seed_index``'s generalization sequences (a task with ``sample_generalization``,
+    :class:`~emergelab.tasks.base.RuleTask`), from a generator derived from the seed's eval stream alone
+    (``SeedSequence(eval, spawn_key=GENERALIZATION_KEY)``)."""
+    eval_seed = seed_streams(master_seed, seed_index)["eval"]
+    state = np.random.SeedSequence(eval_seed, spawn_key=GENERALIZATION_KEY).generate_state(1, dtype=np.uint64)
+    return task.sample_generalization(n, make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import held_out_tokens, make_generator, seed_streams, supports_lengths
+from ..tasks import held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules
 from .bias import bias_schedule
 from .config import ExperimentConfig
 from .measure import Measurement, Metric, default_measurements, probe
-from .measure_ood import LengthEval
+from .measure_ood import LengthEval, RuleEval
 from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 
 ProgressFn = Callable[[int, float | None], None]  # (seed-steps done since last call, mean loss or None)
@@ -35,7 +35,8 @@ class SeedGroup:
     ``config`` must be resolved (``ExperimentConfig.resolved()``). ``run`` is where checkpoints,
     snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
     what the probe measures (default ``default_measurements()``; each applies only where the model offers
-    what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
+    what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths, ``measure_ood.RuleEval`` where it has a
+    generalization set that tells rules apart). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
     are recorded (the trackers of ``train/trackers.py``).
     """
@@ -61,6 +62,9 @@ class SeedGroup:
         if measurements is None and all(supports_lengths(t) for t in self.tasks):  # held-out lengths
             self.measurements.append(LengthEval.for_seeds(self.tasks, train.seed, self.seeds,
                                                           train.eval_batch_size, device))
+        if measurements is None and all(supports_rules(t) for t in self.tasks):  # a rule-telling set
+            self.measurements.append(RuleEval.for_seeds(self.tasks, train.seed, self.seeds,
+                                                        train.eval_batch_size, device))
         self.optimizer = _make_optimizer(self.model, config)
         self.data_generators = [make_generator(s["data"], device) for s in streams]
         self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)

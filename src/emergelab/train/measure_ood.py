@@ -16,6 +16,21 @@ The per-length batches are drawn once, when the measurement is built, from each 
 (:func:`emergelab.tasks.seeding.length_eval_tokens`), so they are the same under any execution. All
 lengths are scored with one forward pass (the batches concatenated along the batch dimension), with the
 probe's model inputs (e.g. an attention bias).
+
+For a task whose generalization set tells rules apart (:class:`emergelab.tasks.base.RuleTask`:
+``question-formation``), :class:`RuleEval` scores every member on that set, per rule (index = the rule's
+name, e.g. ``"hierarchical"``, ``"linear"``):
+
+* ``gen_first_word``: the fraction of sequences whose greedy first output word (the argmax at the task's
+  ``decision_position``) is the one the rule produces (McCoy et al.'s first-word accuracy: which auxiliary
+  was fronted). The rules' first words always differ, so the fractions add up to at most 1;
+* ``gen_accuracy``: the fraction whose whole greedy output is the rule's output; ``gen_loss``: the mean loss
+  of the rule's output.
+
+Greedy decoding and the teacher-forced argmax agree here: the argmax matches the rule's output at every
+loss position (with the rule's output as the prefix) exactly when greedy decoding produces that output,
+so one forward pass per rule (all rules in one batch) gives both. Plus ``id_accuracy`` (index ``""``): exact
+match on the probe's held-out batch (the training distribution).
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..tasks import length_eval_tokens, supports_lengths
+from ..tasks import generalization_tokens, length_eval_tokens, supports_lengths, supports_rules
 from .measure import Metric, ProbeData
 
 
@@ -102,6 +117,61 @@ class LengthEval:
             labels = ood_labels + [""]
             metrics += [Metric("ood_accuracy", labels, ood[0]), Metric("ood_loss", labels, ood[1])]
         return metrics
+
+    def snapshot(self, data: ProbeData) -> None:
+        return None
+
+
+class RuleEval:
+    """``gen_first_word``, ``gen_accuracy``, ``gen_loss`` per rule and ``id_accuracy`` (module docstring).
+
+    ``batches``: rule -> tokens ``[E, B, L]`` (each member's generalization sequences with that rule's
+    output); ``decision_position``: the position predicting the first output word. Build it for a seed
+    group with :meth:`for_seeds`."""
+
+    snapshot_name = None
+
+    def __init__(self, batches: dict[str, torch.Tensor], decision_position: int):
+        self.rules = list(batches)
+        self.batch_size = next(iter(batches.values())).shape[1]
+        self.tokens = torch.cat([batches[r] for r in self.rules], dim=1)  # [E, R * B, L]
+        self.decision_position = int(decision_position)
+
+    @classmethod
+    def for_seeds(cls, tasks: Sequence[Any], master_seed: int, seed_indices: Sequence[int], n: int,
+                  device: str | torch.device = "cpu") -> "RuleEval":
+        """The measurement for members ``tasks`` (run seeds ``seed_indices`` of ``master_seed``): ``n``
+        generalization sequences per member, from its eval stream
+        (:func:`~emergelab.tasks.seeding.generalization_tokens`)."""
+        if not all(supports_rules(t) for t in tasks):
+            raise TypeError("RuleEval needs tasks with sample_generalization (emergelab.tasks.base.RuleTask)")
+        tokens = [generalization_tokens(t, master_seed, i, n, device) for t, i in zip(tasks, seed_indices)]
+        batches = {rule: torch.stack([t.apply_rule(x, rule) for t, x in zip(tasks, tokens)])
+                   for rule in tasks[0].rules}
+        return cls(batches, tasks[0].decision_position)
+
+    def applies(self, model: Any) -> bool:
+        return True
+
+    def hooks(self, model: Any) -> list[str]:
+        return []
+
+    @torch.no_grad()
+    def measure(self, data: ProbeData) -> list[Metric]:
+        probe_accuracy = sequence_scores(data.logits, data.tokens, data.loss_mask)[0].mean(-1)  # [E]
+        tokens = self.tokens.to(data.tokens.device)
+        logits = data.model(tokens[..., :-1], **data.inputs)  # [E, R * B, P, V]
+        scores = sequence_scores(logits, tokens, data.loss_mask)  # [2, E, R * B]
+        p = self.decision_position
+        first = (logits[..., p, :].argmax(-1) == tokens[..., p + 1]).float()  # [E, R * B]
+        size = self.batch_size
+        first_word = torch.stack([part.mean(-1) for part in first.split(size, dim=-1)], dim=-1)  # [E, R]
+        per_rule = torch.stack([part.mean(-1) for part in scores.split(size, dim=-1)], dim=-1)  # [2, E, R]
+        host = lambda x: x.cpu().numpy().astype(np.float64)
+        return [Metric("gen_first_word", self.rules, host(first_word)),
+                Metric("gen_accuracy", self.rules, host(per_rule[0])),
+                Metric("gen_loss", self.rules, host(per_rule[1])),
+                Metric("id_accuracy", [""], host(probe_accuracy[:, None]))]
 
     def snapshot(self, data: ProbeData) -> None:
         return None
