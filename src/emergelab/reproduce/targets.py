@@ -62,4 +62,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "Across seeds: emergence steps are spread over training; P(solved by t), the mean of solved runs, "
            "bimodality of final performance (Zhao et al.: outcomes across seeds are bimodal near a threshold).",
            figure="seeds"),
+    Target("mixers", ("mixers-linear-map", "mixers-cellular-automata"), ("task.name", "task.sparsity", "model.name"),
+           None,
+           "Alternative sequence mixers at a matched parameter count: a causal MLP-Mixer learns the sparse "
+           "linear map far faster than a transformer but loses on the cellular automata; recurrent / "
+           "state-space models (Mamba, Gated DeltaNet, RWKV; xLSTM and LRU cited) behave differently again.",
+           figure="mixers"),
 )}
