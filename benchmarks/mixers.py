@@ -3,12 +3,15 @@
     python benchmarks/mixers.py                  # full grid (E = 1, 8; T = 256, 1024)
     python benchmarks/mixers.py --quick          # T = 64 and 256, fewer repeats (a smoke run)
     python benchmarks/mixers.py --device cuda
+    python benchmarks/mixers.py --models transformer,mlstm --lengths 256 --members 1,8   # a subset
 
 One training step = forward, next-token cross-entropy, backward and an AdamW step of a 1-layer model
 (d_model 64, MLP 4x; the transformer: 4 heads x 16) on random binary tokens, ``E`` members batched, batch
 ``B`` sequences per member. The **fast** form is what training runs; the **reference** form swaps the
 mixer's fast kernel for its plain recurrent reference (``models/mixers/*.py``: the pairs in
-``REFERENCES``; RWKV-7 has no separate fast form yet, so its two rows are the same kernel). The best of
+``REFERENCES``; RWKV-7 has no separate fast form yet, so its two rows are the same kernel); an **alternative**
+form (``ALTERNATIVES``: the mLSTM's parallel form, the fast form before the chunkwise one) swaps the
+fast kernel for another one kept beside it. The best of
 ``repeats`` timed blocks counts (the machine may be shared). Prints a table and writes
 ``benchmarks/results/mixers.json``; the ratio column is the step time over the transformer's at the same
 (E, T). Target (the mixers issue): every fast form within 3x of the transformer at T = 1024 on a CPU.
@@ -37,8 +40,25 @@ REFERENCES = {
     "lru": None,
     "mamba": None,
     "gated_deltanet": ("emergelab.models.mixers.gated_deltanet", "gated_delta_rule_chunk", "gated_delta_rule_naive"),
-    "mlstm": ("emergelab.models.mixers.mlstm", "mlstm_parallel", "mlstm_recurrent"),
+    "mlstm": ("emergelab.models.mixers.mlstm", "mlstm_chunkwise", "mlstm_recurrent"),
 }
+
+# model name -> {form: (module, the fast kernel, the kernel that replaces it)}: other fast forms kept beside
+ALTERNATIVES = {
+    "mlstm": {"parallel": ("emergelab.models.mixers.mlstm", "mlstm_chunkwise", "mlstm_parallel")},
+}
+
+
+@contextlib.contextmanager
+def swapped(module_name: str, fast: str, other: str) -> Iterator[None]:
+    """``module.fast`` is ``module.other`` for the scope (the mixer looks its kernel up in its module)."""
+    module = importlib.import_module(module_name)
+    original = getattr(module, fast)
+    setattr(module, fast, getattr(module, other))
+    try:
+        yield
+    finally:
+        setattr(module, fast, original)
 
 
 @contextlib.contextmanager
@@ -77,7 +97,7 @@ def build(name: str, T: int, E: int, device: str):
     return config, model
 
 
-def time_step(name: str, T: int, E: int, B: int, device: str, repeats: int, reference: bool) -> float:
+def time_step(name: str, T: int, E: int, B: int, device: str, repeats: int, form: str) -> float:
     config, model = build(name, T, E, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, 2, (E, B, T + 1), device=device)
@@ -89,7 +109,13 @@ def time_step(name: str, T: int, E: int, B: int, device: str, repeats: int, refe
         loss.backward()
         optimizer.step()
 
-    with reference_form(name, model) if reference else contextlib.nullcontext():
+    if form == "reference":
+        scope = reference_form(name, model)
+    elif form == "fast":
+        scope = contextlib.nullcontext()
+    else:
+        scope = swapped(*ALTERNATIVES[name][form])
+    with scope:
         step()  # warm-up
         best = float("inf")
         for _ in range(repeats):
@@ -109,11 +135,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=4, help="sequences per member (default 4)")
+    parser.add_argument("--models", help="comma-separated subset of " + ",".join(MODELS))
+    parser.add_argument("--lengths", help="comma-separated sequence lengths (default 256,1024; --quick 64,256)")
+    parser.add_argument("--members", default="1,8", help="comma-separated E values (default 1,8)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mixers.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lengths = (64, 256) if args.quick else (256, 1024)
-    members = (1, 8)
+    if args.lengths:
+        lengths = tuple(int(t) for t in args.lengths.split(","))
+    members = tuple(int(e) for e in args.members.split(","))
+    models = args.models.split(",") if args.models else MODELS
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"--models {','.join(unknown)}: allowed models are {', '.join(MODELS)}")
     repeats = 2 if args.quick else 3
     rows = []
     load_before = os.getloadavg()
@@ -121,11 +156,11 @@ def main() -> None:
     for T in lengths:
         for E in members:
             base = None
-            for name in MODELS:
-                for form in ("fast", "reference"):
+            for name in models:
+                for form in ("fast", "reference", *ALTERNATIVES.get(name, {})):
                     if form == "reference" and name not in REFERENCES:
                         continue
-                    seconds = time_step(name, T, E, args.batch, args.device, repeats, form == "reference")
+                    seconds = time_step(name, T, E, args.batch, args.device, repeats, form)
                     if name == "transformer":
                         base = seconds
                     tokens_per_s = E * args.batch * T / seconds

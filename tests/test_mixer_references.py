@@ -282,7 +282,7 @@ def test_mlp_mixer_matches_its_definition_written_as_a_loop():
 # ----------------------------------------------------------------------------------------- mlstm
 @pytest.mark.parametrize("length", [13, 63])
 def test_mlstm_matches_mlstm_kernels_native_parallel_forward(length):
-    from emergelab.models.mixers.mlstm import mlstm_parallel, mlstm_recurrent
+    from emergelab.models.mixers.mlstm import mlstm_chunkwise, mlstm_parallel, mlstm_recurrent
 
     reference = load_file_function("mlstm_kernels", "torch/parallel/native/fw.py", "mlstm_parallel_fw")
     g = torch.Generator().manual_seed(length)
@@ -293,7 +293,7 @@ def test_mlstm_matches_mlstm_kernels_native_parallel_forward(length):
     i_pre, f_pre = torch.randn(2, 3, length, generator=g), torch.randn(2, 3, length, generator=g) + 3
     inputs = [q, k, v, i_pre, f_pre]
     out_ref, grads_ref = _run_with_grads(lambda *a: reference(*a, eps=1e-6)[0], inputs)
-    for ours in (mlstm_parallel, mlstm_recurrent):
+    for ours in (mlstm_parallel, mlstm_recurrent, mlstm_chunkwise, lambda *a: mlstm_chunkwise(*a, chunk=8)):
         out, grads = _run_with_grads(ours, inputs)
         assert rel_err(out, out_ref) < REL_TOL
         for i, (a, b) in enumerate(zip(grads, grads_ref)):

@@ -109,19 +109,26 @@ def test_changing_a_token_never_changes_earlier_outputs(name, observed):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fast_path_equals_observed_path_outputs_and_gradients(name):
-    model = make_config(name).build(n_models=2, seeds=[5, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_path_equals_observed_path_outputs_and_gradients(name, dtype):
+    model = make_config(name).build(n_models=2, seeds=[5, 6]).to(dtype)
     x = tokens(2)
-    w = torch.randn(2, B, T, V, generator=torch.Generator().manual_seed(9))
+    w = torch.randn(2, B, T, V, generator=torch.Generator().manual_seed(9), dtype=dtype)
     (model(x) * w).sum().backward()
     fast_out, fast_grads = model(x).detach(), grads(model)
     model.zero_grad()
     with model.observing():
         out = model(x)
         (out * w).sum().backward()
-    assert rel_err(out, fast_out) < REL_TOL
+    tol = REL_TOL if dtype == torch.float32 else REL_TOL_64
+    assert rel_err(out, fast_out) < tol
+    # in float32 the mLSTM's input-gate biases b_i are left out: their gradient is a sum that cancels (h
+    # does not change when every i~ moves together, but for the normaliser's floor), so each form's own
+    # float32 rounding is 5e-5 .. 1e-3 of it (both forms alike, against float64); float64 checks it
+    skip = {n for n in fast_grads if name == "mlstm" and n.endswith("mixer.b_i")} if dtype == torch.float32 else set()
     for n, g in grads(model).items():
-        assert rel_err(g, fast_grads[n]) < REL_TOL, n
+        if n not in skip:
+            assert rel_err(g, fast_grads[n]) < tol, n
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -282,6 +289,24 @@ def test_mlstm_parallel_equals_the_stabilised_recurrence(length):
     q, k, v = (torch.randn(2, 3, length, 5, **f64) for _ in range(3))
     i_pre, f_pre = torch.randn(2, 3, length, **f64) * 3, torch.randn(2, 3, length, **f64) * 3 + 2
     _check_same(mlstm_parallel, mlstm_recurrent, [q, k, v, i_pre, f_pre])
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 16), (13, 4), (40, 7), (63, 16), (64, 16), (63, 64)])
+@pytest.mark.parametrize("gates", ["moderate", "extreme"])
+def test_mlstm_chunkwise_equals_the_stabilised_recurrence(length, chunk, gates):
+    from emergelab.models.mixers.mlstm import mlstm_chunkwise, mlstm_recurrent
+
+    g = torch.Generator().manual_seed(length + chunk)
+    f64 = dict(generator=g, dtype=torch.float64)
+    q, k, v = (torch.randn(2, 3, length, 5, **f64) for _ in range(3))
+    i_pre, f_pre = torch.randn(2, 3, length, **f64) * 3, torch.randn(2, 3, length, **f64) * 3 + 2
+    tol = REL_TOL_64
+    if gates == "extreme":  # very negative input gates (the exp(-m) floor of the normaliser decides) and
+        i_pre, f_pre = i_pre * 4 - 12, f_pre * 3 - 6  # forget gates near closed (state decays within a chunk)
+        # where the normaliser is |q.k| itself, h = sign(q.k) v: the q and k gradients are sums that cancel
+        # to ~1e-11 of their terms, so rounding alone (either form) moves them by ~1e-10 relative
+        tol = 1e-8
+    _check_same(lambda *a: mlstm_chunkwise(*a, chunk=chunk), mlstm_recurrent, [q, k, v, i_pre, f_pre], tol)
 
 
 @pytest.mark.parametrize("length", [1, 13])

@@ -28,13 +28,24 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
     for path in result.figures:
         assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
-           "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png"}
+           "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png",
+           "mixers": "mixers.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
     assert TARGETS[name].claim in text and "wall time" in text and "figures/" in text
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["target"] == name and saved["groups"]
+    if name == "mixers":  # every mixer on every panel, at a matched parameter count
+        from emergelab.reproduce.figures import MIXER_ORDER
+
+        rows = [line.split() for line in result.table.splitlines() if line.split()[:1] in (["linear-map"],
+                                                                                        ["cellular-automata"])]
+        panels = {(r[0], r[1]) for r in rows}
+        assert {(p, r[2]) for r in rows for p in [(r[0], r[1])]} == {(p, m) for p in panels for m in MIXER_ORDER}
+        for panel in panels:
+            params = [int(r[3].replace(",", "")) for r in rows if (r[0], r[1]) == panel]
+            assert max(params) <= 1.4 * min(params), (panel, params)
     # re-running trains nothing new and gives the same table
     again = reproduce(name, "smoke", tmp_path, executor=InProcess(), progress=False)
     assert again.table == result.table

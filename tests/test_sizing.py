@@ -40,3 +40,16 @@ def test_match_params_field_sizes_every_model_from_the_config(name):
     assert abs(n - target) / target < 0.15, (name, n)
     assert "match_params" not in cfg.to_dict()["model"]  # the saved config holds the chosen d_model
     assert sum(p[0].numel() for p in cfg.resolved().model.build(1).parameters()) == n
+
+
+def test_match_params_field_refuses_a_budget_the_fields_cannot_meet():
+    from emergelab.train import ExperimentConfig
+
+    # the MLP-Mixer's token mixing alone is heads * T^2 = 4 * 63^2 weights at T = 63: 5,000 is out of reach
+    task = {"name": "cellular-automata", "state_size": 8, "trajectory_length": 8, "alphabet": 4}
+    with pytest.raises(ConfigError, match=r"model.match_params=5000: the closest mlp_mixer \(d_model=4\) has "
+                                          r"\d+ parameters, \d+% off \(at most 20%\)"):
+        ExperimentConfig.from_dict({"task": task, "model": {"name": "mlp_mixer", "heads": 4, "match_params": 5000}})
+    one_head = ExperimentConfig.from_dict({"task": task, "model": {"name": "mlp_mixer", "heads": 1,
+                                                                   "match_params": 8000}})
+    assert abs(one_head.resolved().model.n_params() - 8000) <= 0.2 * 8000

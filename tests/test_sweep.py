@@ -115,6 +115,46 @@ def test_validation_errors_name_the_key(data, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+MODELS_AXIS = [{"name": "transformer", "heads": 2, "head_dim": 4}, {"name": "mamba", "state_size": 4},
+               {"name": "lru", "state_size": 8}]
+
+
+def test_a_section_axis_varies_model_name_with_each_models_own_fields():
+    # mamba and lru have no `heads`: a `model.heads` axis could not reach them, a section axis can
+    base = {**BASE, "model": {"layers": 1, "mlp_ratio": 0, "match_params": 1500}}
+    sweep = expand(spec(base=base, zip={"model": MODELS_AXIS}, grid={"task.sparsity": [1, 2]}), "out")
+    assert len(sweep.runs) == 2 * 3
+    by_name = {(r.config.model.name, r.config.task.sparsity): r for r in sweep.runs}
+    assert by_name["transformer", 1].config.model.heads == 2 and by_name["mamba", 2].config.model.state_size == 4
+    assert by_name["lru", 1].overrides == {"task.sparsity": 1, "model.name": "lru", "model.state_size": 8}  # flat section.field keys
+    assert all(abs(r.config.model.n_params() - 1500) <= 0.2 * 1500 for r in sweep.runs)
+    assert len({r.key for r in sweep.runs}) == 6
+    # the same point written field by field is the same run (same hash)
+    one = expand(spec(base=base, zip={"model.name": ["mamba"], "model.state_size": [4]}, grid={"task.sparsity": [2]}))
+    assert one.runs[0].key == by_name["mamba", 2].key
+    # a scale replaces the section axis like any other axis
+    scaled = expand({**spec(base=base, zip={"model": MODELS_AXIS}),
+                     "scales": {"small": {"zip.model": [{"name": "lru", "state_size": 3}]}}}, "out", "small")
+    assert [(r.config.model.name, r.config.model.state_size) for r in scaled.runs] == [("lru", 3)]
+
+
+@pytest.mark.parametrize("axes, message", [
+    ({"zip": {"model": [{"name": "mamba", "heads": 2}]}}, "unknown field model.heads"),
+    ({"zip": {"model": ["mamba"]}}, "zip.model: a section axis is a list of mappings of model fields"),
+    ({"zip": {"model": [{}]}}, "zip.model: a section axis is a list of mappings"),
+    ({"zip": {"model": [{"name": "transformer", "heads": 2}], "model.heads": [4]}},
+     "zip.model.heads: also set by the section axis zip.model"),
+    ({"zip": {"model": [{"name": "transformer", "heads": 2}]}, "grid": {"model.heads": [1, 2]}},
+     "model.heads: set by both grid and zip"),
+    ({"zip": {"execution": [{"workers": 2}]}}, "zip.execution: execution never changes"),
+])
+def test_section_axis_errors_name_the_key(axes, message):
+    data = {"base": {**BASE, "model": {"layers": 1, "mlp_ratio": 0}}, **axes}
+    with pytest.raises(ConfigError) as info:
+        expand(data, "out")
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_cli_validation_is_one_line_exit_2_before_any_work(tmp_path, capsys):
     bad = write_spec(tmp_path / "bad.yaml", spec(out=str(tmp_path / "out"), grid={"task.sparsity": [1, 99]}))
     assert main(["sweep", str(bad)]) == 2

@@ -86,10 +86,13 @@ def _sort_key(value: Any) -> tuple:
 
 
 def _label(by: Sequence[str], key: tuple) -> str:
+    """``sparsity=2, heads=4``: each field by its last part, or in full where two fields share it
+    (``task.name=linear-map, model.name=mamba``)."""
     if not by:
         return "all runs"
-    return ", ".join(f"{f.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{f.split('.')[-1]}={v}"
-                     for f, v in zip(by, key))
+    last = [f.split(".")[-1] for f in by]
+    names = [f if last.count(short) > 1 else short for f, short in zip(by, last)]
+    return ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, key))
 
 
 # ---------------------------------------------------------------------------------------------- analysis

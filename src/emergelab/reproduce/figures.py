@@ -198,6 +198,120 @@ def _fmt_scale(v: Any) -> str:
     return f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
 
 
+# ---------------------------------------------------------------------------------------------- mixers
+MIXER_ORDER = ("transformer", "mlp_mixer", "mamba", "gated_deltanet", "rwkv7", "mlstm", "lru")
+
+
+def _mixer_key(name: str) -> tuple[int, str]:
+    return (MIXER_ORDER.index(name) if name in MIXER_ORDER else len(MIXER_ORDER), name)
+
+
+def _panel_of(row: dict[str, Any]) -> tuple[str, Any]:
+    """A config's panel: (task, sparsity) (sparsity None where the task has none)."""
+    return (str(row.get("task.name")), row.get("task.sparsity"))
+
+
+def _panel_title(panel: tuple[str, Any]) -> str:
+    task, s = panel
+    return task if s is None else f"{task}, s = {s}"
+
+
+def mixer_rows(result: Any, params: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per config (task, sparsity, mixer): parameters, seeds, final loss (mean over seeds) and its
+    excess over the optimum, the fraction of outputs learned by the end (mean over seeds), the median
+    emergence step of the outputs that emerged (over all seeds), and the solved seeds.
+
+    ``params``: run -> parameters per member."""
+    seeds = result.seeds.to_pylist()
+    emerged_steps: dict[int, list[float]] = {}
+    group_of_run_seed = {(r["run"], r["seed"]): r["group"] for r in seeds}
+    for c in result.curves.to_pylist():
+        if str(c["target"]).startswith("pos") and c["emerged"]:
+            g = group_of_run_seed.get((c["run"], c["seed"]))
+            if g is not None:
+                emerged_steps.setdefault(g, []).append(float(c["step"]))
+    rows = []
+    for g in result.groups.to_pylist():
+        mine = [r for r in seeds if r["group"] == g["group"]]
+        final = np.asarray([np.nan if r["final_loss"] is None else r["final_loss"] for r in mine], float)
+        optimum = np.asarray([np.nan if r["optimum"] is None else r["optimum"] for r in mine], float)
+        learned = np.asarray([r["n_emerged"] / r["n_outputs"] for r in mine if r["n_outputs"]], float)
+        steps = emerged_steps.get(g["group"], [])
+        n = sorted({params.get(r["run"]) for r in mine} - {None})
+        rows.append({"group": g["group"], "task": str(g.get("task.name")), "sparsity": g.get("task.sparsity"),
+                     "mixer": str(g.get("model.name")), "params": n[0] if len(n) == 1 else None,
+                     "seeds": len(mine), "final_loss": float(np.nanmean(final)) if mine else None,
+                     "excess": float(np.nanmean(final - optimum)) if np.isfinite(optimum).any() else None,
+                     "learned": float(learned.mean()) if learned.size else None,
+                     "emergence_median": float(np.median(steps)) if steps else None,
+                     "n_solved": g["n_solved"]})
+    rows.sort(key=lambda r: (r["task"], -1 if r["sparsity"] is None else r["sparsity"], _mixer_key(r["mixer"])))
+    return rows
+
+
+def format_mixers(rows: list[dict[str, Any]]) -> str:
+    """The mixers table: one line per (task, sparsity, mixer)."""
+    header = ["task", "s", "mixer", "params", "seeds", "final loss", "- optimum", "outputs learned",
+              "emergence median", "solved"]
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+    body = [[r["task"], "-" if r["sparsity"] is None else str(r["sparsity"]), r["mixer"], f(r["params"], ","),
+             str(r["seeds"]), f(r["final_loss"], ".4f"), f(r["excess"], ".4f"), f(r["learned"], ".2f"),
+             f(r["emergence_median"], ".0f"), f"{r['n_solved']}/{r['seeds']}"] for r in rows]
+    widths = [max(len(h), *(len(b[k]) for b in body)) if body else len(h) for k, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
+    return "\n".join(lines + [
+        "final loss: mean over seeds; - optimum: its excess over the task's optimum; outputs learned: mean over "
+        "seeds of the fraction of outputs that emerged (halfway to their optimum); emergence median: over "
+        "every output that emerged, all seeds; solved: seeds whose every output emerged"])
+
+
+def mixers_figure(result: Any, loss: Any, params: dict[str, int], out: Path) -> list[Path]:
+    """Loss against step, mean over seeds (thin: each seed), one line per mixer (legend: its parameters),
+    one panel per task x sparsity; dashed: the task's optimum. ``loss``: the aggregate ``loss`` curves
+    (``analysis.Curves``); ``params``: run -> parameters per member."""
+    groups = result.groups.to_pylist()
+    group_of_run = {r["run"]: r["group"] for r in result.seeds.to_pylist()}
+    optimum = {r["group"]: r["optimum"] for r in result.seeds.to_pylist()}
+    panels = sorted({_panel_of(g) for g in groups}, key=lambda p: (p[0], -1 if p[1] is None else p[1]))
+    mixers = sorted({str(g.get("model.name")) for g in groups}, key=_mixer_key)
+    color = dict(zip(mixers, colors(len(mixers))))
+    size = {group_of_run[run]: n for run, n in params.items() if run in group_of_run}
+    curves: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for run, _, index, steps, values in loss:
+        if run in group_of_run and index in ("", None):
+            curves.setdefault(group_of_run[run], []).append((steps, values))
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig = new_figure(4.6 * cols, 3.6 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, panel in zip(axes, panels):
+        for g in sorted((g for g in groups if _panel_of(g) == panel), key=lambda g: _mixer_key(str(g["model.name"]))):
+            mixer, mine = str(g["model.name"]), curves.get(g["group"], [])
+            if not mine:
+                continue
+            for steps, values in mine:
+                ax.plot(steps, values, color=color[mixer], alpha=0.2, lw=0.7)
+            length = min(len(s) for s, _ in mine)  # seeds of a run share their probe steps
+            mean = np.mean([v[:length] for _, v in mine], axis=0)
+            n = size.get(g["group"])
+            ax.plot(mine[0][0][:length], mean, color=color[mixer], lw=1.8,
+                    label=mixer if n is None else f"{mixer} ({n:,})")
+        best = optimum.get(next((g["group"] for g in groups if _panel_of(g) == panel), -1))
+        if best is not None:
+            ax.axhline(best, color="k", ls="--", lw=0.8, label="optimum")
+        ax.set(xlabel="step", ylabel="loss (nats)", title=_panel_title(panel))
+        ax.title.set_fontsize(10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Loss vs step at a matched parameter count (bold: mean over seeds; legend: parameters)",
+                 fontsize=10)
+    return [save_figure(fig, out / "mixers.png")]
+
+
 FIGURES: dict[str, Callable[[Any, Path], list[Path]]] = {
     "sparsity": sparsity_figure, "bias": bias_figure, "width": width_figure, "seeds": seeds_figure,
 }

@@ -17,7 +17,7 @@ from ..config import ConfigError
 from ..store import write_text
 from ..sweep import load_sweep, run_sweep
 from ..train.execute import Executor
-from .figures import FIGURES, per_position_figures
+from .figures import FIGURES, format_mixers, mixer_rows, mixers_figure, per_position_figures, scales_figure
 from .targets import SCALES, TARGETS, Target
 
 
@@ -108,6 +108,10 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         stats = {k: row.get(k) for k in ("sarle_bc", "gmm_delta_bic", "dip", "dip_pvalue",
                                          "curve_linearity_mean", "curve_breakthroughness_mean")}
         lines += ["", "final loss over seeds: " + ", ".join(f"{k} {_fmt(v)}" for k, v in stats.items())]
+    params: dict[str, int] = {}
+    if t.figure == "mixers":
+        params = run_params(con)
+        lines += ["", format_mixers(mixer_rows(result, params))]
     table = "\n".join(lines)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,10 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
     if t.figure == "per-position":
         run_dirs = [Path(r[0]) for r in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
         figures += per_position_figures(run_dirs, figures_dir)
+    if t.figure == "mixers":
+        from ..analysis.fetch import fetch_curves
+
+        figures += mixers_figure(result, fetch_curves(con, "loss"), params, figures_dir)
     con.close()
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
                   command, result.groups.to_pylist())
@@ -129,7 +137,6 @@ def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float
     from ..analysis.scales import scale_outcomes, store_outcomes
     from ..report.tables import format_scales
     from ..store import connect
-    from .figures import scales_figure
 
     try:
         con = connect(out)
@@ -165,6 +172,15 @@ def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str,
                                                 "machine": machine(), "groups": groups, **(extra or {})},
                                                indent=1, default=str))
     return outcome
+
+
+def run_params(con: Any) -> dict[str, int]:
+    """run -> parameters per member, from each run's saved config."""
+    from ..store import RunDir
+    from ..train import ExperimentConfig
+
+    runs = [r[0] for r in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
+    return {run: ExperimentConfig.from_run(RunDir(Path(run))).model.n_params() for run in runs}
 
 
 def machine() -> dict[str, Any]:

@@ -76,4 +76,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "scale raises the fraction of seeds in the successful mode smoothly, while the mean over seeds "
            "looks like an abrupt breakthrough.",
            analysis="scales", outcome="ood_accuracy", threshold=0.5),
+    Target("mixers", ("mixers-linear-map", "mixers-cellular-automata"), ("task.name", "task.sparsity", "model.name"),
+           None,
+           "Alternative sequence mixers at a matched parameter count: a causal MLP-Mixer learns the sparse "
+           "linear map far faster than a transformer but loses on the cellular automata; recurrent / "
+           "state-space models (Mamba, Gated DeltaNet, RWKV; xLSTM and LRU cited) behave differently again.",
+           figure="mixers"),
 )}

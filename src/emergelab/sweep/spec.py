@@ -17,6 +17,20 @@ of their resolved config.
         base.train.seeds: 2    # grid.SECTION.FIELD / zip.SECTION.FIELD (a list, or null to drop the axis),
         grid.task.state_size: [8]   # zip (a whole mapping), preset, out
 
+An axis may also be a whole section, a list of mappings of fields: each point sets those fields of the
+section (and only those). This is how a sweep varies ``model.name`` when the models have different
+fields (``mamba`` has no ``heads``; every model has ``layers``, ``d_model``, ``mlp_ratio``, ``init_std``
+and takes ``match_params``)::
+
+    base:
+      model: {layers: 1, match_params: 12000}
+    zip:
+      model:
+        - {name: transformer, heads: 4, head_dim: 8}
+        - {name: mamba, state_size: 8}
+
+A field set both by a section axis and by its own axis (``model.heads``) is an error.
+
 Every point is validated (``ExperimentConfig.from_dict`` and ``resolved``) before any work; an error is one
 line naming the key. Points that resolve to the same config (same ``science_key``) are one run.
 """
@@ -166,12 +180,14 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
     if len(set(lengths.values())) > 1:
         raise ConfigError("zip: the lists must have equal lengths, got "
                           + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
-    zip_points = [dict(zip(zipped, values)) for values in zip(*zipped.values())] if zipped else [{}]
-    grid_points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    zip_points = [_flat(dict(zip(zipped, values))) for values in zip(*zipped.values())] if zipped else [{}]
+    grid_points = [_flat(dict(zip(grid, values))) for values in itertools.product(*grid.values())]
     runs: dict[str, SweepRun] = {}
     duplicates = 0
     for grid_point in grid_points:
         for zip_point in zip_points:
+            for key in set(grid_point) & set(zip_point):
+                raise ConfigError(f"{key}: set by both grid and zip (a section axis sets every field it names)")
             overrides = {**grid_point, **zip_point}
             config = _point_config(merged, overrides)
             key = config.science_key()
@@ -195,15 +211,36 @@ def _axes(values: Any, name: str) -> dict[str, list[Any]]:
     out = {}
     for key, options in values.items():
         parts = str(key).split(".")
-        if len(parts) != 2 or parts[0] not in SECTIONS or not parts[1]:
-            raise ConfigError(f"{name}.{key}: the key must be section.field with section one of "
-                              f"{', '.join(SECTIONS)}")
+        if len(parts) not in (1, 2) or parts[0] not in SECTIONS or (len(parts) == 2 and not parts[1]):
+            raise ConfigError(f"{name}.{key}: the key must be section.field (or a whole section) with section "
+                              f"one of {', '.join(SECTIONS)}")
         if parts[0] == "execution":
             raise ConfigError(f"{name}.{key}: execution never changes the numbers (every value would be the "
                               "same run); set it in base")
         if not isinstance(options, list) or not options:
             raise ConfigError(f"{name}.{key}={options!r}: must be a non-empty list")
+        if len(parts) == 1:
+            for option in options:
+                if not isinstance(option, Mapping) or not option or not all(isinstance(f, str) for f in option):
+                    raise ConfigError(f"{name}.{key}: a section axis is a list of mappings of {key} fields "
+                                      f"to values, got {option!r}")
         out[str(key)] = list(options)
+    section_axes = [k for k in out if "." not in k]
+    for key in out:  # a field named by a section axis of this block and by its own axis
+        section, _, field_name = key.partition(".")
+        if field_name and section in section_axes and any(field_name in o for o in out[section]):
+            raise ConfigError(f"{name}.{key}: also set by the section axis {name}.{section}; set it in one of them")
+    return out
+
+
+def _flat(point: dict[str, Any]) -> dict[str, Any]:
+    """A point's values as ``section.field`` keys (a section axis's mapping spread into its fields)."""
+    out: dict[str, Any] = {}
+    for key, value in point.items():
+        if "." in key:
+            out[key] = value
+        else:
+            out.update({f"{key}.{field_name}": v for field_name, v in value.items()})
     return out
 
 

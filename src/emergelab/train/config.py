@@ -258,7 +258,9 @@ class ExperimentConfig:
 
 def _matched_model(config_class: type, target: Any, task_config: Any, fields: dict[str, Any]) -> Any:
     """``model.match_params=N``: the model whose ``d_model`` gives about N parameters per member, the
-    other model fields as given (the saved config holds the chosen ``d_model``, not N)."""
+    other model fields as given (the saved config holds the chosen ``d_model``, not N). A model whose
+    closest count is more than ``MATCH_TOLERANCE`` off (fields that fix too many parameters, such as the
+    MLP-Mixer's ``heads * T^2`` token-mixing weights at a long context) is an error, not a silent mismatch."""
     from ..models.sizing import match_params
 
     require(isinstance(target, int) and not isinstance(target, bool) and target >= 1, "model.match_params",
@@ -266,4 +268,13 @@ def _matched_model(config_class: type, target: Any, task_config: Any, fields: di
     require("d_model" not in fields, "model.match_params", target, "choose d_model or match_params, not both")
     build(config_class, fields, "model")  # unknown or bad fields fail with their own message first
     task = task_config.build(make_generator(0))
-    return match_params(config_class, target, task.vocab_size, task.seq_len - 1, **fields)
+    model = match_params(config_class, target, task.vocab_size, task.seq_len - 1, **fields)
+    n = model.n_params()
+    require(abs(n - target) <= MATCH_TOLERANCE * target, "model.match_params", target,
+            f"the closest {config_class.name} (d_model={model.d_model}) has {n} parameters, "
+            f"{100 * abs(n - target) / target:.0f}% off (at most {100 * MATCH_TOLERANCE:.0f}%): its other fields "
+            f"{fields or '(defaults)'} fix too many or too few parameters for this budget")
+    return model
+
+
+MATCH_TOLERANCE = 0.2  # model.match_params: the largest relative gap to the budget that is still a match
