@@ -23,7 +23,7 @@ from emergelab.analysis.scaling import fit_power_law, student_t_quantile
 from emergelab.cli import main
 from emergelab.config import ConfigError
 from emergelab.models import TransformerConfig
-from emergelab.store import SCHEMA, RunDir, connect, write_parquet
+from emergelab.store import SCHEMA, connect, write_parquet
 from emergelab.tasks import LinearMapConfig, make_generator
 from emergelab.train import ExperimentConfig, ExecutionConfig, TrainConfig, train
 from emergelab.tasks import seed_streams

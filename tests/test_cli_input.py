@@ -209,7 +209,7 @@ def test_the_bar_shows_the_seed_weighted_mean_of_each_units_latest_loss():
 
 
 def test_executors_say_which_unit_reported(tmp_path):
-    from emergelab.train import InProcess, WorkerProcesses, make_plan, plan_units, prepare_run
+    from emergelab.train import InProcess, WorkerProcesses, plan_units, prepare_run
 
     config = ExperimentConfig.from_dict({
         "task": {"name": "linear-map"}, "model": {"heads": 2, "head_dim": 4, "mlp_ratio": 0},

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emergelab.analysis.forecast import (BaselineForecaster, EscapeForecaster, Example, MassForecaster,
-                                         OutputCurves, RegressionForecaster, default_forecasters,
+                                         OutputCurves, default_forecasters,
                                          evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
 from emergelab.models import TransformerConfig

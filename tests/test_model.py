@@ -467,3 +467,44 @@ def test_float64_member_round_trip_keeps_dtype_and_matches_sdpa_tightly():
         fast = model(tokens, attn_bias=bias)
         slow = model.run_with_hooks(tokens, attn_bias=bias, fwd_hooks=[(is_pattern, observe)])
     assert rel_err(fast, slow) < 1e-12
+
+
+# ----------------------------------------------------------------------------------------------------
+# model.positions = none (NoPE)
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_no_positions_has_no_position_embedding_and_counts_its_parameters():
+    learned = TransformerConfig(layers=2, heads=2, head_dim=4).resolved(5, 11)
+    nope = TransformerConfig(layers=2, heads=2, head_dim=4, positions="none").resolved(5, 11)
+    for config in (learned, nope):
+        model = config.build(n_models=1, seeds=[0])
+        assert sum(p.numel() for p in model.parameters()) == config.n_params()
+    assert not hasattr(nope.build(n_models=1, seeds=[0]), "W_pos")
+    assert learned.n_params() - nope.n_params() == 11 * learned.width
+
+
+def test_no_positions_sees_order_only_through_causality():
+    """Without positions, a one-layer causal model's output at t depends on the multiset of tokens before t
+    and on token t only: permuting the earlier tokens leaves it unchanged (the learned model's changes).
+    (With more layers the earlier positions' own prefixes differ, so it would not hold.)"""
+    tokens = torch.tensor([[1, 2, 3, 4, 0]])
+    permuted = torch.tensor([[3, 1, 2, 4, 0]])
+    for positions, same in (("none", True), ("learned", False)):
+        config = TransformerConfig(layers=1, heads=2, head_dim=4, positions=positions).resolved(5, 5)
+        model = config.build(n_models=1, seeds=[0]).double()
+        with torch.no_grad():
+            a, b = model(tokens)[0, 3], model(permuted)[0, 3]
+        assert torch.allclose(a, b, atol=1e-12) == same, positions
+
+
+def test_default_positions_keep_the_run_hash():
+    from emergelab.train import ExperimentConfig
+
+    base = {"task": {"name": "linear-map", "state_size": 4, "sparsity": 2}}
+    plain = ExperimentConfig.from_dict(base).resolved()
+    explicit = ExperimentConfig.from_dict({**base, "model": {"positions": "learned"}}).resolved()
+    nope = ExperimentConfig.from_dict({**base, "model": {"positions": "none"}}).resolved()
+    assert plain.science_key() == explicit.science_key() != nope.science_key()
+    with pytest.raises(ConfigError, match="model.positions='rotary'"):
+        ExperimentConfig.from_dict({**base, "model": {"positions": "rotary"}})

@@ -125,7 +125,8 @@ class ResidualModel(SequenceModel):
     """Token and learned absolute position embeddings, ``layers`` blocks, final layer norm, unembedding.
 
     The config needs ``layers``, ``width``, ``mlp_width``, ``init_std``, ``vocab_size``,
-    ``context_length``. Init follows GPT-2: ``N(0, init_std)``, residual-output projections (the mixer's
+    ``context_length``; a ``positions`` field of ``"none"`` leaves the position embedding out (no
+    ``W_pos``). Init follows GPT-2: ``N(0, init_std)``, residual-output projections (the mixer's
     output map and ``W_out``) scaled by ``1/sqrt(2 layers)`` (``self.out_std``), norms 1, biases 0.
     Subclasses implement ``make_mixer(layer) -> (name, module)``.
     """
@@ -135,7 +136,9 @@ class ResidualModel(SequenceModel):
         E, d, std = n_models, config.width, config.init_std
         self.out_std = std / math.sqrt(2 * config.layers)
         self.W_E = nn.Parameter(torch.empty(E, config.vocab_size, d))
-        self.W_pos = nn.Parameter(torch.empty(E, config.context_length, d))
+        self.learned_positions = getattr(config, "positions", "learned") == "learned"
+        if self.learned_positions:
+            self.W_pos = nn.Parameter(torch.empty(E, config.context_length, d))
         self.hook_embed = HookPoint()  # [E, B, T, d]
         self.hook_pos_embed = HookPoint()  # [E, B, T, d] (the same positions for every sequence)
         blocks = []
@@ -154,7 +157,8 @@ class ResidualModel(SequenceModel):
 
     def init_specs(self) -> dict[str, Init]:
         std = self.config.init_std
-        return {"W_E": normal(std), "W_pos": normal(std), "W_U": normal(std), "b_U": zeros}
+        specs = {"W_E": normal(std), "W_U": normal(std), "b_U": zeros}
+        return {**specs, "W_pos": normal(std)} if self.learned_positions else specs
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens ``[E, B, T]`` -> ``[E, B, T, d]``, token plus position embedding."""
@@ -164,6 +168,8 @@ class ResidualModel(SequenceModel):
         # (its backward is a dense scatter-add, much cheaper than advanced indexing's index_put)
         rows = tokens + torch.arange(0, E * V, V, device=tokens.device)[:, None, None]
         x = self.hook_embed(F.embedding(rows, self.W_E.view(E * V, -1)))  # [E, B, T, d]
+        if not self.learned_positions:
+            return x
         return x + self.hook_pos_embed(self.W_pos[:, None, :T].expand(E, B, T, -1))
 
     def forward_members(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:

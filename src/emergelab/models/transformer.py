@@ -31,16 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import require_float, require_int
+from ..config import require_choice, require_float, require_int
 from .base import Init, normal, zeros
 from .hooks import HookPoint
 from .fast_attention import causal_attention
 from .layers import ResidualModel, member_linear, row_softmax
 
 
+POSITIONS = ("learned", "none")
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
-    """layers, heads, head_dim; d_model (None: heads * head_dim); mlp_ratio (0: attention-only).
+    """layers, heads, head_dim; d_model (None: heads * head_dim); mlp_ratio (0: attention-only);
+    positions: learned (absolute position embeddings, the default) or none (no positional encoding, "NoPE":
+    causal attention alone tells positions apart, and nothing ties a weight to a position, so a model can
+    run at positions it never trained on, which length generalisation needs).
     vocab_size and context_length come from the task (leave them None)."""
 
     name: ClassVar[str] = "transformer"
@@ -52,9 +58,11 @@ class TransformerConfig:
     vocab_size: int | None = None
     context_length: int | None = None
     init_std: float = 0.02
+    positions: str = "learned"
 
     def __post_init__(self) -> None:
         require_int("model.layers", self.layers, 1, 1024)
+        require_choice("model.positions", self.positions, POSITIONS)
         require_int("model.heads", self.heads, 1, 4096)
         require_int("model.head_dim", self.head_dim, 1, 65536)
         if self.d_model is not None:
@@ -84,7 +92,8 @@ class TransformerConfig:
         attn = d * 3 * hd + 3 * hd + hd * d + d
         mlp = (d * m + m + m * d + d) if m else 0
         norms = 4 * d if m else 2 * d  # ln1, and ln2 only when there is an MLP
-        return V * d + T * d + L * (attn + mlp + norms) + 2 * d + d * V + V
+        positions = T * d if self.positions == "learned" else 0
+        return V * d + positions + L * (attn + mlp + norms) + 2 * d + d * V + V
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token (2 per multiply-add) at full context, attention included."""

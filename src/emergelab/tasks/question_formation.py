@@ -60,7 +60,7 @@ from typing import ClassVar
 
 import torch
 
-from ..config import require_float, require_int
+from ..config import require_float
 from .base import Batch, MapView
 
 SPECIALS = ("<pad>", "<decl>", "<quest>", ".", "?")

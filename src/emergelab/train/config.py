@@ -248,11 +248,13 @@ class ExperimentConfig:
     def science_key(self) -> str:
         """A short hash of everything that changes the numbers (``task``, ``model``, ``train``).
 
-        The model's name enters only when it is not the transformer, so runs made before ``model.name``
-        existed keep their hashes."""
+        The model's name enters only when it is not the transformer, and ``model.positions`` only when it
+        is not ``learned``, so runs made before those fields existed keep their hashes."""
         data = self.science_dict()
         if data["model"]["name"] == DEFAULT_MODEL:
             data["model"].pop("name")
+        if data["model"].get("positions") == "learned":  # the default: runs made before the field keep their hash
+            data["model"].pop("positions")
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
