@@ -334,3 +334,31 @@ def test_sweep_page_in_chromium(browser, sweep_dir, tmp_path):
     _not_blank(page.screenshot(full_page=True))
     assert not errors, errors
     page.close()
+
+
+def test_run_page_forecasts_the_outputs_still_on_their_plateau(run_dir, tmp_path):
+    """The run page's forecast table is `emergelab forecast RUN` at the last probe, one row per (seed,
+    output) not yet emerged, one cell per forecaster."""
+    from emergelab.analysis.forecast import forecast_run
+    from emergelab.report.html import run_page
+    from emergelab.store import connect
+
+    page = run_page(run_dir)
+    con = connect(run_dir)
+    try:
+        expected = {(r["seed"], r["output"]) for r in forecast_run(con).to_pylist()}
+    finally:
+        con.close()
+    rows = page["forecast"]["rows"]
+    assert len(rows) == len(expected)
+    assert all(set(r["cells"]) <= set(page["forecast"]["forecasters"]) for r in rows)
+    html = write_html(run_dir, tmp_path / "r.html").read_text()
+    assert 'id="forecast"' in html and ("Predicted emergence step" in html or "nothing to forecast" in html)
+
+
+def test_run_page_of_one_seed_says_why_there_is_no_forecast(tmp_path):
+    run = _synthetic_run(tmp_path / "one", seeds=1, steps=100, attention=False)
+    from emergelab.report.html import run_page
+
+    note = run_page(run.path)["forecast"]["note"]
+    assert note and "at least 2 seeds" in note

@@ -36,6 +36,7 @@ import yaml
 
 from ..analysis.emergence import curve_emergence
 from ..analysis.fetch import Curves, arrow, fetch_curves
+from ..analysis.forecast import forecast_run
 from ..analysis.heads import attribute_heads
 from ..analysis.runs import analyze_runs, default_by
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
@@ -191,6 +192,7 @@ def run_page(path: str | Path) -> dict[str, Any]:
         n_out = int(info.get("n_outputs") or 0)
         labels = info.get("labels") or [f"output {i}" for i in range(n_out)]
         table = emergence_rows(con, {run_key: labels})
+        forecasts = forecast_rows(con, labels)
     finally:
         con.close()
     seeds = sorted({int(s) for s in loss.seed})
@@ -221,9 +223,35 @@ def run_page(path: str | Path) -> dict[str, Any]:
             "attention": _attention(run, config, seeds)}
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,
-            "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table),
+            "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table), "forecast": forecasts,
             "summary": _summary_rows(summary), "summary_json": json.dumps(summary, indent=1) if summary else None,
             "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
+
+
+def forecast_rows(con: Any, labels: list[str]) -> dict[str, Any]:
+    """The forecast at the run's last probe of every output still on its plateau (``emergelab forecast
+    RUN``): per (seed, output), each forecaster's step and interval, or why it abstained."""
+    n_seeds = con.sql("SELECT count(DISTINCT seed) FROM metrics").fetchall()[0][0]
+    if n_seeds < 2:
+        return {"rows": [], "forecasters": [], "note": "forecasting needs at least 2 seeds (one half of the seeds "
+                                                       "fits the forecasters that forecast the other)"}
+    try:
+        table = forecast_run(con)
+    except ConfigError as error:
+        return {"rows": [], "forecasters": [], "note": str(error).split(": ", 1)[-1]}
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+    names: list[str] = []
+    for r in table.to_pylist():
+        if r["forecaster"] not in names:
+            names.append(r["forecaster"])
+        row = rows.setdefault((r["seed"], r["output"]), {
+            "seed": r["seed"], "output": labels[r["output"]] if r["output"] < len(labels) else str(r["output"]),
+            "t": _num(r["t"]), "cells": {}})
+        row["cells"][r["forecaster"]] = (f"{r['step']:.0f} [{r['lo']:.0f}, {r['hi']:.0f}]"
+                                         if r["step"] is not None and r["lo"] is not None and math.isfinite(r["hi"])
+                                         else f"{r['step']:.0f}" if r["step"] is not None and math.isfinite(r["step"])
+                                         else "-")
+    return {"rows": list(rows.values())[:MAX_TABLE_ROWS], "forecasters": names, "note": None}
 
 
 def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
