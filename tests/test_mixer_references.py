@@ -306,7 +306,7 @@ def test_rwkv7_kernel_matches_fla_dplr_naive_recurrence(length):
     """RWKV-7's state update is FLA's DPLR recurrence ``S = S diag(exp(gk)) + beta alpha^T S + k v^T`` in
     key-major layout, with alpha = -kk, beta = kk * a, gk = log w; FLA scales q by 1/sqrt(N), RWKV does
     not (so r is passed times sqrt(N))."""
-    from emergelab.models.mixers.rwkv7 import rwkv7_pattern, rwkv7_recurrent
+    from emergelab.models.mixers.rwkv7 import rwkv7_chunked, rwkv7_pattern, rwkv7_recurrent
 
     pytest.importorskip("einops")
     dplr = load_file_function("fla", "ops/generalized_delta_rule/dplr/naive.py", "dplr_recurrence")
@@ -326,6 +326,8 @@ def test_rwkv7_kernel_matches_fla_dplr_naive_recurrence(length):
     out_ref, grads_ref = _run_with_grads(reference, inputs)
     ours = {
         "recurrent": lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
+        "chunked": lambda r, k, v, log_w, kk, lr: rwkv7_chunked(r, k, v, log_w, -kk, kk * lr),
+        "chunked-8": lambda r, k, v, log_w, kk, lr: rwkv7_chunked(r, k, v, log_w, -kk, kk * lr, chunk=8),
         "pattern": lambda r, k, v, log_w, kk, lr: torch.einsum(
             "mhts,mshn->mthn", rwkv7_pattern(r, k, log_w, -kk, kk * lr), v),
     }

@@ -19,7 +19,8 @@ from emergelab.models.mixers import MIXER_CONFIGS
 from emergelab.models.mixers.common import causal_conv1d, diag_scan, diag_scan_naive
 from emergelab.models.mixers.gated_deltanet import (gated_delta_rule_chunk, gated_delta_rule_matrix,
                                                     gated_delta_rule_naive, l2norm)
-from emergelab.models.mixers.mamba import selective_kernel, selective_scan, selective_scan_naive
+from emergelab.models.mixers.mamba import (selective_kernel, selective_scan, selective_scan_chunked,
+                                           selective_scan_naive)
 from emergelab.models.mixers.mlp_mixer import token_mix, token_mix_naive
 
 REL_TOL = 1e-5  # float32 vs float32 of the same quantity
@@ -265,6 +266,45 @@ def test_selective_scan_and_its_kernel_equal_the_recurrence(length):
     _check_same(via_kernel, selective_scan_naive, [x, dt, A, Bm, C, D])
 
 
+def _selective_inputs(length: int, dt_scale: float, dtype=torch.float64, seed: int = 0):
+    g = torch.Generator().manual_seed(length + seed)
+    E, b, I, N = 2, 3, 5, 7
+    kw = dict(generator=g, dtype=dtype)
+    return [torch.randn(E, b, length, I, **kw), torch.rand(E, b, length, I, **kw) * dt_scale,
+            -torch.rand(E, I, N, **kw) * 3, torch.randn(E, b, length, N, **kw), torch.randn(E, b, length, N, **kw),
+            torch.randn(E, I, **kw)]
+
+
+@pytest.mark.parametrize("length", [1, 13, 63, 64, 100])
+@pytest.mark.parametrize("chunk", [4, 16, 64])
+@pytest.mark.parametrize("dt_scale", [0.1, 30.0])
+def test_selective_scan_chunked_equals_the_recurrence(length, chunk, dt_scale):
+    """Small dt (Mamba's init, 0.001..0.1) and large dt (steps decaying by up to exp(-90): the chunk is
+    shortened to 3 so that exp(-G) stays finite; still exact)."""
+    inputs = _selective_inputs(length, dt_scale)
+    _check_same(lambda *a: selective_scan_chunked(*a, chunk=chunk), selective_scan_naive, inputs)
+
+
+@pytest.mark.parametrize("dt_scale", [0.1, 5.0, 30.0])
+def test_selective_scan_chunked_float32_stays_finite_and_close_to_float64(dt_scale):
+    """float32: at dt_scale 5 the chunk shrinks to 2, at 30 (one step's decay up to exp(-90), past
+    float32's range) to 1, i.e. the recurrence itself."""
+    inputs = _selective_inputs(100, dt_scale, seed=1)
+    exact = selective_scan_naive(*inputs)
+    y = selective_scan_chunked(*(t.float() for t in inputs), chunk=64)
+    assert torch.isfinite(y).all() and rel_err(y, exact) < 1e-6
+
+
+def test_stable_chunk_shortens_chunks_only_for_large_decays():
+    from emergelab.models.mixers.common import stable_chunk
+
+    assert stable_chunk(1.6, 8, 100, torch.float32) == 8  # Mamba's init: dt <= 0.1, |A| <= 16
+    assert stable_chunk(0.61, 64, 100, torch.float32) == 64  # RWKV-7: log w >= -0.607
+    assert stable_chunk(0.61, 64, 13, torch.float32) == 13  # never longer than the sequence
+    assert stable_chunk(90.0, 16, 100, torch.float64) == 3  # 0.45 * log(max float64) = 319
+    assert stable_chunk(1e6, 16, 100, torch.float32) == 1
+
+
 @pytest.mark.parametrize("length,chunk", [(1, 16), (13, 4), (63, 16), (63, 64)])
 def test_gated_delta_rule_chunk_and_matrix_equal_the_recurrence(length, chunk):
     g = torch.Generator().manual_seed(length)
@@ -325,6 +365,41 @@ def test_rwkv7_pattern_equals_the_recurrence(length):
 
     _check_same(via_pattern, lambda r, k, v, log_w, kk, lr: rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr),
                 [r, k, v, log_w, kk, lr])
+
+
+def _rwkv7_inputs(length: int, decay_scale: float, dtype=torch.float64):
+    g = torch.Generator().manual_seed(length)
+    kw = dict(generator=g, dtype=dtype)
+    r, k, v = (torch.randn(2, length, 3, 5, **kw) for _ in range(3))
+    log_w = -torch.rand(2, length, 3, 5, **kw) * decay_scale
+    kk = torch.nn.functional.normalize(torch.randn(2, length, 3, 5, **kw), dim=-1)
+    return [r, k, v, log_w, kk, torch.rand(2, length, 3, 5, **kw)]
+
+
+@pytest.mark.parametrize("length", [1, 13, 63, 64, 100])
+@pytest.mark.parametrize("chunk", [4, 16, 64])
+@pytest.mark.parametrize("decay_scale", [0.6, 30.0])
+def test_rwkv7_chunked_equals_the_recurrence(length, chunk, decay_scale):
+    """RWKV-7's own decays (log w in (-0.607, 0)) and far stronger ones (down to -30 a step: the chunk is
+    shortened to 10 in float64); a = -kk, b = kk * lr as in the mixer."""
+    from emergelab.models.mixers.rwkv7 import rwkv7_chunked, rwkv7_recurrent
+
+    def run(fn):
+        return lambda r, k, v, log_w, kk, lr: fn(r, k, v, log_w, -kk, kk * lr)
+
+    _check_same(run(lambda *a: rwkv7_chunked(*a, chunk=chunk)), run(rwkv7_recurrent),
+                _rwkv7_inputs(length, decay_scale))
+
+
+@pytest.mark.parametrize("decay_scale", [0.6, 30.0, 100.0])
+def test_rwkv7_chunked_float32_stays_finite_and_close_to_float64(decay_scale):
+    from emergelab.models.mixers.rwkv7 import rwkv7_chunked, rwkv7_recurrent
+
+    r, k, v, log_w, kk, lr = _rwkv7_inputs(100, decay_scale)
+    exact = rwkv7_recurrent(r, k, v, log_w, -kk, kk * lr)
+    r, k, v, log_w, kk, lr = (t.float() for t in (r, k, v, log_w, kk, lr))
+    y = rwkv7_chunked(r, k, v, log_w, -kk, kk * lr, chunk=64)
+    assert torch.isfinite(y).all() and rel_err(y, exact) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------ CUDA

@@ -159,6 +159,20 @@ def diag_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b
 
 
+def stable_chunk(max_decay: float, chunk: int, length: int, dtype: torch.dtype) -> int:
+    """The chunk length for a chunked scan that writes ``exp(G_t - G_s)`` as ``exp(G_t) * exp(-G_s)``
+    (``G`` a chunk-local running sum of log decays, ``<= 0``): at most ``chunk`` (and ``length``), and
+    short enough that a chunk's total log decay stays within ``X = 0.45 log(max float)`` (40 in float32,
+    319 in float64), so neither factor overflows or underflows and the product is exact to rounding.
+    ``max_decay`` bounds one step's ``-log decay``; huge decays shorten the chunks (down to 1, where the
+    caller runs its recurrence), never the accuracy."""
+    c = max(1, min(chunk, length))
+    limit = 0.45 * math.log(torch.finfo(dtype).max)
+    if max_decay > 0 and max_decay * c > limit:
+        c = max(1, int(limit // max_decay))
+    return c
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS norm over the last dim; weight broadcastable to x (``[E, 1, 1, 1, D]`` for per-member)."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight

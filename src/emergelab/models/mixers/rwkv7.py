@@ -22,9 +22,10 @@ What plays attention's role: unrolling, ``y_t = sum_{s<=t} P[t, s] v_s`` with th
 ``blocks.{l}.mixer.hook_pattern`` ``[E, B, H, Tq, Tk]`` on the observed path; the group norm, the
 ``r . k`` bonus and the gate act after it.
 
-The fast form is the recurrence itself (``rwkv7_recurrent``, vectorised over batch and heads); a chunked
-DPLR form is missing. ``rwkv7_pattern`` is the observed path's form; both are tested against
-flash-linear-attention's ``dplr_recurrence`` (``fla/ops/generalized_delta_rule/dplr/naive.py``).
+The fast form is the chunked DPLR form (``rwkv7_chunked``, chunks of ``CHUNK`` steps: a triangular solve
+inside a chunk, the state carried between chunks); the reference is the recurrence (``rwkv7_recurrent``);
+``rwkv7_pattern`` is the observed path's form. All three are tested against flash-linear-attention's
+``dplr_recurrence`` (``fla/ops/generalized_delta_rule/dplr/naive.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from ...config import require
 from ..base import Init, constant, normal, ones, zeros
 from ..hooks import HookPoint
 from ..layers import member_linear
-from .common import MixerConfig, MixerModel, check_positive, refuse_unobserved
+from .common import MixerConfig, MixerModel, check_positive, refuse_unobserved, stable_chunk
+
+CHUNK = 32  # the fast path's chunk length (rwkv7_chunked): the fastest of 8..64 on a CPU at T >= 256 (README)
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,11 @@ class RWKV7Config(MixerConfig):
         return super().n_params() - (C + 2 * C * R)  # layer 0: no v0, V1, V2
 
     def mixer_flops(self) -> int:
-        C, R, N = self.d_model, self.low_rank, self.d_model // self.heads
-        return 2 * (4 * C * C + 8 * C * R) + 2 * 4 * C * N  # projections, LoRAs, state update + readout
+        C, R, N, T = self.d_model, self.low_rank, self.d_model // self.heads, self.context_length or 0
+        c = min(T, CHUNK)
+        # chunked form, per token and head: nine [c, N] x [N, c]-like products (scores, solves, their
+        # readouts) and four [N, N] state reads/updates
+        return 2 * (4 * C * C + 8 * C * R) + 2 * (9 * c * C + 4 * C * N)
 
 
 # Kernel layout: r, k, v, a, b, log_w [M, T, H, N] -> y [M, T, H, N]; transition G_t = diag(w_t) + a_t b_t^T.
@@ -84,6 +90,63 @@ def rwkv7_recurrent(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: to
             + v[:, t, :, :, None] * k[:, t, :, None, :]
         out.append(torch.einsum("mhvk,mhk->mhv", S, r[:, t]))
     return torch.stack(out, dim=1)
+
+
+def rwkv7_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, a: torch.Tensor,
+                  b: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """Chunked form of :func:`rwkv7_recurrent` (same signature, plus ``chunk``). Inside a chunk the
+    transition's rank-one part reads the state through pseudo-values ``nu_t = S_{t-1} a_t``, which makes
+    the chunk a gated linear attention with two (value, key) pairs per step, ``(v_t, k_t)`` and
+    ``(nu_t, b_t)``; the ``nu`` of a whole chunk come from one unit-lower-triangular solve, and the
+    ``[N, N]`` state is carried across chunks (derivation: README, "RWKV-7, chunked"). The chunk is
+    shortened where the decays are so strong that ``exp(-G)`` could overflow (:func:`common.stable_chunk`;
+    RWKV-7's own ``log w >= -0.607`` never does at ``chunk <= 64``).
+
+    Example::
+
+        M, T, H, N = 8, 100, 4, 16
+        r, k, v = (torch.randn(M, T, H, N) for _ in range(3))
+        log_w = -torch.rand(M, T, H, N) * 0.6
+        kk = F.normalize(torch.randn(M, T, H, N), dim=-1)
+        y = rwkv7_chunked(r, k, v, log_w, -kk, kk * 0.5, chunk=16)   # [M, T, H, N], as rwkv7_recurrent
+    """
+    M, T, H, N = r.shape
+    if T == 0:
+        return v.clone()
+    c = stable_chunk(-log_w.detach().min().item(), chunk, T, r.dtype)
+    if c == 1:  # one step's decay alone could overflow exp(-g): chunks of one step are the recurrence
+        return rwkv7_recurrent(r, k, v, log_w, a, b)
+    pad = (-T) % c  # padded steps: decay 1, no input, never read
+    n = (T + pad) // c
+    # [M, H, n, c, N]
+    r, k, v, log_w, a, b = (F.pad(t, (0, 0, 0, 0, 0, pad)).reshape(M, n, c, H, N).permute(0, 3, 1, 2, 4)
+                            for t in (r, k, v, log_w, a, b))
+    g = log_w.cumsum(3)  # log decay since the chunk's start, inclusive; >= -40 in float32 (stable_chunk)
+    r_d, a_d = r * g.exp(), a * (g - log_w).exp()  # r_t G_1..t and a_t G_1..t-1 on the diagonal part
+    k_u, b_u = k * (-g).exp(), b * (-g).exp()  # undone decay, so that (x_d . y_u) = decay from s to t
+    strict = torch.ones(c, c, dtype=torch.bool, device=r.device).tril(-1)
+    causal = torch.ones(c, c, dtype=torch.bool, device=r.device).tril()
+    zero = r.new_zeros(())
+    A_ab = torch.where(strict, a_d @ b_u.transpose(-1, -2), zero)  # [M, H, n, c, c]
+    A_ak = torch.where(strict, a_d @ k_u.transpose(-1, -2), zero)
+    A_rb = torch.where(causal, r_d @ b_u.transpose(-1, -2), zero)
+    A_rk = torch.where(causal, r_d @ k_u.transpose(-1, -2), zero)
+    T_ab = torch.eye(c, dtype=r.dtype, device=r.device) - A_ab  # unit lower-triangular
+    # nu = U0 + W S^T (S^T = the key-major state entering the chunk)
+    U0 = torch.linalg.solve_triangular(T_ab, A_ak @ v, upper=False, unitriangular=True)  # [M, H, n, c, N]
+    W = torch.linalg.solve_triangular(T_ab, a_d, upper=False, unitriangular=True)  # [M, H, n, c, N]
+    Y0 = A_rb @ U0 + A_rk @ v  # the outputs had the chunk started from a zero state
+    R = r_d + A_rb @ W  # how the entering state reaches the outputs: y = Y0 + R S^T
+    to_end = (g[:, :, :, -1:] - g).exp()  # [M, H, n, c, N]: decay from s to the chunk's end
+    b_e, k_e, last = b * to_end, k * to_end, g[:, :, :, -1].exp()  # last: [M, H, n, N]
+    S = r.new_zeros(M, H, N, N)  # [key, value]
+    out = []
+    for i in range(n):
+        out.append(Y0[:, :, i] + R[:, :, i] @ S)
+        nu = U0[:, :, i] + W[:, :, i] @ S  # [M, H, c, N]
+        S = last[:, :, i, :, None] * S + b_e[:, :, i].transpose(-1, -2) @ nu + k_e[:, :, i].transpose(-1, -2) @ v[:, :, i]
+    y = torch.stack(out, dim=2)  # [M, H, n, c, N]
+    return y.reshape(M, H, n * c, N)[:, :, :T].transpose(1, 2)
 
 
 def rwkv7_pattern(r: torch.Tensor, k: torch.Tensor, log_w: torch.Tensor, a: torch.Tensor,
@@ -170,7 +233,7 @@ class RWKV7TimeMix(nn.Module):
             y = torch.einsum("ebhts,ebshn->ebthn", self.hook_pattern(P), v)
         else:
             refuse_unobserved(self, "hook_pattern")
-            y = rwkv7_recurrent(flat(r), flat(k), flat(v), flat(log_w), flat(-kk), flat(kk * a)).view(E, B, T, H, N)
+            y = rwkv7_chunked(flat(r), flat(k), flat(v), flat(log_w), flat(-kk), flat(kk * a)).view(E, B, T, H, N)
         y = self.hook_y(y)
         y = F.group_norm(y.reshape(E * B * T, C), H, eps=64e-5).view(E, B, T, C)  # per-head norm, affine below
         y = y * self.ln_w[:, None, None] + self.ln_b[:, None, None]
