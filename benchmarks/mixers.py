@@ -4,14 +4,15 @@
     python benchmarks/mixers.py --quick          # T = 64 and 256, fewer repeats (a smoke run)
     python benchmarks/mixers.py --device cuda
     python benchmarks/mixers.py --models transformer,mlstm --lengths 256 --members 1,8   # a subset
+    python benchmarks/mixers.py --lengths 1024 --forms fast                               # fast forms only
 
 One training step = forward, next-token cross-entropy, backward and an AdamW step of a 1-layer model
 (d_model 64, MLP 4x; the transformer: 4 heads x 16) on random binary tokens, ``E`` members batched, batch
 ``B`` sequences per member. The **fast** form is what training runs; the **reference** form swaps the
 mixer's fast kernel for its plain recurrent reference (``models/mixers/*.py``: the pairs in
-``REFERENCES``; RWKV-7 has no separate fast form yet, so its two rows are the same kernel); an **alternative**
-form (``ALTERNATIVES``: the mLSTM's parallel form, the fast form before the chunkwise one) swaps the
-fast kernel for another one kept beside it. The best of
+``REFERENCES``); an **alternative** form (``ALTERNATIVES``: the fast forms before the chunked ones, the
+mLSTM's and Mamba's parallel forms and RWKV-7's recurrence) swaps the fast kernel for another one kept
+beside it. The best of
 ``repeats`` timed blocks counts (the machine may be shared). Prints a table and writes
 ``benchmarks/results/mixers.json``; the ratio column is the step time over the transformer's at the same
 (E, T). Target (the mixers issue): every fast form within 3x of the transformer at T = 1024 on a CPU.
@@ -33,19 +34,21 @@ import torch
 import torch.nn.functional as F
 
 MODELS = ["transformer", "mlp_mixer", "lru", "mamba", "gated_deltanet", "mlstm", "rwkv7"]
-# model name -> (module, fast kernel, reference kernel): module-level functions the mixer calls. The LRU and
-# Mamba mixers hold their diagonal scan as an attribute (``mixer.scan``), swapped per instance instead.
+# model name -> (module, fast kernel, reference kernel): module-level functions the mixer calls. The LRU
+# mixer holds its diagonal scan as an attribute (``mixer.scan``), swapped per instance instead.
 REFERENCES = {
     "mlp_mixer": ("emergelab.models.mixers.mlp_mixer", "token_mix", "token_mix_naive"),
     "lru": None,
-    "mamba": None,
+    "mamba": ("emergelab.models.mixers.mamba", "selective_scan_chunked", "selective_scan_naive"),
     "gated_deltanet": ("emergelab.models.mixers.gated_deltanet", "gated_delta_rule_chunk", "gated_delta_rule_naive"),
     "mlstm": ("emergelab.models.mixers.mlstm", "mlstm_chunkwise", "mlstm_recurrent"),
+    "rwkv7": ("emergelab.models.mixers.rwkv7", "rwkv7_chunked", "rwkv7_recurrent"),
 }
 
 # model name -> {form: (module, the fast kernel, the kernel that replaces it)}: other fast forms kept beside
 ALTERNATIVES = {
     "mlstm": {"parallel": ("emergelab.models.mixers.mlstm", "mlstm_chunkwise", "mlstm_parallel")},
+    "mamba": {"parallel": ("emergelab.models.mixers.mamba", "selective_scan_chunked", "selective_scan")},
 }
 
 
@@ -138,6 +141,8 @@ def main() -> None:
     parser.add_argument("--models", help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--lengths", help="comma-separated sequence lengths (default 256,1024; --quick 64,256)")
     parser.add_argument("--members", default="1,8", help="comma-separated E values (default 1,8)")
+    parser.add_argument("--forms", help="comma-separated subset of fast,reference and the ALTERNATIVES' "
+                                        "names (default: all; the references take minutes at T = 1024)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "mixers.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -159,6 +164,8 @@ def main() -> None:
             for name in models:
                 for form in ("fast", "reference", *ALTERNATIVES.get(name, {})):
                     if form == "reference" and name not in REFERENCES:
+                        continue
+                    if args.forms and form not in args.forms.split(",") and name != "transformer":
                         continue
                     seconds = time_step(name, T, E, args.batch, args.device, repeats, form)
                     if name == "transformer":

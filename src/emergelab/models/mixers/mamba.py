@@ -34,7 +34,7 @@ from ..layers import member_linear
 from .common import (MixerConfig, MixerModel, causal_conv1d, check_positive, diag_scan,
                      dt_bias_init, refuse_unobserved, stable_chunk, uniform)
 
-CHUNK = 8  # the fast path's chunk length (selective_scan_chunked): the fastest of 2..64 on a CPU (README)
+CHUNK = 8  # the fast path's chunk length (selective_scan_chunked): about the fastest of 2..64 on a CPU (README)
 
 
 @dataclass(frozen=True)
