@@ -99,7 +99,7 @@ def rwkv7_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torc
     the chunk a gated linear attention with two (value, key) pairs per step, ``(v_t, k_t)`` and
     ``(nu_t, b_t)``; the ``nu`` of a whole chunk come from one unit-lower-triangular solve, and the
     ``[N, N]`` state is carried across chunks (derivation: README, "RWKV-7, chunked"). The chunk is
-    shortened where the decays are so strong that ``exp(-G)`` could overflow (:func:`common.stable_chunk`;
+    shortened where the decays are so strong that ``exp(-g)`` could overflow (:func:`common.stable_chunk`;
     RWKV-7's own ``log w >= -0.607`` never does at ``chunk <= 64``).
 
     Example::
@@ -122,8 +122,8 @@ def rwkv7_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torc
     r, k, v, log_w, a, b = (F.pad(t, (0, 0, 0, 0, 0, pad)).reshape(M, n, c, H, N).permute(0, 3, 1, 2, 4)
                             for t in (r, k, v, log_w, a, b))
     g = log_w.cumsum(3)  # log decay since the chunk's start, inclusive; >= -40 in float32 (stable_chunk)
-    r_d, a_d = r * g.exp(), a * (g - log_w).exp()  # r_t G_1..t and a_t G_1..t-1 on the diagonal part
-    k_u, b_u = k * (-g).exp(), b * (-g).exp()  # undone decay, so that (x_d . y_u) = decay from s to t
+    r_d, a_d = r * g.exp(), a * (g - log_w).exp()  # times the decay from the chunk's start to t (a: to t-1)
+    k_u, b_u = k * (-g).exp(), b * (-g).exp()  # divided by it to s: (x_d * y_u) = the decay from s to t
     strict = torch.ones(c, c, dtype=torch.bool, device=r.device).tril(-1)
     causal = torch.ones(c, c, dtype=torch.bool, device=r.device).tril()
     zero = r.new_zeros(())
