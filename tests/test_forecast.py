@@ -241,3 +241,90 @@ def test_evaluation_table_on_a_real_run(tmp_path):
     # forecasts of one run at one step: only outputs that had not emerged by then
     out = forecast_run(connect(small_run.path), 100).to_pylist()
     assert out and all(r["t"] <= 100 for r in out)
+
+
+# ------------------------------------------------------------------------------------------ live forecast
+def test_curves_from_metrics_match_the_store(planted):
+    """The in-memory curves (what a training group has) equal those the store gives to load_examples."""
+    from emergelab.analysis.forecast import curves_from_metrics
+
+    curves = curves_from_metrics(pq.read_table(planted / "metrics.parquet").cast(SCHEMA))
+    examples = load_examples(connect(planted))
+    assert set(curves) == {(e.seed, e.output) for e in examples}
+    for e in examples:
+        c = curves[(e.seed, e.output)]
+        assert c.heads == e.curves.heads and (c.steps == e.curves.steps).all()
+        np.testing.assert_array_equal(c.loss, e.curves.loss)
+        np.testing.assert_array_equal(c.mass, e.curves.mass)
+        np.testing.assert_array_equal(c.entropy, e.curves.entropy)
+
+
+def test_live_outlook_uses_only_the_probes_so_far(planted):
+    """The outlook at t from the probes up to t: emerged counts by the run's own rule, and each other
+    seed's point is mass-exp's forecast at t (planted: exact, the true step), else the baseline's."""
+    from emergelab.analysis.forecast import LiveForecast
+
+    examples = load_examples(connect(planted))
+    live = LiveForecast([e for e in examples if e.seed % 2 == 0], {i: 0.0 for i in range(4)})
+    table = pq.read_table(planted / "metrics.parquet").cast(SCHEMA)
+    odd = table.filter(pc.equal(pc.bit_wise_and(table["seed"], 1), 1))
+    for t in (300, 525, 700):  # probe steps
+        outlook = live.outlook(odd.filter(pc.less_equal(odd["step"], t)))
+        assert [o.output for o in outlook] == [0, 1, 2, 3]
+        for o in outlook:
+            truth = [e for e in examples if e.seed % 2 == 1 and e.output == o.output]
+            assert o.seeds == len(truth) and o.t == t
+            assert o.emerged == sum(e.emerged and e.step <= t for e in truth)
+            expected = []
+            for e in truth:
+                if e.emerged and e.step <= t:
+                    continue
+                p = live.model.predict(e.curves, t, o.output).step
+                expected.append(live.baseline.predict(e.curves, t, o.output).step if p is None else p)
+            assert list(o.points) == pytest.approx([math.inf if p is None else p for p in expected])
+            finite_emerged = [e.step for e in truth if e.emerged and e.step > t]
+            if finite_emerged and len(o.points) == len(finite_emerged):
+                assert sorted(o.points) == pytest.approx(sorted(finite_emerged), rel=1e-6)
+
+
+def test_progress_line_format():
+    from emergelab.analysis.forecast import OutputOutlook
+    from emergelab.train.live import combine_outlooks, format_outlook
+
+    a = (OutputOutlook(0, 100, 4, 4, ()), OutputOutlook(1, 100, 4, 1, (900, 1100, 2500)),
+         OutputOutlook(2, 100, 4, 0, (300, math.inf, 400, 500)))
+    b = (OutputOutlook(1, 100, 2, 0, (1000, 1200)),)
+    assert combine_outlooks([a, b]) == [(0, 4, 4, math.inf), (1, 6, 1, 1100), (2, 4, 0, 400)]
+    assert format_outlook([a, b]) == "emerged 5/14, next o2~400 o1~1.1k"
+    assert format_outlook([]) == ""
+
+
+def test_run_with_forecast_from(planted, tmp_path, capsys):
+    """A group trained with execution.forecast_from sends outlooks with its probe news; a bad source is
+    one line and exit 2 before any work."""
+    from emergelab.train import SeedGroup
+
+    cfg = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+        "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+        "train": {"steps": 40, "seeds": 2, "eval_every": 10, "checkpoints": 0, "attention_snapshots": 0},
+        "execution": {"forecast_from": str(planted)}}).resolved()
+    group = SeedGroup(cfg, [0, 1])
+    news = []
+    group.train(on_progress=lambda n, item: news.append(item))
+    assert news[0].outlook is not None and news[-1].outlook is not None  # the first and the last probe
+    assert {o.output for o in news[-1].outlook} == {0, 1, 2, 3} and all(o.seeds == 2 for o in news[-1].outlook)
+    assert all(isinstance(item.loss, float) for item in news)
+    base = ["run", "linear-map", "--set", "task.state_size=4", "--steps", "20", "--seeds", "1", "--quiet",
+            "--no-figures"]
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(base + ["--out", str(tmp_path / "r"), "--forecast-from", str(source)]) == 2
+        err = capsys.readouterr().err
+        assert "execution.forecast_from" in err and err.count("\n") == 1
+        assert not (tmp_path / "r").exists()
+    other = planted_run(tmp_path / "ca", outputs=4)
+    text = (other / "config.yaml").read_text().replace("linear-map", "count")
+    (other / "config.yaml").write_text(text)
+    assert main(base + ["--out", str(tmp_path / "r"), "--forecast-from", str(other)]) == 2
+    assert "not of task linear-map" in capsys.readouterr().err

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
     run.add_argument("--log", action="append", default=[], metavar="TRACKER",
                      help=LOG_HELP)
+    run.add_argument("--forecast-from", metavar="RUN_OR_DIR",
+                     help="finished runs of the same task: the progress line shows each output's forecast "
+                          "emergence, by forecasters fitted on their seeds (execution.forecast_from)")
     run.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -210,7 +213,8 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
         if section == "task" and name == "name":
             raise ConfigError("--set task.name: choose the task with the positional TASK argument")
         data[section][name] = value
-    for flag, section in (("seeds", "train"), ("steps", "train"), ("device", "execution"), ("strategy", "execution")):
+    for flag, section in (("seeds", "train"), ("steps", "train"), ("device", "execution"), ("strategy", "execution"),
+                          ("forecast_from", "execution")):
         if getattr(args, flag) is not None:
             data[section][flag] = getattr(args, flag)
     if args.log:

@@ -72,7 +72,8 @@ from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
 
 __all__ = ["BaselineForecaster", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
-           "MassForecaster", "OutputCurves", "RegressionForecaster", "default_forecasters", "evaluate_forecasts", "forecast_run",
+           "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook", "RegressionForecaster", "curves_from_metrics",
+           "default_forecasters", "evaluate_forecasts", "forecast_run",
            "load_examples", "on_plateau"]
 
 COVERAGE = 0.8          # nominal coverage of every interval
@@ -662,3 +663,105 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
                         ("hi", pa.float64()), ("reason", pa.string()), ("true_step", pa.float64())])
     return rows_table(sorted(rows, key=lambda r: (r[0], r[1], r[2])), schema)
 
+
+
+# ---------------------------------------------------------------------------------------------- live
+_LIVE_METRICS = ("loss_pos", "attn_gt_mass_pos", "attn_entropy_pos")
+
+
+def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
+    """``(seed, output) -> OutputCurves`` from one run's metrics as a table of the store's schema (``step,
+    seed, metric, index, value``), e.g. a training group's probes so far: what :func:`load_examples` reads
+    from the store, without the store.  Outputs without ground-truth keys (mass 0 at every probe and head)
+    are left out, as there; a step recorded twice keeps its first value."""
+    import pyarrow.compute as pc
+
+    table = table.filter(pc.is_in(table["metric"], pa.array(_LIVE_METRICS)))
+    if table.num_rows == 0:
+        return {}
+    grouped = (table.sort_by([("metric", "ascending"), ("seed", "ascending"), ("index", "ascending"),
+                              ("step", "ascending")])
+               .group_by(["metric", "seed", "index"], use_threads=False)
+               .aggregate([("step", "list"), ("value", "list")]))
+    loss: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    heads: dict[tuple[int, int], dict[str, list[Any]]] = {}
+    for metric, seed, index, steps, values in zip(*(grouped[c].to_pylist() for c in
+                                                     ("metric", "seed", "index", "step_list", "value_list"))):
+        steps, first = np.unique(np.asarray(steps, float), return_index=True)
+        values = np.asarray(values, float)[first]
+        if metric == "loss_pos":
+            loss[(int(seed), int(index))] = (steps, values)
+        else:
+            head, _, pos = index.partition(":")
+            if pos:
+                entry = heads.setdefault((int(seed), int(pos)), {}).setdefault(head, [None, None])
+                entry[0 if metric == "attn_gt_mass_pos" else 1] = (steps, values)
+    out = {}
+    for key, (steps, values) in sorted(loss.items()):
+        by_head = heads.get(key, {})
+        if not by_head or steps.size < 2:
+            continue
+        names = tuple(sorted(by_head, key=lambda h: tuple(int(p) for p in h.split("."))))
+
+        def on_steps(curve: Any) -> np.ndarray:
+            if curve is None:
+                return np.full(steps.size, np.nan)
+            s, v = curve
+            return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
+
+        mass = np.stack([on_steps(by_head[h][0]) for h in names])
+        if not (np.nan_to_num(mass) > 0).any():
+            continue
+        out[key] = OutputCurves(steps, values, mass, np.stack([on_steps(by_head[h][1]) for h in names]), names)
+    return out
+
+
+@dataclass(frozen=True)
+class OutputOutlook:
+    """One output over a group of seeds at step ``t``: ``seeds`` judged, ``emerged`` of them emerged by
+    ``t``, and ``points``: the forecast emergence step of each seed not yet emerged (``inf``: no forecast)."""
+
+    output: int
+    t: float
+    seeds: int
+    emerged: int
+    points: tuple[float, ...]
+
+
+class LiveForecast:
+    """Forecasters fitted on finished runs, applied to a training run's probes as they arrive: each seed
+    and output not yet emerged gets ``mass-exp``'s calibrated point, or where it abstains (the head's mass
+    is not growing yet, too few probes) the ``baseline-emerged`` conditional median.  Everything it uses
+    exists at step ``t``; the training seeds are the finished runs', never the run being trained.
+
+    Example::
+
+        from emergelab.store import connect
+        live = LiveForecast(load_examples(connect("runs/lm16-64")), optima={i: 0.0 for i in range(16)})
+        for o in live.outlook(group_metrics_table):
+            print(o.output, o.emerged, "/", o.seeds, sorted(o.points)[:3])
+    """
+
+    def __init__(self, examples: Sequence[Example], optima: dict[int, float | None]):
+        if not any(e.emerged for e in examples):
+            raise ConfigError("execution.forecast_from: no output of any seed there emerged, so there is "
+                              "nothing to fit a forecaster on; give finished runs of the same task")
+        self.model = MassForecaster().fit(examples)
+        self.baseline = BaselineForecaster(emerged_only=True).fit(examples)
+        self.optima = dict(optima)
+
+    def outlook(self, table: pa.Table) -> list[OutputOutlook]:
+        """Per output (ascending): the outlook from the probes in ``table`` (store schema, one run)."""
+        per_output: dict[int, list[Any]] = {}
+        for (seed, output), curves in curves_from_metrics(table).items():
+            t = float(curves.steps[-1])
+            entry = per_output.setdefault(output, [t, 0, 0, []])
+            entry[1] += 1
+            if emerged_by(curves, t, self.optima.get(output)):
+                entry[2] += 1
+                continue
+            point = self.model.predict(curves, t, output).step
+            if point is None:
+                point = self.baseline.predict(curves, t, output).step
+            entry[3].append(math.inf if point is None else float(point))
+        return [OutputOutlook(k, v[0], v[1], v[2], tuple(v[3])) for k, v in sorted(per_output.items())]

@@ -98,6 +98,9 @@ class ExecutionConfig:
     of a process's seeds). resume_every: steps between resume states (0: only at checkpoints).
     device: cpu, cuda, cuda:N or mps. log: trackers the metrics stream to as the run trains
     (``tensorboard``, ``wandb``; a list, or one comma-separated string; see ``train/trackers.py``).
+    forecast_from: a finished run, or a folder of runs, of the same task: forecasters fitted on its seeds
+    forecast each output's emergence as this run trains, shown on the progress line ("" : none; see
+    ``analysis.forecast.LiveForecast``).
     """
 
     strategy: str = "auto"
@@ -107,6 +110,7 @@ class ExecutionConfig:
     resume_every: int = 500
     device: str = "cpu"
     log: Any = ()
+    forecast_from: str = ""
 
     def __post_init__(self) -> None:
         require_choice("execution.strategy", self.strategy, STRATEGIES)
@@ -117,6 +121,8 @@ class ExecutionConfig:
         require(isinstance(self.device, str) and self.device.split(":")[0] in ("cpu", "cuda", "mps"),
                 "execution.device", self.device, "must be cpu, cuda, cuda:N or mps")
         object.__setattr__(self, "log", tracker_names("execution.log", self.log))
+        require(isinstance(self.forecast_from, str), "execution.forecast_from", self.forecast_from,
+                "must be a path: a finished run directory or a folder of runs")  # read by train.live_forecast
 
 
 def tracker_names(field: str, value: Any) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ batch, all derived from ``(train.seed, i)`` alone, so seed ``i`` trains the same
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +21,13 @@ from ..store.verify import warn
 from ..tasks import held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules
 from .bias import bias_schedule
 from .config import ExperimentConfig
+from .live import ProbeNews, Throttle, live_forecast
 from .measure import Measurement, Metric, default_measurements, probe
 from .measure_ood import LengthEval, RuleEval
 from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 
-ProgressFn = Callable[[int, float | None], None]  # (seed-steps done since last call, mean loss or None)
+# (seed-steps done since the last call, the probe's news: ProbeNews, or None between probes)
+ProgressFn = Callable[[int, "ProbeNews | None"], None]
 BiasFn = Callable[[int], "torch.Tensor | None"]  # optimizer step -> attention bias [E, layers, heads, P, P]
 RecordFn = Callable[[pa.Table], None]  # the metric rows one probe recorded
 
@@ -38,7 +41,8 @@ class SeedGroup:
     what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths, ``measure_ood.RuleEval`` where it has a
     generalization set that tells rules apart). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
-    are recorded (the trackers of ``train/trackers.py``).
+    are recorded (the trackers of ``train/trackers.py``). With ``execution.forecast_from``, the progress
+    news of a probe carries the live forecast of these seeds (``train/live.py``).
     """
 
     def __init__(self, config: ExperimentConfig, seeds: list[int], run: RunDir | None = None,
@@ -84,6 +88,8 @@ class SeedGroup:
         self._checkpoint_at = set(log_spaced_steps(train.steps, train.checkpoints))
         self._snapshot_at = set(log_spaced_steps(train.steps, train.attention_snapshots))
         self._last_loss: float | None = None
+        self.live = live_forecast(config, first)
+        self._live_throttle = Throttle()
 
     # ------------------------------------------------------------------ training
     def train(self, on_progress: ProgressFn | None = None, stop_after: int | None = None) -> None:
@@ -96,10 +102,19 @@ class SeedGroup:
             self._train_step()
             self.step += 1
             if self._measure(self.step) and on_progress is not None:
-                on_progress((self.step - reported) * len(self.seeds), self._last_loss)
+                on_progress((self.step - reported) * len(self.seeds), self._news(self.step == steps))
                 reported = self.step
         if on_progress is not None and self.step > reported:
             on_progress((self.step - reported) * len(self.seeds), None)
+
+    def _news(self, last: bool) -> ProbeNews:
+        """The latest probe's news, with the live forecast when one is due (``train/live.py``)."""
+        if self.live is None or not self._live_throttle.due(last):
+            return ProbeNews(self._last_loss)
+        start = time.monotonic()
+        outlook = tuple(self.live.outlook(self.metrics.table()))
+        self._live_throttle.took(time.monotonic() - start)
+        return ProbeNews(self._last_loss, outlook)
 
     def _train_step(self) -> None:
         tokens = self._batch(self.step)  # [E, B, L]

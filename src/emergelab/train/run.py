@@ -34,6 +34,7 @@ from ..store.verify import warn
 from ..tasks import seed_task, task_info
 from .config import ExperimentConfig
 from .execute import Executor, local_executor
+from .live import ProbeNews, format_outlook, live_forecast
 from .trackers import log_finished, require_packages
 from .unit import WorkUnit, unit_progress
 
@@ -262,6 +263,7 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
     """
     config = config.resolved()
     require_packages(config.execution.log)
+    live_forecast(config, seed_task(config.task, config.train.seed, 0))  # a bad forecast_from fails before any work
     run, plan = prepare_run(config, out)
     say = log or (lambda line: None)
     if plan is None:
@@ -325,13 +327,15 @@ def _done_metrics(run: RunDir, group: int) -> pa.Table | None:
 
 class _Bar:
     """The progress bar: seed-steps done, and ONE loss: the latest probe loss of each unit, averaged over
-    the units weighted by their seed counts (so parallel workers do not make it alternate)."""
+    the units weighted by their seed counts (so parallel workers do not make it alternate); with a live
+    forecast (``execution.forecast_from``), the seed-outputs emerged and the outputs forecast next."""
 
     def __init__(self, units: list[WorkUnit], initial: int, enabled: bool, plan: Plan):
         from tqdm.auto import tqdm
 
         self.weights = {u.group: len(u.seeds) for u in units}
         self.latest: dict[Any, float] = {}
+        self.outlooks: dict[Any, tuple] = {}
         self.bar = tqdm(total=sum(u.steps for u in units), initial=initial, disable=not enabled,
                         unit="seed-step", desc=f"train ({plan.strategy}, {plan.processes} proc)", smoothing=0.1,
                         dynamic_ncols=True)
@@ -342,12 +346,23 @@ class _Bar:
         total = sum(self.weights.get(k, 1) for k in self.latest)
         return sum(loss * self.weights.get(k, 1) for k, loss in self.latest.items()) / total
 
-    def update_loss(self, n: int, loss: float | None, unit: Any = None) -> None:
-        """``n`` seed-steps done; ``loss``: the latest probe's mean loss of unit (group) ``unit``."""
+    def update_loss(self, n: int, news: ProbeNews | float | None, unit: Any = None) -> None:
+        """``n`` seed-steps done; ``news``: unit (group) ``unit``'s latest probe (a bare float: its loss)."""
         self.bar.update(n)
-        if loss is not None and math.isfinite(loss):
-            self.latest[unit] = loss
-            self.bar.set_postfix(loss=f"{self.mean_loss():.4f}", refresh=False)
+        news = ProbeNews(news) if isinstance(news, (int, float)) else news
+        if news is None:
+            return
+        if news.outlook is not None:
+            self.outlooks[unit] = news.outlook
+        if news.loss is not None and math.isfinite(news.loss):
+            self.latest[unit] = news.loss
+        postfix = {}
+        if self.latest:
+            postfix["loss"] = f"{self.mean_loss():.4f}"
+        if self.outlooks:
+            postfix["forecast"] = format_outlook(list(self.outlooks.values()))
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
