@@ -402,6 +402,29 @@ def test_rwkv7_chunked_float32_stays_finite_and_close_to_float64(decay_scale):
     assert torch.isfinite(y).all() and rel_err(y, exact) < 1e-5
 
 
+def test_rwkv7_forward_reads_no_decay_bound_unless_hooked(monkeypatch):
+    """The model's decays are bounded by construction, so its forward never reads one back (no host sync
+    on a GPU); a hook on log_w may set any decay, and then the bound is read and the result stays exact."""
+    config = make_config("rwkv7", layers=1)
+    model = config.build(n_models=2, seeds=[0, 1]).double()
+    x = tokens(2)
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t.shape) or real_item(t))
+    model(x)
+    assert reads == []
+
+    def strong(log_w, hook):  # decays down to exp(-12) a step: chunks of 16 would overflow exp(-g) (float32)
+        return log_w * 20.0
+
+    with model.hooks([("blocks.0.mixer.hook_log_w", strong)]):  # hooked, on the fast (chunked) path
+        hooked = model(x)
+    assert reads and torch.isfinite(hooked).all()
+    # run_with_hooks takes the observed path: the plain recurrence through the pattern
+    reference = model.run_with_hooks(x, fwd_hooks=[("blocks.0.mixer.hook_log_w", strong)])
+    assert rel_err(hooked, reference) < 1e-10
+
+
 # ------------------------------------------------------------------------------------------ CUDA
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

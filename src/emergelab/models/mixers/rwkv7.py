@@ -44,6 +44,7 @@ from ..hooks import HookPoint
 from ..layers import member_linear
 from .common import MixerConfig, MixerModel, check_positive, refuse_unobserved, stable_chunk
 
+MAX_DECAY = math.exp(-0.5)  # the model's -log w = exp(-0.5) sigmoid(.) never exceeds it
 CHUNK = 32  # the fast path's chunk length (rwkv7_chunked): the fastest of 8..64 on a CPU at T >= 256 (README)
 
 
@@ -93,14 +94,16 @@ def rwkv7_recurrent(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: to
 
 
 def rwkv7_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor, a: torch.Tensor,
-                  b: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+                  b: torch.Tensor, chunk: int = CHUNK, max_decay: float | None = None) -> torch.Tensor:
     """Chunked form of :func:`rwkv7_recurrent` (same signature, plus ``chunk``). Inside a chunk the
     transition's rank-one part reads the state through pseudo-values ``nu_t = S_{t-1} a_t``, which makes
     the chunk a gated linear attention with two (value, key) pairs per step, ``(v_t, k_t)`` and
     ``(nu_t, b_t)``; the ``nu`` of a whole chunk come from one unit-lower-triangular solve, and the
     ``[N, N]`` state is carried across chunks (derivation: README, "RWKV-7, chunked"). The chunk is
     shortened where the decays are so strong that ``exp(-g)`` could overflow (:func:`common.stable_chunk`;
-    RWKV-7's own ``log w >= -0.607`` never does at ``chunk <= 64``).
+    RWKV-7's own ``log w >= -0.607`` never does at ``chunk <= 64``). ``max_decay``: a known bound on
+    ``-log_w`` (the model passes ``MAX_DECAY`` unless a hook may have changed ``log_w``); None reads it
+    from ``log_w``, one host sync on a GPU.
 
     Example::
 
@@ -113,7 +116,9 @@ def rwkv7_chunked(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torc
     M, T, H, N = r.shape
     if T == 0:
         return v.clone()
-    c = stable_chunk(-log_w.detach().min().item(), chunk, T, r.dtype)
+    if max_decay is None:
+        max_decay = -log_w.detach().min().item()
+    c = stable_chunk(max_decay, chunk, T, r.dtype)
     if c == 1:  # one step's decay alone could overflow exp(-g): chunks of one step are the recurrence
         return rwkv7_recurrent(r, k, v, log_w, a, b)
     pad = (-T) % c  # padded steps: decay 1, no input, never read
@@ -215,7 +220,7 @@ class RWKV7TimeMix(nn.Module):
         v = member_linear(xv, self.W_v, None)
         lora = lambda z, W1, W2, act=None: member_linear(  # noqa: E731
             member_linear(z, W1, None) if act is None else act(member_linear(z, W1, None)), W2, None)
-        log_w = -math.exp(-0.5) * torch.sigmoid(self.w0[:, None, None] + lora(xw, self.W1, self.W2, torch.tanh))
+        log_w = -MAX_DECAY * torch.sigmoid(self.w0[:, None, None] + lora(xw, self.W1, self.W2, torch.tanh))
         if self.layer == 0:
             shared["v_first"] = v
         else:
@@ -233,7 +238,9 @@ class RWKV7TimeMix(nn.Module):
             y = torch.einsum("ebhts,ebshn->ebthn", self.hook_pattern(P), v)
         else:
             refuse_unobserved(self, "hook_pattern")
-            y = rwkv7_chunked(flat(r), flat(k), flat(v), flat(log_w), flat(-kk), flat(kk * a)).view(E, B, T, H, N)
+            bound = None if self.hook_log_w.has_hooks() else MAX_DECAY  # a hook may set any log w
+            y = rwkv7_chunked(flat(r), flat(k), flat(v), flat(log_w), flat(-kk), flat(kk * a),
+                              max_decay=bound).view(E, B, T, H, N)
         y = self.hook_y(y)
         y = F.group_norm(y.reshape(E * B * T, C), H, eps=64e-5).view(E, B, T, C)  # per-head norm, affine below
         y = y * self.ln_w[:, None, None] + self.ln_b[:, None, None]
