@@ -29,7 +29,7 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
         assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
            "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png",
-           "mixers": "mixers.png"}
+           "mixers": "mixers.png", "lm-emergence": "lm_emergence.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
@@ -49,6 +49,49 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
     # re-running trains nothing new and gives the same table
     again = reproduce(name, "smoke", tmp_path, executor=InProcess(), progress=False)
     assert again.table == result.table
+    if name == "lm-emergence":
+        _check_lm_emergence_patching(tmp_path)
+
+
+def _check_lm_emergence_patching(out):
+    """The patching step of lm-emergence on a smoke run (nothing emerges at smoke scale, so the point of
+    emergence is planted between two checkpoints): the layer x head table, the greedy set, its figures;
+    and the seed shown is the largest size's solved seed with the median solve step."""
+    from emergelab.reproduce.lm_emergence import patch_at_emergence, pick_seed
+    from emergelab.store import RunDir, find_runs
+
+    run = find_runs(out)[0]
+    saved = RunDir(run.path).checkpoint_steps(0)
+    chosen = {"run": str(run.path), "seed": 0, "solved_step": (saved[0] + saved[1]) / 2}
+    lines, figures = patch_at_emergence(chosen, out / "patch")
+    text = "\n".join(lines)
+    assert f"patched into step {saved[0]}" in text and f"of step {saved[-1]}" in text and "greedy" in text
+    assert len(figures) == 2 and all(p.stat().st_size > 5000 for p in figures)
+    lines, _ = patch_at_emergence({**chosen, "solved_step": saved[0] - 1}, out / "patch")
+    assert "no checkpoint on both sides" in lines[0]
+    assert patch_at_emergence(None, out)[0] == ["patching: no seed solved, nothing to patch"]
+
+    import pyarrow as pa
+
+    class Result:
+        groups = pa.Table.from_pylist([{"group": 0, "model.d_model": 8}, {"group": 1, "model.d_model": 16}])
+        seeds = pa.Table.from_pylist([
+            {"run": "a", "seed": s, "group": 0, "solved": True, "solved_step": 10.0} for s in range(3)] + [
+            {"run": "b", "seed": s, "group": 1, "solved": s != 1, "solved_step": [300.0, None, 100.0, 200.0][s]}
+            for s in range(4)])
+
+    assert pick_seed(Result())["seed"] == 3  # d=16: solved at 100, 200, 300 -> the median, seed 3
+
+    from emergelab.analysis.fetch import fetch_curves
+    from emergelab.analysis.runs import analyze_runs
+    from emergelab.reproduce.lm_emergence import emergence_figure
+    from emergelab.store import connect
+
+    con = connect(out)
+    (path,) = emergence_figure(analyze_runs(con, by=["model.d_model"]), fetch_curves(con, "loss_pos"), chosen,
+                               out / "fig")
+    con.close()
+    assert path.stat().st_size > 5000
 
 
 @pytest.mark.parametrize("name", list(TARGETS))

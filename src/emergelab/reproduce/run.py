@@ -112,7 +112,6 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
     if t.figure == "mixers":
         params = run_params(con)
         lines += ["", format_mixers(mixer_rows(result, params))]
-    table = "\n".join(lines)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = make_analysis_figures(result, figures_dir, vs=t.vs if t.vs in result.by else None)
@@ -125,7 +124,17 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         from ..analysis.fetch import fetch_curves
 
         figures += mixers_figure(result, fetch_curves(con, "loss"), params, figures_dir)
+    if t.figure == "lm-emergence":
+        from ..analysis.fetch import fetch_curves
+        from .lm_emergence import emergence_figure, patch_at_emergence, pick_seed
+
+        chosen = pick_seed(result)
+        figures += emergence_figure(result, fetch_curves(con, "loss_pos"), chosen, figures_dir)
+        patch_lines, patch_figures = patch_at_emergence(chosen, figures_dir)
+        lines += [""] + patch_lines
+        figures += patch_figures
     con.close()
+    table = "\n".join(lines)
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
                   command, result.groups.to_pylist())
 

@@ -76,6 +76,12 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "scale raises the fraction of seeds in the successful mode smoothly, while the mean over seeds "
            "looks like an abrupt breakthrough.",
            analysis="scales", outcome="ood_accuracy", threshold=0.5),
+    Target("lm-emergence", ("lm-emergence",), ("model.d_model",), "model.d_model",
+           "Pythia (10 seeds per size): in-context repetition appears at a random, seed-dependent step, abruptly, "
+           "coinciding with specific heads learning their attention patterns; larger models get it earlier on "
+           "average; patching a few heads' attention from a later checkpoint into an earlier one recovers much "
+           "of it. Here on emergelab's own mini-suite (tasks/repetition.py), 3 sizes x 8 seeds.",
+           figure="lm-emergence"),
     Target("mixers", ("mixers-linear-map", "mixers-cellular-automata"), ("task.name", "task.sparsity", "model.name"),
            None,
            "Alternative sequence mixers at a matched parameter count: a causal MLP-Mixer learns the sparse "

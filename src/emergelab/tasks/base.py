@@ -139,6 +139,21 @@ def supports_rules(task: object) -> bool:
     return isinstance(task, RuleTask)
 
 
+@runtime_checkable
+class SampleMaskTask(Protocol):
+    """A task whose ground-truth attention depends on each sequence's content (in-context repetition: the
+    keys are wherever the span occurred). ``sample_attention_mask(tokens) -> [n, P, P]`` bool for a batch;
+    ``attention_mask`` ``[P, P]`` is then its support over all sequences (what figures draw beside a
+    batch-mean map). The probes measure the ground-truth mass per sequence."""
+
+    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def supports_sample_masks(task: object) -> bool:
+    """Whether ``task`` gives a ground-truth mask per sequence (:class:`SampleMaskTask`)."""
+    return isinstance(task, SampleMaskTask)
+
+
 def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[int, ...]:
     """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
     a ConfigError naming ``field`` otherwise."""

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules
+from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules,
+                     supports_sample_masks)
 from .bias import bias_schedule
 from .config import ExperimentConfig
 from .live import ProbeNews, Throttle, live_forecast
@@ -74,7 +75,10 @@ class SeedGroup:
         self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)
                                         for task, i in zip(self.tasks, self.seeds)])  # [E, B, L]
         first = self.tasks[0]
-        self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
+        if supports_sample_masks(first):  # per held-out sequence: [E, B, P, P]
+            self.gt_mask = torch.stack([t.sample_attention_mask(x) for t, x in zip(self.tasks, self.eval_tokens)])
+        else:
+            self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
         self.chunk_steps = data_chunk_steps(train.batch_size, first.seq_len)
         self.step = 0

@@ -42,7 +42,7 @@ class ProbeData:
     """What a probe measured, for ``E`` members on ``B`` held-out sequences of ``P + 1`` tokens.
 
     tokens ``[E, B, P+1]``; logits ``[E, B, P, V]``; cache: hook name -> ``[E, B, ...]``;
-    loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none); gt_mask ``[E, P, P]`` bool (the ground-truth
+    loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none); gt_mask ``[E, P, P]`` bool, or ``[E, B, P, P]`` per sequence (the ground-truth
     attention of each member's task); n_outputs; inputs: the extra model inputs the probe ran with (e.g.
     ``attn_bias``), for a measurement that runs the model again on other tokens (``measure_ood``).
     """
@@ -157,9 +157,13 @@ class AttentionScores:
         pattern = self._pattern(data)
         E, B, L, H = pattern.shape[:4]
         entropy = -(pattern * pattern.clamp(min=1e-30).log()).sum(-1).mean(1)  # [E, L, H, P]
-        gt = data.gt_mask.float()  # [E, P, P]
-        mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
-        relevant = data.gt_mask.any(-1).float()  # [E, P]
+        gt = data.gt_mask.float()  # [E, P, P], or [E, B, P, P] per sequence (tasks.SampleMaskTask)
+        if gt.dim() == 4:  # the mass of each sequence on its own keys, averaged over the sequences
+            mass = (pattern * gt[:, :, None, None]).sum(-1).mean(1)  # [E, L, H, P]
+            relevant = data.gt_mask.any(-1).any(1).float()  # [E, P]
+        else:
+            mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
+            relevant = data.gt_mask.any(-1).float()  # [E, P]
         rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
         rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
         rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]

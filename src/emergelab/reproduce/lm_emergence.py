@@ -1,0 +1,104 @@
+"""The ``lm-emergence`` target's own analysis: the paper's Figure 1 on emergelab's mini-suite of small
+language models (``tasks/repetition.py``: in-context repetition in a Zipfian corpus).
+
+* Steps to emergence against model size, one point per seed (a seed is solved when its loss comes within
+  the analysis' tolerance of the task's optimum; unsolved seeds are marked at the top, "not by the end").
+* One seed's correct-token probability on the repeat (the geometric mean over the repeat's outputs,
+  ``exp(-mean loss_pos)``) against step, with its point of emergence.
+* Patching that seed's attention patterns, head by head, from its last checkpoint into the last checkpoint
+  before its point of emergence (``interventions.patch_checkpoints``): the layer x head table, the top
+  heads and their joint effect (the greedy set).
+
+The seed shown is the largest size's solved seed with the median emergence step (ties: the lower seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..interventions.checkpoints import patch_checkpoints
+from ..report.patch_figures import write_patching_figures
+from ..report.plotting import colors, new_figure, save_figure
+from ..store import RunDir
+
+SIZE = "model.d_model"
+
+
+def _sizes(result: Any) -> dict[str, Any]:
+    """run -> its model size (d_model)."""
+    group_size = {g["group"]: g.get(SIZE) for g in result.groups.to_pylist()}
+    return {r["run"]: group_size.get(r["group"]) for r in result.seeds.to_pylist()}
+
+
+def pick_seed(result: Any) -> dict[str, Any] | None:
+    """The seed row shown: the largest size's solved seed with the median solve step (None: none solved)."""
+    size = _sizes(result)
+    solved = [r for r in result.seeds.to_pylist() if r["solved"] and r["solved_step"] is not None]
+    if not solved:
+        return None
+    largest = max(size[r["run"]] for r in solved)
+    mine = sorted((r for r in solved if size[r["run"]] == largest), key=lambda r: (r["solved_step"], r["seed"]))
+    return mine[(len(mine) - 1) // 2]
+
+
+def emergence_figure(result: Any, loss_pos: Any, chosen: dict[str, Any] | None, out: Path) -> list[Path]:
+    """Left: solve step against size per seed (open markers at the top: unsolved); right: the chosen
+    seed's correct-token probability on the repeat against step, with its point of emergence."""
+    size = _sizes(result)
+    rows = result.seeds.to_pylist()
+    sizes = sorted({size[r["run"]] for r in rows})
+    end = max((float(s[-1]) for _, _, _, s, _ in loss_pos), default=1.0)
+    fig = new_figure(10, 4)
+    left, right = fig.subplots(1, 2)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for k, (d, color) in enumerate(zip(sizes, colors(len(sizes)))):
+        mine = [r for r in rows if size[r["run"]] == d]
+        done = np.asarray([r["solved_step"] for r in mine if r["solved"] and r["solved_step"] is not None], float)
+        x = k + rng.uniform(-0.12, 0.12, done.size)
+        left.scatter(x, done, color=color, s=22, zorder=3)
+        missing = len(mine) - done.size
+        if missing:
+            left.scatter(k + rng.uniform(-0.12, 0.12, missing), np.full(missing, end * 1.08), facecolors="none",
+                         edgecolors=color, s=22, zorder=3)
+        if done.size:
+            left.hlines(np.median(done), k - 0.3, k + 0.3, color=color, lw=2)
+    left.axhline(end, color="0.6", lw=0.8, ls=":")
+    left.text(len(sizes) - 0.5, end * 1.08, "not solved", fontsize=7, va="center", ha="right")
+    left.set_xticks(range(len(sizes)), [f"d={d}" for d in sizes])
+    left.set(xlabel="model size (d_model)", ylabel="step at which the seed was solved",
+             title="Steps to emergence per seed (bar: median of solved)", xlim=(-0.6, len(sizes) - 0.4))
+    if chosen is not None:
+        curves = [(s, v) for run, seed, _, s, v in loss_pos if run == chosen["run"] and seed == chosen["seed"]]
+        length = min(len(s) for s, _ in curves)
+        steps = curves[0][0][:length]
+        prob = np.exp(-np.mean([v[:length] for _, v in curves], axis=0))
+        right.plot(steps, prob, color="tab:blue")
+        right.axvline(chosen["solved_step"], color="tab:red", ls="--", lw=1,
+                      label=f"emergence (step {chosen['solved_step']:.0f})")
+        right.legend(fontsize=8)
+        right.set(title=f"One seed (d={size[chosen['run']]}, seed {chosen['seed']})")
+    else:
+        right.text(0.5, 0.5, "no seed solved", ha="center", transform=right.transAxes)
+    right.set(xlabel="step", ylabel="p(correct token) on the repeat (geometric mean)")
+    for ax in (left, right):
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    return [save_figure(fig, out / "lm_emergence.png")]
+
+
+def patch_at_emergence(chosen: dict[str, Any] | None, out: Path, device: str = "cpu") -> tuple[list[str], list[Path]]:
+    """Patch the chosen seed's heads from its last checkpoint into the last one before its emergence:
+    the text report and the figures (``out``)."""
+    if chosen is None:
+        return ["patching: no seed solved, nothing to patch"], []
+    run, seed = RunDir(chosen["run"]), int(chosen["seed"])
+    saved = run.checkpoint_steps(seed)
+    before = [s for s in saved if s < chosen["solved_step"]]
+    if not before or saved[-1] <= before[-1]:
+        return [f"patching: seed {seed} has no checkpoint on both sides of its emergence step "
+                f"{chosen['solved_step']:.0f} (saved: {', '.join(map(str, saved))})"], []
+    result = patch_checkpoints(run, before[-1], saved[-1], seed, device=device)
+    return ["patching at the point of emergence:", result.format()], write_patching_figures(result, out)
