@@ -520,13 +520,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ emergelab lm ...
 def _add_lm_parser(sub: Any) -> None:
-    lm = sub.add_parser("lm", help="language-model checkpoints (Pythia): capability scans and head patching")
+    lm = sub.add_parser("lm", help="language-model checkpoints (Pythia, any HF causal LM): capability scans and "
+                        "head patching")
     lm_sub = lm.add_subparsers(dest="lm_command", required=True, parser_class=_Parser)
     scan = lm_sub.add_parser("scan", help="find each seed's revision of emergence by a coarse-to-fine search")
     patch = lm_sub.add_parser("patch", help="patch each head of a late revision into an early one")
     for p in (scan, patch):
         p.add_argument("--pythia", metavar="SIZE", help="EleutherAI/pythia-SIZE (and -seedK for seeds 1..9)")
-        p.add_argument("--repo", help="a hub repo of a GPT-NeoX causal LM (revisions stepN)")
+        p.add_argument("--repo", help="a hub repo of a causal LM (GPT-NeoX, Llama, Qwen2, ...; revisions stepN)")
         p.add_argument("--local", type=Path, metavar="DIR", help="local revisions: DIR/seed<k>/<revision>/")
         p.add_argument("--capability", default="repetition", help="repetition | induction | ioi")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",

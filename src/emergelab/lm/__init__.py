@@ -1,4 +1,5 @@
-"""Language models: Pythia-style checkpoint suites, capabilities as prompt sets, checkpoint scans for the
+"""Language models: Pythia-style checkpoint suites (GPT-NeoX in plain torch, any other HF causal LM through
+transformers' attention interface), capabilities as prompt sets, checkpoint scans for the
 point of emergence per seed, and head patching between two revisions. See README.md in this folder.
 
 Needs the optional extra ``emergelab[lm]`` (transformers, tokenizers, huggingface_hub); everything heavy
@@ -18,11 +19,13 @@ def require_transformers() -> None:
 
 
 from .capabilities import CAPABILITIES, PromptSet, Score, build_prompts, score_prompts  # noqa: E402
+from .hf import HookedHFCausalLM, load_hf_causal_lm, load_lm  # noqa: E402
 from .neox import HookedGPTNeoX, NeoXSpec, load_neox  # noqa: E402
 from .scan import ScanConfig, ScanResult, coarse_revisions, scan  # noqa: E402
 from .sources import (HubSource, HubUnavailableError, LocalSource, pythia_repo, pythia_revisions,  # noqa: E402
                       revision_step)
 
-__all__ = ["CAPABILITIES", "HookedGPTNeoX", "HubSource", "HubUnavailableError", "LocalSource", "NeoXSpec",
-           "PromptSet", "ScanConfig", "ScanResult", "Score", "build_prompts", "coarse_revisions", "load_neox",
-           "pythia_repo", "pythia_revisions", "require_transformers", "revision_step", "scan", "score_prompts"]
+__all__ = ["CAPABILITIES", "HookedGPTNeoX", "HookedHFCausalLM", "HubSource", "HubUnavailableError", "LocalSource",
+           "NeoXSpec", "PromptSet", "ScanConfig", "ScanResult", "Score", "build_prompts", "coarse_revisions",
+           "load_hf_causal_lm", "load_lm", "load_neox", "pythia_repo", "pythia_revisions", "require_transformers",
+           "revision_step", "scan", "score_prompts"]

@@ -85,10 +85,11 @@ def patch_revisions(source: CheckpointSource, early: str, late: str, *, capabili
                     batch_size: int | None = 32, dtype: str = "float32", device: str = "cpu",
                     tokenizer: str | None = None, loader: Callable[..., Any] | None = None) -> RevisionPatching:
     """Patch each head of ``late`` into ``early`` on ``n_prompts`` prompts of ``capability``; the top
-    ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit)."""
+    ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit).
+    ``loader(folder, dtype, device) -> model``: default :func:`~emergelab.lm.hf.load_lm` (any causal LM)."""
     check_params(capability, params or {})
     if loader is None:
-        from .neox import load_neox as loader
+        from .hf import load_lm as loader
     with tempfile.TemporaryDirectory(prefix="emergelab-patch-") as tmp:
         early_model, folder = _fetch_and_load(source, early, DTYPES[dtype], device, loader, Path(tmp))
         tok = load_tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.json")

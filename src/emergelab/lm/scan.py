@@ -174,14 +174,15 @@ def scan(sources: dict[int, CheckpointSource], config: ScanConfig, out: str | Pa
     """Scan every seed's revisions for ``config.capability`` and record it all in the run directory ``out``.
 
     ``sources``: suite seed -> :class:`~emergelab.lm.sources.CheckpointSource`; ``loader(folder, dtype,
-    device) -> model`` (default :func:`~emergelab.lm.neox.load_neox`); ``log`` gets one line per event.
+    device) -> model`` (default :func:`~emergelab.lm.hf.load_lm`: GPT-NeoX through ``neox.py``, any other
+    causal LM through ``hf.py``); ``log`` gets one line per event.
     Re-running on the same ``out`` resumes (a different capability, prompt set, metric or threshold is a
     ConfigError). Returns a :class:`ScanResult`.
     """
     if not sources:
         raise ConfigError("scan: no seeds to scan")
     if loader is None:
-        from .neox import load_neox as loader
+        from .hf import load_lm as loader
     run = RunDir(out)
     run.path.mkdir(parents=True, exist_ok=True)
     with locked(run.state_dir / "scan.lock", wait=False, what="this scan"):
