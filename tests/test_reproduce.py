@@ -190,3 +190,15 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     assert "final loss over seeds" in done.stdout and (out / "RESULT.md").exists()
     again = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert again.returncode == 0 and "emergelab reproduce seeds --scale smoke" in (out / "RESULT.md").read_text()
+
+
+def test_lm_mini_presets_are_the_lm_emergence_cpu_runs(tmp_path):
+    """`emergelab run repetition --preset lm-mini-{s,m,l}` trains exactly the runs of `reproduce lm-emergence
+    --scale cpu` (same hashes), so either command fills the other's results."""
+    from emergelab.presets import preset_dict
+    from emergelab.train import ExperimentConfig
+
+    (sweep,) = load_parts(TARGETS["lm-emergence"], "cpu", tmp_path).values()
+    swept = {run.config.science_key() for run in sweep.runs}
+    presets = {ExperimentConfig.from_dict(preset_dict(f"lm-mini-{s}")).resolved().science_key() for s in "sml"}
+    assert presets == swept
