@@ -298,6 +298,19 @@ def test_progress_line_format():
     assert format_outlook([a, b]) == "emerged 5/14, next o2~400 o1~1.1k"
     assert format_outlook([]) == ""
 
+    from emergelab.train.live import ProbeNews
+    from emergelab.train.run import Plan, _Bar
+    from emergelab.train.unit import WorkUnit
+
+    units = [WorkUnit({"train": {"steps": 10}}, "x", 0, (0, 1, 2, 3)), WorkUnit({"train": {"steps": 10}}, "x", 1, (4, 5))]
+    bar = _Bar(units, 0, False, Plan("workers", [[0, 1, 2, 3], [4, 5]], 2))
+    bar.update_loss(1, ProbeNews(0.5, a), 0)
+    bar.update_loss(1, ProbeNews(0.25), 1)  # news without a forecast keeps unit 0's outlook
+    assert bar.bar.postfix == "loss=0.4167, forecast=emerged 5/12, next o2~400 o1~1.1k"
+    bar.update_loss(1, ProbeNews(0.25, b), 1)
+    assert bar.bar.postfix.endswith("forecast=emerged 5/14, next o2~400 o1~1.1k")
+    bar.close()
+
 
 def test_run_with_forecast_from(planted, tmp_path, capsys):
     """A group trained with execution.forecast_from sends outlooks with its probe news; a bad source is
