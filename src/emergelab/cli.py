@@ -7,11 +7,12 @@ so does a damaged file of a run directory (one line: the file, the damage, what 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .config import ConfigError, field_names, number_from_text, parse_override
@@ -165,16 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser("reproduce", help="run, analyse and draw one synthetic-task figure of the paper "
                                                  "(docs/results.md); re-run to resume")
     reproduce.add_argument("target", metavar="NAME", help="one of: " + ", ".join(REPRODUCE_TARGETS))
-    reproduce.add_argument("--scale", default="cpu", help="smoke (seconds) | cpu (about an hour on 2 cores, the "
-                                                          "default) | paper (the published sizes; a GPU)")
-    reproduce.add_argument("--out", type=Path, help="output directory (default runs/reproduce/NAME-SCALE)")
+    reproduce.add_argument("--scale", help="smoke (seconds) | cpu (about an hour on 2 cores, the default) | paper "
+                                           "(the published sizes; a GPU)")
+    reproduce.add_argument("--out", type=Path, help="output directory (default runs/reproduce/NAME-SCALE; with "
+                                                    "--pythia runs/reproduce/lm-emergence-pythia)")
     reproduce.add_argument("--device", help="cpu | cuda | cuda:N for every run (execution.device)")
     reproduce.add_argument("--workers", type=_int, help="local worker processes (default: the CPUs)")
-    reproduce.add_argument("--retries", type=_int, default=1, help="tries after a run's first failure (default 1)")
+    reproduce.add_argument("--retries", type=_int, help="tries after a run's first failure (default 1; with --pythia: "
+                                                        "after a failed hub request, default 4)")
     reproduce.add_argument("--analyse-only", action="store_true", help="analyse the finished runs in --out; "
                                                                        "train nothing")
     reproduce.add_argument("--dry-run", action="store_true", help="list the runs of every part; train nothing")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_pythia_arguments(reproduce)
 
     forecast = sub.add_parser("forecast", help="forecast each output's emergence step from the metrics up to a "
                                                "step; --evaluate: score the forecasters over held-out seeds")
@@ -519,6 +523,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 # ------------------------------------------------------------------------------------ emergelab lm ...
+@contextlib.contextmanager
+def _lm_errors() -> Iterator[None]:
+    """Language-model failures as one line (exit 2): a missing ``lm`` extra, bad ``--param`` names and
+    checkpoint mismatches (TypeError, ValueError, FileNotFoundError), and the hub's own errors (a missing
+    repo or revision, a gated repo). Unreachable or offline hubs are already a ConfigError
+    (``HubUnavailableError``)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ImportError as error:
+        raise ConfigError(str(error)) from None
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        raise ConfigError(" ".join(str(error).split())) from None
+    except Exception as error:
+        if type(error).__module__.startswith("huggingface_hub"):
+            raise ConfigError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
+        raise
+
+
+def _lm_params(texts: list[str]) -> dict[str, Any]:
+    """``--param KEY=VALUE`` flags -> ``{key: value}`` (values read as YAML: 16 is an int)."""
+    import yaml
+
+    params = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
 def _add_lm_parser(sub: Any) -> None:
     lm = sub.add_parser("lm", help="language-model checkpoints (Pythia, any HF causal LM): capability scans and "
                         "head patching")
@@ -558,26 +595,17 @@ def _add_lm_parser(sub: Any) -> None:
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
-    import yaml
-
-    try:
+    with _lm_errors():
         from .lm import ScanConfig, require_transformers, scan
         from .lm.patch import patch_revisions, write_patch
         from .lm.sources import make_sources, parse_seeds
 
         require_transformers()
-    except ImportError as error:
-        raise ConfigError(str(error)) from None
-    params = {}
-    for text in args.param:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
-        params[key.strip()] = yaml.safe_load(value)
+    params = _lm_params(args.param)
     seeds = parse_seeds(args.seeds) if args.lm_command == "scan" else [args.seed]
     revisions = [r.strip() for r in args.revisions.split(",")] if getattr(args, "revisions", None) else None
     hub = {"attempts": args.retries, "backoff": args.backoff}
-    try:
+    with _lm_errors():
         sources = make_sources(pythia=args.pythia, repo=args.repo, local=args.local, seeds=seeds,
                                revisions=revisions, **hub)
         if args.lm_command == "scan":
@@ -595,12 +623,6 @@ def cmd_lm(args: argparse.Namespace) -> int:
                                  what=args.what, top_k=args.top_k, fraction=args.fraction,
                                  greedy_max_heads=args.max_heads, dtype=args.dtype, device=args.device,
                                  tokenizer=args.tokenizer)
-    except (TypeError, ValueError, FileNotFoundError) as error:  # bad --param names, checkpoint mismatches
-        raise ConfigError(" ".join(str(error).split())) from None
-    except Exception as error:
-        if type(error).__module__.startswith("huggingface_hub"):  # missing repo or revision, gated repo
-            raise ConfigError(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
-        raise
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())
@@ -609,10 +631,109 @@ def cmd_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------- emergelab reproduce lm-emergence --pythia [SIZES]
+# Knobs only --pythia takes, with their defaults (None in the parser, so a stray one is an error).
+PYTHIA_DEFAULTS: dict[str, Any] = {"seeds": "0-9", "local": None, "capability": "repetition", "param": [],
+                                   "metric": "solved_fraction", "threshold": 0.5, "coarse": 8, "n_prompts": 200,
+                                   "dtype": "float32", "disk_budget_gb": 20.0}
+
+
+def _add_pythia_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pythia", nargs="?", const="", metavar="SIZES",
+                   help="lm-emergence only: scan the real Pythia suites (EleutherAI/pythia-SIZE, -seedK) instead of "
+                        "the mini-suite; SIZES comma-separated (default 14m,31m,70m,160m,410m); needs the hub and "
+                        "the lm extra (disk and time: src/emergelab/lm/README.md); re-run to resume")
+    p.add_argument("--seeds", help="with --pythia: suite seeds, e.g. 0-9 or 0,3 (default 0-9)")
+    p.add_argument("--local", type=Path, metavar="DIR", help="with --pythia: local suites DIR/<size>/seed<k>/<revision>/ "
+                                                           "instead of the hub (default SIZES: DIR's size folders)")
+    p.add_argument("--capability", help="with --pythia: repetition | induction | ioi (default repetition)")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="with --pythia: a prompt-set knob (repeatable)")
+    p.add_argument("--metric", help="with --pythia: solved_fraction (default) | target_prob | logit_diff")
+    p.add_argument("--threshold", type=_float, help="with --pythia: emergence = metric >= this (default 0.5)")
+    p.add_argument("--coarse", type=_int, help="with --pythia: coarse log-spaced revisions per seed (default 8)")
+    p.add_argument("--n-prompts", type=_int, help="with --pythia: prompts per evaluation (default 200)")
+    p.add_argument("--dtype", help="with --pythia: float32 (default) | bfloat16 | float16")
+    p.add_argument("--disk-budget-gb", type=_float, help="with --pythia: largest checkpoint held (default 20)")
+
+
+def _reject_stray_pythia_knobs(args: argparse.Namespace) -> None:
+    for key in PYTHIA_DEFAULTS:
+        if getattr(args, key) is not None:
+            raise ConfigError(f"--{key.replace('_', '-')}: only with --pythia "
+                              "(emergelab reproduce lm-emergence --pythia [SIZES])")
+
+
+def cmd_reproduce_pythia(args: argparse.Namespace) -> int:
+    """``reproduce lm-emergence --pythia [SIZES]``: the suite scan of ``lm.suite`` (reproduce/ never imports
+    lm, so the dispatch lives here)."""
+    if args.target != "lm-emergence":
+        raise ConfigError(f"--pythia: only with lm-emergence (the Pythia suites), not {args.target}")
+    for flag, given in (("--scale", args.scale is not None), ("--workers", args.workers is not None),
+                        ("--analyse-only", args.analyse_only)):
+        if given:
+            raise ConfigError(f"{flag}: not with --pythia (choose the suites with --pythia SIZES and --seeds)")
+    if args.device is not None:
+        from .train.estimate import check_device
+
+        check_device("--device", args.device)
+    knobs = {key: default if getattr(args, key) is None else getattr(args, key)
+             for key, default in PYTHIA_DEFAULTS.items()}
+    with _lm_errors():
+        from .lm import ScanConfig, require_transformers
+        from .lm.sources import parse_seeds
+        from .lm.suite import DEFAULT_SIZES, local_sizes, parse_sizes, scan_suite, suite_sources
+
+        require_transformers()
+        seeds = parse_seeds(knobs["seeds"])
+        sizes = (parse_sizes(args.pythia) if args.pythia else local_sizes(knobs["local"]) if knobs["local"]
+                 else list(DEFAULT_SIZES))
+        config = ScanConfig(capability=knobs["capability"], params=_lm_params(knobs["param"]),
+                            n_prompts=knobs["n_prompts"], metric=knobs["metric"], threshold=knobs["threshold"],
+                            coarse=knobs["coarse"], disk_budget_gb=knobs["disk_budget_gb"], dtype=knobs["dtype"],
+                            device=args.device or "cpu")
+        if args.retries is not None and args.retries < 0:
+            raise ConfigError(f"--retries={args.retries}: must be >= 0")
+        attempts = 5 if args.retries is None else args.retries + 1
+        sources = suite_sources(sizes, seeds, local=knobs["local"], attempts=attempts)
+        out = args.out or Path("runs") / "reproduce" / "lm-emergence-pythia"
+        check_out_dir(out, run=False)
+        if args.dry_run:
+            _print_suite_plan(sources, config, out)
+            return 0
+        from .reproduce.run import command_line
+
+        result = scan_suite(sources, config, out, log=print, command=command_line())
+    print(result.table)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.patch is not None:
+        print(result.patch.text)
+    print(f"\nwrote {out / 'RESULT.md'}, {out / 'table.txt'} and {result.figure}"
+          + (f"; the patching in {out / 'patch'}/" if result.patch is not None else ""))
+    return 0
+
+
+def _print_suite_plan(sources: dict[str, dict[int, Any]], config: Any, out: Path) -> None:
+    from .lm.suite import estimate_evaluations
+
+    total = 0
+    for size, by_seed in sources.items():
+        most = sum(estimate_evaluations(src.revisions(), config.coarse) for src in by_seed.values())
+        total += most
+        names = [src.name for src in by_seed.values()]
+        print(f"{size}: {len(names)} seed(s) into {out / size}, at most {most} checkpoint(s): {names[0]}"
+              + (f" .. {names[-1]}" if len(names) > 1 else ""))
+    print(f"at most {total} checkpoint fetches in all, one held at a time (disk budget {config.disk_budget_gb:g} GB), "
+          "then 2 for the patching; nothing fetched (--dry-run)")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce.run import analyse, check_scale, command_line, default_out, load_parts, reproduce, target
 
-    t, scale = target(args.target), check_scale(args.scale)
+    if args.pythia is not None:
+        return cmd_reproduce_pythia(args)
+    _reject_stray_pythia_knobs(args)
+    t, scale = target(args.target), check_scale(args.scale or "cpu")
     out = args.out or default_out(t.name, scale)
     if args.device is not None:
         from .train.estimate import check_device
@@ -635,7 +756,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"reproduce {t.name} at {scale} scale into {out}: "
               + ", ".join(f"{part} {len(s.runs)} run(s)" for part, s in sweeps.items()))
         result = reproduce(t.name, scale, out, executor=local_sweep_executor(args.workers), device=args.device,
-                           retries=args.retries, progress=not args.quiet, command=command_line())
+                           retries=1 if args.retries is None else args.retries, progress=not args.quiet,
+                           command=command_line())
     print(result.table)
     if result.failed:
         print(f"failed runs: {', '.join(result.failed)} (`emergelab sweep status {out}/PART`)")

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..interventions.checkpoints import patch_checkpoints
 from ..report.patch_figures import write_patching_figures
-from ..report.plotting import colors, new_figure, save_figure
+from ..report.plotting import new_figure, save_figure
+from ..report.seed_steps import draw_steps_by_size
 from ..store import RunDir
 
 SIZE = "model.d_model"
@@ -53,23 +54,10 @@ def emergence_figure(result: Any, loss_pos: Any, chosen: dict[str, Any] | None, 
     end = max((float(s[-1]) for _, _, _, s, _ in loss_pos), default=1.0)
     fig = new_figure(10, 4)
     left, right = fig.subplots(1, 2)
-    rng = np.random.default_rng(0)  # horizontal jitter only
-    for k, (d, color) in enumerate(zip(sizes, colors(len(sizes)))):
-        mine = [r for r in rows if size[r["run"]] == d]
-        done = np.asarray([r["solved_step"] for r in mine if r["solved"] and r["solved_step"] is not None], float)
-        x = k + rng.uniform(-0.12, 0.12, done.size)
-        left.scatter(x, done, color=color, s=22, zorder=3)
-        missing = len(mine) - done.size
-        if missing:
-            left.scatter(k + rng.uniform(-0.12, 0.12, missing), np.full(missing, end * 1.08), facecolors="none",
-                         edgecolors=color, s=22, zorder=3)
-        if done.size:
-            left.hlines(np.median(done), k - 0.3, k + 0.3, color=color, lw=2)
-    left.axhline(end, color="0.6", lw=0.8, ls=":")
-    left.text(len(sizes) - 0.5, end * 1.08, "not solved", fontsize=7, va="center", ha="right")
-    left.set_xticks(range(len(sizes)), [f"d={d}" for d in sizes])
+    draw_steps_by_size(left, [[r["solved_step"] if r["solved"] else None for r in rows if size[r["run"]] == d]
+                              for d in sizes], [f"d={d}" for d in sizes], end)
     left.set(xlabel="model size (d_model)", ylabel="step at which the seed was solved",
-             title="Steps to emergence per seed (bar: median of solved)", xlim=(-0.6, len(sizes) - 0.4))
+             title="Steps to emergence per seed (bar: median of solved)")
     if chosen is not None:
         curves = [(s, v) for run, seed, _, s, v in loss_pos if run == chosen["run"] and seed == chosen["seed"]]
         length = min(len(s) for s, _ in curves)
