@@ -29,7 +29,7 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
         assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
            "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png",
-           "mixers": "mixers.png", "lm-emergence": "lm_emergence.png"}
+           "mixers": "mixers.png", "lm-emergence": "lm_emergence.png", "pre-pretraining": "pre_pretraining.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
@@ -51,6 +51,46 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
     assert again.table == result.table
     if name == "lm-emergence":
         _check_lm_emergence_patching(tmp_path)
+    if name == "pre-pretraining":
+        _check_pre_pretraining(result, tmp_path)
+
+
+def _check_pre_pretraining(result, out):
+    """The smoke run's arm table (every arm, its pre-training tokens), then the arithmetic of task steps,
+    medians and savings on planted seeds, and the figure drawn from them."""
+    import pyarrow as pa
+
+    from emergelab.reproduce.pre_pretraining import arm_rows, format_arms, pretraining_figure, seed_rows
+
+    rows = {line.split()[0]: line.split() for line in result.table.splitlines()
+            if line.split()[:1] in (["none"], ["dyck"], ["nca"])}
+    assert list(rows) == ["none", "dyck", "nca"]  # in this order, after the generic table
+    assert rows["none"][6:8] == ["0", "0"] and rows["dyck"][6:8] == ["10", "7,680"]  # 10 steps x 64 x 12 tokens
+    saved = json.loads((out / "result.json").read_text())
+    assert [a["arm"] for a in saved["arms"]] == ["none", "dyck", "nca"]
+
+    class Result:
+        groups = pa.Table.from_pylist([{"group": 0, "train.pretrain": "dyck"}, {"group": 1, "train.pretrain": "none"}])
+        seeds = pa.Table.from_pylist(
+            [{"run": "d", "seed": s, "group": 0, "solved": s != 3, "solved_step": [150.0, 250.0, 350.0, None][s]}
+             for s in range(4)]
+            + [{"run": "n", "seed": s, "group": 1, "solved": True, "solved_step": [300.0, 400.0, 500.0][s]}
+               for s in range(3)])
+
+    costs = {"d": {"pretrain_steps": 100, "steps": 1100, "tokens_per_step": 640},
+             "n": {"pretrain_steps": 0, "steps": 1000, "tokens_per_step": 640}}
+    per_seed = seed_rows(Result(), costs)
+    assert [r["task_steps"] for r in per_seed] == [50.0, 150.0, 250.0, None, 300.0, 400.0, 500.0]
+    none, dyck = arm_rows(per_seed, costs)
+    assert (none["arm"], dyck["arm"]) == ("none", "dyck")  # none first, whatever the group order
+    assert dyck["solved_fraction"] == 0.75 and dyck["task_median"] == 150.0 and dyck["total_median"] == 250.0
+    assert dyck["pretrain_tokens"] == 64000 and none["pretrain_tokens"] == 0
+    assert dyck["task_saved"] == 250.0 and dyck["net_saved"] == 150.0 and none["task_saved"] == 0.0
+    text = format_arms([none, dyck])
+    assert text.splitlines()[2].split()[:10] == ["dyck", "4", "0.75", "150", "[100,", "200]", "250", "100",
+                                                "64,000", "+250"]
+    (path,) = pretraining_figure(per_seed, out / "planted")
+    assert path.stat().st_size > 5000
 
 
 def _check_lm_emergence_patching(out):

@@ -350,9 +350,9 @@ def test_probe_steps():
 def test_seed_streams_deterministic_and_distinct():
     a = seed_streams(0, 3)
     assert a == seed_streams(0, 3)
-    assert set(a) == {"init", "task", "data", "eval"}
+    assert set(a) == {"init", "task", "data", "eval", "pretrain"}
     assert all(isinstance(v, int) and 0 <= v < 2 ** 63 for v in a.values())
-    assert len(set(a.values())) == 4  # the streams of one seed are independent
+    assert len(set(a.values())) == 5  # the streams of one seed are independent
     others = [seed_streams(0, i) for i in range(8)] + [seed_streams(1, 3)]
     values = [v for streams in others for v in streams.values()]
     assert len(set(values)) == len(values)  # no two seeds (or master seeds) share any stream

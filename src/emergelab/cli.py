@@ -311,7 +311,10 @@ def print_summary(run: Any) -> None:
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
-    print(f"\n{summary['task']}: {summary['steps']} steps; optimal loss {opt_text}")
+    pre = summary.get("pretrain")
+    pre_text = (f" ({pre['steps']} of them {pre['stream']} pre-training, {pre['tokens_per_seed']:,} tokens a seed)"
+                if pre else "")
+    print(f"\n{summary['task']}: {summary['steps']} steps{pre_text}; optimal loss {opt_text}")
     print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"

@@ -16,7 +16,8 @@ from .emergence import curve_emergence
 def summarize_run(run: RunDir) -> dict[str, Any]:
     """``{"task", "steps", "optimal_loss", "output_labels", "seeds": {seed: {...}}}`` where each seed has
     ``final_loss``, ``learned_step`` (output index -> emergence step, None if not yet), ``n_learned``
-    and ``all_learned``."""
+    and ``all_learned``; with pre-training (``train.pretrain``) also ``"pretrain"``: see
+    :func:`pretrain_record`."""
     config = run.read_config_dict()
     info = run.task_info() or {}
     con = connect(run.path)
@@ -37,6 +38,21 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         learned = [s for s in entry["learned_step"].values() if s is not None]
         entry["n_learned"] = len(learned)
         entry["all_learned"] = len(learned) == len(entry["learned_step"])
+    pretrain = pretrain_record(config)
     return {"task": config["task"]["name"], "steps": config["train"]["steps"],
             "optimal_loss": info.get("optimal_loss"), "output_labels": info.get("labels"),
+            **({"pretrain": pretrain} if pretrain else {}),
             "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))}
+
+
+def pretrain_record(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The pre-training of a saved (resolved) config, None without: ``stream``, ``steps`` (the first
+    optimizer steps, counted in every step number), ``tokens_per_seed`` (tokens of the sequences trained
+    on: steps x batch x sequence length) and ``task_tokens_per_seed`` (the same for the task's steps)."""
+    train = config["train"]
+    stream, steps = train.get("pretrain", "none"), int(train.get("pretrain_steps", 0))
+    if stream == "none":
+        return None
+    per_step = int(train["batch_size"]) * (int(config["model"]["context_length"]) + 1)
+    return {"stream": stream, "steps": steps, "tokens_per_seed": steps * per_step,
+            "task_tokens_per_seed": (int(train["steps"]) - steps) * per_step}

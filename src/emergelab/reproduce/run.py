@@ -133,10 +133,19 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         patch_lines, patch_figures = patch_at_emergence(chosen, figures_dir)
         lines += [""] + patch_lines
         figures += patch_figures
+    extra: dict[str, Any] = {}
+    if t.figure == "pre-pretraining":
+        from .pre_pretraining import arm_rows, format_arms, pretraining_figure, run_costs, seed_rows
+
+        costs = run_costs(con)
+        per_seed = seed_rows(result, costs)
+        extra["arms"] = arm_rows(per_seed, costs)
+        lines += ["", format_arms(extra["arms"])]
+        figures += pretraining_figure(per_seed, figures_dir)
     con.close()
     table = "\n".join(lines)
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
-                  command, result.groups.to_pylist())
+                  command, result.groups.to_pylist(), extra)
 
 
 def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,

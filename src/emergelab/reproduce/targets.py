@@ -82,6 +82,13 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "average; patching a few heads' attention from a later checkpoint into an earlier one recovers much "
            "of it. Here on emergelab's own mini-suite (tasks/repetition.py), 3 sizes x 8 seeds.",
            figure="lm-emergence"),
+    Target("pre-pretraining", ("pre-pretraining",), ("train.pretrain",), None,
+           "Pre-pretraining on formal languages (Dyck) or neural cellular automata before language training makes "
+           "the in-context repetition capability emerge earlier. Here on the mini-suite's corpus "
+           "(tasks/repetition.py) after no pre-training, a k-Dyck stream or an NCA stream (tasks/pretraining.py), "
+           "one model size, several seeds per arm: steps to emergence counted from the task's start and from "
+           "training's, and the extra tokens the pre-training spent.",
+           figure="pre-pretraining"),
     Target("mixers", ("mixers-linear-map", "mixers-cellular-automata"), ("task.name", "task.sparsity", "model.name"),
            None,
            "Alternative sequence mixers at a matched parameter count: a causal MLP-Mixer learns the sparse "

@@ -1,9 +1,12 @@
 """Every per-seed random stream of a run, derived from the master seed alone (devinterp style).
 
-Run seed ``i`` gets four independent streams from ``numpy.random.SeedSequence(master, spawn_key=(i,))``:
+Run seed ``i`` gets five independent streams from ``numpy.random.SeedSequence(master, spawn_key=(i,))``:
 ``init`` (weights), ``task`` (the ground truth, e.g. the matrix A of the linear map), ``data``
-(training batches) and ``eval`` (the held-out probe batch; a length-generalization task's per-length
-held-out batches derive from it too, :func:`length_eval_tokens`). So seed ``i`` is the same run whether it
+(training batches), ``eval`` (the held-out probe batch; a length-generalization task's per-length
+held-out batches derive from it too, :func:`length_eval_tokens`) and ``pretrain`` (the batches of a
+pre-training stream, ``train.pretrain``). The streams are the words of one ``generate_state``, whose first
+words do not depend on how many are asked for: adding ``pretrain`` as the fifth left the other four as
+they were. So seed ``i`` is the same run whether it
 trains alone, in an ensemble of 64, or in a worker process, and every later reader (the probe, patching,
 figures) rebuilds exactly what training drew.
 """
@@ -17,12 +20,13 @@ import torch
 
 from .base import Task, make_generator
 
-STREAMS = ("init", "task", "data", "eval")
+STREAMS = ("init", "task", "data", "eval", "pretrain")  # new streams go at the end (module doc)
 
 
 def seed_streams(master_seed: int, seed_index: int) -> dict[str, int]:
-    """The seeds of run seed ``seed_index``'s four streams (each fits a signed int64, as torch needs)."""
-    state = np.random.SeedSequence(master_seed, spawn_key=(seed_index,)).generate_state(4, dtype=np.uint64)
+    """The seeds of run seed ``seed_index``'s streams (each fits a signed int64, as torch needs)."""
+    state = np.random.SeedSequence(master_seed, spawn_key=(seed_index,)).generate_state(len(STREAMS),
+                                                                                         dtype=np.uint64)
     return dict(zip(STREAMS, (int(s) >> 1 for s in state)))
 
 

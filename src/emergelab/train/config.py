@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from ..config import SECTIONS, ConfigError, build, require, require_choice, require_float, require_int, to_dict
 from ..models import MODELS, TransformerConfig
 from ..tasks import TASKS, make_generator
+from ..tasks.pretraining import PRETRAINING, pretraining_stream
 
 SCHEDULES = ("constant", "cosine")
 BIAS_SCHEDULES = ("constant", "linear")
@@ -34,6 +35,13 @@ class TrainConfig:
     eval_every: probe interval (a probe also runs at step 0, at log-spaced steps and at the end).
     checkpoints / attention_snapshots: how many log-spaced steps save weights / mean attention maps.
     bias_*: the attention bias toward the ground truth (``train.bias``), off when ``bias_beta = 0``.
+    pretrain / pretrain_steps: pre-pretraining. The first ``pretrain_steps`` optimizer steps train on a
+    pre-training stream (``dyck`` or ``nca``, ``tasks/pretraining.py``: next-token loss on every position)
+    instead of the task, then the task trains from its own data stream's start; ``steps`` counts both
+    phases (so the task trains ``steps - pretrain_steps`` steps), as do the step numbers, the lr schedule
+    and the probes (the task's held-out batch, at every probe, and at ``pretrain_steps``). One optimizer
+    throughout: its moments carry over. Each seed's ``pretrain`` stream (``tasks/seeding.py``) draws the
+    stream's batches. ``none`` (the default) with ``pretrain_steps = 0``: no pre-training.
     """
 
     steps: int = 2000
@@ -57,6 +65,8 @@ class TrainConfig:
     bias_heads: Any = "all"
     bias_steps: int = 0
     bias_schedule: str = "constant"
+    pretrain: str = "none"
+    pretrain_steps: int = 0
 
     def __post_init__(self) -> None:
         require_int("train.steps", self.steps, 1, MAX_STEPS)
@@ -85,6 +95,18 @@ class TrainConfig:
                 object.__setattr__(self, name, tuple(value))
         require_int("train.bias_steps", self.bias_steps, 0)
         require_choice("train.bias_schedule", self.bias_schedule, BIAS_SCHEDULES)
+        require_choice("train.pretrain", self.pretrain, PRETRAINING)
+        require_int("train.pretrain_steps", self.pretrain_steps, 0, MAX_STEPS)
+        if self.pretrain == "none":
+            require(self.pretrain_steps == 0, "train.pretrain_steps", self.pretrain_steps,
+                    "must be 0 with train.pretrain=none (set train.pretrain to dyck or nca to pre-train)")
+        else:
+            require(1 <= self.pretrain_steps < self.steps, "train.pretrain_steps", self.pretrain_steps,
+                    f"must be in [1, train.steps - 1 = {self.steps - 1}] with train.pretrain={self.pretrain} "
+                    "(train.steps counts the pre-training steps and the task's)")
+            require(self.bias_beta == 0, "train.bias_beta", self.bias_beta,
+                    f"must be 0 with train.pretrain={self.pretrain} (the bias points at the task's ground "
+                    "truth, which the pre-training stream does not have)")
 
 
 @dataclass(frozen=True)
@@ -185,6 +207,8 @@ class ExperimentConfig:
             given = getattr(self.model, name, None)
             require(given is None or given == value, f"model.{name}", given,
                     f"is set by the task ({self.task_name} has {name} {value}); leave it out")
+        if self.train.pretrain != "none":
+            pretraining_stream(self.train.pretrain, vocab_size, seq_len)  # a stream that does not fit fails here
         try:
             model = self.model.resolved(vocab_size, seq_len - 1)
         except ConfigError as error:
@@ -254,13 +278,17 @@ class ExperimentConfig:
     def science_key(self) -> str:
         """A short hash of everything that changes the numbers (``task``, ``model``, ``train``).
 
-        The model's name enters only when it is not the transformer, and ``model.positions`` only when it
-        is not ``learned``, so runs made before those fields existed keep their hashes."""
+        The model's name enters only when it is not the transformer, ``model.positions`` only when it is
+        not ``learned``, and ``train.pretrain`` / ``train.pretrain_steps`` only when pre-training is on, so
+        runs made before those fields existed keep their hashes."""
         data = self.science_dict()
         if data["model"]["name"] == DEFAULT_MODEL:
             data["model"].pop("name")
         if data["model"].get("positions") == "learned":  # the default: runs made before the field keep their hash
             data["model"].pop("positions")
+        if data["train"].get("pretrain") == "none":  # the default: likewise
+            data["train"].pop("pretrain")
+            data["train"].pop("pretrain_steps", None)
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 

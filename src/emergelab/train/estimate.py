@@ -18,7 +18,9 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
   measurement stacks it and takes ``p log p``: 4 x ``layers`` patterns at once, plus the current layer's
   transients, plus logits ``E Be P V`` x 4;
 * ``data``: the generated chunk ``K E B L`` int64 (``K = train.schedule.data_chunk_steps``) x 3 for
-  sampling temporaries, plus per-sequence rule tables for the cellular automata (``k^W`` int64 each);
+  sampling temporaries, plus per-sequence rule tables for the cellular automata (``k^W`` int64 each); with
+  ``train.pretrain`` a second chunk (the pre-training stream's, kept), plus an NCA stream's per-sequence
+  MLP rules and hidden units (float64);
 * ``ground truth``: each member's ``[P, P]`` bool mask, stacked and as float in the probe (6 bytes per
   entry), a cellular-automata rule pool (``rules k^W`` int64 per member), and the attention bias ``[E, layers, heads, P, P]`` when ``train.bias_beta != 0``;
 * ``process``: ~300 MB per process for Python and torch.
@@ -206,6 +208,7 @@ def _members_at_once(plan: Any) -> int:
 def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     """Peak memory and time of training resolved ``config`` under ``plan`` (default: its local plan)."""
     from ..tasks import CellularAutomataConfig
+    from ..tasks.pretraining import NCAStream, pretraining_stream
     from .run import make_plan, thread_budget, train_flops
     from .schedule import data_chunk_steps, probe_steps
 
@@ -233,6 +236,12 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     data = 3.0 * K * E * B * L * 8
     if isinstance(task, CellularAutomataConfig) and not task.rules:
         data += K * E * B * task.alphabet ** task.window * 8.0
+    if train.pretrain != "none":
+        data += K * E * B * L * 8.0
+        stream = pretraining_stream(train.pretrain, V, L)
+        if isinstance(stream, NCAStream):
+            S, H = stream.states, stream.hidden
+            data += 2.0 * K * E * B * ((3 * S + 1) * H + (H + 1) * S + stream.width * (H + S)) * 8
     est.parts["data"] = data
     est.notes["data"] = "train.batch_size x sequence length"
     truth = E * P * P * 6.0 + P * P  # masks (and the one task.json is written from)

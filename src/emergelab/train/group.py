@@ -1,7 +1,9 @@
 """Training one group of seeds as a seed-batched ensemble: the training loop, written out.
 
-Every seed ``i`` has its own weights, task ground truth (e.g. its matrix A), data stream and held-out
-batch, all derived from ``(train.seed, i)`` alone, so seed ``i`` trains the same in any group.
+Every seed ``i`` has its own weights, task ground truth (e.g. its matrix A), data stream, pre-training
+stream and held-out batch, all derived from ``(train.seed, i)`` alone, so seed ``i`` trains the same in any
+group. With ``train.pretrain``, steps ``0 .. pretrain_steps-1`` train on the pre-training stream (every
+position's next-token loss), the later ones on the task from its data stream's first batch.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
 from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules,
                      supports_sample_masks)
+from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
 from .live import ProbeNews, Throttle, live_forecast
 from .measure import Measurement, Metric, default_measurements, probe
 from .measure_ood import LengthEval, RuleEval
 from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
+from .stream import ChunkedStream
 
 # (seed-steps done since the last call, the probe's news: ProbeNews, or None between probes)
 ProgressFn = Callable[[int, "ProbeNews | None"], None]
@@ -71,7 +75,6 @@ class SeedGroup:
             self.measurements.append(RuleEval.for_seeds(self.tasks, train.seed, self.seeds,
                                                         train.eval_batch_size, device))
         self.optimizer = _make_optimizer(self.model, config)
-        self.data_generators = [make_generator(s["data"], device) for s in streams]
         self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)
                                         for task, i in zip(self.tasks, self.seeds)])  # [E, B, L]
         first = self.tasks[0]
@@ -81,13 +84,20 @@ class SeedGroup:
             self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
         self.chunk_steps = data_chunk_steps(train.batch_size, first.seq_len)
+        self.data = ChunkedStream([lambda n, g, t=task: t.sample(n, g).tokens for task in self.tasks],
+                                  [make_generator(s["data"], device) for s in streams], train.batch_size,
+                                  self.chunk_steps)
+        self.pretrain: ChunkedStream | None = None  # the pre-training stream's batches (train.pretrain)
+        if train.pretrain != "none":
+            source = pretraining_stream(train.pretrain, first.vocab_size, first.seq_len)
+            self.pretrain = ChunkedStream([source.sample] * len(seeds),
+                                          [make_generator(s["pretrain"], device) for s in streams],
+                                          train.batch_size, self.chunk_steps)
+            self.pretrain_weights = torch.full_like(self.loss_weights, 1.0 / len(self.loss_weights))  # [P]
         self.step = 0
         self.metrics = MetricsBuffer()
         self.loss_sum = torch.zeros(len(seeds), device=device)
         self.loss_steps = 0
-        self._chunk: torch.Tensor | None = None  # [K, E, B, L]
-        self._chunk_index = -1
-        self._chunk_start_states: list[torch.Tensor] = []
         self._probe_at = set(probe_steps(train))
         self._checkpoint_at = set(log_spaced_steps(train.steps, train.checkpoints))
         self._snapshot_at = set(log_spaced_steps(train.steps, train.attention_snapshots))
@@ -121,7 +131,7 @@ class SeedGroup:
         return ProbeNews(self._last_loss, outlook)
 
     def _train_step(self) -> None:
-        tokens = self._batch(self.step)  # [E, B, L]
+        tokens, weights = self._batch(self.step)  # [E, B, L], [P]
         lr = learning_rate(self.config.train, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -131,7 +141,7 @@ class SeedGroup:
         logits = self.model(tokens[..., :-1], **inputs)  # [E, B, P, V]
         E, B, P, V = logits.shape
         losses = F.cross_entropy(logits.reshape(-1, V), tokens[..., 1:].reshape(-1), reduction="none")
-        per_seed = (losses.view(E, B, P).mean(1) * self.loss_weights).sum(-1)  # [E]
+        per_seed = (losses.view(E, B, P).mean(1) * weights).sum(-1)  # [E]
         self.optimizer.zero_grad(set_to_none=True)
         per_seed.sum().backward()  # members are independent: each gets the gradient of its own loss
         if self.config.train.grad_clip:
@@ -140,15 +150,13 @@ class SeedGroup:
         self.loss_sum += per_seed.detach()
         self.loss_steps += 1
 
-    def _batch(self, step: int) -> torch.Tensor:
-        index = step // self.chunk_steps
-        if index != self._chunk_index:
-            self._chunk_start_states = [g.get_state() for g in self.data_generators]
-            n, B = self.chunk_steps, self.config.train.batch_size
-            per_seed = [task.sample(n * B, g).tokens.view(n, B, -1)
-                        for task, g in zip(self.tasks, self.data_generators)]
-            self._chunk, self._chunk_index = torch.stack(per_seed, dim=1), index  # [K, E, B, L]
-        return self._chunk[step % self.chunk_steps]
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens ``[E, B, L]`` of optimizer step ``step`` and the loss weights ``[P]`` of its positions."""
+        task_step = step - self.config.train.pretrain_steps
+        if task_step < 0:
+            assert self.pretrain is not None
+            return self.pretrain.batch(step), self.pretrain_weights
+        return self.data.batch(task_step), self.loss_weights
 
     # ------------------------------------------------------------------ measuring and saving
     def _measure(self, step: int) -> bool:
@@ -205,11 +213,10 @@ class SeedGroup:
         for i, state in self.optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{i}.{key}"] = value
-        # the data stream resumes from the start of the chunk holding the next step
-        at_boundary = self.step // self.chunk_steps != self._chunk_index
-        states = [g.get_state() for g in self.data_generators] if at_boundary else self._chunk_start_states
-        for e, state in enumerate(states):
-            tensors[f"data_generator.{e}"] = state
+        # each data stream resumes from the start of the chunk holding its next step
+        for prefix, (stream, i) in self._streams().items():
+            for e, state in enumerate(stream.resume_states(i)):
+                tensors[f"{prefix}.{e}"] = state
         tensors["loss_sum"] = self.loss_sum
         self.run.write_file_safetensors(target / "tensors.safetensors", tensors)
         self.run.write_file_parquet(target / "metrics.parquet", self.metrics.table())
@@ -223,6 +230,15 @@ class SeedGroup:
         for old in self.state_dir.glob("step-*"):  # incomplete leftovers of an interrupted save
             if old != target and old not in older[:1]:
                 self.run.remove(old)
+
+    def _streams(self) -> dict[str, tuple[ChunkedStream, int]]:
+        """Resume-state key prefix -> (stream, its own step for the next optimizer step). The task's stream
+        waits at its step 0 while pre-training runs; the pre-training stream's key exists only with it."""
+        task_step = max(self.step - self.config.train.pretrain_steps, 0)
+        streams = {"data_generator": (self.data, task_step)}
+        if self.pretrain is not None:
+            streams["pretrain_generator"] = (self.pretrain, self.step)
+        return streams
 
     def _complete_states(self) -> list[Path]:
         """State directories marked complete (a meta.json there, or recorded in the manifest: deleted
@@ -245,7 +261,8 @@ class SeedGroup:
             raise RuntimeError(f"{path}: resume state holds seeds {meta['seeds']}, expected {self.seeds}")
         tensors = self.run.read_file_safetensors(tensors_path, self.device)
         expected = {f"model.{k}": v.shape for k, v in self.model.state_dict().items()}
-        expected.update({f"data_generator.{e}": None for e in range(len(self.seeds))}, loss_sum=None)
+        expected.update({f"{prefix}.{e}": None for prefix in self._streams() for e in range(len(self.seeds))},
+                        loss_sum=None)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         for key, value in tensors.items():
             if key.startswith("optim."):
@@ -291,9 +308,8 @@ class SeedGroup:
                 _, index, name = key.split(".", 2)
                 optim_state["state"].setdefault(int(index), {})[name] = value
         self.optimizer.load_state_dict(optim_state)
-        for e, g in enumerate(self.data_generators):
-            g.set_state(tensors[f"data_generator.{e}"].cpu())
-        self._chunk, self._chunk_index = None, -1
+        for prefix, (stream, _) in self._streams().items():
+            stream.restore([tensors[f"{prefix}.{e}"] for e in range(len(self.seeds))])
         self.loss_sum = tensors["loss_sum"].clone()
         self.loss_steps = meta["loss_steps"]
         self.step = meta["step"]

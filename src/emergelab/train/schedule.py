@@ -31,9 +31,11 @@ def log_spaced_steps(total: int, count: int) -> list[int]:
 
 
 def probe_steps(config: TrainConfig) -> list[int]:
-    """Probe at 0, every ``eval_every`` steps, at the attention-snapshot steps and at the end."""
+    """Probe at 0, every ``eval_every`` steps, at the attention-snapshot steps, at the end, and where
+    pre-training ends (``pretrain_steps``; 0 without pre-training)."""
     regular = range(0, config.steps + 1, config.eval_every)
-    return sorted({*regular, *log_spaced_steps(config.steps, config.attention_snapshots), config.steps})
+    return sorted({*regular, *log_spaced_steps(config.steps, config.attention_snapshots), config.steps,
+                   config.pretrain_steps})
 
 
 def data_chunk_steps(batch_size: int, seq_len: int) -> int:
