@@ -28,8 +28,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # --scale cpu` trains them
     **{f"lm-mini-{size}": {
         "description": f"LM mini-suite, size {size}: 2-layer GPT-style transformer (d_model {16 * heads}) on "
-                       "the repetition corpus (V=32, L=48, span 16), 8 seeds, 3000 steps",
-        "task": {"name": "repetition", "vocab": 32, "seq_len": 48, "span": 16, "zipf": 1.0},
+                       "the repetition corpus (V=32, L=48, span 16, uniform background), 8 seeds, 3000 steps",
+        "task": {"name": "repetition", "vocab": 32, "seq_len": 48, "span": 16, "zipf": 0.0},
         "model": {"layers": 2, "heads": heads, "head_dim": 16, "mlp_ratio": 4},
         "train": {"steps": 3000, "batch_size": 64, "lr": 0.003, "seeds": 8, "eval_every": 50,
                   "eval_batch_size": 64, "checkpoints": 24, "attention_snapshots": 8},
