@@ -48,7 +48,7 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
             assert max(params) <= 1.4 * min(params), (panel, params)
     # re-running trains nothing new and gives the same table
     again = reproduce(name, "smoke", tmp_path, executor=InProcess(), progress=False)
-    assert again.table == result.table
+    assert again.table == result.table and not again.failed  # every finished run is found again
     if name == "lm-emergence":
         _check_lm_emergence_patching(tmp_path)
     if name == "pre-pretraining":

@@ -42,6 +42,20 @@ def test_match_params_field_sizes_every_model_from_the_config(name):
     assert sum(p[0].numel() for p in cfg.resolved().model.build(1).parameters()) == n
 
 
+def test_a_matched_config_hashes_as_its_saved_config_reloads(tmp_path):
+    """Fields given as YAML writes them (``mlp_ratio: 4``, an int) are coerced as ``build`` coerces them,
+    so the matched config's hash is the one its saved config.yaml gives back: a finished run is found
+    again (re-running a sweep of matched models once failed with "a different config ()")."""
+    import yaml
+
+    from emergelab.train import ExperimentConfig
+
+    cfg = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 8, "sparsity": 3},
+                                      "model": {"name": "gated_deltanet", "mlp_ratio": 4, "match_params": 20_000}})
+    saved = yaml.safe_load(yaml.safe_dump(cfg.resolved().to_dict()))
+    assert ExperimentConfig.from_saved(saved).resolved().science_key() == cfg.resolved().science_key()
+
+
 def test_match_params_field_refuses_a_budget_the_fields_cannot_meet():
     from emergelab.train import ExperimentConfig
 

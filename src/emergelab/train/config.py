@@ -302,7 +302,9 @@ def _matched_model(config_class: type, target: Any, task_config: Any, fields: di
     require(isinstance(target, int) and not isinstance(target, bool) and target >= 1, "model.match_params",
             target, "must be a positive integer (parameters per member)")
     require("d_model" not in fields, "model.match_params", target, "choose d_model or match_params, not both")
-    build(config_class, fields, "model")  # unknown or bad fields fail with their own message first
+    given = build(config_class, fields, "model")  # unknown or bad fields fail with their own message first
+    fields = {k: getattr(given, k) for k in fields}  # coerced as `build` does (mlp_ratio 4 -> 4.0), so the
+    # matched config hashes as the saved one reloads, and a finished run is found again
     task = task_config.build(make_generator(0))
     model = match_params(config_class, target, task.vocab_size, task.seq_len - 1, **fields)
     n = model.n_params()
