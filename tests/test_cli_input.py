@@ -239,8 +239,10 @@ def test_ctrl_c_during_a_workers_run_prints_one_line_and_a_rerun_resumes(tmp_pat
            "--steps", "2000", "--set", "execution.workers=2", "--set", "execution.resume_every=10",
            "--set", "model.head_dim=4", "--set", "model.mlp_ratio=0", "--set", "train.attention_snapshots=0",
            "--out", str(out), "--quiet", "--no-figures"]
+    # SIGINT back to its default in the child: a test run launched as a background job inherits it ignored,
+    # and Python then never raises KeyboardInterrupt (the run would finish with exit 0)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len({Path(p).parts[-3] for p in glob.glob(str(out / "state" / "group-*" / "step-*" / "meta.json"))}) < 2 \
             and proc.poll() is None:  # both seed groups have saved a resume state
