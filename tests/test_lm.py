@@ -53,10 +53,11 @@ def tiny_config(**overrides) -> GPTNeoXConfig:
     return GPTNeoXConfig(**{**fields, **overrides})
 
 
-def save_tokenizer(folder: Path) -> None:
+def save_tokenizer(folder: Path, words: list[str] = WORDS) -> None:
+    """A word-level tokenizer: [UNK] 0, [BOS] 1, then ``words`` (the digits first: ids 2..11)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(["[UNK]", "[BOS]"])

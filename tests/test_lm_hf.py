@@ -233,13 +233,9 @@ WORDS = [str(d) for d in range(10)]
 
 
 def _save_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from test_lm import save_tokenizer
 
-    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["[UNK]", "[BOS]"])
-    tok.save(str(folder / "tokenizer.json"))
+    save_tokenizer(folder, WORDS)
 
 
 def test_cli_patch_and_scan_on_a_local_llama_suite(tmp_path, capsys):

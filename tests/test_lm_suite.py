@@ -32,6 +32,7 @@ pytest.importorskip("tokenizers")
 
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
+import test_lm  # noqa: E402  (the tiny GPT-NeoX builders of the single-suite tests)
 from emergelab.cli import main  # noqa: E402
 from emergelab.config import ConfigError  # noqa: E402
 from emergelab.lm import ScanConfig  # noqa: E402
@@ -40,9 +41,6 @@ from emergelab.lm.suite import (estimate_evaluations, order_sizes, parse_size, p
                                 scan_suite, suite_sources)
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ([str(d) for d in range(10)] + ["Mary", "John", "Alice", "Bob", "Tom", "Anna", "store", "park", "school",
-         "drink", "book", "ball", "When", "and", "went", "to", "the", ",", "gave", "a", "Then", "had", "long",
-         "talk", "at", "."])
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
 HIDDEN = {"2m": 32, "10m": 48}
 PLANTED = {"2m": {0: 16, 1: 64}, "10m": {0: 4, 1: None}}  # size -> seed -> first trained revision (None: never)
@@ -51,35 +49,7 @@ KNOBS = ["--param", "length=8", "--param", "repeat=4", "--n-prompts", "64", "--c
 
 
 def tiny_config(hidden: int) -> GPTNeoXConfig:
-    return GPTNeoXConfig(vocab_size=len(WORDS) + 2, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=2 * hidden, max_position_embeddings=64, rotary_pct=0.5,
-                         attn_implementation="eager")
-
-
-def save_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "[BOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["[UNK]", "[BOS]"])
-    tok.save(str(folder / "tokenizer.json"))
-
-
-def train_repetition(model: GPTNeoXForCausalLM, steps: int = 90, k: int = 8) -> None:
-    torch.manual_seed(1)
-    digits = torch.arange(2, 12)  # the ids of "0".."9"
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = digits[torch.randint(0, 10, (64, k))]
-        seq = torch.cat([x, x], 1)
-        logits = model(seq[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, k - 1:].reshape(-1, logits.shape[-1]),
-                                                 seq[:, k:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    return test_lm.tiny_config(hidden_size=hidden, intermediate_size=2 * hidden)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +60,7 @@ def suites(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         model = GPTNeoXForCausalLM(tiny_config(HIDDEN[size]))
         init = {k: v.clone() for k, v in model.state_dict().items()}
-        train_repetition(model)
+        test_lm.train_repetition(model)
         good = {k: v.clone() for k, v in model.state_dict().items()}
         for seed, planted in planted_by_seed.items():
             g = torch.Generator().manual_seed(seed)
@@ -100,7 +70,7 @@ def suites(tmp_path_factory) -> Path:
                                        else v for k, v in base.items()})
                 folder = root / size / f"seed{seed}" / f"step{step}"
                 model.save_pretrained(folder)
-                save_tokenizer(folder)
+                test_lm.save_tokenizer(folder)
     return root
 
 
