@@ -484,19 +484,12 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
             continue
         if row["optimum"] is not None and row["initial"] - row["optimum"] <= solved_tol:
             continue
-        names = tuple(sorted(heads, key=lambda h: tuple(int(p) for p in h.split("."))))
-
-        def on_steps(curves: Any, k: int) -> np.ndarray:
-            if k < 0:
-                return np.full(steps.size, np.nan)
-            s, v = curves.curve(k)
-            return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
-
-        m = np.stack([on_steps(mass, heads[h][0]) for h in names])
-        if not (np.nan_to_num(m) > 0).any():  # no ground-truth keys (a cellular automaton's first state)
+        curves = _output_curves(steps, values, {
+            h: tuple(None if k < 0 else c.curve(k) for c, k in ((mass, km), (entropy, ke)))
+            for h, (km, ke) in heads.items()})
+        if curves is None:  # no ground-truth keys (a cellular automaton's first state)
             continue
-        ent = np.stack([on_steps(entropy, heads[h][1]) for h in names])
-        out.append(Example(run, seed, i, OutputCurves(steps, values, m, ent, names), bool(row["emerged"]),
+        out.append(Example(run, seed, i, curves, bool(row["emerged"]),
                            float(row["step"]), row["optimum"], float(steps[-1])))
     return out
 
@@ -698,22 +691,30 @@ def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
                 entry[0 if metric == "attn_gt_mass_pos" else 1] = (steps, values)
     out = {}
     for key, (steps, values) in sorted(loss.items()):
-        by_head = heads.get(key, {})
-        if not by_head or steps.size < 2:
-            continue
-        names = tuple(sorted(by_head, key=lambda h: tuple(int(p) for p in h.split("."))))
-
-        def on_steps(curve: Any) -> np.ndarray:
-            if curve is None:
-                return np.full(steps.size, np.nan)
-            s, v = curve
-            return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
-
-        mass = np.stack([on_steps(by_head[h][0]) for h in names])
-        if not (np.nan_to_num(mass) > 0).any():
-            continue
-        out[key] = OutputCurves(steps, values, mass, np.stack([on_steps(by_head[h][1]) for h in names]), names)
+        curves = _output_curves(steps, values, heads.get(key, {}))
+        if curves is not None:
+            out[key] = curves
     return out
+
+
+def _output_curves(steps: np.ndarray, values: np.ndarray, heads: dict[str, Any]) -> OutputCurves | None:
+    """An output's curves from its loss ``(steps, values)`` and ``heads``: head label -> ``(mass, entropy)``,
+    each ``(steps, values)`` or None; head curves are put on the loss steps, heads in (layer, head) order.
+    None where there is nothing to forecast: fewer than 2 probes, no heads, or no ground-truth keys."""
+    if not heads or steps.size < 2:
+        return None
+    names = tuple(sorted(heads, key=lambda h: tuple(int(p) for p in h.split("."))))
+
+    def on_steps(curve: Any) -> np.ndarray:
+        if curve is None:
+            return np.full(steps.size, np.nan)
+        s, v = curve
+        return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
+
+    mass = np.stack([on_steps(heads[h][0]) for h in names])
+    if not (np.nan_to_num(mass) > 0).any():
+        return None
+    return OutputCurves(steps, values, mass, np.stack([on_steps(heads[h][1]) for h in names]), names)
 
 
 @dataclass(frozen=True)
