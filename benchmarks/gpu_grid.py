@@ -29,9 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "examples" / "paper-linear-map-S16.yaml"
 
 
-def sweep_file(device: str, out: Path, steps: int | None, seeds: int | None) -> Path:
-    """The example sweep file with the device (and, for a smoke test, smaller steps/seeds) filled in."""
+def sweep_file(device: str, out: Path, steps: int | None, seeds: int | None,
+               sparsities: list[int] | None = None) -> Path:
+    """The example sweep file with the device (and, for a smoke test, smaller steps/seeds; a subset of
+    the sparsities) filled in."""
     data = yaml.safe_load(SPEC.read_text())
+    if sparsities:
+        data["grid"]["task.sparsity"] = sparsities
     data["base"].setdefault("execution", {})["device"] = device
     if steps:
         data["base"]["train"].update(steps=steps, eval_every=max(1, steps // 10))
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=300, help="stop the sweep this many seconds after the script started")
     parser.add_argument("--steps", type=int, help="smoke test: fewer steps")
     parser.add_argument("--seeds", type=int, help="smoke test: fewer seeds")
+    parser.add_argument("--sparsities", type=lambda t: [int(x) for x in t.split(",")],
+                        help="only these sparsities (comma-separated; default 1..16)")
     parser.add_argument("--alone-only", action="store_true", help="time the --alone run; no sweep")
     parser.add_argument("--collect", type=Path, metavar="SWEEP_DIR", help="only collect the results of SWEEP_DIR")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gpu_grid"))
@@ -102,7 +108,7 @@ def main() -> None:
     if args.collect:
         collect(args.collect, args.results)
         return
-    path = sweep_file(args.device, args.out, args.steps, args.seeds)
+    path = sweep_file(args.device, args.out, args.steps, args.seeds, args.sparsities)
     timing = {"device": args.device, "workers": args.workers}
     try:
         import torch

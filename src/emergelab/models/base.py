@@ -19,8 +19,10 @@ A model is two things, registered by name in ``models.MODELS``:
   ``{parameter name: Init}`` (an unlisted parameter is an error, never a silent zero).
 
 Capabilities a model declares (class variables): ``accepts_attn_bias`` (``forward(..., attn_bias=...)``
-adds a per-head bias to attention scores; the ground-truth bias intervention needs it) and the hook
-names it offers (``model.hook_dict``). Measurements decide from the hook names whether they apply.
+adds a per-head bias to attention scores; the ground-truth bias intervention needs it), ``capturable``
+(its training step never reads the GPU back, so on CUDA it can be captured into a CUDA graph:
+``train/graphed.py``; a model whose forward reads a value back, e.g. for a numerical bound, sets it False)
+and the hook names it offers (``model.hook_dict``). Measurements decide from the hook names whether they apply.
 
 Example: a model with no attention at all, in a few lines (``tests/test_architecture.py`` trains one)::
 
@@ -84,6 +86,7 @@ class SequenceModel(HookedModule):
     """
 
     accepts_attn_bias: ClassVar[bool] = False
+    capturable: ClassVar[bool] = True
 
     def __init__(self, config: Any, n_models: int = 1):
         super().__init__()

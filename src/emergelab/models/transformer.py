@@ -12,8 +12,11 @@ hook is attached (``Attention.implementation``):
 * **blocked** (the CPU training default): ``fast_attention.causal_attention``, one autograd function with
   fast GEMM layouts and the native softmax at one thread; nothing inside it is hookable. Used on a CPU
   unless ``Attention.blocked = False`` or the attention bias wants a gradient;
-* **fused**: ``scaled_dot_product_attention`` (flash kernels on a GPU; the default on CUDA,
-  ``model.use_fused_attention(True)`` elsewhere); scores and pattern are never formed.
+* **fused**: ``scaled_dot_product_attention`` (the default on CUDA, ``model.use_fused_attention(True)``
+  elsewhere); scores and pattern are never formed. On CUDA with heads of at most
+  ``MATH_SDPA_MAX_HEAD_DIM`` dimensions SDPA runs its math backend: the memory-efficient kernel pads a
+  head to at least 32 dimensions, and at our sizes the plain batched products are faster
+  (benchmarks/README.md, "GPU") and, free of atomics, deterministic.
 
 Hooking an activation that the chosen implementation does not form is an error naming the fix, never a
 silent switch. On a CPU, materialised and blocked give each seed bits that do not depend on the other
@@ -23,6 +26,7 @@ rounding (``tests/test_model.py``, ``tests/test_fast_attention.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -30,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import require_choice, require_float, require_int
 from .base import Init, normal, zeros
@@ -39,6 +44,7 @@ from .layers import ResidualModel, member_linear, row_softmax
 
 
 POSITIONS = ("learned", "none")
+MATH_SDPA_MAX_HEAD_DIM = 16  # on CUDA, smaller heads take SDPA's math backend (module doc)
 
 
 @dataclass(frozen=True)
@@ -159,11 +165,13 @@ class Attention(nn.Module):
         if implementation == "materialised":
             z = self._attend_observed(q, k, v, bias, E)
         else:
-            if bias is None:
-                z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
-                causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-                z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~causal, float("-inf")))
+            small = x.is_cuda and D <= MATH_SDPA_MAX_HEAD_DIM
+            with sdpa_kernel(SDPBackend.MATH) if small else contextlib.nullcontext():
+                if bias is None:
+                    z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                else:
+                    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                    z = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~causal, float("-inf")))
         z = self.hook_z(z.transpose(1, 2).reshape(E, B, T, H, D))  # [E, B, T, H, D]
         return member_linear(z.reshape(E, B, T, H * D), self.W_O, self.b_O)
 

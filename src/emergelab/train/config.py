@@ -21,6 +21,7 @@ from ..tasks.pretraining import PRETRAINING, pretraining_stream
 SCHEDULES = ("constant", "cosine")
 BIAS_SCHEDULES = ("constant", "linear")
 STRATEGIES = ("auto", "ensemble", "workers")
+CUDA_GRAPHS = ("auto", "off")
 TRACKERS = ("tensorboard", "wandb")  # execution.log (train/trackers.py)
 
 DEFAULT_MODEL = TransformerConfig.name
@@ -123,6 +124,8 @@ class ExecutionConfig:
     forecast_from: a finished run, or a folder of runs, of the same task: forecasters fitted on its seeds
     forecast each output's emergence as this run trains, shown on the progress line ("" : none; see
     ``analysis.forecast.LiveForecast``).
+    cuda_graphs: auto (on a CUDA device, the training step of a model that allows it is captured once and
+    replayed as one CUDA graph, ``train/graphed.py``; not with an attention-bias schedule) | off.
     """
 
     strategy: str = "auto"
@@ -133,9 +136,11 @@ class ExecutionConfig:
     device: str = "cpu"
     log: Any = ()
     forecast_from: str = ""
+    cuda_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         require_choice("execution.strategy", self.strategy, STRATEGIES)
+        require_choice("execution.cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
         require_int("execution.workers", self.workers, 0, 4096)
         require_int("execution.threads", self.threads, 0, 4096)
         require_int("execution.seed_batch", self.seed_batch, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +26,7 @@ from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_len
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
+from .graphed import CaptureFailed, GraphCaptureWarning, GraphedStep
 from .live import ProbeNews, Throttle, live_forecast
 from .measure import Measurement, Metric, default_measurements, probe
 from .measure_ood import LengthEval, RuleEval
@@ -104,6 +106,12 @@ class SeedGroup:
         self._last_loss: float | None = None
         self.live = live_forecast(config, first)
         self._live_throttle = Throttle()
+        # On CUDA the learning rate reaches AdamW as a device tensor (the same kernel, eager or graphed)
+        self.lr = torch.zeros((), device=device) if device.type == "cuda" else None
+        self.graphed: GraphedStep | None = None
+        if (device.type == "cuda" and config.execution.cuda_graphs == "auto" and self.attn_bias_fn is None
+                and self.model.capturable):
+            self.graphed = GraphedStep(self._step_on, device)
 
     # ------------------------------------------------------------------ training
     def train(self, on_progress: ProgressFn | None = None, stop_after: int | None = None) -> None:
@@ -133,11 +141,28 @@ class SeedGroup:
     def _train_step(self) -> None:
         tokens, weights = self._batch(self.step)  # [E, B, L], [P]
         lr = learning_rate(self.config.train, self.step)
+        if self.lr is not None:
+            self.lr.fill_(lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        inputs = {}
-        if self.attn_bias_fn is not None:
-            inputs["attn_bias"] = self.attn_bias_fn(self.step)
+            group["lr"] = lr if self.lr is None else self.lr
+        if self.graphed is not None:
+            try:
+                self.graphed(tokens, weights)
+            except CaptureFailed as error:
+                warnings.warn(f"execution.cuda_graphs=auto: the training step of model.name="
+                              f"{self.config.model.name} could not be captured ({error}); training without CUDA "
+                              "graphs", GraphCaptureWarning, stacklevel=2)
+                self.graphed = None
+                self._step_on(tokens, weights)
+        else:
+            bias = self.attn_bias_fn(self.step) if self.attn_bias_fn is not None else None
+            self._step_on(tokens, weights, bias)
+        self.loss_steps += 1
+
+    def _step_on(self, tokens: torch.Tensor, weights: torch.Tensor, attn_bias: torch.Tensor | None = None) -> None:
+        """One optimizer step on tokens ``[E, B, L]`` with loss weights ``[P]``, all in place (the body a CUDA
+        graph captures: no host reads, no reallocated state)."""
+        inputs = {} if attn_bias is None else {"attn_bias": attn_bias}
         logits = self.model(tokens[..., :-1], **inputs)  # [E, B, P, V]
         E, B, P, V = logits.shape
         losses = F.cross_entropy(logits.reshape(-1, V), tokens[..., 1:].reshape(-1), reduction="none")
@@ -148,7 +173,6 @@ class SeedGroup:
             _clip_per_member(self.model, self.config.train.grad_clip)
         self.optimizer.step()
         self.loss_sum += per_seed.detach()
-        self.loss_steps += 1
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The tokens ``[E, B, L]`` of optimizer step ``step`` and the loss weights ``[P]`` of its positions."""
@@ -310,7 +334,7 @@ class SeedGroup:
         self.optimizer.load_state_dict(optim_state)
         for prefix, (stream, _) in self._streams().items():
             stream.restore([tensors[f"{prefix}.{e}"] for e in range(len(self.seeds))])
-        self.loss_sum = tensors["loss_sum"].clone()
+        self.loss_sum.copy_(tensors["loss_sum"])  # in place: a captured step adds to this buffer
         self.loss_steps = meta["loss_steps"]
         self.step = meta["step"]
         self.metrics = MetricsBuffer()

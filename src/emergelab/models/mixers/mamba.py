@@ -206,6 +206,7 @@ class Mamba(MixerModel):
     """``E`` Mamba-1 models; see the module doc. Hooks: ``blocks.{l}.mixer.hook_{x,dt,B,C,pattern,y}``."""
 
     mixer_class = MambaMixer
+    capturable = False  # the chunked scan reads its decay bound back from the GPU (selective_scan_chunked)
 
 
 MambaConfig.model_class = Mamba
