@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from ..store import CorruptFileError, RunDir, locked
+from .allocator import keep_freed_memory
 from .config import ExperimentConfig
 from .group import ProgressFn, SeedGroup
 from .trackers import Trackers
@@ -56,6 +57,7 @@ def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
     trackers of ``execution.log`` get every probe's metrics of these seeds (``train/trackers.py``)."""
     config = ExperimentConfig.from_dict(unit.config).resolved()
     run = RunDir(unit.run_path)
+    keep_freed_memory()  # every step reuses its activations' memory (train/allocator.py)
     # waits (rather than failing) so that a dying orphan of a killed run releases the group first
     with torch_threads(unit.threads), locked(run.state_dir / f"group-{unit.group}.lock", what="these seeds"), \
             Trackers(config.execution.log, config, run, unit.seeds) as trackers:
