@@ -25,8 +25,10 @@ SIZES = {  # name: (task, model, batch)
 
 def group(size: str, seeds: int):
     from emergelab.train import ExperimentConfig
+    from emergelab.train.allocator import keep_freed_memory
     from emergelab.train.group import SeedGroup
 
+    keep_freed_memory()  # as every training process does (train/unit.py)
     task, model, batch = SIZES[size]
     cfg = ExperimentConfig.from_dict({"task": task, "model": model,
                                       "train": {"steps": 10 ** 6, "batch_size": batch, "seeds": seeds}}).resolved()
