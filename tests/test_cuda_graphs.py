@@ -38,6 +38,8 @@ def config(graphs: str = "auto", device: str = "cuda", model: dict | None = None
 def test_cuda_graphs_setting_is_validated_and_unused_on_a_cpu():
     with pytest.raises(ConfigError, match="execution.cuda_graphs.*auto, off"):
         config(graphs="always", device="cpu")
+    assert config(graphs=False, device="cpu").execution.cuda_graphs == "off"  # `--set ...=off` in YAML
+    assert config(graphs=True, device="cpu").execution.cuda_graphs == "auto"
     group = SeedGroup(config(device="cpu"), [0, 1])
     assert group.graphed is None and group.lr is None
     with pytest.raises(ValueError, match="CUDA device"):

@@ -140,6 +140,8 @@ class ExecutionConfig:
 
     def __post_init__(self) -> None:
         require_choice("execution.strategy", self.strategy, STRATEGIES)
+        if isinstance(self.cuda_graphs, bool):  # YAML reads a bare off / on as a boolean
+            object.__setattr__(self, "cuda_graphs", "auto" if self.cuda_graphs else "off")
         require_choice("execution.cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
         require_int("execution.workers", self.workers, 0, 4096)
         require_int("execution.threads", self.threads, 0, 4096)
