@@ -54,6 +54,7 @@ def test_a_run_made_before_the_refactor_is_migrated(tmp_path):
     execution.pop("threads")  # the pre-refactor layout: execution knobs under train, no threads
     execution.pop("log")  # nor trackers
     execution.pop("forecast_from")  # nor a live forecast
+    execution.pop("cuda_graphs")  # nor CUDA graphs
     old["train"].update(execution)
     run.config_path.write_text(yaml.safe_dump(old))
     run.task_path.unlink()
