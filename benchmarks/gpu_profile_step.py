@@ -100,8 +100,9 @@ def main() -> None:
     say("\n2. step time (eager, ms per step) under variants")
     variants: dict[str, float] = {}
     variants["default"] = step_ms(build(args.device, args.seeds))
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     if cuda:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         for name, backend in (("sdpa flash", SDPBackend.FLASH_ATTENTION),
                               ("sdpa memory-efficient", SDPBackend.EFFICIENT_ATTENTION),
@@ -145,8 +146,6 @@ def main() -> None:
     # 4. SDPA alone
     attention: dict[str, float] = {}
     if cuda:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         say("\n4. SDPA forward + backward, [4096, 8, 31, D] fp32, ms")
         for D in (8, 16, 32, 64):
             q, k, v = (torch.randn(4096, 8, 31, D, device=device, requires_grad=True) for _ in range(3))

@@ -38,7 +38,6 @@ def main() -> None:
     from emergelab.presets import preset_dict
     from emergelab.store import write_text
     from emergelab.train import ExperimentConfig
-    from emergelab.train.group import SeedGroup
 
     data = preset_dict("demo")
     data["task"] = {**data["task"], "state_size": 16, "sparsity": 8}
