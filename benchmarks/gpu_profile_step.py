@@ -8,7 +8,9 @@ writes (``DIR/gpu_profile_step.txt``, ``.json``):
 1. the step's kernels by total device time over 10 eager steps (``torch.profiler``), and the device time
    per step they add up to;
 2. the step time (eager, synchronised around 50 steps) under variants: the default (fused SDPA), each SDPA
-   backend forced (flash, memory-efficient, math), the materialised attention, TF32 matrix products, and
+   backend forced (flash, memory-efficient, math; since the transformer picks the math backend itself for
+   heads of <= 16 dimensions, ``MATH_SDPA_MAX_HEAD_DIM``, these rows equal the default at this model's
+   8-dimensional heads), the materialised attention, TF32 matrix products, and
    the probe (one ``SeedGroup._measure`` at a probe step);
 3. the probe's kernels and ops by device time, and by host time;
 4. SDPA forward + backward alone at the step's shape (``E * B`` sequences x 8 heads x 31 positions) for
