@@ -3,6 +3,7 @@ models built with transformers' config classes, saved with safetensors and loade
 
 * logits equal the HF model's own eager forward; the cached ``hook_pattern`` equals HF's
   ``output_attentions`` (causal, rows sum to 1, ``[B, H, T, T]``); ``hook_attn_scores`` is -inf where masked;
+  ``hook_resid_pre`` / ``hook_resid_post`` equal HF's ``output_hidden_states``; ``hook_z`` is editable;
 * a pattern patch changes only that head's output, an identity patch changes nothing, gradients flow;
 * ``interventions.patching`` (patching_table, greedy_heads, ablation_table) on two Llama seeds, and the
   ``emergelab lm patch`` / ``lm scan`` commands on a local Llama suite;
@@ -79,8 +80,8 @@ def test_pattern_equals_hugging_face_attentions(pair):
     with torch.no_grad():
         attentions = reference(x, output_attentions=True).attentions
     _, cache = model.run_with_cache(x)
-    assert set(cache) == set(model.hook_dict) == {f"blocks.{l}.attn.{h}" for l in range(2)
-                                                  for h in ("hook_attn_scores", "hook_pattern")}
+    assert set(cache) == set(model.hook_dict) == {f"blocks.{l}.{h}" for l in range(2) for h in (
+        "hook_resid_pre", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_resid_post")}
     above = torch.ones(T, T, dtype=torch.bool).triu(1)
     for layer in range(2):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
@@ -92,6 +93,35 @@ def test_pattern_equals_hugging_face_attentions(pair):
         assert torch.equal(scores == float("-inf"), pattern == 0)
     if arch == "mistral":  # the sliding window is in the mask: query 12 sees keys 8..12 only
         assert (cache["blocks.0.attn.hook_pattern"][:, :, 12, :8] == 0).all()
+
+
+def test_residual_and_z_hooks_equal_hugging_face_hidden_states(pair):
+    """hook_resid_pre / hook_resid_post are the decoder layers' input and output hidden states (HF's
+    ``output_hidden_states``: [embeddings, after layer 0, ...]; its last entry comes after the final norm in
+    some models, so layer 0's output is compared); hook_z is per-head ``pattern @ values``, whose heads
+    through the output projection give the attention's output."""
+    arch, reference, model = pair
+    x = tokens(2)
+    with torch.no_grad():
+        hidden = reference(x, output_hidden_states=True).hidden_states
+    _, cache = model.run_with_cache(x)
+    d = hidden[0].shape[-1]
+    for layer in range(2):
+        assert cache[f"blocks.{layer}.hook_resid_pre"].shape == cache[f"blocks.{layer}.hook_resid_post"].shape == (2, T, d)
+        assert cache[f"blocks.{layer}.attn.hook_z"].shape == (2, T, 4, d // 4)
+    torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], hidden[0])
+    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], hidden[1])
+    torch.testing.assert_close(cache["blocks.1.hook_resid_pre"], hidden[1])
+    z = cache["blocks.1.attn.hook_z"]
+    pattern = cache["blocks.1.attn.hook_pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(2, 4, T))  # the pattern z was made from
+    with torch.no_grad():  # zeroing one layer's z or replacing its residual output changes the logits
+        plain = model(x)
+        no_z = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_z", lambda t, hook: torch.zeros_like(t))])
+        same = model.run_with_hooks(x, fwd_hooks=[("blocks.0.hook_resid_post", lambda t, hook: t.clone())])
+        moved = model.run_with_hooks(x, fwd_hooks=[("blocks.0.hook_resid_post", lambda t, hook: t + 1.0)])
+    assert torch.equal(same, plain)
+    assert not torch.allclose(no_z, plain) and not torch.allclose(moved, plain)
 
 
 # ------------------------------------------------------------------------------------------ patching

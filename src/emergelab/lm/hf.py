@@ -8,13 +8,17 @@ query, key, value, mask, scaling=..., dropout=..., **kwargs)``. We register one 
 through hook points), and a mask function for it (:func:`hooked_eager_mask`: HF's eager mask with ``-inf``
 where HF puts the dtype's minimum). :class:`HookedHFCausalLM` switches a model to it and owns the hook
 points; the attention function finds them on the module it is called with (attribute :data:`HOOKS_ATTR`),
-so nothing is kept in a module-global registry. The HF model's weights and the rest of its forward are
-used as they are.
+so nothing is kept in a module-global registry. The residual stream's hook points sit on the decoder
+layers (the ``nn.ModuleList`` whose ``l``-th entry holds layer ``l``'s attention) as forward hooks. The
+HF model's weights and the rest of its forward are used as they are.
 
 Hook points (single model, TransformerLens shapes, as ``neox.py``; see ``models.hooks``)::
 
+    blocks.{l}.hook_resid_pre          [B, T, d]       the decoder layer's input hidden states
     blocks.{l}.attn.hook_attn_scores   [B, H, Tq, Tk]  pre-softmax, scaled, -inf where masked (above the diagonal)
     blocks.{l}.attn.hook_pattern       [B, H, Tq, Tk]  softmax of the scores (float32 softmax, cast back)
+    blocks.{l}.attn.hook_z             [B, T, H, D]    pattern @ values, per head, before the output projection
+    blocks.{l}.hook_resid_post         [B, T, d]       the decoder layer's output hidden states
 
 ``H`` is ``num_attention_heads``: with grouped-query attention each key/value head is repeated for its
 query heads before the scores, as HF's eager does, so every query head has its own pattern. So
@@ -47,7 +51,7 @@ from torch import nn
 from ..models.hooks import HookedModule, HookPoint
 
 NAME = "emergelab_eager"  # our attention implementation's name in transformers' interfaces
-HOOKS_ATTR = "_emergelab_hooks"  # on each HF attention module: (hook_attn_scores, hook_pattern) of its layer
+HOOKS_ATTR = "_emergelab_hooks"  # on each HF attention module: (hook_attn_scores, hook_pattern, hook_z) of its layer
 
 # Arguments transformers passes to an attention function that leave eager attention's math unchanged
 # (sliding_window: the mask already encodes the window; the rest only matter to other implementations).
@@ -107,7 +111,7 @@ def hooked_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     if points is None:
         raise RuntimeError(f"{type(module).__name__} runs attention {NAME!r} but has no emergelab hook points: "
                            "wrap the model with emergelab.lm.hf.HookedHFCausalLM")
-    scores_point, pattern_point = points
+    scores_point, pattern_point, z_point = points
     if query.shape[1] % key.shape[1]:
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {key.shape[1]} key/value heads")
     groups = query.shape[1] // key.shape[1]
@@ -119,7 +123,7 @@ def hooked_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     scores = _hook(scores_point, scores)
     pattern = _hook(pattern_point, F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype))
     pattern = F.dropout(pattern, p=dropout, training=module.training)
-    output = torch.matmul(pattern, value).transpose(1, 2).contiguous()  # [B, Tq, H, D]
+    output = _hook(z_point, torch.matmul(pattern, value).transpose(1, 2)).contiguous()  # [B, Tq, H, D]
     return output, pattern
 
 
@@ -184,6 +188,34 @@ def attention_modules(model: nn.Module, n_layers: int) -> list[nn.Module]:
     return out
 
 
+def decoder_layers(model: nn.Module, attention: list[nn.Module]) -> list[nn.Module]:
+    """The decoder layers: the ``nn.ModuleList`` of ``len(attention)`` entries whose ``l``-th entry holds
+    ``attention[l]`` (Llama's ``model.layers``, GPT-2's ``transformer.h``, ...)."""
+    for _, candidate in model.named_modules():
+        if isinstance(candidate, nn.ModuleList) and len(candidate) == len(attention) and all(
+                any(inner is module for inner in layer.modules()) for layer, module in zip(candidate, attention)):
+            return list(candidate)
+    raise NotImplementedError(f"model type {getattr(model.config, 'model_type', '?')!r}: no list of decoder layers "
+                              "holding one attention module each")
+
+
+def _residual_hooks(layer: nn.Module, pre: HookPoint, post: HookPoint) -> list[Any]:
+    """Forward hooks on an HF decoder layer passing its input and output hidden states ``[B, T, d]``
+    through ``pre`` / ``post``; returns the handles."""
+
+    def before(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if args:
+            return (_hook(pre, args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": _hook(pre, kwargs["hidden_states"])}
+
+    def after(module: nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (_hook(post, output[0]), *output[1:])
+        return _hook(post, output)
+
+    return [layer.register_forward_pre_hook(before, with_kwargs=True), layer.register_forward_hook(after)]
+
+
 class HookedHFAttention(nn.Module):
     """The hook points of one layer's attention (the math stays in the HF module)."""
 
@@ -191,12 +223,15 @@ class HookedHFAttention(nn.Module):
         super().__init__()
         self.hook_attn_scores = HookPoint()  # [B, H, Tq, Tk]
         self.hook_pattern = HookPoint()  # [B, H, Tq, Tk]
+        self.hook_z = HookPoint()  # [B, T, H, D]
 
 
 class HookedHFBlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.hook_resid_pre = HookPoint()  # [B, T, d]
         self.attn = HookedHFAttention()
+        self.hook_resid_post = HookPoint()  # [B, T, d]
 
 
 class HookedHFCausalLM(HookedModule):
@@ -218,10 +253,12 @@ class HookedHFCausalLM(HookedModule):
         self.model_type = str(config.model_type)
         self.n_layers, self.n_heads = int(config.num_hidden_layers), int(config.num_attention_heads)
         modules = attention_modules(model, self.n_layers)
+        layers = decoder_layers(model, modules)
         self.hf = model
         self.blocks = nn.ModuleList(HookedHFBlock() for _ in range(self.n_layers))
         self.setup_hooks(1)
         previous = config._attn_implementation
+        handles: list[Any] = []
         try:
             model.set_attn_implementation(register_attention())
             if config._attn_implementation != NAME:
@@ -229,9 +266,14 @@ class HookedHFCausalLM(HookedModule):
                                           f"{NAME!r} (it does not go through transformers' attention interface)")
             for module, block in zip(modules, self.blocks):
                 # a tuple, so the points stay submodules of self.blocks only, not of the HF module
-                setattr(module, HOOKS_ATTR, (block.attn.hook_attn_scores, block.attn.hook_pattern))
+                setattr(module, HOOKS_ATTR, (block.attn.hook_attn_scores, block.attn.hook_pattern,
+                                             block.attn.hook_z))
+            for layer, block in zip(layers, self.blocks):
+                handles += _residual_hooks(layer, block.hook_resid_pre, block.hook_resid_post)
             self._check_every_layer_fires()
         except Exception:  # a refused model is handed back as it came
+            for handle in handles:
+                handle.remove()
             for module in modules:
                 if hasattr(module, HOOKS_ATTR):
                     delattr(module, HOOKS_ATTR)
@@ -250,18 +292,19 @@ class HookedHFCausalLM(HookedModule):
 
     @torch.no_grad()
     def _check_every_layer_fires(self) -> None:
-        """One probe forward on two tokens: every layer's pattern hook must fire exactly once."""
+        """One probe forward on two tokens: every hook point must fire exactly once."""
         calls: dict[str, int] = {}
 
         def count(x: torch.Tensor, hook: HookPoint) -> None:
             calls[hook.name] = calls.get(hook.name, 0) + 1
 
-        with self.hooks([(lambda name: name.endswith("hook_pattern"), count)]):
+        with self.hooks([(lambda name: True, count)]):
             self(torch.zeros(1, 2, dtype=torch.long))
-        wrong = [l for l in range(self.n_layers) if calls.get(f"blocks.{l}.attn.hook_pattern") != 1]
+        wrong = sorted(name for name in self.hook_dict if calls.get(name) != 1)
         if wrong:
-            raise NotImplementedError(f"model type {self.model_type!r}: the attention of layers {wrong} did not "
-                                      "run through transformers' attention interface exactly once per forward")
+            raise NotImplementedError(f"model type {self.model_type!r}: hook points {', '.join(wrong)} did not fire "
+                                      "exactly once per forward (the attention must run through transformers' "
+                                      "attention interface, each decoder layer once)")
 
 
 def _require_safetensors(folder: Path) -> None:
