@@ -26,7 +26,7 @@ from emergelab.train.bias import bias_schedule, ground_truth_bias
 from emergelab.models import Transformer, TransformerConfig
 from emergelab.store import RunDir, RunLockedError, curve
 from emergelab.train import ExperimentConfig, SeedGroup, train
-from emergelab.train.group import _clip_per_member
+from emergelab.train.group import MemberAdamW, _clip_per_member
 from emergelab.tasks import seed_streams
 from emergelab.train.schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 from emergelab.train.config import TrainConfig
@@ -481,3 +481,77 @@ def test_second_process_on_the_same_run_is_refused(tmp_path):
         fcntl.flock(handle, fcntl.LOCK_UN)
     run = train(config, tmp_path / "run", progress=False)  # free again: trains
     assert run.is_complete()
+
+
+def _adam_inputs(E: int, seed: int = 0) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Parameters ``[E, ...]`` (a matrix with decay, a vector without) and 5 steps of their gradients."""
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(E, 7, 5, generator=g), torch.randn(E, 11, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(5)]
+    return params, grads
+
+
+def _member_adamw(params: list[torch.Tensor], **kw) -> MemberAdamW:
+    return MemberAdamW([{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}],
+                       lr=3e-3, betas=(0.9, 0.98), **kw)
+
+
+def test_member_adamw_gives_each_member_torch_fused_adamw_on_it_alone():
+    """Slow reference: torch.optim.AdamW(fused=True) on one member's parameters by themselves."""
+    E = 3
+    params, grads = _adam_inputs(E)
+    ours = [p.clone().requires_grad_() for p in params]
+    opt = _member_adamw(ours)
+    for step_grads in grads:
+        for p, grad in zip(ours, step_grads):
+            p.grad = grad.clone()
+        opt.step()
+    for e in range(E):
+        alone = [p[e].clone().requires_grad_() for p in params]
+        ref = torch.optim.AdamW([{"params": alone[:1], "weight_decay": 0.1}, {"params": alone[1:], "weight_decay": 0.0}],
+                                lr=3e-3, betas=(0.9, 0.98), fused=True)
+        for step_grads in grads:
+            for p, grad in zip(alone, step_grads):
+                p.grad = grad[e].clone()
+            ref.step()
+        for p, q in zip(ours, alone):
+            assert torch.equal(p[e].detach(), q.detach()), e
+    assert set(opt.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_member_adamw_state_dict_round_trip_continues_bit_identically():
+    params, grads = _adam_inputs(2, seed=1)
+    whole, first = ([p.clone().requires_grad_() for p in params] for _ in range(2))
+    opt_whole, opt_first = _member_adamw(whole), _member_adamw(first)
+    for k, step_grads in enumerate(grads):
+        for p, grad in zip(whole, step_grads):
+            p.grad = grad.clone()
+        opt_whole.step()
+        if k < 3:
+            for p, grad in zip(first, step_grads):
+                p.grad = grad.clone()
+            opt_first.step()
+    saved = {i: {k: v.clone() for k, v in s.items()} for i, s in opt_first.state_dict()["state"].items()}
+    resumed = [p.detach().clone().requires_grad_() for p in first]
+    opt = _member_adamw(resumed)
+    opt.load_state_dict({"state": saved, "param_groups": []})
+    for step_grads in grads[3:]:
+        for p, grad in zip(resumed, step_grads):
+            p.grad = grad.clone()
+        opt.step()
+    for p, q in zip(resumed, whole):
+        assert torch.equal(p, q)
+    opt.zero_grad()
+    assert all(p.grad is None for p in resumed)
+
+
+def test_training_never_imports_torch_dynamo():
+    """torch.optim.Optimizer imports torch._dynamo (1.7 s) on first use; a training step must not."""
+    code = ("import sys, torch; from emergelab.train import ExperimentConfig; from emergelab.train.group import SeedGroup; "
+            "c = ExperimentConfig.from_dict({'task': {'name': 'linear-map', 'state_size': 4, 'sparsity': 2}, "
+            "'model': {'layers': 1, 'heads': 2, 'head_dim': 4}, 'train': {'steps': 3, 'seeds': 2}}).resolved(); "
+            "g = SeedGroup(c, [0, 1]); g.train(); print('torch._dynamo' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

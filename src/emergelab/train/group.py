@@ -346,7 +346,7 @@ class SeedGroup:
         return latest is not None and bool(latest[1].get("done", False))
 
 
-def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> "MemberAdamW":
     """AdamW; weight decay on weight matrices (3-d with the member dim), not on biases or norms."""
     train = config.train
     decay = [p for p in model.parameters() if p.dim() >= 3]
@@ -356,31 +356,65 @@ def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> torch.o
     return MemberAdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2))
 
 
-class MemberAdamW(torch.optim.AdamW):
-    """AdamW whose fused kernel sees each member's slice as its own tensor.
+class MemberAdamW:
+    """AdamW (torch's fused kernel) whose kernel sees each member's slice as its own tensor.
 
     The fused CPU kernel runs SIMD over the body of a tensor and scalar code (other rounding) over its
     short tail; which of a member's elements fall in that tail would depend on ``E`` unless every member
     is its own tensor. (The CUDA kernel is elementwise throughout, so there whole tensors go in: the
-    ``E x parameters`` slices cost ~6 ms of Python per step at E = 64.) One kernel still updates everything (3-5x faster than ``foreach`` here, see
-    benchmarks/README.md). State and ``state_dict()`` are ``torch.optim.AdamW``'s (``exp_avg``,
-    ``exp_avg_sq``, ``step``), so resume states are unchanged. Only the options emergelab uses (no
-    amsgrad, maximize or closure)."""
+    ``E x parameters`` slices cost ~6 ms of Python per step at E = 64.) One kernel still updates everything
+    (3-5x faster than ``foreach`` here, see benchmarks/README.md); ``tests/test_train.py`` checks it
+    against ``torch.optim.AdamW(fused=True)``. Not a ``torch.optim.Optimizer``: that class imports
+    ``torch._dynamo`` on first use, 1.7 s of every worker's start-up on the 2-core machine. It keeps the
+    parts emergelab uses, in ``torch.optim``'s form: ``param_groups`` (``lr`` a float, or a device tensor on
+    CUDA), ``state`` (``exp_avg``, ``exp_avg_sq``, ``step`` per parameter), ``zero_grad``, and
+    ``state_dict`` / ``load_state_dict`` (parameters numbered in group order), so resume states are
+    unchanged. No amsgrad, maximize or closure."""
 
-    def __init__(self, params: Any, **kwargs: Any):
-        super().__init__(params, fused=True, **kwargs)
+    def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.param_groups = [{"params": list(g["params"]), "lr": lr, "betas": tuple(betas), "eps": eps,
+                              "weight_decay": g.get("weight_decay", 0.01)} for g in groups]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self._params():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}`` (live tensors,
+        as ``torch.optim.Optimizer.state_dict``)."""
+        index = {id(p): i for i, p in enumerate(self._params())}
+        return {"state": {index[id(p)]: dict(state) for p, state in self.state.items()},
+                "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                                  "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load ``state_dict()``'s state: each moment moved to its parameter's device and dtype, ``step`` to
+        float32 on it (as the fused ``torch.optim.AdamW`` keeps it); the hyperparameters stay this
+        optimizer's."""
+        params = self._params()
+        self.state = {}
+        for i, state in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: v.to(device=p.device, dtype=torch.float32 if k == "step" else p.dtype)
+                             for k, v in state.items()}
 
     @torch.no_grad()
-    def step(self, closure: None = None) -> None:  # type: ignore[override]
-        if closure is not None:
-            raise ValueError("MemberAdamW.step takes no closure")
+    def step(self) -> None:
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             states = []
             for p in params:
-                state = self.state[p]
+                state = self.state.setdefault(p, {})
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
