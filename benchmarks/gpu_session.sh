@@ -4,19 +4,8 @@
 # 1. environment, 2. the CUDA tests, 3. host-sync check of the training step, 4. train_throughput --device
 # cuda, 5. the paper-scale S = 16 grid (one run alone, timed; the rest as a sweep until the deadline).
 # DEADLINE_S (default 540) bounds the whole script; each step gets what is left.
-set -u
-OUT=${OUT:-benchmarks/results/gpu}
-mkdir -p "$OUT"
-START=$(date +%s)
-DEADLINE_S=${DEADLINE_S:-540}
-left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-if ls .whl/*.whl >/dev/null 2>&1; then  # packages the image lacks (duckdb), carried as wheels
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD/src:/tmp/site
-else
-  export PYTHONPATH=$PWD/src
-fi
+OUT_DEFAULT=benchmarks/results/gpu DEADLINE_S=${DEADLINE_S:-540}
+source benchmarks/gpu_common.sh
 {
   echo "== 1. environment $(date -Is)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv

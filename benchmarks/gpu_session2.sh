@@ -1,8 +1,7 @@
 # A second, shorter device session (after MemberAdamW's whole-tensor CUDA path): CUDA tests, the
 # host-sync check (step time at 64 seeds), the S = 16 run alone, member identity, throughput (quick).
-set -u; export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; export PYTHONPATH=$PWD/src:/tmp/site
-OUT=${OUT:-benchmarks/results/gpu}; mkdir -p $OUT
+OUT_DEFAULT=benchmarks/results/gpu DEADLINE_S=600
+source benchmarks/gpu_common.sh
 {
 timeout 60 python3 -m pytest -q -p no:cacheprovider -o addopts="" -k cuda tests/test_determinism.py tests/test_mixers.py 2>&1 | tail -15
 timeout 40 python3 benchmarks/gpu_sync_check.py --device cuda --seeds 64 --steps 200 --out $OUT/gpu_sync_check.json

@@ -5,20 +5,9 @@
 # eager on the same GPU, 4. the S = 16 run alone (64 seeds x 10k steps, graphed), 5. the rest of the
 # S = 16 grid as a sweep until DEADLINE_S minus a minute, 6. train_throughput --quick.
 # DEVICE=cpu SMOKE=1 runs the same steps at toy size (to check the script before spending device time).
-set -u
-OUT=${OUT:-benchmarks/results/gpu/graphs}
+OUT_DEFAULT=benchmarks/results/gpu/graphs DEADLINE_S=${DEADLINE_S:-530}
+source benchmarks/gpu_common.sh
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
-START=$(date +%s)
-DEADLINE_S=${DEADLINE_S:-530}
-left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-if ls .whl/*.whl >/dev/null 2>&1; then  # packages the image lacks (duckdb), carried as wheels
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD/src:/tmp/site
-else
-  export PYTHONPATH=$PWD/src
-fi
 PY=${PY:-python3}
 SMOKE_ARGS=""; SYNC_ARGS="--seeds 64 --steps 200"
 if [ "${SMOKE:-0}" = 1 ]; then SMOKE_ARGS="--steps 20 --seeds 2"; SYNC_ARGS="--seeds 2 --steps 5"; fi

@@ -4,17 +4,9 @@
 # step time graphed vs eager, the S = 16 run alone, then grid runs of other sparsities until DEADLINE_S.
 #   bash benchmarks/gpu_session4.sh        # results under $OUT (default benchmarks/results/gpu/math-sdpa)
 # DEVICE=cpu SMOKE=1 runs the same steps at toy size (to check the script before spending device time).
-set -u
-OUT=${OUT:-benchmarks/results/gpu/math-sdpa}; DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}
-mkdir -p "$OUT"; START=$(date +%s); DEADLINE_S=${DEADLINE_S:-290}
-left() { echo $(( DEADLINE_S - ($(date +%s) - START) )); }
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-if ls .whl/*.whl >/dev/null 2>&1; then  # packages the image lacks (duckdb), carried as wheels
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD/src:/tmp/site
-else
-  export PYTHONPATH=$PWD/src
-fi
+OUT_DEFAULT=benchmarks/results/gpu/math-sdpa DEADLINE_S=${DEADLINE_S:-290}
+source benchmarks/gpu_common.sh
+DEVICE=${DEVICE:-cuda}; PY=${PY:-python3}
 SMOKE_ARGS=""; SEEDS=64; SYNC_ARGS="--seeds 64 --steps 200"
 if [ "${SMOKE:-0}" = 1 ]; then SMOKE_ARGS="--steps 20 --seeds 2"; SEEDS=2; SYNC_ARGS="--seeds 2 --steps 5"; fi
 {

@@ -167,7 +167,7 @@ class SeedGroup:
         E, B, P, V = logits.shape
         losses = F.cross_entropy(logits.reshape(-1, V), tokens[..., 1:].reshape(-1), reduction="none")
         per_seed = (losses.view(E, B, P).mean(1) * weights).sum(-1)  # [E]
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         per_seed.sum().backward()  # members are independent: each gets the gradient of its own loss
         if self.config.train.grad_clip:
             _clip_per_member(self.model, self.config.train.grad_clip)
@@ -367,33 +367,28 @@ class MemberAdamW:
     against ``torch.optim.AdamW(fused=True)``. Not a ``torch.optim.Optimizer``: that class imports
     ``torch._dynamo`` on first use, 1.7 s of every worker's start-up on the 2-core machine. It keeps the
     parts emergelab uses, in ``torch.optim``'s form: ``param_groups`` (``lr`` a float, or a device tensor on
-    CUDA), ``state`` (``exp_avg``, ``exp_avg_sq``, ``step`` per parameter), ``zero_grad``, and
-    ``state_dict`` / ``load_state_dict`` (parameters numbered in group order), so resume states are
-    unchanged. No amsgrad, maximize or closure."""
+    CUDA), ``state`` (``exp_avg``, ``exp_avg_sq``, ``step`` per parameter), ``zero_grad`` (to None), and
+    ``state_dict`` / ``load_state_dict`` of the state (parameters numbered in group order), so resume states
+    are unchanged. No amsgrad, maximize or closure."""
 
     def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         self.param_groups = [{"params": list(g["params"]), "lr": lr, "betas": tuple(betas), "eps": eps,
-                              "weight_decay": g.get("weight_decay", 0.01)} for g in groups]
+                              "weight_decay": g["weight_decay"]} for g in groups]
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for p in self._params():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+            p.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups": [...]}`` (live tensors,
-        as ``torch.optim.Optimizer.state_dict``)."""
+        """``{"state": {index: {"step", "exp_avg", "exp_avg_sq"}}}`` (live tensors, as in
+        ``torch.optim.Optimizer.state_dict``; the hyperparameters come from the config)."""
         index = {id(p): i for i, p in enumerate(self._params())}
-        return {"state": {index[id(p)]: dict(state) for p, state in self.state.items()},
-                "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
-                                  "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]}
+        return {"state": {index[id(p)]: dict(state) for p, state in self.state.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load ``state_dict()``'s state: each moment moved to its parameter's device and dtype, ``step`` to
