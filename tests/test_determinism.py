@@ -164,3 +164,13 @@ def test_cuda_adamw_on_whole_tensors_equals_per_member_slices():
                             found_inf=None)
     for p, c in zip(params, copies):
         assert torch.equal(p.detach(), c)
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_forked_and_spawned_workers_give_the_same_bits(tmp_path, start):
+    from emergelab.train import WorkerProcesses
+
+    reference = train(config(LINEAR, EXECUTIONS["all-at-once-1t"]), tmp_path / "ref", progress=False)
+    run = train(config(LINEAR, EXECUTIONS["workers-2x1t"]), tmp_path / start, progress=False,
+                executor=WorkerProcesses(2, start=start))
+    assert run.metrics().equals(reference.metrics())
+    assert checkpoints(run.path) == checkpoints(reference.path)

@@ -555,3 +555,19 @@ def test_training_never_imports_torch_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_workers_fork_only_where_safe():
+    from emergelab.train import WorkerProcesses
+    from emergelab.train.execute import start_method
+    from emergelab.train.unit import WorkUnit
+
+    def unit(device: str = "cpu", threads: int = 1) -> WorkUnit:
+        return WorkUnit({"execution": {"device": device}}, "run", 0, (0,), threads)
+
+    linux = sys.platform == "linux" and not torch.cuda.is_initialized()
+    assert start_method([unit(), unit()]) == ("fork" if linux else "spawn")
+    assert start_method([unit(), unit(threads=2)]) == "spawn"  # the parent's OpenMP pool is not in the child
+    assert start_method([unit("cuda")]) == "spawn"
+    with pytest.raises(ValueError, match="start must be one of auto, fork, spawn"):
+        WorkerProcesses(2, start="forkserver")

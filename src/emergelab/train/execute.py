@@ -10,8 +10,9 @@ executors:
 
 * :class:`InProcess`: one unit after another in this process (the seed-batched ensemble; the choice on
   an accelerator, where one big ensemble fills the device);
-* :class:`WorkerProcesses`: ``workers`` spawned processes pull units from a queue, each at the unit's
-  thread budget (one thread on a CPU: two 1-thread processes beat one 2-thread process).
+* :class:`WorkerProcesses`: ``workers`` processes pull units from a queue, each at the unit's
+  thread budget (one thread on a CPU: two 1-thread processes beat one 2-thread process). They are
+  forked where that is safe (:func:`start_method`), spawned otherwise.
 
 A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep.ray_tasks``.
 """
@@ -19,10 +20,14 @@ A cluster executor (Ray) implements the same ``map`` in ``emergelab.sweep.ray_ta
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any, Callable, Protocol, Sequence
+
+import torch
 
 from .group import ProgressFn
 from .unit import WorkUnit, run_unit
@@ -88,13 +93,38 @@ class WorkerFailed(RuntimeError):
     """A unit failed in a worker process (the message holds its traceback)."""
 
 
-class WorkerProcesses:
-    """``workers`` spawned processes, each taking units from a queue until none is left."""
+START_METHODS = ("auto", "fork", "spawn")
 
-    def __init__(self, workers: int):
+
+def start_method(units: Sequence[WorkUnit]) -> str:
+    """How :class:`WorkerProcesses` starts its processes for ``units`` when left to choose: ``"fork"`` on
+    Linux when every unit trains on the CPU at one thread and this process has not initialised CUDA,
+    ``"spawn"`` otherwise.
+
+    Why fork: a spawned worker starts a new interpreter and imports torch, pyarrow and emergelab again
+    (about 3 s on the 2-core machine, ~15% of a 4-seed x 1000-step demo-size run; benchmarks/README.md);
+    a forked one shares the parent's imports and trains within milliseconds. Why only there: a forked
+    child cannot use CUDA once the parent has, macOS frameworks are not fork-safe, and an OpenMP thread
+    pool the parent started does not exist in the child: at one thread torch never enters a parallel
+    region (``at::parallel_for`` runs inline, MKL and oneDNN run sequentially), so the child never asks
+    for it. The numbers trained do not depend on the start method (``tests/test_execute.py``)."""
+    if sys.platform != "linux" or torch.cuda.is_initialized():
+        return "spawn"
+    on_cpu = all(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units)
+    return "fork" if on_cpu and all(u.threads == 1 for u in units) else "spawn"
+
+
+class WorkerProcesses:
+    """``workers`` processes, each taking units from a queue until none is left. ``start``: ``"auto"``
+    (:func:`start_method`), ``"fork"`` or ``"spawn"``."""
+
+    def __init__(self, workers: int, start: str = "auto"):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if start not in START_METHODS:
+            raise ValueError(f"start must be one of {', '.join(START_METHODS)}, got {start!r}")
         self.workers = workers
+        self.start = start
 
     def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None,
             on_unit: UnitFn | None = None) -> None:
@@ -106,18 +136,21 @@ class WorkerProcesses:
 
         if not units:
             return
-        ctx = mp.get_context("spawn")  # fork after torch has threads is unsafe
+        method = start_method(units) if self.start == "auto" else self.start
+        ctx = mp.get_context(method)
         tasks, results = ctx.Queue(), ctx.Queue()
-        for index, unit in enumerate(units):
-            tasks.put((index, unit))
         n = min(self.workers, len(units))
-        for _ in range(n):
-            tasks.put(None)  # one stop marker per worker
         isolate = on_unit is not None
         procs = [ctx.Process(target=_worker_main, args=(tasks, results, worker, isolate), daemon=True)
                  for worker in range(n)]
-        for proc in procs:
-            proc.start()
+        with warnings.catch_warnings():  # Python >= 3.12 warns on any fork beside other threads (start_method)
+            warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
+            for proc in procs:  # before the first put starts the queue's feeder thread
+                proc.start()
+        for index, unit in enumerate(units):
+            tasks.put((index, unit))
+        for _ in range(n):
+            tasks.put(None)  # one stop marker per worker
         with_unit = on_progress is not None and takes_unit(on_progress)
         finished: set[int] = set()  # workers that said "done" or died
         holding: dict[int, int] = {}  # worker -> index of the unit it is training
