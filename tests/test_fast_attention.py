@@ -114,3 +114,56 @@ def test_causal_attention_refuses_a_bias_that_needs_a_gradient():
     qkv = torch.zeros(1, 2, 3, 3, 1, 2)
     with pytest.raises(ValueError):
         causal_attention(qkv, torch.zeros(1, 3, 3, requires_grad=True))
+
+
+HOOKS = ("q", "k", "v", "attn_scores", "pattern", "z")
+
+
+@pytest.mark.parametrize("T,E,bias", [(7, 1, False), (15, 3, True), (31, 2, False)])
+def test_observed_attention_without_gradients_matches_the_reference_hooks(T, E, bias):
+    """With gradients off, ``run_with_cache`` / ``run_with_hooks`` take ``observed_attention``: every hook
+    point fires with the reference's shape, values agree to float rounding, and a patching hook changes
+    the output the same way on both paths."""
+    cfg = TransformerConfig(layers=2, heads=3, head_dim=4, vocab_size=5, context_length=T)
+    model = cfg.build(n_models=E, seeds=list(range(E)))
+    tokens = torch.randint(0, 5, (E, 6, T), generator=torch.Generator().manual_seed(T))
+    inputs = {"attn_bias": torch.randn(E, 2, 3, T, T)} if bias else {}
+    names = [f"blocks.{l}.attn.hook_{h}" for l in range(2) for h in HOOKS]
+    reference = model.run_with_cache(tokens, names_filter=names, member_dim=True, **inputs)  # grad on
+    with torch.no_grad():
+        fast = model.run_with_cache(tokens, names_filter=names, member_dim=True, **inputs)
+    _assert_close(reference[0].detach(), fast[0], "logits")
+    for name in names:
+        a, b = reference[1][name], fast[1][name]
+        assert a.shape == b.shape, name
+        assert b.is_contiguous() or name[-2:] in ("_q", "_k", "_v"), name  # q, k, v: views of qkv, as in the reference
+        finite = torch.isfinite(a)
+        assert torch.equal(finite, torch.isfinite(b)), name  # -inf above the diagonal in both
+        _assert_close(a[finite], b[finite], name)
+
+    def patch(pattern, hook):  # every head attends to the first token
+        out = torch.zeros_like(pattern)
+        out[..., 0] = 1
+        return out
+
+    def scale_v(v, hook):
+        return v * 2
+
+    hooks = [("blocks.0.attn.hook_pattern", patch), ("blocks.1.attn.hook_v", scale_v)]
+    patched_ref = model.run_with_hooks(tokens, fwd_hooks=hooks, member_dim=True, **inputs).detach()
+    with torch.no_grad():
+        patched = model.run_with_hooks(tokens, fwd_hooks=hooks, member_dim=True, **inputs)
+        plain = model(tokens, **inputs)
+    _assert_close(patched_ref, patched, "patched logits")
+    assert (patched - plain).abs().max() > 1e-3  # the patch did something
+
+
+def test_observed_attention_bits_do_not_depend_on_the_other_members():
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=5, context_length=15)
+    tokens = torch.randint(0, 5, (3, 8, 15), generator=torch.Generator().manual_seed(0))
+    name = "blocks.0.attn.hook_pattern"
+    with torch.no_grad():
+        logits, cache = cfg.build(n_models=3, seeds=[0, 1, 2]).run_with_cache(tokens, names_filter=name)
+        alone, alone_cache = cfg.build(n_models=1, seeds=[1]).run_with_cache(tokens[1:2], names_filter=name,
+                                                                              member_dim=True)
+    assert torch.equal(logits[1], alone[0]) and torch.equal(cache[name][1], alone_cache[name][0])

@@ -88,6 +88,44 @@ class CausalAttention(torch.autograd.Function):
         return dqkv, None
 
 
+def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, hooked: set[str]) -> torch.Tensor:
+    """The materialised attention's no-gradient form: every hook point of the reference
+    (``transformer.Attention._attend_observed``) fires with the same shape and meaning, and what a hook
+    returns or changes in place is what the attention goes on with; but the products and the softmax are the
+    training step's (module doc), ~2.4x faster than the reference at a probe's size (benchmarks/README.md).
+    For gradients off only (``Attention`` chooses it so).
+
+    qkv ``[E, B, T, 3, H, D]``; bias ``[E, H, T, T]``, ``[H, T, T]`` or None; ``hook(name, tensor)`` runs
+    hook point ``hook_{name}`` and returns its output; ``hooked``: the names whose hook points have hooks
+    (the others are formed only as the computation needs them). -> z ``[E, B, T, H, D]``. Hooks see ``q``,
+    ``k``, ``v`` (views of qkv, as in the reference), ``z`` ``[E, B, T, H, D]`` and ``attn_scores``, ``pattern``
+    ``[E, B, H, T, T]`` (contiguous)."""
+    E, B, T, _, H, D = qkv.shape
+    mask_bias = causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype)
+    Tp, N = mask_bias.shape[-1], E * B * H
+    x = qkv.new_empty(3, N, Tp, D)
+    x[:, :, T:].zero_()
+    rows = x.view(3, E, B, H, Tp, D)[:, :, :, :, :T]
+    if hooked & {"q", "k", "v"}:
+        for i, name in enumerate(("q", "k", "v")):
+            rows[i].copy_(hook(name, qkv[:, :, :, i]).permute(0, 1, 3, 2, 4))
+    else:
+        rows.copy_(qkv.permute(3, 0, 1, 4, 2, 5))
+    q, k, v = x[0, :, :T], x[1], x[2]
+    s = torch.bmm(q, k.transpose(1, 2))  # [N, T, Tp]
+    s5 = s.view(E, B, H, T, Tp)
+    s5.div_(math.sqrt(D))
+    s5.add_(mask_bias[:, None] if mask_bias.dim() == 4 else mask_bias)
+    if "attn_scores" in hooked:
+        s5[..., :T] = hook("attn_scores", s5[..., :T].contiguous())
+    p = torch.softmax(s, -1)  # the padding columns (-inf) come out exact zeros
+    if "pattern" in hooked:
+        p5 = p.view(E, B, H, T, Tp)
+        p5[..., :T] = hook("pattern", p5[..., :T].contiguous())
+    zt = torch.bmm(v.transpose(1, 2), p.transpose(1, 2))  # z^T [N, D, T]
+    return hook("z", zt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3).contiguous())  # [E, B, T, H, D]
+
+
 def causal_mask_bias(E: int, H: int, T: int, bias: torch.Tensor | None, device: torch.device,
                      dtype: torch.dtype) -> torch.Tensor:
     """``[T, Tp]`` (no bias) or ``[E, H, T, Tp]``: the attention bias, -inf above the diagonal and in the

@@ -8,7 +8,9 @@ hook is attached (``Attention.implementation``):
 
 * **materialised** (the reference): ``softmax(q k^T / sqrt(D) + bias) v`` with batched matmuls and
   :func:`row_softmax`; q, k, v, scores, pattern and z exist and are hookable. Always inside
-  ``model.observing()`` (which ``run_with_cache`` and ``run_with_hooks`` use);
+  ``model.observing()`` (which ``run_with_cache`` and ``run_with_hooks`` use). With gradients off on a
+  CPU (the training probes, ``run_with_cache`` under ``torch.no_grad()``) the same hook points come from
+  ``fast_attention.observed_attention``: the blocked path's products and softmax, its rounding;
 * **blocked** (the CPU training default): ``fast_attention.causal_attention``, one autograd function with
   fast GEMM layouts and the native softmax at one thread; nothing inside it is hookable. Used on a CPU
   unless ``Attention.blocked = False`` or the attention bias wants a gradient;
@@ -39,7 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..config import require_choice, require_float, require_int
 from .base import Init, normal, zeros
 from .hooks import HookPoint
-from .fast_attention import causal_attention
+from .fast_attention import causal_attention, observed_attention
 from .layers import ResidualModel, member_linear, row_softmax
 
 
@@ -116,6 +118,8 @@ class Attention(nn.Module):
     """Causal multi-head attention for ``E`` members. ``materialize`` forces the materialised path
     (set by ``observing()``); ``fused``: None = SDPA on CUDA only, True / False = always / never."""
 
+    HOOKED: ClassVar[tuple[str, ...]] = ("q", "k", "v", "attn_scores", "pattern", "z")
+
     def __init__(self, n_models: int, config: TransformerConfig, out_std: float):
         super().__init__()
         d, H, D = config.width, config.heads, config.head_dim
@@ -154,6 +158,11 @@ class Attention(nn.Module):
         if implementation == "blocked":
             z = causal_attention(qkv, None if attn_bias is None else attn_bias[..., :T, :T])  # [E, B, T, H, D]
             return member_linear(z.view(E, B, T, H * D), self.W_O, self.b_O)
+        if implementation == "materialised" and not torch.is_grad_enabled() and x.device.type == "cpu":
+            z = observed_attention(qkv, None if attn_bias is None else attn_bias[..., :T, :T],
+                                   lambda name, t: getattr(self, f"hook_{name}")(t),
+                                   {n for n in self.HOOKED if getattr(self, f"hook_{n}").has_hooks()})
+            return member_linear(z.reshape(E, B, T, H * D), self.W_O, self.b_O)
         q, k, v = qkv.unbind(3)  # views; backward is one stack (three selects would each zero-fill qkv)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)  # [E, B, T, H, D]
         q, k, v = (t.reshape(E * B, T, H, D).transpose(1, 2) for t in (q, k, v))  # [E*B, H, T, D]

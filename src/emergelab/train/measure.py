@@ -151,12 +151,14 @@ class AttentionScores:
 
     def _pattern(self, data: ProbeData) -> torch.Tensor:
         """``[E, B, L, H, P, P]``, rows summing to 1."""
-        return torch.stack([data.cache[name] for name in self.hooks(data.model)], dim=2)
+        layers = [data.cache[name] for name in self.hooks(data.model)]
+        return layers[0].unsqueeze(2) if len(layers) == 1 else torch.stack(layers, dim=2)  # one layer: no copy
 
     def measure(self, data: ProbeData) -> list[Metric]:
         pattern = self._pattern(data)
         E, B, L, H = pattern.shape[:4]
-        entropy = -(pattern * pattern.clamp(min=1e-30).log()).sum(-1).mean(1)  # [E, L, H, P]
+        plogp = pattern.clamp(min=1e-30).log_().mul_(pattern)  # one temporary the size of the pattern
+        entropy = -plogp.sum(-1).mean(1)  # [E, L, H, P]
         gt = data.gt_mask.float()  # [E, P, P], or [E, B, P, P] per sequence (tasks.SampleMaskTask)
         if gt.dim() == 4:  # the mass of each sequence on its own keys, averaged over the sequences
             mass = (pattern * gt[:, :, None, None]).sum(-1).mean(1)  # [E, L, H, P]
