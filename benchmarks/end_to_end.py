@@ -69,9 +69,12 @@ def plain_run(cfg, seed: int, steps: int) -> None:
         opt.step()
 
 
-def probe_share(size: str, eval_every: int = 50) -> dict:
-    """Probe time / (eval_every x step time) for a group of 2 seeds at 1 thread (CPU time, best of 5)."""
+def probe_share(size: str, steps: int, eval_every: int = 50) -> dict:
+    """Probe time / (eval_every x step time) for a group of 2 seeds at 1 thread (CPU time, best of 5), and
+    the share with the run's whole probe schedule (every ``eval_every`` steps plus the attention-snapshot
+    steps and the end: ``schedule.probe_steps``) over ``steps`` steps."""
     from emergelab.train.group import SeedGroup
+    from emergelab.train.schedule import probe_steps
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -90,8 +93,10 @@ def probe_share(size: str, eval_every: int = 50) -> dict:
             probe = min(probe, time.process_time() - c)
     finally:
         torch.set_num_threads(threads)
+    probes = len(probe_steps(config(size, 2, steps).resolved().train)) - 1  # the one at step 0 is not paid per step
     return {"step_cpu_s": step, "probe_cpu_s": probe, "eval_every": eval_every,
-            "probe_share": probe / (eval_every * step)}
+            "probe_share": probe / (eval_every * step), "probes_per_run": probes,
+            "probe_share_schedule": probes * probe / (steps * step)}
 
 
 def matmul_rate(threads: int, n: int = 2048) -> float:
@@ -144,14 +149,15 @@ def main() -> None:
                 plain_run(cfg.resolved(), seed, args.steps)
             row["plain_s"] = time.perf_counter() - t
             row["speedup"] = row["plain_s"] / row["emergelab_s"]
-        row.update(probe_share(size))
+        row.update(probe_share(size, args.steps))
         row["load_after"] = os.getloadavg()[0]
         result["rows"].append(row)
         print(f"{size}: {args.seeds} seeds x {args.steps} steps: emergelab {row['emergelab_s']:.1f} s "
               f"({plan.strategy}, {plan.processes} proc), plain loop "
               f"{row.get('plain_s', float('nan')):.1f} s ({default_threads} threads) -> "
               f"{row.get('speedup', float('nan')):.2f}x; FLOP floor {row['floor_s']:.1f} s at "
-              f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50; "
+              f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50, "
+              f"{100 * row['probe_share_schedule']:.1f}% with the run's {row['probes_per_run']} probes; "
               f"load {row['load_before']:.1f} -> {row['load_after']:.1f}", flush=True)
     result["load_avg_after"] = os.getloadavg()
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
