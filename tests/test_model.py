@@ -508,3 +508,28 @@ def test_default_positions_keep_the_run_hash():
     assert plain.science_key() == explicit.science_key() != nope.science_key()
     with pytest.raises(ConfigError, match="model.positions='rotary'"):
         ExperimentConfig.from_dict({**base, "model": {"positions": "rotary"}})
+
+
+@pytest.mark.parametrize("outputs", [2, 3, 15])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_narrow_member_linear_matches_the_plain_products(outputs, with_bias):
+    """``NarrowMemberLinear`` (the transposed products, few outputs on a CPU) against ``baddbmm``: outputs
+    and all three gradients to float rounding, and a member's bits alone equal to its bits in an ensemble."""
+    from emergelab.models.layers import NarrowMemberLinear
+
+    gen = torch.Generator().manual_seed(outputs)
+    x = torch.randn(3, 37, 20, generator=gen, requires_grad=True)
+    w = torch.randn(3, 20, outputs, generator=gen, requires_grad=True)
+    b = torch.randn(3, outputs, generator=gen, requires_grad=True) if with_bias else None
+    g = torch.randn(3, 37, outputs, generator=gen)
+    leaves = [x, w] + ([b] if with_bias else [])
+
+    def run(fast: bool):
+        y = NarrowMemberLinear.apply(x, w, b) if fast else (
+            torch.baddbmm(b.unsqueeze(1), x, w) if with_bias else torch.bmm(x, w))
+        return (y.detach(), *torch.autograd.grad(y, leaves, g))
+
+    for name, fast, ref in zip(("y", "dx", "dw", "db"), run(True), run(False)):
+        assert fast.shape == ref.shape and torch.allclose(fast, ref, rtol=1e-5, atol=1e-5), name
+    alone = NarrowMemberLinear.apply(x[1:2].detach(), w[1:2].detach(), None if b is None else b[1:2].detach())
+    assert torch.equal(alone[0], NarrowMemberLinear.apply(x.detach(), w.detach(), None if b is None else b.detach())[1])

@@ -46,11 +46,44 @@ def row_softmax(scores: torch.Tensor) -> torch.Tensor:
     return RowSoftmax.apply(scores)
 
 
+NARROW_OUTPUTS = range(2, 16)  # a CPU map to this many outputs takes NarrowMemberLinear
+
+
+class NarrowMemberLinear(torch.autograd.Function):
+    """:func:`member_linear` to few outputs (``o`` in ``NARROW_OUTPUTS``, 2-15) on a CPU, e.g. the unembedding of a
+    2-token vocabulary. MKL runs ``x [N, i] @ W [i, o]`` with ``o = 2`` at a few GFLOP/s, and the weight
+    gradient ``x^T g`` likewise; the same products transposed, ``W^T x^T`` and ``g^T x``, run 2-6x faster
+    below 16 outputs and slower above (measured at N = 3968, i = 64: benchmarks/README.md). Same math,
+    its own rounding; each member's bits do not depend on the others (one product per member).
+
+    x ``[E, N, i]``, weight ``[E, i, o]``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        wt, xt = weight.transpose(1, 2), x.transpose(1, 2)
+        yt = torch.bmm(wt, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), wt, xt)  # [E, o, N]
+        return yt.transpose(1, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        dx = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        dw = torch.bmm(grad.transpose(1, 2), x).transpose(1, 2).contiguous() if ctx.needs_input_grad[1] else None
+        db = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``."""
+    """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``.
+    (On a CPU with ``o`` in ``NARROW_OUTPUTS``: :class:`NarrowMemberLinear`.)"""
     E, out = weight.shape[0], weight.shape[-1]
     flat = x.reshape(E, -1, x.shape[-1])
-    y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
+    if out in NARROW_OUTPUTS and flat.device.type == "cpu":
+        y = NarrowMemberLinear.apply(flat, weight, bias)
+    else:
+        y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
     return y.reshape(*x.shape[:-1], out)
 
 
