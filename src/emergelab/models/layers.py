@@ -54,7 +54,8 @@ class NarrowMemberLinear(torch.autograd.Function):
     2-token vocabulary. MKL runs ``x [N, i] @ W [i, o]`` with ``o = 2`` at a few GFLOP/s, and the weight
     gradient ``x^T g`` likewise; the same products transposed, ``W^T x^T`` and ``g^T x``, run 2-6x faster
     below 16 outputs and slower above (measured at N = 3968, i = 64: benchmarks/README.md). Same math,
-    its own rounding; each member's bits do not depend on the others (one product per member).
+    its own rounding; each member's bits do not depend on the others, which ``baddbmm`` does not keep for
+    1, 5-7, 9-11 and 13-15 outputs (docs/determinism.md).
 
     x ``[E, N, i]``, weight ``[E, i, o]``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
 
