@@ -234,3 +234,36 @@ def test_connect_over_many_runs(two_runs, tmp_path):
     assert connect(two_runs[1].path).execute("SELECT count(DISTINCT run) FROM metrics").fetchone()[0] == 1
     with pytest.raises(FileNotFoundError):
         connect(tmp_path / "empty")
+
+
+def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
+    """The training workers are forked: were they to keep the run's lock (flock, shared through the
+    inherited descriptor), a run whose main process was killed could not resume until they exit."""
+    import subprocess
+    import sys
+    import time
+
+    from emergelab.store.locks import is_locked
+
+    lock, ready = tmp_path / "run.lock", tmp_path / "child-started"
+    code = (
+        "import multiprocessing as mp, os, sys, time, pathlib\n"
+        "from emergelab.store.locks import locked\n"
+        "def child(ready):\n"
+        "    null = os.open(os.devnull, os.O_WRONLY)\n"
+        "    os.dup2(null, 1), os.dup2(null, 2)  # let the test's pipe close when the parent exits\n"
+        "    pathlib.Path(ready).touch()\n"
+        "    time.sleep(30)\n"
+        f"with locked({str(lock)!r}):\n"
+        f"    p = mp.get_context('fork').Process(target=child, args=({str(ready)!r},), daemon=False)\n"
+        "    p.start()\n"
+        f"    while not os.path.exists({str(ready)!r}): time.sleep(0.01)\n"
+        "    print(p.pid, flush=True)\n"
+        "    os._exit(0)  # as if killed: the lock is not released by the process itself\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    try:
+        assert os.path.exists(f"/proc/{child}")  # the forked child still runs
+        assert not is_locked(lock)
+    finally:
+        os.kill(child, 9)
