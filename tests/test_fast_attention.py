@@ -167,3 +167,24 @@ def test_observed_attention_bits_do_not_depend_on_the_other_members():
         alone, alone_cache = cfg.build(n_models=1, seeds=[1]).run_with_cache(tokens[1:2], names_filter=name,
                                                                               member_dim=True)
     assert torch.equal(logits[1], alone[0]) and torch.equal(cache[name][1], alone_cache[name][0])
+
+
+def test_observed_attention_goes_on_with_what_a_hook_changed_in_place():
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=5, context_length=11)
+    model = cfg.build(n_models=2, seeds=[0, 1])
+    tokens = torch.randint(0, 5, (2, 4, 11), generator=torch.Generator().manual_seed(3))
+
+    def returned(pattern, hook):
+        out = torch.zeros_like(pattern)
+        out[..., 0] = 1
+        return out
+
+    def in_place(pattern, hook):
+        pattern.zero_()
+        pattern[..., 0] = 1
+
+    with torch.no_grad():
+        a = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", returned)])
+        b = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", in_place)])
+        plain = model(tokens)
+    assert torch.equal(a, b) and not torch.equal(a, plain)
