@@ -111,6 +111,16 @@ def matmul_rate(threads: int, n: int = 2048) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def write_result(result: dict, out: str) -> None:
+    """Stamp ``result`` with the load average and the time, write it as JSON to ``out`` (atomically)."""
+    from emergelab.store import write_text
+
+    result["load_avg_after"] = os.getloadavg()
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_text(out, json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -120,7 +130,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of both sides; best of each")
     p.add_argument("--out", default="benchmarks/results/end_to_end.json")
     args = p.parse_args()
-    from emergelab.store import write_text
     from emergelab.train import train
     from emergelab.train.run import make_plan, train_flops
 
@@ -167,10 +176,7 @@ def main() -> None:
               f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50, "
               f"{100 * row['probe_share_schedule']:.1f}% with the run's {row['probes_per_run']} probes; "
               f"load {row['load_before']:.1f} -> {row['load_after']:.1f}", flush=True)
-    result["load_avg_after"] = os.getloadavg()
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_text(args.out, json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ a forked one shares the parent's (``train/execute.py:start_method``). Prints a t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
-    from end_to_end import SIZES, config
+    from end_to_end import SIZES, config, write_result
 
-    from emergelab.store import write_text
     from emergelab.train import WorkerProcesses, train
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -53,10 +51,7 @@ def main() -> None:
         for start, ts in times.items():
             result["rows"].append({"size": size, "start": start, "seconds": ts, "best_s": min(ts)})
             print(f"| {size} | {start} | {min(ts):.1f} | {', '.join(f'{t:.1f}' for t in ts)} |", flush=True)
-    result["load_avg_after"] = os.getloadavg()
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_text(args.out, json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

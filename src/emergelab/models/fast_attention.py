@@ -38,6 +38,33 @@ def padded_length(T: int) -> int:
     return -(-T // 16) * 16
 
 
+def _padded_qkv(qkv: torch.Tensor, Tp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``[3, E*B*H, Tp, D]`` with zero key rows ``T..Tp-1``, and ``rows``, its ``[3, E, B, H, T, D]``
+    view that q, k, v are copied into (from qkv ``[E, B, T, 3, H, D]``, by the caller)."""
+    E, B, T, _, H, D = qkv.shape
+    x = qkv.new_empty(3, E * B * H, Tp, D)
+    x[:, :, T:].zero_()
+    return x, x.view(3, E, B, H, Tp, D)[:, :, :, :, :T]
+
+
+def _scores(x: torch.Tensor, mask_bias: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``q k^T / sqrt(D) + mask_bias`` ``[N, T, Tp]`` from the packed ``x`` (``shape``: qkv's)."""
+    E, B, T, _, H, D = shape
+    Tp = x.shape[2]
+    s = torch.bmm(x[0, :, :T], x[1].transpose(1, 2))  # [N, T, Tp]
+    s5 = s.view(E, B, H, T, Tp)
+    s5.div_(math.sqrt(D))
+    s5.add_(mask_bias[:, None] if mask_bias.dim() == 4 else mask_bias)
+    return s
+
+
+def _z(x: torch.Tensor, p: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``p v`` as z ``[E, B, T, H, D]``, computed transposed (``[N, D, T]``, the fast GEMM layout)."""
+    E, B, T, _, H, D = shape
+    zt = torch.bmm(x[2].transpose(1, 2), p.transpose(1, 2))  # z^T [N, D, T]
+    return zt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3).contiguous()
+
+
 class CausalAttention(torch.autograd.Function):
     """z = softmax(q k^T / sqrt(D) + mask_bias) v per member, sequence and head.
 
@@ -48,20 +75,12 @@ class CausalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, qkv: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        E, B, T, _, H, D = qkv.shape
-        Tp, N = mask_bias.shape[-1], E * B * H
-        x = qkv.new_empty(3, N, Tp, D)
-        x[:, :, T:].zero_()
-        x.view(3, E, B, H, Tp, D)[:, :, :, :, :T].copy_(qkv.permute(3, 0, 1, 4, 2, 5))
-        q, k, v = x[0, :, :T], x[1], x[2]
-        s = torch.bmm(q, k.transpose(1, 2))  # [N, T, Tp]
-        s5 = s.view(E, B, H, T, Tp)
-        s5.div_(math.sqrt(D))
-        s5.add_(mask_bias[:, None] if mask_bias.dim() == 4 else mask_bias)
+        x, rows = _padded_qkv(qkv, mask_bias.shape[-1])
+        rows.copy_(qkv.permute(3, 0, 1, 4, 2, 5))
+        s = _scores(x, mask_bias, qkv.shape)
         p = torch.softmax(s, -1)
-        zt = torch.bmm(v.transpose(1, 2), p.transpose(1, 2))  # z^T [N, D, T]
         ctx.save_for_backward(x, p)
-        return zt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3).contiguous()  # [E, B, T, H, D]
+        return _z(x, p, qkv.shape)
 
     @staticmethod
     def backward(ctx: Any, dz: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -102,28 +121,22 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
     ``[E, B, H, T, T]`` (contiguous)."""
     E, B, T, _, H, D = qkv.shape
     mask_bias = causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype)
-    Tp, N = mask_bias.shape[-1], E * B * H
-    x = qkv.new_empty(3, N, Tp, D)
-    x[:, :, T:].zero_()
-    rows = x.view(3, E, B, H, Tp, D)[:, :, :, :, :T]
+    Tp = mask_bias.shape[-1]
+    x, rows = _padded_qkv(qkv, Tp)
     if hooked & {"q", "k", "v"}:
         for i, name in enumerate(("q", "k", "v")):
             rows[i].copy_(hook(name, qkv[:, :, :, i]).permute(0, 1, 3, 2, 4))
     else:
         rows.copy_(qkv.permute(3, 0, 1, 4, 2, 5))
-    q, k, v = x[0, :, :T], x[1], x[2]
-    s = torch.bmm(q, k.transpose(1, 2))  # [N, T, Tp]
-    s5 = s.view(E, B, H, T, Tp)
-    s5.div_(math.sqrt(D))
-    s5.add_(mask_bias[:, None] if mask_bias.dim() == 4 else mask_bias)
+    s = _scores(x, mask_bias, qkv.shape)
     if "attn_scores" in hooked:
+        s5 = s.view(E, B, H, T, Tp)
         s5[..., :T] = hook("attn_scores", s5[..., :T].contiguous())
     p = torch.softmax(s, -1)  # the padding columns (-inf) come out exact zeros
     if "pattern" in hooked:
         p5 = p.view(E, B, H, T, Tp)
         p5[..., :T] = hook("pattern", p5[..., :T].contiguous())
-    zt = torch.bmm(v.transpose(1, 2), p.transpose(1, 2))  # z^T [N, D, T]
-    return hook("z", zt.view(E, B, H, D, T).permute(0, 1, 4, 2, 3).contiguous())  # [E, B, T, H, D]
+    return hook("z", _z(x, p, qkv.shape))
 
 
 def causal_mask_bias(E: int, H: int, T: int, bias: torch.Tensor | None, device: torch.device,
