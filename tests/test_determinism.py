@@ -29,9 +29,10 @@ EXECUTIONS = {  # name: execution section
 }
 
 
-def config(task: dict, execution: dict, **train_fields) -> ExperimentConfig:
+def config(task: dict, execution: dict, head_dim: int = 4, **train_fields) -> ExperimentConfig:
+    """head_dim 4: the torch form of the training attention; 8: the C kernel (models/native.py) where built."""
     return ExperimentConfig.from_dict({
-        "task": task, "model": {"layers": 2, "heads": 3, "head_dim": 4, "mlp_ratio": 2},
+        "task": task, "model": {"layers": 2, "heads": 3, "head_dim": head_dim, "mlp_ratio": 2},
         "train": {"steps": 40, "batch_size": 16, "lr": 0.02, "eval_every": 4, "eval_batch_size": 16, "seeds": 4,
                   "checkpoints": 3, "attention_snapshots": 2, "grad_clip": 0.05, **train_fields},
         "execution": execution})
@@ -43,10 +44,11 @@ def checkpoints(path: Path) -> dict[str, dict[str, bytes]]:
             for p in sorted((path / "checkpoints").rglob("*.safetensors"))}
 
 
-@pytest.mark.parametrize("task,bias", [(LINEAR, 0.0), (CELLULAR, 0.0), (LINEAR, 2.0)],
-                         ids=["linear-map", "cellular-automata", "linear-map-bias"])
-def test_every_execution_gives_the_same_bits(tmp_path, task, bias):
-    runs = {name: train(config(task, execution, bias_beta=bias), tmp_path / name, progress=False)
+@pytest.mark.parametrize("task,bias,head_dim", [(LINEAR, 0.0, 4), (CELLULAR, 0.0, 4), (LINEAR, 2.0, 4),
+                                                (LINEAR, 0.0, 8)],
+                         ids=["linear-map", "cellular-automata", "linear-map-bias", "linear-map-native-attention"])
+def test_every_execution_gives_the_same_bits(tmp_path, task, bias, head_dim):
+    runs = {name: train(config(task, execution, head_dim, bias_beta=bias), tmp_path / name, progress=False)
             for name, execution in EXECUTIONS.items()}
     reference = runs["all-at-once-1t"]
     metrics, weights = reference.metrics(), checkpoints(reference.path)
@@ -58,10 +60,11 @@ def test_every_execution_gives_the_same_bits(tmp_path, task, bias):
         assert run.summary() == reference.summary(), name
 
 
-def test_member_steps_are_identical_at_every_step_in_any_group():
+@pytest.mark.parametrize("head_dim", [4, 8], ids=["torch-attention", "native-attention"])
+def test_member_steps_are_identical_at_every_step_in_any_group(head_dim):
     """Lock-step: after every optimizer step, member ``i``'s parameters equal seed ``i`` trained alone,
     for groups of different sizes and orders, at 1 and 2 threads."""
-    cfg = config(LINEAR, {}, grad_clip=0.05).resolved()
+    cfg = config(LINEAR, {}, head_dim, grad_clip=0.05).resolved()
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

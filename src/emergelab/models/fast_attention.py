@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from . import native
+
 
 def padded_length(T: int) -> int:
     """Key length the scores are padded to: a multiple of 16 floats (one AVX-512 vector). The CPU
@@ -150,10 +152,56 @@ def causal_mask_bias(E: int, H: int, T: int, bias: torch.Tensor | None, device: 
     return out.masked_fill_(masked, float("-inf"))
 
 
+class NativeCausalAttention(torch.autograd.Function):
+    """:class:`CausalAttention` without an attention bias, as one fused C kernel per direction
+    (``causal_attention.c``, loaded by ``models/native.py``): each (sequence, head) problem is computed whole
+    in registers and L1, reading q, k, v straight from qkv and writing z and dqkv in place, so the layout
+    copies, the padded GEMMs and the separate softmax passes of the torch form are gone (2.2x faster at
+    T = 31, D = 8: benchmarks/README.md). Same math, its own rounding (its exp is Cephes' polynomial, ~1 ulp);
+    a problem's bits depend on its own inputs only. ``tests/test_native_attention.py``.
+
+    qkv ``[E, B, T, 3, H, D]`` (contiguous float32 on a CPU; D a multiple of 8 up to the kernel's limit) ->
+    z ``[E, B, T, H, D]``. Saves qkv and the pattern ``[E*B, H, T, 8*ceil(T/8)]`` for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor) -> torch.Tensor:
+        lib = native.kernels()
+        E, B, T, _, H, D = qkv.shape
+        z = qkv.new_empty(E, B, T, H, D)
+        p = qkv.new_empty(E * B, H, T, -(-T // 8) * 8)
+        if lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D)):
+            raise ValueError(f"NativeCausalAttention: shape {tuple(qkv.shape)} out of the kernel's range")
+        ctx.save_for_backward(qkv, p)
+        return z
+
+    @staticmethod
+    def backward(ctx: Any, dz: torch.Tensor) -> torch.Tensor:
+        qkv, p = ctx.saved_tensors
+        E, B, T, _, H, D = qkv.shape
+        dz = dz.contiguous()
+        dqkv = torch.empty_like(qkv)
+        native.kernels().backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), dqkv.data_ptr(), E * B, T, H, D,
+                                  1 / math.sqrt(D))
+        return dqkv
+
+
+def native_applies(qkv: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :class:`NativeCausalAttention` takes this attention: CPU float32, no bias, head size a
+    multiple of 8 and sequence within the kernel's limits, and the kernel compiled on this machine."""
+    T, D = qkv.shape[2], qkv.shape[-1]
+    if bias is not None or qkv.device.type != "cpu" or qkv.dtype != torch.float32 or D % 8:
+        return False
+    lib = native.kernels()
+    return lib is not None and D <= lib.d_max and T <= lib.t_max
+
+
 def causal_attention(qkv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """qkv ``[E, B, T, 3, H, D]``, bias ``[E, H, T, T]``, ``[H, T, T]`` or None (no gradient) -> z
-    ``[E, B, T, H, D]``: the causal attention of the training step (see the module doc)."""
+    ``[E, B, T, H, D]``: the causal attention of the training step (see the module doc); the fused C kernel
+    where :func:`native_applies`."""
     E, B, T, _, H, D = qkv.shape
     if bias is not None and bias.requires_grad:
         raise ValueError("causal_attention: the attention bias must not require a gradient")
+    if native_applies(qkv, bias):
+        return NativeCausalAttention.apply(qkv.contiguous())
     return CausalAttention.apply(qkv, causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype))

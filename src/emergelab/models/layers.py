@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .base import Init, SequenceModel, normal, ones, zeros
 from .hooks import HookPoint
 
@@ -88,6 +89,85 @@ def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y.reshape(*x.shape[:-1], out)
 
 
+LAYER_NORM_EPS = 1e-5  # F.layer_norm's default
+
+
+class NativeLayerNorm(torch.autograd.Function):
+    """:class:`LayerNorm`'s normalisation and per-member affine map as one C kernel per direction
+    (``layer_norm.c``, loaded by ``models/native.py``): one pass over a row forward, one backward with the
+    weight and bias gradients summed in the same pass, where the torch form (``F.layer_norm`` + ``addcmul``,
+    and their backward: a ``mul`` and a ``sum`` per gradient) makes five to seven. Same math, its own rounding;
+    a row's bits depend on that row alone, a member's weight gradients on its own rows alone.
+    ``tests/test_native_layers.py``.
+
+    x ``[E, ..., d]`` (float32 on a CPU, ``d`` a multiple of 8), w, b ``[E, d]`` -> ``[E, ..., d]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+        E, d = w.shape
+        R = x.numel() // (E * d)
+        y = torch.empty_like(x)
+        mean, rstd = x.new_empty(E, R), x.new_empty(E, R)
+        native.kernels().layer_norm_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                                            rstd.data_ptr(), E, R, d, LAYER_NORM_EPS)
+        ctx.save_for_backward(x, w, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, w, mean, rstd = ctx.saved_tensors
+        E, d = w.shape
+        dy = dy.contiguous()
+        dx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
+        native.kernels().layer_norm_backward(x.data_ptr(), w.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                             dy.data_ptr(), dx.data_ptr(), dw.data_ptr(), db.data_ptr(), E,
+                                             x.numel() // (E * d), d)
+        return dx, dw, db
+
+
+def native_layer_norm_applies(x: torch.Tensor) -> bool:
+    """Whether :class:`NativeLayerNorm` takes ``x``: float32 on a CPU, width a multiple of 8 within the
+    kernel's limit, and the kernels compiled on this machine."""
+    d = x.shape[-1]
+    if x.device.type != "cpu" or x.dtype != torch.float32 or d % 8:
+        return False
+    lib = native.kernels()
+    return lib is not None and d <= lib.layer_norm_max_width
+
+
+class NativeGelu(torch.autograd.Function):
+    """``F.gelu`` (exact form) as one C kernel per direction (``gelu.c``): the forward also keeps the
+    derivative (one ``exp`` serves the erf and the density), so the backward is one multiply where torch's
+    recomputes both. Same math; its erf is the approximation torch's vectorised CPU erf uses. Elementwise:
+    an element's bits depend on its value alone. ``tests/test_native_layers.py``.
+
+    x (float32 on a CPU, any shape) -> same shape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        y, dydx = torch.empty_like(x), torch.empty_like(x)
+        native.kernels().gelu_forward(x.data_ptr(), y.data_ptr(), dydx.data_ptr(), x.numel())
+        ctx.save_for_backward(dydx)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (dydx,) = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(dy)
+        native.kernels().gelu_backward(dy.data_ptr(), dydx.data_ptr(), dx.data_ptr(), dy.numel())
+        return dx
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU: :class:`NativeGelu` for float32 on a CPU where the kernels are built, else ``F.gelu``."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and native.kernels() is not None:
+        return NativeGelu.apply(x)
+    return F.gelu(x)
+
+
 class LayerNorm(nn.Module):
     def __init__(self, n_models: int, width: int):
         super().__init__()
@@ -99,9 +179,15 @@ class LayerNorm(nn.Module):
         return {"w": ones, "b": zeros}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
-        x = F.layer_norm(x, x.shape[-1:])
+        if native_layer_norm_applies(x) and self.w.dtype == torch.float32:
+            return self.hook_normalized(NativeLayerNorm.apply(x, self.w, self.b))
+        return self.hook_normalized(self.reference(x))
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The torch form (and the reference :class:`NativeLayerNorm` is tested against)."""
+        x = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
         # b + x * w in one pass (per-member affine; F.layer_norm's own affine is shared by all members)
-        return self.hook_normalized(torch.addcmul(self.b[:, None, None, :], x, self.w[:, None, None, :]))
+        return torch.addcmul(self.b[:, None, None, :], x, self.w[:, None, None, :])
 
 
 class MLP(nn.Module):
@@ -120,7 +206,7 @@ class MLP(nn.Module):
         return {"W_in": normal(std), "b_in": zeros, "W_out": normal(out_std), "b_out": zeros}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hook_post(F.gelu(self.hook_pre(member_linear(x, self.W_in, self.b_in))))
+        h = self.hook_post(gelu(self.hook_pre(member_linear(x, self.W_in, self.b_in))))
         return member_linear(h, self.W_out, self.b_out)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from ..models import native
 from .group import ProgressFn
 from .unit import WorkUnit, run_unit
 
@@ -141,6 +142,8 @@ class WorkerProcesses:
         if not units:
             return
         method = start_method(units) if self.start == "auto" else self.start
+        if any(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units):
+            native.kernels()  # compiled (first run on this machine) or loaded once here, not in every worker
         ctx = mp.get_context(method)
         tasks, results = ctx.Queue(), ctx.Queue()
         n = min(self.workers, len(units))

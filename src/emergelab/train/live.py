@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pyarrow as pa
-
 from ..analysis.forecast import LiveForecast, OutputOutlook, load_examples
 from ..config import ConfigError
 from ..store import connect, find_runs

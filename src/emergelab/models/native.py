@@ -1,0 +1,134 @@
+"""The C kernels of the CPU training step, compiled on first use and loaded with ``ctypes``.
+
+``causal_attention.c`` (the fused attention of short sequences: ``fast_attention.NativeCausalAttention``),
+``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``) and ``gelu.c``
+(``layers.NativeGelu``) are compiled once
+per machine with the system's C compiler (``$CC``, else ``cc``) into one library in a cache directory
+(``$EMERGELAB_CACHE``, else ``$XDG_CACHE_HOME/emergelab``, else ``~/.cache/emergelab``), named by the hash of
+the sources, the compiler, the flags and the CPU's feature flags (``-march=native``: a cache shared between
+machines never hands one a library built for another). Compiling takes about a second; every later process
+loads the cached library. The write is atomic (a temporary file renamed), so processes starting together
+may compile side by side and load the same bytes.
+
+Without a working compiler :func:`kernels` returns None and the training step runs the torch forms
+(``fast_attention.CausalAttention``, ``F.layer_norm``, ``F.gelu``): same math, other rounding, so
+a seed's numbers then differ in their last bits from a machine that has the kernels (docs/determinism.md).
+``EMERGELAB_NATIVE=0`` chooses the torch forms deliberately (to compare, or to match such a machine).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "gelu.c")
+HEADERS = (HERE / "vec8.h",)
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared")
+NATIVE_ISA = ("-march=native",)  # results do not depend on it (the source fixes every rounding); speed does
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept."""
+    if os.environ.get("EMERGELAB_CACHE"):
+        return Path(os.environ["EMERGELAB_CACHE"]) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "emergelab" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True,
+                              timeout=120)
+        if done.returncode != 0:
+            return False
+        os.replace(tmp, target)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _build() -> Path | None:
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None
+    source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
+    for flags in (FLAGS + NATIVE_ISA, FLAGS):  # a compiler without -march=native (some arm64 clangs) gets the plain flags
+        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+                                         platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+        target = cache_dir() / f"emergelab-kernels-{key}.so"
+        if target.exists() or _compile(compiler, flags, target):
+            return target
+    return None
+
+
+class Kernels:
+    """The loaded library's entry points, with argument types set."""
+
+    def __init__(self, path: Path):
+        lib = ctypes.CDLL(str(path))
+        i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+        self.path = path
+        self.forward = lib.causal_attention_forward
+        self.forward.argtypes = [ptr, ptr, ptr, i64, i32, i32, i32, f32]
+        self.forward.restype = i32
+        self.backward = lib.causal_attention_backward
+        self.backward.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32]
+        self.backward.restype = i32
+        t_max, d_max = ctypes.c_int(), ctypes.c_int()
+        lib.causal_attention_limits(ctypes.byref(t_max), ctypes.byref(d_max))
+        self.t_max, self.d_max = t_max.value, d_max.value
+        self.layer_norm_forward = lib.layer_norm_forward
+        self.layer_norm_forward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32, f32]
+        self.layer_norm_forward.restype = i32
+        self.layer_norm_backward = lib.layer_norm_backward
+        self.layer_norm_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i32]
+        self.layer_norm_backward.restype = i32
+        width = ctypes.c_int()
+        lib.layer_norm_limits(ctypes.byref(width))
+        self.layer_norm_max_width = width.value
+        self.gelu_forward = lib.gelu_forward
+        self.gelu_forward.argtypes = [ptr, ptr, ptr, i64]
+        self.gelu_forward.restype = None
+        self.gelu_backward = lib.gelu_backward
+        self.gelu_backward.argtypes = [ptr, ptr, ptr, i64]
+        self.gelu_backward.restype = None
+
+
+@lru_cache(maxsize=1)
+def kernels() -> Kernels | None:
+    """The compiled kernels (compiling them if this machine has none cached yet), or None: no compiler,
+    a failed build, or ``EMERGELAB_NATIVE=0``. Decided once per process."""
+    if os.environ.get("EMERGELAB_NATIVE", "1") == "0":
+        return None
+    path = _build()
+    if path is None:
+        return None
+    try:
+        return Kernels(path)
+    except OSError:
+        return None

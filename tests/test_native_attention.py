@@ -1,0 +1,138 @@
+"""The fused C attention (``models/causal_attention.c`` through ``fast_attention.NativeCausalAttention``)
+against a float64 reference, the invariances its bit-identity rests on, and the torch form it falls back to."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from emergelab.models import TransformerConfig, native
+from emergelab.models import fast_attention
+from emergelab.models.fast_attention import NativeCausalAttention, causal_attention, native_applies
+
+needs_kernel = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
+
+
+def _reference(qkv: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D), causal) v, written out; qkv [E, B, T, 3, H, D] -> [E, B, T, H, D]."""
+    q, k, v = qkv.unbind(3)
+    T = qkv.shape[2]
+    s = torch.einsum("ebihd,ebjhd->ebhij", q, k) / math.sqrt(qkv.shape[-1])
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return torch.einsum("ebhij,ebjhd->ebihd", s.softmax(-1), v)
+
+
+def _native(qkv: torch.Tensor, dz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = qkv.clone().requires_grad_()
+    z = NativeCausalAttention.apply(x)
+    z.backward(dz)
+    return z.detach(), x.grad
+
+
+@needs_kernel
+@pytest.mark.parametrize("E,B,T,H,D", [(1, 3, 1, 2, 8), (2, 3, 7, 3, 8), (1, 2, 8, 1, 8), (2, 2, 9, 2, 16),
+                                       (1, 4, 15, 8, 8), (1, 2, 31, 8, 8), (1, 1, 64, 2, 24),
+                                       (1, 1, 128, 1, 32), (3, 2, 33, 2, 16)])
+def test_native_attention_matches_a_float64_reference(E, B, T, H, D):
+    g = torch.Generator().manual_seed(T * 100 + D)
+    qkv = 2 * torch.randn(E, B, T, 3, H, D, generator=g)
+    dz = torch.randn(E, B, T, H, D, generator=g)
+    z, dqkv = _native(qkv, dz)
+    x = qkv.double().requires_grad_()
+    ref = _reference(x)
+    ref.backward(dz.double())
+    assert (z.double() - ref).abs().max() <= 2e-6 * ref.abs().max()
+    assert (dqkv.double() - x.grad).abs().max() <= 1e-5 * x.grad.abs().max()
+
+
+@needs_kernel
+def test_a_problems_bits_depend_on_its_own_inputs_only():
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(3, 5, 31, 3, 4, 8, generator=g)
+    dz = torch.randn(3, 5, 31, 4, 8, generator=g)
+    z, dqkv = _native(qkv, dz)
+    alone_z, alone_d = _native(qkv[1:2].contiguous(), dz[1:2].contiguous())  # member 1 without the others
+    assert torch.equal(alone_z, z[1:2]) and torch.equal(alone_d, dqkv[1:2])
+    one_z, one_d = _native(qkv[2:, 3:4].contiguous(), dz[2:, 3:4].contiguous())  # one sequence of member 2
+    assert torch.equal(one_z, z[2:, 3:4]) and torch.equal(one_d, dqkv[2:, 3:4])
+
+
+@needs_kernel
+def test_the_bits_do_not_depend_on_the_instruction_set(tmp_path):
+    """The cached library is built with -march=native; the same source built for the baseline ISA (SSE2 on
+    x86-64) must give the same bits, since the source fixes every rounding (no FMA, no reassociation)."""
+    import shutil
+    plain = tmp_path / "plain.so"
+    assert native._compile(shutil.which("cc") or "cc", native.FLAGS, plain)
+    baseline = native.Kernels(plain)
+    g = torch.Generator().manual_seed(1)
+    for T, D in ((31, 8), (15, 16), (50, 24)):
+        qkv = torch.randn(2, 3, T, 3, 2, D, generator=g)
+        dz = torch.randn(2, 3, T, 2, D, generator=g)
+        outs = []
+        for lib in (native.kernels(), baseline):
+            z, p = torch.empty(2, 3, T, 2, D), torch.empty(6, 2, T, -(-T // 8) * 8)
+            assert lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), 6, T, 2, D, 1 / math.sqrt(D)) == 0
+            d = torch.empty_like(qkv)
+            assert lib.backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), d.data_ptr(), 6, T, 2, D,
+                                1 / math.sqrt(D)) == 0
+            outs.append((z, p, d))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_shapes_out_of_the_kernels_range_take_the_torch_form():
+    lib = native.kernels()
+    assert native_applies(torch.zeros(1, 1, lib.t_max, 3, 1, 8), None)
+    assert not native_applies(torch.zeros(1, 1, lib.t_max + 1, 3, 1, 8), None)
+    assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 64), None)  # D > 32: the torch form is as fast
+    assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 12), None)  # D not a multiple of 8
+    assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 8), torch.zeros(1, 7, 7))  # an attention bias
+    assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 8, dtype=torch.float64), None)
+    assert lib.forward(0, 0, 0, 1, lib.t_max + 1, 1, 8, 1.0) == -1  # the kernel refuses, never overruns
+
+
+def test_without_the_kernel_the_torch_form_trains(monkeypatch):
+    """No compiler (or EMERGELAB_NATIVE=0): the torch form, same math to float tolerance."""
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(2, 3, 15, 3, 2, 8, generator=g)
+    dz = torch.randn(2, 3, 15, 2, 8, generator=g)
+    monkeypatch.setattr(fast_attention.native, "kernels", lambda: None)
+    assert not native_applies(qkv, None)
+    x = qkv.clone().requires_grad_()
+    z = causal_attention(x)
+    z.backward(dz)
+    ref_x = qkv.double().requires_grad_()
+    ref = _reference(ref_x)
+    ref.backward(dz.double())
+    assert (z.double() - ref).abs().max() <= 2e-6 * ref.abs().max()
+    assert (x.grad.double() - ref_x.grad).abs().max() <= 1e-5 * ref_x.grad.abs().max()
+
+
+def test_no_compiler_means_no_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMERGELAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert native._build() is None
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    assert native._build() is None and not list((tmp_path / "kernels").glob("*.so*"))
+
+
+@needs_kernel
+def test_the_model_trains_through_the_kernel_as_through_the_reference():
+    cfg = TransformerConfig(layers=2, heads=2, head_dim=16, vocab_size=3, context_length=20).resolved(3, 20)
+    model = cfg.build(2, seeds=[0, 1])
+    tokens = torch.randint(0, 3, (2, 4, 20), generator=torch.Generator().manual_seed(3))
+    assert native_applies(torch.zeros(2, 4, 20, 3, 2, 16), None)  # the blocked path below takes the kernel
+    grads = []
+    for blocked in (True, False):
+        for block in model.blocks:
+            block.attn.blocked = blocked
+        model.zero_grad(set_to_none=True)
+        out = model(tokens)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, ref in grads[1].items():
+        assert (grads[0][name] - ref).abs().max() <= 2e-5 * ref.abs().max() + 1e-7, name
