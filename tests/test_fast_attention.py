@@ -158,8 +158,38 @@ def test_observed_attention_without_gradients_matches_the_reference_hooks(T, E, 
     assert (patched - plain).abs().max() > 1e-3  # the patch did something
 
 
-def test_observed_attention_bits_do_not_depend_on_the_other_members():
-    cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=5, context_length=15)
+@pytest.mark.parametrize("head_dim,T,E", [(8, 15, 2), (16, 31, 1), (8, 9, 3)])
+def test_observed_attention_through_the_kernel_matches_the_reference(head_dim, T, E):
+    """Hooks on the pattern and z only (what the training probes read): with gradients off the C kernel forms
+    them (``_observed_native``); values agree with the reference path to float rounding."""
+    cfg = TransformerConfig(layers=2, heads=2, head_dim=head_dim, vocab_size=5, context_length=T)
+    model = cfg.build(n_models=E, seeds=list(range(E)))
+    tokens = torch.randint(0, 5, (E, 6, T), generator=torch.Generator().manual_seed(T))
+    names = [f"blocks.{l}.attn.hook_{h}" for l in range(2) for h in ("pattern", "z")]
+    reference = model.run_with_cache(tokens, names_filter=names, member_dim=True)  # grad on: the reference
+    with torch.no_grad():
+        fast = model.run_with_cache(tokens, names_filter=names, member_dim=True)
+    _assert_close(reference[0].detach(), fast[0], "logits")
+    for name in names:
+        assert reference[1][name].shape == fast[1][name].shape and fast[1][name].is_contiguous(), name
+        _assert_close(reference[1][name], fast[1][name], name)
+
+    def patch(pattern, hook):  # every head attends to the first token
+        out = torch.zeros_like(pattern)
+        out[..., 0] = 1
+        return out
+
+    hooks = [("blocks.0.attn.hook_pattern", patch)]
+    patched_ref = model.run_with_hooks(tokens, fwd_hooks=hooks, member_dim=True).detach()
+    with torch.no_grad():
+        patched = model.run_with_hooks(tokens, fwd_hooks=hooks, member_dim=True)
+    _assert_close(patched_ref, patched, "patched logits")
+    assert (patched - fast[0]).abs().max() > 1e-3  # the patch did something
+
+
+@pytest.mark.parametrize("head_dim", [4, 8])
+def test_observed_attention_bits_do_not_depend_on_the_other_members(head_dim):
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=head_dim, vocab_size=5, context_length=15)
     tokens = torch.randint(0, 5, (3, 8, 15), generator=torch.Generator().manual_seed(0))
     name = "blocks.0.attn.hook_pattern"
     with torch.no_grad():
@@ -169,8 +199,9 @@ def test_observed_attention_bits_do_not_depend_on_the_other_members():
     assert torch.equal(logits[1], alone[0]) and torch.equal(cache[name][1], alone_cache[name][0])
 
 
-def test_observed_attention_goes_on_with_what_a_hook_changed_in_place():
-    cfg = TransformerConfig(layers=1, heads=2, head_dim=4, vocab_size=5, context_length=11)
+@pytest.mark.parametrize("head_dim", [4, 8], ids=["torch", "kernel"])
+def test_observed_attention_goes_on_with_what_a_hook_changed_in_place(head_dim):
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=head_dim, vocab_size=5, context_length=11)
     model = cfg.build(n_models=2, seeds=[0, 1])
     tokens = torch.randint(0, 5, (2, 4, 11), generator=torch.Generator().manual_seed(3))
 

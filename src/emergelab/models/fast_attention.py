@@ -122,6 +122,8 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
     ``k``, ``v`` (views of qkv, as in the reference), ``z`` ``[E, B, T, H, D]`` and ``attn_scores``, ``pattern``
     ``[E, B, H, T, T]`` (contiguous)."""
     E, B, T, _, H, D = qkv.shape
+    if not hooked & {"q", "k", "v", "attn_scores"} and native_applies(qkv, bias):
+        return _observed_native(qkv, hook, hooked)
     mask_bias = causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype)
     Tp = mask_bias.shape[-1]
     x, rows = _padded_qkv(qkv, Tp)
@@ -139,6 +141,22 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
         p5 = p.view(E, B, H, T, Tp)
         p5[..., :T] = hook("pattern", p5[..., :T].contiguous())
     return hook("z", _z(x, p, qkv.shape))
+
+
+def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Tensor:
+    """:func:`observed_attention` through the C kernel, when no hook wants q, k, v or the scores: the
+    pattern hook sees the kernel's pattern; if a hook replaced it or changed it in place, z is formed again
+    from what the hook left (so hooks act as on the reference)."""
+    E, B, T, _, H, D = qkv.shape
+    qkv = qkv.contiguous()
+    z, p = native_forward(qkv)
+    if "pattern" in hooked:
+        formed = p.view(E, B, H, T, -1)[..., :T]
+        pattern = formed.contiguous()
+        seen = hook("pattern", pattern)
+        if seen is not pattern or not torch.equal(pattern, formed):
+            z = torch.einsum("ebhij,ebjhd->ebihd", seen, qkv[:, :, :, 2])
+    return hook("z", z)
 
 
 def causal_mask_bias(E: int, H: int, T: int, bias: torch.Tensor | None, device: torch.device,
@@ -165,12 +183,7 @@ class NativeCausalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, qkv: torch.Tensor) -> torch.Tensor:
-        lib = native.kernels()
-        E, B, T, _, H, D = qkv.shape
-        z = qkv.new_empty(E, B, T, H, D)
-        p = qkv.new_empty(E * B, H, T, -(-T // 8) * 8)
-        if lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D)):
-            raise ValueError(f"NativeCausalAttention: shape {tuple(qkv.shape)} out of the kernel's range")
+        z, p = native_forward(qkv)
         ctx.save_for_backward(qkv, p)
         return z
 
@@ -183,6 +196,17 @@ class NativeCausalAttention(torch.autograd.Function):
         native.kernels().backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), dqkv.data_ptr(), E * B, T, H, D,
                                   1 / math.sqrt(D))
         return dqkv
+
+
+def native_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C kernel's forward: qkv ``[E, B, T, 3, H, D]`` (contiguous, :func:`native_applies`) -> z
+    ``[E, B, T, H, D]`` and the pattern ``p`` ``[E*B, H, T, 8*ceil(T/8)]`` (row i: columns 0..i, zeros after)."""
+    E, B, T, _, H, D = qkv.shape
+    z = qkv.new_empty(E, B, T, H, D)
+    p = qkv.new_empty(E * B, H, T, -(-T // 8) * 8)
+    if native.kernels().forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D)):
+        raise ValueError(f"causal attention kernel: shape {tuple(qkv.shape)} out of its range")
+    return z, p
 
 
 def native_applies(qkv: torch.Tensor, bias: torch.Tensor | None) -> bool:
