@@ -74,7 +74,7 @@ def test_the_bits_do_not_depend_on_the_instruction_set(tmp_path):
         outs = []
         for lib in (native.kernels(), baseline):
             z, p = torch.empty(2, 3, T, 2, D), torch.empty(6, 2, T, -(-T // 8) * 8)
-            assert lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), 6, T, 2, D, 1 / math.sqrt(D)) == 0
+            assert lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), 6, T, 2, D, 1 / math.sqrt(D), p.shape[-1]) == 0
             d = torch.empty_like(qkv)
             assert lib.backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), d.data_ptr(), 6, T, 2, D,
                                 1 / math.sqrt(D)) == 0
@@ -92,7 +92,7 @@ def test_shapes_out_of_the_kernels_range_take_the_torch_form():
     assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 12), None)  # D not a multiple of 8
     assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 8), torch.zeros(1, 7, 7))  # an attention bias
     assert not native_applies(torch.zeros(1, 1, 7, 3, 1, 8, dtype=torch.float64), None)
-    assert lib.forward(0, 0, 0, 1, lib.t_max + 1, 1, 8, 1.0) == -1  # the kernel refuses, never overruns
+    assert lib.forward(0, 0, 0, 1, lib.t_max + 1, 1, 8, 1.0, lib.t_max + 1) == -1  # the kernel refuses, never overruns
 
 
 def test_without_the_kernel_the_torch_form_trains(monkeypatch):
@@ -136,3 +136,15 @@ def test_the_model_trains_through_the_kernel_as_through_the_reference():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, ref in grads[1].items():
         assert (grads[0][name] - ref).abs().max() <= 2e-5 * ref.abs().max() + 1e-7, name
+
+
+@needs_kernel
+def test_the_hooks_pattern_is_the_backwards_pattern_without_its_padding():
+    from emergelab.models.fast_attention import native_forward
+    qkv = torch.randn(2, 3, 13, 3, 2, 16, generator=torch.Generator().manual_seed(4))
+    z, padded = native_forward(qkv)
+    z2, pattern = native_forward(qkv, padded=False)
+    assert torch.equal(z, z2) and pattern.shape == (2, 3, 2, 13, 13)
+    assert torch.equal(pattern, padded.view(2, 3, 2, 13, 16)[..., :13])
+    assert torch.equal(pattern, pattern.tril())  # exact zeros above the diagonal
+    assert native.kernels().forward(qkv.data_ptr(), z.data_ptr(), pattern.data_ptr(), 6, 13, 2, 16, 0.25, 14) == -1

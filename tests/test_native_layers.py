@@ -123,3 +123,25 @@ def test_without_the_kernel_gelu_is_torchs(monkeypatch):
     monkeypatch.setattr(native, "kernels", lambda: None)
     x = torch.randn(10)
     assert torch.equal(gelu(x), F.gelu(x))
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 5, 8, 15, 31, 64])
+def test_row_entropy_matches_the_torch_form_and_float64(n):
+    g = torch.Generator().manual_seed(n)
+    logits = 4 * torch.randn(300, n, generator=g)
+    logits[::3, n // 2 + 1:] = float("-inf")  # exact zeros, as above an attention pattern's diagonal
+    logits[1::7] = torch.where(torch.arange(n) == 0, 0.0, -120.0)  # subnormal and zero probabilities
+    p = torch.softmax(logits, -1)
+    ours, theirs = native.row_entropy(p), native.row_entropy_reference(p)
+    exact = -(p.double() * p.double().clamp(min=1e-300).log()).sum(-1)
+    assert (ours.double() - exact).abs().max() <= 1e-6 * max(1.0, exact.abs().max().item())
+    assert (theirs.double() - exact).abs().max() <= 1e-6 * max(1.0, exact.abs().max().item())
+    one = native.row_entropy(p[5:6].clone())  # a row's bits: that row alone
+    assert torch.equal(one, ours[5:6])
+
+
+def test_row_entropy_without_the_kernel_is_the_torch_form(monkeypatch):
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    p = torch.softmax(torch.randn(4, 9), -1)
+    assert torch.equal(native.row_entropy(p), native.row_entropy_reference(p))

@@ -12,7 +12,7 @@
  * tests/test_native_attention.py compares it with the reference attention and checks those invariances.
  *
  * Layouts (contiguous float32): qkv [NB, T, 3, H, D]; z and dz [NB, T, H, D]; p [NB, H, T, TP] with
- * TP = 8 * ceil(T / 8) (row i holds columns 0..i, zeros after). D a multiple of 8, D <= 32; T <= 128.
+ * TP = 8 * ceil(T / 8) (row i holds columns 0..i, zeros after), or [NB, H, T, T] from the forward for hooks. D a multiple of 8, D <= 32; T <= 128.
  */
 #include <string.h>
 
@@ -29,7 +29,7 @@ int causal_attention_limits(int *t_max, int *d_max) {
 }
 
 static inline __attribute__((always_inline)) void forward_problem(const float *restrict base, float *restrict z,
-                                                                 float *restrict ph, int T, int H, int h,
+                                                                 float *restrict ph, int ps, int T, int H, int h,
                                                                  const int DV, float scale) {
     const int D = 8 * DV, NC = (T + 7) / 8, TP = 8 * NC;
     const int64_t row = 3 * (int64_t)H * D;
@@ -63,9 +63,16 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
             sum8 = sum8 + s[c];
         }
         const v8 sum = bcast(hsum(sum8));
-        float *pi = ph + i * TP;
-        for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[c] / sum);
-        for (int c = nc; c < NC; c++) storeu(pi + 8 * c, bcast(0.0f));
+        float *pi = ph + i * ps;
+        if (ps == TP) {
+            for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[c] / sum);
+            for (int c = nc; c < NC; c++) storeu(pi + 8 * c, bcast(0.0f));
+        } else { /* rows of T: the same values, stored without the padding */
+            float row[8 * NC_MAX];
+            for (int c = 0; c < nc; c++) storeu(row + 8 * c, s[c] / sum);
+            for (int j = 0; j <= i; j++) pi[j] = row[j];
+            for (int j = i + 1; j < T; j++) pi[j] = 0.0f;
+        }
         for (int u = 0; u < DV; u++) { /* z_i = sum_j p_ij v_j, four partial sums (fixed order) */
             v8 a0 = bcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
             int j = 0;
@@ -139,17 +146,20 @@ static inline __attribute__((always_inline)) void backward_problem(const float *
         }
 }
 
-/* qkv [NB, T, 3, H, D] -> z [NB, T, H, D], p [NB, H, T, TP]. Returns 0, or -1 for a shape out of range. */
-int causal_attention_forward(const float *qkv, float *z, float *p, int64_t NB, int T, int H, int D, float scale) {
+/* qkv [NB, T, 3, H, D] -> z [NB, T, H, D], p [NB, H, T, ps] with rows of ps = TP (what the backward reads) or
+ * ps = T (the pattern as hooks see it). Returns 0, or -1 for a shape out of range. */
+int causal_attention_forward(const float *qkv, float *z, float *p, int64_t NB, int T, int H, int D, float scale,
+                             int ps) {
     if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
     const int TP = 8 * ((T + 7) / 8);
+    if (ps != TP && ps != T) return -1;
     for (int64_t nb = 0; nb < NB; nb++)
         for (int h = 0; h < H; h++) {
             const float *base = qkv + nb * T * 3 * H * D;
-            float *zo = z + nb * T * H * D, *ph = p + (nb * H + h) * T * TP;
-            if (D == 8) forward_problem(base, zo, ph, T, H, h, 1, scale);
-            else if (D == 16) forward_problem(base, zo, ph, T, H, h, 2, scale);
-            else forward_problem(base, zo, ph, T, H, h, D / 8, scale);
+            float *zo = z + nb * T * H * D, *ph = p + (nb * H + h) * T * ps;
+            if (D == 8) forward_problem(base, zo, ph, ps, T, H, h, 1, scale);
+            else if (D == 16) forward_problem(base, zo, ph, ps, T, H, h, 2, scale);
+            else forward_problem(base, zo, ph, ps, T, H, h, D / 8, scale);
         }
     return 0;
 }

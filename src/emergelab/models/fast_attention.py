@@ -145,16 +145,15 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
 
 def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Tensor:
     """:func:`observed_attention` through the C kernel, when no hook wants q, k, v or the scores: the
-    pattern hook sees the kernel's pattern; if a hook replaced it or changed it in place, z is formed again
-    from what the hook left (so hooks act as on the reference)."""
-    E, B, T, _, H, D = qkv.shape
+    pattern hook sees the kernel's pattern; if a hook returned another tensor or changed it in place (torch's
+    version counter moved: any in-place torch op on it or on a view of it), z is formed again from what the
+    hook left, so hooks act as on the reference."""
     qkv = qkv.contiguous()
-    z, p = native_forward(qkv)
+    z, pattern = native_forward(qkv, padded=False)
     if "pattern" in hooked:
-        formed = p.view(E, B, H, T, -1)[..., :T]
-        pattern = formed.contiguous()
+        version = pattern._version
         seen = hook("pattern", pattern)
-        if seen is not pattern or not torch.equal(pattern, formed):
+        if seen is not pattern or pattern._version != version:
             z = torch.einsum("ebhij,ebjhd->ebihd", seen, qkv[:, :, :, 2])
     return hook("z", z)
 
@@ -198,13 +197,15 @@ class NativeCausalAttention(torch.autograd.Function):
         return dqkv
 
 
-def native_forward(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def native_forward(qkv: torch.Tensor, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The C kernel's forward: qkv ``[E, B, T, 3, H, D]`` (contiguous, :func:`native_applies`) -> z
-    ``[E, B, T, H, D]`` and the pattern ``p`` ``[E*B, H, T, 8*ceil(T/8)]`` (row i: columns 0..i, zeros after)."""
+    ``[E, B, T, H, D]`` and the pattern ``p`` (row i: columns 0..i, zeros after), ``[E*B, H, T, 8*ceil(T/8)]``
+    as the backward reads it (``padded``) or ``[E, B, H, T, T]`` as hooks see it."""
     E, B, T, _, H, D = qkv.shape
     z = qkv.new_empty(E, B, T, H, D)
-    p = qkv.new_empty(E * B, H, T, -(-T // 8) * 8)
-    if native.kernels().forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D)):
+    ps = -(-T // 8) * 8 if padded else T
+    p = qkv.new_empty(E * B, H, T, ps) if padded else qkv.new_empty(E, B, H, T, T)
+    if native.kernels().forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D), ps):
         raise ValueError(f"causal attention kernel: shape {tuple(qkv.shape)} out of its range")
     return z, p
 

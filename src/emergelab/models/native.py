@@ -1,8 +1,8 @@
 """The C kernels of the CPU training step, compiled on first use and loaded with ``ctypes``.
 
 ``causal_attention.c`` (the fused attention of short sequences: ``fast_attention.NativeCausalAttention``),
-``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``) and ``gelu.c``
-(``layers.NativeGelu``) are compiled once
+``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``), ``gelu.c``
+(``layers.NativeGelu``) and ``entropy.c`` (the probes' attention entropy: ``row_entropy``) are compiled once
 per machine with the system's C compiler (``$CC``, else ``cc``) into one library in a cache directory
 (``$EMERGELAB_CACHE``, else ``$XDG_CACHE_HOME/emergelab``, else ``~/.cache/emergelab``), named by the hash of
 the sources, the compiler, the flags and the CPU's feature flags (``-march=native``: a cache shared between
@@ -28,8 +28,10 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).parent
-SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "gelu.c")
+SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "gelu.c", HERE / "entropy.c")
 HEADERS = (HERE / "vec8.h",)
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared")
 NATIVE_ISA = ("-march=native",)  # results do not depend on it (the source fixes every rounding); speed does
@@ -94,7 +96,7 @@ class Kernels:
         i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
         self.path = path
         self.forward = lib.causal_attention_forward
-        self.forward.argtypes = [ptr, ptr, ptr, i64, i32, i32, i32, f32]
+        self.forward.argtypes = [ptr, ptr, ptr, i64, i32, i32, i32, f32, i32]
         self.forward.restype = i32
         self.backward = lib.causal_attention_backward
         self.backward.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32, f32]
@@ -117,6 +119,28 @@ class Kernels:
         self.gelu_backward = lib.gelu_backward
         self.gelu_backward.argtypes = [ptr, ptr, ptr, i64]
         self.gelu_backward.restype = None
+        self.row_entropy = lib.row_entropy
+        self.row_entropy.argtypes = [ptr, ptr, i64, i32]
+        self.row_entropy.restype = None
+
+
+def row_entropy(p: torch.Tensor) -> torch.Tensor:
+    """``-sum(p log p)`` over the last dimension: p ``[..., n]`` -> ``[...]`` (``0 log 0 = 0``). The C kernel
+    (one pass; ``entropy.c``) for float32 on a CPU where built, else the torch form
+    (:func:`row_entropy_reference`)."""
+    lib = kernels()
+    if lib is None or p.device.type != "cpu" or p.dtype != torch.float32:
+        return row_entropy_reference(p)
+    p = p.contiguous()
+    out = p.new_empty(p.shape[:-1])
+    lib.row_entropy(p.data_ptr(), out.data_ptr(), out.numel(), p.shape[-1])
+    return out
+
+
+def row_entropy_reference(p: torch.Tensor) -> torch.Tensor:
+    """The torch form of :func:`row_entropy` (probabilities below 1e-30 count as 1e-30: their terms are
+    below 7e-29)."""
+    return -p.clamp(min=1e-30).log_().mul_(p).sum(-1)
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.native import row_entropy
+
 
 class Metric(NamedTuple):
     name: str
@@ -157,8 +159,7 @@ class AttentionScores:
     def measure(self, data: ProbeData) -> list[Metric]:
         pattern = self._pattern(data)
         E, B, L, H = pattern.shape[:4]
-        plogp = pattern.clamp(min=1e-30).log_().mul_(pattern)  # one temporary the size of the pattern
-        entropy = -plogp.sum(-1).mean(1)  # [E, L, H, P]
+        entropy = row_entropy(pattern).mean(1)  # [E, L, H, P]; one pass (models/entropy.c) where built
         gt = data.gt_mask.float()  # [E, P, P], or [E, B, P, P] per sequence (tasks.SampleMaskTask)
         if gt.dim() == 4:  # the mass of each sequence on its own keys, averaged over the sequences
             mass = (pattern * gt[:, :, None, None]).sum(-1).mean(1)  # [E, L, H, P]
