@@ -219,3 +219,36 @@ def test_observed_attention_goes_on_with_what_a_hook_changed_in_place(head_dim):
         b = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", in_place)])
         plain = model(tokens)
     assert torch.equal(a, b) and not torch.equal(a, plain)
+
+
+@pytest.mark.parametrize("head_dim", [4, 8], ids=["torch", "kernel"])
+@pytest.mark.parametrize("name", HOOKS)
+def test_a_hook_that_returns_what_it_was_given_changes_no_bit(name, head_dim):
+    """Patching a model with its own activations gains nothing, exactly: with gradients off, a hook on any
+    attention hook point that returns a copy of its input leaves the output bit-identical to no hook."""
+    cfg = TransformerConfig(layers=2, heads=2, head_dim=head_dim, vocab_size=5, context_length=13)
+    model = cfg.build(n_models=2, seeds=[0, 1])
+    tokens = torch.randint(0, 5, (2, 3, 13), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        hooked = model.run_with_hooks(tokens, fwd_hooks=[(f"blocks.0.attn.hook_{name}", lambda t, hook: t.clone())])
+        with model.observing():
+            unhooked = model(tokens)
+    assert torch.equal(hooked, unhooked)
+
+
+@pytest.mark.parametrize("T", [9, 31])
+def test_a_scores_patch_through_the_kernel_matches_the_reference(T):
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=8, vocab_size=5, context_length=T)
+    model = cfg.build(n_models=2, seeds=[0, 1])
+    tokens = torch.randint(0, 5, (2, 4, T), generator=torch.Generator().manual_seed(T))
+
+    def flatten(scores, hook):  # uniform over the past, and attend to the future too (the reference allows it)
+        return torch.zeros_like(scores)
+
+    hooks = [("blocks.0.attn.hook_attn_scores", flatten)]
+    reference = model.run_with_hooks(tokens, fwd_hooks=hooks).detach()  # gradients on: the reference path
+    with torch.no_grad():
+        kernel = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        plain = model(tokens)
+    _assert_close(reference, kernel, "logits")
+    assert (kernel - plain).abs().max() > 1e-4

@@ -28,6 +28,69 @@ int causal_attention_limits(int *t_max, int *d_max) {
     return 1;
 }
 
+/* The forward's three steps, shared by the fused forward and the split forms the hooks need (scores,
+ * softmax + pv, pv): each is the same code in both, so a problem's bits are the same whichever way it is
+ * computed, as long as the values between the steps are the ones the fused forward would have had. */
+
+static inline __attribute__((always_inline)) void gather_kv(const float *restrict base, int T, int H, int h,
+                                                           const int DV, v8 kT[][NC_MAX], v8 v[][DV_MAX]) {
+    const int D = 8 * DV;
+    const int64_t row = 3 * (int64_t)H * D;
+    memset(kT, 0, sizeof(v8) * NC_MAX * D);
+    for (int j = 0; j < T; j++) {
+        const float *kj = base + j * row + H * D + h * D, *vj = base + j * row + 2 * H * D + h * D;
+        for (int d = 0; d < D; d++) kT[d][j / 8][j % 8] = kj[d];
+        for (int u = 0; u < DV; u++) v[j][u] = loadu(vj + 8 * u);
+    }
+}
+
+/* s[0..i/8] = q k^T * scale for row i; columns after i: -inf */
+static inline __attribute__((always_inline)) void scores_row(const float *restrict q, v8 kT[][NC_MAX], int i,
+                                                            const int DV, float scale, v8 *s) {
+    const int nc = i / 8 + 1;
+    for (int c = 0; c < nc; c++) {
+        v8 a = bcast(q[0]) * kT[0][c];
+        for (int d = 1; d < 8 * DV; d++) a = a + bcast(q[d]) * kT[d][c];
+        s[c] = a * bcast(scale);
+    }
+    v8i future;
+    for (int l = 0; l < 8; l++) future[l] = 8 * (nc - 1) + l > i ? -1 : 0;
+    s[nc - 1] = select(future, bcast(-__builtin_inff()), s[nc - 1]);
+}
+
+/* softmax over chunks 0..n-1 in place (-inf -> exactly 0); chunks that are all -inf add exact zeros, so
+ * n = i/8 + 1 and n = NC give the same bits for a causal row */
+static inline void softmax_chunks(v8 *s, int n) {
+    v8 m8 = s[0];
+    for (int c = 1; c < n; c++) m8 = select(s[c] > m8, s[c], m8);
+    const v8 m = bcast(hmax(m8));
+    v8 sum8 = bcast(0.0f);
+    for (int c = 0; c < n; c++) {
+        s[c] = exp_nonpositive(s[c] - m);
+        sum8 = sum8 + s[c];
+    }
+    const v8 sum = bcast(hsum(sum8));
+    for (int c = 0; c < n; c++) s[c] = s[c] / sum;
+}
+
+/* out = sum_j p_j v_j over j <= i in four partial sums (fixed order), then j = i+1..last (zeros above the
+ * diagonal add exact zeros) */
+static inline __attribute__((always_inline)) void pv_row(const float *restrict pi, v8 v[][DV_MAX], int i, int last,
+                                                        const int DV, float *restrict out) {
+    for (int u = 0; u < DV; u++) {
+        v8 a0 = bcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        int j = 0;
+        for (; j + 4 <= i + 1; j += 4) {
+            a0 = a0 + bcast(pi[j]) * v[j][u];
+            a1 = a1 + bcast(pi[j + 1]) * v[j + 1][u];
+            a2 = a2 + bcast(pi[j + 2]) * v[j + 2][u];
+            a3 = a3 + bcast(pi[j + 3]) * v[j + 3][u];
+        }
+        for (; j <= last; j++) a0 = a0 + bcast(pi[j]) * v[j][u];
+        storeu(out + 8 * u, (a0 + a1) + (a2 + a3));
+    }
+}
+
 static inline __attribute__((always_inline)) void forward_problem(const float *restrict base, float *restrict z,
                                                                  float *restrict ph, int ps, int T, int H, int h,
                                                                  const int DV, float scale) {
@@ -35,56 +98,23 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
     const int64_t row = 3 * (int64_t)H * D;
     v8 kT[8 * DV_MAX][NC_MAX]; /* kT[d][c][l] = k[8c + l][d] */
     v8 v[T_MAX][DV_MAX];
-    memset(kT, 0, sizeof(v8) * NC_MAX * D);
-    for (int j = 0; j < T; j++) {
-        const float *kj = base + j * row + H * D + h * D, *vj = base + j * row + 2 * H * D + h * D;
-        for (int d = 0; d < D; d++) kT[d][j / 8][j % 8] = kj[d];
-        for (int u = 0; u < DV; u++) v[j][u] = loadu(vj + 8 * u);
-    }
+    gather_kv(base, T, H, h, DV, kT, v);
     for (int i = 0; i < T; i++) {
-        const float *q = base + i * row + h * D;
         const int nc = i / 8 + 1; /* the chunks holding columns 0..i */
         v8 s[NC_MAX];
-        for (int c = 0; c < nc; c++) {
-            v8 a = bcast(q[0]) * kT[0][c];
-            for (int d = 1; d < D; d++) a = a + bcast(q[d]) * kT[d][c];
-            s[c] = a * bcast(scale);
-        }
-        v8i future; /* columns after i in the last chunk */
-        for (int l = 0; l < 8; l++) future[l] = 8 * (nc - 1) + l > i ? -1 : 0;
-        s[nc - 1] = select(future, bcast(-3.0e38f), s[nc - 1]);
-        v8 m8 = s[0];
-        for (int c = 1; c < nc; c++) m8 = select(s[c] > m8, s[c], m8);
-        const v8 m = bcast(hmax(m8));
-        v8 sum8 = bcast(0.0f);
-        for (int c = 0; c < nc; c++) {
-            s[c] = exp_nonpositive(s[c] - m);
-            if (c == nc - 1) s[c] = select(future, bcast(0.0f), s[c]);
-            sum8 = sum8 + s[c];
-        }
-        const v8 sum = bcast(hsum(sum8));
+        scores_row(base + i * row + h * D, kT, i, DV, scale, s);
+        softmax_chunks(s, nc);
         float *pi = ph + i * ps;
         if (ps == TP) {
-            for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[c] / sum);
+            for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[c]);
             for (int c = nc; c < NC; c++) storeu(pi + 8 * c, bcast(0.0f));
         } else { /* rows of T: the same values, stored without the padding */
-            float row[8 * NC_MAX];
-            for (int c = 0; c < nc; c++) storeu(row + 8 * c, s[c] / sum);
-            for (int j = 0; j <= i; j++) pi[j] = row[j];
+            float buf[8 * NC_MAX];
+            for (int c = 0; c < nc; c++) storeu(buf + 8 * c, s[c]);
+            for (int j = 0; j <= i; j++) pi[j] = buf[j];
             for (int j = i + 1; j < T; j++) pi[j] = 0.0f;
         }
-        for (int u = 0; u < DV; u++) { /* z_i = sum_j p_ij v_j, four partial sums (fixed order) */
-            v8 a0 = bcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
-            int j = 0;
-            for (; j + 4 <= i + 1; j += 4) {
-                a0 = a0 + bcast(pi[j]) * v[j][u];
-                a1 = a1 + bcast(pi[j + 1]) * v[j + 1][u];
-                a2 = a2 + bcast(pi[j + 2]) * v[j + 2][u];
-                a3 = a3 + bcast(pi[j + 3]) * v[j + 3][u];
-            }
-            for (; j <= i; j++) a0 = a0 + bcast(pi[j]) * v[j][u];
-            storeu(z + ((int64_t)i * H + h) * D + 8 * u, (a0 + a1) + (a2 + a3));
-        }
+        pv_row(pi, v, i, i, DV, z + ((int64_t)i * H + h) * D);
     }
 }
 
@@ -177,6 +207,72 @@ int causal_attention_backward(const float *qkv, const float *p, const float *dz,
             if (D == 8) backward_problem(base, ph, g, dbase, T, H, h, 1, scale);
             else if (D == 16) backward_problem(base, ph, g, dbase, T, H, h, 2, scale);
             else backward_problem(base, ph, g, dbase, T, H, h, D / 8, scale);
+        }
+    return 0;
+}
+
+/* The split forms for hooks (models/fast_attention.py:_observed_native). Rows of T, [NB, H, T, T]. */
+
+/* qkv -> S: scores, -inf above the diagonal */
+int causal_attention_scores(const float *qkv, float *S, int64_t NB, int T, int H, int D, float scale) {
+    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    const int DV = D / 8;
+    const int64_t row = 3 * (int64_t)H * D;
+    v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
+    for (int64_t nb = 0; nb < NB; nb++)
+        for (int h = 0; h < H; h++) {
+            const float *base = qkv + nb * T * row;
+            float *Sh = S + (nb * H + h) * T * T;
+            gather_kv(base, T, H, h, DV, kT, v);
+            for (int i = 0; i < T; i++) {
+                v8 s[NC_MAX];
+                float buf[8 * NC_MAX];
+                scores_row(base + i * row + h * D, kT, i, DV, scale, s);
+                for (int c = 0; c <= i / 8; c++) storeu(buf + 8 * c, s[c]);
+                for (int j = 0; j <= i; j++) Sh[i * T + j] = buf[j];
+                for (int j = i + 1; j < T; j++) Sh[i * T + j] = -__builtin_inff();
+            }
+        }
+    return 0;
+}
+
+/* S, qkv -> P = softmax(S) over whole rows, z = P v (v from qkv) */
+int causal_attention_softmax_pv(const float *S, const float *qkv, float *P, float *z, int64_t NB, int T, int H,
+                                int D) {
+    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    const int DV = D / 8, NC = (T + 7) / 8;
+    const int64_t row = 3 * (int64_t)H * D;
+    v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
+    for (int64_t nb = 0; nb < NB; nb++)
+        for (int h = 0; h < H; h++) {
+            gather_kv(qkv + nb * T * row, T, H, h, DV, kT, v);
+            const float *Sh = S + (nb * H + h) * T * T;
+            float *Ph = P + (nb * H + h) * T * T;
+            for (int i = 0; i < T; i++) {
+                float buf[8 * NC_MAX];
+                v8 s[NC_MAX];
+                for (int j = 0; j < 8 * NC; j++) buf[j] = j < T ? Sh[i * T + j] : -__builtin_inff();
+                for (int c = 0; c < NC; c++) s[c] = loadu(buf + 8 * c);
+                softmax_chunks(s, NC);
+                for (int c = 0; c < NC; c++) storeu(buf + 8 * c, s[c]);
+                memcpy(Ph + i * T, buf, sizeof(float) * T);
+                pv_row(Ph + i * T, v, i, T - 1, DV, z + ((nb * T + i) * (int64_t)H + h) * D);
+            }
+        }
+    return 0;
+}
+
+/* P, qkv -> z = P v over whole rows */
+int causal_attention_pv(const float *P, const float *qkv, float *z, int64_t NB, int T, int H, int D) {
+    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    const int DV = D / 8;
+    const int64_t row = 3 * (int64_t)H * D;
+    v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
+    for (int64_t nb = 0; nb < NB; nb++)
+        for (int h = 0; h < H; h++) {
+            gather_kv(qkv + nb * T * row, T, H, h, DV, kT, v);
+            const float *Ph = P + (nb * H + h) * T * T;
+            for (int i = 0; i < T; i++) pv_row(Ph + i * T, v, i, T - 1, DV, z + ((nb * T + i) * (int64_t)H + h) * D);
         }
     return 0;
 }

@@ -122,7 +122,7 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
     ``k``, ``v`` (views of qkv, as in the reference), ``z`` ``[E, B, T, H, D]`` and ``attn_scores``, ``pattern``
     ``[E, B, H, T, T]`` (contiguous)."""
     E, B, T, _, H, D = qkv.shape
-    if not hooked & {"q", "k", "v", "attn_scores"} and native_applies(qkv, bias):
+    if native_applies(qkv, bias):
         return _observed_native(qkv, hook, hooked)
     mask_bias = causal_mask_bias(E, H, T, bias, qkv.device, qkv.dtype)
     Tp = mask_bias.shape[-1]
@@ -144,17 +144,32 @@ def observed_attention(qkv: torch.Tensor, bias: torch.Tensor | None, hook: Any, 
 
 
 def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Tensor:
-    """:func:`observed_attention` through the C kernel, when no hook wants q, k, v or the scores: the
-    pattern hook sees the kernel's pattern; if a hook returned another tensor or changed it in place (torch's
-    version counter moved: any in-place torch op on it or on a view of it), z is formed again from what the
-    hook left, so hooks act as on the reference."""
+    """:func:`observed_attention` through the C kernel (no attention bias): the fused forward when no hook
+    wants q, k, v or the scores, else its split steps (q k^T; softmax and p v; p v alone after a pattern
+    hook) run on what the hooks left. The steps are the fused forward's own code, so a hook that returns
+    (or leaves) the values it was given changes no bit of the output, and the path taken never depends on
+    which hooks are attached (docs/architecture.md). A hook's in-place edit is seen through torch's version
+    counter (any in-place torch op on the tensor or a view of it)."""
+    E, B, T, _, H, D = qkv.shape
+    lib = native.kernels()
+    if hooked & {"q", "k", "v"}:
+        qkv = torch.stack([hook(name, qkv[:, :, :, i]) for i, name in enumerate(("q", "k", "v"))], dim=3)
     qkv = qkv.contiguous()
-    z, pattern = native_forward(qkv, padded=False)
+    pattern = qkv.new_empty(E, B, H, T, T)
+    if "attn_scores" in hooked:
+        scores = qkv.new_empty(E, B, H, T, T)
+        lib.scores(qkv.data_ptr(), scores.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D))
+        scores = hook("attn_scores", scores).contiguous()
+        z = qkv.new_empty(E, B, T, H, D)
+        lib.softmax_pv(scores.data_ptr(), qkv.data_ptr(), pattern.data_ptr(), z.data_ptr(), E * B, T, H, D)
+    else:
+        z, pattern = native_forward(qkv, padded=False)
     if "pattern" in hooked:
         version = pattern._version
         seen = hook("pattern", pattern)
         if seen is not pattern or pattern._version != version:
-            z = torch.einsum("ebhij,ebjhd->ebihd", seen, qkv[:, :, :, 2])
+            seen = seen.contiguous()
+            lib.pv(seen.data_ptr(), qkv.data_ptr(), z.data_ptr(), E * B, T, H, D)
     return hook("z", z)
 
 
