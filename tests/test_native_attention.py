@@ -112,12 +112,31 @@ def test_without_the_kernel_the_torch_form_trains(monkeypatch):
     assert (x.grad.double() - ref_x.grad).abs().max() <= 1e-5 * ref_x.grad.abs().max()
 
 
-def test_no_compiler_means_no_kernel(monkeypatch, tmp_path):
+def test_no_compiler_means_no_kernel_and_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("EMERGELAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert native._build() is None
+    assert native._build()[0] is None
+    with pytest.warns(native.NativeKernelsWarning, match="no C compiler"):
+        assert native.kernels.__wrapped__() is None
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    assert native._build() is None and not list((tmp_path / "kernels").glob("*.so*"))
+    path, why = native._build()
+    assert path is None and "could not build" in why and not list(tmp_path.rglob("*.so*"))
+    monkeypatch.setenv("EMERGELAB_NATIVE", "0")  # chosen: silent
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.kernels.__wrapped__() is None
+
+
+@needs_kernel
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("EMERGELAB_CACHE", str(blocker))  # .../a-file/kernels cannot be created
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    path, _ = native._build()
+    assert path is not None and path.is_relative_to(tmp_path / "tmp") and native.Kernels(path).t_max > 0
 
 
 @needs_kernel

@@ -1,8 +1,8 @@
 """The C kernels of the CPU training step, compiled on first use and loaded with ``ctypes``.
 
 ``causal_attention.c`` (the fused attention of short sequences: ``fast_attention.NativeCausalAttention``),
-``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``), ``gelu.c``
-(``layers.NativeGelu``) and ``entropy.c`` (the probes' attention entropy: ``row_entropy``) are compiled once
+``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``) and ``entropy.c``
+(the probes' attention entropy: ``row_entropy``) are compiled once
 per machine with the system's C compiler (``$CC``, else ``cc``) into one library in a cache directory
 (``$EMERGELAB_CACHE``, else ``$XDG_CACHE_HOME/emergelab``, else ``~/.cache/emergelab``), named by the hash of
 the sources, the compiler, the flags and the CPU's feature flags (``-march=native``: a cache shared between
@@ -11,7 +11,7 @@ loads the cached library. The write is atomic (a temporary file renamed), so pro
 may compile side by side and load the same bytes.
 
 Without a working compiler :func:`kernels` returns None and the training step runs the torch forms
-(``fast_attention.CausalAttention``, ``F.layer_norm``, ``F.gelu``): same math, other rounding, so
+(``fast_attention.CausalAttention``, ``F.layer_norm``, the torch entropy): same math, other rounding, so
 a seed's numbers then differ in their last bits from a machine that has the kernels (docs/determinism.md).
 ``EMERGELAB_NATIVE=0`` chooses the torch forms deliberately (to compare, or to match such a machine).
 """
@@ -25,13 +25,14 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "gelu.c", HERE / "entropy.c")
+SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "entropy.c")
 HEADERS = (HERE / "vec8.h",)
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared")
 NATIVE_ISA = ("-march=native",)  # results do not depend on it (the source fixes every rounding); speed does
@@ -57,10 +58,11 @@ def _cpu_flags() -> str:
 
 
 def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> bool:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-    os.close(fd)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+        os.close(fd)
         done = subprocess.run([compiler, *flags, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True,
                               timeout=120)
         if done.returncode != 0:
@@ -70,22 +72,36 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _build() -> Path | None:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
+def _cache_dirs() -> list[Path]:
+    """:func:`cache_dir`, then a directory under the system's temporary one (for a read-only home)."""
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    return [cache_dir(), Path(tempfile.gettempdir()) / f"emergelab-{user}" / "kernels"]
+
+
+def _build() -> tuple[Path | None, str]:
+    """The compiled library (built now if no cache holds it), or None and why not."""
+    name = os.environ.get("CC", "cc")
+    compiler = shutil.which(name)
     if compiler is None:
-        return None
+        return None, f"no C compiler ({name!r} not found; set CC to one)"
     source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
-    for flags in (FLAGS + NATIVE_ISA, FLAGS):  # a compiler without -march=native (some arm64 clangs) gets the plain flags
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
-                                         platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
-        target = cache_dir() / f"emergelab-kernels-{key}.so"
-        if target.exists() or _compile(compiler, flags, target):
-            return target
-    return None
+    for directory in _cache_dirs():
+        for flags in (FLAGS + NATIVE_ISA, FLAGS):  # a compiler without -march=native (some arm64 clangs): plain
+            key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(),
+                                             platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
+            target = directory / f"emergelab-kernels-{key}.so"
+            if target.exists() or _compile(compiler, flags, target):
+                return target, ""
+    return None, (f"{compiler} could not build the kernels (try: {compiler} {' '.join(FLAGS)} -o k.so "
+                  f"{' '.join(map(str, SOURCES))} -lm)")
+
+
+class NativeKernelsWarning(UserWarning):
+    """The C kernels could not be built or loaded on this machine: the torch forms run instead."""
 
 
 class Kernels:
@@ -121,12 +137,6 @@ class Kernels:
         width = ctypes.c_int()
         lib.layer_norm_limits(ctypes.byref(width))
         self.layer_norm_max_width = width.value
-        self.gelu_forward = lib.gelu_forward
-        self.gelu_forward.argtypes = [ptr, ptr, ptr, i64]
-        self.gelu_forward.restype = None
-        self.gelu_backward = lib.gelu_backward
-        self.gelu_backward.argtypes = [ptr, ptr, ptr, i64]
-        self.gelu_backward.restype = None
         self.row_entropy = lib.row_entropy
         self.row_entropy.argtypes = [ptr, ptr, i64, i32]
         self.row_entropy.restype = None
@@ -153,14 +163,18 @@ def row_entropy_reference(p: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def kernels() -> Kernels | None:
-    """The compiled kernels (compiling them if this machine has none cached yet), or None: no compiler,
-    a failed build, or ``EMERGELAB_NATIVE=0``. Decided once per process."""
+    """The compiled kernels (compiling them if this machine has none cached yet), or None: ``EMERGELAB_NATIVE=0``,
+    or no working compiler (then a :class:`NativeKernelsWarning` says why, once per process). Decided once
+    per process."""
     if os.environ.get("EMERGELAB_NATIVE", "1") == "0":
         return None
-    path = _build()
-    if path is None:
-        return None
-    try:
-        return Kernels(path)
-    except OSError:
-        return None
+    path, why = _build()
+    if path is not None:
+        try:
+            return Kernels(path)
+        except OSError as error:
+            why = f"the built library could not be loaded ({error})"
+    warnings.warn(f"emergelab: {why}; training runs the torch forms instead (slower, and other last bits than on a "
+                  "machine with the kernels: docs/determinism.md). EMERGELAB_NATIVE=0 chooses them and silences "
+                  "this.", NativeKernelsWarning, stacklevel=2)
+    return None
