@@ -2,8 +2,8 @@
 
 ``causal_attention.c`` (the fused attention of short sequences: ``fast_attention.NativeCausalAttention``),
 ``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``) and ``entropy.c``
-(the probes' attention entropy: ``row_entropy``) are compiled once
-per machine with the system's C compiler (``$CC``, else ``cc``) into one library in a cache directory
+(the probes' attention entropy: ``row_entropy``) are compiled once per machine with the system's C
+compiler (``$CC``, else ``cc``) into one library in a cache directory
 (``$EMERGELAB_CACHE``, else ``$XDG_CACHE_HOME/emergelab``, else ``~/.cache/emergelab``), named by the hash of
 the sources, the compiler, the flags and the CPU's feature flags (``-march=native``: a cache shared between
 machines never hands one a library built for another). Compiling takes about a second; every later process
