@@ -119,6 +119,14 @@ def start_method(units: Sequence[WorkUnit]) -> str:
     return "fork" if on_cpu and all(u.threads == 1 for u in units) else "spawn"
 
 
+def prepare_kernels(units: Sequence[WorkUnit]) -> None:
+    """Build (first run on this machine) or load the CPU step's C kernels (``models/native.py``) now, before
+    any progress bar or worker starts, when a unit trains on the CPU; a machine without a compiler says so
+    here, once."""
+    if any(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units):
+        native.kernels()
+
+
 class WorkerProcesses:
     """``workers`` processes, each taking units from a queue until none is left. ``start``: ``"auto"``
     (:func:`start_method`), ``"fork"`` or ``"spawn"``."""
@@ -142,8 +150,7 @@ class WorkerProcesses:
         if not units:
             return
         method = start_method(units) if self.start == "auto" else self.start
-        if any(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units):
-            native.kernels()  # compiled (first run on this machine) or loaded once here, not in every worker
+        prepare_kernels(units)  # once here (forked workers inherit it), not in every worker
         ctx = mp.get_context(method)
         tasks, results = ctx.Queue(), ctx.Queue()
         n = min(self.workers, len(units))

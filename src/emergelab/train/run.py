@@ -33,7 +33,7 @@ from ..store import SCHEMA, CorruptFileError, RunDir, locked, sort_rows
 from ..store.verify import warn
 from ..tasks import seed_task, task_info
 from .config import ExperimentConfig
-from .execute import Executor, local_executor
+from .execute import Executor, local_executor, prepare_kernels
 from .live import ProbeNews, format_outlook, live_forecast
 from .trackers import log_finished, require_packages
 from .unit import WorkUnit, unit_progress
@@ -278,6 +278,7 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
             lo, hi, total = min(steps), max(steps), config.train.steps
             say(f"resuming from step {lo} of {total}" if lo == hi else
                 f"resuming from steps {lo}-{hi} of {total} (the seed groups stopped at different steps)")
+        prepare_kernels(units)
         bar = _Bar(units, done, progress, plan)
         try:
             (executor or local_executor(plan.strategy, plan.processes)).map(units, bar.update_loss)
