@@ -38,7 +38,7 @@ def cpu_ms(fn: Callable[[], object], repeats: int = 5) -> float:
 
 def kernel_cases(size: str, E: int) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     from emergelab.models.fast_attention import CausalAttention, NativeCausalAttention, causal_mask_bias
-    from emergelab.models.layers import LayerNorm, NativeLayerNorm
+    from emergelab.models.layers import LayerNorm, NativeGelu, NativeLayerNorm
     from emergelab.models.native import row_entropy, row_entropy_reference
 
     B, T, H, D, d, m = SIZES[size]
@@ -49,6 +49,8 @@ def kernel_cases(size: str, E: int) -> dict[str, tuple[Callable[[], object], Cal
     x = torch.randn(E, B, T, d, generator=g)
     dy = torch.randn(E, B, T, d, generator=g)
     ln = LayerNorm(E, d)
+    pre = torch.randn(E, B, T, m, generator=g)
+    dpost = torch.randn(E, B, T, m, generator=g)
     pattern = torch.softmax(torch.randn(E, 256, 1, H, T, T, generator=g).masked_fill(
         ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")), -1)  # a probe's 256 sequences
 
@@ -62,6 +64,7 @@ def kernel_cases(size: str, E: int) -> dict[str, tuple[Callable[[], object], Cal
         "attention fwd+bwd": (both(lambda t: CausalAttention.apply(t, mask), qkv, dz),
                               both(NativeCausalAttention.apply, qkv, dz)),
         "layer norm fwd+bwd": (both(ln.reference, x, dy), both(lambda t: NativeLayerNorm.apply(t, ln.w, ln.b), x, dy)),
+        "GELU fwd+bwd": (both(torch.nn.functional.gelu, pre, dpost), both(NativeGelu.apply, pre, dpost)),
         "probe entropy (256 seqs)": (lambda: row_entropy_reference(pattern), lambda: row_entropy(pattern)),
     }
 

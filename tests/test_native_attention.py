@@ -61,8 +61,8 @@ def test_a_problems_bits_depend_on_its_own_inputs_only():
 
 @needs_kernel
 def test_the_bits_do_not_depend_on_the_instruction_set(tmp_path):
-    """The cached library is built with -march=native; the same source built for the baseline ISA (SSE2 on
-    x86-64) must give the same bits, since the source fixes every rounding (no FMA, no reassociation)."""
+    """The cached library is built with -march=native; the same sources built for the baseline ISA (SSE2 on
+    x86-64) must give the same bits, since they fix every rounding (no FMA, no reassociation)."""
     import shutil
     plain = tmp_path / "plain.so"
     assert native._compile(shutil.which("cc") or "cc", native.FLAGS, plain)
@@ -81,6 +81,21 @@ def test_the_bits_do_not_depend_on_the_instruction_set(tmp_path):
             outs.append((z, p, d))
         for a, b in zip(*outs):
             assert torch.equal(a, b)
+    x = 3 * torch.randn(1000 + 5, generator=g)  # the elementwise and row kernels too
+    rows = torch.softmax(torch.randn(50, 31, generator=g), -1)
+    w, b = torch.randn(2, 24, generator=g), torch.randn(2, 24, generator=g)
+    xs = torch.randn(2, 7, 24, generator=g)
+    outs = []
+    for lib in (native.kernels(), baseline):
+        y, d, ent = torch.empty_like(x), torch.empty_like(x), torch.empty(50)
+        lib.gelu_forward(x.data_ptr(), y.data_ptr(), d.data_ptr(), x.numel())
+        lib.row_entropy(rows.data_ptr(), ent.data_ptr(), 50, 31)
+        ln, mean, rstd = torch.empty_like(xs), torch.empty(2, 7), torch.empty(2, 7)
+        lib.layer_norm_forward(xs.data_ptr(), w.data_ptr(), b.data_ptr(), ln.data_ptr(), mean.data_ptr(),
+                               rstd.data_ptr(), 2, 7, 24, 1e-5)
+        outs.append((y, d, ent, ln, rstd))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
 
 
 @needs_kernel

@@ -1,14 +1,16 @@
-"""The C layer norm and row entropy (``models/layer_norm.c`` through ``layers.NativeLayerNorm``,
-``models/entropy.c`` through ``native.row_entropy``) against the torch forms (``LayerNorm.reference``,
-``native.row_entropy_reference``) and float64 computations, and the invariances their bit-identity rests on."""
+"""The C layer norm, GELU and row entropy (``models/layer_norm.c``, ``gelu.c``, ``entropy.c`` through
+``layers.NativeLayerNorm``, ``layers.NativeGelu``, ``native.row_entropy``) against the torch forms
+(``LayerNorm.reference``, ``F.gelu``, ``native.row_entropy_reference``) and float64 computations, and the
+invariances their bit-identity rests on."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emergelab.models import native
-from emergelab.models.layers import LayerNorm, NativeLayerNorm, native_layer_norm_applies
+from emergelab.models.layers import LayerNorm, NativeGelu, NativeLayerNorm, gelu, native_layer_norm_applies
 
 needs_kernel = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
 
@@ -86,6 +88,41 @@ def test_without_the_kernel_the_module_is_the_torch_form(monkeypatch):
     x = torch.randn(2, 3, 5, 16)
     assert not native_layer_norm_applies(x)
     assert torch.equal(ln(x), ln.reference(x))
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 4096 + 5])
+def test_native_gelu_matches_torch_and_float64(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.cat([torch.randn(n, generator=g) * 3, torch.tensor([0.0, -0.0, 1e-30, -12.0, 12.0, -100.0, 100.0])])
+    dy = torch.randn(x.shape, generator=g)
+    xs = x.clone().requires_grad_()
+    y = NativeGelu.apply(xs)
+    y.backward(dy)
+    ref = x.double().requires_grad_()
+    exact = F.gelu(ref)
+    exact.backward(dy.double())
+    torch_x = x.clone().requires_grad_()
+    torch_y = F.gelu(torch_x)
+    torch_y.backward(dy)
+    for ours, theirs, truth in ((y.detach(), torch_y.detach(), exact.detach()), (xs.grad, torch_x.grad, ref.grad)):
+        scale = truth.abs().clamp(min=1.0)  # erf's 1.5e-7 absolute error (the formula torch's CPU erf uses)
+        assert ((ours.double() - truth).abs() <= 5e-7 * scale).all()
+        assert ((theirs.double() - truth).abs() <= 2e-6 * scale).all()  # torch's own: up to ~1.1e-6 measured
+
+
+@needs_kernel
+def test_a_gelu_elements_bits_depend_on_its_value_alone():
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(5))
+    y = NativeGelu.apply(x)
+    for start, stop in ((0, 3), (5, 13), (995, 1000), (1, 1000), (3, 40)):  # tails and misaligned starts
+        assert torch.equal(NativeGelu.apply(x[start:stop].clone()), y[start:stop])
+
+
+def test_without_the_kernel_gelu_is_torchs(monkeypatch):
+    monkeypatch.setattr(native, "kernels", lambda: None)
+    x = torch.randn(10)
+    assert torch.equal(gelu(x), F.gelu(x))
 
 
 @needs_kernel

@@ -5,7 +5,7 @@
  *   s = q k^T * scale (causal: columns j <= i),  p = softmax(s),  z = p v
  *   dp = dz v^T,  ds = p * (dp - rowsum(p * dp)) * scale,  dq = ds k,  dk = ds^T q,  dv = p^T dz
  *
- * Written with vec8.h's vectors of 8 floats. Every sum runs in an order fixed by this source (no
+ * Written with vec.h's vectors of 8 floats. Every sum runs in an order fixed by this source (no
  * -ffast-math, no FMA contraction: compile with -ffp-contract=off), so a problem's bits depend on nothing
  * but its own inputs (not on the batch, the ensemble or the thread count), and not on the vector ISA the
  * compiler targets: vector and scalar forms of an IEEE add or multiply round alike.
@@ -16,7 +16,7 @@
  */
 #include <string.h>
 
-#include "vec8.h"
+#include "vec.h"
 
 #define NC_MAX 16 /* chunks of 8 keys: T <= 128 */
 #define T_MAX (8 * NC_MAX)

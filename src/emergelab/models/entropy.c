@@ -7,7 +7,7 @@
  */
 #include <string.h>
 
-#include "vec8.h"
+#include "vec.h"
 
 static inline v8 log_positive(v8 x) { /* x >= 1e-30, normal */
     const v8i bits = (v8i)x;

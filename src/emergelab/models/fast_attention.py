@@ -21,6 +21,12 @@ gradients agree to float tolerance (``tests/test_fast_attention.py``), and a see
 on E, the group order or the threads (``tests/test_determinism.py``). Only for what training needs: no
 hooks on q, k, v, scores, pattern or z, and an attention bias without gradient; ``Attention`` uses the
 reference path otherwise (and under ``observing()``, so probes and caches see the reference).
+
+Where this machine has the C kernels (``models/native.py``) and the heads and sequences fit them (head size
+8-32 in steps of 8, T <= 128, no bias), both the training step (:class:`NativeCausalAttention`) and the
+no-gradient observed form (:func:`observed_attention` -> ``_observed_native``) go one step further: one
+fused kernel per direction, each (sequence, head) problem computed whole; the torch forms above stay as the
+fallback and the reference they are tested against.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
  *   g = dy * w,  dx = (g - sum(g) / d - xhat * sum(g * xhat) / d) * rstd
  *   dw = sum over the member's rows of dy * xhat,  db = sum over its rows of dy
  *
- * Every sum runs in an order fixed by this source (vec8.h): a row's bits depend on that row alone, a
+ * Every sum runs in an order fixed by this source (vec.h): a row's bits depend on that row alone, a
  * member's dw and db on that member's rows alone (summed in blocks of 64 rows, then the blocks in order).
  * tests/test_native_layers.py compares it with torch and checks those invariances.
  *
@@ -15,7 +15,7 @@
  */
 #include <math.h>
 
-#include "vec8.h"
+#include "vec.h"
 
 #define DV_MAX 512 /* d <= 4096 */
 #define BLOCK 64   /* rows per partial sum of dw, db */

@@ -136,6 +136,38 @@ def native_layer_norm_applies(x: torch.Tensor) -> bool:
     return lib is not None and d <= lib.layer_norm_max_width
 
 
+class NativeGelu(torch.autograd.Function):
+    """``F.gelu`` (exact form) as one C kernel per direction (``gelu.c``): the forward also keeps the
+    derivative (one ``exp`` serves the erf and the density), so the backward is one multiply where torch's
+    recomputes both. Same math; its erf is the approximation torch's vectorised CPU erf uses. Elementwise:
+    an element's bits depend on its value alone. ``tests/test_native_layers.py``.
+
+    x (float32 on a CPU, any shape) -> same shape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        y, dydx = torch.empty_like(x), torch.empty_like(x)
+        native.kernels().gelu_forward(x.data_ptr(), y.data_ptr(), dydx.data_ptr(), x.numel())
+        ctx.save_for_backward(dydx)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> torch.Tensor:
+        (dydx,) = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(dy)
+        native.kernels().gelu_backward(dy.data_ptr(), dydx.data_ptr(), dx.data_ptr(), dy.numel())
+        return dx
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU: :class:`NativeGelu` for float32 on a CPU where the kernels are built, else ``F.gelu``."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and native.kernels() is not None:
+        return NativeGelu.apply(x)
+    return F.gelu(x)
+
+
 class LayerNorm(nn.Module):
     def __init__(self, n_models: int, width: int):
         super().__init__()
@@ -174,7 +206,7 @@ class MLP(nn.Module):
         return {"W_in": normal(std), "b_in": zeros, "W_out": normal(out_std), "b_out": zeros}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hook_post(F.gelu(self.hook_pre(member_linear(x, self.W_in, self.b_in))))
+        h = self.hook_post(gelu(self.hook_pre(member_linear(x, self.W_in, self.b_in))))
         return member_linear(h, self.W_out, self.b_out)
 
 

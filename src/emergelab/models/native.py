@@ -1,9 +1,9 @@
 """The C kernels of the CPU training step, compiled on first use and loaded with ``ctypes``.
 
 ``causal_attention.c`` (the fused attention of short sequences: ``fast_attention.NativeCausalAttention``),
-``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``) and ``entropy.c``
-(the probes' attention entropy: ``row_entropy``) are compiled once per machine with the system's C
-compiler (``$CC``, else ``cc``) into one library in a cache directory
+``layer_norm.c`` (layer norm with the per-member affine map: ``layers.NativeLayerNorm``), ``gelu.c``
+(``layers.NativeGelu``) and ``entropy.c`` (the probes' attention entropy: ``row_entropy``) are compiled
+once per machine with the system's C compiler (``$CC``, else ``cc``) into one library in a cache directory
 (``$EMERGELAB_CACHE``, else ``$XDG_CACHE_HOME/emergelab``, else ``~/.cache/emergelab``), named by the hash of
 the sources, the compiler, the flags and the CPU's feature flags (``-march=native``: a cache shared between
 machines never hands one a library built for another). Compiling takes about a second; every later process
@@ -11,8 +11,9 @@ loads the cached library. The write is atomic (a temporary file renamed), so pro
 may compile side by side and load the same bytes.
 
 Without a working compiler :func:`kernels` returns None and the training step runs the torch forms
-(``fast_attention.CausalAttention``, ``F.layer_norm``, the torch entropy): same math, other rounding, so
-a seed's numbers then differ in their last bits from a machine that has the kernels (docs/determinism.md).
+(``fast_attention.CausalAttention``, ``F.layer_norm``, ``F.gelu``, the torch entropy): same math, other
+rounding, so a seed's numbers then differ in their last bits from a machine that has the kernels
+(docs/determinism.md).
 ``EMERGELAB_NATIVE=0`` chooses the torch forms deliberately (to compare, or to match such a machine).
 """
 
@@ -32,8 +33,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "entropy.c")
-HEADERS = (HERE / "vec8.h",)
+SOURCES = (HERE / "causal_attention.c", HERE / "layer_norm.c", HERE / "gelu.c", HERE / "entropy.c")
+HEADERS = (HERE / "vec.h",)
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared")
 NATIVE_ISA = ("-march=native",)  # results do not depend on it (the source fixes every rounding); speed does
 
@@ -137,6 +138,12 @@ class Kernels:
         width = ctypes.c_int()
         lib.layer_norm_limits(ctypes.byref(width))
         self.layer_norm_max_width = width.value
+        self.gelu_forward = lib.gelu_forward
+        self.gelu_forward.argtypes = [ptr, ptr, ptr, i64]
+        self.gelu_forward.restype = None
+        self.gelu_backward = lib.gelu_backward
+        self.gelu_backward.argtypes = [ptr, ptr, ptr, i64]
+        self.gelu_backward.restype = None
         self.row_entropy = lib.row_entropy
         self.row_entropy.argtypes = [ptr, ptr, i64, i32]
         self.row_entropy.restype = None
