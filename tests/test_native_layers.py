@@ -145,3 +145,11 @@ def test_row_entropy_without_the_kernel_is_the_torch_form(monkeypatch):
     monkeypatch.setattr(native, "kernels", lambda: None)
     p = torch.softmax(torch.randn(4, 9), -1)
     assert torch.equal(native.row_entropy(p), native.row_entropy_reference(p))
+
+
+@needs_kernel
+def test_gelu_without_gradients_gives_the_same_values():
+    x = torch.randn(3, 37, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        plain = NativeGelu.apply(x)
+    assert torch.equal(plain, NativeGelu.apply(x.clone().requires_grad_()).detach())

@@ -33,14 +33,14 @@ static inline void gelu16(v16 x, v16 *y, v16 *dydx) {
     *dydx = cdf + x * (e * bcast16(0.39894228040143268f)); /* 1 / sqrt(2 pi) */
 }
 
-/* x [n] -> y [n], dydx [n] */
+/* x [n] -> y [n], dydx [n] (NULL: not kept, e.g. without gradients) */
 void gelu_forward(const float *x, float *y, float *dydx, int64_t n) {
     int64_t i = 0;
     v16 a, b;
     for (; i + 16 <= n; i += 16) {
         gelu16(loadu16(x + i), &a, &b);
         storeu16(y + i, a);
-        storeu16(dydx + i, b);
+        if (dydx) storeu16(dydx + i, b);
     }
     if (i < n) {
         float in[16] = {0}, out[16], d[16];
@@ -49,7 +49,7 @@ void gelu_forward(const float *x, float *y, float *dydx, int64_t n) {
         storeu16(out, a);
         storeu16(d, b);
         memcpy(y + i, out, sizeof(float) * (n - i));
-        memcpy(dydx + i, d, sizeof(float) * (n - i));
+        if (dydx) memcpy(dydx + i, d, sizeof(float) * (n - i));
     }
 }
 

@@ -147,8 +147,10 @@ class NativeGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
-        y, dydx = torch.empty_like(x), torch.empty_like(x)
-        native.kernels().gelu_forward(x.data_ptr(), y.data_ptr(), dydx.data_ptr(), x.numel())
+        y = torch.empty_like(x)
+        dydx = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # probes need no derivative
+        native.kernels().gelu_forward(x.data_ptr(), y.data_ptr(), 0 if dydx is None else dydx.data_ptr(),
+                                      x.numel())
         ctx.save_for_backward(dydx)
         return y
 
