@@ -151,19 +151,10 @@ static inline __attribute__((always_inline)) void backward_problem(const float *
         }
         const v8 dot = bcast(hsum(dot8));
         for (int c = 0; c < nc; c++) storeu(ds + 8 * c, pr[c] * (dp[c] - dot) * bcast(scale));
+        pv_row(ds, k, i, i, DV, dbase + i * row + h * D); /* dq_i = sum_j ds_j k_j: p v's sum */
         for (int u = 0; u < DV; u++) {
-            v8 a0 = bcast(0.0f), a1 = a0, a2 = a0, a3 = a0;
-            int j = 0;
-            for (; j + 4 <= i + 1; j += 4) {
-                a0 = a0 + bcast(ds[j]) * k[j][u];
-                a1 = a1 + bcast(ds[j + 1]) * k[j + 1][u];
-                a2 = a2 + bcast(ds[j + 2]) * k[j + 2][u];
-                a3 = a3 + bcast(ds[j + 3]) * k[j + 3][u];
-            }
-            for (; j <= i; j++) a0 = a0 + bcast(ds[j]) * k[j][u];
-            storeu(dbase + i * row + h * D + 8 * u, (a0 + a1) + (a2 + a3)); /* dq_i */
             const v8 qi = q[i][u], g = loadu(gi + 8 * u);
-            for (j = 0; j <= i; j++) {
+            for (int j = 0; j <= i; j++) {
                 dk[j][u] = dk[j][u] + bcast(ds[j]) * qi;
                 dv[j][u] = dv[j][u] + bcast(pi[j]) * g;
             }
