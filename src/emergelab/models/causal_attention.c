@@ -22,6 +22,8 @@
 #define T_MAX (8 * NC_MAX)
 #define DV_MAX 4 /* vectors of 8 per head: D <= 32 (at D = 64 the torch form is as fast) */
 
+#define BAD_SHAPE(T, D, H) ((T) < 1 || (T) > T_MAX || (D) % 8 || (D) < 8 || (D) > 8 * DV_MAX || (H) < 1)
+
 int causal_attention_limits(int *t_max, int *d_max) {
     *t_max = T_MAX;
     *d_max = 8 * DV_MAX;
@@ -171,7 +173,7 @@ static inline __attribute__((always_inline)) void backward_problem(const float *
  * ps = T (the pattern as hooks see it). Returns 0, or -1 for a shape out of range. */
 int causal_attention_forward(const float *qkv, float *z, float *p, int64_t NB, int T, int H, int D, float scale,
                              int ps) {
-    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    if (BAD_SHAPE(T, D, H)) return -1;
     const int TP = 8 * ((T + 7) / 8);
     if (ps != TP && ps != T) return -1;
     for (int64_t nb = 0; nb < NB; nb++)
@@ -188,7 +190,7 @@ int causal_attention_forward(const float *qkv, float *z, float *p, int64_t NB, i
 /* qkv, p (from the forward), dz [NB, T, H, D] -> dqkv [NB, T, 3, H, D]. Returns 0, or -1 (shape). */
 int causal_attention_backward(const float *qkv, const float *p, const float *dz, float *dqkv, int64_t NB, int T,
                               int H, int D, float scale) {
-    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    if (BAD_SHAPE(T, D, H)) return -1;
     const int TP = 8 * ((T + 7) / 8);
     for (int64_t nb = 0; nb < NB; nb++)
         for (int h = 0; h < H; h++) {
@@ -206,7 +208,7 @@ int causal_attention_backward(const float *qkv, const float *p, const float *dz,
 
 /* qkv -> S: scores, -inf above the diagonal */
 int causal_attention_scores(const float *qkv, float *S, int64_t NB, int T, int H, int D, float scale) {
-    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    if (BAD_SHAPE(T, D, H)) return -1;
     const int DV = D / 8;
     const int64_t row = 3 * (int64_t)H * D;
     v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
@@ -227,43 +229,30 @@ int causal_attention_scores(const float *qkv, float *S, int64_t NB, int T, int H
     return 0;
 }
 
-/* S, qkv -> P = softmax(S) over whole rows, z = P v (v from qkv) */
+/* S, qkv -> P = softmax(S) over whole rows and z = P v (v from qkv); with S NULL, P is given: z = P v */
 int causal_attention_softmax_pv(const float *S, const float *qkv, float *P, float *z, int64_t NB, int T, int H,
                                 int D) {
-    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
+    if (BAD_SHAPE(T, D, H)) return -1;
     const int DV = D / 8, NC = (T + 7) / 8;
     const int64_t row = 3 * (int64_t)H * D;
     v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
     for (int64_t nb = 0; nb < NB; nb++)
         for (int h = 0; h < H; h++) {
             gather_kv(qkv + nb * T * row, T, H, h, DV, kT, v);
-            const float *Sh = S + (nb * H + h) * T * T;
             float *Ph = P + (nb * H + h) * T * T;
             for (int i = 0; i < T; i++) {
-                float buf[8 * NC_MAX];
-                v8 s[NC_MAX];
-                for (int j = 0; j < 8 * NC; j++) buf[j] = j < T ? Sh[i * T + j] : -__builtin_inff();
-                for (int c = 0; c < NC; c++) s[c] = loadu(buf + 8 * c);
-                softmax_chunks(s, NC);
-                for (int c = 0; c < NC; c++) storeu(buf + 8 * c, s[c]);
-                memcpy(Ph + i * T, buf, sizeof(float) * T);
+                if (S) {
+                    const float *Si = S + ((nb * H + h) * T + i) * T;
+                    float buf[8 * NC_MAX];
+                    v8 s[NC_MAX];
+                    for (int j = 0; j < 8 * NC; j++) buf[j] = j < T ? Si[j] : -__builtin_inff();
+                    for (int c = 0; c < NC; c++) s[c] = loadu(buf + 8 * c);
+                    softmax_chunks(s, NC);
+                    for (int c = 0; c < NC; c++) storeu(buf + 8 * c, s[c]);
+                    memcpy(Ph + i * T, buf, sizeof(float) * T);
+                }
                 pv_row(Ph + i * T, v, i, T - 1, DV, z + ((nb * T + i) * (int64_t)H + h) * D);
             }
-        }
-    return 0;
-}
-
-/* P, qkv -> z = P v over whole rows */
-int causal_attention_pv(const float *P, const float *qkv, float *z, int64_t NB, int T, int H, int D) {
-    if (T < 1 || T > T_MAX || D % 8 || D < 8 || D > 8 * DV_MAX || H < 1) return -1;
-    const int DV = D / 8;
-    const int64_t row = 3 * (int64_t)H * D;
-    v8 kT[8 * DV_MAX][NC_MAX], v[T_MAX][DV_MAX];
-    for (int64_t nb = 0; nb < NB; nb++)
-        for (int h = 0; h < H; h++) {
-            gather_kv(qkv + nb * T * row, T, H, h, DV, kT, v);
-            const float *Ph = P + (nb * H + h) * T * T;
-            for (int i = 0; i < T; i++) pv_row(Ph + i * T, v, i, T - 1, DV, z + ((nb * T + i) * (int64_t)H + h) * D);
         }
     return 0;
 }

@@ -175,7 +175,7 @@ def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Te
         seen = hook("pattern", pattern)
         if seen is not pattern or pattern._version != version:
             seen = seen.contiguous()
-            lib.pv(seen.data_ptr(), qkv.data_ptr(), z.data_ptr(), E * B, T, H, D)
+            lib.softmax_pv(0, qkv.data_ptr(), seen.data_ptr(), z.data_ptr(), E * B, T, H, D)
     return hook("z", z)
 
 

@@ -120,11 +120,9 @@ class Kernels:
         self.backward.restype = i32
         self.scores = lib.causal_attention_scores  # the split forms hooks need (fast_attention._observed_native)
         self.scores.argtypes = [ptr, ptr, i64, i32, i32, i32, f32]
-        self.softmax_pv = lib.causal_attention_softmax_pv
+        self.softmax_pv = lib.causal_attention_softmax_pv  # scores NULL: the pattern is given, z = p v
         self.softmax_pv.argtypes = [ptr, ptr, ptr, ptr, i64, i32, i32, i32]
-        self.pv = lib.causal_attention_pv
-        self.pv.argtypes = [ptr, ptr, ptr, i64, i32, i32, i32]
-        for f in (self.scores, self.softmax_pv, self.pv):
+        for f in (self.scores, self.softmax_pv):
             f.restype = i32
         t_max, d_max = ctypes.c_int(), ctypes.c_int()
         lib.causal_attention_limits(ctypes.byref(t_max), ctypes.byref(d_max))
