@@ -252,3 +252,24 @@ def test_a_scores_patch_through_the_kernel_matches_the_reference(T):
         plain = model(tokens)
     _assert_close(reference, kernel, "logits")
     assert (kernel - plain).abs().max() > 1e-4
+
+
+def test_what_a_hook_returns_reaches_the_kernel_in_its_layout():
+    """A strided pattern (a stride-0 view) works as on the reference; a wrong size fails as there, with an
+    error, never a read past the tensor."""
+    cfg = TransformerConfig(layers=1, heads=2, head_dim=8, vocab_size=5, context_length=9)
+    model = cfg.build(n_models=2, seeds=[0, 1])
+    tokens = torch.randint(0, 5, (2, 3, 9), generator=torch.Generator().manual_seed(2))
+    uniform = torch.ones(9, 9).tril()
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+
+    hooks = [("blocks.0.attn.hook_pattern", lambda pattern, hook: uniform.expand_as(pattern))]
+    reference = model.run_with_hooks(tokens, fwd_hooks=hooks).detach()
+    with torch.no_grad():
+        kernel = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    _assert_close(reference, kernel, "logits")
+    wrong = [("blocks.0.attn.hook_pattern", lambda pattern, hook: uniform)]
+    with pytest.raises(RuntimeError):
+        model.run_with_hooks(tokens, fwd_hooks=wrong)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        model.run_with_hooks(tokens, fwd_hooks=wrong)

@@ -158,15 +158,21 @@ def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Te
     counter (any in-place torch op on the tensor or a view of it)."""
     E, B, T, _, H, D = qkv.shape
     lib = native.kernels()
+    dtype = qkv.dtype
+
+    def as_kernel_input(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        # what a hook returned, in the layout the kernel reads (a wrong size fails here, as in the reference)
+        return t.to(dtype).reshape(shape).contiguous()
+
     if hooked & {"q", "k", "v"}:
-        qkv = torch.stack([hook(name, qkv[:, :, :, i]) for i, name in enumerate(("q", "k", "v"))], dim=3)
+        qkv = torch.stack([as_kernel_input(hook(name, qkv[:, :, :, i]), (E, B, T, H, D))
+                           for i, name in enumerate(("q", "k", "v"))], dim=3)
     qkv = qkv.contiguous()
-    pattern = qkv.new_empty(E, B, H, T, T)
     if "attn_scores" in hooked:
         scores = qkv.new_empty(E, B, H, T, T)
         lib.scores(qkv.data_ptr(), scores.data_ptr(), E * B, T, H, D, 1 / math.sqrt(D))
-        scores = hook("attn_scores", scores).contiguous()
-        z = qkv.new_empty(E, B, T, H, D)
+        scores = as_kernel_input(hook("attn_scores", scores), (E, B, H, T, T))
+        z, pattern = qkv.new_empty(E, B, T, H, D), qkv.new_empty(E, B, H, T, T)
         lib.softmax_pv(scores.data_ptr(), qkv.data_ptr(), pattern.data_ptr(), z.data_ptr(), E * B, T, H, D)
     else:
         z, pattern = native_forward(qkv, padded=False)
@@ -174,7 +180,7 @@ def _observed_native(qkv: torch.Tensor, hook: Any, hooked: set[str]) -> torch.Te
         version = pattern._version
         seen = hook("pattern", pattern)
         if seen is not pattern or pattern._version != version:
-            seen = seen.contiguous()
+            seen = as_kernel_input(seen, (E, B, H, T, T))
             lib.softmax_pv(0, qkv.data_ptr(), seen.data_ptr(), z.data_ptr(), E * B, T, H, D)
     return hook("z", z)
 
@@ -194,8 +200,8 @@ class NativeCausalAttention(torch.autograd.Function):
     """:class:`CausalAttention` without an attention bias, as one fused C kernel per direction
     (``causal_attention.c``, loaded by ``models/native.py``): each (sequence, head) problem is computed whole
     in registers and L1, reading q, k, v straight from qkv and writing z and dqkv in place, so the layout
-    copies, the padded GEMMs and the separate softmax passes of the torch form are gone (2.2x faster at
-    T = 31, D = 8: benchmarks/README.md). Same math, its own rounding (its exp is Cephes' polynomial, ~1 ulp);
+    copies, the padded GEMMs and the separate softmax passes of the torch form are gone (forward + backward
+    1.8-1.9x faster at the paper's sizes: benchmarks/README.md, "C kernels"). Same math, its own rounding (its exp is Cephes' polynomial, ~1 ulp);
     a problem's bits depend on its own inputs only. ``tests/test_native_attention.py``.
 
     qkv ``[E, B, T, 3, H, D]`` (contiguous float32 on a CPU; D a multiple of 8 up to the kernel's limit) ->
