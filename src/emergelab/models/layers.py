@@ -181,7 +181,7 @@ class LayerNorm(nn.Module):
         return {"w": ones, "b": zeros}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
-        if native_layer_norm_applies(x) and self.w.dtype == torch.float32:
+        if native_layer_norm_applies(x) and self.w.dtype == torch.float32 and x.shape[0] == self.w.shape[0]:
             return self.hook_normalized(NativeLayerNorm.apply(x, self.w, self.b))
         return self.hook_normalized(self.reference(x))
 
