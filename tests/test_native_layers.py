@@ -71,9 +71,12 @@ def test_rows_and_members_are_independent():
 def test_the_module_takes_the_kernel_where_it_applies_and_hooks_still_see_the_output():
     ln = _layer_norm(2, 16, seed=3)
     x = torch.randn(2, 3, 5, 16)
-    assert native_layer_norm_applies(x)
-    assert not native_layer_norm_applies(torch.randn(2, 3, 5, 12))  # width not a multiple of 8
-    assert not native_layer_norm_applies(x.double())
+    assert native_layer_norm_applies(x, ln.w)
+    assert not native_layer_norm_applies(torch.randn(2, 3, 5, 12), torch.ones(2, 12))  # width not a multiple of 8
+    assert not native_layer_norm_applies(x.double(), ln.w)
+    assert not native_layer_norm_applies(torch.randn(3, 3, 5, 16), ln.w)  # 3 members, weights for 2
+    with pytest.raises(RuntimeError):  # ... fails as the torch form does, never reads past w
+        ln(torch.randn(3, 3, 5, 16))
     seen = []
     ln.hook_normalized.register_forward_hook(lambda module, inputs, out: seen.append(out) or out * 2)
     out = ln(x)
@@ -86,7 +89,7 @@ def test_without_the_kernel_the_module_is_the_torch_form(monkeypatch):
     monkeypatch.setattr(native, "kernels", lambda: None)
     ln = _layer_norm(2, 16, seed=4)
     x = torch.randn(2, 3, 5, 16)
-    assert not native_layer_norm_applies(x)
+    assert not native_layer_norm_applies(x, ln.w)
     assert torch.equal(ln(x), ln.reference(x))
 
 

@@ -571,3 +571,25 @@ def test_workers_fork_only_where_safe():
     assert start_method([unit("cuda")]) == "spawn"
     with pytest.raises(ValueError, match="start must be one of auto, fork, spawn"):
         WorkerProcesses(2, start="forkserver")
+
+
+def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatch):
+    """A machine without a compiler warns before the bar draws (train/execute.prepare_kernels), not inside it;
+    a run on a GPU does not build them."""
+    import emergelab.train.run as run_module
+    from emergelab.models import native
+    from emergelab.train.execute import prepare_kernels
+    from emergelab.train.unit import WorkUnit
+
+    events: list[str] = []
+    real_kernels, real_bar = native.kernels, run_module._Bar
+    monkeypatch.setattr(native, "kernels", lambda: events.append("kernels") or real_kernels())
+    monkeypatch.setattr(run_module, "_Bar", lambda *a, **k: events.append("bar") or real_bar(*a, **k))
+    cfg = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 2},
+                                      "model": {"layers": 1, "heads": 1, "head_dim": 8, "mlp_ratio": 1},
+                                      "train": {"steps": 4, "batch_size": 4, "seeds": 1, "eval_every": 2}})
+    train(cfg, tmp_path / "run", progress=False)
+    assert events[:2] == ["kernels", "bar"]
+    events.clear()
+    prepare_kernels([WorkUnit({"execution": {"device": "cuda"}}, "run", 0, (0,), 1)])
+    assert events == []

@@ -201,8 +201,9 @@ class NativeCausalAttention(torch.autograd.Function):
     (``causal_attention.c``, loaded by ``models/native.py``): each (sequence, head) problem is computed whole
     in registers and L1, reading q, k, v straight from qkv and writing z and dqkv in place, so the layout
     copies, the padded GEMMs and the separate softmax passes of the torch form are gone (forward + backward
-    1.8-1.9x faster at the paper's sizes: benchmarks/README.md, "C kernels"). Same math, its own rounding (its exp is Cephes' polynomial, ~1 ulp);
-    a problem's bits depend on its own inputs only. ``tests/test_native_attention.py``.
+    1.8-1.9x faster at the paper's sizes: benchmarks/README.md, "C kernels"). Same math, its own rounding
+    (its exp is Cephes' polynomial, ~1 ulp); a problem's bits depend on its own inputs only.
+    ``tests/test_native_attention.py``.
 
     qkv ``[E, B, T, 3, H, D]`` (contiguous float32 on a CPU; D a multiple of 8 up to the kernel's limit) ->
     z ``[E, B, T, H, D]``. Saves qkv and the pattern ``[E*B, H, T, 8*ceil(T/8)]`` for the backward."""

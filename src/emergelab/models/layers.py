@@ -126,11 +126,13 @@ class NativeLayerNorm(torch.autograd.Function):
         return dx, dw, db
 
 
-def native_layer_norm_applies(x: torch.Tensor) -> bool:
-    """Whether :class:`NativeLayerNorm` takes ``x``: float32 on a CPU, width a multiple of 8 within the
-    kernel's limit, and the kernels compiled on this machine."""
+def native_layer_norm_applies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether :class:`NativeLayerNorm` takes ``x`` with weights ``w`` ``[E, d]``: both float32 on a CPU, one
+    member of ``x`` per row of ``w``, width a multiple of 8 within the kernel's limit, and the kernels compiled
+    on this machine (else the torch form, which broadcasts or fails as it always did)."""
     d = x.shape[-1]
-    if x.device.type != "cpu" or x.dtype != torch.float32 or d % 8:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 or d % 8 \
+            or x.shape[0] != w.shape[0]:
         return False
     lib = native.kernels()
     return lib is not None and d <= lib.layer_norm_max_width
@@ -181,7 +183,7 @@ class LayerNorm(nn.Module):
         return {"w": ones, "b": zeros}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
-        if native_layer_norm_applies(x) and self.w.dtype == torch.float32 and x.shape[0] == self.w.shape[0]:
+        if native_layer_norm_applies(x, self.w):
             return self.hook_normalized(NativeLayerNorm.apply(x, self.w, self.b))
         return self.hook_normalized(self.reference(x))
 

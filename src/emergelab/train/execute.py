@@ -115,15 +115,18 @@ def start_method(units: Sequence[WorkUnit]) -> str:
     (``tests/test_determinism.py::test_forked_and_spawned_workers_give_the_same_bits``)."""
     if sys.platform != "linux" or torch.cuda.is_initialized():
         return "spawn"
-    on_cpu = all(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units)
-    return "fork" if on_cpu and all(u.threads == 1 for u in units) else "spawn"
+    return "fork" if all(_on_cpu(u) and u.threads == 1 for u in units) else "spawn"
+
+
+def _on_cpu(unit: WorkUnit) -> bool:
+    return str(unit.config.get("execution", {}).get("device", "cpu")) == "cpu"
 
 
 def prepare_kernels(units: Sequence[WorkUnit]) -> None:
     """Build (first run on this machine) or load the CPU step's C kernels (``models/native.py``) now, before
     any progress bar or worker starts, when a unit trains on the CPU; a machine without a compiler says so
     here, once."""
-    if any(str(u.config.get("execution", {}).get("device", "cpu")) == "cpu" for u in units):
+    if any(_on_cpu(u) for u in units):
         native.kernels()
 
 
