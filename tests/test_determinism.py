@@ -13,7 +13,6 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from emergelab.models import TransformerConfig
 from emergelab.train import ExperimentConfig, SeedGroup, train
@@ -38,10 +37,10 @@ def config(task: dict, execution: dict, head_dim: int = 4, **train_fields) -> Ex
         "execution": execution})
 
 
-def checkpoints(path: Path) -> dict[str, dict[str, bytes]]:
-    """Every checkpoint's tensors as raw bytes (the files' JSON headers order their metadata at random)."""
-    return {str(p.relative_to(path)): {k: v.numpy().tobytes() for k, v in load_file(str(p)).items()}
-            for p in sorted((path / "checkpoints").rglob("*.safetensors"))}
+def checkpoints(path: Path) -> dict[str, bytes]:
+    """Every checkpoint's and attention snapshot's file, as bytes (headers included: store/atomic.py sorts
+    the metadata safetensors would order at random)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*.safetensors"))}
 
 
 @pytest.mark.parametrize("task,bias,head_dim", [(LINEAR, 0.0, 4), (CELLULAR, 0.0, 4), (LINEAR, 2.0, 4),

@@ -55,6 +55,27 @@ def test_atomic_write_leaves_only_the_target(tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["b.txt", "t.parquet", "w.safetensors"]
 
 
+def test_the_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
+    """safetensors orders the metadata at random (a Rust HashMap): 30 saves of the same dict gave 16
+    different headers before ``sort_safetensors_metadata``."""
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = {"b": torch.randn(3, 5), "a": torch.arange(7), "h": torch.ones(2, dtype=torch.float16)}
+    metadata = {"step": "3000", "seed": "1", "zeta": "\u00e9", "alpha": "x"}
+    digests = set()
+    for i in range(20):
+        path = write_safetensors(tmp_path / f"w{i}.safetensors", tensors, metadata=metadata)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    loaded = load_file(str(path))
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == metadata
+
+
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_failed_write_keeps_the_old_file(tmp_path, error):
     target = tmp_path / "file.txt"
@@ -241,7 +262,6 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
     inherited descriptor), a run whose main process was killed could not resume until they exit."""
     import subprocess
     import sys
-    import time
 
     from emergelab.store.locks import is_locked
 

@@ -9,7 +9,9 @@ alone would leave it ``0o600``).
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -69,6 +71,32 @@ def write_parquet(path: str | os.PathLike, table: pa.Table, manifest: "Manifest 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                       metadata: dict[str, str] | None = None, manifest: "Manifest | None" = None) -> Path:
-    """Save CPU-contiguous copies of ``tensors`` (safetensors needs both) atomically."""
+    """Save CPU-contiguous copies of ``tensors`` (safetensors needs both) atomically; the same tensors and
+    metadata give the same bytes (:func:`sort_safetensors_metadata`)."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata), manifest)
+
+    def write(tmp: str) -> None:
+        save_file(cpu, tmp, metadata=metadata)
+        sort_safetensors_metadata(tmp)
+
+    return atomic_write(path, write, manifest)
+
+
+def sort_safetensors_metadata(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file's header in place with its ``__metadata__`` keys sorted.
+
+    safetensors writes the metadata from a Rust ``HashMap``, whose order is random per map, so two saves of
+    the same tensors and metadata could differ in their header bytes (and so in their checksums). The
+    header is the file's first ``8 + n`` bytes (``n`` little-endian, then JSON padded with spaces to ``n``);
+    the reordered JSON is exactly as long, so the tensors' data offsets do not move."""
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        if len(header.get("__metadata__") or {}) < 2:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # cannot happen for safetensors' compact JSON; leave such a file as it is
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
