@@ -4,6 +4,7 @@ seeds one after another with torch's default threads, on the same machine in one
 floor (training FLOPs / the 2-thread fp32 matmul rate measured here) and the probe cost.
 
     python benchmarks/end_to_end.py [--size lm16 demo] [--seeds 4] [--steps 1000] [--rounds 1] [--out benchmarks/results/end_to_end.json]
+    python benchmarks/end_to_end.py --probes-only [--eval-batch-size 256 128] [--out ...]   # the probe share alone
 
 Sizes: ``lm16`` = linear map S=16 s=3, 1 layer, 8 heads x 8, MLP 4x, batch 128 (T=31); ``demo`` = the
 demo preset's model and task (S=8, batch 64, T=15). The plain loop is ``train_throughput.PlainGPT``
@@ -34,12 +35,14 @@ SIZES = {
 }
 
 
-def config(size: str, seeds: int, steps: int, execution: dict | None = None):
+def config(size: str, seeds: int, steps: int, execution: dict | None = None, eval_batch_size: int | None = None):
     from emergelab.train import ExperimentConfig
 
     task, model, batch = SIZES[size]
-    return ExperimentConfig.from_dict({"task": task, "model": model,
-                                       "train": {"steps": steps, "batch_size": batch, "seeds": seeds},
+    train = {"steps": steps, "batch_size": batch, "seeds": seeds}
+    if eval_batch_size is not None:
+        train["eval_batch_size"] = eval_batch_size
+    return ExperimentConfig.from_dict({"task": task, "model": model, "train": train,
                                        "execution": execution or {}})
 
 
@@ -69,17 +72,19 @@ def plain_run(cfg, seed: int, steps: int) -> None:
         opt.step()
 
 
-def probe_share(size: str, steps: int, eval_every: int = 50) -> dict:
+def probe_share(size: str, steps: int, eval_every: int = 50, eval_batch_size: int | None = None) -> dict:
     """Probe time / (eval_every x step time) for a group of 2 seeds at 1 thread (CPU time, best of 5), and
     the share with the run's whole probe schedule (every ``eval_every`` steps plus the attention-snapshot
     steps and the end: ``schedule.probe_steps``) over ``steps`` steps."""
+    from emergelab.train.allocator import keep_freed_memory
     from emergelab.train.group import SeedGroup
     from emergelab.train.schedule import probe_steps
 
+    keep_freed_memory()  # as every training process does (train/unit.py)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        g = SeedGroup(config(size, 2, 10 ** 6).resolved(), [0, 1])
+        g = SeedGroup(config(size, 2, 10 ** 6, eval_batch_size=eval_batch_size).resolved(), [0, 1])
         for _ in range(3):
             g._train_step()
         step = probe = float("inf")
@@ -93,7 +98,7 @@ def probe_share(size: str, steps: int, eval_every: int = 50) -> dict:
             probe = min(probe, time.process_time() - c)
     finally:
         torch.set_num_threads(threads)
-    probes = len(probe_steps(config(size, 2, steps).resolved().train)) - 1  # the one at step 0 is not paid per step
+    probes = len(probe_steps(config(size, 2, steps, eval_batch_size=eval_batch_size).resolved().train)) - 1  # the one at step 0 is not paid per step
     return {"step_cpu_s": step, "probe_cpu_s": probe, "eval_every": eval_every,
             "probe_share": probe / (eval_every * step), "probes_per_run": probes,
             "probe_share_schedule": probes * probe / (steps * step)}
@@ -129,7 +134,12 @@ def main() -> None:
     p.add_argument("--skip-plain", action="store_true")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of both sides; best of each")
     p.add_argument("--out", default="benchmarks/results/end_to_end.json")
+    p.add_argument("--probes-only", action="store_true", help="only the probes' share of step time (a minute)")
+    p.add_argument("--eval-batch-size", type=int, nargs="+", default=[None],
+                   help="with --probes-only: held-out batches to measure (default: train.eval_batch_size's)")
     args = p.parse_args()
+    if args.probes_only:
+        return probes_only(args)
     from emergelab.train import train
     from emergelab.train.run import make_plan, train_flops
 
@@ -176,6 +186,30 @@ def main() -> None:
               f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50, "
               f"{100 * row['probe_share_schedule']:.1f}% with the run's {row['probes_per_run']} probes; "
               f"load {row['load_before']:.1f} -> {row['load_after']:.1f}", flush=True)
+    write_result(result, args.out)
+
+
+def probes_only(args: argparse.Namespace) -> None:
+    """The probe's share of step time per size and held-out batch, alternating the batches for 3 rounds
+    (best of each): the probe and step are timed in the same process, so the share is robust to the
+    machine's speed."""
+    result = {"benchmark": "end_to_end_probes", "steps": args.steps, "load_avg_before": os.getloadavg(),
+              "rows": []}
+    for size in args.size:
+        best: dict = {}
+        for _ in range(3):
+            for eb in args.eval_batch_size:
+                row = probe_share(size, args.steps, eval_batch_size=eb)
+                if eb not in best or row["probe_share"] < best[eb]["probe_share"]:
+                    best[eb] = row
+        for eb, row in best.items():
+            row.update(size=size, eval_batch_size=eb or config(size, 2, 1).train.eval_batch_size)
+            result["rows"].append(row)
+            print(f"{size}, {row['eval_batch_size']} held-out sequences: probe {1e3 * row['probe_cpu_s']:.1f} ms, "
+                  f"step {1e3 * row['step_cpu_s']:.1f} ms (2 seeds, 1 thread, CPU time) -> "
+                  f"{100 * row['probe_share']:.2f}% of step time at eval_every=50, "
+                  f"{100 * row['probe_share_schedule']:.2f}% with the run's {row['probes_per_run']} probes over "
+                  f"{args.steps} steps", flush=True)
     write_result(result, args.out)
 
 
