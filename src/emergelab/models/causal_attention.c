@@ -55,8 +55,7 @@ static inline __attribute__((always_inline)) void scores_row(const float *restri
         for (int d = 1; d < 8 * DV; d++) a = a + bcast(q[d]) * kT[d][c];
         s[c] = a * bcast(scale);
     }
-    v8i future;
-    for (int l = 0; l < 8; l++) future[l] = 8 * (nc - 1) + l > i ? -1 : 0;
+    const v8i future = (v8i){0, 1, 2, 3, 4, 5, 6, 7} + bcast_i(8 * (nc - 1)) > bcast_i(i);
     s[nc - 1] = select(future, bcast(-__builtin_inff()), s[nc - 1]);
 }
 
@@ -65,14 +64,35 @@ static inline __attribute__((always_inline)) void scores_row(const float *restri
 static inline void softmax_chunks(v8 *s, int n) {
     v8 m8 = s[0];
     for (int c = 1; c < n; c++) m8 = select(s[c] > m8, s[c], m8);
-    const v8 m = bcast(hmax(m8));
+    const v8 m = hmax_all(m8);
     v8 sum8 = bcast(0.0f);
     for (int c = 0; c < n; c++) {
         s[c] = exp_nonpositive(s[c] - m);
         sum8 = sum8 + s[c];
     }
-    const v8 sum = bcast(hsum(sum8));
+    const v8 sum = hsum_all(sum8);
     for (int c = 0; c < n; c++) s[c] = s[c] / sum;
+}
+
+/* softmax_chunks of rows 0..T-1 of a causal s (row i: chunks 0..i/8), step by step over all rows: the same
+ * operations on each element as softmax_chunks, in the same order, so the same bits; the rows' exps are
+ * independent of each other, which a row-at-a-time loop hides behind each row's max */
+static inline void softmax_causal_rows(v8 s[][NC_MAX], int T) {
+    v8 m[T_MAX], sum[T_MAX];
+    for (int i = 0; i < T; i++) {
+        v8 m8 = s[i][0];
+        for (int c = 1; c <= i / 8; c++) m8 = select(s[i][c] > m8, s[i][c], m8);
+        m[i] = hmax_all(m8);
+    }
+    for (int i = 0; i < T; i++)
+        for (int c = 0; c <= i / 8; c++) s[i][c] = exp_nonpositive(s[i][c] - m[i]);
+    for (int i = 0; i < T; i++) {
+        v8 sum8 = bcast(0.0f);
+        for (int c = 0; c <= i / 8; c++) sum8 = sum8 + s[i][c];
+        sum[i] = hsum_all(sum8);
+    }
+    for (int i = 0; i < T; i++)
+        for (int c = 0; c <= i / 8; c++) s[i][c] = s[i][c] / sum[i];
 }
 
 /* out = sum_j p_j v_j over j <= i in four partial sums (fixed order), then j = i+1..last (zeros above the
@@ -93,6 +113,8 @@ static inline __attribute__((always_inline)) void pv_row(const float *restrict p
     }
 }
 
+/* Scores, softmax and p v each over all rows in turn (not row by row): a row's softmax is a chain of
+ * dependent steps (max, exp, sum, divide), and rows side by side let the CPU overlap those chains. */
 static inline __attribute__((always_inline)) void forward_problem(const float *restrict base, float *restrict z,
                                                                  float *restrict ph, int ps, int T, int H, int h,
                                                                  const int DV, float scale) {
@@ -100,19 +122,19 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
     const int64_t row = 3 * (int64_t)H * D;
     v8 kT[8 * DV_MAX][NC_MAX]; /* kT[d][c][l] = k[8c + l][d] */
     v8 v[T_MAX][DV_MAX];
+    v8 s[T_MAX][NC_MAX];
     gather_kv(base, T, H, h, DV, kT, v);
+    for (int i = 0; i < T; i++) scores_row(base + i * row + h * D, kT, i, DV, scale, s[i]);
+    softmax_causal_rows(s, T);
     for (int i = 0; i < T; i++) {
-        const int nc = i / 8 + 1; /* the chunks holding columns 0..i */
-        v8 s[NC_MAX];
-        scores_row(base + i * row + h * D, kT, i, DV, scale, s);
-        softmax_chunks(s, nc);
+        const int nc = i / 8 + 1;
         float *pi = ph + i * ps;
         if (ps == TP) {
-            for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[c]);
+            for (int c = 0; c < nc; c++) storeu(pi + 8 * c, s[i][c]);
             for (int c = nc; c < NC; c++) storeu(pi + 8 * c, bcast(0.0f));
         } else { /* rows of T: the same values, stored without the padding */
             float buf[8 * NC_MAX];
-            for (int c = 0; c < nc; c++) storeu(buf + 8 * c, s[c]);
+            for (int c = 0; c < nc; c++) storeu(buf + 8 * c, s[i][c]);
             for (int j = 0; j <= i; j++) pi[j] = buf[j];
             for (int j = i + 1; j < T; j++) pi[j] = 0.0f;
         }
@@ -120,53 +142,63 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
     }
 }
 
+/* Passes over rows i (dp_i and its dot with p_i; ds_i and dq_i = sum_j ds_ij k_j), then keys j (dk_j = sum_i ds_ij q_i, dv_j = sum_i p_ij dz_i,
+ * each over i = j..T-1 in increasing order, so in registers: the order of the sums is the one a row-by-row
+ * accumulation gives, and so are the bits). ds is kept for the second pass: T x TP floats (4 KB at T = 31). */
 static inline __attribute__((always_inline)) void backward_problem(const float *restrict base,
                                                                   const float *restrict ph,
                                                                   const float *restrict dz, float *restrict dbase,
                                                                   int T, int H, int h, const int DV, float scale) {
     const int D = 8 * DV, NC = (T + 7) / 8, TP = 8 * NC;
-    const int64_t row = 3 * (int64_t)H * D;
-    v8 q[T_MAX][DV_MAX], k[T_MAX][DV_MAX], dk[T_MAX][DV_MAX], dv[T_MAX][DV_MAX];
+    const int64_t row = 3 * (int64_t)H * D, zrow = (int64_t)H * D;
+    v8 q[T_MAX][DV_MAX], k[T_MAX][DV_MAX];
     v8 vT[8 * DV_MAX][NC_MAX];
+    float ds[T_MAX * T_MAX];
     memset(vT, 0, sizeof(v8) * NC_MAX * D);
     for (int j = 0; j < T; j++) {
         const float *vj = base + j * row + 2 * H * D + h * D;
         for (int u = 0; u < DV; u++) {
             q[j][u] = loadu(base + j * row + h * D + 8 * u);
             k[j][u] = loadu(base + j * row + H * D + h * D + 8 * u);
-            dk[j][u] = dv[j][u] = bcast(0.0f);
         }
         for (int d = 0; d < D; d++) vT[d][j / 8][j % 8] = vj[d];
     }
-    float ds[T_MAX];
-    for (int i = 0; i < T; i++) {
-        const int nc = i / 8 + 1;
-        const float *pi = ph + i * TP, *gi = dz + ((int64_t)i * H + h) * D;
-        v8 dp[NC_MAX], pr[NC_MAX];
+    v8 dot[T_MAX];
+    for (int i = 0; i < T; i++) { /* dp_i = dz_i v^T into ds (scaled below), and rowsum(p_i * dp_i) */
+        const float *pi = ph + i * TP, *gi = dz + i * zrow + h * D;
+        float *dsi = ds + i * TP;
         v8 dot8 = bcast(0.0f);
-        for (int c = 0; c < nc; c++) {
+        for (int c = 0; c <= i / 8; c++) {
             v8 a = bcast(gi[0]) * vT[0][c];
             for (int d = 1; d < D; d++) a = a + bcast(gi[d]) * vT[d][c];
-            pr[c] = loadu(pi + 8 * c);
-            dp[c] = a;
-            dot8 = dot8 + pr[c] * a;
+            storeu(dsi + 8 * c, a);
+            dot8 = dot8 + loadu(pi + 8 * c) * a;
         }
-        const v8 dot = bcast(hsum(dot8));
-        for (int c = 0; c < nc; c++) storeu(ds + 8 * c, pr[c] * (dp[c] - dot) * bcast(scale));
-        pv_row(ds, k, i, i, DV, dbase + i * row + h * D); /* dq_i = sum_j ds_j k_j: p v's sum */
-        for (int u = 0; u < DV; u++) {
-            const v8 qi = q[i][u], g = loadu(gi + 8 * u);
-            for (int j = 0; j <= i; j++) {
-                dk[j][u] = dk[j][u] + bcast(ds[j]) * qi;
-                dv[j][u] = dv[j][u] + bcast(pi[j]) * g;
+        dot[i] = hsum_all(dot8);
+    }
+    for (int i = 0; i < T; i++) { /* ds_i = p_i (dp_i - dot_i) scale, then dq_i = sum_j ds_ij k_j: p v's sum */
+        const float *pi = ph + i * TP;
+        float *dsi = ds + i * TP;
+        for (int c = 0; c <= i / 8; c++)
+            storeu(dsi + 8 * c, loadu(pi + 8 * c) * (loadu(dsi + 8 * c) - dot[i]) * bcast(scale));
+        pv_row(dsi, k, i, i, DV, dbase + i * row + h * D);
+    }
+    for (int j = 0; j < T; j++) {
+        v8 dk[DV_MAX], dv[DV_MAX];
+        for (int u = 0; u < DV; u++) dk[u] = dv[u] = bcast(0.0f);
+        for (int i = j; i < T; i++) {
+            const v8 s = bcast(ds[i * TP + j]), pij = bcast(ph[i * TP + j]);
+            const float *gi = dz + i * zrow + h * D;
+            for (int u = 0; u < DV; u++) {
+                dk[u] = dk[u] + s * q[i][u];
+                dv[u] = dv[u] + pij * loadu(gi + 8 * u);
             }
         }
-    }
-    for (int j = 0; j < T; j++)
         for (int u = 0; u < DV; u++) {
-            storeu(dbase + j * row + H * D + h * D + 8 * u, dk[j][u]);
-            storeu(dbase + j * row + 2 * H * D + h * D + 8 * u, dv[j][u]);
+            storeu(dbase + j * row + H * D + h * D + 8 * u, dk[u]);
+            storeu(dbase + j * row + 2 * H * D + h * D + 8 * u, dv[u]);
         }
+    }
 }
 
 /* qkv [NB, T, 3, H, D] -> z [NB, T, H, D], p [NB, H, T, ps] with rows of ps = TP (what the backward reads) or

@@ -21,6 +21,25 @@ static inline float hmax(v8 x) {
     for (int l = 1; l < 8; l++) m = x[l] > m ? x[l] : m;
     return m;
 }
+/* hsum and hmax in every lane, by shuffles instead of a trip through a scalar: hsum_all's lane 0 adds in
+ * hsum's order, and every other lane the same pairs swapped (IEEE addition commutes exactly), so both give
+ * hsum's bits; a maximum's value does not depend on the order (for values that are not NaN) */
+#if defined(__clang__)
+#define SHUFFLE8(x, a, b, c, d, e, f, g, h) __builtin_shufflevector(x, x, a, b, c, d, e, f, g, h)
+#else /* GCC (__builtin_shufflevector only from GCC 12) */
+#define SHUFFLE8(x, a, b, c, d, e, f, g, h) __builtin_shuffle(x, (v8i){a, b, c, d, e, f, g, h})
+#endif
+static inline v8 max8(v8 a, v8 b) { return select(b > a, b, a); }
+static inline v8 hsum_all(v8 x) {
+    x = x + SHUFFLE8(x, 1, 0, 3, 2, 5, 4, 7, 6);
+    x = x + SHUFFLE8(x, 2, 3, 0, 1, 6, 7, 4, 5);
+    return x + SHUFFLE8(x, 4, 5, 6, 7, 0, 1, 2, 3);
+}
+static inline v8 hmax_all(v8 x) {
+    x = max8(x, SHUFFLE8(x, 1, 0, 3, 2, 5, 4, 7, 6));
+    x = max8(x, SHUFFLE8(x, 2, 3, 0, 1, 6, 7, 4, 5));
+    return max8(x, SHUFFLE8(x, 4, 5, 6, 7, 0, 1, 2, 3));
+}
 
 typedef float v16 __attribute__((vector_size(64), aligned(64)));
 typedef int32_t v16i __attribute__((vector_size(64), aligned(64)));
