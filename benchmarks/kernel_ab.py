@@ -6,8 +6,7 @@ and in the training step.
 Builds the base commit's kernel sources (``git show BASE:src/emergelab/models/*.c``) with the flags
 ``models/native.py`` uses, beside this tree's library (``native.kernels()``). Then, in one process at 1 thread:
 
-1. bits: every kernel on random inputs over many shapes (attention T = 1..128, D = 8..32; layer norm rows
-   and widths; GELU; entropy), outputs compared byte for byte;
+1. bits: ``native.fingerprint`` of each (every kernel's outputs on fixed inputs over many shapes, hashed);
 2. each kernel at the lm16 and demo step's shapes (E = 2), the two libraries alternating, best of
    ``--rounds`` (CPU time);
 3. ``SeedGroup._train_step`` at lm16 and demo, E = 2, with ``native.kernels`` pointing at one library or
@@ -18,7 +17,6 @@ Prints tables and writes JSON (atomic).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
@@ -49,48 +47,6 @@ def build_base(rev: str, out: Path):
     subprocess.run([cc, *native.FLAGS, *native.NATIVE_ISA, "-o", str(lib),
                     *(str(src / p.name) for p in native.SOURCES), "-lm"], check=True)
     return native.Kernels(lib)
-
-
-def run_all(lib, g: torch.Generator) -> bytes:
-    """Every kernel on random inputs; all outputs' bytes, hashed."""
-    h = hashlib.sha256()
-    for T in (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100, 128):
-        for D in (8, 16, 24, 32):
-            NB, H = 3, 2
-            TP = 8 * ((T + 7) // 8)
-            qkv = torch.randn(NB, T, 3, H, D, generator=g)
-            z, p = torch.empty(NB, T, H, D), torch.empty(NB, H, T, TP)
-            lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), NB, T, H, D, 0.35, TP)
-            dz, dqkv = torch.randn(NB, T, H, D, generator=g), torch.empty_like(qkv)
-            lib.backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), dqkv.data_ptr(), NB, T, H, D, 0.35)
-            p2, S = torch.empty(NB, H, T, T), torch.empty(NB, H, T, T)
-            lib.forward(qkv.data_ptr(), z.data_ptr(), p2.data_ptr(), NB, T, H, D, 0.35, T)
-            lib.scores(qkv.data_ptr(), S.data_ptr(), NB, T, H, D, 0.35)
-            z2 = torch.empty_like(z)
-            lib.softmax_pv(S.data_ptr(), qkv.data_ptr(), p2.data_ptr(), z2.data_ptr(), NB, T, H, D)
-            for t in (z, p, dqkv, p2, S, z2):
-                h.update(t.numpy().tobytes())
-    for E, R, d in ((1, 1, 8), (2, 3, 16), (3, 7, 64), (2, 13, 72), (1, 64, 256), (2, 129, 40), (1, 5, 4096)):
-        x = torch.randn(E, R, d, generator=g) * 3 + 1
-        w, b, dy = torch.randn(E, d, generator=g), torch.randn(E, d, generator=g), torch.randn(E, R, d, generator=g)
-        y, mean, rstd = torch.empty_like(x), torch.empty(E, R), torch.empty(E, R)
-        lib.layer_norm_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), mean.data_ptr(),
-                               rstd.data_ptr(), E, R, d, 1e-5)
-        dx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
-        lib.layer_norm_backward(x.data_ptr(), w.data_ptr(), mean.data_ptr(), rstd.data_ptr(), dy.data_ptr(),
-                                dx.data_ptr(), dw.data_ptr(), db.data_ptr(), E, R, d)
-        for t in (y, mean, rstd, dx, dw, db):
-            h.update(t.numpy().tobytes())
-    x = torch.randn(10_007, generator=g) * 4
-    y, dydx, dx = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    lib.gelu_forward(x.data_ptr(), y.data_ptr(), dydx.data_ptr(), x.numel())
-    lib.gelu_backward(x.data_ptr(), dydx.data_ptr(), dx.data_ptr(), x.numel())
-    p = torch.softmax(torch.randn(97, 33, generator=g), -1).tril()
-    ent = torch.empty(97)
-    lib.row_entropy(p.data_ptr(), ent.data_ptr(), 97, 33)
-    for t in (y, dydx, dx, ent):
-        h.update(t.numpy().tobytes())
-    return h.digest()
 
 
 def kernel_cases(lib, size: str) -> dict[str, Callable[[], object]]:
@@ -158,10 +114,12 @@ def main() -> None:
               "kernels": {}, "step": {}}
     with tempfile.TemporaryDirectory() as tmp:
         base = build_base(args.base, Path(tmp))
-        same = run_all(base, torch.Generator().manual_seed(0)) == run_all(head, torch.Generator().manual_seed(0))
-        result["same_bits"] = same
-        print(f"bits: every kernel's outputs on random inputs {'identical' if same else 'DIFFER'} "
-              f"({args.base} vs {this})")
+        prints = {"base": native.fingerprint(base), "this": native.fingerprint(head)}
+        same = prints["base"] == prints["this"]
+        result.update(same_bits=same, fingerprints=prints)
+        print(f"bits (native.fingerprint: every kernel's outputs on fixed inputs): {args.base} {prints['base'][:12]}, "
+              f"{this} {prints['this'][:12]}: {'identical' if same else 'DIFFERENT'}; this tree's reference "
+              f"{native.REFERENCE_FINGERPRINT[:12]}")
         libs = {"base": base, "this": head}
         print(f"\n| size, E = 2 | kernel | {args.base} (CPU ms) | {this} | speed-up |\n|---|---|---|---|---|")
         for size in SHAPES:

@@ -4,6 +4,7 @@ against a float64 reference, the invariances its bit-identity rests on, and the 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -60,42 +61,36 @@ def test_a_problems_bits_depend_on_its_own_inputs_only():
 
 
 @needs_kernel
+def test_the_kernels_give_the_reference_bits():
+    """Every kernel's outputs on fixed inputs (native.fingerprint) are the recorded ones: a change to a kernel
+    that alters its bits fails here until REFERENCE_FINGERPRINT is re-recorded on purpose."""
+    assert native.fingerprint(native.kernels()) == native.REFERENCE_FINGERPRINT
+
+
+@needs_kernel
 def test_the_bits_do_not_depend_on_the_instruction_set(tmp_path):
     """The cached library is built with -march=native; the same sources built for the baseline ISA (SSE2 on
     x86-64) must give the same bits, since they fix every rounding (no FMA, no reassociation)."""
     import shutil
     plain = tmp_path / "plain.so"
     assert native._compile(shutil.which("cc") or "cc", native.FLAGS, plain)
-    baseline = native.Kernels(plain)
-    g = torch.Generator().manual_seed(1)
-    for T, D in ((31, 8), (15, 16), (50, 24)):
-        qkv = torch.randn(2, 3, T, 3, 2, D, generator=g)
-        dz = torch.randn(2, 3, T, 2, D, generator=g)
-        outs = []
-        for lib in (native.kernels(), baseline):
-            z, p = torch.empty(2, 3, T, 2, D), torch.empty(6, 2, T, -(-T // 8) * 8)
-            assert lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), 6, T, 2, D, 1 / math.sqrt(D), p.shape[-1]) == 0
-            d = torch.empty_like(qkv)
-            assert lib.backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), d.data_ptr(), 6, T, 2, D,
-                                1 / math.sqrt(D)) == 0
-            outs.append((z, p, d))
-        for a, b in zip(*outs):
-            assert torch.equal(a, b)
-    x = 3 * torch.randn(1000 + 5, generator=g)  # the elementwise and row kernels too
-    rows = torch.softmax(torch.randn(50, 31, generator=g), -1)
-    w, b = torch.randn(2, 24, generator=g), torch.randn(2, 24, generator=g)
-    xs = torch.randn(2, 7, 24, generator=g)
-    outs = []
-    for lib in (native.kernels(), baseline):
-        y, d, ent = torch.empty_like(x), torch.empty_like(x), torch.empty(50)
-        lib.gelu_forward(x.data_ptr(), y.data_ptr(), d.data_ptr(), x.numel())
-        lib.row_entropy(rows.data_ptr(), ent.data_ptr(), 50, 31)
-        ln, mean, rstd = torch.empty_like(xs), torch.empty(2, 7), torch.empty(2, 7)
-        lib.layer_norm_forward(xs.data_ptr(), w.data_ptr(), b.data_ptr(), ln.data_ptr(), mean.data_ptr(),
-                               rstd.data_ptr(), 2, 7, 24, 1e-5)
-        outs.append((y, d, ent, ln, rstd))
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    assert native.fingerprint(native.Kernels(plain)) == native.REFERENCE_FINGERPRINT
+
+
+@needs_kernel
+def test_a_build_with_other_bits_warns_once_per_build(tmp_path, monkeypatch):
+    import shutil
+    copy = tmp_path / "k.so"
+    shutil.copy(native.kernels().path, copy)
+    lib = native.Kernels(copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        native._check_fingerprint(lib)  # the reference bits: silent, and the result kept beside the library
+    assert (tmp_path / "k.fingerprint").read_text().strip() == native.REFERENCE_FINGERPRINT
+    monkeypatch.setattr(native, "REFERENCE_FINGERPRINT", "0" * 64)
+    monkeypatch.setattr(native, "fingerprint", lambda lib: pytest.fail("recomputed"))  # read from the record
+    with pytest.warns(native.NativeKernelsWarning, match="other bits than the reference build"):
+        native._check_fingerprint(lib)
 
 
 @needs_kernel

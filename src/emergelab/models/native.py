@@ -15,6 +15,8 @@ Without a working compiler :func:`kernels` returns None and the training step ru
 rounding, so a seed's numbers then differ in their last bits from a machine that has the kernels
 (docs/determinism.md).
 ``EMERGELAB_NATIVE=0`` chooses the torch forms deliberately (to compare, or to match such a machine).
+Each build is checked once against :data:`REFERENCE_FINGERPRINT` (:func:`fingerprint`: every kernel's
+outputs on fixed inputs, hashed); a build whose bits differ still runs, with a warning.
 """
 
 from __future__ import annotations
@@ -166,6 +168,88 @@ def row_entropy_reference(p: torch.Tensor) -> torch.Tensor:
     return -p.clamp(min=1e-30).log_().mul_(p).sum(-1)
 
 
+REFERENCE_FINGERPRINT = "dab46491264dfed9f563edb43d337f5c2f32db7556d6e9ce9554de66fe4972c4"
+"""What :func:`fingerprint` gives for these sources: the same from GCC 12.2 at -O0, -O2 and -O3 for x86-64,
+x86-64-v3 and -march=native (AVX-512) and from Zig 0.17.1's clang (2026-11-26); ``-ffp-contract=fast`` or
+``-ffast-math`` give others. A change that alters a kernel's bits must re-record it (and say so: every run's
+numbers change)."""
+
+
+def fingerprint(lib: Kernels) -> str:
+    """sha256 (hex) of every entry point's outputs on fixed inputs: attention forward (both pattern layouts),
+    backward, the split scores and softmax + ``p v``, layer norm both ways, GELU both ways and the entropy,
+    over shapes that cover the kernels' tails (T = 1..128 across chunk edges, D = 8..32, widths up to 4096).
+    The inputs are multiples of 2^-18 drawn by numpy's PCG64, exact in float32 and the same everywhere
+    (torch's normal sampler is vectorised differently per CPU). The kernels fix their rounding in their
+    source, so every machine and compiler should give :data:`REFERENCE_FINGERPRINT`;
+    ``tests/test_native_attention.py`` holds this tree to it, and ``benchmarks/kernel_ab.py`` compares two
+    commits' kernels with it."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    h = hashlib.sha256()
+
+    def draw(*shape: int, scale: float = 1.0) -> torch.Tensor:  # uniform on [-4, 4) x scale, exact
+        ints = rng.integers(-2 ** 20, 2 ** 20, size=shape)
+        return torch.from_numpy((ints * (scale / 2 ** 18)).astype(np.float32))
+
+    def add(*tensors: torch.Tensor) -> None:
+        for t in tensors:
+            h.update(t.numpy().tobytes())
+
+    for T, D in ((1, 8), (7, 16), (8, 24), (9, 32), (17, 8), (31, 8), (33, 16), (100, 8), (128, 32)):
+        NB, H = 2, 2
+        TP = 8 * ((T + 7) // 8)
+        qkv = draw(NB, T, 3, H, D)
+        z, p, p_rows = torch.empty(NB, T, H, D), torch.empty(NB, H, T, TP), torch.empty(NB, H, T, T)
+        lib.forward(qkv.data_ptr(), z.data_ptr(), p.data_ptr(), NB, T, H, D, 0.35, TP)
+        dz, dqkv = draw(NB, T, H, D), torch.empty_like(qkv)
+        lib.backward(qkv.data_ptr(), p.data_ptr(), dz.data_ptr(), dqkv.data_ptr(), NB, T, H, D, 0.35)
+        z_rows, S, z_split = torch.empty_like(z), torch.empty(NB, H, T, T), torch.empty_like(z)
+        lib.forward(qkv.data_ptr(), z_rows.data_ptr(), p_rows.data_ptr(), NB, T, H, D, 0.35, T)
+        lib.scores(qkv.data_ptr(), S.data_ptr(), NB, T, H, D, 0.35)
+        lib.softmax_pv(S.data_ptr(), qkv.data_ptr(), p_rows.data_ptr(), z_split.data_ptr(), NB, T, H, D)
+        add(z, p, dqkv, z_rows, S, p_rows, z_split)
+    for E, R, d in ((1, 1, 8), (2, 7, 64), (2, 13, 72), (1, 5, 4096)):
+        x, w, b, dy = draw(E, R, d), draw(E, d), draw(E, d), draw(E, R, d)
+        y, mean, rstd = torch.empty_like(x), torch.empty(E, R), torch.empty(E, R)
+        lib.layer_norm_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), mean.data_ptr(),
+                               rstd.data_ptr(), E, R, d, 1e-5)
+        dx, dw, db = torch.empty_like(x), torch.empty_like(w), torch.empty_like(w)
+        lib.layer_norm_backward(x.data_ptr(), w.data_ptr(), mean.data_ptr(), rstd.data_ptr(), dy.data_ptr(),
+                                dx.data_ptr(), dw.data_ptr(), db.data_ptr(), E, R, d)
+        add(y, mean, rstd, dx, dw, db)
+    x = draw(1021, scale=6.0)  # |x| up to 24: GELU's exp underflows past |x| ~ 18.6
+    y, dydx, dx = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    lib.gelu_forward(x.data_ptr(), y.data_ptr(), dydx.data_ptr(), x.numel())
+    lib.gelu_backward(x.data_ptr(), dydx.data_ptr(), dx.data_ptr(), x.numel())
+    p = (draw(37, 33, scale=0.125) + 0.5).tril()  # [0, 1), zero chunks above the diagonal
+    entropy = torch.empty(37)
+    lib.row_entropy(p.data_ptr(), entropy.data_ptr(), 37, 33)
+    add(y, dydx, dx, entropy)
+    return h.hexdigest()
+
+
+def _check_fingerprint(lib: Kernels) -> None:
+    """Warn when this machine's build gives other bits than :data:`REFERENCE_FINGERPRINT` (a compiler that
+    contracts or reassociates despite the flags, say). The result is kept beside the library, so each build
+    is checked once (~20 ms)."""
+    record = lib.path.with_suffix(".fingerprint")
+    try:
+        found = record.read_text().strip()
+    except OSError:
+        found = fingerprint(lib)
+        try:
+            record.write_text(found + "\n")
+        except OSError:
+            pass
+    if found != REFERENCE_FINGERPRINT:
+        warnings.warn(f"emergelab: the C kernels built here ({lib.path}) give other bits than the reference build "
+                      f"(fingerprint {found[:12]}, expected {REFERENCE_FINGERPRINT[:12]}): training works, but its "
+                      "numbers differ in the last bits from other machines' (docs/determinism.md). "
+                      "EMERGELAB_NATIVE=0 chooses the torch forms instead.", NativeKernelsWarning, stacklevel=3)
+
+
 @lru_cache(maxsize=1)
 def kernels() -> Kernels | None:
     """The compiled kernels (compiling them if this machine has none cached yet), or None: ``EMERGELAB_NATIVE=0``,
@@ -176,9 +260,12 @@ def kernels() -> Kernels | None:
     path, why = _build()
     if path is not None:
         try:
-            return Kernels(path)
+            lib = Kernels(path)
         except OSError as error:
             why = f"the built library could not be loaded ({error})"
+        else:
+            _check_fingerprint(lib)
+            return lib
     warnings.warn(f"emergelab: {why}; training runs the torch forms instead (slower, and other last bits than on a "
                   "machine with the kernels: docs/determinism.md). EMERGELAB_NATIVE=0 chooses them and silences "
                   "this.", NativeKernelsWarning, stacklevel=2)
