@@ -238,11 +238,18 @@ def _check_fingerprint(lib: Kernels) -> None:
     try:
         found = record.read_text().strip()
     except OSError:
+        found = ""
+    if len(found) != 64:  # none yet (or unreadable): compute it, and keep it (atomically: others may read it)
         found = fingerprint(lib)
+        tmp = None
         try:
-            record.write_text(found + "\n")
-        except OSError:
-            pass
+            fd, tmp = tempfile.mkstemp(dir=record.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(found + "\n")
+            os.replace(tmp, record)
+        except OSError:  # a read-only cache: check again next time
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
     if found != REFERENCE_FINGERPRINT:
         warnings.warn(f"emergelab: the C kernels built here ({lib.path}) give other bits than the reference build "
                       f"(fingerprint {found[:12]}, expected {REFERENCE_FINGERPRINT[:12]}): training works, but its "
