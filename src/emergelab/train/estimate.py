@@ -26,10 +26,12 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
 * ``process``: ~300 MB per process for Python and torch.
 
 **Time**: FLOPs of training (``3 x`` forward FLOPs per token x tokens x steps x seeds) plus every probe's
-forward pass, at ``CPU_FLOPS_PER_THREAD`` (15 GFLOP/s, measured on this trainer's small models with one
-thread) x threads, or ``CUDA_FLOPS`` (2 TFLOP/s: conservative for small models on a GPU), plus
-``STEP_OVERHEAD_S`` (8 ms) per optimizer step of each group (Python and kernel launches dominate tiny
-models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to start (imports, workers).
+forward pass, at ``CPU_FLOPS_PER_THREAD`` (40 GFLOP/s) x threads, or ``CUDA_FLOPS`` (2 TFLOP/s: conservative
+for small models on a GPU), plus ``STEP_OVERHEAD_S`` (3 ms) per optimizer step of each group (Python and
+kernel launches dominate tiny models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to
+start (workers). The CPU constants are fitted to ``benchmarks/estimate_calibration.py`` (five presets at
+1000 steps on 2 cores with the C kernels, 2026-11-26: the estimate came to 0.8-1.8x the measured time;
+without a C compiler the step is ~1.2x slower).
 
 Both are estimates, tested against measured peaks (``tests/test_estimate.py``: within a factor of 3).
 """
@@ -44,12 +46,12 @@ from typing import Any
 from ..config import ConfigError
 
 BYTES_PER_FLOAT = 4
-CPU_FLOPS_PER_THREAD = 15e9
+CPU_FLOPS_PER_THREAD = 40e9
 CUDA_FLOPS = 2e12
 MPS_FLOPS = 3e11
-STEP_OVERHEAD_S = 8e-3
+STEP_OVERHEAD_S = 3e-3
 SAVE_S = 0.05
-START_S = 3.0
+START_S = 1.0
 PROCESS_BYTES = 300e6
 WARN_HOURS = 1.0
 
