@@ -78,7 +78,7 @@ static inline void softmax_chunks(v8 *s, int n) {
  * operations on each element as softmax_chunks, in the same order, so the same bits; the rows' exps are
  * independent of each other, which a row-at-a-time loop hides behind each row's max */
 static inline void softmax_causal_rows(v8 s[][NC_MAX], int T) {
-    v8 m[T_MAX], sum[T_MAX];
+    v8 m[T], sum[T];
     for (int i = 0; i < T; i++) {
         v8 m8 = s[i][0];
         for (int c = 1; c <= i / 8; c++) m8 = select(s[i][c] > m8, s[i][c], m8);
@@ -122,7 +122,7 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
     const int64_t row = 3 * (int64_t)H * D;
     v8 kT[8 * DV_MAX][NC_MAX]; /* kT[d][c][l] = k[8c + l][d] */
     v8 v[T_MAX][DV_MAX];
-    v8 s[T_MAX][NC_MAX];
+    v8 s[T][NC_MAX]; /* sized by T: the stack holds only what this problem uses */
     gather_kv(base, T, H, h, DV, kT, v);
     for (int i = 0; i < T; i++) scores_row(base + i * row + h * D, kT, i, DV, scale, s[i]);
     softmax_causal_rows(s, T);
@@ -142,9 +142,10 @@ static inline __attribute__((always_inline)) void forward_problem(const float *r
     }
 }
 
-/* Passes over rows i (dp_i and its dot with p_i; ds_i and dq_i = sum_j ds_ij k_j), then keys j (dk_j = sum_i ds_ij q_i, dv_j = sum_i p_ij dz_i,
- * each over i = j..T-1 in increasing order, so in registers: the order of the sums is the one a row-by-row
- * accumulation gives, and so are the bits). ds is kept for the second pass: T x TP floats (4 KB at T = 31). */
+/* Passes over the rows i (dp_i and its dot with p_i; then ds_i and dq_i = sum_j ds_ij k_j), then over the keys
+ * j: dk_j = sum_i ds_ij q_i and dv_j = sum_i p_ij dz_i, each over i = j..T-1 in increasing order and so in
+ * registers (the order a row-by-row accumulation gives, and so its bits). ds is kept for the key pass:
+ * T x TP floats (4 KB at T = 31). */
 static inline __attribute__((always_inline)) void backward_problem(const float *restrict base,
                                                                   const float *restrict ph,
                                                                   const float *restrict dz, float *restrict dbase,
@@ -153,7 +154,7 @@ static inline __attribute__((always_inline)) void backward_problem(const float *
     const int64_t row = 3 * (int64_t)H * D, zrow = (int64_t)H * D;
     v8 q[T_MAX][DV_MAX], k[T_MAX][DV_MAX];
     v8 vT[8 * DV_MAX][NC_MAX];
-    float ds[T_MAX * T_MAX];
+    float ds[T * TP];
     memset(vT, 0, sizeof(v8) * NC_MAX * D);
     for (int j = 0; j < T; j++) {
         const float *vj = base + j * row + 2 * H * D + h * D;
@@ -163,7 +164,7 @@ static inline __attribute__((always_inline)) void backward_problem(const float *
         }
         for (int d = 0; d < D; d++) vT[d][j / 8][j % 8] = vj[d];
     }
-    v8 dot[T_MAX];
+    v8 dot[T];
     for (int i = 0; i < T; i++) { /* dp_i = dz_i v^T into ds (scaled below), and rowsum(p_i * dp_i) */
         const float *pi = ph + i * TP, *gi = dz + i * zrow + h * D;
         float *dsi = ds + i * TP;
