@@ -16,14 +16,9 @@ static inline v8 loadu(const float *p) { return (v8)(*(const v8u *)p); }
 static inline void storeu(float *p, v8 x) { *(v8u *)p = (v8u)x; }
 static inline v8 select(v8i mask, v8 a, v8 b) { return (v8)(((v8i)a & mask) | ((v8i)b & ~mask)); }
 static inline float hsum(v8 x) { return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7])); }
-static inline float hmax(v8 x) {
-    float m = x[0];
-    for (int l = 1; l < 8; l++) m = x[l] > m ? x[l] : m;
-    return m;
-}
-/* hsum and hmax in every lane, by shuffles instead of a trip through a scalar: hsum_all's lane 0 adds in
- * hsum's order, and every other lane the same pairs swapped (IEEE addition commutes exactly), so both give
- * hsum's bits; a maximum's value does not depend on the order (for values that are not NaN) */
+/* The sum (in hsum's order) and the maximum of the 8 lanes, in every lane, by shuffles instead of a trip
+ * through a scalar: hsum_all's lane 0 adds in hsum's order and every other lane the same pairs swapped (IEEE
+ * addition commutes exactly), so all give hsum's bits; a maximum does not depend on the order (no NaNs) */
 #if defined(__clang__)
 #define SHUFFLE8(x, a, b, c, d, e, f, g, h) __builtin_shufflevector(x, x, a, b, c, d, e, f, g, h)
 #else /* GCC (__builtin_shufflevector only from GCC 12) */
