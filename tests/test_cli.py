@@ -132,6 +132,29 @@ def test_list_shows_tasks_fields_and_presets(capsys):
     assert all(f"{f}=" in text for f in field_names(TrainConfig))
     for name, preset in PRESETS.items():
         assert name in text and preset["description"] in text
+    from emergelab.models import native
+
+    kernels = text.split("this machine's CPU training kernels")[1]
+    if native.kernels() is not None:
+        assert str(native.kernels().path) in kernels and "(the reference bits)" in kernels
+    else:
+        assert "C kernels: " in kernels
+
+
+def test_list_says_why_there_are_no_kernels(capsys, monkeypatch):
+    from emergelab.models import native
+
+    monkeypatch.setenv("EMERGELAB_NATIVE", "0")
+    assert main(["list"]) == 0
+    assert "C kernels: off (EMERGELAB_NATIVE=0)" in capsys.readouterr().out
+    monkeypatch.setenv("EMERGELAB_NATIVE", "1")
+    monkeypatch.setenv("CC", "/nonexistent-compiler")
+    native.kernels.cache_clear()
+    try:
+        assert main(["list"]) == 0
+        assert "C kernels: not built: emergelab: no C compiler" in capsys.readouterr().out
+    finally:
+        native.kernels.cache_clear()
 
 
 def test_tiny_run_writes_the_run_directory(workdir, capsys):

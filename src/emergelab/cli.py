@@ -524,6 +524,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("presets:")
     for name, preset in PRESETS.items():
         print(f"  {name} ({preset['task']['name']}): {preset['description']}")
+    from .models.native import describe
+
+    print("this machine's CPU training kernels (models/native.py):")
+    print("\n".join("  " + line for line in describe().splitlines()))
     return 0
 
 # ------------------------------------------------------------------------------------ emergelab lm ...

@@ -277,3 +277,22 @@ def kernels() -> Kernels | None:
                   "machine with the kernels: docs/determinism.md). EMERGELAB_NATIVE=0 chooses them and silences "
                   "this.", NativeKernelsWarning, stacklevel=2)
     return None
+
+
+def describe() -> str:
+    """A few lines on this machine's kernels: built or not (and why), where, and whether their bits are the
+    reference ones (``emergelab list`` prints it)."""
+    if os.environ.get("EMERGELAB_NATIVE", "1") == "0":
+        return "C kernels: off (EMERGELAB_NATIVE=0): training runs the torch forms"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NativeKernelsWarning)
+        lib = kernels()
+    if lib is None:
+        return "C kernels: not built: " + "; ".join(str(w.message) for w in caught)
+    found = fingerprint(lib)
+    same = found == REFERENCE_FINGERPRINT
+    return "\n".join([f"C kernels: {lib.path}",
+                      f"compiler: {shutil.which(os.environ.get('CC', 'cc'))}",
+                      f"fingerprint: {found[:16]} ({'the reference bits' if same else 'NOT the reference ' + REFERENCE_FINGERPRINT[:16]})",
+                      f"attention: T <= {lib.t_max}, head dims 8..{lib.d_max} in steps of 8; layer norm widths up to "
+                      f"{lib.layer_norm_max_width}"])
