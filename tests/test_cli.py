@@ -183,4 +183,5 @@ def test_tiny_run_writes_the_run_directory(workdir, capsys):
                  "--quiet", "--set", "model.head_dim=4"]) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[0] == lines[0] and again[1] == f"{out}: already finished; nothing to train"
-    assert again[2:] == lines[2:]
+    assert lines[2].startswith("trained in ") and "(estimated " in lines[2]  # only when it trained
+    assert again[2:] == lines[3:]

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -286,7 +287,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if estimate.seconds > WARN_HOURS * 3600:
             print(f"emergelab: warning: this run will take about {format_seconds(estimate.seconds)}; "
                   "fewer train.steps / train.seeds or a smaller model run faster", file=sys.stderr)
+    started = time.perf_counter()
     run = train(config, out, progress=not args.quiet, log=print)
+    if not finished:  # what the estimate said against what it took (a resumed run: the part left)
+        print(f"trained in {format_seconds(time.perf_counter() - started)} (estimated "
+              f"{format_seconds(estimate.seconds)})")
     if not args.no_figures:
         from .report import make_figures
 
