@@ -10,14 +10,16 @@ the start), so the constants can be refitted from the printed columns. Writes JS
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from end_to_end import write_result  # noqa: E402
 
 PRESETS = ("demo", "linear-map-tiny", "cellular-automata-small", "lm-mini-s", "lm-mini-l")
 
@@ -29,7 +31,6 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/estimate_calibration.json")
     args = p.parse_args()
     from emergelab.presets import preset_dict
-    from emergelab.store import write_text
     from emergelab.train import ExperimentConfig, train
     from emergelab.train import estimate as E
     from emergelab.train.run import make_plan
@@ -57,12 +58,9 @@ def main() -> None:
         print(f"| {name} | {args.steps} x {config.train.seeds} | {plan.strategy}, {plan.processes} proc | "
               f"{est.flops / 1e9:.0f} | {est.seconds:.1f} | {wall:.1f} | {est.seconds / wall:.2f} | "
               f"{est.flops / 1e9 / wall / max(1, plan.processes):.1f} |", flush=True)
-    result = {"benchmark": "estimate_calibration", "rows": rows, "load_avg": os.getloadavg(),
-              "constants": {"CPU_FLOPS_PER_THREAD": E.CPU_FLOPS_PER_THREAD, "STEP_OVERHEAD_S": E.STEP_OVERHEAD_S,
-                            "SAVE_S": E.SAVE_S, "START_S": E.START_S},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_text(args.out, json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result({"benchmark": "estimate_calibration", "rows": rows,
+                  "constants": {"CPU_FLOPS_PER_THREAD": E.CPU_FLOPS_PER_THREAD, "STEP_OVERHEAD_S": E.STEP_OVERHEAD_S,
+                                "SAVE_S": E.SAVE_S, "START_S": E.START_S}}, args.out)
 
 
 if __name__ == "__main__":

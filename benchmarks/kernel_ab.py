@@ -97,10 +97,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/kernel_ab.json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    import json
 
     from emergelab.models import native
-    from emergelab.store import write_text
+    from end_to_end import write_result
     from profile_step import group
 
     head = native.kernels()
@@ -150,10 +149,7 @@ def main() -> None:
                 print(f"| {size} | {best['base']:.2f} | {best['this']:.2f} | {best['base'] / best['this']:.3f}x |")
         finally:
             native.kernels = kernels
-    result["load_avg_after"] = os.getloadavg()
-    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_text(args.out, json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

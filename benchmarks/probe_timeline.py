@@ -10,10 +10,15 @@ trains it. Prints ms per part (best of ``--repeats``, after a warm-up) and write
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from end_to_end import write_result  # noqa: E402
+from gpu_profile_step import build  # noqa: E402
 
 
 def main() -> None:
@@ -23,17 +28,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="benchmarks/results/probe_timeline.json")
     args = p.parse_args()
-    from emergelab.presets import preset_dict
-    from emergelab.store import write_text
-    from emergelab.train import ExperimentConfig
     from emergelab.train import measure as M
-    from emergelab.train.group import SeedGroup
 
-    data = preset_dict("demo")
-    data["task"] = {**data["task"], "state_size": 16, "sparsity": 8}
-    data["train"] = {**data["train"], "seeds": args.seeds, "steps": 10 ** 6, "eval_every": 100}
-    data["execution"] = {"device": args.device}
-    g = SeedGroup(ExperimentConfig.from_dict(data).resolved(), list(range(args.seeds)))
+    g = build(args.device, args.seeds)  # the group gpu_profile_step.py profiles
     device = torch.device(args.device)
 
     def sync() -> None:
@@ -80,14 +77,12 @@ def main() -> None:
             for k, v in parts.items():
                 best[k] = min(best.get(k, float("inf")), v)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"one probe, {args.seeds} seeds x {data['train'].get('eval_batch_size', 256)} held-out sequences, {name} "
+    print(f"one probe, {args.seeds} seeds x {g.config.train.eval_batch_size} held-out sequences, {name} "
           f"(best of {args.repeats}):")
     for k, v in best.items():
         print(f"  {1e3 * v:9.2f} ms  {k}")
-    write_text(args.out, json.dumps({"benchmark": "probe_timeline", "device": name, "seeds": args.seeds,
-                                     "ms": {k: 1e3 * v for k, v in best.items()},
-                                     "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
-    print(f"wrote {args.out}")
+    write_result({"benchmark": "probe_timeline", "device": name, "seeds": args.seeds,
+                  "ms": {k: 1e3 * v for k, v in best.items()}}, args.out)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--seed", type=_int, help="only this seed (default: every seed)")
     forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
                                                    "else ./forecast)")
-    sub.add_parser("list", help="list tasks and their fields, models and presets")
+    sub.add_parser("list", help="list tasks and their fields, models, presets and this machine's CPU kernels")
     _add_lm_parser(sub)
     return parser
 

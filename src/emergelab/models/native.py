@@ -114,6 +114,7 @@ class Kernels:
         lib = ctypes.CDLL(str(path))
         i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
         self.path = path
+        self.fingerprint = ""  # set by kernels() once checked (fingerprint())
         self.forward = lib.causal_attention_forward
         self.forward.argtypes = [ptr, ptr, ptr, i64, i32, i32, i32, f32, i32]
         self.forward.restype = i32
@@ -230,10 +231,10 @@ def fingerprint(lib: Kernels) -> str:
     return h.hexdigest()
 
 
-def _check_fingerprint(lib: Kernels) -> None:
-    """Warn when this machine's build gives other bits than :data:`REFERENCE_FINGERPRINT` (a compiler that
-    contracts or reassociates despite the flags, say). The result is kept beside the library, so each build
-    is checked once (~20 ms)."""
+def _check_fingerprint(lib: Kernels) -> str:
+    """This build's :func:`fingerprint`, with a warning when it is not :data:`REFERENCE_FINGERPRINT` (a compiler
+    that contracts or reassociates despite the flags, say). The result is kept beside the library, so each
+    build is computed once (~20 ms)."""
     record = lib.path.with_suffix(".fingerprint")
     try:
         found = record.read_text().strip()
@@ -255,6 +256,7 @@ def _check_fingerprint(lib: Kernels) -> None:
                       f"(fingerprint {found[:12]}, expected {REFERENCE_FINGERPRINT[:12]}): training works, but its "
                       "numbers differ in the last bits from other machines' (docs/determinism.md). "
                       "EMERGELAB_NATIVE=0 chooses the torch forms instead.", NativeKernelsWarning, stacklevel=3)
+    return found
 
 
 @lru_cache(maxsize=1)
@@ -271,7 +273,7 @@ def kernels() -> Kernels | None:
         except OSError as error:
             why = f"the built library could not be loaded ({error})"
         else:
-            _check_fingerprint(lib)
+            lib.fingerprint = _check_fingerprint(lib)
             return lib
     warnings.warn(f"emergelab: {why}; training runs the torch forms instead (slower, and other last bits than on a "
                   "machine with the kernels: docs/determinism.md). EMERGELAB_NATIVE=0 chooses them and silences "
@@ -289,10 +291,10 @@ def describe() -> str:
         lib = kernels()
     if lib is None:
         return "C kernels: not built: " + "; ".join(str(w.message) for w in caught)
-    found = fingerprint(lib)
-    same = found == REFERENCE_FINGERPRINT
+    same = "the reference bits" if lib.fingerprint == REFERENCE_FINGERPRINT else \
+        f"NOT the reference {REFERENCE_FINGERPRINT[:16]}"
     return "\n".join([f"C kernels: {lib.path}",
                       f"compiler: {shutil.which(os.environ.get('CC', 'cc'))}",
-                      f"fingerprint: {found[:16]} ({'the reference bits' if same else 'NOT the reference ' + REFERENCE_FINGERPRINT[:16]})",
+                      f"fingerprint: {lib.fingerprint[:16]} ({same})",
                       f"attention: T <= {lib.t_max}, head dims 8..{lib.d_max} in steps of 8; layer norm widths up to "
                       f"{lib.layer_norm_max_width}"])

@@ -30,7 +30,7 @@ forward pass, at ``CPU_FLOPS_PER_THREAD`` (40 GFLOP/s) x threads, or ``CUDA_FLOP
 for small models on a GPU), plus ``STEP_OVERHEAD_S`` (3 ms) per optimizer step of each group (Python and
 kernel launches dominate tiny models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to
 start (workers). The CPU constants are fitted to ``benchmarks/estimate_calibration.py`` (five presets at
-1000 steps on 2 cores with the C kernels, 2026-11-26: the estimate came to 0.8-1.8x the measured time;
+1000 steps on 2 cores with the C kernels, 2026-11-26: the estimate came to 0.86-1.41x the measured time;
 without a C compiler the step is ~1.2x slower).
 
 Both are estimates, tested against measured peaks (``tests/test_estimate.py``: within a factor of 3).
