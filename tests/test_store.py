@@ -14,6 +14,7 @@ import yaml
 from emergelab import __version__
 from emergelab.store import (SCHEMA, MetricsBuffer, RunDir, atomic_write, connect, curve, sort_rows,
                              write_parquet, write_safetensors, write_text)
+from emergelab.store.metrics import arrow_owned
 from emergelab.train import ExperimentConfig, SeedGroup, train
 from emergelab.train import load_model
 
@@ -155,6 +156,33 @@ def test_metrics_buffer_round_trip(tmp_path):
         buffer.add(0, np.array([1, 2]), "loss", [""], np.zeros(3))  # wrong number of values
 
 
+
+def test_metrics_buffer_merges_blocks_and_owns_its_memory():
+    """Against a slow reference (one table per block): the same rows in the same order, in O(log n)
+    tables, and no buffer shared with the numpy arrays it was given (MetricsBuffer's docstring: why)."""
+    rng = np.random.default_rng(0)
+    buffer, blocks = MetricsBuffer(), []
+    for step in range(300):
+        seeds = np.array([0, 1, 2])
+        labels = [str(i) for i in range(int(rng.integers(1, 9)))]
+        values = rng.normal(size=(3, len(labels)))
+        before = buffer.num_rows
+        buffer.add(step, seeds, "m", labels, values)
+        blocks.append(pa.table({"step": np.full(3 * len(labels), step, dtype=np.int64),
+                                "seed": np.repeat(seeds.astype(np.int32), len(labels)),
+                                "metric": ["m"] * (3 * len(labels)), "index": labels * 3,
+                                "value": values.reshape(-1)}, schema=SCHEMA))
+        assert buffer.rows_since(before).equals(blocks[-1])
+        sizes = [t.num_rows for t in buffer.chunks]
+        assert all(a > 2 * b for a, b in zip(sizes, sizes[1:]))
+        assert len(buffer.chunks) <= buffer.num_rows.bit_length()
+    assert buffer.table().equals(pa.concat_tables(blocks).combine_chunks())
+    assert buffer.rows_since(buffer.num_rows).num_rows == 0 and MetricsBuffer().rows_since(0).num_rows == 0
+
+    values = np.arange(6, dtype=np.float64)
+    owned = arrow_owned(values)
+    assert owned.to_pylist() == values.tolist() and owned.buffers()[1].address != values.ctypes.data
+    assert pa.array(values).buffers()[1].address == values.ctypes.data  # what arrow_owned avoids
 def test_run_metrics_follow_the_schema(two_runs):
     run = two_runs[0]
     table = run.metrics()

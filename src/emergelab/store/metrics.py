@@ -55,26 +55,60 @@ SCHEMA = pa.schema([
 ])
 
 
+def arrow_owned(values: np.ndarray) -> pa.Array:
+    """A 1-D numeric array copied into Arrow's memory pool (``pa.array(ndarray)`` would share numpy's
+    buffer, a block of the C heap; see :class:`MetricsBuffer`)."""
+    values = np.ascontiguousarray(values)
+    buffer = pa.allocate_buffer(values.nbytes)
+    np.frombuffer(buffer, dtype=values.dtype)[:] = values
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, buffer])
+
+
 @dataclass
 class MetricsBuffer:
-    """Column chunks of metric rows, appended a whole block at a time (no per-row Python work)."""
+    """Metric rows in memory, appended a whole block at a time (no per-row Python work).
+
+    The rows live in a few tables, each more than twice the size of the next: a new block is merged
+    into the last table while that is not, so ``n`` rows take at most ``log2 n + 1`` tables and each row
+    is copied ``O(log n)`` times. Why not one table per block: every table holds small C++ objects on the C
+    heap (and ``pa.array(ndarray)`` numpy's buffers), which lived as long as the run and sat between the
+    megabyte activations each probe frees. glibc could not merge the holes around them, so its heap grew
+    with every probe: the demo preset's worker peaked at 631 MB instead of 456 MB (benchmarks/README.md,
+    "The metrics buffer and the heap")."""
 
     chunks: list[pa.Table] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(t.num_rows for t in self.chunks)
 
     def add(self, step: int, seeds: np.ndarray, metric: str, labels: list[str], values: np.ndarray) -> None:
         """Add ``values [E, K]`` measured at ``step`` for ``seeds [E]`` and index ``labels [K]``."""
         values = np.asarray(values, dtype=np.float64).reshape(len(seeds), len(labels))
         E, K = values.shape
-        self.chunks.append(pa.table({
-            "step": pa.array(np.full(E * K, step, dtype=np.int64)),
-            "seed": pa.array(np.repeat(np.asarray(seeds, dtype=np.int32), K)),
+        self._append(pa.table({
+            "step": arrow_owned(np.full(E * K, step, dtype=np.int64)),
+            "seed": arrow_owned(np.repeat(np.asarray(seeds, dtype=np.int32), K)),
             "metric": pa.array([metric] * (E * K), type=pa.string()),
             "index": pa.array(labels * E, type=pa.string()),
-            "value": pa.array(values.reshape(-1)),
+            "value": arrow_owned(values.reshape(-1)),
         }, schema=SCHEMA))
 
     def extend(self, table: pa.Table) -> None:
-        self.chunks.append(table.cast(SCHEMA))
+        """Add the rows of ``table`` (any column types castable to ``SCHEMA``)."""
+        self._append(table.cast(SCHEMA).combine_chunks())
+
+    def _append(self, table: pa.Table) -> None:
+        self.chunks.append(table)
+        while len(self.chunks) > 1 and self.chunks[-2].num_rows <= 2 * self.chunks[-1].num_rows:
+            last = self.chunks.pop()
+            self.chunks[-1] = pa.concat_tables([self.chunks[-1], last]).combine_chunks()
+
+    def rows_since(self, start: int) -> pa.Table:
+        """The rows added after the first ``start`` (a slice of the chunks: nothing is copied)."""
+        if not self.chunks:
+            return SCHEMA.empty_table()
+        return pa.concat_tables(self.chunks).slice(start)
 
     def table(self) -> pa.Table:
         if not self.chunks:

@@ -117,7 +117,7 @@ class SeedGroup:
     def train(self, on_progress: ProgressFn | None = None, stop_after: int | None = None) -> None:
         """Train to ``train.steps`` (or ``stop_after`` steps in total), probing and saving on the way."""
         steps = self.config.train.steps if stop_after is None else min(stop_after, self.config.train.steps)
-        if self.step == 0 and not self.metrics.chunks:
+        if self.step == 0 and not self.metrics.num_rows:
             self._measure(0)
         reported = self.step
         while self.step < steps:
@@ -205,7 +205,7 @@ class SeedGroup:
     def _record(self, step: int, metrics: list[Metric], snapshots: dict[str, torch.Tensor]) -> None:
         seeds = np.asarray(self.seeds)
         m = self.metrics
-        first = len(m.chunks)
+        first = m.num_rows
         for metric in metrics:
             m.add(step, seeds, metric.name, metric.labels, metric.values)
             if metric.name == "loss":
@@ -217,7 +217,7 @@ class SeedGroup:
             self.loss_steps = 0
         m.add(step, seeds, "lr", [""], np.full((len(seeds), 1), learning_rate(self.config.train, max(step - 1, 0))))
         if self.on_record is not None:
-            self.on_record(pa.concat_tables(m.chunks[first:]))
+            self.on_record(m.rows_since(first))
         if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
             for e, seed in enumerate(self.seeds):
                 self.run.save_attention(seed, step, snapshots["attention"][e])
