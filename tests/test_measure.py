@@ -84,6 +84,9 @@ def test_batched_measurements_equal_the_per_seed_loops(task):
     for key, value in reference.items():
         assert math.isclose(batched[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, batched[key], value)
     assert snapshots["attention"].shape == (3, 2, 3, first.seq_len - 1, first.seq_len - 1)
+    again, none = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask, first.output_index,
+                        group.gt_mask, first.n_outputs, take_snapshots=False)  # what a run does between snapshots
+    assert none == {} and all(a.name == b.name and np.array_equal(a.values, b.values) for a, b in zip(again, metrics))
 
 
 def test_measurements_that_do_not_apply_are_skipped():

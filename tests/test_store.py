@@ -17,6 +17,7 @@ from emergelab.store import (SCHEMA, MetricsBuffer, RunDir, atomic_write, connec
 from emergelab.store.metrics import arrow_owned
 from emergelab.train import ExperimentConfig, SeedGroup, train
 from emergelab.train import load_model
+from emergelab.train.schedule import log_spaced_steps
 
 
 def tiny_config(sparsity: int = 2, **train_fields) -> ExperimentConfig:
@@ -259,6 +260,7 @@ def test_load_attention_shape(two_runs):
     config = ExperimentConfig.from_run(run)
     steps = run.attention_steps(1)
     assert steps[0] == 0 and steps[-1] == config.train.steps
+    assert steps == log_spaced_steps(config.train.steps, config.train.attention_snapshots)  # every one, no more
     pattern = run.load_attention(1, steps[-1])
     P = config.model.context_length
     assert pattern.shape == (config.model.layers, config.model.heads, P, P)  # [layers, heads, P, P]

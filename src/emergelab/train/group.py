@@ -191,6 +191,7 @@ class SeedGroup:
             first = self.tasks[0]
             metrics, snapshots = probe(self.model, self.measurements, self.eval_tokens, first.loss_mask,
                                        first.output_index, self.gt_mask, first.n_outputs,
+                                       take_snapshots=self.run is not None and step in self._snapshot_at,
                                        **({"attn_bias": bias} if bias is not None else {}))
             self._record(step, metrics, snapshots)
         if self.run is not None:

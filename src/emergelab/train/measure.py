@@ -214,10 +214,12 @@ def default_measurements() -> list[Measurement]:
 
 @torch.no_grad()
 def probe(model: Any, measurements: list[Measurement], tokens: torch.Tensor, loss_mask: torch.Tensor,
-          output_index: torch.Tensor, gt_mask: torch.Tensor, n_outputs: int,
+          output_index: torch.Tensor, gt_mask: torch.Tensor, n_outputs: int, take_snapshots: bool = True,
           **inputs: Any) -> tuple[list[Metric], dict[str, torch.Tensor]]:
     """Run ``model`` (E members) once on ``tokens [E, B, L]`` and apply every measurement. Returns
-    ``(metrics, snapshots)``, snapshots keyed by ``snapshot_name`` ``[E, ...]``.
+    ``(metrics, snapshots)``, snapshots keyed by ``snapshot_name`` ``[E, ...]`` (none unless
+    ``take_snapshots``: a run saves them at a few steps only, and the attention's costs a pass over the
+    cached pattern). ``inputs``: the model's extra inputs (e.g. ``attn_bias``).
 
     When a measurement reads activations the model runs on its reference path (``run_with_cache``);
     when none does, on its default path (a mixer's observed path can cost far more than its fast one)."""
@@ -232,7 +234,7 @@ def probe(model: Any, measurements: list[Measurement], tokens: torch.Tensor, los
     snapshots: dict[str, torch.Tensor] = {}
     for m in measurements:
         metrics += m.measure(data)
-        if m.snapshot_name is not None:
+        if take_snapshots and m.snapshot_name is not None:
             snap = m.snapshot(data)
             if snap is not None:
                 snapshots[m.snapshot_name] = snap
