@@ -119,6 +119,16 @@ def test_bad_input_in_a_real_process(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """`emergelab list | head -1`: no BrokenPipeError traceback; the shell's 128 + SIGPIPE. The reader closes
+    its end before the command has imported, so every write finds the pipe broken."""
+    command = subprocess.Popen([sys.executable, "-m", "emergelab.cli", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=tmp_path)
+    command.stdout.close()
+    err = command.stderr.read().decode()
+    assert command.wait(timeout=60) == 141 and err == ""
+
+
 def test_list_shows_tasks_fields_and_presets(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out

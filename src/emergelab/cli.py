@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -939,6 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`emergelab list | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
