@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,6 +268,23 @@ def test_status_running_and_busy_runs_are_left_alone(finished, tmp_path, monkeyp
         assert result.busy == [sweep.runs[0].name] and result.done == [sweep.runs[1].name]
         assert [s.state for s in sweep_status(sweep.out)] == ["running", "done"]
     assert [s.state for s in sweep_status(sweep.out)] == ["pending", "done"]
+
+
+def test_status_of_a_finished_run_whose_files_are_damaged_is_failed(finished, tmp_path, capsys):
+    """Its files look finished, but the sweep's check of them failed: status says failed, with the error."""
+    sweep, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    metrics = sweep.runs[1].path(out) / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:200])
+    assert main(["sweep", str(write_spec(tmp_path / "s.yaml", spec())), "--out", str(out), "--quiet"]) == 1
+    statuses = {s.name: s for s in sweep_status(out)}
+    bad = statuses[sweep.runs[1].name]
+    assert bad.state == "failed" and bad.progress == 1.0 and "metrics.parquet" in bad.error
+    assert statuses[sweep.runs[0].name].state == "done"
+    capsys.readouterr()
+    assert main(["sweep", "status", str(out)]) == 0
+    assert "1 done, 0 running, 1 failed, 0 pending" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -289,13 +289,13 @@ def sweep_status(out: str | Path) -> list[RunStatus]:
                 failure = json.loads(failure_path(out, name).read_text())
             except ValueError:
                 failure = {"error": "(the failure record is damaged)", "attempts": 0}
-        if run.is_complete():
+        if failure is None and run.is_complete():  # a success clears the failure record
             statuses.append(RunStatus(name, "done", 1.0, entry["overrides"]))
             continue
-        fraction = _progress(run)
+        fraction = 1.0 if run.is_complete() else _progress(run)
         if is_locked(run.state_dir / "run.lock"):
             state = "running"
-        elif failure is not None:
+        elif failure is not None:  # its last attempt failed, even where its files look finished (e.g. damaged)
             state = "failed"
         else:
             state = "pending"
