@@ -8,6 +8,7 @@ real run, and the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -100,6 +101,12 @@ def test_baseline_conditional_quantiles_match_slow_reference():
         expected = tuple(pytest.approx(slow_quantile(np.asarray(later), q)) for q in (0.1, 0.5, 0.9))
         assert (p.lo, p.step, p.hi) == expected
     assert fc.predict(None, 0, 7).step is None  # an output no training seed has
+    emerged = BaselineForecaster(emerged_only=True).fit(train_set)  # the censored seeds do not count
+    late = float(steps[np.isfinite(steps)].max())
+    assert emerged.predict(None, late, 0).reason == "every training seed that emerged did so before t"
+    assert fc.predict(None, late, 0).step == math.inf  # the censored ones: never
+    none = BaselineForecaster(emerged_only=True).fit([dataclasses.replace(e, emerged=False) for e in train_set])
+    assert none.predict(None, 0, 0).reason == "no training seed's output 0 emerged"
 
 
 # ------------------------------------------------------------------------------------------ stores
@@ -205,12 +212,15 @@ def test_cli_forecast(planted, tmp_path, capsys):
     for argv in (["forecast", str(tmp_path / "missing")],
                  ["forecast", str(planted), "--evaluate", "--at", "100"],
                  ["forecast", str(planted), "--at", "-5"],
+                 ["forecast", str(planted), "--at", "99999"],  # after the run's end: nothing to forecast from
                  ["forecast", str(planted), "--seed", "99"],
                  ["forecast", str(tmp_path / "fc")],
                  ["forecast", str(planted_run(tmp_path / "three", seeds=3)), "--evaluate"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("emergelab: error:") and err.count("\n") == 1
+    at_end = forecast_run(connect(planted))  # each run's last probe
+    assert forecast_run(connect(planted), max(at_end["t"].to_pylist())).equals(at_end)
 
 
 # ------------------------------------------------------------------------------------------ a real run

@@ -182,10 +182,12 @@ class BaselineForecaster:
 
     def predict(self, curves: OutputCurves, t: float, output: int) -> Forecast:
         if output not in self.steps:
-            return _none(self.name, t, f"no training seed has output {output}")
+            return _none(self.name, t, f"no training seed's output {output} emerged" if self.emerged_only
+                         else f"no training seed has output {output}")
         later = self.steps[output][self.steps[output] > t]
         if later.size == 0:
-            return _none(self.name, t, "every training seed emerged before t")
+            return _none(self.name, t, "every training seed that emerged did so before t" if self.emerged_only
+                         else "every training seed emerged before t")
         q = (1 - self.coverage) / 2
         lo, mid, hi = (_quantile(later, p) for p in (q, 0.5, 1 - q))
         return Forecast(self.name, float(t), mid, lo, hi)
@@ -627,12 +629,17 @@ def _median(x: np.ndarray) -> float | None:
 # ---------------------------------------------------------------------------------------------- one run
 def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forecasters,
                  examples: Sequence[Example] | None = None) -> pa.Table:
-    """Forecasts at step ``at`` (default: each run's last probe) of every output not yet emerged by
-    then (judged from the probes up to ``at``), by forecasters fitted on the other fold of seeds.
+    """Forecasts at step ``at`` (default: each run's last probe; a run that ended before ``at``: its last
+    probe) of every output not yet emerged by then (judged from the probes up to ``at``), by forecasters
+    fitted on the other fold of seeds. An ``at`` after every run's end is a ConfigError.
 
-    Returns one row per (run, seed, output, forecaster): ``t``, ``step``, ``lo``, ``hi``, ``reason``
-    and ``true_step`` (the run's own emergence step, null if never: for comparison, not used)."""
+    Returns one row per (run, seed, output, forecaster): ``t`` (the last probe used), ``step``, ``lo``,
+    ``hi``, ``reason`` and ``true_step`` (the run's own emergence step, null if never: for comparison, not
+    used)."""
     examples = list(load_examples(con) if examples is None else examples)
+    if at is not None and examples and at > (latest := max(e.end for e in examples)):
+        raise ConfigError(f"at={at:g}: after every run's last probe (the latest is step {latest:g}); forecasts "
+                          f"are made from the probes up to that step, so choose one <= {latest:g}")
     by_run: dict[str, list[Example]] = {}
     for e in examples:
         by_run.setdefault(e.run, []).append(e)
@@ -643,7 +650,7 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
         for train, test in _folds(exs):
             fitted = _fitted(train, make)
             for e in sorted(test, key=lambda e: (e.seed, e.output)):
-                t = e.end if at is None else float(at)
+                t = e.end if at is None else min(float(at), e.end)
                 c = e.curves.upto(t)
                 if c.steps.size < MIN_PROBES or emerged_by(e.curves, t, e.optimum):
                     continue
