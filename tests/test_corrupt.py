@@ -20,7 +20,7 @@ import emergelab.report.analysis_figures
 import emergelab.report.figures
 import emergelab.report.patch_figures
 from emergelab.cli import build_parser, experiment_from_args, main
-from emergelab.store import MANIFEST, CorruptFileWarning, RunDir, check_run, connect
+from emergelab.store import MANIFEST, CorruptFileWarning, RunDir, check_run, connect, locked
 from emergelab.train import SeedGroup
 from emergelab.train.run import finish_run, plan_units, prepare_run
 from emergelab.train.unit import run_unit
@@ -235,8 +235,16 @@ def test_check_reports_a_damaged_manifest_line_and_walks_a_tree(base, tmp_path, 
     lines[0] = lines[0].replace('"n":', '"n":1')
     manifest.write_text("".join(lines))
     code, out, _ = call(capsys, "check", str(tmp_path))
-    assert code == 2 and "manifest.jsonl: line 1 is damaged" in out
+    assert code == 2 and "manifest.jsonl: line 1 is damaged" in out and "delete line 1 to accept" in out
     assert out.splitlines()[-1] == "checked 2 run(s): 1 problem(s) in 1 run(s)"
+    manifest.write_text("".join(lines[1:]))  # the advice: the file it recorded is then checked by structure
+    assert call(capsys, "check", str(tmp_path))[:2] == (0, "checked 2 run(s): every file is intact\n")
+    manifest.write_text("".join(lines))
+    (tmp_path / "a" / "state").mkdir()
+    with locked(tmp_path / "a" / "state" / "run.lock"):  # another process is training it: its files change
+        code, out, _ = call(capsys, "check", str(tmp_path))
+    assert code == 2 and "being trained by another process now; not checked" in out
+    assert out.splitlines()[-1] == "checked 1 run(s): 1 problem(s) in 1 run(s) (1 being trained, not checked)"
     code, _, err = call(capsys, "check", str(tmp_path / "nothing-here"))
     assert code == 2 and err.startswith("emergelab: error:")
 

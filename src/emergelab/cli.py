@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 from . import __version__
 from .config import ConfigError, field_names, number_from_text, parse_override
 from .reproduce.targets import TARGETS as REPRODUCE_TARGETS
-from .store.locks import RunLockedError
+from .store.locks import RunLockedError, is_locked
 from .store.verify import CorruptFileError
 
 
@@ -446,10 +446,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: no run directories (config.yaml, manifest.jsonl or metrics.parquet) "
                               "at or below it")
         roots += [p for p in found if p not in roots]
-    total, damaged = 0, 0
+    total, damaged, busy = 0, 0, 0
     for root in roots:
-        problems, notes = check_run(root)
         run = RunDir(root)
+        lock = run.state_dir / "run.lock"
+        if is_locked(lock):  # its files change until it ends
+            print(f"note: {root}: being trained by another process now; not checked (check it when it ends)")
+            busy += 1
+            continue
+        was_resumable = lock.exists()
+        problems, notes = check_run(root)
+        if problems and was_resumable and (is_locked(lock) or not lock.exists()):
+            problems, notes = check_run(root)  # it resumed or finished (and removed its state) while read
         if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
             try:
                 if not str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
@@ -462,10 +470,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(problem)
         total += len(problems)
         damaged += bool(problems)
+    skipped = f" ({busy} being trained, not checked)" if busy else ""
     if total:
-        print(f"checked {len(roots)} run(s): {total} problem(s) in {damaged} run(s)")
+        print(f"checked {len(roots) - busy} run(s): {total} problem(s) in {damaged} run(s){skipped}")
         return 2
-    print(f"checked {len(roots)} run(s): every file is intact")
+    print(f"checked {len(roots) - busy} run(s): every file is intact{skipped}")
     return 0
 
 

@@ -235,7 +235,9 @@ def check_run(root: str | Path) -> tuple[list[Problem], list[str]]:
                      "deleted): files checked by their structure only")
     for number in state.damaged:
         problems.append(Problem(manifest.path, f"line {number} is damaged: the files it records cannot be "
-                                               "verified by checksum"))
+                                               f"verified by checksum; delete line {number} to accept them as "
+                                               "they are (checked by their structure only), or restore the "
+                                               "file from a backup"))
     if not (root / "config.yaml").exists() and "config.yaml" not in state.entries:
         problems.append(Problem(root / "config.yaml", f"missing; {ADVICE['config.yaml']}"))
     files = {root / name for name in ROOT_FILES if (root / name).exists()}
