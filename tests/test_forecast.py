@@ -305,7 +305,7 @@ def test_progress_line_format():
          OutputOutlook(2, 100, 4, 0, (300, math.inf, 400, 500)))
     b = (OutputOutlook(1, 100, 2, 0, (1000, 1200)),)
     assert combine_outlooks([a, b]) == [(0, 4, 4, math.inf), (1, 6, 1, 1100), (2, 4, 0, 400)]
-    assert format_outlook([a, b]) == "emerged 5/14, next o2~400 o1~1.1k"
+    assert format_outlook([a, b]) == "emerged 5/14 at 100, next o2~400 o1~1.1k"
     assert format_outlook([]) == ""
 
     from emergelab.train.live import ProbeNews
@@ -316,9 +316,9 @@ def test_progress_line_format():
     bar = _Bar(units, 0, False, Plan("workers", [[0, 1, 2, 3], [4, 5]], 2))
     bar.update_loss(1, ProbeNews(0.5, a), 0)
     bar.update_loss(1, ProbeNews(0.25), 1)  # news without a forecast keeps unit 0's outlook
-    assert bar.bar.postfix == "loss=0.4167, forecast=emerged 5/12, next o2~400 o1~1.1k"
+    assert bar.bar.postfix == "loss=0.4167, forecast=emerged 5/12 at 100, next o2~400 o1~1.1k"
     bar.update_loss(1, ProbeNews(0.25, b), 1)
-    assert bar.bar.postfix.endswith("forecast=emerged 5/14, next o2~400 o1~1.1k")
+    assert bar.bar.postfix.endswith("forecast=emerged 5/14 at 100, next o2~400 o1~1.1k")
     bar.close()
 
 

@@ -232,7 +232,9 @@ class _SweepBar:
     def start(self, total: float) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=max(total, 1.0), disable=not self.enabled, desc="sweep", dynamic_ncols=True,
+        nothing_left = total <= 0  # every run was done already: a full bar, not an empty one
+        self.bar = tqdm(total=1.0 if nothing_left else total, initial=1.0 if nothing_left else 0.0,
+                        disable=not self.enabled, desc="sweep", dynamic_ncols=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self._postfix()
 

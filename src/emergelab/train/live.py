@@ -21,7 +21,7 @@ from ..store import connect, find_runs
 from ..tasks import Task
 from .config import ExperimentConfig
 
-MIN_INTERVAL_S = 5.0   # between two forecasts of one group
+MIN_INTERVAL_S = 1.0   # between two forecasts of one group (the line is then at most ~1 s older than the bar)
 MAX_SHARE = 0.05       # of the wall time a group spends forecasting
 
 
@@ -89,14 +89,17 @@ def combine_outlooks(outlooks: Sequence[Sequence[OutputOutlook]]) -> list[tuple[
 
 
 def format_outlook(outlooks: Sequence[Sequence[OutputOutlook]], shown: int = 3) -> str:
-    """The progress line's forecast: seed-outputs emerged, then the ``shown`` outputs forecast to emerge
-    next (median over their seeds not yet emerged), e.g. ``emerged 412/1024, next o3~2.1k o7~2.6k``."""
+    """The progress line's forecast: seed-outputs emerged by the training step the (latest) forecasts were
+    made at, then the ``shown`` outputs forecast to emerge next (median over their seeds not yet emerged),
+    e.g. ``emerged 412/1024 at 1.8k, next o3~2.1k o7~2.6k``. The step is said because the bar counts
+    seed-steps, and because forecasting is throttled, so the line can be older than the bar."""
     rows = combine_outlooks(outlooks)
     if not rows:
         return ""
     seeds, emerged = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    made = min(o.t for group in outlooks for o in group)
     upcoming = sorted((r for r in rows if r[2] < r[1] and math.isfinite(r[3])), key=lambda r: r[3])[:shown]
-    text = f"emerged {emerged}/{seeds}"
+    text = f"emerged {emerged}/{seeds} at {_short(made)}"
     if upcoming:
         text += ", next " + " ".join(f"o{r[0]}~{_short(r[3])}" for r in upcoming)
     return text
