@@ -21,7 +21,7 @@ from ..store import connect, find_runs
 from ..tasks import Task
 from .config import ExperimentConfig
 
-MIN_INTERVAL_S = 1.0   # between two forecasts of one group (the line is then at most ~1 s older than the bar)
+MIN_INTERVAL_S = 1.0   # between two forecasts of one group (longer after a slow one: MAX_SHARE)
 MAX_SHARE = 0.05       # of the wall time a group spends forecasting
 
 
