@@ -180,6 +180,15 @@ def test_metrics_buffer_merges_blocks_and_owns_its_memory():
     assert buffer.table().equals(pa.concat_tables(blocks).combine_chunks())
     assert buffer.rows_since(buffer.num_rows).num_rows == 0 and MetricsBuffer().rows_since(0).num_rows == 0
 
+    capped = MetricsBuffer()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("emergelab.store.metrics.MERGE_UP_TO", 40)
+        for block in blocks:
+            capped.extend(block)
+    assert capped.table().equals(buffer.table())
+    sizes = [t.num_rows for t in capped.chunks]
+    assert max(sizes) < 2 * 40 + 3 * 8 and len(sizes) <= capped.num_rows // 40 + 8  # none merged past the cap
+
     values = np.arange(6, dtype=np.float64)
     owned = arrow_owned(values)
     assert owned.to_pylist() == values.tolist() and owned.buffers()[1].address != values.ctypes.data

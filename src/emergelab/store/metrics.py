@@ -64,13 +64,19 @@ def arrow_owned(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, buffer])
 
 
+MERGE_UP_TO = 2 ** 18  # rows (~10 MB): a table this big is merged no further (MetricsBuffer)
+
+
 @dataclass
 class MetricsBuffer:
     """Metric rows in memory, appended a whole block at a time (no per-row Python work).
 
     The rows live in a few tables, each more than twice the size of the next: a new block is merged
     into the last table while that is not, so ``n`` rows take at most ``log2 n + 1`` tables and each row
-    is copied ``O(log n)`` times. Why not one table per block: every table holds small C++ objects on the C
+    is copied ``O(log n)`` times. A table of ``MERGE_UP_TO`` rows is merged no further: a few such tables
+    hold few objects, and merging two of them stalls a probe while a million rows are copied. The cost
+    (``benchmarks/metrics_buffer.py``, 64 seeds x 101 probes of the S = 16 grid's metrics, 2.1 M rows): 2.7-3.2
+    ms to record a probe against 2.0-2.9 with one table per block. Why not one table per block: every table holds small C++ objects on the C
     heap (and ``pa.array(ndarray)`` numpy's buffers), which lived as long as the run and sat between the
     megabyte activations each probe frees. glibc could not merge the holes around them, so its heap grew
     with every probe: the demo preset's worker peaked at 631 MB instead of 456 MB (benchmarks/README.md,
@@ -100,7 +106,8 @@ class MetricsBuffer:
 
     def _append(self, table: pa.Table) -> None:
         self.chunks.append(table)
-        while len(self.chunks) > 1 and self.chunks[-2].num_rows <= 2 * self.chunks[-1].num_rows:
+        while (len(self.chunks) > 1 and self.chunks[-2].num_rows <= 2 * self.chunks[-1].num_rows
+               and self.chunks[-2].num_rows < MERGE_UP_TO):
             last = self.chunks.pop()
             self.chunks[-1] = pa.concat_tables([self.chunks[-1], last]).combine_chunks()
 
