@@ -76,7 +76,8 @@ def test_heads_planted_head_and_row(tmp_path):
     drops = {0: [300, 500, None, 700]}
     fake_run(tmp_path / "r", planted_rows(drops))
     con = connect(tmp_path / "r")
-    table = attribute_heads(con).to_pylist()
+    with pytest.warns(UserWarning, match="have no task.json"):  # a planted run: thresholds from the curves
+        table = attribute_heads(con).to_pylist()
     by_pos = {r["position"]: r for r in table}
     for i, d in enumerate(drops[0]):
         r = by_pos[i]
@@ -100,7 +101,8 @@ def test_heads_entropy_fallback(tmp_path):
     rows = [(t, s, "attn_entropy", idx.split(":")[0], v) if m == "attn_entropy_pos" and idx.endswith(":0")
             else (t, s, m, idx, v) for t, s, m, idx, v in rows if m != "attn_entropy_pos" or idx.endswith(":0")]
     fake_run(tmp_path / "r", rows)
-    r = attribute_heads(connect(tmp_path / "r")).to_pylist()[0]
+    with pytest.warns(UserWarning, match="have no task.json"):
+        r = attribute_heads(connect(tmp_path / "r")).to_pylist()[0]
     assert (r["top_head"], r["score"], r["mass_gain"]) == ("0.2", "entropy_drop", None)
     assert r["entropy_drop"] == pytest.approx(1.9)
 
@@ -111,7 +113,8 @@ def test_emergence_and_groups_planted(tmp_path):
     fake_run(tmp_path / "b", planted_rows({0: [100, 200, 300, None], 1: [400, 420, 440, 460]}, seeds=(0, 1)),
              sparsity=2)
     con = connect(tmp_path)
-    result = analyze_runs(con, n_boot=200)
+    with pytest.warns(UserWarning, match="2 run\\(s\\) have no task.json"):
+        result = analyze_runs(con, n_boot=200)
     assert result.by == ["task.sparsity"]
     groups = result.groups.to_pylist()
     assert [g["task.sparsity"] for g in groups] == [1, 2] and [g["n_seeds"] for g in groups] == [2, 2]
