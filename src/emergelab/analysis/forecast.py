@@ -744,9 +744,13 @@ class LiveForecast:
 
     Example::
 
-        from emergelab.store import connect
+        import pyarrow.compute as pc
+        from emergelab.analysis.forecast import LiveForecast, load_examples
+        from emergelab.store import RunDir, connect
         live = LiveForecast(load_examples(connect("runs/lm16-64")), optima={i: 0.0 for i in range(16)})
-        for o in live.outlook(group_metrics_table):
+        so_far = RunDir("runs/lm16-new").metrics()                 # or a training group's probes so far
+        so_far = so_far.filter(pc.less_equal(so_far["step"], 150))  # the store's schema, one run
+        for o in live.outlook(so_far):
             print(o.output, o.emerged, "/", o.seeds, sorted(o.points)[:3])
     """
 

@@ -25,7 +25,8 @@ Example::
     tokens = torch.randint(0, 2, (64, 16))
     table = patching_table(early, late, tokens)            # table.prob_gain: [2, 4]
     greedy = greedy_heads(early, late, tokens, fraction=0.9)
-    greedy.heads, greedy.recovered                         # [(layer, head), ...], [float, ...]
+    greedy.heads, greedy.recovered                         # [(layer, head), ...], [float, ...] (both []
+                                                           # when late is no better than early here)
 """
 
 from __future__ import annotations
@@ -462,7 +463,7 @@ def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fra
     is chosen and ``reached`` is True. Example::
 
         result = greedy_heads(early, late, tokens, fraction=0.9)
-        result.heads[0], result.recovered[0]
+        result.heads, result.recovered  # the heads in the order chosen, the fraction recovered after each
     """
     _check_what(what)
     source = _cache_chunked(late_model, tokens, what, batch_size)

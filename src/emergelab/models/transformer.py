@@ -215,6 +215,7 @@ class Transformer(ResidualModel):
 
         cfg = TransformerConfig(layers=1, heads=4, head_dim=8, vocab_size=2, context_length=15)
         model = Transformer(cfg)                         # one model, seed 0
+        tokens = torch.randint(0, 2, (5, 15))            # [batch, position]
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
         cache["blocks.0.attn.hook_pattern"].shape      # [batch, head, query, key]
     """
