@@ -14,9 +14,7 @@ Reports CPU ms per probe (mean and worst) and for ``table()``. With ``--base``, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -50,15 +48,9 @@ print(json.dumps({"record_ms_per_probe": total / probes * 1e3, "worst_probe_ms":
 """
 
 
-def measure(src: Path, seeds: int, probes: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(seeds), str(probes)], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def main() -> None:
     from end_to_end import write_result
+    from probe_memory import run_child, source_trees
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=64)
@@ -67,15 +59,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "metrics_buffer.json"))
     args = p.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"this tree": ROOT / "src"}
-        if args.base:
-            subprocess.run(f"git -C {ROOT} archive {args.base} src | tar -x -C {tmp}", shell=True, check=True)
-            trees[args.base] = Path(tmp) / "src"
+        trees, rows = source_trees(args.base, tmp), []
         for r in range(args.rounds):
             for name, src in trees.items():
-                row = {"tree": name, "round": r, **measure(src, args.seeds, args.probes)}
+                row = {"tree": name, "round": r, **run_child(CHILD, src, args.seeds, args.probes)}
                 rows.append(row)
                 print(f"{name:>10} round {r}: record {row['record_ms_per_probe']:.2f} ms a probe (worst "
                       f"{row['worst_probe_ms']:.1f}), table() {row['table_ms']:.0f} ms, {row['rows']} rows",

@@ -65,11 +65,22 @@ print(json.dumps({"emergelab": str(emergelab.__file__), "arena": arena, "probe_m
 """
 
 
-def measure(src: Path, size: str, probes: int, every: int) -> dict:
+def run_child(code: str, src: Path, *args: object) -> dict:
+    """Run ``code`` in a fresh Python with ``src`` (an ``emergelab`` tree) and ``benchmarks/`` importable;
+    its last line of output is JSON."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(Path(__file__).resolve().parent)])}
-    out = subprocess.run([sys.executable, "-c", CHILD, size, str(probes), str(every)], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def source_trees(base: str | None, tmp: str) -> dict[str, Path]:
+    """This tree's ``src/``, and with ``base`` that commit's (``git archive`` into ``tmp``)."""
+    trees = {"this tree": ROOT / "src"}
+    if base:
+        subprocess.run(f"git -C {ROOT} archive {base} src | tar -x -C {tmp}", shell=True, check=True)
+        trees[base] = Path(tmp) / "src"
+    return trees
 
 
 def main() -> None:
@@ -84,14 +95,10 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "probe_memory.json"))
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"this tree": ROOT / "src"}
-        if args.base:
-            subprocess.run(f"git -C {ROOT} archive {args.base} src | tar -x -C {tmp}", shell=True, check=True)
-            trees[args.base] = Path(tmp) / "src"
-        rows = []
+        trees, rows = source_trees(args.base, tmp), []
         for r in range(args.rounds):
             for name, src in trees.items():
-                row = {"tree": name, "round": r, **measure(src, args.size, args.probes, args.every)}
+                row = {"tree": name, "round": r, **run_child(CHILD, src, args.size, args.probes, args.every)}
                 rows.append(row)
                 heap = " ".join(f"{a['heap_mb']:.0f}" for a in row["arena"])
                 print(f"{name:>10} round {r}: heap MB every 30 probes {heap} | in use {row['arena'][-1]['in_use_mb']:.0f} "

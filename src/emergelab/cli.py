@@ -454,9 +454,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"note: {root}: being trained by another process now; not checked (check it when it ends)")
             busy += 1
             continue
-        was_resumable = lock.exists()
+        had_state = lock.exists()  # an unfinished run (a finished one has removed its state/)
         problems, notes = check_run(root)
-        if problems and was_resumable and (is_locked(lock) or not lock.exists()):
+        if problems and had_state and (is_locked(lock) or not lock.exists()):
             problems, notes = check_run(root)  # it resumed or finished (and removed its state) while read
         if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
             try:

@@ -85,10 +85,15 @@ def _cache_dirs() -> list[Path]:
     return [cache_dir(), Path(tempfile.gettempdir()) / f"emergelab-{user}" / "kernels"]
 
 
+def _compiler() -> tuple[str, str | None]:
+    """The C compiler's name (``$CC``, else ``cc``) and its path (None: not found)."""
+    name = os.environ.get("CC", "cc")
+    return name, shutil.which(name)
+
+
 def _build() -> tuple[Path | None, str]:
     """The compiled library (built now if no cache holds it), or None and why not."""
-    name = os.environ.get("CC", "cc")
-    compiler = shutil.which(name)
+    name, compiler = _compiler()
     if compiler is None:
         return None, f"no C compiler ({name!r} not found; set CC to one)"
     source = b"\0".join(path.read_bytes() for path in SOURCES + HEADERS)
@@ -294,7 +299,7 @@ def describe() -> str:
     same = "the reference bits" if lib.fingerprint == REFERENCE_FINGERPRINT else \
         f"NOT the reference {REFERENCE_FINGERPRINT[:16]}"
     return "\n".join([f"C kernels: {lib.path}",
-                      f"compiler: {shutil.which(os.environ.get('CC', 'cc'))}",
+                      f"compiler: {_compiler()[1]}",  # the one that built it: the cache key holds its path
                       f"fingerprint: {lib.fingerprint[:16]} ({same})",
                       f"attention: T <= {lib.t_max}, head dims 8..{lib.d_max} in steps of 8; layer norm widths up to "
                       f"{lib.layer_norm_max_width}"])
