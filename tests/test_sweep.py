@@ -270,6 +270,17 @@ def test_status_running_and_busy_runs_are_left_alone(finished, tmp_path, monkeyp
     assert [s.state for s in sweep_status(sweep.out)] == ["pending", "done"]
 
 
+def test_the_bar_of_a_sweep_with_nothing_left_is_full():
+    from emergelab.sweep.driver import _SweepBar
+
+    done = _SweepBar(runs=2, done=2, failed=0, enabled=False)
+    done.start(0.0)  # every run finished already
+    assert done.bar.n == done.bar.total
+    fresh = _SweepBar(runs=2, done=0, failed=0, enabled=False)
+    fresh.start(5.0)
+    assert (fresh.bar.n, fresh.bar.total) == (0, 5.0)
+
+
 def test_status_of_a_finished_run_whose_files_are_damaged_is_failed(finished, tmp_path, capsys):
     """Its files look finished, but the sweep's check of them failed: status says failed, with the error."""
     sweep, reference = finished
