@@ -13,6 +13,7 @@ from emergelab.analysis.curves import (
     crossing_step,
     detect_emergence,
     detect_jumps,
+    initial_points,
     smooth_curve,
 )
 
@@ -128,6 +129,29 @@ def test_log_spaced_steps():
     e = detect_emergence(steps, loss)
     k = np.searchsorted(steps, 3000)
     assert e.step == steps[k] and e.plateau_steps == steps[k] - steps[0]
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_initial_points_on_a_regular_grid_is_the_first_window(window):
+    rng = np.random.default_rng(window)
+    for _ in range(20):
+        n = int(rng.integers(2, 60))
+        steps = int(rng.integers(0, 100)) + int(rng.integers(1, 200)) * np.arange(n)
+        assert initial_points(steps, window) == max(1, min(window, n // 2))
+
+
+def test_settling_log_spaced_probes_do_not_end_the_plateau():
+    # a run's probes: every 25 steps plus log-spaced 1, 2, 4, ...; the loss starts above its plateau
+    # (0.71 at init, a spike to 0.80 after the first update) and settles at ln 2 by step 4, then stays
+    # there until a drop at step 1000: the plateau lasts until 1000, whatever the first three probes say
+    steps = np.unique(np.concatenate([np.arange(0, 3001, 25), [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]]))
+    loss = planted_step(steps, 1000, high=np.log(2), low=0.3235)
+    loss[:3] = [0.71, 0.80, 0.74]
+    e = detect_emergence(steps, loss, optimum=0.3235)
+    assert e.initial == pytest.approx(np.log(2))
+    assert e.plateau_steps == 1000 and e.step == 1000
+    # counting the first three points as the plateau (0.74) would have ended it at step 4
+    assert initial_points(steps, 3) > 3
 
 
 def test_persistence_ignores_single_point_spike():

@@ -211,7 +211,11 @@ def test_real_run_emergence_matches_plain_crossing(linear_map_run):
                      if x["seed"] == r["seed"] and x["metric"] == metric and x["index"] == index)
         steps, values = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         optimum = 0.0 if metric == "loss_pos" else 7 / 15 * math.log(2)
-        initial = np.median(values[:3])
+        # the initial plateau: the probes within two typical probe intervals of step 0 (the run probes
+        # every 25 steps and at log-spaced steps 1, 2, 4, ..., which are outvoted, not the whole window)
+        gaps = sorted(b - a for a, b in zip(steps[:-1], steps[1:]))
+        typical = gaps[len(gaps) // 2] if len(gaps) % 2 else (gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2
+        initial = np.median([v for s, v in zip(steps, values) if s <= steps[0] + 2 * typical])
         threshold = initial + 0.5 * (optimum - initial)
         below = values <= threshold
         # first point below the threshold that stays below for the next point too

@@ -193,6 +193,30 @@ def test_bad_config_raises_one_line_error_naming_the_field(name, field, value):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_attention_bias_on_a_mixer_fails_before_any_file_is_written(name, tmp_path):
+    from emergelab.train import ExperimentConfig, train
+
+    data = {"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+            "model": {"name": name, **SMALL[name]}, "train": {"steps": 4, "seeds": 1, "bias_beta": 3.0}}
+    with pytest.raises(ConfigError, match=rf"^train\.bias_beta=3\.0: model\.name={name} has no attention scores"):
+        train(ExperimentConfig.from_dict(data), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_patching_a_mixer_says_it_has_no_attention_heads(name):
+    from emergelab.interventions import ablation_table, cache_attention, patching_table
+
+    model = make_config(name).build()
+    batch = tokens(None, length=CTX + 1)
+    for call in (lambda: cache_attention(model, batch), lambda: ablation_table(model, batch),
+                 lambda: patching_table(model, model, batch)):
+        with pytest.raises(ValueError, match=r"has no attention heads to patch or ablate \(no hook point "
+                                             r"blocks\.0\.attn\.hook_pattern\)"):
+            call()
+
+
 def test_unresolved_config_is_rejected():
     with pytest.raises(ConfigError, match="vocab_size"):
         MODELS["lru"]().build()

@@ -292,6 +292,12 @@ def test_hooks_removed_after_success_and_after_errors():
     with pytest.raises(KeyError):
         model.run_with_cache(tokens, names_filter="blocks.9.hook_nope")
     assert no_hooks_left(model)
+    # a misspelt name in a list of names is an error too, not an empty cache or a hook that never fires
+    with pytest.raises(KeyError, match=r"no hook point named \['blocks\.0\.attn\.hook_patern'\]"):
+        model.run_with_cache(tokens, names_filter=["hook_embed", "blocks.0.attn.hook_patern"])
+    with pytest.raises(KeyError, match="hook_patern"):
+        model.run_with_hooks(tokens, fwd_hooks=[(["blocks.0.attn.hook_patern"], observe)])
+    assert no_hooks_left(model)
 
     # an exception raised inside the with-block of hooks() itself
     with pytest.raises(RuntimeError, match="inside"):

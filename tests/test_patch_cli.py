@@ -95,6 +95,7 @@ def test_patching_a_checkpoint_into_itself_gains_nothing(run):
     (["--early", "600"], "early step 600 must come before late step 600"),
     (["--early", "700"], "early step 600 must come before late step 600"),
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
+    (["--early", "-5"], "--early -5: a step must be >= 0"),
 ])
 def test_bad_inputs_exit_2_with_one_line(run, capsys, argv, message):
     args = ["patch", str(run.path), "--early", "96", "--late", str(STEPS)]
@@ -110,3 +111,16 @@ def test_not_a_run_directory(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="not a run directory"):
         patch_checkpoints(tmp_path, 1, 2)
+
+
+def test_patching_a_mixer_run_is_a_one_line_error(tmp_path, capsys):
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+        "model": {"name": "mlp_mixer", "layers": 1, "d_model": 8, "heads": 2},
+        "train": {"steps": 20, "seeds": 1, "checkpoints": 3, "attention_snapshots": 0, "eval_every": 10},
+        "execution": {"strategy": "ensemble"}})
+    run = train(config, tmp_path / "mixer", progress=False)
+    assert main(["patch", str(run.path), "--early", "0", "--late", "20"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("emergelab: error: model.name=mlp_mixer has no attention heads to patch (no hook "
+                                    "point blocks.0.attn.hook_pattern); head patching needs model.name=transformer")

@@ -209,6 +209,15 @@ def test_pretraining_run_in_groups_equals_all_at_once_and_records_its_tokens(tmp
                                    "task_tokens_per_seed": 37 * 16 * 12}
     loss = reference.filter(pc.equal(reference["metric"], "train_loss"))["value"].to_numpy()
     assert np.isfinite(loss).all()
+    # the task's loss is on no plateau while the model pre-trains: its initial level is the step-0 loss
+    from emergelab.analysis.emergence import curve_emergence
+    from emergelab.store import connect
+
+    emergence, _ = curve_emergence(connect(runs["together"].path))
+    at_zero = reference.filter(pc.and_(pc.equal(reference["metric"], "loss"), pc.equal(reference["step"], 0)))
+    first = {row["seed"]: row["value"] for row in at_zero.to_pylist()}
+    rows = [r for r in emergence.to_pylist() if r["target"] == "loss"]
+    assert len(rows) == 3 and all(r["initial"] == pytest.approx(first[r["seed"]]) for r in rows)
 
 
 @pytest.mark.parametrize("stop", [13, 41], ids=["during-pretraining", "after-pretraining"])

@@ -45,6 +45,7 @@ __all__ = [
     "crossing_step",
     "detect_emergence",
     "detect_jumps",
+    "initial_points",
     "smooth_curve",
     "validate_curve",
 ]
@@ -218,6 +219,21 @@ class Emergence:
         return "emerged" if self.emerged else "not yet"
 
 
+def initial_points(steps: np.ndarray, initial_window: int) -> int:
+    """How many leading points of a curve at ``steps`` (``(n,)``, increasing) estimate its initial
+    plateau: those at most ``initial_window - 1`` typical intervals (the median of ``diff(steps)``) after
+    the first step, at least 1 and at most ``n // 2`` (short curves: the window never reaches into the
+    second half). On a regular grid that is the first ``initial_window`` points. A run probes at
+    log-spaced steps as well (0, 1, 2, 4, ...), where the loss is still settling from initialisation
+    (above its plateau, by a spike after the first update): counting by points, those few early
+    probes would be the whole window."""
+    n = steps.size
+    typical = float(np.median(np.diff(steps))) if n > 1 else 0.0
+    reach = steps[0] + (initial_window - 1) * typical * (1 + 1e-9)
+    k = int(np.searchsorted(steps, reach, side="right"))
+    return max(1, min(k, n // 2))
+
+
 def detect_emergence(
     steps: ArrayLike,
     values: ArrayLike,
@@ -236,8 +252,12 @@ def detect_emergence(
 
     Definitions (``s`` = trailing moving average of ``values`` over ``smooth`` points):
 
-    * initial plateau ``I`` = median of ``s[:initial_window]`` (at most the first half
-      of the curve, so ``n = 2`` uses the first point);
+    * initial plateau ``I`` = median of ``s`` over the points within ``initial_window - 1``
+      typical probe intervals of the first step (the median step interval; see
+      :func:`initial_points`): on a regular grid the first ``initial_window`` points, and
+      extra early probes (a run's log-spaced steps 1, 2, 4, ..., still settling from
+      initialisation) are outvoted rather than filling the window; at most the first half
+      of the curve, so ``n = 2`` uses the first point;
     * target ``T`` = ``optimum`` if given, else ``min(s)`` (``max(s)`` if ``increasing``);
     * emergence threshold ``I + fraction * (T - I)``; the emergence step is the first
       step where ``s`` is past it and stays past it for ``persist`` following points
@@ -283,9 +303,7 @@ def detect_emergence(
     sign = -1.0 if increasing else 1.0  # work on a falling curve y = sign * s
     s = smooth_curve(v, smooth)
     y = sign * s
-    # short curves: never let the "initial" window reach into the second half
-    k0 = min(initial_window, max(1, y.size // 2))
-    initial = float(np.median(y[:k0]))
+    initial = float(np.median(y[:initial_points(s_steps, initial_window)]))
     target = sign * optimum if optimum is not None else float(y.min())
     gap = initial - target  # > 0 when the target is an improvement
     last = _as_step(s_steps[-1])

@@ -64,6 +64,16 @@ def run_optima(con: Any) -> dict[str, Optima]:
     return out
 
 
+def pretrained_runs(con: Any) -> set[str]:
+    """Runs that pre-trained on another stream first (``train.pretrain_steps > 0``; stores made before
+    the field existed have none)."""
+    columns = {c[0] for c in con.sql("DESCRIBE runs").fetchall()}
+    if "train.pretrain_steps" not in columns:
+        return set()
+    rows = arrow(con, 'SELECT run, "train.pretrain_steps" AS p FROM runs').to_pylist()
+    return {r["run"] for r in rows if (r["p"] or 0) > 0}
+
+
 _CURVE_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
     ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
@@ -95,8 +105,12 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
 
     ``fraction``, ``plateau_fraction``, ``smooth``, ``persist`` are passed to ``detect_emergence``.
+    In a run that pre-trains on another stream (``train.pretrain``), the task's loss is on no plateau
+    while the model pre-trains (it rises, the model learning the other stream's statistics), so the
+    initial level is the loss at initialisation alone (``initial_window=1``: the probe at step 0).
     """
     optima = _optima_by_run if _optima_by_run is not None else run_optima(con)
+    pretrained = pretrained_runs(con)
     loss = fetch_curves(con, "loss")
     loss_pos = fetch_curves(con, "loss_pos")
     n_outputs: dict[tuple[str, int], int] = {}
@@ -111,7 +125,8 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
         if steps.size < 2:
             return
         e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,
-                             plateau_fraction=plateau_fraction, smooth=smooth, persist=persist)
+                             plateau_fraction=plateau_fraction, smooth=smooth, persist=persist,
+                             initial_window=1 if run in pretrained else 3)
         ended = bool(e.plateau_steps < steps[-1] - steps[0])
         em_rows.append((run, seed, target, e.emerged, float(e.step), float(e.plateau_steps), e.final,
                         e.initial, e.threshold, optimum, ended))

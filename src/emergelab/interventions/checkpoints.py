@@ -164,6 +164,9 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
         raise ConfigError(f"--batch {batch}: must be >= 1")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here; use cpu")
+    for name, step in (("--early", early), ("--late", late)):
+        if step < 0:
+            raise ConfigError(f"{name} {step}: a step must be >= 0")
     run = load_run(run)
     config = ExperimentConfig.from_run(run).resolved()
     if not 0 <= seed < config.train.seeds:
@@ -185,6 +188,9 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     task, tokens = held_out_batch(config, seed, n)
     tokens, mask = tokens.to(device), score_mask(task).to(device)
     early_model = load_model(run, seed, early_step, device, config)
+    if hook_name(0, what) not in early_model.hook_dict:
+        raise ConfigError(f"model.name={config.model.name} has no attention heads to patch (no hook point "
+                          f"{hook_name(0, what)}); head patching needs model.name=transformer")
     late_model = load_model(run, seed, late_step, device, config)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=task.output_index.to(device),
                            loss_mask=mask, batch_size=batch_size)

@@ -192,9 +192,20 @@ def cache_attention(model: Any, tokens: torch.Tensor, what: str = "pattern",
     its own model changes nothing.
     """
     _check_what(what)
+    require_attention_heads(model, what)
     keep = None if layers is None else {hook_name(layer, what) for layer in layers}
     _, cache = model.run_with_cache(_inputs(model, tokens), names_filter=_is_attention_hook(what))
     return {name: act for name, act in cache.items() if keep is None or name in keep}
+
+
+def require_attention_heads(model: Any, what: str = "pattern") -> None:
+    """ValueError unless ``model`` has the hook point ``blocks.0.attn.hook_{what}`` (attention heads to patch
+    or ablate). A non-attention mixer has none: its mixing matrix is ``blocks.{l}.mixer.hook_pattern``,
+    read with ``run_with_cache`` (models/mixers/README.md)."""
+    names = getattr(model, "hook_dict", {})
+    if hook_name(0, what) not in names:
+        raise ValueError(f"{type(model).__name__} has no attention heads to patch or ablate (no hook point "
+                         f"{hook_name(0, what)}); a mixer's matrix is blocks.{{l}}.mixer.hook_pattern, for run_with_cache")
 
 
 def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.Tensor],

@@ -86,16 +86,25 @@ class HookedModule(nn.Module):
         handles = []
         try:
             for names, fn in fwd_hooks:
+                self._check_names(names)
                 match = _matcher(names)
                 points = [hp for name, hp in self.hook_dict.items() if match(name)]
-                if isinstance(names, str) and not points:
-                    raise KeyError(f"no hook point named {names!r}; see model.hook_dict for the names")
                 for hp in points:
                     handles.append(hp.register_forward_hook(_wrap(fn, squeeze=hp.single and not member_dim)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _check_names(self, names: NameFilter) -> None:
+        """KeyError for a name (or a name in a list of names) that is no hook point: a misspelt name would
+        otherwise cache nothing or hook nothing, silently. A callable filter may match none."""
+        if names is None or callable(names):
+            return
+        unknown = [n for n in ([names] if isinstance(names, str) else names) if n not in self.hook_dict]
+        if unknown:
+            shown = unknown[0] if isinstance(names, str) else unknown
+            raise KeyError(f"no hook point named {shown!r}; see model.hook_dict for the names")
 
     def run_with_hooks(self, *args: Any, fwd_hooks: Sequence[tuple[Any, HookFn]] = (), member_dim: bool = False,
                        **kwargs: Any) -> Any:
@@ -113,9 +122,8 @@ class HookedModule(nn.Module):
         def save(tensor: torch.Tensor, hook: HookPoint) -> None:
             cache[hook.name] = tensor.detach() if detach else tensor
 
+        self._check_names(names_filter)
         match = _matcher(names_filter)
-        if isinstance(names_filter, str) and names_filter not in self.hook_dict:
-            raise KeyError(f"no hook point named {names_filter!r}; see model.hook_dict for the names")
         with self.observing(), self.hooks([(match, save)], member_dim=member_dim):
             output = self(*args, **kwargs)
         return output, cache

@@ -58,6 +58,7 @@ class TransformerConfig:
     vocab_size and context_length come from the task (leave them None)."""
 
     name: ClassVar[str] = "transformer"
+    model_class: ClassVar[type]  # Transformer, set below
     layers: int = 1
     heads: int = 4
     head_dim: int = 16
@@ -244,3 +245,6 @@ class Transformer(ResidualModel):
         """SDPA in every layer (True), the materialised attention (False), or SDPA on CUDA only (None)."""
         for block in self.blocks:
             block.attn.fused = fused
+
+
+TransformerConfig.model_class = Transformer  # the class it builds (ExperimentConfig reads its capabilities)

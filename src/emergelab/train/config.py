@@ -182,7 +182,11 @@ class ExperimentConfig:
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def __post_init__(self) -> None:
-        # bias indices are checked against the model here, so a bad one fails before any work starts
+        # the bias is checked against the model here, so a bad one fails before any work starts
+        model_class = getattr(self.model, "model_class", None)  # a config built elsewhere may not say
+        if self.train.bias_beta != 0 and model_class is not None:
+            require(getattr(model_class, "accepts_attn_bias", False), "train.bias_beta", self.train.bias_beta,
+                    f"model.name={self.model.name} has no attention scores to bias; set train.bias_beta=0")
         for name, size in (("bias_layers", "layers"), ("bias_heads", "heads")):
             value = getattr(self.train, name)
             limit = getattr(self.model, size, None)
