@@ -209,24 +209,36 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     if args.task not in TASKS:
         raise ConfigError(f"unknown task {args.task!r}: allowed tasks are {', '.join(TASKS)}")
     data: dict[str, dict[str, Any]] = {"task": {"name": args.task}, "model": {}, "train": {}, "execution": {}}
+    from_preset: set[str] = set()
     if args.preset:
         preset = preset_dict(args.preset)
         if preset["task"]["name"] != args.task:
             raise ConfigError(f"--preset {args.preset} is for task {preset['task']['name']}, not {args.task}")
         for section in data:
             data[section].update(preset.get(section, {}))
+            from_preset |= {f"{section}.{name}" for name in preset.get(section, {})}
     for text in args.overrides:
         section, name, value = parse_override(text)
         if section == "task" and name == "name":
             raise ConfigError("--set task.name: choose the task with the positional TASK argument")
         data[section][name] = value
+        from_preset.discard(f"{section}.{name}")
     for flag, section in (("seeds", "train"), ("steps", "train"), ("device", "execution"), ("strategy", "execution"),
                           ("forecast_from", "execution")):
         if getattr(args, flag) is not None:
             data[section][flag] = getattr(args, flag)
     if args.log:
         data["execution"]["log"] = _trackers(args.log)
-    return ExperimentConfig.from_dict(data)
+    try:
+        return ExperimentConfig.from_dict(data)
+    except ConfigError as error:
+        field = next((f for f in sorted(from_preset) if str(error).startswith(f"unknown field {f}:")), None)
+        if field is None:
+            raise
+        model = data["model"].get("name", "transformer")
+        raise ConfigError(f"{error}. ({field} was set by --preset {args.preset}, which is made for "
+                          f"model.name={preset.get('model', {}).get('name', 'transformer')}; for model.name={model} "
+                          "leave out --preset and set the sizes with --set)") from None
 
 
 def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
@@ -410,7 +422,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(format_positions(result))
     paths = write_tables(result, out, {"heads": heads, "head_rows": head_rows(con)})
     paths += make_analysis_figures(result, out, vs=args.vs)
-    print(f"\nwrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths if p.suffix != ".csv"))
+    tables = [p.stem for p in paths if p.suffix == ".parquet"]
+    figures = [p.name for p in paths if p.suffix not in (".parquet", ".csv")]
+    print(f"\nwrote {len(paths)} files to {out}: tables {', '.join(tables)} (.parquet and .csv each); "
+          f"figures {', '.join(figures) or 'none'}")
     return 0
 
 

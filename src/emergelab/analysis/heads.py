@@ -88,8 +88,9 @@ def attribute_heads(con: Any, *, events: str = "emergence", emergence: tuple[pa.
             ``emergence_kwargs`` passed on.
 
     Returns a pyarrow Table, one row per (run, seed, position) with a ``loss_pos`` curve (per jump with
-    ``events="all"``; outputs without one get an ``event="none"`` row): ``event`` (``"emergence jump"``,
-    ``"jump"``, ``"emergence"`` or ``"none"``), ``event_step``, ``before_step`` / ``after_step`` (the
+    ``events="all"``; outputs without one get an ``event="none"`` row, and outputs of a run that recorded no
+    per-head attention metrics, e.g. a mixer without a probe pattern, an ``"no head metrics"`` row):
+    ``event`` (``"emergence jump"``, ``"jump"``, ``"emergence"``, ``"none"`` or ``"no head metrics"``), ``event_step``, ``before_step`` / ``after_step`` (the
     window), ``top_head`` (``"l.h"``; null when no event), ``score`` (``"mass_gain"`` or
     ``"entropy_drop"``: what ranked the heads), the top head's ``entropy_drop``, ``mass_gain`` and
     ``final_mass``, and the second-ranked head and its score (``runner_up``, ``runner_up_gain``).
@@ -120,8 +121,8 @@ def attribute_heads(con: Any, *, events: str = "emergence", emergence: tuple[pa.
             target = f"pos:{i}"
             windows = _windows(steps, jumps_of.get((run, seed, target), []), emerged.get((run, seed, target)),
                                events)
-            if not windows or not heads:
-                rows.append({"run": run, "seed": seed, "position": i, "event": "none"})
+            if not windows or not heads:  # no event, or no per-head metrics to score (a mixer without a pattern)
+                rows.append({"run": run, "seed": seed, "position": i, "event": "no head metrics" if windows else "none"})
                 continue
             for window in windows:
                 rows.append(_attribute(run, seed, i, window, heads, ent_pos, ent_pos_by, ent, ent_by,

@@ -69,6 +69,12 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     ax_e.set(xlabel="emergence step", ylabel="fraction of all seeds", ylim=(0, 1.02),
              title="ECDF (ends at the solved fraction)")
     ax_e.grid(alpha=0.3)
+    if not finite.size:  # otherwise empty axes around 0 that read as a plotting failure
+        for ax in (ax_h, ax_e):
+            ax.text(0.5, 0.5, "no seed solved (in none did every output emerge)", transform=ax.transAxes,
+                    ha="center", va="center", color="0.4")
+            ax.set_xticks([])
+        ax_h.set_yticks([])
     ax_h.legend(fontsize=8, loc="upper right")
     ax_e.legend(fontsize=8, loc="lower right")
     return save_figure(fig, Path(path))

@@ -325,7 +325,9 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     bar_axes = fig.add_axes((1 - (right - 0.15) / width, bottom / height, 0.15 / width,
                              1 - (top + bottom) / height))
     bar = fig.colorbar(image, cax=bar_axes)
-    bar.set_label("attention weight (batch mean)")
+    # a mixer's snapshot is its matrix normalised to |M| / sum |M| per row (train.measure.MixerPatternScores)
+    bar.set_label("attention weight (batch mean)" if config.model.name == "transformer"
+                  else "mixing weight |M|, row-normalised (batch mean)")
     fig.suptitle(f"Heads whose entropy dropped most: rows = {first_view.row_label}, "
                  f"columns = {first_view.col_label}\n{describe(config)}", fontsize=9, y=1 - 0.08 / height,
                  va="top")
