@@ -50,6 +50,9 @@ def format_groups(result: Any) -> str:
              "outputs (curve minimum)": "solved = every output emerged (halfway to its curve's minimum: "
                                         "no optima recorded)"}
     lines = [notes[r] for r in sorted(rules)]
+    if rows:
+        lines.append("emergence = step the aggregate loss is halfway from its plateau to its optimum (solved seeds); "
+                     "plateau = steps until it is 10% of the way")
     if censored:
         lines.append("plateau >=N: at least half the seeds never left the plateau; N is a lower bound (censored)")
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
