@@ -334,19 +334,45 @@ def test_failing_run_is_retried_recorded_and_isolated(tmp_path, monkeypatch, cap
     assert sorted(result.done) == sorted([good, bad]) and not (tmp_path / "out" / "failed" / f"{bad}.json").exists()
 
 
-def test_worker_processes_isolate_a_run_that_raises_in_training(tmp_path, capsys):
-    """Real worker processes (the local sweep executor): a model without attention given an attention bias
-    fails inside training; the other run of the sweep finishes, the CLI exits 1 and names the failure."""
+@pytest.mark.skipif(sys.platform != "linux", reason="the failure is planted in this process; forked workers inherit it")
+def test_worker_processes_isolate_a_run_that_raises_in_training(tmp_path, capsys, monkeypatch):
+    """Real worker processes (the local sweep executor): one run raises inside its training step (planted
+    here; the workers are forked, so they inherit it); the other run of the sweep finishes, the CLI exits 1
+    and names the failure."""
+    from emergelab.train.group import SeedGroup
+
+    real_step = SeedGroup._train_step
+
+    def exploding(self):
+        if self.config.train.bias_beta == 2.0:
+            raise RuntimeError("boom: the optimizer exploded")
+        return real_step(self)
+
+    monkeypatch.setattr(SeedGroup, "_train_step", exploding)
     data = {"base": {"task": {"name": "linear-map", "state_size": 6, "sparsity": 2},
-                     "model": {"name": "mlp_mixer", "d_model": 8, "heads": 2, "mlp_ratio": 0},
+                     "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
                      "train": {**BASE["train"], "steps": 20}},
             "grid": {"train.bias_beta": [0.0, 2.0]}, "out": str(tmp_path / "out")}
     path = write_spec(tmp_path / "s.yaml", data)
     assert main(["sweep", str(path), "--workers", "2", "--retries", "0", "--quiet"]) == 1
     text = capsys.readouterr().out
-    assert "done 1, failed 1" in text and "takes no attention bias" in text
+    assert "done 1, failed 1" in text and "boom: the optimizer exploded" in text
     states = sorted(s.state for s in sweep_status(tmp_path / "out"))
     assert states == ["done", "failed"]
+
+
+def test_a_sweep_run_the_model_cannot_take_is_refused_before_any_training(tmp_path, capsys):
+    """An attention bias on a model without attention is a config error of that run: the sweep says so
+    (exit 2) before anything trains."""
+    data = {"base": {"task": {"name": "linear-map", "state_size": 6, "sparsity": 2},
+                     "model": {"name": "mlp_mixer", "d_model": 8, "heads": 2, "mlp_ratio": 0},
+                     "train": {**BASE["train"], "steps": 20}},
+            "grid": {"train.bias_beta": [0.0, 2.0]}, "out": str(tmp_path / "out")}
+    path = write_spec(tmp_path / "s.yaml", data)
+    assert main(["sweep", str(path), "--workers", "2", "--retries", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "train.bias_beta=2.0: model.name=mlp_mixer has no attention scores to bias" in err
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------------
