@@ -199,3 +199,21 @@ def test_tiny_run_writes_the_run_directory(workdir, capsys):
     assert again[0] == lines[0] and again[1] == f"{out}: already finished; nothing to train"
     assert lines[2].startswith("trained in ") and "(estimated " in lines[2]  # only when it trained
     assert again[2:] == lines[3:]
+
+
+def test_ctrl_c_while_the_command_line_imports_is_one_line():
+    """A Ctrl-C in the first second or two (torch and pyarrow importing) ends like one later: one line,
+    exit 130, no traceback. The interrupt is raised where the import of ``emergelab.cli`` starts."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'emergelab.cli':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "from emergelab._entry import entry\n"
+            "entry()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr == "emergelab: interrupted\n", done.stderr

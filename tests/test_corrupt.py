@@ -199,13 +199,24 @@ def test_every_resume_state_damaged_trains_from_the_start(base, partial, tmp_pat
     same_numbers(run, base)
 
 
-def test_damaged_plan_is_one_line(partial, tmp_path, capsys):
+@pytest.mark.parametrize("how", ["truncate", "flip", "delete the state folder"])
+def test_a_damaged_or_deleted_plan_trains_the_run_from_the_start(base, partial, tmp_path, capsys, how):
+    """Without its plan the resume states cannot be matched to their seed groups: `check` says the re-run
+    trains from the start, and the re-run does (it used to refuse, every time, with advice that did not
+    help), to the same numbers."""
     run = tmp_path / "run"
     shutil.copytree(partial, run)
-    corrupt(run / "state" / "plan.json", "truncate")
-    code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
-    assert code == 2
-    one_error_line(err, "plan.json")
+    if how == "delete the state folder":
+        shutil.rmtree(run / "state")
+    else:
+        corrupt(run / "state" / "plan.json", how)
+        code, out, _ = call(capsys, "check", str(run))
+        assert code == 2 and "plan.json" in out and "the run trains from the start" in out, out
+    with pytest.warns(CorruptFileWarning, match="plan.json.*the run trains from the start"):
+        code, _, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0, err
+    same_numbers(run, base)
+    assert check_run(run)[0] == []
 
 
 def test_damaged_metrics_rebuilt_from_resume_states_still_there(base, partial, tmp_path, capsys):

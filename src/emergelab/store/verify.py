@@ -31,6 +31,8 @@ ADVICE = {
     "checkpoints": "a checkpoint cannot be rebuilt without training again: restore it from a backup",
     "attention": "an attention snapshot cannot be rebuilt without training again: restore it from a backup",
     "state": "re-run `emergelab run`: it resumes from the previous intact resume state",
+    "state/plan.json": "re-run `emergelab run`: without it the resume states cannot be used, and the run trains "
+                       "from the start",
 }
 
 

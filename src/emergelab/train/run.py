@@ -159,7 +159,10 @@ def check_existing(config: ExperimentConfig, out: str | Path) -> None:
     if run.config_path.exists():
         _check_same(run, config)
     if (run.state_dir / "plan.json").exists() and not run.is_complete():
-        device = _read_plan(run).get("device", "cpu")
+        try:
+            device = _read_plan(run).get("device", "cpu")
+        except CorruptFileError:
+            return  # training discards the resume states it cannot use (``_load_or_make_plan``)
         if device != _device_kind(config.execution.device):
             raise ConfigError(f"execution.device={config.execution.device!r}: {run.path} started on {device}, and "
                               f"its numbers depend on the device kind; resume it with --device {device}")
@@ -217,14 +220,18 @@ def _load_or_make_plan(run: RunDir, config: ExperimentConfig) -> Plan:
         try:
             saved = _read_plan(run)
         except CorruptFileError as error:
-            raise CorruptFileError(error.path, error.problem, f"delete {run.state_dir} to train the run from "
-                                                              "the start") from None
-        device = saved.get("device", "cpu")
-        if device != _device_kind(config.execution.device):
-            raise ConfigError(f"execution.device={config.execution.device!r}: {run.path} started on {device}, and "
-                              f"its numbers depend on the device kind; resume it with --device {device}")
-        # keep the groups (resume must batch the same seeds together); the processes follow this call
-        return Plan(fresh.strategy, saved["groups"], fresh.processes)
+            # without the plan the resume states cannot be matched to their seed groups: start over (the
+            # numbers come out the same, only the time is lost)
+            warn(f"{error.path}: {error.problem}; the resume states cannot be used without it, so the run "
+                 "trains from the start")
+            run.remove(run.state_dir)
+        else:
+            device = saved.get("device", "cpu")
+            if device != _device_kind(config.execution.device):
+                raise ConfigError(f"execution.device={config.execution.device!r}: {run.path} started on {device}, "
+                                  f"and its numbers depend on the device kind; resume it with --device {device}")
+            # keep the groups (resume must batch the same seeds together); the processes follow this call
+            return Plan(fresh.strategy, saved["groups"], fresh.processes)
     if _looks_finished(run):
         raise CorruptFileError(run.metrics_path, "missing from a finished run (summary.json or the manifest "
                                                  "says it was written), and the resume states are gone",
