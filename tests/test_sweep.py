@@ -298,6 +298,22 @@ def test_status_of_a_finished_run_whose_files_are_damaged_is_failed(finished, tm
     assert "1 done, 0 running, 1 failed, 0 pending" in capsys.readouterr().out
 
 
+def test_status_sees_a_damaged_result_before_the_sweep_runs_again(finished, tmp_path, capsys):
+    """A finished run's metrics.parquet truncated afterwards: status says failed at once (its size is not
+    the recorded one), without a re-run of the sweep to find out."""
+    sweep, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    metrics = sweep.runs[1].path(out) / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:200])
+    statuses = {s.name: s for s in sweep_status(out)}
+    bad = statuses[sweep.runs[1].name]
+    assert bad.state == "failed" and bad.error.startswith("metrics.parquet: 200 bytes where the manifest records")
+    assert statuses[sweep.runs[0].name].state == "done"
+    assert main(["sweep", "status", str(out)]) == 0
+    assert "1 done, 0 running, 1 failed, 0 pending" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------------------
 # Failures: retried, recorded, isolated
 # ------------------------------------------------------------------------------------------------------

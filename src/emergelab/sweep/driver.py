@@ -292,7 +292,8 @@ def sweep_status(out: str | Path) -> list[RunStatus]:
             except ValueError:
                 failure = {"error": "(the failure record is damaged)", "attempts": 0}
         if failure is None and run.is_complete():  # a success clears the failure record
-            statuses.append(RunStatus(name, "done", 1.0, entry["overrides"]))
+            damage = _visible_damage(run)
+            statuses.append(RunStatus(name, "failed" if damage else "done", 1.0, entry["overrides"], damage))
             continue
         fraction = 1.0 if run.is_complete() else _progress(run)
         if is_locked(run.state_dir / "run.lock"):
@@ -305,6 +306,21 @@ def sweep_status(out: str | Path) -> list[RunStatus]:
                                   failure.get("error") if failure else None,
                                   int(failure.get("attempts", 0)) if failure else 0))
     return statuses
+
+
+def _visible_damage(run: RunDir) -> str | None:
+    """A finished run's results whose size is not the one its manifest records (cheap: no file is read;
+    ``emergelab check`` verifies every byte)."""
+    state = run.manifest.read()
+    for path in (run.metrics_path, run.summary_path):
+        recorded = run.manifest.expected(path, state)
+        if recorded is None:
+            continue
+        size = path.stat().st_size if path.exists() else None
+        if size != recorded.size:
+            found = "missing" if size is None else f"{size} bytes"
+            return f"{path.name}: {found} where the manifest records {recorded.size} bytes; see `emergelab check`"
+    return None
 
 
 def _progress(run: RunDir) -> float:
