@@ -249,7 +249,9 @@ def test_check_reports_a_damaged_manifest_line_and_walks_a_tree(base, tmp_path, 
     assert code == 2 and "manifest.jsonl: line 1 is damaged" in out and "delete line 1 to accept" in out
     assert out.splitlines()[-1] == "checked 2 run(s): 1 problem(s) in 1 run(s)"
     manifest.write_text("".join(lines[1:]))  # the advice: the file it recorded is then checked by structure
-    assert call(capsys, "check", str(tmp_path))[:2] == (0, "checked 2 run(s): every file is intact\n")
+    code, out, _ = call(capsys, "check", str(tmp_path))
+    assert code == 0 and out.splitlines()[-1] == "checked 2 run(s): every file is intact"
+    assert "1 file(s) not recorded in manifest.jsonl" in out.splitlines()[0]
     manifest.write_text("".join(lines))
     (tmp_path / "a" / "state").mkdir()
     with locked(tmp_path / "a" / "state" / "run.lock"):  # another process is training it: its files change
@@ -272,3 +274,19 @@ def test_a_run_without_manifest_is_checked_by_structure(base, tmp_path, capsys):
     with pytest.raises(Exception, match="metrics.parquet"):
         connect(run)
     assert RunDir(run).read_config_dict()["task"]["name"] == "linear-map"
+
+
+def test_a_file_the_manifest_does_not_record_is_noted(base, tmp_path, capsys):
+    """A checkpoint copied in from elsewhere (or whose manifest line was lost) is checked by its structure
+    and named in a note; a finished run as written has no such file."""
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 0 and "note:" not in out
+    extra = run / "checkpoints" / "seed-000" / "step-99999999.safetensors"
+    shutil.copy(run / "checkpoints" / "seed-000" / "step-00000030.safetensors", extra)
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 0 and "1 file(s) not recorded in manifest.jsonl" in out and "step-99999999" in out
+    extra.write_bytes(b"junk")  # and it is still checked, by its structure
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 2 and "step-99999999" in out

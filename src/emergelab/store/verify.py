@@ -247,6 +247,13 @@ def check_run(root: str | Path) -> tuple[list[Problem], list[str]]:
         if (root / folder).exists():
             files |= {p for p in (root / folder).rglob("*") if p.is_file() and not p.name.startswith(".")
                       and p.suffix != ".lock"}
+    if state.exists:
+        unrecorded = sorted(str(p.relative_to(root)) for p in files
+                            if str(p.relative_to(root)) not in state.entries.keys() | state.uncertain)
+        if unrecorded:
+            notes.append(f"{root}: {len(unrecorded)} file(s) not recorded in {MANIFEST} (e.g. {unrecorded[0]}): "
+                         "checked by their structure only (written outside emergelab, a crash between writing and "
+                         "recording, or lines lost)")
     files |= {root / rel for rel in state.entries}
     for path in sorted(files):
         try:
