@@ -9,6 +9,7 @@ it after it finished does nothing.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -75,9 +76,23 @@ def unit_progress(unit: WorkUnit) -> int:
     """Seed-steps already done (by its latest complete resume state)."""
     run = RunDir(unit.run_path)
     group = run.state_dir / f"group-{unit.group}"
+    state = run.manifest.read()
     for meta in sorted(group.glob("step-*/meta.json"), reverse=True) if group.exists() else []:
         try:  # a damaged state is reported when the unit resumes; here it only counts as not there
-            return int(run.read_file_json(meta)["step"]) * len(unit.seeds)
+            step = int(run.read_file_json(meta)["step"])
         except (CorruptFileError, OSError, KeyError, TypeError, ValueError):
             continue
+        if all(_has_recorded_size(run, meta.parent / name, state) for name in ("tensors.safetensors",
+                                                                               "metrics.parquet")):
+            return step * len(unit.seeds)
     return 0
+
+
+def _has_recorded_size(run: RunDir, path: Path, state: Any) -> bool:
+    """Whether ``path`` exists with the size the manifest records (a stat, no read; True where it records
+    none): a truncated or missing part of a resume state, which the resume will pass over, is seen here."""
+    recorded = run.manifest.expected(path, state)
+    try:
+        return recorded is None or path.stat().st_size == recorded.size
+    except OSError:
+        return False
