@@ -217,3 +217,29 @@ def test_ctrl_c_while_the_command_line_imports_is_one_line():
             "entry()\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and done.stderr == "emergelab: interrupted\n", done.stderr
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
+    """SIGTERM (a scheduler, `kill`) to the console command: workers stopped, one line, exit 143; the
+    workers themselves keep SIGTERM's default action (the parent stops them with it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", "from emergelab._entry import entry; entry()", "run", "linear-map",
+               "--preset", "linear-map-tiny", "--steps", "50000", "--strategy", "workers", "--no-figures",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("run directory:")
+    deadline = time.monotonic() + 60
+    while not list(out.glob("state/group-*")) and time.monotonic() < deadline:  # the workers have started
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.replace("\r", "\n").rstrip().splitlines()[-1] == \
+        "emergelab: terminated; re-run the same command to resume"
+    assert "Traceback" not in err

@@ -950,6 +950,15 @@ COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "l
             "forecast": cmd_forecast}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``), raised in the main thread by the console command so that a run stops
+    as it does on Ctrl-C: workers stopped, files closed, one line. Workers keep the default action."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
@@ -961,6 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a path holds
         print(f"emergelab: error: {message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("emergelab: terminated; re-run the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
@@ -975,6 +987,7 @@ def entry() -> None:
     teardown then aborts a finished run ("terminate called without an active exception", exit -6;
     apache/arrow#34314): seen here in about 1 in 6 CLI runs on a loaded machine. Everything a run writes
     is closed (atomically renamed) before ``main`` returns."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     code = main()
     atexit._run_exitfuncs()  # multiprocessing's, tqdm's, logging's, trackers': what a normal exit runs first
     sys.stdout.flush()

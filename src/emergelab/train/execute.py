@@ -232,6 +232,7 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
 
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the command's SIGTERM handler
     try:
         while (item := tasks.get()) is not None:
             index, unit = item
