@@ -212,9 +212,14 @@ def test_the_hf_path_on_gpt_neox_gives_our_neox_patterns(tmp_path):
 def test_load_lm_dispatches_and_refuses_pickle_weights(tmp_path):
     torch.manual_seed(3)
     neox = GPTNeoXForCausalLM(GPTNeoXConfig(**SMALL, attn_implementation="eager"))
-    assert isinstance(load_lm(save(neox, tmp_path / "neox")), HookedGPTNeoX)
+    ours = load_lm(save(neox, tmp_path / "neox"))
+    assert isinstance(ours, HookedGPTNeoX)
     llama = LlamaForCausalLM(ARCHS["llama"][1]())
-    assert isinstance(load_lm(save(llama, tmp_path / "llama")), HookedHFCausalLM)
+    theirs = load_lm(save(llama, tmp_path / "llama"))
+    assert isinstance(theirs, HookedHFCausalLM)
+    # both say their sizes the same way
+    for model, hf in ((ours, neox), (theirs, llama)):
+        assert (model.n_layers, model.n_heads) == (hf.config.num_hidden_layers, hf.config.num_attention_heads)
     pickled = tmp_path / "pickled"
     llama.config.save_pretrained(pickled)
     torch.save(llama.state_dict(), pickled / "pytorch_model.bin")

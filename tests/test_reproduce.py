@@ -211,12 +211,15 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
     done = cli("reproduce", "width", "--scale", "smoke", "--dry-run", "--out", str(tmp_path / "w"), cwd=tmp_path)
     assert done.returncode == 0 and "width-linear-map: 3 run(s)" in done.stdout
     for args, message in ((["nope"], "reproduce nope: unknown target; allowed targets are sparsity"),
                           (["seeds", "--scale", "huge"], "--scale huge: allowed scales are smoke, cpu, paper"),
                           (["seeds", "--workers", "0"], "--workers=0: must be >= 1"),
-                          (["seeds", "--analyse-only", "--out", str(tmp_path / "none")], "no finished runs"),
+                          (["seeds", "--analyse-only", "--out", str(tmp_path / "none")],
+                           "holds no runs of seeds; train them first"),
+                          (["seeds", "--out", str(tmp_path / "a-file")], "exists and is not a directory"),
                           (["seeds", "--device", "tpu"], "--device")):
         bad = cli("reproduce", *args, cwd=tmp_path)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
@@ -230,6 +233,10 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     assert "final loss over seeds" in done.stdout and (out / "RESULT.md").exists()
     again = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert again.returncode == 0 and "emergelab reproduce seeds --scale smoke" in (out / "RESULT.md").read_text()
+    # another target's analysis never overwrites this one's result
+    other = cli("reproduce", "sparsity", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
+    assert other.returncode == 2 and "holds the reproduction of seeds" in other.stderr, other.stderr
+    assert '"target": "seeds"' in (out / "result.json").read_text()
 
 
 def test_lm_mini_presets_are_the_lm_emergence_cpu_runs(tmp_path):

@@ -765,6 +765,19 @@ def _print_suite_plan(sources: dict[str, dict[int, Any]], config: Any, out: Path
           "then 2 for the patching; nothing fetched (--dry-run)")
 
 
+def _check_reproduce_out(out: Path, name: str) -> None:
+    """Refuse an ``--out`` that holds another target's reproduction (its ``result.json`` says which)."""
+    import json
+
+    try:
+        other = json.loads((out / "result.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(other, str) and other != name:
+        raise ConfigError(f"--out {out}: holds the reproduction of {other} (its result.json); choose another "
+                          f"--out for {name}")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce.run import analyse, check_scale, command_line, default_out, load_parts, reproduce, target
 
@@ -779,7 +792,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         check_device("--device", args.device)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers={args.workers}: must be >= 1")
+    check_out_dir(out, run=False)
+    _check_reproduce_out(out, t.name)
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
+    if args.analyse_only:
+        missing = [part for part in sweeps if not (out / part / "sweep.json").exists()]
+        if missing:
+            raise ConfigError(f"--analyse-only: {out / missing[0]} holds no runs of {t.name}; train them first "
+                              "(the same command without --analyse-only)")
     if args.dry_run:
         for part, sweep in sweeps.items():
             print(f"{part}: {len(sweep.runs)} run(s) in {out / part}")

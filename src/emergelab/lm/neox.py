@@ -209,6 +209,15 @@ class HookedGPTNeoX(HookedModule):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    @property
+    def n_layers(self) -> int:
+        """Layers (as ``HookedHFCausalLM.n_layers``, so code written for either model works on both)."""
+        return self.spec.layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.spec.heads
+
     def rotary(self, T: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``[T, rotary_dim]`` as HF computes them (float32, then cast)."""
         freqs = torch.arange(T, device=self.inv_freq.device).float()[:, None] * self.inv_freq.float()
