@@ -97,6 +97,9 @@ def width_figure(result: Any, out: Path) -> list[Path]:
     fig = new_figure(12, 4)
     axes = fig.subplots(1, len(WIDTH_FAMILIES))
     for ax, (label, member, field) in zip(axes, WIDTH_FAMILIES):
+        if not any(member(r) for r in rows):  # e.g. the smoke scale's few small configs
+            ax.text(0.5, 0.5, "no config of this family\nat this scale", transform=ax.transAxes, ha="center",
+                    va="center", color="0.4")
         for task, color in zip(tasks, colors(len(tasks))):
             mine = sorted((r for r in rows if r.get("task.name") == task and member(r)), key=lambda r: r[field])
             if not mine:
