@@ -207,6 +207,10 @@ def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
     assert len(page["emergence"]) == 2 * 2 * 4  # runs x seeds x outputs
     assert [g["x"] for g in groups] == [1, 2]  # a single numeric field: the plateau plot's x
     assert all(isinstance(g["plateau_censored"], bool) for g in groups)
+    # the table marks a censored median as a lower bound, as `emergelab analyze` does
+    import re
+    cells = re.findall(r"<td>(&ge;)?([0-9.]+|-)</td><td>[0-9.]+</td></tr>", html.split('id="groups"')[1])
+    assert [bool(ge) for ge, _ in cells[:2]] == [g["plateau_censored"] for g in groups]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
