@@ -807,7 +807,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 print(f"  {run.name}  {_values(run.overrides)}")
         return 0
     if args.analyse_only:
-        result = analyse(t, scale, out, command=command_line())
+        result = analyse(t, scale, out, runs=sum(len(s.runs) for s in sweeps.values()), command=command_line())
     else:
         from .sweep import local_sweep_executor
 

@@ -210,16 +210,21 @@ def machine() -> dict[str, Any]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def _duration(seconds: float) -> str:
+    """``"12 s"`` under a minute (a smoke run's "0.2 min" said little), else ``"30.2 min"``."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def result_markdown(r: ReproduceResult, command: str | None) -> str:
     m = machine()
     total = sum(r.seconds.values())
     where = f"{m['cpus']} CPU(s)" + (f", {m['gpu']}" if m["gpu"] else "")
-    times = ", ".join(f"{part} {s / 60:.1f} min" for part, s in r.seconds.items())
+    times = ", ".join(f"{part} {_duration(s)}" for part, s in r.seconds.items())
     lines = [f"## {r.target.name} ({r.scale} scale)", "",
              f"**Paper's claim.** {r.target.claim}", "",
              f"Command: `{command or f'emergelab reproduce {r.target.name} --scale {r.scale}'}`  ",
              f"Machine: {where}, torch {m['torch']}, load average {m['load_avg'][0]:.1f} at the end; "
-             f"{r.runs} run(s); wall time {total / 60:.1f} min ({times or 'analysis only'}); {m['time']}.", ""]
+             f"{r.runs} run(s); wall time {_duration(total)} ({times or 'analysis only'}); {m['time']}.", ""]
     if r.failed:
         lines += [f"Failed runs: {', '.join(r.failed)}", ""]
     lines += ["```", r.table, "```", ""]
