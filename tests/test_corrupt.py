@@ -292,3 +292,16 @@ def test_a_file_the_manifest_does_not_record_is_noted(base, tmp_path, capsys):
     extra.write_bytes(b"junk")  # and it is still checked, by its structure
     code, out, _ = call(capsys, "check", str(run))
     assert code == 2 and "step-99999999" in out
+
+
+def test_a_folder_of_links_to_runs_is_a_collection(base, tmp_path, capsys):
+    """Symbolic links to run folders are followed (check, connect), each real folder once; a link back up
+    the tree ends the walk there instead of looping."""
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "a").symlink_to(base, target_is_directory=True)
+    (links / "again").symlink_to(base, target_is_directory=True)  # the same run twice: counted once
+    (links / "loop").symlink_to(links, target_is_directory=True)
+    code, out, _ = call(capsys, "check", str(links))
+    assert code == 0 and out.splitlines()[-1] == "checked 1 run(s): every file is intact"
+    assert connect(links).sql("SELECT count(DISTINCT run) FROM metrics").fetchall() == [(1,)]

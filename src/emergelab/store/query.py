@@ -14,10 +14,8 @@ from .verify import CorruptFileError, find_run_dirs, warn
 
 def find_runs(path: str | Path) -> list[RunDir]:
     """Every finished run directory at or below ``path``."""
-    path = Path(path)
-    candidates = [path] if (path / "metrics.parquet").exists() else []
-    candidates += sorted(p.parent for p in path.rglob("metrics.parquet") if p.parent != path)
-    return [RunDir(p) for p in candidates if (p / "config.yaml").exists()]
+    return [RunDir(p) for p in find_run_dirs(path)
+            if (p / "metrics.parquet").exists() and (p / "config.yaml").exists()]
 
 
 def _flatten(prefix: str, data: dict, out: dict) -> None:

@@ -206,13 +206,21 @@ ROOT_FILES = ("config.yaml", "task.json", "metrics.parquet", "summary.json")
 
 def find_run_dirs(path: str | Path) -> list[Path]:
     """Every run directory (finished or not) at or below ``path``: folders with a config.yaml, a manifest,
-    metrics.parquet or summary.json (not searched below a run's checkpoints/, attention/, state/ ...)."""
+    metrics.parquet or summary.json (not searched below a run's checkpoints/, attention/, state/ ...).
+    Symbolic links to folders are followed (a folder of links to runs is a collection too), each real
+    folder once."""
     import os
 
     markers = {"config.yaml", MANIFEST, "metrics.parquet", "summary.json"}
     skip = set(CHECKED_FOLDERS) | {"figures", "analysis", "patching"}
     found = []
-    for folder, dirs, names in os.walk(path):
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            dirs[:] = []
+            continue
+        seen.add(real)
         if markers & set(names):
             found.append(Path(folder))
             dirs[:] = [d for d in dirs if d not in skip]
