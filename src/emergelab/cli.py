@@ -800,11 +800,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"--analyse-only: {out / missing[0]} holds no runs of {t.name}; train them first "
                               "(the same command without --analyse-only)")
-    if args.dry_run:
+    if args.dry_run:  # each part as `emergelab sweep --dry-run` shows it: runs, cost, state
         for part, sweep in sweeps.items():
             print(f"{part}: {len(sweep.runs)} run(s) in {out / part}")
-            for run in sweep.runs:
-                print(f"  {run.name}  {_values(run.overrides)}")
+            _sweep_dry_run(sweep, out / part, args)
         return 0
     if args.analyse_only:
         result = analyse(t, scale, out, runs=sum(len(s.runs) for s in sweeps.values()), command=command_line())
