@@ -187,6 +187,10 @@ def test_cli_with_local_suites(suites, tmp_path, capsys):
                  "--dry-run", "--out", str(tmp_path / "plan")]) == 0
     plan = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in plan[:2]] == ["2m", "10m"]
+    # no --seeds with --local either: the seed folders every size has (not 0-9, which would fail)
+    assert main(["reproduce", "lm-emergence", "--pythia", "--local", str(suites), *KNOBS,
+                 "--dry-run", "--out", str(tmp_path / "plan")]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == plan[:2]
 
 
 # ---------------------------------------------------------------------------------- errors, offline

@@ -681,7 +681,8 @@ def _add_pythia_arguments(p: argparse.ArgumentParser) -> None:
                    help="lm-emergence only: scan the real Pythia suites (EleutherAI/pythia-SIZE, -seedK) instead of "
                         "the mini-suite; SIZES comma-separated (default 14m,31m,70m,160m,410m); needs the hub and "
                         "the lm extra (disk and time: src/emergelab/lm/README.md); re-run to resume")
-    p.add_argument("--seeds", help="with --pythia: suite seeds, e.g. 0-9 or 0,3 (default 0-9)")
+    p.add_argument("--seeds", help="with --pythia: suite seeds, e.g. 0-9 or 0,3 (default 0-9; with --local: the "
+                                   "seed folders every size has)")
     p.add_argument("--local", type=Path, metavar="DIR", help="with --pythia: local suites DIR/<size>/seed<k>/<revision>/ "
                                                            "instead of the hub (default SIZES: DIR's size folders)")
     p.add_argument("--capability", help="with --pythia: repetition | induction | ioi (default repetition)")
@@ -719,12 +720,14 @@ def cmd_reproduce_pythia(args: argparse.Namespace) -> int:
     with _lm_errors():
         from .lm import ScanConfig, require_transformers
         from .lm.sources import parse_seeds
-        from .lm.suite import DEFAULT_SIZES, local_sizes, parse_sizes, scan_suite, suite_sources
+        from .lm.suite import DEFAULT_SIZES, local_seeds, local_sizes, parse_sizes, scan_suite, suite_sources
 
         require_transformers()
-        seeds = parse_seeds(knobs["seeds"])
         sizes = (parse_sizes(args.pythia) if args.pythia else local_sizes(knobs["local"]) if knobs["local"]
                  else list(DEFAULT_SIZES))
+        # a local suite's seeds are its folders', as its sizes are (unless --seeds says otherwise)
+        seeds = (local_seeds(knobs["local"], sizes) if knobs["local"] and args.seeds is None
+                 else parse_seeds(knobs["seeds"]))
         config = ScanConfig(capability=knobs["capability"], params=_lm_params(knobs["param"]),
                             n_prompts=knobs["n_prompts"], metric=knobs["metric"], threshold=knobs["threshold"],
                             coarse=knobs["coarse"], disk_budget_gb=knobs["disk_budget_gb"], dtype=knobs["dtype"],

@@ -99,6 +99,20 @@ def local_sizes(root: str | Path) -> list[str]:
     return order_sizes(names)
 
 
+def local_seeds(root: str | Path, sizes: Iterable[str]) -> list[int]:
+    """The seeds ``k`` whose folder ``root/<size>/seed<k>/`` every one of ``sizes`` has, ascending."""
+    common: set[int] | None = None
+    for size in sizes:
+        folder = Path(root) / size
+        if not folder.is_dir():
+            raise ConfigError(f"--local {root}: no folder {folder} (layout: DIR/<size>/seed<k>/<revision>/)")
+        found = {int(p.name[4:]) for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"seed\d+", p.name)}
+        common = found if common is None else common & found
+    if not common:
+        raise ConfigError(f"--local {root}: no seed folder (seed<k>) that every size has; give --seeds")
+    return sorted(common)
+
+
 def suite_sources(sizes: Iterable[str], seeds: Iterable[int], *, local: str | Path | None = None,
                   **hub: Any) -> Sources:
     """size -> seed -> source: ``EleutherAI/pythia-{size}`` (seed 0) and ``...-seed{k}`` on the hub
