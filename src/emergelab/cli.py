@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "after a failed hub request, default 4)")
     reproduce.add_argument("--analyse-only", action="store_true", help="analyse the finished runs in --out; "
                                                                        "train nothing")
-    reproduce.add_argument("--dry-run", action="store_true", help="list the runs of every part; train nothing")
+    reproduce.add_argument("--dry-run", action="store_true",
+                           help="list the runs of every part with their FLOPs, estimated time and state; train nothing")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_pythia_arguments(reproduce)
 

@@ -118,6 +118,19 @@ def read_verified(path: str | Path, root: str | Path | None = None, state: Manif
     return data
 
 
+def size_mismatch(path: Path, manifest: Manifest, state: ManifestState | None = None) -> tuple[int | None, int] | None:
+    """The cheap half of :func:`read_verified`, a stat and no read: ``(size found, None if missing; size
+    recorded)`` where ``path`` is not the size ``manifest`` records, else None (as recorded, or unrecorded)."""
+    entry = manifest.expected(path, state)
+    if entry is None:
+        return None
+    try:
+        size: int | None = path.stat().st_size
+    except OSError:
+        size = None
+    return None if size == entry.size else (size, entry.size)
+
+
 def _damaged(path: Path, what: str, error: BaseException) -> CorruptFileError:
     detail = " ".join(str(error).split())[:160]
     rel = Manifest(_run_root(path)).relative(path)
@@ -256,8 +269,8 @@ def check_run(root: str | Path) -> tuple[list[Problem], list[str]]:
             files |= {p for p in (root / folder).rglob("*") if p.is_file() and not p.name.startswith(".")
                       and p.suffix != ".lock"}
     if state.exists:
-        unrecorded = sorted(str(p.relative_to(root)) for p in files
-                            if str(p.relative_to(root)) not in state.entries.keys() | state.uncertain)
+        known = state.entries.keys() | state.uncertain
+        unrecorded = sorted(rel for rel in (str(p.relative_to(root)) for p in files) if rel not in known)
         if unrecorded:
             notes.append(f"{root}: {len(unrecorded)} file(s) not recorded in {MANIFEST} (e.g. {unrecorded[0]}): "
                          "checked by their structure only (written outside emergelab, a crash between writing and "

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..store import RunDir, RunLockedError, locked, write_text
+from ..store import RunDir, RunLockedError, locked, size_mismatch, write_text
 from ..store.locks import is_locked
 from ..train import Executor, WorkerProcesses, WorkUnit, finish_run, plan_units, prepare_run
 from ..train.trackers import log_finished, require_packages
@@ -313,13 +313,10 @@ def _visible_damage(run: RunDir) -> str | None:
     ``emergelab check`` verifies every byte)."""
     state = run.manifest.read()
     for path in (run.metrics_path, run.summary_path):
-        recorded = run.manifest.expected(path, state)
-        if recorded is None:
-            continue
-        size = path.stat().st_size if path.exists() else None
-        if size != recorded.size:
+        if (mismatch := size_mismatch(path, run.manifest, state)) is not None:
+            size, recorded = mismatch
             found = "missing" if size is None else f"{size} bytes"
-            return f"{path.name}: {found} where the manifest records {recorded.size} bytes; see `emergelab check`"
+            return f"{path.name}: {found} where the manifest records {recorded} bytes; see `emergelab check`"
     return None
 
 

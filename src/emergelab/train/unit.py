@@ -9,13 +9,12 @@ it after it finished does nothing.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
-from ..store import CorruptFileError, RunDir, locked
+from ..store import CorruptFileError, RunDir, locked, size_mismatch
 from .allocator import keep_freed_memory
 from .config import ExperimentConfig
 from .group import ProgressFn, SeedGroup
@@ -82,17 +81,8 @@ def unit_progress(unit: WorkUnit) -> int:
             step = int(run.read_file_json(meta)["step"])
         except (CorruptFileError, OSError, KeyError, TypeError, ValueError):
             continue
-        if all(_has_recorded_size(run, meta.parent / name, state) for name in ("tensors.safetensors",
-                                                                               "metrics.parquet")):
+        # a truncated or missing part, which the resume will pass over, is seen here already (a stat)
+        if not any(size_mismatch(meta.parent / name, run.manifest, state)
+                   for name in ("tensors.safetensors", "metrics.parquet")):
             return step * len(unit.seeds)
     return 0
-
-
-def _has_recorded_size(run: RunDir, path: Path, state: Any) -> bool:
-    """Whether ``path`` exists with the size the manifest records (a stat, no read; True where it records
-    none): a truncated or missing part of a resume state, which the resume will pass over, is seen here."""
-    recorded = run.manifest.expected(path, state)
-    try:
-        return recorded is None or path.stat().st_size == recorded.size
-    except OSError:
-        return False
