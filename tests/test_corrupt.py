@@ -305,3 +305,38 @@ def test_a_folder_of_links_to_runs_is_a_collection(base, tmp_path, capsys):
     code, out, _ = call(capsys, "check", str(links))
     assert code == 0 and out.splitlines()[-1] == "checked 1 run(s): every file is intact"
     assert connect(links).sql("SELECT count(DISTINCT run) FROM metrics").fetchall() == [(1,)]
+
+
+def test_what_a_rerun_says_before_it_trains(base, partial, tmp_path, capsys):
+    """The estimate covers the part left; a run stopped after its last step (while writing its final
+    files) or one that lost summary.json is not estimated as a whole new run, and no "trained in" line."""
+    from emergelab.train.run import fraction_left
+
+    cfg = config()
+    run = tmp_path / "run"
+    assert fraction_left(cfg, run) == 1.0
+    shutil.copytree(partial, run)
+    left = fraction_left(cfg, run)
+    assert 0 < left < 1
+    code, out, _ = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0 and f"for the {left:.0%} left" in out and "trained in" in out, out
+    assert fraction_left(cfg, run) == 0.0
+
+    stopped = tmp_path / "stopped"  # every unit done, the merge into metrics.parquet never ran
+    shutil.copytree(partial, stopped)
+    rundir, plan = prepare_run(cfg, stopped)
+    for unit in plan_units(cfg, rundir, plan):
+        run_unit(unit)
+    assert fraction_left(cfg, stopped) == 0.0
+    code, out, err = call(capsys, "run", *ARGS, "--out", str(stopped), "--no-figures")
+    assert code == 0, err
+    assert "every seed is trained; writing the run's final files" in out, out
+    assert "estimate:" not in out and "trained in" not in out, out
+    same_numbers(stopped, base)
+
+    (stopped / "summary.json").unlink()
+    with pytest.warns(CorruptFileWarning, match="rebuilt it from metrics.parquet"):
+        code, out, err = call(capsys, "run", *ARGS, "--out", str(stopped), "--no-figures")
+    assert code == 0 and "already finished" in out, err
+    assert "estimate:" not in out and "trained in" not in out, out
+    same_numbers(stopped, base)

@@ -277,9 +277,8 @@ def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .store import RunDir
     from .train import train
-    from .train.run import check_existing
+    from .train.run import check_existing, fraction_left
     from .train.estimate import (WARN_HOURS, check_device, check_fits, estimate_run, format_bytes,
                                  format_seconds, available_bytes)
 
@@ -289,23 +288,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
     check_out_dir(out)
     check_existing(config, out)
-    finished = RunDir(out).is_complete()
-    if not finished:
+    left = fraction_left(config, out)  # 0: finished (or only its final files left), 1: a new run
+    if left:
         estimate = estimate_run(config)
         check_fits(estimate, device)
+        seconds = estimate.seconds * left  # a resumed run: the part left
     print(f"run directory: {out}")
-    if not finished:
-        print(f"estimate: about {format_seconds(estimate.seconds)} ({estimate.flops / 1e9:.3g} GFLOP at "
+    if left:
+        part = "" if left == 1 else f" for the {left:.0%} left"
+        print(f"estimate: about {format_seconds(seconds)}{part} ({estimate.flops * left / 1e9:.3g} GFLOP at "
               f"~{estimate.notes['rate']}), peak memory about {format_bytes(estimate.peak_bytes)} of "
               f"{format_bytes(available_bytes(device))} available")
-        if estimate.seconds > WARN_HOURS * 3600:
-            print(f"emergelab: warning: this run will take about {format_seconds(estimate.seconds)}; "
+        if seconds > WARN_HOURS * 3600:
+            print(f"emergelab: warning: this run will take about {format_seconds(seconds)}; "
                   "fewer train.steps / train.seeds or a smaller model run faster", file=sys.stderr)
     started = time.perf_counter()
     run = train(config, out, progress=not args.quiet, log=print)
-    if not finished:  # what the estimate said against what it took (a resumed run: the part left)
+    if left:  # what the estimate said against what it took
         print(f"trained in {format_seconds(time.perf_counter() - started)} (estimated "
-              f"{format_seconds(estimate.seconds)})")
+              f"{format_seconds(seconds)})")
     if not args.no_figures:
         from .report import make_figures
 

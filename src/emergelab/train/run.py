@@ -152,6 +152,22 @@ def _groups_done(run: RunDir) -> bool:
     return all(_done_metrics(run, index) is not None for index in range(len(plan["groups"])))
 
 
+def fraction_left(config: ExperimentConfig, out: str | Path) -> float:
+    """The fraction of ``config``'s seed-steps that ``train`` would still run in ``out`` (0: finished, or
+    only its final files left to write; 1: a new run). Reads, never writes; a damaged resume state counts
+    as not there, as the resume will find."""
+    run = RunDir(out)
+    if run.is_complete() or _looks_finished(run):
+        return 0.0
+    try:
+        groups = _read_plan(run)["groups"]
+    except (CorruptFileError, FileNotFoundError, KeyError, TypeError):
+        return 1.0
+    units = plan_units(config, run, Plan("workers", groups, 1), threads=1)
+    total = sum(u.steps for u in units)
+    return 1.0 - sum(unit_progress(u) for u in units) / total if total else 0.0
+
+
 def check_existing(config: ExperimentConfig, out: str | Path) -> None:
     """Raise the ConfigError ``train`` would raise on run directory ``out`` (another config there, or a
     resume on another kind of device), without writing anything."""
@@ -280,7 +296,9 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
     with locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
         units = plan_units(config, run, plan)
         done = sum(unit_progress(u) for u in units)
-        if done:
+        if done == sum(u.steps for u in units):  # stopped while writing its final files
+            say("every seed is trained; writing the run's final files")
+        elif done:
             steps = [unit_progress(u) // len(u.seeds) for u in units]
             lo, hi, total = min(steps), max(steps), config.train.steps
             say(f"resuming from step {lo} of {total}" if lo == hi else
