@@ -234,7 +234,12 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "final loss over seeds" in done.stdout and (out / "RESULT.md").exists()
     again = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
-    assert again.returncode == 0 and "emergelab reproduce seeds --scale smoke" in (out / "RESULT.md").read_text()
+    assert again.returncode == 0, again.stderr
+    # RESULT.md keeps the command that trained the runs and their times, and names the new analysis
+    result = (out / "RESULT.md").read_text()
+    assert f"Command: `emergelab reproduce seeds --scale smoke --out {out} --workers 1 --quiet`" in result
+    assert f"Analysed again with `emergelab reproduce seeds --scale smoke --out {out} --analyse-only`" in result
+    assert "analysis only" not in result and json.loads((out / "result.json").read_text())["seconds"]
     # another target's analysis never overwrites this one's result
     other = cli("reproduce", "sparsity", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert other.returncode == 2 and "holds the reproduction of seeds" in other.stderr, other.stderr

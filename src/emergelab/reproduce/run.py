@@ -182,14 +182,33 @@ def _bimodality_columns(b: dict[str, Any]) -> dict[str, Any]:
 
 def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str, Any]],
            extra: dict[str, Any] | None = None) -> ReproduceResult:
+    """Write table.txt, RESULT.md and result.json. An analysis of runs trained earlier (no seconds) keeps
+    the training command, times and machine of the previous result.json, and names itself beside them."""
     out = outcome.out
+    reanalysed, trained_on = None, machine()
+    if not outcome.seconds:
+        previous = _previous_result(out, outcome.target.name)
+        if previous.get("command"):
+            reanalysed, command = command, previous["command"]
+            outcome = replace(outcome, seconds=previous.get("seconds") or {})
+            trained_on = previous.get("machine") or trained_on
     write_text(out / "table.txt", outcome.table + "\n")
-    write_text(out / "RESULT.md", result_markdown(outcome, command))
+    write_text(out / "RESULT.md", result_markdown(outcome, command, reanalysed, trained_on))
     write_text(out / "result.json", json.dumps({"target": outcome.target.name, "scale": outcome.scale,
+                                                "command": command, "reanalysed": reanalysed,
                                                 "seconds": outcome.seconds, "failed": outcome.failed,
-                                                "machine": machine(), "groups": groups, **(extra or {})},
+                                                "machine": trained_on, "groups": groups, **(extra or {})},
                                                indent=1, default=str))
     return outcome
+
+
+def _previous_result(out: Path, name: str) -> dict[str, Any]:
+    """``out``'s result.json if it is target ``name``'s and readable, else {}."""
+    try:
+        saved = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) and saved.get("target") == name else {}
 
 
 def run_params(con: Any) -> dict[str, int]:
@@ -215,8 +234,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def result_markdown(r: ReproduceResult, command: str | None) -> str:
-    m = machine()
+def result_markdown(r: ReproduceResult, command: str | None, reanalysed: str | None = None,
+                    m: dict[str, Any] | None = None) -> str:
+    """RESULT.md: the claim, the command that trained the runs (``reanalysed``: the later analysis
+    command), the machine ``m`` they trained on (default: this one, now), the table and figures."""
+    m = m or machine()
     total = sum(r.seconds.values())
     where = f"{m['cpus']} CPU(s)" + (f", {m['gpu']}" if m["gpu"] else "")
     times = ", ".join(f"{part} {_duration(s)}" for part, s in r.seconds.items())
@@ -224,7 +246,10 @@ def result_markdown(r: ReproduceResult, command: str | None) -> str:
              f"**Paper's claim.** {r.target.claim}", "",
              f"Command: `{command or f'emergelab reproduce {r.target.name} --scale {r.scale}'}`  ",
              f"Machine: {where}, torch {m['torch']}, load average {m['load_avg'][0]:.1f} at the end; "
-             f"{r.runs} run(s); wall time {_duration(total)} ({times or 'analysis only'}); {m['time']}.", ""]
+             f"{r.runs} run(s); wall time {_duration(total)} ({times or 'analysis only'}); {m['time']}."
+             + ("  " if reanalysed else ""), ""]
+    if reanalysed:
+        lines[-1:] = [f"Analysed again with `{reanalysed}` on {time.strftime('%Y-%m-%dT%H:%M:%S')}.", ""]
     if r.failed:
         lines += [f"Failed runs: {', '.join(r.failed)}", ""]
     lines += ["```", r.table, "```", ""]
