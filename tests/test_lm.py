@@ -304,6 +304,9 @@ def test_cli_scan(suite, tmp_path, capsys):
     assert main(args) == 0
     assert "step2000" in capsys.readouterr().out
     assert main(["check", str(tmp_path)]) == 0  # a scan directory is a valid run directory
+    # without --seeds: every seed<k> folder of the suite (0 and 1)
+    assert main(["lm", "scan", "--local", str(suite), *args[6:-2], "--out", str(tmp_path / "all")]) == 0
+    assert sorted(json.loads((tmp_path / "all" / "summary.json").read_text())["seeds"]) == ["0", "1"]
     assert main(["lm", "scan", "--local", str(suite), "--seeds", "0,7", "--out", str(tmp_path / "b")]) == 2
     assert "seed7" in capsys.readouterr().err
     assert main(["lm", "scan", "--local", str(suite), "--param", "lenght=8", "--out", str(tmp_path / "c")]) == 2

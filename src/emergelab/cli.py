@@ -617,7 +617,8 @@ def _add_lm_parser(sub: Any) -> None:
         p.add_argument("--retries", type=int, default=5, help="tries per hub request (default 5)")
         p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, doubling")
         p.add_argument("--out", type=Path, required=True, help="output folder (a scan resumes in it)")
-    scan.add_argument("--seeds", default="0", help="suite seeds, e.g. 0-9 or 0,3 (default 0)")
+    scan.add_argument("--seeds", help="suite seeds, e.g. 0-9 or 0,3 (default 0; with --local: every DIR/seed<k> "
+                      "folder)")
     scan.add_argument("--revisions", help="comma-separated revisions (default: all of the source's)")
     scan.add_argument("--metric", default="solved_fraction", help="solved_fraction | target_prob | logit_diff")
     scan.add_argument("--threshold", type=float, default=0.5, help="emergence: metric >= this (default 0.5)")
@@ -642,7 +643,10 @@ def cmd_lm(args: argparse.Namespace) -> int:
 
         require_transformers()
     params = _lm_params(args.param)
-    seeds = parse_seeds(args.seeds) if args.lm_command == "scan" else [args.seed]
+    if args.lm_command == "scan":
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None  # None: make_sources' default
+    else:
+        seeds = [args.seed]
     revisions = [r.strip() for r in args.revisions.split(",")] if getattr(args, "revisions", None) else None
     hub = {"attempts": args.retries, "backoff": args.backoff}
     with _lm_errors():

@@ -245,6 +245,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def seed_folders(root: str | Path) -> list[int]:
+    """The seeds ``k`` of ``root``'s ``seed<k>/`` folders, ascending ([] when it has none)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name[4:]) for p in root.iterdir() if p.is_dir() and re.fullmatch(r"seed\d+", p.name))
+
+
 def make_sources(*, pythia: str | None = None, repo: str | None = None, local: str | Path | None = None,
                  seeds: list[int] | None = None, revisions: list[str] | None = None, deduped: bool = False,
                  **hub: Any) -> dict[int, CheckpointSource]:
@@ -252,12 +260,14 @@ def make_sources(*, pythia: str | None = None, repo: str | None = None, local: s
 
     * ``pythia="14m"``: ``EleutherAI/pythia-14m`` (seed 0) and ``...-seed{k}`` (:func:`pythia_repo`);
     * ``repo="org/name"``: one hub repo, seed 0 (``revisions`` needed unless it is a Pythia repo);
-    * ``local=ROOT``: ``ROOT/seed{k}/<revision>/`` for each seed, or ``ROOT/<revision>/`` for seed 0 alone.
+    * ``local=ROOT``: ``ROOT/seed{k}/<revision>/`` for each seed (default: every ``seed{k}`` folder), or
+      ``ROOT/<revision>/`` for seed 0 alone.
 
     ``hub``: keyword arguments of :class:`HubSource` (attempts, backoff, use_cache, token)."""
     if sum(x is not None for x in (pythia, repo, local)) != 1:
         raise ConfigError("give exactly one of --pythia SIZE, --repo REPO, --local DIR")
-    seeds = [0] if seeds is None else seeds
+    if seeds is None:
+        seeds = (seed_folders(local) or [0]) if local is not None else [0]
     if pythia is not None:
         return {s: HubSource(pythia_repo(pythia, s, deduped), revisions, **hub) for s in seeds}
     if repo is not None:

@@ -48,7 +48,7 @@ import numpy as np
 from ..config import ConfigError
 from ..store import RunDir, write_text
 from .scan import ScanConfig, ScanResult, SeedScan, coarse_revisions, scan
-from .sources import CheckpointSource, make_sources, revision_step
+from .sources import CheckpointSource, make_sources, revision_step, seed_folders
 from .suite_figure import CurvePanel, GainsPanel, draw_suite_figure
 
 FIGURE = "pythia_emergence.png"
@@ -106,7 +106,7 @@ def local_seeds(root: str | Path, sizes: Iterable[str]) -> list[int]:
         folder = Path(root) / size
         if not folder.is_dir():
             raise ConfigError(f"--local {root}: no folder {folder} (layout: DIR/<size>/seed<k>/<revision>/)")
-        found = {int(p.name[4:]) for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"seed\d+", p.name)}
+        found = set(seed_folders(folder))
         common = found if common is None else common & found
     if not common:
         raise ConfigError(f"--local {root}: no seed folder (seed<k>) that every size has; give --seeds")
