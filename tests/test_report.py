@@ -125,3 +125,21 @@ def test_metric_grid_sorts_labels_numerically(linear_run):
     assert grid.labels == ["0.0", "0.1"]
     assert grid.values.shape == (2, len(grid.steps)) and not np.isnan(grid.values).any()
     assert grid.steps[0] == 0 and grid.steps[-1] == 100
+
+
+@pytest.mark.parametrize("unsolved", [False, True])
+def test_steps_by_size_labels_the_unsolved_row_only_when_there_is_one(unsolved):
+    """The "not solved" label sat above the axes when every seed was solved (no open marker to mark)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from emergelab.report.seed_steps import UNSOLVED_LABEL, draw_steps_by_size
+
+    fig, ax = plt.subplots()
+    draw_steps_by_size(ax, [[4.0, 8.0], [2.0, None if unsolved else 16.0]], ["a", "b"], 32.0, log=True)
+    labels = [t for t in ax.texts if t.get_text() == UNSOLVED_LABEL]
+    assert len(labels) == int(unsolved)
+    low, high = ax.get_ylim()
+    assert all(low <= t.get_position()[1] <= high for t in labels)  # inside the axes, beside its markers
+    plt.close(fig)

@@ -44,6 +44,7 @@ def draw_steps_by_size(ax: Any, steps: Sequence[Sequence[float | None]], labels:
     if log:
         ax.set_yscale("symlog", linthresh=1.0)
     ax.axhline(end, color="0.6", lw=0.8, ls=":")
-    ax.text(len(steps) - 0.5, top, unsolved_label, fontsize=7, va="center", ha="right")
+    if any(s is None for column in steps for s in column):  # the label marks the open markers' row
+        ax.text(len(steps) - 0.5, top, unsolved_label, fontsize=7, va="center", ha="right")
     ax.set_xticks(range(len(steps)), list(labels))
     ax.set_xlim(-0.6, len(steps) - 0.4)
