@@ -319,6 +319,20 @@ def test_run_page_in_chromium(browser, run_dir, tmp_path):
     page.close()
 
 
+def test_panel_titles_clear_the_toolbar_shown_on_hover(browser, run_dir, tmp_path):
+    """plotly's toolbar, shown while the mouse is over a plot, covered the long titles of the attention and
+    per-head panels."""
+    page, errors = _open(browser, write_html(run_dir, tmp_path / "run.html"))
+    for plot in ("plot-attn", "plot-truth", "plot-entropy", "plot-mass"):
+        page.hover(f"#{plot} .main-svg")
+        bar = page.locator(f"#{plot} .modebar").bounding_box()
+        title = page.locator(f"#{plot} .gtitle").bounding_box()
+        assert bar and title, plot
+        assert title["y"] >= bar["y"] + bar["height"], (plot, bar, title)
+    assert not errors, errors
+    page.close()
+
+
 def test_page_without_attention_in_chromium(browser, no_attention_run, tmp_path):
     page, errors = _open(browser, write_html(no_attention_run.path, tmp_path / "p.html"))
     assert page.locator("#plot-loss.js-plotly-plot .main-svg").count() >= 1

@@ -17,6 +17,11 @@
     return Object.assign({ margin: { l: 60, r: 20, t: 30, b: 45 }, xaxis: stepAxis(), yaxis: { title: { text: ytitle } },
                            hovermode: "closest", legend: { font: { size: 11 } } }, extra || {});
   }
+  // A panel's title, set below the band where plotly's toolbar appears on hover (it covered long titles)
+  const TITLED_MARGIN = { l: 60, r: 20, t: 58, b: 45 };
+  function panelTitle(text) {
+    return { text: text, font: { size: 13 }, yref: "container", y: 1, yanchor: "top", pad: { t: 30 } };
+  }
   function draw(id, traces, layout, onStepAxis) {
     Plotly.react($(id), traces, layout, CONFIG);
     if (onStepAxis && !stepPlots.includes(id)) stepPlots.push(id);
@@ -110,7 +115,7 @@
       for (let c = att.cols[0]; c < att.cols[1]; c++) xs.push(c);
       for (let r = att.rows[0]; r < att.rows[1]; r++) ys.push(r);
       const axes = { xaxis: { title: { text: att.col_label } }, yaxis: { title: { text: att.row_label }, autorange: "reversed" },
-                     margin: { l: 60, r: 20, t: 40, b: 45 } };
+                     margin: TITLED_MARGIN };
       function setSeed() {
         const steps = att.steps[seedSel.value];
         slider.max = String(steps.length - 1);
@@ -133,12 +138,12 @@
         $("attn-step-label").textContent = text;
         draw("plot-attn", [{ z: z, x: xs, y: ys, type: "heatmap", colorscale: "Viridis", zmin: 0, zmax: zmax,
                              hovertemplate: "query %{y}, key %{x}<br>weight %{z}<extra></extra>" }],
-             Object.assign({ title: { text: "seed " + c.seed + ", head " + headSel.value + ": " + text, font: { size: 13 } } }, axes));
+             Object.assign({ title: panelTitle("seed " + c.seed + ", head " + headSel.value + ": " + text) }, axes));
       }
       function drawTruth() {
         draw("plot-truth", [{ z: att.truth[seedSel.value], x: xs, y: ys, type: "heatmap", colorscale: "Viridis", zmin: 0,
                               hovertemplate: "query %{y}, key %{x}<br>ideal weight %{z}<extra></extra>" }],
-             Object.assign({ title: { text: "ground truth of seed " + seedSel.value + " (rows normalised)", font: { size: 13 } } }, axes));
+             Object.assign({ title: panelTitle("ground truth of seed " + seedSel.value + " (rows normalised)") }, axes));
       }
       seedSel.addEventListener("change", setSeed);
       headSel.addEventListener("change", drawAttn);
@@ -162,8 +167,8 @@
             x: curves[h].x, y: curves[h].y, type: "scatter", mode: "lines", name: "head " + h,
             line: { color: color(k, DATA.heads.length) },
             hovertemplate: "head " + h + "<br>step %{x}<br>%{y}<extra></extra>" }));
-          draw(id, traces, baseLayout(title, { title: { text: title + ", seed " + seed + " (dotted: emergence steps)",
-                                                        font: { size: 13 } }, shapes: shapes }), true);
+          draw(id, traces, baseLayout(title, { title: panelTitle(title + ", seed " + seed + " (dotted: emergence steps)"),
+                                               margin: TITLED_MARGIN, shapes: shapes }), true);
         }
       }
       sel.addEventListener("change", drawHeads);
