@@ -143,3 +143,19 @@ def test_steps_by_size_labels_the_unsolved_row_only_when_there_is_one(unsolved):
     low, high = ax.get_ylim()
     assert all(low <= t.get_position()[1] <= high for t in labels)  # inside the axes, beside its markers
     plt.close(fig)
+
+
+def test_figure_titles_describe_the_task_seed_0_trained_on():
+    """``describe`` built the task from generator 0, not seed 0's task stream: a task whose description
+    depends on its draw was titled with a draw no seed trained on."""
+    from types import SimpleNamespace
+
+    from emergelab.report.plotting import describe
+
+    class Drawn:
+        def build(self, generator):
+            return SimpleNamespace(describe=lambda: f"drawn {torch.randint(10**9, (1,), generator=generator).item()}")
+
+    config = SimpleNamespace(task=Drawn(), model=TransformerConfig(layers=1, heads=2, head_dim=4),
+                             train=TrainConfig(seed=7))
+    assert describe(config).split(" | ")[0] == seed_task(config.task, 7, 0).describe()

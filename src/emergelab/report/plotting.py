@@ -34,11 +34,12 @@ def colors(n: int) -> list[Any]:
 
 
 def describe(config: Any, sep: str = " | ") -> str:
-    """The task, the model and the key training knobs of an ``ExperimentConfig``, joined by ``sep``."""
-    from ..tasks import make_generator
+    """The task (as seed 0 drew it, as ``task.json`` records it), the model and the key training knobs of
+    an ``ExperimentConfig``, joined by ``sep``."""
+    from ..tasks import seed_task
 
     task, model, train = config.task, config.model, config.train
-    what = task.build(make_generator(0)).describe()
+    what = seed_task(task, train.seed, 0).describe()
     parts = [] if model.name == "transformer" else [model.name]
     n_layers = getattr(model, "layers", None)
     if n_layers is not None:
