@@ -185,6 +185,33 @@ def test_a_custom_measurement_is_recorded():
     assert table.filter(pc.equal(table["metric"], "first_logit")).num_rows == 2 * 2  # 2 probes x 2 seeds
 
 
+@pytest.mark.parametrize("strategy", ["ensemble", "workers"])
+def test_train_records_an_extra_measurement_beside_the_defaults(tmp_path, strategy):
+    """``train(..., measurements=[...])``: the extra metric in metrics.parquet, every default one kept and
+    the numbers unchanged (a measurement only reads); in worker processes too (the unit carries it)."""
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+                                         "train": {"steps": 10, "eval_every": 5, "eval_batch_size": 8, "seeds": 2,
+                                                   "attention_snapshots": 0, "checkpoints": 0},
+                                         "execution": {"strategy": strategy, "workers": 2}})
+    plain = train(config, tmp_path / "plain", progress=False).metrics()
+    extra = train(config, tmp_path / "extra", progress=False, measurements=[FirstLogit()]).metrics()
+    mine = pc.equal(extra["metric"], "first_logit")
+    assert extra.filter(mine).num_rows == 3 * 2  # probes at 0, 5, 10 x 2 seeds
+    assert extra.filter(pc.invert(mine)).equals(plain)
+
+
+def test_extra_measurements_keep_the_tasks_own_evaluations():
+    """Passing ``measurements=[...]`` replaces the defaults, the held-out length evaluation included;
+    ``extra_measurements`` adds to them."""
+    config = ExperimentConfig.from_dict({"task": {"name": "count"},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+                                         "train": {"steps": 2, "eval_every": 2, "eval_batch_size": 8}}).resolved()
+    names = [type(m).__name__ for m in SeedGroup(config, [0], extra_measurements=[FirstLogit()]).measurements]
+    assert "LengthEval" in names and names[-1] == "FirstLogit"
+    assert "LengthEval" not in [type(m).__name__ for m in SeedGroup(config, [0], measurements=[FirstLogit()]).measurements]
+
+
 def test_a_custom_executor_receives_the_units(tmp_path):
     seen = []
 

@@ -124,3 +124,29 @@ def test_patching_a_mixer_run_is_a_one_line_error(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.strip() == ("emergelab: error: model.name=mlp_mixer has no attention heads to patch (no hook "
                                     "point blocks.0.attn.hook_pattern); head patching needs model.name=transformer")
+
+
+def test_probe_bias_reproduces_the_stored_metrics_of_a_biased_run(tmp_path):
+    """A run trained with ``train.bias_beta`` probes with the bias on: its checkpoint scores the stored
+    per-bit loss only with ``probe_bias`` (without it, another loss)."""
+    from emergelab.interventions import probe_bias, target_metrics
+
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 8, "sparsity": 2},
+        "model": {"layers": 1, "heads": 2, "head_dim": 8, "mlp_ratio": 0},
+        "train": {"steps": 40, "seeds": 1, "batch_size": 32, "lr": 3e-3, "checkpoints": 1, "bias_beta": 4.0,
+                  "attention_snapshots": 0, "eval_every": 20, "eval_batch_size": 64},
+        "execution": {"strategy": "ensemble"}}).resolved()
+    run = train(config, tmp_path / "run", progress=False)
+    task, tokens = held_out_batch(config, 0, 64)
+    model = load_model(run, 0, 40)
+    stored = [curve(run.metrics(), "loss_pos", 0, str(i))[1][-1] for i in range(8)]
+    with torch.no_grad():
+        biased = model(tokens[:, :-1], attn_bias=probe_bias(config, 0, 40))
+        plain = model(tokens[:, :-1])
+    per_bit = target_metrics(biased, tokens, task.output_index, score_mask(task))["loss_per_output"]
+    np.testing.assert_allclose(per_bit.numpy(), stored, rtol=0, atol=1e-5)
+    assert not np.allclose(target_metrics(plain, tokens, task.output_index, score_mask(task))["loss_per_output"],
+                           stored, atol=1e-3)
+    unbiased = ExperimentConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "bias_beta": 0.0}})
+    assert probe_bias(unbiased, 0, 40) is None

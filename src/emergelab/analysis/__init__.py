@@ -15,6 +15,9 @@
 from .bigbench import breakthroughness, linearity
 from .bimodality import bimodality, dip_statistic, dip_test, fit_two_gaussians, sarle_bimodality_coefficient
 from .curves import Emergence, Jump, crossing_step, detect_emergence, detect_jumps, smooth_curve, validate_curve
+from .emergence import curve_emergence
+from .heads import attribute_heads, head_rows
+from .runs import RunAnalysis, analyze_runs
 from .scales import (ScaleAnalysis, breakthroughness_across_scales, linearity_across_scales, scale_outcomes,
                      scale_outcomes_from_store)
 from .seeds import emergence_summary, solved_fraction_curve
@@ -22,17 +25,22 @@ from .seeds import emergence_summary, solved_fraction_curve
 __all__ = [
     "Emergence",
     "Jump",
+    "RunAnalysis",
     "ScaleAnalysis",
+    "analyze_runs",
+    "attribute_heads",
     "bimodality",
     "breakthroughness",
     "breakthroughness_across_scales",
     "crossing_step",
+    "curve_emergence",
     "detect_emergence",
     "detect_jumps",
     "dip_statistic",
     "dip_test",
     "emergence_summary",
     "fit_two_gaussians",
+    "head_rows",
     "linearity",
     "linearity_across_scales",
     "scale_outcomes",

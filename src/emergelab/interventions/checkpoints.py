@@ -32,6 +32,7 @@ from ..config import ConfigError
 from ..store import RunDir, atomic_write, write_parquet
 from ..tasks import held_out_tokens, seed_task
 from ..train import ExperimentConfig, load_model
+from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
 from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, hook_name, patching_table
 
@@ -140,6 +141,22 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     return task, held_out_tokens(task, config.train.seed, seed, n, device)
 
 
+def probe_bias(config: Any, seed: int, step: int) -> torch.Tensor | None:
+    """The attention bias ``[1, layers, heads, P, P]`` that run seed ``seed``'s probe at ``step`` used (a run
+    trained with ``train.bias_beta``; the probe at step t evaluates with the bias of step t - 1), or None.
+
+    A checkpoint of such a run evaluated without it scores another loss than the stored metrics::
+
+        model = load_model(run, seed=0, step=300)
+        task, tokens = held_out_batch(config, 0, config.train.eval_batch_size)
+        logits = model(tokens[:, :-1], attn_bias=probe_bias(config, 0, 300))  # the probe's numbers
+    """
+    config = config.resolved()
+    task = seed_task(config.task, config.train.seed, seed, torch.device(config.execution.device))
+    schedule = bias_schedule(config, [task])
+    return None if schedule is None else schedule(max(step - 1, 0))
+
+
 def score_mask(task: Any) -> torch.Tensor:
     """``[P]`` bool: loss positions with a non-empty ground-truth attention row (all loss positions if none)."""
     mask = task.loss_mask & task.attention_mask.any(-1)
@@ -181,7 +198,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
                           f"(after resolving to saved checkpoints {run.checkpoint_steps(seed)})")
     if config.train.bias_beta:
         notes.append(f"the run trained with an attention bias (beta {config.train.bias_beta:g}); "
-                     "checkpoints are evaluated without it")
+                     "checkpoints are evaluated without it (interventions.probe_bias gives the probe's)")
 
     n = batch or config.train.eval_batch_size
     check_fits(estimate_patch(config, n), str(device), "patching")

@@ -132,12 +132,27 @@ class HookedModule(nn.Module):
 def _wrap(fn: HookFn, squeeze: bool) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None]:
     if not squeeze:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            return fn(output, module)  # type: ignore[arg-type]
+            return _checked(fn(output, module), output, module)  # type: ignore[arg-type]
 
         return hook
 
     def single_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        new = fn(output[0], module)  # type: ignore[arg-type]  # [1, B, ...] -> [B, ...]
+        new = _checked(fn(output[0], module), output[0], module)  # type: ignore[arg-type]  # [1, B, ...] -> [B, ...]
         return None if new is None else new.unsqueeze(0)
 
     return single_hook
+
+
+def _checked(new: Any, seen: torch.Tensor, hook: nn.Module) -> torch.Tensor | None:
+    """A hook's return: None, or a tensor of the shape it was shown (else a TypeError naming the hook
+    point; the mistake would otherwise surface layers later as an unrelated error)."""
+    if new is None:
+        return None
+    name = getattr(hook, "name", "?")
+    if not isinstance(new, torch.Tensor):
+        raise TypeError(f"the hook function on {name} returned a {type(new).__name__}; return a tensor to "
+                        "replace the activation, or None to leave it")
+    if new.shape != seen.shape:
+        raise TypeError(f"the hook function on {name} returned shape {list(new.shape)}; the activation "
+                        f"it replaces has shape {list(seen.shape)}")
+    return new

@@ -15,6 +15,10 @@ def load_model(run: RunDir, seed: int, step: int, device: str | torch.device = "
                config: ExperimentConfig | None = None) -> Any:
     """The single model (E = 1, in eval mode) of run seed ``seed`` at checkpoint ``step``.
 
+    The probe's held-out batch: ``interventions.held_out_batch``. A run trained with ``train.bias_beta``
+    probed with the attention bias on; ``interventions.probe_bias`` gives it (``model(x, attn_bias=...)``),
+    without which a forward pass scores other numbers than the stored metrics.
+
     Example::
 
         model = load_model(RunDir("runs/demo"), seed=0, step=3000)

@@ -12,7 +12,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +46,8 @@ class SeedGroup:
     snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
     what the probe measures (default ``default_measurements()``; each applies only where the model offers
     what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths, ``measure_ood.RuleEval`` where it has a
-    generalization set that tells rules apart). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
+    generalization set that tells rules apart). ``extra_measurements``: measured besides those (a custom
+    measurement that keeps every default one). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
     are recorded (the trackers of ``train/trackers.py``). With ``execution.forecast_from``, the progress
     news of a probe carries the live forecast of these seeds (``train/live.py``).
@@ -54,7 +55,8 @@ class SeedGroup:
 
     def __init__(self, config: ExperimentConfig, seeds: list[int], run: RunDir | None = None,
                  name: str = "group-0", attn_bias_fn: BiasFn | None = None,
-                 measurements: list[Measurement] | None = None, on_record: RecordFn | None = None):
+                 measurements: list[Measurement] | None = None, on_record: RecordFn | None = None,
+                 extra_measurements: Sequence[Measurement] = ()):
         self.config, self.seeds, self.run, self.name = config, list(seeds), run, name
         self.on_record = on_record
         train = config.train
@@ -76,6 +78,7 @@ class SeedGroup:
         if measurements is None and all(supports_rules(t) for t in self.tasks):  # a rule-telling set
             self.measurements.append(RuleEval.for_seeds(self.tasks, train.seed, self.seeds,
                                                         train.eval_batch_size, device))
+        self.measurements += [m for m in extra_measurements if m.applies(self.model)]
         self.optimizer = _make_optimizer(self.model, config)
         self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)
                                         for task, i in zip(self.tasks, self.seeds)])  # [E, B, L]

@@ -22,7 +22,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -257,24 +257,31 @@ def _load_or_make_plan(run: RunDir, config: ExperimentConfig) -> Plan:
     return fresh
 
 
-def plan_units(config: ExperimentConfig, run: RunDir, plan: Plan, threads: int | None = None) -> list[WorkUnit]:
+def plan_units(config: ExperimentConfig, run: RunDir, plan: Plan, threads: int | None = None,
+               measurements: Sequence[Any] = ()) -> list[WorkUnit]:
     """The units of ``plan`` (every group, finished ones included; a finished unit does nothing).
 
-    threads: per unit (default: 1 per worker process; the whole budget for the in-process ensemble)."""
+    threads: per unit (default: 1 per worker process; the whole budget for the in-process ensemble);
+    measurements: measured besides the default ones."""
     if threads is None:
         threads = 1 if plan.strategy == "workers" else thread_budget(config)
     data = config.to_dict()
-    return [WorkUnit(data, str(run.path), index, tuple(group), threads) for index, group in enumerate(plan.groups)]
+    return [WorkUnit(data, str(run.path), index, tuple(group), threads, tuple(measurements))
+            for index, group in enumerate(plan.groups)]
 
 
 def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | None = None,
-          progress: bool = True, log: Callable[[str], None] | None = None) -> RunDir:
+          progress: bool = True, log: Callable[[str], None] | None = None,
+          measurements: Sequence[Any] = ()) -> RunDir:
     """Train every seed of ``config`` into run directory ``out`` and return it.
 
     Re-running with the same ``out`` resumes an interrupted run (bit-identically) and does nothing for
     a finished one. ``executor``: where the units run (default: the local plan's). ``log``: called with one
-    line when the run is already finished or resumes (``print`` in the CLI). Figures are not drawn here:
-    ``emergelab.report.make_figures(run)`` (the CLI calls it).
+    line when the run is already finished or resumes (``print`` in the CLI). ``measurements``: measured at
+    every probe besides the default ones (``train.measure.Measurement`` objects; they travel to worker
+    processes pickled, so define their class in an importable module or the script's top level; pass the
+    same ones when resuming). Figures are not drawn here: ``emergelab.report.make_figures(run)`` (the CLI
+    calls it).
 
     Example::
 
@@ -294,7 +301,7 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
         log_finished(config, run)  # a tracker added after the run finished gets its metrics now
         return run
     with locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
-        units = plan_units(config, run, plan)
+        units = plan_units(config, run, plan, measurements=measurements)
         done = sum(unit_progress(u) for u in units)
         if done == sum(u.steps for u in units):  # stopped while writing its final files
             say("every seed is trained; writing the run's final files")

@@ -26,13 +26,15 @@ class WorkUnit:
     """Train ``seeds`` (resume-state group ``group``) of ``config`` into ``run_path``.
 
     config: ``ExperimentConfig.to_dict()`` of the resolved config; threads: torch threads for this unit
-    (0: leave the process's setting)."""
+    (0: leave the process's setting); measurements: measured besides the default ones (``SeedGroup``'s
+    ``extra_measurements``; picklable objects, as the unit is)."""
 
     config: dict[str, Any]
     run_path: str
     group: int
     seeds: tuple[int, ...]
     threads: int = 1
+    measurements: tuple[Any, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -62,7 +64,8 @@ def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
     with torch_threads(unit.threads), locked(run.state_dir / f"group-{unit.group}.lock", what="these seeds"), \
             Trackers(config.execution.log, config, run, unit.seeds) as trackers:
         group = SeedGroup(config, list(unit.seeds), run, name=f"group-{unit.group}",
-                          on_record=trackers.log if trackers.trackers else None)
+                          on_record=trackers.log if trackers.trackers else None,
+                          extra_measurements=unit.measurements)
         group.resume()
         trackers.log(group.metrics.table())  # what the trackers missed before the resume state (if any)
         if group.step < config.train.steps:
