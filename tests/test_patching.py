@@ -274,3 +274,14 @@ def test_target_metrics_known_answer():
     torch.testing.assert_close(m["mean_prob"], torch.tensor(0.5))
     torch.testing.assert_close(m["mean_loss"], torch.tensor(math.log(2)))
     torch.testing.assert_close(m["prob_per_output"], torch.tensor([0.5]))
+
+
+def test_greedy_best_heads_is_the_prefix_that_recovered_the_most():
+    from emergelab.interventions import GreedyResult
+
+    g = GreedyResult("pattern", 0.9, 0.1, 0.5, heads=[(0, 1), (0, 0), (0, 2)], prob=[0.3, 0.4, 0.38],
+                     recovered=[0.5, 0.75, 0.7])
+    assert g.best_heads == [(0, 1), (0, 0)]
+    g.recovered = [0.5, 0.75, 0.75]  # a tie: the shorter prefix
+    assert g.best_heads == [(0, 1), (0, 0)]
+    assert GreedyResult("pattern", 0.9, 0.5, 0.1).best_heads == []

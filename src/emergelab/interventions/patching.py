@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from ..train.measure import output_onehot, per_output_mean, per_position_scores
@@ -447,7 +448,9 @@ def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what
 class GreedyResult:
     """``heads``: chosen (layer, head) in order; ``prob[i]`` / ``recovered[i]``: the early model's mean
     correct-token probability and the fraction ``(prob - early) / (late - early)`` with ``heads[:i+1]``
-    patched; ``reached``: whether ``recovered`` got to ``fraction``."""
+    patched; ``reached``: whether ``recovered`` got to ``fraction``. The search goes on past a step that
+    recovers less than the one before (a head can hurt once others are patched); ``best_heads`` is the
+    prefix that recovered the most."""
 
     what: str
     fraction: float
@@ -457,6 +460,13 @@ class GreedyResult:
     prob: list[float] = field(default_factory=list)
     recovered: list[float] = field(default_factory=list)
     reached: bool = False
+
+    @property
+    def best_heads(self) -> list[Head]:
+        """The shortest prefix of ``heads`` with the largest ``recovered`` ([] when nothing was chosen)."""
+        if not self.recovered:
+            return []
+        return self.heads[:int(np.argmax(self.recovered)) + 1]
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [{"what": self.what, "step": i, "layer": layer, "head": head, "prob": p, "recovered": r}
