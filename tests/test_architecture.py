@@ -6,7 +6,9 @@
 * a parameter without an initialiser is an error, never a silent zero;
 * the store imports and works without importing a model or the trainer;
 * nothing imports upward (``shared/tools/layers.py`` reports no circle);
-* a custom measurement and a custom executor plug in through ``SeedGroup`` / ``train``.
+* a custom measurement and a custom executor plug in through ``SeedGroup`` / ``train``;
+* a task (or model) that an installed package declares as an entry point is found by every process:
+  training in worker processes, then a later ``emergelab report`` / ``list``.
 """
 
 from __future__ import annotations
@@ -262,3 +264,67 @@ def test_imports_flow_one_way():
     out = subprocess.run([sys.executable, str(tool), str(ROOT / "src" / "emergelab")], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "CIRCLE" not in out.stdout, out.stdout
+
+
+# ------------------------------------------------------------------------------------------------------
+# Plugins: tasks and models that installed packages declare as entry points
+# ------------------------------------------------------------------------------------------------------
+PLUGIN = """
+from dataclasses import dataclass
+from typing import ClassVar
+
+from emergelab.tasks import LinearMapConfig
+
+
+@dataclass(frozen=True)
+class PluginMapConfig(LinearMapConfig):
+    name: ClassVar[str] = "plugin-map"
+
+
+@dataclass(frozen=True)
+class MisnamedConfig(LinearMapConfig):
+    name: ClassVar[str] = "something-else"
+"""
+ENTRY_POINTS = """[emergelab.tasks]
+plugin-map = emergelab_test_plugin:PluginMapConfig
+misnamed = emergelab_test_plugin:MisnamedConfig
+broken = emergelab_test_plugin_missing:Config
+"""
+
+
+@pytest.fixture
+def plugin_path(tmp_path):
+    """A folder that makes ``emergelab_test_plugin`` an installed distribution declaring three tasks."""
+    (tmp_path / "emergelab_test_plugin.py").write_text(PLUGIN)
+    info = tmp_path / "emergelab_test_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: emergelab-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    return tmp_path
+
+
+def test_a_task_declared_as_an_entry_point_is_found_by_every_process(plugin_path, tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": str(plugin_path), "OMP_NUM_THREADS": "1"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "emergelab.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    out = tmp_path / "run"
+    done = cli("run", "plugin-map", "--steps", "6", "--seeds", "2", "--set", "model.head_dim=4",
+               "--set", "model.heads=2", "--set", "train.eval_every=3", "--set", "execution.strategy=workers",
+               "--set", "execution.workers=2", "--out", str(out), "--quiet", "--no-figures")
+    assert done.returncode == 0, done.stderr
+    assert "task:\n  name: plugin-map" in (out / "config.yaml").read_text()
+    report = cli("report", str(out))  # a later process reads the run's config: it finds the plugin again
+    assert report.returncode == 0, report.stderr
+    listed = cli("list")
+    assert listed.returncode == 0 and "  plugin-map\n    task.* fields: state_size=8" in listed.stdout
+    assert "  broken\n    not usable: task.name='broken': its plugin" in listed.stdout  # listed with its error
+    for name, message in (("misnamed", "the entry point's name must be the class's name"),
+                          ("broken", "failed to load: ModuleNotFoundError")):
+        bad = cli("run", name, "--steps", "6", "--out", str(tmp_path / name))
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert not (tmp_path / name).exists()
+    unknown = cli("run", "nope", "--out", str(tmp_path / "nope"))
+    assert unknown.returncode == 2 and "plugin-map" in unknown.stderr  # the allowed names include the plugins'

@@ -204,11 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 def experiment_from_args(args: argparse.Namespace) -> Any:
     """The ExperimentConfig that ``emergelab run`` arguments describe (validated, nothing run)."""
     from .presets import preset_dict
-    from .tasks import TASKS
+    from .tasks import task_class, task_names
     from .train import ExperimentConfig
 
-    if args.task not in TASKS:
-        raise ConfigError(f"unknown task {args.task!r}: allowed tasks are {', '.join(TASKS)}")
+    if task_class(args.task) is None:
+        raise ConfigError(f"unknown task {args.task!r}: allowed tasks are {', '.join(task_names())}")
     data: dict[str, dict[str, Any]] = {"task": {"name": args.task}, "model": {}, "train": {}, "execution": {}}
     from_preset: set[str] = set()
     if args.preset:
@@ -536,9 +536,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .models import MODELS
+    from .models import model_class, model_names
     from .presets import PRESETS
-    from .tasks import TASKS
+    from .tasks import task_class, task_names
     from .train import ExecutionConfig, TrainConfig
 
     def fields(cls: type) -> str:
@@ -546,11 +546,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         return ", ".join(f"{name}={defaults[name]!r}" for name in field_names(cls))
 
     print("tasks:")
-    for name, cls in TASKS.items():
-        print(f"  {name}\n    task.* fields: {fields(cls)}")
+    def show(name: str, section: str, find: Any) -> None:
+        try:  # installed plugins' too, loaded here: a broken one is listed with its error
+            print(f"  {name}\n    {section}.* fields: {fields(find(name))}")
+        except ConfigError as error:
+            print(f"  {name}\n    not usable: {error}")
+
+    for name in task_names():
+        show(name, "task", task_class)
     print("models (model.name):")
-    for name, cls in MODELS.items():
-        print(f"  {name}\n    model.* fields: {fields(cls)}")
+    for name in model_names():
+        show(name, "model", model_class)
     print(f"training:\n    train.* fields: {fields(TrainConfig)}")
     print(f"execution (never changes the numbers):\n    execution.* fields: {fields(ExecutionConfig)}")
     print("presets:")

@@ -161,3 +161,41 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     except yaml.YAMLError:
         raise ConfigError(f"--set {text!r}: the value {raw!r} does not parse") from None
     return section, name, number_from_text(value)
+
+
+def registered(registry: dict[str, type], group: str, name: str, field: str) -> type | None:
+    """``registry[name]``, else the config class an installed package declares for ``name`` under the
+    entry-point group ``group`` (loaded, checked and added to ``registry``), else None.
+
+    A package adds a task or model to every process (CLI, workers, later analysis) with, in its
+    ``pyproject.toml``::
+
+        [project.entry-points."emergelab.tasks"]
+        my-task = "my_package.tasks:MyTaskConfig"
+
+    ``field`` (e.g. ``task.name``) names the config field in the error of a plugin that fails to load."""
+    if name in registry:
+        return registry[name]
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=group):
+        if point.name != name:
+            continue
+        try:
+            cls = point.load()
+        except Exception as error:  # a plugin's own import error, whatever it is, is reported in one line
+            raise ConfigError(f"{field}={name!r}: its plugin {point.value} ({group}) failed to load: "
+                              f"{type(error).__name__}: {error}") from None
+        if getattr(cls, "name", None) != name:
+            raise ConfigError(f"{field}={name!r}: its plugin {point.value} ({group}) is a class whose name is "
+                              f"{getattr(cls, 'name', None)!r}; the entry point's name must be the class's name")
+        registry[name] = cls
+        return cls
+    return None
+
+
+def plugin_names(registry: dict[str, type], group: str) -> list[str]:
+    """The names in ``registry`` and those that installed packages declare under ``group`` (not loaded)."""
+    from importlib.metadata import entry_points
+
+    return list(registry) + sorted({p.name for p in entry_points(group=group)} - set(registry))

@@ -1,4 +1,7 @@
-"""Tasks with known ground-truth attention. ``TASKS`` maps a CLI name to its config class."""
+"""Tasks with known ground-truth attention. ``TASKS`` maps a CLI name to its config class;
+:func:`task_class` also finds the tasks other packages install (entry-point group ``emergelab.tasks``)."""
+
+from ..config import plugin_names, registered
 
 from .base import (Batch, LengthTask, MapView, RuleTask, Task, TaskConfig, default_map_view, make_generator,
                    relevant_queries, supports_lengths, supports_rules, supports_sample_masks, task_info)
@@ -19,8 +22,30 @@ TASKS: dict[str, type] = {
     RepetitionConfig.name: RepetitionConfig,
 }
 
+PLUGIN_GROUP = "emergelab.tasks"
+
+
+def task_class(name: str) -> type | None:
+    """The config class of task ``name``: a built-in, a :func:`register_task`-ed one, or one an installed
+    package declares under the entry-point group ``emergelab.tasks``; None when there is none."""
+    return registered(TASKS, PLUGIN_GROUP, name, "task.name")
+
+
+def task_names() -> list[str]:
+    """Every task name: the built-in and registered ones, then the installed plugins'."""
+    return plugin_names(TASKS, PLUGIN_GROUP)
+
+
+def register_task(config_class: type) -> type:
+    """Add a task config class to ``TASKS`` under its ``name`` (this process only: for a task every
+    process finds, the CLI and worker processes included, declare it as an entry point; see
+    docs/architecture.md); returns the class, so it works as a decorator."""
+    TASKS[config_class.name] = config_class
+    return config_class
+
+
 __all__ = [
-    "TASKS", "Batch", "MapView", "Task", "TaskConfig", "default_map_view", "make_generator",
+    "TASKS", "register_task", "task_class", "task_names", "Batch", "MapView", "Task", "TaskConfig", "default_map_view", "make_generator",
     "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task",
     "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",

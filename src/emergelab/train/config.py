@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from ..config import SECTIONS, ConfigError, build, require, require_choice, require_float, require_int, to_dict
-from ..models import MODELS, TransformerConfig
-from ..tasks import TASKS, make_generator
+from ..models import TransformerConfig, model_class, model_names
+from ..tasks import make_generator, task_class, task_names
 from ..tasks.pretraining import PRETRAINING, pretraining_stream
 
 SCHEDULES = ("constant", "cosine")
@@ -173,7 +173,7 @@ MOVED_TO_EXECUTION = ("strategy", "workers", "seed_batch", "resume_every", "devi
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """One experiment: a task config (any of ``TASKS``), a model config (any of ``MODELS``), a train
+    """One experiment: a task config (``tasks.task_class``), a model config (``models.model_class``), a train
     config and an execution config."""
 
     task: Any
@@ -247,22 +247,24 @@ class ExperimentConfig:
                 raise ConfigError(f"section {section}: expected a mapping of field: value, got {data[section]!r}")
         task_values = dict(data.get("task") or {})
         name = task_values.pop("name", None)
-        if not isinstance(name, str) or name not in TASKS:
-            raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(TASKS)}")
+        task_cls = task_class(name) if isinstance(name, str) else None
+        if task_cls is None:
+            raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(task_names())}")
         model_values = dict(data.get("model") or {})
         model_name = model_values.pop("name", DEFAULT_MODEL)
-        if not isinstance(model_name, str) or model_name not in MODELS:
-            raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(MODELS)}")
+        model_cls = model_class(model_name) if isinstance(model_name, str) else None
+        if model_cls is None:
+            raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(model_names())}")
         match = model_values.pop("match_params", None)
         train_values = dict(data.get("train") or {})
         for key in MOVED_TO_EXECUTION:
             if key in train_values:
                 raise ConfigError(f"train.{key} is now execution.{key} (it never changes the numbers)")
-        task = build(TASKS[name], task_values, "task")
+        task = build(task_cls, task_values, "task")
         if match is not None:
-            model = _matched_model(MODELS[model_name], match, task, model_values)
+            model = _matched_model(model_cls, match, task, model_values)
         else:
-            model = build(MODELS[model_name], model_values, "model")
+            model = build(model_cls, model_values, "model")
         return cls(task=task, model=model,
                    train=build(TrainConfig, train_values, "train"),
                    execution=build(ExecutionConfig, dict(data.get("execution") or {}), "execution"))
