@@ -270,3 +270,50 @@ def test_analyze_and_patch_out_that_is_a_file(tiny_run, tmp_path, capsys):
     assert "exists and is not a directory" in one_error_line(capsys)
     assert main(["patch", str(tiny_run.path), "--early", "1", "--late", "20", "--out", str(afile / "p")]) == 2
     assert "is a file" in one_error_line(capsys)
+
+
+def test_a_read_only_run_is_refused_before_the_work(tiny_run, tmp_path, capsys, monkeypatch):
+    """analyze / patch / report write into the run by default (analysis/, patching/, figures/): a run
+    folder that cannot be written is a one-line error before the analysis, not a traceback after it."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run)
+    if os.geteuid() == 0:  # root writes anywhere: pretend the folder is read-only
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == run else real(p, mode))
+    else:
+        run.chmod(0o500)
+    try:
+        for argv in (["analyze", str(run)], ["patch", str(run), "--early", "1", "--late", "20"], ["report", str(run)]):
+            capsys.readouterr()
+            assert main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert "permission denied" in err and len(err.strip().splitlines()) == 1, err
+            assert "final loss" not in out and "prob gain" not in out  # refused before the work
+    finally:
+        run.chmod(0o700)
+
+
+def test_unreadable_or_misshapen_run_files_are_one_line(tiny_run, tmp_path, capsys, monkeypatch):
+    """A folder where a run's file belongs, or a file that cannot be read: the path and the reason."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run)
+    (run / "metrics.parquet").unlink()
+    (run / "metrics.parquet").mkdir()
+    for argv in (["analyze", str(run), "--out", str(tmp_path / "a")], ["report", str(run)],
+                 ["forecast", str(run)], ["query", str(run), "SELECT 1"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "metrics.parquet" in err, (argv, err)
+
+    def walk_unreadable(path, **kwargs):  # what os.walk does with a folder it cannot list (root reads all)
+        kwargs["onerror"](PermissionError(13, "Permission denied", str(path)))
+        return iter(())
+
+    monkeypatch.setattr(os, "walk", walk_unreadable)
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert one_error_line(capsys).endswith(f"{tmp_path}: Permission denied")

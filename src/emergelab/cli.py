@@ -376,6 +376,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _fail_on_problems(run.path)
         print(write_html(run.path, args.out))
         return 0
+    check_out_dir(run.path / "figures", flag="the figures folder", run=False)
     for path in make_figures(run):
         print(path)
     _fail_on_problems(run.path)
@@ -405,11 +406,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           f"{', '.join(map(str, args.paths))}") from None
     runs = [RunDir(row[0]) for row in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
     found = {str(r.path.resolve()) for p in args.paths for r in finished_run_dirs(p)}
+    single = len(args.paths) == 1 and len(found) == 1
+    out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
+    check_out_dir(out, flag="the output folder", run=False)  # before the work, not after it
     result = analyze_runs(con, by=by, pool=pool, pool_rest=args.pool_rest, solved_tol=args.solved_tol)
     if args.vs and args.vs not in result.groups.column_names:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
-    single = len(args.paths) == 1 and len(found) == 1
-    out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
     heads = attribute_heads(con, emergence=(result.curves, result.jumps))
     print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "
           f"{', '.join(result.by) or '(all runs together)'}")
@@ -439,6 +441,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     check_device("--device", args.device)
     if args.out is not None:
         check_out_dir(args.out, run=False)
+    elif (args.run_dir / "config.yaml").is_file():  # the default RUN/patching, checked before the work
+        check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
 
     result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
                                fraction=args.fraction, batch=args.batch, device=args.device)
@@ -1013,6 +1017,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left early (`emergelab list | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         return 128 + signal.SIGPIPE
+    except OSError as error:
+        if error.filename is None or error.errno is None:  # not about a path the user gave: a bug, shown whole
+            raise
+        # a file the user's paths lead to that cannot be read or written (permissions, a folder where a
+        # file belongs, a full disk): the path and the reason, in one line
+        where = str(error.filename).replace("\n", "\\n")
+        print(f"emergelab: error: {where}: {error.strerror or error}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

@@ -228,7 +228,13 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     skip = set(CHECKED_FOLDERS) | {"figures", "analysis", "patching"}
     found = []
     seen: set[str] = set()
-    for folder, dirs, names in os.walk(path, followlinks=True):
+
+    def unreadable(error: OSError) -> None:  # os.walk would pass over it in silence
+        if os.path.abspath(str(error.filename)) == os.path.abspath(path):
+            raise error  # the folder asked for: the CLI says "PATH: Permission denied"
+        warnings.warn(f"{error.filename}: {error.strerror}; left out", CorruptFileWarning, stacklevel=3)
+
+    for folder, dirs, names in os.walk(path, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree, or a second link to the same folder
             dirs[:] = []
