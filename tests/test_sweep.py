@@ -182,6 +182,40 @@ def test_cli_validation_is_one_line_exit_2_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_sweep_output_devices_memory_and_unit_sizes_checked_before_any_work(tmp_path, capsys):
+    """As `run` checks them: an --out that is a file or a run directory, a device that is not here, a run
+    that cannot fit in memory (the dry run built it to calibrate, and was killed), Ray-only sizes."""
+    import copy as _copy
+
+    good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    a_run = tmp_path / "a-run"
+    a_run.mkdir()
+    (a_run / "config.yaml").write_text("task: {name: linear-map}\n")
+    huge = _copy.deepcopy(SPEC)
+    huge["base"]["train"]["batch_size"] = 10**8
+    cuda7 = _copy.deepcopy(SPEC)
+    cuda7["base"]["execution"] = {"device": "cuda:7"}
+    cases = [([str(good), "--out", str(afile)], "exists and is not a directory"),
+             ([str(good), "--out", str(a_run)], "a run directory, not a sweep's"),
+             ([str(good), "--gpus-per-unit", "0.5"], "use them with --executor ray"),
+             ([str(good), "--executor", "ray", "--cpus-per-unit", "nan"], "--cpus-per-unit=nan"),
+             ([str(write_spec(tmp_path / "huge.yaml", {**huge, "out": str(tmp_path / "out")})), "--dry-run"],
+              "of memory at its peak"),
+             ([str(write_spec(tmp_path / "cuda7.yaml", {**cuda7, "out": str(tmp_path / "out")})), "--dry-run"],
+              "execution.device='cuda:7'")]
+    for argv, text in cases:
+        if text == "execution.device='cuda:7'" and __import__("torch").cuda.device_count() > 7:
+            continue
+        capsys.readouterr()
+        assert main(["sweep", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert text in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert not (tmp_path / "out").exists() and afile.read_text() == "x"
+    assert sorted(p.name for p in a_run.iterdir()) == ["config.yaml"]
+
+
 def _has_ray() -> bool:
     try:
         import ray  # noqa: F401

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import dataclasses
 import os
+import math
 import signal
 import sys
 import time
@@ -785,9 +786,12 @@ def _print_suite_plan(sources: dict[str, dict[int, Any]], config: Any, out: Path
 
 
 def _check_reproduce_out(out: Path, name: str) -> None:
-    """Refuse an ``--out`` that holds another target's reproduction (its ``result.json`` says which)."""
+    """Refuse an ``--out`` that is a run directory or holds another target's reproduction (its
+    ``result.json`` says which)."""
     import json
 
+    if (out / "config.yaml").exists():
+        raise ConfigError(f"--out {out}: a run directory, not a reproduction's; choose a new or empty directory")
     try:
         other = json.loads((out / "result.json").read_text()).get("target")
     except (OSError, ValueError, AttributeError):
@@ -814,6 +818,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_out_dir(out, run=False)
     _check_reproduce_out(out, t.name)
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
+    for part, sweep in sweeps.items():
+        check_sweep_runs(sweep, out / part)
     if args.analyse_only:
         missing = [part for part in sweeps if not (out / part / "sweep.json").exists()]
         if missing:
@@ -858,10 +864,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--retries={args.retries}: must be >= 0")
     if args.executor == "local" and args.address:
         raise ConfigError("--address joins a Ray cluster: use it with --executor ray")
+    for flag, value in (("--cpus-per-unit", args.cpus_per_unit), ("--gpus-per-unit", args.gpus_per_unit)):
+        if not math.isfinite(value) or value < 0 or (flag == "--cpus-per-unit" and value == 0):
+            raise ConfigError(f"{flag}={value}: must be a finite number "
+                              + ("> 0" if flag == "--cpus-per-unit" else ">= 0"))
+    if args.executor == "local" and (args.gpus_per_unit or args.cpus_per_unit != 1.0):
+        raise ConfigError("--cpus-per-unit / --gpus-per-unit size Ray tasks: use them with --executor ray "
+                          "(local workers take --workers)")
     sweep = load_sweep(targets[0], args.out, args.scale)
     if args.log:
         sweep = with_trackers(sweep, _trackers(args.log))
     out = sweep_out(sweep, args.out)
+    check_sweep_runs(sweep, out)
     dup = f" ({sweep.duplicates} duplicate point(s) merged)" if sweep.duplicates else ""
     print(f"sweep: {len(sweep.runs)} run(s) in {out}{dup}")
     if args.dry_run:
@@ -893,6 +907,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for name in result.busy:
         print(f"  busy {name}: another emergelab process is training it; left alone")
     return 1 if result.failed else 0
+
+
+def check_sweep_runs(sweep: Any, out: Path) -> None:
+    """Refuse, before anything is written, a sweep directory ``out`` that is a file or a run directory, a
+    run whose device is not here, or one whose training would not fit in memory (as ``run`` does)."""
+    from .train.estimate import check_device, check_fits, estimate_run
+
+    check_out_dir(out, run=False)
+    if (out / "config.yaml").exists() and not (out / "sweep.json").exists():
+        raise ConfigError(f"--out {out}: a run directory, not a sweep's; choose a new or empty directory")
+    for run in sweep.runs:
+        device = check_device(f"{run.name}: execution.device", run.config.execution.device)
+        check_fits(estimate_run(run.config), device, f"{run.name}")
 
 
 def _values(overrides: dict) -> str:
