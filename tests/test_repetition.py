@@ -93,8 +93,10 @@ def test_optima_closed_forms():
 
 
 def test_bad_config_names_the_field():
-    with pytest.raises(ConfigError, match="task.seq_len"):
+    with pytest.raises(ConfigError, match="task.seq_len=10"):  # both fields named: either may be the one set
         RepetitionConfig(seq_len=10, span=8)
+    with pytest.raises(ConfigError, match=r"task.span=100: must be at most task.seq_len / 2 = 32"):
+        RepetitionConfig(span=100)  # it blamed task.seq_len, which was not set
     with pytest.raises(ConfigError, match="task.zipf"):
         RepetitionConfig(zipf=-1.0)
 

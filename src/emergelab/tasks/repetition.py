@@ -59,10 +59,12 @@ class RepetitionConfig:
     def __post_init__(self) -> None:
         require_int("task.vocab", self.vocab, 2, 1_000_000)
         require_int("task.span", self.span, 2, 100_000)
-        require_int("task.seq_len", self.seq_len, 2 * self.span, 100_000)
+        require_int("task.seq_len", self.seq_len, 4, 100_000)
         require_float("task.zipf", self.zipf, 0.0, 10.0)
-        require(self.seq_len >= 2 * self.span, "task.seq_len", self.seq_len,
-                f"must be at least 2 * task.span = {2 * self.span}")
+        # names both fields: either may be the one the user set
+        require(self.seq_len >= 2 * self.span, "task.span", self.span,
+                f"must be at most task.seq_len / 2 = {self.seq_len // 2} (the span and its repeat fit in a "
+                f"sequence; or raise task.seq_len={self.seq_len})")
 
     def sizes(self) -> tuple[int, int]:
         return self.vocab, self.seq_len
