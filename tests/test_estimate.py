@@ -90,6 +90,12 @@ def test_estimate_grows_with_what_drives_it():
     assert estimate_run(config(train={"seeds": 10})).flops == pytest.approx(10 * small.flops, rel=0.01)
 
 
+def test_more_checkpoints_than_steps_cost_no_more_than_one_per_step():
+    """A 5-step run asked for 10^6 checkpoints saves 6 (distinct steps), not 10^6: it was estimated at 14 h."""
+    many = estimate_run(config(train={"steps": 5, "checkpoints": 10**6}))
+    assert many.seconds == pytest.approx(estimate_run(config(train={"steps": 5, "checkpoints": 5})).seconds)
+
+
 def test_a_run_that_cannot_fit_is_refused_with_the_limit(monkeypatch):
     import emergelab.train.estimate as estimate
 

@@ -267,7 +267,8 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
         threads = plan.processes if plan.strategy == "workers" else thread_budget(config)
         rate = CPU_FLOPS_PER_THREAD * max(1, min(threads, len(os.sched_getaffinity(0))))
     rounds = math.ceil(len(plan.groups) / max(1, plan.processes))  # groups one process trains in turn
-    saves = train.checkpoints + 1 + (train.steps // config.execution.resume_every if config.execution.resume_every
+    # log-spaced checkpoint steps are distinct integers: at most train.steps + 1 of them, whatever is asked
+    saves = min(train.checkpoints, train.steps) + 1 + (train.steps // config.execution.resume_every if config.execution.resume_every
                                      else 0)
     est.seconds = est.flops / rate + rounds * (STEP_OVERHEAD_S * train.steps + SAVE_S * saves) + START_S
     est.notes["rate"] = f"{rate / 1e9:.0f} GFLOP/s"
