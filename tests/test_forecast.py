@@ -213,6 +213,7 @@ def test_cli_forecast(planted, tmp_path, capsys):
                  ["forecast", str(planted), "--evaluate", "--at", "100"],
                  ["forecast", str(planted), "--at", "-5"],
                  ["forecast", str(planted), "--at", "99999"],  # after the run's end: nothing to forecast from
+                 ["forecast", str(planted), "--at", "0"],  # too few probes yet (it said "every output had emerged")
                  ["forecast", str(planted), "--seed", "99"],
                  ["forecast", str(tmp_path / "fc")],
                  ["forecast", str(planted_run(tmp_path / "three", seeds=3)), "--evaluate"]):

@@ -550,13 +550,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         return ", ".join(f"{name}={defaults[name]!r}" for name in field_names(cls))
 
-    print("tasks:")
     def show(name: str, section: str, find: Any) -> None:
         try:  # installed plugins' too, loaded here: a broken one is listed with its error
             print(f"  {name}\n    {section}.* fields: {fields(find(name))}")
         except ConfigError as error:
             print(f"  {name}\n    not usable: {error}")
 
+    print("tasks:")
     for name in task_names():
         show(name, "task", task_class)
     print("models (model.name):")

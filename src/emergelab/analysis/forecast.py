@@ -640,6 +640,13 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
     if at is not None and examples and at > (latest := max(e.end for e in examples)):
         raise ConfigError(f"at={at:g}: after every run's last probe (the latest is step {latest:g}); forecasts "
                           f"are made from the probes up to that step, so choose one <= {latest:g}")
+    if at is not None and examples and all(e.curves.upto(min(float(at), e.end)).steps.size < MIN_PROBES
+                                           for e in examples):
+        first = min(float(e.curves.steps[MIN_PROBES - 1]) for e in examples if e.curves.steps.size >= MIN_PROBES) \
+            if any(e.curves.steps.size >= MIN_PROBES for e in examples) else None
+        later = f"; the earliest step with enough is {first:g}" if first is not None else ""
+        raise ConfigError(f"at={at:g}: fewer than {MIN_PROBES} probes up to that step in every run, and the "
+                          f"forecasters need {MIN_PROBES}{later}")
     by_run: dict[str, list[Example]] = {}
     for e in examples:
         by_run.setdefault(e.run, []).append(e)
