@@ -150,3 +150,19 @@ def test_probe_bias_reproduces_the_stored_metrics_of_a_biased_run(tmp_path):
                            stored, atol=1e-3)
     unbiased = ExperimentConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "bias_beta": 0.0}})
     assert probe_bias(unbiased, 0, 40) is None
+
+
+def test_a_deleted_checkpoint_the_manifest_records_is_damage_not_a_setting(run, tmp_path, capsys):
+    """It said "no checkpoints for seed 0 (train with train.checkpoints > 0)" of a run that saved them."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    (copy / "checkpoints" / "seed-000" / f"step-{STEPS:08d}.safetensors").unlink()
+    assert main(["patch", str(copy), "--early", "241", "--late", str(STEPS), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"step-{STEPS:08d}.safetensors: missing (the run's manifest.jsonl records it)" in err, err
+    shutil.rmtree(copy / "checkpoints" / "seed-000")
+    assert main(["patch", str(copy), "--early", "241", "--late", str(STEPS), "--out", str(tmp_path / "p")]) == 2
+    assert "missing (the run's manifest.jsonl records it)" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import pyarrow.csv as pacsv
 import torch
 
 from ..config import ConfigError
-from ..store import RunDir, atomic_write, write_parquet
+from ..store import CorruptFileError, RunDir, atomic_write, write_parquet
 from ..tasks import held_out_tokens, seed_task
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
@@ -113,6 +114,12 @@ class CheckpointPatching:
 def resolve_step(run: RunDir, seed: int, step: int, label: str) -> tuple[int, str | None]:
     """The saved checkpoint nearest ``step`` and a one-line note when it is not ``step`` itself."""
     saved = run.checkpoint_steps(seed)
+    pattern = re.compile(rf"checkpoints/seed-{seed:03d}/step-(\d+)\.safetensors")
+    recorded = sorted(int(m.group(1)) for rel in run.manifest.read().entries if (m := pattern.fullmatch(str(rel))))
+    lost = [s for s in recorded if s not in saved]
+    if lost and (not saved or step in lost):  # the manifest says they were written: damage, not a setting
+        raise CorruptFileError(run.checkpoint_path(seed, step if step in lost else lost[0]),
+                               "missing (the run's manifest.jsonl records it)", "restore it from a backup")
     if not saved:
         raise ConfigError(f"{run.path}: no checkpoints for seed {seed} (train with train.checkpoints > 0)")
     nearest = run.nearest_checkpoint(seed, step)
