@@ -340,3 +340,12 @@ def test_what_a_rerun_says_before_it_trains(base, partial, tmp_path, capsys):
     assert code == 0 and "already finished" in out, err
     assert "estimate:" not in out and "trained in" not in out, out
     same_numbers(stopped, base)
+
+
+def test_check_says_a_run_is_unfinished(partial, tmp_path, capsys):
+    """Its files are intact, and it is not done: both said (it said only "every file is intact")."""
+    run = tmp_path / "run"
+    shutil.copytree(partial, run)
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 0 and "every file is intact" in out
+    assert f"note: {run}: unfinished (" in out and "of its seed-steps trained); re-run" in out, out

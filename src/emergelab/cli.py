@@ -455,6 +455,20 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unfinished(run: Any, problems: list) -> list[str]:
+    """A note for a training run that has not finished (its files may all be intact)."""
+    from .train import ExperimentConfig
+    from .train.run import fraction_left
+
+    if problems or run.is_complete() or run.metrics_path.exists() or not (run.state_dir / "plan.json").exists():
+        return []
+    if str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
+        return []
+    done = 1.0 - fraction_left(ExperimentConfig.from_run(run).resolved(), run.path)
+    return [f"{run.path}: unfinished ({done:.0%} of its seed-steps trained); re-run its `emergelab run` or "
+            "sweep command to resume"]
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from .store import Problem, RunDir, check_run, find_run_dirs
     from .train import ExperimentConfig
@@ -486,6 +500,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     ExperimentConfig.from_run(run)  # an `emergelab lm scan` has no training config
             except (ConfigError, CorruptFileError) as error:
                 problems.append(Problem(run.config_path, f"not a valid config ({error})"))
+            else:
+                notes += _unfinished(run, problems)
         for note in notes:
             print(f"note: {note}")
         for problem in problems:
