@@ -398,6 +398,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: no such file or directory")
     if args.out is not None:
         check_out_dir(args.out, run=False)
+    if not (args.solved_tol >= 0 and math.isfinite(args.solved_tol)):
+        raise ConfigError(f"--solved-tol={args.solved_tol}: must be a finite number of nats >= 0")
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
     pool = [f.strip() for f in args.pool.split(",") if f.strip()] if args.pool else None
     try:
