@@ -59,6 +59,12 @@ MEASURED = {
                           "model": {"layers": 2, "heads": 4, "head_dim": 16},
                           "train": {"steps": 2, "batch_size": 128, "eval_batch_size": 32},
                           "execution": ENSEMBLE},
+    # Mamba's probe forms no pattern (probe_pattern = False): counting one estimated 10-15x its peak, and
+    # refused `reproduce mixers --scale cpu`
+    "mamba": {"task": {"name": "cellular-automata", "state_size": 16, "trajectory_length": 16},
+              "model": {"name": "mamba", "layers": 2},
+              "train": {"steps": 2, "batch_size": 128, "eval_batch_size": 256, "seeds": 2},
+              "execution": ENSEMBLE},
 }
 
 

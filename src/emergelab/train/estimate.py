@@ -185,6 +185,15 @@ def _pattern_channels(model: Any) -> int:
     return int(getattr(model, "heads", 0) or 0)
 
 
+def _probe_forms_pattern(model: Any) -> bool:
+    """Whether a training probe forms each layer's pattern: the transformer's, and a mixer's whose module
+    declares ``probe_pattern = True`` (Mamba's and RWKV-7's are formed only on demand, by run_with_cache)."""
+    if model.name == "transformer":
+        return True
+    mixer = getattr(getattr(model, "model_class", None), "mixer_class", None)
+    return bool(getattr(mixer, "probe_pattern", False))
+
+
 def _pattern_transient(model: Any) -> int:
     """Channels of the largest quadratic transient a layer makes on the reference path."""
     if model.name == "mamba":  # the selective kernel's [E, B, I, Tq, Tk, N] differences, decay and mask
@@ -229,9 +238,11 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     quad = layers * _quadratic_channels(model, bias) * P * P
     est.parts["activations"] = 1.5 * E * B * (P * per_token + quad) * f
     est.notes["activations"] = "train.batch_size x sequence length x model size"
-    channels = _pattern_channels(model)
+    formed = _probe_forms_pattern(model)
+    channels = _pattern_channels(model) if formed else 0
     cached = 4 * layers * channels if channels else 0
-    probe_floats = (cached + _pattern_transient(model)) * P * P + P * (4 * V + 4 * d + 2 * m)
+    transient = _pattern_transient(model) if formed else 0
+    probe_floats = (cached + transient) * P * P + P * (4 * V + 4 * d + 2 * m)
     est.parts["probe"] = E * Be * probe_floats * f + E * Be * L * 8
     est.notes["probe"] = "train.eval_batch_size x attention patterns [layers, heads, P, P]"
     K = data_chunk_steps(B, L)
