@@ -363,3 +363,256 @@ def test_importing_lm_does_not_import_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"})
     assert out.stdout.strip() == "False", out.stderr
+
+
+# ---------------------------------------------------------------------------------------- bad input
+# The project rule: a bad input is one line naming the flag and what it allows, exit 2, before any work
+# (nothing written, no checkpoint fetched or loaded).
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def no_fetch(monkeypatch):
+    """Any checkpoint fetched (copied for loading) fails the test: the input should have been refused first."""
+    def fetch(self, revision, into):
+        raise AssertionError(f"fetched {revision}: a bad input was not refused first")
+
+    monkeypatch.setattr(LocalSource, "fetch", fetch)
+
+
+SCAN_KNOBS = ["--param", "length=8", "--param", "repeat=4", "--n-prompts", "16"]
+BAD_SCAN = [  # (flags, what the one line must say)
+    (["--device", "tpu"], "--device='tpu': must be cpu, cuda, cuda:N or mps"),
+    (["--device", "cuda:99"], "--device='cuda:99'"),
+    (["--retries", "-1"], "--retries=-1: must be an integer in [1, 1000]"),
+    (["--retries", "0"], "--retries=0"),
+    (["--backoff", "nan"], "--backoff=nan: must be a number in [0.0, 3600.0]"),
+    (["--backoff", "-1"], "--backoff=-1.0"),
+    (["--prompt-seed", "-1"], "--prompt-seed=-1: must be an integer in [0, "),
+    (["--param", "length=abc"], "--param length='abc': repetition's length must be an integer in [2, 2048]"),
+    (["--param", "length=100000"], "--param length=100000: repetition's length must be an integer"),
+    (["--param", "length=100"], "longer than its context of 64 positions"),  # the local config.json's context
+    (["--param", "length=-5"], "--param length=-5"),
+    (["--param", "repeat=12"], "--param repeat=12: repetition's repeat must be an integer in [1, 11]"),
+    (["--capability", "induction", "--param", "token_range=[5, 2]"], "--param token_range=[5, 2]"),
+    (["--capability", "ioi", "--param", "template=7"], "--param template=7: ioi's template must be an integer in [0, 2]"),
+    (["--param", "length=["], "--param 'length=[': the value is not valid YAML"),
+    (["--batch-size", "0"], "--batch-size=0: must be an integer"),
+    (["--coarse", "0"], "--coarse=0: must be an integer in [2, 10000]"),
+    (["--disk-budget-gb", "-1"], "--disk-budget-gb=-1.0: must be a number in (0.0, "),
+    (["--threshold", "inf"], "--threshold=inf: must be a finite number"),
+    (["--dtype", "int8"], "--dtype 'int8': allowed are float32, bfloat16, float16"),
+    (["--capability", "copy"], "--capability 'copy': allowed are repetition, induction, ioi"),
+    (["--revisions", "step0,step3"], "no revision 'step3'"),
+    (["--revisions", "step2000,step0"], "revisions must be in training order, each once; step0 comes after step2000"),
+    (["--revisions", "step0,last"], "revision 'last': expected stepN"),
+    (["--disk-budget-gb", "1e-6"], "over the disk budget of 1e-06 GB; raise --disk-budget-gb"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_SCAN, ids=[" ".join(f) for f, _ in BAD_SCAN])
+def test_cli_scan_refuses_bad_flags_before_any_work(suite, tmp_path, capsys, no_fetch, flags, message):
+    out = tmp_path / "scan"
+    args = ["lm", "scan", "--local", str(suite / "seed0"), *SCAN_KNOBS, *flags, "--out", str(out)]
+    if "--param" in flags and "length=8" not in flags:  # the knob under test replaces the fixture's
+        args = ["lm", "scan", "--local", str(suite / "seed0"), "--n-prompts", "16", *flags, "--out", str(out)]
+    assert main(args) == 2
+    assert message in _one_line(capsys)
+    assert not out.exists()  # nothing written
+
+
+PATCH = ["--seed", "1", "--param", "length=8", "--param", "repeat=4", "--n-prompts", "16"]
+BAD_PATCH = [
+    (["--early", "step32", "--late", "step64", "--device", "tpu"], "--device='tpu'"),
+    (["--early", "step32", "--late", "step64", "--device", "cuda:99"], "--device='cuda:99'"),
+    (["--early", "step32", "--late", "step64", "--top-k", "0"], "--top-k=0: must be an integer in [1, "),
+    (["--early", "step32", "--late", "step64", "--fraction", "5"], "--fraction=5.0: must be a number in (0.0, 1.0]"),
+    (["--early", "step32", "--late", "step64", "--fraction", "nan"], "--fraction=nan"),
+    (["--early", "step32", "--late", "step64", "--max-heads", "-1"], "--max-heads=-1: must be an integer in [0, "),
+    (["--early", "step32", "--late", "step64", "--prompt-seed", "-1"], "--prompt-seed=-1"),
+    (["--early", "step32", "--late", "step64", "--dtype", "int8"], "--dtype='int8'"),
+    (["--early", "step32", "--late", "step64", "--retries", "-1"], "--retries=-1"),
+    (["--early", "step64", "--late", "step64"], "--early step64 / --late step64: the same revision"),
+    (["--early", "step64", "--late", "step32"], "--early step64 / --late step32: early must come before late"),
+    (["--early", "step32", "--late", "step33"], "no revision 'step33'"),
+    (["--early", "step32", "--late", "step64", "--param", "length=100"], "longer than its context of 64"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_PATCH, ids=[" ".join(f) for f, _ in BAD_PATCH])
+def test_cli_patch_refuses_bad_flags_before_loading(suite, tmp_path, capsys, no_fetch, flags, message):
+    out = tmp_path / "patch"
+    assert main(["lm", "patch", "--local", str(suite), *PATCH, *flags, "--out", str(out)]) == 2
+    assert message in _one_line(capsys)
+    assert not out.exists()
+
+
+def test_cli_tokenizer_and_out_that_cannot_be_used(suite, tmp_path, capsys, no_fetch):
+    bad = tmp_path / "vocab.txt"
+    bad.write_text("not json\n")
+    file = tmp_path / "file"
+    file.write_text("x")
+    for command in (["scan"], ["patch", "--early", "step0", "--late", "step64"]):
+        base = ["lm", *command, "--local", str(suite / "seed0"), *SCAN_KNOBS]
+        assert main([*base, "--tokenizer", str(bad), "--out", str(tmp_path / "a")]) == 2
+        line = _one_line(capsys)
+        assert f"--tokenizer {bad}: not a tokenizer.json" in line
+        assert main([*base, "--tokenizer", str(tmp_path / "missing.json"), "--out", str(tmp_path / "a")]) == 2
+        assert "--tokenizer" in _one_line(capsys)
+        assert main([*base, "--out", str(file)]) == 2
+        assert f"--out {file}: exists and is not a directory" in _one_line(capsys)
+        assert not (tmp_path / "a").exists() and file.read_text() == "x"
+
+
+def _copy_revisions(suite: Path, root: Path, steps: list[int], seed: int = 0) -> Path:
+    import shutil
+
+    for step in steps:
+        shutil.copytree(suite / f"seed{seed}" / f"step{step}", root / f"step{step}")
+    return root
+
+
+def test_a_refused_scan_leaves_no_out_and_the_corrected_command_runs(suite, tmp_path, capsys):
+    revs = _copy_revisions(suite, tmp_path / "revs", [0, 2000])
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "scan"
+    good = ["lm", "scan", "--local", str(revs), *SCAN_KNOBS, "--out", str(out)]
+    refused = [
+        (["lm", "scan", "--local", str(revs), "--param", "length=-5", "--out", str(out)], "--param length=-5"),
+        (["lm", "scan", "--local", str(tmp_path / "nowhere"), *SCAN_KNOBS, "--out", str(out)], "no such folder"),
+        (["lm", "scan", "--local", str(tmp_path / "empty"), *SCAN_KNOBS, "--out", str(out)], "no revisions to scan"),
+        ([*good[:-2], "--revisions", "step0,step7", "--out", str(out)], "no revision 'step7'"),
+        ([*good[:-2], "--disk-budget-gb", "1e-9", "--out", str(out)], "over the disk budget"),
+    ]
+    for args, message in refused:
+        assert main(args) == 2
+        assert message in _one_line(capsys)
+        assert not out.exists(), args
+    (revs / "step0" / "tokenizer.json").rename(tmp_path / "tokenizer.json")
+    assert main(good) == 2
+    assert f"{revs / 'step0' / 'tokenizer.json'}: no tokenizer.json" in _one_line(capsys)
+    assert not out.exists()
+    (tmp_path / "tokenizer.json").rename(revs / "step0" / "tokenizer.json")
+
+    # a failure at the first evaluation (here a damaged checkpoint) leaves no half-created OUT either,
+    # nor in an empty folder that was there before
+    weights = revs / "step0" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:100])
+    out.mkdir()
+    assert main(good) == 2
+    assert f"{weights}: damaged safetensors file" in _one_line(capsys)
+    assert out.is_dir() and not any(out.iterdir())
+    weights.write_bytes(intact)
+
+    assert main(good) == 0  # the corrected command is not refused by a leftover
+    assert "step2000" in capsys.readouterr().out
+    assert main(["check", str(out)]) == 0
+
+
+def test_a_scan_left_half_created_by_an_older_version_is_replaced(suite, tmp_path, capsys):
+    from emergelab.store import RunDir
+
+    revs = _copy_revisions(suite, tmp_path / "revs", [0, 2000])
+    out = tmp_path / "scan"
+    RunDir(out).path.mkdir()
+    RunDir(out).write_config({"task": {"name": "lm-repetition", "capability": "repetition",
+                                       "params": {"length": -5}}, "model": {"sources": {}}})
+    (out / "cache").mkdir()
+    assert main(["lm", "scan", "--local", str(revs), *SCAN_KNOBS, "--out", str(out)]) == 0  # no metrics: replaced
+    capsys.readouterr()
+    # a scan that stored evaluations is never replaced
+    assert main(["lm", "scan", "--local", str(revs), "--param", "length=9", "--param", "repeat=4",
+                 "--out", str(out)]) == 2
+    assert "holds a scan of" in _one_line(capsys)
+
+
+def test_damaged_checkpoints_are_named_in_the_users_folder(suite, tmp_path, capsys):
+    revs = _copy_revisions(suite, tmp_path / "revs", [0, 1000, 2000])
+    patch = ["lm", "patch", "--local", str(revs), *SCAN_KNOBS, "--early", "step0", "--late", "step2000",
+             "--out", str(tmp_path / "patch")]
+    config = revs / "step2000" / "config.json"
+    text = config.read_text()
+    config.write_text("{'model_type': 'gpt_neox'}")
+    assert main(patch) == 2
+    assert f"{config}: not valid JSON" in _one_line(capsys)
+    config.write_text(text)
+
+    weights = revs / "step2000" / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.rename(revs / "step2000" / "model.bin")
+    assert main(patch) == 2
+    line = _one_line(capsys)
+    assert f"{revs / 'step2000'}: no *.safetensors weights (it has model.bin)" in line and "emergelab-patch" not in line
+    (revs / "step2000" / "model.bin").unlink()
+
+    weights.write_bytes(intact[:len(intact) // 2])  # truncated
+    assert main(patch) == 2
+    assert f"{weights}: damaged safetensors file (truncated" in _one_line(capsys)
+    assert not (tmp_path / "patch").exists()
+    # a scan stops at the damaged revision with one line; the revisions scored before it stay, so it resumes
+    out = tmp_path / "scan"
+    assert main(["lm", "scan", "--local", str(revs), *SCAN_KNOBS, "--exhaustive", "--out", str(out)]) == 2
+    assert f"{weights}: damaged safetensors file" in _one_line(capsys)
+    import pyarrow.parquet as pq
+
+    assert sorted(set(pq.read_table(out / "metrics.parquet").column("step").to_pylist())) == [0, 1000]
+    weights.write_bytes(intact)
+    assert main(["lm", "scan", "--local", str(revs), *SCAN_KNOBS, "--exhaustive", "--out", str(out)]) == 0
+
+
+def test_library_checks_name_the_field_and_the_cli_names_the_flag(suite):
+    from emergelab.config import ConfigError
+    from emergelab.lm.capabilities import check_params, memory_errors
+    from emergelab.lm.patch import check_patch
+    from emergelab.lm.scan import SCAN_FLAGS, with_flags
+
+    with pytest.raises(ConfigError, match=r"^batch_size=0: must be an integer"):
+        _config(batch_size=0)
+    with pytest.raises(ConfigError, match=r"^prompt_seed=-1"):
+        _config(prompt_seed=-1)
+    assert str(with_flags(ConfigError("batch_size=0: must be"), SCAN_FLAGS)) == "--batch-size=0: must be"
+    assert str(with_flags(ConfigError("dtype 'x': allowed"), SCAN_FLAGS)) == "--dtype 'x': allowed"
+    assert str(with_flags(ConfigError("something_else=1: no"), SCAN_FLAGS)) == "something_else=1: no"
+    with pytest.raises(ConfigError, match="must be an integer"):
+        check_params("repetition", {"length": 8.5})
+    with pytest.raises(ConfigError, match="context of 16 positions"):
+        check_params("induction", {"length": 30}, context=16)
+    check_params("induction", {"length": 17}, context=16)  # the answer is not read by the model
+    with pytest.raises(ConfigError, match="top_k=0"):
+        check_patch("step1", "step2", top_k=0)
+    with pytest.raises(ConfigError, match="early must come before late"):
+        check_patch("step1000", "step2")
+    check_patch("main", "other")  # not stepN: only that they differ
+
+    prompts = build_prompts("repetition", _tokenizer(suite), n=4, **REP)
+    with pytest.raises(ConfigError, match=r"out of memory on cpu running 4 prompts .* lower --batch-size"):
+        with memory_errors(prompts, 64, "cpu"):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    with pytest.raises(RuntimeError, match="other"):
+        with memory_errors(prompts, 64, "cpu"):
+            raise RuntimeError("other")
+
+
+def _tokenizer(suite: Path):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(suite / "seed0" / "step0" / "tokenizer.json"))
+
+
+def test_pythia_revisions_and_context_are_checked_without_the_network(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    out = tmp_path / "scan"
+    assert main(["lm", "scan", "--pythia", "14m", "--revisions", "step0,step3", "--out", str(out)]) == 2
+    assert "EleutherAI/pythia-14m: no revision 'step3'" in _one_line(capsys)
+    assert main(["lm", "scan", "--pythia", "14m", "--capability", "induction", "--param", "length=3000",
+                 "--out", str(out)]) == 2
+    assert "longer than its context of 2048 positions" in _one_line(capsys)
+    assert main(["lm", "patch", "--pythia", "14m", "--early", "step1000", "--late", "step100", "--out", str(out)]) == 2
+    assert "early must come before late" in _one_line(capsys)
+    assert not out.exists()

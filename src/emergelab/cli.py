@@ -643,8 +643,9 @@ def _add_lm_parser(sub: Any) -> None:
         p.add_argument("--tokenizer", help="tokenizer.json to use instead of the checkpoint's")
         p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--retries", type=int, default=5, help="tries per hub request (default 5)")
-        p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, doubling")
+        p.add_argument("--retries", type=int, default=5, help="tries per hub request, 1..1000 (default 5)")
+        p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, 0..3600, doubling "
+                       "(default 2)")
         p.add_argument("--out", type=Path, required=True, help="output folder (a scan resumes in it)")
     scan.add_argument("--seeds", help="suite seeds, e.g. 0-9 or 0,3 (default 0; with --local: every DIR/seed<k> "
                       "folder)")
@@ -656,23 +657,53 @@ def _add_lm_parser(sub: Any) -> None:
     scan.add_argument("--batch-size", type=int, default=64)
     scan.add_argument("--disk-budget-gb", type=float, default=20.0, help="largest checkpoint held (default 20)")
     patch.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
-    patch.add_argument("--early", required=True, metavar="REVISION", help="e.g. step1000")
-    patch.add_argument("--late", required=True, metavar="REVISION", help="e.g. step8000")
+    patch.add_argument("--early", required=True, metavar="REVISION", help="e.g. step1000 (before --late)")
+    patch.add_argument("--late", required=True, metavar="REVISION", help="e.g. step8000 (after --early)")
     patch.add_argument("--what", choices=("pattern", "scores"), default="pattern")
-    patch.add_argument("--top-k", type=int, default=5, help="top heads patched together (default 5)")
-    patch.add_argument("--fraction", type=float, default=0.9, help="greedy target fraction (default 0.9)")
+    patch.add_argument("--top-k", type=int, default=5, help="top heads patched together, >= 1 (default 5)")
+    patch.add_argument("--fraction", type=float, default=0.9, help="greedy target fraction, in (0, 1] (default 0.9)")
     patch.add_argument("--max-heads", type=int, default=8, help="greedy set size limit; 0 skips it (default 8)")
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
     with _lm_errors():
+        from .config import require_float, require_int
         from .lm import ScanConfig, require_transformers, scan
-        from .lm.patch import patch_revisions, write_patch
+        from .lm.patch import PATCH_FLAGS, check_patch, patch_revisions, write_patch
+        from .lm.scan import SCAN_FLAGS, with_flags
         from .lm.sources import make_sources, parse_seeds
+        from .train.estimate import check_device
 
         require_transformers()
-    params = _lm_params(args.param)
-    if args.lm_command == "scan":
+    # Every flag is checked first (one line naming it), before a source is opened or anything written.
+    params: dict[str, Any] = {}
+    for text in args.param:
+        try:
+            params.update(_lm_params([text]))
+        except ConfigError:
+            raise
+        except Exception as error:  # a YAML syntax error in the value
+            reason = " ".join(str(error).split())[:200]
+            raise ConfigError(f"--param {text!r}: the value is not valid YAML ({reason})") from None
+    require_int("--retries", args.retries, 1, 1000)
+    require_float("--backoff", args.backoff, 0.0, 3600.0)
+    check_device("--device", args.device)
+    scanning = args.lm_command == "scan"
+    check_out_dir(args.out, run=scanning)  # a scan is a run directory; patch writes four files into a folder
+    try:
+        if scanning:
+            config = ScanConfig(capability=args.capability, params=params, n_prompts=args.n_prompts,
+                                prompt_seed=args.prompt_seed, metric=args.metric, threshold=args.threshold,
+                                coarse=args.coarse, exhaustive=args.exhaustive, batch_size=args.batch_size,
+                                disk_budget_gb=args.disk_budget_gb, dtype=args.dtype, device=args.device,
+                                tokenizer=args.tokenizer)
+        else:
+            check_patch(args.early, args.late, capability=args.capability, params=params,
+                        n_prompts=args.n_prompts, prompt_seed=args.prompt_seed, what=args.what, top_k=args.top_k,
+                        fraction=args.fraction, greedy_max_heads=args.max_heads, dtype=args.dtype)
+    except ConfigError as error:
+        raise with_flags(error, SCAN_FLAGS if scanning else PATCH_FLAGS) from None
+    if scanning:
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None  # None: make_sources' default
     else:
         seeds = [args.seed]
@@ -681,13 +712,8 @@ def cmd_lm(args: argparse.Namespace) -> int:
     with _lm_errors():
         sources = make_sources(pythia=args.pythia, repo=args.repo, local=args.local, seeds=seeds,
                                revisions=revisions, **hub)
-        if args.lm_command == "scan":
-            config = ScanConfig(capability=args.capability, params=params, n_prompts=args.n_prompts,
-                                prompt_seed=args.prompt_seed, metric=args.metric, threshold=args.threshold,
-                                coarse=args.coarse, exhaustive=args.exhaustive, batch_size=args.batch_size,
-                                disk_budget_gb=args.disk_budget_gb, dtype=args.dtype, device=args.device,
-                                tokenizer=args.tokenizer)
-            result = scan(sources, config, args.out, log=print)
+        if scanning:
+            result = scan(sources, config, args.out, log=print)  # checks the sources before writing to --out
             print(result.format())
             print(f"wrote {args.out}/metrics.parquet and summary.json")
             return 0

@@ -33,11 +33,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,13 +81,24 @@ class PromptSet:
         return f"{self.capability} ({knobs}): {self.tokens.shape[0]} prompts of {self.tokens.shape[1] - 1} tokens"
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` (ConfigError when there is none)."""
+def load_tokenizer(path: str | Path, flag: str | None = None) -> Any:
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json``; a one-line ConfigError naming the file (and
+    ``flag``, the option that gave it, e.g. ``"--tokenizer"``) when it is missing or not a tokenizer."""
     from tokenizers import Tokenizer
 
-    if not Path(path).exists():
+    where = f"{flag} {path}" if flag else str(path)
+    path = Path(path)
+    if not path.exists():
+        if flag:
+            raise ConfigError(f"{where}: no such file; give a tokenizer.json")
         raise ConfigError(f"{path}: no tokenizer.json; pass one with --tokenizer (ScanConfig.tokenizer)")
-    return Tokenizer.from_file(str(path))
+    if not path.is_file():
+        raise ConfigError(f"{where}: not a file; give a tokenizer.json (the tokenizers library's format)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise ConfigError(f"{where}: not a tokenizer.json (the tokenizers library's format): {reason}") from None
 
 
 def single_token(tokenizer: Any, text: str) -> int:
@@ -163,19 +175,99 @@ def ioi(tokenizer: Any, n: int, *, template: int = 0, names: Sequence[str] = NAM
 
 
 CAPABILITIES = {"repetition": repetition, "induction": induction, "ioi": ioi}
+MAX_PROMPT_TOKENS = 4096  # a sane bound on a prompt's length (beyond it attention memory runs to many GB)
 
 
-def check_params(capability: str, params: dict[str, Any]) -> None:
-    """ConfigError for a capability that does not exist or a knob it does not have (before any download)."""
+def _knobs(capability: str) -> dict[str, Any]:
     import inspect
 
+    return {p.name: p.default for p in inspect.signature(CAPABILITIES[capability]).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_knob(capability: str, name: str, value: Any, lo: int, hi: int, why: str = "") -> None:
+    if not _is_int(value) or not lo <= value <= hi:
+        raise ConfigError(f"--param {name}={value!r}: {capability}'s {name} must be an integer in [{lo}, {hi}]{why}")
+
+
+def _words_knob(capability: str, name: str, value: Any, least: int) -> None:
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) < least
+            or not all(isinstance(w, str) and w for w in value)):
+        raise ConfigError(f"--param {name}={value!r}: {capability}'s {name} must be a list of at least {least} "
+                          "non-empty strings, e.g. [' a', ' b']")
+
+
+def prompt_tokens(capability: str, params: dict[str, Any]) -> int | None:
+    """Tokens per prompt (answer included) that ``params`` give, when they fix it without a tokenizer
+    (repetition, induction; None for ioi, whose length depends on the tokenizer). Assumes valid knobs."""
+    knobs = {**_knobs(capability), **params}
+    if capability == "repetition":
+        return knobs["length"] + knobs["repeat"] + 1
+    if capability == "induction":
+        return knobs["length"]
+    return None
+
+
+def check_context(capability: str, params: dict[str, Any], tokens: int, context: int | None, where: str) -> None:
+    """ConfigError when prompts of ``tokens`` tokens (the model reads all but the answer) exceed ``context``."""
+    if context is not None and tokens - 1 > context:
+        knobs = ", ".join(f"{k}={v}" for k, v in params.items()) or "the defaults"
+        raise ConfigError(f"--param: {capability} prompts ({knobs}) are {tokens} tokens, {tokens - 1} read by the "
+                          f"model, longer than its context of {context} positions ({where}); lower --param length")
+
+
+def check_params(capability: str, params: dict[str, Any], context: int | None = None,
+                 where: str = "config.json") -> None:
+    """ConfigError (one line naming the knob and what it allows) for a capability that does not exist, a
+    knob it does not have or a value it cannot take, and for prompts longer than :data:`MAX_PROMPT_TOKENS`
+    or than ``context`` (the model's, when known; ``where`` says where it comes from). No tokenizer needed,
+    so this runs before any download."""
     if capability not in CAPABILITIES:
         raise ConfigError(f"capability {capability!r}: allowed are {', '.join(CAPABILITIES)}")
-    knobs = [p.name for p in inspect.signature(CAPABILITIES[capability]).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"]
+    defaults = _knobs(capability)
     for name in params:
-        if name not in knobs:
-            raise ConfigError(f"{capability}: unknown knob {name!r}; knobs are {', '.join(knobs)}")
+        if name not in defaults:
+            raise ConfigError(f"{capability}: unknown knob {name!r}; knobs are {', '.join(defaults)}")
+    knobs = {**defaults, **params}
+    if capability == "repetition":
+        _int_knob(capability, "length", knobs["length"], 2, MAX_PROMPT_TOKENS // 2)
+        _int_knob(capability, "repeat", knobs["repeat"], 1, knobs["length"] - 1, f" (1..length-1, length={knobs['length']})")
+        _words_knob(capability, "words", knobs["words"], 1)
+    elif capability == "induction":
+        _int_knob(capability, "length", knobs["length"], 4, MAX_PROMPT_TOKENS)
+        span = knobs["token_range"]
+        if span is not None and (isinstance(span, (str, bytes)) or not isinstance(span, Sequence) or len(span) != 2
+                                 or not all(_is_int(v) for v in span) or not 0 <= span[0] < span[1]):
+            raise ConfigError(f"--param token_range={span!r}: induction's token_range must be two integers "
+                              "[lo, hi] with 0 <= lo < hi (token ids lo..hi-1)")
+    elif capability == "ioi":
+        _int_knob(capability, "template", knobs["template"], 0, len(IOI_TEMPLATES) - 1)
+        for name in ("names", "places", "objects"):
+            _words_knob(capability, name, knobs[name], 2 if name == "names" else 1)
+    tokens = prompt_tokens(capability, params)
+    if tokens is not None:
+        check_context(capability, params, tokens, context, where)
+
+
+@contextlib.contextmanager
+def memory_errors(prompts: PromptSet, batch_size: int | None, device: Any) -> Iterator[None]:
+    """Out-of-memory while running a model on ``prompts`` as one line saying what to lower."""
+    import torch
+
+    try:
+        yield
+    except RuntimeError as error:
+        text = str(error)
+        if not (isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in text
+                or "not enough memory" in text or "out of memory" in text.lower()):
+            raise
+        n, length = prompts.tokens.shape
+        raise ConfigError(f"out of memory on {device} running {n} prompts of {length - 1} tokens in batches of "
+                          f"{batch_size or n}; lower --batch-size or the prompt length (--param length)") from None
 
 
 def build_prompts(capability: str, tokenizer: Any, n: int = 200, seed: int = 0, **params: Any) -> PromptSet:

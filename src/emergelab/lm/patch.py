@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,17 @@ from typing import Any, Callable
 import pyarrow as pa
 import torch
 
+from ..config import ConfigError, require_choice, require_float, require_int
 from ..interventions import GreedyResult, PatchingResult, greedy_heads, patch_heads, patching_table, target_metrics
 from ..store import write_parquet, write_text
-from .capabilities import PromptSet, build_prompts, check_params, load_tokenizer
-from .scan import DTYPES
-from .sources import CheckpointSource
+from .capabilities import PromptSet, build_prompts, check_context, check_params, load_tokenizer, memory_errors
+from .scan import DTYPES, model_context
+from .sources import CheckpointSource, LocalSource, revision_step, source_context
+
+# patch_revisions' arguments -> the `emergelab lm patch` flags that set them (for errors from the command line)
+PATCH_FLAGS = {"capability": "--capability", "n_prompts": "--n-prompts", "prompt_seed": "--prompt-seed",
+               "what": "--what", "top_k": "--top-k", "fraction": "--fraction", "greedy_max_heads": "--max-heads",
+               "batch_size": "--batch-size", "dtype": "--dtype", "device": "--device", "tokenizer": "--tokenizer"}
 
 
 @dataclass
@@ -75,10 +82,35 @@ class RevisionPatching:
         return "\n".join(lines)
 
 
-def _fetch_and_load(source: CheckpointSource, revision: str, dtype: torch.dtype, device: str,
-                    loader: Callable[..., Any], workdir: Path) -> tuple[Any, Path]:
-    folder = source.fetch(revision, workdir / revision)
-    return loader(folder, dtype=dtype, device=device), folder
+def check_patch(early: str, late: str, *, capability: str = "repetition", params: dict | None = None,
+                n_prompts: int = 100, prompt_seed: int = 0, what: str = "pattern", top_k: int = 5,
+                fraction: float = 0.9, greedy_max_heads: int | None = 8, batch_size: int | None = 32,
+                dtype: str = "float32") -> None:
+    """ConfigError (one line naming the argument and what it allows) for arguments of
+    :func:`patch_revisions` that cannot work, before any checkpoint is fetched: ``early`` must come
+    before ``late`` (both ``stepN``: by step; other names: different), ``top_k >= 1``,
+    ``0 < fraction <= 1``, ``greedy_max_heads >= 0`` (or None), the knobs of ``capability``."""
+    check_params(capability, params or {})
+    require_int("n_prompts", n_prompts, 1, 10 ** 7)
+    require_int("prompt_seed", prompt_seed, 0, 2 ** 63 - 1)
+    require_choice("what", what, ("pattern", "scores"))
+    require_int("top_k", top_k, 1, 10 ** 6)
+    require_float("fraction", fraction, 0.0, 1.0, open_min=True)
+    if greedy_max_heads is not None:
+        require_int("greedy_max_heads", greedy_max_heads, 0, 10 ** 6)
+    if batch_size is not None:
+        require_int("batch_size", batch_size, 1, 10 ** 6)
+    require_choice("dtype", dtype, tuple(DTYPES))
+    for name, revision in (("--early", early), ("--late", late)):
+        if not isinstance(revision, str) or not revision.strip() or "/" in revision or revision in (".", ".."):
+            raise ConfigError(f"{name} {revision!r}: expected a revision such as step1000")
+    if early == late:
+        raise ConfigError(f"--early {early} / --late {late}: the same revision; patch a later revision into an "
+                          "earlier one")
+    pattern = re.compile(r"step\d+")
+    if pattern.fullmatch(early) and pattern.fullmatch(late) and revision_step(early) > revision_step(late):
+        raise ConfigError(f"--early {early} / --late {late}: early must come before late in training (step "
+                          f"{revision_step(early)} > {revision_step(late)}); swap them")
 
 
 @torch.no_grad()
@@ -89,15 +121,45 @@ def patch_revisions(source: CheckpointSource, early: str, late: str, *, capabili
                     tokenizer: str | None = None, loader: Callable[..., Any] | None = None) -> RevisionPatching:
     """Patch each head of ``late`` into ``early`` on ``n_prompts`` prompts of ``capability``; the top
     ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit).
-    ``loader(folder, dtype, device) -> model``: default :func:`~emergelab.lm.hf.load_lm` (any causal LM)."""
-    check_params(capability, params or {})
+    ``loader(folder, dtype, device) -> model``: default :func:`~emergelab.lm.hf.load_lm` (any causal LM).
+    Bad arguments (:func:`check_patch`), the device, missing revisions, the tokenizer and damaged
+    checkpoints are refused (one line) before either checkpoint is loaded."""
+    from ..train.estimate import check_device
+
+    check_patch(early, late, capability=capability, params=params, n_prompts=n_prompts, prompt_seed=prompt_seed,
+                what=what, top_k=top_k, fraction=fraction, greedy_max_heads=greedy_max_heads,
+                batch_size=batch_size, dtype=dtype)
+    check_device("device", device)
+    check = getattr(source, "check", None)
+    if callable(check):
+        check([early, late])
+    context = source_context(source)
+    check_params(capability, params or {}, context, source.name)
+    tok = load_tokenizer(Path(tokenizer), "--tokenizer") if tokenizer else None
+    if tok is None and isinstance(source, LocalSource):
+        tok = load_tokenizer(source.folder(early) / "tokenizer.json")
     if loader is None:
         from .hf import load_lm as loader
     with tempfile.TemporaryDirectory(prefix="emergelab-patch-") as tmp:
-        early_model, folder = _fetch_and_load(source, early, DTYPES[dtype], device, loader, Path(tmp))
-        tok = load_tokenizer(Path(tokenizer) if tokenizer else folder / "tokenizer.json")
-        late_model, _ = _fetch_and_load(source, late, DTYPES[dtype], device, loader, Path(tmp))
-    prompts = build_prompts(capability, tok, n=n_prompts, seed=prompt_seed, **(params or {}))
+        early_folder = source.fetch(early, Path(tmp) / "early")
+        late_folder = source.fetch(late, Path(tmp) / "late")
+        if tok is None:
+            tok = load_tokenizer(early_folder / "tokenizer.json")
+        prompts = build_prompts(capability, tok, n=n_prompts, seed=prompt_seed, **(params or {}))
+        check_context(capability, params or {}, prompts.tokens.shape[1], context, source.name)
+        early_model = loader(early_folder, dtype=DTYPES[dtype], device=device)
+        late_model = loader(late_folder, dtype=DTYPES[dtype], device=device)
+    for model, revision in ((early_model, early), (late_model, late)):
+        check_context(capability, params or {}, prompts.tokens.shape[1], model_context(model),
+                      f"{source.name}@{revision}")
+    with memory_errors(prompts, batch_size, device):
+        return _patch(source, early, late, what, prompts, early_model, late_model, top_k, fraction,
+                      greedy_max_heads, batch_size)
+
+
+def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: PromptSet, early_model: Any,
+           late_model: Any, top_k: int, fraction: float, greedy_max_heads: int | None,
+           batch_size: int | None) -> RevisionPatching:
     tokens, mask = prompts.tokens, prompts.loss_mask
     table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size)
     top = table.ranking()[:top_k]

@@ -51,11 +51,27 @@ import torch
 
 from ..config import ConfigError, require_float, require_int
 from ..store import MetricsBuffer, RunDir, locked, sort_rows
-from .capabilities import PromptSet, build_prompts, check_params, load_tokenizer, score_prompts
-from .sources import CheckpointSource, folder_size, revision_step
+from .capabilities import (PromptSet, build_prompts, check_context, check_params, load_tokenizer, memory_errors,
+                           score_prompts)
+from .sources import CheckpointSource, LocalSource, folder_size, revision_step, source_context
 
 METRICS = ("target_prob", "solved_fraction", "loss", "logit_diff")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# ScanConfig's fields -> the `emergelab lm scan` flags that set them (for errors from the command line)
+SCAN_FLAGS = {"capability": "--capability", "metric": "--metric", "n_prompts": "--n-prompts",
+              "prompt_seed": "--prompt-seed", "threshold": "--threshold", "coarse": "--coarse",
+              "batch_size": "--batch-size", "disk_budget_gb": "--disk-budget-gb", "dtype": "--dtype",
+              "device": "--device", "tokenizer": "--tokenizer"}
+
+
+def with_flags(error: ConfigError, flags: dict[str, str]) -> ConfigError:
+    """``error`` with its leading field name (``batch_size=0: ...``, ``dtype 'x': ...``) replaced by the
+    command-line flag that sets it (``--batch-size=0: ...``); unchanged when it names no field of ``flags``."""
+    text = str(error)
+    match = re.match(r"([A-Za-z_]\w*)(?=[= ])", text)
+    if match and match.group(1) in flags:
+        return ConfigError(flags[match.group(1)] + text[match.end():])
+    return error
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,7 @@ class ScanConfig:
         if self.metric not in METRICS or self.metric == "loss":
             raise ConfigError(f"metric {self.metric!r}: allowed are target_prob, solved_fraction, logit_diff")
         require_int("n_prompts", self.n_prompts, 1, 10 ** 7)
+        require_int("prompt_seed", self.prompt_seed, 0, 2 ** 63 - 1)
         require_int("coarse", self.coarse, 2, 10 ** 4)
         require_int("batch_size", self.batch_size, 1, 10 ** 6)
         require_float("disk_budget_gb", self.disk_budget_gb, 0.0, 1e6, open_min=True)
@@ -89,6 +106,8 @@ class ScanConfig:
             raise ConfigError(f"threshold={self.threshold!r}: must be a finite number")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r}: allowed are {', '.join(DTYPES)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device={self.device!r}: must be cpu, cuda, cuda:N or mps")
 
     def science(self) -> dict[str, Any]:
         """The fields that change the numbers (a resumed scan must agree on them)."""
@@ -177,35 +196,122 @@ def scan(sources: dict[int, CheckpointSource], config: ScanConfig, out: str | Pa
     device) -> model`` (default :func:`~emergelab.lm.hf.load_lm`: GPT-NeoX through ``neox.py``, any other
     causal LM through ``hf.py``); ``log`` gets one line per event.
     Re-running on the same ``out`` resumes (a different capability, prompt set, metric or threshold is a
-    ConfigError). Returns a :class:`ScanResult`.
+    ConfigError). Everything :func:`check_scan` can check is checked before anything is written, and a
+    scan that fails before its first evaluation is stored leaves ``out`` as it found it (so the corrected
+    command starts afresh). Returns a :class:`ScanResult`.
     """
-    if not sources:
-        raise ConfigError("scan: no seeds to scan")
+    prompts = check_scan(sources, config, out)
     if loader is None:
         from .hf import load_lm as loader
     run = RunDir(out)
+    top = run.path.absolute()  # the outermost folder this call creates (None: out exists)
+    while not top.parent.exists():
+        top = top.parent
+    created = None if run.path.exists() else top
+    before = set() if created else {p.name for p in run.path.iterdir()}
     run.path.mkdir(parents=True, exist_ok=True)
-    with locked(run.state_dir / "scan.lock", wait=False, what="this scan"):
-        return _scan(sources, config, run, loader, log)
+    held, scored = False, True
+    try:
+        with locked(run.state_dir / "scan.lock", wait=False, what="this scan"):
+            held, scored = True, run.metrics_path.exists()
+            return _scan(sources, config, run, loader, log, prompts)
+    except BaseException:
+        if held and not scored and not run.metrics_path.exists():  # nothing scored: leave no trace
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            else:
+                for path in run.path.iterdir():
+                    if path.name not in before:
+                        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        raise
+
+
+def check_scan(sources: dict[int, CheckpointSource], config: ScanConfig, out: str | Path) -> PromptSet | None:
+    """Everything about a scan that can be checked before a checkpoint is fetched or anything is written
+    to ``out``, each a one-line ConfigError: the device; every source's revisions (``stepN``, in training
+    order, present: a local folder or a Pythia branch); the capability's knobs against the model context
+    when the source knows it (a local ``config.json``, Pythia's 2048); a local source's first checkpoint
+    against the disk budget; the tokenizer; and that ``out`` holds no other scan. Returns the prompts when
+    they can be built already (``config.tokenizer``, or a local source's ``tokenizer.json``), else None."""
+    from ..train.estimate import check_device
+
+    if not sources:
+        raise ConfigError("scan: no seeds to scan")
+    check_device("device", config.device)
+    budget = int(config.disk_budget_gb * 1e9)
+    contexts: dict[str, int | None] = {}
+    for seed, source in sorted(sources.items()):
+        revisions = source.revisions()
+        if not revisions:
+            raise ConfigError(f"{source.name}: no revisions to scan (expected folders such as {source.name}/step0/ "
+                              "with a config.json)" if isinstance(source, LocalSource)
+                              else f"{source.name}: no revisions to scan")
+        steps = [revision_step(r) for r in revisions]
+        for i in range(1, len(steps)):
+            if steps[i] <= steps[i - 1]:
+                raise ConfigError(f"{source.name}: revisions must be in training order, each once; {revisions[i]} "
+                                  f"comes after {revisions[i - 1]}")
+        check = getattr(source, "check", None)
+        if callable(check):
+            check(revisions)
+        contexts[source.name] = context = source_context(source)
+        check_params(config.capability, config.params, context, source.name)
+        if isinstance(source, LocalSource):  # a hub checkpoint's size needs the network: checked before its download
+            _check_budget(source, revisions[0], budget)
+    first = sources[min(sources)]
+    tokenizer = None
+    if config.tokenizer:
+        tokenizer = load_tokenizer(Path(config.tokenizer), "--tokenizer")
+    elif isinstance(first, LocalSource):
+        tokenizer = load_tokenizer(first.folder(first.revisions()[0]) / "tokenizer.json")
+    prompts = None
+    if tokenizer is not None:
+        prompts = _prompts(config, tokenizer)
+        for name, context in contexts.items():
+            check_context(config.capability, config.params, prompts.tokens.shape[1], context, name)
+    run = RunDir(out)
+    if run.config_path.exists():
+        _merged_record(run, _record(sources, config))
+    return prompts
+
+
+def _check_budget(source: CheckpointSource, revision: str, budget: int) -> None:
+    size = source.size(revision)
+    if size is not None and size > budget:
+        raise ConfigError(f"{source.name}@{revision} needs {size / 1e9:.3g} GB, over the disk budget of "
+                          f"{budget / 1e9:.3g} GB; raise --disk-budget-gb")
+
+
+def _record(sources: dict[int, CheckpointSource], config: ScanConfig) -> dict[str, Any]:
+    return {"task": {"name": f"lm-{config.capability}", **config.science()},
+            "model": {"name": "hf-causal-lm", "sources": {int(s): src.name for s, src in sources.items()}},
+            "scan": {"coarse": config.coarse, "exhaustive": config.exhaustive},
+            "train": {"seeds": len(sources)}}
+
+
+def _merged_record(run: RunDir, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` merged with the scan ``run`` holds; ConfigError when it holds another scan (or another
+    kind of run). A scan that stored no evaluation (no metrics.parquet) is replaced."""
+    if not run.config_path.exists():
+        return record
+    saved = run.read_config_dict()
+    task = saved.get("task")
+    if task != record["task"]:
+        name = task.get("name") if isinstance(task, dict) else None
+        if isinstance(name, str) and name.startswith("lm-") and not run.metrics_path.exists():
+            return record
+        raise ConfigError(f"{run.path} holds a scan of {task}, not {record['task']}; use another --out")
+    seen = saved.get("model", {}).get("sources", {})
+    for seed, name in record["model"]["sources"].items():
+        if seed in seen and seen[seed] != name:
+            raise ConfigError(f"{run.path}: seed {seed} was scanned from {seen[seed]}, not {name}")
+    sources = {**seen, **record["model"]["sources"]}
+    return {**record, "model": {**record["model"], "sources": sources}, "train": {"seeds": len(sources)}}
 
 
 def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir, loader: Callable[..., Any],
-          log: Callable[[str], None]) -> ScanResult:
-    record = {"task": {"name": f"lm-{config.capability}", **config.science()},
-              "model": {"name": "hf-causal-lm", "sources": {int(s): src.name for s, src in sources.items()}},
-              "scan": {"coarse": config.coarse, "exhaustive": config.exhaustive},
-              "train": {"seeds": len(sources)}}
-    if run.config_path.exists():
-        saved = run.read_config_dict()
-        if saved.get("task") != record["task"]:
-            raise ConfigError(f"{run.path} holds a scan of {saved.get('task')}, not {record['task']}; "
-                              "use another --out")
-        seen = saved.get("model", {}).get("sources", {})
-        for seed, name in record["model"]["sources"].items():
-            if seed in seen and seen[seed] != name:
-                raise ConfigError(f"{run.path}: seed {seed} was scanned from {seen[seed]}, not {name}")
-        record["model"]["sources"] = {**seen, **record["model"]["sources"]}
-        record["train"]["seeds"] = len(record["model"]["sources"])
+          log: Callable[[str], None], prompts: PromptSet | None = None) -> ScanResult:
+    record = _merged_record(run, _record(sources, config))
     run.write_config(record)
 
     table = run.metrics() if run.metrics_path.exists() else None
@@ -222,9 +328,7 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
     budget = int(config.disk_budget_gb * 1e9)
     dtype = DTYPES[config.dtype]
     result = ScanResult(run.path, config, {})
-    state: dict[str, Any] = {"prompts": None}
-    if config.tokenizer:
-        state["prompts"] = _prompts(config, load_tokenizer(Path(config.tokenizer)))
+    state: dict[str, Any] = {"prompts": prompts}
 
     prints_path = run.state_dir / "fingerprints.json"
     prints: dict[str, dict[str, str]] = run.read_file_json(prints_path) if prints_path.exists() else {}
@@ -279,6 +383,17 @@ def _scan(sources: dict[int, CheckpointSource], config: ScanConfig, run: RunDir,
     return result
 
 
+def model_context(model: Any) -> int | None:
+    """The positions a loaded model was built for (``neox.py``'s spec, or the HF config), None if unknown."""
+    from .sources import context_of
+
+    spec = getattr(model, "spec", None)
+    if isinstance(getattr(spec, "context_length", None), int):
+        return spec.context_length
+    hf_config = getattr(getattr(model, "hf", None), "config", None)
+    return context_of(hf_config.to_dict()) if hf_config is not None else None
+
+
 def _fingerprint(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
@@ -298,22 +413,25 @@ def _evaluate(source: CheckpointSource, revision: str, config: ScanConfig, cache
     """Fetch one checkpoint into ``cache/<revision>``, score it, delete it. Returns the metrics and a
     fingerprint of the weights (sha256 of the safetensors files), so revisions that serve the same
     weights (a known hub problem: EleutherAI/pythia#205) show up in ``summary.json``."""
-    size = source.size(revision)
-    if size is not None and size > budget:
-        raise ConfigError(f"{source.name}@{revision} needs {size / 1e9:.2f} GB, over the disk budget of "
-                          f"{budget / 1e9:.2f} GB; raise --disk-budget-gb")
+    _check_budget(source, revision, budget)
     into = cache / _safe(revision)
     try:
         folder = source.fetch(revision, into)
         held = folder_size(into)
         result.peak_cache_bytes = max(result.peak_cache_bytes, held)
         if held > budget:
-            raise ConfigError(f"{source.name}@{revision} took {held / 1e9:.2f} GB, over the disk budget of "
-                              f"{budget / 1e9:.2f} GB; raise --disk-budget-gb")
+            raise ConfigError(f"{source.name}@{revision} took {held / 1e9:.3g} GB, over the disk budget of "
+                              f"{budget / 1e9:.3g} GB; raise --disk-budget-gb")
         if state["prompts"] is None:
-            state["prompts"] = _prompts(config, load_tokenizer(folder / "tokenizer.json"))
+            prompts = _prompts(config, load_tokenizer(folder / "tokenizer.json"))
+            check_context(config.capability, config.params, prompts.tokens.shape[1], source_context(source),
+                          source.name)
+            state["prompts"] = prompts
         model = loader(folder, dtype=dtype, device=config.device)
-        score = score_prompts(model, state["prompts"], batch_size=config.batch_size)
+        check_context(config.capability, config.params, state["prompts"].tokens.shape[1], model_context(model),
+                      f"{source.name}@{revision}")
+        with memory_errors(state["prompts"], config.batch_size, config.device):
+            score = score_prompts(model, state["prompts"], batch_size=config.batch_size)
         del model
         metrics = score.metrics()
         if config.metric not in metrics:

@@ -25,9 +25,12 @@ Pythia naming (:func:`pythia_repo`, :func:`pythia_revisions`): ``EleutherAI/pyth
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
+import struct
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
@@ -38,6 +41,9 @@ from ..config import ConfigError
 ALLOW = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
          "tokenizer_config.json", "special_tokens_map.json"]
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+PYTHIA_CONTEXT = 2048  # max_position_embeddings of every Pythia size
+# config.json keys that give a model's context (positions it was built for), in the order tried
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 _STEP = re.compile(r"step(\d+)$")
 T = TypeVar("T")
 
@@ -87,6 +93,80 @@ def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """``path`` (a checkpoint's ``config.json``) as a dict, or a one-line ConfigError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); the checkpoint's config.json is damaged") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ConfigError(f"{path}: not a transformers config.json (a JSON object with a model_type)")
+    return data
+
+
+def context_of(config: dict[str, Any]) -> int | None:
+    """The positions a model's ``config.json`` says it was built for (None when it does not say)."""
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_safetensors(path: Path) -> None:
+    """A one-line ConfigError naming ``path`` unless its safetensors header is intact and every tensor it
+    lists lies inside the file (a truncated or partly downloaded file fails here, not in the loader)."""
+    damaged = f"{path}: damaged safetensors file"
+    advice = "replace it (download or save the checkpoint again)"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            text = handle.read(n) if n is not None and n <= min(size - 8, 100 * 2 ** 20) else None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if n is None:
+        raise ConfigError(f"{damaged} ({size} bytes, shorter than its 8-byte header); {advice}")
+    if text is None:
+        raise ConfigError(f"{damaged} (a header of {n} bytes in a file of {size} bytes: truncated, or not "
+                          f"safetensors); {advice}")
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict):
+        raise ConfigError(f"{damaged} (its header is not a JSON object); {advice}")
+    ends = [entry.get("data_offsets", [0, 0])[-1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("data_offsets"), list)
+            and entry.get("data_offsets")]
+    need = 8 + n + max([e for e in ends if isinstance(e, int)], default=0)
+    if need > size:
+        raise ConfigError(f"{damaged} (truncated: {size} bytes where its header needs {need}); {advice}")
+
+
+def check_checkpoint(folder: Path) -> None:
+    """One line naming the file unless ``folder`` holds a readable ``config.json`` and intact
+    ``*.safetensors`` weights (pickle weights are never loaded). Reads headers only."""
+    read_config_json(folder / "config.json")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        has = f" (it has {', '.join(pickles)})" if pickles else ""
+        raise ConfigError(f"{folder}: no *.safetensors weights{has}: safetensors only, pickle weights are never "
+                          "loaded; convert the checkpoint to safetensors first")
+    for path in files:
+        check_safetensors(path)
+
+
+def source_context(source: Any) -> int | None:
+    """The model context a source knows before any checkpoint is loaded (None when unknown)."""
+    context = getattr(source, "context", None)
+    return context() if callable(context) else None
+
+
 class LocalSource:
     """Revisions as folders ``root/<revision>/`` (each a ``save_pretrained`` folder). ``fetch`` copies
     the checkpoint into ``into``, as a download would, so disk budgets and eviction behave as on the hub."""
@@ -107,8 +187,23 @@ class LocalSource:
     def size(self, revision: str) -> int | None:
         return folder_size(self._folder(revision))
 
+    def folder(self, revision: str) -> Path:
+        """The user's folder of ``revision`` (ConfigError when it has no ``config.json``)."""
+        return self._folder(revision)
+
+    def check(self, revisions: list[str]) -> None:
+        """ConfigError (one line) for a revision that is not here; reads nothing but the folder names."""
+        for revision in revisions:
+            self._folder(revision)
+
+    def context(self) -> int | None:
+        """The context of the first revision's ``config.json`` (None without revisions or that key)."""
+        revisions = self.revisions()
+        return context_of(read_config_json(self._folder(revisions[0]) / "config.json")) if revisions else None
+
     def fetch(self, revision: str, into: Path) -> Path:
         source = self._folder(revision)
+        check_checkpoint(source)  # damage is named in the user's folder, not in the copy
         into.mkdir(parents=True, exist_ok=True)
         for path in source.iterdir():
             if path.is_file() and not path.name.endswith((".bin", ".pt", ".pth")):
@@ -176,6 +271,11 @@ class HubSource:
         from . import require_transformers
 
         require_transformers()
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 1000:
+            raise ConfigError(f"attempts={attempts!r}: tries per hub request must be an integer in [1, 1000]")
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not (
+                math.isfinite(backoff) and 0 <= backoff <= 3600):
+            raise ConfigError(f"backoff={backoff!r}: the first retry delay must be a number of seconds in [0, 3600]")
         self.name = repo
         if revisions is None and not repo.startswith("EleutherAI/pythia-"):
             raise ConfigError(f"{repo}: not a Pythia repo; give its revisions explicitly")
@@ -185,6 +285,21 @@ class HubSource:
     def revisions(self) -> list[str]:
         return list(self._revisions) if self._revisions is not None else pythia_revisions()
 
+    def _pythia(self) -> bool:
+        return re.fullmatch(r"EleutherAI/pythia-[^/]+", self.name) is not None
+
+    def check(self, revisions: list[str]) -> None:
+        """ConfigError for a revision a Pythia repo does not have (no network; other repos: not checked)."""
+        if self._pythia():
+            known = set(pythia_revisions())
+            for revision in revisions:
+                if revision not in known:
+                    raise ConfigError(f"{self.name}: no revision {revision!r}; Pythia's are step0, step1, 2, 4 "
+                                      "... 512, then step1000 to step143000 every 1000")
+
+    def context(self) -> int | None:
+        return PYTHIA_CONTEXT if self._pythia() else None
+
     def _cached(self, revision: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
@@ -193,7 +308,10 @@ class HubSource:
                                           local_files_only=True))
         except Exception:  # noqa: BLE001 - anything short of a complete cached snapshot means "not cached"
             return None
-        return path if (path / "config.json").exists() and any(path.glob("*.safetensors")) else None
+        if not ((path / "config.json").exists() and any(path.glob("*.safetensors"))):
+            return None
+        check_checkpoint(path)
+        return path
 
     def size(self, revision: str) -> int | None:
         if _offline() or (self.use_cache and self._cached(revision) is not None):
@@ -228,6 +346,7 @@ class HubSource:
         if not any(folder.glob("*.safetensors")):
             raise ConfigError(f"{self.name}@{revision} has no safetensors weights (pickle weights are never "
                               "loaded); convert the checkpoint to safetensors first")
+        check_checkpoint(folder)
         return folder
 
 
