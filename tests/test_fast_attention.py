@@ -269,7 +269,7 @@ def test_what_a_hook_returns_reaches_the_kernel_in_its_layout():
         kernel = model.run_with_hooks(tokens, fwd_hooks=hooks)
     _assert_close(reference, kernel, "logits")
     wrong = [("blocks.0.attn.hook_pattern", lambda pattern, hook: uniform)]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="returned shape"):
         model.run_with_hooks(tokens, fwd_hooks=wrong)
-    with torch.no_grad(), pytest.raises(RuntimeError):
+    with torch.no_grad(), pytest.raises(ValueError, match="returned shape"):
         model.run_with_hooks(tokens, fwd_hooks=wrong)

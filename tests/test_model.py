@@ -265,13 +265,13 @@ def no_hooks_left(model: Transformer) -> bool:
 @pytest.mark.parametrize("n_models", [1, 2])
 def test_a_hook_returning_no_tensor_or_another_shape_is_named(n_models):
     """A hook that returns a tuple, or a tensor of another shape, failed layers later with an unrelated
-    error (``'tuple' object has no attribute 'unsqueeze'``); now a TypeError naming the hook point."""
+    error (``'tuple' object has no attribute 'unsqueeze'``); now a TypeError / ValueError naming the hook point."""
     model = Transformer(make_config(), n_models=n_models)
     tokens = make_tokens(n_models, single=n_models == 1)
     name = "blocks.0.attn.hook_pattern"
     with pytest.raises(TypeError, match=f"hook function on {name} returned a tuple"):
         model.run_with_hooks(tokens, fwd_hooks=[(name, lambda t, hook: (t,))])
-    with pytest.raises(TypeError, match=f"hook function on {name} returned shape"):
+    with pytest.raises(ValueError, match=f"hook function on {name} returned shape"):
         model.run_with_hooks(tokens, fwd_hooks=[(name, lambda t, hook: t[..., :1, :])])
     assert no_hooks_left(model)
     same = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda t, hook: t.clone())])  # a tensor: fine

@@ -144,8 +144,8 @@ def _wrap(fn: HookFn, squeeze: bool) -> Callable[[nn.Module, tuple, torch.Tensor
 
 
 def _checked(new: Any, seen: torch.Tensor, hook: nn.Module) -> torch.Tensor | None:
-    """A hook's return: None, or a tensor of the shape it was shown (else a TypeError naming the hook
-    point; the mistake would otherwise surface layers later as an unrelated error)."""
+    """A hook's return: None, or a tensor of the shape it was shown (else a TypeError / ValueError naming
+    the hook point; the mistake would otherwise surface layers later as an unrelated error)."""
     if new is None:
         return None
     name = getattr(hook, "name", "?")
@@ -153,6 +153,6 @@ def _checked(new: Any, seen: torch.Tensor, hook: nn.Module) -> torch.Tensor | No
         raise TypeError(f"the hook function on {name} returned a {type(new).__name__}; return a tensor to "
                         "replace the activation, or None to leave it")
     if new.shape != seen.shape:
-        raise TypeError(f"the hook function on {name} returned shape {list(new.shape)}; the activation "
+        raise ValueError(f"the hook function on {name} returned shape {list(new.shape)}; the activation "
                         f"it replaces has shape {list(seen.shape)}")
     return new
