@@ -400,3 +400,30 @@ def test_plateau_scaling_refuses_two_sizes(tmp_path, capsys):
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert "no fit" in capsys.readouterr().out
     assert (tmp_path / "o" / "plateau_vs_task_state_size.png").stat().st_size > 0  # points, no line
+
+
+def test_an_output_with_nothing_to_learn_is_never_emerged_nor_counted(tmp_path):
+    """Output 0's optimum is its own initial level (a cellular automaton's uniform first state): its loss
+    only wobbles up after the first updates and settles back. It was reported "emerged" (summary.json,
+    the run's table) and counted against all_learned; now it is not judged, everywhere alike."""
+    from emergelab.analysis import curve_emergence
+    from emergelab.analysis.summary import summarize_run
+    from emergelab.store import RunDir
+
+    ln2, steps = math.log(2), np.arange(0, 1001, 20)
+    rows = []
+    for t in steps:
+        wobble = ln2 + (0.04 if 0 < t < 200 else 0.0)  # up from ln 2, back by step 200: no learning
+        learned = [wobble, 0.0 if t >= 400 else ln2, 0.0 if t >= 600 else ln2, 0.0 if t >= 500 else ln2]
+        rows += [(int(t), 0, "loss", "", float(np.mean(learned)))]
+        rows += [(int(t), 0, "loss_pos", str(i), float(v)) for i, v in enumerate(learned)]
+    run = fake_run(tmp_path / "r", rows, optima=(ln2 / 4, [ln2, 0.0, 0.0, 0.0]))
+    emergence, _ = curve_emergence(connect(run))
+    by_target = {r["target"]: r for r in emergence.to_pylist()}
+    assert not by_target["pos:0"]["judged"] and not by_target["pos:0"]["emerged"]
+    assert [by_target[f"pos:{i}"]["step"] for i in (1, 2, 3)] == [400, 600, 500]
+    seed = summarize_run(RunDir(run))["seeds"]["0"]
+    assert seed["not_judged"] == ["0"] and seed["learned_step"]["0"] is None
+    assert seed["n_learned"] == 3 and seed["all_learned"]
+    result = analyze_runs(connect(run))
+    assert result.seeds.to_pylist()[0]["solved_step"] == 600

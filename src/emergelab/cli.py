@@ -329,7 +329,7 @@ def _fail_on_problems(path: Path) -> None:
 
 def print_summary(run: Any) -> None:
     """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
-    emergence step (the detector of ``analysis.emergence``; ``-``: not yet)."""
+    emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn)."""
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
@@ -338,10 +338,15 @@ def print_summary(run: Any) -> None:
                 if pre else "")
     print(f"\n{summary['task']}: {summary['steps']} steps{pre_text}; optimal loss {opt_text}")
     print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
+    unjudged = False
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
-        learned = " ".join("-" if s is None else str(s) for s in info["learned_step"].values())
+        skip = set(info.get("not_judged", ()))
+        unjudged |= bool(skip)
+        learned = " ".join("." if k in skip else "-" if s is None else str(s) for k, s in info["learned_step"].items())
         print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {learned}")
+    if unjudged:
+        print("(.: an output with nothing to learn, its optimum at its initial loss; -: not yet)")
     figures = sorted(run.figures_dir.glob("*.png")) if run.figures_dir.exists() else []
     if figures:
         print("figures: " + ", ".join(str(f) for f in figures))

@@ -78,7 +78,7 @@ _CURVE_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
     ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
     ("initial", pa.float64()), ("threshold", pa.float64()), ("optimum", pa.float64()),
-    ("plateau_ended", pa.bool_()),
+    ("plateau_ended", pa.bool_()), ("judged", pa.bool_()),
 ])
 _JUMP_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("start_step", pa.float64()),
@@ -88,8 +88,11 @@ _JUMP_SCHEMA = pa.schema([
 ])
 
 
+NOTHING_TO_LEARN = 0.05  # nats: an output whose recorded optimum is this close to its initial level
+
+
 def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float = 0.1, smooth: int = 1,
-                    persist: int = 1, jump_fraction: float = 0.2,
+                    persist: int = 1, jump_fraction: float = 0.2, nothing_to_learn: float = NOTHING_TO_LEARN,
                     _optima_by_run: dict[str, Optima] | None = None) -> tuple[pa.Table, pa.Table]:
     """Emergence and jumps of the aggregate ``loss`` and every ``loss_pos`` curve in the store.
 
@@ -99,7 +102,10 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
       ``step`` (the emergence step; the last step when not yet), ``plateau_steps``, ``final`` (last
       smoothed value), ``initial``, ``threshold``, the ``optimum`` used (null: the curve's minimum) and
       ``plateau_ended`` (False: the curve never left its plateau, so ``plateau_steps`` is the run's
-      length, a lower bound: censored);
+      length, a lower bound: censored) and ``judged`` (False for an output with nothing to learn: its
+      recorded optimum within ``nothing_to_learn`` nats of its initial level, e.g. a cellular automaton's
+      uniform first state, whose loss only settles back to ``ln k`` after the first updates; such an
+      output is never "emerged");
     * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
       is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
@@ -128,8 +134,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
                              plateau_fraction=plateau_fraction, smooth=smooth, persist=persist,
                              initial_window=1 if run in pretrained else 3)
         ended = bool(e.plateau_steps < steps[-1] - steps[0])
-        em_rows.append((run, seed, target, e.emerged, float(e.step), float(e.plateau_steps), e.final,
-                        e.initial, e.threshold, optimum, ended))
+        judged = target == "loss" or optimum is None or e.initial - optimum > nothing_to_learn
+        em_rows.append((run, seed, target, e.emerged and judged, float(e.step if judged else steps[-1]),
+                        float(e.plateau_steps), e.final, e.initial, e.threshold, optimum, ended, judged))
         for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
             jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
                               j.sharpness_steps, j.plateau_before_steps, j.before, j.after))

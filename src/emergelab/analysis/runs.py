@@ -220,7 +220,8 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     by, pooled = _grouping(rows, requested, pool, pool_rest)
     optima = run_optima(con)
     curves, jumps = curve_emergence(con, fraction=fraction, plateau_fraction=plateau_fraction, smooth=smooth,
-                                    persist=persist, jump_fraction=jump_fraction, _optima_by_run=optima)
+                                    persist=persist, jump_fraction=jump_fraction, nothing_to_learn=solved_tol,
+                                    _optima_by_run=optima)
 
     # ---- groups of runs
     key_of = {row["run"]: tuple(row.get(f) for f in by) for row in rows}
@@ -349,7 +350,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                 hit = crossing_step(steps, values, optimum + solved_tol, persist=persist)
                 aggregate_hit = None if hit is None else float(hit)
         # outputs with a recorded optimum at their initial level have nothing to learn (not judged)
-        judged = [k for k in pos if c["optimum"][k] is None or c["initial"][k] - c["optimum"][k] > solved_tol]
+        judged = [k for k in pos if c["judged"][k]]  # (curve_emergence: not outputs with nothing to learn)
         all_recorded = bool(pos) and all(c["optimum"][k] is not None for k in pos)
         if all_recorded and judged:
             solved_by = "outputs"

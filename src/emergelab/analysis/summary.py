@@ -16,7 +16,8 @@ from .emergence import curve_emergence
 def summarize_run(run: RunDir) -> dict[str, Any]:
     """``{"task", "steps", "optimal_loss", "output_labels", "seeds": {seed: {...}}}`` where each seed has
     ``final_loss``, ``learned_step`` (output index -> emergence step, None if not yet), ``n_learned``
-    and ``all_learned``; with pre-training (``train.pretrain``) also ``"pretrain"``: see
+    and ``all_learned`` (every output with something to learn: ``not_judged`` lists the others, e.g. a
+    cellular automaton's uniform first state, when there are any); with pre-training (``train.pretrain``) also ``"pretrain"``: see
     :func:`pretrain_record`."""
     config = run.read_config_dict()
     info = run.task_info() or {}
@@ -31,13 +32,20 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     for row in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
         if not row["target"].startswith("pos:"):
             continue
-        entry = seeds.setdefault(str(row["seed"]), {"final_loss": final.get(int(row["seed"])), "learned_step": {}})
+        entry = seeds.setdefault(str(row["seed"]), {"final_loss": final.get(int(row["seed"])), "learned_step": {},
+                                                    "not_judged": []})
         entry["learned_step"][row["target"][4:]] = int(row["step"]) if row["emerged"] else None
+        if not row["judged"]:
+            entry["not_judged"].append(row["target"][4:])
     for entry in seeds.values():
         entry["learned_step"] = dict(sorted(entry["learned_step"].items(), key=lambda kv: int(kv[0])))
         learned = [s for s in entry["learned_step"].values() if s is not None]
         entry["n_learned"] = len(learned)
-        entry["all_learned"] = len(learned) == len(entry["learned_step"])
+        entry["all_learned"] = len(learned) == len(entry["learned_step"]) - len(entry["not_judged"])
+        if not entry["not_judged"]:
+            del entry["not_judged"]
+        else:
+            entry["not_judged"] = sorted(entry["not_judged"], key=int)
     pretrain = pretrain_record(config)
     return {"task": config["task"]["name"], "steps": config["train"]["steps"],
             "optimal_loss": info.get("optimal_loss"), "output_labels": info.get("labels"),
