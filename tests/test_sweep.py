@@ -557,3 +557,21 @@ def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
     got, want = metrics_of(tmp_path / "out"), metrics_of(reference)
     assert len(got) == 2 and got.keys() == want.keys()
     assert all(got[k].equals(want[k]) for k in got)
+
+
+def test_ray_without_a_cluster_or_a_gpu_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """--address auto with no cluster running printed Ray's traceback; --gpus-per-unit on a cluster
+    without GPUs waited forever at 0%."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emergelab[ray]')")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
+    assert main(["sweep", str(good), "--executor", "ray", "--address", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--address auto: Could not find any running Ray instance" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})  # what a machine without a GPU has
+    try:
+        assert main(["sweep", str(good), "--executor", "ray", "--gpus-per-unit", "0.25"]) == 2
+    finally:
+        ray.shutdown()
+    assert "--gpus-per-unit 0.25: the Ray cluster has no GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -935,6 +935,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         _import_ray()
         executor = ray_executor(args.address, args.cpus_per_unit, args.gpus_per_unit)
+        executor.connect()  # a cluster that is not there, or has no GPU for the units: said before any work
     else:
         if any(r.config.execution.device.startswith("cuda") for r in sweep.runs):
             import torch

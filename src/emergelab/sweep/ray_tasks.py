@@ -58,10 +58,18 @@ class RayExecutor:
             raise ConfigError(f"--gpus-per-unit={num_gpus}: must be >= 0")
         self.address, self.num_cpus, self.num_gpus, self.poll_s = address, num_cpus, num_gpus, poll_s
 
-    def _connect(self) -> Any:
+    def connect(self) -> Any:
+        """Ray, initialised (joining --address), with a GPU wherever units ask for one; ConfigError if not."""
         ray = _import_ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as error:  # e.g. --address auto with no cluster running here
+                raise ConfigError(f"--address {self.address}: {str(error).splitlines()[0]}") from None
+        if self.num_gpus and not ray.cluster_resources().get("GPU"):  # its tasks would wait forever
+            raise ConfigError(f"--gpus-per-unit {self.num_gpus:g}: the Ray cluster has no GPU"
+                              + ("" if self.address else " (a local Ray instance: this machine has none); "
+                                 "join a cluster with one with --address"))
         return ray
 
     def map(self, units: Sequence[WorkUnit], on_progress: ProgressFn | None = None,
@@ -70,7 +78,7 @@ class RayExecutor:
         units' resume states. Without ``on_unit`` the first failure raises."""
         if not units:
             return
-        ray = self._connect()
+        ray = self.connect()
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(_run_unit_task)
         pending = {task.remote(unit): index for index, unit in enumerate(units)}
         reported = {index: unit_progress(unit) for index, unit in enumerate(units)}
