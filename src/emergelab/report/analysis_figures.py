@@ -97,8 +97,8 @@ def solved_figure(result: Any, path: str | Path) -> Path:
         ax.step(t, p, where="post", color=color, lw=1.8, label=f"{row['label']} (n={row['n_seeds']})")
     ax.set_xscale("log")
     ax.set(xlabel="step (log)", ylabel="P(solved by step)", ylim=(-0.02, 1.02),
-           title="Solved by step t (every output emerged; without per-output optima: final loss within "
-                 f"{result.solved_tol:g} nats of the optimum); 95% bootstrap band")
+           title="Solved by step t (every output emerged; without per-output optima: final loss\n"
+                 f"within {result.solved_tol:g} nats of the optimum); 95% bootstrap band")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left")

@@ -130,7 +130,11 @@ def seeds_figure(result: Any, out: Path) -> list[Path]:
     stats = ", ".join(f"{k} {row[k]:.3g}" for k in ("sarle_bc", "gmm_delta_bic", "dip_pvalue") if row.get(k) is not None)
     ax_loss.set(xlabel="final loss (nats)", ylabel="seeds", title=f"Final loss over {final.size} seeds\n{stats}")
     done = solved_step[np.isfinite(solved_step)]
-    ax_step.hist(done, bins=30, color="tab:green")
+    if done.size:
+        ax_step.hist(done, bins=30, color="tab:green")
+    else:  # empty axes would look like a drawing error
+        ax_step.text(0.5, 0.5, "no seed solved", ha="center", va="center", transform=ax_step.transAxes)
+        ax_step.set(xticks=[], yticks=[])
     ax_step.set(xlabel="step at which the seed was solved", ylabel="seeds",
                 title=f"Solve step of the {done.size} solved seeds of {solved_step.size}")
     for ax in (ax_loss, ax_step):
