@@ -427,3 +427,14 @@ def test_an_output_with_nothing_to_learn_is_never_emerged_nor_counted(tmp_path):
     assert seed["n_learned"] == 3 and seed["all_learned"]
     result = analyze_runs(connect(run))
     assert result.seeds.to_pylist()[0]["solved_step"] == 600
+
+
+def test_analyze_dot_inside_a_run(tmp_path, capsys, monkeypatch):
+    """`emergelab analyze .` in a run directory: its metrics' `run` was "metrics.parquet", its optima's
+    ".", so no optimum matched and the table's formatting failed with a traceback."""
+    run = fake_run(tmp_path / "r", planted_rows({0: [100, 200, 300, 400]}), optima=lm_optima(4))
+    monkeypatch.chdir(run)
+    assert main(["analyze", ".", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("all runs"))
+    assert line.split()[3] == "1.00", out  # solved: the per-output optima were found

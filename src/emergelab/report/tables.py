@@ -41,7 +41,7 @@ def format_groups(result: Any) -> str:
         plateau = _fmt(g["plateau_median"])
         if g.get("plateau_censored"):
             plateau, censored = f">={plateau}", True
-        rows.append([g["label"], str(g["n_seeds"]), f"{g['solved_fraction']:.2f}", _fmt(g["emergence_median"]),
+        rows.append([g["label"], str(g["n_seeds"]), ("-" if g["solved_fraction"] is None else f"{g['solved_fraction']:.2f}"), _fmt(g["emergence_median"]),
                      iqr, plateau, _fmt(g["final_loss_median"])])
     rules = set(solved_by.values()) - {None}
     notes = {"outputs": "solved = every output emerged (halfway to its recorded optimum)",

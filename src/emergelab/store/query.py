@@ -67,6 +67,9 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     candidates = list({str(run.path.resolve()): run for p in paths for run in finished_run_dirs(p)}.values())
+    # the run "." (`emergelab analyze .` inside it) by its absolute path: its metrics' file name has no
+    # folder for the view's `run` column to keep
+    candidates = [RunDir(run.path.absolute()) if not run.path.parts else run for run in candidates]
     runs, records, errors = [], {}, []
     for run in candidates:
         try:
