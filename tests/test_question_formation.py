@@ -252,3 +252,20 @@ def test_seed_groups_record_rule_metrics_from_the_eval_stream():
     rows = {(r["metric"], r["index"]) for r in group.metrics.table().to_pylist() if r["step"] == 2}
     assert {("gen_first_word", "hierarchical"), ("gen_first_word", "linear"), ("gen_accuracy", "linear"),
             ("id_accuracy", "")} <= rows
+
+
+def test_no_head_metrics_without_ground_truth_keys():
+    """Question formation has no ground-truth attention: attn_entropy / attn_gt_mass averaged over no
+    query came out 0.0 (a perfectly sharp head, drawn and ranked in the figures); now they are not recorded."""
+    import pyarrow.compute as pc
+
+    from emergelab.train import ExperimentConfig, SeedGroup
+
+    config = ExperimentConfig.from_dict({"task": {"name": "question-formation"},
+                                         "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+                                         "train": {"steps": 2, "eval_every": 2, "eval_batch_size": 8,
+                                                   "attention_snapshots": 0}}).resolved()
+    group = SeedGroup(config, [0])
+    group.train()
+    metrics = set(group.metrics.table()["metric"].to_pylist())
+    assert "loss" in metrics and not {m for m in metrics if m.startswith("attn_")}, metrics

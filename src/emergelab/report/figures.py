@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from ..store import RunDir
 from ..tasks import seed_task
 from ..train import ExperimentConfig
-from .plotting import DPI, describe, new_figure, save_figure
+from .plotting import DPI, describe, fit_lines, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -99,7 +99,9 @@ def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = 
     if text and labels:
         if len(labels) > 12:
             labels = labels[:11] + [f"... {len(labels) - 11} more"]
-        ax.text(0.02, 0.97, "emerged at step: output: head\n" + "\n".join(labels), transform=ax.transAxes,
+        header = "emerged at step: output: head" if any(": " in label for label in labels) else \
+            "emerged at step: output"  # no head attributed (a task without ground-truth keys, a mixer)
+        ax.text(0.02, 0.97, header + "\n" + "\n".join(labels), transform=ax.transAxes,
                 fontsize=6.5, family="monospace", color="tab:red", va="top", ha="left",
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
@@ -160,7 +162,7 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     bar = fig.colorbar(ScalarMappable(Normalize(0, max(1, n_outputs - 1)), cmap=_truncated(cmap)),
                        ax=axes, shrink=0.9, pad=0.01)
     bar.set_label(f"per-output loss: {output_name} index")
-    fig.suptitle(f"Held-out loss per {output_name}\n{describe(config, _sep(cols))}", fontsize=10)
+    fig.suptitle(fit_lines(fig, f"Held-out loss per {output_name}\n{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
 
 
@@ -204,8 +206,8 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
         ax.set_ylabel("head (layer.head)")
     bar = fig.colorbar(mesh, ax=axes, shrink=0.9, pad=0.01)
     bar.set_label("attention entropy (nats)")
-    fig.suptitle("Attention entropy per head, mean over the queries with a ground-truth row\n"
-                 f"{describe(config, _sep(cols))}", fontsize=10)
+    fig.suptitle(fit_lines(fig, "Attention entropy per head, mean over the queries with a ground-truth row\n"
+                                f"{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
 
 

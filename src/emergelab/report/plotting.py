@@ -33,6 +33,15 @@ def colors(n: int) -> list[Any]:
     return [cmap(k if n <= 10 else k / max(1, n - 1)) for k in range(n)]
 
 
+def fit_lines(fig: Any, text: str, fontsize: float) -> str:
+    """``text`` with each line wrapped at its words to the width of ``fig`` (a suptitle longer than the
+    figure was cut at both ends). About 0.6 em a character: a conservative width for the sans-serif font."""
+    import textwrap
+
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
 def describe(config: Any, sep: str = " | ") -> str:
     """The task (as seed 0 drew it, as ``task.json`` records it), the model and the key training knobs of
     an ``ExperimentConfig``, joined by ``sep``."""

@@ -140,7 +140,7 @@ def head_labels(layers: int, heads: int) -> list[str]:
 class AttentionScores:
     """Per head (``"l.h"``) and per head and output (``"l.h:i"``): ``attn_entropy`` (nats) and
     ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
-    is not empty. Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
+    is not empty (none for a task whose ground truth has no keys). Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
     Applies to models with ``blocks.{l}.attn.hook_pattern``."""
 
     snapshot_name = "attention"
@@ -167,6 +167,8 @@ class AttentionScores:
         else:
             mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
             relevant = data.gt_mask.any(-1).float()  # [E, P]
+        if not bool(relevant.any()):  # a task without ground-truth keys (question formation): nothing to
+            return []                 # average over; zeros would read as a perfectly sharp head
         rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
         rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
         rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
