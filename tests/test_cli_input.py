@@ -159,14 +159,19 @@ def test_out_that_is_a_non_empty_directory_not_a_run(tmp_path, capsys):
     assert (empty / "config.yaml").exists()
 
 
+def read_only(folder: Path, monkeypatch) -> None:
+    """Make ``folder`` read-only for the code under test (root writes anywhere: os.access then says no)."""
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real(p, mode))
+    else:
+        folder.chmod(0o500)
+
+
 def test_out_that_cannot_be_created(tmp_path, capsys, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
-    if os.geteuid() == 0:  # root writes anywhere: pretend the folder is read-only
-        real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
-    else:
-        locked.chmod(0o500)
+    read_only(locked, monkeypatch)
     try:
         assert main(["run", "linear-map", "--out", str(locked / "run"), *TINY]) == 2
         assert "permission denied" in one_error_line(capsys)
@@ -279,11 +284,7 @@ def test_a_read_only_run_is_refused_before_the_work(tiny_run, tmp_path, capsys, 
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.path, run)
-    if os.geteuid() == 0:  # root writes anywhere: pretend the folder is read-only
-        real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == run else real(p, mode))
-    else:
-        run.chmod(0o500)
+    read_only(run, monkeypatch)
     try:
         for argv in (["analyze", str(run)], ["patch", str(run), "--early", "1", "--late", "20"], ["report", str(run)]):
             capsys.readouterr()
