@@ -121,9 +121,8 @@ def test_damaged_file_of_a_finished_run(base, tmp_path, capsys, kind, how):
     target = bad / FILES[kind]
     name = target.name
     corrupt(target, how)
-    expect = dict(EXPECT[kind])
-    if kind == "checkpoint" and how == "delete":
-        expect["patch"] = "ok"  # the nearest saved checkpoint is used, with a note
+    expect = dict(EXPECT[kind])  # a deleted checkpoint the manifest records is an error too (patch used
+                                 # the nearest one with a note that it was "not saved", hiding the damage)
 
     def outcome(command: str, code: int, err: str) -> None:
         if expect[command] == "err":
