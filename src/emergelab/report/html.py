@@ -138,6 +138,7 @@ def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = N
         names = labels.get(r["run"]) or []
         rows.append({"run": _short(r["run"], root), "seed": int(r["seed"]), "position": i,
                      "output": names[i] if i < len(names) else f"output {i}", "emerged": bool(r["emerged"]),
+                     "judged": bool(r["judged"]),
                      "step": r["step"] if r["emerged"] else None, "plateau_steps": r["plateau_steps"],
                      "sharpness": sharpness, "head": head.get("top_head") if r["emerged"] else None,
                      "mass_gain": head.get("mass_gain") if r["emerged"] else None,

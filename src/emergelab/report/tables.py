@@ -118,11 +118,13 @@ def format_plateau_scaling(result: Any, field: str) -> str:
 
 
 def format_positions(result: Any, max_rows: int = 40) -> str:
-    """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet)."""
+    """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet,
+    "." = nothing to learn)."""
     c = result.curves.to_pylist()
     per: dict[tuple[str, int], dict[str, Any]] = {}
     for r in c:
-        per.setdefault((r["run"], r["seed"]), {})[r["target"]] = _fmt(r["step"]) if r["emerged"] else "-"
+        per.setdefault((r["run"], r["seed"]), {})[r["target"]] = (
+            _fmt(r["step"]) if r["emerged"] else "-" if r.get("judged", True) else ".")
     runs = sorted({run for run, _ in per})
     short = {run: Path(run).name for run in runs}
     if len(set(short.values())) < len(runs):
@@ -137,7 +139,9 @@ def format_positions(result: Any, max_rows: int = 40) -> str:
     text = _render(header, rows[:max_rows])
     if more > 0:
         text += f"\n... {more} more rows (see seeds.csv / curves.csv)"
-    return ("emergence step per output (columns 0..: loss_pos[i]; '-' = not yet)\n") + text
+    unjudged = any(not r.get("judged", True) for r in c)
+    return ("emergence step per output (columns 0..: loss_pos[i]; '-' = not yet"
+            + ("; '.' = nothing to learn" if unjudged else "") + ")\n") + text
 
 
 def write_tables(result: Any, out: str | Path, extra: dict[str, pa.Table] | None = None) -> list[Path]:

@@ -37,14 +37,14 @@
     for (const id of stepPlots) Plotly.relayout($(id), { "xaxis.type": $("log-steps").checked ? "log" : "linear" });
   });
 
-  // Sortable tables: click a header; numbers sort as numbers, "-" and "not yet" last.
+  // Sortable tables: click a header; numbers sort as numbers, "-", "not yet" and "nothing to learn" last.
   for (const table of document.querySelectorAll("table.sortable")) {
     table.querySelectorAll("th").forEach((th, col) => th.addEventListener("click", () => {
       const body = table.tBodies[0], asc = th.dataset.sort !== "asc";
       table.querySelectorAll("th").forEach((h) => delete h.dataset.sort);
       th.dataset.sort = asc ? "asc" : "desc";
       const key = (tr) => { const t = tr.cells[col].textContent.trim(), x = Number(t);
-                            return t !== "" && !Number.isNaN(x) ? [0, x, ""] : [t === "-" || t === "not yet" ? 2 : 1, 0, t]; };
+                            return t !== "" && !Number.isNaN(x) ? [0, x, ""] : [t === "-" || t === "not yet" || t === "nothing to learn" ? 2 : 1, 0, t]; };
       const rows = Array.from(body.rows).sort((a, b) => {
         const ka = key(a), kb = key(b);
         const c = ka[0] - kb[0] || (ka[1] - kb[1]) || ka[2].localeCompare(kb[2]);
