@@ -327,6 +327,8 @@ def test_what_a_rerun_says_before_it_trains(base, partial, tmp_path, capsys):
     for unit in plan_units(cfg, rundir, plan):
         run_unit(unit)
     assert fraction_left(cfg, stopped) == 0.0
+    code, out, _ = call(capsys, "check", str(stopped))
+    assert code == 0 and "every seed is trained, but the run's final files" in out, out
     code, out, err = call(capsys, "run", *ARGS, "--out", str(stopped), "--no-figures")
     assert code == 0, err
     assert "every seed is trained; writing the run's final files" in out, out

@@ -307,6 +307,11 @@ def test_cli_scan(suite, tmp_path, capsys):
     # without --seeds: every seed<k> folder of the suite (0 and 1)
     assert main(["lm", "scan", "--local", str(suite), *args[6:-2], "--out", str(tmp_path / "all")]) == 0
     assert sorted(json.loads((tmp_path / "all" / "summary.json").read_text())["seeds"]) == ["0", "1"]
+    for argv, words in ((["--threshold", "2"], "--threshold=2.0: metric solved_fraction lies in [0, 1]"),
+                        (["--seeds", "x"], "--seeds 'x': expected a list")):
+        assert main(["lm", "scan", "--local", str(suite), *argv, "--out", str(tmp_path / "t")]) == 2
+        assert words in capsys.readouterr().err
+        assert not (tmp_path / "t").exists()
     assert main(["lm", "scan", "--local", str(suite), "--seeds", "0,7", "--out", str(tmp_path / "b")]) == 2
     assert "seed7" in capsys.readouterr().err
     assert main(["lm", "scan", "--local", str(suite), "--param", "lenght=8", "--out", str(tmp_path / "c")]) == 2

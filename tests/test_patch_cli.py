@@ -148,6 +148,9 @@ def test_probe_bias_reproduces_the_stored_metrics_of_a_biased_run(tmp_path):
     np.testing.assert_allclose(per_bit.numpy(), stored, rtol=0, atol=1e-5)
     assert not np.allclose(target_metrics(plain, tokens, task.output_index, score_mask(task))["loss_per_output"],
                            stored, atol=1e-3)
+    for seed, step in ((1, 40), (0, 41), (0, -1)):  # a seed the run lacks, a step outside it
+        with pytest.raises(ConfigError):
+            probe_bias(config, seed, step)
     unbiased = ExperimentConfig.from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "bias_beta": 0.0}})
     assert probe_bias(unbiased, 0, 40) is None
 

@@ -240,6 +240,9 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     assert f"Command: `emergelab reproduce seeds --scale smoke --out {out} --workers 1 --quiet`" in result
     assert f"Analysed again with `emergelab reproduce seeds --scale smoke --out {out} --analyse-only`" in result
     assert "analysis only" not in result and json.loads((out / "result.json").read_text())["seconds"]
+    # the runs are smoke-scale: analysing them as cpu-scale would relabel them
+    wrong = cli("reproduce", "seeds", "--scale", "cpu", "--out", str(out), "--analyse-only", cwd=tmp_path)
+    assert wrong.returncode == 2 and "holds the smoke-scale runs of seeds" in wrong.stderr, wrong.stderr
     # another target's analysis never overwrites this one's result
     other = cli("reproduce", "sparsity", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert other.returncode == 2 and "holds the reproduction of seeds" in other.stderr, other.stderr

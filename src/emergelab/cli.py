@@ -471,9 +471,12 @@ def _unfinished(run: Any, problems: list) -> list[str]:
         return []
     if str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
         return []
-    done = 1.0 - fraction_left(ExperimentConfig.from_run(run).resolved(), run.path)
-    return [f"{run.path}: unfinished ({done:.0%} of its seed-steps trained); re-run its `emergelab run` or "
-            "sweep command to resume"]
+    left = fraction_left(ExperimentConfig.from_run(run).resolved(), run.path)
+    if left == 0:
+        return [f"{run.path}: every seed is trained, but the run's final files (metrics.parquet, summary.json) "
+                "are not written yet; re-run its `emergelab run` or sweep command to write them"]
+    return [f"{run.path}: unfinished ({1.0 - left:.0%} of its seed-steps trained); re-run its `emergelab run` "
+            "or sweep command to resume"]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -837,17 +840,29 @@ def _print_suite_plan(sources: dict[str, dict[int, Any]], config: Any, out: Path
 def _check_reproduce_out(out: Path, name: str) -> None:
     """Refuse an ``--out`` that is a run directory or holds another target's reproduction (its
     ``result.json`` says which)."""
-    import json
-
     if (out / "config.yaml").exists():
         raise ConfigError(f"--out {out}: a run directory, not a reproduction's; choose a new or empty directory")
-    try:
-        other = json.loads((out / "result.json").read_text()).get("target")
-    except (OSError, ValueError, AttributeError):
-        return
+    other = _result_record(out).get("target")
     if isinstance(other, str) and other != name:
         raise ConfigError(f"--out {out}: holds the reproduction of {other} (its result.json); choose another "
                           f"--out for {name}")
+
+
+def _previous_scale(out: Path) -> str | None:
+    """The scale ``out``'s result.json says its runs were trained at (None: no readable record)."""
+    scale = _result_record(out).get("scale")
+    return scale if isinstance(scale, str) else None
+
+
+def _result_record(out: Path) -> dict[str, Any]:
+    """``out``'s result.json (a reproduction's record), or {} when there is none readable."""
+    import json
+
+    try:
+        record = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -870,6 +885,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for part, sweep in sweeps.items():
         check_sweep_runs(sweep, out / part)
     if args.analyse_only:
+        trained = _previous_scale(out)
+        if trained is not None and trained != scale:
+            raise ConfigError(f"--scale {scale}: {out} holds the {trained}-scale runs of {t.name} (its "
+                              f"result.json); analyse them with --scale {trained}")
         missing = [part for part in sweeps if not (out / part / "sweep.json").exists()]
         if missing:
             raise ConfigError(f"--analyse-only: {out / missing[0]} holds no runs of {t.name}; train them first "

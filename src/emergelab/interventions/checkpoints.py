@@ -158,11 +158,19 @@ def probe_bias(config: Any, seed: int, step: int) -> torch.Tensor | None:
 
     A checkpoint of such a run evaluated without it scores another loss than the stored metrics::
 
+        run = RunDir("runs/biased")
+        config = ExperimentConfig.from_run(run).resolved()
         model = load_model(run, seed=0, step=300)
         task, tokens = held_out_batch(config, 0, config.train.eval_batch_size)
         logits = model(tokens[:, :-1], attn_bias=probe_bias(config, 0, 300))  # the probe's numbers
+
+    A seed the run does not have, or a step outside ``[0, train.steps]``: ConfigError.
     """
     config = config.resolved()
+    if not 0 <= seed < config.train.seeds:
+        raise ConfigError(f"seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
+    if not 0 <= step <= config.train.steps:
+        raise ConfigError(f"step {step}: the run has steps 0..{config.train.steps}")
     task = seed_task(config.task, config.train.seed, seed, torch.device(config.execution.device))
     schedule = bias_schedule(config, [task])
     return None if schedule is None else schedule(max(step - 1, 0))

@@ -104,6 +104,9 @@ class ScanConfig:
         require_float("disk_budget_gb", self.disk_budget_gb, 0.0, 1e6, open_min=True)
         if not math.isfinite(self.threshold):
             raise ConfigError(f"threshold={self.threshold!r}: must be a finite number")
+        if self.metric in ("solved_fraction", "target_prob") and not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"threshold={self.threshold!r}: metric {self.metric} lies in [0, 1], so the "
+                              "threshold must be in (0, 1] (no revision could reach it)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r}: allowed are {', '.join(DTYPES)}")
         if not isinstance(self.device, str) or not self.device:

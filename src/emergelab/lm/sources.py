@@ -358,9 +358,9 @@ def parse_seeds(text: str) -> list[int]:
             lo, _, hi = part.strip().partition("-")
             seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     except ValueError:
-        raise ConfigError(f"seeds {text!r}: expected a list such as 0,1,2 or 0-9") from None
+        raise ConfigError(f"--seeds {text!r}: expected a list such as 0,1,2 or 0-9") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"seeds {text!r}: expected distinct seeds >= 0")
+        raise ConfigError(f"--seeds {text!r}: expected distinct seeds >= 0")
     return seeds
 
 
