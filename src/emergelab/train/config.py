@@ -249,12 +249,14 @@ class ExperimentConfig:
         name = task_values.pop("name", None)
         task_cls = task_class(name) if isinstance(name, str) else None
         if task_cls is None:
-            raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(task_names())}")
+            raise ConfigError(f"task.name={name!r}: allowed tasks are {', '.join(task_names())} (a task from "
+                              "another package needs that package installed: docs/architecture.md, plugins)")
         model_values = dict(data.get("model") or {})
         model_name = model_values.pop("name", DEFAULT_MODEL)
         model_cls = model_class(model_name) if isinstance(model_name, str) else None
         if model_cls is None:
-            raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(model_names())}")
+            raise ConfigError(f"model.name={model_name!r}: allowed models are {', '.join(model_names())} (a "
+                              "model from another package needs that package installed: docs/architecture.md)")
         match = model_values.pop("match_params", None)
         train_values = dict(data.get("train") or {})
         for key in MOVED_TO_EXECUTION:
