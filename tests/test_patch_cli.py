@@ -169,3 +169,23 @@ def test_a_deleted_checkpoint_the_manifest_records_is_damage_not_a_setting(run, 
     assert main(["patch", str(copy), "--early", "241", "--late", str(STEPS), "--out", str(tmp_path / "p")]) == 2
     assert "missing (the run's manifest.jsonl records it)" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_patching_an_unfinished_run_says_so(tmp_path):
+    """A run stopped at step 30 of 60: its later checkpoints do not exist yet, so a late step resolves to
+    an earlier one; the notes say why, not only "nearest checkpoint"."""
+    from emergelab.train import SeedGroup
+    from emergelab.train.run import prepare_run
+
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+        "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+        "train": {"steps": 60, "seeds": 1, "batch_size": 8, "eval_every": 10, "eval_batch_size": 16,
+                  "checkpoints": 6, "attention_snapshots": 0},
+        "execution": {"strategy": "ensemble", "resume_every": 10}}).resolved()
+    run, plan = prepare_run(config, tmp_path / "run")
+    SeedGroup(config, plan.groups[0], run, name="group-0").train(stop_after=30)
+    result = patch_checkpoints(run, 1, 60, fraction=1.0)
+    reached = max(run.checkpoint_steps(0))
+    assert reached < 60 and result.late_step == reached
+    assert any(n == f"the run is unfinished (seed 0's checkpoints reach step {reached} of 60)" for n in result.notes)

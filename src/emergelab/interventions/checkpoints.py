@@ -208,6 +208,10 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     if not 0 <= seed < config.train.seeds:
         raise ConfigError(f"--seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
     notes = []
+    if not run.metrics_path.exists():  # still training, or stopped: its later checkpoints do not exist yet
+        saved = run.checkpoint_steps(seed)
+        notes.append(f"the run is unfinished (seed {seed}'s checkpoints reach step {max(saved) if saved else 0} "
+                     f"of {config.train.steps})")
     early_step, note = resolve_step(run, seed, early, "early")
     notes += [note] if note else []
     late_step, note = resolve_step(run, seed, late, "late")
