@@ -185,24 +185,20 @@ class LocalSource:
         return sorted(found, key=lambda r: (revision_step(r) if _STEP.fullmatch(r) else -1, r))
 
     def size(self, revision: str) -> int | None:
-        return folder_size(self._folder(revision))
-
-    def folder(self, revision: str) -> Path:
-        """The user's folder of ``revision`` (ConfigError when it has no ``config.json``)."""
-        return self._folder(revision)
+        return folder_size(self.folder(revision))
 
     def check(self, revisions: list[str]) -> None:
         """ConfigError (one line) for a revision that is not here; reads nothing but the folder names."""
         for revision in revisions:
-            self._folder(revision)
+            self.folder(revision)
 
     def context(self) -> int | None:
         """The context of the first revision's ``config.json`` (None without revisions or that key)."""
         revisions = self.revisions()
-        return context_of(read_config_json(self._folder(revisions[0]) / "config.json")) if revisions else None
+        return context_of(read_config_json(self.folder(revisions[0]) / "config.json")) if revisions else None
 
     def fetch(self, revision: str, into: Path) -> Path:
-        source = self._folder(revision)
+        source = self.folder(revision)
         check_checkpoint(source)  # damage is named in the user's folder, not in the copy
         into.mkdir(parents=True, exist_ok=True)
         for path in source.iterdir():
@@ -210,7 +206,8 @@ class LocalSource:
                 shutil.copy2(path, into / path.name)
         return into
 
-    def _folder(self, revision: str) -> Path:
+    def folder(self, revision: str) -> Path:
+        """The user's folder of ``revision`` (ConfigError when it has no ``config.json``)."""
         folder = self.root / revision
         if not (folder / "config.json").exists():
             raise ConfigError(f"{self.root}: no revision {revision!r} (expected {folder}/config.json)")
