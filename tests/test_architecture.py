@@ -140,6 +140,14 @@ def test_member_of_the_toy_ensemble_equals_the_single_model(bag_registered):
     assert torch.equal(ensemble.member(1)(tokens[1]), single(tokens[1]))
 
 
+def test_a_model_that_cannot_select_positions_computes_all_and_returns_the_selected():
+    model = BagConfig().resolved(5, 9).build(n_models=2, seeds=[3, 4])
+    tokens = torch.randint(0, 5, (2, 4, 9), generator=torch.Generator().manual_seed(0))
+    full = model(tokens)
+    assert torch.equal(model(tokens, positions=slice(3, 9)), full[:, :, 3:])
+    assert torch.equal(model(tokens, positions=torch.tensor([0, 2, 8])), full[:, :, [0, 2, 8]])
+
+
 def test_a_parameter_without_an_initialiser_is_an_error():
     class Forgetful(Bag):
         def __init__(self, config, n_models=1, seeds=None):

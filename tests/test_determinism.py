@@ -19,6 +19,7 @@ from emergelab.train import ExperimentConfig, SeedGroup, train
 
 LINEAR = {"name": "linear-map", "state_size": 6, "sparsity": 3}
 CELLULAR = {"name": "cellular-automata", "state_size": 4, "trajectory_length": 4, "alphabet": 3}
+COUNT = {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [3, 6]}
 EXECUTIONS = {  # name: execution section
     "all-at-once-1t": {"strategy": "ensemble", "threads": 1},
     "all-at-once-2t": {"strategy": "ensemble", "threads": 2},
@@ -59,11 +60,13 @@ def test_every_execution_gives_the_same_bits(tmp_path, task, bias, head_dim):
         assert run.summary() == reference.summary(), name
 
 
-@pytest.mark.parametrize("head_dim", [4, 8], ids=["torch-attention", "native-attention"])
-def test_member_steps_are_identical_at_every_step_in_any_group(head_dim):
+@pytest.mark.parametrize("task,head_dim", [(LINEAR, 4), (LINEAR, 8), (COUNT, 8)],
+                         ids=["torch-attention", "native-attention", "count-loss-positions"])
+def test_member_steps_are_identical_at_every_step_in_any_group(task, head_dim):
     """Lock-step: after every optimizer step, member ``i``'s parameters equal seed ``i`` trained alone,
-    for groups of different sizes and orders, at 1 and 2 threads."""
-    cfg = config(LINEAR, {}, head_dim, grad_clip=0.05).resolved()
+    for groups of different sizes and orders, at 1 and 2 threads (counting: logits at its loss positions
+    only, ``SeedGroup.loss_positions``)."""
+    cfg = config(task, {}, head_dim, grad_clip=0.05).resolved()
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

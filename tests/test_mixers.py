@@ -60,6 +60,24 @@ def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------- contract
+@pytest.mark.parametrize("name", NAMES)
+def test_positions_give_the_full_forwards_logits_and_gradients_there(name):
+    """``positions=`` (the training step's loss positions): the mixer still reads every position; the
+    logits and the gradients of a loss on the selected positions are the full forward's, to rounding."""
+    model = make_config(name).build(n_models=2, seeds=[5, 6])
+    x, rows = tokens(2), slice(4, T)
+    w = torch.randn(2, B, T - 4, V, generator=torch.Generator().manual_seed(9))
+    full = model(x)[:, :, rows]
+    (full * w).sum().backward()
+    reference = grads(model)
+    model.zero_grad()
+    part = model(x, positions=rows)
+    (part * w).sum().backward()
+    assert part.shape == full.shape and rel_err(part, full) < REL_TOL
+    for n, g in grads(model).items():
+        assert rel_err(g, reference[n]) < REL_TOL, n
+
+
 def test_every_mixer_is_registered():
     for name in ("mlp_mixer", "lru", "mamba", "gated_deltanet"):
         assert name in MODELS

@@ -330,6 +330,38 @@ def test_hooks_removed_after_success_and_after_errors():
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("mlp_ratio", [0.0, 4.0])
+@pytest.mark.parametrize("positions", [slice(5, T), torch.tensor([0, 4, 5, 12])], ids=["slice", "index"])
+def test_positions_give_the_full_forwards_logits_and_gradients_there(layers, mlp_ratio, positions):
+    """``forward(..., positions=)`` (the fast path: the last block's MLP, final norm and unembedding on
+    those rows only) against the reference: every position computed, then the selected ones taken."""
+    model = Transformer(make_config(mlp_ratio, layers), n_models=3, seeds=E_SEEDS)
+    tokens = make_tokens(3)
+    w = torch.randn(3, B, len(range(T)[positions]) if isinstance(positions, slice) else len(positions), V,
+                    generator=torch.Generator().manual_seed(5))
+    full = model(tokens)[:, :, positions]
+    (full * w).sum().backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    part = model(tokens, positions=positions)
+    (part * w).sum().backward()
+    assert part.shape == full.shape and rel_err(part, full) < REL_TOL
+    for n, p in model.named_parameters():
+        assert rel_err(p.grad, reference[n]) < REL_TOL, n
+    single = Transformer(make_config(mlp_ratio, layers), n_models=1, seeds=E_SEEDS[:1])
+    assert single(tokens[0], positions=positions).shape == full[0].shape
+
+
+def test_the_hooks_after_the_last_mixer_see_the_selected_positions_only():
+    model = Transformer(make_config(4.0, layers=2), n_models=1)
+    _, cache = model.run_with_cache(make_tokens(1, single=True), positions=slice(9, T))
+    assert cache["blocks.1.hook_resid_mid"].shape == (B, T, 10)  # the last mixer reads every position
+    for name in ("blocks.1.mlp.hook_pre", "blocks.1.hook_resid_post", "ln_final.hook_normalized"):
+        assert cache[name].shape[:2] == (B, T - 9), name
+    assert cache["blocks.0.hook_resid_post"].shape == (B, T, 10)
+
+
 @pytest.mark.parametrize("mlp_ratio", [0.0, 4.0])
 def test_ensemble_member_equals_single_model(mlp_ratio):
     config = make_config(mlp_ratio, init_std=0.02)

@@ -91,6 +91,41 @@ def test_seed_in_ensemble_equals_seed_alone(task):
     assert all(np.ptp(curve(ensemble, "loss", s)[1]) > 1e-3 for s in (0, 1, 2))
 
 
+COUNT = {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [3, 6]}
+REVERSE_ADDITION = {"name": "reverse-addition", "train_max_digits": 2, "eval_digits": [3]}
+
+
+@pytest.mark.parametrize("task", [COUNT, REVERSE_ADDITION], ids=["count", "reverse-addition"])
+def test_a_step_on_the_loss_positions_equals_the_step_on_every_position(task):
+    """The step computes logits at the task's loss positions only (``SeedGroup.loss_positions``); the
+    reference computes every position, whose loss weight 0 adds nothing. Same loss and gradients, to
+    rounding."""
+    config = experiment(task, model={"layers": 2, "heads": 2, "head_dim": 4, "mlp_ratio": 2}, seeds=2)
+    fast, reference = SeedGroup(config, [0, 1]), SeedGroup(config, [0, 1])
+    mask = fast.tasks[0].loss_mask
+    first = int(mask.nonzero()[0])
+    assert first > 0 and fast.loss_positions == slice(first, len(mask))
+    reference.loss_positions = None
+    for group in (fast, reference):
+        group._train_step()
+    np.testing.assert_allclose(fast.loss_sum.numpy(), reference.loss_sum.numpy(), rtol=1e-6)
+    theirs = dict(reference.model.named_parameters())
+    for name, p in fast.model.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_loss_positions_are_a_slice_an_index_or_none():
+    from emergelab.train.group import loss_positions
+
+    assert loss_positions(torch.ones(5, dtype=torch.bool), "cpu") is None
+    assert loss_positions(torch.tensor([False, False, True, True, True]), "cpu") == slice(2, 5)
+    assert loss_positions(torch.tensor([True, True, False, False, False]), "cpu") == slice(0, 2)
+    index = loss_positions(torch.tensor([True, False, True, True, False]), "cpu")
+    assert torch.equal(index, torch.tensor([0, 2, 3]))
+    pretraining = experiment(COUNT, seeds=1, pretrain="nca", pretrain_steps=2)
+    assert SeedGroup(pretraining, [0]).loss_positions is None  # its batches train on every position
+
+
 def test_workers_strategy_equals_ensemble(tmp_path):
     config = experiment(steps=50, eval_every=1, seeds=3)
     ensemble = train(executed(config, strategy="ensemble"), tmp_path / "ens", progress=False)

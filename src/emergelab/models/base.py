@@ -47,6 +47,14 @@ import torch
 from .hooks import HookedModule
 
 Init = Callable[[tuple[int, ...], torch.Generator], torch.Tensor]  # (one member's shape, generator) -> values
+Positions = slice | torch.Tensor  # a range of sequence positions, or a 1-D int64 index tensor of them
+
+
+def select_positions(x: torch.Tensor, positions: Positions, dim: int) -> torch.Tensor:
+    """The entries of ``x`` at ``positions`` along ``dim`` (a view for a slice, a copy for an index tensor)."""
+    if isinstance(positions, slice):
+        return x[(slice(None),) * (dim % x.dim()) + (positions,)]
+    return x.index_select(dim, positions)
 
 
 def normal(std: float) -> Init:
@@ -87,6 +95,7 @@ class SequenceModel(HookedModule):
 
     accepts_attn_bias: ClassVar[bool] = False
     capturable: ClassVar[bool] = True
+    selects_positions: ClassVar[bool] = False  # forward_members(..., positions=) computes only those
 
     def __init__(self, config: Any, n_models: int = 1):
         super().__init__()
@@ -137,8 +146,15 @@ class SequenceModel(HookedModule):
         return out
 
     # ------------------------------------------------------------------ forward
-    def forward(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
-        """tokens ``[B, T]`` (E = 1) or ``[E, B, T]`` -> logits ``[B, T, V]`` or ``[E, B, T, V]``."""
+    def forward(self, tokens: torch.Tensor, positions: Positions | None = None, **inputs: Any) -> torch.Tensor:
+        """tokens ``[B, T]`` (E = 1) or ``[E, B, T]`` -> logits ``[B, T, V]`` or ``[E, B, T, V]``.
+
+        positions: only these positions' logits are wanted (a slice, or a 1-D int64 index tensor of
+        positions ``[T']``) -> logits ``[B, T', V]`` / ``[E, B, T', V]`` (what a training step whose loss
+        reads a few positions asks for). A model that ``selects_positions`` leaves the other positions out
+        where they stop mattering (a residual stack: after its last mixer, so the last MLP, final norm and
+        unembedding run on ``T'`` rows, and the hooks there see those rows only); any other model computes
+        every position and returns the selected ones."""
         bias = inputs.pop("attn_bias", None)
         if bias is not None:
             if not self.accepts_attn_bias:
@@ -156,7 +172,12 @@ class SequenceModel(HookedModule):
             raise ValueError(f"tokens have {E} members, the model has {self.n_models}")
         if T > self.config.context_length:
             raise ValueError(f"sequence length {T} exceeds context_length {self.config.context_length}")
-        logits = self.forward_members(tokens, **inputs)
+        if positions is None:
+            logits = self.forward_members(tokens, **inputs)
+        elif self.selects_positions:
+            logits = self.forward_members(tokens, positions=positions, **inputs)
+        else:
+            logits = select_positions(self.forward_members(tokens, **inputs), positions, dim=2)
         return logits[0] if single else logits
 
     def forward_members(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:  # pragma: no cover

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
-from .base import Init, SequenceModel, normal, ones, zeros
+from .base import Init, Positions, SequenceModel, normal, ones, select_positions, zeros
 from .hooks import HookPoint
 
 
@@ -235,11 +235,15 @@ class Block(nn.Module):
             self.hook_mlp_out = HookPoint()  # [E, B, T, d]
         self.hook_resid_post = HookPoint()  # [E, B, T, d]
 
-    def forward(self, x: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: Positions | None = None, **inputs: Any) -> torch.Tensor:
+        """x ``[E, B, T, d]`` -> ``[E, B, T, d]``, or ``[E, B, T', d]`` at ``positions`` only: the mixer sees
+        every position, the MLP (and ``hook_mlp_*``, ``hook_resid_post``) the selected ones."""
         mixer = getattr(self, self.mixer_name)
         mixer_out = getattr(self, f"hook_{self.mixer_name}_out")
         x = self.hook_resid_pre(x)
         x = self.hook_resid_mid(x + mixer_out(mixer(self.ln1(x), **inputs)))
+        if positions is not None:
+            x = select_positions(x, positions, dim=2)
         if self.mlp is not None:
             x = x + self.hook_mlp_out(self.mlp(self.ln2(x)))
         return self.hook_resid_post(x)
@@ -296,10 +300,16 @@ class ResidualModel(SequenceModel):
             return x
         return x + self.hook_pos_embed(self.W_pos[:, None, :T].expand(E, B, T, -1))
 
-    def forward_members(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    selects_positions = True  # the last block drops unwanted positions after its mixer
+
+    def forward_members(self, tokens: torch.Tensor, positions: Positions | None = None, **inputs: Any) -> torch.Tensor:
+        """tokens ``[E, B, T]`` -> logits ``[E, B, T, V]``, or ``[E, B, T', V]`` at ``positions``: no later
+        position reads a position's residual after the last mixer, so the last MLP, the final norm and the
+        unembedding run on the wanted positions alone (at the linear map's loss positions, half the rows)."""
         x = self.embed(tokens)
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            x = block(x, **self.layer_inputs(layer, inputs))
+            x = block(x, positions=positions if layer == last else None, **self.layer_inputs(layer, inputs))
         return member_linear(self.ln_final(x), self.W_U, self.b_U)  # [E, B, T, V]
 
     @contextmanager

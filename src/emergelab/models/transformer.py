@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import require_choice, require_float, require_int
-from .base import Init, normal, zeros
+from .base import Init, Positions, normal, zeros
 from .hooks import HookPoint
 from .fast_attention import causal_attention, observed_attention
 from .layers import ResidualModel, member_linear, row_softmax
@@ -233,13 +233,15 @@ class Transformer(ResidualModel):
             return {}
         return {"attn_bias": bias[layer] if bias.dim() == 4 else bias[:, layer]}
 
-    def forward(self, tokens: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, attn_bias: torch.Tensor | None = None,
+                positions: Positions | None = None) -> torch.Tensor:
         """tokens ``[B, T]`` (E = 1) or ``[E, B, T]`` -> logits ``[B, T, V]`` or ``[E, B, T, V]``.
 
         attn_bias: added to every layer's attention scores before the softmax, per head: ``[layers,
         heads, query, key]`` or ``[E, layers, heads, query, key]`` (sliced to T), or None.
+        positions: only these positions' logits (``SequenceModel.forward``).
         """
-        return super().forward(tokens, attn_bias=attn_bias)
+        return super().forward(tokens, positions=positions, attn_bias=attn_bias)
 
     def use_fused_attention(self, fused: bool | None) -> None:
         """SDPA in every layer (True), the materialised attention (False), or SDPA on CUDA only (None)."""
