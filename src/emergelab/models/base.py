@@ -21,7 +21,9 @@ A model is two things, registered by name in ``models.MODELS``:
 Capabilities a model declares (class variables): ``accepts_attn_bias`` (``forward(..., attn_bias=...)``
 adds a per-head bias to attention scores; the ground-truth bias intervention needs it), ``capturable``
 (its training step never reads the GPU back, so on CUDA it can be captured into a CUDA graph:
-``train/graphed.py``; a model whose forward reads a value back, e.g. for a numerical bound, sets it False)
+``train/graphed.py``; a model whose forward reads a value back, e.g. for a numerical bound, sets it False),
+``selects_positions`` (``forward_members(..., positions=)`` computes only the positions asked for; without
+it ``forward`` computes every position and returns the selected ones)
 and the hook names it offers (``model.hook_dict``). Measurements decide from the hook names whether they apply.
 
 Example: a model with no attention at all, in a few lines (``tests/test_architecture.py`` trains one)::
