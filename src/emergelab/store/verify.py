@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .manifest import MANIFEST, Manifest, ManifestState
+from .manifest import MANIFEST, Manifest, ManifestState, sha256_file
 
 # What to do about a damaged file, by its name (relative to the run directory).
 ADVICE = {
@@ -129,6 +129,15 @@ def size_mismatch(path: Path, manifest: Manifest, state: ManifestState | None = 
     except OSError:
         size = None
     return None if size == entry.size else (size, entry.size)
+
+
+def content_mismatch(path: Path, manifest: Manifest, state: ManifestState | None = None) -> bool:
+    """Whether ``path`` is not what ``manifest`` records: missing, another size, or (a full read) another
+    sha256. False where unrecorded. :func:`read_verified` without keeping the bytes."""
+    if size_mismatch(path, manifest, state) is not None:
+        return True
+    entry = manifest.expected(path, state)
+    return entry is not None and sha256_file(path)[1] != entry.sha256
 
 
 def _damaged(path: Path, what: str, error: BaseException) -> CorruptFileError:

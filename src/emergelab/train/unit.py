@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..store import CorruptFileError, RunDir, locked, size_mismatch
+from ..store import CorruptFileError, RunDir, content_mismatch, locked
 from .allocator import keep_freed_memory
 from .config import ExperimentConfig
 from .group import ProgressFn, SeedGroup
@@ -84,8 +84,9 @@ def unit_progress(unit: WorkUnit) -> int:
             step = int(run.read_file_json(meta)["step"])
         except (CorruptFileError, OSError, KeyError, TypeError, ValueError):
             continue
-        # a truncated or missing part, which the resume will pass over, is seen here already (a stat)
-        if not any(size_mismatch(meta.parent / name, run.manifest, state)
+        # a damaged part (truncated, missing, a flipped bit), which the resume will pass over, is seen here
+        # already, so "resuming from step N" names the state the resume will load
+        if not any(content_mismatch(meta.parent / name, run.manifest, state)
                    for name in ("tensors.safetensors", "metrics.parquet")):
             return step * len(unit.seeds)
     return 0
