@@ -71,7 +71,7 @@ def main() -> None:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "loss_positions", "commit": rev, "seeds": args.seeds, "threads": 1,
               "load_avg_before": os.getloadavg(), "cases": []}
-    print(f"| task | layers | loss positions / all | every position (ms) | loss positions (ms) | speed-up |\n"
+    print("| task | layers | loss positions / all | every position (ms) | loss positions (ms) | speed-up |\n"
           "|---|---|---|---|---|---|")
     for task, layers in CASES:
         cfg, fast, every = groups(task, layers, args.seeds)
