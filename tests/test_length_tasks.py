@@ -262,3 +262,31 @@ def test_seed_groups_record_length_metrics_from_the_eval_stream():
                                          "model": {"layers": 1, "heads": 1, "head_dim": 4},
                                          "train": {"steps": 1, "seeds": 1}}).resolved()
     assert not any(isinstance(m, LengthEval) for m in SeedGroup(linear, [0]).measurements)
+
+
+@pytest.mark.parametrize("case", ["count", "count-index", "question-formation", "outside-the-loss"])
+def test_scores_at_the_loss_positions_equal_the_full_forwards(case):
+    """``loss_position_scores`` (the model asked for the loss positions only) against the reference: the
+    full forward's logits into ``sequence_scores``, and the logits at a given position."""
+    from emergelab.models import TransformerConfig
+    from emergelab.tasks import QuestionFormationConfig
+    from emergelab.train.measure_ood import loss_position_scores, sequence_scores
+
+    config = QuestionFormationConfig() if case == "question-formation" else \
+        CountConfig(max_number=12, train_max_length=4, eval_lengths=[3, 6])
+    task = config.build(make_generator(0))
+    mask = task.loss_mask.clone()
+    if case == "count-index":
+        mask[4] = False  # not one run of positions: an index tensor
+    position = {"question-formation": getattr(task, "decision_position", None), "outside-the-loss": 0}.get(case)
+    model = TransformerConfig(layers=2, heads=2, head_dim=4, init_std=0.5).resolved(
+        task.vocab_size, task.seq_len - 1).build(2, [3, 4])
+    tokens = torch.stack([task.sample(32, make_generator(i)).tokens for i in (0, 1)])
+    with torch.no_grad():
+        scores, at = loss_position_scores(model, tokens, mask, {}, position)
+        full = model(tokens[..., :-1])
+    torch.testing.assert_close(scores, sequence_scores(full, tokens, mask), rtol=1e-5, atol=1e-6)
+    if position is None:
+        assert at is None
+    else:
+        torch.testing.assert_close(at, full[..., position, :], rtol=1e-5, atol=1e-6)

@@ -115,12 +115,12 @@ def test_a_step_on_the_loss_positions_equals_the_step_on_every_position(task):
 
 
 def test_loss_positions_are_a_slice_an_index_or_none():
-    from emergelab.train.group import loss_positions
+    from emergelab.models.base import mask_positions
 
-    assert loss_positions(torch.ones(5, dtype=torch.bool), "cpu") is None
-    assert loss_positions(torch.tensor([False, False, True, True, True]), "cpu") == slice(2, 5)
-    assert loss_positions(torch.tensor([True, True, False, False, False]), "cpu") == slice(0, 2)
-    index = loss_positions(torch.tensor([True, False, True, True, False]), "cpu")
+    assert mask_positions(torch.ones(5, dtype=torch.bool)) is None
+    assert mask_positions(torch.tensor([False, False, True, True, True])) == slice(2, 5)
+    assert mask_positions(torch.tensor([True, True, False, False, False])) == slice(0, 2)
+    index = mask_positions(torch.tensor([True, False, True, True, False]))
     assert torch.equal(index, torch.tensor([0, 2, 3]))
     pretraining = experiment(COUNT, seeds=1, pretrain="nca", pretrain_steps=2)
     assert SeedGroup(pretraining, [0]).loss_positions is None  # its batches train on every position

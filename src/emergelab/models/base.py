@@ -52,6 +52,17 @@ Init = Callable[[tuple[int, ...], torch.Generator], torch.Tensor]  # (one member
 Positions = slice | torch.Tensor  # a range of sequence positions, or a 1-D int64 index tensor of them
 
 
+def mask_positions(mask: torch.Tensor) -> Positions | None:
+    """The positions where ``mask [P]`` (bool) is set, to compute logits at: None for all of them (or none),
+    a slice for a contiguous run (a view, no copy), else an int64 index tensor on the mask's device."""
+    where = mask.nonzero().flatten().tolist()
+    if len(where) == len(mask) or not where:
+        return None
+    if where == list(range(where[0], where[-1] + 1)):
+        return slice(where[0], where[-1] + 1)
+    return torch.tensor(where, dtype=torch.int64, device=mask.device)
+
+
 def select_positions(x: torch.Tensor, positions: Positions, dim: int) -> torch.Tensor:
     """The entries of ``x`` at ``positions`` along ``dim`` (a view for a slice, a copy for an index tensor)."""
     if isinstance(positions, slice):

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from ..models.base import Positions, select_positions
+from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
 from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules,
@@ -90,7 +90,7 @@ class SeedGroup:
             self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
         # the positions a task step's loss reads (pre-training reads all, and a CUDA graph serves both)
-        self.loss_positions = loss_positions(first.loss_mask, device) if train.pretrain == "none" else None
+        self.loss_positions = mask_positions(first.loss_mask) if train.pretrain == "none" else None
         self.chunk_steps = data_chunk_steps(train.batch_size, first.seq_len)
         self.data = ChunkedStream([lambda n, g, t=task: t.sample(n, g).tokens for task in self.tasks],
                                   [make_generator(s["data"], device) for s in streams], train.batch_size,
@@ -355,17 +355,6 @@ class SeedGroup:
     def is_done(self) -> bool:
         latest = self._load_latest()
         return latest is not None and bool(latest[1].get("done", False))
-
-
-def loss_positions(loss_mask: torch.Tensor, device: torch.device | str) -> Positions | None:
-    """The positions of ``loss_mask [P]`` (bool) to compute logits at: None for all of them, a slice for
-    a contiguous run (a view, no copy), else an int64 index tensor on ``device``."""
-    where = loss_mask.nonzero().flatten().tolist()
-    if len(where) == len(loss_mask) or not where:
-        return None
-    if where == list(range(where[0], where[-1] + 1)):
-        return slice(where[0], where[-1] + 1)
-    return torch.tensor(where, dtype=torch.int64, device=device)
 
 
 def _make_optimizer(model: torch.nn.Module, config: ExperimentConfig) -> "MemberAdamW":

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.base import SequenceModel, mask_positions, select_positions
 from ..tasks import generalization_tokens, length_eval_tokens, supports_lengths, supports_rules
 from .measure import Metric, ProbeData
 
@@ -48,13 +49,41 @@ from .measure import Metric, ProbeData
 def sequence_scores(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """``[2, ..., B]``: per sequence, exact match (0/1) and mean loss over the ``loss_mask`` positions.
     logits ``[..., B, P, V]``, tokens ``[..., B, P+1]``, loss_mask ``[P]``."""
-    labels = tokens[..., 1:]
+    return label_scores(logits, tokens[..., 1:], loss_mask)
+
+
+def label_scores(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sequence_scores` from logits ``[..., B, P, V]`` and labels ``[..., B, P]``, over the ``mask [P]``
+    positions (None: all of them)."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
     nll = -log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [..., B, P]
-    wrong = (logits.argmax(-1) != labels) & loss_mask
-    mask = loss_mask.float()
-    loss = (nll * mask).sum(-1) / mask.sum()
-    return torch.stack([(~wrong.any(-1)).float(), loss])
+    wrong = logits.argmax(-1) != labels
+    if mask is None:
+        return torch.stack([(~wrong.any(-1)).float(), nll.mean(-1)])
+    weights = mask.float()
+    loss = (nll * weights).sum(-1) / weights.sum()
+    return torch.stack([(~(wrong & mask).any(-1)).float(), loss])
+
+
+def loss_position_scores(model: Any, tokens: torch.Tensor, loss_mask: torch.Tensor, inputs: dict[str, Any],
+                         position: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`sequence_scores` of ``model`` on ``tokens [E, B, P+1]``, the model asked for the ``loss_mask``
+    positions' logits only (``positions=``: a residual stack leaves the others out after its last mixer):
+    ``([2, E, B], the logits [E, B, V] at ``position`` or None)``. The reference: the full forward's
+    logits into :func:`sequence_scores` (``tests/test_length_tasks.py``)."""
+    P = tokens.shape[-1] - 1
+    positions = mask_positions(loss_mask)
+    columns = torch.arange(P, device=loss_mask.device)[positions if positions is not None else slice(None)]
+    found = [] if position is None else (columns == position).nonzero().flatten().tolist()
+    # every position: the task's loss reads them all, ``position`` lies outside the loss, or ``model`` is not a
+    # SequenceModel (one whose forward takes ``positions=``; a hand-written oracle in a test, say)
+    if positions is None or (position is not None and not found) or not isinstance(model, SequenceModel):
+        logits = model(tokens[..., :-1], **inputs)  # [E, B, P, V]
+        at = None if position is None else logits[..., position, :]
+        return sequence_scores(logits, tokens, loss_mask), at
+    logits = model(tokens[..., :-1], positions=positions, **inputs)  # [E, B, P', V]
+    scores = label_scores(logits, select_positions(tokens[..., 1:], positions, -1))
+    return scores, None if position is None else logits[..., found[0], :]
 
 
 class LengthEval:
@@ -98,8 +127,7 @@ class LengthEval:
         id_cols, ood_cols = [probe_scores], []
         if self.tokens is not None:
             tokens = self.tokens.to(data.tokens.device)
-            logits = data.model(tokens[..., :-1], **data.inputs)
-            scores = sequence_scores(logits, tokens, data.loss_mask)  # [2, E, sum B]
+            scores, _ = loss_position_scores(data.model, tokens, data.loss_mask, data.inputs)  # [2, E, sum B]
             for length, part in zip(self.lengths, scores.split(self.batch_sizes, dim=-1)):
                 label = f"len:{length}"
                 if length in self.train_lengths:
@@ -160,10 +188,9 @@ class RuleEval:
     def measure(self, data: ProbeData) -> list[Metric]:
         probe_accuracy = sequence_scores(data.logits, data.tokens, data.loss_mask)[0].mean(-1)  # [E]
         tokens = self.tokens.to(data.tokens.device)
-        logits = data.model(tokens[..., :-1], **data.inputs)  # [E, R * B, P, V]
-        scores = sequence_scores(logits, tokens, data.loss_mask)  # [2, E, R * B]
         p = self.decision_position
-        first = (logits[..., p, :].argmax(-1) == tokens[..., p + 1]).float()  # [E, R * B]
+        scores, at_p = loss_position_scores(data.model, tokens, data.loss_mask, data.inputs, p)  # [2, E, R * B]
+        first = (at_p.argmax(-1) == tokens[..., p + 1]).float()  # [E, R * B]
         size = self.batch_size
         first_word = torch.stack([part.mean(-1) for part in first.split(size, dim=-1)], dim=-1)  # [E, R]
         per_rule = torch.stack([part.mean(-1) for part in scores.split(size, dim=-1)], dim=-1)  # [2, E, R]
