@@ -15,7 +15,8 @@ mean cross-entropy over the loss positions, averaged over the batch.
 The per-length batches are drawn once, when the measurement is built, from each seed's eval stream
 (:func:`emergelab.tasks.seeding.length_eval_tokens`), so they are the same under any execution. All
 lengths are scored with one forward pass (the batches concatenated along the batch dimension), with the
-probe's model inputs (e.g. an attention bias).
+probe's model inputs (e.g. an attention bias), the model asked for the loss positions' logits only
+(:func:`loss_position_scores`).
 
 For a task whose generalization set tells rules apart (:class:`emergelab.tasks.base.RuleTask`:
 ``question-formation``), :class:`RuleEval` scores every member on that set, per rule (index = the rule's
