@@ -16,7 +16,8 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
   fused kernel) add ``[E, B, channels, P, P]`` tensors per layer (:func:`_quadratic_channels`);
 * ``probe``: the reference path caches every layer's pattern ``[E, Be, channels, P, P]`` and the attention
   measurement stacks it and takes ``p log p``: 4 x ``layers`` patterns at once, plus the current layer's
-  transients, plus logits ``E Be P V`` x 4;
+  transients, plus logits ``E Be P V`` x 4; a length (rule) task's evaluation adds its ``Be`` sequences per
+  eval length (rule) and their forward's activations;
 * ``data``: the generated chunk ``K E B L`` int64 (``K = train.schedule.data_chunk_steps``) x 3 for
   sampling temporaries, plus per-sequence rule tables for the cellular automata (``k^W`` int64 each); with
   ``train.pretrain`` a second chunk (the pre-training stream's, kept), plus an NCA stream's per-sequence
@@ -25,8 +26,9 @@ train batch, ``Be`` the probe's held-out batch, ``P = context_length``, ``L = P 
   entry), a cellular-automata rule pool (``rules k^W`` int64 per member), and the attention bias ``[E, layers, heads, P, P]`` when ``train.bias_beta != 0``;
 * ``process``: ~300 MB per process for Python and torch.
 
-**Time**: FLOPs of training (``3 x`` forward FLOPs per token x tokens x steps x seeds) plus every probe's
-forward pass, at ``CPU_FLOPS_PER_THREAD`` (40 GFLOP/s) x threads, or ``CUDA_FLOPS`` (2 TFLOP/s: conservative
+**Time**: FLOPs of training (``3 x`` forward FLOPs per token x tokens x steps x seeds, less the last MLP and
+unembedding at positions outside the task's loss, which a model that ``selects_positions`` skips) plus every
+probe's forward passes (the held-out batch, and a length or rule task's evaluation batches), at ``CPU_FLOPS_PER_THREAD`` (40 GFLOP/s) x threads, or ``CUDA_FLOPS`` (2 TFLOP/s: conservative
 for small models on a GPU), plus ``STEP_OVERHEAD_S`` (3 ms) per optimizer step of each group (Python and
 kernel launches dominate tiny models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to
 start (workers). The CPU constants are fitted to ``benchmarks/estimate_calibration.py`` (five presets at
@@ -218,7 +220,7 @@ def _members_at_once(plan: Any) -> int:
 
 def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     """Peak memory and time of training resolved ``config`` under ``plan`` (default: its local plan)."""
-    from ..tasks import CellularAutomataConfig
+    from ..tasks import CellularAutomataConfig, seed_task, supports_lengths, supports_rules
     from ..tasks.pretraining import NCAStream, pretraining_stream
     from .run import make_plan, thread_budget, train_flops
     from .schedule import data_chunk_steps, probe_steps
@@ -238,12 +240,20 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     quad = layers * _quadratic_channels(model, bias) * P * P
     est.parts["activations"] = 1.5 * E * B * (P * per_token + quad) * f
     est.notes["activations"] = "train.batch_size x sequence length x model size"
+    built = seed_task(task, train.seed, 0)  # cheap for every shipped task (a CA's floor is computed lazily)
+    loss_positions = int(built.loss_mask.sum())
+    # the length evaluation's (or rule evaluation's) batches: eval_batch_size sequences per length (rule)
+    extra_batches = len(built.eval_lengths) if supports_lengths(built) else \
+        len(built.rules) if supports_rules(built) else 0
+    selects = bool(getattr(getattr(model, "model_class", None), "selects_positions", False))
     formed = _probe_forms_pattern(model)
     channels = _pattern_channels(model) if formed else 0
     cached = 4 * layers * channels if channels else 0
     transient = _pattern_transient(model) if formed else 0
     probe_floats = (cached + transient) * P * P + P * (4 * V + 4 * d + 2 * m)
-    est.parts["probe"] = E * Be * probe_floats * f + E * Be * L * 8
+    est.parts["probe"] = E * Be * probe_floats * f + E * Be * L * 8 * (1 + extra_batches)
+    if extra_batches:  # the evaluation's forward, its activations beside the probe's cache
+        est.parts["probe"] += E * Be * extra_batches * P * (4 * V + 4 * d + 2 * m) * f
     est.notes["probe"] = "train.eval_batch_size x attention patterns [layers, heads, P, P]"
     K = data_chunk_steps(B, L)
     data = 3.0 * K * E * B * L * 8
@@ -268,7 +278,12 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     est.notes["process"] = "worker processes"
     probes = len(probe_steps(train)) if train.steps < 10 ** 7 else train.steps / train.eval_every
     probe_flops = probes * train.seeds * Be * P * (model.flops_per_token() + (cached + 1) * P)
-    est.flops = train_flops(config) + probe_flops
+    # a model that selects positions runs its last MLP and the unembedding at the loss positions only: in the
+    # training step (unless pre-training shares it: SeedGroup.loss_positions) and in the evaluations' forward
+    tail = 2 * (2 * d * m + d * V) * (P - loss_positions) if selects else 0
+    saved = 3.0 * tail * B * train.steps * train.seeds if train.pretrain == "none" else 0.0
+    probe_flops += probes * train.seeds * Be * extra_batches * (P * model.flops_per_token() - tail)
+    est.flops = train_flops(config) - saved + probe_flops
     device = config.execution.device
     if device.startswith("cuda"):
         rate = CUDA_FLOPS
