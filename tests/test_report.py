@@ -159,3 +159,37 @@ def test_figure_titles_describe_the_task_seed_0_trained_on():
     config = SimpleNamespace(task=Drawn(), model=TransformerConfig(layers=1, heads=2, head_dim=4),
                              train=TrainConfig(seed=7))
     assert describe(config).split(" | ")[0] == seed_task(config.task, 7, 0).describe()
+
+
+@pytest.mark.parametrize("name", ["count", "question-formation"])
+def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
+    """``generalization.png``: a length task's exact match per eval length (held-out mean thick), a rule task's
+    first-word and whole-output fractions per rule; each line is the metric it names, seed by seed."""
+    import pyarrow.compute as pc
+
+    from emergelab.report.figures import plot_generalization
+    from emergelab.tasks import CountConfig, QuestionFormationConfig
+
+    task = CountConfig(max_number=12, train_max_length=4, eval_lengths=(3, 6)) if name == "count" \
+        else QuestionFormationConfig()
+    run, group = _train_run(tmp_path / "run", task, layers=1)
+    names = [p.name for p in make_figures(run)]  # counting has ground-truth attention: its figures follow
+    assert names == ["loss.png", "generalization.png"] + (FIGURES[1:] if name == "count" else [])
+    table = run.metrics()
+    fig = plot_generalization(table, group.config, [0, 1])
+    lines = {(k, line.get_label()): line for k, ax in enumerate(fig.axes[:2]) for line in ax.get_lines()}
+    if name == "count":
+        expected = {"length 3 (trained)": ("id_accuracy", "len:3"), "length 6 (held out)": ("ood_accuracy", "len:6"),
+                    "held-out lengths (mean)": ("ood_accuracy", "")}
+    else:
+        expected = {f"{rule}: {what}": (metric, rule) for rule in ("hierarchical", "linear")
+                    for what, metric in (("first word", "gen_first_word"), ("whole output", "gen_accuracy"))}
+    for seed in (0, 1):
+        for label, (metric, index) in expected.items():
+            rows = table.filter(pc.and_(pc.and_(pc.equal(table["metric"], metric), pc.equal(table["index"], index)),
+                                        pc.equal(table["seed"], seed)))
+            line = lines[seed, label]
+            np.testing.assert_array_equal(line.get_xdata(), rows["step"].to_numpy())
+            np.testing.assert_array_equal(line.get_ydata(), rows["value"].to_numpy())
+    linear = ExperimentConfig.from_dict({"task": {"name": "linear-map"}}).resolved()
+    assert plot_generalization(table.filter(pc.equal(table["metric"], "loss")), linear, [0]) is None

@@ -3,6 +3,8 @@
 * ``loss.png``: per seed, the held-out loss and the loss of every task output (``loss_pos``: the bit
   ``x1[i]`` of the linear map, the state ``t`` of a cellular automaton) over steps, with the task's optimal
   aggregate loss dashed (none for cellular automata with in-context rule inference) and optional markers.
+* ``generalization.png`` (length and rule tasks): per seed, exact match at each eval length over steps, or
+  which rule's question the model writes on the generalization set (:func:`plot_generalization`).
 * ``attention_entropy.png``: per seed, a heatmap of every head's attention entropy (mean over the queries
   with a non-empty ground-truth row) over the probe steps.
 * ``attention_maps.png``: for the heads whose entropy dropped most, the batch-mean attention pattern at
@@ -36,7 +38,7 @@ import pyarrow.compute as pc
 from ..store import RunDir
 from ..tasks import seed_task
 from ..train import ExperimentConfig
-from .plotting import DPI, describe, fit_lines, new_figure, save_figure
+from .plotting import DPI, colors, describe, fit_lines, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -163,6 +165,72 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
                        ax=axes, shrink=0.9, pad=0.01)
     bar.set_label(f"per-output loss: {output_name} index")
     fig.suptitle(fit_lines(fig, f"Held-out loss per {output_name}\n{describe(config, _sep(cols))}", 10), fontsize=10)
+    return fig
+
+
+GENERALIZATION_METRICS = ("id_accuracy", "ood_accuracy", "gen_first_word", "gen_accuracy")
+
+
+def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figure | None":
+    """Held-out generalization over steps, one panel per seed; None when the run recorded none.
+
+    A length task (``ood_accuracy``, ``measure_ood.LengthEval``): exact match at each eval length, the
+    trained lengths solid and the held-out ones dashed, their mean (the run's outcome) thick. A rule task
+    (``gen_first_word``, ``RuleEval``): per rule, the fraction of generalization questions whose first word
+    is that rule's (solid) and whose whole output is (dashed); exact match on the training distribution
+    grey."""
+    present = set(table.filter(pc.is_in(table["metric"], pa.array(GENERALIZATION_METRICS)))["metric"]
+                  .unique().to_pylist())
+    lengths, rules = "ood_accuracy" in present, "gen_first_word" in present
+    if not (lengths or rules):
+        return None
+    rows, cols = _grid_shape(len(seeds))
+    fig = new_figure(max(6.0, 3.8 * cols + 1.0), 2.9 * rows + 0.6)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+
+    def draw(ax: "Axes", grid: Grid, index: str, **style: Any) -> None:
+        values = grid.row(index)
+        ok = ~np.isnan(values)
+        ax.plot(grid.steps[ok], values[ok], **style)
+
+    for ax, seed in zip(axes.flat, seeds):
+        if lengths:
+            held_out, trained = metric_grid(table, "ood_accuracy", seed), metric_grid(table, "id_accuracy", seed)
+            series = [(trained, lab, "-") for lab in trained.labels if lab.startswith("len:")] + \
+                     [(held_out, lab, "--") for lab in held_out.labels if lab.startswith("len:")]
+            order = sorted(int(lab[4:]) for _, lab, _ in series)
+            palette = colors(len(order))
+            for grid, lab, ls in series:
+                n = int(lab[4:])
+                kind = "trained" if ls == "-" else "held out"
+                draw(ax, grid, lab, color=palette[order.index(n)], ls=ls, lw=1.0, label=f"length {n} ({kind})")
+            if "" in held_out.labels:
+                draw(ax, held_out, "", color="black", lw=2.0, label="held-out lengths (mean)")
+        else:
+            first, whole = metric_grid(table, "gen_first_word", seed), metric_grid(table, "gen_accuracy", seed)
+            palette = colors(len(first.labels))
+            for k, rule in enumerate(first.labels):
+                draw(ax, first, rule, color=palette[k], lw=1.8, label=f"{rule}: first word")
+                if rule in whole.labels:
+                    draw(ax, whole, rule, color=palette[k], lw=1.0, ls="--", label=f"{rule}: whole output")
+            trained = metric_grid(table, "id_accuracy", seed)
+            if "" in trained.labels:
+                draw(ax, trained, "", color="grey", lw=1.0, label="training distribution (exact match)")
+        ax.set_xscale(**STEP_SCALE)
+        ax.set_xlim(-0.3, max(1, int(table["step"].to_numpy().max())) * 1.3)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(f"seed {seed}", fontsize=10)
+        ax.grid(alpha=0.3, lw=0.5)
+    for ax in axes.flat[len(seeds):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel(STEP_LABEL)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match" if lengths else "fraction of questions")
+    axes.flat[0].legend(fontsize=7, loc="center left" if lengths else "upper left")
+    what = "Exact match at each length (trained solid, held out dashed)" if lengths else \
+        "Generalization set: which rule's question the model writes"
+    fig.suptitle(fit_lines(fig, f"{what}\n{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
 
 
@@ -354,7 +422,8 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
         jumps = emergence_markers(run)
     config = ExperimentConfig.from_run(run)
     table = run.metrics()
-    table = table.filter(pc.is_in(table["metric"], pa.array(["loss", "loss_pos", "attn_entropy"])))
+    table = table.filter(pc.is_in(table["metric"], pa.array(["loss", "loss_pos", "attn_entropy",
+                                                              *GENERALIZATION_METRICS])))
     available = sorted(set(table["seed"].to_pylist()))
     chosen = available if seeds is None else [s for s in seeds if s in available]
     missing = [] if seeds is None else [s for s in seeds if s not in available]
@@ -365,6 +434,9 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
         raise ValueError(f"{run.path}: the metrics hold no seeds to plot")
 
     written = [save_figure(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png")]
+    generalization = plot_generalization(table, config, chosen)
+    if generalization is not None:
+        written.append(save_figure(generalization, run.figures_dir / "generalization.png"))
     if "attn_entropy" not in set(table["metric"].unique().to_pylist()):
         return written  # a model without attention: no attention figures
     written.append(save_figure(plot_attention_entropy(table, config, chosen, jumps),
