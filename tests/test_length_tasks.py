@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,12 +44,16 @@ def ref_count_mask(M: int) -> list[list[bool]]:
     return mask
 
 
-def ref_addition_decode(seq: list[int], D: int) -> int:
-    """Check one reverse-addition sequence by hand (hints, padding, the sum); returns its digit count."""
+def ref_addition_decode(seq: list[int], D: int, offsets: bool = False) -> int:
+    """Check one reverse-addition sequence by hand (hints, padding, the sum); returns its digit count.
+    ``offsets``: the hints may start at any h_o (the same o in all three numbers), else at h_0."""
     H, PLUS, EQ, PAD = 10, D + 11, D + 12, D + 13
     assert len(seq) == 6 * D + 4
     a_block, plus, b_block, eq, c_block = seq[:2 * D], seq[2 * D], seq[2 * D + 1:4 * D + 1], seq[4 * D + 1], seq[4 * D + 2:]
     assert plus == PLUS and eq == EQ
+    if offsets:
+        H = a_block[0]
+        assert 10 <= H <= 10 + D
 
     def digits(block: list[int], width: int) -> list[int]:
         out = []
@@ -64,6 +69,7 @@ def ref_addition_decode(seq: list[int], D: int) -> int:
     a, b, c = digits(a_block, D), digits(b_block, D), digits(c_block, D + 1)
     n = len(a)
     assert n >= 1 and len(b) == n and len(c) == n + 1
+    assert H - 10 + n <= D  # the sum's last hint h_{o+n} is one of h_0..h_D
     value = lambda ds: sum(d * 10 ** i for i, d in enumerate(ds))  # least significant digit first
     assert value(a) + value(b) == value(c)
     return n
@@ -136,6 +142,44 @@ def test_reverse_addition_sequences_decode_to_correct_sums(seed):
     assert task.loss_mask.tolist() == [p >= 4 * D + 1 for p in range(P)]
     expected = [(p - 4 * D - 2) // 2 if p >= 4 * D + 2 and (p - 4 * D) % 2 == 0 else -1 for p in range(P)]
     assert task.output_index.tolist() == expected
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_randomly_offset_hints_cover_every_hint_in_training(seed):
+    """``task.hints: random-offset``: per sequence one offset o, uniform in 0..D-n, shifts every hint; the
+    digits, the sum, the masks and the outputs are fixed hints' (same positions)."""
+    rng = random.Random(seed)
+    train_max, evals = rng.randint(1, 3), [rng.randint(4, 6)]
+    fixed = ReverseAdditionConfig(train_max_digits=train_max, eval_digits=evals).build(make_generator(0))
+    task = ReverseAdditionConfig(train_max_digits=train_max, eval_digits=evals, hints="random-offset").build(
+        make_generator(0))
+    D = max(train_max, max(evals))
+    tokens = task.sample(3000, make_generator(seed)).tokens
+    lengths = [ref_addition_decode(s, D, offsets=True) for s in tokens.tolist()]
+    assert task.length_of(tokens).tolist() == lengths
+    offsets = [s[0] - 10 for s in tokens.tolist()]
+    for n in set(lengths):  # every offset 0..D-n occurs, about equally often
+        counts = np.bincount([o for o, m in zip(offsets, lengths) if m == n], minlength=D - n + 1)
+        assert len(counts) == D - n + 1 and counts.min() > 0.5 * counts.mean()
+    hints = {t for s in tokens.tolist() for t in s[4 * D + 2::2] if 10 <= t <= 10 + D}
+    assert hints == set(range(10, 11 + D))  # training sees h_0..h_D, the longest eval length's too
+    for n in evals:
+        assert [ref_addition_decode(s, D, offsets=True) for s in
+                task.sample_length(50, n, make_generator(seed)).tokens.tolist()] == [n] * 50
+    for name in ("attention_mask", "loss_mask", "output_index"):
+        assert torch.equal(getattr(task, name), getattr(fixed, name)), name
+    with pytest.raises(ConfigError, match="task.hints='random'"):
+        ReverseAdditionConfig(hints="random")
+
+
+def test_fixed_hints_keep_the_run_hash():
+    from emergelab.train import ExperimentConfig
+
+    base = {"name": "reverse-addition", "train_max_digits": 3, "eval_digits": [4]}
+    plain = ExperimentConfig.from_dict({"task": base}).resolved().science_key()
+    assert plain == "968fae99"  # this config's hash before the field existed (at 8f83721)
+    assert plain == ExperimentConfig.from_dict({"task": {**base, "hints": "fixed"}}).resolved().science_key()
+    assert plain != ExperimentConfig.from_dict({"task": {**base, "hints": "random-offset"}}).resolved().science_key()
 
 
 def test_length_configs_are_validated_and_registered():

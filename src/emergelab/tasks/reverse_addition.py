@@ -32,22 +32,30 @@ from typing import ClassVar
 
 import torch
 
-from ..config import require_int
+from ..config import require_choice, require_int
 from .base import Batch, MapView, int_tuple
+
+
+HINTS = ("fixed", "random-offset")
 
 
 @dataclass(frozen=True)
 class ReverseAdditionConfig:
     """train_max_digits: training operands have 1..this many digits. eval_digits: digit counts the
-    held-out length evaluation scores (those <= train_max_digits are in-distribution)."""
+    held-out length evaluation scores (those <= train_max_digits are in-distribution). hints: ``fixed``
+    (digit i always carries hint h_i) or ``random-offset`` (per sequence, every hint shifted by one offset
+    drawn uniformly from 0..D-n, so training sequences carry every hint token h_0..h_D, those of longer
+    lengths included: with fixed hints, h_{n+1}.. of a longer length never occur in training)."""
 
     name: ClassVar[str] = "reverse-addition"
     train_max_digits: int = 5
     eval_digits: tuple[int, ...] = (3, 5, 6, 7, 8)
+    hints: str = "fixed"
 
     def __post_init__(self) -> None:
         require_int("task.train_max_digits", self.train_max_digits, 1, 1000)
         object.__setattr__(self, "eval_digits", int_tuple("task.eval_digits", self.eval_digits, 1, 1000))
+        require_choice("task.hints", self.hints, HINTS)
 
     @property
     def max_digits(self) -> int:
@@ -92,8 +100,10 @@ class ReverseAdditionTask:
                 mask[q, 4 * D + 1 + 2 * k] = True
         self.attention_mask = mask
 
-    def _tokens(self, a: torch.Tensor, b: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """Digits ``a, b [B, D]`` (zero beyond ``n``), digit counts ``n [B]`` -> tokens ``[B, 6D+4]``."""
+    def _tokens(self, a: torch.Tensor, b: torch.Tensor, n: torch.Tensor,
+                offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Digits ``a, b [B, D]`` (zero beyond ``n``), digit counts ``n [B]``, hint offsets ``[B]`` (None: 0)
+        -> tokens ``[B, 6D+4]``."""
         B, D = a.shape
         device = a.device
         total = a + b
@@ -104,7 +114,7 @@ class ReverseAdditionTask:
             c[:, k], carry = s % 10, s // 10
         c[:, D] = carry  # digits beyond n are 0, so c_n is the carry out and later digits are 0
         j = torch.arange(D + 1, device=device)
-        hints = (self.hint0 + j).expand(B, D + 1)
+        hints = (self.hint0 + j).expand(B, D + 1) if offset is None else self.hint0 + offset[:, None] + j
         pad = torch.full((B, 1), self.pad, dtype=torch.int64, device=device)
 
         def block(digits: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -122,7 +132,11 @@ class ReverseAdditionTask:
         digits = torch.randint(0, 10, (2, B, D), generator=generator, device=generator.device)
         keep = torch.arange(D, device=generator.device) < n[:, None]
         a, b = digits[0] * keep, digits[1] * keep
-        return self._tokens(a, b, n)
+        offset = None
+        if self.config.hints == "random-offset":  # uniform in 0..D-n: the sum's hints h_o..h_{o+n} fit in h_0..h_D
+            u = torch.rand(B, generator=generator, device=generator.device)
+            offset = (u * (D - n + 1)).long().clamp(max=D - n)
+        return self._tokens(a, b, n, offset)
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         """``n`` training sequences: digit count uniform in ``1..train_max_digits``."""
@@ -151,7 +165,8 @@ class ReverseAdditionTask:
 
     def describe(self) -> str:
         c = self.config
-        return (f"reverse addition with index hints, train digits 1..{c.train_max_digits}, "
+        hints = "index hints" if c.hints == "fixed" else "randomly offset index hints"
+        return (f"reverse addition with {hints}, train digits 1..{c.train_max_digits}, "
                 f"eval digits {','.join(map(str, c.eval_digits))}")
 
     def map_view(self) -> MapView:

@@ -294,13 +294,16 @@ class ExperimentConfig:
         """A short hash of everything that changes the numbers (``task``, ``model``, ``train``).
 
         The model's name enters only when it is not the transformer, ``model.positions`` only when it is
-        not ``learned``, and ``train.pretrain`` / ``train.pretrain_steps`` only when pre-training is on, so
-        runs made before those fields existed keep their hashes."""
+        not ``learned``, reverse addition's ``task.hints`` only when it is not ``fixed``, and
+        ``train.pretrain`` / ``train.pretrain_steps`` only when pre-training is on, so runs made before
+        those fields existed keep their hashes."""
         data = self.science_dict()
         if data["model"]["name"] == DEFAULT_MODEL:
             data["model"].pop("name")
         if data["model"].get("positions") == "learned":  # the default: runs made before the field keep their hash
             data["model"].pop("positions")
+        if data["task"].get("name") == "reverse-addition" and data["task"].get("hints") == "fixed":  # likewise
+            data["task"].pop("hints")
         if data["train"].get("pretrain") == "none":  # the default: likewise
             data["train"].pop("pretrain")
             data["train"].pop("pretrain_steps", None)
