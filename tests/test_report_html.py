@@ -380,3 +380,65 @@ def test_run_page_of_one_seed_says_why_there_is_no_forecast(tmp_path):
 
     note = run_page(run.path)["forecast"]["note"]
     assert note and "at least 2 seeds" in note
+
+
+@pytest.fixture(scope="module")
+def generalization_runs(tmp_path_factory):
+    """A counting run (length metrics) and a question-formation run (rule metrics), trained for a few steps."""
+    runs = {}
+    for name, task in (("count", {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [3, 6]}),
+                       ("question-formation", {"name": "question-formation"})):
+        config = ExperimentConfig.from_dict({
+            "task": task, "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+            "train": {"steps": 40, "seeds": 2, "batch_size": 16, "eval_batch_size": 16, "eval_every": 10,
+                      "checkpoints": 0, "attention_snapshots": 0},
+            "execution": {"strategy": "ensemble"}})
+        runs[name] = train(config, tmp_path_factory.mktemp(name) / "run", progress=False).path
+    return runs
+
+
+@pytest.mark.parametrize("name", ["count", "question-formation"])
+def test_length_and_rule_runs_get_a_generalization_panel(generalization_runs, run_dir, name):
+    """Its curves are the run's metrics (to the page's 4 significant digits); a linear-map run has none."""
+    from emergelab.store import connect
+
+    general = run_page(generalization_runs[name])["data"]["generalization"]
+    assert general["kind"] == ("lengths" if name == "count" else "rules")
+    labels = [s["label"] for s in general["series"]]
+    if name == "count":
+        assert labels == ["length 3 (trained)", "length 6 (held out)", "held-out lengths (mean)"]
+        assert [s["dash"] for s in general["series"]] == [False, True, False]
+    else:
+        assert labels == ["hierarchical: whole output", "hierarchical: first word", "linear: whole output",
+                          "linear: first word", "training distribution (exact match)"]
+        assert [s["group"] for s in general["series"]] == [0, 0, 1, 1, -2]  # a rule's two lines share a colour
+    con = connect(generalization_runs[name])
+    try:
+        for seed in (0, 1):
+            for s in general["series"]:
+                metric, index = s["key"].split(":", 1)
+                rows = con.sql(f"""SELECT step, value FROM metrics WHERE seed = {seed} AND metric = '{metric}'
+                                   AND "index" = '{index}' ORDER BY step""").fetchall()
+                curve = general["curves"][seed][s["key"]]
+                assert curve["x"] == [r[0] for r in rows]
+                np.testing.assert_allclose(curve["y"], [r[1] for r in rows], rtol=1e-3, atol=1e-9)
+    finally:
+        con.close()
+    assert run_page(run_dir)["data"]["generalization"] is None
+
+
+def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path):
+    page, errors = _open(browser, write_html(generalization_runs["count"], tmp_path / "count.html"))
+    assert page.locator("#plot-generalization.js-plotly-plot .main-svg").count() >= 1
+    title = "() => document.getElementById('plot-generalization').layout.title.text"
+    assert page.evaluate("() => document.getElementById('plot-generalization').data.length") == 3
+    assert page.evaluate(title) == "exact match, seed 0"
+    page.select_option("#gen-seed", "1")  # (a 40-step run scores 0 at every length: the title tells the seeds apart)
+    assert page.evaluate(title) == "exact match, seed 1"
+    page.hover("#plot-generalization .main-svg")  # the title clears plotly's toolbar
+    bar = page.locator("#plot-generalization .modebar").bounding_box()
+    title = page.locator("#plot-generalization .gtitle").bounding_box()
+    assert bar and title and title["y"] >= bar["y"] + bar["height"]
+    _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()

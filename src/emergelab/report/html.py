@@ -194,9 +194,10 @@ def run_page(path: str | Path) -> dict[str, Any]:
         labels = info.get("labels") or [f"output {i}" for i in range(n_out)]
         table = emergence_rows(con, {run_key: labels})
         forecasts = forecast_rows(con, labels)
+        seeds = sorted({int(s) for s in loss.seed})
+        general = generalization(con, run_key, seeds)
     finally:
         con.close()
-    seeds = sorted({int(s) for s in loss.seed})
     n_out = max([len(labels)] + [int(i) + 1 for i in loss_pos.index])
     labels = list(labels) + [f"output {i}" for i in range(len(labels), n_out)]
     by_loss, by_pos = _curves_by(loss), _curves_by(loss_pos)
@@ -221,12 +222,62 @@ def run_page(path: str | Path) -> dict[str, Any]:
             "output_optima": info.get("output_optima"), "loss": curves, "heads": heads,
             "head_metrics": per_head, "markers": [{"seed": r["seed"], "position": r["position"], "step": r["step"],
                                                    "head": r["head"]} for r in table if r["emerged"]],
-            "attention": _attention(run, config, seeds)}
+            "attention": _attention(run, config, seeds), "generalization": general}
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table), "forecast": forecasts,
             "summary": _summary_rows(summary), "summary_json": json.dumps(summary, indent=1) if summary else None,
             "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
+
+
+def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] | None:
+    """The generalization panel's data (as ``generalization.png``): a length task's exact match per eval
+    length (``kind: lengths``; trained lengths solid, held-out dashed, their mean thick), or a rule task's
+    first-word and whole-output fractions per rule (``kind: rules``); None for other runs.
+    ``series``: ``[{key, label, dash, width, group}]`` (``group``: the colour, one per length or rule; -1
+    black, -2 grey); ``curves``: seed -> key -> curve."""
+    present = {m for m in ("ood_accuracy", "gen_first_word")
+               if con.sql(f"SELECT 1 FROM metrics WHERE metric = '{m}' LIMIT 1").fetchall()}
+    if "ood_accuracy" in present:
+        kind, wanted = "lengths", ("id_accuracy", "ood_accuracy")
+    elif "gen_first_word" in present:
+        kind, wanted = "rules", ("gen_first_word", "gen_accuracy", "id_accuracy")
+    else:
+        return None
+    fetched = {m: fetch_curves(con, m) for m in wanted}
+    series: dict[str, dict[str, Any]] = {}
+    for metric, c in fetched.items():
+        for index in sorted(set(c.index), key=_index_key):
+            key = f"{metric}:{index}"
+            if kind == "lengths" and index.startswith("len:"):
+                held_out = metric == "ood_accuracy"
+                label = f"length {index[4:]} ({'held out' if held_out else 'trained'})"
+                series[key] = {"label": label, "dash": held_out, "width": 1.4, "order": (0, int(index[4:]))}
+            elif kind == "lengths" and metric == "ood_accuracy" and index == "":
+                series[key] = {"label": "held-out lengths (mean)", "dash": False, "width": 3, "order": (1, 0)}
+            elif kind == "rules" and metric != "id_accuracy":
+                what = "first word" if metric == "gen_first_word" else "whole output"
+                series[key] = {"label": f"{index}: {what}", "dash": metric == "gen_accuracy", "width": 1.6,
+                               "order": (0, index, metric)}
+            elif kind == "rules" and index == "":
+                series[key] = {"label": "training distribution (exact match)", "dash": False, "width": 1,
+                               "order": (1, "", "")}
+    keys = sorted(series, key=lambda k: series[k]["order"])
+    # one colour per length or rule (a rule's two lines share it); -1: the held-out mean (black), -2: grey
+    names = sorted({series[k]["order"][1] for k in keys if series[k]["order"][0] == 0}, key=str)
+    for k in keys:
+        order = series[k]["order"]
+        series[k]["group"] = names.index(order[1]) if order[0] == 0 else (-1 if kind == "lengths" else -2)
+    curves: dict[int, dict[str, Any]] = {seed: {} for seed in seeds}
+    for metric, c in fetched.items():
+        where = _curves_by(c)
+        for seed in seeds:
+            for key in keys:
+                m, index = key.split(":", 1)
+                if m == metric and (k := where.get((run_key, seed, index))) is not None:
+                    curves[seed][key] = _curve(*c.curve(k))
+    return {"kind": kind, "groups": len(names), "curves": curves,
+            "series": [{"key": k, **{f: series[k][f] for f in ("label", "dash", "width", "group")}} for k in keys]}
 
 
 def forecast_rows(con: Any, labels: list[str]) -> dict[str, Any]:

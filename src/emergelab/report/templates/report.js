@@ -153,6 +153,26 @@
       setSeed();
     }
 
+    const gen = DATA.generalization;
+    if (gen) {
+      const sel = $("gen-seed");
+      fill(sel, seeds.map((s) => [String(s), String(s)]), seeds[0]);
+      function drawGeneralization() {
+        const curves = gen.curves[sel.value] || {};
+        const traces = gen.series.filter((s) => curves[s.key]).map((s) => ({
+          x: curves[s.key].x, y: curves[s.key].y, type: "scatter", mode: "lines", name: s.label,
+          line: { color: s.group === -1 ? "#000" : s.group === -2 ? "#888" : color(s.group, gen.groups), width: s.width,
+                  dash: s.dash ? "dash" : "solid" },
+          hovertemplate: s.label + "<br>step %{x}<br>%{y}<extra></extra>" }));
+        const title = gen.kind === "lengths" ? "exact match" : "fraction of questions";
+        draw("plot-generalization", traces, baseLayout(title, { title: panelTitle(title + ", seed " + sel.value),
+                                                                 margin: TITLED_MARGIN,
+                                                                 yaxis: { title: { text: title }, range: [-0.03, 1.03] } }), true);
+      }
+      sel.addEventListener("change", drawGeneralization);
+      drawGeneralization();
+    }
+
     if (DATA.heads.length) {
       const sel = $("head-seed");
       fill(sel, seeds.map((s) => [String(s), String(s)]), seeds[0]);
