@@ -112,3 +112,62 @@ def test_store_variant_reads_the_final_step_grouped_by_a_config_field():
         store_outcomes(con, "ood_accuracy", "task.name")
     with pytest.raises(ValueError, match="no values"):
         store_outcomes(con, "id_accuracy", "model.layers")
+
+
+@pytest.fixture(scope="module")
+def count_depths(tmp_path_factory):
+    """Counting at 1 and 2 layers, 3 seeds each, trained for a few steps (the outcomes need not be good)."""
+    from emergelab.train import ExperimentConfig, train
+
+    root = tmp_path_factory.mktemp("depths")
+    for layers in (1, 2):
+        config = ExperimentConfig.from_dict({
+            "task": {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [3, 6]},
+            "model": {"layers": layers, "heads": 2, "head_dim": 4, "mlp_ratio": 0, "positions": "none"},
+            "train": {"steps": 60, "seeds": 3, "batch_size": 16, "lr": 0.01, "eval_batch_size": 16,
+                      "eval_every": 20, "checkpoints": 0, "attention_snapshots": 0},
+            "execution": {"strategy": "ensemble"}})
+        train(config, root / f"L{layers}", progress=False)
+    return root
+
+
+def test_cli_analyze_outcome_across_a_field(count_depths, tmp_path, capsys):
+    """``emergelab analyze DIR --outcome ood_accuracy:len:3 --by model.layers``: per depth the seeds, the mean
+    and P(success) of each seed's final outcome, checked against the metrics read by hand."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from emergelab.cli import main
+
+    out = tmp_path / "scales"
+    code = main(["analyze", str(count_depths), "--outcome", "id_accuracy:len:3", "--by", "model.layers",
+                 "--success-at", "0.1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "configs by model.layers; outcome: final id_accuracy:len:3" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["random_scaling.png", "scales.json", "scales.txt"]
+    rows = json.loads((out / "scales.json").read_text())["rows"]
+    for row, layers in zip(rows, (1, 2)):
+        table = pq.read_table(count_depths / f"L{layers}" / "metrics.parquet").to_pylist()
+        last = max(r["step"] for r in table)
+        finals = [r["value"] for r in table if r["step"] == last and r["metric"] == "id_accuracy"
+                  and r["index"] == "len:3"]
+        assert row["scale"] == layers and row["n"] == len(finals) == 3
+        assert row["mean"] == pytest.approx(np.mean(finals))
+        assert row["p_success"] == pytest.approx(np.mean(np.asarray(finals) >= 0.1))
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--outcome", "ood_accuracy"], "--outcome needs --by"),
+    (["--outcome", "ood_accuracy", "--by", "model.layers,model.heads"], "--outcome needs --by"),
+    (["--outcome", "nope", "--by", "model.layers"], "--outcome nope: not a metric of these runs; they have"),
+    (["--outcome", "ood_accuracy", "--by", "model.positions"], "--by='model.positions' must be a number"),
+    (["--outcome", "ood_accuracy", "--by", "model.layers", "--vs", "model.layers"], "--vs does not apply"),
+])
+def test_cli_analyze_outcome_bad_input_is_one_line(count_depths, tmp_path, capsys, args, words):
+    from emergelab.cli import main
+
+    code = main(["analyze", str(count_depths), *args, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()

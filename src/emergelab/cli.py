@@ -10,6 +10,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import json
 import os
 import math
 import signal
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "nats of the optimum; default 0.05")
     analyze.add_argument("--vs", help="config field for the plateau-scaling figure (default: the first --by "
                                       "field with >= 2 positive values)")
+    analyze.add_argument("--outcome", metavar="METRIC[:INDEX]",
+                         help="instead of emergence: each seed's final METRIC (e.g. ood_accuracy, "
+                              "gen_first_word:hierarchical) across the numeric config field --by (Zhao et al.: "
+                              "P(success), bimodality, BIG-bench breakthroughness per scale)")
+    analyze.add_argument("--success-at", type=_float, default=0.5,
+                         help="with --outcome: a seed succeeds when its outcome is at least this (default 0.5)")
 
     patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
                                          "one; table, greedy head set and figures")
@@ -407,6 +414,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--solved-tol={args.solved_tol}: must be a finite number of nats >= 0")
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
     pool = [f.strip() for f in args.pool.split(",") if f.strip()] if args.pool else None
+    if args.outcome is not None:
+        if not by or len(by) != 1:
+            raise ConfigError(f"--outcome needs --by with one numeric config field (the scale), e.g. "
+                              f"--by model.layers; got --by {args.by!r}")
+        if not math.isfinite(args.success_at):
+            raise ConfigError(f"--success-at={args.success_at}: must be a finite number")
+        for flag in ("pool", "vs"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag} does not apply to --outcome (configs are the --by field's values)")
     try:
         con = connect(args.paths)  # damaged runs are left out with a warning
     except FileNotFoundError:
@@ -417,6 +433,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     single = len(args.paths) == 1 and len(found) == 1
     out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
     check_out_dir(out, flag="the output folder", run=False)  # before the work, not after it
+    if args.outcome is not None:
+        return _analyze_outcome(con, args.outcome, by[0], args.success_at, out, len(runs))
     result = analyze_runs(con, by=by, pool=pool, pool_rest=args.pool_rest, solved_tol=args.solved_tol)
     if args.vs and args.vs not in result.groups.column_names:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
@@ -438,6 +456,44 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     figures = [p.name for p in paths if p.suffix not in (".parquet", ".csv")]
     print(f"\nwrote {len(paths)} files to {out}: tables {', '.join(tables)} (.parquet and .csv each); "
           f"figures {', '.join(figures) or 'none'}")
+    return 0
+
+
+def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Path, n_runs: int) -> int:
+    """``analyze --outcome``: the across-scales table and figure of each seed's final outcome."""
+    from .analysis.scales import scale_outcomes, store_outcomes
+    from .report.analysis_figures import scales_figure
+    from .report.tables import format_scales
+    from .store import write_text
+
+    metric, _, index = outcome.partition(":")
+    known = [r[0] for r in con.sql('SELECT DISTINCT metric || CASE WHEN "index" = \'\' THEN \'\' ELSE \':\' || '
+                                   '"index" END FROM metrics ORDER BY 1').fetchall()]
+    if outcome not in known:
+        whole = [k for k in known if ":" not in k]  # a metric's value over all outputs first, then the rest
+        raise ConfigError(f"--outcome {outcome}: not a metric of these runs; they have {', '.join(whole)} "
+                          f"and per-index ones such as {', '.join([k for k in known if ':' in k][:4])}")
+    try:
+        scales, outcomes = store_outcomes(con, metric, by, index=index)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("by=", "--by=", 1)) from None
+    finally:
+        con.close()
+    in_unit = bool(((outcomes >= 0) & (outcomes <= 1)).all())
+    analysis = scale_outcomes(scales, outcomes, threshold=success_at, bins=20,
+                              value_range=(0.0, 1.0) if in_unit else None, rng=0)
+    table = (f"{n_runs} run(s), {outcomes.size} seed(s) in {len(analysis.rows)} config(s); configs by {by}; "
+             f"outcome: final {outcome} per seed, success at >= {success_at:g}\n" + format_scales(analysis, by))
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [write_text(out / "scales.txt", table + "\n")]
+    rows = [{k: v for k, v in row.items() if k != "bimodality"} | {f"bimodality_{k}": v for k, v in
+                                                                   row["bimodality"].items()} for row in analysis.rows]
+    paths.append(write_text(out / "scales.json", json.dumps({"outcome": outcome, "by": by, "success_at": success_at,
+                                                             "rows": rows, "across": analysis.across,
+                                                             "bin_edges": analysis.bin_edges}, indent=1, default=float)))
+    paths += scales_figure(analysis, scales, outcomes, out, by=by, metric=outcome)
+    print(f"\nwrote {', '.join(p.name for p in paths)} to {out}")
     return 0
 
 

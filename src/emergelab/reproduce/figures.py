@@ -1,6 +1,6 @@
 """Each target's own figure, beside the generic analysis figures (emergence steps, P(solved), plateau
-scaling, from ``report.analysis_figures``). All read the ``RunAnalysis`` of the target's runs, except
-:func:`scales_figure` (targets with ``analysis="scales"``), which reads a ``ScaleAnalysis``."""
+scaling, and the outcomes across scales of targets with ``analysis="scales"``, from
+``report.analysis_figures``). All read the ``RunAnalysis`` of the target's runs."""
 
 from __future__ import annotations
 
@@ -155,54 +155,6 @@ def per_position_figures(run_dirs: list[Path], out: Path) -> list[Path]:
         for path in make_figures(run_dir):
             paths.append(Path(shutil.copyfile(path, out / f"per_position_{path.name}")))
     return paths
-
-
-def scales_figure(analysis: Any, scales: np.ndarray, outcomes: np.ndarray, out: Path, *, by: str,
-                  metric: str) -> list[Path]:
-    """Left: the outcome distribution per scale (each seed a dot, the shared histogram as bars to its
-    right). Right: P(success), the plain mean and the mean of the successful seeds against the scale,
-    with their bootstrap bands. ``scales``, ``outcomes``: ``(n_seeds,)``."""
-    rows = analysis.rows
-    fig = new_figure(12, 4.6)
-    ax_dist, ax_p = fig.subplots(1, 2)
-    edges = np.asarray(analysis.bin_edges)
-    heights = np.diff(edges)
-    rng = np.random.default_rng(0)
-    for k, row in enumerate(rows):
-        mine = outcomes[scales == row["scale"]]
-        counts = np.asarray(row["histogram"], float)
-        widths = 0.42 * counts / max(counts.max(), 1.0)
-        ax_dist.barh(edges[:-1], widths, height=heights, left=k, align="edge", color="tab:blue", alpha=0.35)
-        ax_dist.scatter(k - 0.05 - 0.3 * rng.random(mine.size), mine, s=6, color="tab:blue", alpha=0.6)
-        ax_dist.plot([k - 0.4, k + 0.45], [row["mean"]] * 2, color="k", lw=1)
-    ax_dist.axhline(analysis.threshold, color="tab:red", ls=":", lw=1, label=f"success threshold {analysis.threshold:g}")
-    ax_dist.set_xticks(range(len(rows)), [_fmt_scale(r["scale"]) for r in rows])
-    ax_dist.set(xlabel=by, ylabel=f"final {metric}", ylim=(edges[0] - 0.03, edges[-1] + 0.03),
-                title=f"Outcome per seed (dots), histogram (bars), mean (line); {len(outcomes)} seeds")
-    ax_dist.legend(fontsize=7, loc="upper left")
-    x = np.asarray([r["scale"] for r in rows])
-    for key, label, color in (("p_success", "P(success)", "tab:green"), ("mean", "mean over all seeds", "k"),
-                              ("success_mean", "mean over successful seeds", "tab:orange")):
-        y = np.asarray([np.nan if r[key] is None else r[key] for r in rows], float)
-        lo = np.asarray([np.nan if r[key + "_lo"] is None else r[key + "_lo"] for r in rows], float)
-        hi = np.asarray([np.nan if r[key + "_hi"] is None else r[key + "_hi"] for r in rows], float)
-        ax_p.plot(x, y, "o-", color=color, label=label)
-        ax_p.fill_between(x, lo, hi, color=color, alpha=0.15)
-    a = analysis.across
-    ax_p.set(xlabel=by, ylabel=f"{metric} / probability", ylim=(-0.03, 1.03),
-             title="breakthroughness across scales: mean " + _fmt_scale(a.get("breakthroughness_mean"))
-                   + ", P(success) " + _fmt_scale(a.get("breakthroughness_p_success")))
-    ax_p.legend(fontsize=7)
-    for ax in (ax_dist, ax_p):
-        ax.grid(alpha=0.3)
-        ax.title.set_fontsize(9)
-    return [save_figure(fig, out / "random_scaling.png")]
-
-
-def _fmt_scale(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
 
 
 # ---------------------------------------------------------------------------------------------- mixers

@@ -17,7 +17,8 @@ from ..config import ConfigError
 from ..store import write_text
 from ..sweep import load_sweep, run_sweep
 from ..train.execute import Executor
-from .figures import FIGURES, format_mixers, mixer_rows, mixers_figure, per_position_figures, scales_figure
+from ..report.analysis_figures import scales_figure
+from .figures import FIGURES, format_mixers, mixer_rows, mixers_figure, per_position_figures
 from .targets import SCALES, TARGETS, Target
 
 
