@@ -5,6 +5,8 @@ Shapes are odd on purpose (T=13, head_dim=7, 3 heads, d_model=10 != heads*head_d
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -351,6 +353,21 @@ def test_positions_give_the_full_forwards_logits_and_gradients_there(layers, mlp
         assert rel_err(p.grad, reference[n]) < REL_TOL, n
     single = Transformer(make_config(mlp_ratio, layers), n_models=1, seeds=E_SEEDS[:1])
     assert single(tokens[0], positions=positions).shape == full[0].shape
+
+
+def test_positions_as_lists_negative_entries_and_bad_values():
+    model = Transformer(make_config(4.0, layers=2), n_models=1)
+    tokens = make_tokens(1, single=True)
+    full = model(tokens)
+    for positions, rows in (([1, 12], [1, 12]), ((0,), [0]), (torch.tensor([-1, 2]), [T - 1, 2]),
+                            (torch.tensor([3, 4], dtype=torch.int32), [3, 4])):
+        assert rel_err(model(tokens, positions=positions), full[:, rows]) < REL_TOL, positions
+    for positions, error, words in ((torch.tensor([T]), ValueError, f"lie in [-{T}, {T})"),
+                                    ([1.5], TypeError, "a slice or integers"),
+                                    (torch.tensor([[1]]), TypeError, "1-D integer tensor"),
+                                    (torch.tensor([True]), TypeError, "dtype torch.bool"), ("x", TypeError, "str")):
+        with pytest.raises(error, match=re.escape(words)):
+            model(tokens, positions=positions)
 
 
 def test_the_hooks_after_the_last_mixer_see_the_selected_positions_only():

@@ -391,7 +391,7 @@ def generalization_runs(tmp_path_factory):
         config = ExperimentConfig.from_dict({
             "task": task, "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
             "train": {"steps": 40, "seeds": 2, "batch_size": 16, "eval_batch_size": 16, "eval_every": 10,
-                      "checkpoints": 0, "attention_snapshots": 0},
+                      "checkpoints": 0, "attention_snapshots": 2},
             "execution": {"strategy": "ensemble"}})
         runs[name] = train(config, tmp_path_factory.mktemp(name) / "run", progress=False).path
     return runs
@@ -405,13 +405,18 @@ def test_length_and_rule_runs_get_a_generalization_panel(generalization_runs, ru
     general = run_page(generalization_runs[name])["data"]["generalization"]
     assert general["kind"] == ("lengths" if name == "count" else "rules")
     labels = [s["label"] for s in general["series"]]
-    if name == "count":
-        assert labels == ["length 3 (trained)", "length 6 (held out)", "held-out lengths (mean)"]
-        assert [s["dash"] for s in general["series"]] == [False, True, False]
+    if name == "count":  # the mean first: drawn beneath the lengths, which it would hide at 0
+        assert labels == ["held-out lengths (mean)", "length 3 (trained)", "length 6 (held out)"]
+        assert [s["dash"] for s in general["series"]] == [False, False, True]
+        assert [s["group"] for s in general["series"]] == [-1, 0, 1]
     else:
-        assert labels == ["hierarchical: whole output", "hierarchical: first word", "linear: whole output",
-                          "linear: first word", "training distribution (exact match)"]
+        assert labels == ["hierarchical: first word", "hierarchical: whole output", "linear: first word",
+                          "linear: whole output", "training distribution (exact match)"]
         assert [s["group"] for s in general["series"]] == [0, 0, 1, 1, -2]  # a rule's two lines share a colour
+    # question formation has no ground-truth attention: its maps are shown without an empty truth panel
+    attention = run_page(generalization_runs[name])["data"]["attention"]
+    assert (attention["truth"] is None) == (name == "question-formation")
+    assert ("no ground-truth attention" in attention["note"]) == (name == "question-formation")
     con = connect(generalization_runs[name])
     try:
         for seed in (0, 1):
@@ -439,6 +444,12 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     bar = page.locator("#plot-generalization .modebar").bounding_box()
     title = page.locator("#plot-generalization .gtitle").bounding_box()
     assert bar and title and title["y"] >= bar["y"] + bar["height"]
+    assert page.locator("nav a[href='#generalization']").count() == 1
     _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()
+    page, errors = _open(browser, write_html(generalization_runs["question-formation"], tmp_path / "qf.html"))
+    assert page.locator("#plot-attn.js-plotly-plot .main-svg").count() >= 1
+    assert page.evaluate("() => document.getElementById('plot-truth').hidden")  # no ground truth to show
     assert not errors, errors
     page.close()

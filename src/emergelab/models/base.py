@@ -63,6 +63,29 @@ def mask_positions(mask: torch.Tensor) -> Positions | None:
     return torch.tensor(where, dtype=torch.int64, device=mask.device)
 
 
+def checked_positions(positions: Any, T: int, device: torch.device) -> Positions:
+    """``positions`` as :func:`select_positions` takes them, for sequences of ``T`` tokens: a slice as it is,
+    a list or tuple of ints or an integer tensor as a 1-D int64 tensor on ``device`` (negative entries count
+    from the end, as in a slice). TypeError / ValueError naming ``positions`` otherwise; on a CPU the entries
+    are checked to lie in ``[-T, T)`` (on a GPU that check would read the device back at every step)."""
+    if isinstance(positions, slice):
+        return positions
+    if isinstance(positions, (list, tuple)):
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in positions):
+            raise TypeError(f"positions must be a slice or integers, got {positions!r}")
+        positions = torch.tensor(positions, dtype=torch.int64)
+    if not isinstance(positions, torch.Tensor) or positions.dim() != 1 or positions.dtype.is_floating_point \
+            or positions.dtype == torch.bool or positions.is_complex():
+        what = type(positions).__name__
+        if isinstance(positions, torch.Tensor):
+            what += f" of shape {tuple(positions.shape)}, dtype {positions.dtype}"
+        raise TypeError(f"positions must be a slice or a 1-D integer tensor of positions, got {what}")
+    if positions.device.type == "cpu" and positions.numel() and not (-T <= int(positions.min()) and int(positions.max()) < T):
+        raise ValueError(f"positions must lie in [-{T}, {T}) for sequences of {T} tokens, got "
+                         f"{int(positions.min())}..{int(positions.max())}")
+    return positions.to(device=device, dtype=torch.int64).remainder(T)  # -1 -> T - 1, as a slice counts
+
+
 def select_positions(x: torch.Tensor, positions: Positions, dim: int) -> torch.Tensor:
     """The entries of ``x`` at ``positions`` along ``dim`` (a view for a slice, a copy for an index tensor)."""
     if isinstance(positions, slice):
@@ -162,8 +185,8 @@ class SequenceModel(HookedModule):
     def forward(self, tokens: torch.Tensor, positions: Positions | None = None, **inputs: Any) -> torch.Tensor:
         """tokens ``[B, T]`` (E = 1) or ``[E, B, T]`` -> logits ``[B, T, V]`` or ``[E, B, T, V]``.
 
-        positions: only these positions' logits are wanted (a slice, or a 1-D int64 index tensor of
-        positions ``[T']``) -> logits ``[B, T', V]`` / ``[E, B, T', V]`` (what a training step whose loss
+        positions: only these positions' logits are wanted (a slice, or integer positions ``[T']``: a list
+        or a 1-D tensor, negative ones counting from the end; :func:`checked_positions`) -> logits ``[B, T', V]`` / ``[E, B, T', V]`` (what a training step whose loss
         reads a few positions asks for). A model that ``selects_positions`` leaves the other positions out
         where they stop mattering (a residual stack: after its last mixer, so the last MLP, final norm and
         unembedding run on ``T'`` rows, and the hooks there see those rows only); any other model computes
@@ -185,6 +208,8 @@ class SequenceModel(HookedModule):
             raise ValueError(f"tokens have {E} members, the model has {self.n_models}")
         if T > self.config.context_length:
             raise ValueError(f"sequence length {T} exceeds context_length {self.config.context_length}")
+        if positions is not None:
+            positions = checked_positions(positions, T, tokens.device)
         if positions is None:
             logits = self.forward_members(tokens, **inputs)
         elif self.selects_positions:

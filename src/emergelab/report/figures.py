@@ -179,9 +179,11 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
     (``gen_first_word``, ``RuleEval``): per rule, the fraction of generalization questions whose first word
     is that rule's (solid) and whose whole output is (dashed); exact match on the training distribution
     grey."""
-    present = set(table.filter(pc.is_in(table["metric"], pa.array(GENERALIZATION_METRICS)))["metric"]
-                  .unique().to_pylist())
-    lengths, rules = "ood_accuracy" in present, "gen_first_word" in present
+    rows = table.filter(pc.is_in(table["metric"], pa.array(GENERALIZATION_METRICS)))
+    present = set(rows["metric"].unique().to_pylist())
+    # a length task records exact match per eval length ("len:N"), held out or (every one) trained
+    lengths = any(str(i).startswith("len:") for i in rows["index"].unique().to_pylist())
+    rules = "gen_first_word" in present and not lengths
     if not (lengths or rules):
         return None
     rows, cols = _grid_shape(len(seeds))
@@ -200,12 +202,13 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
                      [(held_out, lab, "--") for lab in held_out.labels if lab.startswith("len:")]
             order = sorted(int(lab[4:]) for _, lab, _ in series)
             palette = colors(len(order))
+            if "" in held_out.labels:  # beneath the lengths: at 0 (the usual held-out score) it would hide them
+                draw(ax, held_out, "", color="black", lw=2.5, zorder=1, label="held-out lengths (mean)")
             for grid, lab, ls in series:
                 n = int(lab[4:])
                 kind = "trained" if ls == "-" else "held out"
-                draw(ax, grid, lab, color=palette[order.index(n)], ls=ls, lw=1.0, label=f"length {n} ({kind})")
-            if "" in held_out.labels:
-                draw(ax, held_out, "", color="black", lw=2.0, label="held-out lengths (mean)")
+                draw(ax, grid, lab, color=palette[order.index(n)], ls=ls, lw=1.0, zorder=2,
+                     label=f"length {n} ({kind})")
         else:
             first, whole = metric_grid(table, "gen_first_word", seed), metric_grid(table, "gen_accuracy", seed)
             palette = colors(len(first.labels))
@@ -216,18 +219,20 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
             trained = metric_grid(table, "id_accuracy", seed)
             if "" in trained.labels:
                 draw(ax, trained, "", color="grey", lw=1.0, label="training distribution (exact match)")
-        ax.set_xscale(**STEP_SCALE)
-        ax.set_xlim(-0.3, max(1, int(table["step"].to_numpy().max())) * 1.3)
+        # a linear step axis: generalization comes late, where a log axis squeezes it into the last tenth
+        ax.set_xlim(0, max(1, int(table["step"].to_numpy().max())))
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(f"seed {seed}", fontsize=10)
         ax.grid(alpha=0.3, lw=0.5)
     for ax in axes.flat[len(seeds):]:
         ax.set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel(STEP_LABEL)
+        ax.set_xlabel("step")
     for ax in axes[:, 0]:
         ax.set_ylabel("exact match" if lengths else "fraction of questions")
-    axes.flat[0].legend(fontsize=7, loc="center left" if lengths else "upper left")
+    visible = axes.flat[len(seeds) - 1]  # the legend right of the last panel, where it covers no curve
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    visible.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     what = "Exact match at each length (trained solid, held out dashed)" if lengths else \
         "Generalization set: which rule's question the model writes"
     fig.suptitle(fit_lines(fig, f"{what}\n{describe(config, _sep(cols))}", 10), fontsize=10)

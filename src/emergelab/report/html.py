@@ -175,6 +175,9 @@ def _attention(run: RunDir, config: ExperimentConfig, seeds: list[int]) -> dict[
     note = "" if len(included) == len(with_snapshots) else (
         f"attention snapshots of seeds {included[0]}-{included[-1]} of {len(with_snapshots)} are embedded "
         f"(page size budget: {ATTENTION_BUDGET:,} weights)")
+    if not any(np.any(np.asarray(t)) for t in truth.values()):  # a task without ground-truth keys
+        truth = None
+        note = " ".join(filter(None, [note, "This task has no ground-truth attention: the maps alone are shown."]))
     return {"seeds": included, "steps": steps, "maps": maps, "truth": truth, "note": note,
             "rows": [view.rows.start, view.rows.stop], "cols": [view.cols.start, view.cols.stop],
             "row_label": view.row_label, "col_label": view.col_label}
@@ -236,11 +239,13 @@ def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] |
     first-word and whole-output fractions per rule (``kind: rules``); None for other runs.
     ``series``: ``[{key, label, dash, width, group}]`` (``group``: the colour, one per length or rule; -1
     black, -2 grey); ``curves``: seed -> key -> curve."""
-    present = {m for m in ("ood_accuracy", "gen_first_word")
-               if con.sql(f"SELECT 1 FROM metrics WHERE metric = '{m}' LIMIT 1").fetchall()}
-    if "ood_accuracy" in present:
+    def recorded(where: str) -> bool:
+        return bool(con.sql(f"SELECT 1 FROM metrics WHERE {where} LIMIT 1").fetchall())
+
+    # a length task records exact match per eval length ("len:N"), held out or (every one) trained
+    if recorded("""metric IN ('id_accuracy', 'ood_accuracy') AND "index" LIKE 'len:%'"""):
         kind, wanted = "lengths", ("id_accuracy", "ood_accuracy")
-    elif "gen_first_word" in present:
+    elif recorded("metric = 'gen_first_word'"):
         kind, wanted = "rules", ("gen_first_word", "gen_accuracy", "id_accuracy")
     else:
         return None
@@ -249,25 +254,28 @@ def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] |
     for metric, c in fetched.items():
         for index in sorted(set(c.index), key=_index_key):
             key = f"{metric}:{index}"
+            # order: the held-out mean first (drawn beneath the lengths it would hide at 0), then by length;
+            # a rule's first word before its whole output (as generalization.png)
             if kind == "lengths" and index.startswith("len:"):
                 held_out = metric == "ood_accuracy"
                 label = f"length {index[4:]} ({'held out' if held_out else 'trained'})"
-                series[key] = {"label": label, "dash": held_out, "width": 1.4, "order": (0, int(index[4:]))}
+                series[key] = {"label": label, "dash": held_out, "width": 1.4, "order": (1, int(index[4:]), 0)}
             elif kind == "lengths" and metric == "ood_accuracy" and index == "":
-                series[key] = {"label": "held-out lengths (mean)", "dash": False, "width": 3, "order": (1, 0)}
+                series[key] = {"label": "held-out lengths (mean)", "dash": False, "width": 3, "order": (0, 0, 0)}
             elif kind == "rules" and metric != "id_accuracy":
                 what = "first word" if metric == "gen_first_word" else "whole output"
                 series[key] = {"label": f"{index}: {what}", "dash": metric == "gen_accuracy", "width": 1.6,
-                               "order": (0, index, metric)}
+                               "order": (1, index, int(metric == "gen_accuracy"))}
             elif kind == "rules" and index == "":
                 series[key] = {"label": "training distribution (exact match)", "dash": False, "width": 1,
-                               "order": (1, "", "")}
+                               "order": (2, "", 0)}
     keys = sorted(series, key=lambda k: series[k]["order"])
-    # one colour per length or rule (a rule's two lines share it); -1: the held-out mean (black), -2: grey
-    names = sorted({series[k]["order"][1] for k in keys if series[k]["order"][0] == 0}, key=str)
+    # one colour per length or rule (a rule's two lines share it), in length order; -1: the held-out mean
+    # (black), -2: grey
+    names = sorted({series[k]["order"][1] for k in keys if series[k]["order"][0] == 1})
     for k in keys:
         order = series[k]["order"]
-        series[k]["group"] = names.index(order[1]) if order[0] == 0 else (-1 if kind == "lengths" else -2)
+        series[k]["group"] = names.index(order[1]) if order[0] == 1 else (-1 if kind == "lengths" else -2)
     curves: dict[int, dict[str, Any]] = {seed: {} for seed in seeds}
     for metric, c in fetched.items():
         where = _curves_by(c)

@@ -57,5 +57,8 @@ def describe(config: Any, sep: str = " | ") -> str:
         if getattr(model, field, None) is not None:
             parts.append(f"{getattr(model, field)} {label}" if field == "heads" else f"{label} {getattr(model, field)}")
     parts.append(f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP")
+    if getattr(model, "positions", "learned") == "none":
+        parts.append("no positional encoding")
     arch = ", ".join(parts)
-    return sep.join([what, arch, f"lr {train.lr:g}, batch {train.batch_size}, master seed {train.seed}"])
+    # no-break spaces: a wrapped title never parts a knob from its value
+    return sep.join([what, arch, f"lr\u00a0{train.lr:g}, batch\u00a0{train.batch_size}, master\u00a0seed\u00a0{train.seed}"])

@@ -283,8 +283,8 @@ class QuestionFormationTask:
         return 0.0
 
     def describe(self) -> str:
-        return (f"question formation (McCoy et al. 2020 design, our grammar) questions "
-                f"{self.config.quest_fraction:g} of training, subjects without relative clauses")
+        return (f"question formation (McCoy et al. 2020 design, our grammar), {self.config.quest_fraction:.0%} of "
+                f"training sequences questions, their subjects without relative clauses")
 
     def decode(self, tokens: torch.Tensor) -> str:
         """One sequence ``[L]`` as text (PADs left out), e.g. for a look at the data."""

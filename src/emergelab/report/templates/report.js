@@ -128,11 +128,11 @@
         return { seed, l, h, all, k: Number(slider.value) };
       }
       function drawAttn() {
-        const c = current(), z = c.all[c.k], step = att.steps[c.seed][c.k], truth = att.truth[c.seed];
+        const c = current(), z = c.all[c.k], step = att.steps[c.seed][c.k], truth = att.truth ? att.truth[c.seed] : null;
         const zmax = Math.max(1e-6, ...c.all.map((m) => Math.max(...m.map((row) => Math.max(...row)))));
         let mass = 0, rows = 0;
-        z.forEach((row, r) => { let t = 0, m = 0; row.forEach((w, j) => { if (truth[r][j] > 0) { t = 1; m += w; } });
-                                if (t) { mass += m; rows += 1; } });
+        if (truth) z.forEach((row, r) => { let t = 0, m = 0; row.forEach((w, j) => { if (truth[r][j] > 0) { t = 1; m += w; } });
+                                           if (t) { mass += m; rows += 1; } });
         const text = "step " + step + " (snapshot " + (c.k + 1) + " of " + c.all.length + ")" +
                      (rows ? "; mass on ground truth " + (mass / rows).toFixed(2) : "");
         $("attn-step-label").textContent = text;
@@ -141,6 +141,7 @@
              Object.assign({ title: panelTitle("seed " + c.seed + ", head " + headSel.value + ": " + text) }, axes));
       }
       function drawTruth() {
+        if (!att.truth) { $("plot-truth").hidden = true; return; }  // a task without ground-truth attention
         draw("plot-truth", [{ z: att.truth[seedSel.value], x: xs, y: ys, type: "heatmap", colorscale: "Viridis", zmin: 0,
                               hovertemplate: "query %{y}, key %{x}<br>ideal weight %{z}<extra></extra>" }],
              Object.assign({ title: panelTitle("ground truth of seed " + seedSel.value + " (rows normalised)") }, axes));
