@@ -225,6 +225,8 @@ def scales_figure(analysis: Any, scales: np.ndarray, outcomes: np.ndarray, out: 
         hi = np.asarray([np.nan if r[key + "_hi"] is None else r[key + "_hi"] for r in rows], float)
         ax_p.plot(x, y, "o-", color=color, label=label)
         ax_p.fill_between(x, lo, hi, color=color, alpha=0.15)
+    if len(x) <= 12:  # a few scales: a tick at each (a depth of 1.25 layers means nothing)
+        ax_p.set_xticks(x, [_fmt_scale(v) for v in x])
     a = analysis.across
     in_unit = bool(np.all((outcomes >= 0) & (outcomes <= 1)))  # an accuracy or a probability: the [0, 1] axis
     ax_p.set(xlabel=by, ylabel=f"{metric} / probability", ylim=(-0.03, 1.03) if in_unit else None,
