@@ -33,7 +33,7 @@ for small models on a GPU), plus ``STEP_OVERHEAD_S`` (3 ms) per optimizer step o
 kernel launches dominate tiny models), ``SAVE_S`` per resume state or checkpoint saved, and ``START_S`` to
 start (workers). The CPU constants are fitted to ``benchmarks/estimate_calibration.py`` (five presets at
 1000 steps on 2 cores with the C kernels, 2026-11-26: the estimate came to 0.86-1.41x the measured time;
-without a C compiler the step is ~1.2x slower).
+on the same machine idle, 2026-11-27, 1.1-2.5x; without a C compiler the step is ~1.2x slower).
 
 Both are estimates, tested against measured peaks (``tests/test_estimate.py``: within a factor of 3).
 """
