@@ -460,10 +460,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Path, n_runs: int) -> int:
-    """``analyze --outcome``: the across-scales table and figure of each seed's final outcome."""
-    from .analysis.scales import scale_outcomes, store_outcomes
+    """``analyze --outcome``: the across-scales table and figure of each seed's final outcome (as
+    ``reproduce random-scaling`` writes them)."""
+    from .analysis.scales import final_outcomes
     from .report.analysis_figures import scales_figure
-    from .report.tables import format_scales
+    from .report.tables import format_outcomes
     from .store import write_text
 
     metric, _, index = outcome.partition(":")
@@ -474,24 +475,18 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
         raise ConfigError(f"--outcome {outcome}: not a metric of these runs; they have {', '.join(whole)} "
                           f"and per-index ones such as {', '.join([k for k in known if ':' in k][:4])}")
     try:
-        scales, outcomes = store_outcomes(con, metric, by, index=index)
+        analysis, scales, outcomes = final_outcomes(con, metric, by, index=index, threshold=success_at)
     except ConfigError as error:
         raise ConfigError(str(error).replace("by=", "--by=", 1)) from None
     finally:
         con.close()
-    in_unit = bool(((outcomes >= 0) & (outcomes <= 1)).all())
-    analysis = scale_outcomes(scales, outcomes, threshold=success_at, bins=20,
-                              value_range=(0.0, 1.0) if in_unit else None, rng=0)
-    table = (f"{n_runs} run(s), {outcomes.size} seed(s) in {len(analysis.rows)} config(s); configs by {by}; "
-             f"outcome: final {outcome} per seed, success at >= {success_at:g}\n" + format_scales(analysis, by))
+    table = format_outcomes(analysis, by, outcome, prefix=f"{n_runs} run(s), ")
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_text(out / "scales.txt", table + "\n")]
-    rows = [{k: v for k, v in row.items() if k != "bimodality"} | {f"bimodality_{k}": v for k, v in
-                                                                   row["bimodality"].items()} for row in analysis.rows]
     paths.append(write_text(out / "scales.json", json.dumps({"outcome": outcome, "by": by, "success_at": success_at,
-                                                             "rows": rows, "across": analysis.across,
-                                                             "bin_edges": analysis.bin_edges}, indent=1, default=float)))
+                                                             "rows": analysis.flat_rows(), "across": analysis.across,
+                                                             "bin_edges": analysis.bin_edges}, indent=1)))
     paths += scales_figure(analysis, scales, outcomes, out, by=by, metric=outcome)
     print(f"\nwrote {', '.join(p.name for p in paths)} to {out}")
     return 0

@@ -43,7 +43,8 @@ from .bigbench import breakthroughness, linearity
 from .bimodality import bimodality
 from .fetch import arrow
 
-__all__ = ["ScaleAnalysis", "bootstrap_mean", "breakthroughness_across_scales", "linearity_across_scales",
+__all__ = ["ScaleAnalysis", "bootstrap_mean", "breakthroughness_across_scales", "final_outcomes",
+           "linearity_across_scales",
            "scale_outcomes", "scale_outcomes_from_store", "store_outcomes"]
 
 
@@ -98,6 +99,13 @@ class ScaleAnalysis:
 
     def column(self, key: str) -> list[Any]:
         return [row[key] for row in self.rows]
+
+    def flat_rows(self) -> list[dict[str, Any]]:
+        """``rows`` with the bimodality statistics as columns (``sarle_bc``, ``gmm_delta_bic``, ``dip``,
+        ``dip_pvalue``) in place of the nested dict: what a table file or JSON records."""
+        keys = ("sarle_bc", "gmm_delta_bic", "dip", "dip_pvalue")
+        return [{k: v for k, v in row.items() if k != "bimodality"} | {k: row["bimodality"].get(k) for k in keys}
+                for row in self.rows]
 
 
 def scale_outcomes(scale: ArrayLike, outcome: ArrayLike, *, threshold: float = 0.5, bins: int = 10,
@@ -167,6 +175,18 @@ def store_outcomes(con: Any, metric: str, by: str, *, index: str = "") -> tuple[
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in scale):
         raise ConfigError(f"by={by!r} must be a number in every run, got {sorted(set(map(repr, scale)))[:5]}")
     return np.asarray(scale, dtype=float), np.asarray(table["value"].to_pylist(), dtype=float)
+
+
+def final_outcomes(con: Any, metric: str, by: str, *, index: str = "", threshold: float = 0.5
+                   ) -> tuple[ScaleAnalysis, np.ndarray, np.ndarray]:
+    """``(analysis, scale, outcome)``: :func:`store_outcomes` through :func:`scale_outcomes` as
+    ``reproduce random-scaling`` and ``emergelab analyze --outcome`` tabulate them: 20 histogram bins over
+    [0, 1] for an outcome in [0, 1] (an accuracy, a probability; else over its range), fixed random numbers."""
+    scale, outcome = store_outcomes(con, metric, by, index=index)
+    in_unit = bool(((outcome >= 0) & (outcome <= 1)).all())
+    analysis = scale_outcomes(scale, outcome, threshold=threshold, bins=20,
+                              value_range=(0.0, 1.0) if in_unit else None, rng=0)
+    return analysis, scale, outcome
 
 
 def scale_outcomes_from_store(con: Any, metric: str, by: str, *, index: str = "", **kwargs: Any) -> ScaleAnalysis:

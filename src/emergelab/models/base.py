@@ -49,7 +49,7 @@ import torch
 from .hooks import HookedModule
 
 Init = Callable[[tuple[int, ...], torch.Generator], torch.Tensor]  # (one member's shape, generator) -> values
-Positions = slice | torch.Tensor  # a range of sequence positions, or a 1-D int64 index tensor of them
+Positions = slice | torch.Tensor  # a range of sequence positions, or a 1-D int64 tensor of them
 
 
 def mask_positions(mask: torch.Tensor) -> Positions | None:
@@ -80,7 +80,8 @@ def checked_positions(positions: Any, T: int, device: torch.device) -> Positions
         if isinstance(positions, torch.Tensor):
             what += f" of shape {tuple(positions.shape)}, dtype {positions.dtype}"
         raise TypeError(f"positions must be a slice or a 1-D integer tensor of positions, got {what}")
-    if positions.device.type == "cpu" and positions.numel() and not (-T <= int(positions.min()) and int(positions.max()) < T):
+    on_cpu = positions.device.type == "cpu" and positions.numel()
+    if on_cpu and not (-T <= int(positions.min()) and int(positions.max()) < T):
         raise ValueError(f"positions must lie in [-{T}, {T}) for sequences of {T} tokens, got "
                          f"{int(positions.min())}..{int(positions.max())}")
     return positions.to(device=device, dtype=torch.int64).remainder(T)  # -1 -> T - 1, as a slice counts
@@ -186,11 +187,12 @@ class SequenceModel(HookedModule):
         """tokens ``[B, T]`` (E = 1) or ``[E, B, T]`` -> logits ``[B, T, V]`` or ``[E, B, T, V]``.
 
         positions: only these positions' logits are wanted (a slice, or integer positions ``[T']``: a list
-        or a 1-D tensor, negative ones counting from the end; :func:`checked_positions`) -> logits ``[B, T', V]`` / ``[E, B, T', V]`` (what a training step whose loss
-        reads a few positions asks for). A model that ``selects_positions`` leaves the other positions out
-        where they stop mattering (a residual stack: after its last mixer, so the last MLP, final norm and
-        unembedding run on ``T'`` rows, and the hooks there see those rows only); any other model computes
-        every position and returns the selected ones."""
+        or a 1-D tensor, negative ones counting from the end; :func:`checked_positions`) -> logits
+        ``[B, T', V]`` / ``[E, B, T', V]`` (what a training step whose loss reads a few positions asks for).
+        A model that ``selects_positions`` leaves the other positions out where they stop mattering (a
+        residual stack: after its last mixer, so the last MLP, final norm and unembedding run on ``T'``
+        rows, and the hooks there see those rows only); any other model computes every position and returns
+        the selected ones."""
         bias = inputs.pop("attn_bias", None)
         if bias is not None:
             if not self.accepts_attn_bias:

@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from ..store import RunDir
 from ..tasks import seed_task
 from ..train import ExperimentConfig
+from .generalization import GENERALIZATION_METRICS, MEAN, TRAINED, generalization_series
 from .plotting import DPI, colors, describe, fit_lines, new_figure, save_figure
 
 if TYPE_CHECKING:
@@ -168,57 +169,32 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     return fig
 
 
-GENERALIZATION_METRICS = ("id_accuracy", "ood_accuracy", "gen_first_word", "gen_accuracy")
-
-
 def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figure | None":
     """Held-out generalization over steps, one panel per seed; None when the run recorded none.
 
-    A length task (``ood_accuracy``, ``measure_ood.LengthEval``): exact match at each eval length, the
-    trained lengths solid and the held-out ones dashed, their mean (the run's outcome) thick. A rule task
-    (``gen_first_word``, ``RuleEval``): per rule, the fraction of generalization questions whose first word
-    is that rule's (solid) and whose whole output is (dashed); exact match on the training distribution
-    grey."""
+    A length task (``measure_ood.LengthEval``): exact match at each eval length, the trained lengths solid
+    and the held-out ones dashed, their mean (the run's outcome) thick. A rule task (``RuleEval``): per rule,
+    the fraction of generalization questions whose first word is that rule's (solid) and whose whole output
+    is (dashed); exact match on the training distribution grey. The lines: ``generalization.py``."""
     rows = table.filter(pc.is_in(table["metric"], pa.array(GENERALIZATION_METRICS)))
-    present = set(rows["metric"].unique().to_pylist())
-    # a length task records exact match per eval length ("len:N"), held out or (every one) trained
-    lengths = any(str(i).startswith("len:") for i in rows["index"].unique().to_pylist())
-    rules = "gen_first_word" in present and not lengths
-    if not (lengths or rules):
+    found = generalization_series(zip(rows["metric"].to_pylist(), rows["index"].to_pylist()))
+    if found is None:
         return None
+    kind, series, groups = found
+    palette = colors(groups)
     rows, cols = _grid_shape(len(seeds))
     fig = new_figure(max(6.0, 3.8 * cols + 1.0), 2.9 * rows + 0.6)
     axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
-
-    def draw(ax: "Axes", grid: Grid, index: str, **style: Any) -> None:
-        values = grid.row(index)
-        ok = ~np.isnan(values)
-        ax.plot(grid.steps[ok], values[ok], **style)
-
     for ax, seed in zip(axes.flat, seeds):
-        if lengths:
-            held_out, trained = metric_grid(table, "ood_accuracy", seed), metric_grid(table, "id_accuracy", seed)
-            series = [(trained, lab, "-") for lab in trained.labels if lab.startswith("len:")] + \
-                     [(held_out, lab, "--") for lab in held_out.labels if lab.startswith("len:")]
-            order = sorted(int(lab[4:]) for _, lab, _ in series)
-            palette = colors(len(order))
-            if "" in held_out.labels:  # beneath the lengths: at 0 (the usual held-out score) it would hide them
-                draw(ax, held_out, "", color="black", lw=2.5, zorder=1, label="held-out lengths (mean)")
-            for grid, lab, ls in series:
-                n = int(lab[4:])
-                kind = "trained" if ls == "-" else "held out"
-                draw(ax, grid, lab, color=palette[order.index(n)], ls=ls, lw=1.0, zorder=2,
-                     label=f"length {n} ({kind})")
-        else:
-            first, whole = metric_grid(table, "gen_first_word", seed), metric_grid(table, "gen_accuracy", seed)
-            palette = colors(len(first.labels))
-            for k, rule in enumerate(first.labels):
-                draw(ax, first, rule, color=palette[k], lw=1.8, label=f"{rule}: first word")
-                if rule in whole.labels:
-                    draw(ax, whole, rule, color=palette[k], lw=1.0, ls="--", label=f"{rule}: whole output")
-            trained = metric_grid(table, "id_accuracy", seed)
-            if "" in trained.labels:
-                draw(ax, trained, "", color="grey", lw=1.0, label="training distribution (exact match)")
+        grids = {m: metric_grid(table, m, seed) for m in {s.metric for s in series}}
+        for s in series:  # in order: the held-out mean first, beneath the lengths
+            grid = grids[s.metric]
+            if s.index not in grid.labels:
+                continue
+            values = grid.row(s.index)
+            ok = ~np.isnan(values)
+            color = "black" if s.group == MEAN else "grey" if s.group == TRAINED else palette[s.group]
+            ax.plot(grid.steps[ok], values[ok], color=color, lw=s.width, ls="--" if s.dash else "-", label=s.label)
         # a linear step axis: generalization comes late, where a log axis squeezes it into the last tenth
         ax.set_xlim(0, max(1, int(table["step"].to_numpy().max())))
         ax.set_ylim(-0.03, 1.03)
@@ -229,11 +205,11 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
-        ax.set_ylabel("exact match" if lengths else "fraction of questions")
+        ax.set_ylabel("exact match" if kind == "lengths" else "fraction of questions")
     visible = axes.flat[len(seeds) - 1]  # the legend right of the last panel, where it covers no curve
     handles, labels = axes.flat[0].get_legend_handles_labels()
     visible.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    what = "Exact match at each length (trained solid, held out dashed)" if lengths else \
+    what = "Exact match at each length (trained solid, held out dashed)" if kind == "lengths" else \
         "Generalization set: which rule's question the model writes"
     fig.suptitle(fit_lines(fig, f"{what}\n{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig

@@ -44,6 +44,7 @@ from ..config import ConfigError
 from ..store import RunDir, connect, write_text
 from ..tasks import seed_task
 from ..train import ExperimentConfig
+from .generalization import GENERALIZATION_METRICS, generalization_series
 
 __all__ = ["MAX_POINTS", "ATTENTION_BUDGET", "downsample", "render_page", "run_page", "sweep_page", "write_html"]
 
@@ -234,58 +235,26 @@ def run_page(path: str | Path) -> dict[str, Any]:
 
 
 def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] | None:
-    """The generalization panel's data (as ``generalization.png``): a length task's exact match per eval
-    length (``kind: lengths``; trained lengths solid, held-out dashed, their mean thick), or a rule task's
-    first-word and whole-output fractions per rule (``kind: rules``); None for other runs.
-    ``series``: ``[{key, label, dash, width, group}]`` (``group``: the colour, one per length or rule; -1
-    black, -2 grey); ``curves``: seed -> key -> curve."""
-    def recorded(where: str) -> bool:
-        return bool(con.sql(f"SELECT 1 FROM metrics WHERE {where} LIMIT 1").fetchall())
-
-    # a length task records exact match per eval length ("len:N"), held out or (every one) trained
-    if recorded("""metric IN ('id_accuracy', 'ood_accuracy') AND "index" LIKE 'len:%'"""):
-        kind, wanted = "lengths", ("id_accuracy", "ood_accuracy")
-    elif recorded("metric = 'gen_first_word'"):
-        kind, wanted = "rules", ("gen_first_word", "gen_accuracy", "id_accuracy")
-    else:
+    """The generalization panel's data, the lines of ``generalization.png`` (``generalization.py``): a
+    length task's exact match per eval length (``kind: lengths``) or a rule task's first-word and
+    whole-output fractions per rule (``kind: rules``); None for other runs. ``series``: ``[{key, label,
+    dash, width, group}]`` (``group``: the colour; -1 black, -2 grey); ``curves``: seed -> key -> curve."""
+    names = ", ".join(f"'{m}'" for m in GENERALIZATION_METRICS)
+    recorded = con.sql(f'SELECT DISTINCT metric, "index" FROM metrics WHERE metric IN ({names})').fetchall()
+    found = generalization_series(recorded)
+    if found is None:
         return None
-    fetched = {m: fetch_curves(con, m) for m in wanted}
-    series: dict[str, dict[str, Any]] = {}
-    for metric, c in fetched.items():
-        for index in sorted(set(c.index), key=_index_key):
-            key = f"{metric}:{index}"
-            # order: the held-out mean first (drawn beneath the lengths it would hide at 0), then by length;
-            # a rule's first word before its whole output (as generalization.png)
-            if kind == "lengths" and index.startswith("len:"):
-                held_out = metric == "ood_accuracy"
-                label = f"length {index[4:]} ({'held out' if held_out else 'trained'})"
-                series[key] = {"label": label, "dash": held_out, "width": 1.4, "order": (1, int(index[4:]), 0)}
-            elif kind == "lengths" and metric == "ood_accuracy" and index == "":
-                series[key] = {"label": "held-out lengths (mean)", "dash": False, "width": 3, "order": (0, 0, 0)}
-            elif kind == "rules" and metric != "id_accuracy":
-                what = "first word" if metric == "gen_first_word" else "whole output"
-                series[key] = {"label": f"{index}: {what}", "dash": metric == "gen_accuracy", "width": 1.6,
-                               "order": (1, index, int(metric == "gen_accuracy"))}
-            elif kind == "rules" and index == "":
-                series[key] = {"label": "training distribution (exact match)", "dash": False, "width": 1,
-                               "order": (2, "", 0)}
-    keys = sorted(series, key=lambda k: series[k]["order"])
-    # one colour per length or rule (a rule's two lines share it), in length order; -1: the held-out mean
-    # (black), -2: grey
-    names = sorted({series[k]["order"][1] for k in keys if series[k]["order"][0] == 1})
-    for k in keys:
-        order = series[k]["order"]
-        series[k]["group"] = names.index(order[1]) if order[0] == 1 else (-1 if kind == "lengths" else -2)
+    kind, series, groups = found
+    fetched = {m: fetch_curves(con, m) for m in {s.metric for s in series}}
+    where = {m: _curves_by(c) for m, c in fetched.items()}
     curves: dict[int, dict[str, Any]] = {seed: {} for seed in seeds}
-    for metric, c in fetched.items():
-        where = _curves_by(c)
-        for seed in seeds:
-            for key in keys:
-                m, index = key.split(":", 1)
-                if m == metric and (k := where.get((run_key, seed, index))) is not None:
-                    curves[seed][key] = _curve(*c.curve(k))
-    return {"kind": kind, "groups": len(names), "curves": curves,
-            "series": [{"key": k, **{f: series[k][f] for f in ("label", "dash", "width", "group")}} for k in keys]}
+    for seed in seeds:
+        for s in series:
+            if (k := where[s.metric].get((run_key, seed, s.index))) is not None:
+                curves[seed][f"{s.metric}:{s.index}"] = _curve(*fetched[s.metric].curve(k))
+    return {"kind": kind, "groups": groups, "curves": curves,
+            "series": [{"key": f"{s.metric}:{s.index}", "label": s.label, "dash": s.dash, "width": s.width,
+                        "group": s.group} for s in series]}
 
 
 def forecast_rows(con: Any, labels: list[str]) -> dict[str, Any]:

@@ -61,4 +61,5 @@ def describe(config: Any, sep: str = " | ") -> str:
         parts.append("no positional encoding")
     arch = ", ".join(parts)
     # no-break spaces: a wrapped title never parts a knob from its value
-    return sep.join([what, arch, f"lr\u00a0{train.lr:g}, batch\u00a0{train.batch_size}, master\u00a0seed\u00a0{train.seed}"])
+    knobs = f"lr\u00a0{train.lr:g}, batch\u00a0{train.batch_size}, master\u00a0seed\u00a0{train.seed}"
+    return sep.join([what, arch, knobs])

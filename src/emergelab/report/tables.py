@@ -58,6 +58,14 @@ def format_groups(result: Any) -> str:
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 
+def format_outcomes(analysis: Any, by: str, outcome: str, prefix: str = "") -> str:
+    """:func:`format_scales` under a line saying what was tabulated: the seeds, the configs, the outcome
+    and the success threshold (``prefix`` before it, e.g. the number of runs)."""
+    n = sum(r["n"] for r in analysis.rows)
+    return (f"{prefix}{n} seed(s) in {len(analysis.rows)} config(s); configs by {by}; outcome: final {outcome} "
+            f"per seed, success at >= {analysis.threshold:g}\n" + format_scales(analysis, by))
+
+
 def format_scales(analysis: Any, by: str) -> str:
     """The across-scales table of a ``ScaleAnalysis`` (``analysis/scales.py``): per scale the seeds,
     P(success), the plain mean and the mean of the successful seeds (each with its bootstrap band), and

@@ -153,8 +153,8 @@ def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float
                    failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
     """A target with ``analysis="scales"``: the across-scales table and figure (``analysis/scales.py``) of
     the final ``t.outcome`` per seed against the config field ``t.by[0]``."""
-    from ..analysis.scales import scale_outcomes, store_outcomes
-    from ..report.tables import format_scales
+    from ..analysis.scales import final_outcomes
+    from ..report.tables import format_outcomes
     from ..store import connect
 
     try:
@@ -162,23 +162,16 @@ def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float
     except FileNotFoundError:
         raise ConfigError(f"{out}: no finished runs to analyse") from None
     by, metric = t.by[0], str(t.outcome)
-    scales, outcomes = store_outcomes(con, metric, by)
-    con.close()
-    analysis = scale_outcomes(scales, outcomes, threshold=t.threshold, bins=20, value_range=(0.0, 1.0), rng=0)
-    head = (f"{outcomes.size} seed(s) in {len(analysis.rows)} config(s); configs by {by}; outcome: final "
-            f"{metric} per seed, success at >= {t.threshold:g}")
-    table = head + "\n" + format_scales(analysis, by)
+    try:
+        analysis, scales, outcomes = final_outcomes(con, metric, by, threshold=t.threshold)
+    finally:
+        con.close()
+    table = format_outcomes(analysis, by, metric)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = scales_figure(analysis, scales, outcomes, figures_dir, by=by, metric=metric)
-    groups = [{k: v for k, v in row.items() if k != "bimodality"} | _bimodality_columns(row["bimodality"])
-              for row in analysis.rows]
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
-                  command, groups, {"across": analysis.across, "bin_edges": analysis.bin_edges})
-
-
-def _bimodality_columns(b: dict[str, Any]) -> dict[str, Any]:
-    return {k: b.get(k) for k in ("sarle_bc", "gmm_delta_bic", "dip", "dip_pvalue")}
+                  command, analysis.flat_rows(), {"across": analysis.across, "bin_edges": analysis.bin_edges})
 
 
 def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str, Any]],
