@@ -33,13 +33,14 @@ def ref_count_decode(seq: list[int], N: int, M: int) -> int:
     return length
 
 
-def ref_count_mask(M: int) -> list[list[bool]]:
+def ref_count_mask(M: int, train_max: int) -> list[list[bool]]:
     """Query 2 (emits number 0) reads the start (key 0); query 2+i (emits number i >= 1) reads number i-1,
-    which sits at token 3+i-1 = 2+i."""
+    which sits at token 3+i-1 = 2+i; for the outputs i <= train_max only (later queries hold PAD in every
+    training sequence)."""
     P = M + 2
     mask = [[False] * P for _ in range(P)]
     mask[2][0] = True
-    for i in range(1, M):
+    for i in range(1, min(M, train_max + 1)):
         mask[2 + i][2 + i] = True
     return mask
 
@@ -75,12 +76,13 @@ def ref_addition_decode(seq: list[int], D: int, offsets: bool = False) -> int:
     return n
 
 
-def ref_addition_mask(D: int) -> list[list[bool]]:
+def ref_addition_mask(D: int, train_max: int) -> list[list[bool]]:
     """The query holding hint h_i in the result (position 4D+2+2i, predicts c_i) reads a_i (token 2i+1),
-    b_i (token 2D+1+2i+1) and c_{i-1} (token 4D+2+2(i-1)+1)."""
+    b_i (token 2D+1+2i+1) and c_{i-1} (token 4D+2+2(i-1)+1); for the outputs i <= train_max only (later
+    queries hold PAD in every training sequence)."""
     P = 6 * D + 3
     mask = [[False] * P for _ in range(P)]
-    for i in range(D + 1):
+    for i in range(train_max + 1):
         q = 4 * D + 2 + 2 * i
         if i < D:
             mask[q][2 * i + 1] = True
@@ -103,7 +105,8 @@ def test_count_sequences_decode_to_correct_counts(seed):
     evals = sorted({rng.randint(1, N + 1) for _ in range(3)})
     task = CountConfig(max_number=N, train_max_length=train_max, eval_lengths=evals).build(make_generator(seed))
     M = max(train_max, max(evals))
-    assert (task.seq_len, task.vocab_size, task.n_outputs) == (M + 3, N + 3, M)
+    n_out = min(M, train_max + 1)
+    assert (task.seq_len, task.vocab_size, task.n_outputs) == (M + 3, N + 3, n_out)
     tokens = task.sample(600, make_generator(seed + 100)).tokens
     lengths = [ref_count_decode(s, N, M) for s in tokens.tolist()]
     assert set(lengths) == set(range(1, train_max + 1))  # every training length appears, no other
@@ -113,11 +116,16 @@ def test_count_sequences_decode_to_correct_counts(seed):
         assert [ref_count_decode(s, N, M) for s in batch.tolist()] == [length] * 50
     starts = task.sample_length(2000, 1, make_generator(seed)).tokens[:, 0]
     assert set(starts.tolist()) == set(range(N + 1))  # start uniform over 0..N - length + 1
-    assert task.attention_mask.tolist() == ref_count_mask(M)
+    assert task.attention_mask.tolist() == ref_count_mask(M, train_max)
     P = M + 2
     assert task.loss_mask.tolist() == [p >= 2 for p in range(P)]
-    assert task.output_index.tolist() == [p - 2 if p >= 2 else -1 for p in range(P)]
-    assert task.output_optima() == [0.0] * M and task.optimal_loss() == 0.0
+    assert task.output_index.tolist() == [p - 2 if 2 <= p < 2 + n_out else -1 for p in range(P)]
+    assert task.output_optima() == [0.0] * n_out and task.optimal_loss() == 0.0
+    positions = torch.arange(P)
+    beyond = (positions >= 2 + n_out)[None].expand_as(tokens[:, :-1])
+    assert (tokens[:, :-1][beyond] == N + 2).all() and (tokens[:, 1:][beyond] == N + 2).all()  # PAD -> PAD
+    if n_out == train_max + 1:  # the last output's query (the stop): a number in the longest training counts
+        assert (tokens[:, 2 + train_max] != N + 2).any()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -127,7 +135,7 @@ def test_reverse_addition_sequences_decode_to_correct_sums(seed):
     evals = sorted({rng.randint(1, 8) for _ in range(3)})
     task = ReverseAdditionConfig(train_max_digits=train_max, eval_digits=evals).build(make_generator(seed))
     D = max(train_max, max(evals))
-    assert (task.seq_len, task.vocab_size, task.n_outputs) == (6 * D + 4, D + 14, D + 1)
+    assert (task.seq_len, task.vocab_size, task.n_outputs) == (6 * D + 4, D + 14, train_max + 1)
     tokens = task.sample(500, make_generator(seed + 7)).tokens
     lengths = [ref_addition_decode(s, D) for s in tokens.tolist()]
     assert set(lengths) == set(range(1, train_max + 1))
@@ -137,11 +145,16 @@ def test_reverse_addition_sequences_decode_to_correct_sums(seed):
         assert [ref_addition_decode(s, D) for s in batch.tolist()] == [n] * 40
     carries = task.sample_length(400, D, make_generator(seed)).tokens[:, -1]
     assert set(carries.tolist()) == {0, 1}  # the carry out is exercised
-    assert task.attention_mask.tolist() == ref_addition_mask(D)
+    assert task.attention_mask.tolist() == ref_addition_mask(D, train_max)
     P = 6 * D + 3
     assert task.loss_mask.tolist() == [p >= 4 * D + 1 for p in range(P)]
-    expected = [(p - 4 * D - 2) // 2 if p >= 4 * D + 2 and (p - 4 * D) % 2 == 0 else -1 for p in range(P)]
+    expected = [(p - 4 * D - 2) // 2 if p >= 4 * D + 2 and (p - 4 * D) % 2 == 0 and (p - 4 * D - 2) // 2 <= train_max
+                else -1 for p in range(P)]
     assert task.output_index.tolist() == expected
+    beyond = torch.arange(P) > 4 * D + 3 + 2 * train_max  # past the longest sums' stop: PAD -> PAD in training
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    assert (inputs[:, beyond] == D + 13).all() and (targets[:, beyond] == D + 13).all()
+    assert (inputs[:, 4 * D + 2 + 2 * train_max] != D + 13).any()  # the last output's query holds a hint
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -170,6 +183,28 @@ def test_randomly_offset_hints_cover_every_hint_in_training(seed):
         assert torch.equal(getattr(task, name), getattr(fixed, name)), name
     with pytest.raises(ConfigError, match="task.hints='random'"):
         ReverseAdditionConfig(hints="random")
+
+
+@pytest.mark.parametrize("hints", ["fixed", "random-offset"])
+def test_outputs_count_only_where_a_sequence_has_them(hints):
+    """Per held-out sequence, output i counts where the sequence has an i-th answer token to predict:
+    counting, emitted token i with i <= the count (i = count: the stop); reverse addition, c_i with i <= n
+    (c_n: the carry out). Elsewhere the query holds PAD; so does its ground-truth row."""
+    count = CountConfig(max_number=12, train_max_length=5, eval_lengths=[7]).build(make_generator(0))
+    tokens = count.sample(300, make_generator(1)).tokens
+    index, mask = count.sample_output_index(tokens), count.sample_attention_mask(tokens)
+    P = count.seq_len - 1
+    for row, m, gt in zip(index.tolist(), count.length_of(tokens).tolist(), mask):
+        assert row == [p - 2 if 2 <= p <= 2 + m else -1 for p in range(P)]
+        assert torch.equal(gt, count.attention_mask & torch.tensor([2 <= p <= 2 + m for p in range(P)])[:, None])
+    addition = ReverseAdditionConfig(train_max_digits=3, eval_digits=[5], hints=hints).build(make_generator(0))
+    D = 5
+    tokens = addition.sample(300, make_generator(2)).tokens
+    index, mask = addition.sample_output_index(tokens), addition.sample_attention_mask(tokens)
+    for row, n, gt in zip(index.tolist(), addition.length_of(tokens).tolist(), mask):
+        assert row == [(p - 4 * D - 2) // 2 if p >= 4 * D + 2 and (p - 4 * D) % 2 == 0 and (p - 4 * D - 2) // 2 <= n
+                       else -1 for p in range(6 * D + 3)]
+        assert torch.equal(gt.any(-1), torch.tensor([x >= 0 for x in row]))  # every output's query, no other
 
 
 def test_fixed_hints_keep_the_run_hash():

@@ -19,54 +19,64 @@ from emergelab.train.measure import probe
 
 
 @torch.no_grad()
-def slow_reference(model, tokens, task_of, gt_mask):
-    """Per seed e, one model at a time, plain loops: the metrics of store.metrics, from their definitions."""
+def slow_reference(model, tokens, task_of, gt_mask, output_index=None):
+    """Per seed e, one model at a time, plain loops: the metrics of store.metrics, from their definitions.
+    Per-output and attention metrics average over the (sequence, position) pairs that count: every
+    sequence, or per sequence where ``output_index [E, B, P]`` / ``gt_mask [E, B, P, P]`` say so."""
     out = {}
-    E = tokens.shape[0]
+    E, B = tokens.shape[:2]
     for e in range(E):
         single = model.member(e)
         task = task_of[e]
         logits, cache = single.run_with_cache(tokens[e, :, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
         labels = tokens[e, :, 1:]
-        B, P = labels.shape
+        P = labels.shape[1]
+        gt = gt_mask[e] if gt_mask.dim() == 4 else gt_mask[e][None].expand(B, P, P)  # [B, P, P]
+        index = task.output_index[None].expand(B, P) if output_index is None else output_index[e]  # [B, P]
         logp = torch.log_softmax(logits.double(), -1)
-        loss = torch.zeros(P, dtype=torch.float64)
-        acc = torch.zeros(P, dtype=torch.float64)
-        prob = torch.zeros(P, dtype=torch.float64)
+        loss = torch.zeros(B, P, dtype=torch.float64)
+        acc = torch.zeros(B, P, dtype=torch.float64)
+        prob = torch.zeros(B, P, dtype=torch.float64)
         for p in range(P):
             for b in range(B):
                 lp = logp[b, p, labels[b, p]]
-                loss[p] += -lp / B
-                prob[p] += lp.exp() / B
-                acc[p] += float(logits[b, p].argmax() == labels[b, p]) / B
+                loss[b, p] = -lp
+                prob[b, p] = lp.exp()
+                acc[b, p] = float(logits[b, p].argmax() == labels[b, p])
         mask = task.loss_mask
-        out[(e, "loss", "")] = float(loss[mask].mean())
-        out[(e, "accuracy", "")] = float(acc[mask].mean())
+        out[(e, "loss", "")] = float(loss.mean(0)[mask].mean())
+        out[(e, "accuracy", "")] = float(acc.mean(0)[mask].mean())
         for i in range(task.n_outputs):
-            where = task.output_index == i
-            out[(e, "loss_pos", str(i))] = float(loss[where].mean())
-            out[(e, "target_prob_pos", str(i))] = float(prob[where].mean())
-        relevant = [p for p in range(P) if gt_mask[e, p].any()]
+            where = index == i
+            if where.any():
+                out[(e, "loss_pos", str(i))] = float(loss[where].mean())
+                out[(e, "target_prob_pos", str(i))] = float(prob[where].mean())
+                out[(e, "accuracy_pos", str(i))] = float(acc[where].mean())
+        pairs = [(b, p) for b in range(B) for p in range(P) if gt[b, p].any()]
         for layer in range(len(single.blocks)):
             pattern = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # [B, H, P, P]
             for h in range(pattern.shape[1]):
                 ent, mass = [], []
-                for p in relevant:
-                    rows = pattern[:, h, p]  # [B, P]
-                    ent.append(float(sum(-(r * torch.log(r.clamp(min=1e-30))).sum() for r in rows) / B))
-                    mass.append(float(rows.mean(0)[gt_mask[e, p]].sum()))
+                for b, p in pairs:
+                    row = pattern[b, h, p]  # [P]
+                    ent.append(float(-(row * torch.log(row.clamp(min=1e-30))).sum()))
+                    mass.append(float(row[gt[b, p]].sum()))
                 out[(e, "attn_entropy", f"{layer}.{h}")] = float(np.mean(ent))
                 out[(e, "attn_gt_mass", f"{layer}.{h}")] = float(np.mean(mass))
                 for i in range(task.n_outputs):
-                    sel = [k for k, p in enumerate(relevant) if int(task.output_index[p]) == i]
+                    sel = [k for k, (b, p) in enumerate(pairs) if int(index[b, p]) == i]
                     if sel:
                         out[(e, "attn_gt_mass_pos", f"{layer}.{h}:{i}")] = float(np.mean([mass[k] for k in sel]))
+                        out[(e, "attn_entropy_pos", f"{layer}.{h}:{i}")] = float(np.mean([ent[k] for k in sel]))
     return out
 
 
 @pytest.mark.parametrize("task", [{"name": "linear-map", "state_size": 5, "sparsity": 2},
                                   {"name": "cellular-automata", "state_size": 3, "trajectory_length": 3,
-                                   "alphabet": 3}], ids=["linear-map", "cellular-automata"])
+                                   "alphabet": 3},
+                                  {"name": "count", "max_number": 9, "train_max_length": 4, "eval_lengths": [6]},
+                                  {"name": "reverse-addition", "train_max_digits": 3, "eval_digits": [4]}],
+                         ids=["linear-map", "cellular-automata", "count", "reverse-addition"])
 def test_batched_measurements_equal_the_per_seed_loops(task):
     config = ExperimentConfig.from_dict({"task": task, "model": {"layers": 2, "heads": 3, "head_dim": 4,
                                                                  "init_std": 0.5},
@@ -74,8 +84,10 @@ def test_batched_measurements_equal_the_per_seed_loops(task):
     group = SeedGroup(config, [0, 3, 5])
     first = group.tasks[0]
     metrics, snapshots = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask,
-                               first.output_index, group.gt_mask, first.n_outputs)
-    reference = slow_reference(group.model, group.eval_tokens, group.tasks, group.gt_mask)
+                               group.output_index, group.gt_mask, first.n_outputs)
+    per_sequence = group.output_index if group.output_index.dim() == 3 else None
+    assert (per_sequence is not None) == (task["name"] in ("count", "reverse-addition"))
+    reference = slow_reference(group.model, group.eval_tokens, group.tasks, group.gt_mask, per_sequence)
     batched = {}
     for m in metrics:
         for e in range(3):
@@ -84,7 +96,7 @@ def test_batched_measurements_equal_the_per_seed_loops(task):
     for key, value in reference.items():
         assert math.isclose(batched[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, batched[key], value)
     assert snapshots["attention"].shape == (3, 2, 3, first.seq_len - 1, first.seq_len - 1)
-    again, none = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask, first.output_index,
+    again, none = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask, group.output_index,
                         group.gt_mask, first.n_outputs, take_snapshots=False)  # what a run does between snapshots
     assert none == {} and all(a.name == b.name and np.array_equal(a.values, b.values) for a, b in zip(again, metrics))
 

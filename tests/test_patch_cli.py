@@ -189,3 +189,21 @@ def test_patching_an_unfinished_run_says_so(tmp_path):
     reached = max(run.checkpoint_steps(0))
     assert reached < 60 and result.late_step == reached
     assert any(n == f"the run is unfinished (seed 0's checkpoints reach step {reached} of 60)" for n in result.notes)
+
+
+def test_patching_a_count_run_scores_outputs_per_sequence_as_the_probe_does(tmp_path):
+    """Counting (a tasks.SampleOutputTask): the late model's per-output loss on the rebuilt batch equals the
+    probe's loss_pos, both over the (sequence, position) pairs that have each output; chunked rows agree."""
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [6]},
+        "model": {"layers": 1, "heads": 2, "head_dim": 8, "positions": "none"},
+        "train": {"steps": 60, "seeds": 1, "batch_size": 16, "checkpoints": 2, "attention_snapshots": 0,
+                  "eval_every": 30, "eval_batch_size": 40},
+        "execution": {"strategy": "ensemble"}})
+    run = train(config, tmp_path / "count", progress=False)
+    result = patch_checkpoints(run, 0, 60, fraction=1.0)
+    probe = [curve(run.metrics(), "loss_pos", 0, str(i))[1][-1] for i in range(5)]
+    np.testing.assert_allclose(result.table.late["loss_per_output"].numpy(), probe, rtol=0, atol=1e-4)
+    chunked = patch_checkpoints(run, 0, 60, fraction=1.0, batch_size=7)
+    torch.testing.assert_close(chunked.table.prob_gain_per_output, result.table.prob_gain_per_output,
+                               rtol=0, atol=1e-5)

@@ -285,3 +285,19 @@ def test_greedy_best_heads_is_the_prefix_that_recovered_the_most():
     g.recovered = [0.5, 0.75, 0.75]  # a tie: the shorter prefix
     assert g.best_heads == [(0, 1), (0, 0)]
     assert GreedyResult("pattern", 0.9, 0.5, 0.1).best_heads == []
+
+
+def test_target_metrics_per_sequence_outputs_known_answer():
+    """A per-sequence output index [n, P]: an output's means are over the (sequence, position) pairs that
+    have it; an output no scored pair has is NaN."""
+    tokens = torch.tensor([[0, 1, 0, 1], [1, 1, 0, 0]])
+    logits = torch.zeros(2, 3, 2)
+    logits[0, 2, 1] = math.log(3.0)  # p(correct = 1) = 3/4 at row 0, position 2
+    index = torch.tensor([[-1, 0, 1], [-1, 0, -1]])  # row 1 has no output 1
+    m = target_metrics(logits, tokens, index, loss_mask=torch.tensor([False, True, True]))
+    torch.testing.assert_close(m["prob_per_output"], torch.tensor([0.5, 0.75]))
+    torch.testing.assert_close(m["loss_per_output"], torch.tensor([math.log(2), -math.log(0.75)]))
+    m = target_metrics(logits, tokens, torch.tensor([[-1, 0, 1], [-1, 0, 2]]), loss_mask=torch.tensor([False, True, False]))
+    assert m["prob_per_output"][0] == 0.5 and m["prob_per_output"][1:].isnan().all()
+    with pytest.raises(ValueError, match="output_index"):
+        target_metrics(logits, tokens, index[:1])

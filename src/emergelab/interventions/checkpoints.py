@@ -31,7 +31,7 @@ import torch
 
 from ..config import ConfigError
 from ..store import CorruptFileError, RunDir, atomic_write, write_parquet
-from ..tasks import held_out_tokens, seed_task
+from ..tasks import held_out_tokens, seed_task, supports_sample_outputs
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
@@ -226,13 +226,15 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     n = batch or config.train.eval_batch_size
     check_fits(estimate_patch(config, n), str(device), "patching")
     task, tokens = held_out_batch(config, seed, n)
-    tokens, mask = tokens.to(device), score_mask(task).to(device)
+    # per sequence where the task says so: an output counts only where a sequence has it (tasks/base.py)
+    index = task.sample_output_index(tokens) if supports_sample_outputs(task) else task.output_index
+    tokens, mask, index = tokens.to(device), score_mask(task).to(device), index.to(device)
     early_model = load_model(run, seed, early_step, device, config)
     if hook_name(0, what) not in early_model.hook_dict:
         raise ConfigError(f"model.name={config.model.name} has no attention heads to patch (no hook point "
                           f"{hook_name(0, what)}); head patching needs model.name=transformer")
     late_model = load_model(run, seed, late_step, device, config)
-    table = patching_table(early_model, late_model, tokens, what=what, output_index=task.output_index.to(device),
+    table = patching_table(early_model, late_model, tokens, what=what, output_index=index,
                            loss_mask=mask, batch_size=batch_size)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
                           batch_size=batch_size)

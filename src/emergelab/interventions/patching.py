@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..train.measure import output_onehot, per_output_mean, per_position_scores
+from ..train.measure import output_onehot, per_output_mean, position_scores
 
 WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
 KINDS = ("zero", "mean", "uniform")
@@ -253,23 +253,53 @@ def target_metrics(logits: torch.Tensor, tokens: torch.Tensor, output_index: tor
     """Correct-token probability and loss of ``logits [n, P, V]`` against ``tokens [n, P+1]``.
 
     Returns ``prob`` and ``loss`` ``[P]`` (means over the batch), ``mean_prob`` and ``mean_loss`` (scalars,
-    means over the positions in ``loss_mask``, all when None) and, with ``output_index [P]``,
-    ``prob_per_output`` and ``loss_per_output`` ``[n_outputs]`` (means over the positions predicting each
-    output that are also in ``loss_mask``; NaN for an output with no such position).
+    means over the positions in ``loss_mask``, all when None) and, with ``output_index [P]`` (or ``[n, P]``
+    per sequence, ``tasks.SampleOutputTask``), ``prob_per_output`` and ``loss_per_output`` ``[n_outputs]``
+    (means over the positions, or (sequence, position) pairs, predicting each output that are also in
+    ``loss_mask``; NaN for an output with none).
     """
+    targets = _targets_of(logits, tokens)
+    if output_index is not None and output_index.dim() == 2 and output_index.shape != targets.shape:
+        raise ValueError(f"output_index {tuple(output_index.shape)} does not match tokens {tuple(tokens.shape)}: "
+                         "expected [L-1] or [n, L-1]")
+    scores = position_scores(logits, targets)  # [3, n, P]
+    loss, _, prob = scores.mean(-2)  # each [P], means over the batch
+    pairs = None
+    if output_index is not None and output_index.dim() == 2:
+        pairs = _pair_sums(scores, output_index.to(logits.device), loss_mask, int(output_index.max()) + 1)
+    return _summarise(prob, loss, output_index, loss_mask, pairs)
+
+
+def _targets_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens[:, 1:]`` on the logits' device, checked against ``logits [n, L-1, V]``."""
     targets = tokens[:, 1:].to(logits.device)
     if logits.shape[:2] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match tokens {tuple(tokens.shape)}: "
                          "expected logits [n, L-1, V] for tokens [n, L]")
-    loss, _, prob = per_position_scores(logits, targets)  # each [P], means over the batch
-    return _summarise(prob, loss, output_index, loss_mask)
+    return targets
+
+
+def _pair_sums(scores: torch.Tensor, output_index: torch.Tensor, loss_mask: torch.Tensor | None,
+               n_outputs: int) -> torch.Tensor:
+    """``[3, n_outputs]``: the summed prob and loss of each output's (sequence, position) pairs in
+    ``loss_mask``, and their count. scores ``[3, n, P]`` (loss, accuracy, prob); output_index ``[n, P]``."""
+    if loss_mask is not None:
+        output_index = torch.where(loss_mask.to(output_index.device).bool(), output_index, -1)
+    onehot = output_onehot(output_index, n_outputs).flatten(0, 1)  # [n*P, O]
+    prob, loss = scores[2].flatten(), scores[0].flatten()
+    return torch.stack([prob @ onehot, loss @ onehot, onehot.sum(0)])
 
 
 def _summarise(prob: torch.Tensor, loss: torch.Tensor, output_index: torch.Tensor | None,
-               loss_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+               loss_mask: torch.Tensor | None, pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``pairs``: :func:`_pair_sums` of a per-sequence ``output_index``."""
     mask = torch.ones_like(prob, dtype=torch.bool) if loss_mask is None else loss_mask.to(prob.device).bool()
     out = {"prob": prob, "loss": loss, "mean_prob": prob[mask].mean(), "mean_loss": loss[mask].mean()}
-    if output_index is not None:
+    if pairs is not None:
+        empty = pairs[2] == 0  # outputs with no scored pair: NaN
+        for k, name in enumerate(("prob", "loss")):
+            out[f"{name}_per_output"] = (pairs[k] / pairs[2].clamp(min=1)).masked_fill(empty, float("nan"))
+    elif output_index is not None:
         index = torch.where(mask, output_index.to(prob.device), -1)  # only scored positions count
         n_outputs = int(output_index.max()) + 1
         empty = output_onehot(index, n_outputs).sum(0) == 0  # outputs with no scored position: NaN
@@ -283,13 +313,20 @@ def _metrics(run: Callable[[slice], torch.Tensor], tokens: torch.Tensor, batch_s
     """Metrics of ``run(rows) -> logits`` over ``tokens`` taken ``batch_size`` rows at a time."""
     n = tokens.shape[0]
     step = n if batch_size is None else batch_size
-    prob_sum = loss_sum = 0.0
+    per_sequence = output_index is not None and output_index.dim() == 2
+    n_outputs = int(output_index.max()) + 1 if per_sequence else 0
+    prob_sum = loss_sum = pairs = 0.0
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
-        m = target_metrics(run(rows), tokens[rows])
-        prob_sum = prob_sum + m["prob"] * (rows.stop - rows.start)
-        loss_sum = loss_sum + m["loss"] * (rows.stop - rows.start)
-    return {k: v.detach().cpu() for k, v in _summarise(prob_sum / n, loss_sum / n, output_index, loss_mask).items()}
+        logits = run(rows)
+        scores = position_scores(logits, _targets_of(logits, tokens[rows]))  # [3, rows, P]
+        prob_sum = prob_sum + scores[2].sum(0)
+        loss_sum = loss_sum + scores[0].sum(0)
+        if per_sequence:
+            pairs = pairs + _pair_sums(scores, output_index[rows].to(logits.device), loss_mask, n_outputs)
+    summary = _summarise(prob_sum / n, loss_sum / n, output_index, loss_mask,
+                         pairs if per_sequence else None)
+    return {k: v.detach().cpu() for k, v in summary.items()}
 
 
 def _chunk(cache: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:

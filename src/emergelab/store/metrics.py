@@ -17,9 +17,11 @@ Metrics written by the training probe (held-out batch, no grad):
 
 * ``loss``, ``accuracy``, ``target_prob``: mean over the task's loss positions (``index = ""``).
 * ``loss_pos``, ``accuracy_pos``, ``target_prob_pos``: per task output (``index = "i"``; the bit ``x1[i]``
-  of the linear map, the state ``t`` of a cellular automaton).
+  of the linear map, the state ``t`` of a cellular automaton); for counting and reverse addition over the
+  held-out sequences that have that output (``tasks.base.SampleOutputTask``).
 * ``attn_entropy``, ``attn_gt_mass``: per head (``"l.h"``), attention entropy in nats and attention mass on
-  the ground-truth keys, averaged over the queries whose ground-truth row is not empty.
+  the ground-truth keys, averaged over the queries whose ground-truth row is not empty (per sequence
+  where the ground truth is per sequence: repetition, counting, reverse addition).
 * ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``).
 * ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
 

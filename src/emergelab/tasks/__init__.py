@@ -4,7 +4,8 @@
 from ..config import plugin_names, registered
 
 from .base import (Batch, LengthTask, MapView, RuleTask, Task, TaskConfig, default_map_view, make_generator,
-                   relevant_queries, supports_lengths, supports_rules, supports_sample_masks, task_info)
+                   relevant_queries, supports_lengths, supports_rules, supports_sample_masks,
+                   supports_sample_outputs, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
 from .count import CountConfig, CountTask
 from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix
@@ -49,7 +50,7 @@ __all__ = [
     "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task",
     "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",
-    "LengthTask", "supports_lengths", "supports_sample_masks", "length_eval_tokens", "CountConfig", "CountTask",
+    "LengthTask", "supports_lengths", "supports_sample_masks", "supports_sample_outputs", "length_eval_tokens", "CountConfig", "CountTask",
     "ReverseAdditionConfig", "ReverseAdditionTask", "RuleTask", "supports_rules", "generalization_tokens",
     "QuestionFormationConfig", "QuestionFormationTask", "RepetitionBatch", "RepetitionConfig", "RepetitionTask",
 ]

@@ -157,6 +157,22 @@ def supports_sample_masks(task: object) -> bool:
     return isinstance(task, SampleMaskTask)
 
 
+@runtime_checkable
+class SampleOutputTask(Protocol):
+    """A task whose positions have something to predict in some sequences only (counting and reverse
+    addition: past a sequence's own length, a query holds PAD and predicts PAD). ``sample_output_index(tokens)
+    -> [n, P]`` int64: ``output_index`` where the position counts in that sequence, -1 where it does not;
+    the per-output probes (``*_pos``) average over the (sequence, position) pairs that count, so an output
+    is not "learned" by its trivial PAD -> PAD pairs."""
+
+    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+def supports_sample_outputs(task: object) -> bool:
+    """Whether ``task`` gives its output positions per sequence (:class:`SampleOutputTask`)."""
+    return isinstance(task, SampleOutputTask)
+
+
 def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[int, ...]:
     """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
     a ConfigError naming ``field`` otherwise."""

@@ -14,11 +14,16 @@ task (the model must know when to stop), so they are inside the loss. Positions 
 ``3 .. M+2``); the prompt (start, end, SEP) is not trained on.
 
 Outputs: output ``i`` = the ``i``-th emitted token (token ``3+i``, predicted at position ``2+i``), a number
-for sequences longer than ``i`` and PAD for the others.
+for sequences longer than ``i`` and PAD for the others, for ``i = 0 .. min(train_max_length, M-1)``: output
+``train_max_length`` is the stop after the longest training count; later positions hold PAD and predict PAD
+in every training sequence (nothing to learn: as outputs they would "emerge" at once), so they belong to no
+output and have no ground truth. The length evaluation scores the longer counts. Per sequence, output
+``i > l`` has nothing to predict either: ``sample_output_index`` / ``sample_attention_mask`` keep it only
+where its query holds a token, so the per-output probes average over the sequences that have output ``i``.
 
 Ground-truth attention (``[P, P]``, ``P = M+2``): the query emitting number ``i >= 1`` (position ``2+i``,
 which holds number ``i-1``) attends to the previous emitted token, which is its own position; the query
-emitting the first number (position 2, the SEP) attends to the start token (key 0).
+emitting the first number (position 2, the SEP) attends to the start token (key 0); outputs only (see above).
 """
 
 from __future__ import annotations
@@ -74,16 +79,16 @@ class CountTask:
         self.vocab_size = N + 3
         self.max_length = M = config.max_length
         self.seq_len = M + 3
-        self.n_outputs = M
+        self.n_outputs = min(M, config.train_max_length + 1)  # later positions: PAD after PAD in training
         self.train_lengths = tuple(range(1, config.train_max_length + 1))
         self.eval_lengths = config.eval_lengths
         P = self.seq_len - 1
         positions = torch.arange(P, device=device)
         self.loss_mask = positions >= 2
-        self.output_index = torch.where(positions >= 2, positions - 2, -1)
+        self.output_index = torch.where((positions >= 2) & (positions < 2 + self.n_outputs), positions - 2, -1)
         mask = torch.zeros(P, P, dtype=torch.bool, device=device)
         mask[2, 0] = True
-        emit = torch.arange(3, P, device=device)
+        emit = torch.arange(3, 2 + self.n_outputs, device=device)
         mask[emit, emit] = True
         self.attention_mask = mask
 
@@ -117,6 +122,16 @@ class CountTask:
         """``[n]``: ``end - start + 1`` of each sequence."""
         return tokens[..., 1] - tokens[..., 0] + 1
 
+    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P]``: ``output_index`` where the query holds a token, -1 where it holds PAD (past the
+        sequence's own length: it predicts PAD after PAD, nothing to learn) (``tasks.SampleOutputTask``)."""
+        return torch.where(tokens[..., :-1] != self.pad, self.output_index, -1)
+
+    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P, P]``: ``attention_mask``'s rows for the queries that hold a token (``tasks.SampleMaskTask``:
+        the ground-truth mass is measured on the sequences where an output's query has something to do)."""
+        return self.attention_mask & (tokens[..., :-1] != self.pad)[..., None]
+
     def output_labels(self) -> list[str]:
         return [f"number {i}" for i in range(self.n_outputs)]
 
@@ -133,6 +148,6 @@ class CountTask:
                 f"eval lengths {','.join(map(str, c.eval_lengths))}")
 
     def map_view(self) -> MapView:
-        P = self.seq_len - 1
-        return MapView(slice(2, P), slice(0, P), f"query position 2..{P - 1} (emits number 0..{P - 3})",
-                       f"key position 0..{P - 1}")
+        last = 2 + self.n_outputs - 1  # the query emitting the last output
+        return MapView(slice(2, last + 1), slice(0, last + 1),
+                       f"query position 2..{last} (emits number 0..{self.n_outputs - 1})", f"key position 0..{last}")

@@ -17,12 +17,17 @@ is PAD (the stop signal, trained on).
 
 Loss: the result region, positions ``4D+1 .. 6D+2`` (predicting every result token: hints, digits,
 PADs); the operands are not trained on. Outputs: output ``i`` = result digit ``c_i`` (token ``4D+3+2i``,
-predicted at position ``4D+2+2i``, the query holding ``h_i``), ``i = 0..D``; the hint and PAD-after-hint
-positions belong to no output.
+predicted at position ``4D+2+2i``, the query holding ``h_i``), ``i = 0 .. train_max_digits`` (``c_n`` of the
+longest training sums is their carry out); the hint and PAD-after-hint positions belong to no output, and so
+do the digits beyond: in every training sequence their query holds PAD and predicts PAD (nothing to learn:
+as outputs they would "emerge" at once). The length evaluation scores the longer sums. Per sequence,
+output ``i > n`` has nothing to predict either: ``sample_output_index`` / ``sample_attention_mask`` keep
+it only where its query holds the hint ``h_i``, so digit ``i``'s probes average over the sums that have it.
 
 Ground-truth attention: the query predicting ``c_i`` attends to the operand digits with the same index
 hint, ``a_i`` (key ``2i+1``) and ``b_i`` (key ``2D+2+2i``), where ``i < D``, and to the previous result
-digit ``c_{i-1}`` (key ``4D+1+2i``, the carry's source) where ``i >= 1``.
+digit ``c_{i-1}`` (key ``4D+1+2i``, the carry's source) where ``i >= 1``; for the outputs only (``i <=
+train_max_digits``: beyond, training sequences hold PAD in all three places).
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ class ReverseAdditionTask:
         self.plus, self.equals, self.pad = D + 11, D + 12, D + 13
         self.vocab_size = D + 14
         self.seq_len = 6 * D + 4
-        self.n_outputs = D + 1
+        self.n_outputs = config.train_max_digits + 1  # later digits: PAD after PAD in training
         self.train_lengths = tuple(range(1, config.train_max_digits + 1))
         self.eval_lengths = config.eval_digits
         P = self.seq_len - 1
@@ -89,9 +94,9 @@ class ReverseAdditionTask:
         self.loss_mask = positions >= 4 * D + 1
         i = (positions - (4 * D + 2)) // 2
         is_digit = (positions >= 4 * D + 2) & ((positions - (4 * D + 2)) % 2 == 0)
-        self.output_index = torch.where(is_digit, i, -1)
+        self.output_index = torch.where(is_digit & (i < self.n_outputs), i, -1)
         mask = torch.zeros(P, P, dtype=torch.bool, device=device)
-        for k in range(D + 1):
+        for k in range(self.n_outputs):
             q = 4 * D + 2 + 2 * k
             if k < D:
                 mask[q, 2 * k + 1] = True
@@ -154,6 +159,16 @@ class ReverseAdditionTask:
         """``[n]``: the operands' digit count (non-PAD digit slots of ``a``)."""
         return (tokens[..., 1:2 * self.max_digits:2] != self.pad).sum(-1)
 
+    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P]``: ``output_index`` where the query holds a token, -1 where it holds PAD (past the
+        sequence's own length: it predicts PAD after PAD, nothing to learn) (``tasks.SampleOutputTask``)."""
+        return torch.where(tokens[..., :-1] != self.pad, self.output_index, -1)
+
+    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P, P]``: ``attention_mask``'s rows for the queries that hold a token (``tasks.SampleMaskTask``:
+        the ground-truth mass is measured on the sequences where an output's query has something to do)."""
+        return self.attention_mask & (tokens[..., :-1] != self.pad)[..., None]
+
     def output_labels(self) -> list[str]:
         return [f"digit {i}" for i in range(self.n_outputs)]
 
@@ -170,6 +185,7 @@ class ReverseAdditionTask:
                 f"eval digits {','.join(map(str, c.eval_digits))}")
 
     def map_view(self) -> MapView:
-        D, P = self.max_digits, self.seq_len - 1
-        return MapView(slice(4 * D + 2, P), slice(0, P), f"query position {4 * D + 2}..{P - 1} (predicts c_0..c_{D})",
-                       f"key position 0..{P - 1}")
+        D, last_digit = self.max_digits, self.n_outputs - 1
+        first, last = 4 * D + 2, 4 * D + 2 + 2 * last_digit
+        return MapView(slice(first, last + 1), slice(0, last + 1),
+                       f"query position {first}..{last} (predicts c_0..c_{last_digit})", f"key position 0..{last}")

@@ -23,7 +23,7 @@ from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
 from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules,
-                     supports_sample_masks)
+                     supports_sample_masks, supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
@@ -88,6 +88,10 @@ class SeedGroup:
             self.gt_mask = torch.stack([t.sample_attention_mask(x) for t, x in zip(self.tasks, self.eval_tokens)])
         else:
             self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
+        if supports_sample_outputs(first):  # the positions that count, per held-out sequence: [E, B, P]
+            self.output_index = torch.stack([t.sample_output_index(x) for t, x in zip(self.tasks, self.eval_tokens)])
+        else:
+            self.output_index = first.output_index  # [P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
         # the positions a task step's loss reads (pre-training reads all, and a CUDA graph serves both)
         self.loss_positions = mask_positions(first.loss_mask) if train.pretrain == "none" else None
@@ -200,7 +204,7 @@ class SeedGroup:
             bias = self.attn_bias_fn(max(step - 1, 0)) if self.attn_bias_fn is not None else None
             first = self.tasks[0]
             metrics, snapshots = probe(self.model, self.measurements, self.eval_tokens, first.loss_mask,
-                                       first.output_index, self.gt_mask, first.n_outputs,
+                                       self.output_index, self.gt_mask, first.n_outputs,
                                        take_snapshots=self.run is not None and step in self._snapshot_at,
                                        **({"attn_bias": bias} if bias is not None else {}))
             self._record(step, metrics, snapshots)

@@ -44,9 +44,13 @@ class ProbeData:
     """What a probe measured, for ``E`` members on ``B`` held-out sequences of ``P + 1`` tokens.
 
     tokens ``[E, B, P+1]``; logits ``[E, B, P, V]``; cache: hook name -> ``[E, B, ...]``;
-    loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none); gt_mask ``[E, P, P]`` bool, or ``[E, B, P, P]`` per sequence (the ground-truth
+    loss_mask ``[P]`` bool; output_index ``[P]`` (-1: none), or ``[E, B, P]`` per sequence
+    (``tasks.SampleOutputTask``: a position counts for its output only in the sequences where it has
+    something to predict); gt_mask ``[E, P, P]`` bool, or ``[E, B, P, P]`` per sequence (the ground-truth
     attention of each member's task); n_outputs; inputs: the extra model inputs the probe ran with (e.g.
     ``attn_bias``), for a measurement that runs the model again on other tokens (``measure_ood``).
+    Per-sequence metrics average over the (sequence, position) pairs that count; with the ``[P]`` /
+    ``[E, P, P]`` forms every sequence counts, and the same numbers come from batch means (the fast path).
     """
 
     model: Any
@@ -73,25 +77,36 @@ class Measurement(Protocol):
 
 
 def output_onehot(output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
-    """``[P, O]`` float: position ``p`` predicts output ``output_index[p]`` (rows of -1 are zero)."""
+    """``[..., P, O]`` float: position ``p`` predicts output ``output_index[..., p]`` (rows of -1 are zero)."""
     onehot = F.one_hot(output_index.clamp(min=0), n_outputs).float()
     return onehot * (output_index >= 0).float().unsqueeze(-1)
 
 
 def per_output_mean(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
     """``values [..., P]`` averaged over the positions of each output -> ``[..., O]`` (0 for an output
-    with no position). The one definition of "per-output" loss, used by the probe and by patching."""
+    with no position). The one definition of "per-output" loss, used by the probe and by patching.
+    With a per-sequence ``output_index [E, B, P]``, ``values`` is ``[..., E, B, P]`` and the mean is over
+    the (sequence, position) pairs of each output -> ``[..., E, O]``."""
     onehot = output_onehot(output_index, n_outputs)
-    return (values @ onehot) / onehot.sum(0).clamp(min=1)
+    if output_index.dim() == 1:
+        return (values @ onehot) / onehot.sum(0).clamp(min=1)
+    flat = onehot.flatten(-3, -2)  # [E, B*P, O]
+    sums = (values.flatten(-2).unsqueeze(-2) @ flat).squeeze(-2)  # [..., E, O]
+    return sums / flat.sum(-2).clamp(min=1)
 
 
-def per_position_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[3, ..., P]``: loss, accuracy and correct-token probability per position, averaged over the batch
-    dimension (the one before ``P``). logits ``[..., B, P, V]``, labels ``[..., B, P]``."""
+def position_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[3, ..., B, P]``: loss, accuracy and correct-token probability of every sequence and position.
+    logits ``[..., B, P, V]``, labels ``[..., B, P]``."""
     log_probs = F.log_softmax(logits.float(), dim=-1)
     target_logp = log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1)  # [..., B, P]
     correct = (logits.argmax(-1) == labels).float()
-    return torch.stack([-target_logp, correct, target_logp.exp()]).mean(dim=-2)
+    return torch.stack([-target_logp, correct, target_logp.exp()])
+
+
+def per_position_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[3, ..., P]``: :func:`position_scores` averaged over the batch dimension (the one before ``P``)."""
+    return position_scores(logits, labels).mean(dim=-2)
 
 
 class OutputScores:
@@ -107,10 +122,12 @@ class OutputScores:
         return []
 
     def measure(self, data: ProbeData) -> list[Metric]:
-        per_position = per_position_scores(data.logits, data.tokens[..., 1:])  # [3, E, P]
+        scores = position_scores(data.logits, data.tokens[..., 1:])  # [3, E, B, P]
+        per_position = scores.mean(dim=-2)  # [3, E, P]
         mask = data.loss_mask.float()
         overall = (per_position * mask).sum(-1) / mask.sum()  # [3, E]
-        per_output = per_output_mean(per_position, data.output_index, data.n_outputs)  # [3, E, O]
+        per_output = per_output_mean(per_position if data.output_index.dim() == 1 else scores,
+                                     data.output_index, data.n_outputs)  # [3, E, O]
         overall, per_output = (t.cpu().numpy().astype(np.float64) for t in (overall, per_output))
         outputs = [str(i) for i in range(data.n_outputs)]
         metrics = []
@@ -140,7 +157,8 @@ def head_labels(layers: int, heads: int) -> list[str]:
 class AttentionScores:
     """Per head (``"l.h"``) and per head and output (``"l.h:i"``): ``attn_entropy`` (nats) and
     ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
-    is not empty (none for a task whose ground truth has no keys). Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
+    is not empty (none for a task whose ground truth has no keys); with a per-sequence ground truth or
+    output index, over the (sequence, query) pairs whose own row is not empty. Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
     Applies to models with ``blocks.{l}.attn.hook_pattern``."""
 
     snapshot_name = "attention"
@@ -159,25 +177,39 @@ class AttentionScores:
     def measure(self, data: ProbeData) -> list[Metric]:
         pattern = self._pattern(data)
         E, B, L, H = pattern.shape[:4]
-        entropy = row_entropy(pattern).mean(1)  # [E, L, H, P]; one pass (models/entropy.c) where built
         gt = data.gt_mask.float()  # [E, P, P], or [E, B, P, P] per sequence (tasks.SampleMaskTask)
-        if gt.dim() == 4:  # the mass of each sequence on its own keys, averaged over the sequences
-            mass = (pattern * gt[:, :, None, None]).sum(-1).mean(1)  # [E, L, H, P]
-            relevant = data.gt_mask.any(-1).any(1).float()  # [E, P]
-        else:
+        if gt.dim() == 3 and data.output_index.dim() == 1:  # every sequence counts: batch means suffice
+            entropy = row_entropy(pattern).mean(1)  # [E, L, H, P]; one pass (models/entropy.c) where built
             mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
             relevant = data.gt_mask.any(-1).float()  # [E, P]
-        if not bool(relevant.any()):  # a task without ground-truth keys (question formation): nothing to
-            return []                 # average over; zeros would read as a perfectly sharp head
-        rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
-        rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
-        rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
+            if not bool(relevant.any()):  # a task without ground-truth keys (question formation): nothing
+                return []                 # to average over; zeros would read as a perfectly sharp head
+            rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
+            rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
+            rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
 
-        def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H]
-            return ((values * relevant[:, None, None]).sum(-1) / rel_count).reshape(E, L * H)
+            def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H]
+                return ((values * relevant[:, None, None]).sum(-1) / rel_count).reshape(E, L * H)
 
-        def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H*O]
-            return (torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count).reshape(E, -1)
+            def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H*O]
+                return (torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count).reshape(E, -1)
+        else:  # per (sequence, query) pair: those whose own ground-truth row is not empty count
+            gt4 = gt if gt.dim() == 4 else gt[:, None].expand(E, B, -1, -1)
+            pairs = gt4.amax(-1)  # [E, B, P] 0/1
+            if not bool(pairs.any()):
+                return []
+            entropy = row_entropy(pattern)  # [E, B, L, H, P]
+            mass = (pattern * gt4[:, :, None, None]).sum(-1)  # [E, B, L, H, P]: each sequence on its own keys
+            index = data.output_index if data.output_index.dim() == 3 else data.output_index.expand(E, B, -1)
+            pair_outputs = pairs[..., None] * output_onehot(index, data.n_outputs)  # [E, B, P, O]
+            pair_count = pairs.sum((1, 2)).clamp(min=1)[:, None, None]  # [E, 1, 1]
+            pair_out_count = pair_outputs.sum((1, 2)).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
+
+            def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, B, L, H, P] -> [E, L*H]
+                return (torch.einsum("eblhp,ebp->elh", values, pairs) / pair_count).reshape(E, L * H)
+
+            def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, B, L, H, P] -> [E, L*H*O]
+                return (torch.einsum("eblhp,ebpo->elho", values, pair_outputs) / pair_out_count).reshape(E, -1)
 
         host = [t.cpu().numpy().astype(np.float64) for t in (
             per_head(entropy), per_head(mass), per_head_output(entropy), per_head_output(mass))]
