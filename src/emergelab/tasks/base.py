@@ -173,6 +173,25 @@ def supports_sample_outputs(task: object) -> bool:
     return isinstance(task, SampleOutputTask)
 
 
+class PaddedAnswers:
+    """For a task whose sequences end in PAD after their own answer (``count``, ``reverse-addition``): a query
+    holding PAD predicts PAD, nothing to learn, so it counts for no output and has no ground-truth row in
+    that sequence. Gives :class:`SampleOutputTask` and :class:`SampleMaskTask` from the task's ``pad``,
+    ``output_index [P]`` and ``attention_mask [P, P]``."""
+
+    pad: int
+    output_index: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P]``: ``output_index`` where the query holds a token, -1 where it holds PAD."""
+        return torch.where(tokens[..., :-1] != self.pad, self.output_index, -1)
+
+    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[n, P, P]``: ``attention_mask``'s rows for the queries that hold a token."""
+        return self.attention_mask & (tokens[..., :-1] != self.pad)[..., None]
+
+
 def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[int, ...]:
     """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
     a ConfigError naming ``field`` otherwise."""

@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_int
-from .base import Batch, MapView, int_tuple
+from .base import Batch, MapView, PaddedAnswers, int_tuple
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class CountConfig:
         return CountTask(self, generator.device)
 
 
-class CountTask:
+class CountTask(PaddedAnswers):
     """The counting task (no per-run ground truth: every seed's task is the same)."""
 
     output_name = "number"
@@ -121,16 +121,6 @@ class CountTask:
     def length_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[n]``: ``end - start + 1`` of each sequence."""
         return tokens[..., 1] - tokens[..., 0] + 1
-
-    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[n, P]``: ``output_index`` where the query holds a token, -1 where it holds PAD (past the
-        sequence's own length: it predicts PAD after PAD, nothing to learn) (``tasks.SampleOutputTask``)."""
-        return torch.where(tokens[..., :-1] != self.pad, self.output_index, -1)
-
-    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[n, P, P]``: ``attention_mask``'s rows for the queries that hold a token (``tasks.SampleMaskTask``:
-        the ground-truth mass is measured on the sequences where an output's query has something to do)."""
-        return self.attention_mask & (tokens[..., :-1] != self.pad)[..., None]
 
     def output_labels(self) -> list[str]:
         return [f"number {i}" for i in range(self.n_outputs)]

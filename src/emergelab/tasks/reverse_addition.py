@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_choice, require_int
-from .base import Batch, MapView, int_tuple
+from .base import Batch, MapView, PaddedAnswers, int_tuple
 
 
 HINTS = ("fixed", "random-offset")
@@ -74,7 +74,7 @@ class ReverseAdditionConfig:
         return ReverseAdditionTask(self, generator.device)
 
 
-class ReverseAdditionTask:
+class ReverseAdditionTask(PaddedAnswers):
     """Reverse-order addition with index hints (no per-run ground truth)."""
 
     output_name = "digit"
@@ -158,16 +158,6 @@ class ReverseAdditionTask:
     def length_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[n]``: the operands' digit count (non-PAD digit slots of ``a``)."""
         return (tokens[..., 1:2 * self.max_digits:2] != self.pad).sum(-1)
-
-    def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[n, P]``: ``output_index`` where the query holds a token, -1 where it holds PAD (past the
-        sequence's own length: it predicts PAD after PAD, nothing to learn) (``tasks.SampleOutputTask``)."""
-        return torch.where(tokens[..., :-1] != self.pad, self.output_index, -1)
-
-    def sample_attention_mask(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[n, P, P]``: ``attention_mask``'s rows for the queries that hold a token (``tasks.SampleMaskTask``:
-        the ground-truth mass is measured on the sequences where an output's query has something to do)."""
-        return self.attention_mask & (tokens[..., :-1] != self.pad)[..., None]
 
     def output_labels(self) -> list[str]:
         return [f"digit {i}" for i in range(self.n_outputs)]
