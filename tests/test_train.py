@@ -628,3 +628,21 @@ def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatc
     events.clear()
     prepare_kernels([WorkUnit({"execution": {"device": "cuda"}}, "run", 0, (0,), 1)])
     assert events == []
+
+
+def test_resuming_a_run_whose_outputs_were_defined_otherwise_is_refused(tmp_path):
+    """An unfinished run whose task.json names other outputs than this version's task (counting had 16
+    before 2026-11-27, now 11) is not resumed: its probes would mix two definitions. A new run and a resume
+    with matching outputs go on (a damaged task.json is rebuilt: tests/test_corrupt.py)."""
+    from emergelab.train.run import prepare_run
+
+    config = ExperimentConfig.from_dict({"task": {"name": "count"}, "train": {"steps": 20, "seeds": 1}}).resolved()
+    run, plan = prepare_run(config, tmp_path / "run")
+    info = run.task_info()
+    assert plan is not None and info["n_outputs"] == 11 and len(info["labels"]) == 11
+    prepare_run(config, tmp_path / "run")  # the same outputs: resumes
+    old = {**info, "n_outputs": 16, "labels": [f"number {i}" for i in range(16)]}
+    run.write_task_info(old)
+    with pytest.raises(ConfigError, match="records 16 outputs of count and this emergelab measures 11"):
+        prepare_run(config, tmp_path / "run")
+    assert run.task_info() == old  # nothing rewritten

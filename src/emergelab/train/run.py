@@ -112,7 +112,7 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
         else:
             run.path.mkdir(parents=True, exist_ok=True)
             run.write_config(config.to_dict())
-        _record_task(run, config)
+        _record_task(run, config, resuming=True)
         return run, _load_or_make_plan(run, config)
 
 
@@ -184,14 +184,26 @@ def check_existing(config: ExperimentConfig, out: str | Path) -> None:
                               f"its numbers depend on the device kind; resume it with --device {device}")
 
 
-def _record_task(run: RunDir, config: ExperimentConfig) -> None:
-    """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it) or damaged."""
+def _record_task(run: RunDir, config: ExperimentConfig, resuming: bool = False) -> None:
+    """Write ``task.json`` if missing (a new run, or one made before emergelab recorded it) or damaged.
+    ``resuming`` an unfinished run whose task.json names other outputs than this version's task (an
+    emergelab that defined them otherwise started it) is a ConfigError: its probes would mix two
+    definitions in one run."""
     try:
-        if run.task_info() is not None:
-            return
+        saved = run.task_info()
     except CorruptFileError as error:
         warn(f"{error.path}: {error.problem}; rebuilt it from config.yaml")
-    run.write_task_info(task_info(seed_task(config.task, config.train.seed, 0)))
+        saved = None
+    if saved is not None and not resuming:
+        return
+    info = task_info(seed_task(config.task, config.train.seed, 0))
+    if saved is None:
+        run.write_task_info(info)
+    elif saved.get("labels") != info["labels"]:
+        raise ConfigError(f"{run.path}: its task.json records {len(saved.get('labels') or [])} outputs of "
+                          f"{config.task.name} and this emergelab measures {len(info['labels'])} (the outputs "
+                          "are defined otherwise since the run started); finish it with the emergelab that "
+                          "started it, or train it again in a new --out")
 
 
 def _check_same(run: RunDir, config: ExperimentConfig) -> None:
