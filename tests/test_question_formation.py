@@ -269,3 +269,17 @@ def test_no_head_metrics_without_ground_truth_keys():
     group.train()
     metrics = set(group.metrics.table()["metric"].to_pylist())
     assert "loss" in metrics and not {m for m in metrics if m.startswith("attn_")}, metrics
+
+
+def test_output_words_count_only_in_the_sequences_that_have_them():
+    """Output i (word i, predicted at position W+i) counts where the query holds the marker or a word,
+    i.e. i <= the output's word count n (output n is the stop); past it the query holds PAD."""
+    task = QuestionFormationConfig().build(make_generator(0))
+    tokens = task.sample(400, make_generator(3)).tokens
+    W = task.width
+    index = task.sample_output_index(tokens)
+    for row, seq in zip(index.tolist(), tokens.tolist()):
+        n = sum(t != 0 for t in seq[W + 1:])  # the output's words, '?' or '.' included
+        assert row == [p - W if W <= p <= W + n else -1 for p in range(2 * W)]
+    assert not task.sample_attention_mask(tokens).any()  # still no ground-truth keys
+    assert {len([x for x in row if x >= 0]) for row in index.tolist()} != {W}  # short sentences occur

@@ -47,7 +47,9 @@ Layout (``L = 2W + 1 = 35`` tokens, ``P = 34`` positions)::
 Tokens: ``<pad>`` 0, ``<decl>`` 1, ``<quest>`` 2, ``.`` 3, ``?`` 4, then the words (``vocab_size = 59``).
 The loss covers the output region (positions ``W .. 2W-1``, predicting tokens ``W+1 .. 2W``), stop PADs
 included; output ``i`` = output word ``i`` (token ``W+1+i``, predicted at position ``W+i``); output 0 is the
-fronted auxiliary of a question. Every output is a function of the input: optimum 0.
+fronted auxiliary of a question. Every output is a function of the input: optimum 0. Output ``i`` counts
+only in the sequences whose query for it holds a word (``i <= n``; output ``n`` is the stop): past that the
+query holds PAD and predicts PAD (``tasks.base.PaddedAnswers``).
 
 Ground-truth attention: none as a fixed ``[P, P]`` mask (which input word a question word copies depends
 on the sentence), so the mask is empty.
@@ -61,7 +63,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_float
-from .base import Batch, MapView
+from .base import Batch, MapView, PaddedAnswers
 
 SPECIALS = ("<pad>", "<decl>", "<quest>", ".", "?")
 PAD, DECL, QUEST, DOT, QMARK = range(5)
@@ -129,7 +131,7 @@ class QuestionFormationConfig:
         return QuestionFormationTask(self, generator.device)
 
 
-class QuestionFormationTask:
+class QuestionFormationTask(PaddedAnswers):
     """The question-formation task (no per-run ground truth: every seed's task is the same).
 
     Besides the task contract it offers, for the rule evaluation (``train/measure_ood.py``, ``RuleEval``):
@@ -146,6 +148,7 @@ class QuestionFormationTask:
         self.width = W = MAX_WORDS
         self.seq_len = 2 * W + 1
         self.n_outputs = W
+        self.pad = PAD  # past its own question a sequence's queries hold PAD: no output there (PaddedAnswers)
         self.decision_position = W
         P = self.seq_len - 1
         positions = torch.arange(P, device=device)
