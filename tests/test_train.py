@@ -641,7 +641,12 @@ def test_resuming_a_run_whose_outputs_were_defined_otherwise_is_refused(tmp_path
     info = run.task_info()
     assert plan is not None and info["n_outputs"] == 11 and len(info["labels"]) == 11
     prepare_run(config, tmp_path / "run")  # the same outputs: resumes
-    old = {**info, "n_outputs": 16, "labels": [f"number {i}" for i in range(16)]}
+    old = {k: v for k, v in info.items() if k != "outputs_per_sequence"}
+    run.write_task_info(old)
+    with pytest.raises(ConfigError, match="records 11 outputs of count and this emergelab measures 11 outputs, "
+                                          "counted per sequence"):
+        prepare_run(config, tmp_path / "run")
+    old = {**old, "n_outputs": 16, "labels": [f"number {i}" for i in range(16)]}
     run.write_task_info(old)
     with pytest.raises(ConfigError, match="records 16 outputs of count and this emergelab measures 11"):
         prepare_run(config, tmp_path / "run")

@@ -216,9 +216,12 @@ def default_map_view(attention_mask: torch.Tensor) -> MapView:
 
 def task_info(task: Task) -> dict:
     """The plain-data record of a built task that the run store keeps (``task.json``)."""
-    return {"output_name": task.output_name, "n_outputs": task.n_outputs, "labels": task.output_labels(),
+    info = {"output_name": task.output_name, "n_outputs": task.n_outputs, "labels": task.output_labels(),
             "optimal_loss": task.optimal_loss(), "output_optima": task.output_optima(),
             "describe": task.describe()}
+    if supports_sample_outputs(task):  # the per-output probes count per sequence (since 2026-11-27)
+        info["outputs_per_sequence"] = True
+    return info
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -199,11 +199,14 @@ def _record_task(run: RunDir, config: ExperimentConfig, resuming: bool = False) 
     info = task_info(seed_task(config.task, config.train.seed, 0))
     if saved is None:
         run.write_task_info(info)
-    elif saved.get("labels") != info["labels"]:
-        raise ConfigError(f"{run.path}: its task.json records {len(saved.get('labels') or [])} outputs of "
-                          f"{config.task.name} and this emergelab measures {len(info['labels'])} (the outputs "
-                          "are defined otherwise since the run started); finish it with the emergelab that "
-                          "started it, or train it again in a new --out")
+    elif any(saved.get(key) != info.get(key) for key in ("labels", "outputs_per_sequence")):
+        def how(record: dict) -> str:
+            per_sequence = ", counted per sequence" if record.get("outputs_per_sequence") else ""
+            return f"{len(record.get('labels') or [])} outputs{per_sequence}"
+
+        raise ConfigError(f"{run.path}: its task.json records {how(saved)} of {config.task.name} and this "
+                          f"emergelab measures {how(info)} (the outputs are defined otherwise since the run "
+                          "started); finish it with the emergelab that started it, or train it again in a new --out")
 
 
 def _check_same(run: RunDir, config: ExperimentConfig) -> None:
