@@ -369,3 +369,30 @@ def test_scores_at_the_loss_positions_equal_the_full_forwards(case):
         assert at is None
     else:
         torch.testing.assert_close(at, full[..., position, :], rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_no_held_out_sequence_has_is_reported_not_zero(tmp_path):
+    """eval_batch_size 8: seed 0's held-out counts never reach 10 numbers, so output 10 is not measured: a
+    one-line warning (from a worker process too), NaN metrics (not 0, which would read as learned), '?' in
+    the run's table and ``not_measured`` in summary.json."""
+    import json
+    import subprocess
+    import sys
+
+    from emergelab.store import RunDir
+
+    out = tmp_path / "count"
+    done = subprocess.run([sys.executable, "-m", "emergelab.cli", "run", "count", "--seeds", "2", "--steps", "40",
+                           "--set", "train.eval_batch_size=8", "--set", "train.eval_every=20",
+                           "--set", "execution.strategy=workers", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warning = [line for line in done.stderr.splitlines() if "no held-out sequence of seed 0" in line]
+    assert warning == ["emergelab: warning: train.eval_batch_size=8: no held-out sequence of seed 0 has number 10; "
+                       "its per-output metrics are NaN (a larger batch measures it)"]
+    table = RunDir(out).metrics().to_pylist()
+    pos10 = [r["value"] for r in table if r["metric"] == "loss_pos" and r["seed"] == 0 and r["index"] == "10"]
+    assert pos10 and all(np.isnan(v) for v in pos10)
+    summary = json.loads((out / "summary.json").read_text())
+    assert "10" in summary["seeds"]["0"]["not_measured"] and summary["seeds"]["0"]["learned_step"]["10"] is None
+    assert "?: no held-out sequence has this output" in done.stdout

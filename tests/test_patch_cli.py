@@ -207,3 +207,17 @@ def test_patching_a_count_run_scores_outputs_per_sequence_as_the_probe_does(tmp_
     chunked = patch_checkpoints(run, 0, 60, fraction=1.0, batch_size=7)
     torch.testing.assert_close(chunked.table.prob_gain_per_output, result.table.prob_gain_per_output,
                                rtol=0, atol=1e-5)
+    # the headline means are over each sequence's own scored pairs, never a query holding PAD
+    resolved = config.resolved()
+    task, tokens = held_out_batch(resolved, 0, 40)
+    pairs = score_mask(task, tokens)
+    assert torch.equal(result.score_mask, pairs) and pairs.shape == (40, task.seq_len - 1)
+    assert (tokens[:, :-1][pairs] != task.pad).all() and (tokens[:, :-1] == task.pad).any()
+    with torch.no_grad():
+        logits = load_model(run, 0, 60, "cpu", resolved)(tokens[:, :-1])
+    prob = torch.softmax(logits.double(), -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert float(result.table.late["mean_prob"]) == pytest.approx(float(prob[pairs].mean()), abs=1e-5)
+    assert result.greedy.late_prob == pytest.approx(float(result.table.late["mean_prob"]), abs=1e-6)
+    few = patch_checkpoints(run, 0, 60, batch=3)  # 3 sequences lack some outputs: NaN, not dropped
+    per_output = few.table.late["loss_per_output"]
+    assert per_output.shape == (5,) and per_output.isnan().any() and not per_output.isnan().all()

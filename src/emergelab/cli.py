@@ -336,7 +336,8 @@ def _fail_on_problems(path: Path) -> None:
 
 def print_summary(run: Any) -> None:
     """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
-    emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn)."""
+    emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn; ``?``:
+    not measured)."""
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
@@ -345,15 +346,18 @@ def print_summary(run: Any) -> None:
                 if pre else "")
     print(f"\n{summary['task']}: {summary['steps']} steps{pre_text}; optimal loss {opt_text}")
     print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
-    unjudged = False
+    unjudged = unmeasured = False
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
-        skip = set(info.get("not_judged", ()))
-        unjudged |= bool(skip)
-        learned = " ".join("." if k in skip else "-" if s is None else str(s) for k, s in info["learned_step"].items())
+        skip, absent = set(info.get("not_judged", ())), set(info.get("not_measured", ()))
+        unjudged, unmeasured = unjudged or bool(skip), unmeasured or bool(absent)
+        learned = " ".join("." if k in skip else "?" if k in absent else "-" if s is None else str(s)
+                           for k, s in info["learned_step"].items())
         print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {learned}")
     if unjudged:
         print("(.: an output with nothing to learn, its optimum at its initial loss; -: not yet)")
+    if unmeasured:
+        print("(?: no held-out sequence has this output, so it was not measured: raise train.eval_batch_size)")
     figures = sorted(run.figures_dir.glob("*.png")) if run.figures_dir.exists() else []
     if figures:
         print("figures: " + ", ".join(str(f) for f in figures))
@@ -516,13 +520,18 @@ def cmd_patch(args: argparse.Namespace) -> int:
 def _unfinished(run: Any, problems: list) -> list[str]:
     """A note for a training run that has not finished (its files may all be intact)."""
     from .train import ExperimentConfig
-    from .train.run import fraction_left
+    from .train.run import check_existing, fraction_left
 
     if problems or run.is_complete() or run.metrics_path.exists() or not (run.state_dir / "plan.json").exists():
         return []
     if str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
         return []
-    left = fraction_left(ExperimentConfig.from_run(run).resolved(), run.path)
+    config = ExperimentConfig.from_run(run).resolved()
+    try:
+        check_existing(config, run.path)
+    except ConfigError as error:  # this emergelab would refuse to resume it
+        return [str(error)]
+    left = fraction_left(config, run.path)
     if left == 0:
         return [f"{run.path}: every seed is trained, but the run's final files (metrics.parquet, summary.json) "
                 "are not written yet; re-run its `emergelab run` or sweep command to write them"]

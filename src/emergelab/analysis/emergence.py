@@ -128,6 +128,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
 
     def one(run: str, seed: int, target: str, steps: np.ndarray, values: np.ndarray,
             optimum: float | None, min_drop_fraction: float) -> None:
+        finite = np.isfinite(values)  # NaN: no held-out sequence had this output (tasks.SampleOutputTask)
+        if not finite.all():
+            steps, values = steps[finite], values[finite]
         if steps.size < 2:
             return
         e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,

@@ -17,7 +17,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     """``{"task", "steps", "optimal_loss", "output_labels", "seeds": {seed: {...}}}`` where each seed has
     ``final_loss``, ``learned_step`` (output index -> emergence step, None if not yet), ``n_learned``
     and ``all_learned`` (every output with something to learn: ``not_judged`` lists the others, e.g. a
-    cellular automaton's uniform first state, when there are any); with pre-training (``train.pretrain``) also ``"pretrain"``: see
+    cellular automaton's uniform first state, when there are any; ``not_measured`` those no held-out
+    sequence had, whose metrics are NaN); with pre-training (``train.pretrain``) also ``"pretrain"``: see
     :func:`pretrain_record`."""
     config = run.read_config_dict()
     info = run.task_info() or {}
@@ -37,11 +38,17 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         entry["learned_step"][row["target"][4:]] = int(row["step"]) if row["emerged"] else None
         if not row["judged"]:
             entry["not_judged"].append(row["target"][4:])
+    n_outputs = int(info.get("n_outputs") or 0)
     for entry in seeds.values():
+        # an output without a finite curve: no held-out sequence had it (tasks.SampleOutputTask)
+        unmeasured = [str(i) for i in range(n_outputs) if str(i) not in entry["learned_step"]]
+        entry["learned_step"].update({i: None for i in unmeasured})
+        if unmeasured:
+            entry["not_measured"] = unmeasured
         entry["learned_step"] = dict(sorted(entry["learned_step"].items(), key=lambda kv: int(kv[0])))
         learned = [s for s in entry["learned_step"].values() if s is not None]
         entry["n_learned"] = len(learned)
-        entry["all_learned"] = len(learned) == len(entry["learned_step"]) - len(entry["not_judged"])
+        entry["all_learned"] = len(learned) == len(entry["learned_step"]) - len(entry["not_judged"]) - len(unmeasured)
         if not entry["not_judged"]:
             del entry["not_judged"]
         else:

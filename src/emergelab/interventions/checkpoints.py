@@ -31,7 +31,7 @@ import torch
 
 from ..config import ConfigError
 from ..store import CorruptFileError, RunDir, atomic_write, write_parquet
-from ..tasks import held_out_tokens, seed_task, supports_sample_outputs
+from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_sample_outputs
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
@@ -42,7 +42,8 @@ from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greed
 class CheckpointPatching:
     """Patching late -> early for one seed. ``early_step``/``late_step`` are the checkpoints used
     (``requested`` the steps asked for); ``patterns[step]``: batch-mean attention ``[layers, heads, P, P]``
-    of that checkpoint on the held-out batch; ``score_mask [P]``: the positions the means are over."""
+    of that checkpoint on the held-out batch; ``score_mask [P]`` (or ``[n, P]`` per sequence,
+    :func:`score_mask`): the positions the means are over."""
 
     run: RunDir
     seed: int
@@ -81,7 +82,8 @@ class CheckpointPatching:
         early_l, late_l = float(t.early["mean_loss"]), float(t.late["mean_loss"])
         lines = [f"seed {self.seed}: attention {self.what} of step {self.late_step} patched into step "
                  f"{self.early_step}, one head at a time ({self.n_sequences} held-out sequences, "
-                 f"{int(self.score_mask.sum())} scored positions)",
+                 f"{int(self.score_mask.sum())} scored "
+                 f"{'positions' if self.score_mask.dim() == 1 else '(sequence, position) pairs'})",
                  f"correct-token probability: early {early_p:.4f}, late {late_p:.4f}; "
                  f"loss: early {early_l:.4f}, late {late_l:.4f}",
                  "prob gain (loss drop) when one head is patched:"]
@@ -176,10 +178,20 @@ def probe_bias(config: Any, seed: int, step: int) -> torch.Tensor | None:
     return None if schedule is None else schedule(max(step - 1, 0))
 
 
-def score_mask(task: Any) -> torch.Tensor:
-    """``[P]`` bool: loss positions with a non-empty ground-truth attention row (all loss positions if none)."""
+def score_mask(task: Any, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """``[P]`` bool: loss positions with a non-empty ground-truth attention row (all loss positions if none).
+    With ``tokens [n, L]`` of a task whose ground truth or outputs are per sequence (``tasks.SampleMaskTask``,
+    ``tasks.SampleOutputTask``): ``[n, P]``, each sequence's own (so a query holding PAD is not scored)."""
     mask = task.loss_mask & task.attention_mask.any(-1)
-    return mask if bool(mask.any()) else task.loss_mask
+    if tokens is not None and supports_sample_masks(task):
+        per_sequence = task.loss_mask & task.sample_attention_mask(tokens).any(-1)
+        if bool(per_sequence.any()):
+            return per_sequence
+    if bool(mask.any()):
+        return mask
+    if tokens is not None and supports_sample_outputs(task):
+        return task.loss_mask & (task.sample_output_index(tokens) >= 0)
+    return task.loss_mask
 
 
 @torch.no_grad()
@@ -228,13 +240,13 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     task, tokens = held_out_batch(config, seed, n)
     # per sequence where the task says so: an output counts only where a sequence has it (tasks/base.py)
     index = task.sample_output_index(tokens) if supports_sample_outputs(task) else task.output_index
-    tokens, mask, index = tokens.to(device), score_mask(task).to(device), index.to(device)
+    tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
     early_model = load_model(run, seed, early_step, device, config)
     if hook_name(0, what) not in early_model.hook_dict:
         raise ConfigError(f"model.name={config.model.name} has no attention heads to patch (no hook point "
                           f"{hook_name(0, what)}); head patching needs model.name=transformer")
     late_model = load_model(run, seed, late_step, device, config)
-    table = patching_table(early_model, late_model, tokens, what=what, output_index=index,
+    table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
                            loss_mask=mask, batch_size=batch_size)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
                           batch_size=batch_size)

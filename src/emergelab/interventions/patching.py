@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..train.measure import output_onehot, per_output_mean, position_scores
+from ..train.measure import output_onehot, position_scores
 
 WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
 KINDS = ("zero", "mean", "uniform")
@@ -249,25 +249,21 @@ def _targets(heads: Sequence[Head], what: str) -> list[PatchTarget]:
 # ------------------------------------------------------------------------------------------- metrics
 
 def target_metrics(logits: torch.Tensor, tokens: torch.Tensor, output_index: torch.Tensor | None = None,
-                   loss_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   loss_mask: torch.Tensor | None = None, n_outputs: int | None = None) -> dict[str, torch.Tensor]:
     """Correct-token probability and loss of ``logits [n, P, V]`` against ``tokens [n, P+1]``.
 
     Returns ``prob`` and ``loss`` ``[P]`` (means over the batch), ``mean_prob`` and ``mean_loss`` (scalars,
-    means over the positions in ``loss_mask``, all when None) and, with ``output_index [P]`` (or ``[n, P]``
-    per sequence, ``tasks.SampleOutputTask``), ``prob_per_output`` and ``loss_per_output`` ``[n_outputs]``
-    (means over the positions, or (sequence, position) pairs, predicting each output that are also in
-    ``loss_mask``; NaN for an output with none).
+    means over the (sequence, position) pairs in ``loss_mask``: ``[P]``, the same positions in every
+    sequence, or ``[n, P]`` per sequence; all when None) and, with ``output_index [P]`` (or ``[n, P]`` per
+    sequence, ``tasks.SampleOutputTask``), ``prob_per_output`` and ``loss_per_output`` ``[n_outputs]``
+    (means over the pairs predicting each output that are also in ``loss_mask``; NaN for an output with
+    none). ``n_outputs``: None for ``output_index.max() + 1``.
     """
     targets = _targets_of(logits, tokens)
-    if output_index is not None and output_index.dim() == 2 and output_index.shape != targets.shape:
-        raise ValueError(f"output_index {tuple(output_index.shape)} does not match tokens {tuple(tokens.shape)}: "
-                         "expected [L-1] or [n, L-1]")
     scores = position_scores(logits, targets)  # [3, n, P]
-    loss, _, prob = scores.mean(-2)  # each [P], means over the batch
-    pairs = None
-    if output_index is not None and output_index.dim() == 2:
-        pairs = _pair_sums(scores, output_index.to(logits.device), loss_mask, int(output_index.max()) + 1)
-    return _summarise(prob, loss, output_index, loss_mask, pairs)
+    index, mask = _pairs_of(targets, output_index, loss_mask)
+    O = _count_outputs(output_index, n_outputs)
+    return _summarise(scores[2].mean(0), scores[0].mean(0), _pair_sums(scores, mask, index, O), O)
 
 
 def _targets_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -279,54 +275,70 @@ def _targets_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return targets
 
 
-def _pair_sums(scores: torch.Tensor, output_index: torch.Tensor, loss_mask: torch.Tensor | None,
-               n_outputs: int) -> torch.Tensor:
-    """``[3, n_outputs]``: the summed prob and loss of each output's (sequence, position) pairs in
-    ``loss_mask``, and their count. scores ``[3, n, P]`` (loss, accuracy, prob); output_index ``[n, P]``."""
-    if loss_mask is not None:
-        output_index = torch.where(loss_mask.to(output_index.device).bool(), output_index, -1)
-    onehot = output_onehot(output_index, n_outputs).flatten(0, 1)  # [n*P, O]
-    prob, loss = scores[2].flatten(), scores[0].flatten()
-    return torch.stack([prob @ onehot, loss @ onehot, onehot.sum(0)])
+def _count_outputs(output_index: torch.Tensor | None, n_outputs: int | None) -> int:
+    if output_index is None:
+        return 0
+    return int(output_index.max()) + 1 if n_outputs is None else int(n_outputs)
 
 
-def _summarise(prob: torch.Tensor, loss: torch.Tensor, output_index: torch.Tensor | None,
-               loss_mask: torch.Tensor | None, pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``pairs``: :func:`_pair_sums` of a per-sequence ``output_index``."""
-    mask = torch.ones_like(prob, dtype=torch.bool) if loss_mask is None else loss_mask.to(prob.device).bool()
-    out = {"prob": prob, "loss": loss, "mean_prob": prob[mask].mean(), "mean_loss": loss[mask].mean()}
-    if pairs is not None:
-        empty = pairs[2] == 0  # outputs with no scored pair: NaN
-        for k, name in enumerate(("prob", "loss")):
-            out[f"{name}_per_output"] = (pairs[k] / pairs[2].clamp(min=1)).masked_fill(empty, float("nan"))
-    elif output_index is not None:
-        index = torch.where(mask, output_index.to(prob.device), -1)  # only scored positions count
-        n_outputs = int(output_index.max()) + 1
-        empty = output_onehot(index, n_outputs).sum(0) == 0  # outputs with no scored position: NaN
-        for name, values in (("prob", prob), ("loss", loss)):
-            out[f"{name}_per_output"] = per_output_mean(values, index, n_outputs).masked_fill(empty, float("nan"))
+def _pairs_of(targets: torch.Tensor, output_index: torch.Tensor | None,
+              loss_mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(index [n, P] or None, mask [n, P] bool)`` on the targets' device: ``output_index`` and ``loss_mask``
+    as per-sequence arrays (a ``[P]`` one is the same in every sequence), the index -1 outside the mask."""
+    shape, device = targets.shape, targets.device
+    for name, value in (("output_index", output_index), ("loss_mask", loss_mask)):
+        if value is not None and value.shape not in (shape[1:], shape):
+            raise ValueError(f"{name} {tuple(value.shape)} does not match tokens [n, L] with n, L-1 = {tuple(shape)}: "
+                             "expected [L-1] or [n, L-1]")
+    mask = (torch.ones(shape, dtype=torch.bool, device=device) if loss_mask is None
+            else loss_mask.to(device).bool().expand(shape))
+    if output_index is None:
+        return None, mask
+    return torch.where(mask, output_index.to(device).expand(shape), -1), mask
+
+
+def _pair_sums(scores: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None, n_outputs: int) -> torch.Tensor:
+    """``[3, 1 + n_outputs]``: the summed prob and loss of the (sequence, position) pairs in ``mask`` (column
+    0) and of each output's pairs (columns 1..), and their counts. scores ``[3, n, P]`` (loss, accuracy,
+    prob); mask ``[n, P]`` bool; index ``[n, P]`` (-1 outside the mask)."""
+    weights = mask.flatten().float()[:, None]  # [n*P, 1]
+    if index is not None:
+        weights = torch.cat([weights, output_onehot(index, n_outputs).flatten(0, 1)], dim=1)  # [n*P, 1+O]
+    return torch.stack([scores[2].flatten() @ weights, scores[0].flatten() @ weights, weights.sum(0)])
+
+
+def _summarise(prob: torch.Tensor, loss: torch.Tensor, sums: torch.Tensor, n_outputs: int) -> dict[str, torch.Tensor]:
+    """``prob``/``loss [P]`` batch means; ``sums``: :func:`_pair_sums` over the whole batch."""
+    means = (sums[:2] / sums[2].clamp(min=1)).masked_fill(sums[2] == 0, float("nan"))  # [2, 1+O]: none -> NaN
+    out = {"prob": prob, "loss": loss, "mean_prob": means[0, 0], "mean_loss": means[1, 0]}
+    if n_outputs:
+        out["prob_per_output"], out["loss_per_output"] = means[0, 1:], means[1, 1:]
     return out
 
 
 def _metrics(run: Callable[[slice], torch.Tensor], tokens: torch.Tensor, batch_size: int | None,
-             output_index: torch.Tensor | None, loss_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Metrics of ``run(rows) -> logits`` over ``tokens`` taken ``batch_size`` rows at a time."""
+             output_index: torch.Tensor | None, loss_mask: torch.Tensor | None,
+             n_outputs: int | None = None) -> dict[str, torch.Tensor]:
+    """:func:`target_metrics` of ``run(rows) -> logits`` over ``tokens`` taken ``batch_size`` rows at a time."""
     n = tokens.shape[0]
     step = n if batch_size is None else batch_size
-    per_sequence = output_index is not None and output_index.dim() == 2
-    n_outputs = int(output_index.max()) + 1 if per_sequence else 0
-    prob_sum = loss_sum = pairs = 0.0
+    O = _count_outputs(output_index, n_outputs)
+    prob_sum = loss_sum = sums = 0.0
     for start in range(0, n, step):
         rows = slice(start, min(start + step, n))
         logits = run(rows)
-        scores = position_scores(logits, _targets_of(logits, tokens[rows]))  # [3, rows, P]
+        targets = _targets_of(logits, tokens[rows])
+        scores = position_scores(logits, targets)  # [3, rows, P]
+        index, mask = _pairs_of(targets, _rows_of(output_index, rows), _rows_of(loss_mask, rows))
         prob_sum = prob_sum + scores[2].sum(0)
         loss_sum = loss_sum + scores[0].sum(0)
-        if per_sequence:
-            pairs = pairs + _pair_sums(scores, output_index[rows].to(logits.device), loss_mask, n_outputs)
-    summary = _summarise(prob_sum / n, loss_sum / n, output_index, loss_mask,
-                         pairs if per_sequence else None)
-    return {k: v.detach().cpu() for k, v in summary.items()}
+        sums = sums + _pair_sums(scores, mask, index, O)
+    return {k: v.detach().cpu() for k, v in _summarise(prob_sum / n, loss_sum / n, sums, O).items()}
+
+
+def _rows_of(value: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    """A per-sequence ``[n, P]`` array's rows; a ``[P]`` one (the same in every sequence) as it is."""
+    return value[rows] if value is not None and value.dim() == 2 else value
 
 
 def _chunk(cache: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
@@ -412,11 +424,13 @@ def _rows(what: str, columns: dict[str, tuple[torch.Tensor, torch.Tensor | None]
 @torch.no_grad()
 def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, what: str = "pattern",
                    output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
-                   batch_size: int | None = None) -> PatchingResult:
+                   batch_size: int | None = None, n_outputs: int | None = None) -> PatchingResult:
     """Patch each single head's ``hook_{what}`` from ``late_model`` into ``early_model`` on ``tokens [n, L]``.
 
     ``layers * heads`` forward passes of the early model (plus one baseline each), ``batch_size`` rows at a
-    time (None: all). Results are on the CPU. Example::
+    time (None: all). ``output_index``, ``loss_mask``, ``n_outputs``: as in :func:`target_metrics` (per
+    sequence, ``[n, L-1]``, for a task whose outputs are: ``tasks.SampleOutputTask``). Results are on the
+    CPU. Example::
 
         table = patching_table(early, late, task_batch.tokens, output_index=task.output_index)
         table.prob_gain            # [layers, heads]
@@ -428,7 +442,7 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
 
     def evaluate(model: Any, heads: Sequence[Head]) -> dict[str, torch.Tensor]:
         return _metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
-                        tokens, batch_size, output_index, loss_mask)
+                        tokens, batch_size, output_index, loss_mask, n_outputs)
 
     early, late = evaluate(early_model, []), evaluate(late_model, [])
     cells = [[evaluate(early_model, [(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
@@ -448,7 +462,7 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
 def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what: str = "pattern",
                    output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                    mean_cache: dict[str, torch.Tensor] | None = None,
-                   batch_size: int | None = None) -> AblationResult:
+                   batch_size: int | None = None, n_outputs: int | None = None) -> AblationResult:
     """Ablate each single head (``kind`` as in :func:`ablate_heads`) and record the damage.
 
     For kind="mean" without ``mean_cache`` the mean is over the whole ``tokens`` batch of the clean run
@@ -465,7 +479,7 @@ def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what
 
     def evaluate(heads: Sequence[Head]) -> dict[str, torch.Tensor]:
         return _metrics(lambda rows: ablate_heads(model, tokens[rows], heads, kind, what, mean_cache),
-                        tokens, batch_size, output_index, loss_mask)
+                        tokens, batch_size, output_index, loss_mask, n_outputs)
 
     clean = evaluate([])
     cells = [[evaluate([(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]

@@ -17,8 +17,9 @@ Metrics written by the training probe (held-out batch, no grad):
 
 * ``loss``, ``accuracy``, ``target_prob``: mean over the task's loss positions (``index = ""``).
 * ``loss_pos``, ``accuracy_pos``, ``target_prob_pos``: per task output (``index = "i"``; the bit ``x1[i]``
-  of the linear map, the state ``t`` of a cellular automaton); for counting and reverse addition over the
-  held-out sequences that have that output (``tasks.base.SampleOutputTask``).
+  of the linear map, the state ``t`` of a cellular automaton); for counting, reverse addition and question
+  formation over the held-out sequences that have that output (``tasks.base.SampleOutputTask``; NaN when
+  none has it, with a warning at the start of training).
 * ``attn_entropy``, ``attn_gt_mass``: per head (``"l.h"``), attention entropy in nats and attention mass on
   the ground-truth keys, averaged over the queries whose ground-truth row is not empty (per sequence
   where the ground truth is per sequence: repetition, counting, reverse addition).

@@ -64,7 +64,9 @@ def _one_line_warning(original: Callable) -> Callable:
                                            or getattr(category, "one_line", False)):
             import sys
 
-            print(f"emergelab: warning: {message}", file=file or sys.stderr)
+            stream = file or sys.stderr
+            stream.write(f"emergelab: warning: {message}\n")  # one write: workers' lines do not interleave
+            stream.flush()
             return
         original(message, category, filename, lineno, file, line)
 

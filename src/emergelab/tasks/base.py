@@ -30,7 +30,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..config import require, require_int
+from ..config import require
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,11 @@ def supports_sample_masks(task: object) -> bool:
 
 @runtime_checkable
 class SampleOutputTask(Protocol):
-    """A task whose positions have something to predict in some sequences only (counting and reverse
-    addition: past a sequence's own length, a query holds PAD and predicts PAD). ``sample_output_index(tokens)
-    -> [n, P]`` int64: ``output_index`` where the position counts in that sequence, -1 where it does not;
-    the per-output probes (``*_pos``) average over the (sequence, position) pairs that count, so an output
-    is not "learned" by its trivial PAD -> PAD pairs."""
+    """A task whose positions have something to predict in some sequences only (counting, reverse
+    addition, question formation: past a sequence's own answer, a query holds PAD and predicts PAD).
+    ``sample_output_index(tokens) -> [n, P]`` int64: ``output_index`` where the position counts in that
+    sequence, -1 where it does not; the per-output probes (``*_pos``) average over the (sequence, position)
+    pairs that count, so an output is not "learned" by its trivial PAD -> PAD pairs."""
 
     def sample_output_index(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
@@ -174,7 +174,8 @@ def supports_sample_outputs(task: object) -> bool:
 
 
 class PaddedAnswers:
-    """For a task whose sequences end in PAD after their own answer (``count``, ``reverse-addition``): a query
+    """For a task whose sequences end in PAD after their own answer (``count``, ``reverse-addition``,
+    ``question-formation``): a query
     holding PAD predicts PAD, nothing to learn, so it counts for no output and has no ground-truth row in
     that sequence. Gives :class:`SampleOutputTask` and :class:`SampleMaskTask` from the task's ``pad``,
     ``output_index [P]`` and ``attention_mask [P, P]``."""
@@ -197,7 +198,8 @@ def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[in
     a ConfigError naming ``field`` otherwise."""
     require(isinstance(value, (list, tuple)) and len(value) > 0, field, value, "must be a non-empty list of integers")
     for v in value:  # type: ignore[union-attr]
-        require_int(field, v, minimum, maximum)
+        ok = isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum
+        require(ok, field, list(value), f"each entry must be an integer in [{minimum}, {maximum}]; {v!r} is not")  # type: ignore[arg-type]
     return tuple(sorted(set(int(v) for v in value)))  # type: ignore[union-attr]
 
 

@@ -29,7 +29,8 @@ from .bias import bias_schedule
 from .config import ExperimentConfig
 from .graphed import CaptureFailed, GraphCaptureWarning, GraphedStep
 from .live import ProbeNews, Throttle, live_forecast
-from .measure import Measurement, Metric, default_measurements, probe
+from .measure import (Measurement, Metric, UnmeasuredOutputWarning, default_measurements, output_onehot,
+                      probe)
 from .measure_ood import LengthEval, RuleEval
 from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 from .stream import ChunkedStream
@@ -90,6 +91,7 @@ class SeedGroup:
             self.gt_mask = torch.stack([t.attention_mask for t in self.tasks])  # [E, P, P]
         if supports_sample_outputs(first):  # the positions that count, per held-out sequence: [E, B, P]
             self.output_index = torch.stack([t.sample_output_index(x) for t, x in zip(self.tasks, self.eval_tokens)])
+            self._warn_unmeasured(train.eval_batch_size)
         else:
             self.output_index = first.output_index  # [P]
         self.loss_weights = (first.loss_mask.float() / first.loss_mask.sum()).to(device)  # [P]
@@ -195,6 +197,18 @@ class SeedGroup:
             assert self.pretrain is not None
             return self.pretrain.batch(step), self.pretrain_weights
         return self.data.batch(task_step), self.loss_weights
+
+    def _warn_unmeasured(self, batch: int) -> None:
+        """Say which outputs no held-out sequence of a seed has (their per-output metrics will be NaN)."""
+        first = self.tasks[0]
+        present = output_onehot(self.output_index, first.n_outputs).sum((1, 2)) > 0  # [E, O]
+        labels = first.output_labels()
+        for e, seed in enumerate(self.seeds):
+            missing = [labels[o] for o in range(first.n_outputs) if not present[e, o]]
+            if missing:
+                warnings.warn(f"train.eval_batch_size={batch}: no held-out sequence of seed {seed} has "
+                              f"{', '.join(missing)}; its per-output metrics are NaN (a larger batch measures it)",
+                              UnmeasuredOutputWarning, stacklevel=1)
 
     # ------------------------------------------------------------------ measuring and saving
     def _measure(self, step: int) -> bool:

@@ -33,6 +33,13 @@ import torch.nn.functional as F
 from ..models.native import row_entropy
 
 
+class UnmeasuredOutputWarning(UserWarning):
+    """No held-out sequence has some output (a per-sequence task with a small ``train.eval_batch_size``):
+    its per-output metrics are NaN (printed as one line)."""
+
+    one_line = True
+
+
 class Metric(NamedTuple):
     name: str
     labels: list[str]
@@ -83,16 +90,18 @@ def output_onehot(output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
 
 
 def per_output_mean(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
-    """``values [..., P]`` averaged over the positions of each output -> ``[..., O]`` (0 for an output
-    with no position). The one definition of "per-output" loss, used by the probe and by patching.
+    """``values [..., P]`` averaged over the positions of each output -> ``[..., O]`` (NaN for an output
+    with no position). The one definition of the probe's "per-output" loss.
     With a per-sequence ``output_index [E, B, P]``, ``values`` is ``[..., E, B, P]`` and the mean is over
-    the (sequence, position) pairs of each output -> ``[..., E, O]``."""
+    the (sequence, position) pairs of each output -> ``[..., E, O]`` (NaN where no held-out sequence has
+    the output: a small ``train.eval_batch_size``)."""
     onehot = output_onehot(output_index, n_outputs)
     if output_index.dim() == 1:
-        return (values @ onehot) / onehot.sum(0).clamp(min=1)
-    flat = onehot.flatten(-3, -2)  # [E, B*P, O]
-    sums = (values.flatten(-2).unsqueeze(-2) @ flat).squeeze(-2)  # [..., E, O]
-    return sums / flat.sum(-2).clamp(min=1)
+        sums, count = values @ onehot, onehot.sum(0)
+    else:
+        flat = onehot.flatten(-3, -2)  # [E, B*P, O]
+        sums, count = (values.flatten(-2).unsqueeze(-2) @ flat).squeeze(-2), flat.sum(-2)  # [..., E, O], [E, O]
+    return (sums / count.clamp(min=1)).masked_fill(count == 0, float("nan"))
 
 
 def position_scores(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -203,13 +212,15 @@ class AttentionScores:
             index = data.output_index if data.output_index.dim() == 3 else data.output_index.expand(E, B, -1)
             pair_outputs = pairs[..., None] * output_onehot(index, data.n_outputs)  # [E, B, P, O]
             pair_count = pairs.sum((1, 2)).clamp(min=1)[:, None, None]  # [E, 1, 1]
-            pair_out_count = pair_outputs.sum((1, 2)).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
+            pair_out_total = pair_outputs.sum((1, 2))[:, None, None]  # [E, 1, 1, O]
+            pair_out_count = pair_out_total.clamp(min=1)
 
             def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, B, L, H, P] -> [E, L*H]
                 return (torch.einsum("eblhp,ebp->elh", values, pairs) / pair_count).reshape(E, L * H)
 
             def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, B, L, H, P] -> [E, L*H*O]
-                return (torch.einsum("eblhp,ebpo->elho", values, pair_outputs) / pair_out_count).reshape(E, -1)
+                means = torch.einsum("eblhp,ebpo->elho", values, pair_outputs) / pair_out_count
+                return means.masked_fill(pair_out_total == 0, float("nan")).reshape(E, -1)  # no pair: NaN
 
         host = [t.cpu().numpy().astype(np.float64) for t in (
             per_head(entropy), per_head(mass), per_head_output(entropy), per_head_output(mass))]

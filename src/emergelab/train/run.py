@@ -174,7 +174,13 @@ def check_existing(config: ExperimentConfig, out: str | Path) -> None:
     run = RunDir(out)
     if run.config_path.exists():
         _check_same(run, config)
-    if (run.state_dir / "plan.json").exists() and not run.is_complete():
+    if (run.state_dir / "plan.json").exists() and not run.is_complete() and not _looks_finished(run):
+        try:
+            saved = run.task_info()
+        except CorruptFileError:
+            saved = None  # rebuilt by training
+        if saved is not None:
+            _check_outputs(run, config, saved, task_info(seed_task(config.task, config.train.seed, 0)))
         try:
             device = _read_plan(run).get("device", "cpu")
         except CorruptFileError:
@@ -199,14 +205,23 @@ def _record_task(run: RunDir, config: ExperimentConfig, resuming: bool = False) 
     info = task_info(seed_task(config.task, config.train.seed, 0))
     if saved is None:
         run.write_task_info(info)
-    elif any(saved.get(key) != info.get(key) for key in ("labels", "outputs_per_sequence")):
-        def how(record: dict) -> str:
-            per_sequence = ", counted per sequence" if record.get("outputs_per_sequence") else ""
-            return f"{len(record.get('labels') or [])} outputs{per_sequence}"
+    else:
+        _check_outputs(run, config, saved, info)
 
-        raise ConfigError(f"{run.path}: its task.json records {how(saved)} of {config.task.name} and this "
-                          f"emergelab measures {how(info)} (the outputs are defined otherwise since the run "
-                          "started); finish it with the emergelab that started it, or train it again in a new --out")
+
+def _check_outputs(run: RunDir, config: ExperimentConfig, saved: dict, info: dict) -> None:
+    """A ConfigError when an unfinished run's ``task.json`` (``saved``) names other outputs than this
+    version's task (``info``)."""
+    if all(saved.get(key) == info.get(key) for key in ("labels", "outputs_per_sequence")):
+        return
+
+    def how(record: dict) -> str:
+        per_sequence = ", counted per sequence" if record.get("outputs_per_sequence") else ""
+        return f"{len(record.get('labels') or [])} outputs{per_sequence}"
+
+    raise ConfigError(f"{run.path}: its task.json records {how(saved)} of {config.task.name} and this "
+                      f"emergelab measures {how(info)} (the outputs are defined otherwise since the run "
+                      "started); finish it with the emergelab that started it, or train it again in a new --out")
 
 
 def _check_same(run: RunDir, config: ExperimentConfig) -> None:
