@@ -127,7 +127,7 @@ def format_plateau_scaling(result: Any, field: str) -> str:
 
 def format_positions(result: Any, max_rows: int = 40) -> str:
     """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet,
-    "." = nothing to learn)."""
+    "." = nothing to learn, "?" = not measured: no held-out sequence had it)."""
     c = result.curves.to_pylist()
     per: dict[tuple[str, int], dict[str, Any]] = {}
     for r in c:
@@ -137,19 +137,21 @@ def format_positions(result: Any, max_rows: int = 40) -> str:
     short = {run: Path(run).name for run in runs}
     if len(set(short.values())) < len(runs):
         short = {run: run for run in runs}
-    n_pos = max((sum(t.startswith("pos:") for t in v) for v in per.values()), default=0)
+    n_pos = max((int(t[4:]) + 1 for v in per.values() for t in v if t.startswith("pos:")), default=0)
     header = ["run", "seed", "loss"] + [str(i) for i in range(n_pos)]
     rows = []
     for (run, seed), targets in sorted(per.items()):
         rows.append([short[run], str(seed), targets.get("loss", "?")] +
-                    [targets.get(f"pos:{i}", "") for i in range(n_pos)])
+                    [targets.get(f"pos:{i}", "?") for i in range(n_pos)])
+    unmeasured = any(cell == "?" for row in rows for cell in row[3:])
     more = len(rows) - max_rows
     text = _render(header, rows[:max_rows])
     if more > 0:
         text += f"\n... {more} more rows (see seeds.csv / curves.csv)"
     unjudged = any(not r.get("judged", True) for r in c)
     return ("emergence step per output (columns 0..: loss_pos[i]; '-' = not yet"
-            + ("; '.' = nothing to learn" if unjudged else "") + ")\n") + text
+            + ("; '.' = nothing to learn" if unjudged else "")
+            + ("; '?' = not measured: no held-out sequence had it" if unmeasured else "") + ")\n") + text
 
 
 def write_tables(result: Any, out: str | Path, extra: dict[str, pa.Table] | None = None) -> list[Path]:
