@@ -396,3 +396,11 @@ def test_an_output_no_held_out_sequence_has_is_reported_not_zero(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert "10" in summary["seeds"]["0"]["not_measured"] and summary["seeds"]["0"]["learned_step"]["10"] is None
     assert "?: no held-out sequence has this output" in done.stdout
+    from emergelab.analysis import analyze_runs
+    from emergelab.report.tables import format_positions
+    from emergelab.store import connect
+
+    table = format_positions(analyze_runs(connect(out), n_boot=10))
+    assert "'?' = not measured" in table
+    row = next(line.split() for line in table.splitlines() if line.split()[:2] == ["count", "1"])
+    assert row[3 + 8:] == ["?", "?"]  # seed 1's batch lacks outputs 8-10; no seed has 10: no column for it
