@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..train import ExperimentConfig
-from .plotting import DPI, describe, save_figure
+from .plotting import DPI, describe, fit_lines, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,7 +95,7 @@ def plot_patching_heatmap(result: Any) -> "Figure":
         ax.set_title(f"prob gain per {name}", fontsize=9)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
     bar.set_label("gain in mean correct-token probability")
-    fig.suptitle(_title(result) + "\n" + _greedy_text(result), fontsize=8)
+    fig.suptitle(fit_lines(fig, _title(result) + "\n" + _greedy_text(result), 8), fontsize=8)
     return fig
 
 
@@ -146,8 +146,8 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
         ax.set_xlabel("key position", fontsize=8)
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
     bar.set_label("attention weight (batch mean)")
-    fig.suptitle(f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
-                 f"{view.col_label}\n{_title(result)}", fontsize=8)
+    fig.suptitle(fit_lines(fig, f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
+                                f"{view.col_label}\n{_title(result)}", 8), fontsize=8)
     return fig
 
 
