@@ -395,6 +395,7 @@ def test_an_output_no_held_out_sequence_has_is_reported_not_zero(tmp_path):
     assert pos10 and all(np.isnan(v) for v in pos10)
     summary = json.loads((out / "summary.json").read_text())
     assert "10" in summary["seeds"]["0"]["not_measured"] and summary["seeds"]["0"]["learned_step"]["10"] is None
+    assert summary["seeds"]["0"]["all_learned"] is False  # not measured: not known to be learned
     assert "?: no held-out sequence has this output" in done.stdout
     from emergelab.analysis import analyze_runs
     from emergelab.report.tables import format_positions

@@ -643,11 +643,12 @@ def test_resuming_a_run_whose_outputs_were_defined_otherwise_is_refused(tmp_path
     prepare_run(config, tmp_path / "run")  # the same outputs: resumes
     old = {k: v for k, v in info.items() if k != "outputs_per_sequence"}
     run.write_task_info(old)
-    with pytest.raises(ConfigError, match="records 11 outputs of count and this emergelab measures 11 outputs, "
-                                          "counted per sequence"):
+    with pytest.raises(ConfigError, match="records 11 outputs scored over every sequence of count and this "
+                                          "emergelab measures 11 outputs scored each in the sequences that have it"):
         prepare_run(config, tmp_path / "run")
     old = {**old, "n_outputs": 16, "labels": [f"number {i}" for i in range(16)]}
     run.write_task_info(old)
-    with pytest.raises(ConfigError, match="records 16 outputs of count and this emergelab measures 11"):
+    with pytest.raises(ConfigError, match="records 16 outputs scored over every sequence of count and this "
+                                          "emergelab measures 11"):
         prepare_run(config, tmp_path / "run")
     assert run.task_info() == old  # nothing rewritten

@@ -48,7 +48,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         entry["learned_step"] = dict(sorted(entry["learned_step"].items(), key=lambda kv: int(kv[0])))
         learned = [s for s in entry["learned_step"].values() if s is not None]
         entry["n_learned"] = len(learned)
-        entry["all_learned"] = len(learned) == len(entry["learned_step"]) - len(entry["not_judged"]) - len(unmeasured)
+        entry["all_learned"] = (not unmeasured  # an output not measured is not known to be learned
+                                and len(learned) == len(entry["learned_step"]) - len(entry["not_judged"]))
         if not entry["not_judged"]:
             del entry["not_judged"]
         else:

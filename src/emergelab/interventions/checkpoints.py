@@ -96,8 +96,9 @@ class CheckpointPatching:
         if t.prob_gain_per_output is not None:
             per = t.prob_gain_per_output.flatten(0, 1)  # [layers*heads, O]
             name = getattr(self.task, "output_name", "output")
-            best = [f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
-                    for i, k in enumerate(per.argmax(0)) if not torch.isnan(per[k, i])]
+            best = [f"{i}: ? (not in the batch)" if torch.isnan(per[k, i]) else
+                    f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
+                    for i, k in enumerate(per.argmax(0))]
             lines.append(f"best head per {name} ({name}: layer.head gain): " + ", ".join(best))
         if not g.heads:
             lines.append(f"greedy: nothing to recover (late {late_p:.4f} <= early {early_p:.4f})")

@@ -85,7 +85,8 @@ def plot_patching_heatmap(result: Any) -> "Figure":
         n_out = per_output.shape[1]
         ax.imshow(per_output, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
         if n_out <= 16 and per_output.shape[0] <= 24:
-            _annotate(ax, per_output, [[f"{v:+.2f}" for v in row] for row in per_output], vmax, 6.5)
+            _annotate(ax, per_output, [[f"{v:+.2f}" if np.isfinite(v) else "n/a" for v in row]
+                                       for row in per_output], vmax, 6.5)
         name = getattr(result.task, "output_name", "output")
         ax.set_xticks(range(n_out), [str(i) for i in range(n_out)])
         ax.set_yticks(range(n_layers * n_heads),

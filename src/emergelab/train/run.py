@@ -216,8 +216,8 @@ def _check_outputs(run: RunDir, config: ExperimentConfig, saved: dict, info: dic
         return
 
     def how(record: dict) -> str:
-        per_sequence = ", counted per sequence" if record.get("outputs_per_sequence") else ""
-        return f"{len(record.get('labels') or [])} outputs{per_sequence}"
+        where = "each in the sequences that have it" if record.get("outputs_per_sequence") else "over every sequence"
+        return f"{len(record.get('labels') or [])} outputs scored {where}"
 
     raise ConfigError(f"{run.path}: its task.json records {how(saved)} of {config.task.name} and this "
                       f"emergelab measures {how(info)} (the outputs are defined otherwise since the run "
