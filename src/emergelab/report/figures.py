@@ -165,7 +165,8 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
     bar = fig.colorbar(ScalarMappable(Normalize(0, max(1, n_outputs - 1)), cmap=_truncated(cmap)),
                        ax=axes, shrink=0.9, pad=0.01)
     bar.set_label(f"per-output loss: {output_name} index")
-    fig.suptitle(fit_lines(fig, f"Held-out loss per {output_name}\n{describe(config, _sep(cols))}", 10), fontsize=10)
+    fig.suptitle(fit_lines(fig, f"Held-out loss per {output_name}{shown_seeds(config, seeds)}\n"
+                                f"{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
 
 
@@ -211,7 +212,8 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
     visible.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     what = "Exact match at each length (trained solid, held out dashed)" if kind == "lengths" else \
         "Generalization set: which rule's question the model writes"
-    fig.suptitle(fit_lines(fig, f"{what}\n{describe(config, _sep(cols))}", 10), fontsize=10)
+    fig.suptitle(fit_lines(fig, f"{what}{shown_seeds(config, seeds)}\n{describe(config, _sep(cols))}", 10),
+                 fontsize=10)
     return fig
 
 
@@ -255,8 +257,8 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
         ax.set_ylabel("head (layer.head)")
     bar = fig.colorbar(mesh, ax=axes, shrink=0.9, pad=0.01)
     bar.set_label("attention entropy (nats)")
-    fig.suptitle(fit_lines(fig, "Attention entropy per head, mean over the queries with a ground-truth row\n"
-                                f"{describe(config, _sep(cols))}", 10), fontsize=10)
+    fig.suptitle(fit_lines(fig, "Attention entropy per head, mean over the queries with a ground-truth row"
+                                f"{shown_seeds(config, seeds)}\n{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
 
 
@@ -386,6 +388,15 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+def shown_seeds(config: Any, seeds: list[int]) -> str:
+    """``"; seeds 0-7 of 16"`` when a figure draws fewer seeds than the run has (``make_figures``' cap), else ""."""
+    total = config.train.seeds
+    if len(seeds) >= total:
+        return ""
+    listed = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+    return f"; seeds {listed} of {total}"
+
+
 def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_seeds: int = 8,
                  jumps: Jumps | None = None, annotate: bool = True) -> list[Path]:
     """Write ``loss.png``, and for models with attention ``attention_entropy.png`` and (if attention
