@@ -403,5 +403,7 @@ def test_an_output_no_held_out_sequence_has_is_reported_not_zero(tmp_path):
 
     table = format_positions(analyze_runs(connect(out), n_boot=10))
     assert "'?' = not measured" in table
-    row = next(line.split() for line in table.splitlines() if line.split()[:2] == ["count", "1"])
-    assert row[3 + 8:] == ["?", "?"]  # seed 1's batch lacks outputs 8-10; no seed has 10: no column for it
+    rows = {line.split()[1]: line.split() for line in table.splitlines() if line.split()[:1] == ["count"]}
+    assert rows["1"][3 + 8:] == ["?", "?", "?"] and rows["0"][3 + 10:] == ["?"]  # outputs 8-10 / 10 missing
+    seeds = analyze_runs(connect(out), n_boot=10).seeds.to_pylist()
+    assert {s["n_outputs"] for s in seeds} == {11} and not any(s["solved"] for s in seeds)

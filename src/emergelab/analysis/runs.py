@@ -360,10 +360,12 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
             solved_by = "outputs (curve minimum)"
         else:
             solved_by = None
+        # outputs task.json records but no curve measured (no held-out sequence had them): not known solved
+        n_outputs = max(len(pos), len(opt.outputs) if opt else 0)
         solved_step = None
         if solved_by == "aggregate":
             solved_step = aggregate_hit
-        elif solved_by is not None and all(c["emerged"][k] for k in judged):
+        elif solved_by is not None and n_outputs == len(pos) and all(c["emerged"][k] for k in judged):
             solved_step = float(max(c["step"][k] for k in judged))
         lin = brk = None
         if (run, seed, "") in prob_index:
@@ -372,7 +374,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                 lin, brk = linearity(p), breakthroughness(p)
         rows.append({"run": run, "seed": seed, "group": group_of_run.get(run, -1), "final_loss": final_loss,
                      "optimum": optimum, "emerged": emerged, "emergence_step": e_step, "plateau_steps": plateau,
-                     "plateau_ended": ended, "n_outputs": len(pos), "n_emerged": n_emerged,
+                     "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged,
                      "solved": solved_step is not None, "solved_step": solved_step, "solved_by": solved_by,
                      "curve_linearity": lin, "curve_breakthroughness": brk})
     schema = pa.schema([("run", pa.string()), ("seed", pa.int64()), ("group", pa.int64()),

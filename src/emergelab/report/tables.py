@@ -138,6 +138,7 @@ def format_positions(result: Any, max_rows: int = 40) -> str:
     if len(set(short.values())) < len(runs):
         short = {run: run for run in runs}
     n_pos = max((int(t[4:]) + 1 for v in per.values() for t in v if t.startswith("pos:")), default=0)
+    n_pos = max([n_pos, *(n or 0 for n in result.seeds.column("n_outputs").to_pylist())])  # unmeasured too
     header = ["run", "seed", "loss"] + [str(i) for i in range(n_pos)]
     rows = []
     for (run, seed), targets in sorted(per.items()):
