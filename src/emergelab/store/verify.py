@@ -65,7 +65,9 @@ def _one_line_warning(original: Callable) -> Callable:
             import sys
 
             stream = file or sys.stderr
-            stream.write(f"emergelab: warning: {message}\n")  # one write: workers' lines do not interleave
+            # on a terminal, clear the line first: a progress bar may be drawn there (it redraws below)
+            clear = "\r\x1b[K" if getattr(stream, "isatty", lambda: False)() else ""
+            stream.write(f"{clear}emergelab: warning: {message}\n")  # one write: workers' lines do not interleave
             stream.flush()
             return
         original(message, category, filename, lineno, file, line)
