@@ -453,3 +453,15 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     assert page.evaluate("() => document.getElementById('plot-truth').hidden")  # no ground truth to show
     assert not errors, errors
     page.close()
+
+
+def test_summary_rows_say_how_many_outputs_were_not_measured():
+    from emergelab.report.html import _summary_rows
+
+    summary = {"optimal_loss": 0.0, "seeds": {
+        "0": {"final_loss": 0.5, "learned_step": {"0": 10, "1": None, "2": None}, "n_learned": 1,
+              "all_learned": False, "not_measured": ["2"]},
+        "1": {"final_loss": 0.1, "learned_step": {"0": 10, "1": 20, "2": 30}, "n_learned": 3, "all_learned": True}}}
+    rows = _summary_rows(summary)
+    assert [(r["n_learned"], r["n_outputs"], r["not_measured"], r["all_learned"]) for r in rows] == \
+        [(1, 3, 1, False), (3, 3, 0, True)]

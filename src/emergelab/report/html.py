@@ -290,7 +290,8 @@ def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [{"seed": seed, "final_loss": _num(s.get("final_loss")),
              "gap": _num(s["final_loss"] - optimum) if optimum is not None and s.get("final_loss") is not None
              else None, "n_learned": s.get("n_learned"), "n_outputs": len(s.get("learned_step", {})),
-             "all_learned": s.get("all_learned")} for seed, s in summary.get("seeds", {}).items()]
+             "all_learned": s.get("all_learned"), "not_measured": len(s.get("not_measured", ()))}
+            for seed, s in summary.get("seeds", {}).items()]
 
 
 # ---------------------------------------------------------------------------------------------- sweep
