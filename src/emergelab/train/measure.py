@@ -195,17 +195,13 @@ class AttentionScores:
                 return []                 # to average over; zeros would read as a perfectly sharp head
             rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
             rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
-            rel_out_total = rel_outputs.sum(1)[:, None, None]  # [E, 1, 1, O]
-            rel_out_count = rel_out_total.clamp(min=1)
+            rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
 
             def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H]
                 return ((values * relevant[:, None, None]).sum(-1) / rel_count).reshape(E, L * H)
 
             def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H*O]
-                means = torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count
-                # an output without a ground-truth query (a cellular automaton's first state): NaN, not a
-                # zero that reads as a perfectly sharp head
-                return means.masked_fill(rel_out_total == 0, float("nan")).reshape(E, -1)
+                return (torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count).reshape(E, -1)
         else:  # per (sequence, query) pair: those whose own ground-truth row is not empty count
             gt4 = gt if gt.dim() == 4 else gt[:, None].expand(E, B, -1, -1)
             pairs = gt4.amax(-1)  # [E, B, P] 0/1
