@@ -225,6 +225,9 @@ def test_length_configs_are_validated_and_registered():
             CountConfig(max_number=30, **bad)
     with pytest.raises(ConfigError):
         ReverseAdditionConfig(eval_digits=[0])
+    with pytest.raises(ConfigError, match=r"task.eval_lengths=\[5, 40\]: each entry must be an integer in "
+                                          r"\[1, 31\]; 40 is not"):
+        CountConfig(max_number=30, eval_lengths=[5, 40])  # the list and its bad entry named
     assert supports_lengths(CountConfig().build(make_generator(0)))
     assert not supports_lengths(TASKS["linear-map"]().build(make_generator(0)))
 

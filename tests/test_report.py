@@ -197,3 +197,13 @@ def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
             np.testing.assert_array_equal(line.get_ydata(), rows["value"].to_numpy())
     linear = ExperimentConfig.from_dict({"task": {"name": "linear-map"}}).resolved()
     assert plot_generalization(table.filter(pc.equal(table["metric"], "loss")), linear, [0]) is None
+
+
+def test_figures_say_when_they_draw_fewer_seeds_than_the_run_has():
+    from emergelab.report.figures import shown_seeds
+    from emergelab.train import ExperimentConfig
+
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "train": {"seeds": 16}})
+    assert shown_seeds(config, list(range(8))) == "; seeds 0-7 of 16"
+    assert shown_seeds(config, [1, 4]) == "; seeds 1, 4 of 16"
+    assert shown_seeds(config, list(range(16))) == ""

@@ -326,3 +326,25 @@ def test_a_forked_child_does_not_keep_its_dead_parents_lock(tmp_path):
         assert not is_locked(lock)
     finally:
         os.kill(child, 9)
+
+
+def test_one_line_warnings_are_one_write_and_clear_a_terminal_line():
+    """A worker's warning lands beside other workers' and a progress bar: one write of one line, which on a
+    terminal first clears the line (the bar redraws below it)."""
+    import io
+
+    from emergelab.store.verify import _one_line_warning
+    from emergelab.train.measure import UnmeasuredOutputWarning
+
+    show = _one_line_warning(lambda *args: None)  # what the store installs as warnings.showwarning
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, prefix in ((io.StringIO(), ""), (Terminal(), "\r\x1b[K")):
+        writes = []
+        write = stream.write
+        stream.write = lambda text, write=write: (writes.append(text), write(text))[1]
+        show("no held-out sequence", UnmeasuredOutputWarning, "f.py", 1, stream)
+        assert writes == [f"{prefix}emergelab: warning: no held-out sequence\n"]

@@ -652,3 +652,7 @@ def test_resuming_a_run_whose_outputs_were_defined_otherwise_is_refused(tmp_path
                                           "emergelab measures 11"):
         prepare_run(config, tmp_path / "run")
     assert run.task_info() == old  # nothing rewritten
+    from emergelab.train.run import check_existing
+
+    with pytest.raises(ConfigError, match="records 16 outputs"):  # what `emergelab run` / `check` say first
+        check_existing(config, tmp_path / "run")

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..train.measure import output_onehot, position_scores
+from ..train.measure import per_output_sums, position_scores
 
 WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
 KINDS = ("zero", "mean", "uniform")
@@ -299,12 +299,16 @@ def _pairs_of(targets: torch.Tensor, output_index: torch.Tensor | None,
 
 def _pair_sums(scores: torch.Tensor, mask: torch.Tensor, index: torch.Tensor | None, n_outputs: int) -> torch.Tensor:
     """``[3, 1 + n_outputs]``: the summed prob and loss of the (sequence, position) pairs in ``mask`` (column
-    0) and of each output's pairs (columns 1..), and their counts. scores ``[3, n, P]`` (loss, accuracy,
-    prob); mask ``[n, P]`` bool; index ``[n, P]`` (-1 outside the mask)."""
-    weights = mask.flatten().float()[:, None]  # [n*P, 1]
-    if index is not None:
-        weights = torch.cat([weights, output_onehot(index, n_outputs).flatten(0, 1)], dim=1)  # [n*P, 1+O]
-    return torch.stack([scores[2].flatten() @ weights, scores[0].flatten() @ weights, weights.sum(0)])
+    0) and of each output's pairs (columns 1..: ``train.measure.per_output_sums``, the probe's definition),
+    and their counts. scores ``[3, n, P]`` (loss, accuracy, prob); mask ``[n, P]`` bool; index ``[n, P]``
+    (-1 outside the mask)."""
+    values = scores[[2, 0]]  # prob, loss: [2, n, P]
+    weight = mask.float()
+    overall = torch.cat([(values * weight).sum((1, 2)), weight.sum()[None]])[:, None]  # [3, 1]
+    if index is None:
+        return overall
+    sums, counts = per_output_sums(values, index, n_outputs)  # [2, O], [O]
+    return torch.cat([overall, torch.cat([sums, counts[None]])], dim=1)
 
 
 def _summarise(prob: torch.Tensor, loss: torch.Tensor, sums: torch.Tensor, n_outputs: int) -> dict[str, torch.Tensor]:

@@ -89,18 +89,24 @@ def output_onehot(output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
     return onehot * (output_index >= 0).float().unsqueeze(-1)
 
 
-def per_output_mean(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
-    """``values [..., P]`` averaged over the positions of each output -> ``[..., O]`` (NaN for an output
-    with no position). The one definition of the probe's "per-output" loss.
-    With a per-sequence ``output_index [E, B, P]``, ``values`` is ``[..., E, B, P]`` and the mean is over
-    the (sequence, position) pairs of each output -> ``[..., E, O]`` (NaN where no held-out sequence has
-    the output: a small ``train.eval_batch_size``)."""
+def per_output_sums(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums, counts)`` of ``values`` over each output's positions: ``values [..., P]`` with ``output_index
+    [P]`` -> ``[..., O]``, ``[O]``; with a per-sequence index ``[..., B, P]`` (``[E, B, P]``: the probe;
+    ``[n, P]``: patching), ``values [..., B, P]`` summed over the (sequence, position) pairs of each output
+    -> ``[..., O]`` and the counts ``[..., O]`` (the index's leading dimensions)."""
     onehot = output_onehot(output_index, n_outputs)
     if output_index.dim() == 1:
-        sums, count = values @ onehot, onehot.sum(0)
-    else:
-        flat = onehot.flatten(-3, -2)  # [E, B*P, O]
-        sums, count = (values.flatten(-2).unsqueeze(-2) @ flat).squeeze(-2), flat.sum(-2)  # [..., E, O], [E, O]
+        return values @ onehot, onehot.sum(0)
+    flat = onehot.flatten(-3, -2)  # [..., B*P, O]
+    return (values.flatten(-2).unsqueeze(-2) @ flat).squeeze(-2), flat.sum(-2)
+
+
+def per_output_mean(values: torch.Tensor, output_index: torch.Tensor, n_outputs: int) -> torch.Tensor:
+    """:func:`per_output_sums` as means -> ``[..., O]``: the one definition of "per-output" scores, used by
+    the probe and by patching. NaN for an output with no position (per sequence: no held-out sequence
+    has it, a small ``train.eval_batch_size``)."""
+    sums, count = per_output_sums(values, output_index, n_outputs)
     return (sums / count.clamp(min=1)).masked_fill(count == 0, float("nan"))
 
 
