@@ -5,7 +5,9 @@
 
 ``examples/paper-linear-map-S16.yaml`` (S = 16, s = 1..16, 10k steps, 64 seeds, the demo model): first
 the s = ``--alone`` run is trained by itself through ``train()`` (the seed-batched ensemble: all 64 seeds
-in one group; probes, checkpoints, resume states and the summary included) and timed; then the other
+in one group; probes, checkpoints, resume states and the summary included) and timed, with where its time
+goes (``PhaseTimer``); ``--kernels torch`` times it with the kernels it had before the Triton layer norm and
+the bmm attention (a same-device baseline); then the other
 runs go through ``emergelab sweep`` with ``--workers`` processes sharing the GPU (the sweep skips the
 run already done), stopped at ``--deadline-s`` if it has not finished. ``--collect`` writes
 ``grid_summary.json`` (per run: sparsity, status, wall seconds, emergence steps per seed and output,
@@ -48,16 +50,91 @@ def sweep_file(device: str, out: Path, steps: int | None, seeds: int | None,
     return path
 
 
-def train_alone(path: Path, sparsity: int) -> dict:
+class PhaseTimer:
+    """Where an in-process run's wall time goes: the time before its first training step (building the group,
+    the device's start), the probes, the checkpoints and attention snapshots, the resume states, the
+    training steps (the rest of the training loop) and the time after the last step (merging the metrics,
+    the summary). The device is synchronised before and after each probe and save, so the steps queued
+    before one are counted as steps; each part is timed with its host transfers."""
+
+    def __init__(self) -> None:
+        self.seconds = {"before the first step": 0.0, "training steps": 0.0, "probes": 0.0,
+                        "checkpoints and snapshots": 0.0, "resume states": 0.0, "after the last step": 0.0}
+        self.counts = {"training steps": 0, "probes": 0, "checkpoints and snapshots": 0, "resume states": 0}
+        self.start = self.first_step = self.last_step = None
+
+    def install(self) -> None:
+        import torch
+
+        from emergelab.store import RunDir
+        from emergelab.train import group as group_module
+
+        def sync() -> None:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()
+
+        timer = self
+
+        def timed(cls, name, part):
+            inner = getattr(cls, name)
+
+            def wrapper(*args, **kwargs):
+                sync()
+                began = time.perf_counter()
+                result = inner(*args, **kwargs)
+                sync()
+                if timer.first_step is not None:  # before it (the step-0 probe): counted in "before the first step"
+                    timer.seconds[part] += time.perf_counter() - began
+                    timer.counts[part] += 1
+                return result
+            setattr(cls, name, wrapper)
+
+        step = group_module.SeedGroup._train_step
+
+        def train_step(group):
+            now = time.perf_counter()
+            if timer.first_step is None:
+                timer.first_step = now
+            step(group)
+            timer.counts["training steps"] += 1
+            timer.last_step = time.perf_counter()
+        group_module.SeedGroup._train_step = train_step
+        timed(group_module, "probe", "probes")
+        timed(RunDir, "save_checkpoint", "checkpoints and snapshots")
+        timed(RunDir, "save_attention", "checkpoints and snapshots")
+        timed(group_module.SeedGroup, "save_state", "resume states")
+        self.start = time.perf_counter()
+
+    def report(self, total: float) -> dict:
+        if self.first_step is None:  # the run trained in another process: nothing was seen here
+            return {"note": "no training step ran in this process"}
+        s = self.seconds
+        s["before the first step"] = self.first_step - self.start
+        s["after the last step"] = total - (self.last_step - self.start)
+        inside = self.last_step - self.first_step
+        s["training steps"] = inside - s["probes"] - s["checkpoints and snapshots"] - s["resume states"]
+        return {"seconds": s, "counts": self.counts}
+
+
+def train_alone(path: Path, sparsity: int, phases: bool = True) -> dict:
     from emergelab.sweep import load_sweep
     from emergelab.train import train
 
     sweep = load_sweep(path)
     run = next(r for r in sweep.runs if r.overrides.get("task.sparsity") == sparsity)
+    timer = PhaseTimer() if phases else None
     start = time.perf_counter()
+    if timer is not None:
+        timer.install()
     train(run.config, sweep.out / "runs" / run.name, progress=False)
     seconds = time.perf_counter() - start
-    return {"name": run.name, "sparsity": sparsity, "seconds": seconds}
+    result = {"name": run.name, "sparsity": sparsity, "seconds": seconds}
+    if timer is not None:
+        result["phases"] = timer.report(seconds)
+        for part, t in result["phases"].get("seconds", {}).items():
+            count = result["phases"]["counts"].get(part)
+            print(f"  {t:7.2f} s  {part}" + (f" ({count}, {1e3 * t / count:.2f} ms each)" if count else ""))
+    return result
 
 
 def collect(out: Path, results: Path) -> None:
@@ -100,6 +177,8 @@ def main() -> None:
     parser.add_argument("--sparsities", type=lambda t: [int(x) for x in t.split(",")],
                         help="only these sparsities (comma-separated; default 1..16)")
     parser.add_argument("--alone-only", action="store_true", help="time the --alone run; no sweep")
+    parser.add_argument("--kernels", choices=["default", "torch"], default="default",
+                        help="torch: the alone run with torch's layer norm and SDPA's math backend (a baseline)")
     parser.add_argument("--collect", type=Path, metavar="SWEEP_DIR", help="only collect the results of SWEEP_DIR")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/gpu_grid"))
     args = parser.parse_args()
@@ -116,6 +195,12 @@ def main() -> None:
         timing["gpu"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     except Exception as error:  # the timing below still means something without the name
         timing["gpu"] = repr(error)
+    if args.kernels == "torch":  # the step as before the Triton layer norm and the bmm attention
+        from emergelab.models.layers import LayerNorm
+        from emergelab.models.transformer import Attention
+
+        LayerNorm.use_triton, Attention.small_heads = False, "sdpa-math"
+    timing["kernels"] = args.kernels
     if args.alone:
         timing["alone"] = train_alone(path, args.alone)
         print(f"alone: s={args.alone}: {timing['alone']['seconds']:.1f} s end to end", flush=True)

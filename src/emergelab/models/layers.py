@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import native, triton_layer_norm
 from .base import Init, Positions, SequenceModel, normal, ones, select_positions, zeros
 from .hooks import HookPoint
 
@@ -173,6 +173,12 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerNorm(nn.Module):
+    """Per-member layer norm ``[E, B, T, d]`` -> same: the C kernels on a CPU (:class:`NativeLayerNorm`), the
+    Triton kernels on CUDA where Triton is installed (``models/triton_layer_norm.py``; ``use_triton = False``
+    on the class or an instance turns them off), else :meth:`reference`."""
+
+    use_triton: ClassVar[bool] = True
+
     def __init__(self, n_models: int, width: int):
         super().__init__()
         self.w = nn.Parameter(torch.ones(n_models, width))
@@ -185,6 +191,8 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [E, B, T, d]
         if native_layer_norm_applies(x, self.w):
             return self.hook_normalized(NativeLayerNorm.apply(x, self.w, self.b))
+        if self.use_triton and triton_layer_norm.applies(x, self.w):
+            return self.hook_normalized(triton_layer_norm.layer_norm(x, self.w, self.b, LAYER_NORM_EPS))
         return self.hook_normalized(self.reference(x))
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,7 @@ class Attention(nn.Module):
     (set by ``observing()``); ``fused``: None = SDPA on CUDA only, True / False = always / never."""
 
     HOOKED: ClassVar[tuple[str, ...]] = ("q", "k", "v", "attn_scores", "pattern", "z")
+    small_heads: ClassVar[str] = "bmm"  # fused on CUDA, heads <= MATH_SDPA_MAX_HEAD_DIM: "bmm" or "sdpa-math"
 
     def __init__(self, n_models: int, config: TransformerConfig, out_std: float):
         super().__init__()
@@ -174,6 +175,8 @@ class Attention(nn.Module):
             bias = bias.expand(E, B, H, T, T).reshape(E * B, H, T, T)
         if implementation == "materialised":
             z = self._attend_observed(q, k, v, bias, E)
+        elif x.is_cuda and D <= MATH_SDPA_MAX_HEAD_DIM and self.small_heads == "bmm":
+            z = bmm_attention(q, k, v, bias)
         else:
             small = x.is_cuda and D <= MATH_SDPA_MAX_HEAD_DIM
             with sdpa_kernel(SDPBackend.MATH) if small else contextlib.nullcontext():
@@ -207,6 +210,25 @@ class Attention(nn.Module):
         scores = scores.masked_fill(~causal, float("-inf")).view(E, EB // E, H, T, T)
         pattern = self.hook_pattern(row_softmax(self.hook_attn_scores(scores)))  # [E, B, H, T, T]
         return pattern.reshape(EB, H, T, T) @ v  # [E*B, H, T, D]
+
+
+def bmm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Causal attention ``softmax(q k^T / sqrt(D) + bias + causal) v`` as two batched products and one
+    ``torch.softmax``: q, k, v ``[N, H, T, D]``, bias ``[N, H, T, T]`` or None -> ``[N, H, T, D]``.
+
+    The fused path for small heads on CUDA (``Attention.small_heads = "bmm"``): SDPA's math backend computes
+    the same with more passes over the ``[N, H, T, T]`` scores (it scales q and k separately, adds the mask
+    in its own pass and checks for fully masked rows), and its memory-efficient kernel pads a head to 32
+    dimensions (benchmarks/README.md, "GPU"). The mask rides in the first product (``baddbmm``'s added
+    input); ``torch.softmax`` on CUDA computes each row alone and without atomics, so a rerun gives the same
+    bits. The reference it is tested against: :meth:`Attention._attend_observed` (``tests/test_gpu_kernels.py``)."""
+    N, H, T, D = q.shape
+    added = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu(1)  # [T, T] causal mask
+    if bias is not None:
+        added = (bias + added).reshape(N * H, T, T)
+    scores = torch.baddbmm(added, q.reshape(N * H, T, D), k.reshape(N * H, T, D).transpose(1, 2),
+                           alpha=1.0 / math.sqrt(D))  # [N*H, T, T]
+    return torch.bmm(torch.softmax(scores, dim=-1), v.reshape(N * H, T, D)).view(N, H, T, D)
 
 
 class Transformer(ResidualModel):
