@@ -5,7 +5,7 @@
 Each DIR is a ``gpu_grid.py --results`` folder (``grid_loss.parquet``, ``grid_summary.json``). Thin lines:
 every seed's held-out loss (from step 1: the axis is logarithmic); thick: the median over seeds; dashed: the task's optimum (the summary's
 ``optimal_loss``) and ln 2 (the plateau of a bit predicted at chance). The title of a panel counts the
-seeds that learned every bit within the run's steps.
+seeds that learned every bit within the run's steps. Five panels a row, sparsities in order.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def main() -> None:
             runs[row["sparsity"]] = (row["summary"], curves)
     if not runs:
         raise SystemExit(f"no finished run in {', '.join(map(str, args.dirs))}")
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.0), sharey=True, squeeze=False)
-    for ax, sparsity in zip(axes[0], sorted(runs)):
+    cols = min(5, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows + 0.3), sharey=True, squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, sparsity in zip(axes.flat, sorted(runs)):
         summary, curves = runs[sparsity]
         for steps, loss in curves.values():
             ax.plot(steps, loss, color="tab:blue", alpha=0.12, lw=0.7)
@@ -59,7 +63,8 @@ def main() -> None:
         ax.set_title(f"s = {sparsity}: {solved}/{len(curves)} seeds learn all 16 bits", fontsize=9)
         ax.set_xscale("log")
         ax.set_xlabel("step")
-    axes[0][0].set_ylabel("held-out loss (mean over bits)")
+    for row in axes:
+        row[0].set_ylabel("held-out loss\n(mean over bits)")
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("linear map S = 16, 64 seeds, 10k steps (demo model)", fontsize=10)
     fig.tight_layout()

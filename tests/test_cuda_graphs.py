@@ -136,8 +136,9 @@ def test_cuda_a_step_that_reads_the_gpu_back_falls_back_to_eager(monkeypatch):
 
 @CUDA
 def test_cuda_default_kernels_rerun_bit_for_bit():
-    """With SDPA's math backend for small heads (``transformer.MATH_SDPA_MAX_HEAD_DIM``) nothing in the step
-    accumulates with atomics: a rerun, graphed or not, gives the same bits."""
+    """With the small heads' batched-product attention (``transformer.bmm_attention``, heads of at most
+    ``MATH_SDPA_MAX_HEAD_DIM``) and the Triton layer norm nothing in the step accumulates with atomics: a
+    rerun, graphed or not, gives the same bits."""
     graphed = [trained(config("auto"), materialised=False) for _ in range(2)]
     same_bits(*graphed)
     same_bits(graphed[0], trained(config("off"), materialised=False))

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emergelab.models.transformer import Attention, TransformerConfig, bmm_attention
 

@@ -16,8 +16,9 @@ hook is attached (``Attention.implementation``):
   unless ``Attention.blocked = False`` or the attention bias wants a gradient;
 * **fused**: ``scaled_dot_product_attention`` (the default on CUDA, ``model.use_fused_attention(True)``
   elsewhere); scores and pattern are never formed. On CUDA with heads of at most
-  ``MATH_SDPA_MAX_HEAD_DIM`` dimensions SDPA runs its math backend: the memory-efficient kernel pads a
-  head to at least 32 dimensions, and at our sizes the plain batched products are faster
+  ``MATH_SDPA_MAX_HEAD_DIM`` dimensions, :func:`bmm_attention` instead (two batched products and
+  ``torch.softmax``; ``Attention.small_heads = "sdpa-math"``: SDPA's math backend): the memory-efficient
+  kernel pads a head to at least 32 dimensions, and at our sizes the plain batched products are faster
   (benchmarks/README.md, "GPU") and, free of atomics, deterministic.
 
 Hooking an activation that the chosen implementation does not form is an error naming the fix, never a
