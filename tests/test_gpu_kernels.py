@@ -3,7 +3,8 @@
 * ``models/triton_layer_norm.py`` (the layer norm on CUDA) against ``LayerNorm.reference`` (``F.layer_norm``
   + the per-member affine map), forward and every gradient, over widths and row counts that leave the
   kernels' tiles partly empty. Without a GPU the kernels run under Triton's interpreter
-  (``TRITON_INTERPRET=1``, set before Triton is imported, so in a subprocess); skipped without Triton.
+  (``TRITON_INTERPRET=1``, set before Triton is imported, so in a subprocess, which finds Triton where
+  ``make install`` puts it apart from the environment); skipped without Triton.
 * ``transformer.bmm_attention`` (the attention of small heads on CUDA) against the materialised attention,
   on a CPU (the function is device-agnostic) and, where there is one, on a GPU through the model.
 """
@@ -26,13 +27,19 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _has_triton() -> bool:
-    try:
-        import importlib.util
+def _triton_path() -> str | None:
+    """Where the subprocess finds Triton: "" when this environment has it, else the folder ``make install``
+    fills apart from the environment (``.venv/triton-interpreter``: installed in the environment, Triton would
+    send transformers' reference kernels in ``tests/test_mixer_references.py`` to fla's GPU code), else None."""
+    import importlib.util
 
-        return importlib.util.find_spec("triton") is not None
-    except (ImportError, ValueError):
-        return False
+    if importlib.util.find_spec("triton") is not None:
+        return ""
+    apart = Path(sys.prefix) / "triton-interpreter"
+    return str(apart) if (apart / "triton").is_dir() else None
+
+
+TRITON = _triton_path()
 
 
 COMPARE = textwrap.dedent("""
@@ -64,19 +71,20 @@ COMPARE = textwrap.dedent("""
 
 
 def _compare(env: dict[str, str], device: str) -> float:
+    path = os.pathsep.join(p for p in (str(SRC), TRITON) if p)
     done = subprocess.run([sys.executable, "-c", COMPARE, device], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(SRC), **env})
+                          env={**os.environ, "PYTHONPATH": path, **env})
     assert done.returncode == 0, done.stderr[-3000:]
     return float(done.stdout.split("WORST")[-1])
 
 
-@pytest.mark.skipif(not _has_triton(), reason="needs Triton (the dev extra installs it on Linux x86-64)")
+@pytest.mark.skipif(TRITON is None, reason="needs Triton (`make install` puts it in .venv/triton-interpreter)")
 def test_triton_layer_norm_matches_the_torch_form_under_the_interpreter():
     assert _compare({"TRITON_INTERPRET": "1"}, "cpu") < 2e-5
 
 
 @CUDA
-@pytest.mark.skipif(not _has_triton(), reason="needs Triton")
+@pytest.mark.skipif(TRITON is None, reason="needs Triton")
 def test_cuda_triton_layer_norm_matches_the_torch_form():
     assert _compare({}, "cuda") < 2e-5
 
