@@ -3,6 +3,11 @@
 
 The recorded configs are in the pre-refactor format (execution knobs under ``train``), so this also
 tests the migration of saved configs (``ExperimentConfig.from_saved``).
+
+One deliberate change since the recording: the per-output attention metrics of an output without a
+ground-truth query (the cellular automaton's first state, output 0: 128 rows of
+``cellular-automata-ensemble.parquet``) are NaN, where 0 was recorded (a zero entropy read as a perfectly
+sharp head); the fixture holds NaN there now, every other value as recorded.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ def test_recorded_runs_give_the_same_metrics_and_hash(name, tmp_path):
     for column in ("step", "seed", "metric", "index"):
         assert now[column].to_pylist() == then[column].to_pylist(), column
     a, b = now["value"].to_numpy(), then["value"].to_numpy()
-    differ = np.flatnonzero(a != b)
-    assert np.allclose(a, b, rtol=0, atol=1e-6), f"{len(differ)} values differ beyond 1e-6"
+    differ = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
+    assert np.allclose(a, b, rtol=0, atol=1e-6, equal_nan=True), f"{len(differ)} values differ beyond 1e-6"
     assert differ.size == 0, f"{differ.size} of {a.size} values are not bit-identical (max {np.abs(a - b).max():.2e})"
 
 

@@ -23,7 +23,9 @@ Metrics written by the training probe (held-out batch, no grad):
 * ``attn_entropy``, ``attn_gt_mass``: per head (``"l.h"``), attention entropy in nats and attention mass on
   the ground-truth keys, averaged over the queries whose ground-truth row is not empty (per sequence
   where the ground truth is per sequence: repetition, counting, reverse addition).
-* ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``).
+* ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``); NaN for an output
+  none of whose queries has a ground-truth row (a cellular automaton's first state, drawn at random: no
+  key tells it) or, per sequence, that no held-out sequence has.
 * ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
 
 Written only for tasks with held-out lengths (``count``, ``reverse-addition``; ``train/measure_ood.py``):

@@ -173,7 +173,8 @@ class AttentionScores:
     """Per head (``"l.h"``) and per head and output (``"l.h:i"``): ``attn_entropy`` (nats) and
     ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
     is not empty (none for a task whose ground truth has no keys); with a per-sequence ground truth or
-    output index, over the (sequence, query) pairs whose own row is not empty. Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
+    output index, over the (sequence, query) pairs whose own row is not empty; per output NaN where none
+    counts (a cellular automaton's first state). Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
     Applies to models with ``blocks.{l}.attn.hook_pattern``."""
 
     snapshot_name = "attention"
@@ -201,13 +202,17 @@ class AttentionScores:
                 return []                 # to average over; zeros would read as a perfectly sharp head
             rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
             rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
-            rel_out_count = rel_outputs.sum(1).clamp(min=1)[:, None, None]  # [E, 1, 1, O]
+            rel_out_total = rel_outputs.sum(1)[:, None, None]  # [E, 1, 1, O]
+            rel_out_count = rel_out_total.clamp(min=1)
 
             def per_head(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H]
                 return ((values * relevant[:, None, None]).sum(-1) / rel_count).reshape(E, L * H)
 
             def per_head_output(values: torch.Tensor) -> torch.Tensor:  # [E, L, H, P] -> [E, L*H*O]
-                return (torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count).reshape(E, -1)
+                means = torch.einsum("elhp,epo->elho", values, rel_outputs) / rel_out_count
+                # an output without a ground-truth query (a cellular automaton's first state): NaN, not a
+                # zero that reads as a perfectly sharp head
+                return means.masked_fill(rel_out_total == 0, float("nan")).reshape(E, -1)
         else:  # per (sequence, query) pair: those whose own ground-truth row is not empty count
             gt4 = gt if gt.dim() == 4 else gt[:, None].expand(E, B, -1, -1)
             pairs = gt4.amax(-1)  # [E, B, P] 0/1
