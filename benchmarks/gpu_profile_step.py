@@ -52,6 +52,19 @@ def steps(group, n: int) -> None:
         group.step += 1
 
 
+def kernel_table(prof, cuda: bool, steps: int, top: int, kernels_only: bool = False) -> tuple[float, list[dict]]:
+    """``(total ms per step, rows)`` of a ``torch.profiler`` run over ``steps`` steps, by self device time
+    (self CPU time on a CPU), the ``top`` largest: ``{"name", "ms_per_step", "calls_per_step"}``.
+    ``kernels_only``: without the ``aten::`` rows and the ops of no device time (on a GPU: kernels alone)."""
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages()
+              if not kernels_only or (not e.key.startswith("aten::") and getattr(e, key, 0) > 0)]
+    events.sort(key=lambda e: getattr(e, key, 0), reverse=True)
+    total = sum(getattr(e, key, 0) for e in events) / steps / 1e3
+    return total, [{"name": e.key, "ms_per_step": getattr(e, key, 0) / steps / 1e3, "calls_per_step": e.count / steps}
+                   for e in events[:top]]
+
+
 def step_ms(group, context=contextlib.nullcontext, n: int = 50) -> float:
     with context():
         steps(group, 10)
@@ -87,17 +100,12 @@ def main() -> None:
     with torch.profiler.profile(activities=activities) as prof:
         steps(group, 10)
         sync(device)
-    events = prof.key_averages()
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)
-    total = sum(getattr(e, key, 0) for e in events)
-    say(f"\n1. kernels / ops by self {'device' if cuda else 'CPU'} time, 10 steps: total {total / 10 / 1e3:.2f} ms per step")
+    total, table = kernel_table(prof, cuda, 10, 30)
+    say(f"\n1. kernels / ops by self {'device' if cuda else 'CPU'} time, 10 steps: total {total:.2f} ms per step")
     say(f"{'ms/step':>8} {'share':>6} {'calls/step':>10}  name")
-    table = []
-    for e in rows[:30]:
-        t = getattr(e, key, 0)
-        table.append({"name": e.key, "ms_per_step": t / 10 / 1e3, "calls_per_step": e.count / 10})
-        say(f"{t / 10 / 1e3:8.3f} {100 * t / max(total, 1):5.1f}% {e.count / 10:10.1f}  {e.key[:110]}")
+    for row in table:
+        say(f"{row['ms_per_step']:8.3f} {100 * row['ms_per_step'] / max(total, 1e-9):5.1f}% "
+            f"{row['calls_per_step']:10.1f}  {row['name'][:110]}")
     # 2. variants
     say("\n2. step time (eager, ms per step) under variants")
     variants: dict[str, float] = {}
@@ -136,6 +144,7 @@ def main() -> None:
         sync(device)
     events = prof.key_averages()
     probe_table = {}
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     for key_name in ([key] if not cuda else [key, "self_cpu_time_total"]):
         rows = sorted(events, key=lambda e: getattr(e, key_name, 0), reverse=True)
         total = sum(getattr(e, key_name, 0) for e in events)

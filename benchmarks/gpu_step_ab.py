@@ -29,18 +29,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def build(device: str, seeds: int, graphs: str):
-    from emergelab.presets import preset_dict
-    from emergelab.train import ExperimentConfig
-    from emergelab.train.group import SeedGroup
-
-    data = preset_dict("demo")
-    data["task"] = {**data["task"], "state_size": 16, "sparsity": 8}
-    data["train"] = {**data["train"], "seeds": seeds, "steps": 10 ** 6}
-    data["execution"] = {"device": device, "cuda_graphs": graphs}
-    return SeedGroup(ExperimentConfig.from_dict(data).resolved(), list(range(seeds)))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_profile_step import build, kernel_table, steps as run_steps, sync  # noqa: E402  (the group it profiles)
 
 
 def choose(use_triton: bool, small_heads: str) -> None:
@@ -49,17 +39,6 @@ def choose(use_triton: bool, small_heads: str) -> None:
 
     LayerNorm.use_triton = use_triton
     Attention.small_heads = small_heads
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_steps(group, n: int) -> None:
-    for _ in range(n):
-        group._train_step()
-        group.step += 1
 
 
 def main() -> None:
@@ -125,16 +104,10 @@ def main() -> None:
     with torch.profiler.profile(activities=activities) as prof:
         run_steps(g, 10)
         sync(device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    kernels = [e for e in prof.key_averages() if not e.key.startswith("aten::") and getattr(e, key, 0) > 0]
-    kernels.sort(key=lambda e: getattr(e, key, 0), reverse=True)
-    total = sum(getattr(e, key, 0) for e in kernels)
-    print(f"\nkernels of the default eager step (no aten:: rows), 10 steps: {total / 10 / 1e3:.2f} ms per step")
-    table = []
-    for e in kernels[:25]:
-        t = getattr(e, key, 0)
-        table.append({"name": e.key, "ms_per_step": t / 10 / 1e3, "calls_per_step": e.count / 10})
-        print(f"{t / 10 / 1e3:8.3f} {e.count / 10:6.1f}  {e.key[:100]}")
+    total, table = kernel_table(prof, cuda, 10, 25, kernels_only=True)
+    print(f"\nkernels of the default eager step (no aten:: rows), 10 steps: {total:.2f} ms per step")
+    for row in table:
+        print(f"{row['ms_per_step']:8.3f} {row['calls_per_step']:6.1f}  {row['name'][:100]}")
     choose(True, "bmm")
     write_text(args.out, json.dumps({"benchmark": "gpu_step_ab", "device": name, "torch": torch.__version__,
                                      "seeds": args.seeds, "steps": args.steps, "rounds": args.rounds,
