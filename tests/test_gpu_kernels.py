@@ -143,3 +143,21 @@ def test_cuda_small_heads_take_bmm_attention_and_agree_with_sdpa_math():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     with model.observing():
         torch.testing.assert_close(ours, model(tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(TRITON is None, reason="needs Triton")
+def test_a_cpu_model_never_imports_triton():
+    """Importing Triton costs start-up time that a CPU worker should not pay: a CPU model's forward and
+    backward never import it, even where it is installed."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from emergelab.models.transformer import TransformerConfig
+        model = TransformerConfig(layers=1, heads=2, head_dim=8, vocab_size=3, context_length=6).build(2)
+        model(torch.randint(0, 3, (2, 4, 6))).sum().backward()
+        print("TRITON" if "triton" in sys.modules else "NONE")
+    """)
+    path = os.pathsep.join(p for p in (str(SRC), TRITON) if p)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("NONE")
