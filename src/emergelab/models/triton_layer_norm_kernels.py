@@ -26,6 +26,7 @@ def forward_kernel(X, W, B, Y, MEAN, RSTD, R, D, eps,
     tl.store(MEAN + flat, mean, mask=row_ok)
     tl.store(RSTD + flat, rstd, mask=row_ok)
 
+
 @triton.jit
 def backward_kernel(X, W, MEAN, RSTD, DY, DX, DW, DB, R, D, BLOCKS,
                     BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr):

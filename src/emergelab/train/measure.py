@@ -174,8 +174,8 @@ class AttentionScores:
     ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
     is not empty (none for a task whose ground truth has no keys); with a per-sequence ground truth or
     output index, over the (sequence, query) pairs whose own row is not empty; per output NaN where none
-    counts (a cellular automaton's first state). Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under ``attention/``).
-    Applies to models with ``blocks.{l}.attn.hook_pattern``."""
+    counts (a cellular automaton's first state). Snapshot: the batch-mean pattern ``[E, L, H, P, P]``
+    (saved under ``attention/``). Applies to models with ``blocks.{l}.attn.hook_pattern``."""
 
     snapshot_name = "attention"
 
