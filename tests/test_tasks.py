@@ -218,6 +218,85 @@ def test_linear_map_rows_are_uniform_subsets():
             assert abs(z) < 6, (i, j, z)
 
 
+def test_linear_map_distinct_rows_are_uniform_over_distinct_tuples():
+    """``rows = "distinct"``: A is uniform over the ordered S-tuples of pairwise different s-subsets (S = 4,
+    s = 2: 6 * 5 * 4 * 3 = 360 of them, chi-square), and with C(S, s) = S every subset appears once."""
+    S, s, draws = 4, 2, 7200
+    g = make_generator(3)
+    counts: dict[tuple, int] = {}
+    for _ in range(draws):
+        A = tuple(tuple(row) for row in as_lists(draw_sparse_matrix(S, s, g, distinct=True)))
+        assert len(set(A)) == S and all(sum(row) == s for row in A)
+        counts[A] = counts.get(A, 0) + 1
+    cells = math.perm(math.comb(S, s), S)
+    assert len(counts) <= cells
+    expected = draws / cells
+    stat = sum((c - expected) ** 2 / expected for c in counts.values()) + (cells - len(counts)) * expected
+    assert stat < chi_square_bound(cells - 1), stat
+    for seed in range(20):
+        A = as_lists(draw_sparse_matrix(4, 3, make_generator(seed), distinct=True))
+        assert sorted(map(tuple, A)) == sorted(tuple(1 - (j == k) for j in range(4)) for k in range(4))
+
+
+@pytest.mark.parametrize("S,s", [(8, 3), (16, 3), (16, 6), (8, 7)])
+def test_linear_map_distinct_rows_keep_the_independent_draw_up_to_the_first_repeat(S, s):
+    """The distinct matrix is the independent one up to its first row equal to an earlier row (the same
+    generator draws, then redraws from there); a matrix without equal rows is unchanged."""
+    repeats = 0
+    for seed in range(300):
+        plain = as_lists(draw_sparse_matrix(S, s, make_generator(seed)))
+        distinct = as_lists(draw_sparse_matrix(S, s, make_generator(seed), distinct=True))
+        assert len(set(map(tuple, distinct))) == S and all(sum(row) == s for row in distinct)
+        first = next((i for i in range(S) if plain[i] in plain[:i]), S)
+        repeats += first < S
+        assert distinct[:first] == plain[:first]
+        if first == S:
+            assert distinct == plain
+    assert repeats > 0  # the case the option exists for occurred
+
+
+def test_shortcut_fan_in_against_every_combination_of_earlier_rows():
+    """``shortcut_fan_in`` against a slow reference that XORs every subset of earlier rows (of at most
+    ``max_outputs``) into the row as 0/1 lists; and hand cases: an equal earlier row is a copy (1), a row
+    that is the XOR of two earlier rows costs 2, a row without a shortcut costs s."""
+    from emergelab.tasks import shortcut_fan_in
+
+    def reference(A, k):
+        out = []
+        for i, row in enumerate(A):
+            best = (sum(row), ())
+            for n in range(1, k + 1):
+                for T in combinations(range(i), n):
+                    rest = [sum(col) % 2 for col in zip(row, *(A[t] for t in T))]
+                    if sum(rest) + n < best[0]:
+                        best = (sum(rest) + n, T)
+            out.append(best)
+        return out
+
+    for seed, (S, s, k) in enumerate([(6, 3, 2), (7, 2, 3), (8, 4, 2), (5, 5, 1), (8, 3, 0)]):
+        A = draw_sparse_matrix(S, s, make_generator(seed))
+        assert shortcut_fan_in(A, k) == reference(as_lists(A), k)
+        assert all(fan <= s for fan, _ in shortcut_fan_in(A, k))
+    A = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0],
+                      [1, 1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1]])  # s = 4; row 3 = row 0 xor row 1
+    assert shortcut_fan_in(A) == [(4, ()), (4, ()), (1, (0,)), (2, (0, 1)), (4, ())]
+
+
+def test_linear_map_rows_setting_is_checked_and_enters_the_hash_only_when_distinct():
+    from emergelab.config import ConfigError
+    from emergelab.train import ExperimentConfig
+
+    def key(**task):
+        return ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 8, "sparsity": 3,
+                                                    **task}}).resolved().science_key()
+
+    assert key() == key(rows="independent") != key(rows="distinct")
+    with pytest.raises(ConfigError, match="task.rows.*independent, distinct"):
+        LinearMapConfig(rows="shuffled")
+    with pytest.raises(ConfigError, match="task.rows.*C\\(S, s\\) = 1"):
+        LinearMapConfig(state_size=8, sparsity=8, rows="distinct")
+
+
 @pytest.mark.parametrize("S,s,seed", [(3, 2, 0), (3, 1, 1), (4, 2, 2)])
 def test_linear_map_optimal_loss_matches_monte_carlo(S, s, seed):
     """The closed form (S-1)/(2S-1) ln 2 equals the Bayes loss estimated by counting prefixes."""

@@ -8,7 +8,7 @@ from .base import (Batch, LengthTask, MapView, RuleTask, Task, TaskConfig, defau
                    supports_sample_outputs, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
 from .count import CountConfig, CountTask
-from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix
+from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix, shortcut_fan_in
 from .question_formation import QuestionFormationConfig, QuestionFormationTask
 from .repetition import RepetitionBatch, RepetitionConfig, RepetitionTask
 from .reverse_addition import ReverseAdditionConfig, ReverseAdditionTask
@@ -48,7 +48,7 @@ def register_task(config_class: type) -> type:
 __all__ = [
     "TASKS", "register_task", "task_class", "task_names", "Batch", "MapView", "Task", "TaskConfig", "default_map_view", "make_generator",
     "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task",
-    "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix",
+    "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix", "shortcut_fan_in",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",
     "LengthTask", "supports_lengths", "supports_sample_masks", "supports_sample_outputs", "length_eval_tokens", "CountConfig", "CountTask",
     "ReverseAdditionConfig", "ReverseAdditionTask", "RuleTask", "supports_rules", "generalization_tokens",

@@ -2,48 +2,103 @@
 
 A is ``S x S`` binary with exactly ``s`` ones per row at uniformly random columns (diagonal allowed),
 drawn once per run. A sequence is ``x0 x1`` flattened (``L = 2S`` tokens, no BOS, no separators).
+
+Rows drawn independently can be equal (probability ``1 - prod_{k<S} (1 - k / C(S, s))``: 0.41 at S = 8,
+s = 3, the demo preset; 0.19 at S = 16, s = 3). Then ``x1[i] = x1[j]`` for the later row ``i``: bit ``i``
+is a copy of an earlier output, which attention learns in a few hundred steps whatever ``s`` is
+(docs/results.md, "sparsity at the paper's scale"), and its ground-truth keys (``x0``) are not the ones a
+copying head reads. ``rows = "distinct"`` redraws a row until it differs from every earlier one. Subtler
+shortcuts remain (a row that is the XOR of two earlier rows: a 2-sparse parity of earlier outputs):
+:func:`shortcut_fan_in` lists each bit's.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..config import require, require_int
+from ..config import require, require_choice, require_int
 from .base import Batch, MapView
 
 
 @dataclass(frozen=True)
 class LinearMapConfig:
-    """state_size: S bits per state. sparsity: s ones per row of A (hardest near S/2)."""
+    """state_size: S bits per state. sparsity: s ones per row of A (hardest near S/2). rows: independent
+    (each row of A drawn on its own, as the paper does: two rows can be equal, which makes the later bit a
+    copy of an earlier output; module doc) or distinct (a row equal to an earlier one is drawn again;
+    needs C(S, s) >= S)."""
 
     name: ClassVar[str] = "linear-map"
     state_size: int = 8
     sparsity: int = 2
+    rows: str = "independent"
 
     def __post_init__(self) -> None:
         require_int("task.state_size", self.state_size, 1, 4096)
         ok = isinstance(self.sparsity, int) and not isinstance(self.sparsity, bool)
         require(ok and 1 <= self.sparsity <= self.state_size, "task.sparsity",
                 self.sparsity, f"must be an integer in [1, task.state_size={self.state_size}]")
+        require_choice("task.rows", self.rows, ROWS)
+        if self.rows == "distinct":
+            require(math.comb(self.state_size, self.sparsity) >= self.state_size, "task.rows", self.rows,
+                    f"needs at least S = {self.state_size} different rows, and S = {self.state_size}, "
+                    f"s = {self.sparsity} has C(S, s) = {math.comb(self.state_size, self.sparsity)}: "
+                    "use rows=independent or another sparsity")
 
     def sizes(self) -> tuple[int, int]:
         """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
         return 2, 2 * self.state_size
 
     def build(self, generator: torch.Generator) -> "LinearMapTask":
-        return LinearMapTask(self, draw_sparse_matrix(self.state_size, self.sparsity, generator))
+        return LinearMapTask(self, draw_sparse_matrix(self.state_size, self.sparsity, generator,
+                                                      distinct=self.rows == "distinct"))
 
 
-def draw_sparse_matrix(state_size: int, sparsity: int, generator: torch.Generator) -> torch.Tensor:
-    """``[S, S]`` int64 0/1 matrix with exactly ``sparsity`` ones per row at uniform random columns."""
+ROWS = ("independent", "distinct")
+
+
+def shortcut_fan_in(matrix: torch.Tensor, max_outputs: int = 2) -> list[tuple[int, tuple[int, ...]]]:
+    """Per bit ``i`` of ``x1``, the fewest tokens it is the XOR of, using at most ``max_outputs`` earlier
+    outputs ``x1[j]`` (``j < i``, which a sequence shows before ``x1[i]``) and whichever ``x0`` bits remain:
+    ``min |T| + |A_i xor (xor_{t in T} A_t)|`` over ``T`` of at most ``max_outputs`` earlier rows, with
+    that ``T``; ``T = ()`` gives ``s``. A bit with a fan-in below ``s`` has a shortcut: 1 is a copy of an
+    earlier output (equal rows), 2 the XOR of two earlier outputs, or of one and an ``x0`` bit, and so on.
+    matrix ``[S, S]`` 0/1 -> ``[(fan_in, T)]`` per row, the smallest ``T`` (then the first) on ties."""
+    rows = [int("".join(map(str, r)), 2) for r in matrix.to(torch.int64).tolist()]
+    result = []
+    for i, row in enumerate(rows):
+        best = (row.bit_count(), ())
+        for k in range(1, max_outputs + 1):
+            for earlier in itertools.combinations(range(i), k):
+                rest = row
+                for t in earlier:
+                    rest ^= rows[t]
+                if rest.bit_count() + k < best[0]:
+                    best = (rest.bit_count() + k, earlier)
+        result.append(best)
+    return result
+
+
+def draw_sparse_matrix(state_size: int, sparsity: int, generator: torch.Generator,
+                       distinct: bool = False) -> torch.Tensor:
+    """``[S, S]`` int64 0/1 matrix with exactly ``sparsity`` ones per row at uniform random columns.
+    ``distinct``: then, row by row, a row equal to an earlier one is drawn again from the same generator
+    (uniform over the s-subsets not yet used; the first draw is the independent matrix's)."""
     scores = torch.rand(state_size, state_size, generator=generator, device=generator.device)
     columns = scores.argsort(dim=1)[:, :sparsity]  # a uniform random s-subset per row
     matrix = torch.zeros(state_size, state_size, dtype=torch.int64, device=generator.device)
-    return matrix.scatter_(1, columns, 1)
+    matrix.scatter_(1, columns, 1)
+    if distinct:
+        for i in range(1, state_size):
+            while bool((matrix[:i] == matrix[i]).all(1).any()):
+                row = torch.rand(state_size, generator=generator, device=generator.device).argsort()[:sparsity]
+                matrix[i] = 0
+                matrix[i, row] = 1
+    return matrix
 
 
 class LinearMapTask:
@@ -82,7 +137,8 @@ class LinearMapTask:
         return [0.0] * self.n_outputs
 
     def describe(self) -> str:
-        return f"linear map S={self.state_size} s={self.config.sparsity}"
+        rows = ", distinct rows" if self.config.rows == "distinct" else ""
+        return f"linear map S={self.state_size} s={self.config.sparsity}{rows}"
 
     def map_view(self) -> MapView:
         """The queries ``S-1 .. 2S-2`` (predicting ``x1[0..S-1]``) against the keys ``0 .. S-1`` (``x0``)."""

@@ -294,7 +294,8 @@ class ExperimentConfig:
         """A short hash of everything that changes the numbers (``task``, ``model``, ``train``).
 
         The model's name enters only when it is not the transformer, ``model.positions`` only when it is
-        not ``learned``, reverse addition's ``task.hints`` only when it is not ``fixed``, and
+        not ``learned``, reverse addition's ``task.hints`` only when it is not ``fixed``, the linear map's
+        ``task.rows`` only when it is not ``independent``, and
         ``train.pretrain`` / ``train.pretrain_steps`` only when pre-training is on, so runs made before
         those fields existed keep their hashes."""
         data = self.science_dict()
@@ -304,6 +305,8 @@ class ExperimentConfig:
             data["model"].pop("positions")
         if data["task"].get("name") == "reverse-addition" and data["task"].get("hints") == "fixed":  # likewise
             data["task"].pop("hints")
+        if data["task"].get("name") == "linear-map" and data["task"].get("rows") == "independent":  # likewise
+            data["task"].pop("rows")
         if data["train"].get("pretrain") == "none":  # the default: likewise
             data["train"].pop("pretrain")
             data["train"].pop("pretrain_steps", None)
