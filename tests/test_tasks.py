@@ -278,8 +278,15 @@ def test_shortcut_fan_in_against_every_combination_of_earlier_rows():
         assert shortcut_fan_in(A, k) == reference(as_lists(A), k)
         assert all(fan <= s for fan, _ in shortcut_fan_in(A, k))
     A = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0],
-                      [1, 1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1]])  # s = 4; row 3 = row 0 xor row 1
-    assert shortcut_fan_in(A) == [(4, ()), (4, ()), (1, (0,)), (2, (0, 1)), (4, ())]
+                      [1, 1, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1, 0],
+                      [0, 1, 0, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 0, 0, 1]])  # s = 4; row 3 = row 0 xor row 1
+    assert shortcut_fan_in(A)[:5] == [(4, ()), (4, ()), (1, (0,)), (2, (0, 1)), (4, ())]
+    assert shortcut_fan_in(A) == reference(A.tolist(), 2)
+    assert shortcut_fan_in(A.float(), 0) == [(4, ())] * 8
+    for bad, kwargs in [(torch.ones(4), {}), (torch.ones(2, 3), {}), (2 * torch.eye(3), {}), (A, {"max_outputs": -1}),
+                        (A.tolist(), {})]:
+        with pytest.raises(ValueError, match="shortcut_fan_in"):
+            shortcut_fan_in(bad, **kwargs)
 
 
 def test_linear_map_rows_setting_is_checked_and_enters_the_hash_only_when_distinct():

@@ -67,8 +67,20 @@ def shortcut_fan_in(matrix: torch.Tensor, max_outputs: int = 2) -> list[tuple[in
     ``min |T| + |A_i xor (xor_{t in T} A_t)|`` over ``T`` of at most ``max_outputs`` earlier rows, with
     that ``T``; ``T = ()`` gives ``s``. A bit with a fan-in below ``s`` has a shortcut: 1 is a copy of an
     earlier output (equal rows), 2 the XOR of two earlier outputs, or of one and an ``x0`` bit, and so on.
-    matrix ``[S, S]`` 0/1 -> ``[(fan_in, T)]`` per row, the smallest ``T`` (then the first) on ties."""
-    rows = [int("".join(map(str, r)), 2) for r in matrix.to(torch.int64).tolist()]
+    Shortcuts that save most are the ones that matter: at S = 16, s = 6 most matrices have several bits at
+    fan-in 5 (an earlier row sharing 4 columns), while copies (1) and 2-sparse XORs are learned at once.
+    On ties the smallest ``T`` (then the first) wins, so at s = 2 a row that is the XOR of two earlier
+    rows reads ``(2, ())``.
+
+    matrix ``[S, S]`` of 0 and 1 (any dtype), max_outputs >= 0 -> ``[(fan_in, T)]`` per row."""
+    if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"shortcut_fan_in: matrix must be a square [S, S] tensor (task.matrix), got "
+                         f"{type(matrix).__name__} {tuple(getattr(matrix, 'shape', ()))}")
+    if not bool(((matrix == 0) | (matrix == 1)).all()):
+        raise ValueError("shortcut_fan_in: matrix entries must be 0 or 1")
+    if isinstance(max_outputs, bool) or not isinstance(max_outputs, int) or max_outputs < 0:
+        raise ValueError(f"shortcut_fan_in: max_outputs must be an integer >= 0, got {max_outputs!r}")
+    rows = [int("".join(map(str, r)), 2) if r else 0 for r in matrix.to(torch.int64).tolist()]
     result = []
     for i, row in enumerate(rows):
         best = (row.bit_count(), ())
@@ -93,11 +105,15 @@ def draw_sparse_matrix(state_size: int, sparsity: int, generator: torch.Generato
     matrix = torch.zeros(state_size, state_size, dtype=torch.int64, device=generator.device)
     matrix.scatter_(1, columns, 1)
     if distinct:
-        for i in range(1, state_size):
-            while bool((matrix[:i] == matrix[i]).all(1).any()):
-                row = torch.rand(state_size, generator=generator, device=generator.device).argsort()[:sparsity]
-                matrix[i] = 0
-                matrix[i, row] = 1
+        rows = matrix.cpu().numpy()  # read once (on a GPU a read per row would wait for the device each time)
+        seen: set[bytes] = set()
+        for i in range(state_size):
+            while rows[i].tobytes() in seen:
+                redraw = torch.rand(state_size, generator=generator, device=generator.device).argsort()[:sparsity]
+                rows[i] = 0
+                rows[i, redraw.cpu().numpy()] = 1
+            seen.add(rows[i].tobytes())
+        matrix = torch.from_numpy(rows).to(generator.device)
     return matrix
 
 
