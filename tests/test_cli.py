@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from emergelab.cli import main
@@ -243,3 +245,29 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     assert err.replace("\r", "\n").rstrip().splitlines()[-1] == \
         "emergelab: terminated; re-run the same command to resume"
     assert "Traceback" not in err
+
+
+def test_copies_of_earlier_outputs_are_marked_in_the_run_table(workdir, capsys):
+    """The linear map records each bit's fan-in at step 0 (``fan_in``, from ``tasks.shortcut_fan_in``); the
+    summary keeps it and the run table marks a copy (fan-in 1) with ``c``. Master seed 0, S = 8, s = 3: seed
+    0's bit 5 repeats bit 3 (equal rows), seed 1 has no copy; ``task.rows=distinct`` has none."""
+    from emergelab.tasks import seed_task, shortcut_fan_in
+    from emergelab.train import ExperimentConfig
+
+    args = ["run", "linear-map", "--steps", "10", "--seeds", "2", "--no-figures", "--quiet",
+            "--set", "task.state_size=8", "--set", "task.sparsity=3", "--set", "model.head_dim=4"]
+    assert main(args + ["--out", str(workdir / "plain")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, l in enumerate(lines) if "final loss" in l and "seed" in l)
+    steps = [l.split()[3:] for l in lines[header + 1:header + 3]]
+    assert [i for i, s in enumerate(steps[0]) if s.endswith("c")] == [5] and not any("c" in s for s in steps[1])
+    assert any(l.startswith("(c: equal to an earlier output") for l in lines)
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 8, "sparsity": 3}}).resolved()
+    summary = json.loads((workdir / "plain" / "summary.json").read_text())
+    for seed in (0, 1):
+        expected = [fan for fan, _ in shortcut_fan_in(seed_task(config.task, 0, seed).matrix)]
+        assert list(summary["seeds"][str(seed)]["fan_in"].values()) == expected
+    metrics = pq.read_table(workdir / "plain" / "metrics.parquet").to_pylist()
+    assert {row["step"] for row in metrics if row["metric"] == "fan_in"} == {0}
+    assert main(args + ["--set", "task.rows=distinct", "--out", str(workdir / "distinct")]) == 0
+    assert not any(l.startswith("(c:") for l in capsys.readouterr().out.splitlines())

@@ -337,7 +337,7 @@ def _fail_on_problems(path: Path) -> None:
 def print_summary(run: Any) -> None:
     """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
     emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn; ``?``:
-    not measured)."""
+    not measured; a ``c`` after it: the output is a copy of an earlier one, ``fan_in`` 1)."""
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
@@ -346,18 +346,23 @@ def print_summary(run: Any) -> None:
                 if pre else "")
     print(f"\n{summary['task']}: {summary['steps']} steps{pre_text}; optimal loss {opt_text}")
     print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
-    unjudged = unmeasured = False
+    unjudged = unmeasured = copied = False
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
         skip, absent = set(info.get("not_judged", ())), set(info.get("not_measured", ()))
-        unjudged, unmeasured = unjudged or bool(skip), unmeasured or bool(absent)
-        learned = " ".join("." if k in skip else "?" if k in absent else "-" if s is None else str(s)
+        copies = {k for k, fan in info.get("fan_in", {}).items() if fan == 1}
+        unjudged, unmeasured, copied = unjudged or bool(skip), unmeasured or bool(absent), copied or bool(copies)
+        learned = " ".join("." if k in skip else "?" if k in absent else
+                           ("-" if s is None else str(s)) + ("c" if k in copies else "")
                            for k, s in info["learned_step"].items())
         print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {learned}")
     if unjudged:
         print("(.: an output with nothing to learn, its optimum at its initial loss; -: not yet)")
     if unmeasured:
         print("(?: no held-out sequence has this output, so it was not measured: raise train.eval_batch_size)")
+    if copied:
+        print("(c: equal to an earlier output (linear map: two equal rows of A), so learned as a copy; "
+              "task.rows=distinct avoids it)")
     figures = sorted(run.figures_dir.glob("*.png")) if run.figures_dir.exists() else []
     if figures:
         print("figures: " + ", ".join(str(f) for f in figures))

@@ -18,8 +18,9 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     ``final_loss``, ``learned_step`` (output index -> emergence step, None if not yet), ``n_learned``
     and ``all_learned`` (every output with something to learn: ``not_judged`` lists the others, e.g. a
     cellular automaton's uniform first state, when there are any; ``not_measured`` those no held-out
-    sequence had, whose metrics are NaN); with pre-training (``train.pretrain``) also ``"pretrain"``: see
-    :func:`pretrain_record`."""
+    sequence had, whose metrics are NaN), and ``fan_in`` (output index -> the fewest tokens it is a function
+    of, earlier outputs included) where the task records it (the linear map); with pre-training
+    (``train.pretrain``) also ``"pretrain"``: see :func:`pretrain_record`."""
     config = run.read_config_dict()
     info = run.task_info() or {}
     con = connect(run.path)
@@ -27,6 +28,10 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         emergence, _ = curve_emergence(con)
         final = {int(seed): float(value) for seed, value in con.sql(
             "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
+        fan_in: dict[int, dict[str, int]] = {}
+        for seed, index, value in con.sql("SELECT seed, \"index\", value FROM metrics WHERE metric = 'fan_in' "
+                                          "AND step = 0").fetchall():
+            fan_in.setdefault(int(seed), {})[str(index)] = int(value)
     finally:
         con.close()
     seeds: dict[str, dict[str, Any]] = {}
@@ -39,7 +44,9 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         if not row["judged"]:
             entry["not_judged"].append(row["target"][4:])
     n_outputs = int(info.get("n_outputs") or 0)
-    for entry in seeds.values():
+    for seed, entry in seeds.items():
+        if int(seed) in fan_in:  # the task's per-output fan-in (the linear map: 1 = a copy of an earlier output)
+            entry["fan_in"] = dict(sorted(fan_in[int(seed)].items(), key=lambda kv: int(kv[0])))
         # an output without a finite curve: no held-out sequence had it (tasks.SampleOutputTask)
         unmeasured = [str(i) for i in range(n_outputs) if str(i) not in entry["learned_step"]]
         entry["learned_step"].update({i: None for i in unmeasured})

@@ -17,7 +17,10 @@ What a task knows about itself, so no other layer switches on task names:
 * ``output_optima()``: per output, the best achievable mean loss of its positions (None where no closed
   form is known); ``optimal_loss()``: the same for the aggregate loss;
 * ``describe()``: one line for figure titles and reports;
-* ``map_view()``: which block of the ``[P, P]`` attention map is worth drawing.
+* ``map_view()``: which block of the ``[P, P]`` attention map is worth drawing;
+* optionally ``output_fan_in()``: per output, the fewest tokens it is a function of, earlier outputs
+  included (the linear map: ``s``, or less where a row of A repeats or combines earlier rows); training
+  records it once per seed as the step-0 metric ``fan_in``.
 
 The run store records these when a run is created (``task.json``), so analysis and figures read them
 there instead of rebuilding tasks.

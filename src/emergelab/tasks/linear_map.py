@@ -148,6 +148,11 @@ class LinearMapTask:
     def output_labels(self) -> list[str]:
         return [f"bit {i}" for i in range(self.n_outputs)]
 
+    def output_fan_in(self) -> list[int]:
+        """Per bit, :func:`shortcut_fan_in`'s fan-in (through at most two earlier outputs): ``s``, 1 for a
+        copy of an earlier output, 2 for the XOR of two, ..."""
+        return [fan for fan, _ in shortcut_fan_in(self.matrix)]
+
     def output_optima(self) -> list[float]:
         """Every bit of x1 is determined by x0: optimum 0."""
         return [0.0] * self.n_outputs

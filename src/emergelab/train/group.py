@@ -245,6 +245,9 @@ class SeedGroup:
             self.loss_sum.zero_()
             self.loss_steps = 0
         m.add(step, seeds, "lr", [""], np.full((len(seeds), 1), learning_rate(self.config.train, max(step - 1, 0))))
+        if step == 0 and hasattr(self.tasks[0], "output_fan_in"):  # the task's structure, once per seed
+            fan_in = np.array([task.output_fan_in() for task in self.tasks], dtype=np.float64)  # [E, O]
+            m.add(step, seeds, "fan_in", [str(i) for i in range(fan_in.shape[1])], fan_in)
         if self.on_record is not None:
             self.on_record(m.rows_since(first))
         if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
