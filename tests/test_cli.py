@@ -269,5 +269,12 @@ def test_copies_of_earlier_outputs_are_marked_in_the_run_table(workdir, capsys):
         assert list(summary["seeds"][str(seed)]["fan_in"].values()) == expected
     metrics = pq.read_table(workdir / "plain" / "metrics.parquet").to_pylist()
     assert {row["step"] for row in metrics if row["metric"] == "fan_in"} == {0}
+    assert main(["analyze", str(workdir / "plain"), "--out", str(workdir / "analysis")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top = next(i for i, l in enumerate(lines) if l.startswith("emergence step per output"))
+    assert "'c' = equal to an earlier output" in lines[top]
+    table = [l.split() for l in lines[top + 2:top + 4]]  # rows of seeds 0 and 1: run, seed, loss, outputs
+    assert [i for i, cell in enumerate(table[0][3:]) if cell.endswith("c")] == [5]
+    assert not any(cell.endswith("c") for cell in table[1][3:])
     assert main(args + ["--set", "task.rows=distinct", "--out", str(workdir / "distinct")]) == 0
     assert not any(l.startswith("(c:") for l in capsys.readouterr().out.splitlines())

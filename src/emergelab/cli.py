@@ -458,7 +458,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print()
         print(format_plateau_scaling(result, vs))
     print()
-    print(format_positions(result))
+    copies = {(run, int(seed), int(index)) for run, seed, index in con.sql(  # the linear map's fan_in metric
+        "SELECT run, seed, \"index\" FROM metrics WHERE metric = 'fan_in' AND step = 0 AND value = 1").fetchall()}
+    print(format_positions(result, copies=copies))
     paths = write_tables(result, out, {"heads": heads, "head_rows": head_rows(con)})
     paths += make_analysis_figures(result, out, vs=args.vs)
     tables = [p.stem for p in paths if p.suffix == ".parquet"]

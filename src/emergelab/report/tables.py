@@ -125,14 +125,17 @@ def format_plateau_scaling(result: Any, field: str) -> str:
     return "\n".join(lines) + "\n" + _render(header, rows)
 
 
-def format_positions(result: Any, max_rows: int = 40) -> str:
+def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int, int]] = frozenset()) -> str:
     """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet,
-    "." = nothing to learn, "?" = not measured: no held-out sequence had it)."""
+    "." = nothing to learn, "?" = not measured: no held-out sequence had it). ``copies``: the (run, seed,
+    output) that equal an earlier output (the step-0 metric ``fan_in`` = 1), marked "c"."""
     c = result.curves.to_pylist()
     per: dict[tuple[str, int], dict[str, Any]] = {}
     for r in c:
-        per.setdefault((r["run"], r["seed"]), {})[r["target"]] = (
-            _fmt(r["step"]) if r["emerged"] else "-" if r.get("judged", True) else ".")
+        cell = _fmt(r["step"]) if r["emerged"] else "-" if r.get("judged", True) else "."
+        if r["target"].startswith("pos:") and (r["run"], r["seed"], int(r["target"][4:])) in copies:
+            cell += "c"
+        per.setdefault((r["run"], r["seed"]), {})[r["target"]] = cell
     runs = sorted({run for run, _ in per})
     short = {run: Path(run).name for run in runs}
     if len(set(short.values())) < len(runs):
@@ -152,7 +155,8 @@ def format_positions(result: Any, max_rows: int = 40) -> str:
     unjudged = any(not r.get("judged", True) for r in c)
     return ("emergence step per output (columns 0..: loss_pos[i]; '-' = not yet"
             + ("; '.' = nothing to learn" if unjudged else "")
-            + ("; '?' = not measured: no held-out sequence had it" if unmeasured else "") + ")\n") + text
+            + ("; '?' = not measured: no held-out sequence had it" if unmeasured else "")
+            + ("; 'c' = equal to an earlier output (a copy)" if copies else "") + ")\n") + text
 
 
 def write_tables(result: Any, out: str | Path, extra: dict[str, pa.Table] | None = None) -> list[Path]:
