@@ -289,6 +289,25 @@ def test_shortcut_fan_in_against_every_combination_of_earlier_rows():
             shortcut_fan_in(bad, **kwargs)
 
 
+def test_output_fan_in_stays_cheap_and_keeps_copies_at_every_size():
+    """``LinearMapTask.output_fan_in`` (recorded at step 0 of every run) is ``shortcut_fan_in`` where the
+    search is small, and past its budget still finds every copy (an equal earlier row); ``copy_outputs``
+    marks copies only where the task's own fan-in is more than 1."""
+    from emergelab.analysis.summary import copy_outputs
+    from emergelab.tasks import shortcut_fan_in
+
+    task = LinearMapConfig(state_size=16, sparsity=6).build(make_generator(62))
+    assert task.output_fan_in() == [fan for fan, _ in shortcut_fan_in(task.matrix)]
+    for S, s in [(300, 2), (2000, 2)]:  # depth 1, then copies alone
+        task = LinearMapConfig(state_size=S, sparsity=s).build(make_generator(0))
+        rows = [tuple(r) for r in task.matrix.tolist()]
+        copies = [i for i in range(S) if rows[i] in rows[:i]]
+        fan_in = task.output_fan_in()
+        assert copies and [i for i, f in enumerate(fan_in) if f == 1] == copies and max(fan_in) == s
+    assert copy_outputs({"0": 3, "1": 1, "2": 3}) == {"1"}
+    assert copy_outputs({"0": 1, "1": 1}) == set()  # s = 1: every bit reads one key, no shortcut
+
+
 def test_linear_map_rows_setting_is_checked_and_enters_the_hash_only_when_distinct():
     from emergelab.config import ConfigError
     from emergelab.train import ExperimentConfig

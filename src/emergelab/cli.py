@@ -337,7 +337,9 @@ def _fail_on_problems(path: Path) -> None:
 def print_summary(run: Any) -> None:
     """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
     emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn; ``?``:
-    not measured; a ``c`` after it: the output is a copy of an earlier one, ``fan_in`` 1)."""
+    not measured; a ``c`` after it: the output equals an earlier one, ``analysis.summary.copy_outputs``)."""
+    from .analysis.summary import copy_outputs
+
     summary = run.summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
@@ -350,7 +352,7 @@ def print_summary(run: Any) -> None:
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
         skip, absent = set(info.get("not_judged", ())), set(info.get("not_measured", ()))
-        copies = {k for k, fan in info.get("fan_in", {}).items() if fan == 1}
+        copies = copy_outputs(info.get("fan_in", {}))
         unjudged, unmeasured, copied = unjudged or bool(skip), unmeasured or bool(absent), copied or bool(copies)
         learned = " ".join("." if k in skip else "?" if k in absent else
                            ("-" if s is None else str(s)) + ("c" if k in copies else "")
@@ -408,6 +410,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.heads import attribute_heads, head_rows
     from .analysis.runs import analyze_runs
+    from .analysis.summary import copied_outputs
     from .report.analysis_figures import make_analysis_figures
     from .report.analysis_figures import numeric_fields
     from .report.tables import format_groups, format_plateau_scaling, format_pooling, format_positions, write_tables
@@ -458,9 +461,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print()
         print(format_plateau_scaling(result, vs))
     print()
-    copies = {(run, int(seed), int(index)) for run, seed, index in con.sql(  # the linear map's fan_in metric
-        "SELECT run, seed, \"index\" FROM metrics WHERE metric = 'fan_in' AND step = 0 AND value = 1").fetchall()}
-    print(format_positions(result, copies=copies))
+    print(format_positions(result, copies=copied_outputs(con)))
     paths = write_tables(result, out, {"heads": heads, "head_rows": head_rows(con)})
     paths += make_analysis_figures(result, out, vs=args.vs)
     tables = [p.stem for p in paths if p.suffix == ".parquet"]

@@ -7,7 +7,7 @@ output i was learned" prints the same number.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from ..store import RunDir, connect
 from .emergence import curve_emergence
@@ -66,6 +66,22 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
             "optimal_loss": info.get("optimal_loss"), "output_labels": info.get("labels"),
             **({"pretrain": pretrain} if pretrain else {}),
             "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))}
+
+
+def copy_outputs(fan_in: Mapping[str, int]) -> set[str]:
+    """The outputs of one seed equal to an earlier output, from its ``fan_in`` (output -> fan-in): fan-in 1
+    where the task's own is more. Output 0 has no earlier output, so its fan-in is the task's own and the
+    largest (1 at s = 1, where every bit reads one key and a repeated row is no shortcut)."""
+    top = max(fan_in.values(), default=1)
+    return {k for k, fan in fan_in.items() if fan == 1 < top}
+
+
+def copied_outputs(con: Any) -> set[tuple[str, int, int]]:
+    """:func:`copy_outputs` of every run and seed in the store ``con``, as ``(run, seed, output)``."""
+    return {(run, int(seed), int(index)) for run, seed, index in con.sql(
+        "SELECT run, seed, \"index\" FROM (SELECT run, seed, \"index\", value, max(value) OVER "
+        "(PARTITION BY run, seed) AS top FROM metrics WHERE metric = 'fan_in' AND step = 0) "
+        "WHERE value = 1 AND top > 1").fetchall()}
 
 
 def pretrain_record(config: dict[str, Any]) -> dict[str, Any] | None:

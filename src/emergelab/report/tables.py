@@ -128,7 +128,7 @@ def format_plateau_scaling(result: Any, field: str) -> str:
 def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int, int]] = frozenset()) -> str:
     """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet,
     "." = nothing to learn, "?" = not measured: no held-out sequence had it). ``copies``: the (run, seed,
-    output) that equal an earlier output (the step-0 metric ``fan_in`` = 1), marked "c"."""
+    output) that equal an earlier output (``analysis.summary.copied_outputs``), marked "c"."""
     c = result.curves.to_pylist()
     per: dict[tuple[str, int], dict[str, Any]] = {}
     for r in c:

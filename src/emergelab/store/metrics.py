@@ -28,8 +28,8 @@ Metrics written by the training probe (held-out batch, no grad):
   key tells it) or, per sequence, that no held-out sequence has.
 * ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
 * ``fan_in`` (step 0 only, where the task knows it: the linear map): per output (``"i"``), the fewest
-  tokens it is a function of, earlier outputs included (``tasks.shortcut_fan_in``: 1 = a copy of an
-  earlier output).
+  tokens it is a function of, earlier outputs included (``LinearMapTask.output_fan_in``; 1 below the
+  task's own: a copy of an earlier output, ``analysis.summary.copy_outputs``).
 
 Written only for tasks with held-out lengths (``count``, ``reverse-addition``; ``train/measure_ood.py``):
 

@@ -59,6 +59,7 @@ class LinearMapConfig:
 
 
 ROWS = ("independent", "distinct")
+FAN_IN_BUDGET = 50_000  # combinations of earlier rows LinearMapTask.output_fan_in searches (~50 ms)
 
 
 def shortcut_fan_in(matrix: torch.Tensor, max_outputs: int = 2) -> list[tuple[int, tuple[int, ...]]]:
@@ -81,8 +82,13 @@ def shortcut_fan_in(matrix: torch.Tensor, max_outputs: int = 2) -> list[tuple[in
     if isinstance(max_outputs, bool) or not isinstance(max_outputs, int) or max_outputs < 0:
         raise ValueError(f"shortcut_fan_in: max_outputs must be an integer >= 0, got {max_outputs!r}")
     rows = [int("".join(map(str, r)), 2) if r else 0 for r in matrix.to(torch.int64).tolist()]
+    first: dict[int, int] = {}  # row -> its first index: a copy's answer without a search
     result = []
     for i, row in enumerate(rows):
+        if max_outputs >= 1 and row in first:  # fan-in 1 with the first equal row: what the search finds
+            result.append((1, (first[row],)))
+            continue
+        first.setdefault(row, i)
         best = (row.bit_count(), ())
         for k in range(1, max_outputs + 1):
             for earlier in itertools.combinations(range(i), k):
@@ -149,9 +155,20 @@ class LinearMapTask:
         return [f"bit {i}" for i in range(self.n_outputs)]
 
     def output_fan_in(self) -> list[int]:
-        """Per bit, :func:`shortcut_fan_in`'s fan-in (through at most two earlier outputs): ``s``, 1 for a
-        copy of an earlier output, 2 for the XOR of two, ..."""
-        return [fan for fan, _ in shortcut_fan_in(self.matrix)]
+        """Per bit, :func:`shortcut_fan_in`'s fan-in: ``s``, 1 for a copy of an earlier output, 2 for the XOR
+        of two, ... Through at most two earlier outputs while that search stays under ``FAN_IN_BUDGET``
+        combinations (S <= 68), one (S <= 316), else copies alone (a training run records it at step 0:
+        it must not cost seconds a seed)."""
+        S = self.state_size
+        depth = 2 if math.comb(S, 3) <= FAN_IN_BUDGET else 1 if math.comb(S, 2) <= FAN_IN_BUDGET else 0
+        if depth:
+            return [fan for fan, _ in shortcut_fan_in(self.matrix, depth)]
+        seen: set[bytes] = set()  # copies alone: an equal earlier row, found by hashing
+        fan_in = []
+        for row in self.matrix.to(torch.uint8).cpu().numpy():
+            fan_in.append(1 if row.tobytes() in seen else self.config.sparsity)
+            seen.add(row.tobytes())
+        return fan_in
 
     def output_optima(self) -> list[float]:
         """Every bit of x1 is determined by x0: optimum 0."""
