@@ -160,6 +160,26 @@ def test_run_page_data(run_dir):
     assert data["heads"] == ["0.0", "0.1"] and set(data["head_metrics"]["attn_gt_mass"][0]) == {"0.0", "0.1"}
 
 
+def test_outputs_equal_to_an_earlier_output_are_marked_as_copies(run_dir, tmp_path):
+    """The emergence table's ``c`` (and the loss plot's hover) marks exactly the outputs whose row of the
+    seed's matrix equals an earlier row (here seed 0's output 2 and seed 1's output 3, of 4 x 4 at s = 2)."""
+    config = ExperimentConfig.from_run(RunDir(run_dir))
+    expected = set()
+    for seed in (0, 1):
+        rows = seed_task(config.task, config.train.seed, seed).matrix.tolist()
+        expected |= {(seed, i) for i in range(len(rows)) if rows[i] in rows[:i]}
+    assert expected  # the fixture has copies to mark
+    page = run_page(run_dir)
+    assert {(r["seed"], r["position"]) for r in page["emergence"] if r["is_copy"]} == expected
+    assert all(m["is_copy"] == ((m["seed"], m["position"]) in expected) for m in page["data"]["markers"])
+    html = write_html(run_dir, tmp_path / "page.html").read_text()
+    table = html[html.index('id="emergence-table"'):]
+    rows = table[:table.index("</table>")].split("<tr")[2:]  # the header's row first
+    marked = {i for i, row in enumerate(rows) if 'class="copy"' in row}
+    assert marked == {4 * seed + i for seed, i in expected}
+    assert "a shortcut" in html  # the note explains the mark
+
+
 def test_attention_beyond_the_budget_is_left_out_and_said(run_dir, monkeypatch):
     import emergelab.report.html as report_html
 

@@ -40,6 +40,7 @@ from ..analysis.forecast import forecast_run
 from ..analysis.heads import attribute_heads
 from ..analysis.runs import analyze_runs, default_by
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
+from ..analysis.summary import copied_outputs
 from ..config import ConfigError
 from ..store import RunDir, connect, write_text
 from ..tasks import seed_task
@@ -122,8 +123,11 @@ def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = N
     """One row per (run, seed, output): ``emerged``, ``step``, ``plateau_steps``, ``sharpness`` (steps
     from 10% to 90% of the emergence jump, ``analysis.curves.Jump.sharpness_steps``), ``head`` (the head
     that gained most ground-truth mass in that jump, ``analysis.heads.attribute_heads``), ``mass_gain``
-    and ``final_mass``. ``labels``: run -> output labels (``task.json``)."""
+    and ``final_mass``; ``is_copy``: the output equals an earlier one of its seed's task
+    (``analysis.summary.copied_outputs``: a linear map's repeated row), so its emergence is a shortcut.
+    ``labels``: run -> output labels (``task.json``)."""
     emergence, jumps = curve_emergence(con)
+    copies = copied_outputs(con)
     heads = {(r["run"], r["seed"], r["position"]): r
              for r in attribute_heads(con, emergence=(emergence, jumps)).to_pylist()}
     sharp = {(j["run"], j["seed"], j["target"], j["step"]): j["sharpness_steps"] for j in jumps.to_pylist()}
@@ -143,7 +147,7 @@ def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = N
                      "step": r["step"] if r["emerged"] else None, "plateau_steps": r["plateau_steps"],
                      "sharpness": sharpness, "head": head.get("top_head") if r["emerged"] else None,
                      "mass_gain": head.get("mass_gain") if r["emerged"] else None,
-                     "final_mass": head.get("final_mass")})
+                     "final_mass": head.get("final_mass"), "is_copy": (r["run"], int(r["seed"]), i) in copies})
     rows.sort(key=lambda r: (r["run"], r["seed"], r["position"]))
     return rows
 
@@ -225,7 +229,7 @@ def run_page(path: str | Path) -> dict[str, Any]:
     data = {"kind": "run", "seeds": seeds, "outputs": labels, "optimum": info.get("optimal_loss"),
             "output_optima": info.get("output_optima"), "loss": curves, "heads": heads,
             "head_metrics": per_head, "markers": [{"seed": r["seed"], "position": r["position"], "step": r["step"],
-                                                   "head": r["head"]} for r in table if r["emerged"]],
+                                                   "head": r["head"], "is_copy": r["is_copy"]} for r in table if r["emerged"]],
             "attention": _attention(run, config, seeds), "generalization": general}
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,

@@ -69,7 +69,8 @@
       return { x: marks.map((m) => m.step), y: marks.map((m) => at(m.step)), mode: "markers", type: "scatter",
                marker: { symbol: "diamond", size: 8, color: color(k, n), line: { color: "#000", width: 0.5 } },
                legendgroup: "seed " + seed, showlegend: false, name: "seed " + seed + " emerged",
-               text: marks.map((m) => outputs[m.position] + (m.head ? " (head " + m.head + ")" : "")),
+               text: marks.map((m) => outputs[m.position] + (m.is_copy ? ", a copy of an earlier output" : "")
+                                       + (m.head ? " (head " + m.head + ")" : "")),
                hovertemplate: "seed " + seed + ": %{text}<br>emerged at step %{x}<extra></extra>" };
     }
     function drawLoss() {
