@@ -142,6 +142,43 @@ def test_emergence_and_groups_planted(tmp_path):
         analyze_runs(con, by=["task.nope"])
 
 
+def test_copies_counted_and_left_out_of_the_first_emergence(tmp_path, capsys):
+    """A seed's plateau ends with a copy (an output equal to an earlier one: fan-in 1 where the task's is
+    more); ``first_step_no_copies`` is the first emergence of any other output, and per config its median
+    counts a seed none of whose other outputs emerged at its last probe (censored)."""
+    drops = {0: [500, 600, 100, None], 1: [400, 300, 700, 800], 2: [None, None, 140, None]}
+    fan_in = {0: [2, 2, 1, 2], 1: [2, 2, 2, 2], 2: [2, 2, 1, 2]}  # seed 0's and seed 2's bit 2: copies
+    rows = planted_rows(drops, seeds=(0, 1, 2))
+    rows += [(0, seed, "fan_in", str(i), float(f)) for seed, fans in fan_in.items() for i, f in enumerate(fans)]
+    fake_run(tmp_path / "r", rows, sparsity=2, optima=lm_optima(4))
+    result = analyze_runs(connect(tmp_path / "r"), n_boot=50)
+    seeds = {r["seed"]: r for r in result.seeds.to_pylist()}
+    assert [seeds[s]["n_copies"] for s in (0, 1, 2)] == [1, 0, 1]
+    # independently: the earliest drop among all outputs / among those with the task's own fan-in
+    for s in (0, 1, 2):
+        learned = [(d, i) for i, d in enumerate(drops[s]) if d is not None]
+        assert seeds[s]["first_step"] == min(d for d, _ in learned)
+        own = [d for d, i in learned if fan_in[s][i] == max(fan_in[s])]
+        assert seeds[s]["first_step_no_copies"] == (min(own) if own else None)
+        assert seeds[s]["last_step"] == 1000
+    assert seeds[0]["plateau_steps"] < 200  # the copy ends seed 0's plateau
+    group = result.groups.to_pylist()[0]
+    assert group["n_copy_seeds"] == 2
+    assert group["first_step_no_copies_median"] == 500  # seeds: 500, 300, and 1000 (censored)
+    assert group["first_step_no_copies_censored"] is False  # 1 of 3 censored
+    assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "first non-copy" in out and "500 (2c)" in out and "2 of 3 seeds in all" in out
+
+
+def test_a_run_without_copies_prints_no_copy_column(tmp_path, capsys):
+    fake_run(tmp_path / "r", planted_rows({0: [100, 200, 300, 400]}), optima=lm_optima(4))
+    result = analyze_runs(connect(tmp_path / "r"), n_boot=50)
+    assert result.seeds.to_pylist()[0]["n_copies"] == 0 and result.groups.to_pylist()[0]["n_copy_seeds"] == 0
+    assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
+    assert "first non-copy" not in capsys.readouterr().out
+
+
 def test_fit_power_law_exact():
     fit = fit_power_law([8, 16, 32], [5 * 8 ** 1.5, 5 * 16 ** 1.5, 5 * 32 ** 1.5])
     assert fit.exponent == pytest.approx(1.5) and fit.prefactor == pytest.approx(5.0)

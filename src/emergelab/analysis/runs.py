@@ -18,6 +18,12 @@ its curve's own minimum (``solved_by = "outputs (curve minimum)"``).  The per-ou
 unlearned bit of the linear map costs only ``ln 2 / (2S - 1)`` of the aggregate loss (0.046 nats at
 S = 8, below a 0.05 tolerance).  ``emergence_step`` = the aggregate loss's emergence step.
 
+Copies: a linear-map output equal to an earlier output (two equal rows of A; ``summary.copied_outputs``)
+is learned as a copy, early whatever the sparsity, and one learned bit moves the aggregate loss past the
+plateau's 10% mark at S = 8. So a seed with a copy has its plateau end with the copy. ``n_copies``
+counts them per seed, and ``first_step_no_copies`` (the earliest emergence of an output that is not a
+copy; per config ``first_step_no_copies_median``) measures the search for the task's own pattern.
+
 Per config (``RunAnalysis.groups``): runs are grouped by the ``by`` config fields **and every other
 field that differs between them** (so runs that differ in, say, heads are never pooled by accident);
 fields are pooled only when asked (``pool`` or ``pool_rest``), and ``RunAnalysis.pooled`` names them
@@ -47,6 +53,7 @@ from .emergence import Optima, curve_emergence, run_optima
 from .fetch import Curves, arrow, fetch_curves, rows_table
 from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
+from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "default_by", "plateau_scaling"]
 
@@ -106,14 +113,19 @@ class RunAnalysis:
       / ``plateau_steps`` / ``plateau_ended`` of the aggregate loss, ``n_outputs``, ``n_emerged``
       (outputs), ``solved``, ``solved_step``, ``solved_by`` (which rule judged it, see the module),
       ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
-      steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation);
+      steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
+      ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no
+      ``fan_in``), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
+      output / of one that is not a copy; null when none emerged) and ``last_step`` (the last probe);
     * ``groups``: per config (the ``by`` fields' values, ``label``): ``n_runs``, ``n_seeds``, ``n_solved``,
       ``solved_fraction``, ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
       ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``n_plateau_censored``
       (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
       then only a lower bound), ``final_loss_median``, bimodality of the final loss (``sarle_bc``,
       ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds), ``curve_linearity_mean`` and
-      ``curve_breakthroughness_mean`` (finite values only);
+      ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
+      ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
+      last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
     * ``solved_curves``: per group and probe step, P(solved by step) ``p`` and its bootstrap band
       ``lo`` .. ``hi``.
 
@@ -250,6 +262,9 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         final = _nan_array(s["final_loss"])[m]
         n = int(m.sum())
         n_censored = int((~ended_arr[m] & np.isfinite(plateau)).sum())
+        own = _nan_array(s["first_step_no_copies"])[m]
+        own_censored = ~np.isfinite(own)  # none of the seed's other outputs emerged: its last probe, a bound
+        own = np.where(own_censored, _nan_array(s["last_step"])[m], own)
         ok = solved & np.isfinite(e_step)
         q25, med, q75 = (np.percentile(e_step[ok], [25, 50, 75]) if ok.any() else (None,) * 3)
         finite_final = final[np.isfinite(final)]
@@ -266,7 +281,10 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
                "sarle_bc": bm.get("sarle_bc"), "gmm_delta_bic": bm.get("gmm_delta_bic"),
                "dip": bm.get("dip"), "dip_pvalue": bm.get("dip_pvalue"),
                "curve_linearity_mean": _finite_mean(_nan_array(s["curve_linearity"])[m]),
-               "curve_breakthroughness_mean": _finite_mean(_nan_array(s["curve_breakthroughness"])[m])}
+               "curve_breakthroughness_mean": _finite_mean(_nan_array(s["curve_breakthroughness"])[m]),
+               "n_copy_seeds": int((np.asarray(s["n_copies"], dtype=np.int64)[m] > 0).sum()),
+               "first_step_no_copies_median": _median(own),
+               "first_step_no_copies_censored": bool(n and 2 * int(own_censored.sum()) >= n)}
         group_rows.append(row)
         if n:
             grid = np.unique(np.concatenate([s for r in runs_in for s in loss_steps.get(r, [])] or [[0]]))
@@ -319,6 +337,7 @@ def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> lis
 def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Optima], group_of_run: dict[str, int],
                 solved_tol: float, persist: int) -> pa.Table:
     c = curves.to_pydict()
+    copies = copied_outputs(con)
     per_seed: dict[tuple[str, int], dict[str, Any]] = {}
     for k, target in enumerate(c["target"]):
         entry = per_seed.setdefault((c["run"][k], c["seed"][k]), {"pos": []})
@@ -367,6 +386,11 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
             solved_step = aggregate_hit
         elif solved_by is not None and n_outputs == len(pos) and all(c["emerged"][k] for k in judged):
             solved_step = float(max(c["step"][k] for k in judged))
+        # the first output to emerge, and the first that is not a copy of an earlier one
+        copy_pos = {k for k in judged if (run, int(seed), int(c["target"][k][4:])) in copies}
+        first = [c["step"][k] for k in judged if c["emerged"][k]]
+        first_own = [c["step"][k] for k in judged if c["emerged"][k] and k not in copy_pos]
+        last_step = float(loss.curve(loss_index[(run, seed, "")])[0][-1]) if "loss" in entry else None
         lin = brk = None
         if (run, seed, "") in prob_index:
             _, p = prob.curve(prob_index[(run, seed, "")])
@@ -376,13 +400,18 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                      "optimum": optimum, "emerged": emerged, "emergence_step": e_step, "plateau_steps": plateau,
                      "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged,
                      "solved": solved_step is not None, "solved_step": solved_step, "solved_by": solved_by,
-                     "curve_linearity": lin, "curve_breakthroughness": brk})
+                     "curve_linearity": lin, "curve_breakthroughness": brk,
+                     "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos),
+                     "first_step": min(first, default=None), "first_step_no_copies": min(first_own, default=None),
+                     "last_step": last_step})
     schema = pa.schema([("run", pa.string()), ("seed", pa.int64()), ("group", pa.int64()),
                         ("final_loss", pa.float64()), ("optimum", pa.float64()), ("emerged", pa.bool_()),
                         ("emergence_step", pa.float64()), ("plateau_steps", pa.float64()),
                         ("plateau_ended", pa.bool_()), ("n_outputs", pa.int64()), ("n_emerged", pa.int64()),
                         ("solved", pa.bool_()), ("solved_step", pa.float64()), ("solved_by", pa.string()),
-                        ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64())])
+                        ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64()),
+                        ("n_copies", pa.int64()), ("first_step", pa.float64()),
+                        ("first_step_no_copies", pa.float64()), ("last_step", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

@@ -32,10 +32,14 @@ def format_groups(result: Any) -> str:
     """One line per config: seeds, solved fraction, emergence step median [IQR], plateau median (``>=N``:
     censored, at least half the seeds never left the plateau), and what the columns mean."""
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
+    groups = result.groups.to_pylist()
+    copies = any(g.get("n_copy_seeds") for g in groups)
+    if copies:
+        header.insert(6, "first non-copy")
     rows = []
     censored = False
     solved_by = {r["group"]: r["solved_by"] for r in result.seeds.to_pylist()} if result.seeds.num_rows else {}
-    for g in result.groups.to_pylist():
+    for g in groups:
         iqr = (f"[{_fmt(g['emergence_q25'])}, {_fmt(g['emergence_q75'])}]"
                if g["emergence_q25"] is not None else "-")
         plateau = _fmt(g["plateau_median"])
@@ -43,6 +47,10 @@ def format_groups(result: Any) -> str:
             plateau, censored = f">={plateau}", True
         rows.append([g["label"], str(g["n_seeds"]), ("-" if g["solved_fraction"] is None else f"{g['solved_fraction']:.2f}"), _fmt(g["emergence_median"]),
                      iqr, plateau, _fmt(g["final_loss_median"])])
+        if copies:
+            own = _fmt(g["first_step_no_copies_median"])
+            own = f">={own}" if g["first_step_no_copies_censored"] else own
+            rows[-1].insert(6, f"{own} ({g['n_copy_seeds']}c)" if g["n_copy_seeds"] else own)
     rules = set(solved_by.values()) - {None}
     notes = {"outputs": "solved = every output emerged (halfway to its recorded optimum)",
              "aggregate": f"solved = final loss within {result.solved_tol:g} nats of the optimum "
@@ -55,6 +63,12 @@ def format_groups(result: Any) -> str:
                      "plateau = steps until it is 10% of the way")
     if censored:
         lines.append("plateau >=N: at least half the seeds never left the plateau; N is a lower bound (censored)")
+    if copies:
+        n_copy = sum(g["n_copy_seeds"] for g in groups)
+        lines.append(f"first non-copy = median step at which a seed's first output that is not a copy emerged; "
+                     f"(kc): k seeds have a copy, an output equal to an earlier one ({n_copy} of "
+                     f"{sum(g['n_seeds'] for g in groups)} seeds in all), learned early whatever the task, so "
+                     "their plateau ends with the copy")
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 
