@@ -229,8 +229,15 @@ def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
     assert all(isinstance(g["plateau_censored"], bool) for g in groups)
     # the table marks a censored median as a lower bound, as `emergelab analyze` does
     import re
-    cells = re.findall(r"<td>(&ge;)?([0-9.]+|-)</td><td>[0-9.]+</td></tr>", html.split('id="groups"')[1])
-    assert [bool(ge) for ge, _ in cells[:2]] == [g["plateau_censored"] for g in groups]
+    table = html.split('id="groups"')[1].split("</table>")[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in table.split("<tr>")[2:]]
+    header = re.findall(r"<th[^>]*>(.*?)</th>", table)[1:]  # the config's cell is a row header's
+    plateau, first_own = header.index("plateau median"), header.index("first non-copy")
+    assert [row[plateau + 1].startswith("&ge;") for row in rows] == [g["plateau_censored"] for g in groups]
+    # and gives the first emergence of an output that is not a copy, with the seeds that have a copy
+    # (S = 4, s = 2: seed 0's output 2 and seed 1's output 3; at s = 1 a repeated row is no shortcut)
+    assert [g["n_copy_seeds"] for g in groups] == [0, 2]
+    assert rows[1][first_own + 1].endswith('(2<span class="copy">c</span>)') and "span" not in rows[0][first_own + 1]
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -55,7 +55,7 @@ from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
 from .summary import copied_outputs
 
-__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "default_by", "plateau_scaling"]
+__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "copy_statistics", "default_by", "plateau_scaling"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -248,6 +248,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     # ---- per group
     group_rows, solved_rows = [], []
     s = seeds.to_pydict()
+    seed_rows = seeds.to_pylist()
     group_arr = np.asarray(s["group"], dtype=np.int64)
     loss_steps: dict[str, list[np.ndarray]] = {}
     for run, _, _, steps, _ in loss:
@@ -262,9 +263,6 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         final = _nan_array(s["final_loss"])[m]
         n = int(m.sum())
         n_censored = int((~ended_arr[m] & np.isfinite(plateau)).sum())
-        own = _nan_array(s["first_step_no_copies"])[m]
-        own_censored = ~np.isfinite(own)  # none of the seed's other outputs emerged: its last probe, a bound
-        own = np.where(own_censored, _nan_array(s["last_step"])[m], own)
         ok = solved & np.isfinite(e_step)
         q25, med, q75 = (np.percentile(e_step[ok], [25, 50, 75]) if ok.any() else (None,) * 3)
         finite_final = final[np.isfinite(final)]
@@ -282,9 +280,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
                "dip": bm.get("dip"), "dip_pvalue": bm.get("dip_pvalue"),
                "curve_linearity_mean": _finite_mean(_nan_array(s["curve_linearity"])[m]),
                "curve_breakthroughness_mean": _finite_mean(_nan_array(s["curve_breakthroughness"])[m]),
-               "n_copy_seeds": int((np.asarray(s["n_copies"], dtype=np.int64)[m] > 0).sum()),
-               "first_step_no_copies_median": _median(own),
-               "first_step_no_copies_censored": bool(n and 2 * int(own_censored.sum()) >= n)}
+               **copy_statistics([seed for seed, keep in zip(seed_rows, m) if keep])}
         group_rows.append(row)
         if n:
             grid = np.unique(np.concatenate([s for r in runs_in for s in loss_steps.get(r, [])] or [[0]]))
@@ -413,6 +409,18 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                         ("n_copies", pa.int64()), ("first_step", pa.float64()),
                         ("first_step_no_copies", pa.float64()), ("last_step", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def copy_statistics(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Of some rows of the seeds table (one config): ``n_copy_seeds`` (seeds with a copy),
+    ``first_step_no_copies_median`` (a seed none of whose other outputs emerged counts as its last probe)
+    and ``first_step_no_copies_censored`` (at least half of them did not: the median is a lower bound)."""
+    own = _nan_array([r["first_step_no_copies"] for r in seeds])
+    censored = ~np.isfinite(own)
+    own = np.where(censored, _nan_array([r["last_step"] for r in seeds]), own)
+    return {"n_copy_seeds": sum(1 for r in seeds if r["n_copies"]),
+            "first_step_no_copies_median": _median(own),
+            "first_step_no_copies_censored": bool(seeds) and 2 * int(censored.sum()) >= len(seeds)}
 
 
 def _nan_array(values: list) -> np.ndarray:

@@ -38,7 +38,7 @@ from ..analysis.emergence import curve_emergence
 from ..analysis.fetch import Curves, arrow, fetch_curves
 from ..analysis.forecast import forecast_run
 from ..analysis.heads import attribute_heads
-from ..analysis.runs import analyze_runs, default_by
+from ..analysis.runs import analyze_runs, copy_statistics, default_by
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
 from ..analysis.summary import copied_outputs
 from ..config import ConfigError
@@ -344,6 +344,7 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
             # lower bound (at least half its seeds never left the plateau, as `emergelab analyze` marks it)
             "x": x, "plateau_censored": bool(ended) and sum(not e for e in ended) * 2 >= len(ended),
             "final_loss_median": _num(np.median(final)) if final else None,
+            **{k: _num(v) if isinstance(v, float) else v for k, v in copy_statistics(members).items()},
             "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
                       "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},
             "emergence_steps": [_num(v) for v in e_step[solved & np.isfinite(e_step)]]})
