@@ -1,11 +1,14 @@
-"""Loss curves of the paper-scale S = 16 grid runs that finished on a GPU, one panel per sparsity.
+"""Loss curves of the paper-scale S = 16 grid runs (linear map, one run per sparsity), one panel per sparsity.
 
-    python benchmarks/gpu_grid_figure.py DIR [DIR ...] --out FIGURE.png
+    python benchmarks/gpu_grid_figure.py DIR [DIR ...] --out FIGURE.png [--title TEXT]
 
-Each DIR is a ``gpu_grid.py --results`` folder (``grid_loss.parquet``, ``grid_summary.json``). Thin lines:
-every seed's held-out loss (from step 1: the axis is logarithmic); thick: the median over seeds; dashed: the task's optimum (the summary's
+Each DIR is a ``gpu_grid.py --results`` folder (``grid_loss.parquet``, ``grid_summary.json``) or a sweep
+directory (``emergelab sweep``: ``runs/*/`` with ``metrics.parquet``, ``summary.json`` and
+``config.yaml``). Thin lines: every seed's held-out loss (from step 1: the axis is logarithmic), orange
+for a seed whose A has two equal rows (a bit that copies an earlier output: the summary's ``fan_in``,
+where recorded); thick: the median over seeds; dashed: the task's optimum (the summary's
 ``optimal_loss``) and ln 2 (the plateau of a bit predicted at chance). The title of a panel counts the
-seeds that learned every bit within the run's steps. Five panels a row, sparsities in order.
+seeds that learned every bit within the run's steps. At most five panels a row, sparsities in order.
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="linear map S = 16, {seeds} seeds, 10k steps (demo model)",
+                        help="the figure's title ({seeds}: the most seeds of a panel)")
     args = parser.parse_args()
     runs: dict[int, tuple[dict, dict[int, tuple[np.ndarray, np.ndarray]]]] = {}
     for folder in args.dirs:
+        if (folder / "runs").is_dir():  # a sweep directory
+            _sweep_runs(folder, runs)
+            continue
         table = pq.read_table(folder / "grid_loss.parquet")
         for row in json.loads((folder / "grid_summary.json").read_text()):
             if "summary" not in row or row["sparsity"] in runs:
@@ -45,15 +53,19 @@ def main() -> None:
             runs[row["sparsity"]] = (row["summary"], curves)
     if not runs:
         raise SystemExit(f"no finished run in {', '.join(map(str, args.dirs))}")
-    cols = min(5, len(runs))
-    rows = math.ceil(len(runs) / cols)
+    rows = math.ceil(len(runs) / 5)  # at most five panels a row, the rows as even as they go
+    cols = math.ceil(len(runs) / rows)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows + 0.3), sharey=True, squeeze=False)
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax, sparsity in zip(axes.flat, sorted(runs)):
         summary, curves = runs[sparsity]
-        for steps, loss in curves.values():
-            ax.plot(steps, loss, color="tab:blue", alpha=0.12, lw=0.7)
+        copies = [seed for seed in curves if _has_copy(summary["seeds"].get(str(seed), {}))]
+        alpha = 0.12 if len(curves) > 16 else 0.4
+        for seed, (steps, loss) in curves.items():
+            ax.plot(steps, loss, color="tab:orange" if seed in copies else "tab:blue", alpha=alpha, lw=0.7)
+        if copies:
+            ax.plot([], [], color="tab:orange", lw=0.7, label=f"a seed with a copied bit ({len(copies)})")
         steps = next(iter(curves.values()))[0]
         median = np.median(np.stack([loss for _, loss in curves.values()]), axis=0)
         ax.plot(steps, median, color="black", lw=1.8, label="median over seeds")
@@ -65,12 +77,40 @@ def main() -> None:
         ax.set_xlabel("step")
     for row in axes:
         row[0].set_ylabel("held-out loss\n(mean over bits)")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("linear map S = 16, 64 seeds, 10k steps (demo model)", fontsize=10)
+    for ax in axes.flat[:len(runs)]:
+        if ax is axes[0][0] or any(h.get_label().startswith("a seed") for h in ax.get_lines()):
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle(args.title.format(seeds=max(len(c) for _, c in runs.values())), fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
+
+
+def _has_copy(seed_summary: dict) -> bool:
+    """A bit equal to an earlier one: fan-in 1 where the task's own (the largest) is more."""
+    fan = list(seed_summary.get("fan_in", {}).values())
+    return bool(fan) and min(fan) == 1 < max(fan)
+
+
+def _sweep_runs(folder: Path, runs: dict) -> None:
+    """The finished runs of a sweep directory into ``runs``: sparsity -> (summary, seed -> (steps, loss))."""
+    import yaml
+
+    for run in sorted((folder / "runs").iterdir()):
+        if not (run / "summary.json").exists():
+            continue
+        sparsity = yaml.safe_load((run / "config.yaml").read_text())["task"]["sparsity"]
+        if sparsity in runs:
+            continue
+        table = pq.read_table(run / "metrics.parquet", filters=[("metric", "=", "loss")])
+        curves = {}
+        for seed in np.unique(table["seed"].to_numpy()):
+            one = table.filter(pc.equal(table["seed"], int(seed)))
+            order = np.argsort(one["step"].to_numpy())
+            steps, loss = one["step"].to_numpy()[order], one["value"].to_numpy()[order]
+            curves[int(seed)] = (steps[steps > 0], loss[steps > 0])
+        runs[sparsity] = (json.loads((run / "summary.json").read_text()), curves)
 
 
 if __name__ == "__main__":
