@@ -575,3 +575,20 @@ def test_ray_without_a_cluster_or_a_gpu_is_one_line_before_any_work(tmp_path, ca
         ray.shutdown()
     assert "--gpus-per-unit 0.25: the Ray cluster has no GPU" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_every_example_sweep_file_loads_at_every_scale(path, tmp_path):
+    """The sweep files in examples/ (the commands docs/results.md runs) validate as written and at each of
+    their scales; the paper grid's dense-cpu scale is its s = 11..16 with 8 seeds."""
+    from emergelab.sweep.spec import load_sweep, scale_names
+
+    for scale in scale_names(yaml.safe_load(path.read_text())):
+        sweep = load_sweep(path, tmp_path / "out", scale)
+        assert sweep.runs, (path.name, scale)
+        if path.stem == "paper-linear-map-S16" and scale == "dense-cpu":
+            assert [r.config.task.sparsity for r in sweep.runs] == [11, 12, 13, 14, 15, 16]
+            assert {r.config.train.seeds for r in sweep.runs} == {8}
