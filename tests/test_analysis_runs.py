@@ -475,3 +475,31 @@ def test_analyze_dot_inside_a_run(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("all runs"))
     assert line.split()[3] == "1.00", out  # solved: the per-output optima were found
+
+
+def test_copies_figure_pairs_each_copy_seed_with_its_run_without_the_copy(tmp_path, monkeypatch):
+    """examples/copies_figure.py: per config and seed with a copy, (first bit without the copy, first
+    other bit with it); the seeds without a copy have the same A in both arms and are left out."""
+    import importlib.util
+    from pathlib import Path
+
+    from emergelab.sweep import expand, run_sweep
+    from emergelab.train import InProcess
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "copies_figure.py"
+    spec = importlib.util.spec_from_file_location("copies_figure", path)
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    base = {"task": {"name": "linear-map", "state_size": 4, "sparsity": 2},
+            "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+            "train": {"steps": 40, "batch_size": 16, "eval_every": 10, "eval_batch_size": 32, "seeds": 2,
+                      "lr": 0.01, "checkpoints": 1, "attention_snapshots": 2}}
+    result = run_sweep(expand({"base": base, "grid": {"task.rows": ["independent", "distinct"]}}, tmp_path / "s"),
+                       executor=InProcess(), progress=False)
+    assert not result.failed
+    pairs = figure.pairs(tmp_path / "s")
+    assert len(pairs) == 2  # S = 4, s = 2: seed 0's output 2 and seed 1's output 3 are copies
+    assert all(0 <= without <= end and 0 <= with_copy <= end and end == 40 for without, with_copy, end in pairs)
+    monkeypatch.setattr("sys.argv", ["copies_figure.py", str(tmp_path / "s"), "--out", str(tmp_path / "f.png")])
+    figure.main()
+    assert (tmp_path / "f.png").stat().st_size > 10_000
