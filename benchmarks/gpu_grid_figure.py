@@ -36,6 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[int, tuple[dict, dict[int, tuple[np.ndarray, np.ndarray]]]] = {}
     for folder in args.dirs:
+        if not (folder / "runs").is_dir() and not (folder / "grid_summary.json").is_file():
+            raise SystemExit(f"{folder}: neither a sweep directory (runs/) nor a gpu_grid.py --results folder "
+                             "(grid_summary.json)")
         if (folder / "runs").is_dir():  # a sweep directory
             _sweep_runs(folder, runs)
             continue

@@ -61,7 +61,12 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5.2, 5))
     end = 0.0
     for sweep, marker in zip(args.sweeps, "os^D"):
-        p = pairs(sweep)
+        if not sweep.is_dir():
+            raise SystemExit(f"{sweep}: no such directory (a sweep of examples/copies-width.yaml, say)")
+        try:
+            p = pairs(sweep)
+        except FileNotFoundError:
+            raise SystemExit(f"{sweep}: no finished runs (metrics.parquet + config.yaml) in it") from None
         if not p:
             raise SystemExit(f"{sweep}: no seed with a copy in both arms (task.rows independent and distinct)")
         x, y, ends = zip(*p)
