@@ -58,11 +58,16 @@ def main() -> None:
     parser.add_argument("sweeps", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if args.out.suffix.lstrip(".").lower() not in formats:
+        raise SystemExit(f"--out {args.out}: the name must end in one of {', '.join('.' + f for f in sorted(formats))}")
     fig, ax = plt.subplots(figsize=(5.2, 5))
     end = 0.0
     for sweep, marker in zip(args.sweeps, "os^D"):
         if not sweep.is_dir():
-            raise SystemExit(f"{sweep}: no such directory (a sweep of examples/copies-width.yaml, say)")
+            what = "not a directory" if sweep.exists() else "no such directory"
+            raise SystemExit(f"{sweep}: {what} (give a sweep directory of examples/copies-width.yaml, say)")
         try:
             p = pairs(sweep)
         except FileNotFoundError:

@@ -370,13 +370,27 @@ def test_page_without_attention_in_chromium(browser, no_attention_run, tmp_path)
 def test_sweep_page_in_chromium(browser, sweep_dir, tmp_path):
     html = write_html(sweep_dir, tmp_path / "sweep.html")
     page, errors = _open(browser, html)
-    for plot in ("plot-solved", "plot-dist", "plot-plateau"):
+    for plot in ("plot-solved", "plot-plateau"):
         assert page.locator(f"#{plot}.js-plotly-plot .main-svg").count() >= 1, plot
+    # 40 steps solve no seed: no box plot of emergence steps, a note saying why
+    assert not page.locator("#plot-dist").is_visible() and page.locator("#dist-note").is_visible()
     n_options = page.locator("#group-field option").count()
     assert n_options >= 1
     page.select_option("#group-field", str(n_options - 1))
     assert page.locator(f"table.groups[data-grouping='{n_options - 1}']").is_visible()
     _not_blank(page.screenshot(full_page=True))
+    assert not errors, errors
+    page.close()
+
+
+def test_sweep_page_with_solved_seeds_draws_their_emergence_steps(browser, tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, steps in (("a", 200), ("b", 300)):  # every output of every seed emerges
+        _synthetic_run(sweep / "runs" / name, seeds=3, steps=steps, attention=False)
+    (sweep / "sweep.json").write_text("{}")
+    page, errors = _open(browser, write_html(sweep, tmp_path / "sweep.html"))
+    assert page.locator("#plot-dist.js-plotly-plot .main-svg").count() >= 1
+    assert not page.locator("#dist-note").is_visible()
     assert not errors, errors
     page.close()
 

@@ -93,7 +93,9 @@ def _num(x: Any, digits: int = 4) -> Any:
     x = float(x)
     if not math.isfinite(x):
         return None
-    return int(x) if x.is_integer() and abs(x) < 1e15 else float(f"{x:.{digits}g}")
+    if x.is_integer() and abs(x) < 1e15:
+        return int(x)
+    return x if abs(x) >= 1 and (2 * x).is_integer() else float(f"{x:.{digits}g}")  # 1712.5: a median of steps
 
 
 def _curve(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list]:

@@ -17,7 +17,9 @@ def _fmt(v: Any, digits: int = 4) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.0f}" if v.is_integer() and abs(v) >= 1 else f"{v:.{digits}g}"
+        if abs(v) >= 1 and (2 * v).is_integer():  # a step or a median of steps: 1712.5 stays 1712.5
+            return f"{v:.0f}" if v.is_integer() else f"{v:.1f}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -67,8 +69,8 @@ def format_groups(result: Any) -> str:
         n_copy = sum(g["n_copy_seeds"] for g in groups)
         lines.append(f"first non-copy = median step at which a seed's first output that is not a copy emerged; "
                      f"(kc): k seeds have a copy, an output equal to an earlier one ({n_copy} of "
-                     f"{sum(g['n_seeds'] for g in groups)} seeds in all), learned early whatever the task, so "
-                     "their plateau ends with the copy")
+                     f"{sum(g['n_seeds'] for g in groups)} seeds in all), learned early whatever the sparsity, "
+                     "so their plateau ends with the copy")
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 

@@ -237,8 +237,13 @@
              { margin: { l: 60, r: 20, t: 30, b: 45 }, xaxis: { title: { text: g.name }, type: "log" },
                yaxis: { title: { text: "median plateau, steps" }, type: "log" } }, false);
       }
-      draw("plot-dist", boxes, { margin: { l: 60, r: 20, t: 30, b: 80 }, showlegend: false,
-                                 yaxis: { title: { text: "emergence step (solved seeds)" } } }, false);
+      const solved = g.groups.some((grp) => grp.emergence_steps.length);
+      $("plot-dist").hidden = !solved;
+      $("dist-note").hidden = solved;
+      if (solved) {
+        draw("plot-dist", boxes, { margin: { l: 60, r: 20, t: 30, b: 80 }, showlegend: false,
+                                   yaxis: { title: { text: "emergence step (solved seeds)" } } }, false);
+      }
     }
     sel.addEventListener("change", drawGroups);
     drawGroups();
