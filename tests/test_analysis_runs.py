@@ -503,3 +503,15 @@ def test_copies_figure_pairs_each_copy_seed_with_its_run_without_the_copy(tmp_pa
     monkeypatch.setattr("sys.argv", ["copies_figure.py", str(tmp_path / "s"), "--out", str(tmp_path / "f.png")])
     figure.main()
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_configs_are_labelled_by_task_or_model_name_before_a_size_that_differs_alike():
+    """Two runs of different tasks that also differ in head size are one field apart, and that field is the
+    task's name (a field that splits runs no further than the earlier ones is left out)."""
+    from emergelab.analysis.runs import _grouping
+
+    rows = [{"run": "a", "task.name": "linear-map", "model.head_dim": 4, "model.name": "transformer"},
+            {"run": "b", "task.name": "count", "model.head_dim": 8, "model.name": "transformer"}]
+    assert _grouping(rows, None, None, False) == (["task.name"], {})
+    rows = [{**r, "task.name": "linear-map", "model.name": m} for r, m in zip(rows, ("transformer", "mlp-mixer"))]
+    assert _grouping(rows, None, None, False) == (["model.name"], {})

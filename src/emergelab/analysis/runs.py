@@ -63,6 +63,7 @@ EXCLUDED_FIELDS = frozenset({"run", "train.seed", "train.seeds", "model.vocab_si
 # Fields usually derived from others (the transformer's width is heads * head_dim unless set): when a
 # field and a derived one split runs alike, the configs are labelled by the field.
 DERIVED_FIELDS = frozenset({"model.d_model"})
+NAME_FIELDS = ("task.name", "model.name")  # what a config is, before how it is sized
 IGNORED_PREFIXES = ("execution.", "emergelab.", "train.strategy", "train.workers", "train.seed_batch",
                     "train.resume_every", "train.device")  # the last five: runs made before `execution`
 
@@ -175,7 +176,9 @@ def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequen
     else:
         out = list(by) if by is not None else []
         rest = [f for f in differing if f not in out and f not in pool]
-        rest.sort(key=lambda f: f in DERIVED_FIELDS)  # prefer heads over d_model = heads * head_dim
+        # the task's and the model's names first (a linear map beside a counting run is labelled by task,
+        # not by a head size that happens to differ too), derived fields last (heads over d_model)
+        rest.sort(key=lambda f: (f in DERIVED_FIELDS, f not in NAME_FIELDS))
         for f in rest:  # a field adds configs only where it splits runs that agree on the fields so far
             if _splits(rows, out + pool, f):
                 out.append(f)
