@@ -207,3 +207,14 @@ def test_figures_say_when_they_draw_fewer_seeds_than_the_run_has():
     assert shown_seeds(config, list(range(8))) == "; seeds 0-7 of 16"
     assert shown_seeds(config, [1, 4]) == "; seeds 1, 4 of 16"
     assert shown_seeds(config, list(range(16))) == ""
+
+
+def test_a_median_of_steps_prints_whole_and_other_floats_to_four_digits():
+    """Tables (``report.tables._fmt``) and the HTML page's JSON (``report.html._num``) keep a median of
+    steps exact (1712.5, not 1712) and round everything else to 4 significant digits."""
+    from emergelab.report.html import _num
+    from emergelab.report.tables import _fmt
+
+    assert [_fmt(v) for v in (1712.5, 1712.0, 162.5, 0.5, 0.36794227, 5492.25, 1.3705)] == \
+        ["1712.5", "1712", "162.5", "0.5", "0.3679", "5492", "1.371"]
+    assert [_num(v) for v in (1712.5, 1712.0, 0.36794227, 5492.25)] == [1712.5, 1712, 0.3679, 5492.0]

@@ -28,10 +28,7 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         emergence, _ = curve_emergence(con)
         final = {int(seed): float(value) for seed, value in con.sql(
             "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
-        fan_in: dict[int, dict[str, int]] = {}
-        for seed, index, value in con.sql("SELECT seed, \"index\", value FROM metrics WHERE metric = 'fan_in' "
-                                          "AND step = 0").fetchall():
-            fan_in.setdefault(int(seed), {})[str(index)] = int(value)
+        fan_in = {seed: fans for (_, seed), fans in fan_in_by_seed(con).items()}  # one run
     finally:
         con.close()
     seeds: dict[str, dict[str, Any]] = {}
@@ -76,12 +73,19 @@ def copy_outputs(fan_in: Mapping[str, int]) -> set[str]:
     return {k for k, fan in fan_in.items() if fan == 1 < top}
 
 
+def fan_in_by_seed(con: Any) -> dict[tuple[str, int], dict[str, int]]:
+    """The step-0 ``fan_in`` metric of every run and seed in the store ``con``: ``(run, seed)`` -> output
+    index -> fan-in (none for a task that does not record it)."""
+    fan_in: dict[tuple[str, int], dict[str, int]] = {}
+    for run, seed, index, value in con.sql("SELECT run, seed, \"index\", value FROM metrics "
+                                           "WHERE metric = 'fan_in' AND step = 0").fetchall():
+        fan_in.setdefault((run, int(seed)), {})[str(index)] = int(value)
+    return fan_in
+
+
 def copied_outputs(con: Any) -> set[tuple[str, int, int]]:
     """:func:`copy_outputs` of every run and seed in the store ``con``, as ``(run, seed, output)``."""
-    return {(run, int(seed), int(index)) for run, seed, index in con.sql(
-        "SELECT run, seed, \"index\" FROM (SELECT run, seed, \"index\", value, max(value) OVER "
-        "(PARTITION BY run, seed) AS top FROM metrics WHERE metric = 'fan_in' AND step = 0) "
-        "WHERE value = 1 AND top > 1").fetchall()}
+    return {(run, seed, int(k)) for (run, seed), fans in fan_in_by_seed(con).items() for k in copy_outputs(fans)}
 
 
 def pretrain_record(config: dict[str, Any]) -> dict[str, Any] | None:
