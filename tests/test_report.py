@@ -161,21 +161,23 @@ def test_figure_titles_describe_the_task_seed_0_trained_on():
     assert describe(config).split(" | ")[0] == seed_task(config.task, 7, 0).describe()
 
 
-@pytest.mark.parametrize("name", ["count", "count-trained-lengths-only", "question-formation"])
+@pytest.mark.parametrize("name", ["count", "count-trained-lengths-only", "question-formation", "automaton-pool"])
 def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
     """``generalization.png``: a length task's exact match per eval length (held-out mean thick), a rule task's
-    first-word and whole-output fractions per rule; each line is the metric it names, seed by seed."""
+    first-word and whole-output fractions per rule, a pool task's accuracy on fresh rules and on the pool's;
+    each line is the metric it names, seed by seed."""
     import pyarrow.compute as pc
 
     from emergelab.report.figures import plot_generalization
-    from emergelab.tasks import CountConfig, QuestionFormationConfig
+    from emergelab.tasks import CellularAutomataConfig, CountConfig, QuestionFormationConfig
 
     task = {"count": CountConfig(max_number=12, train_max_length=4, eval_lengths=(3, 6)),
             "count-trained-lengths-only": CountConfig(max_number=12, train_max_length=4, eval_lengths=(2, 4)),
-            "question-formation": QuestionFormationConfig()}[name]
+            "question-formation": QuestionFormationConfig(),
+            "automaton-pool": CellularAutomataConfig(state_size=4, trajectory_length=3, alphabet=3, rules=2)}[name]
     run, group = _train_run(tmp_path / "run", task, layers=1)
     names = [p.name for p in make_figures(run)]  # counting has ground-truth attention: its figures follow
-    assert names == ["loss.png", "generalization.png"] + (FIGURES[1:] if name.startswith("count") else [])
+    assert names == ["loss.png", "generalization.png"] + (FIGURES[1:] if name != "question-formation" else [])
     table = run.metrics()
     fig = plot_generalization(table, group.config, [0, 1])
     lines = {(k, line.get_label()): line for k, ax in enumerate(fig.axes[:2]) for line in ax.get_lines()}
@@ -185,6 +187,10 @@ def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
     elif name == "count-trained-lengths-only":  # every eval length is trained: no held-out lines, still drawn
         expected = {"length 2 (trained)": ("id_accuracy", "len:2"), "length 4 (trained)": ("id_accuracy", "len:4")}
         assert not [label for _, label in lines if "held out" in label]
+    elif name == "automaton-pool":
+        expected = {"fresh rules (outside the pool)": ("fresh_accuracy", ""),
+                    "the pool's rules (held-out sequences)": ("accuracy", "")}
+        assert fig.axes[0].get_ylabel() == "per-token accuracy"
     else:
         expected = {f"{rule}: {what}": (metric, rule) for rule in ("hierarchical", "linear")
                     for what, metric in (("first word", "gen_first_word"), ("whole output", "gen_accuracy"))}

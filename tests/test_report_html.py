@@ -425,10 +425,13 @@ def test_run_page_of_one_seed_says_why_there_is_no_forecast(tmp_path):
 
 @pytest.fixture(scope="module")
 def generalization_runs(tmp_path_factory):
-    """A counting run (length metrics) and a question-formation run (rule metrics), trained for a few steps."""
+    """A counting run (length metrics), a question-formation run (rule metrics) and a cellular automaton on a
+    pool of rules (fresh-rule metrics), trained for a few steps."""
     runs = {}
     for name, task in (("count", {"name": "count", "max_number": 12, "train_max_length": 4, "eval_lengths": [3, 6]}),
-                       ("question-formation", {"name": "question-formation"})):
+                       ("question-formation", {"name": "question-formation"}),
+                       ("automaton-pool", {"name": "cellular-automata", "state_size": 4, "trajectory_length": 3,
+                                           "alphabet": 3, "rules": 2})):
         config = ExperimentConfig.from_dict({
             "task": task, "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
             "train": {"steps": 40, "seeds": 2, "batch_size": 16, "eval_batch_size": 16, "eval_every": 10,
@@ -438,15 +441,18 @@ def generalization_runs(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("name", ["count", "question-formation"])
+@pytest.mark.parametrize("name", ["count", "question-formation", "automaton-pool"])
 def test_length_and_rule_runs_get_a_generalization_panel(generalization_runs, run_dir, name):
     """Its curves are the run's metrics (to the page's 4 significant digits); a linear-map run has none."""
     from emergelab.store import connect
 
     general = run_page(generalization_runs[name])["data"]["generalization"]
-    assert general["kind"] == ("lengths" if name == "count" else "rules")
+    assert general["kind"] == {"count": "lengths", "question-formation": "rules", "automaton-pool": "pool"}[name]
     labels = [s["label"] for s in general["series"]]
-    if name == "count":  # the mean first: drawn beneath the lengths, which it would hide at 0
+    if name == "automaton-pool":
+        assert labels == ["fresh rules (outside the pool)", "the pool's rules (held-out sequences)"]
+        assert general["axis"] == "per-token accuracy" and "fresh rules" in general["title"]
+    elif name == "count":  # the mean first: drawn beneath the lengths, which it would hide at 0
         assert labels == ["held-out lengths (mean)", "length 3 (trained)", "length 6 (held out)"]
         assert [s["dash"] for s in general["series"]] == [False, False, True]
         assert [s["group"] for s in general["series"]] == [-1, 0, 1]
@@ -492,6 +498,13 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     page, errors = _open(browser, write_html(generalization_runs["question-formation"], tmp_path / "qf.html"))
     assert page.locator("#plot-attn.js-plotly-plot .main-svg").count() >= 1
     assert page.evaluate("() => document.getElementById('plot-truth').hidden")  # no ground truth to show
+    assert not errors, errors
+    page.close()
+    page, errors = _open(browser, write_html(generalization_runs["automaton-pool"], tmp_path / "pool.html"))
+    assert page.evaluate("() => document.getElementById('plot-generalization').data.length") == 2
+    assert page.evaluate("() => document.getElementById('plot-generalization').layout.title.text") == \
+        "per-token accuracy, seed 0"
+    assert "fresh rules" in page.locator("#generalization h2").inner_text()
     assert not errors, errors
     page.close()
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,7 +30,8 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
         assert path.exists() and path.stat().st_size > 5000, path  # a drawn PNG, not an empty canvas
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
            "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png",
-           "mixers": "mixers.png", "lm-emergence": "lm_emergence.png", "pre-pretraining": "pre_pretraining.png"}
+           "mixers": "mixers.png", "lm-emergence": "lm_emergence.png", "pre-pretraining": "pre_pretraining.png",
+           "repetition": "repetition.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
@@ -53,6 +55,51 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
         _check_lm_emergence_patching(tmp_path)
     if name == "pre-pretraining":
         _check_pre_pretraining(result, tmp_path)
+    if name == "repetition":  # per part, one row per pool size (fresh rules: 0) or fraction of a pool of 4
+        assert [(r["part"], r["rules"], r["fraction"]) for r in saved["pools"]] == [
+            ("repetition", 1, 1.0), ("repetition", 4, 1.0), ("repetition", 0, 1.0),
+            ("repetition-mixture", 0, 1.0), ("repetition-mixture", 4, 0.5)]
+        assert all(r["fresh_final_median"] is not None for r in saved["pools"])  # every run measured fresh rules
+        assert "rules in the pool" in result.table and "sequences from a pool of 4" in result.table
+
+
+def test_repetition_figure_puts_fresh_rules_past_the_largest_pool():
+    from emergelab.reproduce.repetition import pool_positions
+
+    assert pool_positions([4, 0, 1, 64]) == {1: 1.0, 4: 4.0, 64: 64.0, 0: 256.0}
+    assert pool_positions([0]) == {0: 4.0} and pool_positions([2, 8]) == {2: 2.0, 8: 8.0}
+
+
+def test_repetition_attention_step_is_the_first_probe_a_head_reaches_half_its_mass_on_the_truth():
+    from emergelab.analysis.fetch import Curves
+    from emergelab.reproduce.repetition import _attention_step, _best_head
+
+    steps = np.array([0, 10, 20, 30])
+    heads = {"0.0": [0.1, 0.3, 0.45, 0.9], "0.1": [0.1, 0.2, 0.55, 0.4], "1.0": [0.1, 0.1, 0.1, 0.1]}
+    curves = Curves(np.array(["r"] * 3 + ["q"], dtype=object), np.array([0, 0, 0, 1]),
+                    np.array(list(heads) + ["0.0"], dtype=object), np.array([0, 4, 8, 12, 16]),
+                    np.tile(steps, 4), np.array([v for vals in heads.values() for v in vals] + [0.2, 0.3, 0.4, 0.49]))
+    best = _best_head(curves)
+    np.testing.assert_array_equal(best["r", 0][1], [0.1, 0.3, 0.55, 0.9])
+    assert _attention_step(best["r", 0]) == {"attention_step": 20.0, "attention_ended": True}
+    assert _attention_step(best["q", 1]) == {"attention_step": 30.0, "attention_ended": False}  # censored
+    assert _attention_step(None) == {"attention_step": None, "attention_ended": None}
+
+
+def test_repetition_table_marks_censored_medians_and_names_each_part():
+    from emergelab.reproduce.repetition import format_repetition
+
+    row = dict(seeds=4, attention_median=150.0, attention_censored=False, plateau_median=2000.0,
+               plateau_censored=True, final_loss_median=0.2, floor=0.15, fresh_plateau_median=None,
+               fresh_plateau_censored=False, fresh_final_median=7.5, fresh_floor=0.918)
+    text = format_repetition([dict(row, part="repetition", rules=4, fraction=1.0),
+                              dict(row, part="repetition-mixture", rules=0, fraction=1.0),
+                              dict(row, part="repetition-mixture", rules=4, fraction=0.25)])
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["rules", "in", "the", "pool"] and lines[1].split() == \
+        ["4", "4", "150", ">=2000", "0.200", "0.150", "-", "7.500", "0.918"]
+    assert lines[3].startswith("sequences from a pool of 4") and lines[4].split()[0] == "fresh"
+    assert lines[5].split()[:3] == ["0.25", "of", "4"]
 
 
 def _check_pre_pretraining(result, out):

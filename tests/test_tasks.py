@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import re
 from collections import Counter, defaultdict
 from fractions import Fraction
 from itertools import combinations
@@ -25,7 +26,7 @@ from emergelab.tasks import (
     make_generator,
     relevant_queries,
 )
-from emergelab.tasks.automaton import fresh_rule_floor, fresh_unseen_exact, pool_floor
+from emergelab.tasks.automaton import fresh_rule_floor, fresh_unseen_exact, mixture_floor, pool_floor
 
 # ----------------------------------------------------------------------------------------------------
 # Plain-loop references
@@ -466,22 +467,28 @@ def test_cellular_automata_optimal_loss_single_rule_monte_carlo(boundary):
 
 
 def brute_force_predictive(tables: list[list[int]], S: int, T: int, k: int, W: int,
-                           boundary: str) -> list[list[Fraction]]:
-    """Per position p, over every (table, initial state) pair (equally likely): the Bayes posterior
-    predictive probability of token p+1 given tokens 0..p, by counting the pairs whose trajectory shares
-    the prefix (and the next token). No notion of windows: the full posterior over ``tables``."""
-    sequences = []
-    for table in tables:
+                           boundary: str, weights: list[Fraction] | None = None) -> list[list[Fraction]]:
+    """Per position p, over every (table, initial state) pair (equally likely, or each table with its
+    prior ``weights``): the Bayes posterior predictive probability of token p+1 given tokens 0..p, by
+    summing the weights of the pairs whose trajectory shares the prefix (and the next token). No notion of
+    windows: the full posterior over ``tables``."""
+    weights = weights or [Fraction(1)] * len(tables)
+    sequences, weight_of = [], []
+    for table, weight in zip(tables, weights):
         for x0 in itertools.product(range(k), repeat=S):
             states = [list(x0)]
             for _ in range(T - 1):
                 states.append(ref_ca_step(states[-1], table, k, W, boundary))
             sequences.append(tuple(v for state in states for v in state))
+            weight_of.append(weight)
     out = []
     for p in range(S * T - 1):
-        prefix = Counter(seq[:p + 1] for seq in sequences)
-        extended = Counter(seq[:p + 2] for seq in sequences)
-        out.append([Fraction(extended[seq[:p + 2]], prefix[seq[:p + 1]]) for seq in sequences])
+        prefix: Counter = Counter()
+        extended: Counter = Counter()
+        for seq, weight in zip(sequences, weight_of):
+            prefix[seq[:p + 1]] += weight
+            extended[seq[:p + 2]] += weight
+        out.append([Fraction(extended[seq[:p + 2]]) / prefix[seq[:p + 1]] for seq in sequences])
     return out
 
 
@@ -529,6 +536,57 @@ def test_cellular_automata_pool_floor_matches_brute_force(S, T, k, W, boundary):
     assert task.floor() == exact  # "auto" enumerates at this size
     fresh = fresh_rule_floor(S, T, k, W, boundary)
     assert exact.loss < fresh.loss  # knowing the pool helps
+
+
+@pytest.mark.parametrize("S,T,k,W,boundary", FLOOR_CASES[:2] + FLOOR_CASES[3:])
+def test_cellular_automata_mixture_floor_matches_brute_force(S, T, k, W, boundary):
+    """A mixture (task.pool_fraction = 1/3): the brute-force posterior over every table, each weighted by
+    its prior (1/3 / N per pool entry it equals, plus 2/3 / k**(k**W) as a fresh table), its loss averaged
+    with those weights, against the Monte Carlo floor."""
+    f = Fraction(1, 3)
+    task = CellularAutomataConfig(state_size=S, trajectory_length=T, alphabet=k, window=W, rules=3,
+                                  pool_fraction=1 / 3, boundary=boundary).build(make_generator(S + T + W))
+    pool = as_lists(task.pool)
+    tables = [list(t) for t in itertools.product(range(k), repeat=k ** W)]
+    weights = [f / len(pool) * pool.count(t) + (1 - f) / len(tables) for t in tables]
+    predictive = brute_force_predictive(tables, S, T, k, W, boundary, weights)
+    per_pair = [w for w in weights for _ in range(k ** S)]
+    total = sum(per_pair)
+    reference = [float(sum(w * -math.log(q) for w, q in zip(per_pair, probs)) / total) for probs in predictive]
+    floor = task.floor()
+    assert_monte_carlo_agrees(floor, reference)
+    assert pool_floor(task.pool, S, T, k, W, boundary).loss < floor.loss < fresh_rule_floor(S, T, k, W, boundary).loss
+    # at fraction 1 the mixture's posterior is the pool's
+    assert_monte_carlo_agrees(mixture_floor(task.pool, 1.0, S, T, k, W, boundary),
+                              list(pool_floor(task.pool, S, T, k, W, boundary, method="exact").positions))
+
+
+def test_cellular_automata_pool_fraction_mixes_the_pool_with_fresh_rules():
+    config = dict(state_size=6, trajectory_length=4, alphabet=3, rules=4)
+    whole = CellularAutomataConfig(**config).build(make_generator(5))
+    mixed = CellularAutomataConfig(**config, pool_fraction=0.25).build(make_generator(5))
+    assert torch.equal(whole.pool, mixed.pool)
+    batch = mixed.sample(4000, make_generator(1))
+    from_pool = batch.rule_ids >= 0
+    assert abs(from_pool.float().mean().item() - 0.25) < 0.03
+    assert torch.equal(batch.rules[from_pool], mixed.pool[batch.rule_ids[from_pool]])
+    pool = {tuple(r) for r in mixed.pool.tolist()}
+    assert not any(tuple(r) in pool for r in batch.rules[~from_pool].tolist())
+    # a whole pool draws as it did before the field existed (the same rule ids, states and tokens)
+    before = CellularAutomataConfig(**config, pool_fraction=1.0).build(make_generator(5)).sample(50, make_generator(2))
+    ids = torch.randint(0, 4, (50,), generator=make_generator(2))
+    assert torch.equal(before.rule_ids, ids)
+    assert "for 0.25 of sequences, else fresh" in mixed.describe()
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"pool_fraction": 0.5}, "task.pool_fraction=0.5: below 1 mixes the pool with fresh rules"),
+    ({"rules": 4, "pool_fraction": 0}, "task.pool_fraction=0: must be a number in (0.0, 1.0]"),
+    ({"rules": 4, "pool_fraction": 1.5}, "task.pool_fraction=1.5: must be a number in (0.0, 1.0]"),
+])
+def test_cellular_automata_pool_fraction_bad_values(fields, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        CellularAutomataConfig(**fields)
 
 
 def test_cellular_automata_fresh_floor_against_a_plain_simulation():

@@ -38,7 +38,8 @@ import pyarrow.compute as pc
 from ..store import RunDir
 from ..tasks import seed_task
 from ..train import ExperimentConfig
-from .generalization import GENERALIZATION_METRICS, MEAN, TRAINED, generalization_series
+from .generalization import (GENERALIZATION_AXES, GENERALIZATION_METRICS, GENERALIZATION_TITLES, MEAN, TRAINED,
+                             generalization_series)
 from .plotting import DPI, colors, describe, fit_lines, new_figure, save_figure
 
 if TYPE_CHECKING:
@@ -176,7 +177,8 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
     A length task (``measure_ood.LengthEval``): exact match at each eval length, the trained lengths solid
     and the held-out ones dashed, their mean (the run's outcome) thick. A rule task (``RuleEval``): per rule,
     the fraction of generalization questions whose first word is that rule's (solid) and whose whole output
-    is (dashed); exact match on the training distribution grey. The lines: ``generalization.py``."""
+    is (dashed); exact match on the training distribution grey. A pool task (``FreshEval``): per-token
+    accuracy on fresh rules and on the pool's. The lines: ``generalization.py``."""
     rows = table.filter(pc.is_in(table["metric"], pa.array(GENERALIZATION_METRICS)))
     found = generalization_series(zip(rows["metric"].to_pylist(), rows["index"].to_pylist()))
     if found is None:
@@ -206,12 +208,11 @@ def plot_generalization(table: pa.Table, config: Any, seeds: list[int]) -> "Figu
     for ax in axes[-1]:
         ax.set_xlabel("step")
     for ax in axes[:, 0]:
-        ax.set_ylabel("exact match" if kind == "lengths" else "fraction of questions")
+        ax.set_ylabel(GENERALIZATION_AXES[kind])
     visible = axes.flat[len(seeds) - 1]  # the legend right of the last panel, where it covers no curve
     handles, labels = axes.flat[0].get_legend_handles_labels()
     visible.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    what = "Exact match at each length (trained solid, held out dashed)" if kind == "lengths" else \
-        "Generalization set: which rule's question the model writes"
+    what = GENERALIZATION_TITLES[kind]
     fig.suptitle(fit_lines(fig, f"{what}{shown_seeds(config, seeds)}\n{describe(config, _sep(cols))}", 10),
                  fontsize=10)
     return fig

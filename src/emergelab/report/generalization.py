@@ -4,7 +4,9 @@ report's panel (``html.py``), so the two agree on series, order, labels and colo
 A **length task** (``measure_ood.LengthEval``) records exact match per eval length (index ``len:N``, under
 ``id_accuracy`` for trained lengths and ``ood_accuracy`` for held-out ones, whose mean is ``ood_accuracy``
 at index ``""``); a **rule task** (``RuleEval``) records per rule the first-word (``gen_first_word``) and
-whole-output (``gen_accuracy``) fractions and ``id_accuracy`` on the training distribution.
+whole-output (``gen_accuracy``) fractions and ``id_accuracy`` on the training distribution; a **pool task**
+(``FreshEval``: a cellular automaton with a pool of rules) records the per-token accuracy on rules outside
+the pool (``fresh_accuracy``) beside the probe's own ``accuracy`` on held-out sequences of the pool's rules.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-GENERALIZATION_METRICS = ("id_accuracy", "ood_accuracy", "gen_first_word", "gen_accuracy")
+GENERALIZATION_METRICS = ("id_accuracy", "ood_accuracy", "gen_first_word", "gen_accuracy", "fresh_accuracy", "accuracy")
+GENERALIZATION_TITLES = {"lengths": "Exact match at each length (trained solid, held out dashed)",
+                         "rules": "Generalization set: which rule's question the model writes",
+                         "pool": "In-context inference or a memorised pool: accuracy on fresh rules"}
+GENERALIZATION_AXES = {"lengths": "exact match", "rules": "fraction of questions", "pool": "per-token accuracy"}
 MEAN, TRAINED = -1, -2  # the colour groups of the held-out mean (black) and the training distribution (grey)
 
 
@@ -31,7 +37,7 @@ class Series:
 
 def generalization_series(recorded: Iterable[tuple[str, str]]) -> tuple[str, list[Series], int] | None:
     """From the ``(metric, index)`` pairs a run recorded: ``(kind, series in drawing order, colour groups)``
-    with kind ``"lengths"`` or ``"rules"``, or None for a run with neither. The held-out mean comes first (so
+    with kind ``"lengths"``, ``"rules"`` or ``"pool"``, or None for a run with none of them. The held-out mean comes first (so
     it is drawn beneath the lengths, which it would hide at 0, the usual held-out score), then the lengths in
     order; a rule's first word comes before its whole output, the training distribution last."""
     pairs = {(m, i) for m, i in recorded if m in GENERALIZATION_METRICS}
@@ -45,6 +51,11 @@ def generalization_series(recorded: Iterable[tuple[str, str]]) -> tuple[str, lis
                     series.append(Series(metric, f"len:{n}", f"length {n} ({kind})", kind == "held out", 1.2,
                                          lengths.index(n)))
         return "lengths", series, len(lengths)
+    if ("fresh_accuracy", "") in pairs:
+        series = [Series("fresh_accuracy", "", "fresh rules (outside the pool)", False, 1.8, 0)]
+        if ("accuracy", "") in pairs:
+            series.append(Series("accuracy", "", "the pool's rules (held-out sequences)", True, 1.2, TRAINED))
+        return "pool", series, 1
     rules = sorted({i for m, i in pairs if m == "gen_first_word"})
     if not rules:
         return None

@@ -45,7 +45,7 @@ from ..config import ConfigError
 from ..store import RunDir, connect, write_text
 from ..tasks import seed_task
 from ..train import ExperimentConfig
-from .generalization import GENERALIZATION_METRICS, generalization_series
+from .generalization import GENERALIZATION_AXES, GENERALIZATION_METRICS, GENERALIZATION_TITLES, generalization_series
 
 __all__ = ["MAX_POINTS", "ATTENTION_BUDGET", "downsample", "render_page", "run_page", "sweep_page", "write_html"]
 
@@ -242,8 +242,9 @@ def run_page(path: str | Path) -> dict[str, Any]:
 
 def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] | None:
     """The generalization panel's data, the lines of ``generalization.png`` (``generalization.py``): a
-    length task's exact match per eval length (``kind: lengths``) or a rule task's first-word and
-    whole-output fractions per rule (``kind: rules``); None for other runs. ``series``: ``[{key, label,
+    length task's exact match per eval length (``kind: lengths``), a rule task's first-word and
+    whole-output fractions per rule (``kind: rules``) or a pool task's accuracy on fresh rules (``kind:
+    pool``), with the panel's ``title`` and y ``axis``; None for other runs. ``series``: ``[{key, label,
     dash, width, group}]`` (``group``: the colour; -1 black, -2 grey); ``curves``: seed -> key -> curve."""
     names = ", ".join(f"'{m}'" for m in GENERALIZATION_METRICS)
     recorded = con.sql(f'SELECT DISTINCT metric, "index" FROM metrics WHERE metric IN ({names})').fetchall()
@@ -258,7 +259,8 @@ def generalization(con: Any, run_key: str, seeds: list[int]) -> dict[str, Any] |
         for s in series:
             if (k := where[s.metric].get((run_key, seed, s.index))) is not None:
                 curves[seed][f"{s.metric}:{s.index}"] = _curve(*fetched[s.metric].curve(k))
-    return {"kind": kind, "groups": groups, "curves": curves,
+    return {"kind": kind, "title": GENERALIZATION_TITLES[kind], "axis": GENERALIZATION_AXES[kind], "groups": groups,
+            "curves": curves,
             "series": [{"key": f"{s.metric}:{s.index}", "label": s.label, "dash": s.dash, "width": s.width,
                         "group": s.group} for s in series]}
 

@@ -97,7 +97,9 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         con = connect(out)
     except FileNotFoundError:
         raise ConfigError(f"{out}: no finished runs to analyse") from None
-    result = analyze_runs(con, by=list(t.by) or None)
+    fields = {row[0] for row in con.sql("DESCRIBE runs").fetchall()}
+    # a field the runs predate (task.pool_fraction in runs made before it existed) defines no config
+    result = analyze_runs(con, by=[f for f in t.by if f in fields] or None)
     lines = [f"{result.seeds.num_rows} seed(s) in {result.groups.num_rows} config(s); configs by "
              f"{', '.join(result.by) or '(all runs together)'}", format_groups(result)]
     if t.vs and t.vs in result.by:
@@ -143,6 +145,14 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         extra["arms"] = arm_rows(per_seed, costs)
         lines += ["", format_arms(extra["arms"])]
         figures += pretraining_figure(per_seed, figures_dir)
+    if t.figure == "repetition":
+        from .repetition import config_rows, format_repetition, repetition_figure
+        from .repetition import seed_rows as fresh_seed_rows
+
+        fresh = fresh_seed_rows(result, con)
+        extra["pools"] = config_rows(result, fresh)
+        lines += ["", format_repetition(extra["pools"])]
+        figures += repetition_figure(result, fresh, figures_dir)
     con.close()
     table = "\n".join(lines)
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),

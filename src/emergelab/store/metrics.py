@@ -45,6 +45,12 @@ Written only for tasks whose generalization set tells rules apart (``question-fo
 * ``gen_first_word``: fraction of generalization sequences whose greedy first output word is the rule's;
 * ``gen_accuracy``, ``gen_loss``: fraction whose whole greedy output is the rule's, and that output's loss;
 * ``id_accuracy`` (``index = ""``): exact match on the probe's held-out batch.
+
+Written only for tasks that train on a pool of ground truths (``cellular-automata`` with ``task.rules = N``;
+``train/measure_ood.py``, ``FreshEval``), on sequences of ground truths outside the pool (fresh rule tables):
+
+* ``fresh_loss``: the mean loss over the loss positions (``index = ""``) and per output (``"i"``, a state);
+* ``fresh_accuracy`` (``index = ""``): the argmax's per-token accuracy over the loss positions.
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@
 
 from ..config import plugin_names, registered
 
-from .base import (Batch, LengthTask, MapView, RuleTask, Task, TaskConfig, default_map_view, make_generator,
-                   relevant_queries, supports_lengths, supports_rules, supports_sample_masks,
-                   supports_sample_outputs, task_info)
+from .base import (Batch, LengthTask, MapView, PoolTask, RuleTask, Task, TaskConfig, default_map_view,
+                   make_generator, relevant_queries, supports_fresh, supports_lengths, supports_rules,
+                   supports_sample_masks, supports_sample_outputs, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
 from .count import CountConfig, CountTask
 from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix, shortcut_fan_in
 from .question_formation import QuestionFormationConfig, QuestionFormationTask
 from .repetition import RepetitionBatch, RepetitionConfig, RepetitionTask
 from .reverse_addition import ReverseAdditionConfig, ReverseAdditionTask
-from .seeding import generalization_tokens, held_out_tokens, length_eval_tokens, seed_streams, seed_task
+from .seeding import (fresh_tokens, generalization_tokens, held_out_tokens, length_eval_tokens, seed_streams,
+                      seed_task)
 
 TASKS: dict[str, type] = {
     LinearMapConfig.name: LinearMapConfig,
@@ -53,4 +54,5 @@ __all__ = [
     "LengthTask", "supports_lengths", "supports_sample_masks", "supports_sample_outputs", "length_eval_tokens", "CountConfig", "CountTask",
     "ReverseAdditionConfig", "ReverseAdditionTask", "RuleTask", "supports_rules", "generalization_tokens",
     "QuestionFormationConfig", "QuestionFormationTask", "RepetitionBatch", "RepetitionConfig", "RepetitionTask",
+    "PoolTask", "supports_fresh", "fresh_tokens",
 ]

@@ -26,6 +26,10 @@ model can do is the entropy of token ``p+1`` given tokens ``0..p`` under the dat
   on average once the context has narrowed the pool down. The losses of one trajectory telescope to
   ``ln N - ln(#tables still agreeing at its end)``: once the context singles out the table (distinct
   tables, long enough trajectories) the floor is ``((S-1) ln k + ln N) / (S*T-1)``. This is the floor of *this* pool: pools differ per run seed, and ``task.json`` records seed 0's.
+* A mixture (``task.pool_fraction = f < 1``): a sequence's table is the pool's with probability ``f`` and
+  fresh otherwise. The posterior weighs each agreeing pool table by ``f / N`` and the fresh hypothesis by
+  ``(1 - f) k**-m`` after ``m`` new windows (each new window's successor has probability ``1/k`` under it),
+  and again only new windows cost (:func:`mixture_floor`, Monte Carlo).
 
 Both are computed per flat position, then averaged per state (the task's outputs) and over all
 positions (``optimal_loss``). Exact where an enumeration is small (fresh tables: a depth-first walk over
@@ -245,6 +249,70 @@ def _pool_losses(pool: torch.Tensor, ids: torch.Tensor, state: torch.Tensor, T: 
         consistent &= match | ~valid[:, d:d + 1]
     return losses
 
+
+def _mixture_losses(pool: torch.Tensor, fraction: float, rules: torch.Tensor, state: torch.Tensor, T: int, k: int,
+                    W: int, boundary: str) -> torch.Tensor:
+    """The posterior-predictive loss ``[n, S*(T-1)]`` of each token of states 1..T-1 of the trajectories of
+    tables ``rules [n, k**W]`` from ``state [n, S]``, the prior being a mixture: each table of ``pool [N,
+    k**W]`` with probability ``fraction / N``, else a fresh table (``1 - fraction``). Only a new window
+    costs (every hypothesis still standing predicts a seen one's revealed successor); at a new window the
+    predictive probability of its successor is ``(fraction/N * #agreeing tables that predict it + w / k) /
+    (fraction/N * #agreeing tables + w)``, ``w = (1 - fraction) k**-m`` the fresh hypothesis' weight after
+    ``m`` new windows."""
+    n, S = state.shape
+    M = S * (T - 1)
+    tokens, codes = evolve(rules, state, T, k, W, boundary)
+    targets = tokens[:, S:]
+    new = first_occurrences(codes)
+    D = min(k ** W, M)
+    order = torch.sort((~new).to(torch.int8), dim=1, stable=True).indices[:, :D]  # new positions first
+    valid = new.gather(1, order)
+    consistent = torch.ones(n, pool.shape[0], dtype=torch.bool)
+    losses = torch.zeros(n, M, dtype=torch.float64)
+    log_table = math.log(fraction / pool.shape[0])
+    log_fresh = torch.full((n,), math.log1p(-fraction) if fraction < 1 else -math.inf, dtype=torch.float64)
+    log_k = math.log(k)
+    for d in range(D):
+        q = order[:, d]
+        predicted = pool[:, codes.gather(1, q[:, None])[:, 0]].T  # [n, N]
+        match = predicted == targets.gather(1, q[:, None])
+        agree = (consistent & match).sum(1).to(torch.float64)
+        counts = consistent.sum(1).to(torch.float64)
+        numerator = torch.logaddexp(log_table + agree.log(), log_fresh - log_k)
+        denominator = torch.logaddexp(log_table + counts.log(), log_fresh)
+        loss = torch.where(valid[:, d], denominator - numerator, 0.0)
+        losses.scatter_(1, q[:, None], loss[:, None])
+        consistent &= match | ~valid[:, d:d + 1]
+        log_fresh = torch.where(valid[:, d], log_fresh - log_k, log_fresh)
+    return losses
+
+
+def mixture_floor(pool: torch.Tensor, fraction: float, S: int, T: int, k: int, W: int,
+                  boundary: str) -> Floor | None:
+    """The floor when a sequence's table comes from ``pool [N, k**W]`` with probability ``fraction`` and is
+    fresh otherwise (``task.pool_fraction``), for a model that knows the pool; by Monte Carlo (fixed seed,
+    so deterministic; an unbiased estimate with its standard errors). None when the pool has more than
+    ``MAX_POOL`` tables or ``k**W > MAX_TABLE``. ``fraction = 1`` is :func:`pool_floor`'s posterior."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    pool = pool.cpu()
+    N = pool.shape[0]
+    if N > MAX_POOL or k ** W > MAX_TABLE:
+        return None
+    D = min(k ** W, S * (T - 1))
+    n = min(max(MC_WORK // (N * D + k ** W + S * T), MC_MIN), MC_MAX)
+    generator = torch.Generator().manual_seed(MC_SEED)
+    chunk = max(1, CHUNK // (N + k ** W + S * T))
+    rows = []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        from_pool = torch.rand(m, generator=generator, dtype=torch.float64) < fraction
+        ids = torch.randint(0, N, (m,), generator=generator)
+        fresh = torch.randint(0, k, (m, k ** W), generator=generator)
+        rules = torch.where(from_pool[:, None], pool[ids], fresh)
+        state = torch.randint(0, k, (m, S), generator=generator)
+        rows.append(_mixture_losses(pool, fraction, rules, state, T, k, W, boundary))
+    return _summarize(S, T, k, torch.cat(rows), "monte-carlo")
 
 def pool_floor(pool: torch.Tensor, S: int, T: int, k: int, W: int, boundary: str,
                method: str = "auto") -> Floor | None:

@@ -146,6 +146,26 @@ def supports_rules(task: object) -> bool:
 
 
 @runtime_checkable
+class PoolTask(Protocol):
+    """A task whose training sequences draw their ground truth from a finite pool drawn once per run (the
+    cellular automata with ``task.rules = N``), and which can also draw sequences from outside it.
+
+    ``pool_size``: the pool's size (0: every sequence already draws its own, so nothing lies outside);
+    ``sample_fresh(n, generator)``: ``n`` sequences in the task's layout, each from a freshly drawn ground
+    truth. Loss on them tells in-context inference (which transfers) from memorising the pool (which
+    does not)."""
+
+    pool_size: int
+
+    def sample_fresh(self, n: int, generator: torch.Generator) -> Batch: ...
+
+
+def supports_fresh(task: object) -> bool:
+    """Whether ``task`` trains on a pool and can draw sequences from outside it (:class:`PoolTask`)."""
+    return isinstance(task, PoolTask) and task.pool_size > 0
+
+
+@runtime_checkable
 class SampleMaskTask(Protocol):
     """A task whose ground-truth attention depends on each sequence's content (in-context repetition: the
     keys are wherever the span occurred). ``sample_attention_mask(tokens) -> [n, P, P]`` bool for a batch;

@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import torch
 
-from ..config import require, require_choice, require_int
-from .automaton import Floor, evolve, fresh_rule_floor, pool_floor, window_offsets
+from ..config import require, require_choice, require_float, require_int
+from .automaton import Floor, evolve, fresh_rule_floor, mixture_floor, pool_floor, window_offsets
 from .base import Batch, MapView
 
 BOUNDARIES = ("periodic", "zero")
@@ -29,6 +29,8 @@ BOUNDARIES = ("periodic", "zero")
 class CellularAutomataConfig:
     """state_size: S cells. trajectory_length: T states. alphabet: k. window: W.
     rules: size of the rule pool (None or 0: a fresh random table per sequence). boundary: periodic|zero.
+    pool_fraction: the probability that a sequence's rule comes from the pool, else a fresh table (1: every
+    sequence from the pool; below 1 needs a pool): cross-sample repetition at a chosen rate.
     """
 
     name: ClassVar[str] = "cellular-automata"
@@ -38,6 +40,7 @@ class CellularAutomataConfig:
     window: int = 3
     rules: int | None = None
     boundary: str = "periodic"
+    pool_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         require_int("task.state_size", self.state_size, 1, 65536)
@@ -49,6 +52,9 @@ class CellularAutomataConfig:
         if self.rules is not None:
             require_int("task.rules", self.rules, 0, 2 ** 31 - 1)
         require_choice("task.boundary", self.boundary, BOUNDARIES)
+        require_float("task.pool_fraction", self.pool_fraction, 0.0, 1.0, open_min=True)
+        require(self.pool_fraction == 1.0 or bool(self.rules), "task.pool_fraction", self.pool_fraction,
+                "below 1 mixes the pool with fresh rules: set task.rules to the pool's size (> 0)")
 
     def sizes(self) -> tuple[int, int]:
         """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
@@ -65,7 +71,7 @@ class CellularAutomataConfig:
 @dataclass(frozen=True)
 class CellularAutomataBatch(Batch):
     """tokens ``[n, S*T]``; rules ``[n, k**W]`` each sequence's lookup table; rule_ids ``[n]`` its index
-    in the task's rule pool (None for a fresh table per sequence)."""
+    in the task's rule pool (-1 for a mixture's fresh table; None for a fresh table per sequence)."""
 
     rules: torch.Tensor | None = None
     rule_ids: torch.Tensor | None = None
@@ -107,16 +113,36 @@ class CellularAutomataTask:
             mask[queries[inside], keys[inside]] = True
         self.attention_mask = mask
 
+    @property
+    def pool_size(self) -> int:
+        """The rule pool's size; 0 with a fresh table per sequence (:class:`~.base.PoolTask`)."""
+        return 0 if self.pool is None else int(self.pool.shape[0])
+
     def sample(self, n: int, generator: torch.Generator) -> CellularAutomataBatch:
-        """``n`` trajectories ``[n, S*T]``, each from its own rule table (``Batch.rules``: ``[n, k**W]``)."""
+        """``n`` trajectories ``[n, S*T]``, each from its own rule table (``Batch.rules``: ``[n, k**W]``;
+        ``rule_ids``: its index in the pool, -1 for a fresh table of a mixture, ``task.pool_fraction``)."""
+        return self._sample(n, generator, self.pool, self.config.pool_fraction)
+
+    def sample_fresh(self, n: int, generator: torch.Generator) -> CellularAutomataBatch:
+        """``n`` trajectories as :meth:`sample` draws them, each from a fresh table rather than the pool
+        (``rule_ids`` None): what in-context inference must handle and memorising the pool cannot."""
+        return self._sample(n, generator, None, 1.0)
+
+    def _sample(self, n: int, generator: torch.Generator, pool: torch.Tensor | None,
+                fraction: float) -> CellularAutomataBatch:
         c, device = self.config, generator.device
         S, k, W = c.state_size, c.alphabet, c.window
-        if self.pool is None:
+        if pool is None:
             rule_ids = None
             rules = torch.randint(0, k, (n, k ** W), generator=generator, device=device)
         else:
-            rule_ids = torch.randint(0, self.pool.shape[0], (n,), generator=generator, device=device)
-            rules = self.pool.to(device)[rule_ids]
+            rule_ids = torch.randint(0, pool.shape[0], (n,), generator=generator, device=device)
+            rules = pool.to(device)[rule_ids]
+            if fraction < 1.0:  # a mixture; a whole pool draws nothing more, as before the field existed
+                from_pool = torch.rand(n, generator=generator, device=device, dtype=torch.float64) < fraction
+                fresh = torch.randint(0, k, (n, k ** W), generator=generator, device=device)
+                rules = torch.where(from_pool[:, None], rules, fresh)
+                rule_ids = torch.where(from_pool, rule_ids, -1)
         state = torch.randint(0, k, (n, S), generator=generator, device=device)
         tokens, _ = evolve(rules, state, c.trajectory_length, k, W, c.boundary)
         return CellularAutomataBatch(tokens=tokens, rules=rules, rule_ids=rule_ids)
@@ -127,8 +153,8 @@ class CellularAutomataTask:
     def floor(self) -> Floor | None:
         """The Bayes-optimal loss per position, per state and overall (``tasks/automaton.py`` derives it):
         a cell whose window has not appeared earlier in the context costs ``ln k`` with a fresh table per
-        sequence, and with a pool of tables the posterior over the pool given the context; every other
-        cell is determined. Exact for tiny sizes, else Monte Carlo with a fixed seed and its standard
+        sequence, and with a pool of tables the posterior over the pool given the context (over the pool
+        and a fresh table for a mixture, ``task.pool_fraction < 1``); every other cell is determined. Exact for tiny sizes, else Monte Carlo with a fixed seed and its standard
         errors; computed once per task. None where too costly (pool over 2**14 tables, k**W over 2**16).
 
         Fresh tables, k=4, W=3, T=16, periodic: 0.539 (S=4), 0.694 (S=5), 0.646 (S=6), 0.594 (S=8),
@@ -137,8 +163,16 @@ class CellularAutomataTask:
         c = self.config
         if self._floor is None or self._floor[0] is not self.pool:  # recomputed if the pool is swapped
             args = (c.state_size, c.trajectory_length, c.alphabet, c.window, c.boundary)
-            self._floor = (self.pool, fresh_rule_floor(*args) if self.pool is None else pool_floor(self.pool, *args))
+            floor = fresh_rule_floor(*args) if self.pool is None else pool_floor(self.pool, *args) \
+                if c.pool_fraction == 1.0 else mixture_floor(self.pool, c.pool_fraction, *args)
+            self._floor = (self.pool, floor)
         return self._floor[1]
+
+    def fresh_floor(self) -> Floor | None:
+        """:meth:`floor` of a fresh table per sequence, whatever the pool: the floor of
+        :meth:`sample_fresh`'s sequences (None where too costly)."""
+        c = self.config
+        return fresh_rule_floor(c.state_size, c.trajectory_length, c.alphabet, c.window, c.boundary)
 
     def output_optima(self) -> list[float | None]:
         """Per state: ``ln k`` for state 0 (uniform), then the mean floor of the state's cells
@@ -151,6 +185,8 @@ class CellularAutomataTask:
     def describe(self) -> str:
         c = self.config
         rules = f"pool of {c.rules}" if c.rules else "fresh per sequence"
+        if c.rules and c.pool_fraction < 1.0:
+            rules += f" for {c.pool_fraction:g} of sequences, else fresh"
         return (f"cellular automata S={c.state_size} T={c.trajectory_length} k={c.alphabet} W={c.window} "
                 f"(rules {rules})")
 

@@ -67,3 +67,16 @@ def generalization_tokens(task: Task, master_seed: int, seed_index: int, n: int,
     eval_seed = seed_streams(master_seed, seed_index)["eval"]
     state = np.random.SeedSequence(eval_seed, spawn_key=GENERALIZATION_KEY).generate_state(1, dtype=np.uint64)
     return task.sample_generalization(n, make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]
+
+
+FRESH_KEY = (0, 1)  # two entries, as GENERALIZATION_KEY, and not it
+
+
+def fresh_tokens(task: Task, master_seed: int, seed_index: int, n: int,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[n, L]``: seed ``seed_index``'s sequences from outside its pool (a task with ``sample_fresh``,
+    :class:`~emergelab.tasks.base.PoolTask`), from a generator derived from the seed's eval stream alone
+    (``SeedSequence(eval, spawn_key=FRESH_KEY)``): the held-out batch stays what it was without them."""
+    eval_seed = seed_streams(master_seed, seed_index)["eval"]
+    state = np.random.SeedSequence(eval_seed, spawn_key=FRESH_KEY).generate_state(1, dtype=np.uint64)
+    return task.sample_fresh(n, make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]

@@ -295,7 +295,8 @@ class ExperimentConfig:
 
         The model's name enters only when it is not the transformer, ``model.positions`` only when it is
         not ``learned``, reverse addition's ``task.hints`` only when it is not ``fixed``, the linear map's
-        ``task.rows`` only when it is not ``independent``, and
+        ``task.rows`` only when it is not ``independent``, the cellular automata's ``task.pool_fraction``
+        only when it is not 1, and
         ``train.pretrain`` / ``train.pretrain_steps`` only when pre-training is on, so runs made before
         those fields existed keep their hashes."""
         data = self.science_dict()
@@ -307,6 +308,8 @@ class ExperimentConfig:
             data["task"].pop("hints")
         if data["task"].get("name") == "linear-map" and data["task"].get("rows") == "independent":  # likewise
             data["task"].pop("rows")
+        if data["task"].get("name") == "cellular-automata" and data["task"].get("pool_fraction") == 1.0:  # likewise
+            data["task"].pop("pool_fraction")
         if data["train"].get("pretrain") == "none":  # the default: likewise
             data["train"].pop("pretrain")
             data["train"].pop("pretrain_steps", None)

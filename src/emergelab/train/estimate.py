@@ -220,7 +220,7 @@ def _members_at_once(plan: Any) -> int:
 
 def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     """Peak memory and time of training resolved ``config`` under ``plan`` (default: its local plan)."""
-    from ..tasks import CellularAutomataConfig, seed_task, supports_lengths, supports_rules
+    from ..tasks import CellularAutomataConfig, seed_task, supports_fresh, supports_lengths, supports_rules
     from ..tasks.pretraining import NCAStream, pretraining_stream
     from .run import make_plan, thread_budget, train_flops
     from .schedule import data_chunk_steps, probe_steps
@@ -242,9 +242,10 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     est.notes["activations"] = "train.batch_size x sequence length x model size"
     built = seed_task(task, train.seed, 0)  # cheap for every shipped task (a CA's floor is computed lazily)
     loss_positions = int(built.loss_mask.sum())
-    # the length evaluation's (or rule evaluation's) batches: eval_batch_size sequences per length (rule)
+    # the length evaluation's (rule evaluation's, fresh-rule evaluation's) batches: eval_batch_size sequences
+    # per length (rule; one of fresh rules)
     extra_batches = len(built.eval_lengths) if supports_lengths(built) else \
-        len(built.rules) if supports_rules(built) else 0
+        len(built.rules) if supports_rules(built) else 1 if supports_fresh(built) else 0
     selects = bool(getattr(getattr(model, "model_class", None), "selects_positions", False))
     formed = _probe_forms_pattern(model)
     channels = _pattern_channels(model) if formed else 0

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_lengths, supports_rules,
-                     supports_sample_masks, supports_sample_outputs)
+from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_fresh, supports_lengths,
+                     supports_rules, supports_sample_masks, supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
@@ -31,7 +31,7 @@ from .graphed import CaptureFailed, GraphCaptureWarning, GraphedStep
 from .live import ProbeNews, Throttle, live_forecast
 from .measure import (Measurement, Metric, UnmeasuredOutputWarning, default_measurements, output_onehot,
                       probe)
-from .measure_ood import LengthEval, RuleEval
+from .measure_ood import FreshEval, LengthEval, RuleEval
 from .schedule import data_chunk_steps, learning_rate, log_spaced_steps, probe_steps
 from .stream import ChunkedStream
 
@@ -48,7 +48,7 @@ class SeedGroup:
     snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
     what the probe measures (default ``default_measurements()``; each applies only where the model offers
     what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths, ``measure_ood.RuleEval`` where it has a
-    generalization set that tells rules apart). ``extra_measurements``: measured besides those (a custom
+    generalization set that tells rules apart, ``measure_ood.FreshEval`` where it trains on a pool). ``extra_measurements``: measured besides those (a custom
     measurement that keeps every default one). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
     are recorded (the trackers of ``train/trackers.py``). With ``execution.forecast_from``, the progress
@@ -80,6 +80,9 @@ class SeedGroup:
         if measurements is None and all(supports_rules(t) for t in self.tasks):  # a rule-telling set
             self.measurements.append(RuleEval.for_seeds(self.tasks, train.seed, self.seeds,
                                                         train.eval_batch_size, device))
+        if measurements is None and all(supports_fresh(t) for t in self.tasks):  # a pool: fresh ground truth
+            self.measurements.append(FreshEval.for_seeds(self.tasks, train.seed, self.seeds,
+                                                         train.eval_batch_size, device))
         self.measurements += [m for m in extra_measurements if m.applies(self.model)]
         self.optimizer = _make_optimizer(self.model, config)
         self.eval_tokens = torch.stack([held_out_tokens(task, train.seed, i, train.eval_batch_size, device)

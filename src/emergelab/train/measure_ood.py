@@ -28,6 +28,12 @@ name, e.g. ``"hierarchical"``, ``"linear"``):
 * ``gen_accuracy``: the fraction whose whole greedy output is the rule's output; ``gen_loss``: the mean loss
   of the rule's output.
 
+For a task that trains on a pool of ground truths (:class:`emergelab.tasks.base.PoolTask`: the cellular
+automata with ``task.rules = N``), :class:`FreshEval` scores every member on sequences from outside the
+pool (a fresh rule table each): ``fresh_loss`` (index ``""``: the mean over the loss positions, and per
+task output, e.g. per state) and ``fresh_accuracy`` (index ``""``: the argmax's per-token accuracy over the
+loss positions). In-context inference transfers to them; memorising the pool does not.
+
 Greedy decoding and the teacher-forced argmax agree here: the argmax matches the rule's output at every
 loss position (with the rule's output as the prefix) exactly when greedy decoding produces that output,
 so one forward pass per rule (all rules in one batch) gives both. Plus ``id_accuracy`` (index ``""``): exact
@@ -43,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.base import SequenceModel, mask_positions, select_positions
-from ..tasks import generalization_tokens, length_eval_tokens, supports_lengths, supports_rules
-from .measure import Metric, ProbeData
+from ..tasks import fresh_tokens, generalization_tokens, length_eval_tokens, supports_fresh, supports_lengths, supports_rules
+from .measure import Metric, ProbeData, per_output_mean, position_scores
 
 
 def sequence_scores(logits: torch.Tensor, tokens: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -200,6 +206,48 @@ class RuleEval:
                 Metric("gen_accuracy", self.rules, host(per_rule[0])),
                 Metric("gen_loss", self.rules, host(per_rule[1])),
                 Metric("id_accuracy", [""], host(probe_accuracy[:, None]))]
+
+    def snapshot(self, data: ProbeData) -> None:
+        return None
+
+
+class FreshEval:
+    """``fresh_loss`` (overall and per output) and ``fresh_accuracy`` on sequences from outside the pool
+    (module docstring). ``tokens``: ``[E, B, L]``, each member's fresh sequences. Build it for a seed group
+    with :meth:`for_seeds`."""
+
+    snapshot_name = None
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens
+
+    @classmethod
+    def for_seeds(cls, tasks: Sequence[Any], master_seed: int, seed_indices: Sequence[int], n: int,
+                  device: str | torch.device = "cpu") -> "FreshEval":
+        """The measurement for members ``tasks`` (run seeds ``seed_indices`` of ``master_seed``): ``n``
+        fresh sequences per member, from its eval stream (:func:`~emergelab.tasks.seeding.fresh_tokens`)."""
+        if not all(supports_fresh(t) for t in tasks):
+            raise TypeError("FreshEval needs tasks that train on a pool (emergelab.tasks.base.PoolTask)")
+        return cls(torch.stack([fresh_tokens(t, master_seed, i, n, device) for t, i in zip(tasks, seed_indices)]))
+
+    def applies(self, model: Any) -> bool:
+        return True
+
+    def hooks(self, model: Any) -> list[str]:
+        return []
+
+    @torch.no_grad()
+    def measure(self, data: ProbeData) -> list[Metric]:
+        tokens = self.tokens.to(data.tokens.device)
+        logits = data.model(tokens[..., :-1], **data.inputs)  # [E, B, P, V]
+        per_position = position_scores(logits, tokens[..., 1:]).mean(dim=-2)[:2]  # [2, E, P]: loss, accuracy
+        mask = data.loss_mask.float()
+        overall = (per_position * mask).sum(-1) / mask.sum()  # [2, E]
+        per_output = per_output_mean(per_position[0], data.output_index, data.n_outputs)  # [E, O]
+        host = lambda x: x.cpu().numpy().astype(np.float64)
+        loss = np.concatenate([host(overall[0])[:, None], host(per_output)], axis=1)
+        return [Metric("fresh_loss", [""] + [str(i) for i in range(data.n_outputs)], loss),
+                Metric("fresh_accuracy", [""], host(overall[1])[:, None])]
 
     def snapshot(self, data: ProbeData) -> None:
         return None

@@ -166,7 +166,7 @@
           line: { color: s.group === -1 ? "#000" : s.group === -2 ? "#888" : color(s.group, gen.groups), width: s.width,
                   dash: s.dash ? "dash" : "solid" },
           hovertemplate: s.label + "<br>step %{x}<br>%{y}<extra></extra>" }));
-        const title = gen.kind === "lengths" ? "exact match" : "fraction of questions";
+        const title = gen.axis;
         draw("plot-generalization", traces, baseLayout(title, { title: panelTitle(title + ", seed " + sel.value),
                                                                  margin: TITLED_MARGIN,
                                                                  yaxis: { title: { text: title }, range: [-0.03, 1.03] } }), true);

@@ -1,0 +1,119 @@
+"""Fresh ground truth for a task that trains on a pool (the cellular automata with ``task.rules = N``):
+``sample_fresh`` draws trajectories of rules outside the pool, and ``FreshEval`` scores a model on them
+(``fresh_loss``, ``fresh_accuracy``), checked against a loss computed by hand and against a model that
+memorised the pool."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from emergelab.tasks import (CellularAutomataConfig, LinearMapConfig, fresh_tokens, held_out_tokens, make_generator,
+                             supports_fresh)
+from emergelab.tasks.automaton import evolve
+from emergelab.train import ExperimentConfig, FreshEval, OutputScores, SeedGroup
+from emergelab.train.measure import probe
+
+CONFIG = dict(state_size=5, trajectory_length=4, alphabet=3, window=3)
+
+
+def _task(rules: int):
+    return CellularAutomataConfig(**CONFIG, rules=rules).build(make_generator(7))
+
+
+def test_only_a_task_that_trains_on_a_pool_offers_fresh_sequences():
+    assert supports_fresh(_task(3)) and _task(3).pool_size == 3
+    assert not supports_fresh(_task(0)) and _task(0).pool_size == 0
+    assert not supports_fresh(LinearMapConfig(state_size=4, sparsity=2).build(make_generator(0)))
+
+
+def test_fresh_trajectories_follow_their_own_rules_and_none_is_in_the_pool():
+    task = _task(4)
+    batch = task.sample_fresh(64, make_generator(3))
+    assert batch.rule_ids is None and batch.tokens.shape == (64, 5 * 4)
+    pool = {tuple(r) for r in task.pool.tolist()}
+    assert not any(tuple(r) in pool for r in batch.rules.tolist())  # 3**27 tables: a match would be a bug
+    assert len({tuple(r) for r in batch.rules.tolist()}) == 64
+    S, k = 5, 3
+    for seq, rule in zip(batch.tokens.tolist(), batch.rules.tolist()):  # the slow reference: cell by cell
+        states = [seq[t * S:(t + 1) * S] for t in range(4)]
+        for prev, nxt in zip(states, states[1:]):
+            for i in range(S):
+                code = (prev[(i - 1) % S] * k + prev[i]) * k + prev[(i + 1) % S]
+                assert nxt[i] == rule[code]
+    # the pool's sampler is untouched: same draws as before the fresh sampler existed
+    assert set(map(int, task.sample(32, make_generator(3)).rule_ids.tolist())) <= set(range(4))
+
+
+class PoolMemoriser(torch.nn.Module):
+    """Predicts every cell of states 1.. by pool rule 0 applied to the previous state (logits 50 on it):
+    perfect on a pool of one rule, in-context inference nowhere."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.rule, self.S, self.k = task.pool[:1], task.state_size, task.vocab_size
+
+    def forward(self, x: torch.Tensor, **inputs) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # [n, P]
+        S, P = self.S, x.shape[-1]
+        nxt = torch.zeros_like(flat)
+        for t in range(1, P // S + 1):  # state t's cells are predicted from positions t*S-1 .. t*S+S-2
+            prev = flat[:, (t - 1) * S:t * S]
+            following, _ = evolve(self.rule.expand(flat.shape[0], -1), prev, 2, self.k, 3, "periodic")
+            cols = torch.arange(t * S - 1, min(t * S + S - 1, P))
+            nxt[:, cols] = following[:, S:][:, :cols.numel()]
+        return F.one_hot(nxt.view_as(x), self.k).float() * 50.0
+
+
+def _probe(model, task, n=48, seeds=(0, 1)):
+    measure = FreshEval.for_seeds([task] * len(seeds), 0, list(seeds), n)
+    eval_tokens = torch.stack([held_out_tokens(task, 0, i, n) for i in seeds])
+    gt = torch.stack([task.attention_mask] * len(seeds))
+    metrics, _ = probe(model, [OutputScores(), measure], eval_tokens, task.loss_mask, task.output_index, gt,
+                       task.n_outputs)
+    return {(m.name, label): m.values[:, k] for m in metrics for k, label in enumerate(m.labels)}, measure
+
+
+def test_a_model_that_memorised_the_pool_is_right_on_it_and_wrong_on_fresh_rules():
+    task = _task(1)
+    scores, _ = _probe(PoolMemoriser(task), task)
+    for state in ("1", "2", "3"):
+        assert (scores["loss_pos", state] < 1e-6).all()  # held-out sequences come from the pool
+        assert (scores["fresh_loss", state] > 10).all()  # wrong on 2/3 of fresh cells, at 50 nats each
+    assert (scores["fresh_accuracy", ""] < 0.6).all() and (scores["accuracy", ""] > 0.7).all()
+
+
+def test_fresh_loss_is_the_cross_entropy_on_the_fresh_sequences():
+    task = _task(3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(3, 8), torch.nn.Linear(8, 3))
+    scores, measure = _probe(model, task)
+    for e in range(2):
+        tokens = measure.tokens[e]
+        nll = F.cross_entropy(model(tokens[:, :-1]).transpose(1, 2), tokens[:, 1:], reduction="none")  # [B, P]
+        assert abs(scores["fresh_loss", ""][e] - nll.mean().item()) < 1e-5
+        for t in range(4):
+            cols = (task.output_index == t)
+            assert abs(scores["fresh_loss", str(t)][e] - nll[:, cols].mean().item()) < 1e-5
+        accuracy = (model(tokens[:, :-1]).argmax(-1) == tokens[:, 1:]).float().mean().item()
+        assert abs(scores["fresh_accuracy", ""][e] - accuracy) < 1e-6
+
+
+def test_seed_groups_record_fresh_metrics_from_their_own_stream_and_leave_the_held_out_batch_alone():
+    def config(rules):
+        return ExperimentConfig.from_dict({
+            "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
+            "model": {"layers": 1, "heads": 1, "head_dim": 4},
+            "train": {"steps": 2, "seeds": 2, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2}}).resolved()
+
+    pooled = config(2)
+    group = SeedGroup(pooled, [1, 0])
+    (measure,) = [m for m in group.measurements if isinstance(m, FreshEval)]
+    for e, seed in enumerate([1, 0]):
+        assert torch.equal(measure.tokens[e], fresh_tokens(group.tasks[e], pooled.train.seed, seed, 8))
+        assert torch.equal(group.eval_tokens[e], held_out_tokens(group.tasks[e], pooled.train.seed, seed, 8))
+    group.train()
+    rows = {(r["metric"], r["index"]) for r in group.metrics.table().to_pylist() if r["step"] == 2}
+    assert {("fresh_loss", ""), ("fresh_loss", "0"), ("fresh_loss", "3"), ("fresh_accuracy", "")} <= rows
+    unpooled = SeedGroup(config(0), [0])
+    assert not [m for m in unpooled.measurements if isinstance(m, FreshEval)]
