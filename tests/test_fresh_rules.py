@@ -117,3 +117,25 @@ def test_seed_groups_record_fresh_metrics_from_their_own_stream_and_leave_the_he
     assert {("fresh_loss", ""), ("fresh_loss", "0"), ("fresh_loss", "3"), ("fresh_accuracy", "")} <= rows
     unpooled = SeedGroup(config(0), [0])
     assert not [m for m in unpooled.measurements if isinstance(m, FreshEval)]
+
+
+def test_a_pooled_run_summarises_and_prints_its_loss_on_fresh_rules(tmp_path, capsys):
+    from emergelab.cli import print_summary
+    from emergelab.train import train
+
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "cellular-automata", **CONFIG, "rules": 2},
+        "model": {"layers": 1, "heads": 1, "head_dim": 4},
+        "train": {"steps": 20, "seeds": 2, "batch_size": 4, "eval_batch_size": 8, "eval_every": 10,
+                  "checkpoints": 0, "attention_snapshots": 0},
+        "execution": {"strategy": "ensemble"}})
+    run = train(config, tmp_path / "run", progress=False)
+    summary = run.summary()
+    last = {r["seed"]: r["value"] for r in run.metrics().to_pylist()
+            if r["metric"] == "fresh_loss" and r["index"] == "" and r["step"] == 20}
+    assert {int(s): e["fresh_loss"] for s, e in summary["seeds"].items()} == last
+    floor = CellularAutomataConfig(**CONFIG).build(make_generator(0)).optimal_loss()  # fresh tables' floor
+    assert summary["fresh_optimal_loss"] == floor and run.task_info()["fresh_optimal_loss"] == floor
+    print_summary(run)
+    out = capsys.readouterr().out
+    assert "fresh rules" in out and f"{last[0]:.4f}" in out and f"its floor {floor:.4f}" in out

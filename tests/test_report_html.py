@@ -492,6 +492,7 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     title = page.locator("#plot-generalization .gtitle").bounding_box()
     assert bar and title and title["y"] >= bar["y"] + bar["height"]
     assert page.locator("nav a[href='#generalization']").count() == 1
+    assert page.locator("#summary th", has_text="fresh rules").count() == 0  # no pool, no column
     _not_blank(page.screenshot(full_page=True))
     assert not errors, errors
     page.close()
@@ -505,6 +506,8 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     assert page.evaluate("() => document.getElementById('plot-generalization').layout.title.text") == \
         "per-token accuracy, seed 0"
     assert "fresh rules" in page.locator("#generalization h2").inner_text()
+    assert page.locator("#summary th", has_text="fresh rules").count() == 1  # the last fresh_loss per seed
+    assert "its floor 0.9" in page.locator("#summary").inner_text()
     assert not errors, errors
     page.close()
 

@@ -337,7 +337,8 @@ def _fail_on_problems(path: Path) -> None:
 def print_summary(run: Any) -> None:
     """The run's ``summary.json`` as a table: final loss against the optimum, and each output's
     emergence step (the detector of ``analysis.emergence``; ``-``: not yet; ``.``: nothing to learn; ``?``:
-    not measured; a ``c`` after it: the output equals an earlier one, ``analysis.summary.copy_outputs``)."""
+    not measured; a ``c`` after it: the output equals an earlier one, ``analysis.summary.copy_outputs``);
+    for a run on a pool, the final loss on fresh ground truth beside it."""
     from .analysis.summary import copy_outputs
 
     summary = run.summary()
@@ -347,7 +348,9 @@ def print_summary(run: Any) -> None:
     pre_text = (f" ({pre['steps']} of them {pre['stream']} pre-training, {pre['tokens_per_seed']:,} tokens a seed)"
                 if pre else "")
     print(f"\n{summary['task']}: {summary['steps']} steps{pre_text}; optimal loss {opt_text}")
-    print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  step at which each output emerged")
+    fresh = any("fresh_loss" in info for info in summary["seeds"].values())
+    print(f"{'seed':>4}  {'final loss':>10}  {'- optimum':>9}  " + (f"{'fresh rules':>11}  " if fresh else "")
+          + "step at which each output emerged")
     unjudged = unmeasured = copied = False
     for seed, info in summary["seeds"].items():
         gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
@@ -357,11 +360,17 @@ def print_summary(run: Any) -> None:
         learned = " ".join("." if k in skip else "?" if k in absent else
                            ("-" if s is None else str(s)) + ("c" if k in copies else "")
                            for k, s in info["learned_step"].items())
-        print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {learned}")
+        fresh_text = f"{info['fresh_loss']:>11.4f}  " if "fresh_loss" in info else f"{'':>11}  " if fresh else ""
+        print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {fresh_text}{learned}")
     if unjudged:
         print("(.: an output with nothing to learn, its optimum at its initial loss; -: not yet)")
     if unmeasured:
         print("(?: no held-out sequence has this output, so it was not measured: raise train.eval_batch_size)")
+    if fresh:
+        floor = summary.get("fresh_optimal_loss")
+        floor_text = f"its floor {floor:.4f}" if floor is not None else "its floor unknown"
+        print(f"(fresh rules: the final loss on ground truth outside the pool, {floor_text}: in-context inference "
+              "approaches it, a memorised pool does not)")
     if copied:
         print("(c: equal to an earlier output (linear map: two equal rows of A), so learned as a copy; "
               "task.rows=distinct avoids it)")

@@ -19,8 +19,10 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     and ``all_learned`` (every output with something to learn: ``not_judged`` lists the others, e.g. a
     cellular automaton's uniform first state, when there are any; ``not_measured`` those no held-out
     sequence had, whose metrics are NaN), and ``fan_in`` (output index -> the fewest tokens it is a function
-    of, earlier outputs included) where the task records it (the linear map); with pre-training
-    (``train.pretrain``) also ``"pretrain"``: see :func:`pretrain_record`."""
+    of, earlier outputs included) where the task records it (the linear map), and ``fresh_loss`` (the last
+    ``fresh_loss``: on ground truth outside the pool) where the run trained on a pool, whose floor is then
+    ``fresh_optimal_loss``; with pre-training (``train.pretrain``) also ``"pretrain"``: see
+    :func:`pretrain_record`."""
     config = run.read_config_dict()
     info = run.task_info() or {}
     con = connect(run.path)
@@ -28,6 +30,9 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         emergence, _ = curve_emergence(con)
         final = {int(seed): float(value) for seed, value in con.sql(
             "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
+        fresh = {int(seed): float(value) for seed, value in con.sql(
+            "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
+            "GROUP BY seed").fetchall()}
         fan_in = {seed: fans for (_, seed), fans in fan_in_by_seed(con).items()}  # one run
     finally:
         con.close()
@@ -42,6 +47,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
             entry["not_judged"].append(row["target"][4:])
     n_outputs = int(info.get("n_outputs") or 0)
     for seed, entry in seeds.items():
+        if int(seed) in fresh:  # a task trained on a pool: the loss on fresh ground truth (FreshEval)
+            entry["fresh_loss"] = fresh[int(seed)]
         if int(seed) in fan_in:  # the task's per-output fan-in (the linear map: 1 = a copy of an earlier output)
             entry["fan_in"] = dict(sorted(fan_in[int(seed)].items(), key=lambda kv: int(kv[0])))
         # an output without a finite curve: no held-out sequence had it (tasks.SampleOutputTask)
@@ -61,6 +68,7 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     pretrain = pretrain_record(config)
     return {"task": config["task"]["name"], "steps": config["train"]["steps"],
             "optimal_loss": info.get("optimal_loss"), "output_labels": info.get("labels"),
+            **({"fresh_optimal_loss": info["fresh_optimal_loss"]} if "fresh_optimal_loss" in info else {}),
             **({"pretrain": pretrain} if pretrain else {}),
             "seeds": dict(sorted(seeds.items(), key=lambda kv: int(kv[0])))}
 

@@ -236,7 +236,8 @@ def run_page(path: str | Path) -> dict[str, Any]:
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table), "forecast": forecasts,
-            "summary": _summary_rows(summary), "summary_json": json.dumps(summary, indent=1) if summary else None,
+            "summary": _summary_rows(summary), "summary_fresh_floor": (summary or {}).get("fresh_optimal_loss"),
+            "summary_json": json.dumps(summary, indent=1) if summary else None,
             "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
 
 
@@ -298,7 +299,8 @@ def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [{"seed": seed, "final_loss": _num(s.get("final_loss")),
              "gap": _num(s["final_loss"] - optimum) if optimum is not None and s.get("final_loss") is not None
              else None, "n_learned": s.get("n_learned"), "n_outputs": len(s.get("learned_step", {})),
-             "all_learned": s.get("all_learned"), "not_measured": len(s.get("not_measured", ()))}
+             "all_learned": s.get("all_learned"), "not_measured": len(s.get("not_measured", ())),
+             "fresh_loss": _num(s["fresh_loss"]) if "fresh_loss" in s else None}
             for seed, s in summary.get("seeds", {}).items()]
 
 

@@ -152,12 +152,14 @@ class PoolTask(Protocol):
 
     ``pool_size``: the pool's size (0: every sequence already draws its own, so nothing lies outside);
     ``sample_fresh(n, generator)``: ``n`` sequences in the task's layout, each from a freshly drawn ground
-    truth. Loss on them tells in-context inference (which transfers) from memorising the pool (which
+    truth; ``fresh_optimal_loss()``: the best mean loss on them (None where unknown). Loss on them tells in-context inference (which transfers) from memorising the pool (which
     does not)."""
 
     pool_size: int
 
     def sample_fresh(self, n: int, generator: torch.Generator) -> Batch: ...
+
+    def fresh_optimal_loss(self) -> float | None: ...
 
 
 def supports_fresh(task: object) -> bool:
@@ -246,6 +248,8 @@ def task_info(task: Task) -> dict:
             "describe": task.describe()}
     if supports_sample_outputs(task):  # the per-output probes count per sequence (since 2026-11-27)
         info["outputs_per_sequence"] = True
+    if supports_fresh(task):  # the floor of FreshEval's sequences
+        info["fresh_optimal_loss"] = task.fresh_optimal_loss()  # type: ignore[attr-defined]
     return info
 
 

@@ -174,6 +174,11 @@ class CellularAutomataTask:
         c = self.config
         return fresh_rule_floor(c.state_size, c.trajectory_length, c.alphabet, c.window, c.boundary)
 
+    def fresh_optimal_loss(self) -> float | None:
+        """:meth:`fresh_floor`'s mean over all positions (:class:`~.base.PoolTask`)."""
+        floor = self.fresh_floor()
+        return None if floor is None else floor.loss
+
     def output_optima(self) -> list[float | None]:
         """Per state: ``ln k`` for state 0 (uniform), then the mean floor of the state's cells
         (:meth:`floor`); state 0 only where no floor is computed."""
