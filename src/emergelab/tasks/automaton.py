@@ -53,6 +53,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Callable
 
 import torch
 
@@ -299,20 +300,30 @@ def mixture_floor(pool: torch.Tensor, fraction: float, S: int, T: int, k: int, W
     N = pool.shape[0]
     if N > MAX_POOL or k ** W > MAX_TABLE:
         return None
-    D = min(k ** W, S * (T - 1))
-    n = min(max(MC_WORK // (N * D + k ** W + S * T), MC_MIN), MC_MAX)
-    generator = torch.Generator().manual_seed(MC_SEED)
-    chunk = max(1, CHUNK // (N + k ** W + S * T))
-    rows = []
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
+
+    def chunk(m: int, generator: torch.Generator) -> torch.Tensor:
         from_pool = torch.rand(m, generator=generator, dtype=torch.float64) < fraction
         ids = torch.randint(0, N, (m,), generator=generator)
         fresh = torch.randint(0, k, (m, k ** W), generator=generator)
         rules = torch.where(from_pool[:, None], pool[ids], fresh)
         state = torch.randint(0, k, (m, S), generator=generator)
-        rows.append(_mixture_losses(pool, fraction, rules, state, T, k, W, boundary))
+        return _mixture_losses(pool, fraction, rules, state, T, k, W, boundary)
+
+    return _pool_monte_carlo(N, S, T, k, W, chunk)
+
+
+def _pool_monte_carlo(N: int, S: int, T: int, k: int, W: int,
+                      chunk: Callable[[int, torch.Generator], torch.Tensor]) -> Floor:
+    """The Monte Carlo floor of a pool of ``N`` tables: ``chunk(m, generator)`` draws ``m`` trajectories and
+    returns their losses ``[m, S*(T-1)]``; as many trajectories as ``MC_WORK`` affords (within ``MC_MIN ..
+    MC_MAX``), from one generator seeded ``MC_SEED``, so the estimate is deterministic."""
+    D = min(k ** W, S * (T - 1))
+    n = min(max(MC_WORK // (N * D + k ** W + S * T), MC_MIN), MC_MAX)
+    generator = torch.Generator().manual_seed(MC_SEED)
+    size = max(1, CHUNK // (N + k ** W + S * T))
+    rows = [chunk(min(size, n - start), generator) for start in range(0, n, size)]
     return _summarize(S, T, k, torch.cat(rows), "monte-carlo")
+
 
 def pool_floor(pool: torch.Tensor, S: int, T: int, k: int, W: int, boundary: str,
                method: str = "auto") -> Floor | None:
@@ -334,14 +345,10 @@ def pool_floor(pool: torch.Tensor, S: int, T: int, k: int, W: int, boundary: str
         return _summarize(S, T, k, losses.mean(dim=0, keepdim=True), "exact")
     if N > MAX_POOL or k ** W > MAX_TABLE:
         return None
-    D = min(k ** W, S * (T - 1))
-    n = min(max(MC_WORK // (N * D + k ** W + S * T), MC_MIN), MC_MAX)
-    generator = torch.Generator().manual_seed(MC_SEED)
-    chunk = max(1, CHUNK // (N + k ** W + S * T))
-    rows = []
-    for start in range(0, n, chunk):
-        m = min(chunk, n - start)
+
+    def chunk(m: int, generator: torch.Generator) -> torch.Tensor:
         ids = torch.randint(0, N, (m,), generator=generator)
         state = torch.randint(0, k, (m, S), generator=generator)
-        rows.append(_pool_losses(pool, ids, state, T, k, W, boundary))
-    return _summarize(S, T, k, torch.cat(rows), "monte-carlo")
+        return _pool_losses(pool, ids, state, T, k, W, boundary)
+
+    return _pool_monte_carlo(N, S, T, k, W, chunk)

@@ -93,14 +93,28 @@ def loss_position_scores(model: Any, tokens: torch.Tensor, loss_mask: torch.Tens
     return scores, None if position is None else logits[..., found[0], :]
 
 
-class LengthEval:
+class ExtraForward:
+    """What the evaluations below share as measurements: each runs its own forward on its own sequences, so
+    it applies to every model, reads no hook point and saves no snapshot."""
+
+    snapshot_name = None
+
+    def applies(self, model: Any) -> bool:
+        return True
+
+    def hooks(self, model: Any) -> list[str]:
+        return []
+
+    def snapshot(self, data: ProbeData) -> None:
+        return None
+
+
+class LengthEval(ExtraForward):
     """``id_accuracy``, ``id_loss``, ``ood_accuracy``, ``ood_loss`` (see the module docstring).
 
     ``batches``: length -> tokens ``[E, B, L]`` (each member's held-out sequences of that length);
     ``train_lengths``: the lengths the task trains on (the others are out-of-distribution). Build it for a
     seed group with :meth:`for_seeds`."""
-
-    snapshot_name = None
 
     def __init__(self, batches: dict[int, torch.Tensor], train_lengths: Sequence[int]):
         self.lengths = sorted(batches)
@@ -121,11 +135,6 @@ class LengthEval:
                    for length in first.eval_lengths}
         return cls(batches, first.train_lengths)
 
-    def applies(self, model: Any) -> bool:
-        return True
-
-    def hooks(self, model: Any) -> list[str]:
-        return []
 
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
@@ -153,18 +162,14 @@ class LengthEval:
             metrics += [Metric("ood_accuracy", labels, ood[0]), Metric("ood_loss", labels, ood[1])]
         return metrics
 
-    def snapshot(self, data: ProbeData) -> None:
-        return None
 
 
-class RuleEval:
+class RuleEval(ExtraForward):
     """``gen_first_word``, ``gen_accuracy``, ``gen_loss`` per rule and ``id_accuracy`` (module docstring).
 
     ``batches``: rule -> tokens ``[E, B, L]`` (each member's generalization sequences with that rule's
     output); ``decision_position``: the position predicting the first output word. Build it for a seed
     group with :meth:`for_seeds`."""
-
-    snapshot_name = None
 
     def __init__(self, batches: dict[str, torch.Tensor], decision_position: int):
         self.rules = list(batches)
@@ -185,11 +190,6 @@ class RuleEval:
                    for rule in tasks[0].rules}
         return cls(batches, tasks[0].decision_position)
 
-    def applies(self, model: Any) -> bool:
-        return True
-
-    def hooks(self, model: Any) -> list[str]:
-        return []
 
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
@@ -207,16 +207,12 @@ class RuleEval:
                 Metric("gen_loss", self.rules, host(per_rule[1])),
                 Metric("id_accuracy", [""], host(probe_accuracy[:, None]))]
 
-    def snapshot(self, data: ProbeData) -> None:
-        return None
 
 
-class FreshEval:
+class FreshEval(ExtraForward):
     """``fresh_loss`` (overall and per output) and ``fresh_accuracy`` on sequences from outside the pool
     (module docstring). ``tokens``: ``[E, B, L]``, each member's fresh sequences. Build it for a seed group
     with :meth:`for_seeds`."""
-
-    snapshot_name = None
 
     def __init__(self, tokens: torch.Tensor):
         self.tokens = tokens
@@ -230,11 +226,6 @@ class FreshEval:
             raise TypeError("FreshEval needs tasks that train on a pool (emergelab.tasks.base.PoolTask)")
         return cls(torch.stack([fresh_tokens(t, master_seed, i, n, device) for t, i in zip(tasks, seed_indices)]))
 
-    def applies(self, model: Any) -> bool:
-        return True
-
-    def hooks(self, model: Any) -> list[str]:
-        return []
 
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
@@ -249,5 +240,3 @@ class FreshEval:
         return [Metric("fresh_loss", [""] + [str(i) for i in range(data.n_outputs)], loss),
                 Metric("fresh_accuracy", [""], host(overall[1])[:, None])]
 
-    def snapshot(self, data: ProbeData) -> None:
-        return None
