@@ -248,7 +248,7 @@ def repetition_figure(result: Any, seeds: list[dict[str, Any]], out: Path) -> li
                    if v is not None] + [1.0])
         ax_plateau.set_ylim(0, 1.45 * top)  # room above the censored seeds (at the run's length) for the legend
         ax_plateau.legend(fontsize=7, loc="upper left")
-        ax_loss.legend(fontsize=7, loc="upper right")
+        ax_loss.legend(fontsize=7, loc="center right" if part == POOL_PART else "upper center")  # off the dots
         ax_plateau.set(ylabel="plateau, steps", title="Plateau before the loss first drops (dots: seeds)")
         ax_loss.set(ylabel="loss (nats)", title="Final loss and its floor (dots: seeds)")
         for ax in (ax_plateau, ax_loss):
