@@ -37,9 +37,10 @@ class Series:
 
 def generalization_series(recorded: Iterable[tuple[str, str]]) -> tuple[str, list[Series], int] | None:
     """From the ``(metric, index)`` pairs a run recorded: ``(kind, series in drawing order, colour groups)``
-    with kind ``"lengths"``, ``"rules"`` or ``"pool"``, or None for a run with none of them. The held-out mean comes first (so
-    it is drawn beneath the lengths, which it would hide at 0, the usual held-out score), then the lengths in
-    order; a rule's first word comes before its whole output, the training distribution last."""
+    with kind ``"lengths"``, ``"rules"`` or ``"pool"``, or None for a run with none of them. The held-out
+    mean comes first (so it is drawn beneath the lengths, which it would hide at 0, the usual held-out
+    score), then the lengths in order; a rule's first word comes before its whole output, the training
+    distribution last; fresh rules before the pool's."""
     pairs = {(m, i) for m, i in recorded if m in GENERALIZATION_METRICS}
     if any(m in ("id_accuracy", "ood_accuracy") and i.startswith("len:") for m, i in pairs):
         lengths = sorted({int(i[4:]) for m, i in pairs if i.startswith("len:")})

@@ -152,8 +152,8 @@ class PoolTask(Protocol):
 
     ``pool_size``: the pool's size (0: every sequence already draws its own, so nothing lies outside);
     ``sample_fresh(n, generator)``: ``n`` sequences in the task's layout, each from a freshly drawn ground
-    truth; ``fresh_optimal_loss()``: the best mean loss on them (None where unknown). Loss on them tells in-context inference (which transfers) from memorising the pool (which
-    does not)."""
+    truth; ``fresh_optimal_loss()``: the best mean loss on them (None where unknown). Loss on them tells
+    in-context inference (which transfers) from memorising the pool (which does not)."""
 
     pool_size: int
 

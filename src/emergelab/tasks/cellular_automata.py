@@ -154,8 +154,9 @@ class CellularAutomataTask:
         """The Bayes-optimal loss per position, per state and overall (``tasks/automaton.py`` derives it):
         a cell whose window has not appeared earlier in the context costs ``ln k`` with a fresh table per
         sequence, and with a pool of tables the posterior over the pool given the context (over the pool
-        and a fresh table for a mixture, ``task.pool_fraction < 1``); every other cell is determined. Exact for tiny sizes, else Monte Carlo with a fixed seed and its standard
-        errors; computed once per task. None where too costly (pool over 2**14 tables, k**W over 2**16).
+        and a fresh table for a mixture, ``task.pool_fraction < 1``); every other cell is determined. Exact
+        for tiny sizes, else Monte Carlo with a fixed seed and its standard errors; computed once per task.
+        None where too costly (pool over 2**14 tables, k**W over 2**16).
 
         Fresh tables, k=4, W=3, T=16, periodic: 0.539 (S=4), 0.694 (S=5), 0.646 (S=6), 0.594 (S=8),
         0.395 (S=16) nats; the cellular-automata-small preset (S=8, T=8): 0.918. ``docs/defaults.md``
@@ -163,8 +164,12 @@ class CellularAutomataTask:
         c = self.config
         if self._floor is None or self._floor[0] is not self.pool:  # recomputed if the pool is swapped
             args = (c.state_size, c.trajectory_length, c.alphabet, c.window, c.boundary)
-            floor = fresh_rule_floor(*args) if self.pool is None else pool_floor(self.pool, *args) \
-                if c.pool_fraction == 1.0 else mixture_floor(self.pool, c.pool_fraction, *args)
+            if self.pool is None:
+                floor = fresh_rule_floor(*args)
+            elif c.pool_fraction == 1.0:
+                floor = pool_floor(self.pool, *args)
+            else:
+                floor = mixture_floor(self.pool, c.pool_fraction, *args)
             self._floor = (self.pool, floor)
         return self._floor[1]
 

@@ -47,9 +47,10 @@ class SeedGroup:
     ``config`` must be resolved (``ExperimentConfig.resolved()``). ``run`` is where checkpoints,
     snapshots and resume states go (None: keep everything in memory, e.g. in tests). ``measurements``:
     what the probe measures (default ``default_measurements()``; each applies only where the model offers
-    what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths, ``measure_ood.RuleEval`` where it has a
-    generalization set that tells rules apart, ``measure_ood.FreshEval`` where it trains on a pool). ``extra_measurements``: measured besides those (a custom
-    measurement that keeps every default one). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
+    what it needs; plus ``measure_ood.LengthEval`` where the task has held-out lengths,
+    ``measure_ood.RuleEval`` where it has a generalization set that tells rules apart,
+    ``measure_ood.FreshEval`` where it trains on a pool). ``extra_measurements``: measured besides those (a
+    custom measurement that keeps every default one). ``attn_bias_fn``: the attention bias per step (default: ``train.bias_*``).
     ``on_record``: called with the metric rows of each probe (a table of the ``store.SCHEMA``) once they
     are recorded (the trackers of ``train/trackers.py``). With ``execution.forecast_from``, the progress
     news of a probe carries the live forecast of these seeds (``train/live.py``).

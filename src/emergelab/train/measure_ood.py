@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.base import SequenceModel, mask_positions, select_positions
-from ..tasks import fresh_tokens, generalization_tokens, length_eval_tokens, supports_fresh, supports_lengths, supports_rules
+from ..tasks import (fresh_tokens, generalization_tokens, length_eval_tokens, supports_fresh, supports_lengths,
+                     supports_rules)
 from .measure import Metric, ProbeData, per_output_mean, position_scores
 
 
@@ -135,7 +136,6 @@ class LengthEval(ExtraForward):
                    for length in first.eval_lengths}
         return cls(batches, first.train_lengths)
 
-
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
         probe_scores = sequence_scores(data.logits, data.tokens, data.loss_mask).mean(-1)  # [2, E]
@@ -161,7 +161,6 @@ class LengthEval(ExtraForward):
             labels = ood_labels + [""]
             metrics += [Metric("ood_accuracy", labels, ood[0]), Metric("ood_loss", labels, ood[1])]
         return metrics
-
 
 
 class RuleEval(ExtraForward):
@@ -190,7 +189,6 @@ class RuleEval(ExtraForward):
                    for rule in tasks[0].rules}
         return cls(batches, tasks[0].decision_position)
 
-
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
         probe_accuracy = sequence_scores(data.logits, data.tokens, data.loss_mask)[0].mean(-1)  # [E]
@@ -206,7 +204,6 @@ class RuleEval(ExtraForward):
                 Metric("gen_accuracy", self.rules, host(per_rule[0])),
                 Metric("gen_loss", self.rules, host(per_rule[1])),
                 Metric("id_accuracy", [""], host(probe_accuracy[:, None]))]
-
 
 
 class FreshEval(ExtraForward):
@@ -225,7 +222,6 @@ class FreshEval(ExtraForward):
         if not all(supports_fresh(t) for t in tasks):
             raise TypeError("FreshEval needs tasks that train on a pool (emergelab.tasks.base.PoolTask)")
         return cls(torch.stack([fresh_tokens(t, master_seed, i, n, device) for t, i in zip(tasks, seed_indices)]))
-
 
     @torch.no_grad()
     def measure(self, data: ProbeData) -> list[Metric]:
