@@ -3,7 +3,7 @@ rule pool).
 
     python benchmarks/fresh_eval.py [--rounds 5] [--out benchmarks/results/fresh_eval.json]
 
-A group of 2 seeds of the ``repetition`` target's cpu-scale config (S = 8, T = 8, k = 4, a pool of 4,
+A group of 2 seeds of the ``repeated-rules`` target's cpu-scale config (S = 8, T = 8, k = 4, a pool of 4,
 2-layer transformer 4 x 16, batch 32, 256 held-out sequences) in one process at 1 thread, as a training
 worker runs: a probe with the default measurements (FreshEval included) against one without it (the same
 group, FreshEval removed), alternating, and 5 training steps between probes; CPU time, best of

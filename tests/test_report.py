@@ -189,7 +189,7 @@ def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
         assert not [label for _, label in lines if "held out" in label]
     elif name == "automaton-pool":
         expected = {"fresh rules (outside the pool)": ("fresh_accuracy", ""),
-                    "the pool's rules (held-out sequences)": ("accuracy", "")}
+                    "the training distribution (held out)": ("accuracy", "")}
         assert fig.axes[0].get_ylabel() == "per-token accuracy"
     else:
         expected = {f"{rule}: {what}": (metric, rule) for rule in ("hierarchical", "linear")

@@ -450,7 +450,7 @@ def test_length_and_rule_runs_get_a_generalization_panel(generalization_runs, ru
     assert general["kind"] == {"count": "lengths", "question-formation": "rules", "automaton-pool": "pool"}[name]
     labels = [s["label"] for s in general["series"]]
     if name == "automaton-pool":
-        assert labels == ["fresh rules (outside the pool)", "the pool's rules (held-out sequences)"]
+        assert labels == ["fresh rules (outside the pool)", "the training distribution (held out)"]
         assert general["axis"] == "per-token accuracy" and "fresh rules" in general["title"]
     elif name == "count":  # the mean first: drawn beneath the lengths, which it would hide at 0
         assert labels == ["held-out lengths (mean)", "length 3 (trained)", "length 6 (held out)"]

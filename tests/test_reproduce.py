@@ -31,7 +31,7 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
     own = {"sparsity": "sparsity.png", "state-size": "plateau_bias.png", "width": "width.png",
            "seeds": "seeds.png", "per-position": "per_position_loss.png", "random-scaling": "random_scaling.png",
            "mixers": "mixers.png", "lm-emergence": "lm_emergence.png", "pre-pretraining": "pre_pretraining.png",
-           "repetition": "repetition.png"}
+           "repeated-rules": "repeated_rules.png"}
     if name in own:
         assert (tmp_path / "figures" / own[name]).exists()
     text = (tmp_path / "RESULT.md").read_text()
@@ -55,24 +55,26 @@ def test_every_target_runs_at_smoke_scale_and_writes_its_figures(name, tmp_path)
         _check_lm_emergence_patching(tmp_path)
     if name == "pre-pretraining":
         _check_pre_pretraining(result, tmp_path)
-    if name == "repetition":  # per part, one row per pool size (fresh rules: 0) or fraction of a pool of 4
-        assert [(r["part"], r["rules"], r["fraction"]) for r in saved["pools"]] == [
-            ("repetition", 1, 1.0), ("repetition", 4, 1.0), ("repetition", 0, 1.0),
-            ("repetition-mixture", 0, 1.0), ("repetition-mixture", 4, 0.5)]
+    if name == "repeated-rules":  # per part, one row per pool size (fresh rules: 0) or fraction of a pool of 4
+        assert [(r["part"], r["rules"], r["fraction"], r.get("borrowed", False)) for r in saved["pools"]] == [
+            ("repeated-rules", 1, 1.0, False), ("repeated-rules", 4, 1.0, False), ("repeated-rules", 0, 1.0, False),
+            ("repeated-rules-mixture", 0, 1.0, True), ("repeated-rules-mixture", 4, 0.5, False),
+            ("repeated-rules-mixture", 4, 1.0, True)]  # the mixture's ends are the pool part's runs, trained once
+        assert len(list((tmp_path / "repeated-rules-mixture" / "runs").iterdir())) == 1
         assert all(r["fresh_final_median"] is not None for r in saved["pools"])  # every run measured fresh rules
         assert "rules in the pool" in result.table and "sequences from a pool of 4" in result.table
 
 
-def test_repetition_figure_puts_fresh_rules_past_the_largest_pool():
-    from emergelab.reproduce.repetition import pool_positions
+def test_repeated_rules_figure_puts_fresh_rules_past_the_largest_pool():
+    from emergelab.reproduce.repeated_rules import pool_positions
 
     assert pool_positions([4, 0, 1, 64]) == {1: 1.0, 4: 4.0, 64: 64.0, 0: 256.0}
     assert pool_positions([0]) == {0: 4.0} and pool_positions([2, 8]) == {2: 2.0, 8: 8.0}
 
 
-def test_repetition_attention_step_is_the_first_probe_a_head_reaches_half_its_mass_on_the_truth():
+def test_repeated_rules_attention_step_is_the_first_probe_a_head_reaches_half_its_mass_on_the_truth():
     from emergelab.analysis.fetch import Curves
-    from emergelab.reproduce.repetition import _attention_step, _best_head
+    from emergelab.reproduce.repeated_rules import _attention_step, _best_head
 
     steps = np.array([0, 10, 20, 30])
     heads = {"0.0": [0.1, 0.3, 0.45, 0.9], "0.1": [0.1, 0.2, 0.55, 0.4], "1.0": [0.1, 0.1, 0.1, 0.1]}
@@ -86,15 +88,15 @@ def test_repetition_attention_step_is_the_first_probe_a_head_reaches_half_its_ma
     assert _attention_step(None) == {"attention_step": None, "attention_ended": None}
 
 
-def test_repetition_table_marks_censored_medians_and_names_each_part():
-    from emergelab.reproduce.repetition import format_repetition
+def test_repeated_rules_table_marks_censored_medians_and_names_each_part():
+    from emergelab.reproduce.repeated_rules import format_repeated_rules
 
     row = dict(seeds=4, attention_median=150.0, attention_censored=False, plateau_median=2000.0,
                plateau_censored=True, final_loss_median=0.2, floor=0.15, fresh_plateau_median=None,
                fresh_plateau_censored=False, fresh_final_median=7.5, fresh_floor=0.918)
-    text = format_repetition([dict(row, part="repetition", rules=4, fraction=1.0),
-                              dict(row, part="repetition-mixture", rules=0, fraction=1.0),
-                              dict(row, part="repetition-mixture", rules=4, fraction=0.25)])
+    text = format_repeated_rules([dict(row, part="repeated-rules", rules=4, fraction=1.0),
+                              dict(row, part="repeated-rules-mixture", rules=0, fraction=1.0),
+                              dict(row, part="repeated-rules-mixture", rules=4, fraction=0.25)])
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["rules", "in", "the", "pool"] and lines[1].split() == \
         ["4", "4", "150", ">=2000", "0.200", "0.150", "-", "7.500", "0.918"]
@@ -306,3 +308,17 @@ def test_lm_mini_presets_are_the_lm_emergence_cpu_runs(tmp_path):
     swept = {run.config.science_key() for run in sweep.runs}
     presets = {ExperimentConfig.from_dict(preset_dict(f"lm-mini-{s}")).resolved().science_key() for s in "sml"}
     assert presets == swept
+
+
+def test_a_dry_run_lists_a_plan_too_big_for_this_machine_and_a_real_run_refuses_it(tmp_path, monkeypatch, capsys):
+    """The paper scale's probes outgrow a 24 GB CPU machine: the dry run still shows the plan (with a note),
+    the run itself is a one-line error before anything is written."""
+    from emergelab.cli import main
+    from emergelab.train import estimate
+
+    monkeypatch.setattr(estimate, "available_bytes", lambda device="cpu": 1e6)
+    assert main(["reproduce", "seeds", "--scale", "smoke", "--dry-run", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 of 1 run(s) would be refused on this machine" in out and "est. time" in out
+    assert main(["reproduce", "seeds", "--scale", "smoke", "--out", str(tmp_path / "b")]) == 2
+    assert "more than the 1 MB available" in capsys.readouterr().err and not (tmp_path / "b").exists()

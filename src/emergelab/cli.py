@@ -369,7 +369,7 @@ def print_summary(run: Any) -> None:
     if fresh:
         floor = summary.get("fresh_optimal_loss")
         floor_text = f"its floor {floor:.4f}" if floor is not None else "its floor unknown"
-        print(f"(fresh rules: the final loss on ground truth outside the pool, {floor_text}: in-context inference "
+        print(f"(fresh rules: the final loss on sequences from outside the pool, {floor_text}: in-context inference "
               "approaches it, a memorised pool does not)")
     if copied:
         print("(c: equal to an earlier output (linear map: two equal rows of A), so learned as a copy; "
@@ -960,7 +960,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _check_reproduce_out(out, t.name)
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
     for part, sweep in sweeps.items():
-        check_sweep_runs(sweep, out / part)
+        check_sweep_runs(sweep, out / part, dry_run=args.dry_run)
     if args.analyse_only:
         trained = _previous_scale(out)
         if trained is not None and trained != scale:
@@ -1020,7 +1020,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.log:
         sweep = with_trackers(sweep, _trackers(args.log))
     out = sweep_out(sweep, args.out)
-    check_sweep_runs(sweep, out)
+    check_sweep_runs(sweep, out, dry_run=args.dry_run)
     dup = f" ({sweep.duplicates} duplicate point(s) merged)" if sweep.duplicates else ""
     print(f"sweep: {len(sweep.runs)} run(s) in {out}{dup}")
     if args.dry_run:
@@ -1055,17 +1055,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def check_sweep_runs(sweep: Any, out: Path) -> None:
+def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> None:
     """Refuse, before anything is written, a sweep directory ``out`` that is a file or a run directory, a
-    run whose device is not here, or one whose training would not fit in memory (as ``run`` does)."""
+    run whose device is not here, or one whose training would not fit in memory (as ``run`` does). A dry
+    run (which trains nothing, so can list a plan sized for another machine) only warns of the last two."""
     from .train.estimate import check_device, check_fits, estimate_run
 
     check_out_dir(out, run=False)
     if (out / "config.yaml").exists() and not (out / "sweep.json").exists():
         raise ConfigError(f"--out {out}: a run directory, not a sweep's; choose a new or empty directory")
+    refused = []
     for run in sweep.runs:
-        device = check_device(f"{run.name}: execution.device", run.config.execution.device)
-        check_fits(estimate_run(run.config), device, f"{run.name}")
+        try:
+            device = check_device(f"{run.name}: execution.device", run.config.execution.device)
+            check_fits(estimate_run(run.config), device, f"{run.name}")
+        except ConfigError as error:
+            if not dry_run:
+                raise
+            refused.append(str(error))
+    if refused:
+        print(f"note: {len(refused)} of {len(sweep.runs)} run(s) would be refused on this machine (the first: "
+              f"{refused[0]}); the plan below is for one that can take them")
 
 
 def _values(overrides: dict) -> str:

@@ -55,7 +55,7 @@ def generalization_series(recorded: Iterable[tuple[str, str]]) -> tuple[str, lis
     if ("fresh_accuracy", "") in pairs:
         series = [Series("fresh_accuracy", "", "fresh rules (outside the pool)", False, 1.8, 0)]
         if ("accuracy", "") in pairs:
-            series.append(Series("accuracy", "", "the pool's rules (held-out sequences)", True, 1.2, TRAINED))
+            series.append(Series("accuracy", "", "the training distribution (held out)", True, 1.2, TRAINED))
         return "pool", series, 1
     rules = sorted({i for m, i in pairs if m == "gen_first_word"})
     if not rules:

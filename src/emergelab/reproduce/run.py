@@ -145,14 +145,14 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         extra["arms"] = arm_rows(per_seed, costs)
         lines += ["", format_arms(extra["arms"])]
         figures += pretraining_figure(per_seed, figures_dir)
-    if t.figure == "repetition":
-        from .repetition import config_rows, format_repetition, repetition_figure
-        from .repetition import seed_rows as fresh_seed_rows
+    if t.figure == "repeated-rules":
+        from .repeated_rules import config_rows, format_repeated_rules, repeated_rules_figure
+        from .repeated_rules import seed_rows as fresh_seed_rows
 
         fresh = fresh_seed_rows(result, con)
-        extra["pools"] = config_rows(result, fresh)
-        lines += ["", format_repetition(extra["pools"])]
-        figures += repetition_figure(result, fresh, figures_dir)
+        extra["pools"] = config_rows(result, fresh, con)
+        lines += ["", format_repeated_rules(extra["pools"])]
+        figures += repeated_rules_figure(result, fresh, figures_dir, con)
     con.close()
     table = "\n".join(lines)
     return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),

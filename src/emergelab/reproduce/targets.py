@@ -54,7 +54,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "first drops grows multiplicatively with S; biasing attention toward the ground truth removes it. "
            "The paper's small-S losses lie below the fresh-rule floor, so it likely draws rules from a pool.",
            figure="bias"),
-    Target("repetition", ("repetition", "repetition-mixture"), ("task.rules", "task.pool_fraction"), None,
+    Target("repeated-rules", ("repeated-rules", "repeated-rules-mixture"), ("task.rules", "task.pool_fraction"), None,
            "Zucchet et al. (The emergence of sparse attention): repetition shortens the plateau before sparse "
            "attention emerges. Here cross-sample repetition on the cellular automata: each sequence draws its "
            "rule from a pool of task.rules tables, so a smaller pool repeats each rule across more sequences "
@@ -62,7 +62,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "is the limit of no repetition. Second part: a fraction task.pool_fraction of sequences from a pool of "
            "4, the rest fresh (Zucchet et al. repeat a fraction of the examples); every part also measures the "
            "loss on fresh rules, which in-context inference lowers and a memorised pool does not.",
-           figure="repetition"),
+           figure="repeated-rules"),
     Target("trajectory", ("trajectory",), ("task.trajectory_length",), "task.trajectory_length",
            "Cellular automata: the plateau against the trajectory length T at fixed S (published sweeps vary T)."),
     Target("width", ("width-linear-map", "width-cellular-automata"), ("task.name", "model.heads", "model.head_dim"),

@@ -1,6 +1,6 @@
-"""The ``repetition`` target's own analysis: the plateau and the final loss against the size of the rule
-pool (``task.rules``; part ``repetition``) and against the fraction of sequences whose rule comes from a
-pool of 4 rather than being fresh (``task.pool_fraction``; part ``repetition-mixture``), on the training
+"""The ``repeated-rules`` target's own analysis: the plateau and the final loss against the size of the rule
+pool (``task.rules``; part ``repeated-rules``) and against the fraction of sequences whose rule comes from a
+pool of 4 rather than being fresh (``task.pool_fraction``; part ``repeated-rules-mixture``), on the training
 distribution and on fresh rules.
 
 A run with a pool records, besides its loss on held-out sequences of the pool's rules (the generic
@@ -33,7 +33,7 @@ from ..tasks.automaton import fresh_rule_floor
 
 RULES, FRACTION = "task.rules", "task.pool_fraction"
 ATTENTION_LEVEL = 0.5  # the best head's ground-truth mass that marks the sparse attention as learned
-POOL_PART, MIXTURE_PART = "repetition", "repetition-mixture"
+POOL_PART, MIXTURE_PART = "repeated-rules", "repeated-rules-mixture"
 
 
 def fresh_floors(con: Any) -> dict[str, float | None]:
@@ -118,11 +118,11 @@ def _x(part: str, rules: int, fraction: float) -> float:
     return float(rules) if rules else float("inf")
 
 
-def config_rows(result: Any, seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per config and part (the two parts can share a config, e.g. fresh rules at equal sizes: each keeps
-    its own seeds), in the order of the table: seeds, the plateau median (censored when half the seeds or
-    more never left it, as the generic analysis says), the final loss median and the floor on the
-    training distribution, and the same three on fresh rules."""
+def config_rows(result: Any, seeds: list[dict[str, Any]], con: Any = None) -> list[dict[str, Any]]:
+    """Per config and part, in the order of the table: seeds, the attention step's median, the plateau
+    median (censored when half the seeds or more never left it, as the generic analysis says), the final
+    loss median and the floor on the training distribution, and the same three on fresh rules. With the
+    store's connection ``con``, the mixture part's ends that the pool-size part trained (``_borrowed_ends``)."""
     own = {(s["run"], int(s["seed"])): s for s in result.seeds.to_pylist()}
     out = []
     for key in sorted({(s["group"], s["part"]) for s in seeds}):
@@ -138,7 +138,42 @@ def config_rows(result: Any, seeds: list[dict[str, Any]]) -> list[dict[str, Any]
                     "fresh_plateau_censored": _censored(fresh_ended),
                     "fresh_final_median": _median(_values(mine, "fresh_final")), "fresh_floor": mine[0]["fresh_floor"],
                     "attention_median": _median(attention), "attention_censored": _censored(attention_ended)})
-    return sorted(out, key=lambda r: (r["part"] != POOL_PART, _x(r["part"], r["rules"], r["fraction"])))
+    return sorted(out + _borrowed_ends(out, seeds, con), key=lambda r: (r["part"] != POOL_PART,
+                                                                       _x(r["part"], r["rules"], r["fraction"])))
+
+
+def _borrowed_ends(rows: list[dict[str, Any]], seeds: list[dict[str, Any]], con: Any) -> list[dict[str, Any]]:
+    """The mixture's ends (fresh rules; every sequence from the pool) that its sweep leaves to the pool-size
+    part, which trains the same runs where the two parts' other fields agree (the paper and smoke scales:
+    a run is trained once), as rows of the mixture part (``borrowed``: True)."""
+    if con is None:
+        return []
+    base = _base_configs(con)
+    mixture = {base[s["run"]] for s in seeds if s["part"] == MIXTURE_PART}
+    pools = sorted({s["rules"] for s in seeds if s["part"] == MIXTURE_PART and s["rules"]})
+    have = {(r["rules"], r["fraction"]) for r in rows if r["part"] == MIXTURE_PART}
+    wanted = {(0, 1.0)} | {(n, 1.0) for n in pools}
+    out = []
+    for r in rows:
+        if r["part"] != POOL_PART or (r["rules"], r["fraction"]) not in wanted - have:
+            continue
+        runs = {s["run"] for s in seeds if (s["group"], s["part"]) == (r["group"], POOL_PART)}
+        if runs and {base[run] for run in runs} <= mixture:
+            out.append(dict(r, part=MIXTURE_PART, borrowed=True))
+    return out
+
+
+def _base_configs(con: Any) -> dict[str, tuple]:
+    """run -> its config apart from the pool (``task.rules``, ``task.pool_fraction``) and what defines no
+    config (``analysis.runs``' excluded fields): runs with equal values differ only in the pool."""
+    from ..analysis.runs import EXCLUDED_FIELDS, IGNORED_PREFIXES
+
+    rows = con.sql("SELECT * FROM runs").fetchall()
+    names = [c[0] for c in con.sql("DESCRIBE runs").fetchall()]
+    skip = set(EXCLUDED_FIELDS) | {RULES, FRACTION}
+    keep = [i for i, n in enumerate(names) if n not in skip and not n.startswith(IGNORED_PREFIXES)]
+    run = names.index("run")
+    return {row[run]: tuple((names[i], repr(row[i])) for i in keep) for row in rows}
 
 
 def _values(rows: list[dict[str, Any]], name: str) -> list[float]:
@@ -171,14 +206,15 @@ def _loss(value: float | None) -> str:
 
 
 def _name(row: dict[str, Any]) -> str:
+    star = "*" if row.get("borrowed") else ""
     if not row["rules"]:
-        return "fresh"
+        return "fresh" + star
     if row["part"] == MIXTURE_PART:
-        return f"{row['fraction']:g} of 4"
+        return f"{row['fraction']:g} of {row['rules']}{star}"
     return str(row["rules"])
 
 
-def format_repetition(rows: list[dict[str, Any]]) -> str:
+def format_repeated_rules(rows: list[dict[str, Any]]) -> str:
     """The tables behind the figure: one line per config, a table per part."""
     header = ("", "seeds", "attention", "plateau", "final loss", "floor", "fresh plateau", "fresh final", "fresh floor")
     text = []
@@ -195,6 +231,8 @@ def format_repetition(rows: list[dict[str, Any]]) -> str:
         widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(head)]
         text += ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
         text += ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines] + [""]
+    if any(r.get("borrowed") for r in rows):
+        text.append("*: the pool-size part's runs (the same config: trained once)")
     text.append(f"attention: the first step a head puts {ATTENTION_LEVEL:g} of its attention on the ground-truth "
                 "keys; plateau, final loss, floor: on held-out sequences of the training distribution (medians "
                 "over seeds); fresh: on rules outside the pool (fresh_loss), the plateau 10% of the way to the "
@@ -212,11 +250,11 @@ def pool_positions(pools: list[int]) -> dict[int, float]:
     return where
 
 
-def repetition_figure(result: Any, seeds: list[dict[str, Any]], out: Path) -> list[Path]:
+def repeated_rules_figure(result: Any, seeds: list[dict[str, Any]], out: Path, con: Any = None) -> list[Path]:
     """Per part (a row of two panels): the plateau on the training distribution and on fresh rules (dots:
     seeds, hollow: censored; lines: medians), and the final loss on each beside its floor; against the pool
     size (fresh rules at the right) or the fraction of sequences from the pool (fresh rules at 0)."""
-    rows = config_rows(result, seeds)
+    rows = config_rows(result, seeds, con)
     parts = [p for p in (POOL_PART, MIXTURE_PART) if any(r["part"] == p for r in rows)]
     fig = new_figure(11, 4.2 * len(parts))
     axes = np.atleast_2d(fig.subplots(len(parts), 2, squeeze=False))
@@ -236,7 +274,7 @@ def repetition_figure(result: Any, seeds: list[dict[str, Any]], out: Path) -> li
             train_label = "on the training mixture"
         _draw_part(ax_plateau, ax_loss, mine, xs, seeds, own, spread, train_label)
         labels = [_name(r) if part == POOL_PART else ("fresh" if not r["rules"] else f"{r['fraction']:g}")
-                  for r in mine]
+                  for r in mine]  # the axis says "of a pool of 4"
         for ax in (ax_plateau, ax_loss):
             if scale == "log":
                 ax.set_xscale("log", base=2)
@@ -253,7 +291,7 @@ def repetition_figure(result: Any, seeds: list[dict[str, Any]], out: Path) -> li
         ax_loss.set(ylabel="loss (nats)", title="Final loss and its floor (dots: seeds)")
         for ax in (ax_plateau, ax_loss):
             ax.title.set_fontsize(10)
-    return [save_figure(fig, out / "repetition.png")]
+    return [save_figure(fig, out / "repeated_rules.png")]
 
 
 def _draw_part(ax_plateau: Any, ax_loss: Any, rows: list[dict[str, Any]], xs: list[float],
@@ -261,7 +299,8 @@ def _draw_part(ax_plateau: Any, ax_loss: Any, rows: list[dict[str, Any]], xs: li
                train_label: str) -> None:
     nan = lambda v: np.nan if v is None else v
     for r, x in zip(rows, xs):
-        mine = [s for s in seeds if s["group"] == r["group"]]
+        part = POOL_PART if r.get("borrowed") else r["part"]
+        mine = [s for s in seeds if (s["group"], s["part"]) == (r["group"], part)]
         offsets = spread(x, len(mine)) if len(mine) > 1 else np.full(len(mine), x)
         for fresh, xo in zip(mine, offsets):
             s = own[(fresh["run"], fresh["seed"])]
@@ -278,15 +317,16 @@ def _draw_part(ax_plateau: Any, ax_loss: Any, rows: list[dict[str, Any]], xs: li
                         label=f"{train_label} (median)")
         ax_loss.plot(px, [nan(r["final_loss_median"]) for _, r in pooled], "-", color="tab:blue",
                      label=f"{train_label} (median)")
-        ax_loss.plot(px, [nan(r["floor"]) for _, r in pooled], "--", color="tab:blue", lw=0.9, label="its floor")
+        ax_loss.plot(px, [nan(r["floor"]) for _, r in pooled], "--", color="tab:blue", lw=0.9, marker="_", ms=10,
+                     label="its floor")
     ax_plateau.plot(xs, [nan(r["fresh_plateau_median"]) for r in rows], "-", color="tab:green",
                     label="on fresh rules (median)")
     ax_plateau.plot(xs, [nan(r["attention_median"]) for r in rows], ":", color="tab:purple", marker="D", ms=4,
                     label=f"sparse attention: a head's ground-truth mass >= {ATTENTION_LEVEL:g} (median)")
     ax_loss.plot(xs, [nan(r["fresh_final_median"]) for r in rows], "-", color="tab:green",
                  label="on fresh rules (median)")
-    ax_loss.plot(xs, [nan(r["fresh_floor"]) for r in rows], "--", color="tab:green", lw=0.9,
-                 label="the fresh-rule floor")
+    ax_loss.plot(xs, [nan(r["fresh_floor"]) for r in rows], "--", color="tab:green", lw=0.9, marker="_", ms=10,
+                 label="the fresh-rule floor")  # markers: a part with one config still shows its floor
     ax_plateau.scatter([], [], s=14, facecolors="none", edgecolors="0.3", label="a seed that never left it")
 
 
