@@ -139,3 +139,28 @@ def test_a_pooled_run_summarises_and_prints_its_loss_on_fresh_rules(tmp_path, ca
     print_summary(run)
     out = capsys.readouterr().out
     assert "fresh rules" in out and f"{last[0]:.4f}" in out and f"its floor {floor:.4f}" in out
+
+
+def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_seeds(tmp_path):
+    from emergelab.report.html import _num, render_page, sweep_page
+    from emergelab.train import train
+
+    finals = {}
+    for rules in (2, 0):
+        config = ExperimentConfig.from_dict({
+            "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
+            "model": {"layers": 1, "heads": 1, "head_dim": 4},
+            "train": {"steps": 10, "seeds": 3, "batch_size": 4, "eval_batch_size": 8, "eval_every": 5,
+                      "checkpoints": 0, "attention_snapshots": 0},
+            "execution": {"strategy": "ensemble"}})
+        run = train(config, tmp_path / "runs" / f"ca-{rules}", progress=False)
+        finals[rules] = sorted(r["value"] for r in run.metrics().to_pylist()
+                               if r["metric"] == "fresh_loss" and r["index"] == "" and r["step"] == 10)
+    page = sweep_page(tmp_path)
+    groups = {g["label"]: g["fresh_loss_median"] for g in page["groupings"][0]["groups"]}
+    assert page["fresh"] and groups == {"rules=0": None, "rules=2": _num(finals[2][1])}  # to the page's digits
+    assert sorted(r["fresh_loss"] for r in page["seeds"] if r["config"]["task.rules"] == 2) == \
+        [_num(v) for v in finals[2]]
+    assert not finals[0]  # a run without a pool has no fresh loss of its own
+    html = render_page(page)
+    assert html.count(">fresh rules</th>") == 2  # the configs table and the seeds table

@@ -319,8 +319,9 @@ def _sort_key(key: tuple) -> tuple:
 
 def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[str, Any]],
               steps_of: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Groups of the runs that agree on ``fields``: the ``emergelab analyze`` statistics per group,
-    P(solved by t) with its 95% bootstrap band, and the solved seeds' emergence steps."""
+    """Groups of the runs that agree on ``fields``: the ``emergelab analyze`` statistics per group (and
+    the median last ``fresh_loss`` where runs trained on a pool), P(solved by t) with its 95% bootstrap
+    band, and the solved seeds' emergence steps."""
     key_of = {r["run"]: tuple(r.get(f) for f in fields) for r in runs}
     groups = []
     for key in sorted(set(key_of.values()), key=_sort_key):
@@ -339,6 +340,7 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         plateau = [s["plateau_steps"] for s in members if s["plateau_steps"] is not None]
         ended = [bool(s.get("plateau_ended")) for s in members if s["plateau_steps"] is not None]
         final = [s["final_loss"] for s in members if s["final_loss"] is not None]
+        fresh = [s["fresh_loss"] for s in members if s.get("fresh_loss") is not None]
         x = key[0] if len(fields) == 1 and isinstance(key[0], (int, float)) and not isinstance(key[0], bool) else None
         groups.append({
             "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
@@ -350,6 +352,7 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
             # lower bound (at least half its seeds never left the plateau, as `emergelab analyze` marks it)
             "x": x, "plateau_censored": bool(ended) and sum(not e for e in ended) * 2 >= len(ended),
             "final_loss_median": _num(np.median(final)) if final else None,
+            "fresh_loss_median": _num(np.median(fresh)) if fresh else None,
             **{k: _num(v) if isinstance(v, float) else v for k, v in copy_statistics(members).items()},
             "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
                       "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},
@@ -375,9 +378,12 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
         table = emergence_rows(con, labels, runs_dir)
         steps_of = {r: np.asarray(s, dtype=np.int64) for r, s in con.sql(
             "SELECT run, list(DISTINCT step ORDER BY step) FROM metrics WHERE metric = 'loss' GROUP BY run").fetchall()}
+        fresh_of = {(r, int(seed)): float(v) for r, seed, v in con.sql(  # runs on a pool: the last fresh_loss
+            "SELECT run, seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
+            "GROUP BY run, seed").fetchall()}
     finally:
         con.close()
-    seeds = result.seeds.to_pylist()
+    seeds = [{**s, "fresh_loss": fresh_of.get((s["run"], int(s["seed"])))} for s in result.seeds.to_pylist()]
     differing = default_by(runs)
     fields_options = [result.by] + [[f] for f in differing if [f] != result.by]
     groupings = [_grouping(f, runs, seeds, steps_of) for f in fields_options]
@@ -385,7 +391,8 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
     for row in table:
         row["config"] = config_of.get(row["run"], {})
     seed_rows = [{**s, "run": _short(s["run"], runs_dir), "config": config_of.get(_short(s["run"], runs_dir), {}),
-                  "final_loss": _num(s["final_loss"]), "solved_step": _num(s["solved_step"])} for s in seeds]
+                  "final_loss": _num(s["final_loss"]), "solved_step": _num(s["solved_step"]),
+                  "fresh_loss": _num(s["fresh_loss"])} for s in seeds]
     for rows in (table, seed_rows):  # configs in order of their field values, then run, seed, output
         rows.sort(key=lambda r: (_sort_key(tuple(r["config"].get(f) for f in differing)), r["run"], r["seed"],
                                  r.get("position", 0)))
@@ -394,7 +401,8 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
             "describe": f"{len(runs)} runs, {len(seeds)} seeds; fields that differ: {', '.join(differing) or 'none'}",
             "data": data, "groupings": groupings, "fields": differing,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table),
-            "seeds": seed_rows[:MAX_TABLE_ROWS], "seeds_total": len(seed_rows), "max_points": MAX_POINTS}
+            "seeds": seed_rows[:MAX_TABLE_ROWS], "seeds_total": len(seed_rows), "max_points": MAX_POINTS,
+            "fresh": bool(fresh_of)}
 
 
 # ---------------------------------------------------------------------------------------------- render
