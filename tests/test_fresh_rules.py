@@ -164,3 +164,18 @@ def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_see
     assert not finals[0]  # a run without a pool has no fresh loss of its own
     html = render_page(page)
     assert html.count(">fresh rules</th>") == 2  # the configs table and the seeds table
+    # `emergelab analyze`'s tables: the same numbers, unrounded
+    from emergelab.analysis.runs import analyze_runs
+    from emergelab.report.tables import format_groups
+    from emergelab.store import connect
+
+    con = connect(tmp_path / "runs")
+    try:
+        result = analyze_runs(con)
+    finally:
+        con.close()
+    medians = {g["label"]: g["fresh_loss_median"] for g in result.groups.to_pylist()}
+    assert medians == {"rules=0": None, "rules=2": finals[2][1]}
+    table = format_groups(result).splitlines()
+    assert table[0].split()[-2:] == ["fresh", "rules"] and table[1].split()[-1] == "-"
+    assert "fresh rules = median" in format_groups(result)

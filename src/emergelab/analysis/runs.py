@@ -117,12 +117,14 @@ class RunAnalysis:
       steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
       ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no
       ``fan_in``), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
-      output / of one that is not a copy; null when none emerged) and ``last_step`` (the last probe);
+      output / of one that is not a copy; null when none emerged), ``last_step`` (the last probe) and
+      ``fresh_loss`` (the last loss on ground truth outside the pool, for a run that trained on one:
+      ``train.measure_ood.FreshEval``; else null);
     * ``groups``: per config (the ``by`` fields' values, ``label``): ``n_runs``, ``n_seeds``, ``n_solved``,
       ``solved_fraction``, ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
       ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``n_plateau_censored``
       (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
-      then only a lower bound), ``final_loss_median``, bimodality of the final loss (``sarle_bc``,
+      then only a lower bound), ``final_loss_median``, ``fresh_loss_median`` (null without a pool), bimodality of the final loss (``sarle_bc``,
       ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds), ``curve_linearity_mean`` and
       ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
       ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
@@ -279,6 +281,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
                "plateau_median": _median(plateau), "n_plateau_censored": n_censored,
                "plateau_censored": bool(n and 2 * n_censored >= int(np.isfinite(plateau).sum())),
                "final_loss_median": _median(final),
+               "fresh_loss_median": _median(_nan_array(s["fresh_loss"])[m]),
                "sarle_bc": bm.get("sarle_bc"), "gmm_delta_bic": bm.get("gmm_delta_bic"),
                "dip": bm.get("dip"), "dip_pvalue": bm.get("dip_pvalue"),
                "curve_linearity_mean": _finite_mean(_nan_array(s["curve_linearity"])[m]),
@@ -347,6 +350,9 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
     loss_index = loss.lookup()
     prob = fetch_curves(con, "target_prob")
     prob_index = prob.lookup()
+    fresh = {(run, int(seed)): float(v) for run, seed, v in con.sql(  # runs on a pool (train FreshEval)
+        "SELECT run, seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
+        "GROUP BY run, seed").fetchall()}
 
     rows = []
     for (run, seed), entry in sorted(per_seed.items()):
@@ -402,7 +408,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                      "curve_linearity": lin, "curve_breakthroughness": brk,
                      "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos),
                      "first_step": min(first, default=None), "first_step_no_copies": min(first_own, default=None),
-                     "last_step": last_step})
+                     "last_step": last_step, "fresh_loss": fresh.get((run, int(seed)))})
     schema = pa.schema([("run", pa.string()), ("seed", pa.int64()), ("group", pa.int64()),
                         ("final_loss", pa.float64()), ("optimum", pa.float64()), ("emerged", pa.bool_()),
                         ("emergence_step", pa.float64()), ("plateau_steps", pa.float64()),
@@ -410,7 +416,8 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                         ("solved", pa.bool_()), ("solved_step", pa.float64()), ("solved_by", pa.string()),
                         ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64()),
                         ("n_copies", pa.int64()), ("first_step", pa.float64()),
-                        ("first_step_no_copies", pa.float64()), ("last_step", pa.float64())])
+                        ("first_step_no_copies", pa.float64()), ("last_step", pa.float64()),
+                        ("fresh_loss", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

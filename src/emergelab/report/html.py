@@ -378,12 +378,9 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
         table = emergence_rows(con, labels, runs_dir)
         steps_of = {r: np.asarray(s, dtype=np.int64) for r, s in con.sql(
             "SELECT run, list(DISTINCT step ORDER BY step) FROM metrics WHERE metric = 'loss' GROUP BY run").fetchall()}
-        fresh_of = {(r, int(seed)): float(v) for r, seed, v in con.sql(  # runs on a pool: the last fresh_loss
-            "SELECT run, seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
-            "GROUP BY run, seed").fetchall()}
     finally:
         con.close()
-    seeds = [{**s, "fresh_loss": fresh_of.get((s["run"], int(s["seed"])))} for s in result.seeds.to_pylist()]
+    seeds = result.seeds.to_pylist()
     differing = default_by(runs)
     fields_options = [result.by] + [[f] for f in differing if [f] != result.by]
     groupings = [_grouping(f, runs, seeds, steps_of) for f in fields_options]
@@ -402,7 +399,7 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
             "data": data, "groupings": groupings, "fields": differing,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table),
             "seeds": seed_rows[:MAX_TABLE_ROWS], "seeds_total": len(seed_rows), "max_points": MAX_POINTS,
-            "fresh": bool(fresh_of)}
+            "fresh": any(s["fresh_loss"] is not None for s in seeds)}
 
 
 # ---------------------------------------------------------------------------------------------- render

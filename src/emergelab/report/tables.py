@@ -32,12 +32,16 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
 
 def format_groups(result: Any) -> str:
     """One line per config: seeds, solved fraction, emergence step median [IQR], plateau median (``>=N``:
-    censored, at least half the seeds never left the plateau), and what the columns mean."""
+    censored, at least half the seeds never left the plateau), final loss (and the median last fresh-rule
+    loss where a run trained on a pool), and what the columns mean."""
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
     groups = result.groups.to_pylist()
     copies = any(g.get("n_copy_seeds") for g in groups)
     if copies:
         header.insert(6, "first non-copy")
+    fresh = any(g.get("fresh_loss_median") is not None for g in groups)
+    if fresh:
+        header.append("fresh rules")
     rows = []
     censored = False
     solved_by = {r["group"]: r["solved_by"] for r in result.seeds.to_pylist()} if result.seeds.num_rows else {}
@@ -53,6 +57,8 @@ def format_groups(result: Any) -> str:
             own = _fmt(g["first_step_no_copies_median"])
             own = f">={own}" if g["first_step_no_copies_censored"] else own
             rows[-1].insert(6, f"{own} ({g['n_copy_seeds']}c)" if g["n_copy_seeds"] else own)
+        if fresh:
+            rows[-1].append(_fmt(g.get("fresh_loss_median")))
     rules = set(solved_by.values()) - {None}
     notes = {"outputs": "solved = every output emerged (halfway to its recorded optimum)",
              "aggregate": f"solved = final loss within {result.solved_tol:g} nats of the optimum "
@@ -71,6 +77,9 @@ def format_groups(result: Any) -> str:
                      f"(kc): k seeds have a copy, an output equal to an earlier one ({n_copy} of "
                      f"{sum(g['n_seeds'] for g in groups)} seeds in all), learned early whatever the sparsity, "
                      "so their plateau ends with the copy")
+    if fresh:
+        lines.append("fresh rules = median of the seeds' last loss on ground truth outside the pool (fresh_loss; "
+                     "- without a pool): in-context inference lowers it, a memorised pool does not")
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 
