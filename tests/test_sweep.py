@@ -184,7 +184,8 @@ def test_cli_validation_is_one_line_exit_2_before_any_work(tmp_path, capsys):
 
 def test_sweep_output_devices_memory_and_unit_sizes_checked_before_any_work(tmp_path, capsys):
     """As `run` checks them: an --out that is a file or a run directory, a device that is not here, a run
-    that cannot fit in memory (the dry run built it to calibrate, and was killed), Ray-only sizes."""
+    that cannot fit in memory, Ray-only sizes. A dry run lists runs too big or on a device not here with
+    a note and no time estimate (calibrating built such a run, and was killed)."""
     import copy as _copy
 
     good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
@@ -201,9 +202,9 @@ def test_sweep_output_devices_memory_and_unit_sizes_checked_before_any_work(tmp_
              ([str(good), "--out", str(a_run)], "a run directory, not a sweep's"),
              ([str(good), "--gpus-per-unit", "0.5"], "use them with --executor ray"),
              ([str(good), "--executor", "ray", "--cpus-per-unit", "nan"], "--cpus-per-unit=nan"),
-             ([str(write_spec(tmp_path / "huge.yaml", {**huge, "out": str(tmp_path / "out")})), "--dry-run"],
+             ([str(write_spec(tmp_path / "huge.yaml", {**huge, "out": str(tmp_path / "out")}))],
               "of memory at its peak"),
-             ([str(write_spec(tmp_path / "cuda7.yaml", {**cuda7, "out": str(tmp_path / "out")})), "--dry-run"],
+             ([str(write_spec(tmp_path / "cuda7.yaml", {**cuda7, "out": str(tmp_path / "out")}))],
               "execution.device='cuda:7'")]
     for argv, text in cases:
         if text == "execution.device='cuda:7'" and __import__("torch").cuda.device_count() > 7:
@@ -214,6 +215,14 @@ def test_sweep_output_devices_memory_and_unit_sizes_checked_before_any_work(tmp_
         assert text in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "out").exists() and afile.read_text() == "x"
     assert sorted(p.name for p in a_run.iterdir()) == ["config.yaml"]
+    for name, text in (("huge", "of memory at its peak"), ("cuda7", "execution.device='cuda:7'")):
+        if name == "cuda7" and __import__("torch").cuda.device_count() > 7:
+            continue
+        capsys.readouterr()
+        assert main(["sweep", str(tmp_path / f"{name}.yaml"), "--dry-run"]) == 0  # nothing built: no OOM
+        out = capsys.readouterr().out
+        assert "would be refused on this machine" in out and text in out and "without a time estimate" in out
+        assert "total " in out and " FLOPs; to do: " in out and not (tmp_path / "out").exists()
 
 
 def _has_ray() -> bool:

@@ -959,8 +959,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_out_dir(out, run=False)
     _check_reproduce_out(out, t.name)
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
-    for part, sweep in sweeps.items():
-        check_sweep_runs(sweep, out / part, dry_run=args.dry_run)
+    refused = {part: check_sweep_runs(sweep, out / part, dry_run=args.dry_run) for part, sweep in sweeps.items()}
     if args.analyse_only:
         trained = _previous_scale(out)
         if trained is not None and trained != scale:
@@ -973,7 +972,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.dry_run:  # each part as `emergelab sweep --dry-run` shows it: runs, cost, state
         for part, sweep in sweeps.items():
             print(f"{part}: {len(sweep.runs)} run(s) in {out / part}")
-            _sweep_dry_run(sweep, out / part, args)
+            _sweep_dry_run(sweep, out / part, args, timed=not refused[part])
         return 0
     if args.analyse_only:
         result = analyse(t, scale, out, runs=sum(len(s.runs) for s in sweeps.values()), command=command_line())
@@ -1020,11 +1019,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.log:
         sweep = with_trackers(sweep, _trackers(args.log))
     out = sweep_out(sweep, args.out)
-    check_sweep_runs(sweep, out, dry_run=args.dry_run)
+    refused = check_sweep_runs(sweep, out, dry_run=args.dry_run)
     dup = f" ({sweep.duplicates} duplicate point(s) merged)" if sweep.duplicates else ""
     print(f"sweep: {len(sweep.runs)} run(s) in {out}{dup}")
     if args.dry_run:
-        return _sweep_dry_run(sweep, out, args)
+        return _sweep_dry_run(sweep, out, args, timed=not refused)
     if args.executor == "ray":
         from .sweep import ray_executor
         from .sweep.ray_tasks import _import_ray
@@ -1055,10 +1054,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> None:
+def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> list[str]:
     """Refuse, before anything is written, a sweep directory ``out`` that is a file or a run directory, a
     run whose device is not here, or one whose training would not fit in memory (as ``run`` does). A dry
-    run (which trains nothing, so can list a plan sized for another machine) only warns of the last two."""
+    run (which trains nothing, so can list a plan sized for another machine) only warns of the last two,
+    and returns what it would refuse (then it must not calibrate: that builds the runs)."""
     from .train.estimate import check_device, check_fits, estimate_run
 
     check_out_dir(out, run=False)
@@ -1075,20 +1075,26 @@ def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> None:
             refused.append(str(error))
     if refused:
         print(f"note: {len(refused)} of {len(sweep.runs)} run(s) would be refused on this machine (the first: "
-              f"{refused[0]}); the plan below is for one that can take them")
+              f"{refused[0]}); the plan below is for one that can take them, without a time estimate "
+              "(calibrating builds the runs)")
+    return refused
 
 
 def _values(overrides: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in overrides.items()) or "-"
 
 
-def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace) -> int:
+def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace, timed: bool = True) -> int:
+    """The runs, their FLOPs, estimated time (not ``timed``: none, as for runs this machine cannot build)
+    and state."""
     from .sweep.driver import default_workers
-    from .sweep.cost import estimate, format_seconds, wall_seconds
+    from .sweep.cost import Estimate, estimate, format_seconds, wall_seconds
     from .store import RunDir
+    from .train.run import train_flops
 
     workers = args.workers or default_workers()
-    estimates = estimate(sweep.runs)
+    estimates = estimate(sweep.runs) if timed else \
+        [Estimate(r, train_flops(r.config), float("nan")) for r in sweep.runs]
     rows = []
     for e in estimates:
         run = RunDir(e.run.path(out))
@@ -1097,6 +1103,9 @@ def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace) -> int:
                      str(e.run.config.train.steps), f"{e.flops:.2e}", format_seconds(e.seconds), state])
     print(_format_table(["run", "values", "seeds", "steps", "FLOPs", "est. time", "state"], rows))
     todo = [e for e, row in zip(estimates, rows) if row[-1] != "done"]
+    if not timed:
+        print(f"total {sum(e.flops for e in estimates):.2e} FLOPs; to do: {len(todo)} run(s)")
+        return 0
     print(f"total {sum(e.flops for e in estimates):.2e} FLOPs; to do: {len(todo)} run(s), "
           f"{format_seconds(sum(e.seconds for e in todo))} of one thread, about "
           f"{format_seconds(wall_seconds(todo, workers))} on {workers} worker(s) "

@@ -87,6 +87,8 @@ def wall_seconds(estimates: list[Estimate], workers: int) -> float:
 
 
 def format_seconds(seconds: float) -> str:
+    if seconds != seconds:  # NaN: not estimated
+        return "-"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
