@@ -457,7 +457,29 @@ def test_estimate_scales_with_flops_and_seed_steps():
     assert big.flops > small.flops
     seed_steps = 40 * 2
     assert small.seconds == pytest.approx(seed_steps * 1e-3 + 1e-9 * small.flops)
-    assert wall_seconds([small, big], 2) == pytest.approx(max((small.seconds + big.seconds) / 2, big.seconds))
+    total = small.total_seconds + big.total_seconds  # with the probes' FLOPs at the same rate
+    assert wall_seconds([small, big], 2) == pytest.approx(max(total / 2, big.total_seconds))
+
+
+def test_probe_flops_count_every_held_out_batch_and_enter_the_time_at_the_steps_rate():
+    from emergelab.train.estimate import probe_flops
+    from emergelab.train.schedule import probe_steps
+
+    def config(task):
+        return ExperimentConfig.from_dict({"task": task, "model": {"layers": 1, "heads": 2, "head_dim": 4},
+                                           "train": {"steps": 100, "seeds": 3, "eval_every": 10,
+                                                     "eval_batch_size": 16}}).resolved()
+
+    ca = {"name": "cellular-automata", "state_size": 4, "trajectory_length": 3, "alphabet": 3}
+    plain, pooled = config(ca), config({**ca, "rules": 4})
+    one = plain.model.flops_per_token() * 16 * plain.model.context_length * len(probe_steps(plain.train)) * 3
+    assert probe_flops(plain) == pytest.approx(one)
+    assert probe_flops(pooled) == pytest.approx(2 * one)  # FreshEval scores another held-out batch
+    runs = expand(spec(), "x").runs
+    e = estimate(runs, Calibration(overhead_s=0.0, s_per_flop=1e-9))[0]
+    assert e.probe_flops == pytest.approx(probe_flops(runs[0].config))
+    assert e.total_seconds == pytest.approx(1e-9 * (e.flops + e.probe_flops))
+    assert wall_seconds([e], 1) == pytest.approx(e.total_seconds)
 
 
 def test_real_calibration_is_positive():

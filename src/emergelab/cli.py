@@ -1090,26 +1090,29 @@ def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace, timed: bool 
     from .sweep.driver import default_workers
     from .sweep.cost import Estimate, estimate, format_seconds, wall_seconds
     from .store import RunDir
+    from .train.estimate import probe_flops
     from .train.run import train_flops
 
     workers = args.workers or default_workers()
     estimates = estimate(sweep.runs) if timed else \
-        [Estimate(r, train_flops(r.config), float("nan")) for r in sweep.runs]
+        [Estimate(r, train_flops(r.config), float("nan"), probe_flops(r.config)) for r in sweep.runs]
     rows = []
     for e in estimates:
         run = RunDir(e.run.path(out))
         state = "done" if run.is_complete() else ("started" if run.state_dir.exists() else "new")
         rows.append([e.run.name, _values(e.run.overrides), str(e.run.config.train.seeds),
-                     str(e.run.config.train.steps), f"{e.flops:.2e}", format_seconds(e.seconds), state])
-    print(_format_table(["run", "values", "seeds", "steps", "FLOPs", "est. time", "state"], rows))
+                     str(e.run.config.train.steps), f"{e.flops:.2e}", f"{100 * e.probe_flops / e.flops:.0f}%",
+                     format_seconds(e.total_seconds), state])
+    print(_format_table(["run", "values", "seeds", "steps", "FLOPs", "probes", "est. time", "state"], rows))
     todo = [e for e, row in zip(estimates, rows) if row[-1] != "done"]
     if not timed:
         print(f"total {sum(e.flops for e in estimates):.2e} FLOPs; to do: {len(todo)} run(s)")
         return 0
     print(f"total {sum(e.flops for e in estimates):.2e} FLOPs; to do: {len(todo)} run(s), "
-          f"{format_seconds(sum(e.seconds for e in todo))} of one thread, about "
-          f"{format_seconds(wall_seconds(todo, workers))} on {workers} worker(s) "
-          "(training steps only; probes and start-up add ~10-30%)")
+          f"{format_seconds(sum(e.total_seconds for e in todo))} of one thread, about "
+          f"{format_seconds(wall_seconds(todo, workers))} on {workers} worker(s)")
+    print("(FLOPs: the training steps'; probes: their forward FLOPs beside those, counted in the time at the "
+          "steps' rate; a probe's attention maps and metrics, checkpoints and start-up come on top)")
     return 0
 
 

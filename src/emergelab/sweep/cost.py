@@ -4,8 +4,9 @@ from a quick calibration on this machine.
 The calibration times a few training steps (no probes) of one seed of the sweep's cheapest and its
 dearest run at one thread, and fits ``seconds per seed-step = a + b * FLOPs per seed-step`` (``a``: the
 per-step overhead that dominates tiny models; one point when every run costs the same: ``a = 0``). A
-run's estimate is its seed-steps times that; probes, checkpoints and worker start-up come on top
-(typically 10-30% for the defaults). The sweep's wall time assumes ``workers`` busy 1-thread workers.
+run's estimate is its seed-steps times that, plus its probes' forward FLOPs at the same rate
+(``Estimate.total_seconds``); the probes' attention maps and metrics, checkpoints and worker start-up
+come on top. The sweep's wall time assumes ``workers`` busy 1-thread workers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ..train import ExperimentConfig, SeedGroup
+from ..train.estimate import probe_flops
 from ..train.run import train_flops
 from ..train.unit import torch_threads
 from .spec import SweepRun
@@ -61,9 +63,17 @@ def calibrate(configs: list[ExperimentConfig]) -> Calibration:
 
 @dataclass(frozen=True)
 class Estimate:
+    """``flops`` and ``seconds``: the training steps'; ``probe_flops``: the probes' (``train.estimate``),
+    timed at the training step's FLOP rate in ``total_seconds``."""
+
     run: SweepRun
     flops: float
     seconds: float
+    probe_flops: float = 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds * (1.0 + self.probe_flops / self.flops) if self.flops > 0 else self.seconds
 
 
 def estimate(runs: list[SweepRun], calibration: Calibration | None = None) -> list[Estimate]:
@@ -75,15 +85,15 @@ def estimate(runs: list[SweepRun], calibration: Calibration | None = None) -> li
     for run in runs:
         seed_steps = run.config.train.steps * run.config.train.seeds
         seconds = seed_steps * calibration.seed_step_seconds(flops_per_seed_step(run.config))
-        out.append(Estimate(run, train_flops(run.config), seconds))
+        out.append(Estimate(run, train_flops(run.config), seconds, probe_flops(run.config)))
     return out
 
 
 def wall_seconds(estimates: list[Estimate], workers: int) -> float:
     """Wall time with ``workers`` 1-thread workers: the work spread evenly, but never less than the
     dearest run (a run's seeds in one group cannot be split further)."""
-    total = sum(e.seconds for e in estimates)
-    return max(total / max(workers, 1), max((e.seconds for e in estimates), default=0.0))
+    total = sum(e.total_seconds for e in estimates)
+    return max(total / max(workers, 1), max((e.total_seconds for e in estimates), default=0.0))
 
 
 def format_seconds(seconds: float) -> str:

@@ -218,9 +218,36 @@ def _members_at_once(plan: Any) -> int:
     return sum(sizes[:max(1, plan.processes)])
 
 
+def extra_eval_batches(task: Any) -> int:
+    """Held-out batches a probe scores besides its own (``train.eval_batch_size`` sequences each): one per
+    eval length of a length task, per rule of a rule task, one of fresh ground truth for a task on a pool
+    (``train/measure_ood.py``)."""
+    from ..tasks import supports_fresh, supports_lengths, supports_rules
+
+    if supports_lengths(task):
+        return len(task.eval_lengths)
+    if supports_rules(task):
+        return len(task.rules)
+    return 1 if supports_fresh(task) else 0
+
+
+def probe_flops(config: Any) -> float:
+    """FLOPs of a run's probes (every seed, the whole schedule): each is a forward of
+    ``train.eval_batch_size`` sequences, and of as many per extra held-out batch (``extra_eval_batches``),
+    against ``train.run.train_flops``' 3 forwards of ``train.batch_size`` a step. The attention maps and
+    metrics a probe computes beside its forward are not counted."""
+    from ..tasks import seed_task
+    from .schedule import probe_steps
+
+    train = config.train
+    batches = 1 + extra_eval_batches(seed_task(config.task, train.seed, 0))
+    tokens = train.eval_batch_size * config.model.context_length * batches
+    return config.model.flops_per_token() * tokens * len(probe_steps(train)) * train.seeds
+
+
 def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     """Peak memory and time of training resolved ``config`` under ``plan`` (default: its local plan)."""
-    from ..tasks import CellularAutomataConfig, seed_task, supports_fresh, supports_lengths, supports_rules
+    from ..tasks import CellularAutomataConfig, seed_task
     from ..tasks.pretraining import NCAStream, pretraining_stream
     from .run import make_plan, thread_budget, train_flops
     from .schedule import data_chunk_steps, probe_steps
@@ -242,10 +269,7 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     est.notes["activations"] = "train.batch_size x sequence length x model size"
     built = seed_task(task, train.seed, 0)  # cheap for every shipped task (a CA's floor is computed lazily)
     loss_positions = int(built.loss_mask.sum())
-    # the length evaluation's (rule evaluation's, fresh-rule evaluation's) batches: eval_batch_size sequences
-    # per length (rule; one of fresh rules)
-    extra_batches = len(built.eval_lengths) if supports_lengths(built) else \
-        len(built.rules) if supports_rules(built) else 1 if supports_fresh(built) else 0
+    extra_batches = extra_eval_batches(built)
     selects = bool(getattr(getattr(model, "model_class", None), "selects_positions", False))
     formed = _probe_forms_pattern(model)
     channels = _pattern_channels(model) if formed else 0
