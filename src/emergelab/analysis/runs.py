@@ -53,7 +53,7 @@ from .emergence import Optima, curve_emergence, run_optima
 from .fetch import Curves, arrow, fetch_curves, rows_table
 from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
-from .summary import copied_outputs
+from .summary import copied_outputs, fresh_loss_by_seed
 
 __all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "copy_statistics", "default_by", "plateau_scaling"]
 
@@ -350,9 +350,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
     loss_index = loss.lookup()
     prob = fetch_curves(con, "target_prob")
     prob_index = prob.lookup()
-    fresh = {(run, int(seed)): float(v) for run, seed, v in con.sql(  # runs on a pool (train FreshEval)
-        "SELECT run, seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
-        "GROUP BY run, seed").fetchall()}
+    fresh = fresh_loss_by_seed(con)  # runs on a pool (train FreshEval)
 
     rows = []
     for (run, seed), entry in sorted(per_seed.items()):

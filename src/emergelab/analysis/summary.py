@@ -30,10 +30,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
         emergence, _ = curve_emergence(con)
         final = {int(seed): float(value) for seed, value in con.sql(
             "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'loss' GROUP BY seed").fetchall()}
-        fresh = {int(seed): float(value) for seed, value in con.sql(
-            "SELECT seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
-            "GROUP BY seed").fetchall()}
-        fan_in = {seed: fans for (_, seed), fans in fan_in_by_seed(con).items()}  # one run
+        fresh = {seed: value for (_, seed), value in fresh_loss_by_seed(con).items()}  # one run
+        fan_in = {seed: fans for (_, seed), fans in fan_in_by_seed(con).items()}
     finally:
         con.close()
     seeds: dict[str, dict[str, Any]] = {}
@@ -89,6 +87,14 @@ def fan_in_by_seed(con: Any) -> dict[tuple[str, int], dict[str, int]]:
                                            "WHERE metric = 'fan_in' AND step = 0").fetchall():
         fan_in.setdefault((run, int(seed)), {})[str(index)] = int(value)
     return fan_in
+
+
+def fresh_loss_by_seed(con: Any) -> dict[tuple[str, int], float]:
+    """The last ``fresh_loss`` (index ``""``: on ground truth outside the pool, ``train.measure_ood.FreshEval``)
+    of every run and seed in the store ``con`` that trained on a pool: ``(run, seed)`` -> loss."""
+    return {(run, int(seed)): float(value) for run, seed, value in con.sql(
+        "SELECT run, seed, arg_max(value, step) FROM metrics WHERE metric = 'fresh_loss' AND \"index\" = '' "
+        "GROUP BY run, seed").fetchall()}
 
 
 def copied_outputs(con: Any) -> set[tuple[str, int, int]]:

@@ -6,7 +6,8 @@ A **length task** (``measure_ood.LengthEval``) records exact match per eval leng
 at index ``""``); a **rule task** (``RuleEval``) records per rule the first-word (``gen_first_word``) and
 whole-output (``gen_accuracy``) fractions and ``id_accuracy`` on the training distribution; a **pool task**
 (``FreshEval``: a cellular automaton with a pool of rules) records the per-token accuracy on rules outside
-the pool (``fresh_accuracy``) beside the probe's own ``accuracy`` on held-out sequences of the pool's rules.
+the pool (``fresh_accuracy``) beside the probe's own ``accuracy`` on held-out sequences of the training
+distribution (the pool's rules, or the mix of pool and fresh ones with ``task.pool_fraction`` below 1).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def seed_rows(result: Any, con: Any) -> list[dict[str, Any]]:
         if curve is not None and curve[0].size >= 2:
             steps, values = curve
             e = detect_emergence(steps, values, optimum=row["fresh_floor"])
-            row.update(fresh_final=float(values[-1]), fresh_plateau=float(e.plateau_steps),
+            # the analysis' last fresh_loss; a run without a pool: its own last loss, on fresh rules
+            row.update(fresh_final=r["fresh_loss"] if pool else r["final_loss"], fresh_plateau=float(e.plateau_steps),
                        fresh_plateau_ended=bool(e.plateau_steps < steps[-1] - steps[0]))
         rows.append(row)
     return rows
