@@ -5,6 +5,7 @@ memorised the pool."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -154,16 +155,20 @@ def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_see
                       "checkpoints": 0, "attention_snapshots": 0},
             "execution": {"strategy": "ensemble"}})
         run = train(config, tmp_path / "runs" / f"ca-{rules}", progress=False)
+        # a pooled run: its fresh_loss; a run without a pool has none of its own, and its loss is on fresh rules
+        metric = "fresh_loss" if rules else "loss"
         finals[rules] = sorted(r["value"] for r in run.metrics().to_pylist()
-                               if r["metric"] == "fresh_loss" and r["index"] == "" and r["step"] == 10)
+                               if r["metric"] == metric and r["index"] == "" and r["step"] == 10)
+        assert run.task_info()["pool_size"] == rules
     page = sweep_page(tmp_path)
     groups = {g["label"]: g["fresh_loss_median"] for g in page["groupings"][0]["groups"]}
-    assert page["fresh"] and groups == {"rules=0": None, "rules=2": _num(finals[2][1])}  # to the page's digits
-    assert sorted(r["fresh_loss"] for r in page["seeds"] if r["config"]["task.rules"] == 2) == \
-        [_num(v) for v in finals[2]]
-    assert not finals[0]  # a run without a pool has no fresh loss of its own
+    assert page["fresh"] and groups == {"rules=0": _num(finals[0][1]), "rules=2": _num(finals[2][1])}  # page digits
+    for rules in (0, 2):
+        assert sorted(r["fresh_loss"] for r in page["seeds"] if r["config"]["task.rules"] == rules) == \
+            [_num(v) for v in finals[rules]]
     html = render_page(page)
     assert html.count(">fresh rules</th>") == 2  # the configs table and the seeds table
+    assert html.count(">fresh plateau</th>") == 2
     # `emergelab analyze`'s tables: the same numbers, unrounded
     from emergelab.analysis.runs import analyze_runs
     from emergelab.report.tables import format_groups
@@ -175,7 +180,106 @@ def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_see
     finally:
         con.close()
     medians = {g["label"]: g["fresh_loss_median"] for g in result.groups.to_pylist()}
-    assert medians == {"rules=0": None, "rules=2": finals[2][1]}
+    assert medians == {"rules=0": finals[0][1], "rules=2": finals[2][1]}
     table = format_groups(result).splitlines()
-    assert table[0].split()[-2:] == ["fresh", "rules"] and table[1].split()[-1] == "-"
-    assert "fresh rules = median" in format_groups(result)
+    assert table[0].split()[-4:] == ["fresh", "rules", "fresh", "plateau"]
+    assert "fresh rules = median" in format_groups(result) and "fresh plateau = steps" in format_groups(result)
+
+
+def _curve(steps, values, floor, pooled=True):
+    from emergelab.analysis.fresh import FreshCurve
+
+    return FreshCurve(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float), floor, pooled)
+
+
+def test_the_fresh_plateau_ends_where_the_loss_is_a_tenth_of_the_way_to_the_floor():
+    from emergelab.analysis.fresh import fresh_plateau
+
+    steps = np.arange(0, 1100, 100)
+    # flat at ln 4, a memorised pool's bump above it, then down to the floor 0.9 from step 600
+    values = [1.386, 1.386, 1.386, 1.45, 1.44, 1.40, 1.30, 1.0, 0.95, 0.92, 0.91]
+    level = 1.386 + 0.1 * (0.9 - 1.386)  # the initial plateau (median of the first 3) 10% of the way down
+    first = next(int(t) for t, v in zip(steps, values) if v <= level)
+    assert fresh_plateau(_curve(steps, values, 0.9)) == (float(first), True) == (600.0, True)
+    assert fresh_plateau(_curve(steps, [1.386] * 11, 0.9)) == (1000.0, False)  # never left: the run's length
+    assert fresh_plateau(_curve(steps, values, None)) == (None, None)  # no floor, no judgement
+    assert fresh_plateau(_curve([0], [1.4], 0.9)) == (None, None)
+
+
+def test_fresh_progress_counts_the_seeds_off_their_plateau_and_takes_quantiles_per_step():
+    from emergelab.analysis.fresh import fresh_plateau, fresh_progress
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(0, 1000, 50)
+    curves, seeds = {}, []
+    for seed in range(9):
+        drop = rng.integers(3, 25)  # some seeds never drop within the run
+        values = np.where(np.arange(steps.size) < drop, 1.386, 0.95) + rng.normal(0, 0.002, steps.size)
+        curves[("run", seed)] = _curve(steps, values, 0.9)
+        plateau, ended = fresh_plateau(curves[("run", seed)])
+        seeds.append({"run": "run", "seed": seed, "group": 0, "fresh_plateau_steps": plateau,
+                      "fresh_plateau_ended": ended})
+    table = fresh_progress(curves, seeds).to_pylist()
+    assert [r["step"] for r in table] == steps.tolist()
+    stacked = np.stack([c.values for c in curves.values()])
+    for k, row in enumerate(table):
+        assert row["median"] == np.median(stacked[:, k]) and row["n_seeds"] == 9 and row["floor"] == 0.9
+        off = sum(s["fresh_plateau_ended"] and s["fresh_plateau_steps"] <= row["step"] for s in seeds) / 9
+        assert row["off_plateau"] == off
+    assert 0 < table[-1]["off_plateau"] < 1  # some seeds dropped, some did not
+    unjudged = [{**s, "fresh_plateau_steps": None, "fresh_plateau_ended": None} for s in seeds]
+    assert {r["off_plateau"] for r in fresh_progress(curves, unjudged).to_pylist()} == {None}
+
+
+def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure(tmp_path):
+    from emergelab.analysis.curves import detect_emergence
+    from emergelab.analysis.runs import analyze_runs
+    from emergelab.report.analysis_figures import make_analysis_figures
+    from emergelab.store import connect
+    from emergelab.train import train
+
+    runs = {}
+    for rules in (2, 0):
+        config = ExperimentConfig.from_dict({
+            "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
+            "model": {"layers": 1, "heads": 1, "head_dim": 4},
+            "train": {"steps": 30, "seeds": 3, "batch_size": 4, "eval_batch_size": 8, "eval_every": 5,
+                      "lr": 0.03, "checkpoints": 0, "attention_snapshots": 0},
+            "execution": {"strategy": "ensemble"}})
+        runs[rules] = train(config, tmp_path / "runs" / f"ca-{rules}", progress=False)
+    train(ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                      "model": {"layers": 1, "heads": 1, "head_dim": 4},
+                                      "train": {"steps": 10, "seeds": 1, "batch_size": 4, "eval_batch_size": 8,
+                                                "eval_every": 5, "checkpoints": 0, "attention_snapshots": 0}}),
+          tmp_path / "runs" / "lm", progress=False)
+    con = connect(tmp_path / "runs")
+    try:
+        pools = {r[0].split("/")[-1]: r[1:] for r in con.sql("SELECT run, pool_size, fresh_optimum FROM pools").fetchall()}
+        result = analyze_runs(con, by=["task.name", "task.rules"])
+    finally:
+        con.close()
+    floor = runs[2].task_info()["fresh_optimal_loss"]
+    assert pools == {"ca-2": (2, floor), "ca-0": (0, None)}  # the linear map has no pool
+    seeds = {(r["run"].split("/")[-1], r["seed"]): r for r in result.seeds.to_pylist()}
+    for (run, seed), row in seeds.items():
+        if run == "lm":
+            assert row["fresh_loss"] is None and row["fresh_plateau_steps"] is None
+            continue
+        metric = "fresh_loss" if run == "ca-2" else "loss"
+        points = sorted((r["step"], r["value"]) for r in runs[int(run[-1])].metrics().to_pylist()
+                        if r["metric"] == metric and r["index"] == "" and r["seed"] == seed)
+        steps, values = np.asarray([p[0] for p in points]), np.asarray([p[1] for p in points])
+        optimum = floor if run == "ca-2" else runs[0].task_info()["optimal_loss"]
+        e = detect_emergence(steps, values, optimum=optimum)  # by hand
+        assert row["fresh_loss"] == values[-1] and row["fresh_plateau_steps"] == e.plateau_steps
+        assert row["fresh_plateau_ended"] == (e.plateau_steps < steps[-1] - steps[0])
+        if run == "ca-0":  # without a pool the loss is already on fresh rules: the same plateau
+            assert row["fresh_plateau_steps"] == row["plateau_steps"] and row["fresh_loss"] == row["final_loss"]
+    for g in result.groups.to_pylist():
+        plateaus = [r["fresh_plateau_steps"] for r in seeds.values() if r["group"] == g["group"]
+                    and r["fresh_plateau_steps"] is not None]
+        assert g["fresh_plateau_median"] == (np.median(plateaus) if plateaus else None)
+    assert {r["n_seeds"] for r in result.fresh_curves.to_pylist()} == {3}
+    assert "fresh_curves" in result.tables()
+    figures = make_analysis_figures(result, tmp_path / "figures")
+    assert (tmp_path / "figures" / "fresh_rules.png") in figures

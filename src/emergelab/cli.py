@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--log", action="append", default=[], metavar="TRACKER", help=LOG_HELP)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    query = sub.add_parser("query", help="SQL over the metrics, runs and optima views of the runs below DIR")
+    query = sub.add_parser("query", help="SQL over the metrics, runs, optima and pools views of the runs below DIR")
     query.add_argument("path", type=Path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
     query.add_argument("sql", metavar="SQL", help="e.g. \"SELECT metric, count(*) FROM metrics GROUP BY metric\"")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")

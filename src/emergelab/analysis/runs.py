@@ -53,7 +53,8 @@ from .emergence import Optima, curve_emergence, run_optima
 from .fetch import Curves, arrow, fetch_curves, rows_table
 from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
-from .summary import copied_outputs, fresh_loss_by_seed
+from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
+from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "copy_statistics", "default_by", "plateau_scaling"]
 
@@ -118,19 +119,26 @@ class RunAnalysis:
       ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no
       ``fan_in``), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
       output / of one that is not a copy; null when none emerged), ``last_step`` (the last probe) and
-      ``fresh_loss`` (the last loss on ground truth outside the pool, for a run that trained on one:
-      ``train.measure_ood.FreshEval``; else null);
+      ``fresh_loss`` (the last loss on fresh ground truth, see :mod:`.fresh`: outside the pool for a run
+      that trained on one, ``train.measure_ood.FreshEval``; a run of such a task trained without a pool:
+      its own last loss; else null), ``fresh_plateau_steps`` and ``fresh_plateau_ended`` (that loss's
+      plateau: when in-context inference of fresh ground truth emerged; False: it lasted the whole run);
     * ``groups``: per config (the ``by`` fields' values, ``label``): ``n_runs``, ``n_seeds``, ``n_solved``,
       ``solved_fraction``, ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
       ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``n_plateau_censored``
       (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
-      then only a lower bound), ``final_loss_median``, ``fresh_loss_median`` (null without a pool), bimodality of the final loss (``sarle_bc``,
+      then only a lower bound), ``final_loss_median``, ``fresh_loss_median`` and ``fresh_plateau_median``
+      (null without a fresh curve; an unfinished fresh plateau counts as the whole run),
+      ``n_fresh_plateau_censored`` and ``fresh_plateau_censored`` (as for the plateau), bimodality of the final loss (``sarle_bc``,
       ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds), ``curve_linearity_mean`` and
       ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
       ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
       last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
     * ``solved_curves``: per group and probe step, P(solved by step) ``p`` and its bootstrap band
-      ``lo`` .. ``hi``.
+      ``lo`` .. ``hi``;
+    * ``fresh_curves``: per group with a fresh curve and probe step, the loss on fresh ground truth over
+      its seeds (``median``, ``q10``, ``q90``), ``off_plateau`` (the fraction of seeds whose fresh plateau
+      ended by then), ``floor`` and ``n_seeds`` (:func:`.fresh.fresh_progress`; empty for other runs).
 
     ``by``: the fields that define a config (the requested ones first, then every other field that
     differs and was not pooled); ``requested_by``: the fields asked for (None: the default);
@@ -146,6 +154,7 @@ class RunAnalysis:
     solved_tol: float
     requested_by: list[str] | None = None
     pooled: dict[str, list[Any]] = field(default_factory=dict)
+    fresh_curves: pa.Table = field(default_factory=lambda: fresh_progress({}, []))
 
     @property
     def added_by(self) -> list[str]:
@@ -153,8 +162,9 @@ class RunAnalysis:
         return [] if self.requested_by is None else [f for f in self.by if f not in self.requested_by]
 
     def tables(self) -> dict[str, pa.Table]:
-        return {"groups": self.groups, "seeds": self.seeds, "curves": self.curves, "jumps": self.jumps,
-                "solved_curves": self.solved_curves}
+        tables = {"groups": self.groups, "seeds": self.seeds, "curves": self.curves, "jumps": self.jumps,
+                  "solved_curves": self.solved_curves}
+        return {**tables, "fresh_curves": self.fresh_curves} if self.fresh_curves.num_rows else tables
 
 
 def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequence[str] | None,
@@ -248,7 +258,9 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
 
     # ---- per seed
     loss = fetch_curves(con, "loss")
-    seeds = _seed_table(con, loss, curves, optima, group_of_run, solved_tol, persist)
+    fresh = fresh_curves(con, loss, optima)
+    seeds = _seed_table(con, loss, curves, optima, fresh, group_of_run, solved_tol, persist,
+                        dict(plateau_fraction=plateau_fraction, smooth=smooth, persist=persist))
 
     # ---- per group
     group_rows, solved_rows = [], []
@@ -259,6 +271,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     for run, _, _, steps, _ in loss:
         loss_steps.setdefault(run, []).append(steps)
     ended_arr = np.asarray([v is not False for v in s["plateau_ended"]], dtype=bool)
+    fresh_ended_arr = np.asarray([v is not False for v in s["fresh_plateau_ended"]], dtype=bool)
     for g, key in enumerate(keys):
         m = group_arr == g
         solved = np.asarray(s["solved"], dtype=bool)[m]
@@ -268,6 +281,8 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         final = _nan_array(s["final_loss"])[m]
         n = int(m.sum())
         n_censored = int((~ended_arr[m] & np.isfinite(plateau)).sum())
+        fresh_plateau = _nan_array(s["fresh_plateau_steps"])[m]
+        n_fresh_censored = int((~fresh_ended_arr[m] & np.isfinite(fresh_plateau)).sum())
         ok = solved & np.isfinite(e_step)
         q25, med, q75 = (np.percentile(e_step[ok], [25, 50, 75]) if ok.any() else (None,) * 3)
         finite_final = final[np.isfinite(final)]
@@ -282,6 +297,9 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
                "plateau_censored": bool(n and 2 * n_censored >= int(np.isfinite(plateau).sum())),
                "final_loss_median": _median(final),
                "fresh_loss_median": _median(_nan_array(s["fresh_loss"])[m]),
+               "fresh_plateau_median": _median(fresh_plateau), "n_fresh_plateau_censored": n_fresh_censored,
+               "fresh_plateau_censored": bool(np.isfinite(fresh_plateau).any()
+                                              and 2 * n_fresh_censored >= int(np.isfinite(fresh_plateau).sum())),
                "sarle_bc": bm.get("sarle_bc"), "gmm_delta_bic": bm.get("gmm_delta_bic"),
                "dip": bm.get("dip"), "dip_pvalue": bm.get("dip_pvalue"),
                "curve_linearity_mean": _finite_mean(_nan_array(s["curve_linearity"])[m]),
@@ -298,7 +316,8 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     solved_curves = rows_table(solved_rows, pa.schema([("group", pa.int64()), ("step", pa.float64()),
                                                    ("p", pa.float64()), ("lo", pa.float64()),
                                                    ("hi", pa.float64())]))
-    return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol, requested, pooled)
+    return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol, requested, pooled,
+                       fresh_progress(fresh, seed_rows))
 
 
 def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> list[dict[str, Any]]:
@@ -336,8 +355,9 @@ def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> lis
     return out
 
 
-def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Optima], group_of_run: dict[str, int],
-                solved_tol: float, persist: int) -> pa.Table:
+def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Optima],
+                fresh: dict[tuple[str, int], FreshCurve], group_of_run: dict[str, int], solved_tol: float,
+                persist: int, plateau_args: dict[str, Any]) -> pa.Table:
     c = curves.to_pydict()
     copies = copied_outputs(con)
     per_seed: dict[tuple[str, int], dict[str, Any]] = {}
@@ -350,7 +370,6 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
     loss_index = loss.lookup()
     prob = fetch_curves(con, "target_prob")
     prob_index = prob.lookup()
-    fresh = fresh_loss_by_seed(con)  # runs on a pool (train FreshEval)
 
     rows = []
     for (run, seed), entry in sorted(per_seed.items()):
@@ -399,6 +418,8 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
             _, p = prob.curve(prob_index[(run, seed, "")])
             if p.size >= 2:
                 lin, brk = linearity(p), breakthroughness(p)
+        fresh_curve = fresh.get((run, int(seed)))
+        fresh_steps, fresh_ended = fresh_plateau(fresh_curve, **plateau_args) if fresh_curve else (None, None)
         rows.append({"run": run, "seed": seed, "group": group_of_run.get(run, -1), "final_loss": final_loss,
                      "optimum": optimum, "emerged": emerged, "emergence_step": e_step, "plateau_steps": plateau,
                      "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged,
@@ -406,7 +427,9 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                      "curve_linearity": lin, "curve_breakthroughness": brk,
                      "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos),
                      "first_step": min(first, default=None), "first_step_no_copies": min(first_own, default=None),
-                     "last_step": last_step, "fresh_loss": fresh.get((run, int(seed)))})
+                     "last_step": last_step,
+                     "fresh_loss": float(fresh_curve.values[-1]) if fresh_curve and fresh_curve.values.size else None,
+                     "fresh_plateau_steps": fresh_steps, "fresh_plateau_ended": fresh_ended})
     schema = pa.schema([("run", pa.string()), ("seed", pa.int64()), ("group", pa.int64()),
                         ("final_loss", pa.float64()), ("optimum", pa.float64()), ("emerged", pa.bool_()),
                         ("emergence_step", pa.float64()), ("plateau_steps", pa.float64()),
@@ -415,7 +438,8 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                         ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64()),
                         ("n_copies", pa.int64()), ("first_step", pa.float64()),
                         ("first_step_no_copies", pa.float64()), ("last_step", pa.float64()),
-                        ("fresh_loss", pa.float64())])
+                        ("fresh_loss", pa.float64()), ("fresh_plateau_steps", pa.float64()),
+                        ("fresh_plateau_ended", pa.bool_())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

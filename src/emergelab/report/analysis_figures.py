@@ -8,6 +8,9 @@
   with a least-squares power law on the config medians per series (exponent, its standard error and
   95% interval in the legend; censored medians hollow and not fitted; no fit with fewer than 3 values).
   Drawn only when the field takes at least 2 distinct positive values.
+* ``fresh_rules.png`` (runs whose loss on fresh ground truth is known, ``analysis.fresh``: a pool task's
+  runs): per config the median loss on fresh ground truth with its 10-90% band and the floor (left), and
+  the fraction of seeds whose fresh plateau ended by step t (right): when in-context inference emerged.
 * ``random_scaling.png`` (:func:`scales_figure`, from a :class:`emergelab.analysis.scales.ScaleAnalysis`:
   ``emergelab analyze --outcome`` and ``reproduce random-scaling``): each seed's final outcome and the
   histogram per scale; P(success), the mean and the mean of the successful seeds against the scale.
@@ -190,7 +193,41 @@ def make_analysis_figures(result: Any, out: str | Path, *, vs: str | None = None
         p = plateau_figure(result, f, out / f"plateau_vs_{f.replace('.', '_')}.png")
         if p is not None:
             paths.append(p)
+    if result.fresh_curves.num_rows:
+        paths.append(fresh_figure(result, out / "fresh_rules.png"))
     return paths
+
+
+def fresh_figure(result: Any, path: str | Path) -> Path:
+    """Left: per config, the median loss on fresh ground truth over its seeds, the 10-90% band and the floor
+    (dashed). Right: the fraction of its seeds whose fresh plateau had ended by each probe step."""
+    fc = result.fresh_curves.to_pydict()
+    g = np.asarray(fc["group"], dtype=np.int64)
+    groups = [row for row in result.groups.to_pylist() if (g == row["group"]).any()]
+    fig = new_figure(12, 4.4)
+    ax_loss, ax_off = fig.subplots(1, 2)
+    for row, color in zip(groups, colors(len(groups))):
+        m = g == row["group"]
+        t = np.asarray(fc["step"])[m]
+        n = int(np.asarray(fc["n_seeds"])[m][0])
+        ax_loss.fill_between(t, np.asarray(fc["q10"])[m], np.asarray(fc["q90"])[m], color=color, alpha=0.15, lw=0)
+        ax_loss.plot(t, np.asarray(fc["median"])[m], color=color, lw=1.8, label=f"{row['label']} (n={n})")
+        floor = fc["floor"][int(np.flatnonzero(m)[0])]
+        if floor is not None:
+            ax_loss.axhline(floor, color=color, ls="--", lw=1)
+        off = np.asarray([np.nan if v is None else v for v in fc["off_plateau"]], dtype=float)[m]
+        if np.isfinite(off).any():  # unknown without a floor
+            ax_off.step(t, off, where="post", color=color, lw=1.8, label=row["label"])
+    ax_loss.set(xlabel="step", ylabel="loss on fresh ground truth",
+                title="Loss on ground truth outside the pool (trained without a pool: its own loss);\n"
+                      "median over seeds, 10-90% band; dashed: the floor")
+    ax_off.set(xlabel="step", ylabel="fraction of seeds", ylim=(-0.02, 1.02),
+               title="Seeds off the fresh plateau by step t\n(10% of the way to the floor: in-context inference)")
+    for ax in (ax_loss, ax_off):
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    ax_loss.legend(fontsize=8, loc="best")
+    return save_figure(fig, Path(path))
 
 
 # ---------------------------------------------------------------------------------------------- outcomes across scales

@@ -320,7 +320,7 @@ def _sort_key(key: tuple) -> tuple:
 def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[str, Any]],
               steps_of: dict[str, np.ndarray]) -> dict[str, Any]:
     """Groups of the runs that agree on ``fields``: the ``emergelab analyze`` statistics per group (and
-    the median last ``fresh_loss`` where runs trained on a pool), P(solved by t) with its 95% bootstrap
+    the median last loss on fresh ground truth and its plateau, ``analysis.fresh``), P(solved by t) with its 95% bootstrap
     band, and the solved seeds' emergence steps."""
     key_of = {r["run"]: tuple(r.get(f) for f in fields) for r in runs}
     groups = []
@@ -341,6 +341,8 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         ended = [bool(s.get("plateau_ended")) for s in members if s["plateau_steps"] is not None]
         final = [s["final_loss"] for s in members if s["final_loss"] is not None]
         fresh = [s["fresh_loss"] for s in members if s.get("fresh_loss") is not None]
+        fresh_plateau = [s["fresh_plateau_steps"] for s in members if s.get("fresh_plateau_steps") is not None]
+        fresh_left = [bool(s["fresh_plateau_ended"]) for s in members if s.get("fresh_plateau_steps") is not None]
         x = key[0] if len(fields) == 1 and isinstance(key[0], (int, float)) and not isinstance(key[0], bool) else None
         groups.append({
             "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
@@ -353,6 +355,8 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
             "x": x, "plateau_censored": bool(ended) and sum(not e for e in ended) * 2 >= len(ended),
             "final_loss_median": _num(np.median(final)) if final else None,
             "fresh_loss_median": _num(np.median(fresh)) if fresh else None,
+            "fresh_plateau_median": _num(np.median(fresh_plateau)) if fresh_plateau else None,
+            "fresh_plateau_censored": bool(fresh_left) and sum(not e for e in fresh_left) * 2 >= len(fresh_left),
             **{k: _num(v) if isinstance(v, float) else v for k, v in copy_statistics(members).items()},
             "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
                       "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},
@@ -389,7 +393,8 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
         row["config"] = config_of.get(row["run"], {})
     seed_rows = [{**s, "run": _short(s["run"], runs_dir), "config": config_of.get(_short(s["run"], runs_dir), {}),
                   "final_loss": _num(s["final_loss"]), "solved_step": _num(s["solved_step"]),
-                  "fresh_loss": _num(s["fresh_loss"])} for s in seeds]
+                  "fresh_loss": _num(s["fresh_loss"]), "fresh_plateau_steps": _num(s["fresh_plateau_steps"])}
+                 for s in seeds]
     for rows in (table, seed_rows):  # configs in order of their field values, then run, seed, output
         rows.sort(key=lambda r: (_sort_key(tuple(r["config"].get(f) for f in differing)), r["run"], r["seed"],
                                  r.get("position", 0)))

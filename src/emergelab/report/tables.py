@@ -32,8 +32,9 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
 
 def format_groups(result: Any) -> str:
     """One line per config: seeds, solved fraction, emergence step median [IQR], plateau median (``>=N``:
-    censored, at least half the seeds never left the plateau), final loss (and the median last fresh-rule
-    loss where a run trained on a pool), and what the columns mean."""
+    censored, at least half the seeds never left the plateau), final loss (and, where a seed's loss on fresh
+    ground truth is known, its median last value and plateau: ``analysis.fresh``), and what the columns
+    mean."""
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
     groups = result.groups.to_pylist()
     copies = any(g.get("n_copy_seeds") for g in groups)
@@ -41,7 +42,7 @@ def format_groups(result: Any) -> str:
         header.insert(6, "first non-copy")
     fresh = any(g.get("fresh_loss_median") is not None for g in groups)
     if fresh:
-        header.append("fresh rules")
+        header += ["fresh rules", "fresh plateau"]
     rows = []
     censored = False
     solved_by = {r["group"]: r["solved_by"] for r in result.seeds.to_pylist()} if result.seeds.num_rows else {}
@@ -58,7 +59,10 @@ def format_groups(result: Any) -> str:
             own = f">={own}" if g["first_step_no_copies_censored"] else own
             rows[-1].insert(6, f"{own} ({g['n_copy_seeds']}c)" if g["n_copy_seeds"] else own)
         if fresh:
-            rows[-1].append(_fmt(g.get("fresh_loss_median")))
+            fresh_plateau = _fmt(g.get("fresh_plateau_median"))
+            if g.get("fresh_plateau_censored"):
+                fresh_plateau, censored = f">={fresh_plateau}", True
+            rows[-1] += [_fmt(g.get("fresh_loss_median")), fresh_plateau]
     rules = set(solved_by.values()) - {None}
     notes = {"outputs": "solved = every output emerged (halfway to its recorded optimum)",
              "aggregate": f"solved = final loss within {result.solved_tol:g} nats of the optimum "
@@ -79,7 +83,8 @@ def format_groups(result: Any) -> str:
                      "so their plateau ends with the copy")
     if fresh:
         lines.append("fresh rules = median of the seeds' last loss on ground truth outside the pool (fresh_loss; "
-                     "- without a pool): in-context inference lowers it, a memorised pool does not")
+                     "trained without a pool: the loss itself): in-context inference lowers it, a memorised pool "
+                     "does not; fresh plateau = steps until it is 10% of the way to its floor (>=N: censored)")
     return _render(header, rows) + "".join(f"\n{line}" for line in lines)
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.curves import detect_emergence
 from ..analysis.fetch import fetch_curves
+from ..analysis.fresh import FreshCurve, fresh_plateau
 from ..report.plotting import new_figure, save_figure
 from ..tasks.automaton import fresh_rule_floor
 
@@ -80,11 +80,12 @@ def seed_rows(result: Any, con: Any) -> list[dict[str, Any]]:
                "fresh_final": None, "fresh_plateau": None, "fresh_plateau_ended": None}
         row.update(_attention_step(attention.get(key)))
         if curve is not None and curve[0].size >= 2:
-            steps, values = curve
-            e = detect_emergence(steps, values, optimum=row["fresh_floor"])
+            # runs older than task.json's pool_size have no fresh curve in the analysis: this target knows
+            # that task.rules = 0 trains on fresh rules
+            plateau, ended = fresh_plateau(FreshCurve(*curve, row["fresh_floor"], bool(pool)))
             # the analysis' last fresh_loss; a run without a pool: its own last loss, on fresh rules
-            row.update(fresh_final=r["fresh_loss"] if pool else r["final_loss"], fresh_plateau=float(e.plateau_steps),
-                       fresh_plateau_ended=bool(e.plateau_steps < steps[-1] - steps[0]))
+            row.update(fresh_final=r["fresh_loss"] if pool else r["final_loss"], fresh_plateau=plateau,
+                       fresh_plateau_ended=ended)
         rows.append(row)
     return rows
 

@@ -46,7 +46,7 @@ def _verify(run: RunDir) -> tuple[dict, dict | None]:
 
 
 def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with three views over every run below ``path`` (or below each of several paths):
+    """A DuckDB connection with four views over every run below ``path`` (or below each of several paths):
 
     * ``metrics``: the long-format metrics of all runs plus a ``run`` column (the run directory).
     * ``runs``: one row per run, ``run`` and each config field as a column named ``"task.state_size"`` ...
@@ -54,6 +54,10 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
       ``run``, ``index`` (``""`` for the aggregate ``loss``, ``"i"`` for output ``i``'s ``loss_pos``),
       ``label`` ("bit 3") and ``optimum`` (null where the task knows none). Runs made before emergelab
       recorded optima have no rows here.
+    * ``pools``: per run of a task that can train on a finite pool of ground truths (``tasks.base.PoolTask``,
+      the cellular automata's ``task.rules``), from ``task.json``: ``run``, ``pool_size`` (0: every
+      sequence its own ground truth; null where the run did not record it, before 2026-11-27) and
+      ``fresh_optimum`` (the best loss on ground truth outside the pool; null without a pool).
 
     Every run's config.yaml, task.json and metrics.parquet are verified first (``store.verify``): a
     damaged run is left out with a :class:`~emergelab.store.verify.CorruptFileWarning` naming the file;
@@ -119,4 +123,15 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
                                            "label": pa.array(optima["label"], pa.string()),
                                            "optimum": pa.array(optima["optimum"], pa.float64())}))
     con.execute("CREATE OR REPLACE VIEW optima AS SELECT * FROM optima_table")
+    pools: dict[str, list] = {"run": [], "pool_size": [], "fresh_optimum": []}
+    for run in runs:
+        info = records[str(run.path.resolve())][1] or {}
+        if "pool_size" in info or "fresh_optimal_loss" in info:
+            pools["run"].append(str(run.metrics_path.parent))
+            pools["pool_size"].append(info.get("pool_size"))
+            pools["fresh_optimum"].append(info.get("fresh_optimal_loss"))
+    con.register("pools_table", pa.table({"run": pa.array(pools["run"], pa.string()),
+                                          "pool_size": pa.array(pools["pool_size"], pa.int64()),
+                                          "fresh_optimum": pa.array(pools["fresh_optimum"], pa.float64())}))
+    con.execute("CREATE OR REPLACE VIEW pools AS SELECT * FROM pools_table")
     return con

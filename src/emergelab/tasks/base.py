@@ -248,6 +248,8 @@ def task_info(task: Task) -> dict:
             "describe": task.describe()}
     if supports_sample_outputs(task):  # the per-output probes count per sequence (since 2026-11-27)
         info["outputs_per_sequence"] = True
+    if isinstance(task, PoolTask):  # 0: no pool, every sequence already on fresh ground truth
+        info["pool_size"] = task.pool_size
     if supports_fresh(task):  # the floor of FreshEval's sequences
         info["fresh_optimal_loss"] = task.fresh_optimal_loss()  # type: ignore[attr-defined]
     return info
