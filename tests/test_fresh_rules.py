@@ -18,6 +18,19 @@ from emergelab.train.measure import probe
 CONFIG = dict(state_size=5, trajectory_length=4, alphabet=3, window=3)
 
 
+def _trained(path, rules: int, steps: int, seeds: int, eval_every: int, **train_fields):
+    """A tiny cellular-automaton run (1 layer, 1 head of 4) trained as one ensemble into ``path``."""
+    from emergelab.train import train
+
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
+        "model": {"layers": 1, "heads": 1, "head_dim": 4},
+        "train": {"steps": steps, "seeds": seeds, "batch_size": 4, "eval_batch_size": 8, "eval_every": eval_every,
+                  "checkpoints": 0, "attention_snapshots": 0, **train_fields},
+        "execution": {"strategy": "ensemble"}})
+    return train(config, path, progress=False)
+
+
 def _task(rules: int):
     return CellularAutomataConfig(**CONFIG, rules=rules).build(make_generator(7))
 
@@ -122,15 +135,8 @@ def test_seed_groups_record_fresh_metrics_from_their_own_stream_and_leave_the_he
 
 def test_a_pooled_run_summarises_and_prints_its_loss_on_fresh_rules(tmp_path, capsys):
     from emergelab.cli import print_summary
-    from emergelab.train import train
 
-    config = ExperimentConfig.from_dict({
-        "task": {"name": "cellular-automata", **CONFIG, "rules": 2},
-        "model": {"layers": 1, "heads": 1, "head_dim": 4},
-        "train": {"steps": 20, "seeds": 2, "batch_size": 4, "eval_batch_size": 8, "eval_every": 10,
-                  "checkpoints": 0, "attention_snapshots": 0},
-        "execution": {"strategy": "ensemble"}})
-    run = train(config, tmp_path / "run", progress=False)
+    run = _trained(tmp_path / "run", 2, steps=20, seeds=2, eval_every=10)
     summary = run.summary()
     last = {r["seed"]: r["value"] for r in run.metrics().to_pylist()
             if r["metric"] == "fresh_loss" and r["index"] == "" and r["step"] == 20}
@@ -144,17 +150,10 @@ def test_a_pooled_run_summarises_and_prints_its_loss_on_fresh_rules(tmp_path, ca
 
 def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_seeds(tmp_path):
     from emergelab.report.html import _num, render_page, sweep_page
-    from emergelab.train import train
 
     finals = {}
     for rules in (2, 0):
-        config = ExperimentConfig.from_dict({
-            "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
-            "model": {"layers": 1, "heads": 1, "head_dim": 4},
-            "train": {"steps": 10, "seeds": 3, "batch_size": 4, "eval_batch_size": 8, "eval_every": 5,
-                      "checkpoints": 0, "attention_snapshots": 0},
-            "execution": {"strategy": "ensemble"}})
-        run = train(config, tmp_path / "runs" / f"ca-{rules}", progress=False)
+        run = _trained(tmp_path / "runs" / f"ca-{rules}", rules, steps=10, seeds=3, eval_every=5)
         # a pooled run: its fresh_loss; a run without a pool has none of its own, and its loss is on fresh rules
         metric = "fresh_loss" if rules else "loss"
         finals[rules] = sorted(r["value"] for r in run.metrics().to_pylist()
@@ -240,13 +239,7 @@ def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure
 
     runs = {}
     for rules in (2, 0):
-        config = ExperimentConfig.from_dict({
-            "task": {"name": "cellular-automata", **CONFIG, "rules": rules},
-            "model": {"layers": 1, "heads": 1, "head_dim": 4},
-            "train": {"steps": 30, "seeds": 3, "batch_size": 4, "eval_batch_size": 8, "eval_every": 5,
-                      "lr": 0.03, "checkpoints": 0, "attention_snapshots": 0},
-            "execution": {"strategy": "ensemble"}})
-        runs[rules] = train(config, tmp_path / "runs" / f"ca-{rules}", progress=False)
+        runs[rules] = _trained(tmp_path / "runs" / f"ca-{rules}", rules, steps=30, seeds=3, eval_every=5, lr=0.03)
     train(ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
                                       "model": {"layers": 1, "heads": 1, "head_dim": 4},
                                       "train": {"steps": 10, "seeds": 1, "batch_size": 4, "eval_batch_size": 8,
