@@ -320,3 +320,39 @@ def test_bigbench_metrics_sign_scale_and_direction():
     assert linearity(y) == pytest.approx(2.0 / 1.0)
     with pytest.raises(ValueError):
         linearity([1.0])
+
+
+# ---------------------------------------------------------------------------------------------- Fisher's exact test
+def _fisher_by_enumeration(a: int, b: int, c: int, d: int) -> float:
+    """Slow reference: every way to pick which of the N seeds fall in column 1 (the margins fixed), each
+    equally likely; the p-value is the share of picks whose table is at most as probable as the observed."""
+    import itertools
+    from collections import Counter
+
+    n1, n = a + b, a + b + c + d
+    counts = Counter(sum(i < n1 for i in pick) for pick in itertools.combinations(range(n), a + c))
+    total = sum(counts.values())
+    return sum(k for x, k in counts.items() if k <= counts[a] * (1 + 1e-9)) / total
+
+
+def test_fisher_exact_matches_enumerating_every_table_and_the_tea_tasting_value():
+    from emergelab.analysis.seeds import fisher_exact
+
+    assert fisher_exact([[3, 1], [1, 3]]) == pytest.approx(34 / 70)  # Fisher's lady tasting tea
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        a, b, c, d = (int(v) for v in rng.integers(0, 5, size=4))
+        expected = _fisher_by_enumeration(a, b, c, d)
+        assert fisher_exact([[a, b], [c, d]]) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert fisher_exact([[a, c], [b, d]]) == pytest.approx(expected, rel=1e-9, abs=1e-12)  # transposed
+        assert fisher_exact([[c, d], [a, b]]) == pytest.approx(expected, rel=1e-9, abs=1e-12)  # rows swapped
+    assert fisher_exact([[0, 0], [0, 0]]) == 1.0
+    assert 0 < fisher_exact([[400, 0], [0, 400]]) < 1e-200  # thousands of seeds: log space, no overflow
+
+
+@pytest.mark.parametrize("bad", [[[1, 2, 3], [4, 5, 6]], [[1, -1], [2, 3]], [[1.5, 1], [2, 3]], [[np.nan, 1], [2, 3]]])
+def test_fisher_exact_refuses_what_is_not_a_table_of_counts(bad):
+    from emergelab.analysis.seeds import fisher_exact
+
+    with pytest.raises(ValueError, match="2 x 2 table of counts"):
+        fisher_exact(bad)

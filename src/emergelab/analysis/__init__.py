@@ -20,7 +20,7 @@ from .heads import attribute_heads, head_rows
 from .runs import RunAnalysis, analyze_runs
 from .scales import (ScaleAnalysis, breakthroughness_across_scales, linearity_across_scales, scale_outcomes,
                      scale_outcomes_from_store)
-from .seeds import emergence_summary, solved_fraction_curve
+from .seeds import emergence_summary, fisher_exact, solved_fraction_curve
 
 __all__ = [
     "Emergence",
@@ -39,6 +39,7 @@ __all__ = [
     "dip_statistic",
     "dip_test",
     "emergence_summary",
+    "fisher_exact",
     "fit_two_gaussians",
     "head_rows",
     "linearity",
