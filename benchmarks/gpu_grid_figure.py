@@ -8,7 +8,7 @@ directory (``emergelab sweep``: ``runs/*/`` with ``metrics.parquet``, ``summary.
 for a seed whose A has two equal rows (a bit that copies an earlier output: the summary's ``fan_in``,
 where recorded); thick: the median over seeds; dashed: the task's optimum (the summary's
 ``optimal_loss``) and ln 2 (the plateau of a bit predicted at chance). The title of a panel counts the
-seeds that learned every bit within the run's steps. At most five panels a row, sparsities in order. The
+seeds that learned every bit within the run's steps, and those with a copy; one legend below the panels. At most five panels a row, sparsities in order. The
 shared loss axis spans the medians; a seed's rare spike above it is cut (the title says so).
 """
 
@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -68,15 +69,14 @@ def main() -> None:
         alpha = 0.12 if len(curves) > 16 else 0.4
         for seed, (steps, loss) in curves.items():
             ax.plot(steps, loss, color="tab:orange" if seed in copies else "tab:blue", alpha=alpha, lw=0.7)
-        if copies:
-            ax.plot([], [], color="tab:orange", lw=0.7, label=f"a seed with a copied bit ({len(copies)})")
         steps = next(iter(curves.values()))[0]
         median = np.median(np.stack([loss for _, loss in curves.values()]), axis=0)
-        ax.plot(steps, median, color="black", lw=1.8, label="median over seeds")
-        ax.axhline(summary["optimal_loss"], color="tab:green", ls="--", lw=1, label="optimum")
-        ax.axhline(math.log(2), color="gray", ls=":", lw=1, label="ln 2 (chance)")
+        ax.plot(steps, median, color="black", lw=1.8)
+        ax.axhline(summary["optimal_loss"], color="tab:green", ls="--", lw=1)
+        ax.axhline(math.log(2), color="gray", ls=":", lw=1)
         solved = sum(s["all_learned"] for s in summary["seeds"].values())
-        ax.set_title(f"s = {sparsity}: {solved}/{len(curves)} seeds learn all 16 bits", fontsize=9)
+        with_copy = f", {len(copies)} with a copy" if copies else ""
+        ax.set_title(f"s = {sparsity}: {solved}/{len(curves)} learn all 16 bits{with_copy}", fontsize=9)
         ax.set_xscale("log")
         ax.set_xlabel("step")
     # The axis spans the medians, not the rare edge-of-stability spikes (up to ~3 nats at s = 16), which
@@ -87,12 +87,16 @@ def main() -> None:
     axes[0][0].set_ylim(bottom, top)
     for row in axes:
         row[0].set_ylabel("held-out loss\n(mean over bits)")
-    for ax in axes.flat[:len(runs)]:
-        if ax is axes[0][0] or any(h.get_label().startswith("a seed") for h in ax.get_lines()):
-            ax.legend(fontsize=7, loc="best")
+    # one legend for every panel, below them: inside a panel it hid the curves of one panel or another
+    handles = [Line2D([], [], color="tab:blue", lw=0.7, label="a seed"),
+               Line2D([], [], color="tab:orange", lw=0.7, label="a seed with a copied bit (where recorded)"),
+               Line2D([], [], color="black", lw=1.8, label="median over seeds"),
+               Line2D([], [], color="tab:green", ls="--", lw=1, label="optimum"),
+               Line2D([], [], color="gray", ls=":", lw=1, label="ln 2 (chance)")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     title = args.title.format(seeds=max(len(c) for _, c in runs.values()))
     fig.suptitle(title + (f" (spikes above {top:.2f} cut)" if clipped else ""), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 / rows, 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")

@@ -137,7 +137,7 @@ def markdown(rows: list[dict], fans: list[dict]) -> str:
                      f"{r['final_loss_median']:.3f} |")
     if fans:
         lines += ["", "| s | seeds with a copy (expected) | seeds that learned a bit | copies learned | "
-                  "fan-in-3 bits learned | fan-in >= 5 learned | bit 0 learned | final loss, median |",
+                  "fan-in-3 bits learned | fan-in >= 5 learned (bit 0 apart) | bit 0 learned | final loss, median |",
                   "|---|---|---|---|---|---|---|---|"]
         for f in fans:
             lines.append(f"| {f['s']} | {f['copy_seeds']} ({f['copy_seeds_expected']:.1f}) | {f['learned_any']} | "

@@ -3,7 +3,7 @@
     python benchmarks/slim_runs.py SRC DST [--drop attn_entropy_pos,attn_gt_mass_pos,...]
 
 Each run below ``SRC`` (a directory with ``config.yaml`` and ``metrics.parquet``) is copied to
-``DST/runs/<name>/`` with its ``config.yaml`` and ``summary.json`` as they are, its metrics without the
+``DST/<name>/`` (not ``DST/runs/``: the repository ignores folders named ``runs``) with its ``config.yaml`` and ``summary.json`` as they are, its metrics without the
 dropped ones (by default the per-position attention and accuracy rows, ~80% of a run's rows), and its
 ``task.json`` rebuilt from the config by this version's task (``tasks.task_info``: what a new run would
 record, e.g. ``pool_size``; every key the run had recorded must come out the same, or the copy stops).
@@ -46,7 +46,9 @@ def slim(run: Path, dest: Path, drop: list[str]) -> int:
     changed = [k for k in recorded if not _same(recorded[k], info.get(k))]
     if changed:
         raise SystemExit(f"{run}: task.json's {changed[0]} differs from what this version records; not copied")
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        raise SystemExit(f"{dest}: exists; remove it or choose another DST")
+    dest.mkdir(parents=True)
     for name in ("config.yaml", "summary.json"):
         shutil.copyfile(run / name, dest / name)
     write_text(dest / "task.json", json.dumps(info, indent=1) + "\n")
@@ -66,8 +68,8 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"{args.src}: no run directory (config.yaml + metrics.parquet) below it")
     for run in runs:
-        rows = slim(run, args.dst / "runs" / run.name, [m for m in args.drop.split(",") if m])
-        size = (args.dst / "runs" / run.name / "metrics.parquet").stat().st_size
+        rows = slim(run, args.dst / run.name, [m for m in args.drop.split(",") if m])
+        size = (args.dst / run.name / "metrics.parquet").stat().st_size
         print(f"{run.name}: {rows} metric rows, {size / 1e6:.2f} MB")
 
 

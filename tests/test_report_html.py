@@ -522,3 +522,11 @@ def test_summary_rows_say_how_many_outputs_were_not_measured():
     rows = _summary_rows(summary)
     assert [(r["n_learned"], r["n_outputs"], r["not_measured"], r["all_learned"]) for r in rows] == \
         [(1, 3, 1, False), (3, 3, 0, True)]
+
+
+@pytest.mark.parametrize("value, text", [(None, "-"), (10000.0, "10000"), (12345.5, "12346"), (1712.5, "1712"),
+                                         (0.33539, "0.3354"), (7, "7"), (float("nan"), "nan")])
+def test_table_cells_write_steps_without_an_exponent(value, text):
+    from emergelab.report.html import _num_text
+
+    assert _num_text(value) == text

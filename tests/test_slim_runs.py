@@ -47,10 +47,12 @@ def test_a_slim_copy_analyses_as_the_original_and_records_the_pool(tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["slim_runs.py", str(tmp_path / "src"), str(tmp_path / "dst")])
     _slim_module().main()
     assert "ca-2: " in capsys.readouterr().out
-    copy = RunDir(tmp_path / "dst" / "runs" / "ca-2")
-    assert copy.task_info()["pool_size"] == 2 and RunDir(tmp_path / "dst" / "runs" / "ca-0").task_info()["pool_size"] == 0
+    copy = RunDir(tmp_path / "dst" / "ca-2")
+    assert copy.task_info()["pool_size"] == 2 and RunDir(tmp_path / "dst" / "ca-0").task_info()["pool_size"] == 0
     assert not (copy.path / "checkpoints").exists() and not (copy.path / "manifest.jsonl").exists()
     assert not {"attn_gt_mass_pos", "attn_entropy_pos"} & {r["metric"] for r in copy.metrics().to_pylist()}
+    with pytest.raises(SystemExit, match="exists"):  # never merged into an earlier copy
+        _slim_module().slim(tmp_path / "src" / "ca-2", copy.path, [])
     original, slim = _seeds(tmp_path / "src"), _seeds(tmp_path / "dst")
     assert original.keys() == slim.keys()
     for key, row in original.items():

@@ -520,6 +520,8 @@ def test_query_bad_sql_is_one_line_exit_2(finished, tmp_path, capsys):
     assert "\n" not in capsys.readouterr().err.strip()
     assert main(["query", str(tmp_path), "SELECT 1"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+    assert main(["query", str(out), "  "]) == 2
+    assert "SQL: empty" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -1147,6 +1147,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
+    if not args.sql.strip():
+        raise ConfigError('SQL: empty; e.g. "SELECT metric, count(*) FROM metrics GROUP BY metric"')
     try:
         con = connect(args.path)
     except FileNotFoundError as error:

@@ -98,6 +98,18 @@ def _num(x: Any, digits: int = 4) -> Any:
     return x if abs(x) >= 1 and (2 * x).is_integer() else float(f"{x:.{digits}g}")  # 1712.5: a median of steps
 
 
+def _num_text(v: Any) -> str:
+    """A table cell: "-" for None, a whole number without exponent (a step of 10000, not 1e+04), else 4
+    significant digits."""
+    if v is None:
+        return "-"
+    if not isinstance(v, float):
+        return str(v)
+    if v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
 def _curve(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list]:
     """``{"x": steps, "y": values}`` downsampled and rounded for the page."""
     keep = downsample(steps, values, max_points)
@@ -429,7 +441,7 @@ def render_page(page: dict[str, Any]) -> str:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    env.filters["num"] = _num_text
     return env.get_template("report.html.j2").render(
         page=page, plotly_js=_plotly_js(), report_js=(TEMPLATES / "report.js").read_text(),
         data_json=_script_json(page["data"]))
