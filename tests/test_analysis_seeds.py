@@ -356,3 +356,20 @@ def test_fisher_exact_refuses_what_is_not_a_table_of_counts(bad):
 
     with pytest.raises(ValueError, match="2 x 2 table of counts"):
         fisher_exact(bad)
+
+
+def test_mcnemar_exact_is_the_two_sided_sign_test_on_the_discordant_seeds():
+    import itertools
+
+    from emergelab.analysis.seeds import mcnemar_exact
+
+    assert mcnemar_exact(8, 0) == 2 / 2 ** 8 and mcnemar_exact(0, 8) == 2 / 2 ** 8
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(4, 4) == 1.0
+    for b in range(7):  # slow reference: every sign pattern of the b + c discordant seeds, each 2**-n
+        for c in range(7):
+            n = b + c
+            extreme = sum(1 for signs in itertools.product((0, 1), repeat=n)
+                          if min(sum(signs), n - sum(signs)) <= min(b, c))
+            assert mcnemar_exact(b, c) == pytest.approx(min(1.0, extreme / 2 ** n if n else 1.0))
+    with pytest.raises(ValueError, match="two counts"):
+        mcnemar_exact(-1, 3)

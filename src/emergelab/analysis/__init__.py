@@ -20,7 +20,7 @@ from .heads import attribute_heads, head_rows
 from .runs import RunAnalysis, analyze_runs
 from .scales import (ScaleAnalysis, breakthroughness_across_scales, linearity_across_scales, scale_outcomes,
                      scale_outcomes_from_store)
-from .seeds import emergence_summary, fisher_exact, solved_fraction_curve
+from .seeds import emergence_summary, fisher_exact, mcnemar_exact, solved_fraction_curve
 
 __all__ = [
     "Emergence",
@@ -40,6 +40,7 @@ __all__ = [
     "dip_test",
     "emergence_summary",
     "fisher_exact",
+    "mcnemar_exact",
     "fit_two_gaussians",
     "head_rows",
     "linearity",

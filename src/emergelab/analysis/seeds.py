@@ -1,5 +1,6 @@
 """Statistics across random seeds: when runs solve a task, and whether a property of the seeds goes with
-it (``fisher_exact``; bimodality: ``analysis.bimodality``).
+it (``fisher_exact``; the same seeds under two conditions: ``mcnemar_exact``; bimodality:
+``analysis.bimodality``).
 
 Every function takes plain 1-D arrays (one entry per seed), so the same code serves one
 run or ten thousand.  Randomness (bootstrap, dip-test simulation) comes from a numpy
@@ -25,7 +26,7 @@ import numpy as np
 
 from .arrays import ArrayLike, RngLike, as_rng, finite_1d
 
-__all__ = ["emergence_summary", "fisher_exact", "solved_fraction_curve"]
+__all__ = ["emergence_summary", "fisher_exact", "mcnemar_exact", "solved_fraction_curve"]
 
 
 def _seed_arrays(emergence_steps: ArrayLike, solved: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -173,3 +174,22 @@ def fisher_exact(table: ArrayLike) -> float:
 
 def _log_comb(n: int, k: int) -> float:
     return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired seeds: the same seeds under two conditions (a copy in A,
+    and A without it), each seed yes or no under each. Only the discordant seeds count: ``only_first``
+    said yes under the first condition alone, ``only_second`` under the second alone; with no effect each
+    is Binomial(n, 1/2), n their sum, and the p-value is twice the smaller tail (at most 1).
+
+    Example:
+        >>> mcnemar_exact(8, 0)   # 8 seeds lose it without the copy, none gain it: 2 / 2**8
+        0.0078125
+    """
+    if min(only_first, only_second) < 0 or int(only_first) != only_first or int(only_second) != only_second:
+        raise ValueError(f"mcnemar_exact needs two counts >= 0, got {only_first!r}, {only_second!r}")
+    n, k = int(only_first + only_second), int(min(only_first, only_second))
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # exact integers, one rounding
+    return float(min(1.0, 2 * tail))
