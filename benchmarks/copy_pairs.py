@@ -7,7 +7,8 @@ the paper's task, where two rows of A can be equal, so a bit copies an earlier o
 rows drawn again, every other row unchanged), e.g. ``examples/linear-map-S16-copies.yaml``. Each seed has
 the same A in both runs unless its A had a copy, so the pair isolates the copy. From each run's
 ``summary.json`` (per bit ``learned_step``, null when not learned, and ``fan_in``, 1 for a copy), per seed:
-whether A had a copy, and in each run the bits learned that are not copies and the first step one was.
+whether A had a copy, and in each run the bits learned that are not copies and the first step one was, and
+the fan-in-3 bits besides the copied ones (the same unless a shortcut ran through the copied output).
 Printed, as Markdown: the seeds with a copy, each in both runs; then, over them, how many learn another bit
 with the copy and how many without, and the exact McNemar test on those pairs
 (``analysis.seeds.mcnemar_exact``); and whether every seed without a copy ran bit for bit the same in both
@@ -58,7 +59,12 @@ def pairs(runs: dict[str, dict]) -> dict:
     for key in sorted(drawn, key=int):
         a, b = seed_bits(drawn[key]), seed_bits(redrawn[key])
         if a["copy"]:
-            rows.append({"seed": int(key), "with_copy": a, "without_copy": b})
+            # the other bits' shortcuts: the same unless they ran through the copied output
+            copied = {bit for bit, f in drawn[key]["fan_in"].items() if f == 1}
+            fan3 = [sum(f == 3 for bit, f in run[key]["fan_in"].items() if bit not in copied and bit != "0")
+                    for run in (drawn, redrawn)]
+            rows.append({"seed": int(key), "with_copy": {**a, "fan3": fan3[0]},
+                         "without_copy": {**b, "fan3": fan3[1]}})
         else:  # the same A in both runs: the same numbers
             same.append(drawn[key]["final_loss"] == redrawn[key]["final_loss"]
                         and drawn[key]["learned_step"] == redrawn[key]["learned_step"])
@@ -77,11 +83,12 @@ def _first(v: float | None) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| seed | with the copy: other bits learned (first at) | copy drawn again: other bits learned (first at) |",
-             "|---|---|---|"]
+    lines = ["| seed | with the copy: other bits learned (first at) | copy drawn again: other bits learned (first at) "
+             "| fan-in-3 bits besides the copies: with, without |", "|---|---|---|---|"]
     for r in result["copy_seeds"]:
         w, o = r["with_copy"], r["without_copy"]
-        lines.append(f"| {r['seed']} | {len(w['others'])} ({_first(w['first'])}) | {len(o['others'])} ({_first(o['first'])}) |")
+        lines.append(f"| {r['seed']} | {len(w['others'])} ({_first(w['first'])}) | {len(o['others'])} "
+                     f"({_first(o['first'])}) | {w['fan3']}, {o['fan3']} |")
     n = len(result["copy_seeds"])
     lines += ["", f"{n} of {result['seeds']} seeds have a copy; another bit is learned by "
               f"{result['learn_other_with_copy']} of them with the copy and {result['learn_other_without_copy']} "

@@ -48,12 +48,13 @@ def test_pairs_count_the_copy_seeds_that_learn_other_bits_with_and_without_the_c
     _module().main()
     result = json.loads((tmp_path / "p.json").read_text())
     assert [r["seed"] for r in result["copy_seeds"]] == [0, 1, 4]
-    assert result["copy_seeds"][0]["with_copy"] == {"copy": True, "others": {"1": 900.0}, "first": 900.0}
+    assert result["copy_seeds"][0]["with_copy"] == {"copy": True, "others": {"1": 900.0}, "first": 900.0, "fan3": 1}
+    assert result["copy_seeds"][0]["without_copy"]["fan3"] == 1  # bit 2, the copy drawn again, is not counted
     assert (result["learn_other_with_copy"], result["learn_other_without_copy"]) == (2, 2)
     assert (result["only_with_copy"], result["only_without_copy"]) == (1, 1)
     assert result["mcnemar_p"] == mcnemar_exact(1, 1) == 1.0
     assert (result["seeds_without_copy"], result["seeds_without_copy_identical"]) == (2, 2)
-    assert "| 0 | 1 (900) | 0 (-) |" in capsys.readouterr().out
+    assert "| 0 | 1 (900) | 0 (-) | 1, 1 |" in capsys.readouterr().out
 
 
 def test_pairs_need_one_run_of_each_kind(tmp_path):
