@@ -14,3 +14,19 @@ def cpu_generator():
         return torch.Generator().manual_seed(int(seed))
 
     return make
+
+
+@pytest.fixture
+def benchmark_script():
+    """Load a script of ``benchmarks/`` as a module by name (they are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

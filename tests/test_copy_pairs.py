@@ -3,7 +3,6 @@ copied row drawn again."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,15 +11,6 @@ import pytest
 import yaml
 
 from emergelab.analysis.seeds import mcnemar_exact
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "copy_pairs.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("copy_pairs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(path: Path, rows: str, seeds: dict) -> None:
@@ -34,7 +24,8 @@ def _seed(fan: list[int], learned: list[float | None], final: float) -> dict:
             "learned_step": {str(i): s for i, s in enumerate(learned)}}
 
 
-def test_pairs_count_the_copy_seeds_that_learn_other_bits_with_and_without_the_copy(tmp_path, monkeypatch, capsys):
+def test_pairs_count_the_copy_seeds_that_learn_other_bits_with_and_without_the_copy(tmp_path, monkeypatch, capsys,
+                                                                                   benchmark_script):
     same = {"2": _seed([3, 3, 5], [None, 700.0, None], 0.6), "3": _seed([3, 5, 5], [None] * 3, 0.69)}
     _run(tmp_path / "a", "independent", {
         "0": _seed([3, 3, 1], [None, 900.0, 100.0], 0.5),     # a copy (bit 2), then bit 1
@@ -45,7 +36,7 @@ def test_pairs_count_the_copy_seeds_that_learn_other_bits_with_and_without_the_c
         "1": _seed([3, 3, 3], [None, None, 1500.0], 0.66),
         "4": _seed([3, 3, 3], [None, 2000.0, None], 0.66), **same})
     monkeypatch.setattr(sys, "argv", ["copy_pairs.py", str(tmp_path), "--out", str(tmp_path / "p.json")])
-    _module().main()
+    benchmark_script("copy_pairs").main()
     result = json.loads((tmp_path / "p.json").read_text())
     assert [r["seed"] for r in result["copy_seeds"]] == [0, 1, 4]
     assert result["copy_seeds"][0]["with_copy"] == {"copy": True, "others": {"1": 900.0}, "first": 900.0, "fan3": 1}
@@ -57,7 +48,8 @@ def test_pairs_count_the_copy_seeds_that_learn_other_bits_with_and_without_the_c
     assert "| 0 | 1 (900) | 0 (-) | 1, 1 |" in capsys.readouterr().out
 
 
-def test_pairs_need_one_run_of_each_kind(tmp_path):
+def test_pairs_need_one_run_of_each_kind(tmp_path, benchmark_script):
     _run(tmp_path / "a", "independent", {"0": _seed([1, 3], [100.0, None], 0.6)})
     with pytest.raises(SystemExit, match="one with distinct"):
-        _module().pairs(_module()._runs(tmp_path))
+        script = benchmark_script("copy_pairs")
+        script.pairs(script._runs(tmp_path))

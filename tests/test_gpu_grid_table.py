@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from emergelab.analysis.seeds import fisher_exact
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_grid_table.py"
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_grid_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_expected_seeds_with_equal_rows_match_drawing_the_rows():
-    table = _module()
+def test_the_expected_seeds_with_equal_rows_match_drawing_the_rows(benchmark_script):
+    table = benchmark_script("gpu_grid_table")
     rng = np.random.default_rng(0)
     for S, s in ((8, 6), (10, 7), (16, 14)):
         trials = 4000
@@ -41,8 +30,9 @@ def _seed(fan: dict[str, int], learned: dict[str, float | None], final: float) -
             "all_learned": all(v is not None for v in learned.values())}
 
 
-def test_the_tables_count_copies_shortcuts_and_test_copy_seeds_against_the_others(tmp_path, capsys, monkeypatch):
-    table = _module()
+def test_the_tables_count_copies_shortcuts_and_test_copy_seeds_against_the_others(tmp_path, capsys, monkeypatch,
+                                                                                  benchmark_script):
+    table = benchmark_script("gpu_grid_table")
     # 3 bits; seeds 0-2 have a copy (bit 2 = bit 1), seeds 3-5 do not; copy seeds learn their fan-in-3 bit
     seeds = {}
     for k in range(6):

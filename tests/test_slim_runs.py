@@ -3,7 +3,6 @@ the copy analyses as the original does, and its task.json is what this version r
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -12,15 +11,6 @@ import pytest
 from emergelab.analysis.runs import analyze_runs
 from emergelab.store import RunDir, connect
 from emergelab.train import ExperimentConfig, train
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "slim_runs.py"
-
-
-def _slim_module():
-    spec = importlib.util.spec_from_file_location("slim_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _seeds(path: Path) -> dict:
@@ -31,7 +21,8 @@ def _seeds(path: Path) -> dict:
         con.close()
 
 
-def test_a_slim_copy_analyses_as_the_original_and_records_the_pool(tmp_path, monkeypatch, capsys):
+def test_a_slim_copy_analyses_as_the_original_and_records_the_pool(tmp_path, monkeypatch, capsys,
+                                                                  benchmark_script):
     for rules in (2, 0):
         config = ExperimentConfig.from_dict({
             "task": {"name": "cellular-automata", "state_size": 5, "trajectory_length": 4, "alphabet": 3,
@@ -45,14 +36,14 @@ def test_a_slim_copy_analyses_as_the_original_and_records_the_pool(tmp_path, mon
         del old["pool_size"]  # as a run made before task.json recorded it
         run.write_task_info(old)
     monkeypatch.setattr(sys, "argv", ["slim_runs.py", str(tmp_path / "src"), str(tmp_path / "dst")])
-    _slim_module().main()
+    benchmark_script("slim_runs").main()
     assert "ca-2: " in capsys.readouterr().out
     copy = RunDir(tmp_path / "dst" / "ca-2")
     assert copy.task_info()["pool_size"] == 2 and RunDir(tmp_path / "dst" / "ca-0").task_info()["pool_size"] == 0
     assert not (copy.path / "checkpoints").exists() and not (copy.path / "manifest.jsonl").exists()
     assert not {"attn_gt_mass_pos", "attn_entropy_pos"} & {r["metric"] for r in copy.metrics().to_pylist()}
     with pytest.raises(SystemExit, match="exists"):  # never merged into an earlier copy
-        _slim_module().slim(tmp_path / "src" / "ca-2", copy.path, [])
+        benchmark_script("slim_runs").slim(tmp_path / "src" / "ca-2", copy.path, [])
     original, slim = _seeds(tmp_path / "src"), _seeds(tmp_path / "dst")
     assert original.keys() == slim.keys()
     for key, row in original.items():
@@ -62,7 +53,7 @@ def test_a_slim_copy_analyses_as_the_original_and_records_the_pool(tmp_path, mon
         assert slim[key] == {**row, "run": slim[key]["run"]}
 
 
-def test_a_task_json_that_disagrees_with_this_version_stops_the_copy(tmp_path):
+def test_a_task_json_that_disagrees_with_this_version_stops_the_copy(tmp_path, benchmark_script):
     config = ExperimentConfig.from_dict({
         "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
         "model": {"layers": 1, "heads": 1, "head_dim": 4},
@@ -72,4 +63,4 @@ def test_a_task_json_that_disagrees_with_this_version_stops_the_copy(tmp_path):
     info = run.task_info()
     run.write_task_info({**info, "optimal_loss": info["optimal_loss"] + 0.1})
     with pytest.raises(SystemExit, match="optimal_loss differs"):
-        _slim_module().slim(run.path, tmp_path / "copy", ["attn_gt_mass_pos"])
+        benchmark_script("slim_runs").slim(run.path, tmp_path / "copy", ["attn_gt_mass_pos"])
