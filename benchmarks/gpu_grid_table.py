@@ -76,7 +76,7 @@ def fan_in_row(sparsity: int, summary: dict, state_size: int) -> dict | None:
     seeds = list(summary["seeds"].values())
     if not all("fan_in" in seed for seed in seeds):
         return None
-    by_fan: dict[str, list[float | None]] = {"copy": [], "3": [], ">=5": []}
+    by_fan: dict[str, list[float | None]] = {"copy": [], "3": [], ">=5": [], "2_or_4": []}
     bit0, with_copy, without = [], [], []
     for seed in seeds:
         fan, learned = seed["fan_in"], seed["learned_step"]
@@ -90,7 +90,7 @@ def fan_in_row(sparsity: int, summary: dict, state_size: int) -> dict | None:
         for b, f in fan.items():
             if b == "0":
                 continue
-            by_fan["copy" if f == 1 else "3" if f == 3 else ">=5" if f >= 5 else str(f)].append(learned[b])
+            by_fan["copy" if f == 1 else "3" if f == 3 else ">=5" if f >= 5 else "2_or_4"].append(learned[b])
 
     def learned(values: list) -> dict:
         steps = _steps(values)
@@ -143,6 +143,8 @@ def markdown(rows: list[dict], fans: list[dict]) -> str:
             lines.append(f"| {f['s']} | {f['copy_seeds']} ({f['copy_seeds_expected']:.1f}) | {f['learned_any']} | "
                          f"{_bits(f['bits_copy'])} | {_bits(f['bits_3'])} | {_bits(f['bits_>=5'])} | "
                          f"{f['bit0_learned']} | {f['final_loss_median']:.3f} |")
+        lines += [f"(s = {f['s']}: besides, fan-in 2 or 4 bits learned: {_bits(f['bits_2_or_4'])})"
+                  for f in fans if f["bits_2_or_4"]["of"]]
         both = [f for f in fans if f["fisher_p"] is not None]
         if both:
             lines += ["", "| s | with a copy: learn another bit (first, median) | their fan-in-3 bits learned "

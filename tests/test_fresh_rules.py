@@ -185,10 +185,10 @@ def test_the_sweep_page_shows_the_median_fresh_rule_loss_per_config_and_each_see
     assert "fresh rules = median" in format_groups(result) and "fresh plateau = steps" in format_groups(result)
 
 
-def _curve(steps, values, floor, pooled=True):
+def _curve(steps, values, floor):
     from emergelab.analysis.fresh import FreshCurve
 
-    return FreshCurve(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float), floor, pooled)
+    return FreshCurve(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=float), floor)
 
 
 def test_the_fresh_plateau_ends_where_the_loss_is_a_tenth_of_the_way_to_the_floor():

@@ -37,10 +37,10 @@ def test_the_tables_count_copies_shortcuts_and_test_copy_seeds_against_the_other
     seeds = {}
     for k in range(6):
         copy = k < 3
-        fan = {"0": 4, "1": 3, "2": 1 if copy else 3}
-        learned = {"0": None, "1": 900.0 + k if copy else None, "2": 100.0 if copy else None}
+        fan = {"0": 4, "1": 3, "2": 1 if copy else 3, "3": 2}  # bit 3: fan-in 2, reported apart
+        learned = {"0": None, "1": 900.0 + k if copy else None, "2": 100.0 if copy else None, "3": None}
         seeds[str(k)] = _seed(fan, learned, 0.5 if copy else 0.69)
-    summary = {"output_labels": ["bit 0", "bit 1", "bit 2"], "seeds": seeds}
+    summary = {"output_labels": ["bit 0", "bit 1", "bit 2", "bit 3"], "seeds": seeds}
     (tmp_path / "grid_summary.json").write_text(json.dumps([{"sparsity": 2, "summary": summary},
                                                             {"sparsity": 3, "state": "pending"}]))
     monkeypatch.setattr("sys.argv", ["gpu_grid_table.py", str(tmp_path), "--out", str(tmp_path / "t.json")])
@@ -54,5 +54,8 @@ def test_the_tables_count_copies_shortcuts_and_test_copy_seeds_against_the_other
     assert fan["bits_3"] == {"learned": 3, "of": 9, "first": 900.0, "last": 902.0}
     assert fan["with_copy"]["learn_other"] == 3 and fan["without_copy"]["learn_other"] == 0
     assert fan["fisher_p"] == pytest.approx(fisher_exact([[3, 0], [0, 3]])) == pytest.approx(0.1)
-    assert fan["copy_seeds_expected"] == pytest.approx(6 * (1 - 1 * (1 - 1 / 3) * (1 - 2 / 3)))  # C(3, 2) = 3 rows
-    assert "| 2 | 3/6 | 0/6 |" in capsys.readouterr().out
+    # S = 4 outputs, s = 2: C(4, 2) = 6 possible rows
+    assert fan["copy_seeds_expected"] == pytest.approx(6 * (1 - 1 * (1 - 1 / 6) * (1 - 2 / 6) * (1 - 3 / 6)))
+    assert fan["bits_2_or_4"] == {"learned": 0, "of": 6, "first": None, "last": None}
+    printed = capsys.readouterr().out
+    assert "| 2 | 3/6 | 0/6 |" in printed and "fan-in 2 or 4 bits learned: 0 of 6" in printed

@@ -31,13 +31,12 @@ from .fetch import arrow, fetch_curves
 
 @dataclass(frozen=True)
 class FreshCurve:
-    """One seed's loss on fresh ground truth: ``steps`` and ``values`` ``[n]``, the ``floor`` it is judged
-    against (None: unknown) and whether the run trained on a pool."""
+    """One seed's loss on fresh ground truth: ``steps`` and ``values`` ``[n]`` and the ``floor`` it is judged
+    against (None: unknown)."""
 
     steps: np.ndarray
     values: np.ndarray
     floor: float | None
-    pooled: bool
 
 
 def pool_records(con: Any) -> dict[str, tuple[int | None, float | None]]:
@@ -53,12 +52,12 @@ def fresh_curves(con: Any, loss: Any, optima: dict[str, Any]) -> dict[tuple[str,
     out: dict[tuple[str, int], FreshCurve] = {}
     for run, seed, index, steps, values in fetch_curves(con, "fresh_loss"):
         if index in ("", None):
-            out[(run, int(seed))] = FreshCurve(steps, values, pools.get(run, (None, None))[1], True)
+            out[(run, int(seed))] = FreshCurve(steps, values, pools.get(run, (None, None))[1])
     unpooled = {run for run, (size, _) in pools.items() if size == 0}
     for run, seed, index, steps, values in loss:
         if run in unpooled and index in ("", None):
             opt = optima.get(run)
-            out[(run, int(seed))] = FreshCurve(steps, values, opt.aggregate if opt else None, False)
+            out[(run, int(seed))] = FreshCurve(steps, values, opt.aggregate if opt else None)
     return out
 
 

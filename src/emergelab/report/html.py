@@ -349,31 +349,38 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         grid = np.unique(np.concatenate([steps_of[r] for r in runs_in if r in steps_of] or [np.zeros(1)]))
         band = solved_fraction_curve(np.where(solved, solved_step, np.nan), solved, grid, rng=0)
         keep = downsample(grid, band["p"])
-        plateau = [s["plateau_steps"] for s in members if s["plateau_steps"] is not None]
-        ended = [bool(s.get("plateau_ended")) for s in members if s["plateau_steps"] is not None]
+        plateau_median, plateau_censored = _plateau(members, "plateau_steps", "plateau_ended")
+        fresh_plateau_median, fresh_plateau_censored = _plateau(members, "fresh_plateau_steps", "fresh_plateau_ended")
         final = [s["final_loss"] for s in members if s["final_loss"] is not None]
         fresh = [s["fresh_loss"] for s in members if s.get("fresh_loss") is not None]
-        fresh_plateau = [s["fresh_plateau_steps"] for s in members if s.get("fresh_plateau_steps") is not None]
-        fresh_left = [bool(s["fresh_plateau_ended"]) for s in members if s.get("fresh_plateau_steps") is not None]
         x = key[0] if len(fields) == 1 and isinstance(key[0], (int, float)) and not isinstance(key[0], bool) else None
         groups.append({
             "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
             "n_solved": int(solved.sum()), "solved_fraction": _num(solved.mean()),
             "emergence_median": _num(stats["median"]), "emergence_q25": _num(stats["q25"]),
             "emergence_q75": _num(stats["q75"]),
-            "plateau_median": _num(np.median(plateau)) if plateau else None,
+            "plateau_median": plateau_median,
             # the plot of plateau vs a numeric field: the group's value, and whether its median is only a
             # lower bound (at least half its seeds never left the plateau, as `emergelab analyze` marks it)
-            "x": x, "plateau_censored": bool(ended) and sum(not e for e in ended) * 2 >= len(ended),
+            "x": x, "plateau_censored": plateau_censored,
             "final_loss_median": _num(np.median(final)) if final else None,
             "fresh_loss_median": _num(np.median(fresh)) if fresh else None,
-            "fresh_plateau_median": _num(np.median(fresh_plateau)) if fresh_plateau else None,
-            "fresh_plateau_censored": bool(fresh_left) and sum(not e for e in fresh_left) * 2 >= len(fresh_left),
+            "fresh_plateau_median": fresh_plateau_median, "fresh_plateau_censored": fresh_plateau_censored,
             **{k: _num(v) if isinstance(v, float) else v for k, v in copy_statistics(members).items()},
             "curve": {"x": [int(x) for x in grid[keep]], "p": [_num(v) for v in band["p"][keep]],
                       "lo": [_num(v) for v in band["lo"][keep]], "hi": [_num(v) for v in band["hi"][keep]]},
             "emergence_steps": [_num(v) for v in e_step[solved & np.isfinite(e_step)]]})
     return {"name": ", ".join(fields) if fields else "(all runs together)", "groups": groups}
+
+
+def _plateau(members: list[dict[str, Any]], steps: str, ended: str) -> tuple[Any, bool]:
+    """The median of the seeds' ``steps`` (None without any) and whether it is censored: at least half of
+    those seeds never left the plateau (``ended`` False), as `emergelab analyze` marks it."""
+    known = [s for s in members if s.get(steps) is not None]
+    if not known:
+        return None, False
+    left = [bool(s.get(ended)) for s in known]
+    return _num(np.median([s[steps] for s in known])), sum(not e for e in left) * 2 >= len(left)
 
 
 def sweep_page(path: str | Path) -> dict[str, Any]:

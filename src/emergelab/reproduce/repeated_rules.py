@@ -82,7 +82,7 @@ def seed_rows(result: Any, con: Any) -> list[dict[str, Any]]:
         if curve is not None and curve[0].size >= 2:
             # runs older than task.json's pool_size have no fresh curve in the analysis: this target knows
             # that task.rules = 0 trains on fresh rules
-            plateau, ended = fresh_plateau(FreshCurve(*curve, row["fresh_floor"], bool(pool)))
+            plateau, ended = fresh_plateau(FreshCurve(*curve, row["fresh_floor"]))
             # the analysis' last fresh_loss; a run without a pool: its own last loss, on fresh rules
             row.update(fresh_final=r["fresh_loss"] if pool else r["final_loss"], fresh_plateau=plateau,
                        fresh_plateau_ended=ended)
