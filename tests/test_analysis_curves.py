@@ -154,6 +154,22 @@ def test_settling_log_spaced_probes_do_not_end_the_plateau():
     assert initial_points(steps, 3) > 3
 
 
+def test_a_given_initial_level_replaces_the_median():
+    """A curve already at its optimum over its first probes (learned before the second) has no plateau to
+    read; given the level it left, the detector judges the drop against it: emerged at the first probe."""
+    steps = np.arange(0, 1001, 100)
+    loss = np.full(steps.size, 0.02)
+    loss[0] = 0.62
+    assert detect_emergence(steps, loss, optimum=0.0).initial == pytest.approx(0.02)
+    e = detect_emergence(steps, loss, optimum=0.0, initial=0.62)
+    assert e.initial == 0.62 and e.emerged and e.step == 100 and e.plateau_steps == 100
+    assert e.threshold == pytest.approx(0.31)
+    rising = detect_emergence(steps, 1 - loss, optimum=1.0, increasing=True, initial=0.38)
+    assert rising.initial == pytest.approx(0.38) and rising.step == 100
+    with pytest.raises(ValueError, match="initial must be finite"):
+        detect_emergence(steps, loss, initial=float("nan"))
+
+
 def test_persistence_ignores_single_point_spike():
     loss = planted_step(STEPS, 6000)
     loss[100] = 0.0  # one glitch at step 2000

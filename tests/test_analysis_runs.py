@@ -466,6 +466,52 @@ def test_an_output_with_nothing_to_learn_is_never_emerged_nor_counted(tmp_path):
     assert result.seeds.to_pylist()[0]["solved_step"] == 600
 
 
+def test_an_output_learned_before_the_second_probe_is_judged_by_its_marginal(tmp_path):
+    """Probes every 100 steps and none between (``attention_snapshots: 0``): bit 1, a copy, falls from
+    0.62 at step 0 to 0.02 by step 100, so the median of its first probes is its optimum. Its recorded
+    marginal (ln 2, the loss from its position alone) says there was something to learn: judged, learned at
+    step 100. Output 0 (a uniform first state: optimum = marginal = ln 2, from 1.1 at step 0) stays not
+    judged; bit 2 (a plateau, then a drop at 500) is as before; and seed 1, the same curves without a
+    recorded marginal (a run made before it was), reads bit 1 as nothing to learn, as before."""
+    from emergelab.analysis.summary import summarize_run
+    from emergelab.store import RunDir
+
+    ln2, steps = math.log(2), np.arange(0, 1001, 100)
+    rows = []
+    for seed in (0, 1):
+        for t in steps:
+            curves = [1.1 if t == 0 else ln2, 0.62 if t == 0 else 0.02, ln2 if t < 500 else 0.0, 0.0 if t >= 300 else ln2]
+            rows += [(int(t), seed, "loss", "", float(np.mean(curves)))]
+            rows += [(int(t), seed, "loss_pos", str(i), float(v)) for i, v in enumerate(curves)]
+    rows += [(0, 0, "marginal_loss", str(i), ln2) for i in range(4)]
+    run = fake_run(tmp_path / "r", rows, optima=(ln2 / 4, [ln2, 0.0, 0.0, 0.0]))
+    emergence, _ = curve_emergence(connect(run))
+    got = {(r["seed"], r["target"]): r for r in emergence.to_pylist()}
+    assert not got[0, "pos:0"]["judged"] and not got[0, "pos:0"]["emerged"]
+    assert got[0, "pos:1"]["judged"] and got[0, "pos:1"]["emerged"] and got[0, "pos:1"]["step"] == 100
+    assert got[0, "pos:1"]["initial"] == pytest.approx(0.62) and got[0, "pos:1"]["plateau_steps"] == 100
+    assert not got[1, "pos:1"]["judged"]  # no marginal recorded: as before
+    for seed in (0, 1):
+        assert [got[seed, f"pos:{i}"]["step"] for i in (2, 3)] == [500, 300]
+    seeds = summarize_run(RunDir(run))["seeds"]
+    assert seeds["0"]["learned_step"]["1"] == 100 and seeds["0"]["not_judged"] == ["0"]
+    assert seeds["1"]["learned_step"]["1"] is None and seeds["1"]["not_judged"] == ["0", "1"]
+
+
+def test_learned_before_probes_rule():
+    """The initial level is min(first, marginal) exactly when both lie more than the tolerance above the
+    optimum; else None (nothing to learn, or nothing tells)."""
+    from emergelab.analysis.emergence import learned_before_probes
+
+    assert learned_before_probes(0.62, 0.0, math.log(2)) == 0.62
+    assert learned_before_probes(1.1, 0.0, math.log(2)) == math.log(2)
+    assert learned_before_probes(1.1, math.log(2), math.log(2)) is None  # uniform: nothing beyond the marginal
+    assert learned_before_probes(0.03, 0.0, math.log(2)) is None  # at the optimum from initialisation
+    assert learned_before_probes(0.62, 0.0, None) is None  # no marginal recorded
+    assert learned_before_probes(0.62, 0.0, 0.04) is None  # the marginal is within the tolerance
+    assert learned_before_probes(0.62, 0.0, 0.04, nothing_to_learn=0.01) == 0.04
+
+
 def test_analyze_dot_inside_a_run(tmp_path, capsys, monkeypatch):
     """`emergelab analyze .` in a run directory: its metrics' `run` was "metrics.parquet", its optima's
     ".", so no optimum matched and the table's formatting failed with a traceback."""

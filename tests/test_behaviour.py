@@ -25,7 +25,8 @@ import pytest
 from emergelab.train import ExperimentConfig, train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "behaviour"
-ADDED_METRICS = ["fan_in"]  # recorded since (the linear map's per-bit fan-in at step 0): not behaviour that changed
+ADDED_METRICS = ["fan_in", "marginal_loss"]  # recorded since (step 0: the linear map's per-bit fan-in; every
+# output's marginal loss, tasks.marginal): not behaviour that changed
 CASES = json.loads((FIXTURES / "behaviour.json").read_text())
 
 

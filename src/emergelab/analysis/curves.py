@@ -247,6 +247,7 @@ def detect_emergence(
     persist: int = 1,
     min_change: float = 0.0,
     min_snr: float = 5.0,
+    initial: float | None = None,
 ) -> Emergence:
     """Find the step at which a curve leaves its initial plateau and reaches its target.
 
@@ -258,6 +259,8 @@ def detect_emergence(
       extra early probes (a run's log-spaced steps 1, 2, 4, ..., still settling from
       initialisation) are outvoted rather than filling the window; at most the first half
       of the curve, so ``n = 2`` uses the first point;
+      ``initial`` given: that level instead (a plateau known otherwise, e.g. of a curve that left it
+      before its probes could show it);
     * target ``T`` = ``optimum`` if given, else ``min(s)`` (``max(s)`` if ``increasing``);
     * emergence threshold ``I + fraction * (T - I)``; the emergence step is the first
       step where ``s`` is past it and stays past it for ``persist`` following points
@@ -299,11 +302,16 @@ def detect_emergence(
         raise ValueError(f"initial_window must be >= 1, got {initial_window}")
     if optimum is not None and not math.isfinite(optimum):
         raise ValueError(f"optimum must be finite, got {optimum!r}")
+    if initial is not None and not math.isfinite(initial):
+        raise ValueError(f"initial must be finite, got {initial!r}")
 
     sign = -1.0 if increasing else 1.0  # work on a falling curve y = sign * s
     s = smooth_curve(v, smooth)
     y = sign * s
-    initial = float(np.median(y[:initial_points(s_steps, initial_window)]))
+    if initial is None:
+        initial = float(np.median(y[:initial_points(s_steps, initial_window)]))
+    else:
+        initial = sign * initial
     target = sign * optimum if optimum is not None else float(y.min())
     gap = initial - target  # > 0 when the target is an improvement
     last = _as_step(s_steps[-1])

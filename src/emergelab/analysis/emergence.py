@@ -26,7 +26,7 @@ import pyarrow as pa
 from .curves import detect_emergence, detect_jumps
 from .fetch import arrow, fetch_curves, rows_table
 
-__all__ = ["Optima", "curve_emergence", "position_of", "run_optima"]
+__all__ = ["Optima", "curve_emergence", "learned_before_probes", "marginal_by_seed", "position_of", "run_optima"]
 
 
 def position_of(target: str) -> int | None:
@@ -91,6 +91,36 @@ _JUMP_SCHEMA = pa.schema([
 NOTHING_TO_LEARN = 0.05  # nats: an output whose recorded optimum is this close to its initial level
 
 
+def marginal_by_seed(con: Any) -> dict[tuple[str, int], dict[int, float]]:
+    """The step-0 ``marginal_loss`` metric (``tasks.marginal``: each output's best loss from its position
+    alone) of every run and seed in the store ``con``: ``(run, seed)`` -> output -> nats. Runs made before
+    emergelab recorded it (2026-11-27) have none."""
+    out: dict[tuple[str, int], dict[int, float]] = {}
+    for run, seed, index, value in con.sql("SELECT run, seed, \"index\", value FROM metrics "
+                                           "WHERE metric = 'marginal_loss' AND step = 0").fetchall():
+        if value is not None and np.isfinite(value):
+            out.setdefault((run, int(seed)), {})[int(index)] = float(value)
+    return out
+
+
+def learned_before_probes(first: float, optimum: float, marginal: float | None,
+                          nothing_to_learn: float = NOTHING_TO_LEARN) -> float | None:
+    """The initial plateau of an output curve already at its ``optimum`` over its first probes, if it had
+    something to learn there; None if it had nothing (or nothing tells).
+
+    At its optimum from the first probes, an output either had nothing to learn (a cellular automaton's
+    uniform first state: its optimum is its ``marginal``, the loss from its position alone, which the model
+    learns in its first updates) or learned it before the run's probes could show the plateau (a copied bit
+    of the linear map, learned by step 100 in a run probing every 100 steps, with no early log-spaced
+    probes). It was learned when its ``marginal`` lies more than ``nothing_to_learn`` above its ``optimum``
+    and so does its ``first`` value (at initialisation): the plateau it left was then at most both, and
+    ``min(first, marginal)`` is the level to judge its drop against. Without a recorded marginal (runs made
+    before 2026-11-27): None, as before."""
+    if marginal is None or marginal - optimum <= nothing_to_learn or first - optimum <= nothing_to_learn:
+        return None
+    return min(first, marginal)
+
+
 def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float = 0.1, smooth: int = 1,
                     persist: int = 1, jump_fraction: float = 0.2, nothing_to_learn: float = NOTHING_TO_LEARN,
                     _optima_by_run: dict[str, Optima] | None = None) -> tuple[pa.Table, pa.Table]:
@@ -105,7 +135,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
       length, a lower bound: censored) and ``judged`` (False for an output with nothing to learn: its
       recorded optimum within ``nothing_to_learn`` nats of its initial level, e.g. a cellular automaton's
       uniform first state, whose loss only settles back to ``ln k`` after the first updates; such an
-      output is never "emerged");
+      output is never "emerged"; unless its recorded ``marginal_loss`` says it had something to learn:
+      then it was learned before the first probes could show its plateau, and is judged against the level
+      :func:`learned_before_probes` gives);
     * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
       is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
@@ -127,17 +159,21 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
     jump_rows: list[tuple] = []
 
     def one(run: str, seed: int, target: str, steps: np.ndarray, values: np.ndarray,
-            optimum: float | None, min_drop_fraction: float) -> None:
+            optimum: float | None, min_drop_fraction: float, marginal: float | None = None) -> None:
         finite = np.isfinite(values)  # NaN: no held-out sequence had this output (tasks.SampleOutputTask)
         if not finite.all():
             steps, values = steps[finite], values[finite]
         if steps.size < 2:
             return
-        e = detect_emergence(steps, values, optimum=optimum, fraction=fraction,
-                             plateau_fraction=plateau_fraction, smooth=smooth, persist=persist,
-                             initial_window=1 if run in pretrained else 3)
-        ended = bool(e.plateau_steps < steps[-1] - steps[0])
+        options = dict(optimum=optimum, fraction=fraction, plateau_fraction=plateau_fraction, smooth=smooth,
+                       persist=persist, initial_window=1 if run in pretrained else 3)
+        e = detect_emergence(steps, values, **options)
         judged = target == "loss" or optimum is None or e.initial - optimum > nothing_to_learn
+        if not judged:  # at its optimum from the first probes: nothing to learn, or learned before them?
+            level = learned_before_probes(float(values[0]), optimum, marginal, nothing_to_learn)
+            if level is not None:
+                e, judged = detect_emergence(steps, values, initial=level, **options), True
+        ended = bool(e.plateau_steps < steps[-1] - steps[0])
         em_rows.append((run, seed, target, e.emerged and judged, float(e.step if judged else steps[-1]),
                         float(e.plateau_steps), e.final, e.initial, e.threshold, optimum, ended, judged))
         for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
@@ -148,8 +184,10 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
         opt = optima.get(run)
         k = max(1, n_outputs.get((run, seed), 1))
         one(run, seed, "loss", steps, values, opt.aggregate if opt else None, min(1.0, jump_fraction / k))
+    marginals = marginal_by_seed(con)
     for run, seed, index, steps, values in loss_pos:
         opt = optima.get(run)
         i = int(index)
-        one(run, seed, f"pos:{i}", steps, values, opt.position(i) if opt else None, jump_fraction)
+        one(run, seed, f"pos:{i}", steps, values, opt.position(i) if opt else None, jump_fraction,
+            marginals.get((run, int(seed)), {}).get(i))
     return rows_table(em_rows, _CURVE_SCHEMA), rows_table(jump_rows, _JUMP_SCHEMA)

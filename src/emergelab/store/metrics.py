@@ -30,6 +30,10 @@ Metrics written by the training probe (held-out batch, no grad):
 * ``fan_in`` (step 0 only, where the task knows it: the linear map): per output (``"i"``), the fewest
   tokens it is a function of, earlier outputs included (``LinearMapTask.output_fan_in``; 1 below the
   task's own: a copy of an earlier output, ``analysis.summary.copy_outputs``).
+* ``marginal_loss`` (step 0 only, every task): per output (``"i"``), its best mean loss from the position
+  alone, the plug-in entropy of its targets on 4096 sequences of the seed's own (``tasks.marginal``; NaN
+  for an output none of them has). ``analysis.emergence`` reads it to tell an output with nothing to learn
+  from one learned before the second probe.
 
 Written only for tasks with held-out lengths (``count``, ``reverse-addition``; ``train/measure_ood.py``):
 

@@ -80,3 +80,16 @@ def fresh_tokens(task: Task, master_seed: int, seed_index: int, n: int,
     eval_seed = seed_streams(master_seed, seed_index)["eval"]
     state = np.random.SeedSequence(eval_seed, spawn_key=FRESH_KEY).generate_state(1, dtype=np.uint64)
     return task.sample_fresh(n, make_generator(int(state[0]) >> 1, device)).tokens  # type: ignore[attr-defined]
+
+
+MARGINAL_KEY = (0, 2)  # two entries, as FRESH_KEY, and not it
+
+
+def marginal_tokens(task: Task, master_seed: int, seed_index: int, n: int,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """``[n, L]``: seed ``seed_index``'s sequences for measuring each output's marginal loss
+    (:mod:`~emergelab.tasks.marginal`), from a generator derived from the seed's eval stream alone
+    (``SeedSequence(eval, spawn_key=MARGINAL_KEY)``): nothing training or the probes draw changes."""
+    eval_seed = seed_streams(master_seed, seed_index)["eval"]
+    state = np.random.SeedSequence(eval_seed, spawn_key=MARGINAL_KEY).generate_state(1, dtype=np.uint64)
+    return task.sample(n, make_generator(int(state[0]) >> 1, device)).tokens

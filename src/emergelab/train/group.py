@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import (held_out_tokens, make_generator, seed_streams, supports_fresh, supports_lengths,
-                     supports_rules, supports_sample_masks, supports_sample_outputs)
+from ..tasks import (MARGINAL_SEQUENCES, held_out_tokens, make_generator, marginal_tokens, output_marginal_losses,
+                     seed_streams, supports_fresh, supports_lengths, supports_rules, supports_sample_masks,
+                     supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
@@ -252,6 +253,11 @@ class SeedGroup:
         if step == 0 and hasattr(self.tasks[0], "output_fan_in"):  # the task's structure, once per seed
             fan_in = np.array([task.output_fan_in() for task in self.tasks], dtype=np.float64)  # [E, O]
             m.add(step, seeds, "fan_in", [str(i) for i in range(fan_in.shape[1])], fan_in)
+        if step == 0:  # each output's loss from its position alone, once per seed (tasks.marginal)
+            marginal = np.stack([output_marginal_losses(task, marginal_tokens(
+                task, self.config.train.seed, i, MARGINAL_SEQUENCES, self.device)).numpy()
+                for task, i in zip(self.tasks, self.seeds)])  # [E, O]
+            m.add(step, seeds, "marginal_loss", [str(i) for i in range(marginal.shape[1])], marginal)
         if self.on_record is not None:
             self.on_record(m.rows_since(first))
         if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
