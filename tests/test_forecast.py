@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from emergelab.analysis.forecast import (BaselineForecaster, EscapeForecaster, Example, MassForecaster,
-                                         OutputCurves, default_forecasters,
+from emergelab.analysis.forecast import (BaselineForecaster, BinnedQuantiles, EscapeForecaster, Example,
+                                         MassForecaster, OutputCurves, RegressionForecaster, default_forecasters,
                                          evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
 from emergelab.models import TransformerConfig
@@ -58,6 +58,69 @@ def test_mass_forecaster_exponential_known_answer():
     flat = example(np.full(STEPS.size, 0.2), 1600)
     assert fc.predict(flat.curves, 800, 0).step is None
     assert "not growing" in fc.predict(flat.curves, 800, 0).reason
+
+
+def test_binned_quantiles_one_bin_is_the_marginal_calibration():
+    rng = np.random.default_rng(0)
+    keys, values = rng.normal(size=500), rng.normal(size=500)
+    one = BinnedQuantiles.fit(keys, values, 0.8, bins=1)
+    assert one.bins == 1 and one.edges == ()
+    want = (np.quantile(values, (1 - 0.8) / 2), np.median(values), np.quantile(values, 1 - (1 - 0.8) / 2))
+    assert one.q[0] == want and all(one.at(k) == want for k in (-5.0, 0.0, 5.0))
+
+
+def test_binned_quantiles_cover_each_bin_where_the_marginal_does_not():
+    """Values whose spread grows with the key (errors of a forecast that says "far off" are larger): the
+    marginal 80% interval over-covers small keys and under-covers large ones; three bins cover each near
+    80%, on fresh draws (the property split-conformal gives per bin)."""
+    rng = np.random.default_rng(1)
+
+    def draw(n):
+        keys = rng.uniform(-2, 2, n)
+        return keys, rng.normal(size=n) * np.exp(keys)
+
+    keys, values = draw(3000)
+    marginal = BinnedQuantiles.fit(keys, values, 0.8, bins=1)
+    binned = BinnedQuantiles.fit(keys, values, 0.8, bins=3)
+    assert binned.bins == 3 and len(binned.edges) == 2
+    k2, v2 = draw(20000)
+    which = np.searchsorted(np.asarray(binned.edges), k2, side="right")
+
+    def covered(cal, k, v):
+        lo, _, hi = zip(*(cal.at(x) for x in k))
+        return (np.asarray(lo) <= v) & (v <= np.asarray(hi))
+
+    for b in range(3):
+        sel = which == b
+        got = covered(binned, k2[sel], v2[sel]).mean()
+        assert abs(got - 0.8) < 0.03, (b, got)
+    low, high = which == 0, which == 2
+    assert covered(marginal, k2[low], v2[low]).mean() > 0.95
+    assert covered(marginal, k2[high], v2[high]).mean() < 0.65
+
+
+def test_binned_quantiles_keep_min_n_per_bin():
+    rng = np.random.default_rng(2)
+    keys, values = rng.normal(size=50), rng.normal(size=50)
+    cal = BinnedQuantiles.fit(keys, values, 0.8, bins=3, min_n=20)
+    assert cal.bins == 2  # 50 values hold two bins of 20, not three
+    assert BinnedQuantiles.fit(keys[:30], values[:30], 0.8, bins=3, min_n=20).bins == 1
+    tied = BinnedQuantiles.fit(np.zeros(100), values[:1].repeat(100), 0.8, bins=3)
+    assert tied.bins == 1  # one key value: nothing to split on
+
+
+def test_conditional_calibration_in_the_forecasters():
+    """With ``condition_bins`` the model forecasters and the regression calibrate per bin of the forecast's
+    own horizon; the setting names the bins; one bin is what they did before."""
+    train_set = [exp_example(E, seed=k, rate=r) for k, (E, r) in
+                 enumerate([(600, 0.004), (800, 0.006), (1000, 0.003), (1200, 0.005), (1400, 0.004),
+                            (1000, 0.002), (900, 0.007), (1300, 0.003)])]
+    for cls in (MassForecaster, RegressionForecaster):
+        one, three = cls(condition_bins=1).fit(train_set), cls(condition_bins=3).fit(train_set)
+        assert "b" not in one.setting and three.setting.endswith(f"b{three.calibration.bins}")
+        assert three.calibration.bins >= 1 and one.calibration.bins == 1
+        p = three.predict(exp_example(1600, seed=9).curves, 800, 0)
+        assert p.lo <= p.step <= p.hi
 
 
 def escape_example(tau, k=0.01, start=100, m0=0.1, **kw):
@@ -209,7 +272,11 @@ def test_cli_forecast(planted, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "med |rel err|" in text and "coverage" in text
     assert (tmp_path / "fc" / "forecast_evaluation.png").stat().st_size > 10_000
+    assert "bM:" not in text  # one calibration: the legend does not mention bins
+    assert main(["forecast", str(planted), "--evaluate", "--condition-bins", "3", "--out", str(tmp_path / "fc3")]) == 0
+    assert "bM: intervals calibrated in M bins" in capsys.readouterr().out
     for argv in (["forecast", str(tmp_path / "missing")],
+                 ["forecast", str(planted), "--evaluate", "--condition-bins", "0"],
                  ["forecast", str(planted), "--evaluate", "--at", "100"],
                  ["forecast", str(planted), "--at", "-5"],
                  ["forecast", str(planted), "--at", "99999"],  # after the run's end: nothing to forecast from

@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     forecast.add_argument("--at", type=_int, metavar="STEP", help="forecast from the probes up to STEP "
                                                                   "(default: each run's last probe)")
     forecast.add_argument("--seed", type=_int, help="only this seed (default: every seed)")
+    forecast.add_argument("--condition-bins", type=_int, default=1, metavar="N",
+                          help="calibrate the model forecasters' intervals in N bins of how far off each "
+                               "forecast says emergence is, log(remaining / t), each of >= 20 training points "
+                               "(default 1: one calibration over every point)")
     forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
                                                    "else ./forecast)")
     sub.add_parser("list", help="list tasks and their fields, models, presets and this machine's CPU kernels")
@@ -606,7 +610,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_forecast(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
-    from .analysis.forecast import evaluate_forecasts, forecast_run
+    from .analysis.forecast import default_forecasters, evaluate_forecasts, forecast_run
     from .report.forecast import format_evaluation, format_forecasts, write_evaluation
     from .store import connect
     from .store.query import finished_run_dirs
@@ -618,6 +622,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                           "steps of each run")
     if args.at is not None and args.at < 0:
         raise ConfigError(f"--at={args.at}: must be >= 0")
+    if not 1 <= args.condition_bins <= 10:
+        raise ConfigError(f"--condition-bins={args.condition_bins}: must be an integer in 1..10")
     if args.out is not None:
         check_out_dir(args.out, run=False)
     try:
@@ -625,7 +631,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
     if not args.evaluate:
-        table = forecast_run(con, args.at)
+        table = forecast_run(con, args.at, make=lambda: default_forecasters(args.condition_bins))
         if args.seed is not None:
             seeds = sorted(set(table["seed"].to_pylist()))
             table = table.filter(pc.equal(table["seed"], args.seed))
@@ -634,7 +640,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                                   f"{', '.join(map(str, seeds)) or 'none'})")
         print(format_forecasts(table))
         return 0
-    evaluation = evaluate_forecasts(con)
+    evaluation = evaluate_forecasts(con, make=lambda: default_forecasters(args.condition_bins))
     print(format_evaluation(evaluation))
     runs = finished_run_dirs(args.path)
     out = args.out or (runs[0].path / "forecast" if len(runs) == 1 else Path("forecast"))

@@ -71,7 +71,7 @@ from .curves import detect_emergence, smooth_curve
 from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
 
-__all__ = ["BaselineForecaster", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
+__all__ = ["BaselineForecaster", "BinnedQuantiles", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
            "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook", "RegressionForecaster", "curves_from_metrics",
            "default_forecasters", "evaluate_forecasts", "forecast_run",
            "load_examples", "on_plateau"]
@@ -83,6 +83,7 @@ WINDOWS = (4, 8, 16, 32)  # probes in the fit window (chosen on training seeds)
 SMOOTHS = (1, 3)        # trailing mean of the mass over this many probes (chosen on training seeds)
 SAME_BASELINE = "baseline-emerged"  # the baseline scored on each forecaster's answered outputs
 MIN_CALIBRATION = 20    # a setting is chosen only with at least this many calibration ratios
+CONDITION_BINS = 1      # calibration bins of the forecast's own horizon log(R / t) (1: one pool, marginal)
 MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial level, 3 more the current one
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
 
@@ -206,6 +207,43 @@ def _quantile(sorted_values: np.ndarray, p: float) -> float:
     return float(sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo]))
 
 
+@dataclass(frozen=True)
+class BinnedQuantiles:
+    """Split-conformal quantiles conditional on a key (Mondrian conformal): ``edges`` (increasing, one fewer
+    than the bins) split the key into bins of at least ``min_n`` calibration values each; ``q[b]`` is bin
+    ``b``'s ``(lo, median, hi)`` quantiles of the values, at ``(1 -+ coverage) / 2``. One bin is the
+    marginal calibration: the same quantiles whatever the key."""
+
+    edges: tuple[float, ...]
+    q: tuple[tuple[float, float, float], ...]
+
+    @classmethod
+    def fit(cls, keys: np.ndarray, values: np.ndarray, coverage: float, bins: int = 1,
+            min_n: int = MIN_CALIBRATION) -> "BinnedQuantiles":
+        """Bins at quantiles of ``keys`` (``[n]``, as many as ``bins`` while each holds ``min_n`` values;
+        at least one), then per bin the quantiles of ``values`` (``[n]``, n >= 1)."""
+        keys, values = np.asarray(keys, float), np.asarray(values, float)
+        lo_p = (1 - coverage) / 2
+        hi_p = 1 - lo_p
+        for k in range(max(1, min(bins, keys.size // max(min_n, 1))), 0, -1):
+            edges = np.unique(np.quantile(keys, np.arange(1, k) / k)) if k > 1 else np.empty(0)
+            which = np.searchsorted(edges, keys, side="right")
+            counts = np.bincount(which, minlength=edges.size + 1)
+            if k == 1 or counts.min() >= min_n:
+                q = tuple((float(np.quantile(v, lo_p)), float(np.median(v)), float(np.quantile(v, hi_p)))
+                          for v in (values[which == b] for b in range(edges.size + 1)))
+                return cls(tuple(float(e) for e in edges), q)
+        raise AssertionError("unreachable: one bin always fits")
+
+    def at(self, key: float) -> tuple[float, float, float]:
+        """The quantiles of the bin ``key`` falls in (the end bins extend to +-inf)."""
+        return self.q[int(np.searchsorted(np.asarray(self.edges), key, side="right"))]
+
+    @property
+    def bins(self) -> int:
+        return len(self.q)
+
+
 # ---------------------------------------------------------------------------------------------- models
 def _leading_head(mass: np.ndarray) -> int:
     """The head (row of ``mass [H, n]``) whose mass grew most, as a ratio to its initial level (median
@@ -231,14 +269,20 @@ class _ModelForecaster:
 
     def __init__(self, window: int | None = None, smooth: int | None = None, coverage: float = COVERAGE,
                  windows: Sequence[int] = WINDOWS,
-                 smooths: Sequence[int] = SMOOTHS):
+                 smooths: Sequence[int] = SMOOTHS, condition_bins: int = CONDITION_BINS):
         self.window = window
         self.smooth = smooth
         self.coverage = coverage
         self.windows = (window,) if window is not None else tuple(windows)
         self.smooths = (smooth,) if smooth is not None else tuple(smooths)
-        self.log_ratio_q: tuple[float, float, float] | None = None  # (lo, mid, hi)
+        self.condition_bins = condition_bins
+        self.calibration: BinnedQuantiles | None = None  # of log((E - t) / R), by log(R / t)
         self.n_calibration = 0
+
+    @property
+    def log_ratio_q(self) -> tuple[float, float, float] | None:
+        """The (lo, mid, hi) log-ratio quantiles of a marginal calibration (its one bin)."""
+        return None if self.calibration is None else self.calibration.q[0]
 
     # subclasses: fit_threshold(examples) and raw(c, output, window) -> (remaining | None, reason)
     def fit_threshold(self, examples: Sequence[Example]) -> None:
@@ -263,28 +307,28 @@ class _ModelForecaster:
         for w in self.windows:
             for k in self.smooths:
                 self.window, self.smooth = w, k
-                ratios = self._log_ratios(examples, w)
+                ratios, horizons = self._log_ratios(examples, w)
                 if ratios.size:
                     spread = float(np.median(np.abs(ratios - np.median(ratios))))  # after the median shift
                     results.append((ratios.size < MIN_CALIBRATION, spread if ratios.size >= MIN_CALIBRATION
-                                    else -ratios.size, w, k, ratios))
+                                    else -ratios.size, w, k, ratios, horizons))
         if not results:
             self.window, self.smooth = self.windows[0], self.smooths[0]
-            self.log_ratio_q, self.n_calibration = None, 0
+            self.calibration, self.n_calibration = None, 0
             return self
-        _, _, self.window, self.smooth, ratios = min(results, key=lambda r: r[:4])
-        q = (1 - self.coverage) / 2
-        self.log_ratio_q = (float(np.quantile(ratios, q)), float(np.median(ratios)),
-                            float(np.quantile(ratios, 1 - q)))
+        _, _, self.window, self.smooth, ratios, horizons = min(results, key=lambda r: r[:4])
+        self.calibration = BinnedQuantiles.fit(horizons, ratios, self.coverage, self.condition_bins)
         self.n_calibration = int(ratios.size)
         return self
 
     @property
     def setting(self) -> str:
-        return f"w{self.window}s{self.smooth}"
+        bins = self.calibration.bins if self.calibration is not None else 0
+        return f"w{self.window}s{self.smooth}" + (f"b{bins}" if self.condition_bins > 1 else "")
 
-    def _log_ratios(self, examples: Sequence[Example], window: int) -> np.ndarray:
-        out = []
+    def _log_ratios(self, examples: Sequence[Example], window: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(log((E - t) / R), log(R / t))`` at every training moment the raw model answers."""
+        out, horizons = [], []
         for e in examples:
             if not e.emerged:
                 continue
@@ -294,7 +338,8 @@ class _ModelForecaster:
                 if remaining is None or not np.isfinite(remaining) or remaining <= 0 or e.step <= t:
                     continue
                 out.append(math.log((e.step - t) / remaining))
-        return np.asarray(out, float)
+                horizons.append(_horizon(remaining, t))
+        return np.asarray(out, float), np.asarray(horizons, float)
 
     def predict(self, curves: OutputCurves, t: float, output: int) -> Forecast:
         c = curves.upto(t)
@@ -304,10 +349,16 @@ class _ModelForecaster:
         if remaining is None:
             return _none(self.name, t, reason)
         raw = t + remaining
-        if self.log_ratio_q is None:
+        if self.calibration is None:
             return Forecast(self.name, float(t), raw, None, None, raw, "not calibrated")
-        lo, mid, hi = (t + remaining * math.exp(q) for q in self.log_ratio_q)
+        lo, mid, hi = (t + remaining * math.exp(q) for q in self.calibration.at(_horizon(remaining, t)))
         return Forecast(self.name, float(t), mid, lo, hi, raw)
+
+
+def _horizon(remaining: float, t: float) -> float:
+    """``log(R / t)``: how far off a forecast of ``R`` more steps at step ``t`` says emergence is, relative
+    to the time already spent (the key the calibration conditions on)."""
+    return math.log(max(remaining, 1e-12) / max(float(t), 1.0))
 
 
 def forecast_moments(steps: np.ndarray, n: int = N_MOMENTS) -> list[float]:
@@ -404,11 +455,17 @@ class RegressionForecaster:
 
     name = "regression"
 
-    def __init__(self, window: int = 8, coverage: float = COVERAGE):
+    def __init__(self, window: int = 8, coverage: float = COVERAGE, condition_bins: int = CONDITION_BINS):
         self.window = window
         self.coverage = coverage
+        self.condition_bins = condition_bins
         self.coef: np.ndarray | None = None
-        self.residual_q: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.calibration = BinnedQuantiles((), ((0.0, 0.0, 0.0),))  # residuals, by the fitted log((E - t) / t)
+
+    @property
+    def residual_q(self) -> tuple[float, float, float]:
+        """The residual quantiles of a marginal calibration (its one bin)."""
+        return self.calibration.q[0]
 
     def features(self, c: OutputCurves) -> np.ndarray:
         h = _leading_head(c.mass)
@@ -433,14 +490,13 @@ class RegressionForecaster:
             return self
         A, b = np.asarray(X), np.asarray(y)
         self.coef, *_ = np.linalg.lstsq(A, b, rcond=None)
-        r = b - A @ self.coef
-        q = (1 - self.coverage) / 2
-        self.residual_q = (float(np.quantile(r, q)), float(np.median(r)), float(np.quantile(r, 1 - q)))
+        fitted = A @ self.coef  # log(E - t); feature 1 is log t, so fitted - A[:, 1] is the horizon log(R / t)
+        self.calibration = BinnedQuantiles.fit(fitted - A[:, 1], b - fitted, self.coverage, self.condition_bins)
         return self
 
     @property
     def setting(self) -> str:
-        return f"w{self.window}"
+        return f"w{self.window}" + (f"b{self.calibration.bins}" if self.condition_bins > 1 else "")
 
     def predict(self, curves: OutputCurves, t: float, output: int) -> Forecast:
         c = curves.upto(t)
@@ -449,13 +505,16 @@ class RegressionForecaster:
         if self.coef is None:
             return _none(self.name, t, "too few emerged training outputs to fit")
         log_rest = float(self.features(c) @ self.coef)
-        lo, mid, hi = (t + math.exp(log_rest + q) for q in self.residual_q)
+        key = log_rest - math.log(max(float(c.steps[-1]), 1.0))
+        lo, mid, hi = (t + math.exp(log_rest + q) for q in self.calibration.at(key))
         return Forecast(self.name, float(t), mid, lo, hi, t + math.exp(log_rest))
 
 
-def default_forecasters() -> list[Any]:
-    return [BaselineForecaster(), BaselineForecaster(emerged_only=True), MassForecaster(), EscapeForecaster(),
-            RegressionForecaster()]
+def default_forecasters(condition_bins: int = CONDITION_BINS) -> list[Any]:
+    """The five forecasters; ``condition_bins`` > 1 calibrates the three model forecasters per bin of
+    their forecast's own horizon ``log(R / t)`` (:class:`BinnedQuantiles`) instead of over every point."""
+    return [BaselineForecaster(), BaselineForecaster(emerged_only=True), MassForecaster(condition_bins=condition_bins),
+            EscapeForecaster(condition_bins=condition_bins), RegressionForecaster(condition_bins=condition_bins)]
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -37,8 +37,14 @@ def format_evaluation(evaluation: Any) -> str:
              f"coverage: fraction of true emergence steps inside the stated {evaluation.coverage_nominal:.0%} "
              "interval; |rel err| = |forecast - E| / E; b-emerged same = baseline-emerged's error on the outputs "
              "that forecaster answered; window: wNsK = fit over N probes of the mass smoothed over K, chosen "
-             "per fold (two folds) on the training seeds"]
+             "per fold (two folds) on the training seeds" + ("; bM: intervals calibrated in M bins of the "
+             "forecast's horizon log(remaining / t) (--condition-bins)" if _binned(evaluation) else "")]
     return "\n".join(lines + [f"note: {n}" for n in evaluation.notes])
+
+
+def _binned(evaluation: Any) -> bool:
+    """Whether a forecaster's setting names calibration bins (``w8b3``)."""
+    return any("b" in (w or "") for w in evaluation.rows.column("window").to_pylist())
 
 
 def _bin_half(evaluation: Any) -> float:
@@ -95,7 +101,8 @@ def forecast_figure(evaluation: Any, path: str | Path) -> Path:
                      label=f"nominal {evaluation.coverage_nominal:.0%}")
         ax_e.set(xlabel="t / E (bin centre): how far into the plateau", ylabel="median |forecast - E| / E",
                  title=f"{Path(run).name}: forecast error", ylim=(0, None))
-        ax_c.set(xlabel="t / E", ylabel="fraction of E inside interval", title="interval calibration", ylim=(0, 1.02))
+        calibration = "interval calibration" + (" (in bins of the horizon)" if _binned(evaluation) else "")
+        ax_c.set(xlabel="t / E", ylabel="fraction of E inside interval", title=calibration, ylim=(0, 1.02))
         ax_n.set(xlabel="t / E", ylabel="fraction of outputs answered", title="forecasts made", ylim=(0, 1.02))
         for ax in ax_row:
             ax.grid(alpha=0.3)
