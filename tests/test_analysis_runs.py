@@ -491,6 +491,7 @@ def test_an_output_learned_before_the_second_probe_is_judged_by_its_marginal(tmp
     assert got[0, "pos:1"]["judged"] and got[0, "pos:1"]["emerged"] and got[0, "pos:1"]["step"] == 100
     assert got[0, "pos:1"]["initial"] == pytest.approx(0.62) and got[0, "pos:1"]["plateau_steps"] == 100
     assert not got[1, "pos:1"]["judged"]  # no marginal recorded: as before
+    assert got[0, "pos:2"]["marginal"] == pytest.approx(ln2) and got[1, "pos:2"]["marginal"] is None
     for seed in (0, 1):
         assert [got[seed, f"pos:{i}"]["step"] for i in (2, 3)] == [500, 300]
     seeds = summarize_run(RunDir(run))["seeds"]

@@ -78,7 +78,7 @@ _CURVE_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("emerged", pa.bool_()),
     ("step", pa.float64()), ("plateau_steps", pa.float64()), ("final", pa.float64()),
     ("initial", pa.float64()), ("threshold", pa.float64()), ("optimum", pa.float64()),
-    ("plateau_ended", pa.bool_()), ("judged", pa.bool_()),
+    ("plateau_ended", pa.bool_()), ("judged", pa.bool_()), ("marginal", pa.float64()),
 ])
 _JUMP_SCHEMA = pa.schema([
     ("run", pa.string()), ("seed", pa.int64()), ("target", pa.string()), ("start_step", pa.float64()),
@@ -137,7 +137,9 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
       uniform first state, whose loss only settles back to ``ln k`` after the first updates; such an
       output is never "emerged"; unless its recorded ``marginal_loss`` says it had something to learn:
       then it was learned before the first probes could show its plateau, and is judged against the level
-      :func:`learned_before_probes` gives);
+      :func:`learned_before_probes` gives), and ``marginal`` (the output's recorded ``marginal_loss``, its
+      loss from the position alone; null where not recorded: an ``initial`` near it is a plateau of
+      token frequencies only, one below it a plateau that already uses some context);
     * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
       is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
@@ -175,7 +177,7 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
                 e, judged = detect_emergence(steps, values, initial=level, **options), True
         ended = bool(e.plateau_steps < steps[-1] - steps[0])
         em_rows.append((run, seed, target, e.emerged and judged, float(e.step if judged else steps[-1]),
-                        float(e.plateau_steps), e.final, e.initial, e.threshold, optimum, ended, judged))
+                        float(e.plateau_steps), e.final, e.initial, e.threshold, optimum, ended, judged, marginal))
         for j in detect_jumps(steps, values, smooth=smooth, min_drop_fraction=min_drop_fraction):
             jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
                               j.sharpness_steps, j.plateau_before_steps, j.before, j.after))
