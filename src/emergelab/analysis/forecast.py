@@ -36,6 +36,10 @@ output's emergence step.
 remaining time ``R = s_raw - t``.  On the training seeds, at every forecast moment before ``E`` (the true
 emergence step), the log-ratios ``log((E - t) / R)`` are collected; their median corrects the point
 (``t + R * exp(q50)``) and their ``(1-coverage)/2`` and ``(1+coverage)/2`` quantiles give the interval.
+With ``condition_bins`` > 1 (``--condition-bins``) they are taken per bin of the forecast's own horizon
+``log(R / t)`` (:class:`BinnedQuantiles`: up to that many bins at its quantiles, each of at least
+``MIN_CALIBRATION`` points; the regression's residuals likewise, by its fitted horizon): coverage per bin
+instead of over every point (docs/results.md: better on the cellular automaton, not on the linear map).
 The fit window (probes) and a trailing smoothing of the mass are chosen on the training seeds too (the
 grid setting with the smallest spread of the log ratios, among those with at least ``MIN_CALIBRATION``
 of them).  :class:`RegressionForecaster` (``regression``) fits ``log(E - t)`` on features of the curves
