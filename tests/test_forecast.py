@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from emergelab.analysis.forecast import (BaselineForecaster, BinnedQuantiles, EscapeForecaster, Example,
+from emergelab.analysis.forecast import (BaselineForecaster, BinnedQuantiles, EntropyForecaster, EscapeForecaster,
+                                         Example,
                                          MassForecaster, OutputCurves, RegressionForecaster, default_forecasters,
                                          evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
@@ -58,6 +59,28 @@ def test_mass_forecaster_exponential_known_answer():
     flat = example(np.full(STEPS.size, 0.2), 1600)
     assert fc.predict(flat.curves, 800, 0).step is None
     assert "not growing" in fc.predict(flat.curves, 800, 0).reason
+
+
+def test_entropy_forecaster_exponential_known_answer():
+    """Head 1's attention entropy falls as ``0.2 exp(-rate (s - E))``, reaching 0.2 exactly at E, the others
+    stay at 2 nats: the entropy forecaster finds head 1 and the step, without the ground-truth mass."""
+    def entropy_example(E, rate=0.004, seed=0):
+        e = example(np.full(STEPS.size, 0.1), E, seed=seed)
+        entropy = np.full((3, STEPS.size), 2.0)
+        entropy[1] = np.where(STEPS <= E, 0.2 * np.exp(-rate * (STEPS - E)), 0.2)
+        return dataclasses.replace(e, curves=dataclasses.replace(e.curves, entropy=entropy))
+
+    train_set = [entropy_example(E, seed=k) for k, E in enumerate([600, 800, 1000, 1200, 1400])]
+    fc = EntropyForecaster().fit(train_set)
+    assert fc.target[0] == pytest.approx(0.2)
+    assert fc.log_ratio_q == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    test = entropy_example(1600, seed=9)
+    for t in (400, 800, 1200):
+        p = fc.predict(test.curves, t, 0)
+        assert p.step == pytest.approx(1600, rel=1e-6)
+    flat = example(np.full(STEPS.size, 0.2), 1600)  # every head's entropy stays at 1.0
+    p = fc.predict(flat.curves, 800, 0)
+    assert p.step is None and "entropy is falling" in p.reason
 
 
 def test_binned_quantiles_one_bin_is_the_marginal_calibration():
@@ -303,8 +326,8 @@ def test_evaluation_table_on_a_real_run(tmp_path):
     small_run = train(cfg, tmp_path / "run", progress=False)
     ev = evaluate_forecasts(connect(small_run.path))
     rows = ev.rows.to_pylist()
-    assert {r["forecaster"] for r in rows} == {"baseline", "baseline-emerged", "mass-exp", "escape-law",
-                                               "regression"}
+    assert {r["forecaster"] for r in rows} == {"baseline", "baseline-emerged", "mass-exp", "entropy-exp",
+                                               "escape-law", "regression"}
     assert {r["fraction"] for r in rows} <= {0.125, 0.375, 0.625, 0.875}
     for r in rows:
         assert 0 <= r["n_forecast"] <= r["n_test"]

@@ -1,6 +1,6 @@
 """Forecast, while an output is still on its plateau, the step at which it will emerge.
 
-Four forecasters, each fitted on **training seeds** and asked about one output of one other seed at a
+Five forecasters, each fitted on **training seeds** and asked about one output of one other seed at a
 step ``t``; each sees only the probes at steps ``<= t`` (:meth:`OutputCurves.upto` is the first thing
 every ``predict`` does, so a run truncated at ``t`` and the full run with cut-off ``t`` give the same
 answer; ``tests/test_forecast.py`` checks it).
@@ -14,6 +14,10 @@ answer; ``tests/test_forecast.py`` checks it).
   grows during the plateau.  A least-squares line of ``log m`` against step over the last ``window``
   probes (growth rate ``r``) is extrapolated to the mass the carrying head had at emergence on the
   training seeds (``M*``, per output): ``t + (log M* - log m_fit(t)) / r``.  No forecast when ``r <= 0``.
+* :class:`EntropyForecaster` (``entropy-exp``): the same extrapolation without the ground truth: the head
+  whose attention entropy at the output's queries fell most (as a ratio to its initial level), a line of
+  its ``log H`` over the window extrapolated down to the entropy the sharpest head had at emergence on the
+  training seeds (``H*``, per output).  No forecast when the entropy is not falling.
 * :class:`EscapeForecaster` (``escape-law``): the escape-time law of a plateau with a positive feedback
   loop (Zucchet et al. 2025: the signal from the relevant token under near-uniform attention is weak,
   attending to it strengthens the readout, which strengthens the attention).  A signal ``x`` fed by
@@ -75,7 +79,7 @@ from .curves import detect_emergence, smooth_curve
 from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
 
-__all__ = ["BaselineForecaster", "BinnedQuantiles", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
+__all__ = ["BaselineForecaster", "BinnedQuantiles", "EntropyForecaster", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
            "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook", "RegressionForecaster", "curves_from_metrics",
            "default_forecasters", "evaluate_forecasts", "forecast_run",
            "load_examples", "on_plateau"]
@@ -90,6 +94,7 @@ MIN_CALIBRATION = 20    # a setting is chosen only with at least this many calib
 CONDITION_BINS = 1      # calibration bins of the forecast's own horizon log(R / t) (1: one pool, marginal)
 MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial level, 3 more the current one
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
+_MIN_ENTROPY = 1e-6     # nats: attention entropy floor before logarithms (a one-hot row has 0)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -421,6 +426,59 @@ class MassForecaster(_ModelForecaster):
         return (math.log(target) - level) / rate, ""
 
 
+def _falling_head(entropy: np.ndarray) -> int:
+    """The head (row of ``entropy [H, n]``) whose attention entropy fell most, as a ratio to its initial
+    level (median of the first 3 probes; the level at ``t`` is the mean of the last 3 probes)."""
+    e = np.maximum(entropy, _MIN_ENTROPY)
+    return int(np.argmax(np.log(np.median(e[:, :3], axis=1)) - np.log(e[:, -3:].mean(axis=1))))
+
+
+class EntropyForecaster(_ModelForecaster):
+    """Exponential extrapolation of the falling attention entropy of the head whose entropy fell most, to
+    the entropy the sharpest head had at emergence on the training seeds (``H*``, per output). The mirror
+    of :class:`MassForecaster` without the ground truth: a head that sharpens onto any keys counts."""
+
+    name = "entropy-exp"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.target: dict[int, float] = {}
+        self.target_all: float | None = None
+
+    def entropy(self, c: OutputCurves) -> np.ndarray:
+        """``[H, n]`` attention entropy (at least ``_MIN_ENTROPY``), trailing-mean smoothed over ``smooth``
+        probes."""
+        e = np.maximum(c.entropy, _MIN_ENTROPY)
+        k = self.smooth or 1
+        return e if k == 1 or not e.shape[1] else np.stack([smooth_curve(x, k) for x in e])
+
+    def fit_threshold(self, examples: Sequence[Example]) -> None:
+        by_output: dict[int, list[float]] = {}
+        for e in examples:
+            if not e.emerged:
+                continue
+            k = int(np.searchsorted(e.curves.steps, e.step, side="right")) - 1
+            by_output.setdefault(e.output, []).append(float(np.maximum(e.curves.entropy[:, k], _MIN_ENTROPY).min()))
+        self.target = {k: float(np.median(v)) for k, v in by_output.items()}
+        every = [x for v in by_output.values() for x in v]
+        self.target_all = float(np.median(every)) if every else None
+
+    def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
+        target = self.target.get(output, self.target_all)
+        if target is None:
+            return None, "no training seed emerged on this output"
+        entropy = self.entropy(c)
+        h = _falling_head(entropy)
+        w = min(window, c.steps.size)
+        x, y = c.steps[-w:].astype(float), np.log(entropy[h, -w:])
+        level, rate, _ = _line(x, y)
+        if level <= math.log(target):
+            return float(c.steps[-1] - c.steps[-2]), ""  # at the target already: the next probe
+        if -rate * (x[-1] - x[0]) <= _TINY:  # log entropy fell by less than _TINY over the window
+            return None, "no head's attention entropy is falling"
+        return (level - math.log(target)) / -rate, ""
+
+
 class EscapeForecaster(_ModelForecaster):
     """The escape-time law ``dx/dt = k x^2`` fitted to the leading head's excess mass (see the module)."""
 
@@ -515,10 +573,11 @@ class RegressionForecaster:
 
 
 def default_forecasters(condition_bins: int = CONDITION_BINS) -> list[Any]:
-    """The five forecasters; ``condition_bins`` > 1 calibrates the three model forecasters per bin of
+    """The six forecasters; ``condition_bins`` > 1 calibrates the three model forecasters per bin of
     their forecast's own horizon ``log(R / t)`` (:class:`BinnedQuantiles`) instead of over every point."""
     return [BaselineForecaster(), BaselineForecaster(emerged_only=True), MassForecaster(condition_bins=condition_bins),
-            EscapeForecaster(condition_bins=condition_bins), RegressionForecaster(condition_bins=condition_bins)]
+            EntropyForecaster(condition_bins=condition_bins), EscapeForecaster(condition_bins=condition_bins),
+            RegressionForecaster(condition_bins=condition_bins)]
 
 
 # ---------------------------------------------------------------------------------------------- loading
