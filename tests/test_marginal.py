@@ -12,7 +12,8 @@ import torch
 
 import emergelab.tasks.marginal as marginal
 from emergelab.tasks import (MARGINAL_SEQUENCES, TASKS, CellularAutomataConfig, LinearMapConfig, make_generator,
-                             marginal_tokens, output_marginal_losses, output_marginal_losses_reference, seed_task)
+                             marginal_sequences, marginal_tokens, output_marginal_losses,
+                             output_marginal_losses_reference, seed_task)
 
 SMALL = {  # every built-in task, small enough for a Python loop over its pairs
     "linear-map": {"state_size": 6, "sparsity": 2},
@@ -72,6 +73,15 @@ def test_no_prediction_from_the_position_alone_beats_the_optimum(name):
                 assert got[o] >= optimum - 0.01, (o, got[o], optimum)
 
 
+def test_long_sequences_sample_fewer():
+    from emergelab.tasks import marginal_sequences
+
+    assert [marginal_sequences(L) for L in (16, 256, 257, 1024, 4096, 10**6)] == [4096, 4096, 4080, 1024, 256, 256]
+    for name in SMALL:  # every built-in task at its defaults samples the full 4096
+        cfg = TASKS[name]()
+        assert marginal_sequences(cfg.build(make_generator(0)).seq_len) == MARGINAL_SEQUENCES
+
+
 def test_the_sample_is_its_own_stream():
     """The marginal's sequences come from their own generator: not the held-out batch, not the data."""
     from emergelab.tasks import held_out_tokens
@@ -98,7 +108,8 @@ def test_a_run_records_it_once_per_seed(tmp_path):
     assert {r["step"] for r in recorded} == {0} and len(recorded) == 2 * 4
     for seed in (0, 1):
         task = seed_task(config.task, config.train.seed, seed)
-        want = output_marginal_losses(task, marginal_tokens(task, config.train.seed, seed, MARGINAL_SEQUENCES))
+        sample = marginal_tokens(task, config.train.seed, seed, marginal_sequences(task.seq_len))
+        want = output_marginal_losses(task, sample)
         got = [r["value"] for r in recorded if r["seed"] == seed]
         assert got == want.tolist()
     assert pq.read_table(tmp_path / "r" / "metrics.parquet").num_rows == len(rows)

@@ -79,10 +79,10 @@ from .curves import detect_emergence, smooth_curve
 from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
 
-__all__ = ["BaselineForecaster", "BinnedQuantiles", "EntropyForecaster", "EscapeForecaster", "Example", "Forecast", "ForecastEvaluation",
-           "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook", "RegressionForecaster", "curves_from_metrics",
-           "default_forecasters", "evaluate_forecasts", "forecast_run",
-           "load_examples", "on_plateau"]
+__all__ = ["BaselineForecaster", "BinnedQuantiles", "EntropyForecaster", "EscapeForecaster", "Example",
+           "Forecast", "ForecastEvaluation", "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook",
+           "RegressionForecaster", "curves_from_metrics", "default_forecasters", "evaluate_forecasts",
+           "forecast_run", "load_examples", "on_plateau"]
 
 COVERAGE = 0.8          # nominal coverage of every interval
 N_MOMENTS = 16         # forecast moments per run: probe steps nearest a geometric grid (the same for every seed)

@@ -5,14 +5,16 @@ says; what it learns after that (a plateau, then a drop) is what the task asks b
 loss of output ``o`` is the mean over its (sequence, position) pairs of ``-ln q_p(target)``, where ``q_p``
 is the frequency of each token as the target at position ``p`` among the pairs that count there for ``o``
 (``output_index``, or per sequence ``sample_output_index``): the plug-in entropy of the target at each of
-the output's positions, averaged over its pairs as ``loss_pos`` averages. The bit of the linear map: ``ln 2``; a cellular
-automaton's uniform first state: ``ln k``, its optimum, so nothing to learn beyond the marginal.
+the output's positions, averaged over its pairs as ``loss_pos`` averages. The bit of the linear map:
+``ln 2``; a cellular automaton's uniform first state: ``ln k``, its optimum, so nothing to learn beyond
+the marginal.
 
 Estimated from ``n`` sampled sequences; the plug-in entropy lies below the true one by about
-``(K - 1) / (2 N)`` for ``K`` tokens seen at a position ``N`` times (0.002 nats for ``K = 17`` at ``N = 4096``).
-Training records it once per seed as the step-0 metric ``marginal_loss`` (``train.group``), from a sample of
-its own (:func:`~emergelab.tasks.seeding.marginal_tokens`): ``analysis.emergence`` reads it to tell an output
-with nothing to learn from one learned before a run's first probes could show its plateau.
+``(K - 1) / (2 N)`` for ``K`` tokens seen at a position ``N`` times (0.002 nats for ``K = 17`` at
+``N = 4096``). Training records it once per seed as the step-0 metric ``marginal_loss`` (``train.group``),
+from :func:`marginal_sequences` sequences of its own (:func:`~emergelab.tasks.seeding.marginal_tokens`):
+``analysis.emergence`` reads it to tell an output with nothing to learn from one learned before a run's
+first probes could show its plateau.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ import torch
 from .base import Task, supports_sample_outputs
 
 MARGINAL_SEQUENCES = 4096  # sequences a run samples per seed to measure the marginal losses (module doc)
+MARGINAL_TOKENS = 1 << 20  # ... fewer for long sequences, down to MIN_MARGINAL_SEQUENCES: at most ~1M tokens
+MIN_MARGINAL_SEQUENCES = 256
+
+
+def marginal_sequences(seq_len: int) -> int:
+    """How many sequences of ``seq_len`` tokens a run samples per seed for the marginal losses: 4096 up to
+    256 tokens a sequence (every built-in task at its defaults), fewer beyond so a long-sequence task stays
+    at ~1M tokens, never fewer than 256."""
+    return max(MIN_MARGINAL_SEQUENCES, min(MARGINAL_SEQUENCES, MARGINAL_TOKENS // max(int(seq_len), 1)))
 DENSE_CELLS = 1 << 22  # (position, output, token) cells counted densely; more are counted by sorting
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import (MARGINAL_SEQUENCES, held_out_tokens, make_generator, marginal_tokens, output_marginal_losses,
+from ..tasks import (held_out_tokens, make_generator, marginal_sequences, marginal_tokens, output_marginal_losses,
                      seed_streams, supports_fresh, supports_lengths, supports_rules, supports_sample_masks,
                      supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
@@ -254,8 +254,9 @@ class SeedGroup:
             fan_in = np.array([task.output_fan_in() for task in self.tasks], dtype=np.float64)  # [E, O]
             m.add(step, seeds, "fan_in", [str(i) for i in range(fan_in.shape[1])], fan_in)
         if step == 0:  # each output's loss from its position alone, once per seed (tasks.marginal)
+            n = marginal_sequences(self.tasks[0].seq_len)
             marginal = np.stack([output_marginal_losses(task, marginal_tokens(
-                task, self.config.train.seed, i, MARGINAL_SEQUENCES, self.device)).numpy()
+                task, self.config.train.seed, i, n, self.device)).numpy()
                 for task, i in zip(self.tasks, self.seeds)])  # [E, O]
             m.add(step, seeds, "marginal_loss", [str(i) for i in range(marginal.shape[1])], marginal)
         if self.on_record is not None:
