@@ -389,6 +389,18 @@ def _moments_before(e: Example) -> list[float]:
     return [t for t in forecast_moments(e.curves.steps) if t < e.censored_step]
 
 
+def _level_at_emergence(examples: Sequence[Example], level: Any) -> tuple[dict[int, float], float | None]:
+    """``level(curves, k)`` at the probe ``k`` of each emerged training example's emergence step: per output
+    the median over the examples, and the median over every output's (None when none emerged)."""
+    by_output: dict[int, list[float]] = {}
+    for e in examples:
+        if e.emerged:
+            k = int(np.searchsorted(e.curves.steps, e.step, side="right")) - 1
+            by_output.setdefault(e.output, []).append(level(e.curves, k))
+    every = [x for v in by_output.values() for x in v]
+    return {k: float(np.median(v)) for k, v in by_output.items()}, (float(np.median(every)) if every else None)
+
+
 class MassForecaster(_ModelForecaster):
     """Exponential extrapolation of the leading head's ground-truth mass to ``M*`` (see the module)."""
 
@@ -400,15 +412,7 @@ class MassForecaster(_ModelForecaster):
         self.target_all: float | None = None
 
     def fit_threshold(self, examples: Sequence[Example]) -> None:
-        by_output: dict[int, list[float]] = {}
-        for e in examples:
-            if not e.emerged:
-                continue
-            k = int(np.searchsorted(e.curves.steps, e.step, side="right")) - 1
-            by_output.setdefault(e.output, []).append(float(e.curves.mass[:, k].max()))
-        self.target = {k: float(np.median(v)) for k, v in by_output.items()}
-        every = [x for v in by_output.values() for x in v]
-        self.target_all = float(np.median(every)) if every else None
+        self.target, self.target_all = _level_at_emergence(examples, lambda c, k: float(c.mass[:, k].max()))
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         target = self.target.get(output, self.target_all)
@@ -453,15 +457,8 @@ class EntropyForecaster(_ModelForecaster):
         return e if k == 1 or not e.shape[1] else np.stack([smooth_curve(x, k) for x in e])
 
     def fit_threshold(self, examples: Sequence[Example]) -> None:
-        by_output: dict[int, list[float]] = {}
-        for e in examples:
-            if not e.emerged:
-                continue
-            k = int(np.searchsorted(e.curves.steps, e.step, side="right")) - 1
-            by_output.setdefault(e.output, []).append(float(np.maximum(e.curves.entropy[:, k], _MIN_ENTROPY).min()))
-        self.target = {k: float(np.median(v)) for k, v in by_output.items()}
-        every = [x for v in by_output.values() for x in v]
-        self.target_all = float(np.median(every)) if every else None
+        self.target, self.target_all = _level_at_emergence(
+            examples, lambda c, k: float(np.maximum(c.entropy[:, k], _MIN_ENTROPY).min()))
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         target = self.target.get(output, self.target_all)
