@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from .curves import detect_emergence, detect_jumps
-from .fetch import arrow, fetch_curves, rows_table
+from .fetch import arrow, fetch_curves, rows_table, step0_by_seed
 
 __all__ = ["Optima", "curve_emergence", "learned_before_probes", "marginal_by_seed", "position_of", "run_optima"]
 
@@ -95,12 +95,7 @@ def marginal_by_seed(con: Any) -> dict[tuple[str, int], dict[int, float]]:
     """The step-0 ``marginal_loss`` metric (``tasks.marginal``: each output's best loss from its position
     alone) of every run and seed in the store ``con``: ``(run, seed)`` -> output -> nats. Runs made before
     emergelab recorded it (2026-11-27) have none."""
-    out: dict[tuple[str, int], dict[int, float]] = {}
-    for run, seed, index, value in con.sql("SELECT run, seed, \"index\", value FROM metrics "
-                                           "WHERE metric = 'marginal_loss' AND step = 0").fetchall():
-        if value is not None and np.isfinite(value):
-            out.setdefault((run, int(seed)), {})[int(index)] = float(value)
-    return out
+    return {key: {int(i): v for i, v in values.items()} for key, values in step0_by_seed(con, "marginal_loss").items()}
 
 
 def learned_before_probes(first: float, optimum: float, marginal: float | None,

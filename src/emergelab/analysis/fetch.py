@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["Curves", "arrow", "fetch_curves", "rows_table"]
+__all__ = ["Curves", "arrow", "fetch_curves", "rows_table", "step0_by_seed"]
 
 
 @dataclass
@@ -87,3 +87,15 @@ def rows_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     """A table of ``schema`` from row tuples."""
     columns = list(zip(*rows)) if rows else [[] for _ in schema]
     return pa.table({f.name: pa.array(list(c), type=f.type) for f, c in zip(schema, columns)}, schema=schema)
+
+
+def step0_by_seed(con: Any, metric: str) -> dict[tuple[str, int], dict[str, float]]:
+    """A step-0 metric (a task's structure, recorded once per seed: ``fan_in``, ``marginal_loss``) of every
+    run and seed in the store ``con``: ``(run, seed)`` -> index -> value; NaN values left out (none for a
+    run that did not record it)."""
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for run, seed, index, value in con.execute('SELECT run, seed, "index", value FROM metrics '
+                                               "WHERE metric = ? AND step = 0", [metric]).fetchall():
+        if value is not None and np.isfinite(value):
+            out.setdefault((run, int(seed)), {})[str(index)] = float(value)
+    return out

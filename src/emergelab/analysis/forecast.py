@@ -521,11 +521,6 @@ class RegressionForecaster:
         self.coef: np.ndarray | None = None
         self.calibration = BinnedQuantiles((), ((0.0, 0.0, 0.0),))  # residuals, by the fitted log((E - t) / t)
 
-    @property
-    def residual_q(self) -> tuple[float, float, float]:
-        """The residual quantiles of a marginal calibration (its one bin)."""
-        return self.calibration.q[0]
-
     def features(self, c: OutputCurves) -> np.ndarray:
         h = _leading_head(c.mass)
         m = np.maximum(c.mass[h], 1e-12)

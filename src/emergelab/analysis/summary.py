@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from ..store import RunDir, connect
 from .emergence import curve_emergence
+from .fetch import step0_by_seed
 
 
 def summarize_run(run: RunDir) -> dict[str, Any]:
@@ -82,11 +83,7 @@ def copy_outputs(fan_in: Mapping[str, int]) -> set[str]:
 def fan_in_by_seed(con: Any) -> dict[tuple[str, int], dict[str, int]]:
     """The step-0 ``fan_in`` metric of every run and seed in the store ``con``: ``(run, seed)`` -> output
     index -> fan-in (none for a task that does not record it)."""
-    fan_in: dict[tuple[str, int], dict[str, int]] = {}
-    for run, seed, index, value in con.sql("SELECT run, seed, \"index\", value FROM metrics "
-                                           "WHERE metric = 'fan_in' AND step = 0").fetchall():
-        fan_in.setdefault((run, int(seed)), {})[str(index)] = int(value)
-    return fan_in
+    return {key: {i: int(v) for i, v in fans.items()} for key, fans in step0_by_seed(con, "fan_in").items()}
 
 
 def fresh_loss_by_seed(con: Any) -> dict[tuple[str, int], float]:
