@@ -559,6 +559,47 @@ def test_configs_are_labelled_by_task_or_model_name_before_a_size_that_differs_a
 
     rows = [{"run": "a", "task.name": "linear-map", "model.head_dim": 4, "model.name": "transformer"},
             {"run": "b", "task.name": "count", "model.head_dim": 8, "model.name": "transformer"}]
-    assert _grouping(rows, None, None, False) == (["task.name"], {})
+    assert _grouping(rows, None, None, False) == (["task.name"], {}, [])  # the name explains head_dim
     rows = [{**r, "task.name": "linear-map", "model.name": m} for r, m in zip(rows, ("transformer", "mlp-mixer"))]
-    assert _grouping(rows, None, None, False) == (["model.name"], {})
+    assert _grouping(rows, None, None, False) == (["model.name"], {}, [])
+
+
+def test_zipped_fields_are_named_beside_the_config_they_go_with(tmp_path, capsys):
+    """Two fields of a sweep's zip change together: one defines the configs, the other splits nothing but
+    is named in each config's label and columns, and not where the task's name explains it."""
+    from emergelab.analysis.runs import _grouping, config_label
+
+    ca = {"task.name": "cellular-automata", "task.state_size": 8}
+    rows = [{"run": "a", **ca, "task.rules": 4, "task.pool_fraction": 0.5},
+            {"run": "b", **ca, "task.rules": 0, "task.pool_fraction": 1.0}]
+    assert _grouping(rows, None, None, False) == (["task.pool_fraction"], {}, ["task.rules"])
+    assert _grouping(rows, ["task.rules"], None, False) == (["task.rules"], {}, ["task.pool_fraction"])
+    # a linear map beside them: its own state size goes with its name; the rules do not (None there)
+    rows.append({"run": "c", "task.name": "linear-map", "task.state_size": 16, "task.rules": None,
+                 "task.pool_fraction": None})
+    by, pooled, aliases = _grouping(rows, None, None, False)
+    assert by == ["task.name", "task.pool_fraction"] and aliases == ["task.rules"]
+    assert config_label(by, ("linear-map", None), aliases, (None,)) == "name=linear-map, pool_fraction=None"
+    assert config_label(by, ("cellular-automata", 0.5), aliases, (4,)) == \
+        "name=cellular-automata, pool_fraction=0.5, rules=4"
+    assert config_label(["task.name", "model.name"], ("a", "b")) == "task.name=a, model.name=b"
+
+    # end to end: sparsity zipped with heads (the width d_model = heads * head_dim goes too, derived)
+    drops = {0: [100, 200, 300, 400], 1: [200, 300, 400, 500]}
+    fake_run(tmp_path / "s1h4", planted_rows(drops, seeds=(0, 1)), sparsity=1, heads=4, optima=lm_optima(4))
+    fake_run(tmp_path / "s2h8", planted_rows(drops, seeds=(0, 1), heads=8), sparsity=2, heads=8,
+             optima=lm_optima(4))
+    result = analyze_runs(connect(tmp_path), n_boot=50)
+    assert result.by == ["model.heads"] and result.aliases == ["task.sparsity"] and result.pooled == {}
+    assert [(g["label"], g["model.heads"], g["task.sparsity"]) for g in result.groups.to_pylist()] == [
+        ("heads=4, sparsity=1", 4, 1), ("heads=8, sparsity=2", 8, 2)]
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "change only together with the config fields (zipped), so named beside them: task.sparsity" in text
+    assert "heads=8, sparsity=2" in text
+    assert main(["analyze", str(tmp_path), "--vs", "task.sparsity", "--out", str(tmp_path / "o2")]) == 2
+    assert "--vs task.sparsity: changes only together with model.heads here; make it the config field with " \
+        "--by task.sparsity" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path), "--by", "task.sparsity", "--vs", "task.sparsity",
+                 "--out", str(tmp_path / "o3")]) == 0
+    assert "sparsity=1, heads=4" in capsys.readouterr().out

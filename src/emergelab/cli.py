@@ -461,7 +461,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.outcome is not None:
         return _analyze_outcome(con, args.outcome, by[0], args.success_at, out, len(runs))
     result = analyze_runs(con, by=by, pool=pool, pool_rest=args.pool_rest, solved_tol=args.solved_tol)
-    if args.vs and args.vs not in result.groups.column_names:
+    if args.vs and args.vs in result.aliases:
+        raise ConfigError(f"--vs {args.vs}: changes only together with {', '.join(result.by)} here; make it the "
+                          f"config field with --by {args.vs}")
+    if args.vs and args.vs not in result.by:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
     heads = attribute_heads(con, emergence=(result.curves, result.jumps))
     print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "

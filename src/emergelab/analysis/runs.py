@@ -27,7 +27,10 @@ copy; per config ``first_step_no_copies_median``) measures the search for the ta
 Per config (``RunAnalysis.groups``): runs are grouped by the ``by`` config fields **and every other
 field that differs between them** (so runs that differ in, say, heads are never pooled by accident);
 fields are pooled only when asked (``pool`` or ``pool_rest``), and ``RunAnalysis.pooled`` names them
-with their values.  See :func:`analyze_runs`.
+with their values. A field that differs between runs but changes only together with the config fields
+(two fields of a sweep's ``zip``: ``task.rules`` beside ``task.pool_fraction``) splits no config; it is
+named beside them in each config's label and columns (``RunAnalysis.aliases``) unless the task's or the
+model's name explains it (a counting run's own fields beside a linear map's).  See :func:`analyze_runs`.
 
 Example::
 
@@ -56,7 +59,8 @@ from .seeds import solved_fraction_curve
 from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
 from .summary import copied_outputs
 
-__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "copy_statistics", "default_by", "plateau_scaling"]
+__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "config_aliases", "config_label", "copy_statistics",
+           "default_by", "plateau_scaling"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -94,14 +98,16 @@ def _sort_key(value: Any) -> tuple:
     return (1, 0.0, str(value))
 
 
-def _label(by: Sequence[str], key: tuple) -> str:
+def config_label(by: Sequence[str], key: tuple, aliases: Sequence[str] = (), alias_key: tuple = ()) -> str:
     """``sparsity=2, heads=4``: each field by its last part, or in full where two fields share it
-    (``task.name=linear-map, model.name=mamba``)."""
-    if not by:
+    (``task.name=linear-map, model.name=mamba``); then the ``aliases`` the config has a value for."""
+    fields = [*by, *(f for f, v in zip(aliases, alias_key) if v is not None)]
+    values = [*key, *(v for v in alias_key if v is not None)]
+    if not fields:
         return "all runs"
-    last = [f.split(".")[-1] for f in by]
-    names = [f if last.count(short) > 1 else short for f, short in zip(by, last)]
-    return ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, key))
+    last = [f.split(".")[-1] for f in fields]
+    names = [f if last.count(short) > 1 else short for f, short in zip(fields, last)]
+    return ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, values))
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -142,7 +148,9 @@ class RunAnalysis:
 
     ``by``: the fields that define a config (the requested ones first, then every other field that
     differs and was not pooled); ``requested_by``: the fields asked for (None: the default);
-    ``pooled``: field -> the distinct values whose runs were pooled into the same configs.
+    ``pooled``: field -> the distinct values whose runs were pooled into the same configs;
+    ``aliases``: fields that differ between runs only together with the ``by`` fields (zipped with one),
+    shown in each config's ``label`` and as ``groups`` columns after the ``by`` fields.
     """
 
     by: list[str]
@@ -155,6 +163,7 @@ class RunAnalysis:
     requested_by: list[str] | None = None
     pooled: dict[str, list[Any]] = field(default_factory=dict)
     fresh_curves: pa.Table = field(default_factory=lambda: fresh_progress({}, []))
+    aliases: list[str] = field(default_factory=list)
 
     @property
     def added_by(self) -> list[str]:
@@ -168,8 +177,10 @@ class RunAnalysis:
 
 
 def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequence[str] | None,
-              pool_rest: bool) -> tuple[list[str], dict[str, list[Any]]]:
-    """``(by, pooled)``: the fields that define a config and the pooled fields with their values."""
+              pool_rest: bool) -> tuple[list[str], dict[str, list[Any]], list[str]]:
+    """``(by, pooled, aliases)``: the fields that define a config, the pooled fields with their values, and
+    the differing fields that the config fields determine (zipped with them; not derived, not asked to be
+    pooled, and not explained by the task's or the model's name alone)."""
     columns = sorted({k for row in rows for k in row} - {"run"})
     fields_text = ", ".join(c for c in columns if not c.startswith(IGNORED_PREFIXES))
     pool = list(pool or [])
@@ -196,7 +207,15 @@ def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequen
                 out.append(f)
     pooled = {f: sorted({row.get(f) for row in rows}, key=_sort_key)
               for f in differing if f not in out and _splits(rows, out, f)}
-    return out, pooled
+    return out, pooled, config_aliases(rows, out, exclude=pool)
+
+
+def config_aliases(rows: list[dict[str, Any]], fields: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
+    """The fields that differ between ``rows`` (runs) but only together with ``fields`` (zipped with them,
+    so they split no config), less derived fields, ``exclude`` and those the task's or the model's name
+    alone explains (a counting run's own fields beside a linear map's)."""
+    return [f for f in default_by(rows) if f not in fields and f not in exclude and f not in DERIVED_FIELDS
+            and f not in NAME_FIELDS and not _splits(rows, fields, f) and _splits(rows, NAME_FIELDS, f)]
 
 
 def _splits(rows: list[dict[str, Any]], fields: Sequence[str], f: str) -> bool:
@@ -244,7 +263,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         raise ConfigError(f"solved_tol={solved_tol!r}: must be a number >= 0")
     rows = _run_rows(con)
     requested = None if by is None else list(by)
-    by, pooled = _grouping(rows, requested, pool, pool_rest)
+    by, pooled, aliases = _grouping(rows, requested, pool, pool_rest)
     optima = run_optima(con)
     curves, jumps = curve_emergence(con, fraction=fraction, plateau_fraction=plateau_fraction, smooth=smooth,
                                     persist=persist, jump_fraction=jump_fraction, nothing_to_learn=solved_tol,
@@ -252,6 +271,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
 
     # ---- groups of runs
     key_of = {row["run"]: tuple(row.get(f) for f in by) for row in rows}
+    alias_of = {key: tuple(row.get(f) for f in aliases) for row in rows for key in [key_of[row["run"]]]}
     keys = sorted(set(key_of.values()), key=lambda k: tuple(_sort_key(v) for v in k))
     group_of_key = {k: g for g, k in enumerate(keys)}
     group_of_run = {run: group_of_key[k] for run, k in key_of.items()}
@@ -288,7 +308,8 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         finite_final = final[np.isfinite(final)]
         bm = bimodality(finite_final, n_boot=n_boot, rng=rng) if finite_final.size >= 4 else {}
         runs_in = sorted({r for r, gg in group_of_run.items() if gg == g})
-        row = {"group": g, "label": _label(by, key), **{f: v for f, v in zip(by, key)},
+        row = {"group": g, "label": config_label(by, key, aliases, alias_of[key]),
+               **{f: v for f, v in zip(by + aliases, key + alias_of[key])},
                "n_runs": len(runs_in), "n_seeds": n, "n_solved": int(solved.sum()),
                "solved_fraction": float(solved.mean()) if n else None,
                "emergence_median": _f(med), "emergence_q25": _f(q25), "emergence_q75": _f(q75),
@@ -317,7 +338,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
                                                    ("p", pa.float64()), ("lo", pa.float64()),
                                                    ("hi", pa.float64())]))
     return RunAnalysis(by, curves, jumps, seeds, groups, solved_curves, solved_tol, requested, pooled,
-                       fresh_progress(fresh, seed_rows))
+                       fresh_progress(fresh, seed_rows), aliases)
 
 
 def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> list[dict[str, Any]]:
@@ -350,7 +371,7 @@ def plateau_scaling(result: RunAnalysis, field: str, *, ci: float = 0.95) -> lis
         n_x = int(np.unique(x[use]).size)
         reason = None if fit else (f"{n_x} value(s) of {field.split('.')[-1]} with an ended plateau median; "
                                    f"a fit needs {MIN_DISTINCT_X}")
-        out.append({"series": _label(others, key), "x": x, "y": y, "censored_mask": cens,
+        out.append({"series": config_label(others, key), "x": x, "y": y, "censored_mask": cens,
                     "censored": sorted(float(v) for v in x[cens]), "fit": fit, "reason": reason})
     return out
 

@@ -38,7 +38,7 @@ from ..analysis.emergence import curve_emergence
 from ..analysis.fetch import Curves, arrow, fetch_curves
 from ..analysis.forecast import forecast_run
 from ..analysis.heads import attribute_heads
-from ..analysis.runs import analyze_runs, copy_statistics, default_by
+from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_statistics, default_by
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
 from ..analysis.summary import copied_outputs
 from ..config import ConfigError
@@ -317,13 +317,6 @@ def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- sweep
-def _label(fields: list[str], key: tuple) -> str:
-    if not fields:
-        return "all runs"
-    return ", ".join(f"{f.split('.')[-1]}={v:g}" if isinstance(v, float) else f"{f.split('.')[-1]}={v}"
-                     for f, v in zip(fields, key))
-
-
 def _sort_key(key: tuple) -> tuple:
     return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
                  for v in key)
@@ -333,8 +326,11 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
               steps_of: dict[str, np.ndarray]) -> dict[str, Any]:
     """Groups of the runs that agree on ``fields``: the ``emergelab analyze`` statistics per group (and
     the median last loss on fresh ground truth and its plateau, ``analysis.fresh``), P(solved by t) with its 95% bootstrap
-    band, and the solved seeds' emergence steps."""
+    band, and the solved seeds' emergence steps. A group's label names the fields zipped with ``fields``
+    too (``analysis.runs.config_aliases``)."""
     key_of = {r["run"]: tuple(r.get(f) for f in fields) for r in runs}
+    aliases = config_aliases(runs, fields)
+    alias_of = {key_of[r["run"]]: tuple(r.get(f) for f in aliases) for r in runs}
     groups = []
     for key in sorted(set(key_of.values()), key=_sort_key):
         members = [s for s in seeds if key_of.get(s["run"]) == key]
@@ -355,7 +351,7 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         fresh = [s["fresh_loss"] for s in members if s.get("fresh_loss") is not None]
         x = key[0] if len(fields) == 1 and isinstance(key[0], (int, float)) and not isinstance(key[0], bool) else None
         groups.append({
-            "label": _label(fields, key), "n_runs": len(runs_in), "n_seeds": len(members),
+            "label": config_label(fields, key, aliases, alias_of[key]), "n_runs": len(runs_in), "n_seeds": len(members),
             "n_solved": int(solved.sum()), "solved_fraction": _num(solved.mean()),
             "emergence_median": _num(stats["median"]), "emergence_q25": _num(stats["q25"]),
             "emergence_q75": _num(stats["q75"]),

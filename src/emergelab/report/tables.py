@@ -132,6 +132,9 @@ def format_pooling(result: Any) -> list[str]:
     if result.pooled:
         parts = [f"{f} in {{{', '.join(_fmt(v) for v in values)}}}" for f, values in result.pooled.items()]
         lines.append("pooled (runs that differ in these count as one config): " + "; ".join(parts))
+    if result.aliases:
+        lines.append(f"change only together with the config fields (zipped), so named beside them: "
+                     f"{', '.join(result.aliases)}")
     return lines
 
 
