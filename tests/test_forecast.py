@@ -196,10 +196,12 @@ def test_baseline_conditional_quantiles_match_slow_reference():
 
 
 # ------------------------------------------------------------------------------------------ stores
-def planted_run(path, seeds=8, outputs=4, heads=4, steps=np.arange(0, 1501, 25)):
+def planted_run(path, seeds=8, outputs=4, heads=4, steps=np.arange(0, 1501, 25), pattern=True):
     """A linear-map run directory (S = ``outputs``) whose output i of seed k emerges at
     ``E = 300 + 100 k + 50 i`` (a probe step) (seed 7's output 3: never): head ``i % heads`` grows its mass as
-    ``0.6 exp(0.006 (s - E))`` up to E, then 0.95; the other heads stay near 0.2 (noise)."""
+    ``0.6 exp(0.006 (s - E))`` up to E, then 0.95; the other heads stay near 0.2 (noise). ``pattern=False``:
+    as a task without a known pattern records it, no mass, and head ``i % heads``'s entropy falls as
+    ``0.2 exp(-0.006 (s - E))`` to E, then stays at 0.2; the other heads' stay near 2 nats (noise)."""
     import json
 
     import pyarrow as pa
@@ -233,8 +235,12 @@ def planted_run(path, seeds=8, outputs=4, heads=4, steps=np.arange(0, 1501, 25))
             for h in range(heads):
                 mine = np.where(steps <= E, 0.6 * np.exp(0.006 * np.minimum(steps - E, 0)), 0.95)
                 other = 0.2 + 0.01 * rng.standard_normal(steps.size)
-                add("attn_gt_mass_pos", f"0.{h}:{i}", k, mine if h == i % heads else other)
-                add("attn_entropy_pos", f"0.{h}:{i}", k, np.full(steps.size, 1.0))
+                if pattern:
+                    add("attn_gt_mass_pos", f"0.{h}:{i}", k, mine if h == i % heads else other)
+                    add("attn_entropy_pos", f"0.{h}:{i}", k, np.full(steps.size, 1.0))
+                else:
+                    sharp = 0.2 * np.exp(-0.006 * np.minimum(steps - E, 0)) if E < math.inf else 10 * other
+                    add("attn_entropy_pos", f"0.{h}:{i}", k, sharp if h == i % heads else 10 * other)
         add("loss", "", k, ((S - 1) * LN2 + sum(losses)) / (2 * S - 1))
     write_parquet(path / "metrics.parquet", pa.table(cols).cast(SCHEMA))
     return path
@@ -282,6 +288,31 @@ def test_evaluation_planted_mass_is_exact(planted):
         assert r["n_forecast"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
         assert r["coverage"] == 1.0
     assert any("never emerged" in n for n in ev.notes)
+
+
+def test_without_a_known_pattern_the_entropy_forecasts(tmp_path, capsys):
+    """A run that recorded no ground-truth mass (question formation's probes): its outputs are kept with
+    their entropy, ``entropy-exp`` is exact on the planted fall, the mass forecasters abstain and say why,
+    the live forecast uses the entropy, and the CLI runs."""
+    from emergelab.analysis.forecast import NO_PATTERN, LiveForecast
+
+    run = planted_run(tmp_path / "nopattern", pattern=False)
+    examples = load_examples(connect(run))
+    assert len(examples) == 8 * 4 and not any(e.curves.has_mass for e in examples)
+    assert all(np.isnan(e.curves.mass).all() and np.isfinite(e.curves.entropy).all() for e in examples)
+    ev = evaluate_forecasts(connect(run), examples=examples)
+    rows = {(r["forecaster"], r["fraction"]): r for r in ev.rows.to_pylist()}
+    for f in (0.125, 0.375, 0.625, 0.875):
+        r = rows[("entropy-exp", f)]
+        assert r["n_forecast"] == r["n_test"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
+        for name in ("mass-exp", "escape-law", "regression"):
+            assert rows[(name, f)]["n_forecast"] == 0
+    reasons = {r["reason"] for r in ev.forecasts.to_pylist() if r["forecaster"] == "mass-exp"}
+    assert NO_PATTERN in reasons
+    live = LiveForecast([e for e in examples if e.seed % 2 == 0], {i: 0.0 for i in range(4)})
+    assert isinstance(live.model, EntropyForecaster)
+    assert main(["forecast", str(run), "--at", "350"]) == 0
+    assert "entropy-exp" in capsys.readouterr().out
 
 
 def test_cli_forecast(planted, tmp_path, capsys):

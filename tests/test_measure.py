@@ -53,6 +53,9 @@ def slow_reference(model, tokens, task_of, gt_mask, output_index=None):
                 out[(e, "target_prob_pos", str(i))] = float(prob[where].mean())
                 out[(e, "accuracy_pos", str(i))] = float(acc[where].mean())
         pairs = [(b, p) for b in range(B) for p in range(P) if gt[b, p].any()]
+        known = bool(gt_mask.any())  # else no known pattern: the entropy over every pair that counts
+        if not known:
+            pairs = [(b, p) for b in range(B) for p in range(P) if int(index[b, p]) >= 0]
         for layer in range(len(single.blocks)):
             pattern = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # [B, H, P, P]
             for h in range(pattern.shape[1]):
@@ -62,11 +65,13 @@ def slow_reference(model, tokens, task_of, gt_mask, output_index=None):
                     ent.append(float(-(row * torch.log(row.clamp(min=1e-30))).sum()))
                     mass.append(float(row[gt[b, p]].sum()))
                 out[(e, "attn_entropy", f"{layer}.{h}")] = float(np.mean(ent))
-                out[(e, "attn_gt_mass", f"{layer}.{h}")] = float(np.mean(mass))
+                if known:
+                    out[(e, "attn_gt_mass", f"{layer}.{h}")] = float(np.mean(mass))
                 for i in range(task.n_outputs):
                     sel = [k for k, (b, p) in enumerate(pairs) if int(index[b, p]) == i]
                     if sel:
-                        out[(e, "attn_gt_mass_pos", f"{layer}.{h}:{i}")] = float(np.mean([mass[k] for k in sel]))
+                        if known:
+                            out[(e, "attn_gt_mass_pos", f"{layer}.{h}:{i}")] = float(np.mean([mass[k] for k in sel]))
                         out[(e, "attn_entropy_pos", f"{layer}.{h}:{i}")] = float(np.mean([ent[k] for k in sel]))
     return out
 
@@ -75,8 +80,9 @@ def slow_reference(model, tokens, task_of, gt_mask, output_index=None):
                                   {"name": "cellular-automata", "state_size": 3, "trajectory_length": 3,
                                    "alphabet": 3},
                                   {"name": "count", "max_number": 9, "train_max_length": 4, "eval_lengths": [6]},
-                                  {"name": "reverse-addition", "train_max_digits": 3, "eval_digits": [4]}],
-                         ids=["linear-map", "cellular-automata", "count", "reverse-addition"])
+                                  {"name": "reverse-addition", "train_max_digits": 3, "eval_digits": [4]},
+                                  {"name": "question-formation"}],
+                         ids=["linear-map", "cellular-automata", "count", "reverse-addition", "question-formation"])
 def test_batched_measurements_equal_the_per_seed_loops(task):
     config = ExperimentConfig.from_dict({"task": task, "model": {"layers": 2, "heads": 3, "head_dim": 4,
                                                                  "init_std": 0.5},
@@ -86,7 +92,7 @@ def test_batched_measurements_equal_the_per_seed_loops(task):
     metrics, snapshots = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask,
                                group.output_index, group.gt_mask, first.n_outputs)
     per_sequence = group.output_index if group.output_index.dim() == 3 else None
-    assert (per_sequence is not None) == (task["name"] in ("count", "reverse-addition"))
+    assert (per_sequence is not None) == (task["name"] in ("count", "reverse-addition", "question-formation"))
     reference = slow_reference(group.model, group.eval_tokens, group.tasks, group.gt_mask, per_sequence)
     batched = {}
     for m in metrics:
@@ -106,6 +112,36 @@ def test_batched_measurements_equal_the_per_seed_loops(task):
         assert any(key[1] == "loss_pos" for key in unmeasured)
     if task["name"] == "cellular-automata":  # the first state has no ground-truth query
         assert {key[1] for key in unmeasured} == {"attn_entropy_pos", "attn_gt_mass_pos"}
+    names = {m.name for m in metrics}
+    if task["name"] == "question-formation":  # no known pattern: the entropies over the output's pairs only
+        assert {"attn_entropy", "attn_entropy_pos"} <= names and not names & {"attn_gt_mass", "attn_gt_mass_pos"}
+        assert any(key[1] == "attn_entropy_pos" for key in reference)
+    else:
+        assert {"attn_entropy", "attn_entropy_pos", "attn_gt_mass", "attn_gt_mass_pos"} <= names
+
+
+def test_without_ground_truth_keys_the_entropy_is_over_every_query_of_the_output():
+    """The every-sequence path (output index ``[P]``) of a task with no ground-truth keys: the linear map's
+    probe given an empty ground truth against the loops; a task with neither keys nor outputs: nothing."""
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 5, "sparsity": 2},
+                                         "model": {"layers": 2, "heads": 3, "head_dim": 4, "init_std": 0.5},
+                                         "train": {"eval_batch_size": 6}}).resolved()
+    group = SeedGroup(config, [0, 3])
+    first = group.tasks[0]
+    empty = torch.zeros_like(group.gt_mask)
+    metrics, _ = probe(group.model, group.measurements, group.eval_tokens, first.loss_mask, group.output_index,
+                       empty, first.n_outputs, take_snapshots=False)
+    reference = slow_reference(group.model, group.eval_tokens, group.tasks, empty)
+    batched = {(e, m.name, label): m.values[e, k] for m in metrics for e in range(2) for k, label in enumerate(m.labels)}
+    assert {m.name for m in metrics} == {"loss", "accuracy", "target_prob", "loss_pos", "accuracy_pos",
+                                         "target_prob_pos", "attn_entropy", "attn_entropy_pos"}
+    assert sum(key[1] == "attn_entropy_pos" for key in reference) == 2 * 2 * 3 * first.n_outputs
+    for key, value in reference.items():
+        assert math.isclose(batched[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, batched[key], value)
+    no_outputs = torch.full_like(group.output_index, -1)
+    metrics, _ = probe(group.model, [group.measurements[1]], group.eval_tokens, first.loss_mask, no_outputs,
+                       empty, first.n_outputs, take_snapshots=False)
+    assert metrics == []
 
 
 def test_measurements_that_do_not_apply_are_skipped():

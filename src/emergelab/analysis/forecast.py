@@ -18,6 +18,8 @@ answer; ``tests/test_forecast.py`` checks it).
   whose attention entropy at the output's queries fell most (as a ratio to its initial level), a line of
   its ``log H`` over the window extrapolated down to the entropy the sharpest head had at emergence on the
   training seeds (``H*``, per output).  No forecast when the entropy is not falling.
+  The one model forecaster for a task without a known pattern (no ``attn_gt_mass_pos``: question
+  formation), where the three that read the mass abstain (:data:`NO_PATTERN`).
 * :class:`EscapeForecaster` (``escape-law``): the escape-time law of a plateau with a positive feedback
   loop (Zucchet et al. 2025: the signal from the relevant token under near-uniform attention is weak,
   attending to it strengthens the readout, which strengthens the attention).  A signal ``x`` fed by
@@ -95,13 +97,15 @@ CONDITION_BINS = 1      # calibration bins of the forecast's own horizon log(R /
 MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial level, 3 more the current one
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
 _MIN_ENTROPY = 1e-6     # nats: attention entropy floor before logarithms (a one-hot row has 0)
+NO_PATTERN = "no ground-truth attention (the task has no known pattern)"  # why a mass forecaster abstains
 
 
 # ---------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class OutputCurves:
     """One output of one seed.  ``steps [n]`` (increasing), ``loss [n]`` (``loss_pos``), ``mass [H, n]``
-    (``attn_gt_mass_pos`` per head), ``entropy [H, n]`` (``attn_entropy_pos``), ``heads [H]`` labels."""
+    (``attn_gt_mass_pos`` per head; all NaN for a task without a known pattern, ``has_mass`` False),
+    ``entropy [H, n]`` (``attn_entropy_pos``), ``heads [H]`` labels."""
 
     steps: np.ndarray
     loss: np.ndarray
@@ -113,6 +117,12 @@ class OutputCurves:
         """The probes at steps ``<= t`` (what exists at step ``t``)."""
         n = int(np.searchsorted(self.steps, t, side="right"))
         return OutputCurves(self.steps[:n], self.loss[:n], self.mass[:, :n], self.entropy[:, :n], self.heads)
+
+    @property
+    def has_mass(self) -> bool:
+        """Whether the run recorded ground-truth mass (False: a task without a known pattern, where only
+        the entropy and the baselines can forecast)."""
+        return bool(np.isfinite(self.mass).any())
 
 
 @dataclass(frozen=True)
@@ -412,9 +422,12 @@ class MassForecaster(_ModelForecaster):
         self.target_all: float | None = None
 
     def fit_threshold(self, examples: Sequence[Example]) -> None:
-        self.target, self.target_all = _level_at_emergence(examples, lambda c, k: float(c.mass[:, k].max()))
+        self.target, self.target_all = _level_at_emergence([e for e in examples if e.curves.has_mass],
+                                                           lambda c, k: float(c.mass[:, k].max()))
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
+        if not c.has_mass:
+            return None, NO_PATTERN
         target = self.target.get(output, self.target_all)
         if target is None or not target > 0:
             return None, "no training seed emerged with ground-truth mass on this output"
@@ -482,6 +495,8 @@ class EscapeForecaster(_ModelForecaster):
     name = "escape-law"
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
+        if not c.has_mass:
+            return None, NO_PATTERN
         if not on_plateau(c):
             return None, "the loss has left its plateau"
         mass = self.mass(c)
@@ -534,7 +549,7 @@ class RegressionForecaster:
     def fit(self, examples: Sequence[Example]) -> "RegressionForecaster":
         X, y = [], []
         for e in examples:
-            if not e.emerged:
+            if not e.emerged or not e.curves.has_mass:
                 continue
             for t in _moments_before(e):
                 X.append(self.features(e.curves.upto(t)))
@@ -556,6 +571,8 @@ class RegressionForecaster:
         c = curves.upto(t)
         if c.steps.size < MIN_PROBES:
             return _none(self.name, t, f"fewer than {MIN_PROBES} probes up to t")
+        if not c.has_mass:
+            return _none(self.name, t, NO_PATTERN)
         if self.coef is None:
             return _none(self.name, t, "too few emerged training outputs to fit")
         log_rest = float(self.features(c) @ self.coef)
@@ -577,8 +594,10 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
     """Every judged output of every run and seed in the store, with its emergence (``curve_emergence``).
 
     Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial level,
-    as in ``analysis.runs``) and outputs without ground-truth attention (mass 0 at every probe and head)
-    are left out.  Head curves are put on the loss curve's steps."""
+    as in ``analysis.runs``) and, in a task with ground-truth attention, outputs without any (mass 0 at
+    every probe and head: a cellular automaton's first state) are left out; a task without a known pattern
+    keeps its outputs with their entropy (``OutputCurves.has_mass`` False).  Head curves are put on the
+    loss curve's steps."""
     em, _ = curve_emergence(con, _optima_by_run=run_optima(con))
     truth = {(r["run"], r["seed"], r["target"]): r for r in em.to_pylist()}
     loss = fetch_curves(con, "loss_pos")
@@ -603,7 +622,7 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
         curves = _output_curves(steps, values, {
             h: tuple(None if k < 0 else c.curve(k) for c, k in ((mass, km), (entropy, ke)))
             for h, (km, ke) in heads.items()})
-        if curves is None:  # no ground-truth keys (a cellular automaton's first state)
+        if curves is None:  # no ground-truth keys (a cellular automaton's first state), or no head curve
             continue
         out.append(Example(run, seed, i, curves, bool(row["emerged"]),
                            float(row["step"]), row["optimum"], float(steps[-1])))
@@ -657,7 +676,8 @@ def evaluate_forecasts(con: Any, *, bins: Sequence[float] = BINS, make: Any = de
         raise ConfigError(f"bins {list(bins)!r}: need at least 2 increasing edges in [0, 1]")
     examples = list(load_examples(con) if examples is None else examples)
     if not examples:
-        raise ConfigError("no outputs with loss_pos and attn_gt_mass_pos curves to forecast")
+        raise ConfigError("no outputs with loss_pos and attention curves (attn_gt_mass_pos or attn_entropy_pos) "
+                          "to forecast")
     by_run: dict[str, list[Example]] = {}
     for e in examples:
         by_run.setdefault(e.run, []).append(e)
@@ -793,8 +813,8 @@ _LIVE_METRICS = ("loss_pos", "attn_gt_mass_pos", "attn_entropy_pos")
 def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
     """``(seed, output) -> OutputCurves`` from one run's metrics as a table of the store's schema (``step,
     seed, metric, index, value``), e.g. a training group's probes so far: what :func:`load_examples` reads
-    from the store, without the store.  Outputs without ground-truth keys (mass 0 at every probe and head)
-    are left out, as there; a step recorded twice keeps its first value."""
+    from the store, without the store.  Outputs without ground-truth keys in a task that has them (mass 0
+    at every probe and head) are left out, as there; a step recorded twice keeps its first value."""
     import pyarrow.compute as pc
 
     table = table.filter(pc.is_in(table["metric"], pa.array(_LIVE_METRICS)))
@@ -828,7 +848,8 @@ def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
 def _output_curves(steps: np.ndarray, values: np.ndarray, heads: dict[str, Any]) -> OutputCurves | None:
     """An output's curves from its loss ``(steps, values)`` and ``heads``: head label -> ``(mass, entropy)``,
     each ``(steps, values)`` or None; head curves are put on the loss steps, heads in (layer, head) order.
-    None where there is nothing to forecast: fewer than 2 probes, no heads, or no ground-truth keys."""
+    None where there is nothing to forecast: fewer than 2 probes, no heads, no ground-truth keys where the
+    run recorded a mass, or no entropy where it recorded none (a task without a known pattern)."""
     if not heads or steps.size < 2:
         return None
     names = tuple(sorted(heads, key=lambda h: tuple(int(p) for p in h.split("."))))
@@ -840,9 +861,11 @@ def _output_curves(steps: np.ndarray, values: np.ndarray, heads: dict[str, Any])
         return v if s.size == steps.size and (s == steps).all() else np.interp(steps, s, v)
 
     mass = np.stack([on_steps(heads[h][0]) for h in names])
-    if not (np.nan_to_num(mass) > 0).any():
+    entropy = np.stack([on_steps(heads[h][1]) for h in names])
+    recorded = any(heads[h][0] is not None for h in names)
+    if not (np.nan_to_num(mass) > 0).any() if recorded else not np.isfinite(entropy).any():
         return None
-    return OutputCurves(steps, values, mass, np.stack([on_steps(heads[h][1]) for h in names]), names)
+    return OutputCurves(steps, values, mass, entropy, names)
 
 
 @dataclass(frozen=True)
@@ -859,8 +882,9 @@ class OutputOutlook:
 
 class LiveForecast:
     """Forecasters fitted on finished runs, applied to a training run's probes as they arrive: each seed
-    and output not yet emerged gets ``mass-exp``'s calibrated point, or where it abstains (the head's mass
-    is not growing yet, too few probes) the ``baseline-emerged`` conditional median.  Everything it uses
+    and output not yet emerged gets ``mass-exp``'s calibrated point (``entropy-exp``'s for a task without a
+    known pattern), or where it abstains (the head's mass is not growing yet, too few probes) the
+    ``baseline-emerged`` conditional median.  Everything it uses
     exists at step ``t``; the training seeds are the finished runs', never the run being trained.
 
     Example::
@@ -879,7 +903,8 @@ class LiveForecast:
         if not any(e.emerged for e in examples):
             raise ConfigError("execution.forecast_from: no output of any seed there emerged, so there is "
                               "nothing to fit a forecaster on; give finished runs of the same task")
-        self.model = MassForecaster().fit(examples)
+        known = any(e.curves.has_mass for e in examples)
+        self.model = (MassForecaster() if known else EntropyForecaster()).fit(examples)
         self.baseline = BaselineForecaster(emerged_only=True).fit(examples)
         self.optima = dict(optima)
 

@@ -258,9 +258,17 @@ def plot_attention_entropy(table: pa.Table, config: Any, seeds: list[int],
         ax.set_ylabel("head (layer.head)")
     bar = fig.colorbar(mesh, ax=axes, shrink=0.9, pad=0.01)
     bar.set_label("attention entropy (nats)")
-    fig.suptitle(fit_lines(fig, "Attention entropy per head, mean over the queries with a ground-truth row"
+    over = ("the queries with a ground-truth row" if _has_pattern(config, seeds[0])
+            else "the queries of every output (the task has no known pattern)")
+    fig.suptitle(fit_lines(fig, f"Attention entropy per head, mean over {over}"
                                 f"{shown_seeds(config, seeds)}\n{describe(config, _sep(cols))}", 10), fontsize=10)
     return fig
+
+
+def _has_pattern(config: Any, seed: int) -> bool:
+    """Whether the run's task has ground-truth attention keys (question formation has none: its probes
+    average the entropy over every query of an output, ``train.measure.AttentionScores``)."""
+    return bool(seed_task(config.task, config.train.seed, seed).attention_mask.any())
 
 
 # ---------------------------------------------------------------------------------------------- figure 3
@@ -310,7 +318,8 @@ def _earliest_at_or_after(snapshots: list[int], step: int) -> int:
 def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[int],
                         max_heads: int = 3) -> "Figure | None":
     """Attention maps of the heads whose entropy dropped most, at init / before / after the drop, beside
-    the ideal pattern; ``None`` when the run saved no attention snapshots for these seeds."""
+    the ideal pattern (where the task has one); ``None`` when the run saved no attention snapshots for
+    these seeds."""
     import torch
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -332,7 +341,8 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
             start, end = drop_span(entropy.steps, entropy.row(label))
             chosen = [("init", snapshots[0]), ("before drop", _latest_at_or_before(snapshots, start)),
                       ("after drop", _earliest_at_or_after(snapshots, end))]
-            images = [("ideal: ground truth,\nrows normalised", ideal)]
+            # a task without a known pattern (question formation) has no ideal to show
+            images = [("ideal: ground truth,\nrows normalised", ideal)] if gt_block.any() else []
             for name, step in chosen:
                 if step not in cache:
                     cache[step] = run.load_attention(seed, step)
@@ -342,7 +352,7 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     if not panels:
         return None
 
-    n_rows, n_cols = len(panels), 4
+    n_rows, n_cols = len(panels), max(len(images) for *_, images, _ in panels)
     first_view = panels[0][4]
     aspect = (first_view.cols.stop - first_view.cols.start) / (first_view.rows.stop - first_view.rows.start)
     panel_w = min(3.4, max(1.9, 2.0 * aspect))  # inches of image
@@ -351,8 +361,12 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     # row labels (left), the colorbar (right), the suptitle and panel titles (top), ticks and labels.
     left, right, top, bottom, gap_w, gap_h = 1.2, 1.1, 0.95, 0.55, 0.15, 0.62
     width = left + n_cols * panel_w + (n_cols - 1) * gap_w + right
+    fig = Figure(figsize=(width, 1.0), dpi=DPI)
+    heading = fit_lines(fig, f"Heads whose entropy dropped most: rows = {first_view.row_label}, "
+                           f"columns = {first_view.col_label}\n{describe(config)}", 9)
+    top += 0.16 * max(0, heading.count("\n") - 1)  # room for every line past the two the margin was set for
     height = top + n_rows * panel_h + (n_rows - 1) * gap_h + bottom
-    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig.set_size_inches(width, height)
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True, gridspec_kw=dict(
         left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
         wspace=gap_w / panel_w, hspace=gap_h / panel_h))
@@ -382,9 +396,7 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     # a mixer's snapshot is its matrix normalised to |M| / sum |M| per row (train.measure.MixerPatternScores)
     bar.set_label("attention weight (batch mean)" if config.model.name == "transformer"
                   else "mixing weight |M|, row-normalised (batch mean)")
-    fig.suptitle(f"Heads whose entropy dropped most: rows = {first_view.row_label}, "
-                 f"columns = {first_view.col_label}\n{describe(config)}", fontsize=9, y=1 - 0.08 / height,
-                 va="top")
+    fig.suptitle(heading, fontsize=9, y=1 - 0.08 / height, va="top")
     return fig
 
 

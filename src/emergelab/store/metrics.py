@@ -26,6 +26,9 @@ Metrics written by the training probe (held-out batch, no grad):
 * ``attn_entropy_pos``, ``attn_gt_mass_pos``: the same per head and output (``"l.h:i"``); NaN for an output
   none of whose queries has a ground-truth row (a cellular automaton's first state, drawn at random: no
   key tells it) or, per sequence, that no held-out sequence has.
+  A task without a known pattern (no ground-truth keys at all: question formation) records only the
+  entropies, averaged over every query (per sequence: every pair) that counts for an output, so heads
+  that sharpen are still attributed (``analysis.heads``) and forecast from (``entropy-exp``).
 * ``train_loss``: mean training-batch loss over the steps since the previous probe; ``lr``.
 * ``fan_in`` (step 0 only, where the task knows it: the linear map): per output (``"i"``), the fewest
   tokens it is a function of, earlier outputs included (``LinearMapTask.output_fan_in``; 1 below the

@@ -52,7 +52,8 @@ only in the sequences whose query for it holds a word (``i <= n``; output ``n`` 
 query holds PAD and predicts PAD (``tasks.base.PaddedAnswers``).
 
 Ground-truth attention: none as a fixed ``[P, P]`` mask (which input word a question word copies depends
-on the sentence), so the mask is empty.
+on the sentence), so the mask is empty; the probes then record only the attention entropy, over each
+output's own queries (``train.measure.AttentionScores``).
 """
 
 from __future__ import annotations

@@ -172,10 +172,12 @@ def head_labels(layers: int, heads: int) -> list[str]:
 class AttentionScores:
     """Per head (``"l.h"``) and per head and output (``"l.h:i"``): ``attn_entropy`` (nats) and
     ``attn_gt_mass`` (mass on the ground-truth keys), averaged over the queries whose ground-truth row
-    is not empty (none for a task whose ground truth has no keys); with a per-sequence ground truth or
-    output index, over the (sequence, query) pairs whose own row is not empty; per output NaN where none
-    counts (a cellular automaton's first state). Snapshot: the batch-mean pattern ``[E, L, H, P, P]``
-    (saved under ``attention/``). Applies to models with ``blocks.{l}.attn.hook_pattern``."""
+    is not empty; with a per-sequence ground truth or output index, over the (sequence, query) pairs whose
+    own row is not empty; per output NaN where none counts (a cellular automaton's first state). A task
+    whose ground truth has no keys at all (question formation: no known pattern) gets the entropies only,
+    averaged over the queries (or pairs) that count for an output, so a head that sharpens can still be
+    found and forecast from. Snapshot: the batch-mean pattern ``[E, L, H, P, P]`` (saved under
+    ``attention/``). Applies to models with ``blocks.{l}.attn.hook_pattern``."""
 
     snapshot_name = "attention"
 
@@ -196,10 +198,13 @@ class AttentionScores:
         gt = data.gt_mask.float()  # [E, P, P], or [E, B, P, P] per sequence (tasks.SampleMaskTask)
         if gt.dim() == 3 and data.output_index.dim() == 1:  # every sequence counts: batch means suffice
             entropy = row_entropy(pattern).mean(1)  # [E, L, H, P]; one pass (models/entropy.c) where built
-            mass = (pattern.mean(1) * gt[:, None, None]).sum(-1)  # [E, L, H, P]
             relevant = data.gt_mask.any(-1).float()  # [E, P]
-            if not bool(relevant.any()):  # a task without ground-truth keys (question formation): nothing
-                return []                 # to average over; zeros would read as a perfectly sharp head
+            known = bool(relevant.any())
+            if not known:  # no ground-truth keys (no known pattern): the entropy over the output's queries
+                relevant = (data.output_index >= 0).float().expand(E, -1)
+                if not bool(relevant.any()):
+                    return []
+            mass = (pattern.mean(1) * gt[:, None, None]).sum(-1) if known else None  # [E, L, H, P]
             rel_count = relevant.sum(-1).clamp(min=1)[:, None, None]
             rel_outputs = relevant[:, :, None] * output_onehot(data.output_index, data.n_outputs)  # [E, P, O]
             rel_out_total = rel_outputs.sum(1)[:, None, None]  # [E, 1, 1, O]
@@ -216,11 +221,14 @@ class AttentionScores:
         else:  # per (sequence, query) pair: those whose own ground-truth row is not empty count
             gt4 = gt if gt.dim() == 4 else gt[:, None].expand(E, B, -1, -1)
             pairs = gt4.amax(-1)  # [E, B, P] 0/1
-            if not bool(pairs.any()):
-                return []
-            entropy = row_entropy(pattern)  # [E, B, L, H, P]
-            mass = (pattern * gt4[:, :, None, None]).sum(-1)  # [E, B, L, H, P]: each sequence on its own keys
             index = data.output_index if data.output_index.dim() == 3 else data.output_index.expand(E, B, -1)
+            known = bool(pairs.any())
+            if not known:  # no ground-truth keys (no known pattern): the entropy over the output's pairs
+                pairs = (index >= 0).float()
+                if not bool(pairs.any()):
+                    return []
+            entropy = row_entropy(pattern)  # [E, B, L, H, P]
+            mass = (pattern * gt4[:, :, None, None]).sum(-1) if known else None  # each sequence on its own keys
             pair_outputs = pairs[..., None] * output_onehot(index, data.n_outputs)  # [E, B, P, O]
             pair_count = pairs.sum((1, 2)).clamp(min=1)[:, None, None]  # [E, 1, 1]
             pair_out_total = pair_outputs.sum((1, 2))[:, None, None]  # [E, 1, 1, O]
@@ -233,12 +241,14 @@ class AttentionScores:
                 means = torch.einsum("eblhp,ebpo->elho", values, pair_outputs) / pair_out_count
                 return means.masked_fill(pair_out_total == 0, float("nan")).reshape(E, -1)  # no pair: NaN
 
-        host = [t.cpu().numpy().astype(np.float64) for t in (
-            per_head(entropy), per_head(mass), per_head_output(entropy), per_head_output(mass))]
         heads = head_labels(L, H)
         head_outputs = [f"{h}:{o}" for h in heads for o in range(data.n_outputs)]
-        return [Metric("attn_entropy", heads, host[0]), Metric("attn_gt_mass", heads, host[1]),
-                Metric("attn_entropy_pos", head_outputs, host[2]), Metric("attn_gt_mass_pos", head_outputs, host[3])]
+        wanted = [("attn_entropy", heads, per_head(entropy)),
+                  ("attn_entropy_pos", head_outputs, per_head_output(entropy))]
+        if known:
+            wanted[1:1] = [("attn_gt_mass", heads, per_head(mass))]
+            wanted.append(("attn_gt_mass_pos", head_outputs, per_head_output(mass)))
+        return [Metric(name, labels, values.cpu().numpy().astype(np.float64)) for name, labels, values in wanted]
 
     def snapshot(self, data: ProbeData) -> torch.Tensor:
         return self._pattern(data).mean(1)  # [E, L, H, P, P]
