@@ -499,6 +499,10 @@ def test_generalization_panel_in_chromium(browser, generalization_runs, tmp_path
     page, errors = _open(browser, write_html(generalization_runs["question-formation"], tmp_path / "qf.html"))
     assert page.locator("#plot-attn.js-plotly-plot .main-svg").count() >= 1
     assert page.evaluate("() => document.getElementById('plot-truth').hidden")  # no ground truth to show
+    # its entropy over every query of an output, and no empty mass panel
+    assert page.locator("#plot-entropy.js-plotly-plot .main-svg").count() >= 1
+    assert page.locator("#plot-mass").count() == 0 and "no mass is recorded" in page.locator("#heads").inner_text()
+    assert page.locator("#heads h2").inner_text() == "Per-head attention entropy"
     assert not errors, errors
     page.close()
     page, errors = _open(browser, write_html(generalization_runs["automaton-pool"], tmp_path / "pool.html"))

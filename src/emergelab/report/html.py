@@ -242,7 +242,7 @@ def run_page(path: str | Path) -> dict[str, Any]:
     raw = run.read_config_dict()
     data = {"kind": "run", "seeds": seeds, "outputs": labels, "optimum": info.get("optimal_loss"),
             "output_optima": info.get("output_optima"), "loss": curves, "heads": heads,
-            "head_metrics": per_head, "markers": [{"seed": r["seed"], "position": r["position"], "step": r["step"],
+            "head_metrics": per_head, "has_mass": any(per_head.get("attn_gt_mass", {}).values()), "markers": [{"seed": r["seed"], "position": r["position"], "step": r["step"],
                                                    "head": r["head"], "is_copy": r["is_copy"]} for r in table if r["emerged"]],
             "attention": _attention(run, config, seeds), "generalization": general}
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),

@@ -184,6 +184,7 @@
                                            line: { dash: "dot", color: "#d62728", width: 1 } }));
         for (const [metric, id, title] of [["attn_entropy", "plot-entropy", "attention entropy (nats)"],
                                            ["attn_gt_mass", "plot-mass", "attention mass on ground truth"]]) {
+          if (!$(id)) continue;  // no mass panel for a task without ground-truth attention
           const curves = DATA.head_metrics[metric][seed] || {};
           const traces = DATA.heads.filter((h) => curves[h]).map((h, k) => ({
             x: curves[h].x, y: curves[h].y, type: "scatter", mode: "lines", name: "head " + h,
