@@ -341,9 +341,12 @@ class _ModelForecaster:
         return self
 
     @property
-    def setting(self) -> str:
-        bins = self.calibration.bins if self.calibration is not None else 0
-        return f"w{self.window}s{self.smooth}" + (f"b{bins}" if self.condition_bins > 1 else "")
+    def setting(self) -> str | None:
+        """``wNsK`` (``bM``): the window, smoothing (and calibration bins) chosen; None where no training
+        moment gave a ratio (nothing was chosen: e.g. the mass forecasters on a task without a pattern)."""
+        if self.calibration is None:
+            return None
+        return f"w{self.window}s{self.smooth}" + (f"b{self.calibration.bins}" if self.condition_bins > 1 else "")
 
     def _log_ratios(self, examples: Sequence[Example], window: int) -> tuple[np.ndarray, np.ndarray]:
         """``(log((E - t) / R), log(R / t))`` at every training moment the raw model answers."""
@@ -564,7 +567,9 @@ class RegressionForecaster:
         return self
 
     @property
-    def setting(self) -> str:
+    def setting(self) -> str | None:
+        if self.coef is None:
+            return None  # not fitted: too few emerged training outputs (or none with a mass)
         return f"w{self.window}" + (f"b{self.calibration.bins}" if self.condition_bins > 1 else "")
 
     def predict(self, curves: OutputCurves, t: float, output: int) -> Forecast:

@@ -36,8 +36,8 @@ def format_evaluation(evaluation: Any) -> str:
              "each output was (t / E, E its true emergence step); forecast/n: (output, step) pairs answered",
              f"coverage: fraction of true emergence steps inside the stated {evaluation.coverage_nominal:.0%} "
              "interval; |rel err| = |forecast - E| / E; b-emerged same = baseline-emerged's error on the outputs "
-             "that forecaster answered; window: wNsK = fit over N probes of the mass smoothed over K, chosen "
-             "per fold (two folds) on the training seeds" + ("; bM: intervals calibrated in M bins of the "
+             "that forecaster answered; window: wNsK = fit over N probes of the mass (entropy-exp: the entropy) "
+             "smoothed over K, chosen per fold (two folds) on the training seeds (-: nothing to choose from)" + ("; bM: intervals calibrated in M bins of the "
              "forecast's horizon log(remaining / t) (--condition-bins)" if _binned(evaluation) else "")]
     return "\n".join(lines + [f"note: {n}" for n in evaluation.notes])
 
@@ -87,27 +87,34 @@ def forecast_figure(evaluation: Any, path: str | Path) -> Path:
     axes = np.atleast_2d(fig.subplots(max(1, len(runs)), 3, squeeze=False))
     for ax_row, run in zip(axes, runs):
         ax_e, ax_c, ax_n = ax_row
+        silent = []
         for name in names:
             rs = sorted((r for r in rows if r["run"] == run and r["forecaster"] == name), key=lambda r: r["fraction"])
             f = [r["fraction"] for r in rs]
             nan = lambda v: np.nan if v is None else v  # noqa: E731
+            ax_n.plot(f, [r["n_forecast"] / max(1, r["n_test"]) for r in rs], "o-", color=palette[name], label=name)
+            if not any(r["n_forecast"] for r in rs):  # it never answered (the mass without a known pattern):
+                silent.append(name)                   # no error or coverage to draw, nor a legend entry
+                continue
             ax_e.plot(f, [nan(r["median_rel_error"]) for r in rs], "o-", color=palette[name], label=name)
             if not name.startswith("baseline"):
                 ax_e.plot(f, [nan(r["baseline_rel_error_same"]) for r in rs], ":", color=palette[name], lw=1,
                           label=f"baseline-emerged on {name}'s outputs")
             ax_c.plot(f, [nan(r["coverage"]) for r in rs], "o-", color=palette[name], label=name)
-            ax_n.plot(f, [r["n_forecast"] / max(1, r["n_test"]) for r in rs], "o-", color=palette[name], label=name)
         ax_c.axhline(evaluation.coverage_nominal, color="0.4", ls="--", lw=1,
                      label=f"nominal {evaluation.coverage_nominal:.0%}")
         ax_e.set(xlabel="t / E (bin centre): how far into the plateau", ylabel="median |forecast - E| / E",
                  title=f"{Path(run).name}: forecast error", ylim=(0, None))
         calibration = "interval calibration" + (" (in bins of the horizon)" if _binned(evaluation) else "")
         ax_c.set(xlabel="t / E", ylabel="fraction of E inside interval", title=calibration, ylim=(0, 1.02))
-        ax_n.set(xlabel="t / E", ylabel="fraction of outputs answered", title="forecasts made", ylim=(0, 1.02))
+        ax_n.set(xlabel="t / E", ylabel="fraction of outputs answered", title="forecasts made", ylim=(-0.02, 1.02))
         for ax in ax_row:
             ax.grid(alpha=0.3)
         ax_e.legend(fontsize=7, loc="best")
         ax_c.legend(fontsize=7, loc="lower right")
+        if silent:  # say which forecasters lie at 0
+            ax_n.legend(fontsize=7, loc="center right", title=f"never answered: {', '.join(silent)}",
+                        title_fontsize=7)
     return save_figure(fig, Path(path))
 
 
