@@ -240,6 +240,24 @@ def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
     assert rows[1][first_own + 1].endswith('(2<span class="copy">c</span>)') and "span" not in rows[0][first_own + 1]
 
 
+def test_sweep_page_names_zipped_fields_beside_the_grouping_field(tmp_path):
+    """A sweep's zip changes two fields together: each grouping's labels name the other one too."""
+    from emergelab.report.html import sweep_page
+
+    base = {"task": {"name": "linear-map", "state_size": 4}, "model": {"layers": 1, "head_dim": 4, "mlp_ratio": 0},
+            "train": {"steps": 20, "batch_size": 8, "eval_every": 10, "eval_batch_size": 8, "seeds": 1,
+                      "checkpoints": 0, "attention_snapshots": 0}}
+    out = tmp_path / "zipped"
+    spec = {"base": base, "zip": {"task.sparsity": [1, 2], "model.heads": [2, 1]}}
+    assert not run_sweep(expand(spec, out), executor=InProcess(), progress=False).failed
+    page = sweep_page(out)
+    labels = {g["name"]: [x["label"] for x in g["groups"]] for g in page["groupings"]}
+    assert labels == {"model.heads": ["heads=1, sparsity=2", "heads=2, sparsity=1"],
+                      "task.sparsity": ["sparsity=1, heads=2", "sparsity=2, heads=1"],
+                      # the width goes with heads too; grouped by it, its source fields are named
+                      "model.d_model": ["d_model=4, heads=1, sparsity=2", "d_model=8, heads=2, sparsity=1"]}
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_report_html(run_dir, tmp_path, capsys):
     out = tmp_path / "r.html"
