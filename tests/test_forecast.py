@@ -306,13 +306,15 @@ def test_without_a_known_pattern_the_entropy_forecasts(tmp_path, capsys):
         r = rows[("entropy-exp", f)]
         assert r["n_forecast"] == r["n_test"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
         for name in ("mass-exp", "escape-law", "regression"):
-            assert rows[(name, f)]["n_forecast"] == 0
+            assert rows[(name, f)]["n_forecast"] == 0 and rows[(name, f)]["window"] is None  # nothing chosen
     reasons = {r["reason"] for r in ev.forecasts.to_pylist() if r["forecaster"] == "mass-exp"}
     assert NO_PATTERN in reasons
     live = LiveForecast([e for e in examples if e.seed % 2 == 0], {i: 0.0 for i in range(4)})
     assert isinstance(live.model, EntropyForecaster)
     assert main(["forecast", str(run), "--at", "350"]) == 0
     assert "entropy-exp" in capsys.readouterr().out
+    assert main(["forecast", str(run), "--evaluate", "--out", str(tmp_path / "fc")]) == 0
+    assert (tmp_path / "fc" / "forecast_evaluation.png").stat().st_size > 10_000  # drawn without the silent ones
 
 
 def test_cli_forecast(planted, tmp_path, capsys):
