@@ -867,8 +867,10 @@ def _output_curves(steps: np.ndarray, values: np.ndarray, heads: dict[str, Any])
 
     mass = np.stack([on_steps(heads[h][0]) for h in names])
     entropy = np.stack([on_steps(heads[h][1]) for h in names])
-    recorded = any(heads[h][0] is not None for h in names)
-    if not (np.nan_to_num(mass) > 0).any() if recorded else not np.isfinite(entropy).any():
+    if any(heads[h][0] is not None for h in names):  # a task with a known pattern: needs some mass
+        if not (np.nan_to_num(mass) > 0).any():
+            return None
+    elif not np.isfinite(entropy).any():  # without one (no mass recorded): needs some entropy
         return None
     return OutputCurves(steps, values, mass, entropy, names)
 

@@ -37,8 +37,9 @@ def format_evaluation(evaluation: Any) -> str:
              f"coverage: fraction of true emergence steps inside the stated {evaluation.coverage_nominal:.0%} "
              "interval; |rel err| = |forecast - E| / E; b-emerged same = baseline-emerged's error on the outputs "
              "that forecaster answered; window: wNsK = fit over N probes of the mass (entropy-exp: the entropy) "
-             "smoothed over K, chosen per fold (two folds) on the training seeds (-: nothing to choose from)" + ("; bM: intervals calibrated in M bins of the "
-             "forecast's horizon log(remaining / t) (--condition-bins)" if _binned(evaluation) else "")]
+             "smoothed over K, chosen per fold (two folds) on the training seeds (-: nothing to choose from)"
+             + ("; bM: intervals calibrated in M bins of the forecast's horizon log(remaining / t) "
+                "(--condition-bins)" if _binned(evaluation) else "")]
     return "\n".join(lines + [f"note: {n}" for n in evaluation.notes])
 
 

@@ -29,6 +29,7 @@ from .base import Task, supports_sample_outputs
 MARGINAL_SEQUENCES = 4096  # sequences a run samples per seed to measure the marginal losses (module doc)
 MARGINAL_TOKENS = 1 << 20  # ... fewer for long sequences, down to MIN_MARGINAL_SEQUENCES: at most ~1M tokens
 MIN_MARGINAL_SEQUENCES = 256
+DENSE_CELLS = 1 << 22  # (position, output, token) cells counted densely; more are counted by sorting
 
 
 def marginal_sequences(seq_len: int) -> int:
@@ -36,7 +37,6 @@ def marginal_sequences(seq_len: int) -> int:
     256 tokens a sequence (every built-in task at its defaults), fewer beyond so a long-sequence task stays
     at ~1M tokens, never fewer than 256."""
     return max(MIN_MARGINAL_SEQUENCES, min(MARGINAL_SEQUENCES, MARGINAL_TOKENS // max(int(seq_len), 1)))
-DENSE_CELLS = 1 << 22  # (position, output, token) cells counted densely; more are counted by sorting
 
 
 def pair_outputs(task: Task, tokens: torch.Tensor) -> torch.Tensor:

@@ -243,11 +243,13 @@ class AttentionScores:
 
         heads = head_labels(L, H)
         head_outputs = [f"{h}:{o}" for h in heads for o in range(data.n_outputs)]
-        wanted = [("attn_entropy", heads, per_head(entropy)),
-                  ("attn_entropy_pos", head_outputs, per_head_output(entropy))]
         if known:
-            wanted[1:1] = [("attn_gt_mass", heads, per_head(mass))]
-            wanted.append(("attn_gt_mass_pos", head_outputs, per_head_output(mass)))
+            wanted = [("attn_entropy", heads, per_head(entropy)), ("attn_gt_mass", heads, per_head(mass)),
+                      ("attn_entropy_pos", head_outputs, per_head_output(entropy)),
+                      ("attn_gt_mass_pos", head_outputs, per_head_output(mass))]
+        else:  # no known pattern: no mass
+            wanted = [("attn_entropy", heads, per_head(entropy)),
+                      ("attn_entropy_pos", head_outputs, per_head_output(entropy))]
         return [Metric(name, labels, values.cpu().numpy().astype(np.float64)) for name, labels, values in wanted]
 
     def snapshot(self, data: ProbeData) -> torch.Tensor:
