@@ -94,7 +94,7 @@ def probe_share(size: str, steps: int, eval_every: int = 50, eval_batch_size: in
                 g._train_step()
             step = min(step, (time.process_time() - c) / 5)
             c = time.process_time()
-            g._measure(0)
+            g._measure(g.config.train.eval_every)  # a regular probe (step 0's also records the marginals)
             probe = min(probe, time.process_time() - c)
     finally:
         torch.set_num_threads(threads)
