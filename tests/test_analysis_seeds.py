@@ -265,6 +265,17 @@ def test_gmm_recovers_planted_mixture():
     assert fit_two_gaussians([2.0, 2.0, 2.0]) is None
 
 
+def test_gmm_needs_ten_values():
+    # five parameters fit any few values: two distinct values read as delta_bic ~25 ("bimodal")
+    rng = np.random.default_rng(11)
+    for n in (2, 3, 4, 9):
+        assert fit_two_gaussians(rng.normal(size=n)) is None
+        b = bimodality(rng.normal(size=n), n_boot=50, rng=0)
+        assert b["gmm_delta_bic"] is None and b["gmm_means"] is None and b["dip"] > 0
+    assert bimodality([0.765, 0.78], n_boot=50)["gmm_delta_bic"] is None
+    assert fit_two_gaussians(rng.normal(size=10)) is not None
+
+
 def test_bimodality_separates_unimodal_from_bimodal():
     rng = np.random.default_rng(10)
     uni = bimodality(rng.normal(0.5, 0.1, 200), n_boot=200, rng=1)

@@ -48,6 +48,9 @@ def _normal_logpdf(x: np.ndarray, mu: float, var: float) -> np.ndarray:
     return -0.5 * (np.log(2.0 * np.pi * var) + (x - mu) ** 2 / var)
 
 
+MIXTURE_MIN_VALUES = 10  # fewer: the mixture's 5 parameters fit any values (fit_two_gaussians)
+
+
 def fit_two_gaussians(
     values: ArrayLike, *, max_iter: int = 1000, tol: float = 1e-10
 ) -> dict[str, Any] | None:
@@ -60,8 +63,10 @@ def fit_two_gaussians(
     ``delta_bic = BIC_1 - BIC_2`` is positive when two components are preferred.
 
     Returns ``means``, ``stds``, ``weights`` (lists, sorted by mean), ``loglik_1``,
-    ``loglik_2``, ``delta_bic``, ``n_iter``; ``None`` when ``n < 2`` or all values are
-    equal.  Shape: ``values``: ``(n,)``.
+    ``loglik_2``, ``delta_bic``, ``n_iter``; ``None`` when ``n < MIXTURE_MIN_VALUES`` (10)
+    or all values are equal: five parameters from fewer values overfit (two distinct values
+    are two point-like "modes", and ``delta_bic`` reads ~25 for any two).  Shape:
+    ``values``: ``(n,)``.
 
     Example:
         >>> fit = fit_two_gaussians([0.0, 0.1, -0.1, 0.05, 5.0, 5.1, 4.9, 5.05])
@@ -71,7 +76,7 @@ def fit_two_gaussians(
     x = finite_1d(values, "values")
     n = x.size
     var_all = float(x.var())
-    if n < 2 or var_all == 0.0:
+    if n < MIXTURE_MIN_VALUES or var_all == 0.0:
         return None
     floor = 1e-6 * var_all
     mu = np.quantile(x, [0.25, 0.75]).astype(float)
@@ -275,7 +280,8 @@ def bimodality(values: ArrayLike, *, n_boot: int = 1000, rng: RngLike = None) ->
     * ``sarle_bc``: Sarle's bimodality coefficient (> 5/9 hints at bimodality; ``None``
       for n < 4 or constant data), see :func:`sarle_bimodality_coefficient`;
     * ``gmm_means``, ``gmm_stds``, ``gmm_weights``, ``gmm_delta_bic``: a two-Gaussian EM
-      fit, ``delta_bic > 0`` when two components beat one (``None`` for constant data),
+      fit, ``delta_bic > 0`` when two components beat one (``None`` for fewer than 10
+      values or constant data),
       see :func:`fit_two_gaussians`;
     * ``dip``, ``dip_pvalue``: Hartigan's dip and its simulated p-value against the
       uniform (small p = not unimodal), see :func:`dip_test`.

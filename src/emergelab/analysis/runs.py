@@ -135,8 +135,9 @@ class RunAnalysis:
       (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
       then only a lower bound), ``final_loss_median``, ``fresh_loss_median`` and ``fresh_plateau_median``
       (null without a fresh curve; an unfinished fresh plateau counts as the whole run),
-      ``n_fresh_plateau_censored`` and ``fresh_plateau_censored`` (as for the plateau), bimodality of the final loss (``sarle_bc``,
-      ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds), ``curve_linearity_mean`` and
+      ``n_fresh_plateau_censored`` and ``fresh_plateau_censored`` (as for the plateau), bimodality of the
+      final loss (``sarle_bc``, ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds,
+      ``gmm_delta_bic`` for fewer than 10), ``curve_linearity_mean`` and
       ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
       ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
       last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
