@@ -603,3 +603,27 @@ def test_zipped_fields_are_named_beside_the_config_they_go_with(tmp_path, capsys
     assert main(["analyze", str(tmp_path), "--by", "task.sparsity", "--vs", "task.sparsity",
                  "--out", str(tmp_path / "o3")]) == 0
     assert "sparsity=1, heads=4" in capsys.readouterr().out
+
+
+def test_runs_that_differ_only_in_seeds_are_named(tmp_path, capsys):
+    """A seed's numbers depend on its index and train.seed alone: runs of one config with 2 and 3 seeds hold
+    the same seeds 0 and 1, and pooling them counts those twice, which analyze says (not for other fields)."""
+    from emergelab.analysis.runs import RepeatedSeedsWarning, repeated_seeds
+
+    base = {"run": "a", "task.sparsity": 2, "train.seeds": 2, "train.seed": 0, "execution.workers": 1,
+            "emergelab.commit": "x"}
+    rows = [base, {**base, "run": "b", "train.seeds": 3, "execution.workers": 2, "emergelab.commit": "y"},
+            {**base, "run": "c", "train.seed": 1}, {**base, "run": "d", "task.sparsity": 3},
+            {**base, "run": "e", "task.sparsity": 3, "train.seeds": 4}, {**base, "run": "f", "task.sparsity": 3}]
+    assert repeated_seeds(rows) == [(["a", "b"], 2), (["d", "e", "f"], 4)]
+    assert repeated_seeds([base, {**base, "run": "c", "train.seed": 1}]) == []
+
+    run_rows = planted_rows({0: [100, 200, 300, 400], 1: [200, 300, 400, 500]}, seeds=(0, 1))
+    fake_run(tmp_path / "a", run_rows, optima=lm_optima(4))
+    fake_run(tmp_path / "b", run_rows, optima=lm_optima(4))  # the same config (and seeds) again
+    with pytest.warns(RepeatedSeedsWarning, match=r"2 runs differ only in train.seeds .*2 seed\(s\) count more"):
+        result = analyze_runs(connect(tmp_path), n_boot=50)
+    assert result.groups.to_pylist()[0]["n_seeds"] == 4  # counted, and said
+    with pytest.warns(RepeatedSeedsWarning) as said:
+        assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert len([w for w in said if w.category is RepeatedSeedsWarning]) == 1

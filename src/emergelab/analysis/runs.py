@@ -42,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -59,8 +60,8 @@ from .seeds import solved_fraction_curve
 from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
 from .summary import copied_outputs
 
-__all__ = ["EXCLUDED_FIELDS", "RunAnalysis", "analyze_runs", "config_aliases", "config_label", "copy_statistics",
-           "default_by", "plateau_scaling"]
+__all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
+           "config_label", "copy_statistics", "default_by", "plateau_scaling", "repeated_seeds"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -75,6 +76,39 @@ IGNORED_PREFIXES = ("execution.", "emergelab.", "train.strategy", "train.workers
 
 def _run_rows(con: Any) -> list[dict[str, Any]]:
     return arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist()
+
+
+class RepeatedSeedsWarning(UserWarning):
+    """Runs of one config that differ only in ``train.seeds`` hold the same first seeds."""
+
+    one_line = True
+
+
+def repeated_seeds(rows: list[dict[str, Any]]) -> list[tuple[list[str], int]]:
+    """Runs (rows of the ``runs`` view) of one config that differ only in ``train.seeds``: a seed's
+    numbers depend on its index and ``train.seed`` alone, so such runs train the same first seeds, and
+    pooling them counts those seeds more than once. Returns, per such config, its runs and how many
+    (run, seed) pairs repeat a seed of another of them."""
+    configs: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(sorted((k, repr(v)) for k, v in row.items()
+                           if k not in ("run", "train.seeds") and not k.startswith(IGNORED_PREFIXES)))
+        configs.setdefault(key, []).append(row)
+    out = []
+    for same in configs.values():
+        if len(same) > 1:
+            counts = [int(row.get("train.seeds") or 0) for row in same]
+            out.append(([row["run"] for row in same], sum(counts) - max(counts)))
+    return out
+
+
+def warn_repeated_seeds(rows: list[dict[str, Any]]) -> None:
+    """One :class:`RepeatedSeedsWarning` per config of :func:`repeated_seeds`."""
+    for runs, copies in repeated_seeds(rows):
+        named = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        warnings.warn(f"{len(runs)} runs differ only in train.seeds ({named}): they trained the same first "
+                      f"seeds, so {copies} seed(s) count more than once here; analyse a folder with one of them",
+                      RepeatedSeedsWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- grouping
@@ -263,6 +297,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     if not solved_tol >= 0:
         raise ConfigError(f"solved_tol={solved_tol!r}: must be a number >= 0")
     rows = _run_rows(con)
+    warn_repeated_seeds(rows)
     requested = None if by is None else list(by)
     by, pooled, aliases = _grouping(rows, requested, pool, pool_rest)
     optima = run_optima(con)
