@@ -113,6 +113,13 @@ def test_report_on_a_non_run(workdir, capsys):
     assert main(["report", str(workdir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a run directory" in err[0]
+    assert main(["report", str(workdir / "nope")]) == 2  # named as analyze, check and query name it
+    assert capsys.readouterr().err.strip() == f"emergelab: error: {workdir / 'nope'}: no such file or directory"
+    (workdir / "sweep").mkdir()
+    (workdir / "sweep" / "sweep.json").write_text("{}")
+    assert main(["report", str(workdir / "sweep")]) == 2  # a sweep has an HTML page, not figures of its own
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a sweep directory" in err[0] and "--html" in err[0]
 
 
 def test_bad_input_in_a_real_process(tmp_path):

@@ -111,6 +111,8 @@ def test_not_a_run_directory(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="not a run directory"):
         patch_checkpoints(tmp_path, 1, 2)
+    assert main(["patch", str(tmp_path / "nope"), "--early", "1", "--late", "2"]) == 2
+    assert "nope: no such file or directory" in capsys.readouterr().err
 
 
 def test_patching_a_mixer_run_is_a_one_line_error(tmp_path, capsys):

@@ -401,6 +401,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         if run.manifest.path.exists():
             raise CorruptFileError(run.config_path, "missing (the run's manifest.jsonl records it)",
                                    "it cannot be rebuilt: restore it from a backup")
+        if not Path(args.run_dir).exists():
+            raise ConfigError(f"{args.run_dir}: no such file or directory")
+        if (Path(args.run_dir) / "sweep.json").exists():
+            raise ConfigError(f"{args.run_dir}: a sweep directory: `emergelab report {args.run_dir} --html` draws "
+                              f"its page, `emergelab analyze {args.run_dir}` its tables and figures")
         raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)"
                           + (" or a sweep directory (no sweep.json)" if args.html else ""))
     if not run.metrics_path.exists():

@@ -136,6 +136,8 @@ def load_run(run: RunDir | str | Path) -> RunDir:
     """``run`` as a :class:`RunDir`, or a ConfigError when it is not a run directory."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     if not run.config_path.exists():
+        if not run.path.exists():
+            raise ConfigError(f"{run.path}: no such file or directory")
         raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
     return run
 
