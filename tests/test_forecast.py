@@ -321,6 +321,9 @@ def test_cli_forecast(planted, tmp_path, capsys):
     assert main(["forecast", str(planted), "--at", "350"]) == 0
     text = capsys.readouterr().out
     assert "mass-exp" in text and "baseline" in text
+    assert text.splitlines()[-1] == ("note: planted has 8 seed(s): each seed's forecasters learn from the other "
+                                     "half (4 seeds), too few for 80% intervals (docs/results.md evaluates "
+                                     "forecasting with 64 seeds)")
     assert main(["forecast", str(planted), "--at", "350", "--seed", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["seed", "output", "t"] and lines[1].split()[0] == "3"

@@ -615,6 +615,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+FEW_FORECAST_SEEDS = 10  # training seeds per half below which forecast intervals are noted as unreliable
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
@@ -647,6 +650,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--seed {args.seed}: no output of that seed to forecast (seeds with one: "
                                   f"{', '.join(map(str, seeds)) or 'none'})")
         print(format_forecasts(table))
+        for run, seeds in con.sql('SELECT run, "train.seeds" FROM runs ORDER BY run').fetchall():
+            if seeds is not None and seeds // 2 < FEW_FORECAST_SEEDS:
+                half = f"{seeds // 2}-{seeds - seeds // 2}" if seeds % 2 else str(seeds // 2)
+                print(f"note: {Path(run).name} has {seeds} seed(s): each seed's forecasters learn from the other "
+                      f"half ({half} seeds), too few for 80% intervals (docs/results.md evaluates forecasting "
+                      "with 64 seeds)")
         return 0
     evaluation = evaluate_forecasts(con, make=lambda: default_forecasters(args.condition_bins))
     print(format_evaluation(evaluation))
