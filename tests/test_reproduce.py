@@ -5,6 +5,7 @@ documented."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,14 +240,16 @@ def test_scales_apply_paths_and_leave_the_file_as_written_for_paper():
 
 
 @pytest.mark.parametrize("scales,scale,message", [
-    ({"small": {}}, "big", "--scale big: allowed scales of this sweep are paper, small"),
+    ({"small": {}}, "big", "--scale big: allowed scales of this sweep are paper, small (paper: the file as written)"),
+    (None, "cpu", "--scale cpu: this sweep file has no `scales` key, so its only scale is paper (the file as written)"),
     ({"small": {"foo.bar": 1}}, "small", "scales.small.foo.bar: a path is base.SECTION.FIELD"),
     ({"small": {"base.train.seeds": "many"}}, "small", "train.seeds"),
     ({"small": [1]}, "small", "scales.small: must map paths"),
 ])
 def test_bad_scales_are_one_line_errors(scales, scale, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        expand({**SWEEP, "scales": scales}, "/tmp/x", scale)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand({**{k: v for k, v in SWEEP.items() if k != "scales"},
+                **({} if scales is None else {"scales": scales})}, "/tmp/x", scale)
 
 
 def test_scale_from_a_file(tmp_path):

@@ -112,7 +112,11 @@ def apply_scale(data: Mapping[str, Any], scale: str) -> dict[str, Any]:
     """The sweep ``data`` at ``scale`` (a copy; ``scales`` removed). ``paper`` is the file as written."""
     allowed = scale_names(data)
     if scale not in allowed:
-        raise ConfigError(f"--scale {scale}: allowed scales of this sweep are {', '.join(allowed)}")
+        if len(allowed) == 1:
+            raise ConfigError(f"--scale {scale}: this sweep file has no `scales` key, so its only scale is "
+                              f"{FULL_SCALE} (the file as written); a `scales` mapping names smaller versions")
+        raise ConfigError(f"--scale {scale}: allowed scales of this sweep are {', '.join(allowed)} "
+                          f"({FULL_SCALE}: the file as written)")
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items() if k != "scales"}
     out["base"] = {k: dict(v or {}) for k, v in (data.get("base") or {}).items()}
     if scale == FULL_SCALE:
