@@ -625,3 +625,17 @@ def test_every_example_sweep_file_loads_at_every_scale(path, tmp_path):
         if path.stem == "paper-linear-map-S16" and scale == "dense-cpu":
             assert [r.config.task.sparsity for r in sweep.runs] == [11, 12, 13, 14, 15, 16]
             assert {r.config.train.seeds for r in sweep.runs} == {8}
+
+
+def test_status_progress_text():
+    """sweep status rounds an unfinished run's progress down, and names a run trained to its end whose
+    results were not written (interrupted while finishing) instead of showing a bare 100% pending."""
+    from emergelab.cli import _status_progress
+    from emergelab.sweep.driver import RunStatus
+
+    def text(state, progress):
+        return _status_progress(RunStatus("r", state, progress, {}))
+
+    assert text("done", 1.0) == "100%" and text("pending", 0.997) == "99%" and text("pending", 0.0) == "0%"
+    assert text("pending", 1.0) == "100% (trained; re-run the sweep to write its results)"
+    assert text("running", 1.0) == "100%" and text("failed", 0.5) == "50%"

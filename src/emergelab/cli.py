@@ -1139,12 +1139,22 @@ def _sweep_dry_run(sweep: Any, out: Path, args: argparse.Namespace, timed: bool 
     return 0
 
 
+def _status_progress(status: Any) -> str:
+    """A run's progress for ``sweep status``: rounded down unless done (99.7% is not 100%), and a run
+    trained to the end whose results were not written yet (interrupted while finishing) says so."""
+    if status.state == "done":
+        return "100%"
+    if status.progress >= 1:
+        return "100% (trained; re-run the sweep to write its results)" if status.state == "pending" else "100%"
+    return f"{math.floor(100 * status.progress)}%"
+
+
 def _sweep_status(out: Path) -> int:
     from .sweep import sweep_status
     from .sweep.driver import STATES, last_line
 
     statuses = sweep_status(out)
-    rows = [[s.name, s.state, f"{100 * s.progress:.0f}%", _values(s.overrides),
+    rows = [[s.name, s.state, _status_progress(s), _values(s.overrides),
              (f"after {s.attempts} attempt(s): " if s.attempts else "") + last_line(s.error) if s.error else ""]
             for s in statuses]
     print(_format_table(["run", "state", "progress", "values", "error"], rows))
