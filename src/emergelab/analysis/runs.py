@@ -85,7 +85,7 @@ class RepeatedSeedsWarning(UserWarning):
 
 
 def repeated_seeds(rows: list[dict[str, Any]]) -> list[tuple[list[str], int]]:
-    """Runs (rows of the ``runs`` view) of one config that differ only in ``train.seeds``: a seed's
+    """Runs (rows of the ``runs`` view) of one config that differ at most in ``train.seeds``: a seed's
     numbers depend on its index and ``train.seed`` alone, so such runs train the same first seeds, and
     pooling them counts those seeds more than once. Returns, per such config, its runs and how many
     (run, seed) pairs repeat a seed of another of them."""
@@ -106,8 +106,8 @@ def warn_repeated_seeds(rows: list[dict[str, Any]]) -> None:
     """One :class:`RepeatedSeedsWarning` per config of :func:`repeated_seeds`."""
     for runs, copies in repeated_seeds(rows):
         named = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
-        warnings.warn(f"{len(runs)} runs differ only in train.seeds ({named}): they trained the same first "
-                      f"seeds, so {copies} seed(s) count more than once here; analyse a folder with one of them",
+        warnings.warn(f"{len(runs)} runs are one config but for train.seeds ({named}): they trained the same "
+                      f"first seeds, so {copies} seed(s) count more than once here; analyse a folder with one of them",
                       RepeatedSeedsWarning, stacklevel=3)
 
 
