@@ -105,3 +105,25 @@ def test_bias_removes_the_plateau_many_seeds(tmp_path):
     gaps = [info["final_loss"] - summary["optimal_loss"] for info in summary["seeds"].values()]
     assert max(gaps) < 0.05, gaps
     assert all(math.isfinite(g) for g in gaps)
+
+
+def test_a_bias_toward_no_pattern_is_refused_before_any_work(tmp_path):
+    """Question formation has no known attention pattern (an empty ground-truth mask): beta * M would be 0,
+    a run identical to the unbiased one under another hash. train() and a sweep refuse it in one line."""
+    from emergelab.config import ConfigError
+    from emergelab.sweep import expand
+    from emergelab.tasks import seed_task
+    from emergelab.train.bias import check_bias_target
+
+    cfg = ExperimentConfig.from_dict({"task": {"name": "question-formation"},
+                                      "train": {"steps": 10, "seeds": 1, "bias_beta": 2}})
+    with pytest.raises(ConfigError, match="task.name=question-formation has no known attention pattern"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    sweep = {"base": {"task": {"name": "question-formation"}, "train": {"steps": 10, "seeds": 1}},
+             "grid": {"train.bias_beta": [0, 2]}}
+    with pytest.raises(ConfigError, match=r"the run \{train.bias_beta=2\}: .*no known attention pattern"):
+        expand(sweep, tmp_path / "sweep")
+    assert len(expand({**sweep, "grid": {"train.bias_beta": [0]}}, tmp_path / "sweep").runs) == 1
+    linear = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "train": {"bias_beta": 2}}).resolved()
+    check_bias_target(linear, seed_task(linear.task, 0, 0))  # a known pattern: nothing to say

@@ -45,7 +45,9 @@ from typing import Any, Mapping
 import yaml
 
 from ..config import SECTIONS, ConfigError
+from ..tasks import seed_task
 from ..train import ExperimentConfig
+from ..train.bias import check_bias_target
 
 KEYS = ("base", "preset", "grid", "zip", "out", "scales")
 FULL_SCALE = "paper"  # --scale naming the file as written (the published sizes)
@@ -255,6 +257,9 @@ def _point_config(merged: dict[str, dict[str, Any]], overrides: dict[str, Any]) 
         data[section][name] = value
     label = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
     try:
-        return ExperimentConfig.from_dict(data).resolved()
+        config = ExperimentConfig.from_dict(data).resolved()
+        if config.train.bias_beta != 0:  # the one check that needs a built task (train() makes it too)
+            check_bias_target(config, seed_task(config.task, config.train.seed, 0))
+        return config
     except ConfigError as error:
         raise ConfigError(f"the run {{{label}}}: {error}" if label else str(error)) from None

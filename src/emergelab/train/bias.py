@@ -1,6 +1,9 @@
 """Attention bias toward the ground truth, ``scores += beta * M``, as a training option (``train.bias_*``).
 
-M is the task's ground-truth (query, key) mask. The bias enters through the model's ``attn_bias`` input
+M is the task's ground-truth (query, key) mask (``task.attention_mask``): for a task whose keys differ per
+sequence (counting, reverse addition, the repetition corpus) it is their support over all sequences (every
+key some sequence's answer reads), not each sequence's own keys; a task without a known pattern (question
+formation: an empty mask) cannot be biased (:func:`check_bias_target`). The bias enters through the model's ``attn_bias`` input
 (models with ``accepts_attn_bias``), so no model surgery is needed, and it is applied to the chosen
 layers and heads only. The trainer receives it as a function of the step (``bias_schedule``); it lives
 here, with the training recipe, because it is part of a run's identity. ``emergelab.interventions``
@@ -40,6 +43,15 @@ def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
     selected[torch.tensor(list(layer_ids), dtype=torch.long)[:, None],
              torch.tensor(list(head_ids), dtype=torch.long)[None, :]] = 1.0
     return beta * selected[None, :, :, None, None] * masks.float()[:, None, None]
+
+
+def check_bias_target(config, task) -> None:
+    """A ConfigError when ``config`` biases attention toward a pattern ``task`` (a built task of the run)
+    does not have: an empty ground-truth mask would make ``beta * M`` zero, a run that trains exactly as
+    without the bias under another hash."""
+    if config.train.bias_beta != 0.0 and not bool(task.attention_mask.any()):
+        raise ConfigError(f"train.bias_beta={config.train.bias_beta}: task.name={config.task.name} has no known "
+                          "attention pattern to bias toward (its ground-truth mask is empty); set train.bias_beta=0")
 
 
 def bias_schedule(config, tasks: list) -> Callable[[int], torch.Tensor | None] | None:

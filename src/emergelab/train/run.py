@@ -32,6 +32,7 @@ from ..config import ConfigError
 from ..store import SCHEMA, CorruptFileError, RunDir, locked, sort_rows
 from ..store.verify import warn
 from ..tasks import seed_task, task_info
+from .bias import check_bias_target
 from .config import ExperimentConfig
 from .execute import Executor, local_executor, prepare_kernels
 from .live import ProbeNews, format_outlook, live_forecast
@@ -323,7 +324,9 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
     """
     config = config.resolved()
     require_packages(config.execution.log)
-    live_forecast(config, seed_task(config.task, config.train.seed, 0))  # a bad forecast_from fails before any work
+    first_task = seed_task(config.task, config.train.seed, 0)
+    check_bias_target(config, first_task)  # these fail before any work
+    live_forecast(config, first_task)
     run, plan = prepare_run(config, out)
     say = log or (lambda line: None)
     if plan is None:
