@@ -161,6 +161,8 @@ def test_cli_analyze_outcome_across_a_field(count_depths, tmp_path, capsys):
     (["--outcome", "ood_accuracy"], "--outcome needs --by"),
     (["--outcome", "ood_accuracy", "--by", "model.layers,model.heads"], "--outcome needs --by"),
     (["--outcome", "nope", "--by", "model.layers"], "--outcome nope: not a metric of these runs; they have"),
+    (["--outcome", "ood_accuracy:len:99", "--by", "model.layers"],
+     "--outcome ood_accuracy:len:99: ood_accuracy has no index 'len:99' in these runs; its indices: len:"),
     (["--outcome", "ood_accuracy", "--by", "model.positions"], "--by='model.positions' must be a number"),
     (["--outcome", "ood_accuracy", "--by", "model.layers", "--vs", "model.layers"], "--vs does not apply"),
 ])

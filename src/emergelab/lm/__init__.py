@@ -21,11 +21,12 @@ def require_transformers() -> None:
 from .capabilities import CAPABILITIES, PromptSet, Score, build_prompts, score_prompts  # noqa: E402
 from .hf import HookedHFCausalLM, load_hf_causal_lm, load_lm  # noqa: E402
 from .neox import HookedGPTNeoX, NeoXSpec, load_neox  # noqa: E402
+from .patch import RevisionPatching, patch_revisions, write_patch  # noqa: E402
 from .scan import ScanConfig, ScanResult, coarse_revisions, scan  # noqa: E402
 from .sources import (HubSource, HubUnavailableError, LocalSource, pythia_repo, pythia_revisions,  # noqa: E402
                       revision_step)
 
 __all__ = ["CAPABILITIES", "HookedGPTNeoX", "HookedHFCausalLM", "HubSource", "HubUnavailableError", "LocalSource",
-           "NeoXSpec", "PromptSet", "ScanConfig", "ScanResult", "Score", "build_prompts", "coarse_revisions",
-           "load_hf_causal_lm", "load_lm", "load_neox", "pythia_repo", "pythia_revisions", "require_transformers",
-           "revision_step", "scan", "score_prompts"]
+           "NeoXSpec", "PromptSet", "RevisionPatching", "ScanConfig", "ScanResult", "Score", "build_prompts",
+           "coarse_revisions", "load_hf_causal_lm", "load_lm", "load_neox", "patch_revisions", "pythia_repo",
+           "pythia_revisions", "require_transformers", "revision_step", "scan", "score_prompts", "write_patch"]
