@@ -145,6 +145,10 @@ def test_cli_analyze_outcome_across_a_field(count_depths, tmp_path, capsys):
                  "--success-at", "0.1", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and "configs by model.layers; outcome: final id_accuracy:len:3" in printed
+    assert "note: no seed reaches" not in printed
+    assert main(["analyze", str(count_depths), "--outcome", "id_accuracy:len:3", "--by", "model.layers",
+                 "--success-at", "2", "--out", str(tmp_path / "slip")]) == 0
+    assert "note: no seed reaches --success-at 2: the largest id_accuracy:len:3 is " in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["random_scaling.png", "scales.json", "scales.txt"]
     rows = json.loads((out / "scales.json").read_text())["rows"]
     for row, layers in zip(rows, (1, 2)):

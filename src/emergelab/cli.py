@@ -495,6 +495,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Path, n_runs: int) -> int:
     """``analyze --outcome``: the across-scales table and figure of each seed's final outcome (as
     ``reproduce random-scaling`` writes them)."""
+    import numpy as np
+
     from .analysis.scales import final_outcomes
     from .report.analysis_figures import scales_figure
     from .report.tables import format_outcomes
@@ -519,6 +521,9 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
         con.close()
     table = format_outcomes(analysis, by, outcome, prefix=f"{n_runs} run(s), ")
     print(table)
+    finite = outcomes[np.isfinite(outcomes)]
+    if finite.size and success_at > finite.max():  # legal, but likely a slip (an accuracy is at most 1)
+        print(f"note: no seed reaches --success-at {success_at:g}: the largest {outcome} is {finite.max():.4g}")
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_text(out / "scales.txt", table + "\n")]
     paths.append(write_text(out / "scales.json", json.dumps({"outcome": outcome, "by": by, "success_at": success_at,
