@@ -337,3 +337,44 @@ def test_sweep_log_applies_to_every_run_and_keeps_names(tmp_path, capsys):
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), "--log", "tensorboard,comet"]) == 2
     assert "allowed trackers are tensorboard, wandb" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@needs_wandb
+@pytest.mark.slow
+def test_ctrl_c_in_worker_processes_loses_no_wandb_step(tmp_path):
+    """Ctrl-C (SIGINT to the command's process group) mid-run with 2 worker processes, then the same command
+    again: W&B's offline files hold every step of metrics.parquet once. The main process stops the workers
+    with SIGTERM; a worker unwinds (train.execute.WorkerStopped) and finishes its W&B runs, which write their
+    last records then (killed outright, a worker lost the last 2-3 steps and its ledger kept them lost)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, env = tmp_path / "run", {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                                   "WANDB_DIR": str(tmp_path), "WANDB_PROJECT": "emergelab-tests"}
+    cmd = [sys.executable, "-m", "emergelab.cli", "run", "linear-map", "--preset", "linear-map-tiny", "--steps",
+           "4000", "--set", "execution.strategy=workers", "--set", "execution.workers=2", "--out", str(out),
+           "--log", "wandb", "--quiet", "--no-figures"]
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ledger, deadline = out / "wandb" / "seed-1.json", time.time() + 120
+    while time.time() < deadline and first.poll() is None:  # interrupt once W&B holds some steps
+        try:
+            if json.loads(ledger.read_text())["step"] >= 500:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(timeout=120) == 130 and "interrupted" in first.stderr.read()
+    assert not (out / "metrics.parquet").exists()  # stopped mid-run
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    found = wandb_runs(tmp_path)
+    for seed in (0, 1):
+        info, expected = found[f"seed-{seed}"], parquet_points(out, seed)
+        assert info["points"] == expected
+        assert sorted(info["steps"]) == sorted({s for rows in expected.values() for s, _ in rows})  # each once

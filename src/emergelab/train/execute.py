@@ -225,6 +225,17 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+class WorkerStopped(BaseException):
+    """SIGTERM in a training worker (the main process stopping it after Ctrl-C or its own SIGTERM, or a
+    scheduler): raised so that the unit unwinds and closes its trackers. W&B writes a run's last records
+    only when the run finishes; killed outright, a worker lost them, and its ledger, already past them,
+    kept a resumed run from sending them again."""
+
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    raise WorkerStopped
+
+
 def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
     """Take ``(index, unit)`` from ``tasks`` until a stop marker; report on ``results`` as
     ``(kind, worker, index, payload, loss)``. ``isolate``: a failing unit is reported, not fatal."""
@@ -232,7 +243,7 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
 
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the command's SIGTERM handler
+    signal.signal(signal.SIGTERM, _stop_worker)  # (a forked worker inherits the command's SIGTERM handler)
     try:
         while (item := tasks.get()) is not None:
             index, unit = item
@@ -251,6 +262,8 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
             else:
                 results.put(("unit-done", worker, index, None, None))
         results.put(("done", worker, None, None, None))
+    except WorkerStopped:  # stopped, not failed: the unit has unwound (its trackers closed)
+        raise SystemExit(128 + signal.SIGTERM) from None
     except BaseException:
         results.put(("error", worker, None, traceback.format_exc(), None))
         raise SystemExit(1)
