@@ -208,8 +208,12 @@ class WorkerProcesses:
         finally:
             for proc in procs:
                 if proc.is_alive():
-                    proc.terminate()
-                proc.join()
+                    proc.terminate()  # SIGTERM: the worker unwinds, closing its trackers (WorkerStopped)
+            for proc in procs:
+                proc.join(timeout=STOP_TIMEOUT_S)
+                if proc.is_alive():  # stuck while closing (a tracker that does not answer)
+                    proc.kill()
+                    proc.join()
 
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:
@@ -223,6 +227,9 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+STOP_TIMEOUT_S = 60.0  # how long a stopped worker may take to close its trackers before it is killed
 
 
 class WorkerStopped(BaseException):
@@ -267,6 +274,8 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
     except BaseException:
         results.put(("error", worker, None, traceback.format_exc(), None))
         raise SystemExit(1)
+    finally:  # past its units a worker has nothing to close: a SIGTERM while it exits just ends it, quietly
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def local_executor(strategy: str, workers: int) -> Executor:
