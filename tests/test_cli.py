@@ -120,6 +120,11 @@ def test_report_on_a_non_run(workdir, capsys):
     assert main(["report", str(workdir / "sweep")]) == 2  # a sweep has an HTML page, not figures of its own
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "a sweep directory" in err[0] and "--html" in err[0]
+    (workdir / "outer" / "inner").mkdir(parents=True)  # a reproduce folder: its sweeps one level down
+    (workdir / "outer" / "inner" / "sweep.json").write_text("{}")
+    assert main(["report", str(workdir / "outer"), "--html"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"below it: {workdir / 'outer' / 'inner'}" in err[0], err
 
 
 def test_bad_input_in_a_real_process(tmp_path):

@@ -409,6 +409,12 @@ def test_sweep_page_with_solved_seeds_draws_their_emergence_steps(browser, tmp_p
     page, errors = _open(browser, write_html(sweep, tmp_path / "sweep.html"))
     assert page.locator("#plot-dist.js-plotly-plot .main-svg").count() >= 1
     assert not page.locator("#dist-note").is_visible()
+    # the P(solved) band steps with its curve: the polygon along hi and back along lo, a corner at each step
+    band, curve = page.evaluate("(() => { const d = document.getElementById('plot-solved').data;"
+                                " return [d[0], d[1]]; })()")
+    x, n = curve["x"], len(curve["x"])
+    assert len(band["x"]) == 2 * (2 * n - 1) and band["x"][:3] == [x[0], x[1], x[1]]
+    assert band["y"][1] == band["y"][0]  # the first value holds until the second step
     assert not errors, errors
     page.close()
 

@@ -292,6 +292,13 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     assert f"Command: `emergelab reproduce seeds --scale smoke --out {out} --workers 1 --quiet`" in result
     assert f"Analysed again with `emergelab reproduce seeds --scale smoke --out {out} --analyse-only`" in result
     assert "analysis only" not in result and json.loads((out / "result.json").read_text())["seconds"]
+    trained = json.loads((out / "result.json").read_text())["seconds"]
+    # the same command again trains nothing: RESULT.md keeps the training command and its time
+    rerun = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--workers", "1", "--quiet", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((out / "result.json").read_text())["seconds"] == trained
+    assert f"Command: `emergelab reproduce seeds --scale smoke --out {out} --workers 1 --quiet`" in \
+        (out / "RESULT.md").read_text()
     # the runs are smoke-scale: analysing them as cpu-scale would relabel them
     wrong = cli("reproduce", "seeds", "--scale", "cpu", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert wrong.returncode == 2 and "holds the smoke-scale runs of seeds" in wrong.stderr, wrong.stderr

@@ -406,6 +406,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         if (Path(args.run_dir) / "sweep.json").exists():
             raise ConfigError(f"{args.run_dir}: a sweep directory: `emergelab report {args.run_dir} --html` draws "
                               f"its page, `emergelab analyze {args.run_dir}` its tables and figures")
+        inside = sorted({path.parent for name in ("sweep.json", "config.yaml")
+                         for path in Path(args.run_dir).glob(f"*/{name}")})
+        if inside:  # e.g. a reproduce folder, whose sweeps are one level down
+            raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml); below it: "
+                              f"{', '.join(str(p) for p in inside[:4])}{', ...' if len(inside) > 4 else ''} "
+                              f"(e.g. `emergelab report {inside[0]}{' --html' if args.html else ''}`)")
         raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)"
                           + (" or a sweep directory (no sweep.json)" if args.html else ""))
     if not run.metrics_path.exists():

@@ -77,7 +77,8 @@ def reproduce(name: str, scale: str = "cpu", out: str | Path | None = None, *, e
     for part, sweep in sweeps.items():
         start = time.perf_counter()
         result = run_sweep(sweep, out / part, executor=executor, retries=retries, progress=progress)
-        seconds[part] = time.perf_counter() - start
+        if len(result.finished_before) < len(sweep.runs):  # it trained (or tried): its time is this call's
+            seconds[part] = time.perf_counter() - start
         failed.update(result.failed)
     return analyse(t, scale, out, seconds=seconds, failed=failed,
                    runs=sum(len(s.runs) for s in sweeps.values()), command=command)
@@ -190,12 +191,14 @@ def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str,
     the training command, times and machine of the previous result.json, and names itself beside them."""
     out = outcome.out
     reanalysed, trained_on = None, machine()
+    previous = _previous_result(out, outcome.target.name)
     if not outcome.seconds:
-        previous = _previous_result(out, outcome.target.name)
         if previous.get("command"):
             reanalysed, command = command, previous["command"]
             outcome = replace(outcome, seconds=previous.get("seconds") or {})
             trained_on = previous.get("machine") or trained_on
+    elif isinstance(previous.get("seconds"), dict):  # a part with nothing left to train keeps its earlier time
+        outcome = replace(outcome, seconds={**previous["seconds"], **outcome.seconds})
     write_text(out / "table.txt", outcome.table + "\n")
     write_text(out / "RESULT.md", result_markdown(outcome, command, reanalysed, trained_on))
     write_text(out / "result.json", json.dumps({"target": outcome.target.name, "scale": outcome.scale,
@@ -250,7 +253,7 @@ def result_markdown(r: ReproduceResult, command: str | None, reanalysed: str | N
              f"**Paper's claim.** {r.target.claim}", "",
              f"Command: `{command or f'emergelab reproduce {r.target.name} --scale {r.scale}'}`  ",
              f"Machine: {where}, torch {m['torch']}, load average {m['load_avg'][0]:.1f} at the end; "
-             f"{r.runs} run(s); wall time {_duration(total)} ({times or 'analysis only'}); {m['time']}."
+             f"{r.runs} run(s); training wall time {_duration(total)} ({times or 'analysis only'}); {m['time']}."
              + ("  " if reanalysed else ""), ""]
     if reanalysed:
         lines[-1:] = [f"Analysed again with `{reanalysed}` on {time.strftime('%Y-%m-%dT%H:%M:%S')}.", ""]

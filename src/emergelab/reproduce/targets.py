@@ -89,7 +89,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "Pythia (10 seeds per size): in-context repetition appears at a random, seed-dependent step, abruptly, "
            "coinciding with specific heads learning their attention patterns; larger models get it earlier on "
            "average; patching a few heads' attention from a later checkpoint into an earlier one recovers much "
-           "of it. Here on emergelab's own mini-suite (tasks/repetition.py), 3 sizes x 8 seeds.",
+           "of it. Here on emergelab's own mini-suite (tasks/repetition.py): 3 sizes x 8 seeds at cpu scale.",
            figure="lm-emergence"),
     Target("pre-pretraining", ("pre-pretraining",), ("train.pretrain",), None,
            "Pre-pretraining on formal languages (Dyck) or neural cellular automata before language training makes "

@@ -38,6 +38,7 @@ STATES = ("done", "running", "failed", "pending")
 class SweepResult:
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run name -> last error
+    finished_before: list[str] = field(default_factory=list)  # done before this call: nothing trained
     busy: list[str] = field(default_factory=list)  # trained by another process right now: left alone
 
 
@@ -145,6 +146,7 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, *, executor: Executor
                     log_finished(spec.config, run)  # trackers added after the run finished
                 if plan is None or finish_run(run, plan):
                     result.done.append(spec.name)
+                    result.finished_before.append(spec.name)
                     _clear_failure(out, spec.name)
                     continue
             except Exception as error:  # e.g. a damaged file: this run fails, the others go on

@@ -200,6 +200,21 @@
   }
 
   // ------------------------------------------------------------------------------------------- sweep page
+  // The band of a step curve (each value holds until the next x, as the curve's "hv" line draws it): the
+  // polygon along hi forward and lo backward, with a corner at every step.
+  function stepBand(x, lo, hi) {
+    const bx = [], by = [];
+    for (let i = 0; i < x.length; i++) {
+      if (i > 0) { bx.push(x[i]); by.push(hi[i - 1]); }
+      bx.push(x[i]); by.push(hi[i]);
+    }
+    for (let i = x.length - 1; i >= 0; i--) {
+      bx.push(x[i]); by.push(lo[i]);
+      if (i > 0) { bx.push(x[i]); by.push(lo[i - 1]); }
+    }
+    return { x: bx, y: by };
+  }
+
   function sweepPage() {
     const sel = $("group-field");
     function drawGroups() {
@@ -208,7 +223,8 @@
       const traces = [];
       g.groups.forEach((grp, k) => {
         const c = grp.curve, col = color(k, n);
-        traces.push({ x: c.x.concat(c.x.slice().reverse()), y: c.hi.concat(c.lo.slice().reverse()), type: "scatter",
+        const band = stepBand(c.x, c.lo, c.hi);
+        traces.push({ x: band.x, y: band.y, type: "scatter",
                       fill: "toself", fillcolor: col, opacity: 0.18, line: { width: 0 }, hoverinfo: "skip",
                       legendgroup: grp.label, showlegend: false, name: grp.label + " band" });
         traces.push({ x: c.x, y: c.p, type: "scatter", mode: "lines", line: { color: col, width: 2, shape: "hv" },
