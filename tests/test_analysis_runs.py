@@ -579,7 +579,10 @@ def test_zipped_fields_are_named_beside_the_config_they_go_with(tmp_path, capsys
                  "task.pool_fraction": None})
     by, pooled, aliases = _grouping(rows, None, None, False)
     assert by == ["task.name", "task.pool_fraction"] and aliases == ["task.rules"]
-    assert config_label(by, ("linear-map", None), aliases, (None,)) == "name=linear-map, pool_fraction=None"
+    assert config_label(by, ("linear-map", None), aliases, (None,)) == "name=linear-map"  # no pool there
+    assert config_label(["task.name", "task.sparsity", "model.name"], ("cellular-automata", None, "lru")) == \
+        "task.name=cellular-automata, model.name=lru"  # a field the task lacks (reproduce mixers' table)
+    assert config_label(["task.sparsity"], (None,)) == "sparsity=None"  # nothing else names it
     assert config_label(by, ("cellular-automata", 0.5), aliases, (4,)) == \
         "name=cellular-automata, pool_fraction=0.5, rules=4"
     assert config_label(["task.name", "model.name"], ("a", "b")) == "task.name=a, model.name=b"

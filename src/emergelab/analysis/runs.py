@@ -134,9 +134,13 @@ def _sort_key(value: Any) -> tuple:
 
 def config_label(by: Sequence[str], key: tuple, aliases: Sequence[str] = (), alias_key: tuple = ()) -> str:
     """``sparsity=2, heads=4``: each field by its last part, or in full where two fields share it
-    (``task.name=linear-map, model.name=mamba``); then the ``aliases`` the config has a value for."""
-    fields = [*by, *(f for f, v in zip(aliases, alias_key) if v is not None)]
-    values = [*key, *(v for v in alias_key if v is not None)]
+    (``task.name=linear-map, model.name=mamba``); then the ``aliases`` the config has a value for. A field
+    the config does not have (a cellular automaton's ``task.sparsity`` beside linear maps: None) is left
+    out while another field names it."""
+    pairs = [*zip(by, key), *((f, v) for f, v in zip(aliases, alias_key) if v is not None)]
+    if any(v is not None for _, v in pairs):
+        pairs = [(f, v) for f, v in pairs if v is not None]
+    fields, values = [f for f, _ in pairs], [v for _, v in pairs]
     if not fields:
         return "all runs"
     last = [f.split(".")[-1] for f in fields]
