@@ -435,7 +435,11 @@ def test_plateau_scaling_refuses_two_sizes(tmp_path, capsys):
     (series,) = plateau_scaling(result, "task.state_size")
     assert series["fit"] is None and "needs 3" in series["reason"]
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
-    assert "no fit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # why, on its own line beneath the table (not stretching the interval column)
+    assert "no fit for all runs: 2 value(s) of state_size with an ended plateau median; a fit needs 3" in out
+    row = next(line for line in out.splitlines() if line.startswith("all runs") and "no fit" in line)
+    assert "needs" not in row
     assert (tmp_path / "o" / "plateau_vs_task_state_size.png").stat().st_size > 0  # points, no line
 
 

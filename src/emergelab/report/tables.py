@@ -145,17 +145,18 @@ def format_plateau_scaling(result: Any, field: str) -> str:
     lines = [f"plateau median ~ c * {name}^a (least squares on log-log config medians; configs whose median "
              "plateau is censored are left out)"]
     header = ["series", "configs fitted", "a", "s.e.", "95% interval", "c", f"censored {name}"]
-    rows = []
+    rows, reasons = [], []
     for s in plateau_scaling(result, field):
         fit = s["fit"]
         cens = ", ".join(_fmt(v) for v in s["censored"]) or "-"
-        if fit is None:
+        if fit is None:  # why, beneath the table (in the interval column it stretched every row)
             rows.append([s["series"], f"{int((~s['censored_mask']).sum())} of {s['x'].size}",
-                         "no fit", "-", s["reason"], "-", cens])
+                         "no fit", "-", "-", "-", cens])
+            reasons.append(f"no fit for {s['series']}: {s['reason']}")
         else:
             rows.append([s["series"], f"{fit.n_points} of {s['x'].size}", f"{fit.exponent:.2f}",
                          f"{fit.stderr:.2f}", f"[{fit.lo:.2f}, {fit.hi:.2f}]", f"{fit.prefactor:.3g}", cens])
-    return "\n".join(lines) + "\n" + _render(header, rows)
+    return "\n".join([*lines, _render(header, rows), *reasons])
 
 
 def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int, int]] = frozenset()) -> str:
