@@ -639,3 +639,21 @@ def test_status_progress_text():
     assert text("done", 1.0) == "100%" and text("pending", 0.997) == "99%" and text("pending", 0.0) == "0%"
     assert text("pending", 1.0) == "100% (trained; re-run the sweep to write its results)"
     assert text("running", 1.0) == "100%" and text("failed", 0.5) == "50%"
+
+
+def test_progress_bars_into_a_log_file_update_seldom(monkeypatch):
+    """A bar on a terminal redraws in place (tqdm's 0.1 s); into a file or pipe every redraw is appended to
+    one line, so the run's and the sweep's bars then write every 30 s."""
+    import io
+    import sys
+
+    from emergelab.train.run import NON_TTY_BAR_INTERVAL_S, bar_interval
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert bar_interval() == NON_TTY_BAR_INTERVAL_S == 30.0
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert bar_interval() == 0.1

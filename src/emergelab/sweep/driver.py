@@ -27,7 +27,7 @@ from ..store import RunDir, RunLockedError, locked, size_mismatch, write_text
 from ..store.locks import is_locked
 from ..train import Executor, WorkerProcesses, WorkUnit, finish_run, plan_units, prepare_run
 from ..train.trackers import log_finished, require_packages
-from ..train.run import Plan, train_flops
+from ..train.run import Plan, bar_interval, train_flops
 from ..train.unit import unit_progress
 from .spec import Sweep, SweepRun
 
@@ -236,7 +236,7 @@ class _SweepBar:
 
         nothing_left = total <= 0  # every run was done already: a full bar, not an empty one
         self.bar = tqdm(total=1.0 if nothing_left else total, initial=1.0 if nothing_left else 0.0,
-                        disable=not self.enabled, desc="sweep", dynamic_ncols=True,
+                        disable=not self.enabled, desc="sweep", dynamic_ncols=True, mininterval=bar_interval(),
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self._postfix()
 

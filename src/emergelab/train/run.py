@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -353,6 +354,15 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
     return run
 
 
+NON_TTY_BAR_INTERVAL_S = 30.0  # into a log file (no terminal) a bar writes this seldom, not 10 times a second
+
+
+def bar_interval() -> float:
+    """tqdm's ``mininterval`` for a progress bar on stderr: tqdm's 0.1 s on a terminal; in a log file or a
+    pipe every update is appended to one ever longer line, so ``NON_TTY_BAR_INTERVAL_S`` there."""
+    return 0.1 if sys.stderr.isatty() else NON_TTY_BAR_INTERVAL_S
+
+
 def finish_run(run: RunDir, plan: Plan | None = None) -> bool:
     """Merge every group's metrics into ``metrics.parquet``, write ``summary.json`` and drop the resume
     states, if every group is done. Returns whether the run is complete."""
@@ -404,7 +414,7 @@ class _Bar:
         self.outlooks: dict[Any, tuple] = {}
         self.bar = tqdm(total=sum(u.steps for u in units), initial=initial, disable=not enabled,
                         unit="seed-step", desc=f"train ({plan.strategy}, {plan.processes} proc)", smoothing=0.1,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, mininterval=bar_interval())
 
     def mean_loss(self) -> float | None:
         if not self.latest:
