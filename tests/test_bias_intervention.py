@@ -107,7 +107,7 @@ def test_bias_removes_the_plateau_many_seeds(tmp_path):
     assert all(math.isfinite(g) for g in gaps)
 
 
-def test_a_bias_toward_no_pattern_is_refused_before_any_work(tmp_path):
+def test_a_bias_toward_no_pattern_is_refused_before_any_work(tmp_path, capsys):
     """Question formation has no known attention pattern (an empty ground-truth mask): beta * M would be 0,
     a run identical to the unbiased one under another hash. train() and a sweep refuse it in one line."""
     from emergelab.config import ConfigError
@@ -125,5 +125,12 @@ def test_a_bias_toward_no_pattern_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"the run \{train.bias_beta=2\}: .*no known attention pattern"):
         expand(sweep, tmp_path / "sweep")
     assert len(expand({**sweep, "grid": {"train.bias_beta": [0]}}, tmp_path / "sweep").runs) == 1
+    from emergelab.cli import main
+
+    assert main(["run", "question-formation", "--set", "train.bias_beta=2", "--steps", "10",
+                 "--out", str(tmp_path / "cli")]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and len(printed.err.strip().splitlines()) == 1 and "no known attention" in printed.err
+    assert not (tmp_path / "cli").exists()
     linear = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "train": {"bias_beta": 2}}).resolved()
     check_bias_target(linear, seed_task(linear.task, 0, 0))  # a known pattern: nothing to say

@@ -297,6 +297,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = experiment_from_args(args)
     device = check_device("execution.device", config.execution.device)
     config = config.resolved()
+    if config.train.bias_beta:  # train() checks it too; here it is the only line printed
+        from .tasks import seed_task
+        from .train.bias import check_bias_target
+
+        check_bias_target(config, seed_task(config.task, config.train.seed, 0))
     out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
     check_out_dir(out)
     check_existing(config, out)
