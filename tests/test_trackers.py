@@ -345,7 +345,7 @@ def test_ctrl_c_in_worker_processes_loses_no_wandb_step(tmp_path):
     """Ctrl-C (SIGINT to the command's process group) mid-run with 2 worker processes, then the same command
     again: W&B's offline files hold every step of metrics.parquet once. The main process stops the workers
     with SIGTERM; a worker unwinds (train.execute.WorkerStopped) and finishes its W&B runs, which write their
-    last records then (killed outright, a worker lost the last 2-3 steps and its ledger kept them lost)."""
+    last records then (killed outright, a worker lost the last 2-5 steps and its ledger kept them lost)."""
     import os
     import signal
     import subprocess
