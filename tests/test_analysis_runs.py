@@ -628,7 +628,8 @@ def test_runs_that_differ_only_in_seeds_are_named(tmp_path, capsys):
     run_rows = planted_rows({0: [100, 200, 300, 400], 1: [200, 300, 400, 500]}, seeds=(0, 1))
     fake_run(tmp_path / "a", run_rows, optima=lm_optima(4))
     fake_run(tmp_path / "b", run_rows, optima=lm_optima(4))  # the same config (and seeds) again
-    with pytest.warns(RepeatedSeedsWarning, match=r"2 runs are one config but for train.seeds .*2 seed\(s\) count more"):
+    said = r"2 runs are one config but for train.seeds .*2 seed\(s\) count more"
+    with pytest.warns(RepeatedSeedsWarning, match=said):
         result = analyze_runs(connect(tmp_path), n_boot=50)
     assert result.groups.to_pylist()[0]["n_seeds"] == 4  # counted, and said
     with pytest.warns(RepeatedSeedsWarning) as said:

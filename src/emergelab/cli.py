@@ -519,8 +519,9 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
     if outcome not in known:
         same = [k for k in known if k.startswith(metric + ":")]
         if same:  # the metric is there, at other indices
+            indices = ", ".join(k.partition(":")[2] for k in same[:12]) + (", ..." if len(same) > 12 else "")
             raise ConfigError(f"--outcome {outcome}: {metric} has no index {index!r} in these runs; its indices: "
-                              f"{', '.join(k.partition(':')[2] for k in same[:12])}" + (", ..." if len(same) > 12 else ""))
+                              f"{indices}")
         whole = [k for k in known if ":" not in k]  # a metric's value over all outputs first, then the rest
         raise ConfigError(f"--outcome {outcome}: not a metric of these runs; they have {', '.join(whole)} "
                           f"and per-index ones such as {', '.join([k for k in known if ':' in k][:4])}")

@@ -3,11 +3,11 @@
 M is the task's ground-truth (query, key) mask (``task.attention_mask``): for a task whose keys differ per
 sequence (counting, reverse addition, the repetition corpus) it is their support over all sequences (every
 key some sequence's answer reads), not each sequence's own keys; a task without a known pattern (question
-formation: an empty mask) cannot be biased (:func:`check_bias_target`). The bias enters through the model's ``attn_bias`` input
-(models with ``accepts_attn_bias``), so no model surgery is needed, and it is applied to the chosen
-layers and heads only. The trainer receives it as a function of the step (``bias_schedule``); it lives
-here, with the training recipe, because it is part of a run's identity. ``emergelab.interventions``
-re-exports ``ground_truth_bias`` for use on any model outside training.
+formation: an empty mask) cannot be biased (:func:`check_bias_target`). The bias enters through the
+model's ``attn_bias`` input (models with ``accepts_attn_bias``), so no model surgery is needed, and it is
+applied to the chosen layers and heads only. The trainer receives it as a function of the step
+(``bias_schedule``); it lives here, with the training recipe, because it is part of a run's identity.
+``emergelab.interventions`` re-exports ``ground_truth_bias`` for use on any model outside training.
 """
 
 from __future__ import annotations
