@@ -350,6 +350,14 @@ def test_cli_patch(suite, tmp_path, capsys):
     assert np.isfinite([r["prob"] for r in joint]).all()
 
 
+def test_the_package_exports_what_its_readme_names():
+    import emergelab.lm as lm
+    from emergelab.lm import patch
+
+    assert lm.patch_revisions is patch.patch_revisions and lm.write_patch is patch.write_patch
+    assert {"patch_revisions", "RevisionPatching", "write_patch", "scan", "load_lm"} <= set(lm.__all__)
+
+
 def test_missing_extra_is_an_install_hint(monkeypatch, capsys):
     import importlib.util
 

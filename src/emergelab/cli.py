@@ -290,6 +290,7 @@ def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .train import train
+    from .train.bias import check_bias_target
     from .train.run import check_existing, fraction_left
     from .train.estimate import (WARN_HOURS, check_device, check_fits, estimate_run, format_bytes,
                                  format_seconds, available_bytes)
@@ -297,11 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = experiment_from_args(args)
     device = check_device("execution.device", config.execution.device)
     config = config.resolved()
-    if config.train.bias_beta:  # train() checks it too; here it is the only line printed
-        from .tasks import seed_task
-        from .train.bias import check_bias_target
-
-        check_bias_target(config, seed_task(config.task, config.train.seed, 0))
+    check_bias_target(config)  # train() checks it too; here its error is the only line printed
     out = args.out or Path("runs") / f"{config.task_name}-{config.science_key()}"
     check_out_dir(out)
     check_existing(config, out)

@@ -61,7 +61,7 @@ from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
 from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
-           "config_label", "copy_statistics", "default_by", "plateau_scaling", "repeated_seeds"]
+           "config_label", "copy_statistics", "default_by", "plateau_scaling", "repeated_seeds", "run_rows"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -74,7 +74,8 @@ IGNORED_PREFIXES = ("execution.", "emergelab.", "train.strategy", "train.workers
                     "train.resume_every", "train.device")  # the last five: runs made before `execution`
 
 
-def _run_rows(con: Any) -> list[dict[str, Any]]:
+def run_rows(con: Any) -> list[dict[str, Any]]:
+    """The ``runs`` view of a store as dicts (run, then one key per config field), by run."""
     return arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist()
 
 
@@ -300,7 +301,7 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
     """
     if not solved_tol >= 0:
         raise ConfigError(f"solved_tol={solved_tol!r}: must be a number >= 0")
-    rows = _run_rows(con)
+    rows = run_rows(con)
     warn_repeated_seeds(rows)
     requested = None if by is None else list(by)
     by, pooled, aliases = _grouping(rows, requested, pool, pool_rest)

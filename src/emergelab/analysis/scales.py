@@ -42,7 +42,7 @@ from .arrays import ArrayLike, RngLike, as_rng, finite_1d
 from .bigbench import breakthroughness, linearity
 from .bimodality import bimodality
 from .fetch import arrow
-from .runs import warn_repeated_seeds
+from .runs import run_rows, warn_repeated_seeds
 
 __all__ = ["ScaleAnalysis", "bootstrap_mean", "breakthroughness_across_scales", "final_outcomes",
            "linearity_across_scales",
@@ -183,7 +183,7 @@ def final_outcomes(con: Any, metric: str, by: str, *, index: str = "", threshold
     """``(analysis, scale, outcome)``: :func:`store_outcomes` through :func:`scale_outcomes` as
     ``reproduce random-scaling`` and ``emergelab analyze --outcome`` tabulate them: 20 histogram bins over
     [0, 1] for an outcome in [0, 1] (an accuracy, a probability; else over its range), fixed random numbers."""
-    warn_repeated_seeds(arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist())
+    warn_repeated_seeds(run_rows(con))
     scale, outcome = store_outcomes(con, metric, by, index=index)
     in_unit = bool(((outcome >= 0) & (outcome <= 1)).all())
     analysis = scale_outcomes(scale, outcome, threshold=threshold, bins=20,

@@ -35,10 +35,10 @@ import numpy as np
 import yaml
 
 from ..analysis.emergence import curve_emergence
-from ..analysis.fetch import Curves, arrow, fetch_curves
+from ..analysis.fetch import Curves, fetch_curves
 from ..analysis.forecast import forecast_run
 from ..analysis.heads import attribute_heads
-from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_statistics, default_by
+from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_statistics, default_by, run_rows
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
 from ..analysis.summary import copied_outputs
 from ..config import ConfigError
@@ -390,7 +390,7 @@ def sweep_page(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no finished runs in the sweep yet (`emergelab sweep status {path}`)") from None
     try:
         result = analyze_runs(con, n_boot=200)
-        runs = arrow(con, "SELECT * FROM runs ORDER BY run").to_pylist()
+        runs = run_rows(con)
         labels = {r: json.loads(v) if v else [] for r, v in con.sql(
             "SELECT run, to_json(list(label ORDER BY \"index\"::INT)) FROM optima WHERE \"index\" <> '' "
             "GROUP BY run").fetchall()}

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import ConfigError
+from ..tasks import seed_task
 
 
 def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
@@ -45,11 +46,15 @@ def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
     return beta * selected[None, :, :, None, None] * masks.float()[:, None, None]
 
 
-def check_bias_target(config, task) -> None:
-    """A ConfigError when ``config`` biases attention toward a pattern ``task`` (a built task of the run)
-    does not have: an empty ground-truth mask would make ``beta * M`` zero, a run that trains exactly as
-    without the bias under another hash."""
-    if config.train.bias_beta != 0.0 and not bool(task.attention_mask.any()):
+def check_bias_target(config, task=None) -> None:
+    """A ConfigError when ``config`` biases attention toward a pattern its task does not have: an empty
+    ground-truth mask would make ``beta * M`` zero, a run that trains exactly as without the bias under
+    another hash. ``task``: the run's first built task (None: built here, only when there is a bias)."""
+    if config.train.bias_beta == 0.0:
+        return
+    if task is None:
+        task = seed_task(config.task, config.train.seed, 0)
+    if not bool(task.attention_mask.any()):
         raise ConfigError(f"train.bias_beta={config.train.bias_beta}: task.name={config.task.name} has no known "
                           "attention pattern to bias toward (its ground-truth mask is empty); set train.bias_beta=0")
 
