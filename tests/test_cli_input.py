@@ -318,3 +318,32 @@ def test_unreadable_or_misshapen_run_files_are_one_line(tiny_run, tmp_path, caps
     monkeypatch.setattr(os, "walk", walk_unreadable)
     assert main(["analyze", str(tmp_path)]) == 2
     assert one_error_line(capsys).endswith(f"{tmp_path}: Permission denied")
+
+
+def test_report_on_metrics_without_rows_or_a_finite_loss_is_one_line(tiny_run, tmp_path, capsys):
+    """A metrics.parquet of the right schema with no rows, or with every value NaN (written outside
+    emergelab, no manifest to catch it): ``report`` raised ValueError from the figures (the NaN one after
+    writing two of them)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, words in (("empty", "hold no seeds to plot"), ("nan", "no finite loss to plot")):
+        run = tmp_path / name
+        shutil.copytree(tiny_run.path, run)
+        (run / "manifest.jsonl").unlink()
+        shutil.rmtree(run / "figures", ignore_errors=True)
+        table = pq.read_table(run / "metrics.parquet")
+        if name == "empty":
+            table = table.slice(0, 0)
+        else:
+            column = table.schema.get_field_index("value")
+            table = table.set_column(column, "value", pa.array([float("nan")] * table.num_rows,
+                                                               type=table.schema.field("value").type))
+        pq.write_table(table, run / "metrics.parquet")
+        capsys.readouterr()
+        assert main(["report", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+        assert not list((run / "figures").glob("*.png"))

@@ -349,3 +349,48 @@ def test_check_says_a_run_is_unfinished(partial, tmp_path, capsys):
     code, out, _ = call(capsys, "check", str(run))
     assert code == 0 and "every file is intact" in out
     assert f"note: {run}: unfinished (" in out and "of its seed-steps trained); re-run" in out, out
+
+
+@pytest.mark.parametrize("shape", ["list", "seeds-a-number", "final-loss-text", "no-learned-step"])
+def test_a_summary_of_the_wrong_shape_without_a_manifest_is_rebuilt(base, tmp_path, capsys, shape):
+    """Valid JSON that is not a run's summary (written outside emergelab; no manifest to catch it): ``run``
+    printed "already finished" and then raised KeyError / TypeError from the summary table, and ``check``
+    said every file was intact. Now ``check`` names it and ``run`` rebuilds it from metrics.parquet."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / "manifest.jsonl").unlink()
+    good = json.loads((base / "summary.json").read_text())
+    seed = next(iter(good["seeds"]))
+    bad = {"list": [1], "seeds-a-number": {**good, "seeds": 5},
+           "final-loss-text": {**good, "seeds": {seed: {**good["seeds"][seed], "final_loss": "x"}}},
+           "no-learned-step": {**good, "seeds": {seed: {"final_loss": 1.0}}}}[shape]
+    (run / "summary.json").write_text(json.dumps(bad))
+    code, out, _ = call(capsys, "check", str(run))
+    assert code == 2 and "summary.json: damaged: not a valid" in out, out
+    with pytest.warns(CorruptFileWarning, match="rebuilt it from metrics.parquet"):
+        code, out, err = call(capsys, "run", *ARGS, "--out", str(run), "--no-figures")
+    assert code == 0 and "already finished" in out, err
+    assert json.loads((run / "summary.json").read_text()) == good
+
+
+def test_the_summary_table_takes_a_seed_without_a_final_loss(base, tmp_path, capsys):
+    """A summary's ``final_loss`` is None for a seed no probe measured at the end: printed as n/a (was a
+    TypeError)."""
+    import json
+
+    from emergelab.cli import print_summary
+    from emergelab.store import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    summary = json.loads((run / "summary.json").read_text())
+    seed = next(iter(summary["seeds"]))
+    summary["seeds"][seed]["final_loss"] = None
+    (run / "manifest.jsonl").unlink()
+    (run / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    print_summary(RunDir(run))
+    row = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == [seed]][0]
+    assert row.split()[1:3] == ["n/a", "n/a"], row

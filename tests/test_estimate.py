@@ -112,6 +112,33 @@ def test_a_run_that_cannot_fit_is_refused_with_the_limit(monkeypatch):
         check_fits(est, "cpu")
 
 
+def test_a_rule_pool_too_large_for_memory_is_refused_not_drawn(tmp_path, capsys):
+    """``task.rules=10**8`` (a 51 GB pool of tables) was drawn while estimating the run, to read its masks:
+    the estimate itself died of the allocation, with a traceback. The estimate counts the pool from the config
+    and builds the task with one table (``tasks.shape_task``): the refusal names the pool, in one line."""
+    import torch
+
+    from emergelab.cli import main
+    from emergelab.tasks import CellularAutomataConfig, seed_task, shape_task
+
+    huge = ExperimentConfig.from_dict({"task": {"name": "cellular-automata", "rules": 10**8},
+                                       "train": {"steps": 2}}).resolved()
+    est = estimate_run(huge)  # returns: nothing of the pool's size was allocated
+    assert est.biggest() == "ground truth" and est.parts["ground truth"] > 5e10 and "task.rules" in est.notes[
+        "ground truth"]
+    small = CellularAutomataConfig(rules=3)
+    full, shaped = seed_task(small, 0, 0), shape_task(small, 0)
+    assert shaped.config.rules == 1 and full.config.rules == 3
+    assert torch.equal(shaped.attention_mask, full.attention_mask) and torch.equal(shaped.loss_mask, full.loss_mask)
+    assert shape_task(CellularAutomataConfig(), 0).config.rules is None  # fresh rules stay fresh
+    out = tmp_path / "run"
+    assert main(["run", "cellular-automata", "--steps", "2", "--set", "task.rules=100000000",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "memory at its peak" in err and "task.rules" in err, err
+    assert not out.exists()
+
+
 def test_available_memory_is_positive():
     assert 0 < available_bytes("cpu") < float("inf")
 

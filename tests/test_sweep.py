@@ -198,7 +198,11 @@ def test_sweep_output_devices_memory_and_unit_sizes_checked_before_any_work(tmp_
     huge["base"]["train"]["batch_size"] = 10**8
     cuda7 = _copy.deepcopy(SPEC)
     cuda7["base"]["execution"] = {"device": "cuda:7"}
-    cases = [([str(good), "--out", str(afile)], "exists and is not a directory"),
+    nowhere = _copy.deepcopy(SPEC)  # was found by the first unit, after sweep.json and a failure record
+    nowhere["base"]["execution"] = {"forecast_from": str(tmp_path / "nowhere")}
+    cases = [([str(write_spec(tmp_path / "nowhere.yaml", {**nowhere, "out": str(tmp_path / "out")}))],
+              "execution.forecast_from="),
+             ([str(tmp_path / "nowhere.yaml"), "--dry-run"], "no finished run there"),([str(good), "--out", str(afile)], "exists and is not a directory"),
              ([str(good), "--out", str(a_run)], "a run directory, not a sweep's"),
              ([str(good), "--gpus-per-unit", "0.5"], "use them with --executor ray"),
              ([str(good), "--executor", "ray", "--cpus-per-unit", "nan"], "--cpus-per-unit=nan"),
@@ -339,6 +343,35 @@ def test_status_of_a_finished_run_whose_files_are_damaged_is_failed(finished, tm
     capsys.readouterr()
     assert main(["sweep", "status", str(out)]) == 0
     assert "1 done, 0 running, 1 failed, 0 pending" in capsys.readouterr().out
+
+
+def test_status_of_a_sweep_json_or_failure_record_of_the_wrong_shape_is_one_line(finished, tmp_path, capsys):
+    """Valid JSON of another shape (a list, a run without its name, a number for its folder or overrides)
+    raised AttributeError / KeyError / TypeError from ``sweep status``; a failure record that is not one
+    did too. Now: the sweep.json's one-line "damaged" error; the record reads as damaged."""
+    sweep, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    good = json.loads((out / "sweep.json").read_text())
+    entry = good["runs"][0]
+    shapes = [[1, 2], {"runs": [1]}, {"runs": [{k: v for k, v in entry.items() if k != "name"}]},
+              {"runs": [{**entry, "dir": None}]}, {"runs": [{**entry, "dir": 5}]}, {"runs": [{**entry, "overrides": 5}]}]
+    for shape in shapes:
+        (out / "sweep.json").write_text(json.dumps(shape))
+        capsys.readouterr()
+        assert main(["sweep", "status", str(out)]) == 2, shape
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "damaged (not the JSON a sweep writes)" in err, (shape, err)
+    (out / "sweep.json").write_text(json.dumps(good))
+    record = out / "failed" / f"{sweep.runs[1].name}.json"
+    record.parent.mkdir(exist_ok=True)
+    for bad in ([1], "x", {"attempts": "x", "error": "boom"}, {"attempts": 2}):
+        record.write_text(json.dumps(bad))
+        status = {s.name: s for s in sweep_status(out)}[sweep.runs[1].name]
+        assert status.state == "failed" and status.error == "(the failure record is damaged)", bad
+        capsys.readouterr()
+        assert main(["sweep", "status", str(out)]) == 0
+        assert "1 failed" in capsys.readouterr().out
 
 
 def test_status_sees_a_damaged_result_before_the_sweep_runs_again(finished, tmp_path, capsys):

@@ -359,15 +359,18 @@ def print_summary(run: Any) -> None:
           + "step at which each output emerged")
     unjudged = unmeasured = copied = False
     for seed, info in summary["seeds"].items():
-        gap = f"{info['final_loss'] - optimum:+.4f}" if optimum is not None else "n/a"
+        final = info["final_loss"]  # None: no probe measured this seed's loss at the end
+        gap = f"{final - optimum:+.4f}" if optimum is not None and final is not None else "n/a"
         skip, absent = set(info.get("not_judged", ())), set(info.get("not_measured", ()))
         copies = copy_outputs(info.get("fan_in", {}))
         unjudged, unmeasured, copied = unjudged or bool(skip), unmeasured or bool(absent), copied or bool(copies)
         learned = " ".join("." if k in skip else "?" if k in absent else
                            ("-" if s is None else str(s)) + ("c" if k in copies else "")
                            for k, s in info["learned_step"].items())
-        fresh_text = f"{info['fresh_loss']:>11.4f}  " if "fresh_loss" in info else f"{'':>11}  " if fresh else ""
-        print(f"{seed:>4}  {info['final_loss']:>10.4f}  {gap:>9}  {fresh_text}{learned}")
+        fresh_text = (f"{info['fresh_loss']:>11.4f}  " if info.get("fresh_loss") is not None
+                      else f"{'':>11}  " if fresh else "")
+        final_text = f"{final:>10.4f}" if final is not None else f"{'n/a':>10}"
+        print(f"{seed:>4}  {final_text}  {gap:>9}  {fresh_text}{learned}")
     if unjudged:
         print("(.: an output with nothing to learn, its optimum at its initial loss; -: not yet)")
     if unmeasured:
@@ -1101,10 +1104,17 @@ def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> list[str]:
     run (which trains nothing, so can list a plan sized for another machine) only warns of the last two,
     and returns what it would refuse (then it must not calibrate: that builds the runs)."""
     from .train.estimate import check_device, check_fits, estimate_run
+    from .train.live import check_forecast_source
 
     check_out_dir(out, run=False)
     if (out / "config.yaml").exists() and not (out / "sweep.json").exists():
         raise ConfigError(f"--out {out}: a run directory, not a sweep's; choose a new or empty directory")
+    sources = {(run.config.execution.forecast_from, run.config.task.name): run for run in sweep.runs}
+    for run in sources.values():  # a config error wherever it runs: refused by a dry run too
+        try:
+            check_forecast_source(run.config)
+        except ConfigError as error:
+            raise ConfigError(f"{run.name}: {error}") from None
     refused = []
     for run in sweep.runs:
         try:

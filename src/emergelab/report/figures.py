@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..config import ConfigError
 from ..store import RunDir
 from ..tasks import seed_task
 from ..train import ExperimentConfig
@@ -433,10 +434,15 @@ def make_figures(run: RunDir | str | Path, seeds: list[int] | None = None, max_s
     chosen = available if seeds is None else [s for s in seeds if s in available]
     missing = [] if seeds is None else [s for s in seeds if s not in available]
     if missing:
-        raise ValueError(f"{run.path}: no metrics for seeds {missing}; the run has seeds {available}")
+        raise ConfigError(f"{run.path}: no metrics for seeds {missing}; the run has seeds {available}")
     chosen = chosen[:max_seeds]
     if not chosen:
-        raise ValueError(f"{run.path}: the metrics hold no seeds to plot")
+        raise ConfigError(f"{run.path}: the metrics hold no seeds to plot (metrics.parquet has no rows of loss "
+                          "or attention entropy: every run writes them at step 0, so the file is damaged)")
+    loss = table.filter(pc.equal(table["metric"], "loss"))["value"].to_numpy(zero_copy_only=False)
+    if not np.isfinite(loss).any():  # probes at step 0 always measure a finite loss: the file is not a run's
+        raise ConfigError(f"{run.path}: metrics.parquet holds no finite loss to plot (every run measures one at "
+                          "step 0, so the file is damaged)")
 
     written = [save_figure(plot_loss(table, config, chosen, jumps), run.figures_dir / "loss.png")]
     generalization = plot_generalization(table, config, chosen)

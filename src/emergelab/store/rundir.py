@@ -37,8 +37,8 @@ from .. import __version__
 from .atomic import write_parquet, write_safetensors, write_text
 from .manifest import Manifest
 from .metrics import SCHEMA
-from .verify import (ADVICE, CorruptFileError, parse_json, parse_parquet, parse_safetensors, parse_yaml_mapping,
-                     read_verified)
+from .verify import (ADVICE, CorruptFileError, parse_json, parse_parquet, parse_safetensors, parse_summary,
+                     parse_yaml_mapping, read_verified)
 
 _STEP = re.compile(r"step-(\d+)\.safetensors$")
 
@@ -145,7 +145,7 @@ class RunDir:
         parse_parquet(self.metrics_path, data, SCHEMA, footer_only=recorded)
 
     def summary(self) -> dict[str, Any]:
-        return parse_json(self.summary_path, read_verified(self.summary_path, self.path))
+        return parse_summary(self.summary_path, read_verified(self.summary_path, self.path))
 
     # ---- any file of the run, recorded in the manifest (resume states)
     def write_file_text(self, path: Path, text: str) -> None:

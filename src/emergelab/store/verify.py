@@ -171,6 +171,31 @@ def parse_json(path: Path, data: bytes, kind: type = dict) -> Any:
     return value
 
 
+def parse_summary(path: Path, data: bytes) -> dict[str, Any]:
+    """A run's summary.json: ``task`` (str), ``steps`` (int), ``seeds`` ({seed: {"final_loss": number or
+    None, "learned_step": {output: step or None}, ...}}), what ``emergelab run`` prints and the HTML page
+    reads; anything else is damaged."""
+    value = parse_json(path, data)
+
+    def number_or_none(x: Any) -> bool:
+        return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+    try:
+        if not isinstance(value.get("task"), str) or not isinstance(value.get("steps"), int):
+            raise ValueError("task or steps missing")
+        if not number_or_none(value.get("optimal_loss")) or not isinstance(value.get("seeds"), dict):
+            raise ValueError("optimal_loss or seeds of the wrong kind")
+        for seed, info in value["seeds"].items():
+            if not (isinstance(info, dict) and number_or_none(info.get("final_loss"))
+                    and number_or_none(info.get("fresh_loss"))
+                    and isinstance(info.get("learned_step"), dict)
+                    and all(number_or_none(step) for step in info["learned_step"].values())):
+                raise ValueError(f"seed {seed}: not a final_loss and learned_step")
+    except ValueError as error:
+        raise _damaged(path, "run summary", error) from None
+    return value
+
+
 def parse_parquet(path: Path, data: bytes, schema: pa.Schema | None = None, footer_only: bool = False) -> pa.Table | None:
     """The table in ``data`` (a Parquet file) with ``schema``; ``footer_only``: check the footer and the
     schema without decoding the pages (None)."""
@@ -208,6 +233,8 @@ def _parse_any(path: Path, data: bytes) -> None:
         from .metrics import SCHEMA
 
         parse_parquet(path, data, SCHEMA if path.name == "metrics.parquet" else None)
+    elif path.name == "summary.json":
+        parse_summary(path, data)
     elif path.suffix == ".json":
         parse_json(path, data)
     elif path.suffix in (".yaml", ".yml"):

@@ -71,7 +71,10 @@ def read_sweep_json(out: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{out}: not a sweep directory (no sweep.json)")
     try:
         data = json.loads(path.read_text())
-        assert isinstance(data.get("runs"), list)
+        assert isinstance(data, dict) and isinstance(data.get("runs"), list)
+        for entry in data["runs"]:  # what sweep_status and the readers of a sweep take from each run
+            assert isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("dir"), str)
+            assert isinstance(entry.get("overrides"), dict)
         return data
     except (ValueError, AssertionError):
         raise ConfigError(f"{path}: damaged (not the JSON a sweep writes); re-run the sweep file to rewrite it") \
@@ -287,12 +290,7 @@ def sweep_status(out: str | Path) -> list[RunStatus]:
     for entry in data["runs"]:
         name = entry["name"]
         run = RunDir(out / entry["dir"])
-        failure = None
-        if failure_path(out, name).exists():
-            try:
-                failure = json.loads(failure_path(out, name).read_text())
-            except ValueError:
-                failure = {"error": "(the failure record is damaged)", "attempts": 0}
+        failure = _read_failure(failure_path(out, name)) if failure_path(out, name).exists() else None
         if failure is None and run.is_complete():  # a success clears the failure record
             damage = _visible_damage(run)
             statuses.append(RunStatus(name, "failed" if damage else "done", 1.0, entry["overrides"], damage))
@@ -308,6 +306,18 @@ def sweep_status(out: str | Path) -> list[RunStatus]:
                                   failure.get("error") if failure else None,
                                   int(failure.get("attempts", 0)) if failure else 0))
     return statuses
+
+
+def _read_failure(path: Path) -> dict[str, Any]:
+    """A run's failure record (``_record_failure``): ``{"error": str, "attempts": int, ...}``; a record
+    that is not that reads as damaged."""
+    try:
+        failure = json.loads(path.read_text())
+        assert isinstance(failure, dict) and isinstance(failure.get("error"), str)
+        assert isinstance(failure.get("attempts", 0), int)
+        return failure
+    except (ValueError, AssertionError):
+        return {"error": "(the failure record is damaged)", "attempts": 0}
 
 
 def _visible_damage(run: RunDir) -> str | None:

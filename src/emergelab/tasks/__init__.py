@@ -15,7 +15,7 @@ from .question_formation import QuestionFormationConfig, QuestionFormationTask
 from .repetition import RepetitionBatch, RepetitionConfig, RepetitionTask
 from .reverse_addition import ReverseAdditionConfig, ReverseAdditionTask
 from .seeding import (fresh_tokens, generalization_tokens, held_out_tokens, length_eval_tokens, marginal_tokens,
-                      seed_streams, seed_task)
+                      seed_streams, seed_task, shape_task)
 
 TASKS: dict[str, type] = {
     LinearMapConfig.name: LinearMapConfig,
@@ -50,7 +50,7 @@ def register_task(config_class: type) -> type:
 
 __all__ = [
     "TASKS", "register_task", "task_class", "task_names", "Batch", "MapView", "Task", "TaskConfig", "default_map_view", "make_generator",
-    "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task",
+    "relevant_queries", "task_info", "held_out_tokens", "seed_streams", "seed_task", "shape_task",
     "LinearMapConfig", "LinearMapTask", "draw_sparse_matrix", "shortcut_fan_in",
     "CellularAutomataBatch", "CellularAutomataConfig", "CellularAutomataTask",
     "LengthTask", "supports_lengths", "supports_sample_masks", "supports_sample_outputs", "length_eval_tokens", "CountConfig", "CountTask",

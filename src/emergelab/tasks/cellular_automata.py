@@ -13,7 +13,7 @@ state as symbol 0.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -59,6 +59,11 @@ class CellularAutomataConfig:
     def sizes(self) -> tuple[int, int]:
         """``(vocab_size, seq_len)`` of the task this config builds, without building it."""
         return self.alphabet, self.state_size * self.trajectory_length
+
+    def for_shapes(self) -> "CellularAutomataConfig":
+        """This config with a pool of at most one table: the same sequences, masks and held-out batches,
+        without allocating the pool (``tasks.shape_task``)."""
+        return replace(self, rules=1) if self.rules else self
 
     def build(self, generator: torch.Generator) -> "CellularAutomataTask":
         pool = None

@@ -38,6 +38,15 @@ def seed_task(task_config: Any, master_seed: int, seed_index: int, device: str |
     return task_config.build(make_generator(seed_streams(master_seed, seed_index)["task"], device))
 
 
+def shape_task(task_config: Any, master_seed: int) -> Task:
+    """Run seed 0's task for what does not depend on the size of a drawn pool: its sequence length, masks,
+    loss positions and held-out batches. A config with ``for_shapes()`` (the cellular automata: a pool of
+    ``task.rules`` tables) is built from what that returns, so a cost estimate (``train.estimate``), which
+    counts the pool from the config, refuses a pool too large for memory instead of allocating it."""
+    shaped = task_config.for_shapes() if hasattr(task_config, "for_shapes") else task_config
+    return seed_task(shaped, master_seed, 0)
+
+
 def held_out_tokens(task: Task, master_seed: int, seed_index: int, n: int,
                     device: str | torch.device = "cpu") -> torch.Tensor:
     """``[n, L]``: the first ``n`` sequences of seed ``seed_index``'s eval stream (``n =

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import ConfigError
-from ..tasks import seed_task
+from ..tasks import shape_task
 
 
 def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
@@ -53,7 +53,7 @@ def check_bias_target(config, task=None) -> None:
     if config.train.bias_beta == 0.0:
         return
     if task is None:
-        task = seed_task(config.task, config.train.seed, 0)
+        task = shape_task(config.task, config.train.seed)  # the mask, without a pool the estimate refuses
     if not bool(task.attention_mask.any()):
         raise ConfigError(f"train.bias_beta={config.train.bias_beta}: task.name={config.task.name} has no known "
                           "attention pattern to bias toward (its ground-truth mask is empty); set train.bias_beta=0")

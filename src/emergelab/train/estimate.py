@@ -236,18 +236,18 @@ def probe_flops(config: Any) -> float:
     ``train.eval_batch_size`` sequences, and of as many per extra held-out batch (``extra_eval_batches``),
     against ``train.run.train_flops``' 3 forwards of ``train.batch_size`` a step. The attention maps and
     metrics a probe computes beside its forward are not counted."""
-    from ..tasks import seed_task
+    from ..tasks import shape_task
     from .schedule import probe_steps
 
     train = config.train
-    batches = 1 + extra_eval_batches(seed_task(config.task, train.seed, 0))
+    batches = 1 + extra_eval_batches(shape_task(config.task, train.seed))
     tokens = train.eval_batch_size * config.model.context_length * batches
     return config.model.flops_per_token() * tokens * len(probe_steps(train)) * train.seeds
 
 
 def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     """Peak memory and time of training resolved ``config`` under ``plan`` (default: its local plan)."""
-    from ..tasks import CellularAutomataConfig, seed_task
+    from ..tasks import CellularAutomataConfig, shape_task
     from ..tasks.pretraining import NCAStream, pretraining_stream
     from .run import make_plan, thread_budget, train_flops
     from .schedule import data_chunk_steps, probe_steps
@@ -267,7 +267,7 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
     quad = layers * _quadratic_channels(model, bias) * P * P
     est.parts["activations"] = 1.5 * E * B * (P * per_token + quad) * f
     est.notes["activations"] = "train.batch_size x sequence length x model size"
-    built = seed_task(task, train.seed, 0)  # cheap for every shipped task (a CA's floor is computed lazily)
+    built = shape_task(task, train.seed)  # cheap: a CA's pool is counted below, not drawn (its floor is lazy)
     loss_positions = int(built.loss_mask.sum())
     extra_batches = extra_eval_batches(built)
     selects = bool(getattr(getattr(model, "model_class", None), "selects_positions", False))
@@ -299,6 +299,8 @@ def estimate_run(config: Any, plan: Any | None = None) -> Estimate:
         truth += E * layers * getattr(model, "heads", 1) * P * P * f
     est.parts["ground truth"] = truth
     est.notes["ground truth"] = "sequence length squared x train.seeds"
+    if isinstance(task, CellularAutomataConfig) and task.rules and task.rules * task.alphabet ** task.window > P * P:
+        est.notes["ground truth"] = "task.rules x task.alphabet ** task.window x train.seeds (the rule pools)"
     est.parts["process"] = PROCESS_BYTES * max(1, plan.processes)
     est.notes["process"] = "worker processes"
     probes = len(probe_steps(train)) if train.steps < 10 ** 7 else train.steps / train.eval_every

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..analysis.forecast import LiveForecast, OutputOutlook, load_examples
 from ..config import ConfigError
@@ -34,9 +34,16 @@ class ProbeNews:
     outlook: tuple[OutputOutlook, ...] | None = None
 
 
-def live_forecast(config: ExperimentConfig, task: Task) -> LiveForecast | None:
-    """The live forecaster of ``config.execution.forecast_from`` (None when it is ""), fitted on every seed
-    of the runs there; a ConfigError (one line) when it holds no finished run of ``config``'s task."""
+def check_forecast_source(config: ExperimentConfig) -> None:
+    """A ConfigError (one line) when ``config.execution.forecast_from`` is set and holds no finished run of
+    ``config``'s task (what a sweep checks of each run before it writes anything)."""
+    con = _forecast_source(config)
+    if con is not None:
+        con.close()
+
+
+def _forecast_source(config: ExperimentConfig) -> Any:
+    """A DuckDB connection over the runs of ``execution.forecast_from`` (None when it is ""), checked."""
     source = config.execution.forecast_from
     if not source:
         return None
@@ -51,6 +58,19 @@ def live_forecast(config: ExperimentConfig, task: Task) -> LiveForecast | None:
         if names != {config.task.name}:
             raise ConfigError(f"execution.forecast_from={source!r}: holds runs of {', '.join(sorted(names))}, "
                               f"not of task {config.task.name}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def live_forecast(config: ExperimentConfig, task: Task) -> LiveForecast | None:
+    """The live forecaster of ``config.execution.forecast_from`` (None when it is ""), fitted on every seed
+    of the runs there; a ConfigError (one line) when it holds no finished run of ``config``'s task."""
+    con = _forecast_source(config)
+    if con is None:
+        return None
+    try:
         examples = load_examples(con)
     finally:
         con.close()
