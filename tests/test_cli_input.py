@@ -51,6 +51,24 @@ def test_build_accepts_numeric_text_and_integral_floats_for_ints():
             build(TrainConfig, bad, "train")
 
 
+def test_match_params_and_list_entries_take_any_notation():
+    """``model.match_params=1e4`` and a list's ``[1e1]`` were refused ("must be a positive integer", "1e1 is
+    not"), though the README says numbers may be written in any notation and int fields take ``1e3``."""
+    for match in (1e4, "1e4", 10000.0):
+        plain = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "model": {"match_params": 10000}})
+        config = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "model": {"match_params": match}})
+        assert config.model == plain.model
+    count = ExperimentConfig.from_dict({"task": {"name": "count", "eval_lengths": ["1e1", 5.0]}})
+    assert count.task.eval_lengths == (5, 10)
+    biased = ExperimentConfig.from_dict({"task": {"name": "linear-map"},
+                                         "train": {"bias_beta": 1.0, "bias_heads": ["1e0", 0.0]}})
+    assert biased.train.bias_heads == (1, 0)
+    for bad in ({"task": {"name": "count", "eval_lengths": [1.5]}}, {"task": {"name": "linear-map"},
+                                                                     "model": {"match_params": 1e4 + 0.5}}):
+        with pytest.raises(ConfigError):
+            ExperimentConfig.from_dict(bad)
+
+
 def test_preset_and_sweep_dicts_take_scientific_notation():
     data = preset_dict("demo")
     data["train"] = {**data["train"], "lr": "2e-3", "steps": "3e3"}
@@ -347,3 +365,36 @@ def test_report_on_metrics_without_rows_or_a_finite_loss_is_one_line(tiny_run, t
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
         assert not list((run / "figures").glob("*.png"))
+
+
+def test_analyze_forecast_and_query_refuse_a_config_no_run_could_have(tiny_run, tmp_path, capsys):
+    """A config.yaml edited outside emergelab (no manifest) to an unknown task or a value out of range was
+    analysed and forecast with exit 0 (``run``, ``report`` and ``check`` refused it). Now it is a damaged
+    file: one line for the run alone, left out with a warning beside an intact run."""
+    import shutil
+
+    import yaml
+
+    from emergelab.store.verify import CorruptFileWarning
+
+    folder = tmp_path / "runs"
+    bad, good = folder / "bad", folder / "good"
+    shutil.copytree(tiny_run.path, bad)
+    shutil.copytree(tiny_run.path, good)
+    (bad / "manifest.jsonl").unlink()
+    for edit in ({"task": {"name": "nope"}}, {"train": {"steps": "abc"}}, {"foo": 1}):
+        config = yaml.safe_load((tiny_run.path / "config.yaml").read_text())
+        for section, values in edit.items():
+            config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+        (bad / "config.yaml").write_text(yaml.safe_dump(config))
+        for argv in (["analyze", str(bad), "--out", str(tmp_path / "a")], ["forecast", str(bad)],
+                     ["query", str(bad), "SELECT 1"]):
+            capsys.readouterr()
+            assert main(argv) == 2, (edit, argv)
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "config.yaml: not a valid config" in err, (edit, argv, err)
+        capsys.readouterr()
+        with pytest.warns(CorruptFileWarning, match="left out run .*bad.*not a valid config"):
+            assert main(["query", str(folder), "SELECT run FROM runs"]) == 0
+        out = capsys.readouterr().out
+        assert "good" in out and "bad" not in out.replace(str(folder), ""), out

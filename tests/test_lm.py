@@ -449,6 +449,7 @@ BAD_PATCH = [
     (["--early", "step32", "--late", "step64", "--prompt-seed", "-1"], "--prompt-seed=-1"),
     (["--early", "step32", "--late", "step64", "--dtype", "int8"], "--dtype='int8'"),
     (["--early", "step32", "--late", "step64", "--retries", "-1"], "--retries=-1"),
+    (["--early", "step32", "--late", "step64", "--seed", "-1"], "--seed=-1: must be an integer in [0, "),  # was "no folder seed-1"
     (["--early", "step64", "--late", "step64"], "--early step64 / --late step64: the same revision"),
     (["--early", "step64", "--late", "step32"], "--early step64 / --late step32: early must come before late"),
     (["--early", "step32", "--late", "step33"], "no revision 'step33'"),

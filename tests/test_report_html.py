@@ -278,6 +278,17 @@ def test_cli_report_html_bad_input_is_one_line_exit_2(run_dir, tmp_path, capsys,
     assert message in err and err.count("\n") == 1
 
 
+def test_cli_report_html_out_under_a_file_is_one_line_before_the_page(run_dir, tmp_path, capsys, monkeypatch):
+    """Said "File exists" after building the page; now the file in the way is named, before any work."""
+    import emergelab.report.html as html
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(html, "run_page", lambda path: pytest.fail("built the page"))
+    assert main(["report", str(run_dir), "--html", "--out", str(tmp_path / "afile" / "x.html")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'afile'} is a file, so the folder cannot be created" in err and err.count("\n") == 1
+
+
 def test_cli_report_html_of_a_sweep_without_finished_runs(tmp_path, capsys):
     (tmp_path / "sweep.json").write_text('{"spec": {}, "runs": []}')
     assert main(["report", str(tmp_path), "--html"]) == 2

@@ -274,7 +274,10 @@ def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
                           (["seeds", "--analyse-only", "--out", str(tmp_path / "none")],
                            "holds no runs of seeds; train them first"),
                           (["seeds", "--out", str(tmp_path / "a-file")], "exists and is not a directory"),
-                          (["seeds", "--device", "tpu"], "--device")):
+                          (["seeds", "--device", "tpu"], "--device"),
+                          # was taken by a dry run, and refused after the header by a real one
+                          (["sparsity", "--scale", "smoke", "--retries", "-1", "--dry-run"], "--retries=-1"),
+                          (["sparsity", "--scale", "smoke", "--retries", "-1"], "--retries=-1")):
         bad = cli("reproduce", *args, cwd=tmp_path)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1

@@ -445,6 +445,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .report.tables import format_groups, format_plateau_scaling, format_pooling, format_positions, write_tables
     from .store import RunDir, connect
     from .store.query import finished_run_dirs
+    from .train import ExperimentConfig
 
     for path in args.paths:
         if not path.exists():
@@ -465,7 +466,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if getattr(args, flag):
                 raise ConfigError(f"--{flag} does not apply to --outcome (configs are the --by field's values)")
     try:
-        con = connect(args.paths)  # damaged runs are left out with a warning
+        con = connect(args.paths, check_config=ExperimentConfig.from_saved)  # damaged runs: left out, warned
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
                           f"{', '.join(map(str, args.paths))}") from None
@@ -646,6 +647,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from .report.forecast import format_evaluation, format_forecasts, write_evaluation
     from .store import connect
     from .store.query import finished_run_dirs
+    from .train import ExperimentConfig
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
@@ -659,7 +661,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_dir(args.out, run=False)
     try:
-        con = connect(args.path)
+        con = connect(args.path, check_config=ExperimentConfig.from_saved)
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
     if not args.evaluate:
@@ -835,6 +837,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
     if scanning:
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None  # None: make_sources' default
     else:
+        require_int("--seed", args.seed, 0)
         seeds = [args.seed]
     revisions = [r.strip() for r in args.revisions.split(",")] if getattr(args, "revisions", None) else None
     hub = {"attempts": args.retries, "backoff": args.backoff}
@@ -989,6 +992,8 @@ def _result_record(out: Path) -> dict[str, Any]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce.run import analyse, check_scale, command_line, default_out, load_parts, reproduce, target
 
+    if args.retries is not None and args.retries < 0:  # before anything is printed, with --dry-run too
+        raise ConfigError(f"--retries={args.retries}: must be >= 0")
     if args.pythia is not None:
         return cmd_reproduce_pythia(args)
     _reject_stray_pythia_knobs(args)
@@ -1205,13 +1210,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
     from .store import connect
+    from .train import ExperimentConfig
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
     if not args.sql.strip():
         raise ConfigError('SQL: empty; e.g. "SELECT metric, count(*) FROM metrics GROUP BY metric"')
     try:
-        con = connect(args.path)
+        con = connect(args.path, check_config=ExperimentConfig.from_saved)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     try:

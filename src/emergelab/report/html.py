@@ -458,6 +458,14 @@ def write_html(path: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of the run or sweep directory ``path`` to ``out`` (default ``path/report.html``)
     and return where. Not a run or sweep directory: :class:`~emergelab.config.ConfigError`."""
     path = Path(path)
+    target = Path(out) if out is not None else path / "report.html"
+    if target.is_dir():
+        raise ConfigError(f"--out {target}: is a directory; give a file name such as {target / 'report.html'}")
+    above = target.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():  # before the page is built: writing it would say only "File exists"
+        raise ConfigError(f"--out {target}: {above} is a file, so the folder cannot be created; choose another path")
     if is_sweep_dir(path):
         page = sweep_page(path)
     elif (path / "config.yaml").is_file():
@@ -466,9 +474,6 @@ def write_html(path: str | Path, out: str | Path | None = None) -> Path:
         page = run_page(path)
     else:
         raise ConfigError(f"{path}: not a run directory (config.yaml) or a sweep directory (sweep.json)")
-    target = Path(out) if out is not None else path / "report.html"
-    if target.is_dir():
-        raise ConfigError(f"--out {target}: is a directory; give a file name such as {target / 'report.html'}")
     try:
         write_text(target, render_page(page))
     except OSError as error:

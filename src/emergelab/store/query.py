@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 import pyarrow as pa
 
 from .rundir import RunDir
-from .verify import CorruptFileError, find_run_dirs, warn
+from ..config import ConfigError
+from .verify import ADVICE, CorruptFileError, find_run_dirs, warn
 
 
 def find_runs(path: str | Path) -> list[RunDir]:
@@ -34,18 +35,25 @@ def finished_run_dirs(path: str | Path) -> list[RunDir]:
             if (p / "metrics.parquet").exists() or (p / "summary.json").exists()]
 
 
-def _verify(run: RunDir) -> tuple[dict, dict | None]:
-    """``(config dict, task record)`` of ``run`` after checking the files a query reads."""
+def _verify(run: RunDir, check_config: Callable[[dict], object] | None = None) -> tuple[dict, dict | None]:
+    """``(config dict, task record)`` of ``run`` after checking the files a query reads (and the config's
+    values with ``check_config``, which raises a ConfigError for an invalid one)."""
     if not run.config_path.exists() and not run.manifest.expected(run.config_path):
         raise CorruptFileError(run.config_path, "missing from a finished run",
                                "it cannot be rebuilt: restore it from a backup, or train again in a new directory")
     config = run.read_config_dict()
+    if check_config is not None:
+        try:
+            check_config(config)
+        except ConfigError as error:
+            raise CorruptFileError(run.config_path, f"not a valid config ({error})", ADVICE["config.yaml"]) from None
     info = run.task_info()
     run.verify_metrics()
     return config, info
 
 
-def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:",
+            check_config: Callable[[dict], object] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with four views over every run below ``path`` (or below each of several paths):
 
     * ``metrics``: the long-format metrics of all runs plus a ``run`` column (the run directory).
@@ -59,7 +67,9 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
       sequence its own ground truth; null where the run did not record it, before 2026-11-27) and
       ``fresh_optimum`` (the best loss on ground truth outside the pool; null without a pool).
 
-    Every run's config.yaml, task.json and metrics.parquet are verified first (``store.verify``): a
+    Every run's config.yaml, task.json and metrics.parquet are verified first (``store.verify``), and
+    each config's values by ``check_config`` where given (the CLI passes ``ExperimentConfig.from_saved``,
+    which raises a ConfigError for a config no run could have: this layer does not know the configs): a
     damaged run is left out with a :class:`~emergelab.store.verify.CorruptFileWarning` naming the file;
     when no intact run is left, the first damage is raised (``CorruptFileError``).
 
@@ -77,7 +87,7 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:")
     runs, records, errors = [], {}, []
     for run in candidates:
         try:
-            records[str(run.path.resolve())] = _verify(run)
+            records[str(run.path.resolve())] = _verify(run, check_config)
         except CorruptFileError as error:
             errors.append(error)
             continue

@@ -33,7 +33,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from ..config import require
+from ..config import coerce, require
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,8 @@ def int_tuple(field: str, value: object, minimum: int, maximum: int) -> tuple[in
     """``value`` (a list or tuple of ints, as YAML or ``--set`` give it) as a sorted tuple without repeats;
     a ConfigError naming ``field`` otherwise."""
     require(isinstance(value, (list, tuple)) and len(value) > 0, field, value, "must be a non-empty list of integers")
-    for v in value:  # type: ignore[union-attr]
+    value = [coerce(int, v) for v in value]  # type: ignore[union-attr]  # "1e1" and 10.0 mean 10, as for an int field
+    for v in value:
         ok = isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= maximum
         require(ok, field, list(value), f"each entry must be an integer in [{minimum}, {maximum}]; {v!r} is not")  # type: ignore[arg-type]
     return tuple(sorted(set(int(v) for v in value)))  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from ..config import SECTIONS, ConfigError, build, require, require_choice, require_float, require_int, to_dict
+from ..config import SECTIONS, ConfigError, build, coerce, require, require_choice, require_float, require_int, to_dict
 from ..models import TransformerConfig, model_class, model_names
 from ..tasks import make_generator, task_class, task_names
 from ..tasks.pretraining import PRETRAINING, pretraining_stream
@@ -89,6 +89,8 @@ class TrainConfig:
         require_float("train.bias_beta", self.bias_beta, -1e6, 1e6)
         for name in ("bias_layers", "bias_heads"):
             value = getattr(self, name)
+            if isinstance(value, (list, tuple)):  # "1e0" and 1.0 mean 1, as for an int field
+                value = [coerce(int, v) for v in value]
             ok = value == "all" or (isinstance(value, (list, tuple)) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
             require(ok, f"train.{name}", value, 'must be "all" or a list of non-negative integers, e.g. [0, 2]')
@@ -323,6 +325,7 @@ def _matched_model(config_class: type, target: Any, task_config: Any, fields: di
     MLP-Mixer's ``heads * T^2`` token-mixing weights at a long context) is an error, not a silent mismatch."""
     from ..models.sizing import match_params
 
+    target = coerce(int, target)  # 1e4 and "1e4" mean 10000, as for an int field
     require(isinstance(target, int) and not isinstance(target, bool) and target >= 1, "model.match_params",
             target, "must be a positive integer (parameters per member)")
     require("d_model" not in fields, "model.match_params", target, "choose d_model or match_params, not both")
