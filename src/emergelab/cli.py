@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config field, e.g. --set task.sparsity=3 (repeatable)")
     run.add_argument("--seeds", type=_int, help="number of seeds (train.seeds)")
     run.add_argument("--steps", type=_int, help="optimizer steps (train.steps)")
-    run.add_argument("--device", help="cpu | cuda | cuda:N (execution.device)")
+    run.add_argument("--device", help="cpu | cuda | cuda:N | mps (execution.device)")
     run.add_argument("--strategy", help="auto | ensemble | workers (execution.strategy)")
     run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
     run.add_argument("--log", action="append", default=[], metavar="TRACKER",
@@ -177,11 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = sub.add_parser("reproduce", help="run, analyse and draw one synthetic-task figure of the paper "
                                                  "(docs/results.md); re-run to resume")
     reproduce.add_argument("target", metavar="NAME", help="one of: " + ", ".join(REPRODUCE_TARGETS))
-    reproduce.add_argument("--scale", help="smoke (seconds) | cpu (about an hour on 2 cores, the default) | paper "
+    reproduce.add_argument("--scale", help="smoke (seconds) | cpu (minutes to an hour on 2 cores, the default) | paper "
                                            "(the published sizes; a GPU)")
     reproduce.add_argument("--out", type=Path, help="output directory (default runs/reproduce/NAME-SCALE; with "
                                                     "--pythia runs/reproduce/lm-emergence-pythia)")
-    reproduce.add_argument("--device", help="cpu | cuda | cuda:N for every run (execution.device)")
+    reproduce.add_argument("--device", help="cpu | cuda | cuda:N | mps for every run (execution.device)")
     reproduce.add_argument("--workers", type=_int, help="local worker processes (default: the CPUs)")
     reproduce.add_argument("--retries", type=_int, help="tries after a run's first failure (default 1; with --pythia: "
                                                         "after a failed hub request, default 4)")
@@ -773,11 +773,12 @@ def _add_lm_parser(sub: Any) -> None:
         p.add_argument("--prompt-seed", type=int, default=0)
         p.add_argument("--tokenizer", help="tokenizer.json to use instead of the checkpoint's")
         p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
         p.add_argument("--retries", type=int, default=5, help="tries per hub request, 1..1000 (default 5)")
         p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, 0..3600, doubling "
                        "(default 2)")
-        p.add_argument("--out", type=Path, required=True, help="output folder (a scan resumes in it)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output folder (a scan resumes in it)" if p is scan else "output folder (four files)")
     scan.add_argument("--seeds", help="suite seeds, e.g. 0-9 or 0,3 (default 0; with --local: every DIR/seed<k> "
                       "folder)")
     scan.add_argument("--revisions", help="comma-separated revisions (default: all of the source's)")
