@@ -197,6 +197,26 @@ def test_out_that_cannot_be_created(tmp_path, capsys, monkeypatch):
         locked.chmod(0o700)
 
 
+def test_out_on_a_file_system_that_refuses_it(tmp_path, capsys, monkeypatch):
+    """``--out /proc/x`` passed the checks (access() says yes on a virtual or read-only file system), printed
+    the run directory and the estimate, then failed naming only the path. The check now makes (and removes)
+    a folder where the run's would go."""
+    import errno
+    import tempfile
+
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert main(["run", "linear-map", "--out", str(tmp_path / "run"), *TINY]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == (f"emergelab: error: --out {tmp_path / 'run'}: cannot create it in {tmp_path} "
+                           "(Read-only file system); choose another path") and "run directory" not in out
+    monkeypatch.undo()
+    assert main(["run", "linear-map", "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".emergelab-check-")]
+
+
 # ------------------------------------------------------------------------------------------ 7. version, umask
 def test_version(capsys):
     assert main(["--version"]) == 0

@@ -15,6 +15,7 @@ import os
 import math
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -284,6 +285,11 @@ def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise ConfigError(f"{flag} {out}: cannot create it in {parent} (permission denied); choose "
                               "another path")
+        try:  # what access() cannot tell: a read-only or virtual file system (/proc), a full disk
+            os.rmdir(tempfile.mkdtemp(prefix=".emergelab-check-", dir=parent))
+        except OSError as error:
+            raise ConfigError(f"{flag} {out}: cannot create it in {parent} ({error.strerror or error}); choose "
+                              "another path") from None
     except OSError as error:  # e.g. a name too long, or a path through an unreadable folder
         raise ConfigError(f"{flag} {out}: {error.strerror or error}; choose another path") from None
 
