@@ -353,7 +353,7 @@ def print_summary(run: Any) -> None:
     for a run on a pool, the final loss on fresh ground truth beside it."""
     from .analysis.summary import copy_outputs
 
-    summary = run.summary()
+    summary = run.run_summary()
     optimum = summary.get("optimal_loss")
     opt_text = f"{optimum:.4f}" if optimum is not None else "n/a"
     pre = summary.get("pretrain")

@@ -145,6 +145,11 @@ class RunDir:
         parse_parquet(self.metrics_path, data, SCHEMA, footer_only=recorded)
 
     def summary(self) -> dict[str, Any]:
+        """summary.json as a dict (a training run's, or an LM scan's: ``lm/scan.py``)."""
+        return parse_json(self.summary_path, read_verified(self.summary_path, self.path))
+
+    def run_summary(self) -> dict[str, Any]:
+        """A training run's summary.json, its shape checked (``store.verify.parse_summary``)."""
         return parse_summary(self.summary_path, read_verified(self.summary_path, self.path))
 
     # ---- any file of the run, recorded in the manifest (resume states)

@@ -172,7 +172,7 @@ def parse_json(path: Path, data: bytes, kind: type = dict) -> Any:
 
 
 def parse_summary(path: Path, data: bytes) -> dict[str, Any]:
-    """A run's summary.json: ``task`` (str), ``steps`` (int), ``seeds`` ({seed: {"final_loss": number or
+    """A training run's summary.json (an LM scan writes another kind, read as plain JSON): ``task`` (str), ``steps`` (int), ``seeds`` ({seed: {"final_loss": number or
     None, "learned_step": {output: step or None}, ...}}), what ``emergelab run`` prints and the HTML page
     reads; anything else is damaged."""
     value = parse_json(path, data)
@@ -233,8 +233,6 @@ def _parse_any(path: Path, data: bytes) -> None:
         from .metrics import SCHEMA
 
         parse_parquet(path, data, SCHEMA if path.name == "metrics.parquet" else None)
-    elif path.name == "summary.json":
-        parse_summary(path, data)
     elif path.suffix == ".json":
         parse_json(path, data)
     elif path.suffix in (".yaml", ".yml"):

@@ -137,7 +137,7 @@ def _repair_finished(run: RunDir) -> bool:
         run.remove(run.summary_path)
         return False
     try:
-        run.summary()
+        run.run_summary()
     except (CorruptFileError, FileNotFoundError) as error:
         problem = error.problem if isinstance(error, CorruptFileError) else "missing"
         warn(f"{run.summary_path}: {problem}; rebuilt it from metrics.parquet")
