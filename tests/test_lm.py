@@ -304,6 +304,10 @@ def test_cli_scan(suite, tmp_path, capsys):
     assert main(args) == 0
     assert "step2000" in capsys.readouterr().out
     assert main(["check", str(tmp_path)]) == 0  # a scan directory is a valid run directory
+    capsys.readouterr()  # and analyze / query take it (its config is not a training config: not refused)
+    assert main(["query", str(tmp_path), 'SELECT "task.name" FROM runs']) == 0
+    assert "lm-repetition" in capsys.readouterr().out
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "analysis")]) == 0
     # without --seeds: every seed<k> folder of the suite (0 and 1)
     assert main(["lm", "scan", "--local", str(suite), *args[6:-2], "--out", str(tmp_path / "all")]) == 0
     assert sorted(json.loads((tmp_path / "all" / "summary.json").read_text())["seeds"]) == ["0", "1"]

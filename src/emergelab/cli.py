@@ -255,6 +255,22 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
                           "leave out --preset and set the sizes with --set)") from None
 
 
+def is_lm_scan(config: dict) -> bool:
+    """Whether a saved config is an ``emergelab lm scan``'s (``lm/scan.py`` names its task ``lm-...``): it
+    holds no training config."""
+    task = config.get("task")
+    return isinstance(task, dict) and str(task.get("name", "")).startswith("lm-")
+
+
+def check_saved_config(config: dict) -> None:
+    """A ConfigError for a saved config no run could have (what analyze, forecast and query pass to
+    ``store.connect``); an LM scan's is taken as it is."""
+    from .train import ExperimentConfig
+
+    if not is_lm_scan(config):
+        ExperimentConfig.from_saved(config)
+
+
 def check_out_dir(out: Path, flag: str = "--out", run: bool = True) -> None:
     """Refuse (one line) an output path that is a file, lies under a file, cannot be created or written,
     or (for a run, ``run=True``) is a non-empty directory that is not a run directory."""
@@ -451,7 +467,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .report.tables import format_groups, format_plateau_scaling, format_pooling, format_positions, write_tables
     from .store import RunDir, connect
     from .store.query import finished_run_dirs
-    from .train import ExperimentConfig
 
     for path in args.paths:
         if not path.exists():
@@ -472,7 +487,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if getattr(args, flag):
                 raise ConfigError(f"--{flag} does not apply to --outcome (configs are the --by field's values)")
     try:
-        con = connect(args.paths, check_config=ExperimentConfig.from_saved)  # damaged runs: left out, warned
+        con = connect(args.paths, check_config=check_saved_config)  # damaged runs: left out, warned
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below "
                           f"{', '.join(map(str, args.paths))}") from None
@@ -581,7 +596,7 @@ def _unfinished(run: Any, problems: list) -> list[str]:
 
     if problems or run.is_complete() or run.metrics_path.exists() or not (run.state_dir / "plan.json").exists():
         return []
-    if str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
+    if is_lm_scan(run.read_config_dict()):
         return []
     config = ExperimentConfig.from_run(run).resolved()
     try:
@@ -623,7 +638,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems, notes = check_run(root)  # it resumed or finished (and removed its state) while read
         if run.config_path.exists() and not any(p.path == run.config_path for p in problems):
             try:
-                if not str(run.read_config_dict().get("task", {}).get("name", "")).startswith("lm-"):
+                if not is_lm_scan(run.read_config_dict()):
                     ExperimentConfig.from_run(run)  # an `emergelab lm scan` has no training config
             except (ConfigError, CorruptFileError) as error:
                 problems.append(Problem(run.config_path, f"not a valid config ({error})"))
@@ -653,7 +668,6 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from .report.forecast import format_evaluation, format_forecasts, write_evaluation
     from .store import connect
     from .store.query import finished_run_dirs
-    from .train import ExperimentConfig
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
@@ -667,7 +681,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_out_dir(args.out, run=False)
     try:
-        con = connect(args.path, check_config=ExperimentConfig.from_saved)
+        con = connect(args.path, check_config=check_saved_config)
     except FileNotFoundError:
         raise ConfigError(f"no finished runs (metrics.parquet + config.yaml) at or below {args.path}") from None
     if not args.evaluate:
@@ -1217,14 +1231,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
     from .store import connect
-    from .train import ExperimentConfig
 
     if not args.path.exists():
         raise ConfigError(f"{args.path}: no such file or directory")
     if not args.sql.strip():
         raise ConfigError('SQL: empty; e.g. "SELECT metric, count(*) FROM metrics GROUP BY metric"')
     try:
-        con = connect(args.path, check_config=ExperimentConfig.from_saved)
+        con = connect(args.path, check_config=check_saved_config)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     try:
