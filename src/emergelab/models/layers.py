@@ -77,12 +77,49 @@ class NarrowMemberLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+class OneFeatureMemberLinear(torch.autograd.Function):
+    """:func:`member_linear` from one input feature or to one output (``i = 1`` or ``o = 1``) on a CPU, e.g.
+    Mamba's rank-1 step-size projection at ``d_model <= 16``. A product with a single column (``baddbmm``'s
+    forward to one output, the input gradient ``g W^T`` from one input) gives a member other bits in an
+    ensemble than alone (MKL, torch 2.13; docs/determinism.md); here that product is an elementwise multiply
+    and a sum over the last dimension, whose bits depend on each row alone; the weight gradient is a product
+    summed over the rows (a one-row ``bmm`` to 33 columns also varied), whose bits depend on the member alone.
+
+    x ``[E, N, i]``, weight ``[E, i, o]`` with ``i = 1`` or ``o = 1``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if weight.shape[1] == 1:  # one input: an outer product
+            y = x * weight  # [E, N, 1] * [E, 1, o]
+        else:  # one output: a dot product per row
+            y = (x * weight.transpose(1, 2)).sum(-1, keepdim=True)  # [E, N, i] * [E, 1, i] -> [E, N, 1]
+        return y if bias is None else y + bias.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        one_input = weight.shape[1] == 1
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (grad * weight).sum(-1, keepdim=True) if one_input else grad * weight.transpose(1, 2)
+        if ctx.needs_input_grad[1]:  # a sum over the rows of a product (a one-row bmm to 33 columns varied too)
+            dw = (x * grad).sum(1, keepdim=True) if one_input else (grad * x).sum(1).unsqueeze(-1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad.sum(1)
+        return dx, dw, db
+
+
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``.
-    (On a CPU with ``o`` in ``NARROW_OUTPUTS``: :class:`NarrowMemberLinear`.)"""
+    (On a CPU with ``o`` in ``NARROW_OUTPUTS``: :class:`NarrowMemberLinear`; with ``i`` or ``o`` 1:
+    :class:`OneFeatureMemberLinear`.)"""
     E, out = weight.shape[0], weight.shape[-1]
     flat = x.reshape(E, -1, x.shape[-1])
-    if out in NARROW_OUTPUTS and flat.device.type == "cpu":
+    if (out == 1 or weight.shape[1] == 1) and flat.device.type == "cpu":
+        y = OneFeatureMemberLinear.apply(flat, weight, bias)
+    elif out in NARROW_OUTPUTS and flat.device.type == "cpu":
         y = NarrowMemberLinear.apply(flat, weight, bias)
     else:
         y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)

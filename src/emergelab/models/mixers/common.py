@@ -128,7 +128,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     xt = x.permute(1, 0, 3, 2).reshape(B, E * C, T)  # [B, E*C, T]
     y = F.conv1d(F.pad(xt, (K - 1, 0)), weight.reshape(E * C, 1, K),
                  None if bias is None else bias.reshape(E * C), groups=E * C)  # [B, E*C, T]
-    return y.reshape(B, E, C, T).permute(1, 0, 3, 2)
+    return y.reshape(B, E, C, T).permute(1, 0, 3, 2).contiguous()
 
 
 def diag_scan_naive(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
