@@ -418,3 +418,32 @@ def test_analyze_forecast_and_query_refuse_a_config_no_run_could_have(tiny_run, 
             assert main(["query", str(folder), "SELECT run FROM runs"]) == 0
         out = capsys.readouterr().out
         assert "good" in out and "bad" not in out.replace(str(folder), ""), out
+
+
+def test_small_input_slips_are_named(tiny_run, tmp_path, capsys, monkeypatch):
+    """A seed not in the run (forecast), --success-at without --outcome (was ignored), --vs of a text field
+    (an empty fit table), and Ctrl-C in a command with nothing to resume (it said "re-run ... to resume")."""
+    import emergelab.cli as cli
+
+    pair = train(ExperimentConfig.from_dict({
+        "task": {"name": "linear-map"}, "model": {"heads": 2, "head_dim": 4, "mlp_ratio": 0},
+        "train": {"steps": 20, "seeds": 2, "batch_size": 8, "eval_batch_size": 8, "attention_snapshots": 0},
+        "execution": {"strategy": "ensemble"}}), tmp_path / "pair", progress=False)
+    assert main(["forecast", str(pair.path), "--seed", "5"]) == 2
+    assert "--seed 5: not a seed of the run (its seeds: 0, 1)" in one_error_line(capsys)
+    assert main(["analyze", str(tiny_run.path), "--success-at", "0.3", "--out", str(tmp_path / "a")]) == 2
+    assert "--success-at: applies to --outcome" in one_error_line(capsys)
+    assert not (tmp_path / "a").exists()
+    assert main(["analyze", str(tiny_run.path), "--by", "task.rows", "--vs", "task.rows",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--vs task.rows: the plateau scaling needs a numeric field" in one_error_line(capsys)
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "check", stopped)
+    monkeypatch.setitem(cli.COMMANDS, "run", stopped)
+    assert main(["check", str(tiny_run.path)]) == 130
+    assert capsys.readouterr().err.strip() == "emergelab: interrupted"
+    assert main(["run", "linear-map"]) == 130
+    assert capsys.readouterr().err.strip() == "emergelab: interrupted; re-run the same command to resume"

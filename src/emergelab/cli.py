@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="instead of emergence: each seed's final METRIC (e.g. ood_accuracy, "
                               "gen_first_word:hierarchical) across the numeric config field --by (Zhao et al.: "
                               "P(success), bimodality, BIG-bench breakthroughness per scale)")
-    analyze.add_argument("--success-at", type=_float, default=0.5,
+    analyze.add_argument("--success-at", type=_float, default=None,
                          help="with --outcome: a seed succeeds when its outcome is at least this (default 0.5)")
 
     patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
@@ -477,10 +477,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError(f"--solved-tol={args.solved_tol}: must be a finite number of nats >= 0")
     by = [f.strip() for f in args.by.split(",") if f.strip()] if args.by else None
     pool = [f.strip() for f in args.pool.split(",") if f.strip()] if args.pool else None
+    if args.outcome is None and args.success_at is not None:
+        raise ConfigError("--success-at: applies to --outcome (a seed succeeds when its outcome reaches it)")
     if args.outcome is not None:
         if not by or len(by) != 1:
             raise ConfigError(f"--outcome needs --by with one numeric config field (the scale), e.g. "
                               f"--by model.layers; got --by {args.by!r}")
+        args.success_at = 0.5 if args.success_at is None else args.success_at
         if not math.isfinite(args.success_at):
             raise ConfigError(f"--success-at={args.success_at}: must be a finite number")
         for flag in ("pool", "vs"):
@@ -504,6 +507,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           f"config field with --by {args.vs}")
     if args.vs and args.vs not in result.by:
         raise ConfigError(f"--vs {args.vs}: not one of the --by fields ({', '.join(result.by) or 'none'})")
+    if args.vs and args.vs not in numeric_fields(result):
+        values = sorted({str(row.get(args.vs)) for row in result.groups.to_pylist()})
+        raise ConfigError(f"--vs {args.vs}: the plateau scaling needs a numeric field with at least 2 positive "
+                          f"values across configs; it takes {', '.join(values)}")
     heads = attribute_heads(con, emergence=(result.curves, result.jumps))
     print(f"{len(runs)} run(s), {result.seeds.num_rows} seed(s); configs by "
           f"{', '.join(result.by) or '(all runs together)'}")
@@ -661,6 +668,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 FEW_FORECAST_SEEDS = 10  # training seeds per half below which forecast intervals are noted as unreliable
 
 
+def _seed_list(seeds: list[int]) -> str:
+    """``0..15`` for a contiguous list, else ``0, 3, 7``."""
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}..{seeds[-1]}"
+    return ", ".join(map(str, seeds)) or "none"
+
+
 def cmd_forecast(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
@@ -690,6 +704,10 @@ def cmd_forecast(args: argparse.Namespace) -> int:
             seeds = sorted(set(table["seed"].to_pylist()))
             table = table.filter(pc.equal(table["seed"], args.seed))
             if table.num_rows == 0 and args.seed not in seeds:
+                trained = [row[0] for row in con.sql("SELECT DISTINCT seed FROM metrics ORDER BY seed").fetchall()]
+                if args.seed not in trained:
+                    raise ConfigError(f"--seed {args.seed}: not a seed of the run (its seeds: "
+                                      f"{_seed_list(trained)})")
                 raise ConfigError(f"--seed {args.seed}: no output of that seed to forecast (seeds with one: "
                                   f"{', '.join(map(str, seeds)) or 'none'})")
         print(format_forecasts(table))
@@ -1245,6 +1263,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         if relation is None:  # a statement without a result (CREATE, SET ...)
             return 0
         columns, rows = relation.columns, relation.fetchall()
+    except duckdb.InterruptException:  # Ctrl-C or SIGTERM reached DuckDB mid-query
+        raise KeyboardInterrupt from None
+    except RuntimeError as error:  # how duckdb 2.0 reports the same
+        if "interrupted" not in str(error).lower():
+            raise
+        raise KeyboardInterrupt from None
     except duckdb.Error as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"bad SQL: {first}") from None
@@ -1281,7 +1305,11 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+RESUMABLE = ("run", "sweep", "reproduce", "lm")  # commands whose work a re-run continues
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -1292,12 +1320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(error).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a path holds
         print(f"emergelab: error: {message}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("emergelab: terminated; re-run the same command to resume", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("emergelab: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        resume = "; re-run the same command to resume" if args is None or args.command in RESUMABLE else ""
+        print(f"emergelab: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}{resume}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
     except BrokenPipeError:  # the reader left early (`emergelab list | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         return 128 + signal.SIGPIPE
