@@ -9,9 +9,9 @@ from .metrics import SCHEMA, MetricsBuffer, curve, sort_rows
 from .query import connect, find_runs
 from .rundir import RunDir
 from .verify import (CorruptFileError, CorruptFileWarning, Problem, check_run, content_mismatch, find_run_dirs,
-                     size_mismatch)
+                     leftover_temporaries, size_mismatch)
 
 __all__ = ["MANIFEST", "SCHEMA", "CorruptFileError", "CorruptFileWarning", "Manifest", "MetricsBuffer",
            "Problem", "RunDir", "RunLockedError", "atomic_write", "check_run", "connect", "curve",
-           "find_run_dirs", "find_runs", "size_mismatch", "content_mismatch", "locked", "sort_rows", "write_parquet", "write_safetensors",
+           "find_run_dirs", "find_runs", "leftover_temporaries", "size_mismatch", "content_mismatch", "locked", "sort_rows", "write_parquet", "write_safetensors",
            "write_text"]

@@ -285,6 +285,18 @@ def find_run_dirs(path: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def leftover_temporaries(root: str | Path) -> list[Path]:
+    """The temporary files (``.NAME.XXXX.tmp``, ``store.atomic``) that training's atomic writes left in run
+    directory ``root`` when the process was killed mid-write (SIGKILL, OOM): below checkpoints/, attention/
+    and state/, and beside the run's own root files. Never read (the rename that would publish them did not
+    happen). Other writers' temporaries (a figure, an HTML page being written now) are not listed."""
+    root = Path(root)
+    found = [p for folder in CHECKED_FOLDERS if (root / folder).is_dir()
+             for p in (root / folder).rglob(".*.tmp") if p.is_file()]
+    found += [p for name in ROOT_FILES for p in root.glob(f".{name}.*.tmp") if p.is_file()]
+    return sorted(found)
+
+
 def check_run(root: str | Path) -> tuple[list[Problem], list[str]]:
     """Verify every file of run directory ``root``: ``(problems, notes)``.
 
@@ -336,6 +348,11 @@ def check_run(root: str | Path) -> tuple[list[Problem], list[str]]:
                 if missing and not any((step / f) in {p.path for p in problems} for f in missing):
                     problems.append(Problem(step, f"incomplete resume state (no {', '.join(missing)}); "
                                                   f"{ADVICE['state']}"))
+    leftovers = leftover_temporaries(root)
+    if leftovers:
+        notes.append(f"{root}: {len(leftovers)} leftover temporary file(s) of a write cut short (e.g. "
+                     f"{leftovers[0].relative_to(root)}): never read, safe to delete; `emergelab run` removes them "
+                     "when it resumes")
     if (root / "summary.json").exists() and not (root / "metrics.parquet").exists() \
             and "metrics.parquet" not in state.entries:
         problems.append(Problem(root / "metrics.parquet", f"missing from a finished run (summary.json is "

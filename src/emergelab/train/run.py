@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from ..analysis.summary import summarize_run
 from ..config import ConfigError
-from ..store import SCHEMA, CorruptFileError, RunDir, locked, sort_rows
+from ..store import SCHEMA, CorruptFileError, RunDir, leftover_temporaries, locked, sort_rows
 from ..store.verify import warn
 from ..tasks import seed_task, task_info
 from .bias import check_bias_target
@@ -335,6 +335,8 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
         log_finished(config, run)  # a tracker added after the run finished gets its metrics now
         return run
     with locked(run.state_dir / "run.lock", wait=False):  # one `emergelab run` per directory at a time
+        for leftover in leftover_temporaries(run.path):  # a write a hard kill cut short; no one else writes here now
+            leftover.unlink(missing_ok=True)
         units = plan_units(config, run, plan, measurements=measurements)
         done = sum(unit_progress(u) for u in units)
         if done == sum(u.steps for u in units):  # stopped while writing its final files
