@@ -690,3 +690,26 @@ def test_progress_bars_into_a_log_file_update_seldom(monkeypatch):
     assert bar_interval() == NON_TTY_BAR_INTERVAL_S == 30.0
     monkeypatch.setattr(sys, "stderr", Terminal())
     assert bar_interval() == 0.1
+
+
+def test_sweep_files_with_a_repeated_key_too_many_points_or_an_empty_out_are_refused(tmp_path, capsys):
+    """A key given twice kept the last value in silence; 10^6 grid points expanded for minutes without a
+    word; ``out: ""`` (and ``sweep ""``, ``run --out ""``) meant the current folder."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("preset: linear-map-tiny\npreset: demo\ngrid: {train.seed: [0]}\n")
+    big = tmp_path / "big.yaml"
+    big.write_text("preset: linear-map-tiny\ngrid: {train.seed: %s, train.batch_size: %s}\n"
+                   % (list(range(200)), list(range(1, 201))))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text('preset: linear-map-tiny\nout: ""\ngrid: {train.seed: [0]}\n')
+    for argv, words in (([str(dup), "--out", str(tmp_path / "o"), "--dry-run"], "(line 2): the key 'preset' is given twice"),
+                        ([str(big), "--out", str(tmp_path / "o"), "--dry-run"], "has 40,000 grid points (200 x 200)"),
+                        ([str(empty)], "out='': must be a directory path"),
+                        ([""], "sweep: an empty path"), (["status", ""], "sweep: an empty path")):
+        capsys.readouterr()
+        assert main(["sweep", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, (argv, err)
+    assert main(["run", "linear-map", "--out", ""]) == 2
+    assert "--out: invalid path value: ''" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -45,6 +45,17 @@ def _int(text: str) -> int:
 _int.__name__ = "int"  # argparse says "invalid int value"
 
 
+def _path(text: str) -> Path:
+    """A path flag or argument; an empty one (``--out ""``, which ``Path`` reads as the current folder) is
+    refused."""
+    if not text.strip():
+        raise ValueError(text)
+    return Path(text)
+
+
+_path.__name__ = "path"  # argparse says "invalid path value: ''"
+
+
 def _float(text: str) -> float:
     """A finite real flag (``0.9``, ``5e-2``)."""
     value = number_from_text(text)
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=_int, help="optimizer steps (train.steps)")
     run.add_argument("--device", help="cpu | cuda | cuda:N | mps (execution.device)")
     run.add_argument("--strategy", help="auto | ensemble | workers (execution.strategy)")
-    run.add_argument("--out", type=Path, help="run directory (default runs/TASK-HASH); re-run to resume")
+    run.add_argument("--out", type=_path, help="run directory (default runs/TASK-HASH); re-run to resume")
     run.add_argument("--log", action="append", default=[], metavar="TRACKER",
                      help=LOG_HELP)
     run.add_argument("--forecast-from", metavar="RUN_OR_DIR",
@@ -97,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="redraw the figures of a run directory, or (--html) write the "
                                            "interactive report of a run or sweep directory")
-    report.add_argument("run_dir", type=Path, metavar="RUN_OR_SWEEP")
+    report.add_argument("run_dir", type=_path, metavar="RUN_OR_SWEEP")
     report.add_argument("--html", action="store_true", help="write one self-contained, offline HTML page "
                                                             "(default RUN_OR_SWEEP/report.html)")
-    report.add_argument("--out", type=Path, metavar="FILE", help="where --html writes the page")
+    report.add_argument("--out", type=_path, metavar="FILE", help="where --html writes the page")
 
     analyze = sub.add_parser("analyze", help="emergence steps per seed and output, statistics per config, "
                                              "head attribution; tables and figures")
-    analyze.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
+    analyze.add_argument("paths", nargs="+", type=_path, metavar="RUN_OR_DIR",
                          help="run directories, or folders searched for runs")
     analyze.add_argument("--by", help="comma-separated config fields that define a config, e.g. "
                                       "task.sparsity,model.heads; every other field that differs between "
@@ -113,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "into one config (a line names them and their values)")
     analyze.add_argument("--pool-rest", action="store_true",
                          help="pool every field that differs but is not in --by")
-    analyze.add_argument("--out", type=Path, help="output folder (default: RUN/analysis for one run, "
+    analyze.add_argument("--out", type=_path, help="output folder (default: RUN/analysis for one run, "
                                                   "else ./analysis)")
     analyze.add_argument("--solved-tol", type=_float, default=0.05,
                          help="a seed is solved when every output emerged (per-output optima); only for runs "
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
                                          "one; table, greedy head set and figures")
-    patch.add_argument("run_dir", type=Path, metavar="RUN")
+    patch.add_argument("run_dir", type=_path, metavar="RUN")
     patch.add_argument("--early", type=_int, required=True, metavar="STEP",
                        help="checkpoint before emergence (the nearest saved one is used)")
     patch.add_argument("--late", type=_int, required=True, metavar="STEP",
@@ -142,11 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
     patch.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")
     patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
-    patch.add_argument("--out", type=Path, help="output folder (default RUN/patching)")
+    patch.add_argument("--out", type=_path, help="output folder (default RUN/patching)")
 
     check = sub.add_parser("check", help="verify every file of run directories (checksums, structure); "
                                          "exit 0 when all are intact, 2 otherwise")
-    check.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_DIR",
+    check.add_argument("paths", nargs="+", type=_path, metavar="RUN_OR_DIR",
                        help="run directories, or folders searched for runs")
 
     sweep = sub.add_parser("sweep", help="train every run of a sweep file (grid x zip over a base config); "
@@ -154,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                            usage="emergelab sweep FILE.yaml [options] | emergelab sweep status DIR")
     sweep.add_argument("targets", nargs="+", metavar="FILE | status DIR",
                        help="a sweep file to run, or `status` and a sweep directory")
-    sweep.add_argument("--out", type=Path, help="sweep directory (overrides the file's `out:`)")
+    sweep.add_argument("--out", type=_path, help="sweep directory (overrides the file's `out:`)")
     sweep.add_argument("--scale", help="one of the file's `scales` (e.g. smoke, cpu; paper: the file as written)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs with their FLOPs and an estimated "
                                                               "time (calibrated on this machine); train nothing")
@@ -171,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
 
     query = sub.add_parser("query", help="SQL over the metrics, runs, optima and pools views of the runs below DIR")
-    query.add_argument("path", type=Path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
+    query.add_argument("path", type=_path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
     query.add_argument("sql", metavar="SQL", help="e.g. \"SELECT metric, count(*) FROM metrics GROUP BY metric\"")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table", help="default: table")
 
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("target", metavar="NAME", help="one of: " + ", ".join(REPRODUCE_TARGETS))
     reproduce.add_argument("--scale", help="smoke (seconds) | cpu (minutes to an hour on 2 cores, the default) | paper "
                                            "(the published sizes; a GPU)")
-    reproduce.add_argument("--out", type=Path, help="output directory (default runs/reproduce/NAME-SCALE; with "
+    reproduce.add_argument("--out", type=_path, help="output directory (default runs/reproduce/NAME-SCALE; with "
                                                     "--pythia runs/reproduce/lm-emergence-pythia)")
     reproduce.add_argument("--device", help="cpu | cuda | cuda:N | mps for every run (execution.device)")
     reproduce.add_argument("--workers", type=_int, help="local worker processes (default: the CPUs)")
@@ -195,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forecast = sub.add_parser("forecast", help="forecast each output's emergence step from the metrics up to a "
                                                "step; --evaluate: score the forecasters over held-out seeds")
-    forecast.add_argument("path", type=Path, metavar="RUN_OR_DIR", help="a run, or with --evaluate a sweep/folder")
+    forecast.add_argument("path", type=_path, metavar="RUN_OR_DIR", help="a run, or with --evaluate a sweep/folder")
     forecast.add_argument("--evaluate", action="store_true",
                           help="forecast every output at ~15 fixed steps per run, scored by how far into its plateau it was "
                                "(t/E in quarters; 2-fold over seeds), "
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="calibrate the model forecasters' intervals in N bins of how far off each "
                                "forecast says emergence is, log(remaining / t), each of >= 20 training points "
                                "(default 1: one calibration over every point)")
-    forecast.add_argument("--out", type=Path, help="--evaluate output folder (default RUN/forecast for one run, "
+    forecast.add_argument("--out", type=_path, help="--evaluate output folder (default RUN/forecast for one run, "
                                                    "else ./forecast)")
     sub.add_parser("list", help="list tasks and their fields, models, presets and this machine's CPU kernels")
     _add_lm_parser(sub)
@@ -803,7 +814,7 @@ def _add_lm_parser(sub: Any) -> None:
     for p in (scan, patch):
         p.add_argument("--pythia", metavar="SIZE", help="EleutherAI/pythia-SIZE (and -seedK for seeds 1..9)")
         p.add_argument("--repo", help="a hub repo of a causal LM (GPT-NeoX, Llama, Qwen2, ...; revisions stepN)")
-        p.add_argument("--local", type=Path, metavar="DIR", help="local revisions: DIR/seed<k>/<revision>/")
+        p.add_argument("--local", type=_path, metavar="DIR", help="local revisions: DIR/seed<k>/<revision>/")
         p.add_argument("--capability", default="repetition", help="repetition | induction | ioi")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="a prompt-set knob, e.g. --param length=16 (repeatable)")
@@ -815,7 +826,7 @@ def _add_lm_parser(sub: Any) -> None:
         p.add_argument("--retries", type=int, default=5, help="tries per hub request, 1..1000 (default 5)")
         p.add_argument("--backoff", type=float, default=2.0, help="first retry delay in seconds, 0..3600, doubling "
                        "(default 2)")
-        p.add_argument("--out", type=Path, required=True,
+        p.add_argument("--out", type=_path, required=True,
                        help="output folder (a scan resumes in it)" if p is scan else "output folder (four files)")
     scan.add_argument("--seeds", help="suite seeds, e.g. 0-9 or 0,3 (default 0; with --local: every DIR/seed<k> "
                       "folder)")
@@ -915,7 +926,7 @@ def _add_pythia_arguments(p: argparse.ArgumentParser) -> None:
                         "the lm extra (disk and time: src/emergelab/lm/README.md); re-run to resume")
     p.add_argument("--seeds", help="with --pythia: suite seeds, e.g. 0-9 or 0,3 (default 0-9; with --local: the "
                                    "seed folders every size has)")
-    p.add_argument("--local", type=Path, metavar="DIR", help="with --pythia: local suites DIR/<size>/seed<k>/<revision>/ "
+    p.add_argument("--local", type=_path, metavar="DIR", help="with --pythia: local suites DIR/<size>/seed<k>/<revision>/ "
                                                            "instead of the hub (default SIZES: DIR's size folders)")
     p.add_argument("--capability", help="with --pythia: repetition | induction | ioi (default repetition)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="with --pythia: a prompt-set knob (repeatable)")
@@ -1084,6 +1095,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep.spec import with_trackers
 
     targets = args.targets
+    if any(not t.strip() for t in targets):
+        raise ConfigError("sweep: an empty path; give a sweep file (or: emergelab sweep status DIR)")
     if targets[0] == "status":
         if len(targets) != 2:
             raise ConfigError("usage: emergelab sweep status DIR")

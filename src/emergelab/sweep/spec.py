@@ -38,6 +38,7 @@ line naming the key. Points that resolve to the same config (same ``science_key`
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,6 +86,24 @@ def with_trackers(sweep: Sweep, names: tuple[str, ...]) -> Sweep:
     return replace(sweep, runs=runs)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last value in
+    silence: ``preset: a`` then ``preset: b`` swept b)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+MAX_RUNS = 20_000  # grid points of one sweep file (expanding 10^4 takes ~9 s; 10^6 ran out of patience)
+
+
 def load_sweep(path: str | Path, out: str | Path | None = None, scale: str | None = None) -> Sweep:
     """Read and validate sweep file ``path`` (``out`` overrides its ``out:``; ``scale`` picks one of its
     ``scales``, see the module docstring)."""
@@ -92,7 +111,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None, scale: str | Non
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -185,6 +204,11 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
     if len(set(lengths.values())) > 1:
         raise ConfigError("zip: the lists must have equal lengths, got "
                           + ", ".join(f"{k}: {n}" for k, n in lengths.items()))
+    points = math.prod(len(v) for v in grid.values()) * (next(iter(lengths.values())) if lengths else 1)
+    if points > MAX_RUNS:
+        raise ConfigError(f"the sweep has {points:,} grid points ({' x '.join(str(len(v)) for v in grid.values())}"
+                          f"{' x ' + str(next(iter(lengths.values()))) + ' zipped' if lengths else ''}); at most "
+                          f"{MAX_RUNS:,} per sweep file: split it into several")
     zip_points = [_flat(dict(zip(zipped, values))) for values in zip(*zipped.values())] if zipped else [{}]
     grid_points = [_flat(dict(zip(grid, values))) for values in itertools.product(*grid.values())]
     runs: dict[str, SweepRun] = {}
@@ -201,7 +225,7 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
                 continue
             runs[key] = SweepRun(f"{config.task_name}-{key}", key, overrides, config)
     where = out if out is not None else data.get("out")
-    if where is not None and not isinstance(where, (str, Path)):
+    if where is not None and (not isinstance(where, (str, Path)) or not str(where).strip()):
         raise ConfigError(f"out={where!r}: must be a directory path")
     spec = {k: data[k] for k in KEYS if k in data}
     return Sweep(list(runs.values()), Path(where) if where is not None else None, spec, duplicates)
