@@ -177,3 +177,22 @@ def test_cli_analyze_outcome_bad_input_is_one_line(count_depths, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_analyze_outcome_names_the_fields_it_pools(count_depths, tmp_path, capsys):
+    """By a field the runs share, each scale pools runs of other depths: said in one line, as analyze's
+    emergence tables say it (the outcome table pooled them in silence)."""
+    from emergelab.analysis.runs import pooled_fields, run_rows
+    from emergelab.cli import main
+    from emergelab.store import connect
+
+    assert pooled_fields(run_rows(connect(count_depths)), ["model.layers"]) == {}
+    assert pooled_fields(run_rows(connect(count_depths)), ["train.lr"]) == {"model.layers": [1, 2]}
+    capsys.readouterr()
+    main(["analyze", str(count_depths), "--outcome", "id_accuracy:len:3", "--by", "model.layers",
+          "--out", str(tmp_path / "a")])
+    assert "pooled (" not in capsys.readouterr().out
+    code = main(["analyze", str(count_depths), "--outcome", "id_accuracy:len:3", "--by", "train.lr",
+                 "--out", str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert code == 0 and "pooled (runs that differ in these count as one scale): model.layers in {1, 2}" in out, out

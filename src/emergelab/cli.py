@@ -565,6 +565,9 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
         whole = [k for k in known if ":" not in k]  # a metric's value over all outputs first, then the rest
         raise ConfigError(f"--outcome {outcome}: not a metric of these runs; they have {', '.join(whole)} "
                           f"and per-index ones such as {', '.join([k for k in known if ':' in k][:4])}")
+    from .analysis.runs import pooled_fields, run_rows
+
+    pooled = pooled_fields(run_rows(con), [by])
     try:
         analysis, scales, outcomes = final_outcomes(con, metric, by, index=index, threshold=success_at)
     except ConfigError as error:
@@ -573,6 +576,9 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
         con.close()
     table = format_outcomes(analysis, by, outcome, prefix=f"{n_runs} run(s), ")
     print(table)
+    if pooled:  # each scale's seeds come from runs that differ in these too (as analyze's pooling line says)
+        print("pooled (runs that differ in these count as one scale): " + "; ".join(
+            f"{f} in {{{', '.join(map(str, values))}}}" for f, values in pooled.items()))
     finite = outcomes[np.isfinite(outcomes)]
     if finite.size and success_at > finite.max():  # legal, but likely a slip (an accuracy is at most 1)
         print(f"note: no seed reaches --success-at {success_at:g}: the largest {outcome} is {finite.max():.4g}")

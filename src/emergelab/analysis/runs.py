@@ -61,7 +61,7 @@ from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
 from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
-           "config_label", "copy_statistics", "default_by", "plateau_scaling", "repeated_seeds", "run_rows"]
+           "config_label", "copy_statistics", "default_by", "plateau_scaling", "pooled_fields", "repeated_seeds", "run_rows"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -248,6 +248,12 @@ def _grouping(rows: list[dict[str, Any]], by: Sequence[str] | None, pool: Sequen
     pooled = {f: sorted({row.get(f) for row in rows}, key=_sort_key)
               for f in differing if f not in out and _splits(rows, out, f)}
     return out, pooled, config_aliases(rows, out, exclude=pool)
+
+
+def pooled_fields(rows: list[dict[str, Any]], by: Sequence[str]) -> dict[str, list[Any]]:
+    """The fields in which runs that agree on ``by`` still differ (so a table by ``by`` alone pools them),
+    with their values; derived fields (d_model beside heads) left out."""
+    return {f: values for f, values in _grouping(rows, by, None, True)[1].items() if f not in DERIVED_FIELDS}
 
 
 def config_aliases(rows: list[dict[str, Any]], fields: Sequence[str], exclude: Sequence[str] = ()) -> list[str]:
