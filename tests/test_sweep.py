@@ -713,3 +713,14 @@ def test_sweep_files_with_a_repeated_key_too_many_points_or_an_empty_out_are_ref
     assert main(["run", "linear-map", "--out", ""]) == 2
     assert "--out: invalid path value: ''" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_preset_field_another_model_lacks_is_named_as_the_presets(tmp_path, capsys):
+    """``preset: linear-map-tiny`` with a section axis to mamba said only "unknown field model.heads"; it now
+    says the preset set it, as ``run --preset`` does."""
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text("preset: linear-map-tiny\nzip: {model: [{name: mamba, d_model: 16}]}\n")
+    assert main(["sweep", str(spec_file), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown field model.heads" in err, err
+    assert "model.heads was set by preset linear-map-tiny" in err and "model.name=mamba" in err, err

@@ -184,6 +184,7 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
     if not isinstance(base, Mapping) or not all(isinstance(v, Mapping) or v is None for v in base.values()):
         raise ConfigError("base: must be a mapping of sections (task, model, train, execution) to mappings")
     merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    from_preset: set[str] = set()  # section.field set by the preset and not by base
     if data.get("preset") is not None:
         preset = preset_dict(str(data["preset"]))
         base_task = (base.get("task") or {}).get("name")
@@ -192,10 +193,12 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
                               f"base.task.name={base_task!r}")
         for section in SECTIONS:
             merged[section].update(preset.get(section, {}))
+            from_preset |= {f"{section}.{name}" for name in preset.get(section, {})}
     for section, values in base.items():
         if section not in SECTIONS:
             raise ConfigError(f"base.{section}: unknown section; allowed sections are {', '.join(SECTIONS)}")
         merged[section].update(values or {})
+        from_preset -= {f"{section}.{name}" for name in (values or {})}
     grid = _axes(data.get("grid"), "grid")
     zipped = _axes(data.get("zip"), "zip")
     for key in set(grid) & set(zipped):
@@ -218,7 +221,7 @@ def expand(data: Any, out: str | Path | None = None, scale: str | None = None) -
             for key in set(grid_point) & set(zip_point):
                 raise ConfigError(f"{key}: set by both grid and zip (a section axis sets every field it names)")
             overrides = {**grid_point, **zip_point}
-            config = _point_config(merged, overrides)
+            config = _point_config(merged, overrides, from_preset, data.get("preset"))
             key = config.science_key()
             if key in runs:
                 duplicates += 1
@@ -273,7 +276,8 @@ def _flat(point: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _point_config(merged: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> ExperimentConfig:
+def _point_config(merged: dict[str, dict[str, Any]], overrides: dict[str, Any], from_preset: set[str] = frozenset(),
+                  preset: Any = None) -> ExperimentConfig:
     data = {section: dict(values) for section, values in merged.items()}
     for key, value in overrides.items():
         section, name = key.split(".")
@@ -284,4 +288,10 @@ def _point_config(merged: dict[str, dict[str, Any]], overrides: dict[str, Any]) 
         check_bias_target(config)  # the one check that needs a built task (train() makes it too)
         return config
     except ConfigError as error:
-        raise ConfigError(f"the run {{{label}}}: {error}" if label else str(error)) from None
+        text = str(error)
+        field = next((f for f in sorted(from_preset - set(overrides)) if text.startswith(f"unknown field {f}:")), None)
+        if field is not None:  # as `run --preset` says it
+            text += (f". ({field} was set by preset {preset}, which is made for another model; for "
+                     f"model.name={data['model'].get('name', 'transformer')} leave out the preset and set the "
+                     "sizes in base)")
+        raise ConfigError(f"the run {{{label}}}: {text}" if label else text) from None
