@@ -410,3 +410,23 @@ def test_an_output_no_held_out_sequence_has_is_reported_not_zero(tmp_path):
     assert rows["1"][3 + 8:] == ["?", "?", "?"] and rows["0"][3 + 10:] == ["?"]  # outputs 8-10 / 10 missing
     seeds = analyze_runs(connect(out), n_boot=10).seeds.to_pylist()
     assert {s["n_outputs"] for s in seeds} == {11} and not any(s["solved"] for s in seeds)
+
+
+@pytest.mark.parametrize("config", [CountConfig(), ReverseAdditionConfig(),
+                                    ReverseAdditionConfig(hints="random-offset")], ids=["count", "add", "add-offset"])
+def test_the_optimum_of_zero_holds_on_sampled_sequences(config):
+    """Counting and reverse addition report an optimal loss of 0: every scored next token is a function of
+    its prefix. Checked on 4096 sampled sequences, independently of the task's own code: no prefix that
+    ends at a scored position (``sample_output_index`` >= 0) is followed by two different tokens."""
+    task = config.build(make_generator(0))
+    assert task.optimal_loss() == 0.0
+    tokens = task.sample(4096, make_generator(1)).tokens
+    index = task.sample_output_index(tokens)  # [n, P], -1 where the position is not scored
+    seen: dict[tuple, int] = {}
+    scored = 0
+    for row, idx in zip(tokens.tolist(), index.tolist()):
+        for p, o in enumerate(idx):
+            if o >= 0:
+                scored += 1
+                assert seen.setdefault(tuple(row[:p + 1]), row[p + 1]) == row[p + 1], (row, p)
+    assert scored > 4096
