@@ -196,3 +196,13 @@ def test_cli_analyze_outcome_names_the_fields_it_pools(count_depths, tmp_path, c
                  "--out", str(tmp_path / "b")])
     out = capsys.readouterr().out
     assert code == 0 and "pooled (runs that differ in these count as one scale): model.layers in {1, 2}" in out, out
+
+
+def test_a_reversed_range_or_no_bins_is_refused():
+    """``value_range=(1, 0)`` was replaced in silence by (1, 2), and ``bins=0`` gave empty histograms."""
+    from emergelab.analysis.scales import scale_outcomes
+
+    for kwargs, words in (({"value_range": (1, 0)}, "value_range=(1, 0)"), ({"value_range": (0, float("inf"))},
+                                                                           "value_range"), ({"bins": 0}, "bins=0")):
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            scale_outcomes([1, 1, 2, 2], [0.1, 0.2, 0.3, 0.9], n_boot=20, dip_boot=20, **kwargs)

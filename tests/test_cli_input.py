@@ -447,3 +447,18 @@ def test_small_input_slips_are_named(tiny_run, tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == "emergelab: interrupted"
     assert main(["run", "linear-map"]) == 130
     assert capsys.readouterr().err.strip() == "emergelab: interrupted; re-run the same command to resume"
+
+
+def test_held_out_batch_and_load_model_name_a_seed_the_run_lacks(tiny_run):
+    """``held_out_batch`` returned a batch for a seed never trained; ``load_model`` said only "saved steps: []"
+    for one, and took no path (AttributeError on a str)."""
+    from emergelab.interventions import held_out_batch
+    from emergelab.train import load_model
+
+    config = ExperimentConfig.from_run(str(tiny_run.path)).resolved()  # a path works
+    assert load_model(str(tiny_run.path), seed=0, step=0) is not None
+    for call, words in ((lambda: held_out_batch(config, seed=99, n=4), "seed=99: the run has seeds 0..0"),
+                        (lambda: held_out_batch(config, seed=0, n=-3), "n=-3"),
+                        (lambda: load_model(tiny_run, seed=5, step=0), "seed=5: the run has seeds 0..0")):
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
+            call()

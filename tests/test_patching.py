@@ -102,7 +102,7 @@ def test_patch_target_names_and_validation():
     with pytest.raises(ValueError):
         PatchTarget(0, 0, "values")
     model = Transformer(CFG, seeds=[0])
-    with pytest.raises(KeyError):  # layer 5 does not exist: an edit that never fires is an error
+    with pytest.raises(ValueError, match=r"head \(5, 0\): the model has layers 0\.\.1"):  # was a KeyError
         ablate_heads(model, random_tokens(4), [(5, 0)])
 
 
@@ -301,3 +301,34 @@ def test_target_metrics_per_sequence_outputs_known_answer():
     assert m["prob_per_output"][0] == 0.5 and m["prob_per_output"][1:].isnan().all()
     with pytest.raises(ValueError, match="output_index"):
         target_metrics(logits, tokens, index[:1])
+
+
+def test_bad_arguments_are_named_before_any_forward_pass():
+    """What an API fuzzing found (2026-11-28): models of other shapes gave a table of the late model's shape
+    in silence, greedy_heads took any fraction, cache_attention returned {} for a layer not there, and heads,
+    tokens and batch sizes out of range ended in IndexError / KeyError / torch errors deep inside."""
+    from emergelab.interventions import ablation_table, cache_attention, greedy_heads, patch_heads
+
+    early, late = Transformer(CFG, seeds=[0]), Transformer(CFG, seeds=[1])
+    other = Transformer(ATTN_ONLY, seeds=[2])
+    tokens = random_tokens(8)
+    cases = [
+        (lambda: patching_table(other, late, tokens), "differ in layers (1 vs 2)"),
+        (lambda: greedy_heads(early, late, tokens, fraction=5), "fraction=5"),
+        (lambda: greedy_heads(early, late, tokens, fraction=float("nan")), "fraction=nan"),
+        (lambda: greedy_heads(early, late, tokens, max_heads=-1), "max_heads=-1"),
+        (lambda: cache_attention(late, tokens, layers=[3]), "layers=[3]: the model has layers 0..1"),
+        (lambda: patch_heads(early, tokens, cache_attention(late, tokens), [(0, 5)]), "head (0, 5)"),
+        (lambda: patch_heads(early, tokens, {}, [(0, 1)]), "source_cache has no blocks.0.attn.hook_pattern"),
+        (lambda: ablation_table(late, tokens, kind="mean", mean_cache={}), "mean_cache has no"),
+        (lambda: ablation_table(late, tokens, kind="median"), "kind='median'"),
+        (lambda: patching_table(early, late, tokens + 5), "ids must be in 0..1"),
+        (lambda: patching_table(early, late, tokens.float()), "must be integer token ids"),
+        (lambda: patching_table(early, late, tokens[:0]), "at least one sequence"),
+        (lambda: patching_table(early, late, tokens, batch_size=0), "batch_size=0"),
+        (lambda: cache_attention(late, [[0, 1, 0]]), "a torch tensor"),
+    ]
+    for call, words in cases:
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert words in str(caught.value), (words, str(caught.value))

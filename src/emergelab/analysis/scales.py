@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,8 @@ def scale_outcomes(scale: ArrayLike, outcome: ArrayLike, *, threshold: float = 0
 
     ``scale``, ``outcome``: ``(n_seeds,)``, one entry per seed (e.g. ``model.layers`` and the final
     ``ood_accuracy``). Success: ``outcome >= threshold`` (``<=`` when ``increasing=False``, for losses).
-    ``bins``/``value_range``: the shared histogram (default range: the outcomes' min and max).
+    ``bins``/``value_range``: the shared histogram (default range: the outcomes' min and max; an outcome
+    outside a given range counts in the first or last bin).
     ``n_boot``/``ci``: the bootstrap bands; ``dip_boot``: simulations of the dip test per scale. ``rng``
     seeds everything, so equal inputs give equal numbers."""
     s, y = finite_1d(scale, "scale"), finite_1d(outcome, "outcome")
@@ -124,9 +126,14 @@ def scale_outcomes(scale: ArrayLike, outcome: ArrayLike, *, threshold: float = 0
         raise ValueError(f"scale and outcome must have the same length, got {s.size} and {y.size}")
     if y.size == 0:
         raise ValueError("need at least one seed")
+    if not (isinstance(bins, int) and bins >= 1):
+        raise ValueError(f"bins={bins}: must be an integer >= 1")
+    if value_range is not None and not (len(value_range) == 2 and all(math.isfinite(v) for v in value_range)
+                                        and value_range[1] > value_range[0]):
+        raise ValueError(f"value_range={value_range}: must be (low, high), finite, with high > low")
     gen = as_rng(rng)
     lo, hi = value_range if value_range is not None else (float(y.min()), float(y.max()))
-    if hi <= lo:
+    if hi <= lo:  # every outcome equal: one unit around it
         hi = lo + 1.0
     edges = np.linspace(lo, hi, bins + 1)
     rows = []

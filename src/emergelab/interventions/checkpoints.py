@@ -149,6 +149,11 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     The generators live on ``execution.device`` as in training (a CUDA generator draws other numbers than a
     CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
     """
+    seeds = config.train.seeds
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < seeds):
+        raise ConfigError(f"seed={seed!r}: the run has seeds 0..{seeds - 1}")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise ConfigError(f"n={n!r}: must be an integer >= 1 (held-out sequences)")
     device = torch.device(config.execution.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"the run trained on {config.execution.device}: its ground truth and held-out batch "

@@ -93,8 +93,17 @@ def model_device(model: Any) -> torch.device | None:
 
 
 def _inputs(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be a task batch [n, L], got shape {tuple(tokens.shape)}")
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a task batch [n, L] (a torch tensor), got "
+                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens: must be integer token ids, at least one sequence of at least 2 tokens; got "
+                         f"{tokens.dtype} of shape {tuple(tokens.shape)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"tokens: ids must be in 0..{vocab - 1} (the model's vocabulary); found {lo}..{hi}")
     if getattr(model, "n_models", 1) != 1:
         raise ValueError("patching needs a single model; take one with model.member(e)")
     device = model_device(model)
@@ -194,6 +203,12 @@ def cache_attention(model: Any, tokens: torch.Tensor, what: str = "pattern",
     """
     _check_what(what)
     require_attention_heads(model, what)
+    if layers is not None:
+        layers = list(layers)
+        count = getattr(getattr(model, "config", None), "layers", None)
+        bad = [layer for layer in layers if count is not None and not 0 <= layer < count]
+        if bad:
+            raise ValueError(f"layers={layers}: the model has layers 0..{count - 1}")
     keep = None if layers is None else {hook_name(layer, what) for layer in layers}
     _, cache = model.run_with_cache(_inputs(model, tokens), names_filter=_is_attention_hook(what))
     return {name: act for name, act in cache.items() if keep is None or name in keep}
@@ -215,7 +230,12 @@ def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.
     ``blocks.{layer}.attn.hook_{what}[:, head]`` replaced by ``source_cache[...][:, head]`` (a
     :func:`cache_attention` of another model on the same tokens). ``kwargs`` go to :func:`run_with_head_edits`.
     """
-    edits = [(t, source_setter(source_cache[t.name], t.head)) for t in _targets(heads, what)]
+    targets = _targets(heads, what, model)
+    missing = [t.name for t in targets if t.name not in source_cache]
+    if missing:
+        raise ValueError(f"source_cache has no {missing[0]} (it holds {', '.join(sorted(source_cache)) or 'nothing'}): "
+                         "cache_attention of the source model on the same tokens")
+    edits = [(t, source_setter(source_cache[t.name], t.head)) for t in targets]
     return run_with_head_edits(model, tokens, edits, what=what, **kwargs)
 
 
@@ -231,7 +251,9 @@ def ablate_heads(model: Any, tokens: torch.Tensor, heads: Sequence[Head], kind: 
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
     edits = []
-    for t in _targets(heads, what):
+    for t in _targets(heads, what, model):
+        if kind == "mean" and mean_cache is not None and t.name not in mean_cache:
+            raise ValueError(f"mean_cache has no {t.name} (it holds {', '.join(sorted(mean_cache)) or 'nothing'})")
         if kind == "zero":
             setter = zero_setter(what)
         elif kind == "uniform":
@@ -242,8 +264,16 @@ def ablate_heads(model: Any, tokens: torch.Tensor, heads: Sequence[Head], kind: 
     return run_with_head_edits(model, tokens, edits, what=what, **kwargs)
 
 
-def _targets(heads: Sequence[Head], what: str) -> list[PatchTarget]:
-    return [PatchTarget(int(layer), int(head), what) for layer, head in heads]
+def _targets(heads: Sequence[Head], what: str, model: Any = None) -> list[PatchTarget]:
+    """``heads`` as targets; a ValueError for a head ``model`` does not have."""
+    config = getattr(model, "config", None)
+    layers, n_heads = getattr(config, "layers", None), getattr(config, "heads", None)
+    targets = [PatchTarget(int(layer), int(head), what) for layer, head in heads]
+    for t in targets:
+        if layers is not None and n_heads is not None and not (0 <= t.layer < layers and 0 <= t.head < n_heads):
+            raise ValueError(f"head ({t.layer}, {t.head}): the model has layers 0..{layers - 1} and heads "
+                             f"0..{n_heads - 1}")
+    return targets
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -355,6 +385,19 @@ def _cache_chunked(model: Any, tokens: torch.Tensor, what: str, batch_size: int 
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
+def _check_pair(early_model: Any, late_model: Any, batch_size: int | None, tokens: torch.Tensor) -> None:
+    """A ValueError unless the two models have the same layers, heads, vocabulary and context (patching maps
+    head to head), ``batch_size`` is None or >= 1, and ``tokens`` are ids the models take."""
+    _inputs(late_model, tokens)
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size={batch_size}: must be an integer >= 1 (or None: every row at once)")
+    fields = ("layers", "heads", "vocab_size", "context_length")
+    early, late = (tuple(getattr(getattr(m, "config", None), f, None) for f in fields) for m in (early_model, late_model))
+    if early != late:
+        raise ValueError("the early and late models differ in " + ", ".join(
+            f"{f} ({a} vs {b})" for f, a, b in zip(fields, early, late) if a != b) + ": patching maps head to head")
+
+
 def _shape(cache: dict[str, torch.Tensor], what: str) -> tuple[int, int]:
     layers = sorted(int(name.split(".")[1]) for name in cache)
     if layers != list(range(len(layers))):
@@ -441,6 +484,7 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
         table.ranking()[0]         # (layer, head) whose late attention helps most
     """
     _check_what(what)
+    _check_pair(early_model, late_model, batch_size, tokens)
     source = _cache_chunked(late_model, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 
@@ -475,6 +519,9 @@ def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what
         result = ablation_table(late, tokens, kind="mean")
         result.prob_drop           # [layers, heads], large for heads the model relies on
     """
+    _check_pair(model, model, batch_size, tokens)
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
     clean_cache = _cache_chunked(model, tokens, what, batch_size)
     n_layers, n_heads = _shape(clean_cache, what)
     if kind == "mean" and mean_cache is None:
@@ -542,6 +589,11 @@ def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fra
         result.heads, result.recovered  # the heads in the order chosen, the fraction recovered after each
     """
     _check_what(what)
+    _check_pair(early_model, late_model, batch_size, tokens)
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"fraction={fraction}: must be in (0, 1] (the share of late - early to recover)")
+    if max_heads is not None and not (isinstance(max_heads, int) and max_heads >= 1):
+        raise ValueError(f"max_heads={max_heads}: must be an integer >= 1 (or None: every head)")
     source = _cache_chunked(late_model, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 

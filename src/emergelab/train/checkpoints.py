@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..config import ConfigError
 from ..models import SequenceModel
 from ..store import RunDir
 from .config import ExperimentConfig
@@ -24,6 +25,10 @@ def load_model(run: RunDir, seed: int, step: int, device: str | torch.device = "
         model = load_model(RunDir("runs/demo"), seed=0, step=3000)
         _, cache = model.run_with_cache(tokens[:, :-1], names_filter=lambda n: n.endswith("hook_pattern"))
     """
+    run = run if isinstance(run, RunDir) else RunDir(run)  # a path works too
     config = (config or ExperimentConfig.from_run(run)).resolved()
+    seeds = config.train.seeds
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < seeds):
+        raise ConfigError(f"seed={seed!r}: the run has seeds 0..{seeds - 1}")
     state = run.load_checkpoint(seed, step, device)
     return SequenceModel.from_member_state_dicts(config.model, [state]).eval()

@@ -286,7 +286,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_run(cls, run: Any) -> "ExperimentConfig":
-        """The config saved in run directory ``run`` (a ``store.RunDir``)."""
+        """The config saved in run directory ``run`` (a ``store.RunDir`` or a path)."""
+        if not hasattr(run, "read_config_dict"):
+            from ..store import RunDir
+
+            run = RunDir(run)
         try:
             return cls.from_saved(run.read_config_dict())
         except ConfigError as error:
