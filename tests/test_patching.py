@@ -332,3 +332,30 @@ def test_bad_arguments_are_named_before_any_forward_pass():
         with pytest.raises(ValueError) as caught:
             call()
         assert words in str(caught.value), (words, str(caught.value))
+
+
+def test_model_bias_and_analysis_arguments_are_named():
+    """More of the API fuzzing's findings: token ids outside the vocabulary (an IndexError from the
+    embedding), float tokens, a member index past the ensemble (IndexError deep inside; -1 took the last),
+    ground_truth_bias of a NaN beta or a 1-D mask, train() of a dict, analyze_runs of a path or by='...'."""
+    from emergelab.analysis import analyze_runs
+    from emergelab.interventions import ground_truth_bias
+    from emergelab.train import train
+
+    model = CFG.build(n_models=2, seeds=[0, 1])
+    single = model.member(0)
+    for call, error, words in (
+            (lambda: single(torch.full((2, 5), 7)), ValueError, "token ids must be in 0..1"),
+            (lambda: single(torch.full((2, 5), -1)), ValueError, "found -1..-1"),
+            (lambda: single(torch.zeros(2, 5)), TypeError, "integer token ids"),
+            (lambda: model.member(5), IndexError, "members 0..1"),
+            (lambda: model.member(-1), IndexError, "members 0..1"),
+            (lambda: ground_truth_bias(torch.ones(4, 4, dtype=torch.bool), 1, 2, float("nan")), ValueError, "beta=nan"),
+            (lambda: ground_truth_bias(torch.ones(4, dtype=torch.bool), 1, 2, 1.0), ValueError, "masks: [E, P, P]"),
+            (lambda: ground_truth_bias(torch.ones(4, 4, dtype=torch.bool), -1, 2, 1.0), ValueError, "layers=-1"),
+            (lambda: train({"task": {"name": "linear-map"}}, "/nonexistent/x"), TypeError, "an ExperimentConfig"),
+            (lambda: analyze_runs("/some/path"), TypeError, "a connection from emergelab.store.connect"),
+    ):
+        with pytest.raises(error) as caught:
+            call()
+        assert words in str(caught.value), (words, str(caught.value))

@@ -305,6 +305,11 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         for g in result.groups.to_pylist():
             print(g["label"], g["solved_fraction"], g["emergence_median"])
     """
+    if not hasattr(con, "sql"):
+        raise TypeError(f"con: a connection from emergelab.store.connect(path), got {type(con).__name__}")
+    if isinstance(by, str) or isinstance(pool, str):
+        raise TypeError("by / pool: a list of config fields, e.g. by=['task.sparsity'] (a string was read one "
+                        "character at a time)")
     if not solved_tol >= 0:
         raise ConfigError(f"solved_tol={solved_tol!r}: must be a number >= 0")
     rows = run_rows(con)

@@ -198,6 +198,14 @@ class SequenceModel(HookedModule):
             if not self.accepts_attn_bias:
                 raise TypeError(f"{type(self).__name__} has no attention scores to bias (accepts_attn_bias=False)")
             inputs["attn_bias"] = bias
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be a tensor of integer token ids, got "
+                            f"{tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+        if tokens.device.type == "cpu" and tokens.numel():  # on a GPU this check would wait for the device
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1} (the vocabulary); found "
+                                 f"{lo}..{hi}")
         single = tokens.dim() == 2
         if single:
             if self.n_models != 1:
@@ -230,6 +238,8 @@ class SequenceModel(HookedModule):
 
     def member(self, index: int) -> "SequenceModel":
         """A new single model holding a copy of member ``index`` (the ensemble is untouched)."""
+        if not (isinstance(index, int) and 0 <= index < self.n_models):
+            raise IndexError(f"member {index!r}: the ensemble has members 0..{self.n_models - 1}")
         return type(self).from_member_state_dicts(self.config, [self.member_state_dict(index)])
 
     def member_state_dict(self, index: int) -> dict[str, torch.Tensor]:

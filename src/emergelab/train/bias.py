@@ -12,6 +12,7 @@ applied to the chosen layers and heads only. The trainer receives it as a functi
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -34,6 +35,12 @@ def ground_truth_bias(masks: torch.Tensor, layers: int, heads: int, beta: float,
     """
     if masks.dim() == 2:
         masks = masks.unsqueeze(0)
+    if masks.dim() != 3 or masks.shape[-1] != masks.shape[-2]:
+        raise ValueError(f"masks: [E, P, P] or [P, P], got shape {tuple(masks.shape)}")
+    if not (isinstance(layers, int) and layers >= 1 and isinstance(heads, int) and heads >= 1):
+        raise ValueError(f"layers={layers!r}, heads={heads!r}: must be integers >= 1")
+    if not math.isfinite(beta):
+        raise ValueError(f"beta={beta!r}: must be a finite number")
     selected = torch.zeros(layers, heads, device=masks.device)
     layer_ids = range(layers) if which_layers == "all" else list(which_layers)
     head_ids = range(heads) if which_heads == "all" else list(which_heads)

@@ -323,6 +323,9 @@ def train(config: ExperimentConfig, out: str | Path, *, executor: Executor | Non
         run = train(cfg, "runs/lm8")
         run.metrics()  # pyarrow Table: step, seed, metric, index, value
     """
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f"config: an ExperimentConfig (e.g. ExperimentConfig.from_dict({{...}})), got "
+                        f"{type(config).__name__}")
     config = config.resolved()
     require_packages(config.execution.log)
     first_task = seed_task(config.task, config.train.seed, 0)
