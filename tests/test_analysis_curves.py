@@ -309,3 +309,14 @@ def test_short_curve():
     (j,) = detect_jumps([0, 1, 2, 3], [1.0, 1.0, 0.0, 0.0])
     assert j.step == pytest.approx(1.5)
     assert detect_jumps([0, 1], [1.0, 1.0]) == []
+
+
+def test_a_nan_noise_floor_or_a_2d_curve_is_refused():
+    """``min_snr=nan`` switched the noise floor off in silence, and ``smooth_curve`` flattened a 2-D array
+    (the detectors refused it)."""
+    steps, values = np.arange(100), np.r_[np.ones(50), np.zeros(50)]
+    for call in (lambda: detect_jumps(steps, values, min_snr=float("nan")),
+                 lambda: detect_emergence(steps, values, min_snr=float("nan")),
+                 lambda: smooth_curve(np.zeros((3, 4)), 3)):
+        with pytest.raises(ValueError, match="min_snr must be a number >= 0|one curve of shape"):
+            call()

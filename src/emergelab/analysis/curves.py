@@ -125,6 +125,8 @@ def smooth_curve(values: ArrayLike, window: int) -> np.ndarray:
         array([0., 0., 1., 2.])
     """
     v = np.asarray(values, dtype=float)
+    if v.ndim != 1:
+        raise ValueError(f"values: one curve of shape (n,), got shape {v.shape}")
     if isinstance(window, bool) or int(window) != window or window < 1:
         raise ValueError(f"smoothing window must be a positive integer, got {window!r}")
     window = int(window)
@@ -304,6 +306,8 @@ def detect_emergence(
         raise ValueError(f"optimum must be finite, got {optimum!r}")
     if initial is not None and not math.isfinite(initial):
         raise ValueError(f"initial must be finite, got {initial!r}")
+    if not min_snr >= 0:  # NaN too: it would switch the noise floor off in silence
+        raise ValueError(f"min_snr must be a number >= 0, got {min_snr}")
 
     sign = -1.0 if increasing else 1.0  # work on a falling curve y = sign * s
     s = smooth_curve(v, smooth)
@@ -548,6 +552,8 @@ def detect_jumps(
         raise ValueError(f"flat_fraction must be > 0, got {flat_fraction}")
     if min_drop is not None and not min_drop > 0:
         raise ValueError(f"min_drop must be > 0, got {min_drop}")
+    if not min_snr >= 0:  # NaN too: it would switch the noise floor off in silence
+        raise ValueError(f"min_snr must be a number >= 0, got {min_snr}")
     sign = -1.0 if increasing else 1.0
     y = sign * smooth_curve(v, smooth)
     total = float(y.max() - y.min())
