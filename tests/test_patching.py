@@ -359,3 +359,23 @@ def test_model_bias_and_analysis_arguments_are_named():
         with pytest.raises(error) as caught:
             call()
         assert words in str(caught.value), (words, str(caught.value))
+
+
+def test_output_ids_and_caches_that_do_not_fit_are_named():
+    """``n_outputs`` below the ids in ``output_index`` (or 0), float ids, and a source cache of other tokens
+    ended in torch's one_hot / expand errors; now one ValueError each."""
+    from emergelab.interventions import cache_attention, patch_heads
+
+    early, late = Transformer(CFG, seeds=[0]), Transformer(CFG, seeds=[1])
+    tokens = random_tokens(8)
+    index = torch.arange(tokens.shape[1] - 1) % 3  # outputs 0..2
+    assert patching_table(early, late, tokens, output_index=index).prob_gain_per_output.shape == (2, 3, 3)
+    for call, words in ((lambda: patching_table(early, late, tokens, output_index=index, n_outputs=2), "n_outputs=2"),
+                        (lambda: patching_table(early, late, tokens, output_index=index, n_outputs=0), "n_outputs=0"),
+                        (lambda: patching_table(early, late, tokens, output_index=index.float()), "integer output ids"),
+                        (lambda: patch_heads(early, tokens[:4], cache_attention(late, tokens), [(0, 1)]), "does not fit"),
+                        (lambda: patch_heads(early, tokens, cache_attention(late, tokens[:, :8]), [(0, 1)]),
+                         "does not fit")):
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert words in str(caught.value), (words, str(caught.value))

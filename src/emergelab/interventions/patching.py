@@ -155,8 +155,15 @@ def run_with_head_edits(model: Any, tokens: torch.Tensor, edits: Sequence[tuple[
 # --------------------------------------------------------------------------------- per-target setters
 
 def source_setter(source: torch.Tensor, head: int) -> Setter:
-    """Write ``source[:, head]`` (``source`` ``[n or 1, H, Tq, Tk]``, e.g. another model's cache entry)."""
-    return lambda activation: source[:, head]
+    """Write ``source[:, head]`` (``source`` ``[n or 1, H, Tq, Tk]``, e.g. another model's cache entry); a
+    ValueError when it does not fit the activation (a cache of other tokens)."""
+    def write(activation: torch.Tensor) -> torch.Tensor:
+        value = source[:, head]
+        if value.shape[-2:] != activation.shape[-2:] or value.shape[0] not in (1, activation.shape[0]):
+            raise ValueError(f"a cached head of shape {tuple(value.shape)} does not fit the activation "
+                             f"{tuple(activation.shape)}: cache the source model on the same tokens")
+        return value
+    return write
 
 
 def zero_setter(what: str) -> Setter:
@@ -306,9 +313,18 @@ def _targets_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def _count_outputs(output_index: torch.Tensor | None, n_outputs: int | None) -> int:
+    """The number of outputs; a ValueError for an ``output_index`` that is not integer ids -1..n_outputs-1
+    (-1: a position that counts toward no output) or that counts none."""
     if output_index is None:
         return 0
-    return int(output_index.max()) + 1 if n_outputs is None else int(n_outputs)
+    if output_index.dtype.is_floating_point or output_index.dtype == torch.bool:
+        raise ValueError(f"output_index: must hold integer output ids (-1: none), got {output_index.dtype}")
+    lo, hi = int(output_index.min()), int(output_index.max())
+    count = hi + 1 if n_outputs is None else n_outputs
+    if not (isinstance(count, int) and count >= 1) or lo < -1 or hi >= count:
+        raise ValueError(f"output_index holds ids {lo}..{hi}" + (f" and n_outputs={n_outputs}" if n_outputs is not None
+                         else "") + ": ids must be in -1..n_outputs-1, with at least one output")
+    return count
 
 
 def _pairs_of(targets: torch.Tensor, output_index: torch.Tensor | None,
