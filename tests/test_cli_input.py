@@ -462,3 +462,5 @@ def test_held_out_batch_and_load_model_name_a_seed_the_run_lacks(tiny_run):
                         (lambda: load_model(tiny_run, seed=5, step=0), "seed=5: no checkpoints of it")):
         with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(".", r"\.")):
             call()
+    with pytest.raises(ConfigError, match=r"\(seeds with checkpoints: 0\)$"):
+        load_model(tiny_run, seed=5, step=0)

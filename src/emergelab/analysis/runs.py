@@ -61,7 +61,8 @@ from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
 from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
-           "config_label", "copy_statistics", "default_by", "plateau_scaling", "pooled_fields", "repeated_seeds", "run_rows"]
+           "config_label", "copy_statistics", "default_by", "plateau_scaling", "pooled_fields", "repeated_seeds",
+           "run_rows"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).

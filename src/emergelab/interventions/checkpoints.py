@@ -142,6 +142,12 @@ def load_run(run: RunDir | str | Path) -> RunDir:
     return run
 
 
+def require_seed(config: Any, seed: Any, label: str) -> None:
+    """A ConfigError (``{label}{seed}: the run has seeds 0..N-1``) unless ``seed`` is one of the run's."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < config.train.seeds):
+        raise ConfigError(f"{label}{seed!r}: the run has seeds 0..{config.train.seeds - 1}")
+
+
 def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     """``(task, tokens [n, L])``: seed ``seed``'s task (its own ground truth) and ``n`` sequences of its eval
     stream, drawn as training drew them (``n = train.eval_batch_size`` gives the probe's batch).
@@ -149,9 +155,7 @@ def held_out_batch(config: Any, seed: int, n: int) -> tuple[Any, torch.Tensor]:
     The generators live on ``execution.device`` as in training (a CUDA generator draws other numbers than a
     CPU one), so a run trained on CUDA needs CUDA here; the task and tokens are returned on that device.
     """
-    seeds = config.train.seeds
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < seeds):
-        raise ConfigError(f"seed={seed!r}: the run has seeds 0..{seeds - 1}")
+    require_seed(config, seed, "seed=")
     if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
         raise ConfigError(f"n={n!r}: must be an integer >= 1 (held-out sequences)")
     device = torch.device(config.execution.device)
@@ -177,8 +181,7 @@ def probe_bias(config: Any, seed: int, step: int) -> torch.Tensor | None:
     A seed the run does not have, or a step outside ``[0, train.steps]``: ConfigError.
     """
     config = config.resolved()
-    if not 0 <= seed < config.train.seeds:
-        raise ConfigError(f"seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
+    require_seed(config, seed, "seed ")
     if not 0 <= step <= config.train.steps:
         raise ConfigError(f"step {step}: the run has steps 0..{config.train.steps}")
     task = seed_task(config.task, config.train.seed, seed, torch.device(config.execution.device))
@@ -225,8 +228,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
             raise ConfigError(f"{name} {step}: a step must be >= 0")
     run = load_run(run)
     config = ExperimentConfig.from_run(run).resolved()
-    if not 0 <= seed < config.train.seeds:
-        raise ConfigError(f"--seed {seed}: the run has seeds 0..{config.train.seeds - 1}")
+    require_seed(config, seed, "--seed ")
     notes = []
     if not run.metrics_path.exists():  # still training, or stopped: its later checkpoints do not exist yet
         saved = run.checkpoint_steps(seed)

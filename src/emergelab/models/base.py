@@ -201,11 +201,6 @@ class SequenceModel(HookedModule):
         if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
             raise TypeError(f"tokens must be a tensor of integer token ids, got "
                             f"{tokens.dtype if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
-        if tokens.device.type == "cpu" and tokens.numel():  # on a GPU this check would wait for the device
-            lo, hi = int(tokens.min()), int(tokens.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1} (the vocabulary); found "
-                                 f"{lo}..{hi}")
         single = tokens.dim() == 2
         if single:
             if self.n_models != 1:
@@ -220,12 +215,19 @@ class SequenceModel(HookedModule):
             raise ValueError(f"sequence length {T} exceeds context_length {self.config.context_length}")
         if positions is not None:
             positions = checked_positions(positions, T, tokens.device)
-        if positions is None:
-            logits = self.forward_members(tokens, **inputs)
-        elif self.selects_positions:
-            logits = self.forward_members(tokens, positions=positions, **inputs)
-        else:
-            logits = select_positions(self.forward_members(tokens, **inputs), positions, dim=2)
+        try:
+            if positions is None:
+                logits = self.forward_members(tokens, **inputs)
+            elif self.selects_positions:
+                logits = self.forward_members(tokens, positions=positions, **inputs)
+            else:
+                logits = select_positions(self.forward_members(tokens, **inputs), positions, dim=2)
+        except IndexError:  # the ids are read only now, not on every step (a training step's are the task's)
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1} (the vocabulary); found "
+                                 f"{lo}..{hi}") from None
+            raise
         return logits[0] if single else logits
 
     def forward_members(self, tokens: torch.Tensor, **inputs: Any) -> torch.Tensor:  # pragma: no cover

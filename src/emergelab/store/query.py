@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 import duckdb
 import pyarrow as pa
 
-from .rundir import RunDir
 from ..config import ConfigError
+from .rundir import RunDir
 from .verify import ADVICE, CorruptFileError, find_run_dirs, warn
 
 
@@ -68,8 +68,8 @@ def connect(path: str | Path | Sequence[str | Path], database: str = ":memory:",
       ``fresh_optimum`` (the best loss on ground truth outside the pool; null without a pool).
 
     Every run's config.yaml, task.json and metrics.parquet are verified first (``store.verify``), and
-    each config's values by ``check_config`` where given (the CLI passes ``ExperimentConfig.from_saved``,
-    which raises a ConfigError for a config no run could have: this layer does not know the configs): a
+    each config's values by ``check_config`` where given (the CLI passes ``cli.check_saved_config``, which
+    raises a ConfigError for a config no run could have: this layer does not know the configs): a
     damaged run is left out with a :class:`~emergelab.store.verify.CorruptFileWarning` naming the file;
     when no intact run is left, the first damage is raised (``CorruptFileError``).
 

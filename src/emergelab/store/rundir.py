@@ -193,6 +193,12 @@ class RunDir:
     def checkpoint_steps(self, seed: int = 0) -> list[int]:
         return self._steps("checkpoints", seed)
 
+    def checkpoint_seeds(self) -> list[int]:
+        """The seeds with a checkpoint folder (``checkpoints/seed-NNN``)."""
+        folder = self.path / "checkpoints"
+        names = [p.name for p in folder.glob("seed-*")] if folder.is_dir() else []
+        return sorted(int(name[5:]) for name in names if name[5:].isdigit())
+
     def attention_steps(self, seed: int = 0) -> list[int]:
         return self._steps("attention", seed)
 

@@ -172,9 +172,9 @@ def parse_json(path: Path, data: bytes, kind: type = dict) -> Any:
 
 
 def parse_summary(path: Path, data: bytes) -> dict[str, Any]:
-    """A training run's summary.json (an LM scan writes another kind, read as plain JSON): ``task`` (str), ``steps`` (int), ``seeds`` ({seed: {"final_loss": number or
-    None, "learned_step": {output: step or None}, ...}}), what ``emergelab run`` prints and the HTML page
-    reads; anything else is damaged."""
+    """A training run's summary.json (an LM scan writes another kind, read as plain JSON): ``task`` (str),
+    ``steps`` (int), ``seeds`` ({seed: {"final_loss": number or None, "learned_step": {output: step or None},
+    ...}}), what ``emergelab run`` prints; anything else is damaged."""
     value = parse_json(path, data)
 
     def number_or_none(x: Any) -> bool:

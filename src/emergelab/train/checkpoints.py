@@ -30,9 +30,7 @@ def load_model(run: RunDir, seed: int, step: int, device: str | torch.device = "
     if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
         raise ConfigError(f"seed={seed!r}: must be a run seed index (an integer >= 0)")
     if not run.checkpoint_steps(seed):
-        saved = sorted(int(p.name.split("-")[1]) for p in (run.path / "checkpoints").glob("seed-*")
-                       if p.name.split("-")[1].isdigit())
         raise ConfigError(f"seed={seed}: no checkpoints of it in {run.path} (seeds with checkpoints: "
-                          f"{', '.join(map(str, saved)) or 'none'})")
+                          f"{', '.join(map(str, run.checkpoint_seeds())) or 'none'})")
     state = run.load_checkpoint(seed, step, device)
     return SequenceModel.from_member_state_dicts(config.model, [state]).eval()
