@@ -18,6 +18,7 @@ from emergelab.interventions import (
     run_with_head_edits,
     target_metrics,
 )
+from emergelab.config import ConfigError
 from emergelab.models import Transformer, TransformerConfig
 from emergelab.tasks import LinearMapConfig, make_generator
 
@@ -334,17 +335,30 @@ def test_bad_arguments_are_named_before_any_forward_pass():
         assert words in str(caught.value), (words, str(caught.value))
 
 
-def test_model_bias_and_analysis_arguments_are_named():
+def test_model_bias_and_analysis_arguments_are_named(tmp_path):
     """More of the API fuzzing's findings: token ids outside the vocabulary (an IndexError from the
     embedding), float tokens, a member index past the ensemble (IndexError deep inside; -1 took the last),
-    ground_truth_bias of a NaN beta or a 1-D mask, train() of a dict, analyze_runs of a path or by='...'."""
+    ground_truth_bias of a NaN beta or a 1-D mask, train() of a dict or into a file (NotADirectoryError),
+    analyze_runs of a path or by='...', an attn_bias of the wrong shape (torch's expand error)."""
     from emergelab.analysis import analyze_runs
     from emergelab.interventions import ground_truth_bias
-    from emergelab.train import train
+    from emergelab.train import ExperimentConfig, train
 
     model = CFG.build(n_models=2, seeds=[0, 1])
     single = model.member(0)
+    tokens = torch.zeros(2, 3, 5, dtype=torch.long)
+    bias = torch.zeros(CFG.layers, CFG.heads, 5, 5)
+    assert model(tokens, attn_bias=bias).shape == model(tokens, attn_bias=bias[None].expand(2, -1, -1, -1, -1)).shape
+    (tmp_path / "file").write_text("x")
+    config = ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+                                         "train": {"steps": 2, "seeds": 1}})
     for call, error, words in (
+            (lambda: model(tokens, attn_bias=bias[0]), ValueError, "attn_bias of shape"),
+            (lambda: model(tokens, attn_bias=bias[..., :4, :4]), ValueError, "query>=5"),
+            (lambda: model(tokens, attn_bias=torch.zeros(3, *bias.shape)), ValueError, "[E=2, layers"),
+            (lambda: model(tokens, attn_bias=bias.long()), TypeError, "a float tensor"),
+            (lambda: train(config, tmp_path / "file"), ConfigError, "exists and is not a directory"),
+            (lambda: train(config, tmp_path / "file" / "run"), ConfigError, "lies under"),
             (lambda: single(torch.full((2, 5), 7)), ValueError, "token ids must be in 0..1"),
             (lambda: single(torch.full((2, 5), -1)), ValueError, "found -1..-1"),
             (lambda: single(torch.zeros(2, 5)), TypeError, "integer token ids"),

@@ -264,7 +264,25 @@ class Transformer(ResidualModel):
         heads, query, key]`` or ``[E, layers, heads, query, key]`` (sliced to T), or None.
         positions: only these positions' logits (``SequenceModel.forward``).
         """
+        if attn_bias is not None:
+            self.check_attn_bias(attn_bias, tokens)
         return super().forward(tokens, positions=positions, attn_bias=attn_bias)
+
+    def check_attn_bias(self, bias: torch.Tensor, tokens: torch.Tensor) -> None:
+        """A clear error for a bias no layer could add to its ``[E, B, H, T, T]`` scores (shapes only)."""
+        cfg = self.config
+        if not isinstance(bias, torch.Tensor) or not bias.dtype.is_floating_point:
+            raise TypeError(f"attn_bias must be a float tensor, got "
+                            f"{bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+        T = tokens.shape[-1] if isinstance(tokens, torch.Tensor) and tokens.dim() else 0
+        lead = (cfg.layers, cfg.heads)
+        shape = tuple(bias.shape)
+        fits = (bias.dim() in (4, 5) and shape[-4:-2] == lead and shape[-2] >= T and shape[-1] >= T
+                and (bias.dim() == 4 or shape[0] in (1, self.n_models)))
+        if not fits:
+            raise ValueError(f"attn_bias of shape {shape} does not fit: expected [layers={cfg.layers}, "
+                             f"heads={cfg.heads}, query>={T}, key>={T}] or [E={self.n_models}, layers, heads, "
+                             f"query, key]")
 
     def use_fused_attention(self, fused: bool | None) -> None:
         """SDPA in every layer (True), the materialised attention (False), or SDPA on CUDA only (None)."""

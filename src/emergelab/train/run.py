@@ -103,6 +103,10 @@ def prepare_run(config: ExperimentConfig, out: str | Path) -> tuple[RunDir, Plan
     finished run's damaged metrics.parquet is rebuilt from the resume states if they are still there,
     else it is a CorruptFileError."""
     run = RunDir(out)
+    existing = next(p for p in (run.path.absolute(), *run.path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "exists and" if existing == run.path.absolute() else f"lies under {existing}, which"
+        raise ConfigError(f"out {run.path}: {where} is not a directory; choose another path")
     if _looks_finished(run):
         _check_same(run, config)
         _record_task(run, config)
