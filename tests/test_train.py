@@ -608,6 +608,40 @@ def test_workers_fork_only_where_safe():
         WorkerProcesses(2, start="forkserver")
 
 
+def _unit_that_hangs_when_stopped(unit, report) -> None:
+    """A unit whose trackers never finish closing: it reports once, then a SIGTERM (WorkerStopped)
+    unwinds into a ``finally`` that does not return."""
+    report(1, None)
+    try:
+        time.sleep(600)
+    finally:
+        time.sleep(600)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
+def test_a_worker_stuck_closing_is_killed_after_the_stop_timeout(monkeypatch):
+    """When the main process stops (here its progress callback raises, as Ctrl-C would), it sends each
+    worker SIGTERM so its trackers close, and kills one still alive ``STOP_TIMEOUT_S`` later."""
+    import multiprocessing
+
+    from emergelab.train import WorkerProcesses, execute
+    from emergelab.train.unit import WorkUnit
+
+    monkeypatch.setattr(execute, "run_unit", _unit_that_hangs_when_stopped)
+    monkeypatch.setattr(execute, "STOP_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(execute, "prepare_kernels", lambda units: None)
+    units = [WorkUnit({"execution": {"device": "cpu"}, "train": {"steps": 1}}, "run", g, (g,)) for g in (0, 1)]
+
+    def stop(n: int, loss: float | None) -> None:
+        raise KeyboardInterrupt
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        WorkerProcesses(2, start="fork").map(units, on_progress=stop)
+    assert time.monotonic() - start < 30  # not the unit's 600 s
+    assert multiprocessing.active_children() == []  # killed and reaped
+
+
 def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatch):
     """A machine without a compiler warns before the bar draws (train/execute.prepare_kernels), not inside it;
     a run on a GPU does not build them."""
