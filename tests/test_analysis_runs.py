@@ -635,3 +635,29 @@ def test_runs_that_differ_only_in_seeds_are_named(tmp_path, capsys):
     with pytest.warns(RepeatedSeedsWarning) as said:
         assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "o")]) == 0
     assert len([w for w in said if w.category is RepeatedSeedsWarning]) == 1
+
+
+def test_the_tables_name_runs_by_config_and_count_emerged_outputs(tmp_path, capsys):
+    """A config no seed solved still shows how many outputs emerged ("outputs"); the per-output table names
+    each run by what sets its config apart (not its hash), in the config table's order, and leaves the
+    columns past a run's own outputs blank (they are not "not measured")."""
+    from emergelab.analysis.runs import run_labels
+    from emergelab.report.tables import format_groups, format_positions
+
+    fake_run(tmp_path / "b-s2", planted_rows({0: [100, None, 300, None]}, state_size=4), sparsity=2,
+             optima=lm_optima(4))
+    fake_run(tmp_path / "a-s1", planted_rows({0: [100, 200, 100, 200, 300, 300]}, state_size=6), state_size=6,
+             optima=lm_optima(6))
+    con = connect(tmp_path)
+    result = analyze_runs(con, n_boot=10)
+    groups = {g["label"]: g for g in result.groups.to_pylist()}
+    assert groups["sparsity=2, state_size=4"]["outputs_emerged"] == 0.5
+    assert groups["sparsity=1, state_size=6"]["outputs_emerged"] == 1.0
+    table = format_groups(result).splitlines()
+    assert table[0].split()[3] == "outputs" and table[2].split()[4] == "0.50"
+    assert run_labels(con) == {str(tmp_path / "a-s1"): "sparsity=1, state_size=6",
+                               str(tmp_path / "b-s2"): "sparsity=2, state_size=4"}
+    rows = format_positions(result).splitlines()[2:]
+    assert rows[0].startswith("sparsity=1, state_size=6") and rows[1].startswith("sparsity=2, state_size=4")
+    assert rows[1].split()[-4:] == ["100", "-", "300", "-"]  # 4 outputs, then blanks (not "?")
+    assert "?" not in "".join(rows)

@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -288,6 +289,35 @@ def test_evaluation_planted_mass_is_exact(planted):
         assert r["n_forecast"] > 0 and r["median_rel_error"] == pytest.approx(0, abs=1e-6)
         assert r["coverage"] == 1.0
     assert any("never emerged" in n for n in ev.notes)
+    assert ev.label(str(planted)) == planted.name  # one run: its directory's name (nothing sets it apart)
+
+
+def test_the_evaluation_names_runs_by_config_and_says_what_it_cannot_draw(planted, tmp_path, monkeypatch):
+    """Runs are named by what sets their configs apart (their hashes told a reader nothing), and a
+    forecaster whose error is infinite (the baseline's median forecast "never") says so in the legend."""
+    from matplotlib.axes import Axes
+
+    from emergelab.analysis.forecast import ForecastEvaluation
+    from emergelab.report.forecast import format_evaluation, forecast_figure
+
+    ev = evaluate_forecasts(connect(planted))
+    rows = ev.rows.to_pylist()
+    for r in rows:
+        if r["forecaster"] == "baseline":
+            r["median_rel_error"] = math.inf
+    ev = ForecastEvaluation(pa.Table.from_pylist(rows, schema=ev.rows.schema), ev.forecasts, ev.notes,
+                            labels={str(planted): "sparsity=2"})
+    assert format_evaluation(ev).splitlines()[1].split()[0] == "sparsity=2"
+    captured = {}
+    real = Axes.legend
+
+    def legend(ax, *args, **kwargs):
+        captured.setdefault(ax.get_title(), [t.get_label() for t in ax.get_lines()])
+        return real(ax, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "legend", legend)
+    forecast_figure(ev, tmp_path / "f.png")
+    assert "baseline: error inf, not drawn" in captured["sparsity=2: forecast error"]
 
 
 def test_without_a_known_pattern_the_entropy_forecasts(tmp_path, capsys):

@@ -308,6 +308,10 @@ def test_cli_scan(suite, tmp_path, capsys):
     assert main(["query", str(tmp_path), 'SELECT "task.name" FROM runs']) == 0
     assert "lm-repetition" in capsys.readouterr().out
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "analysis")]) == 0
+    capsys.readouterr()
+    for html in ([], ["--html"]):  # report draws training runs: it names analyze (it blamed the scan's config)
+        assert main(["report", str(tmp_path), *html]) == 2
+        assert "an LM checkpoint scan (`emergelab lm scan`)" in capsys.readouterr().err
     # without --seeds: every seed<k> folder of the suite (0 and 1)
     assert main(["lm", "scan", "--local", str(suite), *args[6:-2], "--out", str(tmp_path / "all")]) == 0
     assert sorted(json.loads((tmp_path / "all" / "summary.json").read_text())["seeds"]) == ["0", "1"]

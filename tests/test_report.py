@@ -161,6 +161,21 @@ def test_figure_titles_describe_the_task_seed_0_trained_on():
     assert describe(config).split(" | ")[0] == seed_task(config.task, 7, 0).describe()
 
 
+def test_titles_name_the_attention_bias_and_the_pre_training():
+    """A biased run's figures and its control's read differently (they read the same before)."""
+    from emergelab.report.plotting import describe
+
+    def title(**train):
+        return describe(ExperimentConfig.from_dict({"task": {"name": "linear-map", "state_size": 8, "sparsity": 3},
+                                                    "train": {"steps": 1000, **train}}).resolved())
+
+    assert "bias" not in title() and "pre-trained" not in title()
+    assert title(bias_beta=4).endswith("| attention bias \u03b2\u00a04 (all heads)")
+    assert title(bias_beta=4, bias_steps=300, bias_schedule="linear", bias_heads=[0, 2]).endswith(
+        "(heads\u00a0[0, 2], fading to 0 by step\u00a0300)")
+    assert title(pretrain="dyck", pretrain_steps=100).endswith("| pre-trained on dyck for 100 steps")
+
+
 @pytest.mark.parametrize("name", ["count", "count-trained-lengths-only", "question-formation", "automaton-pool"])
 def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
     """``generalization.png``: a length task's exact match per eval length (held-out mean thick), a rule task's

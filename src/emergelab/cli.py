@@ -452,6 +452,10 @@ def cmd_report(args: argparse.Namespace) -> int:
                               f"(e.g. `emergelab report {inside[0]}{' --html' if args.html else ''}`)")
         raise ConfigError(f"{args.run_dir}: not a run directory (no config.yaml)"
                           + (" or a sweep directory (no sweep.json)" if args.html else ""))
+    if is_lm_scan(run.read_config_dict()):
+        raise ConfigError(f"{args.run_dir}: an LM checkpoint scan (`emergelab lm scan`); `report` draws training "
+                          f"runs and sweeps: `emergelab analyze {args.run_dir}` draws the scan's emergence "
+                          "figures and tables")
     if not run.metrics_path.exists():
         if run.summary_path.exists() or run.manifest.expected(run.metrics_path) is not None:
             run.verify_metrics()  # raises: missing from a finished run

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -80,6 +81,7 @@ from ..config import ConfigError
 from .curves import detect_emergence, smooth_curve
 from .emergence import curve_emergence, run_optima
 from .fetch import fetch_curves, rows_table
+from .runs import run_labels
 
 __all__ = ["BaselineForecaster", "BinnedQuantiles", "EntropyForecaster", "EscapeForecaster", "Example",
            "Forecast", "ForecastEvaluation", "LiveForecast", "MassForecaster", "OutputCurves", "OutputOutlook",
@@ -660,6 +662,11 @@ class ForecastEvaluation:
     forecasts: pa.Table
     notes: list[str] = field(default_factory=list)
     coverage_nominal: float = COVERAGE
+    labels: dict[str, str] = field(default_factory=dict)  # run -> its config label (:func:`.runs.run_labels`)
+
+    def label(self, run: str) -> str:
+        """What sets ``run`` apart from the other runs evaluated (else its directory's name)."""
+        return self.labels.get(run) or Path(run).name
 
 
 _FORECAST_SCHEMA = pa.schema([
@@ -718,7 +725,8 @@ def evaluate_forecasts(con: Any, *, bins: Sequence[float] = BINS, make: Any = de
     if not rows:
         raise ConfigError("nothing to evaluate: " + ("; ".join(notes) or "no output emerged after enough probes"))
     forecasts = rows_table(rows, _FORECAST_SCHEMA)
-    return ForecastEvaluation(_summarise(forecasts, windows), forecasts, notes)
+    return ForecastEvaluation(_summarise(forecasts, windows), forecasts, notes,
+                              labels=run_labels(con) if con is not None else {})
 
 
 def _summarise(forecasts: pa.Table, windows: dict[tuple[str, str], list[str]]) -> pa.Table:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,7 +63,7 @@ from .summary import copied_outputs
 
 __all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
            "config_label", "copy_statistics", "default_by", "plateau_scaling", "pooled_fields", "repeated_seeds",
-           "run_rows"]
+           "run_labels", "run_rows"]
 
 # Config fields never used to tell configs apart: seeds and derived fields (``execution.*`` and the
 # ``emergelab.*`` provenance never change the numbers and are skipped by prefix).
@@ -150,6 +151,15 @@ def config_label(by: Sequence[str], key: tuple, aliases: Sequence[str] = (), ali
     return ", ".join(f"{n}={v:g}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names, values))
 
 
+def run_labels(con: Any) -> dict[str, str]:
+    """run -> what sets it apart from the other runs of the store (``sparsity=2, state_size=12``:
+    :func:`config_label` over :func:`default_by`), or the run directory's name where nothing does."""
+    rows = run_rows(con)
+    by = default_by(rows)
+    return {row["run"]: config_label(by, tuple(row.get(f) for f in by)) if by else Path(row["run"]).name
+            for row in rows}
+
+
 # ---------------------------------------------------------------------------------------------- analysis
 @dataclass
 class RunAnalysis:
@@ -159,7 +169,7 @@ class RunAnalysis:
     * ``jumps``: per (run, seed, target) jumps;
     * ``seeds``: per (run, seed): ``group``, ``final_loss``, ``optimum``, ``emerged`` / ``emergence_step``
       / ``plateau_steps`` / ``plateau_ended`` of the aggregate loss, ``n_outputs``, ``n_emerged``
-      (outputs), ``solved``, ``solved_step``, ``solved_by`` (which rule judged it, see the module),
+      (outputs), ``n_judged`` (measured outputs with something to learn), ``solved``, ``solved_step``, ``solved_by`` (which rule judged it, see the module),
       ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
       steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
       ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no
@@ -170,7 +180,9 @@ class RunAnalysis:
       its own last loss; else null), ``fresh_plateau_steps`` and ``fresh_plateau_ended`` (that loss's
       plateau: when in-context inference of fresh ground truth emerged; False: it lasted the whole run);
     * ``groups``: per config (the ``by`` fields' values, ``label``): ``n_runs``, ``n_seeds``, ``n_solved``,
-      ``solved_fraction``, ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
+      ``solved_fraction``, ``outputs_emerged`` (emerged outputs over judged ones, every seed: a config no seed
+      solved may have learned most of its outputs; null without per-output curves),
+      ``emergence_median`` / ``_q25`` / ``_q75`` (solved seeds), ``solved_step_median``,
       ``plateau_median`` (all seeds; an unfinished plateau counts as the whole run), ``n_plateau_censored``
       (seeds whose plateau did not end), ``plateau_censored`` (True when at least half did: the median is
       then only a lower bound), ``final_loss_median``, ``fresh_loss_median`` and ``fresh_plateau_median``
@@ -361,10 +373,13 @@ def analyze_runs(con: Any, *, by: Sequence[str] | None = None, pool: Sequence[st
         finite_final = final[np.isfinite(final)]
         bm = bimodality(finite_final, n_boot=n_boot, rng=rng) if finite_final.size >= 4 else {}
         runs_in = sorted({r for r, gg in group_of_run.items() if gg == g})
+        judged = int(np.asarray(s["n_judged"], dtype=np.int64)[m].sum())
+        emerged_outputs = int(np.asarray(s["n_emerged"], dtype=np.int64)[m].sum())
         row = {"group": g, "label": config_label(by, key, aliases, alias_of[key]),
                **{f: v for f, v in zip(by + aliases, key + alias_of[key])},
                "n_runs": len(runs_in), "n_seeds": n, "n_solved": int(solved.sum()),
                "solved_fraction": float(solved.mean()) if n else None,
+               "outputs_emerged": emerged_outputs / judged if judged else None,
                "emergence_median": _f(med), "emergence_q25": _f(q25), "emergence_q75": _f(q75),
                "solved_step_median": _median(solved_step[solved]),
                "plateau_median": _median(plateau), "n_plateau_censored": n_censored,
@@ -496,7 +511,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
         fresh_steps, fresh_ended = fresh_plateau(fresh_curve, **plateau_args) if fresh_curve else (None, None)
         rows.append({"run": run, "seed": seed, "group": group_of_run.get(run, -1), "final_loss": final_loss,
                      "optimum": optimum, "emerged": emerged, "emergence_step": e_step, "plateau_steps": plateau,
-                     "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged,
+                     "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged, "n_judged": len(judged),
                      "solved": solved_step is not None, "solved_step": solved_step, "solved_by": solved_by,
                      "curve_linearity": lin, "curve_breakthroughness": brk,
                      "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos),
@@ -508,6 +523,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                         ("final_loss", pa.float64()), ("optimum", pa.float64()), ("emerged", pa.bool_()),
                         ("emergence_step", pa.float64()), ("plateau_steps", pa.float64()),
                         ("plateau_ended", pa.bool_()), ("n_outputs", pa.int64()), ("n_emerged", pa.int64()),
+                        ("n_judged", pa.int64()),
                         ("solved", pa.bool_()), ("solved_step", pa.float64()), ("solved_by", pa.string()),
                         ("curve_linearity", pa.float64()), ("curve_breakthroughness", pa.float64()),
                         ("n_copies", pa.int64()), ("first_step", pa.float64()),

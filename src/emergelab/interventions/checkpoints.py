@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import torch
 
 from ..config import ConfigError
-from ..store import CorruptFileError, RunDir, atomic_write, write_parquet
+from ..store import CorruptFileError, RunDir, atomic_write, find_run_dirs, write_parquet
 from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_sample_outputs
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
@@ -100,6 +100,8 @@ class CheckpointPatching:
                     f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
                     for i, k in enumerate(per.argmax(0))]
             lines.append(f"best head per {name} ({name}: layer.head gain): " + ", ".join(best))
+        if (gap := t.small_gap_note()) is not None and g.heads:
+            lines.append(f"warning: {gap}")
         if not g.heads:
             lines.append(f"greedy: nothing to recover (late {late_p:.4f} <= early {early_p:.4f})")
         else:
@@ -138,7 +140,9 @@ def load_run(run: RunDir | str | Path) -> RunDir:
     if not run.config_path.exists():
         if not run.path.exists():
             raise ConfigError(f"{run.path}: no such file or directory")
-        raise ConfigError(f"{run.path}: not a run directory (no config.yaml)")
+        below = [p for p in find_run_dirs(run.path) if (p / "config.yaml").exists() and p != run.path]
+        listed = f"; runs below it: {', '.join(map(str, below[:4]))}{', ...' if len(below) > 4 else ''}" if below else ""
+        raise ConfigError(f"{run.path}: not a run directory (no config.yaml){listed}")
     return run
 
 
@@ -238,6 +242,10 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     notes += [note] if note else []
     late_step, note = resolve_step(run, seed, late, "late")
     notes += [note] if note else []
+    if early_step == late_step and early != late:
+        raise ConfigError(f"--early {early} and --late {late} resolve to the same saved checkpoint, step "
+                          f"{early_step} (saved: {', '.join(map(str, run.checkpoint_steps(seed)))}); choose "
+                          "steps nearer two different checkpoints")
     if early_step >= late_step:
         raise ConfigError(f"early step {early_step} must come before late step {late_step} "
                           f"(after resolving to saved checkpoints {run.checkpoint_steps(seed)})")

@@ -423,6 +423,9 @@ def _shape(cache: dict[str, torch.Tensor], what: str) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------------------------- tables
 
+MIN_RECOVERY_GAP = 0.02  # late - early mean probability below which recovered fractions are not reported as such
+
+
 @dataclass
 class PatchingResult:
     """Per-head effect of patching late -> early. ``prob_gain [layers, heads]``: patched minus early mean
@@ -442,6 +445,16 @@ class PatchingResult:
         order = self.prob_gain.flatten().argsort(descending=True, stable=True).tolist()
         heads = self.prob_gain.shape[1]
         return [(i // heads, i % heads) for i in order]
+
+    def small_gap_note(self, min_gap: float = MIN_RECOVERY_GAP) -> str | None:
+        """A warning when the late model's mean correct-token probability is less than ``min_gap`` above the
+        early one's: a recovered fraction divides by that gap, so it is noise (e.g. -605%), not a finding."""
+        early, late = float(self.early["mean_prob"]), float(self.late["mean_prob"])
+        if late - early >= min_gap:
+            return None
+        return (f"the late model's correct-token probability ({late:.4f}) is less than {min_gap:g} above the "
+                f"early one's ({early:.4f}): recovered fractions divide by that gap and mean nothing here; "
+                "patch between checkpoints on either side of the loss drop")
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One row per (layer, head, output); ``output = -1`` is the overall mean (Parquet-ready)."""

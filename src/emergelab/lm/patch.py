@@ -68,6 +68,8 @@ class RevisionPatching:
                  "layer " + "".join(f"{h:>8}" for h in range(n_heads))]
         for layer in range(n_layers):
             lines.append(f"{layer:>5} " + "".join(f"{float(t.prob_gain[layer, h]):>8.4f}" for h in range(n_heads)))
+        if (gap := t.small_gap_note()) is not None:
+            lines.append(f"warning: {gap}")
         lines.append("top heads patched together: " + ", ".join(
             f"{k + 1}: {p:.4f} ({r:.0%})" for k, (p, r) in enumerate(zip(self.joint_prob, self.joint_recovered))))
         lines.append("top heads: " + " ".join(f"L{l}H{h}" for l, h in self.top))

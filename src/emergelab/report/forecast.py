@@ -28,7 +28,7 @@ def format_evaluation(evaluation: Any) -> str:
     rows = []
     for r in evaluation.rows.to_pylist():
         half = _bin_half(evaluation)
-        rows.append([Path(r["run"]).name, r["forecaster"], f"{r['fraction'] - half:g}-{r['fraction'] + half:g}", f"{r['n_forecast']}/{r['n_test']}",
+        rows.append([evaluation.label(r["run"]), r["forecaster"], f"{r['fraction'] - half:g}-{r['fraction'] + half:g}", f"{r['n_forecast']}/{r['n_test']}",
                      _fmt(r["median_rel_error"], 3), _fmt(r["baseline_rel_error_same"], 3),
                      _fmt(r["coverage"], 3), _fmt(r["median_rel_width"], 3), r["window"] or "-"])
     lines = [_render(header, rows),
@@ -97,7 +97,9 @@ def forecast_figure(evaluation: Any, path: str | Path) -> Path:
             if not any(r["n_forecast"] for r in rs):  # it never answered (the mass without a known pattern):
                 silent.append(name)                   # no error or coverage to draw, nor a legend entry
                 continue
-            ax_e.plot(f, [nan(r["median_rel_error"]) for r in rs], "o-", color=palette[name], label=name)
+            errors = [nan(r["median_rel_error"]) for r in rs]
+            finite = any(np.isfinite(e) for e in errors)  # inf: its median forecast is "never" (baseline)
+            ax_e.plot(f, errors, "o-", color=palette[name], label=name if finite else f"{name}: error inf, not drawn")
             if not name.startswith("baseline"):
                 ax_e.plot(f, [nan(r["baseline_rel_error_same"]) for r in rs], ":", color=palette[name], lw=1,
                           label=f"baseline-emerged on {name}'s outputs")
@@ -105,7 +107,7 @@ def forecast_figure(evaluation: Any, path: str | Path) -> Path:
         ax_c.axhline(evaluation.coverage_nominal, color="0.4", ls="--", lw=1,
                      label=f"nominal {evaluation.coverage_nominal:.0%}")
         ax_e.set(xlabel="t / E (bin centre): how far into the plateau", ylabel="median |forecast - E| / E",
-                 title=f"{Path(run).name}: forecast error", ylim=(0, None))
+                 title=f"{evaluation.label(run)}: forecast error", ylim=(0, None))
         calibration = "interval calibration" + (" (in bins of the horizon)" if _binned(evaluation) else "")
         ax_c.set(xlabel="t / E", ylabel="fraction of E inside interval", title=calibration, ylim=(0, 1.02))
         ax_n.set(xlabel="t / E", ylabel="fraction of outputs answered", title="forecasts made", ylim=(-0.02, 1.02))

@@ -62,4 +62,19 @@ def describe(config: Any, sep: str = " | ") -> str:
     arch = ", ".join(parts)
     # no-break spaces: a wrapped title never parts a knob from its value
     knobs = f"lr\u00a0{train.lr:g}, batch\u00a0{train.batch_size}, master\u00a0seed\u00a0{train.seed}"
-    return sep.join([what, arch, knobs])
+    return sep.join([what, arch, knobs] + [part for part in (_intervention(train),) if part])
+
+
+def _intervention(train: Any) -> str:
+    """The attention bias and pre-training a run trained with ("" for neither): figures of a biased run
+    and of its control must not read the same."""
+    parts = []
+    if getattr(train, "bias_beta", 0):
+        where = [f"layers\u00a0{list(v)}" if k == "layers" else f"heads\u00a0{list(v)}"
+                 for k, v in (("layers", train.bias_layers), ("heads", train.bias_heads)) if v != "all"]
+        until = (f", {'fading to 0 by' if train.bias_schedule == 'linear' else 'until'} step\u00a0{train.bias_steps}"
+                 if train.bias_steps else "")
+        parts.append(f"attention bias \u03b2\u00a0{train.bias_beta:g} ({', '.join(where) or 'all heads'}{until})")
+    if getattr(train, "pretrain", "none") != "none":
+        parts.append(f"pre-trained on {train.pretrain} for {train.pretrain_steps} steps")
+    return ", ".join(parts)

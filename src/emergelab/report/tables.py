@@ -37,6 +37,9 @@ def format_groups(result: Any) -> str:
     mean."""
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
     groups = result.groups.to_pylist()
+    per_output = any(g.get("outputs_emerged") is not None for g in groups)
+    if per_output:
+        header.insert(3, "outputs")
     copies = any(g.get("n_copy_seeds") for g in groups)
     if copies:
         header.insert(6, "first non-copy")
@@ -54,6 +57,9 @@ def format_groups(result: Any) -> str:
             plateau, censored = f">={plateau}", True
         rows.append([g["label"], str(g["n_seeds"]), ("-" if g["solved_fraction"] is None else f"{g['solved_fraction']:.2f}"), _fmt(g["emergence_median"]),
                      iqr, plateau, _fmt(g["final_loss_median"])])
+        if per_output:
+            share = g.get("outputs_emerged")
+            rows[-1].insert(3, "-" if share is None else f"{share:.2f}")
         if copies:
             own = _fmt(g["first_step_no_copies_median"])
             own = f">={own}" if g["first_step_no_copies_censored"] else own
@@ -70,6 +76,8 @@ def format_groups(result: Any) -> str:
              "outputs (curve minimum)": "solved = every output emerged (halfway to its curve's minimum: "
                                         "no optima recorded)"}
     lines = [notes[r] for r in sorted(rules)]
+    if per_output:
+        lines.append("outputs = fraction of the outputs (every seed's) that emerged by the run's end, solved or not")
     if rows:
         lines.append("emergence = step the aggregate loss is halfway from its plateau to its optimum (solved seeds); "
                      "plateau = steps until it is 10% of the way")
@@ -159,6 +167,18 @@ def format_plateau_scaling(result: Any, field: str) -> str:
     return "\n".join([*lines, _render(header, rows), *reasons])
 
 
+def _run_names(result: Any, runs: list[str]) -> dict[str, str]:
+    """Each run by its config's label (``sparsity=2, state_size=12``) where every run has one of its own,
+    else by its directory's name (its path where two share a name)."""
+    group_of = dict(zip(result.seeds.column("run").to_pylist(), result.seeds.column("group").to_pylist()))
+    label_of = dict(zip(result.groups.column("group").to_pylist(), result.groups.column("label").to_pylist()))
+    labels = {run: label_of.get(group_of.get(run)) for run in runs}
+    if len(runs) > 1 and len(set(labels.values())) == len(runs) and None not in labels.values():
+        return labels
+    short = {run: Path(run).name for run in runs}
+    return short if len(set(short.values())) == len(runs) else {run: run for run in runs}
+
+
 def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int, int]] = frozenset()) -> str:
     """Per run and seed: the emergence step of the aggregate loss and of every output ("-" = not yet,
     "." = nothing to learn, "?" = not measured: no held-out sequence had it). ``copies``: the (run, seed,
@@ -171,16 +191,18 @@ def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int
             cell += "c"
         per.setdefault((r["run"], r["seed"]), {})[r["target"]] = cell
     runs = sorted({run for run, _ in per})
-    short = {run: Path(run).name for run in runs}
-    if len(set(short.values())) < len(runs):
-        short = {run: run for run in runs}
+    short = _run_names(result, runs)
     n_pos = max((int(t[4:]) + 1 for v in per.values() for t in v if t.startswith("pos:")), default=0)
     n_pos = max([n_pos, *(n or 0 for n in result.seeds.column("n_outputs").to_pylist())])  # unmeasured too
     header = ["run", "seed", "loss"] + [str(i) for i in range(n_pos)]
+    seeds = result.seeds.to_pylist()
+    has = {(r["run"], r["seed"]): r["n_outputs"] for r in seeds}  # blank past a run's own outputs
+    order = {r["run"]: r["group"] for r in seeds}  # configs in the order of the config table
     rows = []
-    for (run, seed), targets in sorted(per.items()):
+    for (run, seed), targets in sorted(per.items(), key=lambda kv: (order.get(kv[0][0], -1), kv[0])):
+        own = has.get((run, seed)) or n_pos
         rows.append([short[run], str(seed), targets.get("loss", "?")] +
-                    [targets.get(f"pos:{i}", "?") for i in range(n_pos)])
+                    [targets.get(f"pos:{i}", "?") if i < own else "" for i in range(n_pos)])
     unmeasured = any(cell == "?" for row in rows for cell in row[3:])
     more = len(rows) - max_rows
     text = _render(header, rows[:max_rows])
