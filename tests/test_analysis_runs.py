@@ -169,6 +169,9 @@ def test_copies_counted_and_left_out_of_the_first_emergence(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "first non-copy" in out and "500 (2c)" in out and "2 of 3 seeds in all" in out
+    header = out.splitlines()[1]  # the copy column stays beside the plateau it explains
+    order = ("solved", "outputs", "plateau median", "first non-copy", "final loss")
+    assert [header.index(name) for name in order] == sorted(header.index(name) for name in order)
 
 
 def test_a_run_without_copies_prints_no_copy_column(tmp_path, capsys):

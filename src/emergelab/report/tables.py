@@ -38,11 +38,11 @@ def format_groups(result: Any) -> str:
     header = ["config", "seeds", "solved", "emergence median", "[q25, q75]", "plateau median", "final loss"]
     groups = result.groups.to_pylist()
     per_output = any(g.get("outputs_emerged") is not None for g in groups)
-    if per_output:
-        header.insert(3, "outputs")
     copies = any(g.get("n_copy_seeds") for g in groups)
     if copies:
         header.insert(6, "first non-copy")
+    if per_output:
+        header.insert(3, "outputs")
     fresh = any(g.get("fresh_loss_median") is not None for g in groups)
     if fresh:
         header += ["fresh rules", "fresh plateau"]
@@ -57,13 +57,13 @@ def format_groups(result: Any) -> str:
             plateau, censored = f">={plateau}", True
         rows.append([g["label"], str(g["n_seeds"]), ("-" if g["solved_fraction"] is None else f"{g['solved_fraction']:.2f}"), _fmt(g["emergence_median"]),
                      iqr, plateau, _fmt(g["final_loss_median"])])
-        if per_output:
-            share = g.get("outputs_emerged")
-            rows[-1].insert(3, "-" if share is None else f"{share:.2f}")
         if copies:
             own = _fmt(g["first_step_no_copies_median"])
             own = f">={own}" if g["first_step_no_copies_censored"] else own
             rows[-1].insert(6, f"{own} ({g['n_copy_seeds']}c)" if g["n_copy_seeds"] else own)
+        if per_output:
+            share = g.get("outputs_emerged")
+            rows[-1].insert(3, "-" if share is None else f"{share:.2f}")
         if fresh:
             fresh_plateau = _fmt(g.get("fresh_plateau_median"))
             if g.get("fresh_plateau_censored"):
