@@ -182,6 +182,24 @@ def test_prompt_sets(tokenizer):
         build_prompts("copy", tokenizer)
 
 
+def test_prompts_of_words_the_tokenizer_does_not_know_are_refused(tmp_path):
+    """A word-level tokenizer writes [UNK] for a word it lacks: IOI prompts of [UNK]s (scored, reported
+    "not emerged") and repetition over [UNK] were built in silence; now one ConfigError names the words."""
+    from tokenizers import Tokenizer
+
+    from emergelab.config import ConfigError
+    from emergelab.lm.capabilities import unknown_token
+
+    save_tokenizer(tmp_path, [str(d) for d in range(10)] + ["Mary", "John", "store", "drink"])
+    small = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert unknown_token(small) == ("[UNK]", 0)
+    with pytest.raises(ConfigError, match="ioi: template=0's words 'When', 'and', .* are unknown to this "
+                                          "tokenizer \\(it writes '\\[UNK\\]'\\)"):
+        build_prompts("ioi", small, n=4)
+    with pytest.raises(ConfigError, match="'cat' is unknown to this tokenizer"):
+        build_prompts("repetition", small, n=4, words=["1", "cat"])
+
+
 def test_scores_and_intervals(suite, tokenizer):
     prompts = build_prompts("repetition", tokenizer, n=100, seed=0, **REP)
     good = score_prompts(load_neox(suite / "seed0" / "step8000"), prompts)

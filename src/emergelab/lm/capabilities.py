@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import re
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,11 +102,26 @@ def load_tokenizer(path: str | Path, flag: str | None = None) -> Any:
         raise ConfigError(f"{where}: not a tokenizer.json (the tokenizers library's format): {reason}") from None
 
 
+def unknown_token(tokenizer: Any) -> tuple[str, int] | None:
+    """``(token, id)`` the tokenizer writes for a word it does not know (a word-level model's ``[UNK]``), or
+    None when it has none (byte-level BPE, as Pythia's, spells out any text)."""
+    token = getattr(getattr(tokenizer, "model", None), "unk_token", None)
+    index = tokenizer.token_to_id(token) if isinstance(token, str) else None
+    return None if index is None else (token, int(index))
+
+
+def _is_unknown(tokenizer: Any, text: str) -> bool:
+    unknown = unknown_token(tokenizer)
+    return unknown is not None and unknown[1] in tokenizer.encode(text, add_special_tokens=False).ids
+
+
 def single_token(tokenizer: Any, text: str) -> int:
-    """The id of ``text`` when it is exactly one token, else ConfigError."""
+    """The id of ``text`` when it is exactly one token the tokenizer knows, else ConfigError."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     if len(ids) != 1:
         raise ConfigError(f"{text!r} is {len(ids)} tokens for this tokenizer, not one")
+    if _is_unknown(tokenizer, text):
+        raise ConfigError(f"{text!r} is unknown to this tokenizer (it writes {unknown_token(tokenizer)[0]!r})")
     return ids[0]
 
 
@@ -152,8 +168,14 @@ def ioi(tokenizer: Any, n: int, *, template: int = 0, names: Sequence[str] = NAM
     indirect object, ``wrong`` the subject."""
     if not 0 <= template < len(IOI_TEMPLATES):
         raise ConfigError(f"ioi: template={template} must be 0..{len(IOI_TEMPLATES) - 1}")
-    keep = {kind: [w for w in words if len(tokenizer.encode(w, add_special_tokens=False).ids) == 1]
+    keep = {kind: [w for w in words if len(tokenizer.encode(w, add_special_tokens=False).ids) == 1
+                   and not _is_unknown(tokenizer, w)]
             for kind, words in (("names", names), ("places", places), ("objects", objects))}
+    fixed = re.sub(r"\{\w+\}", " ", IOI_TEMPLATES[template])  # the template's own words
+    unknown = [w for w in dict.fromkeys(re.findall(r"\w+|[^\w\s]", fixed)) if _is_unknown(tokenizer, w)]
+    if unknown:
+        raise ConfigError(f"ioi: template={template}'s words {', '.join(map(repr, unknown))} are unknown to this "
+                          f"tokenizer (it writes {unknown_token(tokenizer)[0]!r}); its prompts would not read as text")
     if len(keep["names"]) < 2 or not keep["places"] or not keep["objects"]:
         raise ConfigError(f"ioi: too few single-token words for this tokenizer: {keep}")
     g = np.random.default_rng(int(seed))
