@@ -2,13 +2,14 @@
 # Install torch *before* emergelab, so that pip never resolves the package's `torch>=2.3,<3` on its own.
 #
 # Why: on Linux, PyPI's torch wheels are CUDA builds (GBs of CUDA libraries). On a machine without a GPU
-# we install the CPU build instead; with a GPU we let pip take the CUDA build. Afterwards the package's
-# range is already satisfied and pip installs nothing more.
+# we install the CPU build instead: a local CPU wheel where pip's configuration provides one (its
+# find-links), else from PyTorch's CPU wheel index; with a GPU we let pip take the CUDA build. Afterwards
+# the package's range is already satisfied and pip installs nothing more.
 #
 #   EMERGELAB_TORCH        the requirement to install (default: torch==2.13.0 without a GPU,
 #                          "torch>=2.3,<3" with one)
-#   EMERGELAB_TORCH_INDEX  an index URL to take it from, e.g. PyTorch's CPU wheel index on a CPU-only
-#                          machine that has no local CPU wheel of torch
+#   EMERGELAB_TORCH_INDEX  an index URL to take it from (default without a GPU, when pip alone would take a
+#                          CUDA build: PyTorch's CPU wheel index, $CPU_INDEX below)
 set -euo pipefail
 PY="${1:-python3}"
 
@@ -29,9 +30,25 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
 else
   spec="torch==2.13.0"   # no GPU: the CPU build (a local wheel where one is provided)
 fi
+CPU_INDEX="https://download.pytorch.org/whl/cpu"
+if [ -z "${EMERGELAB_TORCH_INDEX:-}" ] && [ -z "${EMERGELAB_TORCH:-}" ] && [ "$spec" = "torch==2.13.0" ]; then
+  # Which build would pip take? (resolves from metadata; downloads no wheel)
+  version=$("$PY" -m pip install --dry-run --quiet --no-deps --report - "$spec" 2>/dev/null |
+            "$PY" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' 2>/dev/null || true)
+  case "$version" in
+    *+cpu) ;;  # a local CPU wheel (pip's find-links): take it
+    "") echo "could not tell which torch build pip would take; installing $spec as pip resolves it" ;;
+    *) echo "pip alone would take torch $version, a CUDA build; no GPU here: taking the CPU build from $CPU_INDEX"
+       EMERGELAB_TORCH_INDEX="$CPU_INDEX" ;;
+  esac
+fi
 echo "installing $spec"
 if [ -n "${EMERGELAB_TORCH_INDEX:-}" ]; then
-  "$PY" -m pip install "$spec" --index-url "$EMERGELAB_TORCH_INDEX"
+  if ! "$PY" -m pip install "$spec" --index-url "$EMERGELAB_TORCH_INDEX"; then
+    [ "$EMERGELAB_TORCH_INDEX" = "$CPU_INDEX" ] || exit 1
+    echo "WARNING: $CPU_INDEX unreachable; installing $spec from PyPI (a CUDA build: GBs of libraries)" >&2
+    "$PY" -m pip install "$spec"
+  fi
 else
   "$PY" -m pip install "$spec"
 fi

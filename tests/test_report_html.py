@@ -238,6 +238,13 @@ def test_sweep_page_groups_by_each_differing_field(sweep_dir, tmp_path):
     # (S = 4, s = 2: seed 0's output 2 and seed 1's output 3; at s = 1 a repeated row is no shortcut)
     assert [g["n_copy_seeds"] for g in groups] == [0, 2]
     assert rows[1][first_own + 1].endswith('(2<span class="copy">c</span>)') and "span" not in rows[0][first_own + 1]
+    # the share of outputs that emerged, as `emergelab analyze` counts it (a config none solved may have most)
+    from emergelab.analysis import analyze_runs
+    from emergelab.store import connect
+
+    counted = [g["outputs_emerged"] for g in analyze_runs(connect(sweep_dir), n_boot=10).groups.to_pylist()]
+    assert [g["outputs_emerged"] for g in groups] == pytest.approx(counted) and all(0 <= c <= 1 for c in counted)
+    assert [row[header.index("outputs") + 1] for row in rows] == [f"{c:.4g}" for c in counted]
 
 
 def test_sweep_page_names_zipped_fields_beside_the_grouping_field(tmp_path):

@@ -609,7 +609,7 @@ def test_killed_sweep_resumes_bit_identically(tmp_path):
 # ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emergelab[ray]')")
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
     from emergelab.sweep import ray_executor
 
     _, reference = finished
@@ -628,7 +628,7 @@ def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
 def test_ray_without_a_cluster_or_a_gpu_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     """--address auto with no cluster running printed Ray's traceback; --gpus-per-unit on a cluster
     without GPUs waited forever at 0%."""
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emergelab[ray]')")
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
     assert main(["sweep", str(good), "--executor", "ray", "--address", "auto"]) == 2

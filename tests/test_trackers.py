@@ -34,8 +34,8 @@ try:
 except ImportError:
     HAVE_WANDB = False
 
-needs_tb = pytest.mark.skipif(not HAVE_TB, reason="tensorboard is not installed (pip install 'emergelab[tensorboard]')")
-needs_wandb = pytest.mark.skipif(not HAVE_WANDB, reason="wandb is not installed (pip install 'emergelab[wandb]')")
+needs_tb = pytest.mark.skipif(not HAVE_TB, reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+needs_wandb = pytest.mark.skipif(not HAVE_WANDB, reason="wandb is not installed (pip install -e '.[wandb]')")
 TRACKERS = [name for name, have in (("tensorboard", HAVE_TB), ("wandb", HAVE_WANDB)) if have]
 
 
@@ -320,7 +320,7 @@ def test_a_missing_tracker_package_names_the_extra(name, monkeypatch, capsys, tm
     code = main(["run", "linear-map", "--preset", "linear-map-tiny", "--out", str(tmp_path / "run"), "--log", name])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert f"pip install 'emergelab[{name}]'" in err
+    assert f"pip install -e '.[{name}]' in emergelab's checkout" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -2,8 +2,8 @@
 transformers' attention interface), capabilities as prompt sets, checkpoint scans for the
 point of emergence per seed, and head patching between two revisions. See README.md in this folder.
 
-Needs the optional extra ``emergelab[lm]`` (transformers, tokenizers, huggingface_hub); everything heavy
-is imported inside the functions that use it.
+Needs the optional extra ``lm`` (transformers, tokenizers, huggingface_hub: ``pip install -e '.[lm]'`` in
+the checkout); everything heavy is imported inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ def require_transformers() -> None:
 
     missing = [name for name in ("transformers", "tokenizers", "huggingface_hub") if find_spec(name) is None]
     if missing:
-        raise ImportError(f"emergelab.lm needs {', '.join(missing)}: install it with pip install 'emergelab[lm]'")
+        raise ImportError(f"emergelab.lm needs {', '.join(missing)}: pip install 'transformers>=4.57' "
+                          "'tokenizers>=0.20' 'huggingface_hub>=0.25' (or pip install -e '.[lm]' in emergelab's "
+                          "checkout)")
 
 
 from .capabilities import CAPABILITIES, PromptSet, Score, build_prompts, score_prompts  # noqa: E402

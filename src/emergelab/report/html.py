@@ -353,6 +353,8 @@ def _grouping(fields: list[str], runs: list[dict[str, Any]], seeds: list[dict[st
         groups.append({
             "label": config_label(fields, key, aliases, alias_of[key]), "n_runs": len(runs_in), "n_seeds": len(members),
             "n_solved": int(solved.sum()), "solved_fraction": _num(solved.mean()),
+            "outputs_emerged": _num(sum(s.get("n_emerged") or 0 for s in members) / judged) if (
+                judged := sum(s.get("n_judged") or 0 for s in members)) else None,
             "emergence_median": _num(stats["median"]), "emergence_q25": _num(stats["q25"]),
             "emergence_q75": _num(stats["q75"]),
             "plateau_median": plateau_median,

@@ -24,7 +24,7 @@ sends its ``metrics.parquet`` the same way (:func:`log_finished`).
 Trackers never change the numbers (``execution`` is outside the run hash; they only read the metrics),
 and a tracker that fails (wandb cannot start, a full disk) is switched off with one warning; training
 goes on. tensorboard and wandb are imported here only, inside the trackers (extras
-``emergelab[tensorboard]``, ``emergelab[wandb]``).
+``tensorboard``, ``wandb``: ``pip install -e '.[tensorboard,wandb]'`` in the checkout).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from ..store import RunDir
 from .config import ExperimentConfig
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the module it needs
+REQUIREMENTS = {"tensorboard": "'tensorboard>=2.12'", "wandb": "'wandb>=0.19.10'"}  # as pyproject's extras
 
 
 class TrackerWarning(UserWarning):
@@ -59,7 +60,8 @@ def require_packages(names: Iterable[str]) -> None:
     for name in names:
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ConfigError(f"--log {name}: the {PACKAGES[name]} package is not installed; "
-                              f"pip install 'emergelab[{name}]'")
+                              f"pip install {REQUIREMENTS[name]} (or pip install -e '.[{name}]' in emergelab's "
+                              "checkout)")
 
 
 def tag(metric: str, index: str) -> str:
