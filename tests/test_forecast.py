@@ -41,6 +41,28 @@ def example(mass0, E, *, seed=0, output=0, heads=3, flat=0.1):
     return Example("run", seed, output, curves, True, float(E), 0.0, float(STEPS[-1]))
 
 
+def test_a_head_past_the_level_of_emergence_forecasts_the_next_probe_and_says_so():
+    """A head already past the mass the training seeds emerged at (a head serving other keys can be): the
+    forecast is the next probe, marked with ``AT_LEVEL`` (the forecast table stars it and explains) rather
+    than passed off as a calibrated "now"; and the table writes an infinite step as "never"."""
+    import pyarrow as pa
+
+    from emergelab.analysis.forecast import _FORECAST_SCHEMA, AT_LEVEL
+    from emergelab.report.forecast import format_forecasts, step_text
+
+    fc = MassForecaster().fit([exp_example(E, seed=k) for k, E in enumerate([600, 800, 1000, 1200, 1400])])
+    sharp = example(np.full(STEPS.size, 0.9), 1600)  # above the emergence level (0.6) all along
+    p = fc.predict(sharp.curves, 1000, 0)
+    assert p.step == pytest.approx(1020) and p.reason == AT_LEVEL
+    assert fc.predict(exp_example(1600, seed=9).curves, 1000, 0).reason == ""
+    row = {"run": "r", "seed": 0, "output": 0, "t": 1000.0, "true_step": None, "fraction": None, "bin": None,
+           "raw": p.raw, "forecaster": p.forecaster, "step": p.step, "lo": p.lo, "hi": p.hi, "reason": p.reason}
+    never = {**row, "forecaster": "baseline", "step": math.inf, "lo": 900.0, "hi": math.inf, "reason": ""}
+    text = format_forecasts(pa.Table.from_pylist([row, never], schema=_FORECAST_SCHEMA))
+    assert "1020 [1020, 1020]*" in text and "*: the head is at the level" in text and "never [900, never]" in text
+    assert [step_text(v) for v in (None, math.inf, 7561188.0, 1201.0)] == ["-", "never", "7.56e+06", "1201"]
+
+
 # ------------------------------------------------------------------------------------------ known answers
 def exp_example(E, rate=0.004, target=0.6, **kw):
     """Mass ``target * exp(rate (s - E))``: it reaches ``target`` exactly at E (a probe step)."""

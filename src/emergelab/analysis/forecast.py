@@ -100,6 +100,10 @@ MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial 
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
 _MIN_ENTROPY = 1e-6     # nats: attention entropy floor before logarithms (a one-hot row has 0)
 NO_PATTERN = "no ground-truth attention (the task has no known pattern)"  # why a mass forecaster abstains
+# A model forecaster whose head is already at the level the training seeds emerged at forecasts the next
+# probe, and says so (``Forecast.reason``): on an output that stays on its plateau the head may serve other
+# keys (entropy-exp cannot tell), so that "now" is a reading of the head, not a calibrated claim.
+AT_LEVEL = "the head is at the level of emergence already: the next probe"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -374,9 +378,10 @@ class _ModelForecaster:
             return _none(self.name, t, reason)
         raw = t + remaining
         if self.calibration is None:
-            return Forecast(self.name, float(t), raw, None, None, raw, "not calibrated")
+            return Forecast(self.name, float(t), raw, None, None, raw,
+                            "; ".join(filter(None, ("not calibrated", reason))))
         lo, mid, hi = (t + remaining * math.exp(q) for q in self.calibration.at(_horizon(remaining, t)))
-        return Forecast(self.name, float(t), mid, lo, hi, raw)
+        return Forecast(self.name, float(t), mid, lo, hi, raw, reason)
 
 
 def _horizon(remaining: float, t: float) -> float:
@@ -442,7 +447,7 @@ class MassForecaster(_ModelForecaster):
         x, y = c.steps[-w:].astype(float), np.log(np.maximum(mass[h, -w:], 1e-12))
         level, rate, _ = _line(x, y)
         if math.log(target) <= level:
-            return float(c.steps[-1] - c.steps[-2]), ""  # at the target already: the next probe
+            return float(c.steps[-1] - c.steps[-2]), AT_LEVEL
         if rate * (x[-1] - x[0]) <= _TINY:  # log mass grew by less than _TINY over the window
             return None, "the leading head's mass is not growing"
         return (math.log(target) - level) / rate, ""
@@ -488,7 +493,7 @@ class EntropyForecaster(_ModelForecaster):
         x, y = c.steps[-w:].astype(float), np.log(entropy[h, -w:])
         level, rate, _ = _line(x, y)
         if level <= math.log(target):
-            return float(c.steps[-1] - c.steps[-2]), ""  # at the target already: the next probe
+            return float(c.steps[-1] - c.steps[-2]), AT_LEVEL
         if -rate * (x[-1] - x[0]) <= _TINY:  # log entropy fell by less than _TINY over the window
             return None, "no head's attention entropy is falling"
         return (level - math.log(target)) / -rate, ""

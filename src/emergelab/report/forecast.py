@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..analysis.forecast import MIN_PROBES
+from ..analysis.forecast import AT_LEVEL, MIN_PROBES
 from ..store import atomic_write, write_parquet
 from .plotting import colors, new_figure, save_figure
 from .tables import _fmt, _render
@@ -62,21 +63,38 @@ def format_forecasts(table: Any) -> str:
     names = list(dict.fromkeys(r["forecaster"] for r in rows))
     lines: dict[tuple, dict[str, Any]] = {}
     reasons: dict[tuple[str, str], int] = {}
+    at_level = False
     for r in rows:
         line = lines.setdefault((r["run"], r["seed"], r["output"]), {"t": r["t"], "true": r["true_step"]})
         if r["step"] is None:
             line[r["forecaster"]] = "-"
             reasons[(r["forecaster"], r["reason"])] = reasons.get((r["forecaster"], r["reason"]), 0) + 1
         else:
-            interval = f" [{_fmt(r['lo'])}, {_fmt(r['hi'])}]" if r["lo"] is not None else ""
-            line[r["forecaster"]] = _fmt(r["step"]) + interval
+            interval = f" [{step_text(r['lo'])}, {step_text(r['hi'])}]" if r["lo"] is not None else ""
+            marked = AT_LEVEL in (r["reason"] or "")
+            at_level |= marked
+            line[r["forecaster"]] = step_text(r["step"]) + interval + ("*" if marked else "")
     multi = len({k[0] for k in lines}) > 1
     header = (["run"] if multi else []) + ["seed", "output", "t"] + names + ["true step"]
     body = [([Path(run).name] if multi else []) + [str(seed), str(output), _fmt(v["t"])]
             + [v.get(n, "") for n in names] + [_fmt(v["true"])] for (run, seed, output), v in lines.items()]
     notes = [f"no forecast: {name}, {n} output(s): {reason}" for (name, reason), n in sorted(reasons.items())]
-    return "\n".join([_render(header, body), "forecast [interval] in steps; true step: the run's own emergence "
-                      "step (never used by a forecaster; - = not within the run)", *notes])
+    if at_level:
+        notes.insert(0, "*: the head is at the level the training seeds emerged at already, so the forecast is the "
+                        "next probe; an output still on its plateau then may never emerge this way (the head can "
+                        "be sharp on other keys: entropy-exp cannot tell), and the interval does not cover that")
+    return "\n".join([_render(header, body), "forecast [interval] in steps (never: the training seeds' median "
+                      "did not emerge); true step: the run's own emergence step (never used by a forecaster; - = "
+                      "not within the run)", *notes])
+
+
+def step_text(step: float | None) -> str:
+    """A forecast step for a table: ``never`` for +inf, three significant digits past 10^5 steps."""
+    if step is None:
+        return "-"
+    if math.isinf(step):
+        return "never" if step > 0 else "-inf"
+    return f"{step:.3g}" if abs(step) >= 1e5 else _fmt(step)
 
 
 def forecast_figure(evaluation: Any, path: str | Path) -> Path:

@@ -36,7 +36,7 @@ import yaml
 
 from ..analysis.emergence import curve_emergence
 from ..analysis.fetch import Curves, fetch_curves
-from ..analysis.forecast import forecast_run
+from ..analysis.forecast import AT_LEVEL, forecast_run
 from ..analysis.heads import attribute_heads
 from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_statistics, default_by, run_rows
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
@@ -45,6 +45,7 @@ from ..config import ConfigError
 from ..store import RunDir, connect, write_text
 from ..tasks import seed_task
 from ..train import ExperimentConfig
+from .forecast import step_text
 from .generalization import GENERALIZATION_AXES, GENERALIZATION_METRICS, GENERALIZATION_TITLES, generalization_series
 
 __all__ = ["MAX_POINTS", "ATTENTION_BUDGET", "downsample", "render_page", "run_page", "sweep_page", "write_html"]
@@ -291,17 +292,19 @@ def forecast_rows(con: Any, labels: list[str]) -> dict[str, Any]:
         return {"rows": [], "forecasters": [], "note": str(error).split(": ", 1)[-1]}
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     names: list[str] = []
+    at_level = False
     for r in table.to_pylist():
         if r["forecaster"] not in names:
             names.append(r["forecaster"])
         row = rows.setdefault((r["seed"], r["output"]), {
             "seed": r["seed"], "output": labels[r["output"]] if r["output"] < len(labels) else str(r["output"]),
             "t": _num(r["t"]), "cells": {}})
-        row["cells"][r["forecaster"]] = (f"{r['step']:.0f} [{r['lo']:.0f}, {r['hi']:.0f}]"
-                                         if r["step"] is not None and r["lo"] is not None and math.isfinite(r["hi"])
-                                         else f"{r['step']:.0f}" if r["step"] is not None and math.isfinite(r["step"])
-                                         else "-")
-    return {"rows": list(rows.values())[:MAX_TABLE_ROWS], "forecasters": names, "note": None}
+        interval = f" [{step_text(r['lo'])}, {step_text(r['hi'])}]" if r["lo"] is not None else ""
+        marked = r["step"] is not None and AT_LEVEL in (r["reason"] or "")
+        at_level |= marked
+        row["cells"][r["forecaster"]] = step_text(r["step"]) + (interval if r["step"] is not None else "") + (
+            "*" if marked else "")
+    return {"rows": list(rows.values())[:MAX_TABLE_ROWS], "forecasters": names, "note": None, "at_level": at_level}
 
 
 def _summary_rows(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
