@@ -664,3 +664,22 @@ def test_the_tables_name_runs_by_config_and_count_emerged_outputs(tmp_path, caps
     assert rows[0].startswith("sparsity=1, state_size=6") and rows[1].startswith("sparsity=2, state_size=4")
     assert rows[1].split()[-4:] == ["100", "-", "300", "-"]  # 4 outputs, then blanks (not "?")
     assert "?" not in "".join(rows)
+
+
+def test_the_emergence_figure_draws_solved_configs_and_counts_the_rest(tmp_path, monkeypatch):
+    """Configs without a solved seed had empty legend entries (lines drawn nowhere); they are counted in the
+    legend's title now. Each ECDF runs on to the right edge, so a curve ending where another does shows."""
+    from matplotlib.axes import Axes
+
+    from emergelab.report.analysis_figures import emergence_figure
+
+    fake_run(tmp_path / "a", planted_rows({0: [100, 200, 300, 400], 1: [100, 200, 300, 500]}, seeds=(0, 1)),
+             optima=lm_optima(4))
+    fake_run(tmp_path / "b", planted_rows({0: [100, None, 300, 400], 1: [None, 200, 300, 400]}, seeds=(0, 1)),
+             sparsity=2, optima=lm_optima(4))
+    legends = []
+    real = Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda ax, *a, **k: legends.append(
+        (k.get("title"), [line.get_label() for line in ax.get_lines()])) or real(ax, *a, **k))
+    emergence_figure(analyze_runs(connect(tmp_path), n_boot=10), tmp_path / "e.png")
+    assert legends[1] == ("+ 1 config with no solved seed (not drawn)", ["sparsity=1 (2/2 solved)"])

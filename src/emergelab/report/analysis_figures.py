@@ -49,6 +49,8 @@ def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndar
 
 def emergence_figure(result: Any, path: str | Path) -> Path:
     """Histogram and ECDF of the solved seeds' emergence steps, one colour per config."""
+    from matplotlib.ticker import MaxNLocator
+
     groups, cols = _group_columns(result)
     fig = new_figure(11, 4.2)
     ax_h, ax_e = fig.subplots(1, 2)
@@ -56,20 +58,25 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
                             or [np.zeros(0)])
     bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 2))) if finite.size else 10
+    # each ECDF runs on to the right edge so its final level shows; curves drawn first are wider, so one
+    # that ends where a later one does stays visible under it
+    right = finite.max() + 0.05 * max(np.ptp(finite), 1.0) if finite.size else 1.0
+    drawn = [row for row in groups if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
+    unsolved = len(groups) - len(drawn)
     for row, color in zip(groups, palette):
         c = cols[row["group"]]
         e = np.sort(c["emergence"][c["solved"] & np.isfinite(c["emergence"])])
         n = c["solved"].size
+        if not e.size:  # nothing to draw: counted in the legends' title instead of an empty entry
+            continue
         label = f"{row['label']} ({e.size}/{n} solved)"
-        if e.size:
-            ax_h.hist(e, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.2,
-                      label=label)
-            x = np.concatenate([[e[0]], e])
-            y = np.concatenate([[0.0], np.arange(1, e.size + 1) / n])
-            ax_e.step(x, y, where="post", color=color, lw=1.8, label=label)
-        else:
-            ax_h.plot([], [], color=color, label=label)
-            ax_e.plot([], [], color=color, label=label)
+        ax_h.hist(e, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.2,
+                  label=label)
+        x = np.concatenate([[e[0]], e, [right]])
+        y = np.concatenate([[0.0], np.arange(1, e.size + 1) / n, [e.size / n]])
+        width = 1.6 + 2.4 * (len(drawn) - 1 - drawn.index(row)) / max(1, len(drawn) - 1)
+        ax_e.step(x, y, where="post", color=color, lw=width, alpha=0.85, label=label)
+    ax_h.yaxis.set_major_locator(MaxNLocator(integer=True))  # seeds are counted
     ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds",
              title="Emergence step, solved seeds")
     ax_e.set(xlabel="emergence step", ylabel="fraction of all seeds", ylim=(0, 1.02),
@@ -81,8 +88,11 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
                     ha="center", va="center", color="0.4")
             ax.set_xticks([])
         ax_h.set_yticks([])
-    ax_h.legend(fontsize=8, loc="upper right")
-    ax_e.legend(fontsize=8, loc="lower right")
+    if drawn:
+        title = (f"+ {unsolved} config{'s' if unsolved > 1 else ''} with no solved seed (not drawn)"
+                 if unsolved else None)
+        ax_h.legend(fontsize=8, loc="upper right", title=title, title_fontsize=8)
+        ax_e.legend(fontsize=8, loc="lower right", title=title, title_fontsize=8)
     return save_figure(fig, Path(path))
 
 

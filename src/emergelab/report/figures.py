@@ -96,8 +96,9 @@ def _sep(columns: int) -> str:
 
 
 def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = True) -> None:
-    """Dotted vertical lines at the marked steps; their labels listed in one box (upper left), so
-    markers that fall close together never print over each other."""
+    """Dotted vertical lines at the marked steps; their labels listed in one box (lower left: early steps at
+    a low loss, empty before a loss falls; upper left, its white box washed out the plateau), so markers
+    that fall close together never print over each other."""
     for step, _ in marks or []:
         ax.axvline(step, color="tab:red", lw=0.8, ls=":", alpha=0.8)
     labels = [f"{step:>6.0f}  {label}" for step, label in marks or [] if label]
@@ -106,8 +107,8 @@ def _draw_jumps(ax: "Axes", marks: list[tuple[float, str]] | None, text: bool = 
             labels = labels[:11] + [f"... {len(labels) - 11} more"]
         header = "emerged at step: output: head" if any(": " in label for label in labels) else \
             "emerged at step: output"  # no head attributed (a task without ground-truth keys, a mixer)
-        ax.text(0.02, 0.97, header + "\n" + "\n".join(labels), transform=ax.transAxes,
-                fontsize=6.5, family="monospace", color="tab:red", va="top", ha="left",
+        ax.text(0.02, 0.03, header + "\n" + "\n".join(labels), transform=ax.transAxes,
+                fontsize=6.5, family="monospace", color="tab:red", va="bottom", ha="left",
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
 
@@ -163,7 +164,8 @@ def plot_loss(table: pa.Table, config: Any, seeds: list[int], jumps: Jumps | Non
         ax.set_xlabel(STEP_LABEL)
     for ax in axes[:, 0]:
         ax.set_ylabel("held-out loss (nats)")
-    axes.flat[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes.flat[0].get_legend_handles_labels()  # below the panels: clear of every curve and box
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=len(labels), frameon=False)
     bar = fig.colorbar(ScalarMappable(Normalize(0, max(1, n_outputs - 1)), cmap=_truncated(cmap)),
                        ax=axes, shrink=0.9, pad=0.01)
     bar.set_label(f"per-output loss: {output_name} index")
