@@ -724,3 +724,16 @@ def test_a_preset_field_another_model_lacks_is_named_as_the_presets(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown field model.heads" in err, err
     assert "model.heads was set by preset linear-map-tiny" in err and "model.name=mamba" in err, err
+
+
+def test_figures_flag_draws_each_finished_run(finished, tmp_path, capsys):
+    """`sweep --figures`: every finished run's figures, as `emergelab report RUN` draws them (the runs here
+    finished before, so nothing trains: figures only)."""
+    _, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    assert main(["sweep", str(write_spec(tmp_path / "s.yaml", spec())), "--out", str(out), "--quiet",
+                 "--figures"]) == 0
+    runs = sorted((out / "runs").iterdir())
+    assert runs and all((run / "figures" / "loss.png").stat().st_size > 0 for run in runs)
+    assert f"figures of {len(runs)} run(s)" in capsys.readouterr().out

@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--retries", type=int, default=1, help="tries after a run's first failure (default 1)")
     sweep.add_argument("--log", action="append", default=[], metavar="TRACKER", help=LOG_HELP)
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--figures", action="store_true",
+                       help="draw each finished run's figures (as `emergelab report RUN`) after training")
 
     query = sub.add_parser("query", help="SQL over the metrics, runs, optima and pools views of the runs below DIR")
     query.add_argument("path", type=_path, metavar="DIR", help="a run, a sweep directory, or any folder of runs")
@@ -1162,7 +1164,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  failed {name}: {last_line(error)}")
     for name in result.busy:
         print(f"  busy {name}: another emergelab process is training it; left alone")
+    if args.figures:
+        _sweep_figures([r for r in sweep.runs if r.name in set(result.done)], out)
     return 1 if result.failed else 0
+
+
+def _sweep_figures(runs: list[Any], out: Path) -> None:
+    """Each finished run's figures (``--figures``), with one line for the lot."""
+    from .report import make_figures
+    from .store import RunDir
+
+    for spec in runs:
+        make_figures(RunDir(spec.path(out)))
+    print(f"figures of {len(runs)} run(s): {out}/runs/NAME/figures/")
 
 
 def check_sweep_runs(sweep: Any, out: Path, dry_run: bool = False) -> list[str]:
