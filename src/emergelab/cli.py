@@ -327,8 +327,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .train import train
     from .train.bias import check_bias_target
     from .train.run import check_existing, fraction_left
-    from .train.estimate import (WARN_HOURS, check_device, check_fits, estimate_run, format_bytes,
-                                 format_seconds, available_bytes)
+    from .train.estimate import (WARN_HOURS, available_bytes, busy_note, check_device, check_fits, estimate_run,
+                                 format_bytes, format_seconds)
 
     config = experiment_from_args(args)
     device = check_device("execution.device", config.execution.device)
@@ -347,7 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         part = "" if left == 1 else f" for the {left:.0%} left"
         print(f"estimate: about {format_seconds(seconds)}{part} ({estimate.flops * left / 1e9:.3g} GFLOP at "
               f"~{estimate.notes['rate']}), peak memory about {format_bytes(estimate.peak_bytes)} of "
-              f"{format_bytes(available_bytes(device))} available")
+              f"{format_bytes(available_bytes(device))} available{busy_note(device)}")
         if seconds > WARN_HOURS * 3600:
             print(f"emergelab: warning: this run will take about {format_seconds(seconds)}; "
                   "fewer train.steps / train.seeds or a smaller model run faster", file=sys.stderr)

@@ -84,6 +84,17 @@ def format_bytes(n: float) -> str:
     return f"{n / 1e3:.3g} kB"
 
 
+def busy_note(device: str = "cpu") -> str:
+    """``""``, or a note that the CPUs are already busy (1-minute load average above their number): the
+    estimate's rate was measured on an idle machine, so a busy one takes longer (wall times 3-6x at load
+    10-15 on 2 cores: benchmarks/README.md)."""
+    if not str(device).startswith("cpu") or not hasattr(os, "getloadavg"):
+        return ""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    return f"; the CPUs are busy (load {load:.1f} on {cpus}): expect longer" if load > cpus + 0.5 else ""
+
+
 def format_seconds(s: float) -> str:
     if s < 60:
         return f"{max(s, 1):.0f} s"
