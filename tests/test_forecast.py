@@ -22,6 +22,7 @@ from emergelab.analysis.forecast import (BaselineForecaster, BinnedQuantiles, En
                                          MassForecaster, OutputCurves, RegressionForecaster, default_forecasters,
                                          evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
+from emergelab.config import ConfigError
 from emergelab.models import TransformerConfig
 from emergelab.store import SCHEMA, connect, write_parquet
 from emergelab.tasks import LinearMapConfig
@@ -530,3 +531,18 @@ def test_run_with_forecast_from(planted, tmp_path, capsys):
     (other / "config.yaml").write_text(text)
     assert main(base + ["--out", str(tmp_path / "r"), "--forecast-from", str(other)]) == 2
     assert "not of task linear-map" in capsys.readouterr().err
+
+
+def test_a_run_without_head_metrics_is_named_not_called_emerged(tmp_path, capsys):
+    """A model without attention heads (mamba, lru, rwkv7) records no per-head metrics: forecast said
+    "every output had emerged" on a run where most had not; now one line says what is missing."""
+    import pyarrow.parquet as pq
+
+    run = planted_run(tmp_path / "heads", seeds=2)
+    table = pq.read_table(run / "metrics.parquet")
+    keep = pc.invert(pc.is_in(table["metric"], pa.array(["attn_gt_mass_pos", "attn_entropy_pos"])))
+    write_parquet(run / "metrics.parquet", table.filter(keep))
+    with pytest.raises(ConfigError, match="record no per-head attention metrics"):
+        forecast_run(connect(run), 500)
+    assert main(["forecast", str(run), "--at", "500"]) == 2
+    assert "no per-head attention metrics" in capsys.readouterr().err

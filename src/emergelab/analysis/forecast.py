@@ -788,7 +788,15 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
     Returns one row per (run, seed, output, forecaster): ``t`` (the last probe used), ``step``, ``lo``,
     ``hi``, ``reason`` and ``true_step`` (the run's own emergence step, null if never: for comparison, not
     used)."""
+    loaded = examples is None
     examples = list(load_examples(con) if examples is None else examples)
+    if loaded and not examples:
+        heads = con.sql("SELECT count(*) FROM metrics WHERE metric IN ('attn_gt_mass_pos', 'attn_entropy_pos')"
+                        ).fetchall()[0][0]
+        if not heads:  # not "every output emerged": there was nothing to read (the old message said that)
+            raise ConfigError("the runs record no per-head attention metrics (attn_gt_mass_pos, "
+                              "attn_entropy_pos: a model without attention heads, such as mamba, lru or "
+                              "rwkv7, records none), and every forecaster is fitted on outputs that have them")
     if at is not None and examples and at > (latest := max(e.end for e in examples)):
         raise ConfigError(f"at={at:g}: after every run's last probe (the latest is step {latest:g}); forecasts "
                           f"are made from the probes up to that step, so choose one <= {latest:g}")

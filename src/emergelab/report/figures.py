@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from ..config import ConfigError
 from ..store import RunDir
-from ..tasks import seed_task
+from ..tasks import seed_task, supports_sample_masks
 from ..train import ExperimentConfig
 from .generalization import (GENERALIZATION_AXES, GENERALIZATION_METRICS, GENERALIZATION_TITLES, MEAN, TRAINED,
                              generalization_series)
@@ -337,6 +337,7 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
         gt = task.attention_mask.cpu().float()
         ideal = (gt / gt.sum(-1, keepdim=True).clamp(min=1))[view.rows, view.cols].numpy()
         gt_block = gt[view.rows, view.cols].numpy()
+        per_sequence = supports_sample_masks(task)
         entropy = metric_grid(table, "attn_entropy", seed)
         cache: dict[int, torch.Tensor] = {}
         for label, drop in pick_heads(entropy, max_heads):
@@ -344,8 +345,11 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
             start, end = drop_span(entropy.steps, entropy.row(label))
             chosen = [("init", snapshots[0]), ("before drop", _latest_at_or_before(snapshots, start)),
                       ("after drop", _earliest_at_or_after(snapshots, end))]
-            # a task without a known pattern (question formation) has no ideal to show
-            images = [("ideal: ground truth,\nrows normalised", ideal)] if gt_block.any() else []
+            # a task without a known pattern (question formation) has no ideal to show; one whose keys
+            # differ per sequence (supports_sample_masks) shows their support over all sequences
+            ideal_title = ("keys of any sequence\n(their support), rows normalised" if per_sequence
+                           else "ideal: ground truth,\nrows normalised")
+            images = [(ideal_title, ideal)] if gt_block.any() else []
             for name, step in chosen:
                 if step not in cache:
                     cache[step] = run.load_attention(seed, step)
@@ -385,8 +389,10 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
                               aspect="auto", extent=(view.cols.start - 0.5, view.cols.stop - 0.5,
                                                      view.rows.stop - 0.5, view.rows.start - 0.5))
             if c > 0 and rows_with_gt.any():
+                # the snapshot is a batch mean, so a task whose keys differ per sequence can only be scored
+                # against their support: not the probe's attn_gt_mass (each sequence's own keys), and higher
                 mass = float((img * gt_block).sum(-1)[rows_with_gt].mean())
-                title = f"{title}\nmass on ground truth {mass:.2f}"
+                title = f"{title}\nmass on {'the support' if per_sequence else 'ground truth'} {mass:.2f}"
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=7, labelleft=c == 0, labelbottom=True)
         axes[r, 0].set_ylabel(f"seed {seed}, head {label}\n(entropy -{drop:.2f} nats,\n"
