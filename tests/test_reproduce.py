@@ -288,6 +288,7 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     done = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--workers", "1", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "final loss over seeds" in done.stdout and (out / "RESULT.md").exists()
+    assert "**A smoke check**" in (out / "RESULT.md").read_text()  # not to be read as the result
     again = cli("reproduce", "seeds", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     # RESULT.md keeps the command that trained the runs and their times, and names the new analysis
@@ -309,6 +310,32 @@ def test_cli_reproduce_runs_and_analyses_again(tmp_path):
     other = cli("reproduce", "sparsity", "--scale", "smoke", "--out", str(out), "--analyse-only", cwd=tmp_path)
     assert other.returncode == 2 and "holds the reproduction of seeds" in other.stderr, other.stderr
     assert '"target": "seeds"' in (out / "result.json").read_text()
+    # training another scale into it is refused too (its runs would enter this scale's analysis)
+    cpu = cli("reproduce", "seeds", "--scale", "cpu", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert cpu.returncode == 2 and "train the cpu scale into another --out" in cpu.stderr, cpu.stderr
+
+
+def test_runs_of_another_plan_in_the_folder_are_refused_and_a_continued_call_is_named(tmp_path):
+    """A folder holding runs another scale's plan (or an earlier version) made: they entered the analysis
+    beside this scale's (15 configs under "smoke scale"); now refused before any work. A call that went on
+    from an interrupted one says its time is that call's alone (it read as the whole training time)."""
+    import shutil
+
+    out = tmp_path / "sparsity"
+    reproduce("sparsity", "smoke", out, executor=InProcess(), progress=False)
+    runs = sorted((out / "sparsity" / "runs").iterdir())
+    assert len(runs) > 1
+    shutil.copytree(runs[0], runs[0].with_name("linear-map-00000000"))  # a run no smoke plan has
+    refused = cli("reproduce", "sparsity", "--scale", "smoke", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert refused.returncode == 2 and "1 run(s) that the smoke-scale plan of sparsity does not have" in \
+        refused.stderr, refused.stderr
+    shutil.rmtree(runs[0].with_name("linear-map-00000000"))
+    (out / "result.json").unlink()
+    shutil.rmtree(runs[0])  # as an interrupted call leaves the folder: some runs trained, one not
+    result = reproduce("sparsity", "smoke", out, executor=InProcess(), progress=False)
+    assert result.continued == ["sparsity"]
+    assert "in the last call, which went on from an interrupted one" in (out / "RESULT.md").read_text()
+    assert json.loads((out / "result.json").read_text())["continued"] == ["sparsity"]
 
 
 def test_lm_mini_presets_are_the_lm_emergence_cpu_runs(tmp_path):

@@ -1071,11 +1071,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     _check_reproduce_out(out, t.name)
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
     refused = {part: check_sweep_runs(sweep, out / part, dry_run=args.dry_run) for part, sweep in sweeps.items()}
+    trained = _previous_scale(out)
+    if trained is not None and trained != scale and not args.dry_run:
+        raise ConfigError(f"--scale {scale}: {out} holds the {trained}-scale runs of {t.name} (its result.json); "
+                          + (f"analyse them with --scale {trained}" if args.analyse_only else
+                             f"train the {scale} scale into another --out (the analysis reads every run there)"))
+    for part, sweep in sweeps.items():  # runs of another scale or version beside these would enter the analysis
+        runs_dir = out / part / "runs"
+        extra = sorted({p.name for p in runs_dir.iterdir() if p.is_dir()} - {r.name for r in sweep.runs}) \
+            if runs_dir.is_dir() else []
+        if extra:
+            line = (f"{runs_dir}: {len(extra)} run(s) that the {scale}-scale plan of {t.name} does not have (e.g. "
+                    f"{extra[0]}: another scale's, or an earlier version's); the analysis reads every run there, "
+                    "so reproduce into another --out")
+            if not args.dry_run:
+                raise ConfigError(line)
+            print(f"emergelab: warning: {line}", file=sys.stderr)
     if args.analyse_only:
-        trained = _previous_scale(out)
-        if trained is not None and trained != scale:
-            raise ConfigError(f"--scale {scale}: {out} holds the {trained}-scale runs of {t.name} (its "
-                              f"result.json); analyse them with --scale {trained}")
         missing = [part for part in sweeps if not (out / part / "sweep.json").exists()]
         if missing:
             raise ConfigError(f"--analyse-only: {out / missing[0]} holds no runs of {t.name}; train them first "

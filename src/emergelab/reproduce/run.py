@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import ConfigError
 from ..store import write_text
@@ -34,6 +34,7 @@ class ReproduceResult:
     seconds: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     runs: int = 0
+    continued: list[str] = field(default_factory=list)  # parts whose time is one call's: it went on from another
 
 
 def target(name: str) -> Target:
@@ -73,22 +74,28 @@ def reproduce(name: str, scale: str = "cpu", out: str | Path | None = None, *, e
     t, scale = target(name), check_scale(scale)
     out = Path(out) if out is not None else default_out(name, scale)
     sweeps = load_parts(t, scale, out, device)
-    seconds, failed = {}, {}
+    seconds, failed, continued = {}, {}, []
     for part, sweep in sweeps.items():
+        earlier = any(spec.path(out / part).exists() for spec in sweep.runs)  # an interrupted call's runs
         start = time.perf_counter()
         result = run_sweep(sweep, out / part, executor=executor, retries=retries, progress=progress)
         if len(result.finished_before) < len(sweep.runs):  # it trained (or tried): its time is this call's
             seconds[part] = time.perf_counter() - start
+            if earlier:
+                continued.append(part)
         failed.update(result.failed)
     return analyse(t, scale, out, seconds=seconds, failed=failed,
-                   runs=sum(len(s.runs) for s in sweeps.values()), command=command)
+                   runs=sum(len(s.runs) for s in sweeps.values()), command=command, continued=continued)
 
 
 def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,
-            failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
-    """The table, figures and ``RESULT.md`` of the finished runs under ``out``."""
+            failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None,
+            continued: Sequence[str] = ()) -> ReproduceResult:
+    """The table, figures and ``RESULT.md`` of the finished runs under ``out``. ``continued``: the parts
+    whose ``seconds`` are one call's that went on from an earlier, interrupted one."""
     if t.analysis == "scales":
-        return analyse_scales(t, scale, out, seconds=seconds, failed=failed, runs=runs, command=command)
+        return analyse_scales(t, scale, out, seconds=seconds, failed=failed, runs=runs, command=command,
+                              continued=continued)
     from ..analysis.runs import analyze_runs
     from ..report.analysis_figures import make_analysis_figures
     from ..report.tables import format_groups, format_plateau_scaling, format_positions
@@ -156,12 +163,13 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         figures += repeated_rules_figure(result, fresh, figures_dir, con)
     con.close()
     table = "\n".join(lines)
-    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
-                  command, result.groups.to_pylist(), extra)
+    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs,
+                                  list(continued)), command, result.groups.to_pylist(), extra)
 
 
 def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | None = None,
-                   failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None) -> ReproduceResult:
+                   failed: dict[str, str] | None = None, runs: int = 0, command: str | None = None,
+                   continued: Sequence[str] = ()) -> ReproduceResult:
     """A target with ``analysis="scales"``: the across-scales table and figure (``analysis/scales.py``) of
     the final ``t.outcome`` per seed against the config field ``t.by[0]``."""
     from ..analysis.scales import final_outcomes
@@ -181,8 +189,9 @@ def analyse_scales(t: Target, scale: str, out: Path, *, seconds: dict[str, float
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = scales_figure(analysis, scales, outcomes, figures_dir, by=by, metric=metric)
-    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs),
-                  command, analysis.flat_rows(), {"across": analysis.across, "bin_edges": analysis.bin_edges})
+    return _write(ReproduceResult(t, scale, out, table, figures, dict(seconds or {}), dict(failed or {}), runs,
+                                  list(continued)), command, analysis.flat_rows(),
+                  {"across": analysis.across, "bin_edges": analysis.bin_edges})
 
 
 def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str, Any]],
@@ -192,18 +201,21 @@ def _write(outcome: ReproduceResult, command: str | None, groups: list[dict[str,
     out = outcome.out
     reanalysed, trained_on = None, machine()
     previous = _previous_result(out, outcome.target.name)
+    kept = [p for p in previous.get("continued") or [] if isinstance(p, str)]
     if not outcome.seconds:
         if previous.get("command"):
             reanalysed, command = command, previous["command"]
-            outcome = replace(outcome, seconds=previous.get("seconds") or {})
+            outcome = replace(outcome, seconds=previous.get("seconds") or {}, continued=kept)
             trained_on = previous.get("machine") or trained_on
     elif isinstance(previous.get("seconds"), dict):  # a part with nothing left to train keeps its earlier time
-        outcome = replace(outcome, seconds={**previous["seconds"], **outcome.seconds})
+        outcome = replace(outcome, seconds={**previous["seconds"], **outcome.seconds},
+                          continued=sorted({p for p in kept if p not in outcome.seconds} | set(outcome.continued)))
     write_text(out / "table.txt", outcome.table + "\n")
     write_text(out / "RESULT.md", result_markdown(outcome, command, reanalysed, trained_on))
     write_text(out / "result.json", json.dumps({"target": outcome.target.name, "scale": outcome.scale,
                                                 "command": command, "reanalysed": reanalysed,
-                                                "seconds": outcome.seconds, "failed": outcome.failed,
+                                                "seconds": outcome.seconds, "continued": outcome.continued,
+                                                "failed": outcome.failed,
                                                 "machine": trained_on, "groups": groups, **(extra or {})},
                                                indent=1, default=str))
     return outcome
@@ -248,8 +260,11 @@ def result_markdown(r: ReproduceResult, command: str | None, reanalysed: str | N
     m = m or machine()
     total = sum(r.seconds.values())
     where = f"{m['cpus']} CPU(s)" + (f", {m['gpu']}" if m["gpu"] else "")
-    times = ", ".join(f"{part} {_duration(s)}" for part, s in r.seconds.items())
+    times = ", ".join(f"{part} {_duration(s)}" + (" in the last call, which went on from an interrupted one"
+                                                   if part in r.continued else "") for part, s in r.seconds.items())
     lines = [f"## {r.target.name} ({r.scale} scale)", "",
+             *(["**A smoke check**: the pipeline runs end to end at a few dozen steps; its numbers and figures "
+                "say nothing about the claim below (`--scale cpu` tests it).", ""] if r.scale == "smoke" else []),
              f"**Paper's claim.** {r.target.claim}", "",
              f"Command: `{command or f'emergelab reproduce {r.target.name} --scale {r.scale}'}`  ",
              f"Machine: {where}, torch {m['torch']}, load average {m['load_avg'][0]:.1f} at the end; "
