@@ -227,8 +227,11 @@ def require_attention_heads(model: Any, what: str = "pattern") -> None:
     read with ``run_with_cache`` (models/mixers/README.md)."""
     names = getattr(model, "hook_dict", {})
     if hook_name(0, what) not in names:
+        own = sorted(n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
+        where = (f"its mixer's hook points are blocks.{{l}}.{', '.join(own)}, for run_with_cache / run_with_hooks"
+                 if own else "it has no mixer hook points either")
         raise ValueError(f"{type(model).__name__} has no attention heads to patch or ablate (no hook point "
-                         f"{hook_name(0, what)}); a mixer's matrix is blocks.{{l}}.mixer.hook_pattern, for run_with_cache")
+                         f"{hook_name(0, what)}); {where} (models/mixers/README.md)")
 
 
 def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.Tensor],
