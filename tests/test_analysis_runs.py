@@ -683,3 +683,15 @@ def test_the_emergence_figure_draws_solved_configs_and_counts_the_rest(tmp_path,
         (k.get("title"), [line.get_label() for line in ax.get_lines()])) or real(ax, *a, **k))
     emergence_figure(analyze_runs(connect(tmp_path), n_boot=10), tmp_path / "e.png")
     assert legends[1] == ("+ 1 config with no solved seed (not drawn)", ["sparsity=1 (2/2 solved)"])
+
+
+def test_analyze_writes_beside_the_folder_it_analyses(tmp_path, capsys, monkeypatch):
+    """A folder of runs (a sweep) gets DIR/analysis: ./analysis let two sweeps' analyses overwrite each other."""
+    for name in ("one", "two"):
+        fake_run(tmp_path / name / "a", planted_rows({0: [100, 200, 300, 400]}), optima=lm_optima(4))
+        fake_run(tmp_path / name / "b", planted_rows({0: [100, 200, 300, 400]}), sparsity=2, optima=lm_optima(4))
+    monkeypatch.chdir(tmp_path)
+    for name in ("one", "two"):
+        assert main(["analyze", str(tmp_path / name)]) == 0
+        assert (tmp_path / name / "analysis" / "groups.csv").exists()
+    assert not (tmp_path / "analysis").exists()

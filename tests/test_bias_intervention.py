@@ -134,3 +134,18 @@ def test_a_bias_toward_no_pattern_is_refused_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "cli").exists()
     linear = ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "train": {"bias_beta": 2}}).resolved()
     check_bias_target(linear, seed_task(linear.task, 0, 0))  # a known pattern: nothing to say
+
+
+def test_one_head_or_layer_may_be_given_as_an_integer():
+    """`--set train.bias_heads=0` was refused ("a list, e.g. [0, 2]"); it means [0], with the same run hash."""
+    from emergelab.config import ConfigError
+    from emergelab.train import ExperimentConfig
+
+    def config(**train):
+        return ExperimentConfig.from_dict({"task": {"name": "linear-map"},
+                                           "train": {"bias_beta": 2.0, **train}}).resolved()
+
+    assert config(bias_heads=0).train.bias_heads == (0,) and config(bias_layers=0).train.bias_layers == (0,)
+    assert config(bias_heads=0).science_key() == config(bias_heads=[0]).science_key()
+    with pytest.raises(ConfigError, match="train.bias_heads=-1: must be"):
+        config(bias_heads=-1)

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "into one config (a line names them and their values)")
     analyze.add_argument("--pool-rest", action="store_true",
                          help="pool every field that differs but is not in --by")
-    analyze.add_argument("--out", type=_path, help="output folder (default: RUN/analysis for one run, "
-                                                  "else ./analysis)")
+    analyze.add_argument("--out", type=_path, help="output folder (default: DIR/analysis for one run or folder "
+                                                  "of runs, else ./analysis)")
     analyze.add_argument("--solved-tol", type=_float, default=0.05,
                          help="a seed is solved when every output emerged (per-output optima); only for runs "
                               "without recorded per-output optima: when its final loss is within this many "
@@ -514,7 +514,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     runs = [RunDir(row[0]) for row in con.sql("SELECT run FROM runs ORDER BY run").fetchall()]
     found = {str(r.path.resolve()) for p in args.paths for r in finished_run_dirs(p)}
     single = len(args.paths) == 1 and len(found) == 1
-    out = args.out or (runs[0].path / "analysis" if single else Path("analysis"))
+    folder = Path(args.paths[0]) if len(args.paths) == 1 and Path(args.paths[0]).is_dir() else None
+    # one run, or one folder of runs (a sweep): beside them (./analysis let two sweeps' analyses overwrite
+    # each other); several paths: ./analysis
+    out = args.out or (runs[0].path / "analysis" if single else folder / "analysis" if folder else Path("analysis"))
     check_out_dir(out, flag="the output folder", run=False)  # before the work, not after it
     if args.outcome is not None:
         return _analyze_outcome(con, args.outcome, by[0], args.success_at, out, len(runs))

@@ -109,7 +109,9 @@ class CheckpointPatching:
             verdict = "reached" if g.reached else "not reached"
             lines.append(f"greedy set (recovered fraction of late - early after each head; target "
                          f"{g.fraction:.0%}, {verdict}): {steps}")
-            if len(g.best_heads) < len(g.heads):
+            if max(g.recovered) <= 0:
+                lines.append("greedy: no head set recovers any of the gain (every fraction <= 0)")
+            elif len(g.best_heads) < len(g.heads):
                 best = max(g.recovered)
                 lines.append(f"greedy: the first {len(g.best_heads)} head(s) recover the most ({best:.0%}); "
                              "the heads after them lower it")

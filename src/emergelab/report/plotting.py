@@ -55,7 +55,8 @@ def describe(config: Any, sep: str = " | ") -> str:
         parts.append(f"{n_layers} layer" + ("s" if n_layers > 1 else ""))
     for field, label in (("heads", "heads"), ("head_dim", "head_dim"), ("width", "d_model")):
         if getattr(model, field, None) is not None:
-            parts.append(f"{getattr(model, field)} {label}" if field == "heads" else f"{label} {getattr(model, field)}")
+            value = getattr(model, field)
+            parts.append((f"{value} head" + ("s" if value != 1 else "")) if field == "heads" else f"{label} {value}")
     parts.append(f"MLP x{model.mlp_ratio:g}" if getattr(model, "mlp_ratio", 0) else "no MLP")
     if getattr(model, "positions", "learned") == "none":
         parts.append("no positional encoding")

@@ -89,11 +89,14 @@ class TrainConfig:
         require_float("train.bias_beta", self.bias_beta, -1e6, 1e6)
         for name in ("bias_layers", "bias_heads"):
             value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):  # one head or layer: --set train.bias_heads=0
+                value = [value]
             if isinstance(value, (list, tuple)):  # "1e0" and 1.0 mean 1, as for an int field
                 value = [coerce(int, v) for v in value]
             ok = value == "all" or (isinstance(value, (list, tuple)) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value))
-            require(ok, f"train.{name}", value, 'must be "all" or a list of non-negative integers, e.g. [0, 2]')
+            require(ok, f"train.{name}", getattr(self, name),
+                    'must be "all", a non-negative integer or a list of them, e.g. [0, 2]')
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         require_int("train.bias_steps", self.bias_steps, 0)
