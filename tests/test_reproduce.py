@@ -265,8 +265,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     done = cli("reproduce", "width", "--scale", "smoke", "--dry-run", "--out", str(tmp_path / "w"), cwd=tmp_path)
-    assert done.returncode == 0 and "width-linear-map: 3 run(s)" in done.stdout
-    assert "est. time" in done.stdout and "FLOPs; to do: 3 run(s)" in done.stdout  # each part's cost, as a sweep's
+    assert done.returncode == 0 and "width-linear-map: 5 run(s)" in done.stdout
+    assert "est. time" in done.stdout and "FLOPs; to do: 5 run(s)" in done.stdout  # each part's cost, as a sweep's
     assert not (tmp_path / "w").exists()
     for args, message in ((["nope"], "reproduce nope: unknown target; allowed targets are sparsity"),
                           (["seeds", "--scale", "huge"], "--scale huge: allowed scales are smoke, cpu, paper"),
