@@ -264,6 +264,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("a folder of other things")
     done = cli("reproduce", "width", "--scale", "smoke", "--dry-run", "--out", str(tmp_path / "w"), cwd=tmp_path)
     assert done.returncode == 0 and "width-linear-map: 5 run(s)" in done.stdout
     assert "est. time" in done.stdout and "FLOPs; to do: 5 run(s)" in done.stdout  # each part's cost, as a sweep's
@@ -274,6 +276,9 @@ def test_cli_reproduce_dry_run_and_bad_input(tmp_path):
                           (["seeds", "--analyse-only", "--out", str(tmp_path / "none")],
                            "holds no runs of seeds; train them first"),
                           (["seeds", "--out", str(tmp_path / "a-file")], "exists and is not a directory"),
+                          (["seeds", "--out", str(tmp_path / "notes")],
+                           "holds 'todo.txt', which a reproduction of seeds does not write"),
+                          (["seeds", "--analyse-only", "--dry-run"], "--analyse-only with --dry-run"),
                           (["seeds", "--device", "tpu"], "--device"),
                           # was taken by a dry run, and refused after the header by a real one
                           (["sparsity", "--scale", "smoke", "--retries", "-1", "--dry-run"], "--retries=-1"),

@@ -1072,7 +1072,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers={args.workers}: must be >= 1")
     check_out_dir(out, run=False)
     _check_reproduce_out(out, t.name)
+    if args.analyse_only and args.dry_run:
+        raise ConfigError("--analyse-only with --dry-run: a dry run lists what training would do and "
+                          "--analyse-only trains nothing; give one of them")
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
+    written = set(sweeps) | {"result.json", "RESULT.md", "table.txt", "figures"}  # what a reproduction writes
+    strays = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if strays:
+        raise ConfigError(f"--out {out}: holds {strays[0]!r}{' and more' if len(strays) > 1 else ''}, which a "
+                          f"reproduction of {t.name} does not write; choose a new or empty directory")
     refused = {part: check_sweep_runs(sweep, out / part, dry_run=args.dry_run) for part, sweep in sweeps.items()}
     trained = _previous_scale(out)
     if trained is not None and trained != scale and not args.dry_run:

@@ -137,9 +137,13 @@ def seeds_figure(result: Any, out: Path) -> list[Path]:
         ax_step.set(xticks=[], yticks=[])
     ax_step.set(xlabel="step at which the seed was solved", ylabel="seeds",
                 title=f"Solve step of the {done.size} solved seeds of {solved_step.size}")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_step):
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
+        if ax.get_yticks().size:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # seeds are counted
     return [save_figure(fig, out / "seeds.png")]
 
 
