@@ -202,6 +202,13 @@ def test_length_and_rule_tasks_draw_their_generalization(tmp_path, name):
     # counting's keys differ per sequence: the batch-mean maps are scored against their support, and say so
     # (it read "mass on ground truth", far above the probe's attn_gt_mass of each sequence's own keys)
     assert any("mass on the support" in t for t in titles) == name.startswith("count")
+    # a head whose entropy fell < 10% is drawn over the run (init, middle, last), not "before / after drop"
+    panels = [ax for ax in maps.axes if ax.get_title()]
+    starts = [i for i, ax in enumerate(panels) if ax.get_ylabel()] + [len(panels)]  # a row's first panel
+    for row in (panels[a:b] for a, b in zip(starts, starts[1:])):
+        no_drop = "no drop" in row[0].get_ylabel()
+        assert no_drop == any(ax.get_title().startswith("middle") for ax in row), row[0].get_ylabel()
+        assert no_drop != any("drop" in ax.get_title() for ax in row)
     table = run.metrics()
     fig = plot_generalization(table, group.config, [0, 1])
     lines = {(k, line.get_label()): line for k, ax in enumerate(fig.axes[:2]) for line in ax.get_lines()}

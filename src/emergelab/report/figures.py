@@ -296,6 +296,10 @@ def drop_span(steps: np.ndarray, values: np.ndarray, high: float = 0.8, low: flo
     return int(steps[start]), int(steps[end])
 
 
+MIN_ENTROPY_DROP = 0.1  # of the initial entropy: a head whose entropy fell less is drawn over the run (init,
+                        # middle, last), not "before / after drop" (a 6% fall changes no map visibly)
+
+
 def pick_heads(entropy: Grid, max_heads: int = 4, min_heads: int = 2) -> list[tuple[str, float]]:
     """The heads ``[(label, drop)]`` whose entropy fell most (initial minus minimum), largest first:
     every head that fell at least half as much as the largest drop, between ``min_heads`` and
@@ -327,7 +331,7 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    panels = []  # (seed, head label, entropy drop, (start, end), view, [(title, image [R, C])], gt [R, C])
+    panels = []  # (seed, head label, entropy drop, dropped, (start, end), view, [(title, image [R, C])], gt [R, C])
     for seed in seeds:
         snapshots = run.attention_steps(seed)
         if not snapshots:
@@ -343,8 +347,13 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
         for label, drop in pick_heads(entropy, max_heads):
             layer, head = (int(part) for part in label.split("."))
             start, end = drop_span(entropy.steps, entropy.row(label))
-            chosen = [("init", snapshots[0]), ("before drop", _latest_at_or_before(snapshots, start)),
-                      ("after drop", _earliest_at_or_after(snapshots, end))]
+            dropped = drop >= MIN_ENTROPY_DROP * float(np.nanmax(entropy.row(label)[:1]))
+            if dropped:
+                chosen = [("init", snapshots[0]), ("before drop", _latest_at_or_before(snapshots, start)),
+                          ("after drop", _earliest_at_or_after(snapshots, end))]
+            else:  # no drop to show "before" and "after" of: the head over the run
+                chosen = [("init", snapshots[0]), ("middle", snapshots[len(snapshots) // 2]),
+                          ("last", snapshots[-1])]
             # a task without a known pattern (question formation) has no ideal to show; one whose keys
             # differ per sequence (supports_sample_masks) shows their support over all sequences
             ideal_title = ("keys of any sequence\n(their support), rows normalised" if per_sequence
@@ -355,12 +364,12 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
                     cache[step] = run.load_attention(seed, step)
                 images.append((f"{name}: step {step}",
                                cache[step][layer, head].float()[view.rows, view.cols].numpy()))
-            panels.append((seed, label, drop, (start, end), view, images, gt_block))
+            panels.append((seed, label, drop, dropped, (start, end), view, images, gt_block))
     if not panels:
         return None
 
     n_rows, n_cols = len(panels), max(len(images) for *_, images, _ in panels)
-    first_view = panels[0][4]
+    first_view = panels[0][5]
     aspect = (first_view.cols.stop - first_view.cols.start) / (first_view.rows.stop - first_view.rows.start)
     panel_w = min(3.4, max(1.9, 2.0 * aspect))  # inches of image
     panel_h = min(2.0, max(1.5, panel_w / aspect))
@@ -381,7 +390,7 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(4, integer=True))
     vmax = max(float(np.max(img)) for *_, images, _ in panels for _, img in images)
     image = None
-    for r, (seed, label, drop, (start, end), view, images, gt_block) in enumerate(panels):
+    for r, (seed, label, drop, dropped, (start, end), view, images, gt_block) in enumerate(panels):
         rows_with_gt = gt_block.any(-1)
         for c, (title, img) in enumerate(images):
             ax = axes[r, c]
@@ -395,8 +404,8 @@ def plot_attention_maps(run: RunDir, table: pa.Table, config: Any, seeds: list[i
                 title = f"{title}\nmass on {'the support' if per_sequence else 'ground truth'} {mass:.2f}"
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=7, labelleft=c == 0, labelbottom=True)
-        axes[r, 0].set_ylabel(f"seed {seed}, head {label}\n(entropy -{drop:.2f} nats,\n"
-                              f"falls over {start}-{end})\nquery", fontsize=8)
+        fell = f"falls over {start}-{end}" if dropped else "no drop"
+        axes[r, 0].set_ylabel(f"seed {seed}, head {label}\n(entropy -{drop:.2f} nats,\n{fell})\nquery", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("key position", fontsize=8)
     bar_axes = fig.add_axes((1 - (right - 0.15) / width, bottom / height, 0.15 / width,
