@@ -113,7 +113,9 @@ def pretraining_figure(seeds: list[dict[str, Any]], out: Path) -> list[Path]:
     fig = new_figure(10, 4)
     left, right = fig.subplots(1, 2)
     rng = np.random.default_rng(0)  # horizontal jitter only
-    for k, (arm, color) in enumerate(zip(arms, colors(len(arms)))):
+    palette = dict(zip(sorted(arms), colors(len(arms))))  # the analysis figures' colours (configs in sorted order)
+    for k, arm in enumerate(arms):
+        color = palette[arm]
         mine = [r for r in seeds if r["arm"] == arm]
         pre = max(r["pretrain_steps"] for r in mine)
         if pre:
