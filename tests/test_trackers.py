@@ -378,3 +378,23 @@ def test_ctrl_c_in_worker_processes_loses_no_wandb_step(tmp_path):
         info, expected = found[f"seed-{seed}"], parquet_points(out, seed)
         assert info["points"] == expected
         assert sorted(info["steps"]) == sorted({s for rows in expected.values() for s, _ in rows})  # each once
+
+
+@needs_wandb
+def test_a_stopped_wandb_tracker_records_every_step_it_sent(tmp_path, monkeypatch):
+    """A worker stopped inside ``Trackers.log`` (SIGTERM: WorkerStopped) closes its trackers before the log's
+    flush: the ledger then missed steps W&B had, and the resumed run sent them twice (the flaky
+    test_ctrl_c_in_worker_processes_loses_no_wandb_step). Closing records them."""
+    from emergelab.train.trackers import WandbTracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    tracker = WandbTracker(tiny(strategy="ensemble", log=["wandb"]).resolved(), run)
+    for step in range(4):
+        tracker.write(0, step, {"loss": 1.0 / (step + 1)})
+    tracker.close()  # no flush before it, as when WorkerStopped unwinds through Trackers.log
+    assert json.loads((run.path / "wandb" / "seed-0.json").read_text())["step"] == 3
+    assert sorted(wandb_runs(tmp_path)["seed-0"]["steps"]) == [0, 1, 2, 3]

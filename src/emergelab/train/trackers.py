@@ -283,6 +283,12 @@ class WandbTracker:
             os.replace(partial, path)
 
     def close(self) -> None:
-        runs, self.runs = self.runs, {}
-        for run in runs.values():
-            run.finish()
+        """Finish every W&B run, then record the steps sent: a worker stopped in the middle of
+        ``Trackers.log`` (before its flush) sent steps its ledger did not hold, and its resume sent them
+        again (a step twice in W&B)."""
+        try:
+            for run in self.runs.values():
+                run.finish()
+        finally:
+            self.flush()
+            self.runs = {}
