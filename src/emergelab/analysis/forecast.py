@@ -100,6 +100,7 @@ MIN_PROBES = 6          # probes up to t a forecaster needs: 3 give the initial 
 _TINY = 1e-6            # a relative change below this over the window is no change (rounding)
 _MIN_ENTROPY = 1e-6     # nats: attention entropy floor before logarithms (a one-hot row has 0)
 NO_PATTERN = "no ground-truth attention (the task has no known pattern)"  # why a mass forecaster abstains
+NO_HEADS = "no attention heads recorded (a model without them, such as mamba, lru or rwkv7)"  # every model one
 # A model forecaster whose head is already at the level the training seeds emerged at forecasts the next
 # probe, and says so (``Forecast.reason``): on an output that stays on its plateau the head may serve other
 # keys (entropy-exp cannot tell), so that "now" is a reading of the head, not a calibrated claim.
@@ -167,6 +168,11 @@ class Forecast:
 
 def _none(name: str, t: float, reason: str) -> Forecast:
     return Forecast(name, float(t), None, reason=reason)
+
+
+def _no_mass(c: "OutputCurves") -> str:
+    """Why a forecaster that reads the ground-truth mass abstains on ``c``."""
+    return NO_PATTERN if c.heads else NO_HEADS
 
 
 def on_plateau(curves: OutputCurves, fraction: float = 0.1) -> bool:
@@ -437,7 +443,7 @@ class MassForecaster(_ModelForecaster):
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         if not c.has_mass:
-            return None, NO_PATTERN
+            return None, _no_mass(c)
         target = self.target.get(output, self.target_all)
         if target is None or not target > 0:
             return None, "no training seed emerged with ground-truth mass on this output"
@@ -481,9 +487,11 @@ class EntropyForecaster(_ModelForecaster):
 
     def fit_threshold(self, examples: Sequence[Example]) -> None:
         self.target, self.target_all = _level_at_emergence(
-            examples, lambda c, k: float(np.maximum(c.entropy[:, k], _MIN_ENTROPY).min()))
+            [e for e in examples if e.curves.heads], lambda c, k: float(np.maximum(c.entropy[:, k], _MIN_ENTROPY).min()))
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
+        if not c.heads:
+            return None, NO_HEADS
         target = self.target.get(output, self.target_all)
         if target is None:
             return None, "no training seed emerged on this output"
@@ -506,7 +514,7 @@ class EscapeForecaster(_ModelForecaster):
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         if not c.has_mass:
-            return None, NO_PATTERN
+            return None, _no_mass(c)
         if not on_plateau(c):
             return None, "the loss has left its plateau"
         mass = self.mass(c)
@@ -584,7 +592,7 @@ class RegressionForecaster:
         if c.steps.size < MIN_PROBES:
             return _none(self.name, t, f"fewer than {MIN_PROBES} probes up to t")
         if not c.has_mass:
-            return _none(self.name, t, NO_PATTERN)
+            return _none(self.name, t, _no_mass(c))
         if self.coef is None:
             return _none(self.name, t, "too few emerged training outputs to fit")
         log_rest = float(self.features(c) @ self.coef)
@@ -608,8 +616,9 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
     Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial level,
     as in ``analysis.runs``) and, in a task with ground-truth attention, outputs without any (mass 0 at
     every probe and head: a cellular automaton's first state) are left out; a task without a known pattern
-    keeps its outputs with their entropy (``OutputCurves.has_mass`` False).  Head curves are put on the
-    loss curve's steps."""
+    keeps its outputs with their entropy (``OutputCurves.has_mass`` False); a run that records no attention
+    heads at all (mamba, lru, rwkv7) keeps its outputs with their loss alone (``heads`` empty: the baselines
+    forecast, the model forecasters abstain with ``NO_HEADS``).  Head curves are put on the loss curve's steps."""
     em, _ = curve_emergence(con, _optima_by_run=run_optima(con))
     truth = {(r["run"], r["seed"], r["target"]): r for r in em.to_pylist()}
     loss = fetch_curves(con, "loss_pos")
@@ -622,18 +631,19 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
             if pos:
                 entry = heads_of.setdefault((run, int(seed), int(pos)), {}).setdefault(head, (-1, -1))
                 heads_of[(run, int(seed), int(pos))][head] = (k, entry[1]) if which == 0 else (entry[0], k)
+    with_heads = set(mass.run) | set(entropy.run)  # a run without any (mamba, lru, rwkv7): the baselines' alone
     out = []
     for run, seed, index, steps, values in loss:
         i = int(index)
         row = truth.get((run, seed, f"pos:{i}"))
         heads = heads_of.get((run, seed, i), {})
-        if row is None or not heads or steps.size < 2:
+        if row is None or (not heads and run in with_heads) or steps.size < 2:
             continue
         if row["optimum"] is not None and row["initial"] - row["optimum"] <= solved_tol:
             continue
         curves = _output_curves(steps, values, {
             h: tuple(None if k < 0 else c.curve(k) for c, k in ((mass, km), (entropy, ke)))
-            for h, (km, ke) in heads.items()})
+            for h, (km, ke) in heads.items()}) if heads else _headless_curves(steps, values)
         if curves is None:  # no ground-truth keys (a cellular automaton's first state), or no head curve
             continue
         out.append(Example(run, seed, i, curves, bool(row["emerged"]),
@@ -788,15 +798,7 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
     Returns one row per (run, seed, output, forecaster): ``t`` (the last probe used), ``step``, ``lo``,
     ``hi``, ``reason`` and ``true_step`` (the run's own emergence step, null if never: for comparison, not
     used)."""
-    loaded = examples is None
     examples = list(load_examples(con) if examples is None else examples)
-    if loaded and not examples:
-        heads = con.sql("SELECT count(*) FROM metrics WHERE metric IN ('attn_gt_mass_pos', 'attn_entropy_pos')"
-                        ).fetchall()[0][0]
-        if not heads:  # not "every output emerged": there was nothing to read (the old message said that)
-            raise ConfigError("the runs record no per-head attention metrics (attn_gt_mass_pos, "
-                              "attn_entropy_pos: a model without attention heads, such as mamba, lru or "
-                              "rwkv7, records none), and every forecaster is fitted on outputs that have them")
     if at is not None and examples and at > (latest := max(e.end for e in examples)):
         raise ConfigError(f"at={at:g}: after every run's last probe (the latest is step {latest:g}); forecasts "
                           f"are made from the probes up to that step, so choose one <= {latest:g}")
@@ -869,6 +871,13 @@ def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
         if curves is not None:
             out[key] = curves
     return out
+
+
+def _headless_curves(steps: np.ndarray, values: np.ndarray) -> OutputCurves | None:
+    """An output's loss alone, for a model that records no attention heads (no mass or entropy rows)."""
+    if steps.size < 2:
+        return None
+    return OutputCurves(steps, values, np.empty((0, steps.size)), np.empty((0, steps.size)), ())
 
 
 def _output_curves(steps: np.ndarray, values: np.ndarray, heads: dict[str, Any]) -> OutputCurves | None:
