@@ -34,7 +34,8 @@ CPU_INDEX="https://download.pytorch.org/whl/cpu"
 if [ -z "${EMERGELAB_TORCH_INDEX:-}" ] && [ -z "${EMERGELAB_TORCH:-}" ] && [ "$spec" = "torch==2.13.0" ]; then
   # Which build would pip take? (resolves from metadata; downloads no wheel)
   version=$("$PY" -m pip install --dry-run --quiet --no-deps --report - "$spec" 2>/dev/null |
-            "$PY" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' 2>/dev/null || true)
+            "$PY" -c 'import json, sys; print(json.load(sys.stdin)["install"][0]["metadata"]["version"])' \
+            2>/dev/null || true)
   case "$version" in
     *+cpu) ;;  # a local CPU wheel (pip's find-links): take it
     "") echo "could not tell which torch build pip would take; installing $spec as pip resolves it" ;;

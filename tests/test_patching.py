@@ -393,3 +393,19 @@ def test_output_ids_and_caches_that_do_not_fit_are_named():
         with pytest.raises(ValueError) as caught:
             call()
         assert words in str(caught.value), (words, str(caught.value))
+
+
+def test_the_greedy_note_says_when_the_whole_set_is_not_the_best():
+    """What `patch` and `lm patch` print under the greedy set: nothing when every head added helps, the best
+    prefix when later heads lower it, and that no set helps when every fraction is <= 0 (it read "the first
+    1 head(s) recover the most (-0%)")."""
+    from emergelab.interventions import GreedyResult
+
+    def result(recovered):
+        return GreedyResult("pattern", 0.9, 0.5, 0.9, heads=[(0, h) for h in range(len(recovered))],
+                            prob=[0.5] * len(recovered), recovered=recovered)
+
+    assert result([0.3, 0.6]).best_note() is None and result([]).best_note() is None
+    assert result([0.3, 0.6, 0.4]).best_note() == ("greedy: the first 2 head(s) recover the most (60%); "
+                                                   "the heads after them lower it")
+    assert result([-0.01, -0.2]).best_note() == "greedy: no head set recovers any of the gain (every fraction <= 0)"

@@ -170,6 +170,9 @@ def test_titles_name_the_attention_bias_and_the_pre_training():
                                                     "train": {"steps": 1000, **train}}).resolved())
 
     assert "bias" not in title() and "pre-trained" not in title()
+    one = describe(ExperimentConfig.from_dict({"task": {"name": "linear-map"}, "model": {"heads": 1, "head_dim": 8},
+                                               "train": {"steps": 10}}).resolved())
+    assert "1 head," in one and "1 heads" not in one
     assert title(bias_beta=4).endswith("| attention bias \u03b2\u00a04 (all heads)")
     assert title(bias_beta=4, bias_steps=300, bias_schedule="linear", bias_heads=[0, 2]).endswith(
         "(heads\u00a0[0, 2], fading to 0 by step\u00a0300)")

@@ -1037,6 +1037,35 @@ def _check_reproduce_out(out: Path, name: str) -> None:
                           f"--out for {name}")
 
 
+def _check_reproduce_contents(out: Path, name: str, scale: str, sweeps: dict[str, Any], *, analyse_only: bool,
+                              dry_run: bool) -> None:
+    """Refuse an ``--out`` whose contents would mix into this reproduction: files it does not write, another
+    scale's result, runs its plan does not have (another scale's or version's: the analysis reads every run
+    there). A dry run only warns of the runs."""
+    written = set(sweeps) | {"result.json", "RESULT.md", "table.txt", "figures"}
+    strays = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(".")) \
+        if out.is_dir() else []
+    if strays:
+        raise ConfigError(f"--out {out}: holds {strays[0]!r}{' and more' if len(strays) > 1 else ''}, which a "
+                          f"reproduction of {name} does not write; choose a new or empty directory")
+    trained = _previous_scale(out)
+    if trained is not None and trained != scale and not dry_run:
+        raise ConfigError(f"--scale {scale}: {out} holds the {trained}-scale runs of {name} (its result.json); "
+                          + (f"analyse them with --scale {trained}" if analyse_only else
+                             f"train the {scale} scale into another --out (the analysis reads every run there)"))
+    for part, sweep in sweeps.items():
+        runs_dir = out / part / "runs"
+        extra = sorted({p.name for p in runs_dir.iterdir() if p.is_dir()} - {r.name for r in sweep.runs}) \
+            if runs_dir.is_dir() else []
+        if extra:
+            line = (f"{runs_dir}: {len(extra)} run(s) that the {scale}-scale plan of {name} does not have (e.g. "
+                    f"{extra[0]}: another scale's, or an earlier version's); the analysis reads every run there, "
+                    "so reproduce into another --out")
+            if not dry_run:
+                raise ConfigError(line)
+            print(f"emergelab: warning: {line}", file=sys.stderr)
+
+
 def _previous_scale(out: Path) -> str | None:
     """The scale ``out``'s result.json says its runs were trained at (None: no readable record)."""
     scale = _result_record(out).get("scale")
@@ -1076,29 +1105,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError("--analyse-only with --dry-run: a dry run lists what training would do and "
                           "--analyse-only trains nothing; give one of them")
     sweeps = load_parts(t, scale, out, args.device)  # validates every run before any work
-    written = set(sweeps) | {"result.json", "RESULT.md", "table.txt", "figures"}  # what a reproduction writes
-    strays = sorted(p.name for p in out.iterdir() if p.name not in written and not p.name.startswith(".")) \
-        if out.is_dir() else []
-    if strays:
-        raise ConfigError(f"--out {out}: holds {strays[0]!r}{' and more' if len(strays) > 1 else ''}, which a "
-                          f"reproduction of {t.name} does not write; choose a new or empty directory")
+    _check_reproduce_contents(out, t.name, scale, sweeps, analyse_only=args.analyse_only, dry_run=args.dry_run)
     refused = {part: check_sweep_runs(sweep, out / part, dry_run=args.dry_run) for part, sweep in sweeps.items()}
-    trained = _previous_scale(out)
-    if trained is not None and trained != scale and not args.dry_run:
-        raise ConfigError(f"--scale {scale}: {out} holds the {trained}-scale runs of {t.name} (its result.json); "
-                          + (f"analyse them with --scale {trained}" if args.analyse_only else
-                             f"train the {scale} scale into another --out (the analysis reads every run there)"))
-    for part, sweep in sweeps.items():  # runs of another scale or version beside these would enter the analysis
-        runs_dir = out / part / "runs"
-        extra = sorted({p.name for p in runs_dir.iterdir() if p.is_dir()} - {r.name for r in sweep.runs}) \
-            if runs_dir.is_dir() else []
-        if extra:
-            line = (f"{runs_dir}: {len(extra)} run(s) that the {scale}-scale plan of {t.name} does not have (e.g. "
-                    f"{extra[0]}: another scale's, or an earlier version's); the analysis reads every run there, "
-                    "so reproduce into another --out")
-            if not args.dry_run:
-                raise ConfigError(line)
-            print(f"emergelab: warning: {line}", file=sys.stderr)
     if args.analyse_only:
         missing = [part for part in sweeps if not (out / part / "sweep.json").exists()]
         if missing:

@@ -487,7 +487,8 @@ class EntropyForecaster(_ModelForecaster):
 
     def fit_threshold(self, examples: Sequence[Example]) -> None:
         self.target, self.target_all = _level_at_emergence(
-            [e for e in examples if e.curves.heads], lambda c, k: float(np.maximum(c.entropy[:, k], _MIN_ENTROPY).min()))
+            [e for e in examples if e.curves.heads],  # a model without heads has no entropy to read
+            lambda c, k: float(np.maximum(c.entropy[:, k], _MIN_ENTROPY).min()))
 
     def raw(self, c: OutputCurves, output: int, window: int) -> tuple[float | None, str]:
         if not c.heads:
@@ -873,10 +874,8 @@ def curves_from_metrics(table: pa.Table) -> dict[tuple[int, int], OutputCurves]:
     return out
 
 
-def _headless_curves(steps: np.ndarray, values: np.ndarray) -> OutputCurves | None:
+def _headless_curves(steps: np.ndarray, values: np.ndarray) -> OutputCurves:
     """An output's loss alone, for a model that records no attention heads (no mass or entropy rows)."""
-    if steps.size < 2:
-        return None
     return OutputCurves(steps, values, np.empty((0, steps.size)), np.empty((0, steps.size)), ())
 
 

@@ -169,7 +169,8 @@ class RunAnalysis:
     * ``jumps``: per (run, seed, target) jumps;
     * ``seeds``: per (run, seed): ``group``, ``final_loss``, ``optimum``, ``emerged`` / ``emergence_step``
       / ``plateau_steps`` / ``plateau_ended`` of the aggregate loss, ``n_outputs``, ``n_emerged``
-      (outputs), ``n_judged`` (measured outputs with something to learn), ``solved``, ``solved_step``, ``solved_by`` (which rule judged it, see the module),
+      (outputs), ``n_judged`` (measured outputs with something to learn), ``solved``, ``solved_step``,
+      ``solved_by`` (which rule judged it, see the module),
       ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
       steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
       ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no

@@ -109,12 +109,8 @@ class CheckpointPatching:
             verdict = "reached" if g.reached else "not reached"
             lines.append(f"greedy set (recovered fraction of late - early after each head; target "
                          f"{g.fraction:.0%}, {verdict}): {steps}")
-            if max(g.recovered) <= 0:
-                lines.append("greedy: no head set recovers any of the gain (every fraction <= 0)")
-            elif len(g.best_heads) < len(g.heads):
-                best = max(g.recovered)
-                lines.append(f"greedy: the first {len(g.best_heads)} head(s) recover the most ({best:.0%}); "
-                             "the heads after them lower it")
+            if (note := g.best_note()) is not None:
+                lines.append(note)
         return "\n".join(lines)
 
 
@@ -143,7 +139,8 @@ def load_run(run: RunDir | str | Path) -> RunDir:
         if not run.path.exists():
             raise ConfigError(f"{run.path}: no such file or directory")
         below = [p for p in find_run_dirs(run.path) if (p / "config.yaml").exists() and p != run.path]
-        listed = f"; runs below it: {', '.join(map(str, below[:4]))}{', ...' if len(below) > 4 else ''}" if below else ""
+        listed = (f"; runs below it: {', '.join(map(str, below[:4]))}{', ...' if len(below) > 4 else ''}"
+                  if below else "")
         raise ConfigError(f"{run.path}: not a run directory (no config.yaml){listed}")
     return run
 

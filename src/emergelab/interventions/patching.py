@@ -602,6 +602,16 @@ class GreedyResult:
             return []
         return self.heads[:int(np.argmax(self.recovered)) + 1]
 
+    def best_note(self) -> str | None:
+        """A line for a report when the whole set is not the best one: no prefix recovers any of the gain,
+        or a shorter prefix recovers more (None otherwise)."""
+        if self.recovered and max(self.recovered) <= 0:
+            return "greedy: no head set recovers any of the gain (every fraction <= 0)"
+        if len(self.best_heads) < len(self.heads):
+            return (f"greedy: the first {len(self.best_heads)} head(s) recover the most "
+                    f"({max(self.recovered):.0%}); the heads after them lower it")
+        return None
+
     def to_rows(self) -> list[dict[str, Any]]:
         return [{"what": self.what, "step": i, "layer": layer, "head": head, "prob": p, "recovered": r}
                 for i, ((layer, head), p, r) in enumerate(zip(self.heads, self.prob, self.recovered))]

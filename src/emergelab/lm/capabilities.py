@@ -34,8 +34,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import re
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist

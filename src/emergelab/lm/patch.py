@@ -78,11 +78,8 @@ class RevisionPatching:
             reach = "reached" if g.reached else "did not reach"
             lines.append(f"greedy set ({reach} {g.fraction:.0%}): " + ", ".join(
                 f"L{l}H{h} -> {r:.0%}" for (l, h), r in zip(g.heads, g.recovered)))
-            if g.recovered and max(g.recovered) <= 0:
-                lines.append("greedy: no head set recovers any of the gain (every fraction <= 0)")
-            elif len(g.best_heads) < len(g.heads):
-                lines.append(f"greedy: the first {len(g.best_heads)} head(s) recover the most "
-                             f"({max(g.recovered):.0%}); the heads after them lower it")
+            if (note := g.best_note()) is not None:
+                lines.append(note)
         return "\n".join(lines)
 
 

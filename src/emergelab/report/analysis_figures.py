@@ -61,7 +61,8 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     # each ECDF runs on to the right edge so its final level shows; curves drawn first are wider, so one
     # that ends where a later one does stays visible under it
     right = finite.max() + 0.05 * max(np.ptp(finite), 1.0) if finite.size else 1.0
-    drawn = [row for row in groups if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
+    drawn = [row for row in groups
+             if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
     unsolved = len(groups) - len(drawn)
     for row, color in zip(groups, palette):
         c = cols[row["group"]]

@@ -29,7 +29,8 @@ def format_evaluation(evaluation: Any) -> str:
     rows = []
     for r in evaluation.rows.to_pylist():
         half = _bin_half(evaluation)
-        rows.append([evaluation.label(r["run"]), r["forecaster"], f"{r['fraction'] - half:g}-{r['fraction'] + half:g}", f"{r['n_forecast']}/{r['n_test']}",
+        rows.append([evaluation.label(r["run"]), r["forecaster"], f"{r['fraction'] - half:g}-{r['fraction'] + half:g}",
+                     f"{r['n_forecast']}/{r['n_test']}",
                      _fmt(r["median_rel_error"], 3), _fmt(r["baseline_rel_error_same"], 3),
                      _fmt(r["coverage"], 3), _fmt(r["median_rel_width"], 3), r["window"] or "-"])
     lines = [_render(header, rows),

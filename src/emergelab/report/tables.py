@@ -212,7 +212,8 @@ def format_positions(result: Any, max_rows: int = 40, copies: set[tuple[str, int
     return ("emergence step per output (columns 0..: loss_pos[i]; '-' = not yet"
             + ("; '.' = nothing to learn" if unjudged else "")
             + ("; '?' = not measured: no held-out sequence had it" if unmeasured else "")
-            + ("; 'c' = equal to an earlier output (a copy; '-c': one not yet emerged)" if copies else "") + ")\n") + text
+            + ("; 'c' = equal to an earlier output (a copy; '-c': one not yet emerged)" if copies else "")
+            + ")\n") + text
 
 
 def write_tables(result: Any, out: str | Path, extra: dict[str, pa.Table] | None = None) -> list[Path]:

@@ -30,7 +30,8 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError("--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e '.[ray]' in emergelab's checkout)") from None
+        raise ConfigError("--executor ray needs Ray: pip install 'ray>=2.9' (or pip install -e '.[ray]' in "
+                          "emergelab's checkout)") from None
     return ray
 
 
