@@ -398,3 +398,78 @@ def test_a_stopped_wandb_tracker_records_every_step_it_sent(tmp_path, monkeypatc
     tracker.close()  # no flush before it, as when WorkerStopped unwinds through Trackers.log
     assert json.loads((run.path / "wandb" / "seed-0.json").read_text())["step"] == 3
     assert sorted(wandb_runs(tmp_path)["seed-0"]["steps"]) == [0, 1, 2, 3]
+
+
+@needs_wandb
+def test_a_stop_inside_wandb_log_is_held_until_the_step_is_recorded(tmp_path, monkeypatch):
+    """SIGTERM in a worker while ``wandb.log`` runs (the handler raises wherever the main thread is): held
+    back (train/stopping.py) until the ledger records the step, so the resumed run sends the rest, each step
+    once. Raised at once, it left step 2 in W&B and not in the ledger, and the resume sent it again."""
+    import os
+    import signal
+
+    from emergelab.train.execute import WorkerStopped
+    from emergelab.train.stopping import deferring
+    from emergelab.train.trackers import WandbTracker
+
+    offline_env(monkeypatch, tmp_path)
+    config, run = tiny(steps=20, seeds=1), RunDir(tmp_path / "run")
+    run.path.mkdir()
+    buffer = MetricsBuffer()
+    for step in range(5):
+        buffer.add(step, np.array([0]), "loss", [""], np.array([[1.0 / (step + 1)]]))
+    table = buffer.table()
+
+    class StopAfterLogging:  # a W&B run whose log of step 2 is cut short by SIGTERM after it sent the step
+        def __init__(self, run):
+            self.run = run
+
+        def log(self, values, step):
+            self.run.log(values, step=step)
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sum(range(1000))  # bytecode to run the handler at: the signal is surely handled in here
+
+        def finish(self):
+            self.run.finish()
+
+    start = WandbTracker._start
+    monkeypatch.setattr(WandbTracker, "_start", lambda self, seed: StopAfterLogging(start(self, seed)))
+    before = signal.signal(signal.SIGTERM, deferring(WorkerStopped))
+    try:
+        with pytest.raises(WorkerStopped), Trackers(["wandb"], config, run, [0]) as trackers:
+            trackers.log(table)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert json.loads((run.path / "wandb" / "seed-0.json").read_text())["step"] == 2
+    monkeypatch.setattr(WandbTracker, "_start", start)
+    with Trackers(["wandb"], config, run, [0]) as trackers:  # the resume
+        trackers.log(table)
+    assert sorted(wandb_runs(tmp_path)["seed-0"]["steps"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_stop_held_back_replaces_the_sections_own_failure():
+    """A tracker failing inside the section must not swallow the stop that arrived there (a failing tracker
+    is switched off and training goes on: the stop would be lost)."""
+    import os
+    import signal
+
+    from emergelab.train.stopping import deferring, uninterrupted
+
+    class Stop(BaseException):
+        pass
+
+    before = signal.signal(signal.SIGUSR1, deferring(Stop))
+    try:
+        with pytest.raises(Stop):
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGUSR1)
+                sum(range(1000))
+                raise OSError("the disk is full")
+        with pytest.raises(Stop):  # outside a section: at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+            sum(range(1000))
+        with uninterrupted():  # nothing pending is left behind
+            pass
+    finally:
+        signal.signal(signal.SIGUSR1, before)

@@ -1370,10 +1370,6 @@ class Terminated(KeyboardInterrupt):
     as it does on Ctrl-C: workers stopped, files closed, one line. Workers keep the default action."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 RESUMABLE = ("run", "sweep", "reproduce", "lm")  # commands whose work a re-run continues
 
 
@@ -1412,7 +1408,11 @@ def entry() -> None:
     teardown then aborts a finished run ("terminate called without an active exception", exit -6;
     apache/arrow#34314): seen here in about 1 in 6 CLI runs on a loaded machine. Everything a run writes
     is closed (atomically renamed) before ``main`` returns."""
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    from .train.stopping import deferring
+
+    # both raised where the main thread is, but held back while a tracker sends a step (train/stopping.py)
+    signal.signal(signal.SIGTERM, deferring(Terminated))
+    signal.signal(signal.SIGINT, deferring(KeyboardInterrupt))
     code = main()
     atexit._run_exitfuncs()  # multiprocessing's, tqdm's, logging's, trackers': what a normal exit runs first
     sys.stdout.flush()

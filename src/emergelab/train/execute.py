@@ -31,6 +31,7 @@ import torch
 
 from ..models import native
 from .group import ProgressFn
+from .stopping import deferring
 from .unit import WorkUnit, run_unit
 
 
@@ -239,10 +240,6 @@ class WorkerStopped(BaseException):
     kept a resumed run from sending them again."""
 
 
-def _stop_worker(signum: int, frame: Any) -> None:
-    raise WorkerStopped
-
-
 def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
     """Take ``(index, unit)`` from ``tasks`` until a stop marker; report on ``results`` as
     ``(kind, worker, index, payload, loss)``. ``isolate``: a failing unit is reported, not fatal."""
@@ -250,7 +247,7 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
 
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
-    signal.signal(signal.SIGTERM, _stop_worker)  # (a forked worker inherits the command's SIGTERM handler)
+    signal.signal(signal.SIGTERM, deferring(WorkerStopped))  # (a forked worker inherits the command's SIGTERM handler)
     try:
         while (item := tasks.get()) is not None:
             index, unit = item

@@ -44,6 +44,7 @@ import pyarrow as pa
 from ..config import ConfigError
 from ..store import RunDir
 from .config import ExperimentConfig
+from .stopping import uninterrupted
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the module it needs
 REQUIREMENTS = {"tensorboard": "'tensorboard>=2.12'", "wandb": "'wandb>=0.19.10'"}  # as pyproject's extras
@@ -106,7 +107,8 @@ class Trackers:
                     last = tracker.last_step(seed)
                     for step in sorted(s for s in points[seed] if s > last):
                         values = points[seed][step]
-                        tracker.write(seed, step, {k: values[k] for k in sorted(values)})
+                        with uninterrupted():  # sent and recorded as sent, or neither (train/stopping.py)
+                            tracker.write(seed, step, {k: values[k] for k in sorted(values)})
                 tracker.flush()
             except Exception as error:
                 self._drop(tracker, error)
