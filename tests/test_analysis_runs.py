@@ -506,6 +506,39 @@ def test_an_output_learned_before_the_second_probe_is_judged_by_its_marginal(tmp
     assert seeds["1"]["learned_step"]["1"] is None and seeds["1"]["not_judged"] == ["0", "1"]
 
 
+def test_a_drop_to_the_marginal_is_not_emergence(tmp_path):
+    """Probes every 25 steps. Output 0 (a carry digit: 0 or 1, marginal ln 2, optimum 0) falls from ln 11
+    (a model at initialisation spreads over the vocabulary) to ln 2 within its first probes, stays there,
+    and learns the carry at step 800: the halfway threshold from the median of its first probes (0.96
+    nats, from 1.93) lay above ln 2, so learning the token frequencies read as emergence at step 75. It is judged
+    against its marginal: emerged at 800, the plateau from the marginal. Output 1 (its position alone
+    gives its optimum: marginal = optimum = ln 2, as a count that is always the same number) falls the same
+    way and learns nothing more: not judged, where it read "emerged" at 50. Output 2 starts on its marginal
+    (the linear map's bits): as before. Seed 1, the same curves without a recorded marginal: as before."""
+    ln2, ln11, steps = math.log(2), math.log(11), np.arange(0, 2001, 25)
+    rows = []
+
+    def settle(t: int) -> float:  # ln 11 -> ln 2 by step 75
+        return ln2 + (ln11 - ln2) * max(0.0, 1 - t / 75)
+
+    for seed in (0, 1):
+        for t in steps:
+            curves = [settle(t) if t < 800 else 0.02, settle(t), ln2 if t < 600 else 0.0]
+            rows += [(int(t), seed, "loss", "", float(np.mean(curves)))]
+            rows += [(int(t), seed, "loss_pos", str(i), float(v)) for i, v in enumerate(curves)]
+    rows += [(0, 0, "marginal_loss", str(i), ln2) for i in range(3)]
+    run = fake_run(tmp_path / "r", rows, optima=(ln2 / 3, [0.0, ln2, 0.0]))
+    emergence, _ = curve_emergence(connect(run))
+    got = {(r["seed"], r["target"]): r for r in emergence.to_pylist()}
+    assert got[0, "pos:0"]["emerged"] and got[0, "pos:0"]["step"] == 800
+    assert got[0, "pos:0"]["initial"] == pytest.approx(ln2) and got[0, "pos:0"]["threshold"] == pytest.approx(ln2 / 2)
+    assert got[1, "pos:0"]["emerged"] and got[1, "pos:0"]["step"] == 75  # no marginal recorded: as before
+    assert not got[0, "pos:1"]["judged"] and not got[0, "pos:1"]["emerged"]
+    assert got[1, "pos:1"]["judged"] and got[1, "pos:1"]["step"] == 50
+    for seed in (0, 1):
+        assert got[seed, "pos:2"]["step"] == 600 and got[seed, "pos:2"]["initial"] == pytest.approx(ln2)
+
+
 def test_learned_before_probes_rule():
     """The initial level is min(first, marginal) exactly when both lie more than the tolerance above the
     optimum; else None (nothing to learn, or nothing tells)."""

@@ -132,9 +132,14 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
       uniform first state, whose loss only settles back to ``ln k`` after the first updates; such an
       output is never "emerged"; unless its recorded ``marginal_loss`` says it had something to learn:
       then it was learned before the first probes could show its plateau, and is judged against the level
-      :func:`learned_before_probes` gives), and ``marginal`` (the output's recorded ``marginal_loss``, its
-      loss from the position alone; null where not recorded: an ``initial`` near it is a plateau of
-      token frequencies only, one below it a plateau that already uses some context);
+      :func:`learned_before_probes` gives; nor an output whose recorded ``marginal_loss`` is within
+      ``nothing_to_learn`` of its optimum: its position alone gives it, whatever its first probes show),
+      and ``marginal`` (the output's recorded ``marginal_loss``, its loss from the position alone; null
+      where not recorded: an ``initial`` near it is a plateau of token frequencies only, one below it a
+      plateau that already uses some context). ``initial`` is at most the marginal (more than
+      ``nothing_to_learn`` above it, the first probes were still learning the token frequencies, e.g. a
+      carry digit falling from ln V to ln 2 in its first 50 steps; halfway from there could lie above ln 2,
+      and learning which tokens occur read as emergence);
     * ``jumps``: one row per jump (fields of :class:`~emergelab.analysis.Jump`).  ``min_drop_fraction``
       is ``jump_fraction`` for an output's curve and ``jump_fraction / n_outputs`` for the aggregate loss,
       whose outputs fall one at a time (``1/S`` of its range each for the linear map).
@@ -166,10 +171,16 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
                        persist=persist, initial_window=1 if run in pretrained else 3)
         e = detect_emergence(steps, values, **options)
         judged = target == "loss" or optimum is None or e.initial - optimum > nothing_to_learn
-        if not judged:  # at its optimum from the first probes: nothing to learn, or learned before them?
+        if target == "loss" or optimum is None or marginal is None:
+            pass
+        elif marginal - optimum <= nothing_to_learn:  # its position alone gives its optimum
+            judged = False
+        elif not judged:  # at its optimum from the first probes: learned before them
             level = learned_before_probes(float(values[0]), optimum, marginal, nothing_to_learn)
             if level is not None:
                 e, judged = detect_emergence(steps, values, initial=level, **options), True
+        elif e.initial - marginal > nothing_to_learn:  # the first probes still learning token frequencies
+            e = detect_emergence(steps, values, initial=marginal, **options)
         ended = bool(e.plateau_steps < steps[-1] - steps[0])
         em_rows.append((run, seed, target, e.emerged and judged, float(e.step if judged else steps[-1]),
                         float(e.plateau_steps), e.final, e.initial, e.threshold, optimum, ended, judged, marginal))

@@ -614,13 +614,13 @@ def default_forecasters(condition_bins: int = CONDITION_BINS) -> list[Any]:
 def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
     """Every judged output of every run and seed in the store, with its emergence (``curve_emergence``).
 
-    Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial level,
+    Outputs with nothing to learn (not judged by ``curve_emergence`` with ``nothing_to_learn=solved_tol``,
     as in ``analysis.runs``) and, in a task with ground-truth attention, outputs without any (mass 0 at
     every probe and head: a cellular automaton's first state) are left out; a task without a known pattern
     keeps its outputs with their entropy (``OutputCurves.has_mass`` False); a run that records no attention
     heads at all (mamba, lru, rwkv7) keeps its outputs with their loss alone (``heads`` empty: the baselines
     forecast, the model forecasters abstain with ``NO_HEADS``).  Head curves are put on the loss curve's steps."""
-    em, _ = curve_emergence(con, _optima_by_run=run_optima(con))
+    em, _ = curve_emergence(con, nothing_to_learn=solved_tol, _optima_by_run=run_optima(con))
     truth = {(r["run"], r["seed"], r["target"]): r for r in em.to_pylist()}
     loss = fetch_curves(con, "loss_pos")
     mass = fetch_curves(con, "attn_gt_mass_pos")
@@ -640,7 +640,7 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
         heads = heads_of.get((run, seed, i), {})
         if row is None or (not heads and run in with_heads) or steps.size < 2:
             continue
-        if row["optimum"] is not None and row["initial"] - row["optimum"] <= solved_tol:
+        if not row["judged"]:
             continue
         curves = _output_curves(steps, values, {
             h: tuple(None if k < 0 else c.curve(k) for c, k in ((mass, km), (entropy, ke)))

@@ -10,7 +10,8 @@ optima each run recorded).
 Per seed (``RunAnalysis.seeds``): **solved** = every output emerged, judged per output against the
 optima the run recorded (``solved_by = "outputs"``; ``solved_step`` = the last output's emergence
 step).  Outputs with nothing to learn (recorded optimum within ``solved_tol`` of the curve's initial
-level, e.g. the uniform first state of a cellular automaton) are not judged.  Only a run whose outputs
+level or of the output's recorded marginal, e.g. the uniform first state of a cellular automaton) are not
+judged (``curve_emergence``).  Only a run whose outputs
 are not all covered by recorded optima falls back to the aggregate loss: final loss within
 ``solved_tol`` nats of the aggregate optimum (``solved_by = "aggregate"``; ``solved_step`` = the first
 step from which the loss stays within it), or, with no optimum at all, every output emerged against
