@@ -728,3 +728,29 @@ def test_analyze_writes_beside_the_folder_it_analyses(tmp_path, capsys, monkeypa
         assert main(["analyze", str(tmp_path / name)]) == 0
         assert (tmp_path / name / "analysis" / "groups.csv").exists()
     assert not (tmp_path / "analysis").exists()
+
+
+def test_plateau_figure_names_a_config_off_the_log_axis(tmp_path, monkeypatch):
+    """``task.rules = 0`` (a fresh rule per sequence) has no place on a log axis: it was dropped from
+    ``plateau_vs_task_rules.png`` without a word. Its median is now in the legend."""
+    import dataclasses
+
+    from emergelab.report import analysis_figures
+
+    plateau_runs(tmp_path, (4, 6, 8))
+    result = analyze_runs(connect(tmp_path), n_boot=50)
+    groups = result.groups.to_pylist()
+    for g in groups:  # state size 4 stands in for rules = 0
+        g["task.state_size"] = 0 if g["task.state_size"] == 4 else g["task.state_size"]
+    result = dataclasses.replace(result, groups=pa.Table.from_pylist(groups))
+    labels = []
+    real_save = analysis_figures.save_figure
+
+    def save(fig, path):
+        labels.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(analysis_figures, "save_figure", save)
+    path = analysis_figures.plateau_figure(result, "task.state_size", tmp_path / "p.png")
+    assert path.stat().st_size > 0
+    assert "state_size = 0 (off the log axis): median plateau 80 steps" in labels

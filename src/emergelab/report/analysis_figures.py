@@ -7,7 +7,8 @@
 * ``plateau_vs_<field>.png``: the median plateau length of each config against a config field, log-log,
   with a least-squares power law on the config medians per series (exponent, its standard error and
   95% interval in the legend; censored medians hollow and not fitted; no fit with fewer than 3 values).
-  Drawn only when the field takes at least 2 distinct positive values.
+  Drawn only when the field takes at least 2 distinct positive values; a config at a value the log axis
+  cannot place (``task.rules = 0``: a fresh rule per sequence) is named in the legend with its median.
 * ``fresh_rules.png`` (runs whose loss on fresh ground truth is known, ``analysis.fresh``: a pool task's
   runs): per config the median loss on fresh ground truth with its 10-90% band and the floor (left), and
   the fraction of seeds whose fresh plateau ended by step t (right): when in-context inference emerged.
@@ -163,6 +164,12 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
                           f"+- {fit.stderr:.2f} (95% CI [{fit.lo:.2f}, {fit.hi:.2f}], {fit.n_points} configs)")
         else:
             ax.plot([], [], color=color, lw=0, label=f"{prefix}no fit: {s['reason']}")
+        # a value the log axis cannot place (task.rules = 0: a fresh rule per sequence) is said, not dropped
+        for xv, yv, c in zip(x[x <= 0], y[x <= 0], cens[x <= 0]):
+            median = ("no median" if not np.isfinite(yv) else
+                      f"median plateau {'>=' if c else ''}{yv:.0f} steps{' (censored)' if c else ''}")
+            ax.scatter([], [], s=40, marker="x", color=color,
+                       label=f"{prefix}{name} = {xv:g} (off the log axis): {median}")
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_xscale("log")
