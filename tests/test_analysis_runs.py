@@ -142,6 +142,18 @@ def test_emergence_and_groups_planted(tmp_path):
         analyze_runs(con, by=["task.nope"])
 
 
+def test_copy_count_is_out_of_the_seeds_that_can_have_copies(tmp_path, capsys):
+    """Beside a linear map's seeds, a run that records no fan-in (a cellular automaton's, in reproduce
+    width / layers / mixers) cannot have copies: its seeds are not in the copy count's denominator."""
+    rows = planted_rows({0: [500, 600, 100, None], 1: [400, 300, 700, 800]}, seeds=(0, 1))
+    rows += [(0, seed, "fan_in", str(i), float(f)) for seed in (0, 1) for i, f in enumerate([2, 2, 1 + seed, 2])]
+    fake_run(tmp_path / "copies", rows, sparsity=2, optima=lm_optima(4))
+    fake_run(tmp_path / "none", planted_rows({0: [100, 200, 300, 400], 1: [100, 200, 300, 400]}, seeds=(0, 1)),
+             optima=lm_optima(4))
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert "1 of 2 seeds of tasks that can have them" in capsys.readouterr().out
+
+
 def test_copies_counted_and_left_out_of_the_first_emergence(tmp_path, capsys):
     """A seed's plateau ends with a copy (an output equal to an earlier one: fan-in 1 where the task's is
     more); ``first_step_no_copies`` is the first emergence of any other output, and per config its median
@@ -168,7 +180,7 @@ def test_copies_counted_and_left_out_of_the_first_emergence(tmp_path, capsys):
     assert group["first_step_no_copies_censored"] is False  # 1 of 3 censored
     assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "first non-copy" in out and "500 (2c)" in out and "2 of 3 seeds in all" in out
+    assert "first non-copy" in out and "500 (2c)" in out and "2 of 3 seeds of tasks that can have them" in out
     header = out.splitlines()[1]  # the copy column stays beside the plateau it explains
     order = ("solved", "outputs", "plateau median", "first non-copy", "final loss")
     assert [header.index(name) for name in order] == sorted(header.index(name) for name in order)
@@ -177,7 +189,8 @@ def test_copies_counted_and_left_out_of_the_first_emergence(tmp_path, capsys):
 def test_a_run_without_copies_prints_no_copy_column(tmp_path, capsys):
     fake_run(tmp_path / "r", planted_rows({0: [100, 200, 300, 400]}), optima=lm_optima(4))
     result = analyze_runs(connect(tmp_path / "r"), n_boot=50)
-    assert result.seeds.to_pylist()[0]["n_copies"] == 0 and result.groups.to_pylist()[0]["n_copy_seeds"] == 0
+    assert result.seeds.to_pylist()[0]["n_copies"] is None  # no fan_in recorded: copies unknown
+    assert result.groups.to_pylist()[0]["n_copy_seeds"] == 0 and result.groups.to_pylist()[0]["n_copy_known"] == 0
     assert main(["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "out")]) == 0
     assert "first non-copy" not in capsys.readouterr().out
 

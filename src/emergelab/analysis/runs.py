@@ -60,7 +60,7 @@ from .fetch import Curves, arrow, fetch_curves, rows_table
 from .scaling import MIN_DISTINCT_X, fit_power_law
 from .seeds import solved_fraction_curve
 from .fresh import FreshCurve, fresh_curves, fresh_plateau, fresh_progress
-from .summary import copied_outputs
+from .summary import copied_outputs, fan_in_by_seed
 
 __all__ = ["EXCLUDED_FIELDS", "RepeatedSeedsWarning", "RunAnalysis", "analyze_runs", "config_aliases",
            "config_label", "copy_statistics", "default_by", "plateau_scaling", "pooled_fields", "repeated_seeds",
@@ -174,8 +174,8 @@ class RunAnalysis:
       ``solved_by`` (which rule judged it, see the module),
       ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
       steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
-      ``n_copies`` (outputs equal to an earlier output, see the module; 0 where the run recorded no
-      ``fan_in``), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
+      ``n_copies`` (outputs equal to an earlier output, see the module; null where the run recorded no
+      ``fan_in``: a task that cannot have copies), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
       output / of one that is not a copy; null when none emerged), ``last_step`` (the last probe) and
       ``fresh_loss`` (the last loss on fresh ground truth, see :mod:`.fresh`: outside the pool for a run
       that trained on one, ``train.measure_ood.FreshEval``; a run of such a task trained without a pool:
@@ -193,7 +193,7 @@ class RunAnalysis:
       final loss (``sarle_bc``, ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds,
       ``gmm_delta_bic`` for fewer than 10), ``curve_linearity_mean`` and
       ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
-      ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
+      ``n_copy_known`` (seeds of a task that can have copies), ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
       last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
     * ``solved_curves``: per group and probe step, P(solved by step) ``p`` and its bootstrap band
       ``lo`` .. ``hi``;
@@ -451,6 +451,7 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                 persist: int, plateau_args: dict[str, Any]) -> pa.Table:
     c = curves.to_pydict()
     copies = copied_outputs(con)
+    copies_known = set(fan_in_by_seed(con))  # (run, seed) that recorded fan_in: a linear map's
     per_seed: dict[tuple[str, int], dict[str, Any]] = {}
     for k, target in enumerate(c["target"]):
         entry = per_seed.setdefault((c["run"][k], c["seed"][k]), {"pos": []})
@@ -516,7 +517,8 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
                      "plateau_ended": ended, "n_outputs": n_outputs, "n_emerged": n_emerged, "n_judged": len(judged),
                      "solved": solved_step is not None, "solved_step": solved_step, "solved_by": solved_by,
                      "curve_linearity": lin, "curve_breakthroughness": brk,
-                     "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos),
+                     "n_copies": sum((run, int(seed), int(c["target"][k][4:])) in copies for k in pos)
+                     if (run, int(seed)) in copies_known else None,
                      "first_step": min(first, default=None), "first_step_no_copies": min(first_own, default=None),
                      "last_step": last_step,
                      "fresh_loss": float(fresh_curve.values[-1]) if fresh_curve and fresh_curve.values.size else None,
@@ -537,12 +539,14 @@ def _seed_table(con: Any, loss: Curves, curves: pa.Table, optima: dict[str, Opti
 
 def copy_statistics(seeds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Of some rows of the seeds table (one config): ``n_copy_seeds`` (seeds with a copy),
+    ``n_copy_known`` (seeds of a task that records copies, the linear map's),
     ``first_step_no_copies_median`` (a seed none of whose other outputs emerged counts as its last probe)
     and ``first_step_no_copies_censored`` (at least half of them did not: the median is a lower bound)."""
     own = _nan_array([r["first_step_no_copies"] for r in seeds])
     censored = ~np.isfinite(own)
     own = np.where(censored, _nan_array([r["last_step"] for r in seeds]), own)
     return {"n_copy_seeds": sum(1 for r in seeds if r["n_copies"]),
+            "n_copy_known": sum(1 for r in seeds if r["n_copies"] is not None),
             "first_step_no_copies_median": _median(own),
             "first_step_no_copies_censored": bool(seeds) and 2 * int(censored.sum()) >= len(seeds)}
 

@@ -87,7 +87,7 @@ def format_groups(result: Any) -> str:
         n_copy = sum(g["n_copy_seeds"] for g in groups)
         lines.append(f"first non-copy = median step at which a seed's first output that is not a copy emerged; "
                      f"(kc): k seeds have a copy, an output equal to an earlier one ({n_copy} of "
-                     f"{sum(g['n_seeds'] for g in groups)} seeds in all), learned early whatever the sparsity, "
+                     f"{sum(g['n_copy_known'] for g in groups)} seeds of tasks that can have them), learned early whatever the sparsity, "
                      "so their plateau ends with the copy")
     if fresh:
         lines.append("fresh rules = median of the seeds' last loss on ground truth outside the pool (fresh_loss; "
