@@ -552,3 +552,18 @@ def test_a_run_without_head_metrics_is_forecast_by_the_baselines(tmp_path, capsy
                                                                "regression")} == {NO_HEADS}
     assert main(["forecast", str(run), "--at", "500"]) == 0
     assert NO_HEADS in capsys.readouterr().out
+
+
+def test_emerged_by_judges_from_the_runs_own_plateau_level():
+    """A curve cut at ``t`` put its first-probe window by the spacing of the probes up to ``t``: here only
+    steps 0-2 (at initialisation, 3 nats), so halfway lay above the plateau at ln 2 and the output read as
+    emerged by step 300, while the run judged it from its plateau (curve_emergence: the marginal, ln 2)
+    and saw it emerge at 600. Given the run's level, the cut curve agrees."""
+    from emergelab.analysis.forecast import emerged_by
+
+    steps = np.array([0, 1, 2, 3, 4, 5] + list(range(100, 1001, 100)), float)
+    loss = np.where(steps <= 5, 3.0, np.where(steps < 600, LN2, 0.0))
+    curves = OutputCurves(steps, loss, np.zeros((1, steps.size)), np.ones((1, steps.size)), ("0.0",))
+    assert emerged_by(curves, 300, 0.0)  # the cut curve's own level: 3 nats
+    assert not emerged_by(curves, 300, 0.0, initial=LN2)
+    assert not emerged_by(curves, 500, 0.0, initial=LN2) and emerged_by(curves, 700, 0.0, initial=LN2)

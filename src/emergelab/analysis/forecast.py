@@ -135,7 +135,8 @@ class OutputCurves:
 @dataclass(frozen=True)
 class Example:
     """An output of a seed with its truth: ``emerged``, ``step`` (emergence step; the last step when not
-    emerged), ``optimum`` (None: unknown), ``end`` (the run's last probe)."""
+    emerged), ``optimum`` (None: unknown), ``end`` (the run's last probe), ``initial`` (the plateau level
+    its emergence was judged from, ``curve_emergence``'s: None, the detector's own from the probes)."""
 
     run: str
     seed: int
@@ -145,6 +146,7 @@ class Example:
     step: float
     optimum: float | None
     end: float
+    initial: float | None = None
 
     @property
     def censored_step(self) -> float:
@@ -182,12 +184,14 @@ def on_plateau(curves: OutputCurves, fraction: float = 0.1) -> bool:
     return bool(curves.loss[-1] >= (1 - fraction) * initial)
 
 
-def emerged_by(curves: OutputCurves, t: float, optimum: float | None) -> bool:
-    """Whether the output has emerged by ``t`` by the run's own definition, from the probes up to ``t``."""
+def emerged_by(curves: OutputCurves, t: float, optimum: float | None, initial: float | None = None) -> bool:
+    """Whether the output has emerged by ``t`` by the run's own definition, from the probes up to ``t``;
+    ``initial``: the plateau level the run judged it from (None: the median of the first probes up to ``t``,
+    whose window depends on their spacing, so a curve cut at ``t`` could be judged from another level)."""
     c = curves.upto(t)
     if c.steps.size < 2:
         return False
-    return detect_emergence(c.steps, c.loss, optimum=optimum).emerged
+    return detect_emergence(c.steps, c.loss, optimum=optimum, initial=initial).emerged
 
 
 # ---------------------------------------------------------------------------------------------- baseline
@@ -648,7 +652,7 @@ def load_examples(con: Any, *, solved_tol: float = 0.05) -> list[Example]:
         if curves is None:  # no ground-truth keys (a cellular automaton's first state), or no head curve
             continue
         out.append(Example(run, seed, i, curves, bool(row["emerged"]),
-                           float(row["step"]), row["optimum"], float(steps[-1])))
+                           float(row["step"]), row["optimum"], float(steps[-1]), row["initial"]))
     return out
 
 
@@ -793,7 +797,8 @@ def _median(x: np.ndarray) -> float | None:
 def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forecasters,
                  examples: Sequence[Example] | None = None) -> pa.Table:
     """Forecasts at step ``at`` (default: each run's last probe; a run that ended before ``at``: its last
-    probe) of every output not yet emerged by then (judged from the probes up to ``at``), by forecasters
+    probe) of every output not yet emerged by then (judged from the probes up to ``at``, against the plateau
+    level the run's own emergence step was judged from), by forecasters
     fitted on the other fold of seeds. An ``at`` after every run's end is a ConfigError.
 
     Returns one row per (run, seed, output, forecaster): ``t`` (the last probe used), ``step``, ``lo``,
@@ -822,7 +827,7 @@ def forecast_run(con: Any, at: float | None = None, *, make: Any = default_forec
             for e in sorted(test, key=lambda e: (e.seed, e.output)):
                 t = e.end if at is None else min(float(at), e.end)
                 c = e.curves.upto(t)
-                if c.steps.size < MIN_PROBES or emerged_by(e.curves, t, e.optimum):
+                if c.steps.size < MIN_PROBES or emerged_by(e.curves, t, e.optimum, e.initial):
                     continue
                 for fc in fitted:
                     p = fc.predict(e.curves, t, e.output)
