@@ -539,7 +539,7 @@ def test_a_drop_to_the_marginal_is_not_emergence(tmp_path):
             curves = [settle(t) if t < 800 else 0.02, settle(t), ln2 if t < 600 else 0.0]
             rows += [(int(t), seed, "loss", "", float(np.mean(curves)))]
             rows += [(int(t), seed, "loss_pos", str(i), float(v)) for i, v in enumerate(curves)]
-    rows += [(0, 0, "marginal_loss", str(i), ln2) for i in range(3)]
+    rows += [(0, 0, "marginal_loss", str(i), ln2) for i in range(3)] + [(0, 0, "marginal_loss", "", ln2)]
     run = fake_run(tmp_path / "r", rows, optima=(ln2 / 3, [0.0, ln2, 0.0]))
     emergence, _ = curve_emergence(connect(run))
     got = {(r["seed"], r["target"]): r for r in emergence.to_pylist()}
@@ -550,6 +550,9 @@ def test_a_drop_to_the_marginal_is_not_emergence(tmp_path):
     assert got[1, "pos:1"]["judged"] and got[1, "pos:1"]["step"] == 50
     for seed in (0, 1):
         assert got[seed, "pos:2"]["step"] == 600 and got[seed, "pos:2"]["initial"] == pytest.approx(ln2)
+    # the aggregate loss, too, falls to its marginal (ln 2, recorded as index "") by step 75: judged from it
+    assert got[0, "loss"]["initial"] == pytest.approx(ln2) and got[0, "loss"]["step"] >= 600
+    assert got[1, "loss"]["initial"] > 1.4 and got[1, "loss"]["step"] <= 75  # no marginal: as before
 
 
 def test_learned_before_probes_rule():

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import emergelab.tasks.marginal as marginal
-from emergelab.tasks import (MARGINAL_SEQUENCES, TASKS, CellularAutomataConfig, LinearMapConfig, make_generator,
+from emergelab.tasks import (MARGINAL_SEQUENCES, TASKS, CellularAutomataConfig, LinearMapConfig,
+                             aggregate_marginal_loss, aggregate_marginal_loss_reference, make_generator,
                              marginal_sequences, marginal_tokens, output_marginal_losses,
                              output_marginal_losses_reference, seed_task)
 
@@ -46,6 +47,32 @@ def test_counting_matches_python_counters(name, dense, monkeypatch):
     slow = output_marginal_losses_reference(task, tokens)
     assert fast.shape == (task.n_outputs,) and fast.dtype == torch.float64
     assert np.allclose(fast.numpy(), slow, rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("dense", [True, False])
+def test_aggregate_counting_matches_python_counters(name, dense, monkeypatch):
+    """The aggregate loss's marginal (per ``loss_mask`` position, then their mean), both ways of counting,
+    against a Python ``Counter`` per position, on every task."""
+    if not dense:
+        monkeypatch.setattr(marginal, "DENSE_CELLS", 0)
+    task = built(name)
+    tokens = marginal_tokens(task, 0, 0, 300)
+    assert aggregate_marginal_loss(task, tokens) == pytest.approx(aggregate_marginal_loss_reference(task, tokens),
+                                                                  abs=1e-12)
+
+
+def test_aggregate_closed_form_and_bound():
+    """The linear map's loss positions are its S - 1 free bits of x1 and its S output bits, each a uniform
+    bit: ln 2. On every task the aggregate marginal is never below the aggregate optimum (up to the plug-in
+    bias): a predictor from the position alone is one of those the optimum beats."""
+    task = LinearMapConfig(state_size=8, sparsity=3).build(make_generator(1))
+    got = aggregate_marginal_loss(task, marginal_tokens(task, 0, 1, MARGINAL_SEQUENCES))
+    assert got == pytest.approx(math.log(2), abs=1e-3)
+    for name in SMALL:
+        task = built(name)
+        got, optimum = aggregate_marginal_loss(task, marginal_tokens(task, 0, 0, MARGINAL_SEQUENCES)), task.optimal_loss()
+        assert optimum is None or got >= optimum - 0.01, (name, got, optimum)
 
 
 def test_closed_forms():
@@ -105,11 +132,12 @@ def test_a_run_records_it_once_per_seed(tmp_path):
                   "attention_snapshots": 0}}).resolved()
     rows = train(config, tmp_path / "r", progress=False).metrics().to_pylist()
     recorded = [r for r in rows if r["metric"] == "marginal_loss"]
-    assert {r["step"] for r in recorded} == {0} and len(recorded) == 2 * 4
+    assert {r["step"] for r in recorded} == {0} and len(recorded) == 2 * (1 + 4)
     for seed in (0, 1):
         task = seed_task(config.task, config.train.seed, seed)
         sample = marginal_tokens(task, config.train.seed, seed, marginal_sequences(task.seq_len))
-        want = output_marginal_losses(task, sample)
+        want = [aggregate_marginal_loss(task, sample)] + output_marginal_losses(task, sample).tolist()
         got = [r["value"] for r in recorded if r["seed"] == seed]
-        assert got == want.tolist()
+        assert [r["index"] for r in recorded if r["seed"] == seed] == ["", "0", "1", "2", "3"]
+        assert got == want
     assert pq.read_table(tmp_path / "r" / "metrics.parquet").num_rows == len(rows)

@@ -91,11 +91,13 @@ _JUMP_SCHEMA = pa.schema([
 NOTHING_TO_LEARN = 0.05  # nats: an output whose recorded optimum is this close to its initial level
 
 
-def marginal_by_seed(con: Any) -> dict[tuple[str, int], dict[int, float]]:
+def marginal_by_seed(con: Any) -> dict[tuple[str, int], dict[int | None, float]]:
     """The step-0 ``marginal_loss`` metric (``tasks.marginal``: each output's best loss from its position
-    alone) of every run and seed in the store ``con``: ``(run, seed)`` -> output -> nats. Runs made before
-    emergelab recorded it (2026-11-27) have none."""
-    return {key: {int(i): v for i, v in values.items()} for key, values in step0_by_seed(con, "marginal_loss").items()}
+    alone) of every run and seed in the store ``con``: ``(run, seed)`` -> output (None: the aggregate
+    ``loss``) -> nats. Runs made before emergelab recorded it (2026-11-27; the aggregate's 2026-11-28) have
+    none."""
+    return {key: {int(i) if i else None: v for i, v in values.items()}
+            for key, values in step0_by_seed(con, "marginal_loss").items()}
 
 
 def learned_before_probes(first: float, optimum: float, marginal: float | None,
@@ -171,8 +173,11 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
                        persist=persist, initial_window=1 if run in pretrained else 3)
         e = detect_emergence(steps, values, **options)
         judged = target == "loss" or optimum is None or e.initial - optimum > nothing_to_learn
-        if target == "loss" or optimum is None or marginal is None:
+        if optimum is None or marginal is None:
             pass
+        elif target == "loss":  # always judged; its plateau, too, is at most its marginal
+            if e.initial - marginal > nothing_to_learn:
+                e = detect_emergence(steps, values, initial=marginal, **options)
         elif marginal - optimum <= nothing_to_learn:  # its position alone gives its optimum
             judged = False
         elif not judged:  # at its optimum from the first probes: learned before them
@@ -188,11 +193,12 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
             jump_rows.append((run, seed, target, float(j.start_step), float(j.end_step), j.step, j.drop,
                               j.sharpness_steps, j.plateau_before_steps, j.before, j.after))
 
+    marginals = marginal_by_seed(con)
     for run, seed, _, steps, values in loss:
         opt = optima.get(run)
         k = max(1, n_outputs.get((run, seed), 1))
-        one(run, seed, "loss", steps, values, opt.aggregate if opt else None, min(1.0, jump_fraction / k))
-    marginals = marginal_by_seed(con)
+        one(run, seed, "loss", steps, values, opt.aggregate if opt else None, min(1.0, jump_fraction / k),
+            marginals.get((run, int(seed)), {}).get(None))
     for run, seed, index, steps, values in loss_pos:
         opt = optima.get(run)
         i = int(index)

@@ -4,7 +4,8 @@ language models (``tasks/repetition.py``: in-context repetition in a Zipfian cor
 * Steps to emergence against model size, one point per seed (a seed is solved when its loss comes within
   the analysis' tolerance of the task's optimum; unsolved seeds are marked at the top, "not by the end").
 * One seed's correct-token probability on the repeat (the geometric mean over the repeat's outputs,
-  ``exp(-mean loss_pos)``) against step, with its point of emergence.
+  ``exp(-mean loss_pos)``) against step, with the step its aggregate loss is halfway to its optimum and
+  the step it is solved (its last repeat position halfway).
 * Patching that seed's attention patterns, head by head, from its last checkpoint into the last checkpoint
   before its point of emergence (``interventions.patch_checkpoints``): the layer x head table, the top
   heads and their joint effect (the greedy set).
@@ -64,8 +65,11 @@ def emergence_figure(result: Any, loss_pos: Any, chosen: dict[str, Any] | None, 
         steps = curves[0][0][:length]
         prob = np.exp(-np.mean([v[:length] for _, v in curves], axis=0))
         right.plot(steps, prob, color="tab:blue")
+        if chosen.get("emergence_step") is not None and chosen.get("emerged"):
+            right.axvline(chosen["emergence_step"], color="tab:orange", ls=":", lw=1.2,
+                          label=f"its loss halfway to the optimum (step {chosen['emergence_step']:.0f})")
         right.axvline(chosen["solved_step"], color="tab:red", ls="--", lw=1,
-                      label=f"emergence (step {chosen['solved_step']:.0f})")
+                      label=f"solved: every repeat position halfway (step {chosen['solved_step']:.0f})")
         right.legend(fontsize=8)
         right.set(title=f"One seed (d={size[chosen['run']]}, seed {chosen['seed']})")
     else:

@@ -34,7 +34,7 @@ Metrics written by the training probe (held-out batch, no grad):
   tokens it is a function of, earlier outputs included (``LinearMapTask.output_fan_in``; 1 below the
   task's own: a copy of an earlier output, ``analysis.summary.copy_outputs``).
 * ``marginal_loss`` (step 0 only, every task): per output (``"i"``), its best mean loss from the position
-  alone, the plug-in entropy of its targets on 4096 sequences of the seed's own (fewer past 256 tokens a
+  alone (``""``: the aggregate ``loss``'s, over its ``loss_mask`` positions; recorded since 2026-11-28), the plug-in entropy of its targets on 4096 sequences of the seed's own (fewer past 256 tokens a
   sequence: ``tasks.marginal.marginal_sequences``; NaN
   for an output none of them has). ``analysis.emergence`` reads it to tell an output with nothing to learn
   from one learned before the second probe.

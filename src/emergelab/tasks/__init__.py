@@ -8,8 +8,8 @@ from .base import (Batch, LengthTask, MapView, PoolTask, RuleTask, Task, TaskCon
                    supports_sample_masks, supports_sample_outputs, task_info)
 from .cellular_automata import CellularAutomataBatch, CellularAutomataConfig, CellularAutomataTask
 from .count import CountConfig, CountTask
-from .marginal import (MARGINAL_SEQUENCES, marginal_sequences, output_marginal_losses,
-                       output_marginal_losses_reference)
+from .marginal import (MARGINAL_SEQUENCES, aggregate_marginal_loss, aggregate_marginal_loss_reference,
+                       marginal_sequences, output_marginal_losses, output_marginal_losses_reference)
 from .linear_map import LinearMapConfig, LinearMapTask, draw_sparse_matrix, shortcut_fan_in
 from .question_formation import QuestionFormationConfig, QuestionFormationTask
 from .repetition import RepetitionBatch, RepetitionConfig, RepetitionTask
@@ -57,5 +57,5 @@ __all__ = [
     "ReverseAdditionConfig", "ReverseAdditionTask", "RuleTask", "supports_rules", "generalization_tokens",
     "QuestionFormationConfig", "QuestionFormationTask", "RepetitionBatch", "RepetitionConfig", "RepetitionTask",
     "PoolTask", "supports_fresh", "fresh_tokens",
-    "MARGINAL_SEQUENCES", "marginal_sequences", "marginal_tokens", "output_marginal_losses", "output_marginal_losses_reference",
+    "MARGINAL_SEQUENCES", "aggregate_marginal_loss", "aggregate_marginal_loss_reference", "marginal_sequences", "marginal_tokens", "output_marginal_losses", "output_marginal_losses_reference",
 ]

@@ -11,10 +11,12 @@ the marginal.
 
 Estimated from ``n`` sampled sequences; the plug-in entropy lies below the true one by about
 ``(K - 1) / (2 N)`` for ``K`` tokens seen at a position ``N`` times (0.002 nats for ``K = 17`` at
-``N = 4096``). Training records it once per seed as the step-0 metric ``marginal_loss`` (``train.group``),
+``N = 4096``). The aggregate ``loss`` has one too (:func:`aggregate_marginal_loss`, over its
+``loss_mask`` positions). Training records them once per seed as the step-0 metric ``marginal_loss``
+(index ``"i"`` per output, ``""`` the aggregate; ``train.group``),
 from :func:`marginal_sequences` sequences of its own (:func:`~emergelab.tasks.seeding.marginal_tokens`):
-``analysis.emergence`` reads it to tell an output with nothing to learn from one learned before a run's
-first probes could show its plateau.
+``analysis.emergence`` reads them: a curve's plateau is at most its marginal (first probes above it were
+still learning token frequencies), and an output whose marginal is its optimum has nothing to learn.
 """
 
 from __future__ import annotations
@@ -78,6 +80,40 @@ def output_marginal_losses(task: Task, tokens: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(n_out, dtype=torch.float64).index_add_(0, output, surprisal)
     pairs = torch.zeros(n_out, dtype=torch.float64).index_add_(0, output, c)
     return torch.where(pairs > 0, total / pairs.clamp(min=1.0), torch.nan)
+
+
+def aggregate_marginal_loss(task: Task, tokens: torch.Tensor) -> float:
+    """The marginal loss of the aggregate ``loss`` (``train.measure.OutputScores``: each ``loss_mask``
+    position's mean over the sequences, then the mean over those positions), measured on ``tokens``
+    ``[n, L]``: the mean over the ``loss_mask`` positions of the plug-in entropy of the target there. The
+    per-output frequencies of :func:`output_marginal_losses` are per position here, as the loss is."""
+    targets = tokens.cpu()[:, 1:].to(torch.int64)  # [n, P]
+    n, positions, vocab = targets.shape[0], targets.shape[1], task.vocab_size
+    cell = (torch.arange(positions).unsqueeze(0) * vocab + targets).flatten()
+    if positions * vocab <= DENSE_CELLS:
+        count = torch.bincount(cell, minlength=positions * vocab)
+        cells = count.nonzero().squeeze(1)
+        count = count[cells]
+    else:
+        cells, count = torch.unique(cell, return_counts=True)
+    c = count.to(torch.float64)
+    entropy = torch.zeros(positions, dtype=torch.float64).index_add_(0, cells // vocab, -c / n * torch.log(c / n))
+    mask = task.loss_mask.cpu().to(torch.bool)
+    return float(entropy[mask].mean()) if n and mask.any() else math.nan
+
+
+def aggregate_marginal_loss_reference(task: Task, tokens: torch.Tensor) -> float:
+    """The slow reference of :func:`aggregate_marginal_loss`: per masked position, the mean of
+    ``-ln(count / n)`` over the sequences by Python counters, averaged over the positions."""
+    targets = tokens[:, 1:].tolist()
+    mask = task.loss_mask.tolist()
+    per_position = []
+    for p, keep in enumerate(mask):
+        if keep:
+            column = [row[p] for row in targets]
+            seen = Counter(column)
+            per_position.append(sum(-math.log(seen[t] / len(column)) for t in column) / len(column))
+    return sum(per_position) / len(per_position) if per_position and targets else math.nan
 
 
 def output_marginal_losses_reference(task: Task, tokens: torch.Tensor) -> list[float]:

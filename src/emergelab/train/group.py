@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
-from ..tasks import (held_out_tokens, make_generator, marginal_sequences, marginal_tokens, output_marginal_losses,
-                     seed_streams, supports_fresh, supports_lengths, supports_rules, supports_sample_masks,
+from ..tasks import (aggregate_marginal_loss, held_out_tokens, make_generator, marginal_sequences, marginal_tokens,
+                     output_marginal_losses, seed_streams, supports_fresh, supports_lengths, supports_rules, supports_sample_masks,
                      supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
@@ -255,10 +255,13 @@ class SeedGroup:
             m.add(step, seeds, "fan_in", [str(i) for i in range(fan_in.shape[1])], fan_in)
         if step == 0:  # each output's loss from its position alone, once per seed (tasks.marginal)
             n = marginal_sequences(self.tasks[0].seq_len)
-            marginal = np.stack([output_marginal_losses(task, marginal_tokens(
-                task, self.config.train.seed, i, n, self.device)).numpy()
-                for task, i in zip(self.tasks, self.seeds)])  # [E, O]
-            m.add(step, seeds, "marginal_loss", [str(i) for i in range(marginal.shape[1])], marginal)
+            rows = []
+            for task, i in zip(self.tasks, self.seeds):  # the aggregate's ("") and each output's
+                tokens = marginal_tokens(task, self.config.train.seed, i, n, self.device)
+                rows.append(np.concatenate([[aggregate_marginal_loss(task, tokens)],
+                                            output_marginal_losses(task, tokens).numpy()]))
+            marginal = np.stack(rows)  # [E, 1 + O]
+            m.add(step, seeds, "marginal_loss", [""] + [str(i) for i in range(marginal.shape[1] - 1)], marginal)
         if self.on_record is not None:
             self.on_record(m.rows_since(first))
         if self.run is not None and step in self._snapshot_at and "attention" in snapshots:
