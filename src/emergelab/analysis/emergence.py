@@ -149,7 +149,8 @@ def curve_emergence(con: Any, *, fraction: float = 0.5, plateau_fraction: float 
     ``fraction``, ``plateau_fraction``, ``smooth``, ``persist`` are passed to ``detect_emergence``.
     In a run that pre-trains on another stream (``train.pretrain``), the task's loss is on no plateau
     while the model pre-trains (it rises, the model learning the other stream's statistics), so the
-    initial level is the loss at initialisation alone (``initial_window=1``: the probe at step 0).
+    initial level is the loss at initialisation alone (``initial_window=1``: the probe at step 0; at most the
+    marginal, as everywhere).
     """
     optima = _optima_by_run if _optima_by_run is not None else run_optima(con)
     pretrained = pretrained_runs(con)
