@@ -267,7 +267,9 @@ def mixers_figure(result: Any, loss: Any, params: dict[str, int], out: Path) -> 
         ax.set(xlabel="step", ylabel="loss (nats)", title=_panel_title(panel))
         ax.title.set_fontsize(10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        lo, hi = ax.get_ylim()  # headroom above the curves for the legend (it covered the early drops)
+        ax.set_ylim(lo, hi + 0.45 * (hi - lo))
+        ax.legend(fontsize=6, ncol=2, loc="upper right")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.suptitle("Loss vs step at a matched parameter count (bold: mean over seeds; legend: parameters)",
