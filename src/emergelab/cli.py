@@ -1367,7 +1367,8 @@ COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "l
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, ``kill``), raised in the main thread by the console command so that a run stops
-    as it does on Ctrl-C: workers stopped, files closed, one line. Workers keep the default action."""
+    as it does on Ctrl-C: workers stopped, files closed, one line. Workers have their own handler
+    (``train.execute.WorkerStopped``)."""
 
 
 RESUMABLE = ("run", "sweep", "reproduce", "lm")  # commands whose work a re-run continues

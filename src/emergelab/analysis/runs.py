@@ -175,8 +175,8 @@ class RunAnalysis:
       ``curve_linearity`` and ``curve_breakthroughness`` of the ``target_prob`` curve over training
       steps (BIG-bench's metrics are defined across model scales; over one curve they are an adaptation),
       ``n_copies`` (outputs equal to an earlier output, see the module; null where the run recorded no
-      ``fan_in``: a task that cannot have copies), ``first_step`` / ``first_step_no_copies`` (the earliest emergence step of a judged
-      output / of one that is not a copy; null when none emerged), ``last_step`` (the last probe) and
+      ``fan_in``: a task that cannot have copies), ``first_step`` / ``first_step_no_copies`` (the earliest
+      emergence step of a judged output / of one that is not a copy; null when none emerged), ``last_step`` (the last probe) and
       ``fresh_loss`` (the last loss on fresh ground truth, see :mod:`.fresh`: outside the pool for a run
       that trained on one, ``train.measure_ood.FreshEval``; a run of such a task trained without a pool:
       its own last loss; else null), ``fresh_plateau_steps`` and ``fresh_plateau_ended`` (that loss's
@@ -193,8 +193,8 @@ class RunAnalysis:
       final loss (``sarle_bc``, ``gmm_delta_bic``, ``dip``, ``dip_pvalue``; null for fewer than 4 seeds,
       ``gmm_delta_bic`` for fewer than 10), ``curve_linearity_mean`` and
       ``curve_breakthroughness_mean`` (finite values only), ``n_copy_seeds`` (seeds with at least one copy),
-      ``n_copy_known`` (seeds of a task that can have copies), ``first_step_no_copies_median`` (all seeds; a seed none of whose other outputs emerged counts as its
-      last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
+      ``n_copy_known`` (seeds of a task that can have copies), ``first_step_no_copies_median`` (all seeds;
+      a seed none of whose other outputs emerged counts as its last probe step) and ``first_step_no_copies_censored`` (True when at least half of them did not);
     * ``solved_curves``: per group and probe step, P(solved by step) ``p`` and its bootstrap band
       ``lo`` .. ``hi``;
     * ``fresh_curves``: per group with a fresh curve and probe step, the loss on fresh ground truth over

@@ -50,6 +50,16 @@ def pair_outputs(task: Task, tokens: torch.Tensor) -> torch.Tensor:
     return index.expand(tokens.shape[0], index.numel())
 
 
+def _seen_cells(cell: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct values of ``cell`` (int64 keys in ``[0, size)``), ascending, and how often each occurs:
+    one counting pass where there are at most ``DENSE_CELLS`` possible keys, else by sorting them."""
+    if size <= DENSE_CELLS:
+        count = torch.bincount(cell, minlength=size)
+        cells = count.nonzero().squeeze(1)
+        return cells, count[cells]
+    return torch.unique(cell, return_counts=True)
+
+
 def output_marginal_losses(task: Task, tokens: torch.Tensor) -> torch.Tensor:
     """``[O]`` float64 on the CPU: each output's marginal loss (module doc) measured on ``tokens``
     ``[n, L]``; NaN for an output no pair of ``tokens`` has. The frequencies are per (position, output): a
@@ -64,13 +74,7 @@ def output_marginal_losses(task: Task, tokens: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(targets.shape[1], device=tokens.device).expand_as(targets)
     group = (positions * n_out + outputs)[counted]  # (position, output) of each pair that counts
     cell = group * vocab + targets[counted]
-    size = targets.shape[1] * n_out * vocab
-    if size <= DENSE_CELLS:  # a count per possible cell: one pass, no sort
-        count = torch.bincount(cell, minlength=size)
-        cells = count.nonzero().squeeze(1)
-        count = count[cells]
-    else:
-        cells, count = torch.unique(cell, return_counts=True)
+    cells, count = _seen_cells(cell, targets.shape[1] * n_out * vocab)
     groups = cells // vocab  # each seen cell's (position, output)
     _, inverse = torch.unique(groups, return_inverse=True)
     c = count.to(torch.float64)
@@ -89,13 +93,7 @@ def aggregate_marginal_loss(task: Task, tokens: torch.Tensor) -> float:
     per-output frequencies of :func:`output_marginal_losses` are per position here, as the loss is."""
     targets = tokens.cpu()[:, 1:].to(torch.int64)  # [n, P]
     n, positions, vocab = targets.shape[0], targets.shape[1], task.vocab_size
-    cell = (torch.arange(positions).unsqueeze(0) * vocab + targets).flatten()
-    if positions * vocab <= DENSE_CELLS:
-        count = torch.bincount(cell, minlength=positions * vocab)
-        cells = count.nonzero().squeeze(1)
-        count = count[cells]
-    else:
-        cells, count = torch.unique(cell, return_counts=True)
+    cells, count = _seen_cells((torch.arange(positions).unsqueeze(0) * vocab + targets).flatten(), positions * vocab)
     c = count.to(torch.float64)
     entropy = torch.zeros(positions, dtype=torch.float64).index_add_(0, cells // vocab, -c / n * torch.log(c / n))
     mask = task.loss_mask.cpu().to(torch.bool)

@@ -23,8 +23,8 @@ from ..models.base import mask_positions, select_positions
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
 from ..tasks import (aggregate_marginal_loss, held_out_tokens, make_generator, marginal_sequences, marginal_tokens,
-                     output_marginal_losses, seed_streams, supports_fresh, supports_lengths, supports_rules, supports_sample_masks,
-                     supports_sample_outputs)
+                     output_marginal_losses, seed_streams, supports_fresh, supports_lengths, supports_rules,
+                     supports_sample_masks, supports_sample_outputs)
 from ..tasks.pretraining import pretraining_stream
 from .bias import bias_schedule
 from .config import ExperimentConfig
