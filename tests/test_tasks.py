@@ -21,6 +21,7 @@ from emergelab.config import ConfigError
 from emergelab.tasks import (
     Batch,
     CellularAutomataConfig,
+    TASKS,
     LinearMapConfig,
     draw_sparse_matrix,
     make_generator,
@@ -721,3 +722,26 @@ def test_generation_on_generator_device(device):
         for seq, table in zip(as_lists(batch.tokens), as_lists(batch.rules)):
             for t in range(2):
                 assert seq[(t + 1) * 5:(t + 2) * 5] == ref_ca_step(seq[t * 5:(t + 1) * 5], table, 3, 3, "zero")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_sampler_refuses_a_seed_or_a_bad_count_in_one_line(name):
+    """An int where the generator goes (``task.sample(2, 5)``) or a negative count is refused at the
+    sampler with its name, not as an AttributeError from inside torch."""
+    config = TASKS[name]()
+    with pytest.raises(TypeError, match=rf"{type(config).__name__}\.build: generator must be a torch\.Generator"):
+        config.build(5)
+    task = config.build(make_generator(0))
+    samplers = [m for m in ("sample", "sample_fresh", "sample_generalization") if hasattr(task, m)]
+    for method in samplers:
+        with pytest.raises(TypeError, match=rf"{type(task).__name__}\.{method}: generator must be a torch\.Generator"
+                                            r" \(e\.g\. torch\.Generator\(\)\.manual_seed\(5\)\), not int"):
+            getattr(task, method)(2, 5)
+        with pytest.raises(ValueError, match=rf"{method}: n must be a non-negative integer, got -1"):
+            getattr(task, method)(-1, make_generator(0))
+        with pytest.raises(TypeError, match=rf"{method}: n must be an integer, not float"):
+            getattr(task, method)(2.5, make_generator(0))
+        assert getattr(task, method)(3, make_generator(0)).tokens.shape[0] == 3
+    if hasattr(task, "sample_length"):
+        with pytest.raises(TypeError, match=r"sample_length: generator must be"):
+            task.sample_length(2, 1, 5)

@@ -28,12 +28,28 @@ there instead of rebuilding tasks.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ..config import coerce, require
+
+
+def check_draw(where: str, generator: object, n: object = 0) -> None:
+    """Refuse, in one line, what a task's sampler or ``build`` would otherwise fail on deep inside torch:
+    a ``generator`` that is not a :class:`torch.Generator` (an int seed is the usual slip: draw with
+    ``torch.Generator().manual_seed(5)``) or a count ``n`` that is not a non-negative integer."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator (e.g. torch.Generator().manual_seed(5)), "
+                        f"not {type(generator).__name__}")
+    try:
+        count = operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{where}: n must be an integer, not {type(n).__name__}") from None
+    if count < 0 or isinstance(n, bool):
+        raise ValueError(f"{where}: n must be a non-negative integer, got {n!r}")
 
 
 @dataclass(frozen=True)

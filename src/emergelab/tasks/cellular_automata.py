@@ -20,7 +20,7 @@ import torch
 
 from ..config import require, require_choice, require_float, require_int
 from .automaton import Floor, evolve, fresh_rule_floor, mixture_floor, pool_floor, window_offsets
-from .base import Batch, MapView
+from .base import Batch, MapView, check_draw
 
 BOUNDARIES = ("periodic", "zero")
 
@@ -66,6 +66,7 @@ class CellularAutomataConfig:
         return replace(self, rules=1) if self.rules else self
 
     def build(self, generator: torch.Generator) -> "CellularAutomataTask":
+        check_draw("CellularAutomataConfig.build", generator)
         pool = None
         if self.rules:
             pool = torch.randint(0, self.alphabet, (self.rules, self.alphabet ** self.window),
@@ -126,11 +127,13 @@ class CellularAutomataTask:
     def sample(self, n: int, generator: torch.Generator) -> CellularAutomataBatch:
         """``n`` trajectories ``[n, S*T]``, each from its own rule table (``Batch.rules``: ``[n, k**W]``;
         ``rule_ids``: its index in the pool, -1 for a fresh table of a mixture, ``task.pool_fraction``)."""
+        check_draw("CellularAutomataTask.sample", generator, n)
         return self._sample(n, generator, self.pool, self.config.pool_fraction)
 
     def sample_fresh(self, n: int, generator: torch.Generator) -> CellularAutomataBatch:
         """``n`` trajectories as :meth:`sample` draws them, each from a fresh table rather than the pool
         (``rule_ids`` None): what in-context inference must handle and memorising the pool cannot."""
+        check_draw("CellularAutomataTask.sample_fresh", generator, n)
         return self._sample(n, generator, None, 1.0)
 
     def _sample(self, n: int, generator: torch.Generator, pool: torch.Tensor | None,

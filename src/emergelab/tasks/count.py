@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_int
-from .base import Batch, MapView, PaddedAnswers, int_tuple
+from .base import Batch, MapView, PaddedAnswers, check_draw, int_tuple
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class CountConfig:
         return self.max_number + 3, self.max_length + 3
 
     def build(self, generator: torch.Generator) -> "CountTask":
+        check_draw("CountConfig.build", generator)
         return CountTask(self, generator.device)
 
 
@@ -108,12 +109,14 @@ class CountTask(PaddedAnswers):
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         """``n`` training sequences ``[n, M+3]``: length uniform in ``1..train_max_length``."""
+        check_draw("CountTask.sample", generator, n)
         length = torch.randint(1, self.config.train_max_length + 1, (n,), generator=generator,
                                device=generator.device)
         return Batch(tokens=self._tokens(self._starts(length, generator), length))
 
     def sample_length(self, n: int, length: int, generator: torch.Generator) -> Batch:
         """``n`` sequences that emit exactly ``length`` numbers."""
+        check_draw("CountTask.sample_length", generator, n)
         require_int("length", length, 1, self.max_length)
         lengths = torch.full((n,), int(length), dtype=torch.int64, device=generator.device)
         return Batch(tokens=self._tokens(self._starts(lengths, generator), lengths))

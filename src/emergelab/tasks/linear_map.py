@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require, require_choice, require_int
-from .base import Batch, MapView
+from .base import Batch, MapView, check_draw
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class LinearMapConfig:
         return 2, 2 * self.state_size
 
     def build(self, generator: torch.Generator) -> "LinearMapTask":
+        check_draw("LinearMapConfig.build", generator)
         return LinearMapTask(self, draw_sparse_matrix(self.state_size, self.sparsity, generator,
                                                       distinct=self.rows == "distinct"))
 
@@ -146,6 +147,7 @@ class LinearMapTask:
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         """``n`` sequences ``[n, 2S]``: x0 uniform, x1 = A x0 mod 2."""
+        check_draw("LinearMapTask.sample", generator, n)
         x0 = torch.randint(0, 2, (n, self.state_size), generator=generator, device=generator.device)
         # Float matmul is exact here (sums of at most S ones) and, unlike int64, runs on CUDA.
         x1 = (x0.to(torch.float32) @ self.matrix.T.to(torch.float32)).to(torch.int64) % 2

@@ -64,7 +64,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_float
-from .base import Batch, MapView, PaddedAnswers
+from .base import Batch, MapView, PaddedAnswers, check_draw
 
 SPECIALS = ("<pad>", "<decl>", "<quest>", ".", "?")
 PAD, DECL, QUEST, DOT, QMARK = range(5)
@@ -129,6 +129,7 @@ class QuestionFormationConfig:
         return len(WORDS), 2 * MAX_WORDS + 1
 
     def build(self, generator: torch.Generator) -> "QuestionFormationTask":
+        check_draw("QuestionFormationConfig.build", generator)
         return QuestionFormationTask(self, generator.device)
 
 
@@ -246,6 +247,7 @@ class QuestionFormationTask(PaddedAnswers):
         """``n`` training sequences ``[n, 2W+1]``: a question (subject without a relative clause) with
         probability ``quest_fraction``, else a declarative copied (any subject). All from one ``[n, K]``
         block of uniforms, so the first ``m`` of ``n`` sequences are the ``m`` sequences of a smaller draw."""
+        check_draw("QuestionFormationTask.sample", generator, n)
         k = 6 + self.width
         u = _uniforms(n, 1 + 2 * k, generator)
         quest = u[:, 0] < self.config.quest_fraction
@@ -257,6 +259,7 @@ class QuestionFormationTask(PaddedAnswers):
     def sample_generalization(self, n: int, generator: torch.Generator) -> Batch:
         """``n`` generalization sequences: questions about sentences with a relative clause on the subject,
         the two auxiliaries different words; target output: the hierarchical question."""
+        check_draw("QuestionFormationTask.sample_generalization", generator, n)
         words = self._sentences(_uniforms(n, 6 + self.width, generator), SUBJECT_RC)
         first, main = self.auxiliary_positions(words)
         same = words.gather(1, first[:, None]) == words.gather(1, main[:, None])  # [n, 1]

@@ -39,7 +39,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require, require_float, require_int
-from .base import Batch, MapView
+from .base import Batch, MapView, check_draw
 
 OPTIMA_SAMPLES = 8192  # sequences of the Monte Carlo optima (standard error ~0.005 nats at the defaults)
 OPTIMA_SEED = 20240917
@@ -70,6 +70,7 @@ class RepetitionConfig:
         return self.vocab, self.seq_len
 
     def build(self, generator: torch.Generator) -> "RepetitionTask":
+        check_draw("RepetitionConfig.build", generator)
         return RepetitionTask(self, generator)
 
 
@@ -112,6 +113,7 @@ class RepetitionTask:
         return torch.searchsorted(self._cdf.to(u.device), u, right=True).clamp(max=self.vocab_size - 1)
 
     def sample(self, n: int, generator: torch.Generator) -> "RepetitionBatch":
+        check_draw("RepetitionTask.sample", generator, n)
         L, R = self.seq_len, self.span
         tokens = self.background(n, generator)
         src = torch.randint(0, L - 2 * R + 1, (n,), generator=generator, device=generator.device)

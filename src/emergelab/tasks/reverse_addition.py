@@ -38,7 +38,7 @@ from typing import ClassVar
 import torch
 
 from ..config import require_choice, require_int
-from .base import Batch, MapView, PaddedAnswers, int_tuple
+from .base import Batch, MapView, PaddedAnswers, check_draw, int_tuple
 
 
 HINTS = ("fixed", "random-offset")
@@ -71,6 +71,7 @@ class ReverseAdditionConfig:
         return self.max_digits + 14, 6 * self.max_digits + 4
 
     def build(self, generator: torch.Generator) -> "ReverseAdditionTask":
+        check_draw("ReverseAdditionConfig.build", generator)
         return ReverseAdditionTask(self, generator.device)
 
 
@@ -145,12 +146,14 @@ class ReverseAdditionTask(PaddedAnswers):
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         """``n`` training sequences: digit count uniform in ``1..train_max_digits``."""
+        check_draw("ReverseAdditionTask.sample", generator, n)
         digits = torch.randint(1, self.config.train_max_digits + 1, (n,), generator=generator,
                                device=generator.device)
         return Batch(tokens=self._draw(digits, generator))
 
     def sample_length(self, n: int, length: int, generator: torch.Generator) -> Batch:
         """``n`` sequences whose operands have exactly ``length`` digits."""
+        check_draw("ReverseAdditionTask.sample_length", generator, n)
         require_int("length", length, 1, self.max_digits)
         return Batch(tokens=self._draw(torch.full((n,), int(length), dtype=torch.int64,
                                                   device=generator.device), generator))
