@@ -117,17 +117,39 @@ def test_not_a_run_directory(tmp_path, capsys, run):
     assert "nope: no such file or directory" in capsys.readouterr().err
 
 
-def test_patching_a_mixer_run_is_a_one_line_error(tmp_path, capsys):
+def test_a_mixer_run_patches_its_mixing_matrix_and_is_told_so(tmp_path, capsys):
+    """A non-attention mixer's run: ``--what pattern`` (the default) is a one-line error that names
+    ``--what mixer``; with it, the table, greedy set and figures come out, and the late checkpoint's per-bit
+    loss on the rebuilt batch is the probe's (the observed path the patching runs on is the probe's)."""
     config = ExperimentConfig.from_dict({
         "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
         "model": {"name": "mlp_mixer", "layers": 1, "d_model": 8, "heads": 2},
-        "train": {"steps": 20, "seeds": 1, "checkpoints": 3, "attention_snapshots": 0, "eval_every": 10},
+        "train": {"steps": 200, "seeds": 1, "checkpoints": 3, "attention_snapshots": 0, "eval_every": 50,
+                  "lr": 3e-3},
         "execution": {"strategy": "ensemble"}})
     run = train(config, tmp_path / "mixer", progress=False)
-    assert main(["patch", str(run.path), "--early", "0", "--late", "20"]) == 2
+    assert main(["patch", str(run.path), "--early", "0", "--late", "200"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.strip() == ("emergelab: error: model.name=mlp_mixer has no attention heads to patch (no hook "
-                                    "point blocks.0.attn.hook_pattern); head patching needs model.name=transformer")
+    assert captured.err.strip() == (
+        "emergelab: error: model.name=mlp_mixer has no hook point blocks.0.attn.hook_pattern to patch; its mixer's "
+        "mixing matrix is blocks.{l}.mixer.hook_pattern: patch it with --what mixer")
+    out = tmp_path / "patched"
+    assert main(["patch", str(run.path), "--early", "0", "--late", "200", "--what", "mixer", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "prob gain (loss drop)" in printed and "greedy set" in printed
+    stem = "seed0_step0-200_mixer"
+    for suffix in ("table.parquet", "table.csv", "greedy.csv", "heatmap.png", "attention.png"):
+        assert (out / f"{stem}_{suffix}").stat().st_size > 0
+    table = pq.read_table(out / f"{stem}_table.parquet").to_pylist()
+    assert len(table) == 2 * (1 + 4) and {row["what"] for row in table} == {"mixer"}
+    result = patch_checkpoints(run, 0, 200, what="mixer")
+    probe = [curve(run.metrics(), "loss_pos", 0, str(i))[1][-1] for i in range(4)]
+    np.testing.assert_allclose(result.table.late["loss_per_output"].numpy(), probe, rtol=0, atol=1e-4)
+    pattern = result.patterns[200]  # [layers, heads, P, P]: |M| with rows normalised
+    visible = torch.ones(pattern.shape[-1], pattern.shape[-1]).tril().bool()
+    assert pattern.shape == (1, 2, 7, 7) and float(pattern.min()) >= 0
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(1, 2, 7))
+    assert float(pattern[..., ~visible].abs().max()) == 0.0
 
 
 def test_probe_bias_reproduces_the_stored_metrics_of_a_biased_run(tmp_path):

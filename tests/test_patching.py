@@ -19,7 +19,7 @@ from emergelab.interventions import (
     target_metrics,
 )
 from emergelab.config import ConfigError
-from emergelab.models import Transformer, TransformerConfig
+from emergelab.models import Transformer, TransformerConfig, model_class
 from emergelab.tasks import LinearMapConfig, make_generator
 
 torch.set_num_threads(1)
@@ -409,3 +409,59 @@ def test_the_greedy_note_says_when_the_whole_set_is_not_the_best():
     assert result([0.3, 0.6, 0.4]).best_note() == ("greedy: the first 2 head(s) recover the most (60%); "
                                                    "the heads after them lower it")
     assert result([-0.01, -0.2]).best_note() == "greedy: no head set recovers any of the gain (every fraction <= 0)"
+
+
+# ------------------------------------------------------------------------------ non-attention mixers
+
+def mixer(name, seed, layers=2):
+    extra = {} if name in ("mamba", "lru") else {"heads": 2}
+    return model_class(name)(layers=layers, d_model=16, **extra).resolved(2, 15).build(1, seeds=[seed])
+
+
+def test_patching_an_mlp_mixers_matrix_is_swapping_its_token_mixing_weights():
+    """An MLP-Mixer's matrix is ``tril(W_tok)`` whatever the input: patching every head of every layer from
+    the late model gives, bit for bit, the early model with the late ``W_tok`` (its ``b_tok`` and the rest
+    its own)."""
+    early, late = mixer("mlp_mixer", 0), mixer("mlp_mixer", 1)
+    swapped = copy.deepcopy(early)
+    with torch.no_grad():
+        for block, source in zip(swapped.blocks, late.blocks):
+            block.mixer.W_tok.copy_(source.mixer.W_tok)
+    tokens = random_tokens()
+    heads = [(layer, head) for layer in range(2) for head in range(2)]
+    patched = patch_heads(early, tokens, cache_attention(late, tokens, "mixer"), heads, "mixer")
+    assert torch.equal(patched, run_with_head_edits(swapped, tokens, what="mixer"))
+    assert not torch.equal(patched, run_with_head_edits(early, tokens, what="mixer"))
+    table = patching_table(early, late, tokens, what="mixer")
+    assert table.prob_gain.shape == (2, 2) and table.what == "mixer"
+
+
+@pytest.mark.parametrize("name", ["mlp_mixer", "gated_deltanet", "mlstm", "rwkv7", "mamba"])
+def test_patching_a_mixer_into_itself_changes_nothing_and_heads_are_its_matrix_axis(name):
+    model = mixer(name, 3)
+    tokens = random_tokens(8)
+    source = cache_attention(model, tokens, "mixer")
+    n_heads = source[hook_name(0, "mixer")].shape[1]  # Mamba: its channels
+    clean = run_with_head_edits(model, tokens, what="mixer")
+    assert torch.equal(patch_heads(model, tokens, source, [(0, 0), (1, n_heads - 1)], "mixer"), clean)
+    zeroed = ablate_heads(model, tokens, [(0, 0)], "zero", "mixer")
+    assert not torch.equal(zeroed, clean)
+    with pytest.raises(ValueError, match=rf"head {n_heads} of blocks\.0\.mixer\.hook_pattern: it has {n_heads}"):
+        patch_heads(model, tokens, source, [(0, n_heads)], "mixer")
+    with pytest.raises(ValueError, match=r"head \(2, 0\): the model has layers 0\.\.1"):
+        patch_heads(model, tokens, source, [(2, 0)], "mixer")
+
+
+def test_each_model_kind_is_told_which_what_it_has():
+    tokens = random_tokens(4)
+    with pytest.raises(ValueError, match=r"MLPMixer has no hook point blocks\.0\.attn\.hook_pattern to patch or "
+                                         r"ablate; its mixer's mixing matrix is blocks\.\{l\}\.mixer\.hook_pattern: "
+                                         r'patch it with what="mixer"'):
+        cache_attention(mixer("mlp_mixer", 0), tokens)
+    with pytest.raises(ValueError, match=r'no hook point blocks\.0\.mixer\.hook_pattern .*it has attention heads: '
+                                         r'patch them with what="pattern"'):
+        cache_attention(Transformer(CFG, seeds=[0]), tokens, "mixer")
+    with pytest.raises(ValueError, match=r"LRU\w* has no hook point blocks\.0\.mixer\.hook_pattern .*hook_state_re"):
+        cache_attention(mixer("lru", 0), tokens, "mixer")
+    with pytest.raises(ValueError, match="what='heads': must be one of pattern, scores, mixer"):
+        hook_name(0, "heads")

@@ -139,16 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--success-at", type=_float, default=None,
                          help="with --outcome: a seed succeeds when its outcome is at least this (default 0.5)")
 
-    patch = sub.add_parser("patch", help="patch each head's attention from a late checkpoint into an early "
-                                         "one; table, greedy head set and figures")
+    patch = sub.add_parser("patch", help="patch each head's attention (or a mixer's mixing matrix) from a late "
+                                         "checkpoint into an early one; table, greedy head set and figures")
     patch.add_argument("run_dir", type=_path, metavar="RUN")
     patch.add_argument("--early", type=_int, required=True, metavar="STEP",
                        help="checkpoint before emergence (the nearest saved one is used)")
     patch.add_argument("--late", type=_int, required=True, metavar="STEP",
                        help="checkpoint after emergence (the nearest saved one is used)")
     patch.add_argument("--seed", type=_int, default=0, help="run seed index (default 0)")
-    patch.add_argument("--what", choices=("pattern", "scores"), default="pattern",
-                       help="patch the post-softmax pattern (default) or the pre-softmax scores")
+    patch.add_argument("--what", choices=("pattern", "scores", "mixer"), default="pattern",
+                       help="patch the post-softmax pattern (default) or the pre-softmax scores of a "
+                            "transformer's heads, or a non-attention mixer's mixing matrix per head (channel)")
     patch.add_argument("--fraction", type=_float, default=0.9,
                        help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
     patch.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")

@@ -35,7 +35,8 @@ from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
-from .patching import WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, hook_name, patching_table
+from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, heads_hint, hook_name,
+                       patching_table)
 
 
 @dataclass
@@ -65,6 +66,11 @@ class CheckpointPatching:
         """File-name stem of this comparison, e.g. ``seed0_step100-1500_pattern``."""
         return f"seed{self.seed}_step{self.early_step}-{self.late_step}_{self.what}"
 
+    @property
+    def patched(self) -> str:
+        """What was patched, in words: "attention pattern", "attention scores" or "mixing matrix"."""
+        return "mixing matrix" if self.what == "mixer" else f"attention {self.what}"
+
     def rows(self) -> list[dict[str, Any]]:
         """The table in long format (``output = -1`` is the overall mean), with seed and steps."""
         meta = {"seed": self.seed, "early_step": self.early_step, "late_step": self.late_step}
@@ -80,7 +86,7 @@ class CheckpointPatching:
         n_layers, n_heads = t.prob_gain.shape
         early_p, late_p = float(t.early["mean_prob"]), float(t.late["mean_prob"])
         early_l, late_l = float(t.early["mean_loss"]), float(t.late["mean_loss"])
-        lines = [f"seed {self.seed}: attention {self.what} of step {self.late_step} patched into step "
+        lines = [f"seed {self.seed}: {self.patched} of step {self.late_step} patched into step "
                  f"{self.early_step}, one head at a time ({self.n_sequences} held-out sequences, "
                  f"{int(self.score_mask.sum())} scored "
                  f"{'positions' if self.score_mask.dim() == 1 else '(sequence, position) pairs'})",
@@ -260,17 +266,21 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
     early_model = load_model(run, seed, early_step, device, config)
     if hook_name(0, what) not in early_model.hook_dict:
-        raise ConfigError(f"model.name={config.model.name} has no attention heads to patch (no hook point "
-                          f"{hook_name(0, what)}); head patching needs model.name=transformer")
+        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
+                          + heads_hint(early_model.hook_dict, what, "--what {}"))
     late_model = load_model(run, seed, late_step, device, config)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
                            loss_mask=mask, batch_size=batch_size)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
                           batch_size=batch_size)
     patterns = {}
+    shown = "mixer" if what == "mixer" else "pattern"
     for step, model in ((early_step, early_model), (late_step, late_model)):
-        cache = cache_attention(model, tokens, "pattern")
-        patterns[step] = torch.stack([cache[hook_name(layer)].mean(0) for layer in range(len(cache))]).cpu()
+        cache = cache_attention(model, tokens, shown)
+        layers = [cache[hook_name(layer, shown)] for layer in range(len(cache))]
+        if shown == "mixer":  # signed, rows not summing to one: the share of |weight| per key, as probes measure it
+            layers = [m.abs() / m.abs().sum(-1, keepdim=True).clamp(min=1e-30) for m in layers]
+        patterns[step] = torch.stack([m.mean(0) for m in layers]).cpu()
     return CheckpointPatching(run=run, seed=seed, early_step=early_step, late_step=late_step,
                               requested=(early, late), what=what, fraction=fraction, n_sequences=n,
                               table=table, greedy=greedy, task=task, score_mask=mask.cpu(),

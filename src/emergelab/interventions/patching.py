@@ -3,7 +3,9 @@
 A model here is anything with ``model.run_with_hooks(inputs, fwd_hooks=...)`` and ``run_with_cache``
 (``models.hooks.HookedModule``: the reference path, hooks removed afterwards), ``-> logits [n, T, V]``,
 and hook points ``blocks.{l}.attn.hook_pattern`` / ``blocks.{l}.attn.hook_attn_scores``
-of shape ``[batch, head, query, key]`` (one model, not an ensemble). Nothing else of the model is touched,
+of shape ``[batch, head, query, key]`` (one model, not an ensemble), or, with ``what="mixer"``, a
+non-attention mixer's mixing matrix ``blocks.{l}.mixer.hook_pattern`` (``[batch, head or channel, query,
+key]``, models/mixers/README.md). Nothing else of the model is touched,
 so a Hugging Face model wrapped with the same hook names works unchanged. See README.md in this folder for
 the semantics (what is patched, pattern vs scores, ablation kinds).
 
@@ -40,7 +42,9 @@ import torch
 
 from ..train.measure import per_output_sums, position_scores
 
-WHAT = {"pattern": "hook_pattern", "scores": "hook_attn_scores"}
+# what -> the hook point's name after ``blocks.{l}.``; "mixer": a non-attention mixer's mixing matrix, whose
+# output is computed from it on the observed path (models/mixers/README.md), so writing to it patches the mixer
+WHAT = {"pattern": "attn.hook_pattern", "scores": "attn.hook_attn_scores", "mixer": "mixer.hook_pattern"}
 KINDS = ("zero", "mean", "uniform")
 
 Setter = Callable[[torch.Tensor], torch.Tensor]  # head activation [n, Tq, Tk] -> new value (broadcastable)
@@ -48,9 +52,10 @@ Head = tuple[int, int]  # (layer, head)
 
 
 def hook_name(layer: int, what: str = "pattern") -> str:
-    """``blocks.{layer}.attn.hook_pattern`` (what="pattern") or ``...hook_attn_scores`` (what="scores")."""
+    """``blocks.{layer}.attn.hook_pattern`` (what="pattern"), ``...attn.hook_attn_scores`` (what="scores") or
+    ``...mixer.hook_pattern`` (what="mixer")."""
     _check_what(what)
-    return f"blocks.{layer}.attn.{WHAT[what]}"
+    return f"blocks.{layer}.{WHAT[what]}"
 
 
 def _check_what(what: str) -> None:
@@ -59,14 +64,15 @@ def _check_what(what: str) -> None:
 
 
 def _is_attention_hook(what: str) -> Callable[[str], bool]:
-    pattern = re.compile(rf"blocks\.\d+\.attn\.{WHAT[what]}")
+    pattern = re.compile(rf"blocks\.\d+\.{re.escape(WHAT[what])}")
     return lambda name: pattern.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
 class PatchTarget:
-    """One head's attention activation: ``what`` is "pattern" (``hook_pattern``, post-softmax) or "scores"
-    (``hook_attn_scores``, pre-softmax with -inf above the diagonal)."""
+    """One head's attention activation: ``what`` is "pattern" (``hook_pattern``, post-softmax), "scores"
+    (``hook_attn_scores``, pre-softmax with -inf above the diagonal) or "mixer" (a mixer's mixing matrix:
+    ``head`` indexes its second axis, a head, or a channel of Mamba)."""
 
     layer: int
     head: int
@@ -142,6 +148,9 @@ def run_with_head_edits(model: Any, tokens: torch.Tensor, edits: Sequence[tuple[
         hit.add(hook.name)
         new = activation.clone()
         for head, setter in todo:
+            if head >= activation.shape[1]:  # a mixer's heads are not config.heads everywhere (Mamba: channels)
+                raise ValueError(f"head {head} of {hook.name}: it has {activation.shape[1]} (axis 1 of "
+                                 f"{tuple(activation.shape)})")
             new[:, head] = setter(activation[:, head]).to(new)
         return new
 
@@ -167,9 +176,9 @@ def source_setter(source: torch.Tensor, head: int) -> Setter:
 
 
 def zero_setter(what: str) -> Setter:
-    """Pattern: all zeros (the head writes nothing but its bias). Scores: 0 on the causal part, -inf above
-    the diagonal, i.e. a uniform causal pattern after the softmax."""
-    if what == "pattern":
+    """Pattern (and a mixer's matrix): all zeros (the head writes nothing but its bias). Scores: 0 on the
+    causal part, -inf above the diagonal, i.e. a uniform causal pattern after the softmax."""
+    if what != "scores":
         return torch.zeros_like
 
     def zero_scores(activation: torch.Tensor) -> torch.Tensor:
@@ -188,7 +197,8 @@ def mean_setter(mean: torch.Tensor | None = None) -> Setter:
 
 
 def uniform_setter(what: str) -> Setter:
-    """Pattern: ``1/(q+1)`` on keys ``<= q``, 0 above. Scores: the scores that give that pattern (zeros)."""
+    """Pattern (and a mixer's matrix): ``1/(q+1)`` on keys ``<= q``, 0 above. Scores: the scores that give
+    that pattern (zeros)."""
     if what == "scores":
         return zero_setter("scores")
 
@@ -222,16 +232,25 @@ def cache_attention(model: Any, tokens: torch.Tensor, what: str = "pattern",
 
 
 def require_attention_heads(model: Any, what: str = "pattern") -> None:
-    """ValueError unless ``model`` has the hook point ``blocks.0.attn.hook_{what}`` (attention heads to patch
-    or ablate). A non-attention mixer has none: its mixing matrix is ``blocks.{l}.mixer.hook_pattern``,
-    read with ``run_with_cache`` (models/mixers/README.md)."""
+    """ValueError unless ``model`` has the hook point ``hook_name(0, what)``: attention heads to patch or
+    ablate, or with ``what="mixer"`` a mixer's mixing matrix (models/mixers/README.md; an LRU has none)."""
     names = getattr(model, "hook_dict", {})
     if hook_name(0, what) not in names:
-        own = sorted(n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
-        where = (f"its mixer's hook points are blocks.{{l}}.{', '.join(own)}, for run_with_cache / run_with_hooks"
-                 if own else "it has no mixer hook points either")
-        raise ValueError(f"{type(model).__name__} has no attention heads to patch or ablate (no hook point "
-                         f"{hook_name(0, what)}); {where} (models/mixers/README.md)")
+        raise ValueError(f"{type(model).__name__} has no hook point {hook_name(0, what)} to patch or ablate; "
+                         + heads_hint(names, what))
+
+
+def heads_hint(names: Iterable[str], what: str, option: str = 'what="{}"') -> str:
+    """What a model lacking ``hook_name(0, what)`` offers instead, for an error message; ``option`` spells
+    the choice (the CLI: ``"--what {}"``)."""
+    names = set(names)
+    if what != "mixer" and hook_name(0, "mixer") in names:
+        return f"its mixer's mixing matrix is blocks.{{l}}.mixer.hook_pattern: patch it with {option.format('mixer')}"
+    if what == "mixer" and hook_name(0, "pattern") in names:
+        return f"it has attention heads: patch them with {option.format('pattern')}"
+    own = sorted(n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
+    return (f"its mixer's hook points are blocks.{{l}}.{', '.join(own)}, for run_with_cache / run_with_hooks "
+            "(models/mixers/README.md)" if own else "it has no mixer hook points either")
 
 
 def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.Tensor],
@@ -275,12 +294,16 @@ def ablate_heads(model: Any, tokens: torch.Tensor, heads: Sequence[Head], kind: 
 
 
 def _targets(heads: Sequence[Head], what: str, model: Any = None) -> list[PatchTarget]:
-    """``heads`` as targets; a ValueError for a head ``model`` does not have."""
+    """``heads`` as targets; a ValueError for a head ``model`` does not have (a mixer's matrix: checked
+    against its second axis when it runs, as Mamba's are channels, not ``config.heads``)."""
     config = getattr(model, "config", None)
-    layers, n_heads = getattr(config, "layers", None), getattr(config, "heads", None)
+    layers = getattr(config, "layers", None)
+    n_heads = getattr(config, "heads", None) if what != "mixer" else None
     targets = [PatchTarget(int(layer), int(head), what) for layer, head in heads]
     for t in targets:
-        if layers is not None and n_heads is not None and not (0 <= t.layer < layers and 0 <= t.head < n_heads):
+        if layers is not None and not 0 <= t.layer < layers:
+            raise ValueError(f"head ({t.layer}, {t.head}): the model has layers 0..{layers - 1}")
+        if n_heads is not None and not 0 <= t.head < n_heads:
             raise ValueError(f"head ({t.layer}, {t.head}): the model has layers 0..{layers - 1} and heads "
                              f"0..{n_heads - 1}")
     return targets

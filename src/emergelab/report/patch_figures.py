@@ -4,10 +4,11 @@
   one head's late attention is patched into the early checkpoint (annotated with the gain and the loss
   drop); right, the same gain per task output (rows = heads, columns = outputs, e.g. the bits of ``x1``).
   Diverging colours centred on 0, one scale for both panels.
-* ``plot_patched_attention``: for the heads with the largest gain, the batch-mean attention of the early
-  and the late checkpoint on the held-out batch beside the ground-truth pattern (rows normalised to sum 1),
-  restricted to the readable block (``task.map_view()``: for the linear map the queries ``S-1..2S-2``
-  against the keys ``0..S-1``), one colour scale.
+* ``plot_patched_attention``: for the heads with the largest gain, the batch-mean attention (with ``--what
+  mixer``, the mixing matrix's ``|M|``, rows normalised) of the early and the late checkpoint on the
+  held-out batch beside the ground-truth pattern (rows normalised to sum 1), restricted to the readable
+  block (``task.map_view()``: for the linear map the queries ``S-1..2S-2`` against the keys ``0..S-1``),
+  one colour scale.
 
 Plain ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot), saved atomically by
 :func:`~emergelab.report.plotting.save_figure`; :func:`write_patching_figures` writes both.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 def _title(result: Any) -> str:
     t = result.table
-    return (f"seed {result.seed}: attention {result.what} of step {result.late_step} patched into step "
+    return (f"seed {result.seed}: {result.patched} of step {result.late_step} patched into step "
             f"{result.early_step}; correct-token prob early {float(t.early['mean_prob']):.3f}, "
             f"late {float(t.late['mean_prob']):.3f}\n{describe(ExperimentConfig.from_run(result.run))}")
 
@@ -146,7 +147,8 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
     for ax in axes[-1]:
         ax.set_xlabel("key position", fontsize=8)
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
-    bar.set_label("attention weight (batch mean)")
+    bar.set_label("|mixing weight|, rows normalised (batch mean)" if result.what == "mixer"
+                  else "attention weight (batch mean)")
     fig.suptitle(fit_lines(fig, f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
                                 f"{view.col_label}\n{_title(result)}", 8), fontsize=8)
     return fig
