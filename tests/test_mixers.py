@@ -246,16 +246,25 @@ def test_attention_bias_on_a_mixer_fails_before_any_file_is_written(name, tmp_pa
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_head_patching_a_mixer_says_it_has_no_attention_heads(name):
+def test_head_patching_a_mixer_is_pointed_to_its_mixing_matrix(name):
+    """Asked for attention heads, a mixer says what it has instead: its mixing matrix (``what="mixer"``,
+    which then patches and ablates), or, for the LRU, which has none, its other hook points."""
     from emergelab.interventions import ablation_table, cache_attention, patching_table
 
     model = make_config(name).build()
     batch = tokens(None, length=CTX + 1)
+    hint = (r"its mixer's hook points are blocks\.\{l\}\.mixer\.hook_state_im, blocks\.\{l\}\.mixer\.hook_state_re, "
+            r"for run_with_cache" if name == "lru" else
+            r"its mixer's mixing matrix is blocks\.\{l\}\.mixer\.hook_pattern: patch it with what=\"mixer\"")
     for call in (lambda: cache_attention(model, batch), lambda: ablation_table(model, batch),
                  lambda: patching_table(model, model, batch)):
-        with pytest.raises(ValueError, match=r"has no attention heads to patch or ablate \(no hook point "
-                                             r"blocks\.0\.attn\.hook_pattern\)"):
+        with pytest.raises(ValueError, match=r"has no hook point blocks\.0\.attn\.hook_pattern to patch or "
+                                             r"ablate; " + hint):
             call()
+    if name != "lru":
+        table = ablation_table(model, batch, what="mixer", kind="zero")
+        assert table.prob_drop.shape[0] == 2 and table.what == "mixer"
+        assert torch.isfinite(table.prob_drop).all()
 
 
 def test_unresolved_config_is_rejected():
@@ -520,3 +529,26 @@ def test_cuda_equals_cpu_outputs_and_gradients(name, observed):
     assert rel_err(out_gpu, out_cpu) < 1e-5
     for n, g in grads_gpu.items():
         assert rel_err(g, grads_cpu[n]) < 1e-4, n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_positions_leaves_the_position_embedding_out_and_keeps_the_default_hash(name):
+    """``model.positions: none`` as for the transformer: no ``W_pos``, the count exact, the model still a
+    member-wise causal model; "learned" (the default) keeps every earlier mixer run's hash."""
+    from emergelab.train import ExperimentConfig
+
+    learned = make_config(name)
+    nope = MODELS[name](layers=2, mlp_ratio=2.0, init_std=0.3, positions="none", **SMALL[name]).resolved(V, CTX)
+    model = nope.build(n_models=2, seeds=[0, 1])
+    assert not hasattr(model, "W_pos")
+    assert sum(p[0].numel() for p in model.parameters()) == nope.n_params() == learned.n_params() - CTX * nope.width
+    x = tokens(2)
+    with torch.no_grad():
+        full, prefix = model(x), model(x[..., :5])
+    assert torch.allclose(full[..., :5, :], prefix, rtol=1e-5, atol=1e-6)  # causal
+    base = {"task": {"name": "linear-map", "state_size": 4, "sparsity": 2}, "model": {"name": name}}
+    keys = [ExperimentConfig.from_dict({**base, "model": {"name": name, **extra}}).resolved().science_key()
+            for extra in ({}, {"positions": "learned"}, {"positions": "none"})]
+    assert keys[0] == keys[1] != keys[2]
+    with pytest.raises(ConfigError, match="model.positions='rotary'"):
+        ExperimentConfig.from_dict({**base, "model": {"name": name, "positions": "rotary"}})

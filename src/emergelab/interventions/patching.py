@@ -249,7 +249,8 @@ def heads_hint(names: Iterable[str], what: str, option: str = 'what="{}"') -> st
     if what == "mixer" and hook_name(0, "pattern") in names:
         return f"it has attention heads: patch them with {option.format('pattern')}"
     own = sorted(n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
-    return (f"its mixer's hook points are blocks.{{l}}.{', '.join(own)}, for run_with_cache / run_with_hooks "
+    return (f"its mixer's hook points are {', '.join('blocks.{l}.' + name for name in own)}, for run_with_cache / "
+            "run_with_hooks "
             "(models/mixers/README.md)" if own else "it has no mixer hook points either")
 
 

@@ -43,10 +43,9 @@ from ..config import require_choice, require_float, require_int
 from .base import Init, Positions, normal, zeros
 from .hooks import HookPoint
 from .fast_attention import causal_attention, observed_attention
-from .layers import ResidualModel, member_linear, row_softmax
+from .layers import POSITIONS, ResidualModel, member_linear, row_softmax
 
 
-POSITIONS = ("learned", "none")
 MATH_SDPA_MAX_HEAD_DIM = 16  # on CUDA, smaller heads take SDPA's math backend (module doc)
 
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import require_float, require_int
+from ...config import require_choice, require_float, require_int
 from ..base import Init
-from ..layers import ResidualModel
+from ..layers import POSITIONS, ResidualModel
 
 
 def uniform(bound: float) -> Init:
@@ -28,7 +28,10 @@ def uniform(bound: float) -> Init:
 @dataclass(frozen=True)
 class MixerConfig:
     """Fields every mixer model has; a subclass adds its mixer's fields, ``check()``, ``mixer_params()``,
-    ``mixer_flops()`` and ``model_class``. vocab_size and context_length come from the task."""
+    ``mixer_flops()`` and ``model_class``. vocab_size and context_length come from the task. ``positions``:
+    learned absolute position embeddings (the default) or none, as for the transformer: a recurrent mixer
+    tells positions apart by itself, so without them nothing ties a weight to a position (an MLP-Mixer's
+    token-mixing matrix still does)."""
 
     name: ClassVar[str] = ""
     layers: int = 1
@@ -37,9 +40,11 @@ class MixerConfig:
     init_std: float = 0.02
     vocab_size: int | None = None
     context_length: int | None = None
+    positions: str = "learned"
 
     def __post_init__(self) -> None:
         require_int("model.layers", self.layers, 1, 1024)
+        require_choice("model.positions", self.positions, POSITIONS)
         require_int("model.d_model", self.d_model, 1, 2 ** 20)
         require_float("model.mlp_ratio", self.mlp_ratio, 0.0, 1024.0)
         require_float("model.init_std", self.init_std, 0.0, 10.0, open_min=True)
@@ -75,7 +80,8 @@ class MixerConfig:
         d, m, V, T, L = self.width, self.mlp_width, self.vocab_size or 0, self.context_length or 0, self.layers
         mlp = (d * m + m + m * d + d) if m else 0
         norms = 4 * d if m else 2 * d  # ln1, and ln2 only when there is an MLP
-        return V * d + T * d + L * (self.mixer_params() + mlp + norms) + 2 * d + d * V + V
+        positions = T * d if self.positions == "learned" else 0
+        return V * d + positions + L * (self.mixer_params() + mlp + norms) + 2 * d + d * V + V
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per token (2 per multiply-add) at full context, mixer included (its fast form)."""
