@@ -6,6 +6,7 @@ memorised the pool."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -233,7 +234,7 @@ def test_fresh_progress_counts_the_seeds_off_their_plateau_and_takes_quantiles_p
 def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure(tmp_path):
     from emergelab.analysis.curves import detect_emergence
     from emergelab.analysis.runs import analyze_runs
-    from emergelab.report.analysis_figures import make_analysis_figures
+    from emergelab.report.analysis_figures import NO_SEED_OFF, make_analysis_figures, plot_fresh_rules
     from emergelab.store import connect
     from emergelab.train import train
 
@@ -276,3 +277,11 @@ def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure
     assert "fresh_curves" in result.tables()
     figures = make_analysis_figures(result, tmp_path / "figures")
     assert (tmp_path / "figures" / "fresh_rules.png") in figures
+    # the right panel says so when no seed left its fresh plateau (its lines would all lie hidden on 0)
+    texts = lambda fig: [t.get_text() for ax in fig.axes for t in ax.texts]  # noqa: E731
+    off = result.fresh_curves.column("off_plateau").to_pylist()
+    assert (NO_SEED_OFF in texts(plot_fresh_rules(result))) == (not any(v for v in off if v is not None))
+    zeros = pa.array([None if v is None else 0.0 for v in off], pa.float64())
+    result.fresh_curves = result.fresh_curves.set_column(
+        result.fresh_curves.schema.get_field_index("off_plateau"), "off_plateau", zeros)
+    assert NO_SEED_OFF in texts(plot_fresh_rules(result))

@@ -27,12 +27,15 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..analysis.runs import plateau_scaling
 from .plotting import colors, new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
     groups = result.groups.to_pylist()
@@ -217,13 +220,23 @@ def make_analysis_figures(result: Any, out: str | Path, *, vs: str | None = None
 
 
 def fresh_figure(result: Any, path: str | Path) -> Path:
+    """:func:`plot_fresh_rules`, saved to ``path``."""
+    return save_figure(plot_fresh_rules(result), Path(path))
+
+
+NO_SEED_OFF = "no seed left its fresh plateau:\nevery line lies on 0"
+
+
+def plot_fresh_rules(result: Any) -> "Figure":
     """Left: per config, the median loss on fresh ground truth over its seeds, the 10-90% band and the floor
-    (dashed). Right: the fraction of its seeds whose fresh plateau had ended by each probe step."""
+    (dashed). Right: the fraction of its seeds whose fresh plateau had ended by each probe step (a note
+    when no seed's had: the lines then lie on top of each other at 0)."""
     fc = result.fresh_curves.to_pydict()
     g = np.asarray(fc["group"], dtype=np.int64)
     groups = [row for row in result.groups.to_pylist() if (g == row["group"]).any()]
     fig = new_figure(12, 4.4)
     ax_loss, ax_off = fig.subplots(1, 2)
+    drawn: list[np.ndarray] = []
     for row, color in zip(groups, colors(len(groups))):
         m = g == row["group"]
         t = np.asarray(fc["step"])[m]
@@ -236,6 +249,7 @@ def fresh_figure(result: Any, path: str | Path) -> Path:
         off = np.asarray([np.nan if v is None else v for v in fc["off_plateau"]], dtype=float)[m]
         if np.isfinite(off).any():  # unknown without a floor
             ax_off.step(t, off, where="post", color=color, lw=1.8, label=row["label"])
+            drawn.append(off[np.isfinite(off)])
     ax_loss.set(xlabel="step", ylabel="loss on fresh ground truth",
                 title="Loss on ground truth outside the pool (trained without a pool: its own loss);\n"
                       "median over seeds, 10-90% band; dashed: the floor")
@@ -244,8 +258,10 @@ def fresh_figure(result: Any, path: str | Path) -> Path:
     for ax in (ax_loss, ax_off):
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
+    if drawn and not any(v.any() for v in drawn):
+        ax_off.text(0.5, 0.5, NO_SEED_OFF, transform=ax_off.transAxes, ha="center", va="center", fontsize=10)
     ax_loss.legend(fontsize=8, loc="best")
-    return save_figure(fig, Path(path))
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- outcomes across scales
