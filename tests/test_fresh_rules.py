@@ -234,7 +234,8 @@ def test_fresh_progress_counts_the_seeds_off_their_plateau_and_takes_quantiles_p
 def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure(tmp_path):
     from emergelab.analysis.curves import detect_emergence
     from emergelab.analysis.runs import analyze_runs
-    from emergelab.report.analysis_figures import NO_SEED_OFF, make_analysis_figures, plot_fresh_rules
+    from emergelab.report.analysis_figures import NO_SEED_OFF, group_palette, make_analysis_figures, plot_fresh_rules
+    from emergelab.report.plotting import colors
     from emergelab.store import connect
     from emergelab.train import train
 
@@ -277,6 +278,18 @@ def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure
     assert "fresh_curves" in result.tables()
     figures = make_analysis_figures(result, tmp_path / "figures")
     assert (tmp_path / "figures" / "fresh_rules.png") in figures
+    # each config keeps its colour in every figure, though this one draws only the configs with a fresh
+    # curve: with the linear map's config first, the first line drawn takes the second colour
+    rows = result.groups.to_pylist()
+    order = sorted(range(len(rows)), key=lambda i: "cellular" in rows[i]["label"])
+    result.groups = result.groups.take(order)
+    palette = group_palette(result)
+    by_label = {row["label"]: row["group"] for row in result.groups.to_pylist()}
+    lines = [line for line in plot_fresh_rules(result).axes[0].get_lines() if " (n=" in line.get_label()]
+    assert lines and len(lines) < len(by_label)
+    for line in lines:
+        assert line.get_color() == palette[by_label[line.get_label().rsplit(" (n=", 1)[0]]]
+    assert lines[0].get_color() == colors(len(rows))[1]
     # the right panel says so when no seed left its fresh plateau (its lines would all lie hidden on 0)
     texts = lambda fig: [t.get_text() for ax in fig.axes for t in ax.texts]  # noqa: E731
     off = result.fresh_curves.column("off_plateau").to_pylist()

@@ -110,7 +110,9 @@ def _check_pre_pretraining(result, out):
     medians and savings on planted seeds, and the figure drawn from them."""
     import pyarrow as pa
 
-    from emergelab.reproduce.pre_pretraining import arm_rows, format_arms, pretraining_figure, seed_rows
+    from emergelab.report.plotting import colors
+    from emergelab.reproduce.pre_pretraining import (arm_palette, arm_rows, format_arms, plot_pretraining,
+                                                     pretraining_figure, seed_rows)
 
     rows = {line.split()[0]: line.split() for line in result.table.splitlines()
             if line.split()[:1] in (["none"], ["dyck"], ["nca"])}
@@ -141,6 +143,13 @@ def _check_pre_pretraining(result, out):
                                                 "64,000", "+250"]
     (path,) = pretraining_figure(per_seed, out / "planted")
     assert path.stat().st_size > 5000
+    # each arm in the analysis figures' colour (its config's), whatever the arms' order on the page
+    palette = arm_palette(Result())
+    assert palette == {"dyck": colors(2)[0], "none": colors(2)[1]}
+    right = plot_pretraining(per_seed, palette).axes[1]
+    for arm in ("none", "dyck"):
+        (line,) = [x for x in right.get_lines() if x.get_label() == f"{arm} (from the task's start)"]
+        assert line.get_color() == palette[arm]
 
 
 def _check_lm_emergence_patching(out):

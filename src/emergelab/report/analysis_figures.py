@@ -37,6 +37,14 @@ from .plotting import colors, new_figure, save_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+
+def group_palette(result: Any) -> dict[int, Any]:
+    """One colour per config (``groups`` row), the same in every figure of the analysis, including those
+    that draw only some configs (fresh rules: the configs with a rule pool)."""
+    ids = [row["group"] for row in result.groups.to_pylist()]
+    return dict(zip(ids, colors(len(ids))))
+
+
 def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
     groups = result.groups.to_pylist()
     s = result.seeds.to_pydict()
@@ -58,7 +66,7 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     groups, cols = _group_columns(result)
     fig = new_figure(11, 4.2)
     ax_h, ax_e = fig.subplots(1, 2)
-    palette = colors(len(groups))
+    palette = group_palette(result)
     finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
                             or [np.zeros(0)])
     bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 2))) if finite.size else 10
@@ -68,8 +76,8 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     drawn = [row for row in groups
              if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
     unsolved = len(groups) - len(drawn)
-    for row, color in zip(groups, palette):
-        c = cols[row["group"]]
+    for row in groups:
+        c, color = cols[row["group"]], palette[row["group"]]
         e = np.sort(c["emergence"][c["solved"] & np.isfinite(c["emergence"])])
         n = c["solved"].size
         if not e.size:  # nothing to draw: counted in the legends' title instead of an empty entry
@@ -108,8 +116,9 @@ def solved_figure(result: Any, path: str | Path) -> Path:
     g = np.asarray(sc["group"], dtype=np.int64)
     fig = new_figure(7.5, 4.5)
     ax = fig.subplots()
-    for row, color in zip(groups, colors(len(groups))):
-        m = (g == row["group"])
+    palette = group_palette(result)
+    for row in groups:
+        m, color = (g == row["group"]), palette[row["group"]]
         t = np.asarray(sc["step"])[m]
         keep = t > 0  # log axis
         t, p = t[keep], np.asarray(sc["p"])[m][keep]
@@ -237,8 +246,9 @@ def plot_fresh_rules(result: Any) -> "Figure":
     fig = new_figure(12, 4.4)
     ax_loss, ax_off = fig.subplots(1, 2)
     drawn: list[np.ndarray] = []
-    for row, color in zip(groups, colors(len(groups))):
-        m = g == row["group"]
+    palette = group_palette(result)
+    for row in groups:
+        m, color = g == row["group"], palette[row["group"]]
         t = np.asarray(fc["step"])[m]
         n = int(np.asarray(fc["n_seeds"])[m][0])
         ax_loss.fill_between(t, np.asarray(fc["q10"])[m], np.asarray(fc["q90"])[m], color=color, alpha=0.15, lw=0)

@@ -16,11 +16,15 @@ total steps; positive: earlier even counting the extra tokens).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..report.analysis_figures import group_palette
 from ..report.plotting import colors, new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ARM = "train.pretrain"
 ORDER = ("none", "dyck", "nca")
@@ -104,16 +108,28 @@ def format_arms(arms: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def pretraining_figure(seeds: list[dict[str, Any]], out: Path) -> list[Path]:
+def arm_palette(result: Any) -> dict[str, Any]:
+    """Each arm's colour in the analysis figures (``report.analysis_figures.group_palette``)."""
+    palette = group_palette(result)
+    return {arm: palette[group] for group, arm in _arm_of_group(result).items()}
+
+
+def pretraining_figure(seeds: list[dict[str, Any]], out: Path, palette: dict[str, Any] | None = None) -> list[Path]:
+    """:func:`plot_pretraining`, saved as ``out/pre_pretraining.png``."""
+    return [save_figure(plot_pretraining(seeds, palette), out / "pre_pretraining.png")]
+
+
+def plot_pretraining(seeds: list[dict[str, Any]], palette: dict[str, Any] | None = None) -> "Figure":
     """Left: each seed's emergence step per arm, counted from training's start, with the pre-training phase
     shaded (open markers at the top: not solved). Right: the fraction of seeds solved against steps from
-    the task's start (solid) and from training's start (dashed: the pre-training's cost included)."""
+    the task's start (solid) and from training's start (dashed: the pre-training's cost included).
+    ``palette``: arm -> colour (:func:`arm_palette`: the analysis figures'; None: one per arm, sorted)."""
     arms = _arms(seeds)
     end = max([r["pretrain_steps"] + r["task_steps_run"] for r in seeds] or [1])
     fig = new_figure(10, 4)
     left, right = fig.subplots(1, 2)
     rng = np.random.default_rng(0)  # horizontal jitter only
-    palette = dict(zip(sorted(arms), colors(len(arms))))  # the analysis figures' colours (configs in sorted order)
+    palette = palette or dict(zip(sorted(arms), colors(len(arms))))
     for k, arm in enumerate(arms):
         color = palette[arm]
         mine = [r for r in seeds if r["arm"] == arm]
@@ -147,7 +163,7 @@ def pretraining_figure(seeds: list[dict[str, Any]], out: Path) -> list[Path]:
     for ax in (left, right):
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
-    return [save_figure(fig, out / "pre_pretraining.png")]
+    return fig
 
 
 def _f(x: Any) -> float | None:

@@ -146,13 +146,13 @@ def analyse(t: Target, scale: str, out: Path, *, seconds: dict[str, float] | Non
         figures += patch_figures
     extra: dict[str, Any] = {}
     if t.figure == "pre-pretraining":
-        from .pre_pretraining import arm_rows, format_arms, pretraining_figure, run_costs, seed_rows
+        from .pre_pretraining import arm_palette, arm_rows, format_arms, pretraining_figure, run_costs, seed_rows
 
         costs = run_costs(con)
         per_seed = seed_rows(result, costs)
         extra["arms"] = arm_rows(per_seed, costs)
         lines += ["", format_arms(extra["arms"])]
-        figures += pretraining_figure(per_seed, figures_dir)
+        figures += pretraining_figure(per_seed, figures_dir, arm_palette(result))
     if t.figure == "repeated-rules":
         from .repeated_rules import config_rows, format_repeated_rules, repeated_rules_figure
         from .repeated_rules import seed_rows as fresh_seed_rows
