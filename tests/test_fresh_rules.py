@@ -298,3 +298,20 @@ def test_analyze_times_each_seeds_fresh_plateau_and_draws_the_fresh_rules_figure
     result.fresh_curves = result.fresh_curves.set_column(
         result.fresh_curves.schema.get_field_index("off_plateau"), "off_plateau", zeros)
     assert NO_SEED_OFF in texts(plot_fresh_rules(result))
+
+
+def test_group_palette_keeps_ten_colours_fixed_and_spreads_a_gradient_over_a_subset_past_ten():
+    import pyarrow as pa
+
+    from emergelab.report.analysis_figures import group_palette
+    from emergelab.report.plotting import colors
+
+    class Result:
+        def __init__(self, n):
+            self.groups = pa.Table.from_pylist([{"group": g} for g in range(n)])
+
+    few = group_palette(Result(4), drawn=[2, 3])
+    assert few == dict(zip(range(4), colors(4)))  # the subset keeps its configs' colours
+    many = group_palette(Result(12), drawn=[3, 7, 11])
+    assert many == dict(zip([3, 7, 11], colors(3)))  # apart, in config order
+    assert group_palette(Result(12)) == dict(zip(range(12), colors(12)))

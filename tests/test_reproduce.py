@@ -376,3 +376,18 @@ def test_a_dry_run_lists_a_plan_too_big_for_this_machine_and_a_real_run_refuses_
     assert "note: 1 of 1 run(s) would be refused on this machine" in out and "est. time" in out
     assert main(["reproduce", "seeds", "--scale", "smoke", "--out", str(tmp_path / "b")]) == 2
     assert "more than the 1 MB available" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_width_figure_names_censored_medians_once_per_panel():
+    import pyarrow as pa
+
+    from emergelab.reproduce.figures import plot_width
+
+    class Result:
+        groups = pa.Table.from_pylist([
+            {"task.name": task, "model.heads": heads, "model.head_dim": 8, "plateau_median": 2000.0,
+             "plateau_censored": heads == 1} for task in ("cellular-automata", "linear-map") for heads in (1, 2, 4)])
+
+    first = plot_width(Result()).axes[0]
+    labels = first.get_legend_handles_labels()[1]
+    assert labels == ["cellular-automata", "censored median (a lower bound)", "linear-map"]

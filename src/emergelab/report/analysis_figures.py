@@ -38,10 +38,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def group_palette(result: Any) -> dict[int, Any]:
-    """One colour per config (``groups`` row), the same in every figure of the analysis, including those
-    that draw only some configs (fresh rules: the configs with a rule pool)."""
+def group_palette(result: Any, drawn: list[int] | None = None) -> dict[int, Any]:
+    """One colour per config (``groups`` row id), the same in every figure of the analysis, including one
+    that draws only some configs (``drawn``, e.g. fresh rules: the configs with a rule pool). Past 10
+    configs the colours are a gradient in config order (:func:`~.plotting.colors`); a figure of a subset
+    then spreads the gradient over its own configs, keeping their order, so that they stay apart."""
     ids = [row["group"] for row in result.groups.to_pylist()]
+    if drawn is not None and len(ids) > 10:
+        ids = [g for g in ids if g in set(drawn)]
     return dict(zip(ids, colors(len(ids))))
 
 
@@ -246,7 +250,7 @@ def plot_fresh_rules(result: Any) -> "Figure":
     fig = new_figure(12, 4.4)
     ax_loss, ax_off = fig.subplots(1, 2)
     drawn: list[np.ndarray] = []
-    palette = group_palette(result)
+    palette = group_palette(result, [row["group"] for row in groups])
     for row in groups:
         m, color = g == row["group"], palette[row["group"]]
         t = np.asarray(fc["step"])[m]

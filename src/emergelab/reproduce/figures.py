@@ -91,7 +91,13 @@ WIDTH_FAMILIES = (  # (label, which configs belong, the x field)
 
 
 def width_figure(result: Any, out: Path) -> list[Path]:
-    """Median plateau per family of widths (one panel each), one line per task."""
+    """:func:`plot_width`, saved as ``out/width.png``."""
+    return [save_figure(plot_width(result), out / "width.png")]
+
+
+def plot_width(result: Any) -> Any:
+    """Median plateau per family of widths (one panel each), one line per task; open circles: censored
+    medians (at least half the seeds never left the plateau: the run's length, a lower bound)."""
     rows = result.groups.to_pylist()
     tasks = sorted({r.get("task.name") for r in rows}, key=str)
     fig = new_figure(12, 4)
@@ -100,6 +106,7 @@ def width_figure(result: Any, out: Path) -> list[Path]:
         if not any(member(r) for r in rows):  # e.g. the smoke scale's few small configs
             ax.text(0.5, 0.5, "no config of this family\nat this scale", transform=ax.transAxes, ha="center",
                     va="center", color="0.4")
+        censored_named = False  # one legend entry for the open circles of every task
         for task, color in zip(tasks, colors(len(tasks))):
             mine = sorted((r for r in rows if r.get("task.name") == task and member(r)), key=lambda r: r[field])
             if not mine:
@@ -109,13 +116,15 @@ def width_figure(result: Any, out: Path) -> list[Path]:
             ax.plot(x, y, "o-", color=color, label=str(task))
             cens = [(a, b) for a, b, r in zip(x, y, mine) if r.get("plateau_censored")]
             if cens:
-                ax.scatter(*zip(*cens), s=70, facecolors="none", edgecolors="k", label="censored median")
+                ax.scatter(*zip(*cens), s=70, facecolors="none", edgecolors="k",
+                           label=None if censored_named else "censored median (a lower bound)")
+                censored_named = True
         ax.set_xscale("log", base=2)
         ax.set(xlabel=field.split(".")[-1], ylabel="median plateau, steps", title=label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    return [save_figure(fig, out / "width.png")]
+    return fig
 
 
 def seeds_figure(result: Any, out: Path) -> list[Path]:
