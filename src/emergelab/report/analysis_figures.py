@@ -247,7 +247,8 @@ def plot_fresh_rules(result: Any) -> "Figure":
     fc = result.fresh_curves.to_pydict()
     g = np.asarray(fc["group"], dtype=np.int64)
     groups = [row for row in result.groups.to_pylist() if (g == row["group"]).any()]
-    fig = new_figure(12, 4.4)
+    many = len(groups) > 6  # a legend that would cover the curves goes below both panels
+    fig = new_figure(12, 4.4 + (0.2 * ((len(groups) + 1) // 2) if many else 0.0))
     ax_loss, ax_off = fig.subplots(1, 2)
     drawn: list[np.ndarray] = []
     palette = group_palette(result, [row["group"] for row in groups])
@@ -274,7 +275,10 @@ def plot_fresh_rules(result: Any) -> "Figure":
         ax.grid(alpha=0.3)
     if drawn and not any(v.any() for v in drawn):
         ax_off.text(0.5, 0.5, NO_SEED_OFF, transform=ax_off.transAxes, ha="center", va="center", fontsize=10)
-    ax_loss.legend(fontsize=8, loc="best")
+    if many:
+        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2)
+    else:
+        ax_loss.legend(fontsize=8, loc="best")
     return fig
 
 
