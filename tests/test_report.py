@@ -258,3 +258,25 @@ def test_a_median_of_steps_prints_whole_and_other_floats_to_four_digits():
     assert [_fmt(v) for v in (1712.5, 1712.0, 162.5, 0.5, 0.36794227, 5492.25, 1.3705)] == \
         ["1712.5", "1712", "162.5", "0.5", "0.3679", "5492", "1.371"]
     assert [_num(v) for v in (1712.5, 1712.0, 0.36794227, 5492.25)] == [1712.5, 1712, 0.3679, 5492.0]
+
+
+@pytest.mark.parametrize("labels,below", [
+    (["all runs"], False),
+    ([f"sparsity={s}" for s in range(1, 7)], False),  # six short entries fit inside
+    ([f"sparsity={s}" for s in range(1, 8)], True),  # seven do not
+    ([f"state_size={s}, bias_beta=0, rules=4, batch_size=64" for s in range(4)], True),  # four long ones
+    ([f"state_size={s}, bias_beta=0, rules=4, batch_size=64" for s in range(3)], False),
+])
+def test_a_crowded_legend_goes_below_the_axes_and_the_figure_grows_for_it(labels, below):
+    from emergelab.report.plotting import crowded, legend_below, new_figure, taller_for_legend
+
+    assert crowded(labels) == below
+    fig = new_figure(6, taller_for_legend(4.0, labels))
+    assert (fig.get_figheight() > 4.0) == below
+    ax = fig.subplots()
+    for label in labels:
+        ax.plot([0, 1], [0, 1], label=label)
+    legend_below(fig, ax, labels, loc="upper left")
+    assert (ax.get_legend() is None) == below and bool(fig.legends) == below
+    shown = (fig.legends[0] if below else ax.get_legend()).get_texts()
+    assert [t.get_text() for t in shown] == labels

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..analysis.runs import plateau_scaling
-from .plotting import colors, new_figure, save_figure
+from .plotting import colors, crowded, legend_below, new_figure, save_figure, taller_for_legend
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,7 +68,10 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     groups, cols = _group_columns(result)
-    fig = new_figure(11, 4.2)
+    drawn = [row for row in groups
+             if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
+    labels = [row["label"] for row in drawn]
+    fig = new_figure(11, taller_for_legend(4.2, labels))
     ax_h, ax_e = fig.subplots(1, 2)
     palette = group_palette(result)
     finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
@@ -77,8 +80,6 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     # each ECDF runs on to the right edge so its final level shows; curves drawn first are wider, so one
     # that ends where a later one does stays visible under it
     right = finite.max() + 0.05 * max(np.ptp(finite), 1.0) if finite.size else 1.0
-    drawn = [row for row in groups
-             if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
     unsolved = len(groups) - len(drawn)
     for row in groups:
         c, color = cols[row["group"]], palette[row["group"]]
@@ -108,8 +109,11 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     if drawn:
         title = (f"+ {unsolved} config{'s' if unsolved > 1 else ''} with no solved seed (not drawn)"
                  if unsolved else None)
-        ax_h.legend(fontsize=8, loc="upper right", title=title, title_fontsize=8)
-        ax_e.legend(fontsize=8, loc="lower right", title=title, title_fontsize=8)
+        if crowded(labels):  # one legend below both panels (the same entries)
+            legend_below(fig, ax_h, labels, title=title)
+        else:
+            ax_h.legend(fontsize=8, loc="upper right", title=title, title_fontsize=8)
+            ax_e.legend(fontsize=8, loc="lower right", title=title, title_fontsize=8)
     return save_figure(fig, Path(path))
 
 
@@ -118,7 +122,8 @@ def solved_figure(result: Any, path: str | Path) -> Path:
     groups = result.groups.to_pylist()
     sc = result.solved_curves.to_pydict()
     g = np.asarray(sc["group"], dtype=np.int64)
-    fig = new_figure(7.5, 4.5)
+    labels = [row["label"] for row in groups]
+    fig = new_figure(7.5, taller_for_legend(4.5, labels))
     ax = fig.subplots()
     palette = group_palette(result)
     for row in groups:
@@ -135,7 +140,7 @@ def solved_figure(result: Any, path: str | Path) -> Path:
                  f"within {result.solved_tol:g} nats of the optimum); 95% bootstrap band")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left")
+    legend_below(fig, ax, labels, loc="upper left")
     return save_figure(fig, Path(path))
 
 
@@ -247,8 +252,8 @@ def plot_fresh_rules(result: Any) -> "Figure":
     fc = result.fresh_curves.to_pydict()
     g = np.asarray(fc["group"], dtype=np.int64)
     groups = [row for row in result.groups.to_pylist() if (g == row["group"]).any()]
-    many = len(groups) > 6  # a legend that would cover the curves goes below both panels
-    fig = new_figure(12, 4.4 + (0.2 * ((len(groups) + 1) // 2) if many else 0.0))
+    labels = [row["label"] for row in groups]
+    fig = new_figure(12, taller_for_legend(4.4, labels))
     ax_loss, ax_off = fig.subplots(1, 2)
     drawn: list[np.ndarray] = []
     palette = group_palette(result, [row["group"] for row in groups])
@@ -275,10 +280,7 @@ def plot_fresh_rules(result: Any) -> "Figure":
         ax.grid(alpha=0.3)
     if drawn and not any(v.any() for v in drawn):
         ax_off.text(0.5, 0.5, NO_SEED_OFF, transform=ax_off.transAxes, ha="center", va="center", fontsize=10)
-    if many:
-        fig.legend(*ax_loss.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2)
-    else:
-        ax_loss.legend(fontsize=8, loc="best")
+    legend_below(fig, ax_loss, labels, loc="best")
     return fig
 
 

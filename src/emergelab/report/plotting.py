@@ -20,6 +20,29 @@ def new_figure(width: float, height: float, constrained: bool = True) -> "Figure
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
 
 
+def crowded(labels: list[str]) -> bool:
+    """Whether a legend of these config labels would cover the curves inside an axes: more than 6
+    entries, or more than 3 long ones."""
+    return len(labels) > 6 or (len(labels) > 3 and max(map(len, labels)) > 40)
+
+
+def taller_for_legend(height: float, labels: list[str]) -> float:
+    """A figure's height with room below the axes for a two-column legend of ``labels`` when
+    :func:`crowded`; unchanged for a legend that fits inside."""
+    return height + (0.2 * ((len(labels) + 1) // 2) + 0.2 if crowded(labels) else 0.0)
+
+
+def legend_below(fig: "Figure", ax: Any, labels: list[str], **inside: Any) -> None:
+    """``ax``'s legend inside it (``inside``: ``loc``, ``title``) unless its config ``labels`` are
+    :func:`crowded`: then in two columns below every axes of ``fig`` (made taller by
+    :func:`taller_for_legend`)."""
+    if crowded(labels):
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2,
+                   title=inside.get("title"), title_fontsize=8)
+    else:
+        ax.legend(fontsize=8, title_fontsize=8, **inside)
+
+
 def save_figure(fig: "Figure", path: str | Path) -> Path:
     """Save ``fig`` as PNG atomically (the temporary name ends in .tmp, so the format is explicit)."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
