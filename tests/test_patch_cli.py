@@ -134,7 +134,8 @@ def test_a_mixer_run_patches_its_mixing_matrix_and_is_told_so(tmp_path, capsys):
         "emergelab: error: model.name=mlp_mixer has no hook point blocks.0.attn.hook_pattern to patch; its mixer's "
         "mixing matrix is blocks.{l}.mixer.hook_pattern: patch it with --what mixer")
     out = tmp_path / "patched"
-    assert main(["patch", str(run.path), "--early", "0", "--late", "200", "--what", "mixer", "--out", str(out)]) == 0
+    assert main(["patch", str(run.path), "--early", "0", "--late", "200", "--what", "mixer", "--out", str(out),
+                 "--max-heads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "prob gain (loss drop)" in printed and "greedy set" in printed
     stem = "seed0_step0-200_mixer"
@@ -142,6 +143,9 @@ def test_a_mixer_run_patches_its_mixing_matrix_and_is_told_so(tmp_path, capsys):
         assert (out / f"{stem}_{suffix}").stat().st_size > 0
     table = pq.read_table(out / f"{stem}_table.parquet").to_pylist()
     assert len(table) == 2 * (1 + 4) and {row["what"] for row in table} == {"mixer"}
+    assert len((out / f"{stem}_greedy.csv").read_text().splitlines()) <= 2  # a header and at most one head
+    assert main(["patch", str(run.path), "--early", "0", "--late", "200", "--max-heads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "emergelab: error: --max-heads 0: must be an integer >= 1"
     result = patch_checkpoints(run, 0, 200, what="mixer")
     probe = [curve(run.metrics(), "loss_pos", 0, str(i))[1][-1] for i in range(4)]
     np.testing.assert_allclose(result.table.late["loss_per_output"].numpy(), probe, rtol=0, atol=1e-4)
@@ -258,3 +262,28 @@ def test_a_late_checkpoint_no_better_than_the_early_one_is_flagged(run, tmp_path
     if gap > 0:  # the greedy set then reports fractions: the warning stands above them
         assert "warning: the late model's correct-token probability" in result.format()
     assert patch_checkpoints(run, 96, STEPS, fraction=1.0).table.small_gap_note() is None
+
+
+def test_many_heads_a_layer_print_and_draw_the_largest_gains(run):
+    """Past 16 heads a layer (Mamba's channels under --what mixer) the printed table and the per-output
+    panel keep the heads with the largest gain, in order, and the cells go unannotated."""
+    import dataclasses
+
+    from emergelab.interventions.checkpoints import WIDEST_TABLE
+    from emergelab.report.patch_figures import plot_patching_heatmap
+
+    result = patch_checkpoints(run, 96, STEPS, fraction=1.0)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    gain = torch.linspace(-0.01, 0.03, 40).reshape(1, 40)[:, order]
+    per_output = gain[..., None].expand(1, 40, 8).clone()
+    wide = dataclasses.replace(result, table=dataclasses.replace(
+        result.table, prob_gain=gain, loss_drop=gain / 2, prob_gain_per_output=per_output,
+        loss_drop_per_output=per_output / 2))
+    text = wide.format()
+    top = wide.table.ranking()[:WIDEST_TABLE]
+    assert f"(the {WIDEST_TABLE} largest of 40; every head in the table files) 0.{top[0][1]} +0.0300" in text
+    assert "head 39" not in text
+    left, right = plot_patching_heatmap(wide).axes[:2]
+    assert not left.texts  # no annotations on 40 cells
+    assert [t.get_text() for t in right.get_yticklabels()] == [f"0.{h}" for _, h in top]
+    assert plot_patching_heatmap(result).axes[0].texts  # 4 heads: annotated

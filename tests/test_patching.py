@@ -465,3 +465,25 @@ def test_each_model_kind_is_told_which_what_it_has():
         cache_attention(mixer("lru", 0), tokens, "mixer")
     with pytest.raises(ValueError, match="what='heads': must be one of pattern, scores, mixer"):
         hook_name(0, "heads")
+
+
+def test_progress_counts_every_evaluation_and_greedy_passes_bounds_them():
+    from emergelab.interventions.patching import greedy_passes
+
+    early, late = Transformer(CFG, seeds=[0]), Transformer(CFG, seeds=[1])
+    tokens = random_tokens(16)
+    calls = []
+    patching_table(early, late, tokens, progress=lambda: calls.append(1))
+    assert len(calls) == CFG.layers * CFG.heads + 2
+    calls.clear()
+    greedy_heads(late, early, tokens, progress=lambda: calls.append(1))
+    assert len(calls) == 2  # early no worse than late the other way round: the two baselines only
+    n = CFG.layers * CFG.heads
+    assert greedy_passes(n) == 2 + n * (n + 1) // 2 and greedy_passes(n, 2) == 2 + n + (n - 1)
+    for limit in (1, 2, None):
+        calls.clear()
+        result = greedy_heads(early, late, tokens, fraction=1.0, max_heads=limit, progress=lambda: calls.append(1))
+        assert result.heads  # late is (slightly) better here, so the search runs
+        assert len(calls) <= greedy_passes(n, limit)
+        assert len(calls) == greedy_passes(n, limit) or result.reached
+        assert len(result.heads) <= (limit or n)

@@ -152,9 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "transformer's heads, or a non-attention mixer's mixing matrix per head (channel)")
     patch.add_argument("--fraction", type=_float, default=0.9,
                        help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
+    patch.add_argument("--max-heads", type=_int, default=8,
+                       help="the greedy set's largest size, >= 1 (default 8; each step evaluates every head left)")
     patch.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")
     patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
     patch.add_argument("--out", type=_path, help="output folder (default RUN/patching)")
+    patch.add_argument("--quiet", action="store_true", help="no progress bar")
 
     check = sub.add_parser("check", help="verify every file of run directories (checksums, structure); "
                                          "exit 0 when all are intact, 2 otherwise")
@@ -614,7 +617,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
         check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
 
     result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
-                               fraction=args.fraction, batch=args.batch, device=args.device)
+                               fraction=args.fraction, batch=args.batch, device=args.device,
+                               max_heads=args.max_heads, progress=not args.quiet)
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())

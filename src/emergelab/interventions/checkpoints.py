@@ -35,8 +35,11 @@ from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
-from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, heads_hint, hook_name,
-                       patching_table)
+from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, greedy_passes, heads_hint,
+                       hook_name, patching_table)
+
+
+WIDEST_TABLE = 16  # heads per layer printed as a table; more (Mamba's channels) print the largest gains
 
 
 @dataclass
@@ -94,11 +97,17 @@ class CheckpointPatching:
                  f"loss: early {early_l:.4f}, late {late_l:.4f}",
                  "prob gain (loss drop) when one head is patched:"]
         cell = 19
-        lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
-        for layer in range(n_layers):
-            cells = [f"{float(t.prob_gain[layer, h]):+.4f} ({float(t.loss_drop[layer, h]):+.4f})"
-                     for h in range(n_heads)]
-            lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
+        if n_heads <= WIDEST_TABLE:
+            lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
+            for layer in range(n_layers):
+                cells = [f"{float(t.prob_gain[layer, h]):+.4f} ({float(t.loss_drop[layer, h]):+.4f})"
+                         for h in range(n_heads)]
+                lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
+        else:  # e.g. Mamba's channels: a row per layer would not fit a terminal; the CSV has them all
+            top = t.ranking()[:WIDEST_TABLE]
+            lines.append(f"(the {len(top)} largest of {n_layers * n_heads}; every head in the table files) "
+                         + ", ".join(f"{l}.{h} {float(t.prob_gain[l, h]):+.4f} ({float(t.loss_drop[l, h]):+.4f})"
+                                     for l, h in top))
         if t.prob_gain_per_output is not None:
             per = t.prob_gain_per_output.flatten(0, 1)  # [layers*heads, O]
             name = getattr(self.task, "output_name", "output")
@@ -217,12 +226,14 @@ def score_mask(task: Any, tokens: torch.Tensor | None = None) -> torch.Tensor:
 @torch.no_grad()
 def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int = 0, *, what: str = "pattern",
                       fraction: float = 0.9, batch: int | None = None, batch_size: int | None = None,
-                      device: str = "cpu") -> CheckpointPatching:
+                      device: str = "cpu", max_heads: int | None = 8, progress: bool = False) -> CheckpointPatching:
     """Patch each head's ``hook_{what}`` of seed ``seed`` from checkpoint ``late`` into checkpoint ``early``.
 
     ``batch``: held-out sequences (None: ``train.eval_batch_size``, the probe's own batch); ``batch_size``:
-    rows per forward pass (None: all). Raises ConfigError for a directory that is not a run, a seed the run
-    does not have, or ``early >= late`` after both are resolved to saved checkpoints.
+    rows per forward pass (None: all); ``max_heads``: the greedy set's largest size (None: every head; each
+    step evaluates every head left, so a mixer whose "heads" are Mamba's channels wants a small one);
+    ``progress``: a progress bar over the evaluations. Raises ConfigError for a directory that is not a run,
+    a seed the run does not have, or ``early >= late`` after both are resolved to saved checkpoints.
     """
     if what not in WHAT:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(WHAT)}")
@@ -230,6 +241,8 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
         raise ConfigError(f"--fraction {fraction}: must be in (0, 1]")
     if batch is not None and batch < 1:
         raise ConfigError(f"--batch {batch}: must be >= 1")
+    if max_heads is not None and not (isinstance(max_heads, int) and max_heads >= 1):
+        raise ConfigError(f"--max-heads {max_heads}: must be an integer >= 1")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available here; use cpu")
     for name, step in (("--early", early), ("--late", late)):
@@ -269,10 +282,14 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
         raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
                           + heads_hint(early_model.hook_dict, what, "--what {}"))
     late_model = load_model(run, seed, late_step, device, config)
+    n_heads = cache_attention(early_model, tokens[:1], what)[hook_name(0, what)].shape[1] * config.model.layers
+    bar = _progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
-                           loss_mask=mask, batch_size=batch_size)
+                           loss_mask=mask, batch_size=batch_size, progress=bar.update)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
-                          batch_size=batch_size)
+                          batch_size=batch_size, max_heads=max_heads, progress=bar.update)
+    bar.total = bar.n  # the greedy search can stop before its bound
+    bar.close()
     patterns = {}
     shown = "mixer" if what == "mixer" else "pattern"
     for step, model in ((early_step, early_model), (late_step, late_model)):
@@ -285,6 +302,25 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
                               requested=(early, late), what=what, fraction=fraction, n_sequences=n,
                               table=table, greedy=greedy, task=task, score_mask=mask.cpu(),
                               patterns=patterns, notes=notes)
+
+
+class _NoBar:
+    n, total = 0, 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, show: bool) -> Any:
+    """A tqdm bar over ``total`` evaluations on stderr, or a silent counter."""
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="patching", unit="eval", leave=False)
 
 
 def write_patching(result: CheckpointPatching, out: str | Path | None = None) -> list[Path]:

@@ -527,13 +527,14 @@ def _rows(what: str, columns: dict[str, tuple[torch.Tensor, torch.Tensor | None]
 @torch.no_grad()
 def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, what: str = "pattern",
                    output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
-                   batch_size: int | None = None, n_outputs: int | None = None) -> PatchingResult:
+                   batch_size: int | None = None, n_outputs: int | None = None,
+                   progress: Callable[[], None] | None = None) -> PatchingResult:
     """Patch each single head's ``hook_{what}`` from ``late_model`` into ``early_model`` on ``tokens [n, L]``.
 
     ``layers * heads`` forward passes of the early model (plus one baseline each), ``batch_size`` rows at a
     time (None: all). ``output_index``, ``loss_mask``, ``n_outputs``: as in :func:`target_metrics` (per
     sequence, ``[n, L-1]``, for a task whose outputs are: ``tasks.SampleOutputTask``). Results are on the
-    CPU. Example::
+    CPU. ``progress``: called after each evaluation (``layers * heads + 2`` of them). Example::
 
         table = patching_table(early, late, task_batch.tokens, output_index=task.output_index)
         table.prob_gain            # [layers, heads]
@@ -545,8 +546,11 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
     n_layers, n_heads = _shape(source, what)
 
     def evaluate(model: Any, heads: Sequence[Head]) -> dict[str, torch.Tensor]:
-        return _metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
-                        tokens, batch_size, output_index, loss_mask, n_outputs)
+        metrics = _metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
+                           tokens, batch_size, output_index, loss_mask, n_outputs)
+        if progress is not None:
+            progress()
+        return metrics
 
     early, late = evaluate(early_model, []), evaluate(late_model, [])
     cells = [[evaluate(early_model, [(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
@@ -641,15 +645,22 @@ class GreedyResult:
                 for i, ((layer, head), p, r) in enumerate(zip(self.heads, self.prob, self.recovered))]
 
 
+def greedy_passes(n_heads: int, max_heads: int | None = None) -> int:
+    """The most evaluations :func:`greedy_heads` makes over ``n_heads`` heads (all layers): the two baselines,
+    then ``n_heads - i`` candidates at each step ``i`` below the limit."""
+    limit = n_heads if max_heads is None else min(max_heads, n_heads)
+    return 2 + sum(n_heads - i for i in range(limit))
+
+
 @torch.no_grad()
 def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fraction: float = 0.9,
                  what: str = "pattern", loss_mask: torch.Tensor | None = None, max_heads: int | None = None,
-                 batch_size: int | None = None) -> GreedyResult:
+                 batch_size: int | None = None, progress: Callable[[], None] | None = None) -> GreedyResult:
     """Greedily grow the set of heads patched late -> early, each step adding the head that maximises the
     mean correct-token probability (over ``loss_mask``) together with those chosen, until the patched model
     recovers ``fraction`` of ``late - early`` (or all / ``max_heads`` heads are used). Costs up to
-    ``(layers*heads)**2 / 2`` forward passes. If the late model is not better than the early one, nothing
-    is chosen and ``reached`` is True. Example::
+    ``(layers*heads)**2 / 2`` forward passes (:func:`greedy_passes`); ``progress`` is called after each. If
+    the late model is not better than the early one, nothing is chosen and ``reached`` is True. Example::
 
         result = greedy_heads(early, late, tokens, fraction=0.9)
         result.heads, result.recovered  # the heads in the order chosen, the fraction recovered after each
@@ -664,8 +675,11 @@ def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fra
     n_layers, n_heads = _shape(source, what)
 
     def mean_prob(model: Any, heads: Sequence[Head]) -> float:
-        return float(_metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
+        prob = float(_metrics(lambda rows: patch_heads(model, tokens[rows], _chunk(source, rows), heads, what),
                               tokens, batch_size, None, loss_mask)["mean_prob"])
+        if progress is not None:
+            progress()
+        return prob
 
     early, late = mean_prob(early_model, []), mean_prob(late_model, [])
     result = GreedyResult(what=what, fraction=fraction, early_prob=early, late_prob=late)

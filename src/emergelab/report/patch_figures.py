@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..interventions.checkpoints import WIDEST_TABLE
 from ..train import ExperimentConfig
 from .plotting import DPI, describe, fit_lines, save_figure
 
@@ -51,35 +52,44 @@ def _annotate(ax: Any, values: np.ndarray, texts: list[list[str]], vmax: float, 
 
 
 def plot_patching_heatmap(result: Any) -> "Figure":
-    """Prob gain per head (layers x heads) and per head and output; see the module docstring."""
+    """Prob gain per head (layers x heads) and per head and output; see the module docstring. Past
+    ``WIDEST_TABLE`` heads a layer (Mamba's channels) the cells are not annotated and the per-output panel
+    shows the heads with the largest gain only."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     t = result.table
     gain = t.prob_gain.numpy()  # [layers, heads]
     drop = t.loss_drop.numpy()
     n_layers, n_heads = gain.shape
-    per_output = None if t.prob_gain_per_output is None else t.prob_gain_per_output.flatten(0, 1).numpy()
+    wide = n_heads > WIDEST_TABLE  # e.g. Mamba's channels: no annotations, and per output the top rows only
+    rows = ([l * n_heads + h for l, h in t.ranking()[:WIDEST_TABLE]] if wide else list(range(n_layers * n_heads)))
+    per_output = None if t.prob_gain_per_output is None else t.prob_gain_per_output.flatten(0, 1).numpy()[rows]
     vmax = float(np.nanmax(np.abs(gain))) if gain.size else 0.0
     if per_output is not None:
         vmax = max(vmax, float(np.nanmax(np.abs(per_output))))
     vmax = max(vmax, 0.01)  # near-zero gains stay white instead of showing noise at full colour
 
-    left_w = max(3.2, 1.05 * n_heads + 1.0)
+    left_w = min(12.0, max(3.2, 1.05 * n_heads + 1.0))
     right_w = 0.0 if per_output is None else max(3.0, 0.42 * per_output.shape[1] + 1.4)
-    height = max(3.0, 0.45 * n_layers * n_heads + 1.9, 0.75 * n_layers + 2.2)
+    height = max(3.0, 0.45 * len(rows) + 1.9, 0.75 * n_layers + 2.2)
     fig = Figure(figsize=(left_w + right_w + 0.9, height), dpi=DPI, layout="constrained")
     cols = 1 if per_output is None else 2
     axes = fig.subplots(1, cols, squeeze=False, width_ratios=[left_w, right_w][:cols])[0]
 
     ax = axes[0]
     image = ax.imshow(gain, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
-    _annotate(ax, gain, [[f"{gain[l, h]:+.3f}\n({drop[l, h]:+.3f})" for h in range(n_heads)]
-                         for l in range(n_layers)], vmax, 8)
-    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
+    if wide:
+        ax.xaxis.set_major_locator(MaxNLocator(16, integer=True))
+    else:
+        _annotate(ax, gain, [[f"{gain[l, h]:+.3f}\n({drop[l, h]:+.3f})" for h in range(n_heads)]
+                             for l in range(n_layers)], vmax, 8)
+        ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)])
     ax.set_yticks(range(n_layers), [str(l) for l in range(n_layers)])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("prob gain (loss drop)\nfrom patching one head", fontsize=9)
+    ax.set_title("prob gain from patching one head" if wide else "prob gain (loss drop)\nfrom patching one head",
+                 fontsize=9)
 
     if per_output is not None:
         ax = axes[1]
@@ -90,11 +100,11 @@ def plot_patching_heatmap(result: Any) -> "Figure":
                                        for row in per_output], vmax, 6.5)
         name = getattr(result.task, "output_name", "output")
         ax.set_xticks(range(n_out), [str(i) for i in range(n_out)])
-        ax.set_yticks(range(n_layers * n_heads),
-                      [f"{l}.{h}" for l in range(n_layers) for h in range(n_heads)])
+        ax.set_yticks(range(len(rows)), [f"{k // n_heads}.{k % n_heads}" for k in rows])
         ax.set_xlabel(f"{name} (task output)")
         ax.set_ylabel("layer.head")
-        ax.set_title(f"prob gain per {name}", fontsize=9)
+        ax.set_title(f"prob gain per {name}" + (f"\n(the {len(rows)} heads with the largest gain of "
+                                                 f"{n_layers * n_heads})" if wide else ""), fontsize=9)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
     bar.set_label("gain in mean correct-token probability")
     fig.suptitle(fit_lines(fig, _title(result) + "\n" + _greedy_text(result), 8), fontsize=8)
