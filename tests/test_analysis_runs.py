@@ -763,7 +763,8 @@ def test_plateau_figure_names_a_config_off_the_log_axis(tmp_path, monkeypatch):
     real_save = analysis_figures.save_figure
 
     def save(fig, path):
-        labels.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)  # inside or below
+        labels.extend(t.get_text() for legend in legends for t in legend.get_texts())
         return real_save(fig, path)
 
     monkeypatch.setattr(analysis_figures, "save_figure", save)

@@ -280,3 +280,12 @@ def test_a_crowded_legend_goes_below_the_axes_and_the_figure_grows_for_it(labels
     assert (ax.get_legend() is None) == below and bool(fig.legends) == below
     shown = (fig.legends[0] if below else ax.get_legend()).get_texts()
     assert [t.get_text() for t in shown] == labels
+
+
+def test_legend_labels_too_long_to_pair_take_one_column_and_their_rows():
+    from emergelab.report.plotting import legend_columns, taller_for_legend
+
+    fits = ["state_size=8: plateau ~ 61 sparsity^a, a = 0.22 +- 0.70 (95% CI [-1.71, 2.15], 6 configs)"] * 7
+    assert legend_columns(fits) == 1 and legend_columns(["sparsity=1"] * 7) == 2
+    assert taller_for_legend(4.0, fits) == pytest.approx(4.0 + 0.2 * 7 + 0.2)
+    assert taller_for_legend(4.0, ["sparsity=1"] * 7) == pytest.approx(4.0 + 0.2 * 4 + 0.2)

@@ -205,7 +205,9 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
            title=f"Plateau before the loss leaves its initial level vs {field}")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    labels = ax.get_legend_handles_labels()[1]
+    fig.set_figheight(taller_for_legend(fig.get_figheight(), labels))  # the entries are known only now
+    legend_below(fig, ax, labels, loc="best")
     return save_figure(fig, Path(path))
 
 

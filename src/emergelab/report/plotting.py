@@ -26,18 +26,25 @@ def crowded(labels: list[str]) -> bool:
     return len(labels) > 6 or (len(labels) > 3 and max(map(len, labels)) > 40)
 
 
+def legend_columns(labels: list[str]) -> int:
+    """Two columns below the axes, one for labels too long to sit side by side (a fit's formula)."""
+    return 1 if labels and max(map(len, labels)) > 50 else 2
+
+
 def taller_for_legend(height: float, labels: list[str]) -> float:
-    """A figure's height with room below the axes for a two-column legend of ``labels`` when
-    :func:`crowded`; unchanged for a legend that fits inside."""
-    return height + (0.2 * ((len(labels) + 1) // 2) + 0.2 if crowded(labels) else 0.0)
+    """A figure's height with room below the axes for the legend of ``labels`` when :func:`crowded`
+    (:func:`legend_columns` columns); unchanged for a legend that fits inside."""
+    rows = -(-len(labels) // legend_columns(labels))
+    return height + (0.2 * rows + 0.2 if crowded(labels) else 0.0)
 
 
 def legend_below(fig: "Figure", ax: Any, labels: list[str], **inside: Any) -> None:
     """``ax``'s legend inside it (``inside``: ``loc``, ``title``) unless its config ``labels`` are
-    :func:`crowded`: then in two columns below every axes of ``fig`` (made taller by
-    :func:`taller_for_legend`)."""
+    :func:`crowded`: then below every axes of ``fig`` (:func:`legend_columns` columns; the figure made
+    taller by :func:`taller_for_legend`)."""
     if crowded(labels):
-        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=2,
+        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center",
+                   ncol=legend_columns(labels),
                    title=inside.get("title"), title_fontsize=8)
     else:
         ax.legend(fontsize=8, title_fontsize=8, **inside)
