@@ -376,6 +376,34 @@ def test_cli_patch(suite, tmp_path, capsys):
     assert np.isfinite([r["prob"] for r in joint]).all()
 
 
+def test_cli_patch_counts_its_evaluations_on_a_progress_bar(suite, tmp_path, capsys, monkeypatch):
+    """One update per evaluation: 8 heads and the 2 baselines, the 3 top-k sets, then the greedy search's
+    (at most greedy_passes(8, 2) = 17 with --max-heads 2); the bar's total, that bound, shrinks to the count."""
+    import pyarrow.parquet as pq
+
+    from emergelab.interventions import greedy_passes, progress_bar
+    from emergelab.lm import patch as lm_patch
+
+    bars = []
+
+    def recording(total, show):
+        bars.append(progress_bar(total, False))
+        bars[-1].total, bars[-1].shown = total, show
+        return bars[-1]
+
+    monkeypatch.setattr(lm_patch, "progress_bar", recording)
+    args = ["lm", "patch", "--local", str(suite), "--seed", "1", "--early", "step32", "--late", "step64",
+            "--param", "length=8", "--param", "repeat=4", "--n-prompts", "32", "--top-k", "3", "--max-heads", "2",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    (bar,) = bars
+    chosen = pq.read_table(tmp_path / "patch_greedy.parquet").num_rows
+    assert bar.shown and bar.n == bar.total and 1 <= chosen <= 2
+    # the greedy search: its 2 baselines, 8 candidates for the first head, 7 for the second if it went on
+    assert bar.n == 8 + 2 + 3 + 2 + 8 + (7 if chosen == 2 else 0) <= 8 + 2 + 3 + greedy_passes(8, 2)
+    assert main([*args[:-2], "--quiet", "--out", str(tmp_path / "quiet")]) == 0 and not bars[-1].shown
+
+
 def test_the_package_exports_what_its_readme_names():
     import emergelab.lm as lm
     from emergelab.lm import patch

@@ -864,6 +864,7 @@ def _add_lm_parser(sub: Any) -> None:
     patch.add_argument("--top-k", type=int, default=5, help="top heads patched together, >= 1 (default 5)")
     patch.add_argument("--fraction", type=float, default=0.9, help="greedy target fraction, in (0, 1] (default 0.9)")
     patch.add_argument("--max-heads", type=int, default=8, help="greedy set size limit; 0 skips it (default 8)")
+    patch.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
@@ -923,7 +924,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
                                  params=params, n_prompts=args.n_prompts, prompt_seed=args.prompt_seed,
                                  what=args.what, top_k=args.top_k, fraction=args.fraction,
                                  greedy_max_heads=args.max_heads, dtype=args.dtype, device=args.device,
-                                 tokenizer=args.tokenizer)
+                                 tokenizer=args.tokenizer, progress=not args.quiet)
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())

@@ -36,7 +36,7 @@ from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
 from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, greedy_passes, heads_hint,
-                       hook_name, patching_table)
+                       hook_name, patching_table, progress_bar)
 
 
 WIDEST_TABLE = 16  # heads per layer printed as a table; more (Mamba's channels) print the largest gains
@@ -283,7 +283,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
                           + heads_hint(early_model.hook_dict, what, "--what {}"))
     late_model = load_model(run, seed, late_step, device, config)
     n_heads = cache_attention(early_model, tokens[:1], what)[hook_name(0, what)].shape[1] * config.model.layers
-    bar = _progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
+    bar = progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
                            loss_mask=mask, batch_size=batch_size, progress=bar.update)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
@@ -302,25 +302,6 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
                               requested=(early, late), what=what, fraction=fraction, n_sequences=n,
                               table=table, greedy=greedy, task=task, score_mask=mask.cpu(),
                               patterns=patterns, notes=notes)
-
-
-class _NoBar:
-    n, total = 0, 0
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, show: bool) -> Any:
-    """A tqdm bar over ``total`` evaluations on stderr, or a silent counter."""
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="patching", unit="eval", leave=False)
 
 
 def write_patching(result: CheckpointPatching, out: str | Path | None = None) -> list[Path]:

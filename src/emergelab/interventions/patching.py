@@ -645,6 +645,29 @@ class GreedyResult:
                 for i, ((layer, head), p, r) in enumerate(zip(self.heads, self.prob, self.recovered))]
 
 
+class _Counter:
+    """What :func:`progress_bar` gives when nothing is shown: it counts the evaluations."""
+
+    def __init__(self) -> None:
+        self.n = self.total = 0
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, show: bool) -> Any:
+    """A tqdm bar over ``total`` evaluations on stderr (``update()`` after each: the tables' and the greedy
+    search's ``progress``), or a silent counter."""
+    if not show:
+        return _Counter()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="patching", unit="eval", leave=False)
+
+
 def greedy_passes(n_heads: int, max_heads: int | None = None) -> int:
     """The most evaluations :func:`greedy_heads` makes over ``n_heads`` heads (all layers): the two baselines,
     then ``n_heads - i`` candidates at each step ``i`` below the limit."""

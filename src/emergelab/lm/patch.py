@@ -27,7 +27,8 @@ import pyarrow as pa
 import torch
 
 from ..config import ConfigError, require_choice, require_float, require_int
-from ..interventions import GreedyResult, PatchingResult, greedy_heads, patch_heads, patching_table, target_metrics
+from ..interventions import (GreedyResult, PatchingResult, cache_attention, greedy_heads, greedy_passes, patch_heads,
+                             patching_table, progress_bar, target_metrics)
 from ..store import write_parquet, write_text
 from .capabilities import PromptSet, build_prompts, check_context, check_params, load_tokenizer, memory_errors
 from .scan import DTYPES, model_context
@@ -119,10 +120,12 @@ def patch_revisions(source: CheckpointSource, early: str, late: str, *, capabili
                     params: dict | None = None, n_prompts: int = 100, prompt_seed: int = 0, what: str = "pattern",
                     top_k: int = 5, fraction: float = 0.9, greedy_max_heads: int | None = 8,
                     batch_size: int | None = 32, dtype: str = "float32", device: str = "cpu",
-                    tokenizer: str | None = None, loader: Callable[..., Any] | None = None) -> RevisionPatching:
+                    tokenizer: str | None = None, loader: Callable[..., Any] | None = None,
+                    progress: bool = False) -> RevisionPatching:
     """Patch each head of ``late`` into ``early`` on ``n_prompts`` prompts of ``capability``; the top
     ``top_k`` heads' joint effect; the greedy set (``greedy_max_heads=0`` skips it; None: no limit).
-    ``loader(folder, dtype, device) -> model``: default :func:`~emergelab.lm.hf.load_lm` (any causal LM).
+    ``loader(folder, dtype, device) -> model``: default :func:`~emergelab.lm.hf.load_lm` (any causal LM);
+    ``progress``: a progress bar over the evaluations (one per head, the top-k sets, the greedy search's).
     Bad arguments (:func:`check_patch`), the device, missing revisions, the tokenizer and damaged
     checkpoints are refused (one line) before either checkpoint is loaded."""
     from ..train.estimate import check_device
@@ -155,14 +158,19 @@ def patch_revisions(source: CheckpointSource, early: str, late: str, *, capabili
                       f"{source.name}@{revision}")
     with memory_errors(prompts, batch_size, device):
         return _patch(source, early, late, what, prompts, early_model, late_model, top_k, fraction,
-                      greedy_max_heads, batch_size)
+                      greedy_max_heads, batch_size, progress)
 
 
 def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: PromptSet, early_model: Any,
            late_model: Any, top_k: int, fraction: float, greedy_max_heads: int | None,
-           batch_size: int | None) -> RevisionPatching:
+           batch_size: int | None, progress: bool = False) -> RevisionPatching:
     tokens, mask = prompts.tokens, prompts.loss_mask
-    table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size)
+    first = cache_attention(early_model, tokens[:1], what)
+    n_heads = sum(act.shape[1] for act in first.values())
+    greedy_bound = 0 if greedy_max_heads == 0 else greedy_passes(n_heads, greedy_max_heads)
+    bar = progress_bar(n_heads + 2 + min(top_k, n_heads) + greedy_bound, progress)
+    table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size,
+                           progress=bar.update)
     top = table.ranking()[:top_k]
     early_p, late_p = float(table.early["mean_prob"]), float(table.late["mean_prob"])
     joint_prob, joint_recovered = [], []
@@ -177,12 +185,15 @@ def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: 
             n_rows = tokens[rows].shape[0]
             probs.append(float(target_metrics(logits, tokens[rows], loss_mask=mask)["mean_prob"]) * n_rows)
         p = float(sum(probs) / tokens.shape[0])
+        bar.update()
         joint_prob.append(p)
         joint_recovered.append((p - early_p) / (late_p - early_p) if late_p != early_p else float("nan"))
     greedy = None
     if greedy_max_heads != 0:
         greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
-                              max_heads=greedy_max_heads, batch_size=batch_size)
+                              max_heads=greedy_max_heads, batch_size=batch_size, progress=bar.update)
+    bar.total = bar.n  # the greedy search can stop before its bound
+    bar.close()
     notes = [] if late_p > early_p else [f"{late} is not better than {early} on these prompts "
                                          f"({late_p:.4f} vs {early_p:.4f}): gains are not recoveries"]
     return RevisionPatching(source.name, early, late, what, prompts, table, top, joint_prob, joint_recovered,
@@ -190,8 +201,6 @@ def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: 
 
 
 def _late_cache(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
-    from ..interventions import cache_attention
-
     step = batch_size or tokens.shape[0]
     parts = [cache_attention(model, tokens[i:i + step], what) for i in range(0, tokens.shape[0], step)]
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
