@@ -11,6 +11,7 @@ from emergelab.interventions import (
     ablate_heads,
     ablation_table,
     cache_attention,
+    count_heads,
     greedy_heads,
     hook_name,
     patch_heads,
@@ -105,6 +106,10 @@ def test_patch_target_names_and_validation():
     model = Transformer(CFG, seeds=[0])
     with pytest.raises(ValueError, match=r"head \(5, 0\): the model has layers 0\.\.1"):  # was a KeyError
         ablate_heads(model, random_tokens(4), [(5, 0)])
+    with pytest.raises(ValueError, match=r"^head \(1, 3\): the model has heads 0\.\.2$"):
+        ablate_heads(model, random_tokens(4), [(1, 3)])
+    heads = count_heads(model, random_tokens(4))
+    assert heads == CFG.layers * CFG.heads and count_heads(mixer("mamba", 0), random_tokens(4), "mixer") == 2 * 32
 
 
 # ------------------------------------------------------------------------------------------ ablation

@@ -35,8 +35,8 @@ from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
-from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, greedy_heads, greedy_passes, heads_hint,
-                       hook_name, patching_table, progress_bar)
+from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, count_heads, greedy_heads, greedy_passes,
+                       heads_hint, hook_name, patching_table, progress_bar)
 
 
 WIDEST_TABLE = 16  # heads per layer printed as a table; more (Mamba's channels) print the largest gains
@@ -282,7 +282,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
         raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
                           + heads_hint(early_model.hook_dict, what, "--what {}"))
     late_model = load_model(run, seed, late_step, device, config)
-    n_heads = cache_attention(early_model, tokens[:1], what)[hook_name(0, what)].shape[1] * config.model.layers
+    n_heads = count_heads(early_model, tokens, what)
     bar = progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
                            loss_mask=mask, batch_size=batch_size, progress=bar.update)

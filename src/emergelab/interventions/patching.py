@@ -248,10 +248,10 @@ def heads_hint(names: Iterable[str], what: str, option: str = 'what="{}"') -> st
         return f"its mixer's mixing matrix is blocks.{{l}}.mixer.hook_pattern: patch it with {option.format('mixer')}"
     if what == "mixer" and hook_name(0, "pattern") in names:
         return f"it has attention heads: patch them with {option.format('pattern')}"
-    own = sorted(n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
-    return (f"its mixer's hook points are {', '.join('blocks.{l}.' + name for name in own)}, for run_with_cache / "
-            "run_with_hooks "
-            "(models/mixers/README.md)" if own else "it has no mixer hook points either")
+    own = sorted("blocks.{l}." + n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
+    if not own:
+        return "it has no mixer hook points either"
+    return f"its mixer's hook points are {', '.join(own)}, for run_with_cache / run_with_hooks (models/mixers/README.md)"
 
 
 def patch_heads(model: Any, tokens: torch.Tensor, source_cache: dict[str, torch.Tensor],
@@ -305,8 +305,7 @@ def _targets(heads: Sequence[Head], what: str, model: Any = None) -> list[PatchT
         if layers is not None and not 0 <= t.layer < layers:
             raise ValueError(f"head ({t.layer}, {t.head}): the model has layers 0..{layers - 1}")
         if n_heads is not None and not 0 <= t.head < n_heads:
-            raise ValueError(f"head ({t.layer}, {t.head}): the model has layers 0..{layers - 1} and heads "
-                             f"0..{n_heads - 1}")
+            raise ValueError(f"head ({t.layer}, {t.head}): the model has heads 0..{n_heads - 1}")
     return targets
 
 
@@ -666,6 +665,12 @@ def progress_bar(total: int, show: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="patching", unit="eval", leave=False)
+
+
+def count_heads(model: Any, tokens: torch.Tensor, what: str = "pattern") -> int:
+    """Heads over every layer of ``model``'s ``hook_{what}`` (a mixer's: its matrix's second axis, Mamba's
+    channels), read from one forward pass on the first sequence of ``tokens``."""
+    return sum(act.shape[1] for act in cache_attention(model, tokens[:1], what).values())
 
 
 def greedy_passes(n_heads: int, max_heads: int | None = None) -> int:

@@ -27,8 +27,8 @@ import pyarrow as pa
 import torch
 
 from ..config import ConfigError, require_choice, require_float, require_int
-from ..interventions import (GreedyResult, PatchingResult, cache_attention, greedy_heads, greedy_passes, patch_heads,
-                             patching_table, progress_bar, target_metrics)
+from ..interventions import (GreedyResult, PatchingResult, cache_attention, count_heads, greedy_heads, greedy_passes,
+                             patch_heads, patching_table, progress_bar, target_metrics)
 from ..store import write_parquet, write_text
 from .capabilities import PromptSet, build_prompts, check_context, check_params, load_tokenizer, memory_errors
 from .scan import DTYPES, model_context
@@ -165,8 +165,7 @@ def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: 
            late_model: Any, top_k: int, fraction: float, greedy_max_heads: int | None,
            batch_size: int | None, progress: bool = False) -> RevisionPatching:
     tokens, mask = prompts.tokens, prompts.loss_mask
-    first = cache_attention(early_model, tokens[:1], what)
-    n_heads = sum(act.shape[1] for act in first.values())
+    n_heads = count_heads(early_model, tokens, what)
     greedy_bound = 0 if greedy_max_heads == 0 else greedy_passes(n_heads, greedy_max_heads)
     bar = progress_bar(n_heads + 2 + min(top_k, n_heads) + greedy_bound, progress)
     table = patching_table(early_model, late_model, tokens, what=what, loss_mask=mask, batch_size=batch_size,

@@ -302,8 +302,8 @@ class ResidualModel(SequenceModel):
 
     The config needs ``layers``, ``width``, ``mlp_width``, ``init_std``, ``vocab_size``,
     ``context_length``; a ``positions`` field (:data:`POSITIONS`) of ``"none"`` leaves the position
-    embedding out (no ``W_pos``). Init follows GPT-2: ``N(0, init_std)``, residual-output projections (the mixer's
-    output map and ``W_out``) scaled by ``1/sqrt(2 layers)`` (``self.out_std``), norms 1, biases 0.
+    embedding out (no ``W_pos``). Init follows GPT-2: ``N(0, init_std)``, residual-output projections (the
+    mixer's output map and ``W_out``) scaled by ``1/sqrt(2 layers)`` (``self.out_std``), norms 1, biases 0.
     Subclasses implement ``make_mixer(layer) -> (name, module)``.
     """
 

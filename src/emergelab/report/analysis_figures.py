@@ -109,10 +109,8 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
     if drawn:
         title = (f"+ {unsolved} config{'s' if unsolved > 1 else ''} with no solved seed (not drawn)"
                  if unsolved else None)
-        if crowded(labels):  # one legend below both panels (the same entries)
-            legend_below(fig, ax_h, labels, title=title)
-        else:
-            ax_h.legend(fontsize=8, loc="upper right", title=title, title_fontsize=8)
+        legend_below(fig, ax_h, labels, loc="upper right", title=title)  # crowded: one below both panels
+        if not crowded(labels):
             ax_e.legend(fontsize=8, loc="lower right", title=title, title_fontsize=8)
     return save_figure(fig, Path(path))
 

@@ -5,11 +5,14 @@ scaling, and the outcomes across scales of targets with ``analysis="scales"``, f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from ..report.plotting import colors, new_figure, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _seed_column(result: Any, name: str) -> np.ndarray:
@@ -95,7 +98,7 @@ def width_figure(result: Any, out: Path) -> list[Path]:
     return [save_figure(plot_width(result), out / "width.png")]
 
 
-def plot_width(result: Any) -> Any:
+def plot_width(result: Any) -> "Figure":
     """Median plateau per family of widths (one panel each), one line per task; open circles: censored
     medians (at least half the seeds never left the plateau: the run's length, a lower bound)."""
     rows = result.groups.to_pylist()
