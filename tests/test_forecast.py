@@ -22,7 +22,6 @@ from emergelab.analysis.forecast import (BaselineForecaster, BinnedQuantiles, En
                                          MassForecaster, OutputCurves, RegressionForecaster, default_forecasters,
                                          evaluate_forecasts, forecast_moments, forecast_run, load_examples)
 from emergelab.cli import main
-from emergelab.config import ConfigError
 from emergelab.models import TransformerConfig
 from emergelab.store import SCHEMA, connect, write_parquet
 from emergelab.tasks import LinearMapConfig

@@ -4,7 +4,6 @@ with one, when the CPU index is unreachable, and when a fitting torch is already
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

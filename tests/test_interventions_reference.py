@@ -100,6 +100,24 @@ def test_intervention_tables_against_a_numpy_forward_pass():
             note("patching prob_gain_per_output", table.prob_gain_per_output[l, h], sc["prob_per_output"] - base["prob_per_output"])
             note("patching loss_drop_per_output", table.loss_drop_per_output[l, h], base["loss_per_output"] - sc["loss_per_output"])
 
+    # early-to-late: the early model's pattern written into the late model, signed as late minus patched
+    _, early_pats = forward(pe, inp)
+    late_base = scores(forward(pl, inp)[0], tgt, mask, index, O)
+    back = patching_table(early, late, tokens, output_index=task.output_index, loss_mask=task.loss_mask,
+                          direction="early-to-late")
+    assert back.direction == "early-to-late" and {r["direction"] for r in back.to_rows()} == {"early-to-late"}
+    note("early-to-late baselines", back.early["mean_prob"], base["mean_prob"])
+    for l in range(2):
+        for h in range(3):
+            src = early_pats[l][:, h]
+            sc = scores(forward(pl, inp, override={(l, h): lambda a, s=src: s})[0], tgt, mask, index, O)
+            note("early-to-late prob_gain", back.prob_gain[l, h], late_base["mean_prob"] - sc["mean_prob"])
+            note("early-to-late loss_drop", back.loss_drop[l, h], sc["mean_loss"] - late_base["mean_loss"])
+            note("early-to-late prob_gain_per_output", back.prob_gain_per_output[l, h],
+                 late_base["prob_per_output"] - sc["prob_per_output"])
+            note("early-to-late loss_drop_per_output", back.loss_drop_per_output[l, h],
+                 sc["loss_per_output"] - late_base["loss_per_output"])
+
     # scores patching: the late model's scores written into the early model
     table_s = patching_table(early, late, tokens, what="scores", output_index=task.output_index, loss_mask=task.loss_mask)
     note("patching what=scores == what=pattern", table_s.prob_gain, table.prob_gain)
@@ -159,6 +177,30 @@ def test_intervention_tables_against_a_numpy_forward_pass():
         if best != head and gap > 1e-6: worst["greedy choice mismatch"] = 1.0
         chosen.append(head)
         note("greedy recovered", g.recovered[i], (cands[head] - base["mean_prob"]) / (late_s["mean_prob"] - base["mean_prob"]))
+
+    # greedy early-to-late: each step reverts the head that lowers the late model's probability most
+    _, early_pats = forward(pe, inp)
+    e_s = scores(forward(pe, inp)[0], tgt, mask, index, O)
+    if late_s["mean_prob"] > e_s["mean_prob"]:
+        g = greedy_heads(early, late, tokens, fraction=0.99, loss_mask=task.loss_mask, direction="early-to-late")
+        assert g.direction == "early-to-late" and g.participle == "removed" and g.heads
+        chosen = []
+        for i, head in enumerate(g.heads):
+            cands = {}
+            for l in range(2):
+                for h in range(3):
+                    if (l, h) in chosen: continue
+                    ov = {hh: (lambda a, s=early_pats[hh[0]][:, hh[1]]: s) for hh in chosen + [(l, h)]}
+                    cands[(l, h)] = scores(forward(pl, inp, override=ov)[0], tgt, mask, index, O)["mean_prob"]
+            best = min(cands, key=cands.get)
+            gap = (sorted(cands.values())[1] if len(cands) > 1 else 2.0) - sorted(cands.values())[0]
+            if best != head and gap > 1e-6: worst["greedy early-to-late choice mismatch"] = 1.0
+            chosen.append(head)
+            note("greedy early-to-late prob", g.prob[i], cands[head])
+            note("greedy removed", g.recovered[i],
+                 (late_s["mean_prob"] - cands[head]) / (late_s["mean_prob"] - e_s["mean_prob"]))
+    else:
+        worst["greedy early-to-late: the swapped late model is not better here; pick other seeds"] = 1.0
 
     # attention bias: model(tokens, attn_bias=ground_truth_bias(...)) vs scores + beta*M in numpy
     bias = ground_truth_bias(task.attention_mask, layers=2, heads=3, beta=2.5, which_layers=[1], which_heads=[0, 2])

@@ -31,7 +31,8 @@ pytest.importorskip("tokenizers")
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
 from emergelab.cli import main  # noqa: E402
-from emergelab.interventions import ablation_table, greedy_heads, patching_table, run_with_head_edits  # noqa: E402
+from emergelab.interventions import (ablation_table, cache_attention, greedy_heads, patch_heads, patching_table,  # noqa: E402
+                                    run_with_head_edits, target_metrics)
 from emergelab.interventions.patching import PatchTarget  # noqa: E402
 from emergelab.lm import (LocalSource, ScanConfig, build_prompts, coarse_revisions, load_neox,  # noqa: E402
                           pythia_repo, pythia_revisions, scan, score_prompts)
@@ -376,6 +377,39 @@ def test_cli_patch(suite, tmp_path, capsys):
     assert np.isfinite([r["prob"] for r in joint]).all()
 
 
+def test_cli_patch_early_to_late_reverts_heads_of_the_late_revision(suite, tmp_path, capsys, tokenizer):
+    """--direction early-to-late: the early revision's heads written into the late one; the per-head table and
+    the top-k joint fractions are of late - early removed, checked against patch_heads on the late model."""
+    args = ["lm", "patch", "--local", str(suite), "--seed", "1", "--early", "step32", "--late", "step64",
+            "--param", "length=8", "--param", "repeat=4", "--n-prompts", "32", "--top-k", "2", "--max-heads", "1",
+            "--direction", "early-to-late", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "of step32 patched into step64" in out and "loss of step64's answer probability per head" in out
+    assert "removed fraction" in out
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "patch_table.parquet").to_pylist()
+    joint = pq.read_table(tmp_path / "patch_joint.parquet").to_pylist()
+    assert {r["direction"] for r in table + joint} == {"early-to-late"}
+    early, late = load_neox(suite / "seed1" / "step32"), load_neox(suite / "seed1" / "step64")
+    prompts = build_prompts("repetition", tokenizer, n=32, seed=0, **REP)
+    with torch.no_grad():
+        mask = prompts.loss_mask
+        e, l = (float(target_metrics(m(prompts.tokens[:, :-1]), prompts.tokens, loss_mask=mask)["mean_prob"])
+                for m in (early, late))
+        donor = cache_attention(early, prompts.tokens)
+        for row in (r for r in table if r["output"] == -1):
+            patched = patch_heads(late, prompts.tokens, donor, [(row["layer"], row["head"])])
+            p = float(target_metrics(patched, prompts.tokens, loss_mask=prompts.loss_mask)["mean_prob"])
+            assert row["prob_gain"] == pytest.approx(l - p, abs=1e-5)
+        top = [(r["layer"], r["head"]) for r in joint]
+        p = float(target_metrics(patch_heads(late, prompts.tokens, donor, top), prompts.tokens,
+                                 loss_mask=prompts.loss_mask)["mean_prob"])
+    assert joint[-1]["prob"] == pytest.approx(p, abs=1e-5)
+    assert joint[-1]["recovered"] == pytest.approx((l - p) / (l - e), abs=1e-4)
+
+
 def test_cli_patch_counts_its_evaluations_on_a_progress_bar(suite, tmp_path, capsys, monkeypatch):
     """One update per evaluation: 8 heads and the 2 baselines, the 3 top-k sets, then the greedy search's
     (at most greedy_passes(8, 2) = 17 with --max-heads 2); the bar's total, that bound, shrinks to the count."""
@@ -502,6 +536,7 @@ BAD_PATCH = [
     (["--early", "step32", "--late", "step64", "--max-heads", "-1"], "--max-heads=-1: must be an integer in [0, "),
     (["--early", "step32", "--late", "step64", "--prompt-seed", "-1"], "--prompt-seed=-1"),
     (["--early", "step32", "--late", "step64", "--dtype", "int8"], "--dtype='int8'"),
+    (["--early", "step32", "--late", "step64", "--direction", "up"], "argument --direction: invalid choice: 'up'"),
     (["--early", "step32", "--late", "step64", "--retries", "-1"], "--retries=-1"),
     (["--early", "step32", "--late", "step64", "--seed", "-1"], "--seed=-1: must be an integer in [0, "),  # was "no folder seed-1"
     (["--early", "step64", "--late", "step64"], "--early step64 / --late step64: the same revision"),

@@ -50,6 +50,46 @@ def test_patch_command_prints_the_table_and_writes_files(run, tmp_path, capsys):
         assert (tmp_path / f"{stem}_{png}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_early_to_late_reverts_heads_of_the_late_checkpoint(run, tmp_path, capsys):
+    """--direction early-to-late: each head of the late model gets the early model's pattern; the table is
+    the late probability minus the patched one (checked against patch_heads directly), the greedy set's
+    fractions are of late - early removed, and the files carry the direction in their names and rows."""
+    from emergelab.interventions import cache_attention, patch_heads, target_metrics
+
+    assert main(["patch", str(run.path), "--early", "96", "--late", str(STEPS), "--direction", "early-to-late",
+                 "--out", str(tmp_path), "--quiet", "--batch", "64"]) == 0
+    out = capsys.readouterr().out
+    assert f"attention pattern of step 96 patched into step {STEPS} (reverting heads)" in out
+    assert "prob lost (loss rise)" in out and "greedy set (removed fraction" in out
+    stem = f"seed0_step96-{STEPS}_pattern_early-to-late"
+    table = pq.read_table(tmp_path / f"{stem}_table.parquet").to_pylist()
+    assert {row["direction"] for row in table} == {"early-to-late"}
+    greedy = (tmp_path / f"{stem}_greedy.csv").read_text().splitlines()
+    assert greedy[0].split(",")[4] == '"direction"' and all('"early-to-late"' in line for line in greedy[1:])
+    assert (tmp_path / f"{stem}_heatmap.png").exists() and (tmp_path / f"{stem}_attention.png").exists()
+
+    task, tokens = held_out_batch(ExperimentConfig.from_run(run).resolved(), 0, 64)
+    early, late = load_model(run, 0, 96), load_model(run, 0, STEPS)
+    mask = score_mask(task)
+    with torch.no_grad():
+        late_prob = float(target_metrics(late(tokens[:, :-1]), tokens, loss_mask=mask)["mean_prob"])
+    donor = cache_attention(early, tokens)
+    for row in table:
+        if row["output"] == -1:
+            patched = patch_heads(late, tokens, donor, [(row["layer"], row["head"])])
+            prob = float(target_metrics(patched, tokens, loss_mask=mask)["mean_prob"])
+            assert row["prob_gain"] == pytest.approx(late_prob - prob, abs=1e-6)
+    result = patch_checkpoints(run.path, 96, STEPS, direction="early-to-late", batch=64)
+    g = result.greedy
+    assert g.direction == "early-to-late" and g.heads
+    patched = patch_heads(late, tokens, donor, g.heads[:1])
+    first = float(target_metrics(patched, tokens, loss_mask=mask)["mean_prob"])
+    assert g.recovered[0] == pytest.approx((g.late_prob - first) / (g.late_prob - g.early_prob), abs=1e-6)
+    assert result.table.prob_gain.max() == pytest.approx(late_prob - first, abs=1e-6)  # the best single head first
+    with pytest.raises(ConfigError, match="--direction 'sideways': must be one of late-to-early, early-to-late"):
+        patch_checkpoints(run.path, 96, STEPS, direction="sideways")
+
+
 def test_default_out_is_run_patching(run, capsys):
     assert main(["patch", str(run.path), "--early", "96", "--late", str(STEPS), "--what", "scores",
                  "--batch", "64"]) == 0
@@ -96,6 +136,7 @@ def test_patching_a_checkpoint_into_itself_gains_nothing(run):
     (["--early", "700"], "--early 700 and --late 600 resolve to the same saved checkpoint, step 600"),
     (["--fraction", "0"], "--fraction 0.0: must be in (0, 1]"),
     (["--early", "-5"], "--early -5: a step must be >= 0"),
+    (["--direction", "up"], "argument --direction: invalid choice: 'up'"),
 ])
 def test_bad_inputs_exit_2_with_one_line(run, capsys, argv, message):
     args = ["patch", str(run.path), "--early", "96", "--late", str(STEPS)]

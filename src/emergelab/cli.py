@@ -140,19 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --outcome: a seed succeeds when its outcome is at least this (default 0.5)")
 
     patch = sub.add_parser("patch", help="patch each head's attention (or a mixer's mixing matrix) from a late "
-                                         "checkpoint into an early one; table, greedy head set and figures")
+                                         "checkpoint into an early one (or early into late: --direction); "
+                                         "table, greedy head set and figures; --at-emergence: both ways at "
+                                         "every output's emergence, every seed")
     patch.add_argument("run_dir", type=_path, metavar="RUN")
-    patch.add_argument("--early", type=_int, required=True, metavar="STEP",
+    patch.add_argument("--early", type=_int, metavar="STEP",
                        help="checkpoint before emergence (the nearest saved one is used)")
-    patch.add_argument("--late", type=_int, required=True, metavar="STEP",
+    patch.add_argument("--late", type=_int, metavar="STEP",
                        help="checkpoint after emergence (the nearest saved one is used)")
-    patch.add_argument("--seed", type=_int, default=0, help="run seed index (default 0)")
+    patch.add_argument("--at-emergence", action="store_true",
+                       help="instead of --early/--late: for every seed and output, the checkpoints either side "
+                            "of its emergence step, every head patched both ways (a table and a figure)")
+    patch.add_argument("--seed", type=_int, help="run seed index (default 0; with --at-emergence: every seed)")
     patch.add_argument("--what", choices=("pattern", "scores", "mixer"), default="pattern",
                        help="patch the post-softmax pattern (default) or the pre-softmax scores of a "
                             "transformer's heads, or a non-attention mixer's mixing matrix per head (channel)")
-    patch.add_argument("--fraction", type=_float, default=0.9,
-                       help="greedy search stops once this fraction of late - early is recovered (default 0.9)")
-    patch.add_argument("--max-heads", type=_int, default=8,
+    patch.add_argument("--direction", choices=("late-to-early", "early-to-late"),
+                       help="late-to-early (default): a late head in the early model (does it bring the gain?); "
+                            "early-to-late: an early head in the late model (does the late model need it?)")
+    patch.add_argument("--fraction", type=_float,
+                       help="greedy search stops once this fraction of late - early is recovered (early-to-late: "
+                            "removed) (default 0.9)")
+    patch.add_argument("--max-heads", type=_int,
                        help="the greedy set's largest size, >= 1 (default 8; each step evaluates every head left)")
     patch.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")
     patch.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
@@ -606,19 +615,44 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
+    from .interventions.at_emergence import patch_at_emergence, write_emergence_patching
     from .interventions.checkpoints import patch_checkpoints, write_patching
-    from .report.patch_figures import write_patching_figures
+    from .report.patch_figures import write_emergence_patching_figure, write_patching_figures
     from .train.estimate import check_device
 
+    pair = args.early is not None or args.late is not None
+    if args.at_emergence and pair:
+        raise ConfigError("--at-emergence chooses each output's checkpoints itself: give it or --early/--late, "
+                          "not both")
+    if args.at_emergence:
+        given = [flag for flag, value in (("--direction", args.direction), ("--fraction", args.fraction),
+                                          ("--max-heads", args.max_heads)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --early/--late (--at-emergence patches both "
+                              "directions, one head at a time)")
+    elif args.early is None or args.late is None:
+        raise ConfigError("give --early STEP and --late STEP (checkpoints before and after an emergence), or "
+                          "--at-emergence")
     check_device("--device", args.device)
     if args.out is not None:
         check_out_dir(args.out, run=False)
     elif (args.run_dir / "config.yaml").is_file():  # the default RUN/patching, checked before the work
         check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
 
-    result = patch_checkpoints(args.run_dir, args.early, args.late, args.seed, what=args.what,
-                               fraction=args.fraction, batch=args.batch, device=args.device,
-                               max_heads=args.max_heads, progress=not args.quiet)
+    if args.at_emergence:
+        found = patch_at_emergence(args.run_dir, seeds=None if args.seed is None else [args.seed], what=args.what,
+                                   batch=args.batch, device=args.device, progress=not args.quiet)
+        print(found.format())
+        if not found.rows:
+            return 0
+        paths = write_emergence_patching(found, args.out) + write_emergence_patching_figure(found, args.out)
+        print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
+        return 0
+    result = patch_checkpoints(args.run_dir, args.early, args.late, 0 if args.seed is None else args.seed,
+                               what=args.what, fraction=0.9 if args.fraction is None else args.fraction,
+                               batch=args.batch, device=args.device,
+                               max_heads=8 if args.max_heads is None else args.max_heads, progress=not args.quiet,
+                               direction=args.direction or "late-to-early")
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())
@@ -861,6 +895,9 @@ def _add_lm_parser(sub: Any) -> None:
     patch.add_argument("--early", required=True, metavar="REVISION", help="e.g. step1000 (before --late)")
     patch.add_argument("--late", required=True, metavar="REVISION", help="e.g. step8000 (after --early)")
     patch.add_argument("--what", choices=("pattern", "scores"), default="pattern")
+    patch.add_argument("--direction", choices=("late-to-early", "early-to-late"), default="late-to-early",
+                       help="late-to-early (default): late heads into the early revision; early-to-late: early "
+                            "heads into the late one (which heads it cannot do without)")
     patch.add_argument("--top-k", type=int, default=5, help="top heads patched together, >= 1 (default 5)")
     patch.add_argument("--fraction", type=float, default=0.9, help="greedy target fraction, in (0, 1] (default 0.9)")
     patch.add_argument("--max-heads", type=int, default=8, help="greedy set size limit; 0 skips it (default 8)")
@@ -902,7 +939,8 @@ def cmd_lm(args: argparse.Namespace) -> int:
         else:
             check_patch(args.early, args.late, capability=args.capability, params=params,
                         n_prompts=args.n_prompts, prompt_seed=args.prompt_seed, what=args.what, top_k=args.top_k,
-                        fraction=args.fraction, greedy_max_heads=args.max_heads, dtype=args.dtype)
+                        fraction=args.fraction, greedy_max_heads=args.max_heads, dtype=args.dtype,
+                        direction=args.direction)
     except ConfigError as error:
         raise with_flags(error, SCAN_FLAGS if scanning else PATCH_FLAGS) from None
     if scanning:
@@ -924,7 +962,7 @@ def cmd_lm(args: argparse.Namespace) -> int:
                                  params=params, n_prompts=args.n_prompts, prompt_seed=args.prompt_seed,
                                  what=args.what, top_k=args.top_k, fraction=args.fraction,
                                  greedy_max_heads=args.max_heads, dtype=args.dtype, device=args.device,
-                                 tokenizer=args.tokenizer, progress=not args.quiet)
+                                 tokenizer=args.tokenizer, progress=not args.quiet, direction=args.direction)
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())

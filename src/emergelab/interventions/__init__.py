@@ -6,6 +6,7 @@ bias its probe used, head patching between two checkpoints."""
 from ..train.bias import bias_schedule, ground_truth_bias
 from .checkpoints import held_out_batch, patch_checkpoints, probe_bias, write_patching
 from .patching import (
+    DIRECTIONS,
     KINDS,
     WHAT,
     AblationResult,
@@ -15,6 +16,7 @@ from .patching import (
     ablate_heads,
     ablation_table,
     cache_attention,
+    check_direction,
     count_heads,
     greedy_heads,
     greedy_passes,
@@ -33,8 +35,9 @@ from .patching import (
 
 __all__ = [
     "bias_schedule", "ground_truth_bias", "held_out_batch", "patch_checkpoints", "probe_bias", "write_patching",
-    "KINDS", "WHAT", "AblationResult", "GreedyResult", "PatchingResult", "PatchTarget",
-    "ablate_heads", "ablation_table", "cache_attention", "count_heads", "greedy_heads", "greedy_passes", "hook_name", "mean_setter",
+    "DIRECTIONS", "KINDS", "WHAT", "AblationResult", "GreedyResult", "PatchingResult", "PatchTarget",
+    "ablate_heads", "ablation_table", "cache_attention", "check_direction", "count_heads", "greedy_heads",
+    "greedy_passes", "hook_name", "mean_setter",
     "model_device", "patch_heads", "patching_table", "progress_bar", "run_with_head_edits", "source_setter",
     "target_metrics", "uniform_setter", "zero_setter",
 ]

@@ -3,8 +3,10 @@
 :func:`patch_checkpoints` loads the seed's model at an early and a late checkpoint (a step that is not a
 saved checkpoint resolves to the nearest one, and ``result.notes`` says so), rebuilds that seed's held-out
 batch exactly as training drew it, and runs :func:`~.patching.patching_table` (per-output gains through
-``task.output_index``) and :func:`~.patching.greedy_heads` late -> early. :func:`write_patching` saves the
-table (Parquet + CSV) and the greedy set (CSV); ``report.patch_figures.write_patching_figures`` draws it.
+``task.output_index``) and :func:`~.patching.greedy_heads` late -> early, or with ``direction=
+"early-to-late"`` early -> late (each head of the late model reverted to its early activation: which heads
+the late model cannot do without). :func:`write_patching` saves the table (Parquet + CSV) and the greedy
+set (CSV); ``report.patch_figures.write_patching_figures`` draws it.
 
 Metrics are means over the held-out batch and over the *scored positions*: those in the task's
 ``loss_mask`` whose ground-truth attention row is non-empty (the predictable ones: for the linear map the
@@ -35,8 +37,8 @@ from ..tasks import held_out_tokens, seed_task, supports_sample_masks, supports_
 from ..train import ExperimentConfig, load_model
 from ..train.bias import bias_schedule
 from ..train.estimate import check_fits, estimate_patch
-from .patching import (WHAT, GreedyResult, PatchingResult, cache_attention, count_heads, greedy_heads, greedy_passes,
-                       heads_hint, hook_name, patching_table, progress_bar)
+from .patching import (DIRECTIONS, WHAT, GreedyResult, PatchingResult, cache_attention, count_heads, greedy_heads,
+                       greedy_passes, heads_hint, hook_name, patching_table, progress_bar)
 
 
 WIDEST_TABLE = 16  # heads per layer printed as a table; more (Mamba's channels) print the largest gains
@@ -63,11 +65,26 @@ class CheckpointPatching:
     score_mask: torch.Tensor
     patterns: dict[int, torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    direction: str = "late-to-early"
 
     @property
     def stem(self) -> str:
-        """File-name stem of this comparison, e.g. ``seed0_step100-1500_pattern``."""
-        return f"seed{self.seed}_step{self.early_step}-{self.late_step}_{self.what}"
+        """File-name stem of this comparison, e.g. ``seed0_step100-1500_pattern`` (late-to-early) or
+        ``seed0_step100-1500_pattern_early-to-late``."""
+        suffix = "" if self.direction == "late-to-early" else f"_{self.direction}"
+        return f"seed{self.seed}_step{self.early_step}-{self.late_step}_{self.what}{suffix}"
+
+    @property
+    def heading(self) -> str:
+        """What was written where, e.g. "attention pattern of step 1500 patched into step 100"."""
+        if self.direction == "late-to-early":
+            return f"{self.patched} of step {self.late_step} patched into step {self.early_step}"
+        return f"{self.patched} of step {self.early_step} patched into step {self.late_step} (reverting heads)"
+
+    @property
+    def effect(self) -> str:
+        """The table's quantity in words: "prob gain (loss drop)" or "prob lost (loss rise)"."""
+        return "prob gain (loss drop)" if self.direction == "late-to-early" else "prob lost (loss rise)"
 
     @property
     def patched(self) -> str:
@@ -77,7 +94,7 @@ class CheckpointPatching:
     def rows(self) -> list[dict[str, Any]]:
         """The table in long format (``output = -1`` is the overall mean), with seed and steps."""
         meta = {"seed": self.seed, "early_step": self.early_step, "late_step": self.late_step}
-        return [{**meta, **row} for row in self.table.to_rows()]
+        return [{**meta, **row} for row in self.table.to_rows()]  # with the direction
 
     def greedy_rows(self) -> list[dict[str, Any]]:
         meta = {"seed": self.seed, "early_step": self.early_step, "late_step": self.late_step}
@@ -89,13 +106,12 @@ class CheckpointPatching:
         n_layers, n_heads = t.prob_gain.shape
         early_p, late_p = float(t.early["mean_prob"]), float(t.late["mean_prob"])
         early_l, late_l = float(t.early["mean_loss"]), float(t.late["mean_loss"])
-        lines = [f"seed {self.seed}: {self.patched} of step {self.late_step} patched into step "
-                 f"{self.early_step}, one head at a time ({self.n_sequences} held-out sequences, "
+        lines = [f"seed {self.seed}: {self.heading}, one head at a time ({self.n_sequences} held-out sequences, "
                  f"{int(self.score_mask.sum())} scored "
                  f"{'positions' if self.score_mask.dim() == 1 else '(sequence, position) pairs'})",
                  f"correct-token probability: early {early_p:.4f}, late {late_p:.4f}; "
                  f"loss: early {early_l:.4f}, late {late_l:.4f}",
-                 "prob gain (loss drop) when one head is patched:"]
+                 f"{self.effect} when one head is patched:"]
         cell = 19
         if n_heads <= WIDEST_TABLE:
             lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
@@ -114,15 +130,16 @@ class CheckpointPatching:
             best = [f"{i}: ? (not in the batch)" if torch.isnan(per[k, i]) else
                     f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
                     for i, k in enumerate(per.argmax(0))]
-            lines.append(f"best head per {name} ({name}: layer.head gain): " + ", ".join(best))
+            amount = "gain" if self.direction == "late-to-early" else "lost"
+            lines.append(f"best head per {name} ({name}: layer.head {amount}): " + ", ".join(best))
         if (gap := t.small_gap_note()) is not None and g.heads:
             lines.append(f"warning: {gap}")
         if not g.heads:
-            lines.append(f"greedy: nothing to recover (late {late_p:.4f} <= early {early_p:.4f})")
+            lines.append(f"greedy: nothing to {g.verb} (late {late_p:.4f} <= early {early_p:.4f})")
         else:
             steps = ", ".join(f"{l}.{h} -> {r:.0%}" for (l, h), r in zip(g.heads, g.recovered))
             verdict = "reached" if g.reached else "not reached"
-            lines.append(f"greedy set (recovered fraction of late - early after each head; target "
+            lines.append(f"greedy set ({g.participle} fraction of late - early after each head; target "
                          f"{g.fraction:.0%}, {verdict}): {steps}")
             if (note := g.best_note()) is not None:
                 lines.append(note)
@@ -226,8 +243,10 @@ def score_mask(task: Any, tokens: torch.Tensor | None = None) -> torch.Tensor:
 @torch.no_grad()
 def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int = 0, *, what: str = "pattern",
                       fraction: float = 0.9, batch: int | None = None, batch_size: int | None = None,
-                      device: str = "cpu", max_heads: int | None = 8, progress: bool = False) -> CheckpointPatching:
-    """Patch each head's ``hook_{what}`` of seed ``seed`` from checkpoint ``late`` into checkpoint ``early``.
+                      device: str = "cpu", max_heads: int | None = 8, progress: bool = False,
+                      direction: str = "late-to-early") -> CheckpointPatching:
+    """Patch each head's ``hook_{what}`` of seed ``seed`` from checkpoint ``late`` into checkpoint ``early``
+    (``direction="early-to-late"``: from ``early`` into ``late``, one head of the late model reverted at a time).
 
     ``batch``: held-out sequences (None: ``train.eval_batch_size``, the probe's own batch); ``batch_size``:
     rows per forward pass (None: all); ``max_heads``: the greedy set's largest size (None: every head; each
@@ -237,6 +256,8 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     """
     if what not in WHAT:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(WHAT)}")
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"--direction {direction!r}: must be one of {', '.join(DIRECTIONS)}")
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"--fraction {fraction}: must be in (0, 1]")
     if batch is not None and batch < 1:
@@ -285,9 +306,9 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     n_heads = count_heads(early_model, tokens, what)
     bar = progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
     table = patching_table(early_model, late_model, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
-                           loss_mask=mask, batch_size=batch_size, progress=bar.update)
+                           loss_mask=mask, batch_size=batch_size, progress=bar.update, direction=direction)
     greedy = greedy_heads(early_model, late_model, tokens, fraction=fraction, what=what, loss_mask=mask,
-                          batch_size=batch_size, max_heads=max_heads, progress=bar.update)
+                          batch_size=batch_size, max_heads=max_heads, progress=bar.update, direction=direction)
     bar.total = bar.n  # the greedy search can stop before its bound
     bar.close()
     patterns = {}
@@ -301,7 +322,7 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
     return CheckpointPatching(run=run, seed=seed, early_step=early_step, late_step=late_step,
                               requested=(early, late), what=what, fraction=fraction, n_sequences=n,
                               table=table, greedy=greedy, task=task, score_mask=mask.cpu(),
-                              patterns=patterns, notes=notes)
+                              patterns=patterns, notes=notes, direction=direction)
 
 
 def write_patching(result: CheckpointPatching, out: str | Path | None = None) -> list[Path]:
@@ -312,7 +333,8 @@ def write_patching(result: CheckpointPatching, out: str | Path | None = None) ->
     table = pa.Table.from_pylist(result.rows())
     greedy = pa.Table.from_pylist(result.greedy_rows(), schema=pa.schema(
         [("seed", pa.int64()), ("early_step", pa.int64()), ("late_step", pa.int64()), ("what", pa.string()),
-         ("step", pa.int64()), ("layer", pa.int64()), ("head", pa.int64()), ("prob", pa.float64()),
+         ("direction", pa.string()), ("step", pa.int64()), ("layer", pa.int64()), ("head", pa.int64()),
+         ("prob", pa.float64()),
          ("recovered", pa.float64())]))
     stem = result.stem
     paths = [write_parquet(out / f"{stem}_table.parquet", table),

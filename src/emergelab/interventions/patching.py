@@ -46,6 +46,9 @@ from ..train.measure import per_output_sums, position_scores
 # output is computed from it on the observed path (models/mixers/README.md), so writing to it patches the mixer
 WHAT = {"pattern": "attn.hook_pattern", "scores": "attn.hook_attn_scores", "mixer": "mixer.hook_pattern"}
 KINDS = ("zero", "mean", "uniform")
+# late-to-early: the late model's head written into the early model (does the head's late activation bring the
+# capability?); early-to-late: the early model's head written into the late model (does the capability need it?)
+DIRECTIONS = ("late-to-early", "early-to-late")
 
 Setter = Callable[[torch.Tensor], torch.Tensor]  # head activation [n, Tq, Tk] -> new value (broadcastable)
 Head = tuple[int, int]  # (layer, head)
@@ -56,6 +59,12 @@ def hook_name(layer: int, what: str = "pattern") -> str:
     ``...mixer.hook_pattern`` (what="mixer")."""
     _check_what(what)
     return f"blocks.{layer}.{WHAT[what]}"
+
+
+def check_direction(direction: str) -> None:
+    """A ValueError naming the allowed values unless ``direction`` is one of :data:`DIRECTIONS`."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: must be one of {', '.join(DIRECTIONS)}")
 
 
 def _check_what(what: str) -> None:
@@ -454,9 +463,13 @@ MIN_RECOVERY_GAP = 0.02  # late - early mean probability below which recovered f
 
 @dataclass
 class PatchingResult:
-    """Per-head effect of patching late -> early. ``prob_gain [layers, heads]``: patched minus early mean
-    correct-token probability; ``loss_drop``: early minus patched mean loss; ``*_per_output [layers, heads,
-    n_outputs]`` when an ``output_index`` was given. ``early``/``late``: :func:`target_metrics` dicts."""
+    """Per-head effect of patching one head between an early and a late model. ``direction`` "late-to-early"
+    (the late head in the early model): ``prob_gain [layers, heads]`` is patched minus early mean
+    correct-token probability, ``loss_drop`` early minus patched mean loss; "early-to-late" (the early head
+    in the late model): ``prob_gain`` is late minus patched (the probability the late model loses without
+    the head's late activation), ``loss_drop`` patched minus late. Either way a positive value is the part
+    of late - early that rides on the head. ``*_per_output [layers, heads, n_outputs]`` when an
+    ``output_index`` was given. ``early``/``late``: :func:`target_metrics` dicts of the unpatched models."""
 
     what: str
     prob_gain: torch.Tensor
@@ -465,6 +478,7 @@ class PatchingResult:
     late: dict[str, torch.Tensor]
     prob_gain_per_output: torch.Tensor | None = None
     loss_drop_per_output: torch.Tensor | None = None
+    direction: str = "late-to-early"
 
     def ranking(self) -> list[Head]:
         """Heads ordered by ``prob_gain``, largest first."""
@@ -484,8 +498,9 @@ class PatchingResult:
 
     def to_rows(self) -> list[dict[str, Any]]:
         """One row per (layer, head, output); ``output = -1`` is the overall mean (Parquet-ready)."""
-        return _rows(self.what, {"prob_gain": (self.prob_gain, self.prob_gain_per_output),
+        rows = _rows(self.what, {"prob_gain": (self.prob_gain, self.prob_gain_per_output),
                                  "loss_drop": (self.loss_drop, self.loss_drop_per_output)})
+        return [{"direction": self.direction, **row} for row in rows]
 
 
 @dataclass
@@ -527,10 +542,12 @@ def _rows(what: str, columns: dict[str, tuple[torch.Tensor, torch.Tensor | None]
 def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, what: str = "pattern",
                    output_index: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                    batch_size: int | None = None, n_outputs: int | None = None,
-                   progress: Callable[[], None] | None = None) -> PatchingResult:
-    """Patch each single head's ``hook_{what}`` from ``late_model`` into ``early_model`` on ``tokens [n, L]``.
+                   progress: Callable[[], None] | None = None, direction: str = "late-to-early") -> PatchingResult:
+    """Patch each single head's ``hook_{what}`` from ``late_model`` into ``early_model`` on ``tokens [n, L]``
+    (``direction="late-to-early"``), or from ``early_model`` into ``late_model`` ("early-to-late": which
+    heads the late model cannot do without; :class:`PatchingResult` says how each direction is signed).
 
-    ``layers * heads`` forward passes of the early model (plus one baseline each), ``batch_size`` rows at a
+    ``layers * heads`` forward passes of the patched model (plus one baseline each), ``batch_size`` rows at a
     time (None: all). ``output_index``, ``loss_mask``, ``n_outputs``: as in :func:`target_metrics` (per
     sequence, ``[n, L-1]``, for a task whose outputs are: ``tasks.SampleOutputTask``). Results are on the
     CPU. ``progress``: called after each evaluation (``layers * heads + 2`` of them). Example::
@@ -538,10 +555,14 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
         table = patching_table(early, late, task_batch.tokens, output_index=task.output_index)
         table.prob_gain            # [layers, heads]
         table.ranking()[0]         # (layer, head) whose late attention helps most
+        patching_table(early, late, task_batch.tokens, direction="early-to-late").ranking()[0]
+                                   # the head whose early attention costs the late model most
     """
     _check_what(what)
+    check_direction(direction)
     _check_pair(early_model, late_model, batch_size, tokens)
-    source = _cache_chunked(late_model, tokens, what, batch_size)
+    target, donor = (early_model, late_model) if direction == "late-to-early" else (late_model, early_model)
+    source = _cache_chunked(donor, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 
     def evaluate(model: Any, heads: Sequence[Head]) -> dict[str, torch.Tensor]:
@@ -552,17 +573,19 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
         return metrics
 
     early, late = evaluate(early_model, []), evaluate(late_model, [])
-    cells = [[evaluate(early_model, [(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
+    cells = [[evaluate(target, [(layer, head)]) for head in range(n_heads)] for layer in range(n_layers)]
 
     def grid(key: str) -> torch.Tensor:
         return torch.stack([torch.stack([cell[key] for cell in row]) for row in cells])
 
+    def toward_late(key: str) -> torch.Tensor:  # the share of late - early carried by each head (sign above)
+        return grid(key) - early[key] if direction == "late-to-early" else late[key] - grid(key)
+
     per_output = output_index is not None
     return PatchingResult(
-        what=what, prob_gain=grid("mean_prob") - early["mean_prob"], loss_drop=early["mean_loss"] - grid("mean_loss"),
-        early=early, late=late,
-        prob_gain_per_output=grid("prob_per_output") - early["prob_per_output"] if per_output else None,
-        loss_drop_per_output=early["loss_per_output"] - grid("loss_per_output") if per_output else None)
+        what=what, prob_gain=toward_late("mean_prob"), loss_drop=-toward_late("mean_loss"), early=early, late=late,
+        prob_gain_per_output=toward_late("prob_per_output") if per_output else None,
+        loss_drop_per_output=-toward_late("loss_per_output") if per_output else None, direction=direction)
 
 
 @torch.no_grad()
@@ -607,11 +630,12 @@ def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what
 
 @dataclass
 class GreedyResult:
-    """``heads``: chosen (layer, head) in order; ``prob[i]`` / ``recovered[i]``: the early model's mean
-    correct-token probability and the fraction ``(prob - early) / (late - early)`` with ``heads[:i+1]``
-    patched; ``reached``: whether ``recovered`` got to ``fraction``. The search goes on past a step that
-    recovers less than the one before (a head can hurt once others are patched); ``best_heads`` is the
-    prefix that recovered the most."""
+    """``heads``: chosen (layer, head) in order; ``prob[i]`` / ``recovered[i]``: the patched model's mean
+    correct-token probability with ``heads[:i+1]`` patched and the fraction of late - early that moved:
+    ``(prob - early) / (late - early)`` for ``direction`` "late-to-early" (recovered in the early model),
+    ``(late - prob) / (late - early)`` for "early-to-late" (removed from the late model); ``reached``:
+    whether ``recovered`` got to ``fraction``. The search goes on past a step that moves less than the one
+    before (a head can work against the others); ``best_heads`` is the prefix that moved the most."""
 
     what: str
     fraction: float
@@ -621,6 +645,17 @@ class GreedyResult:
     prob: list[float] = field(default_factory=list)
     recovered: list[float] = field(default_factory=list)
     reached: bool = False
+    direction: str = "late-to-early"
+
+    @property
+    def verb(self) -> str:
+        """What the patched heads do to late - early, in words: "recover" (late-to-early) or "remove"."""
+        return "recover" if self.direction == "late-to-early" else "remove"
+
+    @property
+    def participle(self) -> str:
+        """"recovered" (late-to-early) or "removed": what ``recovered`` measures, in words."""
+        return "recovered" if self.direction == "late-to-early" else "removed"
 
     @property
     def best_heads(self) -> list[Head]:
@@ -633,14 +668,15 @@ class GreedyResult:
         """A line for a report when the whole set is not the best one: no prefix recovers any of the gain,
         or a shorter prefix recovers more (None otherwise)."""
         if self.recovered and max(self.recovered) <= 0:
-            return "greedy: no head set recovers any of the gain (every fraction <= 0)"
+            return f"greedy: no head set {self.verb}s any of the gain (every fraction <= 0)"
         if len(self.best_heads) < len(self.heads):
-            return (f"greedy: the first {len(self.best_heads)} head(s) recover the most "
+            return (f"greedy: the first {len(self.best_heads)} head(s) {self.verb} the most "
                     f"({max(self.recovered):.0%}); the heads after them lower it")
         return None
 
     def to_rows(self) -> list[dict[str, Any]]:
-        return [{"what": self.what, "step": i, "layer": layer, "head": head, "prob": p, "recovered": r}
+        return [{"what": self.what, "direction": self.direction, "step": i, "layer": layer, "head": head, "prob": p,
+                 "recovered": r}
                 for i, ((layer, head), p, r) in enumerate(zip(self.heads, self.prob, self.recovered))]
 
 
@@ -683,23 +719,28 @@ def greedy_passes(n_heads: int, max_heads: int | None = None) -> int:
 @torch.no_grad()
 def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fraction: float = 0.9,
                  what: str = "pattern", loss_mask: torch.Tensor | None = None, max_heads: int | None = None,
-                 batch_size: int | None = None, progress: Callable[[], None] | None = None) -> GreedyResult:
+                 batch_size: int | None = None, progress: Callable[[], None] | None = None,
+                 direction: str = "late-to-early") -> GreedyResult:
     """Greedily grow the set of heads patched late -> early, each step adding the head that maximises the
     mean correct-token probability (over ``loss_mask``) together with those chosen, until the patched model
-    recovers ``fraction`` of ``late - early`` (or all / ``max_heads`` heads are used). Costs up to
-    ``(layers*heads)**2 / 2`` forward passes (:func:`greedy_passes`); ``progress`` is called after each. If
-    the late model is not better than the early one, nothing is chosen and ``reached`` is True. Example::
+    recovers ``fraction`` of ``late - early`` (or all / ``max_heads`` heads are used); with
+    ``direction="early-to-late"``, the set of heads patched early -> late that minimises it, until the late
+    model has lost ``fraction`` of ``late - early``. Costs up to ``(layers*heads)**2 / 2`` forward passes
+    (:func:`greedy_passes`); ``progress`` is called after each. If the late model is not better than the
+    early one, nothing is chosen and ``reached`` is True. Example::
 
         result = greedy_heads(early, late, tokens, fraction=0.9)
         result.heads, result.recovered  # the heads in the order chosen, the fraction recovered after each
     """
     _check_what(what)
+    check_direction(direction)
     _check_pair(early_model, late_model, batch_size, tokens)
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ValueError(f"fraction={fraction}: must be in (0, 1] (the share of late - early to recover)")
     if max_heads is not None and not (isinstance(max_heads, int) and max_heads >= 1):
         raise ValueError(f"max_heads={max_heads}: must be an integer >= 1 (or None: every head)")
-    source = _cache_chunked(late_model, tokens, what, batch_size)
+    target, donor = (early_model, late_model) if direction == "late-to-early" else (late_model, early_model)
+    source = _cache_chunked(donor, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 
     def mean_prob(model: Any, heads: Sequence[Head]) -> float:
@@ -710,18 +751,20 @@ def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fra
         return prob
 
     early, late = mean_prob(early_model, []), mean_prob(late_model, [])
-    result = GreedyResult(what=what, fraction=fraction, early_prob=early, late_prob=late)
+    result = GreedyResult(what=what, fraction=fraction, early_prob=early, late_prob=late, direction=direction)
     if late <= early:
         result.reached = True
         return result
     remaining = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     limit = len(remaining) if max_heads is None else min(max_heads, len(remaining))
+    # late-to-early raises the early model's probability, early-to-late lowers the late one's: maximise sign * p
+    start, sign = (early, 1.0) if direction == "late-to-early" else (late, -1.0)
     while len(result.heads) < limit:
-        scores = [mean_prob(early_model, [*result.heads, head]) for head in remaining]
+        scores = [mean_prob(target, [*result.heads, head]) * sign for head in remaining]
         best = max(range(len(remaining)), key=lambda i: scores[i])  # first maximum on ties
         result.heads.append(remaining.pop(best))
-        result.prob.append(scores[best])
-        result.recovered.append((scores[best] - early) / (late - early))
+        result.prob.append(scores[best] * sign)
+        result.recovered.append((scores[best] - start * sign) / (late - early))
         if result.recovered[-1] >= fraction:
             result.reached = True
             break

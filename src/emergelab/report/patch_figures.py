@@ -2,13 +2,20 @@
 
 * ``plot_patching_heatmap``: left, layers x heads, the gain in mean correct-token probability when that
   one head's late attention is patched into the early checkpoint (annotated with the gain and the loss
-  drop); right, the same gain per task output (rows = heads, columns = outputs, e.g. the bits of ``x1``).
-  Diverging colours centred on 0, one scale for both panels.
+  drop; with ``direction="early-to-late"``, the probability the late checkpoint loses when that one head
+  gets its early attention, and the loss rise); right, the same per task output (rows = heads, columns =
+  outputs, e.g. the bits of ``x1``). Diverging colours centred on 0, one scale for both panels.
 * ``plot_patched_attention``: for the heads with the largest gain, the batch-mean attention (with ``--what
   mixer``, the mixing matrix's ``|M|``, rows normalised) of the early and the late checkpoint on the
   held-out batch beside the ground-truth pattern (rows normalised to sum 1), restricted to the readable
   block (``task.map_view()``: for the linear map the queries ``S-1..2S-2`` against the keys ``0..S-1``),
   one colour scale.
+* ``plot_emergence_patching`` (``emergelab patch RUN --at-emergence``, an
+  :class:`~emergelab.interventions.at_emergence.EmergencePatching`): one point per (seed, output) at its
+  emergence; left, the best single late head patched into the early checkpoint (fraction of the output's
+  late - early recovered) against the worst single early head patched into the late one (fraction
+  removed); right, what that worst head removes from its own output against what it removes from the
+  other outputs that moved between the same checkpoints (on the diagonal: not specific to the output).
 
 Plain ``matplotlib.figure.Figure`` objects on the Agg canvas (no pyplot), saved atomically by
 :func:`~emergelab.report.plotting.save_figure`; :func:`write_patching_figures` writes both.
@@ -23,24 +30,23 @@ import numpy as np
 
 from ..interventions.checkpoints import WIDEST_TABLE
 from ..train import ExperimentConfig
-from .plotting import DPI, describe, fit_lines, save_figure
+from .plotting import DPI, colors, describe, fit_lines, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 def _title(result: Any) -> str:
     t = result.table
-    return (f"seed {result.seed}: {result.patched} of step {result.late_step} patched into step "
-            f"{result.early_step}; correct-token prob early {float(t.early['mean_prob']):.3f}, "
+    return (f"seed {result.seed}: {result.heading}; correct-token prob early {float(t.early['mean_prob']):.3f}, "
             f"late {float(t.late['mean_prob']):.3f}\n{describe(ExperimentConfig.from_run(result.run))}")
 
 
 def _greedy_text(result: Any) -> str:
     g = result.greedy
     if not g.heads:
-        return "greedy set: nothing to recover (late is not better than early)"
+        return f"greedy set: nothing to {g.verb} (late is not better than early)"
     steps = ", ".join(f"{l}.{h} ({r:.0%})" for (l, h), r in zip(g.heads, g.recovered))
-    return f"greedy set, cumulative recovered fraction of late - early: {steps}"
+    return f"greedy set, cumulative {g.participle} fraction of late - early: {steps}"
 
 
 def _annotate(ax: Any, values: np.ndarray, texts: list[list[str]], vmax: float, fontsize: float) -> None:
@@ -59,6 +65,7 @@ def plot_patching_heatmap(result: Any) -> "Figure":
     from matplotlib.ticker import MaxNLocator
 
     t = result.table
+    amount = "gain" if result.direction == "late-to-early" else "lost"
     gain = t.prob_gain.numpy()  # [layers, heads]
     drop = t.loss_drop.numpy()
     n_layers, n_heads = gain.shape
@@ -88,7 +95,7 @@ def plot_patching_heatmap(result: Any) -> "Figure":
     ax.set_yticks(range(n_layers), [str(l) for l in range(n_layers)])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title("prob gain from patching one head" if wide else "prob gain (loss drop)\nfrom patching one head",
+    ax.set_title(f"prob {amount} from patching one head" if wide else f"{result.effect}\nfrom patching one head",
                  fontsize=9)
 
     if per_output is not None:
@@ -103,16 +110,18 @@ def plot_patching_heatmap(result: Any) -> "Figure":
         ax.set_yticks(range(len(rows)), [f"{k // n_heads}.{k % n_heads}" for k in rows])
         ax.set_xlabel(f"{name} (task output)")
         ax.set_ylabel("layer.head")
-        ax.set_title(f"prob gain per {name}" + (f"\n(the {len(rows)} heads with the largest gain of "
+        ax.set_title(f"prob {amount} per {name}" + (f"\n(the {len(rows)} heads with the largest {amount} of "
                                                  f"{n_layers * n_heads})" if wide else ""), fontsize=9)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
-    bar.set_label("gain in mean correct-token probability")
+    bar.set_label("gain in mean correct-token probability" if amount == "gain"
+                  else "mean correct-token probability lost")
     fig.suptitle(fit_lines(fig, _title(result) + "\n" + _greedy_text(result), 8), fontsize=8)
     return fig
 
 
 def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
-    """Early vs late batch-mean attention of the heads with the largest gain, beside the ground truth."""
+    """Early vs late batch-mean attention of the heads with the largest gain (or loss, early-to-late), beside
+    the ground truth."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -123,6 +132,7 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
     gt_block = gt[view.rows, view.cols].numpy()
     rows_with_gt = gt_block.any(-1)
     gain = result.table.prob_gain
+    amount = "gain" if result.direction == "late-to-early" else "lost"
     heads = result.table.ranking()[:max_heads]
     early, late = result.patterns[result.early_step], result.patterns[result.late_step]
 
@@ -151,7 +161,7 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
                 title = f"{title}\nmass on ground truth {mass:.2f}"
             ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=7, labelbottom=True)
-        axes[r, 0].set_ylabel(f"head {layer}.{head} (gain {float(gain[layer, head]):+.3f})\nquery", fontsize=8)
+        axes[r, 0].set_ylabel(f"head {layer}.{head} ({amount} {float(gain[layer, head]):+.3f})\nquery", fontsize=8)
     axes[0, 0].xaxis.set_major_locator(MaxNLocator(8, integer=True))
     axes[0, 0].yaxis.set_major_locator(MaxNLocator(8, integer=True))
     for ax in axes[-1]:
@@ -159,7 +169,8 @@ def plot_patched_attention(result: Any, max_heads: int = 3) -> "Figure":
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, pad=0.02)
     bar.set_label("|mixing weight|, rows normalised (batch mean)" if result.what == "mixer"
                   else "attention weight (batch mean)")
-    fig.suptitle(fit_lines(fig, f"Heads with the largest patching gain; rows = {view.row_label}, columns = "
+    largest = "patching gain" if amount == "gain" else "probability lost when reverted"
+    fig.suptitle(fit_lines(fig, f"Heads with the largest {largest}; rows = {view.row_label}, columns = "
                                 f"{view.col_label}\n{_title(result)}", 8), fontsize=8)
     return fig
 
@@ -169,3 +180,54 @@ def write_patching_figures(result: Any, out: str | Path | None = None) -> list[P
     out = Path(out) if out is not None else result.run.path / "patching"
     return [save_figure(plot_patching_heatmap(result), out / f"{result.stem}_heatmap.png"),
             save_figure(plot_patched_attention(result), out / f"{result.stem}_attention.png")]
+
+
+def plot_emergence_patching(result: Any) -> "Figure":
+    """Sufficiency against necessity of single heads at each emergence, and the necessary head's specificity;
+    see the module docstring. Copies and outputs that moved less than ``result.min_gap`` are hollow grey."""
+    counted = result.counted()
+    seeds = sorted({r["seed"] for r in result.rows})
+    by_seed = len(seeds) <= 10  # past 10 seeds one colour: a legend of 64 seeds says nothing
+    palette = dict(zip(seeds, colors(len(seeds)) if by_seed else [colors(1)[0]] * len(seeds)))
+    fig = new_figure(10.0, 4.8)
+    left, right = fig.subplots(1, 2)
+    panels = ((left, "recovered", "removed", "best late head in the early model:\nfraction of the output's gain "
+               "recovered", "worst early head in the late model:\nfraction of the output's gain removed"),
+              (right, "removed", "removed_elsewhere", "worst early head in the late model:\nfraction removed from "
+               "its output", "the same head: mean fraction removed\nfrom the other outputs that moved"))
+    for ax, x_key, y_key, x_label, y_label in panels:
+        points = [r for r in result.rows if r[x_key] is not None and r[y_key] is not None]
+        values = [v for r in points for v in (r[x_key], r[y_key])] or [0.0, 1.0]
+        lo, hi = min(-0.05, min(values) - 0.05), max(1.05, max(values) + 0.05)
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8, ls="--", zorder=0)
+        for seed in seeds if by_seed else seeds[:1]:
+            mine = [r for r in points if (r["seed"] == seed or not by_seed) and r in counted]
+            ax.scatter([r[x_key] for r in mine], [r[y_key] for r in mine], s=22, color=palette[seed],
+                       label=f"seed {seed}" if by_seed else f"{len(seeds)} seeds", zorder=2)
+        rest = [r for r in points if r not in counted]
+        if rest:
+            ax.scatter([r[x_key] for r in rest], [r[y_key] for r in rest], s=22, facecolors="none",
+                       edgecolors="0.55", label=f"copy, or gap < {result.min_gap:g}", zorder=1)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal")
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.set_ylabel(y_label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.legend(*left.get_legend_handles_labels(), fontsize=8, loc="outside right upper")
+    s = result.summary()
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    config = describe(ExperimentConfig.from_run(result.run))
+    fig.suptitle(fit_lines(fig, f"{result.what} patching at each output's emergence (checkpoints either side of "
+                                f"its emergence step; {result.n_sequences} held-out sequences)\nmedians over "
+                                f"{s['counted']} outputs: recovered {pct(s['recovered'])}, removed "
+                                f"{pct(s['removed'])}, from the other outputs {pct(s['removed_elsewhere'])}\n"
+                                f"{config}", 8), fontsize=8)
+    return fig
+
+
+def write_emergence_patching_figure(result: Any, out: str | Path | None = None) -> list[Path]:
+    """Write ``emergence_{what}.png`` into ``out`` (default ``RUN/patching``)."""
+    out = Path(out) if out is not None else result.run.path / "patching"
+    return [save_figure(plot_emergence_patching(result), out / f"emergence_{result.what}.png")]

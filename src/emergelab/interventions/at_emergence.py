@@ -1,0 +1,264 @@
+"""Head patching at every emergence of a run: ``emergelab patch RUN --at-emergence``.
+
+For each seed and each output whose loss emerged (``analysis.curve_emergence``, the step ``summary.json`` and
+``emergelab analyze`` report) between two saved checkpoints, take the checkpoints that bracket its emergence
+step (the last one before it, the first one after it) and patch every head both ways between them
+(:func:`~.patching.patching_table`):
+
+* **late-to-early** (sufficiency): the late head's activation in the early model. ``recovered`` is the best
+  single head's gain in that output's correct-token probability, as a fraction of the output's own
+  ``late - early`` (``gap``);
+* **early-to-late** (necessity): the early head's activation in the late model. ``removed`` is the
+  largest loss of that output's probability one head causes, as a fraction of ``gap``; ``removed_second``
+  the next head's; ``removed_elsewhere`` the mean fraction the same head removes from the *other* outputs
+  that moved by at least ``min_gap`` between the same checkpoints (near ``removed``: the head is needed for
+  everything that changed, not for this output alone; near 0: specific);
+
+beside the head that the attention metrics attribute the output to (``analysis.attribute_heads``: the
+largest gain of attention mass on the output's ground-truth keys over its emergence, ``attributed_head``)
+and the fraction that head removes (``removed_by_attributed``). Checkpoint pairs shared by several outputs
+are patched once. :meth:`EmergencePatching.summary` gives the medians over the outputs that are not copies
+(an output equal to an earlier one: ``analysis.summary.copy_outputs``) and moved by at least ``min_gap``.
+
+Example::
+
+    from emergelab.interventions.at_emergence import patch_at_emergence, write_emergence_patching
+    result = patch_at_emergence("runs/demo")
+    print(result.format())                   # one line per (seed, output), then the medians
+    write_emergence_patching(result)         # RUN/patching/emergence_pattern.parquet and .csv
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import torch
+
+from ..analysis import curve_emergence
+from ..analysis.heads import attribute_heads
+from ..analysis.summary import copy_outputs, fan_in_by_seed
+from ..config import ConfigError
+from ..store import RunDir, atomic_write, connect, write_parquet
+from ..tasks import supports_sample_outputs
+from ..train import ExperimentConfig, load_model
+from ..train.estimate import check_fits, estimate_patch
+from .checkpoints import held_out_batch, load_run, require_seed, score_mask
+from .patching import WHAT, PatchingResult, count_heads, heads_hint, hook_name, patching_table, progress_bar
+
+MIN_GAP = 0.1  # an output's late - early probability below which its fractions are left out of the medians
+
+_SCHEMA = pa.schema([
+    ("seed", pa.int64()), ("output", pa.int64()), ("label", pa.string()), ("copy", pa.bool_()),
+    ("emergence_step", pa.float64()), ("early_step", pa.int64()), ("late_step", pa.int64()),
+    ("early_prob", pa.float64()), ("late_prob", pa.float64()), ("gap", pa.float64()),
+    ("recovered", pa.float64()), ("recovered_head", pa.string()),
+    ("removed", pa.float64()), ("removed_head", pa.string()), ("removed_second", pa.float64()),
+    ("removed_elsewhere", pa.float64()), ("attributed_head", pa.string()), ("removed_by_attributed", pa.float64()),
+])
+
+
+@dataclass
+class EmergencePatching:
+    """``rows``: one dict per (seed, output) patched, with the fields of the module docstring (``_SCHEMA``);
+    ``skipped``: one line per emerged output that no pair of saved checkpoints brackets."""
+
+    run: RunDir
+    what: str
+    n_sequences: int
+    min_gap: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=_SCHEMA)
+
+    def counted(self) -> list[dict[str, Any]]:
+        """The rows the medians are over: not a copy, and a gap of at least ``min_gap``."""
+        return [r for r in self.rows if not r["copy"] and r["gap"] >= self.min_gap]
+
+    def summary(self) -> dict[str, Any]:
+        """Medians over :meth:`counted` of each fraction, how often the removing head is the attributed one,
+        and the counts."""
+        rows = self.counted()
+
+        def median(key: str) -> float | None:
+            values = [r[key] for r in rows if r[key] is not None]
+            return statistics.median(values) if values else None
+
+        attributed = [r for r in rows if r["attributed_head"] is not None]
+        return {"outputs": len(self.rows), "counted": len(rows),
+                **{key: median(key) for key in ("recovered", "removed", "removed_second", "removed_elsewhere",
+                                                "removed_by_attributed")},
+                "removed_head_is_attributed": sum(r["removed_head"] == r["attributed_head"] for r in attributed),
+                "attributed": len(attributed)}
+
+    def format(self) -> str:
+        """A plain-text table (fractions of each output's own late - early) and the medians."""
+        unit = "sequences" if self.n_sequences != 1 else "sequence"
+        lines = [f"{self.run.path}: {self.what} patching at each output's emergence ({self.n_sequences} held-out "
+                 f"{unit} per seed; fractions of the output's own late - early correct-token probability)"]
+        if not self.rows:
+            return "\n".join(lines + ["nothing to patch: no output emerged between two saved checkpoints"]
+                             + [f"note: {line}" for line in self.skipped])
+        lines += [f"{'seed':>4} {'output':<8} {'emerged':>8} {'early':>6} {'late':>6} {'gap':>6}   "
+                  f"{'recovered':>9} {'head':>5}   {'removed':>7} {'head':>5} {'2nd':>5} {'others':>6}   "
+                  f"{'attributed':>10} {'removes':>7}"]
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        for r in self.rows:
+            label = r["label"] + ("c" if r["copy"] else "")
+            lines.append(f"{r['seed']:>4} {label:<8} {r['emergence_step']:>8.0f} {r['early_step']:>6} "
+                         f"{r['late_step']:>6} {r['gap']:>6.3f}   {pct(r['recovered']):>9} {r['recovered_head']:>5}   "
+                         f"{pct(r['removed']):>7} {r['removed_head']:>5} {pct(r['removed_second']):>5} "
+                         f"{pct(r['removed_elsewhere']):>6}   {r['attributed_head'] or '-':>10} "
+                         f"{pct(r['removed_by_attributed']):>7}")
+        s = self.summary()
+        lines.append("recovered: the best single late head in the early model; removed: the worst single early head "
+                     "in the late model (2nd: the next head; others: what that head removes from the other outputs "
+                     "that moved); attributed: the head that gained most attention mass on the output's "
+                     "ground-truth keys as it emerged (emergelab analyze); c: a copy of an earlier output")
+        if s["counted"]:
+            lines.append(f"medians over {s['counted']} of {s['outputs']} outputs (not copies, gap >= "
+                         f"{self.min_gap:g}): recovered {pct(s['recovered'])}, removed {pct(s['removed'])} "
+                         f"(2nd head {pct(s['removed_second'])}, from the other outputs "
+                         f"{pct(s['removed_elsewhere'])}), "
+                         f"by the attributed head {pct(s['removed_by_attributed'])}; the removing head is the "
+                         f"attributed one for {s['removed_head_is_attributed']} of {s['attributed']}")
+        else:
+            lines.append(f"no output that is not a copy moved by {self.min_gap:g} or more between its checkpoints")
+        lines += [f"note: {line}" for line in self.skipped]
+        return "\n".join(lines)
+
+
+def _bracket(steps: list[int], step: float) -> tuple[int, int] | None:
+    """The last saved checkpoint before ``step`` and the first after it, or None."""
+    before, after = [s for s in steps if s < step], [s for s in steps if s > step]
+    return (before[-1], after[0]) if before and after else None
+
+
+def _head(flat: int, n_heads: int) -> str:
+    return f"{flat // n_heads}.{flat % n_heads}"
+
+
+@torch.no_grad()
+def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = None, what: str = "pattern",
+                       batch: int | None = None, batch_size: int | None = None, device: str = "cpu",
+                       min_gap: float = MIN_GAP, progress: bool = False) -> EmergencePatching:
+    """Patch every head both ways at each emergence of ``seeds`` (None: every seed) of ``run``; see the
+    module docstring. ``batch``: held-out sequences per seed (None: ``train.eval_batch_size``);
+    ``batch_size``: rows per forward pass. Bad arguments, a directory that is not a finished run's, or a run
+    without per-output losses: ConfigError, before any model is loaded."""
+    if what not in WHAT:
+        raise ConfigError(f"--what {what!r}: must be one of {', '.join(WHAT)}")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"--batch {batch}: must be >= 1")
+    if not 0.0 <= min_gap < 1.0:
+        raise ConfigError(f"min_gap={min_gap}: must be in [0, 1)")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use cpu")
+    run = load_run(run)
+    if not run.metrics_path.exists():
+        raise ConfigError(f"{run.path}: the run has no metrics.parquet yet (unfinished): patching at emergence "
+                          "needs its emergence steps; finish it (re-run the same command) first")
+    config = ExperimentConfig.from_run(run).resolved()
+    seeds = list(range(config.train.seeds)) if seeds is None else seeds
+    for seed in seeds:
+        require_seed(config, seed, "--seed ")
+    n = batch or config.train.eval_batch_size
+    check_fits(estimate_patch(config, n), str(device), "patching")
+
+    con = connect(run.path)
+    emergence, jumps = curve_emergence(con)
+    attributed = {(r["seed"], r["position"]): r["top_head"]
+                  for r in attribute_heads(con, emergence=(emergence, jumps)).to_pylist()}
+    fans = {seed: fan for (_, seed), fan in fan_in_by_seed(con).items()}
+    result = EmergencePatching(run=run, what=what, n_sequences=n, min_gap=min_gap)
+    work: list[tuple[int, int, float, tuple[int, int]]] = []  # seed, output, emergence step, checkpoints
+    for r in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
+        if r["seed"] not in seeds or not r["target"].startswith("pos:") or not r["emerged"]:
+            continue
+        output = int(r["target"][4:])
+        pair = _bracket(run.checkpoint_steps(r["seed"]), r["step"])
+        if pair is None:
+            result.skipped.append(f"seed {r['seed']} output {output} emerged at step {r['step']:g}, which no two "
+                                  "saved checkpoints bracket (more: train.checkpoints)")
+            continue
+        work.append((r["seed"], output, float(r["step"]), pair))
+    work.sort(key=lambda w: (w[0], w[1]))
+    if not work:
+        return result
+
+    pairs = sorted({(seed, pair) for seed, _, _, pair in work})
+    first = load_model(run, pairs[0][0], pairs[0][1][0], device, config)
+    if hook_name(0, what) not in first.hook_dict:
+        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
+                          + heads_hint(first.hook_dict, what, "--what {}"))
+    batches = {seed: held_out_batch(config, seed, n) for seed in {seed for seed, _ in pairs}}
+    n_heads = count_heads(first, batches[pairs[0][0]][1].to(device), what)
+    bar = progress_bar(2 * len(pairs) * (n_heads + 2), progress)
+    tables: dict[tuple[int, tuple[int, int]], tuple[PatchingResult, PatchingResult, int]] = {}
+    for seed, (early_step, late_step) in pairs:
+        task, tokens = batches[seed]
+        if supports_sample_outputs(task):
+            index = task.sample_output_index(tokens)
+        else:
+            index = task.output_index
+        tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
+        early = load_model(run, seed, early_step, device, config)
+        late = load_model(run, seed, late_step, device, config)
+        both = [patching_table(early, late, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
+                               loss_mask=mask, batch_size=batch_size, progress=bar.update, direction=direction)
+                for direction in ("late-to-early", "early-to-late")]
+        tables[seed, (early_step, late_step)] = (both[0], both[1], both[0].prob_gain.shape[1])
+    bar.close()
+
+    labels = batches[work[0][0]][0].output_labels()
+    for seed, output, step, pair in work:
+        forward, backward, heads_per_layer = tables[seed, pair]
+        early_p, late_p = forward.early["prob_per_output"], forward.late["prob_per_output"]
+        gaps = (late_p - early_p).double()
+        gap = float(gaps[output])
+        gain = forward.prob_gain_per_output.flatten(0, 1)[:, output].double()  # [layers * heads]
+        lost = backward.prob_gain_per_output.flatten(0, 1)[:, output].double()
+        order = lost.argsort(descending=True, stable=True)
+        moved = [p for p in range(len(gaps)) if p != output and float(gaps[p]) >= min_gap]
+        worst = int(order[0])
+        head = attributed.get((seed, output))
+
+        def share(x: float) -> float | None:
+            return x / gap if gap > 0 else None
+
+        attributed_flat = None
+        if head is not None:
+            layer, h = (int(part) for part in head.split("."))
+            attributed_flat = layer * heads_per_layer + h
+        elsewhere = [float(backward.prob_gain_per_output.flatten(0, 1)[worst, p]) / float(gaps[p]) for p in moved]
+        result.rows.append({
+            "seed": seed, "output": output, "label": labels[output] if output < len(labels) else str(output),
+            "copy": str(output) in copy_outputs(fans.get(seed, {})),
+            "emergence_step": step, "early_step": pair[0], "late_step": pair[1],
+            "early_prob": float(early_p[output]), "late_prob": float(late_p[output]), "gap": gap,
+            "recovered": share(float(gain.max())), "recovered_head": _head(int(gain.argmax()), heads_per_layer),
+            "removed": share(float(lost[worst])), "removed_head": _head(worst, heads_per_layer),
+            "removed_second": share(float(lost[order[1]])) if len(order) > 1 else None,
+            "removed_elsewhere": statistics.fmean(elsewhere) if elsewhere else None,
+            "attributed_head": head,
+            "removed_by_attributed": (share(float(lost[attributed_flat]))
+                                      if attributed_flat is not None and attributed_flat < len(lost) else None)})
+    return result
+
+
+def write_emergence_patching(result: EmergencePatching, out: str | Path | None = None) -> list[Path]:
+    """``emergence_{what}.parquet`` and ``.csv`` in ``out`` (default ``RUN/patching``); returns the paths."""
+    out = Path(out) if out is not None else result.run.path / "patching"
+    table = result.table()
+    stem = f"emergence_{result.what}"
+    return [write_parquet(out / f"{stem}.parquet", table),
+            atomic_write(out / f"{stem}.csv", lambda tmp: pacsv.write_csv(table, tmp))]
