@@ -197,8 +197,13 @@ def plot_emergence_patching(result: Any) -> "Figure":
                "its output", "the same head: mean fraction removed\nfrom the other outputs that moved"))
     for ax, x_key, y_key, x_label, y_label in panels:
         points = [r for r in result.rows if r[x_key] is not None and r[y_key] is not None]
-        values = [v for r in points for v in (r[x_key], r[y_key])] or [0.0, 1.0]
+        # the axes fit the counted points: a grey one's fraction of a tiny gap can be 400%
+        values = [v for r in points if r in counted for v in (r[x_key], r[y_key])] or [0.0, 1.0]
         lo, hi = min(-0.05, min(values) - 0.05), max(1.05, max(values) + 0.05)
+        outside = sum(not (lo <= r[x_key] <= hi and lo <= r[y_key] <= hi) for r in points)
+        if outside:
+            ax.set_title(f"{outside} grey point{'s' if outside > 1 else ''} outside the axes", fontsize=7,
+                         loc="right", color="0.4")
         ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8, ls="--", zorder=0)
         for seed in seeds if by_seed else seeds[:1]:
             mine = [r for r in points if (r["seed"] == seed or not by_seed) and r in counted]
