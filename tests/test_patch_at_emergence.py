@@ -129,3 +129,24 @@ def test_an_unfinished_run_is_refused(run, tmp_path):
     (copy / "metrics.parquet").unlink()
     with pytest.raises(ConfigError, match="no metrics.parquet yet"):
         patch_at_emergence(copy)
+
+
+def test_the_figure_keeps_its_axes_on_the_counted_points(run):
+    """A grey point's fraction of a tiny gap (400%) stays off the axes, with a note; past 10 seeds one colour."""
+    from emergelab.interventions.at_emergence import EmergencePatching
+    from emergelab.report.patch_figures import plot_emergence_patching
+
+    def row(seed, recovered, removed, gap=0.3, copy=False):
+        return {"seed": seed, "output": 0, "label": "bit 0", "copy": copy, "emergence_step": 100.0,
+                "early_step": 90, "late_step": 110, "early_prob": 0.5, "late_prob": 0.5 + gap, "gap": gap,
+                "recovered": recovered, "recovered_head": "0.0", "removed": removed, "removed_head": "0.1",
+                "removed_second": 0.1, "removed_elsewhere": 0.2, "attributed_head": "0.1",
+                "removed_by_attributed": removed}
+
+    rows = [row(seed, 0.1, 0.7) for seed in range(12)] + [row(0, 0.2, 4.0, gap=0.01)]
+    result = EmergencePatching(run=run, what="pattern", n_sequences=64, min_gap=0.1, rows=rows)
+    fig = plot_emergence_patching(result)
+    left, right = fig.axes[:2]
+    assert left.get_ylim()[1] < 1.2 and "1 grey point outside the axes" in left.get_title(loc="right")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["12 seeds", "copy, or gap < 0.1"]
+    assert result.summary()["counted"] == 12 and result.summary()["removed"] == pytest.approx(0.7)

@@ -105,7 +105,8 @@ class EmergencePatching:
         if not self.rows:
             return "\n".join(lines + ["nothing to patch: no output emerged between two saved checkpoints"]
                              + [f"note: {line}" for line in self.skipped])
-        lines += [f"{'seed':>4} {'output':<8} {'emerged':>8} {'early':>6} {'late':>6} {'gap':>6}   "
+        width = max(8, *(len(r["label"]) + 1 for r in self.rows))  # "bit 3c", "repeat token 15"
+        lines += [f"{'seed':>4} {'output':<{width}} {'emerged':>8} {'early':>6} {'late':>6} {'gap':>6}   "
                   f"{'recovered':>9} {'head':>5}   {'removed':>7} {'head':>5} {'2nd':>5} {'others':>6}   "
                   f"{'attributed':>10} {'removes':>7}"]
 
@@ -114,7 +115,7 @@ class EmergencePatching:
 
         for r in self.rows:
             label = r["label"] + ("c" if r["copy"] else "")
-            lines.append(f"{r['seed']:>4} {label:<8} {r['emergence_step']:>8.0f} {r['early_step']:>6} "
+            lines.append(f"{r['seed']:>4} {label:<{width}} {r['emergence_step']:>8.0f} {r['early_step']:>6} "
                          f"{r['late_step']:>6} {r['gap']:>6.3f}   {pct(r['recovered']):>9} {r['recovered_head']:>5}   "
                          f"{pct(r['removed']):>7} {r['removed_head']:>5} {pct(r['removed_second']):>5} "
                          f"{pct(r['removed_elsewhere']):>6}   {r['attributed_head'] or '-':>10} "
