@@ -165,7 +165,9 @@ def _check_lm_emergence_patching(out):
     lines, figures = patch_at_emergence(chosen, out / "patch")
     text = "\n".join(lines)
     assert f"patched into step {saved[0]}" in text and f"of step {saved[-1]}" in text and "greedy" in text
-    assert len(figures) == 2 and all(p.stat().st_size > 5000 for p in figures)
+    assert f"of step {saved[0]} patched into step {saved[-1]} (reverting heads)" in text  # and the other way
+    assert len(figures) == 4 and all(p.stat().st_size > 5000 for p in figures)
+    assert sum("early-to-late" in p.name for p in figures) == 2
     lines, _ = patch_at_emergence({**chosen, "solved_step": saved[0] - 1}, out / "patch")
     assert "no checkpoint on both sides" in lines[0]
     assert patch_at_emergence(None, out)[0] == ["patching: no seed solved, nothing to patch"]

@@ -8,7 +8,8 @@ language models (``tasks/repetition.py``: in-context repetition in a Zipfian cor
   the step it is solved (its last repeat position halfway).
 * Patching that seed's attention patterns, head by head, from its last checkpoint into the last checkpoint
   before its point of emergence (``interventions.patch_checkpoints``): the layer x head table, the top
-  heads and their joint effect (the greedy set).
+  heads and their joint effect (the greedy set); and the other way, each head of the last checkpoint
+  reverted to its pattern before the emergence (``direction="early-to-late"``: which heads it needs).
 
 The seed shown is the largest size's solved seed with the median emergence step (ties: the lower seed).
 """
@@ -82,8 +83,8 @@ def emergence_figure(result: Any, loss_pos: Any, chosen: dict[str, Any] | None, 
 
 
 def patch_at_emergence(chosen: dict[str, Any] | None, out: Path, device: str = "cpu") -> tuple[list[str], list[Path]]:
-    """Patch the chosen seed's heads from its last checkpoint into the last one before its emergence:
-    the text report and the figures (``out``)."""
+    """Patch the chosen seed's heads from its last checkpoint into the last one before its emergence, and
+    back (the last checkpoint with one head reverted at a time): the text reports and the figures (``out``)."""
     if chosen is None:
         return ["patching: no seed solved, nothing to patch"], []
     run, seed = RunDir(chosen["run"]), int(chosen["seed"])
@@ -92,5 +93,9 @@ def patch_at_emergence(chosen: dict[str, Any] | None, out: Path, device: str = "
     if not before or saved[-1] <= before[-1]:
         return [f"patching: seed {seed} has no checkpoint on both sides of its emergence step "
                 f"{chosen['solved_step']:.0f} (saved: {', '.join(map(str, saved))})"], []
-    result = patch_checkpoints(run, before[-1], saved[-1], seed, device=device)
-    return ["patching at the point of emergence:", result.format()], write_patching_figures(result, out)
+    lines, figures = ["patching at the point of emergence:"], []
+    for direction in ("late-to-early", "early-to-late"):
+        result = patch_checkpoints(run, before[-1], saved[-1], seed, device=device, direction=direction)
+        lines.append(result.format())
+        figures += write_patching_figures(result, out)
+    return lines, figures
