@@ -161,46 +161,37 @@ def test_intervention_tables_against_a_numpy_forward_pass():
     pe, pl = pl, pe; early, late = late, early
     _, late_pats = forward(pl, inp)
     base = scores(forward(pe, inp)[0], tgt, mask, index, O)
-    # greedy: first choice is the best single head, recovered fractions from the numpy forward
-    g = greedy_heads(early, late, tokens, fraction=0.99, loss_mask=task.loss_mask)
-    late_s = scores(forward(pl, inp)[0], tgt, mask, index, O)
-    chosen = []
-    for i, head in enumerate(g.heads):
-        cands = {}
-        for l in range(2):
-            for h in range(3):
-                if (l, h) in chosen: continue
-                ov = {hh: (lambda a, s=late_pats[hh[0]][:, hh[1]]: s) for hh in chosen + [(l, h)]}
-                cands[(l, h)] = scores(forward(pe, inp, override=ov)[0], tgt, mask, index, O)["mean_prob"]
-        best = max(cands, key=cands.get)
-        gap = sorted(cands.values())[-1] - (sorted(cands.values())[-2] if len(cands) > 1 else -1)
-        if best != head and gap > 1e-6: worst["greedy choice mismatch"] = 1.0
-        chosen.append(head)
-        note("greedy recovered", g.recovered[i], (cands[head] - base["mean_prob"]) / (late_s["mean_prob"] - base["mean_prob"]))
-
-    # greedy early-to-late: each step reverts the head that lowers the late model's probability most
     _, early_pats = forward(pe, inp)
-    e_s = scores(forward(pe, inp)[0], tgt, mask, index, O)
-    if late_s["mean_prob"] > e_s["mean_prob"]:
-        g = greedy_heads(early, late, tokens, fraction=0.99, loss_mask=task.loss_mask, direction="early-to-late")
-        assert g.direction == "early-to-late" and g.participle == "removed" and g.heads
+    late_s = scores(forward(pl, inp)[0], tgt, mask, index, O)
+    assert late_s["mean_prob"] > base["mean_prob"], "the swapped pair must improve: pick other seeds"
+
+    def check_greedy(g, target, donor_pats, sign, name):
+        """Each step adds the head that moves the target's probability most in ``sign``'s direction (``sign *
+        p`` largest), in the numpy forward; the fraction is of late - early moved."""
+        start = base["mean_prob"] if sign > 0 else late_s["mean_prob"]
         chosen = []
         for i, head in enumerate(g.heads):
             cands = {}
             for l in range(2):
                 for h in range(3):
                     if (l, h) in chosen: continue
-                    ov = {hh: (lambda a, s=early_pats[hh[0]][:, hh[1]]: s) for hh in chosen + [(l, h)]}
-                    cands[(l, h)] = scores(forward(pl, inp, override=ov)[0], tgt, mask, index, O)["mean_prob"]
-            best = min(cands, key=cands.get)
-            gap = (sorted(cands.values())[1] if len(cands) > 1 else 2.0) - sorted(cands.values())[0]
-            if best != head and gap > 1e-6: worst["greedy early-to-late choice mismatch"] = 1.0
+                    ov = {hh: (lambda a, s=donor_pats[hh[0]][:, hh[1]]: s) for hh in chosen + [(l, h)]}
+                    cands[(l, h)] = sign * scores(forward(target, inp, override=ov)[0], tgt, mask, index, O)["mean_prob"]
+            ranked = sorted(cands.values())
+            if max(cands, key=cands.get) != head and ranked[-1] - (ranked[-2] if len(ranked) > 1 else -2) > 1e-6:
+                worst[f"greedy {name} choice mismatch"] = 1.0
             chosen.append(head)
-            note("greedy early-to-late prob", g.prob[i], cands[head])
-            note("greedy removed", g.recovered[i],
-                 (late_s["mean_prob"] - cands[head]) / (late_s["mean_prob"] - e_s["mean_prob"]))
-    else:
-        worst["greedy early-to-late: the swapped late model is not better here; pick other seeds"] = 1.0
+            note(f"greedy {name} prob", g.prob[i], sign * cands[head])
+            note(f"greedy {name} fraction", g.recovered[i],
+                 sign * (sign * cands[head] - start) / (late_s["mean_prob"] - base["mean_prob"]))
+
+    # greedy: first choice is the best single head, recovered fractions from the numpy forward
+    check_greedy(greedy_heads(early, late, tokens, fraction=0.99, loss_mask=task.loss_mask), pe, late_pats, 1.0,
+                 "late-to-early")
+    # early-to-late: each step reverts the head that lowers the late model's probability most
+    g = greedy_heads(early, late, tokens, fraction=0.99, loss_mask=task.loss_mask, direction="early-to-late")
+    assert g.direction == "early-to-late" and g.participle == "removed" and g.heads
+    check_greedy(g, pl, early_pats, -1.0, "early-to-late")
 
     # attention bias: model(tokens, attn_bias=ground_truth_bias(...)) vs scores + beta*M in numpy
     bias = ground_truth_bias(task.attention_mask, layers=2, heads=3, beta=2.5, which_layers=[1], which_heads=[0, 2])
