@@ -195,6 +195,11 @@ def test_a_mixer_run_patches_its_mixing_matrix_and_is_told_so(tmp_path, capsys):
     assert pattern.shape == (1, 2, 7, 7) and float(pattern.min()) >= 0
     torch.testing.assert_close(pattern.sum(-1), torch.ones(1, 2, 7))
     assert float(pattern[..., ~visible].abs().max()) == 0.0
+    # ablating the mixing matrix: each head zeroed alone; the clean probability is the late model's
+    assert main(["ablate", str(run.path), "--what", "mixer", "--out", str(out)]) == 0
+    assert "zero ablation of each head's mixing matrix" in capsys.readouterr().out
+    ablation = pq.read_table(out / "seed0_step200_zero-ablation_mixer_table.parquet").to_pylist()
+    assert len(ablation) == 2 * (1 + 4) and {row["what"] for row in ablation} == {"mixer"}
 
 
 def test_probe_bias_reproduces_the_stored_metrics_of_a_biased_run(tmp_path):
@@ -328,3 +333,53 @@ def test_many_heads_a_layer_print_and_draw_the_largest_gains(run):
     assert not left.texts  # no annotations on 40 cells
     assert [t.get_text() for t in right.get_yticklabels()] == [f"0.{h}" for _, h in top]
     assert plot_patching_heatmap(result).axes[0].texts  # 4 heads: annotated
+
+
+def test_ablate_command_matches_ablating_each_head_by_hand(run, tmp_path, capsys):
+    """`emergelab ablate`: each head of the last checkpoint ablated alone (zero by default); the table is the
+    clean minus the ablated probability overall and per bit (checked against ablate_heads directly)."""
+    from emergelab.interventions import ablate_heads, target_metrics
+
+    assert main(["ablate", str(run.path), "--batch", "64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"seed 0, step {STEPS}: zero ablation of each head's attention pattern" in out
+    assert "the head each bit needs most" in out and "note:" not in out
+    stem = f"seed0_step{STEPS}_zero-ablation_pattern"
+    assert {f"{stem}_table.parquet", f"{stem}_table.csv", f"{stem}_heatmap.png"} <= {p.name for p in tmp_path.iterdir()}
+    table = pq.read_table(tmp_path / f"{stem}_table.parquet").to_pylist()
+    assert len(table) == 4 * (1 + 8) and {r["kind"] for r in table} == {"zero"}
+    assert {r["step"] for r in table} == {STEPS}
+    task, tokens = held_out_batch(ExperimentConfig.from_run(run).resolved(), 0, 64)
+    model, mask = load_model(run, 0, STEPS), score_mask(task)
+    with torch.no_grad():
+        clean = target_metrics(model(tokens[:, :-1]), tokens, output_index=task.output_index, loss_mask=mask)
+        for row in table:
+            ablated = target_metrics(ablate_heads(model, tokens, [(row["layer"], row["head"])], "zero"), tokens,
+                                     output_index=task.output_index, loss_mask=mask)
+            key = "mean_prob" if row["output"] == -1 else "prob_per_output"
+            pick = (lambda m: float(m[key])) if row["output"] == -1 else (lambda m: float(m[key][row["output"]]))
+            assert row["prob_drop"] == pytest.approx(pick(clean) - pick(ablated), abs=1e-6)
+
+
+def test_ablate_mean_at_a_step_that_is_not_saved_says_so(run, tmp_path, capsys):
+    assert main(["ablate", str(run.path), "--step", "250", "--kind", "mean", "--batch", "32",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: requested step 250 is not a saved checkpoint of seed 0; using the nearest, step 241" in out
+    assert "note: mean ablation leaves a head whose pattern depends on positions only unchanged" in out
+    assert (tmp_path / "seed0_step241_mean-ablation_pattern_heatmap.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "1"], "--seed 1: the run has seeds 0..0"),
+    (["--step", "-2"], "--step -2: a step must be >= 0"),
+    (["--kind", "half"], "argument --kind: invalid choice: 'half'"),
+    (["--what", "mixer"], "has no hook point blocks.0.mixer.hook_pattern to ablate; it has attention heads: "
+                          "ablate them with --what pattern"),
+    (["--batch", "0"], "--batch 0: must be >= 1"),
+])
+def test_ablate_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys, argv, message):
+    assert main(["ablate", str(run.path), *argv, "--out", str(tmp_path / "x")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and message in lines[0], captured.err

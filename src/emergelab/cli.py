@@ -168,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--out", type=_path, help="output folder (default RUN/patching)")
     patch.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    ablate = sub.add_parser("ablate", help="ablate each head (or a mixer's head or channel) of one checkpoint alone: "
+                                           "the drop in correct-token probability per head and output; table "
+                                           "and figure")
+    ablate.add_argument("run_dir", type=_path, metavar="RUN")
+    ablate.add_argument("--step", type=_int, metavar="STEP",
+                        help="checkpoint to ablate (the nearest saved one; default the seed's last)")
+    ablate.add_argument("--seed", type=_int, default=0, help="run seed index (default 0)")
+    ablate.add_argument("--kind", choices=("zero", "mean", "uniform"), default="zero",
+                        help="zero (default): the head attends nowhere and writes only its bias; mean: its batch-"
+                             "mean pattern (leaves a position-only head unchanged); uniform: 1/(q+1) on keys <= q")
+    ablate.add_argument("--what", choices=("pattern", "scores", "mixer"), default="pattern",
+                        help="the post-softmax pattern (default) or the pre-softmax scores of a transformer's heads, "
+                             "or a non-attention mixer's mixing matrix")
+    ablate.add_argument("--batch", type=_int, help="held-out sequences (default train.eval_batch_size)")
+    ablate.add_argument("--device", default="cpu", help="device to evaluate on (default cpu)")
+    ablate.add_argument("--out", type=_path, help="output folder (default RUN/patching)")
+
     check = sub.add_parser("check", help="verify every file of run directories (checksums, structure); "
                                          "exit 0 when all are intact, 2 otherwise")
     check.add_argument("paths", nargs="+", type=_path, metavar="RUN_OR_DIR",
@@ -657,6 +674,26 @@ def cmd_patch(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(result.format())
     paths = write_patching(result, args.out) + write_patching_figures(result, args.out)
+    print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .interventions.checkpoint_ablation import ablate_checkpoint, write_ablation
+    from .report.patch_figures import write_ablation_figure
+    from .train.estimate import check_device
+
+    check_device("--device", args.device)
+    if args.out is not None:
+        check_out_dir(args.out, run=False)
+    elif (args.run_dir / "config.yaml").is_file():  # the default RUN/patching, checked before the work
+        check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
+    result = ablate_checkpoint(args.run_dir, args.step, args.seed, kind=args.kind, what=args.what, batch=args.batch,
+                               device=args.device)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.format())
+    paths = write_ablation(result, args.out) + write_ablation_figure(result, args.out)
     print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
     return 0
 
@@ -1405,8 +1442,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"reproduce": cmd_reproduce, "run": cmd_run, "report": cmd_report, "list": cmd_list, "analyze": cmd_analyze,
-            "patch": cmd_patch, "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep, "query": cmd_query,
-            "forecast": cmd_forecast}
+            "patch": cmd_patch, "ablate": cmd_ablate, "check": cmd_check, "lm": cmd_lm, "sweep": cmd_sweep,
+            "query": cmd_query, "forecast": cmd_forecast}
 
 
 class Terminated(KeyboardInterrupt):

@@ -249,14 +249,14 @@ def require_attention_heads(model: Any, what: str = "pattern") -> None:
                          + heads_hint(names, what))
 
 
-def heads_hint(names: Iterable[str], what: str, option: str = 'what="{}"') -> str:
+def heads_hint(names: Iterable[str], what: str, option: str = 'what="{}"', verb: str = "patch") -> str:
     """What a model lacking ``hook_name(0, what)`` offers instead, for an error message; ``option`` spells
-    the choice (the CLI: ``"--what {}"``)."""
+    the choice (the CLI: ``"--what {}"``), ``verb`` what is done to it ("patch", "ablate")."""
     names = set(names)
     if what != "mixer" and hook_name(0, "mixer") in names:
-        return f"its mixer's mixing matrix is blocks.{{l}}.mixer.hook_pattern: patch it with {option.format('mixer')}"
+        return f"its mixer's mixing matrix is blocks.{{l}}.mixer.hook_pattern: {verb} it with {option.format('mixer')}"
     if what == "mixer" and hook_name(0, "pattern") in names:
-        return f"it has attention heads: patch them with {option.format('pattern')}"
+        return f"it has attention heads: {verb} them with {option.format('pattern')}"
     own = sorted("blocks.{l}." + n.split(".", 2)[-1] for n in names if n.startswith("blocks.0.mixer.hook_"))
     if not own:
         return "it has no mixer hook points either"

@@ -10,6 +10,8 @@
   held-out batch beside the ground-truth pattern (rows normalised to sum 1), restricted to the readable
   block (``task.map_view()``: for the linear map the queries ``S-1..2S-2`` against the keys ``0..S-1``),
   one colour scale.
+* ``plot_ablation_heatmap`` (``emergelab ablate``): the same two panels for each head ablated alone at one
+  checkpoint (the drop in correct-token probability and the loss rise).
 * ``plot_emergence_patching`` (``emergelab patch RUN --at-emergence``, an
   :class:`~emergelab.interventions.at_emergence.EmergencePatching`): one point per (seed, output) at its
   emergence; left, the best single late head patched into the early checkpoint (fraction of the output's
@@ -61,17 +63,34 @@ def plot_patching_heatmap(result: Any) -> "Figure":
     """Prob gain per head (layers x heads) and per head and output; see the module docstring. Past
     ``WIDEST_TABLE`` heads a layer (Mamba's channels) the cells are not annotated and the per-output panel
     shows the heads with the largest gain only."""
+    t = result.table
+    amount = "gain" if result.direction == "late-to-early" else "lost"
+    return head_heatmap(t.prob_gain, t.loss_drop, t.prob_gain_per_output,
+                        output_name=getattr(result.task, "output_name", "output"), amount=amount,
+                        title=f"{result.effect}\nfrom patching one head",
+                        short_title=f"prob {amount} from patching one head",
+                        colorbar="gain in mean correct-token probability" if amount == "gain"
+                        else "mean correct-token probability lost",
+                        suptitle=_title(result) + "\n" + _greedy_text(result))
+
+
+def head_heatmap(value: Any, paired: Any, per_output: Any, *, output_name: str, amount: str, title: str,
+                 short_title: str, colorbar: str, suptitle: str) -> "Figure":
+    """Left: ``value [layers, heads]`` (annotated with ``paired`` in parentheses, e.g. the loss change);
+    right, with ``per_output [layers, heads, outputs]``: the same per head and output. Diverging colours
+    centred on 0, one scale for both panels. Past ``WIDEST_TABLE`` heads a layer the cells are not annotated
+    and the right panel keeps the heads with the largest ``value``. ``amount`` names the quantity ("gain",
+    "lost", "drop") in the right panel's title."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    t = result.table
-    amount = "gain" if result.direction == "late-to-early" else "lost"
-    gain = t.prob_gain.numpy()  # [layers, heads]
-    drop = t.loss_drop.numpy()
+    gain = value.numpy()  # [layers, heads]
+    drop = paired.numpy()
     n_layers, n_heads = gain.shape
     wide = n_heads > WIDEST_TABLE  # e.g. Mamba's channels: no annotations, and per output the top rows only
-    rows = ([l * n_heads + h for l, h in t.ranking()[:WIDEST_TABLE]] if wide else list(range(n_layers * n_heads)))
-    per_output = None if t.prob_gain_per_output is None else t.prob_gain_per_output.flatten(0, 1).numpy()[rows]
+    order = value.flatten().argsort(descending=True, stable=True).tolist()[:WIDEST_TABLE]
+    rows = order if wide else list(range(n_layers * n_heads))
+    per_output = None if per_output is None else per_output.flatten(0, 1).numpy()[rows]
     vmax = float(np.nanmax(np.abs(gain))) if gain.size else 0.0
     if per_output is not None:
         vmax = max(vmax, float(np.nanmax(np.abs(per_output))))
@@ -95,8 +114,7 @@ def plot_patching_heatmap(result: Any) -> "Figure":
     ax.set_yticks(range(n_layers), [str(l) for l in range(n_layers)])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"prob {amount} from patching one head" if wide else f"{result.effect}\nfrom patching one head",
-                 fontsize=9)
+    ax.set_title(short_title if wide else title, fontsize=9)
 
     if per_output is not None:
         ax = axes[1]
@@ -105,17 +123,15 @@ def plot_patching_heatmap(result: Any) -> "Figure":
         if n_out <= 16 and per_output.shape[0] <= 24:
             _annotate(ax, per_output, [[f"{v:+.2f}" if np.isfinite(v) else "n/a" for v in row]
                                        for row in per_output], vmax, 6.5)
-        name = getattr(result.task, "output_name", "output")
         ax.set_xticks(range(n_out), [str(i) for i in range(n_out)])
         ax.set_yticks(range(len(rows)), [f"{k // n_heads}.{k % n_heads}" for k in rows])
-        ax.set_xlabel(f"{name} (task output)")
+        ax.set_xlabel(f"{output_name} (task output)")
         ax.set_ylabel("layer.head")
-        ax.set_title(f"prob {amount} per {name}" + (f"\n(the {len(rows)} heads with the largest {amount} of "
-                                                 f"{n_layers * n_heads})" if wide else ""), fontsize=9)
+        ax.set_title(f"prob {amount} per {output_name}" + (f"\n(the {len(rows)} heads with the largest {amount} of "
+                                                        f"{n_layers * n_heads})" if wide else ""), fontsize=9)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.9, pad=0.02)
-    bar.set_label("gain in mean correct-token probability" if amount == "gain"
-                  else "mean correct-token probability lost")
-    fig.suptitle(fit_lines(fig, _title(result) + "\n" + _greedy_text(result), 8), fontsize=8)
+    bar.set_label(colorbar)
+    fig.suptitle(fit_lines(fig, suptitle, 8), fontsize=8)
     return fig
 
 
@@ -230,6 +246,25 @@ def plot_emergence_patching(result: Any) -> "Figure":
                                 f"{pct(s['removed'])}, from the other outputs {pct(s['removed_elsewhere'])}\n"
                                 f"{config}", 8), fontsize=8)
     return fig
+
+
+def plot_ablation_heatmap(result: Any) -> "Figure":
+    """Prob drop per head (layers x heads) and per head and output when that head alone is ablated
+    (an :class:`~emergelab.interventions.checkpoint_ablation.CheckpointAblation`)."""
+    t = result.table
+    title = (f"seed {result.seed}, step {result.step}: {result.kind} ablation of each head's {result.ablated}; "
+             f"correct-token prob {float(t.clean['mean_prob']):.3f}\n{describe(ExperimentConfig.from_run(result.run))}")
+    return head_heatmap(t.prob_drop, t.loss_increase, t.prob_drop_per_output,
+                        output_name=getattr(result.task, "output_name", "output"), amount="drop",
+                        title="prob drop (loss rise)\nwhen one head is ablated",
+                        short_title="prob drop when one head is ablated",
+                        colorbar="mean correct-token probability lost", suptitle=title)
+
+
+def write_ablation_figure(result: Any, out: str | Path | None = None) -> list[Path]:
+    """Write ``{stem}_heatmap.png`` into ``out`` (default ``RUN/patching``)."""
+    out = Path(out) if out is not None else result.run.path / "patching"
+    return [save_figure(plot_ablation_heatmap(result), out / f"{result.stem}_heatmap.png")]
 
 
 def write_emergence_patching_figure(result: Any, out: str | Path | None = None) -> list[Path]:
