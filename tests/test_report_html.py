@@ -20,7 +20,7 @@ import torch
 
 from emergelab.cli import main
 from emergelab.models import TransformerConfig
-from emergelab.report.html import MAX_POINTS, downsample, run_page, write_html
+from emergelab.report.html import MAX_POINTS, downsample, render_page, run_page, write_html
 from emergelab.store import RunDir, sort_rows, write_parquet
 from emergelab.sweep import expand, run_sweep
 from emergelab.tasks import LinearMapConfig, seed_task, task_info
@@ -576,3 +576,50 @@ def test_table_cells_write_steps_without_an_exponent(value, text):
     from emergelab.report.html import _num_text
 
     assert _num_text(value) == text
+
+
+def _with_patching(run_dir, tmp_path):
+    """A copy of the run with the table `emergelab patch RUN --at-emergence` writes (two rows: a copy, and an
+    output with its fractions)."""
+    from emergelab.interventions.at_emergence import EmergencePatching, write_emergence_patching
+    from emergelab.store import RunDir
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    base = {"emergence_step": 40.0, "early_step": 30, "late_step": 50, "early_prob": 0.5, "late_prob": 0.9,
+            "gap": 0.4, "recovered_head": "0.0", "removed_head": "0.1", "removed_second": 0.2,
+            "removed_elsewhere": None, "attributed_head": "0.1"}
+    rows = [{**base, "seed": 0, "output": 1, "label": "bit 1", "copy": False, "recovered": 0.05, "removed": 0.8,
+             "removed_by_attributed": 0.8},
+            {**base, "seed": 1, "output": 2, "label": "bit 2", "copy": True, "recovered": -0.0001, "removed": 0.1,
+             "removed_by_attributed": None}]
+    write_emergence_patching(EmergencePatching(run=RunDir(copy), what="pattern", n_sequences=32, min_gap=0.1,
+                                               rows=rows))
+    return copy
+
+
+def test_run_page_shows_the_patching_at_emergence_table_when_there_is_one(run_dir, tmp_path):
+    assert run_page(run_dir)["patching"] == []
+    assert 'id="patching-pattern"' not in write_html(run_dir, tmp_path / "plain.html").read_text()
+    page = run_page(_with_patching(run_dir, tmp_path))
+    (table,) = page["patching"]
+    assert table["what"] == "pattern" and table["total"] == 2
+    assert table["summary"]["counted"] == 1 and table["summary"]["removed"] == pytest.approx(0.8)
+    html = render_page(page)
+    assert '<a href="#patching-pattern">patching</a>' in html and 'id="patching-pattern-table"' in html
+    assert "Medians over 1 of 2 outputs" in html and "recovered 5%, removed 80%" in html
+    body = html[html.index('id="patching-pattern-table"'):]
+    body = body[:body.index("</table>")]
+    assert body.count("<tr") == 3 and body.count('class="copy"') == 1 and body.count('class="no"') == 1
+    assert ">0%<" in body and "-0%" not in body  # a tiny negative fraction is 0%
+
+
+def test_patching_table_sorts_in_chromium(browser, run_dir, tmp_path):
+    html = write_html(_with_patching(run_dir, tmp_path), tmp_path / "run.html")
+    page, errors = _open(browser, html)
+    rows = page.locator("#patching-pattern-table tbody tr")
+    assert rows.count() == 2 and rows.first.locator("td").nth(1).inner_text().startswith("bit 1")
+    page.locator("#patching-pattern-table th", has_text="removed").first.click()  # ascending: bit 2 (10%) first
+    assert rows.first.locator("td").nth(1).inner_text().startswith("bit 2")
+    assert not errors, errors
+    page.close()

@@ -42,7 +42,10 @@ from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_sta
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
 from ..analysis.summary import copied_outputs
 from ..config import ConfigError
+from ..interventions.at_emergence import MIN_GAP, EmergencePatching
+from ..interventions.patching import WHAT
 from ..store import RunDir, connect, write_text
+from ..store.verify import parse_parquet
 from ..tasks import seed_task
 from ..train import ExperimentConfig
 from .forecast import step_text
@@ -111,6 +114,13 @@ def _num_text(v: Any) -> str:
     return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
 
 
+def _percent_text(v: Any) -> str:
+    """A fraction as a table cell: "-" for None or NaN, else a whole percent ("74%")."""
+    if v is None or not math.isfinite(float(v)):
+        return "-"
+    return "0%" if abs(float(v)) < 0.005 else f"{float(v):.0%}"  # not "-0%"
+
+
 def _curve(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list]:
     """``{"x": steps, "y": values}`` downsampled and rounded for the page."""
     keep = downsample(steps, values, max_points)
@@ -165,6 +175,22 @@ def emergence_rows(con: Any, labels: dict[str, list[str]], root: Path | None = N
                      "final_mass": head.get("final_mass"), "is_copy": (r["run"], int(r["seed"]), i) in copies})
     rows.sort(key=lambda r: (r["run"], r["seed"], r["position"]))
     return rows
+
+
+def patching_tables(run: RunDir) -> list[dict[str, Any]]:
+    """The tables ``emergelab patch RUN --at-emergence`` wrote (``RUN/patching/emergence_{what}.parquet``), each
+    with its medians (``EmergencePatching.summary``); [] when it was not run. A damaged file:
+    ``CorruptFileError``, as for every file of a run."""
+    tables = []
+    for what in WHAT:
+        path = run.path / "patching" / f"emergence_{what}.parquet"
+        if not path.exists():
+            continue
+        rows = parse_parquet(path, path.read_bytes()).to_pylist()
+        found = EmergencePatching(run=run, what=what, n_sequences=0, min_gap=MIN_GAP, rows=rows)
+        tables.append({"what": what, "rows": rows[:MAX_TABLE_ROWS], "total": len(rows), "summary": found.summary(),
+                       "min_gap": MIN_GAP})
+    return tables
 
 
 def _attention(run: RunDir, config: ExperimentConfig, seeds: list[int]) -> dict[str, Any] | None:
@@ -249,7 +275,7 @@ def run_page(path: str | Path) -> dict[str, Any]:
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table), "forecast": forecasts,
-            "summary": _summary_rows(summary), "summary_fresh_floor": (summary or {}).get("fresh_optimal_loss"),
+            "patching": patching_tables(run), "summary": _summary_rows(summary), "summary_fresh_floor": (summary or {}).get("fresh_optimal_loss"),
             "summary_json": json.dumps(summary, indent=1) if summary else None,
             "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
 
@@ -450,6 +476,7 @@ def render_page(page: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num_text
+    env.filters["pct"] = _percent_text
     return env.get_template("report.html.j2").render(
         page=page, plotly_js=_plotly_js(), report_js=(TEMPLATES / "report.js").read_text(),
         data_json=_script_json(page["data"]))
