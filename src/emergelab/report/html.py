@@ -275,7 +275,8 @@ def run_page(path: str | Path) -> dict[str, Any]:
     return {"kind": "run", "title": f"emergelab report: {run.path.name}", "path": str(run.path),
             "describe": info.get("describe") or config.task.name, "data": data,
             "emergence": table[:MAX_TABLE_ROWS], "emergence_total": len(table), "forecast": forecasts,
-            "patching": patching_tables(run), "summary": _summary_rows(summary), "summary_fresh_floor": (summary or {}).get("fresh_optimal_loss"),
+            "patching": patching_tables(run), "summary": _summary_rows(summary),
+            "summary_fresh_floor": (summary or {}).get("fresh_optimal_loss"),
             "summary_json": json.dumps(summary, indent=1) if summary else None,
             "config": yaml.safe_dump(raw, sort_keys=False), "max_points": MAX_POINTS}
 
