@@ -154,8 +154,9 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
                        min_gap: float = MIN_GAP, progress: bool = False) -> EmergencePatching:
     """Patch every head both ways at each emergence of ``seeds`` (None: every seed) of ``run``; see the
     module docstring. ``batch``: held-out sequences per seed (None: ``train.eval_batch_size``);
-    ``batch_size``: rows per forward pass. Bad arguments, a directory that is not a finished run's, or a run
-    without per-output losses: ConfigError, before any model is loaded."""
+    ``batch_size``: rows per forward pass. Bad arguments, or a directory that is not a finished run's:
+    ConfigError, before any model is loaded. No output that emerged between two saved checkpoints: no rows
+    (``result.skipped`` says which emerged outside them)."""
     if what not in WHAT:
         raise ConfigError(f"--what {what!r}: must be one of {', '.join(WHAT)}")
     if batch is not None and batch < 1:
@@ -176,10 +177,13 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
     check_fits(estimate_patch(config, n), str(device), "patching")
 
     con = connect(run.path)
-    emergence, jumps = curve_emergence(con)
-    attributed = {(r["seed"], r["position"]): r["top_head"]
-                  for r in attribute_heads(con, emergence=(emergence, jumps)).to_pylist()}
-    fans = {seed: fan for (_, seed), fan in fan_in_by_seed(con).items()}
+    try:  # closed explicitly: a DuckDB connection left to interpreter exit can abort the process
+        emergence, jumps = curve_emergence(con)
+        attributed = {(r["seed"], r["position"]): r["top_head"]
+                      for r in attribute_heads(con, emergence=(emergence, jumps)).to_pylist()}
+        fans = {seed: fan for (_, seed), fan in fan_in_by_seed(con).items()}
+    finally:
+        con.close()
     result = EmergencePatching(run=run, what=what, n_sequences=n, min_gap=min_gap)
     work: list[tuple[int, int, float, tuple[int, int]]] = []  # seed, output, emergence step, checkpoints
     for r in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
