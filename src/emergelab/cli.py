@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
 from .config import ConfigError, field_names, number_from_text, parse_override
@@ -670,10 +670,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
                                batch=args.batch, device=args.device,
                                max_heads=8 if args.max_heads is None else args.max_heads, progress=not args.quiet,
                                direction=args.direction or "late-to-early")
+    return _print_and_write(result, lambda: write_patching(result, args.out) + write_patching_figures(result, args.out))
+
+
+def _print_and_write(result: Any, write: Callable[[], list[Path]]) -> int:
+    """Print a patching or ablation result's notes and report, call ``write`` and say what it wrote."""
     for note in result.notes:
         print(f"note: {note}")
     print(result.format())
-    paths = write_patching(result, args.out) + write_patching_figures(result, args.out)
+    paths = write()
     print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
     return 0
 
@@ -690,12 +695,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
     result = ablate_checkpoint(args.run_dir, args.step, args.seed, kind=args.kind, what=args.what, batch=args.batch,
                                device=args.device)
-    for note in result.notes:
-        print(f"note: {note}")
-    print(result.format())
-    paths = write_ablation(result, args.out) + write_ablation_figure(result, args.out)
-    print(f"wrote {len(paths)} files to {paths[0].parent}: " + ", ".join(p.name for p in paths))
-    return 0
+    return _print_and_write(result, lambda: write_ablation(result, args.out) + write_ablation_figure(result, args.out))
 
 
 def _unfinished(run: Any, problems: list) -> list[str]:

@@ -44,11 +44,10 @@ from ..analysis.heads import attribute_heads
 from ..analysis.summary import copy_outputs, fan_in_by_seed
 from ..config import ConfigError
 from ..store import RunDir, atomic_write, connect, write_parquet
-from ..tasks import supports_sample_outputs
 from ..train import ExperimentConfig, load_model
 from ..train.estimate import check_fits, estimate_patch
-from .checkpoints import held_out_batch, load_run, require_seed, score_mask
-from .patching import WHAT, PatchingResult, count_heads, heads_hint, hook_name, patching_table, progress_bar
+from .checkpoints import load_run, require_hook, require_seed, scored_batch
+from .patching import WHAT, PatchingResult, count_heads, patching_table, progress_bar
 
 MIN_GAP = 0.1  # an output's late - early probability below which its fractions are left out of the medians
 
@@ -202,20 +201,13 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
 
     pairs = sorted({(seed, pair) for seed, _, _, pair in work})
     first = load_model(run, pairs[0][0], pairs[0][1][0], device, config)
-    if hook_name(0, what) not in first.hook_dict:
-        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
-                          + heads_hint(first.hook_dict, what, "--what {}"))
-    batches = {seed: held_out_batch(config, seed, n) for seed in {seed for seed, _ in pairs}}
-    n_heads = count_heads(first, batches[pairs[0][0]][1].to(device), what)
+    require_hook(first, config, what)
+    batches = {seed: scored_batch(config, seed, n, device) for seed in {seed for seed, _ in pairs}}
+    n_heads = count_heads(first, batches[pairs[0][0]][1], what)
     bar = progress_bar(2 * len(pairs) * (n_heads + 2), progress)
     tables: dict[tuple[int, tuple[int, int]], tuple[PatchingResult, PatchingResult, int]] = {}
     for seed, (early_step, late_step) in pairs:
-        task, tokens = batches[seed]
-        if supports_sample_outputs(task):
-            index = task.sample_output_index(tokens)
-        else:
-            index = task.output_index
-        tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
+        task, tokens, mask, index = batches[seed]
         early = load_model(run, seed, early_step, device, config)
         late = load_model(run, seed, late_step, device, config)
         both = [patching_table(early, late, tokens, what=what, output_index=index, n_outputs=task.n_outputs,

@@ -30,11 +30,10 @@ import torch
 
 from ..config import ConfigError
 from ..store import RunDir, atomic_write, write_parquet
-from ..tasks import supports_sample_outputs
 from ..train import ExperimentConfig, load_model
 from ..train.estimate import check_fits, estimate_patch
-from .checkpoints import WIDEST_TABLE, held_out_batch, load_run, require_seed, resolve_step, score_mask
-from .patching import KINDS, WHAT, AblationResult, ablation_table, heads_hint, hook_name
+from .checkpoints import best_heads_text, head_table_lines, load_run, require_hook, require_seed, resolve_step, scored_batch
+from .patching import KINDS, WHAT, AblationResult, ablation_table
 
 
 @dataclass
@@ -70,32 +69,17 @@ class CheckpointAblation:
     def format(self) -> str:
         """A plain-text report: the clean model, the layer x head table, the head each output needs most."""
         t = self.table
-        n_layers, n_heads = t.prob_drop.shape
         scored = int(self.score_mask.sum())
         pairs = "positions" if self.score_mask.dim() == 1 else "(sequence, position) pairs"
         lines = [f"seed {self.seed}, step {self.step}: {self.kind} ablation of each head's {self.ablated}, one at a "
                  f"time ({self.n_sequences} held-out sequences, {scored} scored {pairs})",
                  f"correct-token probability {float(t.clean['mean_prob']):.4f}, loss {float(t.clean['mean_loss']):.4f}",
                  "prob drop (loss rise) when one head is ablated:"]
-        cell = 19
-        if n_heads <= WIDEST_TABLE:
-            lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
-            for layer in range(n_layers):
-                cells = [f"{float(t.prob_drop[layer, h]):+.4f} ({float(t.loss_increase[layer, h]):+.4f})"
-                         for h in range(n_heads)]
-                lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
-        else:
-            order = t.prob_drop.flatten().argsort(descending=True, stable=True).tolist()[:WIDEST_TABLE]
-            lines.append(f"(the {len(order)} largest of {n_layers * n_heads}; every head in the table files) "
-                         + ", ".join(f"{k // n_heads}.{k % n_heads} {float(t.prob_drop.flatten()[k]):+.4f}"
-                                     for k in order))
+        lines += head_table_lines(t.prob_drop, t.loss_increase)
         if t.prob_drop_per_output is not None:
-            per = t.prob_drop_per_output.flatten(0, 1)  # [layers*heads, O]
             name = getattr(self.task, "output_name", "output")
-            best = [f"{i}: ? (not in the batch)" if torch.isnan(per[k, i]) else
-                    f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
-                    for i, k in enumerate(per.nan_to_num(float("-inf")).argmax(0))]
-            lines.append(f"the head each {name} needs most ({name}: layer.head drop): " + ", ".join(best))
+            lines.append(f"the head each {name} needs most ({name}: layer.head drop): "
+                         + best_heads_text(t.prob_drop_per_output))
         return "\n".join(lines)
 
 
@@ -131,13 +115,9 @@ def ablate_checkpoint(run: RunDir | str | Path, step: int | None = None, seed: i
         notes += [note] if note else []
     n = batch or config.train.eval_batch_size
     check_fits(estimate_patch(config, n), str(device), "ablation")
-    task, tokens = held_out_batch(config, seed, n)
-    index = task.sample_output_index(tokens) if supports_sample_outputs(task) else task.output_index
-    tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
+    task, tokens, mask, index = scored_batch(config, seed, n, device)
     model = load_model(run, seed, resolved, device, config)
-    if hook_name(0, what) not in model.hook_dict:
-        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to ablate; "
-                          + heads_hint(model.hook_dict, what, "--what {}", "ablate"))
+    require_hook(model, config, what, "ablate")
     if kind == "mean":  # mean over the held-out batch: a position-only head is its own mean (module docstring)
         notes.append("mean ablation leaves a head whose pattern depends on positions only unchanged; "
                      "--kind zero or uniform tests such heads")

@@ -103,7 +103,6 @@ class CheckpointPatching:
     def format(self) -> str:
         """A plain-text report: baselines, the layer x head table, best head per output, the greedy set."""
         t, g = self.table, self.greedy
-        n_layers, n_heads = t.prob_gain.shape
         early_p, late_p = float(t.early["mean_prob"]), float(t.late["mean_prob"])
         early_l, late_l = float(t.early["mean_loss"]), float(t.late["mean_loss"])
         lines = [f"seed {self.seed}: {self.heading}, one head at a time ({self.n_sequences} held-out sequences, "
@@ -112,26 +111,12 @@ class CheckpointPatching:
                  f"correct-token probability: early {early_p:.4f}, late {late_p:.4f}; "
                  f"loss: early {early_l:.4f}, late {late_l:.4f}",
                  f"{self.effect} when one head is patched:"]
-        cell = 19
-        if n_heads <= WIDEST_TABLE:
-            lines.append("layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads)))
-            for layer in range(n_layers):
-                cells = [f"{float(t.prob_gain[layer, h]):+.4f} ({float(t.loss_drop[layer, h]):+.4f})"
-                         for h in range(n_heads)]
-                lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
-        else:  # e.g. Mamba's channels: a row per layer would not fit a terminal; the CSV has them all
-            top = t.ranking()[:WIDEST_TABLE]
-            lines.append(f"(the {len(top)} largest of {n_layers * n_heads}; every head in the table files) "
-                         + ", ".join(f"{l}.{h} {float(t.prob_gain[l, h]):+.4f} ({float(t.loss_drop[l, h]):+.4f})"
-                                     for l, h in top))
+        lines += head_table_lines(t.prob_gain, t.loss_drop)
         if t.prob_gain_per_output is not None:
-            per = t.prob_gain_per_output.flatten(0, 1)  # [layers*heads, O]
             name = getattr(self.task, "output_name", "output")
-            best = [f"{i}: ? (not in the batch)" if torch.isnan(per[k, i]) else
-                    f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
-                    for i, k in enumerate(per.argmax(0))]
             amount = "gain" if self.direction == "late-to-early" else "lost"
-            lines.append(f"best head per {name} ({name}: layer.head {amount}): " + ", ".join(best))
+            lines.append(f"best head per {name} ({name}: layer.head {amount}): "
+                         + best_heads_text(t.prob_gain_per_output))
         if (gap := t.small_gap_note()) is not None and g.heads:
             lines.append(f"warning: {gap}")
         if not g.heads:
@@ -144,6 +129,34 @@ class CheckpointPatching:
             if (note := g.best_note()) is not None:
                 lines.append(note)
         return "\n".join(lines)
+
+
+def head_table_lines(value: torch.Tensor, paired: torch.Tensor) -> list[str]:
+    """``value [layers, heads]`` as a layer x head table with ``paired`` in parentheses (e.g. the loss
+    change); past ``WIDEST_TABLE`` heads a layer (Mamba's channels: a row would not fit a terminal) one line
+    of the largest values (the table files hold them all)."""
+    n_layers, n_heads = value.shape
+    if n_heads > WIDEST_TABLE:
+        top = value.flatten().argsort(descending=True, stable=True).tolist()[:WIDEST_TABLE]
+        return [f"(the {len(top)} largest of {n_layers * n_heads}; every head in the table files) "
+                + ", ".join(f"{k // n_heads}.{k % n_heads} {float(value.flatten()[k]):+.4f} "
+                            f"({float(paired.flatten()[k]):+.4f})" for k in top)]
+    cell = 19
+    lines = ["layer " + "".join(f"{'head ' + str(h):>{cell}}" for h in range(n_heads))]
+    for layer in range(n_layers):
+        cells = [f"{float(value[layer, h]):+.4f} ({float(paired[layer, h]):+.4f})" for h in range(n_heads)]
+        lines.append(f"{layer:>5} " + "".join(f"{c:>{cell}}" for c in cells))
+    return lines
+
+
+def best_heads_text(per_output: torch.Tensor) -> str:
+    """For each output of ``per_output [layers, heads, outputs]``, the head with the largest value:
+    ``"0: 0.1 +0.412, 1: ..."`` ("?" for an output no held-out sequence has: NaN)."""
+    n_heads = per_output.shape[1]
+    per = per_output.flatten(0, 1)  # [layers*heads, O]
+    return ", ".join(f"{i}: ? (not in the batch)" if torch.isnan(per[k, i]) else
+                     f"{i}: {int(k) // n_heads}.{int(k) % n_heads} {float(per[k, i]):+.3f}"
+                     for i, k in enumerate(per.argmax(0)))
 
 
 def resolve_step(run: RunDir, seed: int, step: int, label: str) -> tuple[int, str | None]:
@@ -224,6 +237,22 @@ def probe_bias(config: Any, seed: int, step: int) -> torch.Tensor | None:
     return None if schedule is None else schedule(max(step - 1, 0))
 
 
+def scored_batch(config: Any, seed: int, n: int, device: str) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(task, tokens [n, L], mask, index)`` on ``device``: seed ``seed``'s task and ``n`` held-out sequences
+    (:func:`held_out_batch`), the positions scored (:func:`score_mask`) and each position's output (per
+    sequence where the task says so: an output counts only where a sequence has it, tasks/base.py)."""
+    task, tokens = held_out_batch(config, seed, n)
+    index = task.sample_output_index(tokens) if supports_sample_outputs(task) else task.output_index
+    return task, tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
+
+
+def require_hook(model: Any, config: Any, what: str, verb: str = "patch") -> None:
+    """A ConfigError naming what ``model`` offers instead unless it has the hook point ``hook_name(0, what)``."""
+    if hook_name(0, what) not in model.hook_dict:
+        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to {verb}; "
+                          + heads_hint(model.hook_dict, what, "--what {}", verb))
+
+
 def score_mask(task: Any, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """``[P]`` bool: loss positions with a non-empty ground-truth attention row (all loss positions if none).
     With ``tokens [n, L]`` of a task whose ground truth or outputs are per sequence (``tasks.SampleMaskTask``,
@@ -294,14 +323,9 @@ def patch_checkpoints(run: RunDir | str | Path, early: int, late: int, seed: int
 
     n = batch or config.train.eval_batch_size
     check_fits(estimate_patch(config, n), str(device), "patching")
-    task, tokens = held_out_batch(config, seed, n)
-    # per sequence where the task says so: an output counts only where a sequence has it (tasks/base.py)
-    index = task.sample_output_index(tokens) if supports_sample_outputs(task) else task.output_index
-    tokens, mask, index = tokens.to(device), score_mask(task, tokens).to(device), index.to(device)
+    task, tokens, mask, index = scored_batch(config, seed, n, device)
     early_model = load_model(run, seed, early_step, device, config)
-    if hook_name(0, what) not in early_model.hook_dict:
-        raise ConfigError(f"model.name={config.model.name} has no hook point {hook_name(0, what)} to patch; "
-                          + heads_hint(early_model.hook_dict, what, "--what {}"))
+    require_hook(early_model, config, what)
     late_model = load_model(run, seed, late_step, device, config)
     n_heads = count_heads(early_model, tokens, what)
     bar = progress_bar(n_heads + 2 + greedy_passes(n_heads, max_heads), progress)
