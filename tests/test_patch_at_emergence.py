@@ -150,3 +150,15 @@ def test_the_figure_keeps_its_axes_on_the_counted_points(run):
     assert left.get_ylim()[1] < 1.2 and "1 grey point outside the axes" in left.get_title(loc="right")
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["12 seeds", "copy, or gap < 0.1"]
     assert result.summary()["counted"] == 12 and result.summary()["removed"] == pytest.approx(0.7)
+
+
+def test_a_biased_run_is_patched_without_its_bias_and_says_so(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "task": {"name": "linear-map", "state_size": 4, "sparsity": 1},
+        "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+        "train": {"steps": 120, "seeds": 1, "batch_size": 32, "lr": 1e-2, "checkpoints": 12, "bias_beta": 2.0,
+                  "attention_snapshots": 0, "eval_every": 10, "eval_batch_size": 32},
+        "execution": {"strategy": "ensemble"}})
+    run = train(config, tmp_path / "biased", progress=False)
+    text = patch_at_emergence(run.path).format()
+    assert "note: the run trained with an attention bias (beta 2); checkpoints are patched without it" in text

@@ -64,7 +64,8 @@ _SCHEMA = pa.schema([
 @dataclass
 class EmergencePatching:
     """``rows``: one dict per (seed, output) patched, with the fields of the module docstring (``_SCHEMA``);
-    ``skipped``: one line per emerged output that no pair of saved checkpoints brackets."""
+    ``skipped``: one line per emerged output that no pair of saved checkpoints brackets; ``notes``: what else
+    the reader should know (a run trained with an attention bias is patched without it)."""
 
     run: RunDir
     what: str
@@ -72,6 +73,7 @@ class EmergencePatching:
     min_gap: float
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, schema=_SCHEMA)
@@ -103,7 +105,7 @@ class EmergencePatching:
                  f"{unit} per seed; fractions of the output's own late - early correct-token probability)"]
         if not self.rows:
             return "\n".join(lines + ["nothing to patch: no output emerged between two saved checkpoints"]
-                             + [f"note: {line}" for line in self.skipped])
+                             + [f"note: {line}" for line in self.notes + self.skipped])
         width = max(8, *(len(r["label"]) + 1 for r in self.rows))  # "bit 3c", "repeat token 15"
         lines += [f"{'seed':>4} {'output':<{width}} {'emerged':>8} {'early':>6} {'late':>6} {'gap':>6}   "
                   f"{'recovered':>9} {'head':>5}   {'removed':>7} {'head':>5} {'2nd':>5} {'others':>6}   "
@@ -133,7 +135,7 @@ class EmergencePatching:
                          f"attributed one for {s['removed_head_is_attributed']} of {s['attributed']}")
         else:
             lines.append(f"no output that is not a copy moved by {self.min_gap:g} or more between its checkpoints")
-        lines += [f"note: {line}" for line in self.skipped]
+        lines += [f"note: {line}" for line in self.notes + self.skipped]
         return "\n".join(lines)
 
 
@@ -184,6 +186,9 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
     finally:
         con.close()
     result = EmergencePatching(run=run, what=what, n_sequences=n, min_gap=min_gap)
+    if config.train.bias_beta:
+        result.notes.append(f"the run trained with an attention bias (beta {config.train.bias_beta:g}); checkpoints "
+                            "are patched without it (interventions.probe_bias gives the probe's)")
     work: list[tuple[int, int, float, tuple[int, int]]] = []  # seed, output, emergence step, checkpoints
     for r in sorted(emergence.to_pylist(), key=lambda r: (r["seed"], r["target"])):
         if r["seed"] not in seeds or not r["target"].startswith("pos:") or not r["emerged"]:
