@@ -162,3 +162,34 @@ def test_a_biased_run_is_patched_without_its_bias_and_says_so(tmp_path):
     run = train(config, tmp_path / "biased", progress=False)
     text = patch_at_emergence(run.path).format()
     assert "note: the run trained with an attention bias (beta 2); checkpoints are patched without it" in text
+
+
+def test_a_folder_of_runs_gets_one_line_per_run_and_one_table(tmp_path, capsys):
+    """`emergelab patch SWEEP --at-emergence`: every finished run patched as alone (its own table and figure),
+    one line per run named by the fields that differ, and one table of every row with those fields."""
+    from emergelab.interventions.at_emergence import patch_folder_at_emergence
+
+    folder = tmp_path / "sweep"
+    for s in (2, 1):
+        train(ExperimentConfig.from_dict({
+            "task": {"name": "linear-map", "state_size": 4, "sparsity": s},
+            "model": {"layers": 1, "heads": 2, "head_dim": 4, "mlp_ratio": 0},
+            "train": {"steps": 300, "seeds": 2, "batch_size": 32, "lr": 1e-2, "checkpoints": 12,
+                      "attention_snapshots": 0, "eval_every": 10, "eval_batch_size": 32},
+            "execution": {"strategy": "ensemble"}}), folder / f"s{s}", progress=False)
+    results, fields = patch_folder_at_emergence(folder)
+    assert fields == ["task.sparsity"] and [r.run.path.name for r in results] == ["s1", "s2"]  # sorted by value
+    for result in results:
+        assert result.rows == patch_at_emergence(result.run.path).rows  # as if patched alone
+    assert main(["patch", str(folder), "--at-emergence", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[2].startswith("sparsity=1") and lines[3].startswith("sparsity=2")
+    table = pq.read_table(folder / "patching" / "emergence_pattern.parquet").to_pylist()
+    assert len(table) == sum(len(r.rows) for r in results) > 0
+    assert {(r["run"], r["task.sparsity"]) for r in table} <= {(str(folder / "s1"), "1"), (str(folder / "s2"), "2")}
+    for name in ("s1", "s2"):
+        if any(r["run"].endswith(name) for r in table):
+            assert (folder / name / "patching" / "emergence_pattern.png").exists()
+    with pytest.raises(ConfigError, match="no finished run at or below it"):
+        patch_folder_at_emergence(tmp_path / "sweep" / "s1" / "checkpoints")

@@ -632,7 +632,11 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    from .interventions.at_emergence import patch_at_emergence, write_emergence_patching
+    import pyarrow.csv as pacsv
+
+    from .interventions.at_emergence import (folder_table, format_folder, patch_at_emergence,
+                                             patch_folder_at_emergence, write_emergence_patching)
+    from .store import atomic_write, write_parquet
     from .interventions.checkpoints import patch_checkpoints, write_patching
     from .report.patch_figures import write_emergence_patching_figure, write_patching_figures
     from .train.estimate import check_device
@@ -656,6 +660,26 @@ def cmd_patch(args: argparse.Namespace) -> int:
     elif (args.run_dir / "config.yaml").is_file():  # the default RUN/patching, checked before the work
         check_out_dir(args.run_dir / "patching", flag="the output folder", run=False)
 
+    if args.at_emergence and args.run_dir.is_dir() and not (args.run_dir / "config.yaml").is_file():
+        # a folder of runs (a sweep's): each run's own table and figure, then one line per run and one table
+        out = args.out if args.out is not None else args.run_dir / "patching"
+        if args.out is None:
+            check_out_dir(out, flag="the output folder", run=False)
+        results, fields = patch_folder_at_emergence(
+            args.run_dir, seeds=None if args.seed is None else [args.seed], what=args.what, batch=args.batch,
+            device=args.device, progress=not args.quiet)
+        for found in results:
+            if found.rows:
+                write_emergence_patching(found)
+                write_emergence_patching_figure(found)
+        print(format_folder(results, fields))
+        table = folder_table(results, fields)
+        stem = out / f"emergence_{args.what}"
+        paths = [write_parquet(stem.with_suffix(".parquet"), table),
+                 atomic_write(stem.with_suffix(".csv"), lambda tmp: pacsv.write_csv(table, tmp))]
+        print(f"wrote each run's table and figure to its patching/ folder, and all {table.num_rows} rows to "
+              + ", ".join(map(str, paths)))
+        return 0
     if args.at_emergence:
         found = patch_at_emergence(args.run_dir, seeds=None if args.seed is None else [args.seed], what=args.what,
                                    batch=args.batch, device=args.device, progress=not args.quiet)

@@ -41,9 +41,10 @@ import torch
 
 from ..analysis import curve_emergence
 from ..analysis.heads import attribute_heads
+from ..analysis.runs import default_by, run_rows
 from ..analysis.summary import copy_outputs, fan_in_by_seed
 from ..config import ConfigError
-from ..store import RunDir, atomic_write, connect, write_parquet
+from ..store import RunDir, atomic_write, connect, find_run_dirs, write_parquet
 from ..train import ExperimentConfig, load_model
 from ..train.estimate import check_fits, estimate_patch
 from .checkpoints import load_run, require_hook, require_seed, scored_batch
@@ -264,3 +265,72 @@ def write_emergence_patching(result: EmergencePatching, out: str | Path | None =
     stem = f"emergence_{result.what}"
     return [write_parquet(out / f"{stem}.parquet", table),
             atomic_write(out / f"{stem}.csv", lambda tmp: pacsv.write_csv(table, tmp))]
+
+
+def patch_folder_at_emergence(path: str | Path, *, progress: bool = False,
+                              **kwargs: Any) -> tuple[list[EmergencePatching], list[str]]:
+    """:func:`patch_at_emergence` on every finished run at or below ``path`` (a sweep's folder; ``kwargs`` as
+    there, e.g. ``what``, ``seeds``), and the config fields that differ between them (``analysis.runs.
+    default_by``: what tells the runs apart). A folder without a finished run: ConfigError."""
+    runs = [p for p in find_run_dirs(path) if (p / "metrics.parquet").exists()]
+    if not runs:
+        raise ConfigError(f"{path}: no finished run at or below it (a run directory has config.yaml and "
+                          "metrics.parquet)")
+    con = connect(path)
+    try:
+        fields = default_by(run_rows(con))
+    finally:
+        con.close()
+    from tqdm.auto import tqdm  # as everywhere here: imported when a bar is drawn
+
+    def order(run: Path) -> tuple:  # by the differing fields' values, numbers as numbers
+        config = RunDir(run).read_config_dict()
+        return tuple((0, v, "") if isinstance(v := _field(config, f), (int, float)) else (1, 0, str(v)) for f in fields)
+
+    results = []
+    for run in tqdm(sorted(runs, key=order), desc="runs", unit="run", disable=not progress, leave=False):
+        results.append(patch_at_emergence(run, **kwargs))
+    return results, fields
+
+
+def folder_table(results: list[EmergencePatching], fields: list[str]) -> pa.Table:
+    """Every run's rows in one table: ``run`` (its directory) and the config ``fields`` first."""
+    rows = []
+    for result in results:
+        config = result.run.read_config_dict()
+        values = {f: _field(config, f) for f in fields}
+        rows += [{"run": str(result.run.path), **{f: _text(values[f]) for f in fields}, **row} for row in result.rows]
+    schema = pa.schema([("run", pa.string()), *((f, pa.string()) for f in fields), *_SCHEMA])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def format_folder(results: list[EmergencePatching], fields: list[str]) -> str:
+    """One line per run: what tells it apart (``fields``), the outputs counted and the medians."""
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    labels = [", ".join(f"{f.split('.')[-1]}={_text(_field(r.run.read_config_dict(), f))}" for f in fields)
+              or r.run.path.name for r in results]
+    width = max(len(label) for label in labels)
+    what = results[0].what if results else "pattern"
+    lines = [f"{what} patching at each output's emergence, {len(results)} runs (medians over the outputs that are "
+             f"not copies and moved by {MIN_GAP:g} or more; fractions of each output's own late - early)",
+             f"{'run':<{width}}  {'outputs':>7}  {'recovered':>9}  {'removed':>7}  {'2nd':>4}  {'others':>6}  "
+             f"{'attributed removes':>18}  {'worst = attributed':>18}"]
+    for label, result in zip(labels, results):
+        s = result.summary()
+        lines.append(f"{label:<{width}}  {s['counted']:>7}  {pct(s['recovered']):>9}  {pct(s['removed']):>7}  "
+                     f"{pct(s['removed_second']):>4}  {pct(s['removed_elsewhere']):>6}  "
+                     f"{pct(s['removed_by_attributed']):>18}  "
+                     f"{str(s['removed_head_is_attributed']) + ' of ' + str(s['attributed']):>18}")
+    return "\n".join(lines)
+
+
+def _field(config: dict[str, Any], dotted: str) -> Any:
+    """``config["task"]["sparsity"]`` for ``"task.sparsity"`` (None where the run's config has no such field)."""
+    section, _, name = dotted.partition(".")
+    return (config.get(section) or {}).get(name)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
