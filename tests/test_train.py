@@ -642,6 +642,40 @@ def test_a_worker_stuck_closing_is_killed_after_the_stop_timeout(monkeypatch):
     assert multiprocessing.active_children() == []  # killed and reaped
 
 
+def _unit_that_fills_the_results_pipe(unit, report) -> None:
+    """A unit that reports more than the results pipe holds (its queue's feeder thread then blocks until the
+    main process reads), then trains on until SIGTERM stops it."""
+    for _ in range(8):
+        report(1, b"x" * 100_000)
+    time.sleep(600)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
+def test_a_stopped_worker_with_unread_reports_exits_without_waiting_to_be_killed(monkeypatch):
+    """A process exits only once its queue's feeder thread has written everything it put: the main process
+    stopping (Ctrl-C, SIGTERM) must read what the workers still send while it waits for them, or a worker
+    whose reports fill the pipe hangs until it is killed ``STOP_TIMEOUT_S`` later (a SIGTERM'd run that took
+    a minute to stop, seen once in CI)."""
+    import multiprocessing
+
+    from emergelab.train import WorkerProcesses, execute
+    from emergelab.train.unit import WorkUnit
+
+    monkeypatch.setattr(execute, "run_unit", _unit_that_fills_the_results_pipe)
+    monkeypatch.setattr(execute, "STOP_TIMEOUT_S", 60.0)
+    monkeypatch.setattr(execute, "prepare_kernels", lambda units: None)
+    units = [WorkUnit({"execution": {"device": "cpu"}, "train": {"steps": 1}}, "run", g, (g,)) for g in (0, 1)]
+
+    def stop(n: int, loss: float | None) -> None:
+        raise KeyboardInterrupt
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        WorkerProcesses(2, start="fork").map(units, on_progress=stop)
+    assert time.monotonic() - start < 30  # the workers stopped on SIGTERM, not killed 60 s later
+    assert multiprocessing.active_children() == []
+
+
 def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatch):
     """A machine without a compiler warns before the bar draws (train/execute.prepare_kernels), not inside it;
     a run on a GPU does not build them."""

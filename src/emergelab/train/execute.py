@@ -210,11 +210,29 @@ class WorkerProcesses:
             for proc in procs:
                 if proc.is_alive():
                     proc.terminate()  # SIGTERM: the worker unwinds, closing its trackers (WorkerStopped)
+            # A process exits only after its queue's feeder thread has written all it put, so what the workers
+            # still send is read (and dropped) while they stop: unread reports filling the pipe would hold a
+            # stopped worker until the kill below.
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while any(proc.is_alive() for proc in procs) and time.monotonic() < deadline:
+                _drain(results)
+                for proc in procs:
+                    proc.join(timeout=0.05)
             for proc in procs:
-                proc.join(timeout=STOP_TIMEOUT_S)
                 if proc.is_alive():  # stuck while closing (a tracker that does not answer)
                     proc.kill()
                     proc.join()
+
+
+def _drain(results: Any) -> None:
+    """Read and drop whatever ``results`` holds now."""
+    import queue as queue_module
+
+    try:
+        while True:
+            results.get_nowait()
+    except (queue_module.Empty, EOFError, OSError):
+        pass
 
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:
