@@ -74,16 +74,16 @@ def test_early_to_late_reverts_heads_of_the_late_checkpoint(run, tmp_path, capsy
     with torch.no_grad():
         late_prob = float(target_metrics(late(tokens[:, :-1]), tokens, loss_mask=mask)["mean_prob"])
     donor = cache_attention(early, tokens)
-    for row in table:
-        if row["output"] == -1:
+    with torch.no_grad():
+        for row in (r for r in table if r["output"] == -1):
             patched = patch_heads(late, tokens, donor, [(row["layer"], row["head"])])
             prob = float(target_metrics(patched, tokens, loss_mask=mask)["mean_prob"])
             assert row["prob_gain"] == pytest.approx(late_prob - prob, abs=1e-6)
     result = patch_checkpoints(run.path, 96, STEPS, direction="early-to-late", batch=64)
     g = result.greedy
     assert g.direction == "early-to-late" and g.heads
-    patched = patch_heads(late, tokens, donor, g.heads[:1])
-    first = float(target_metrics(patched, tokens, loss_mask=mask)["mean_prob"])
+    with torch.no_grad():
+        first = float(target_metrics(patch_heads(late, tokens, donor, g.heads[:1]), tokens, loss_mask=mask)["mean_prob"])
     assert g.recovered[0] == pytest.approx((g.late_prob - first) / (g.late_prob - g.early_prob), abs=1e-6)
     assert result.table.prob_gain.max() == pytest.approx(late_prob - first, abs=1e-6)  # the best single head first
     with pytest.raises(ConfigError, match="--direction 'sideways': must be one of late-to-early, early-to-late"):

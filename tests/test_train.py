@@ -652,10 +652,11 @@ def _unit_that_fills_the_results_pipe(unit, report) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
 def test_a_stopped_worker_with_unread_reports_exits_without_waiting_to_be_killed(monkeypatch):
-    """A process exits only once its queue's feeder thread has written everything it put: the main process
-    stopping (Ctrl-C, SIGTERM) must read what the workers still send while it waits for them, or a worker
-    whose reports fill the pipe hangs until it is killed ``STOP_TIMEOUT_S`` later (a SIGTERM'd run that took
-    a minute to stop, seen once in CI)."""
+    """A process exits only once its queue's feeder thread has written everything it put, unless told not to
+    wait: a stopped worker whose reports fill the pipe the main process no longer reads would hang until it is
+    killed ``STOP_TIMEOUT_S`` later. A stopped worker does not wait for its feeder (``cancel_join_thread``).
+    (Reading the pipe from the main process instead can block forever on a message a dying worker wrote
+    half of.)"""
     import multiprocessing
 
     from emergelab.train import WorkerProcesses, execute

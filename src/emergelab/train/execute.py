@@ -31,7 +31,7 @@ import torch
 
 from ..models import native
 from .group import ProgressFn
-from .stopping import deferring
+from .stopping import deferring, uninterrupted
 from .unit import WorkUnit, run_unit
 
 
@@ -165,10 +165,11 @@ class WorkerProcesses:
             warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
             for proc in procs:  # before the first put starts the queue's feeder thread
                 proc.start()
-        for index, unit in enumerate(units):
-            tasks.put((index, unit))
-        for _ in range(n):
-            tasks.put(None)  # one stop marker per worker
+        with uninterrupted():  # a stop inside the first put could leave its feeder thread unclosed (_worker_main)
+            for index, unit in enumerate(units):
+                tasks.put((index, unit))
+            for _ in range(n):
+                tasks.put(None)  # one stop marker per worker
         with_unit = on_progress is not None and takes_unit(on_progress)
         finished: set[int] = set()  # workers that said "done" or died
         holding: dict[int, int] = {}  # worker -> index of the unit it is training
@@ -210,29 +211,11 @@ class WorkerProcesses:
             for proc in procs:
                 if proc.is_alive():
                     proc.terminate()  # SIGTERM: the worker unwinds, closing its trackers (WorkerStopped)
-            # A process exits only after its queue's feeder thread has written all it put, so what the workers
-            # still send is read (and dropped) while they stop: unread reports filling the pipe would hold a
-            # stopped worker until the kill below.
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while any(proc.is_alive() for proc in procs) and time.monotonic() < deadline:
-                _drain(results)
-                for proc in procs:
-                    proc.join(timeout=0.05)
             for proc in procs:
+                proc.join(timeout=STOP_TIMEOUT_S)
                 if proc.is_alive():  # stuck while closing (a tracker that does not answer)
                     proc.kill()
                     proc.join()
-
-
-def _drain(results: Any) -> None:
-    """Read and drop whatever ``results`` holds now."""
-    import queue as queue_module
-
-    try:
-        while True:
-            results.get_nowait()
-    except (queue_module.Empty, EOFError, OSError):
-        pass
 
 
 def _exit_with_parent(poll_s: float = 0.5) -> None:
@@ -263,16 +246,22 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
     ``(kind, worker, index, payload, loss)``. ``isolate``: a failing unit is reported, not fatal."""
     import signal
 
+    def send(*message: Any) -> None:
+        # a stop raised inside Queue.put (its first call starts the feeder thread and registers the finalizers
+        # that end it) could leave the feeder waiting for a close that never comes, and the exit hung on it
+        with uninterrupted():
+            results.put(message)
+
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
     signal.signal(signal.SIGTERM, deferring(WorkerStopped))  # (a forked worker inherits the command's SIGTERM handler)
     try:
         while (item := tasks.get()) is not None:
             index, unit = item
-            results.put(("start", worker, index, None, None))
+            send("start", worker, index, None, None)
 
             def report(n: int, loss: float | None, index: int = index) -> None:
-                results.put(("progress", worker, index, n, loss))
+                send("progress", worker, index, n, loss)
 
             if not isolate:
                 run_unit(unit, report)
@@ -280,11 +269,14 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
             try:
                 run_unit(unit, report)
             except Exception:
-                results.put(("unit-failed", worker, index, traceback.format_exc(), None))
+                send("unit-failed", worker, index, traceback.format_exc(), None)
             else:
-                results.put(("unit-done", worker, index, None, None))
-        results.put(("done", worker, None, None, None))
+                send("unit-done", worker, index, None, None)
+        send("done", worker, None, None, None)
     except WorkerStopped:  # stopped, not failed: the unit has unwound (its trackers closed)
+        # what it still had to send is of no use to a main process that is stopping: exit without waiting for
+        # the feeder thread to write it (a full pipe the main process no longer reads would hold the exit)
+        results.cancel_join_thread()
         raise SystemExit(128 + signal.SIGTERM) from None
     except BaseException:
         results.put(("error", worker, None, traceback.format_exc(), None))
