@@ -618,17 +618,17 @@ def _unit_that_hangs_when_stopped(unit, report) -> None:
         time.sleep(600)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
-def test_a_worker_stuck_closing_is_killed_after_the_stop_timeout(monkeypatch):
-    """When the main process stops (here its progress callback raises, as Ctrl-C would), it sends each
-    worker SIGTERM so its trackers close, and kills one still alive ``STOP_TIMEOUT_S`` later."""
+def _stop_two_workers(monkeypatch, unit_fn, stop_timeout_s: float) -> float:
+    """Two forked workers running ``unit_fn`` (monkeypatched in for ``run_unit``), stopped by the main process
+    at their first report (its progress callback raises, as Ctrl-C would): the seconds ``map`` took to return,
+    every worker reaped."""
     import multiprocessing
 
     from emergelab.train import WorkerProcesses, execute
     from emergelab.train.unit import WorkUnit
 
-    monkeypatch.setattr(execute, "run_unit", _unit_that_hangs_when_stopped)
-    monkeypatch.setattr(execute, "STOP_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(execute, "run_unit", unit_fn)
+    monkeypatch.setattr(execute, "STOP_TIMEOUT_S", stop_timeout_s)
     monkeypatch.setattr(execute, "prepare_kernels", lambda units: None)
     units = [WorkUnit({"execution": {"device": "cpu"}, "train": {"steps": 1}}, "run", g, (g,)) for g in (0, 1)]
 
@@ -638,8 +638,16 @@ def test_a_worker_stuck_closing_is_killed_after_the_stop_timeout(monkeypatch):
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         WorkerProcesses(2, start="fork").map(units, on_progress=stop)
-    assert time.monotonic() - start < 30  # not the unit's 600 s
-    assert multiprocessing.active_children() == []  # killed and reaped
+    took = time.monotonic() - start
+    assert multiprocessing.active_children() == []
+    return took
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
+def test_a_worker_stuck_closing_is_killed_after_the_stop_timeout(monkeypatch):
+    """When the main process stops, it sends each worker SIGTERM so its trackers close, and kills one still
+    alive ``STOP_TIMEOUT_S`` later."""
+    assert _stop_two_workers(monkeypatch, _unit_that_hangs_when_stopped, 1.0) < 30  # not the unit's 600 s
 
 
 def _unit_that_fills_the_results_pipe(unit, report) -> None:
@@ -657,24 +665,7 @@ def test_a_stopped_worker_with_unread_reports_exits_without_waiting_to_be_killed
     killed ``STOP_TIMEOUT_S`` later. A stopped worker does not wait for its feeder (``cancel_join_thread``).
     (Reading the pipe from the main process instead can block forever on a message a dying worker wrote
     half of.)"""
-    import multiprocessing
-
-    from emergelab.train import WorkerProcesses, execute
-    from emergelab.train.unit import WorkUnit
-
-    monkeypatch.setattr(execute, "run_unit", _unit_that_fills_the_results_pipe)
-    monkeypatch.setattr(execute, "STOP_TIMEOUT_S", 60.0)
-    monkeypatch.setattr(execute, "prepare_kernels", lambda units: None)
-    units = [WorkUnit({"execution": {"device": "cpu"}, "train": {"steps": 1}}, "run", g, (g,)) for g in (0, 1)]
-
-    def stop(n: int, loss: float | None) -> None:
-        raise KeyboardInterrupt
-
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        WorkerProcesses(2, start="fork").map(units, on_progress=stop)
-    assert time.monotonic() - start < 30  # the workers stopped on SIGTERM, not killed 60 s later
-    assert multiprocessing.active_children() == []
+    assert _stop_two_workers(monkeypatch, _unit_that_fills_the_results_pipe, 60.0) < 30  # not killed 60 s later
 
 
 def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatch):
