@@ -632,11 +632,8 @@ def _analyze_outcome(con: Any, outcome: str, by: str, success_at: float, out: Pa
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    import pyarrow.csv as pacsv
-
     from .interventions.at_emergence import (folder_table, format_folder, patch_at_emergence,
-                                             patch_folder_at_emergence, write_emergence_patching)
-    from .store import atomic_write, write_parquet
+                                             patch_folder_at_emergence, write_emergence_patching, write_table)
     from .interventions.checkpoints import patch_checkpoints, write_patching
     from .report.patch_figures import write_emergence_patching_figure, write_patching_figures
     from .train.estimate import check_device
@@ -674,9 +671,7 @@ def cmd_patch(args: argparse.Namespace) -> int:
                 write_emergence_patching_figure(found)
         print(format_folder(results, fields))
         table = folder_table(results, fields)
-        stem = out / f"emergence_{args.what}"
-        paths = [write_parquet(stem.with_suffix(".parquet"), table),
-                 atomic_write(stem.with_suffix(".csv"), lambda tmp: pacsv.write_csv(table, tmp))]
+        paths = write_table(table, out, args.what)
         print(f"wrote each run's table and figure to its patching/ folder, and all {table.num_rows} rows to "
               + ", ".join(map(str, paths)))
         return 0

@@ -16,6 +16,7 @@ from .patching import (
     ablate_heads,
     ablation_table,
     cache_attention,
+    cache_chunked,
     check_direction,
     count_heads,
     greedy_heads,
@@ -36,8 +37,8 @@ from .patching import (
 __all__ = [
     "bias_schedule", "ground_truth_bias", "held_out_batch", "patch_checkpoints", "probe_bias", "write_patching",
     "DIRECTIONS", "KINDS", "WHAT", "AblationResult", "GreedyResult", "PatchingResult", "PatchTarget",
-    "ablate_heads", "ablation_table", "cache_attention", "check_direction", "count_heads", "greedy_heads",
-    "greedy_passes", "hook_name", "mean_setter",
+    "ablate_heads", "ablation_table", "cache_attention", "cache_chunked", "check_direction", "count_heads",
+    "greedy_heads", "greedy_passes", "hook_name", "mean_setter",
     "model_device", "patch_heads", "patching_table", "progress_bar", "run_with_head_edits", "source_setter",
     "target_metrics", "uniform_setter", "zero_setter",
 ]

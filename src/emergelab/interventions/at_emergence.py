@@ -41,7 +41,7 @@ import torch
 
 from ..analysis import curve_emergence
 from ..analysis.heads import attribute_heads
-from ..analysis.runs import default_by, run_rows
+from ..analysis.runs import config_label, default_by, run_rows
 from ..analysis.summary import copy_outputs, fan_in_by_seed
 from ..config import ConfigError
 from ..store import RunDir, atomic_write, connect, find_run_dirs, write_parquet
@@ -51,6 +51,13 @@ from .checkpoints import load_run, require_hook, require_seed, scored_batch
 from .patching import WHAT, PatchingResult, count_heads, patching_table, progress_bar
 
 MIN_GAP = 0.1  # an output's late - early probability below which its fractions are left out of the medians
+
+
+def percent(value: float | None) -> str:
+    """A fraction as text: "-" for None or NaN, else a whole percent ("74%"; "0%", not "-0%")."""
+    if value is None or value != value:
+        return "-"
+    return "0%" if abs(value) < 0.005 else f"{value:.0%}"
 
 _SCHEMA = pa.schema([
     ("seed", pa.int64()), ("output", pa.int64()), ("label", pa.string()), ("copy", pa.bool_()),
@@ -111,17 +118,14 @@ class EmergencePatching:
         lines += [f"{'seed':>4} {'output':<{width}} {'emerged':>8} {'early':>6} {'late':>6} {'gap':>6}   "
                   f"{'recovered':>9} {'head':>5}   {'removed':>7} {'head':>5} {'2nd':>5} {'others':>6}   "
                   f"{'attributed':>10} {'removes':>7}"]
-
-        def pct(value: float | None) -> str:
-            return "-" if value is None else f"{value:.0%}"
-
         for r in self.rows:
             label = r["label"] + ("c" if r["copy"] else "")
             lines.append(f"{r['seed']:>4} {label:<{width}} {r['emergence_step']:>8.0f} {r['early_step']:>6} "
-                         f"{r['late_step']:>6} {r['gap']:>6.3f}   {pct(r['recovered']):>9} {r['recovered_head']:>5}   "
-                         f"{pct(r['removed']):>7} {r['removed_head']:>5} {pct(r['removed_second']):>5} "
-                         f"{pct(r['removed_elsewhere']):>6}   {r['attributed_head'] or '-':>10} "
-                         f"{pct(r['removed_by_attributed']):>7}")
+                         f"{r['late_step']:>6} {r['gap']:>6.3f}   {percent(r['recovered']):>9} "
+                         f"{r['recovered_head']:>5}   "
+                         f"{percent(r['removed']):>7} {r['removed_head']:>5} {percent(r['removed_second']):>5} "
+                         f"{percent(r['removed_elsewhere']):>6}   {r['attributed_head'] or '-':>10} "
+                         f"{percent(r['removed_by_attributed']):>7}")
         s = self.summary()
         lines.append("recovered: the best single late head in the early model; removed: the worst single early head "
                      "in the late model (2nd: the next head; others: what that head removes from the other outputs "
@@ -129,10 +133,10 @@ class EmergencePatching:
                      "ground-truth keys as it emerged (emergelab analyze); c: a copy of an earlier output")
         if s["counted"]:
             lines.append(f"medians over {s['counted']} of {s['outputs']} outputs (not copies, gap >= "
-                         f"{self.min_gap:g}): recovered {pct(s['recovered'])}, removed {pct(s['removed'])} "
-                         f"(2nd head {pct(s['removed_second'])}, from the other outputs "
-                         f"{pct(s['removed_elsewhere'])}), "
-                         f"by the attributed head {pct(s['removed_by_attributed'])}; the removing head is the "
+                         f"{self.min_gap:g}): recovered {percent(s['recovered'])}, removed {percent(s['removed'])} "
+                         f"(2nd head {percent(s['removed_second'])}, from the other outputs "
+                         f"{percent(s['removed_elsewhere'])}), "
+                         f"by the attributed head {percent(s['removed_by_attributed'])}; the removing head is the "
                          f"attributed one for {s['removed_head_is_attributed']} of {s['attributed']}")
         else:
             lines.append(f"no output that is not a copy moved by {self.min_gap:g} or more between its checkpoints")
@@ -211,20 +215,21 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
     batches = {seed: scored_batch(config, seed, n, device) for seed in {seed for seed, _ in pairs}}
     n_heads = count_heads(first, batches[pairs[0][0]][1], what)
     bar = progress_bar(2 * len(pairs) * (n_heads + 2), progress)
-    tables: dict[tuple[int, tuple[int, int]], tuple[PatchingResult, PatchingResult, int]] = {}
+    tables: dict[tuple[int, tuple[int, int]], list[PatchingResult]] = {}  # late-to-early, early-to-late
     for seed, (early_step, late_step) in pairs:
         task, tokens, mask, index = batches[seed]
         early = load_model(run, seed, early_step, device, config)
         late = load_model(run, seed, late_step, device, config)
-        both = [patching_table(early, late, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
-                               loss_mask=mask, batch_size=batch_size, progress=bar.update, direction=direction)
-                for direction in ("late-to-early", "early-to-late")]
-        tables[seed, (early_step, late_step)] = (both[0], both[1], both[0].prob_gain.shape[1])
+        tables[seed, (early_step, late_step)] = [
+            patching_table(early, late, tokens, what=what, output_index=index, n_outputs=task.n_outputs,
+                           loss_mask=mask, batch_size=batch_size, progress=bar.update, direction=direction)
+            for direction in ("late-to-early", "early-to-late")]
     bar.close()
 
     labels = batches[work[0][0]][0].output_labels()
     for seed, output, step, pair in work:
-        forward, backward, heads_per_layer = tables[seed, pair]
+        forward, backward = tables[seed, pair]
+        heads_per_layer = forward.prob_gain.shape[1]
         early_p, late_p = forward.early["prob_per_output"], forward.late["prob_per_output"]
         gaps = (late_p - early_p).double()
         gap = float(gaps[output])
@@ -260,11 +265,14 @@ def patch_at_emergence(run: RunDir | str | Path, *, seeds: list[int] | None = No
 
 def write_emergence_patching(result: EmergencePatching, out: str | Path | None = None) -> list[Path]:
     """``emergence_{what}.parquet`` and ``.csv`` in ``out`` (default ``RUN/patching``); returns the paths."""
-    out = Path(out) if out is not None else result.run.path / "patching"
-    table = result.table()
-    stem = f"emergence_{result.what}"
-    return [write_parquet(out / f"{stem}.parquet", table),
-            atomic_write(out / f"{stem}.csv", lambda tmp: pacsv.write_csv(table, tmp))]
+    return write_table(result.table(), Path(out) if out is not None else result.run.path / "patching", result.what)
+
+
+def write_table(table: pa.Table, out: Path, what: str) -> list[Path]:
+    """``table`` as ``out/emergence_{what}.parquet`` and ``.csv`` (one run's, or a folder's: :func:`folder_table`)."""
+    stem = out / f"emergence_{what}"
+    return [write_parquet(stem.with_suffix(".parquet"), table),
+            atomic_write(stem.with_suffix(".csv"), lambda tmp: pacsv.write_csv(table, tmp))]
 
 
 def patch_folder_at_emergence(path: str | Path, *, progress: bool = False,
@@ -284,8 +292,7 @@ def patch_folder_at_emergence(path: str | Path, *, progress: bool = False,
     from tqdm.auto import tqdm  # as everywhere here: imported when a bar is drawn
 
     def order(run: Path) -> tuple:  # by the differing fields' values, numbers as numbers
-        config = RunDir(run).read_config_dict()
-        return tuple((0, v, "") if isinstance(v := _field(config, f), (int, float)) else (1, 0, str(v)) for f in fields)
+        return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in _values(run, fields))
 
     results = []
     for run in tqdm(sorted(runs, key=order), desc="runs", unit="run", disable=not progress, leave=False):
@@ -297,20 +304,15 @@ def folder_table(results: list[EmergencePatching], fields: list[str]) -> pa.Tabl
     """Every run's rows in one table: ``run`` (its directory) and the config ``fields`` first."""
     rows = []
     for result in results:
-        config = result.run.read_config_dict()
-        values = {f: _field(config, f) for f in fields}
-        rows += [{"run": str(result.run.path), **{f: _text(values[f]) for f in fields}, **row} for row in result.rows]
+        values = {f: None if v is None else str(v) for f, v in zip(fields, _values(result.run.path, fields))}
+        rows += [{"run": str(result.run.path), **values, **row} for row in result.rows]
     schema = pa.schema([("run", pa.string()), *((f, pa.string()) for f in fields), *_SCHEMA])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def format_folder(results: list[EmergencePatching], fields: list[str]) -> str:
     """One line per run: what tells it apart (``fields``), the outputs counted and the medians."""
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value:.0%}"
-
-    labels = [", ".join(f"{f.split('.')[-1]}={_text(_field(r.run.read_config_dict(), f))}" for f in fields)
-              or r.run.path.name for r in results]
+    labels = [config_label(fields, _values(r.run.path, fields)) if fields else r.run.path.name for r in results]
     width = max(len(label) for label in labels)
     what = results[0].what if results else "pattern"
     lines = [f"{what} patching at each output's emergence, {len(results)} runs (medians over the outputs that are "
@@ -319,18 +321,14 @@ def format_folder(results: list[EmergencePatching], fields: list[str]) -> str:
              f"{'attributed removes':>18}  {'worst = attributed':>18}"]
     for label, result in zip(labels, results):
         s = result.summary()
-        lines.append(f"{label:<{width}}  {s['counted']:>7}  {pct(s['recovered']):>9}  {pct(s['removed']):>7}  "
-                     f"{pct(s['removed_second']):>4}  {pct(s['removed_elsewhere']):>6}  "
-                     f"{pct(s['removed_by_attributed']):>18}  "
+        lines.append(f"{label:<{width}}  {s['counted']:>7}  {percent(s['recovered']):>9}  {percent(s['removed']):>7}  "
+                     f"{percent(s['removed_second']):>4}  {percent(s['removed_elsewhere']):>6}  "
+                     f"{percent(s['removed_by_attributed']):>18}  "
                      f"{str(s['removed_head_is_attributed']) + ' of ' + str(s['attributed']):>18}")
     return "\n".join(lines)
 
 
-def _field(config: dict[str, Any], dotted: str) -> Any:
-    """``config["task"]["sparsity"]`` for ``"task.sparsity"`` (None where the run's config has no such field)."""
-    section, _, name = dotted.partition(".")
-    return (config.get(section) or {}).get(name)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _values(run: Path, fields: list[str]) -> tuple:
+    """The run's value of each dotted config field (``"task.sparsity"``; None where its config has none)."""
+    config = RunDir(run).read_config_dict()
+    return tuple((config.get(f.partition(".")[0]) or {}).get(f.partition(".")[2]) for f in fields)

@@ -430,7 +430,8 @@ def _chunk(cache: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tenso
     return {name: act[rows] if act.shape[0] > 1 else act for name, act in cache.items()}
 
 
-def _cache_chunked(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
+def cache_chunked(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
+    """:func:`cache_attention` on ``tokens`` ``batch_size`` rows at a time (None: all), joined along the batch."""
     step = tokens.shape[0] if batch_size is None else batch_size
     parts = [cache_attention(model, tokens[i:i + step], what) for i in range(0, tokens.shape[0], step)]
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
@@ -562,7 +563,7 @@ def patching_table(early_model: Any, late_model: Any, tokens: torch.Tensor, *, w
     check_direction(direction)
     _check_pair(early_model, late_model, batch_size, tokens)
     target, donor = (early_model, late_model) if direction == "late-to-early" else (late_model, early_model)
-    source = _cache_chunked(donor, tokens, what, batch_size)
+    source = cache_chunked(donor, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 
     def evaluate(model: Any, heads: Sequence[Head]) -> dict[str, torch.Tensor]:
@@ -604,7 +605,7 @@ def ablation_table(model: Any, tokens: torch.Tensor, *, kind: str = "zero", what
     _check_pair(model, model, batch_size, tokens)
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: must be one of {', '.join(KINDS)}")
-    clean_cache = _cache_chunked(model, tokens, what, batch_size)
+    clean_cache = cache_chunked(model, tokens, what, batch_size)
     n_layers, n_heads = _shape(clean_cache, what)
     if kind == "mean" and mean_cache is None:
         mean_cache = {name: act.mean(dim=0, keepdim=True) for name, act in clean_cache.items()}
@@ -740,7 +741,7 @@ def greedy_heads(early_model: Any, late_model: Any, tokens: torch.Tensor, *, fra
     if max_heads is not None and not (isinstance(max_heads, int) and max_heads >= 1):
         raise ValueError(f"max_heads={max_heads}: must be an integer >= 1 (or None: every head)")
     target, donor = (early_model, late_model) if direction == "late-to-early" else (late_model, early_model)
-    source = _cache_chunked(donor, tokens, what, batch_size)
+    source = cache_chunked(donor, tokens, what, batch_size)
     n_layers, n_heads = _shape(source, what)
 
     def mean_prob(model: Any, heads: Sequence[Head]) -> float:

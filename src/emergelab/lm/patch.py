@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from ..config import ConfigError, require_choice, require_float, require_int
-from ..interventions import (DIRECTIONS, GreedyResult, PatchingResult, cache_attention, count_heads, greedy_heads,
+from ..interventions import (DIRECTIONS, GreedyResult, PatchingResult, cache_chunked, count_heads, greedy_heads,
                              greedy_passes, patch_heads, patching_table, progress_bar, target_metrics)
 from ..store import write_parquet, write_text
 from .capabilities import PromptSet, build_prompts, check_context, check_params, load_tokenizer, memory_errors
@@ -185,7 +185,7 @@ def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: 
     joint_prob, joint_recovered = [], []
     forward = direction == "late-to-early"
     target, donor = (early_model, late_model) if forward else (late_model, early_model)
-    source_cache = _donor_cache(donor, tokens, what, batch_size)
+    source_cache = cache_chunked(donor, tokens, what, batch_size)
     for k in range(1, len(top) + 1):
         probs = []
         step = batch_size or tokens.shape[0]
@@ -211,12 +211,6 @@ def _patch(source: CheckpointSource, early: str, late: str, what: str, prompts: 
                                          f"({late_p:.4f} vs {early_p:.4f}): gains are not recoveries"]
     return RevisionPatching(source.name, early, late, what, prompts, table, top, joint_prob, joint_recovered,
                             greedy, notes, direction)
-
-
-def _donor_cache(model: Any, tokens: torch.Tensor, what: str, batch_size: int | None) -> dict[str, torch.Tensor]:
-    step = batch_size or tokens.shape[0]
-    parts = [cache_attention(model, tokens[i:i + step], what) for i in range(0, tokens.shape[0], step)]
-    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
 def write_patch(result: RevisionPatching, out: str | Path) -> list[Path]:

@@ -42,7 +42,7 @@ from ..analysis.runs import analyze_runs, config_aliases, config_label, copy_sta
 from ..analysis.seeds import emergence_summary, solved_fraction_curve
 from ..analysis.summary import copied_outputs
 from ..config import ConfigError
-from ..interventions.at_emergence import MIN_GAP, EmergencePatching
+from ..interventions.at_emergence import MIN_GAP, EmergencePatching, percent
 from ..interventions.patching import WHAT
 from ..store import RunDir, connect, write_text
 from ..store.verify import parse_parquet
@@ -112,13 +112,6 @@ def _num_text(v: Any) -> str:
     if v.is_integer() and abs(v) < 1e15:
         return str(int(v))
     return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
-
-
-def _percent_text(v: Any) -> str:
-    """A fraction as a table cell: "-" for None or NaN, else a whole percent ("74%")."""
-    if v is None or not math.isfinite(float(v)):
-        return "-"
-    return "0%" if abs(float(v)) < 0.005 else f"{float(v):.0%}"  # not "-0%"
 
 
 def _curve(steps: np.ndarray, values: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list]:
@@ -477,7 +470,7 @@ def render_page(page: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num_text
-    env.filters["pct"] = _percent_text
+    env.filters["pct"] = percent
     return env.get_template("report.html.j2").render(
         page=page, plotly_js=_plotly_js(), report_js=(TEMPLATES / "report.js").read_text(),
         data_json=_script_json(page["data"]))

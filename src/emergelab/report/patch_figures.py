@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..interventions.at_emergence import percent
 from ..interventions.checkpoints import WIDEST_TABLE
 from ..train import ExperimentConfig
 from .plotting import DPI, colors, describe, fit_lines, new_figure, save_figure
@@ -238,12 +239,11 @@ def plot_emergence_patching(result: Any) -> "Figure":
         ax.grid(alpha=0.3)
     fig.legend(*left.get_legend_handles_labels(), fontsize=8, loc="outside right upper")
     s = result.summary()
-    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     config = describe(ExperimentConfig.from_run(result.run))
     fig.suptitle(fit_lines(fig, f"{result.what} patching at each output's emergence (checkpoints either side of "
                                 f"its emergence step; {result.n_sequences} held-out sequences)\nmedians over "
-                                f"{s['counted']} outputs: recovered {pct(s['recovered'])}, removed "
-                                f"{pct(s['removed'])}, from the other outputs {pct(s['removed_elsewhere'])}\n"
+                                f"{s['counted']} outputs: recovered {percent(s['recovered'])}, removed "
+                                f"{percent(s['removed'])}, from the other outputs {percent(s['removed_elsewhere'])}\n"
                                 f"{config}", 8), fontsize=8)
     return fig
 
