@@ -1,7 +1,8 @@
 """End to end: ``emergelab`` ``train()`` (what ``emergelab run`` does: auto strategy, probes every
 ``eval_every`` steps, checkpoints, metrics, summary) against a plain nanoGPT-style loop training the same
 seeds one after another with torch's default threads, on the same machine in one run; beside the FLOP
-floor (training FLOPs / the 2-thread fp32 matmul rate measured here) and the probe cost.
+floor (training FLOPs / the faster of MKL's and oneDNN's 2-thread fp32 matmul rates measured here) and the
+probe cost.
 
     python benchmarks/end_to_end.py [--size lm16 demo] [--seeds 4] [--steps 1000] [--rounds 1] [--out benchmarks/results/end_to_end.json]
     python benchmarks/end_to_end.py --probes-only [--eval-batch-size 256 128] [--out ...]   # the probe share alone
@@ -104,14 +105,21 @@ def probe_share(size: str, steps: int, eval_every: int = 50, eval_batch_size: in
             "probe_share_schedule": probes * probe / (steps * step)}
 
 
-def matmul_rate(threads: int, n: int = 2048) -> float:
+def matmul_rate(threads: int, n: int = 2048, library: str = "mkl") -> float:
+    """GFLOP/s of an ``n x n`` fp32 product at ``threads``: torch's ``a @ b`` (MKL) or oneDNN's
+    (``models/onednn.py``, what the training step's large maps use; 0 where it is not usable)."""
+    from emergelab.models import onednn
+
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    if library == "onednn" and not onednn.available():
+        return 0.0
+    product = (lambda: a @ b) if library == "mkl" else (lambda: onednn.linear(a, b.t()))
+    product()
     best = float("inf")
     for _ in range(3):
         t = time.perf_counter()
-        a @ b
+        product()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -149,9 +157,10 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "default_threads": default_threads},
               "load_avg_before": os.getloadavg(), "rows": []}
-    peak2 = matmul_rate(2)
+    result["matmul_2t_gflops"] = matmul_rate(2)  # MKL: the plain loop's products
+    result["onednn_matmul_2t_gflops"] = matmul_rate(2, library="onednn")
+    peak2 = max(result["matmul_2t_gflops"], result["onednn_matmul_2t_gflops"])  # the floor at the faster
     torch.set_num_threads(default_threads)
-    result["matmul_2t_gflops"] = peak2
     for size in args.size:
         cfg = config(size, args.seeds, args.steps)
         flops = train_flops(cfg.resolved())
@@ -183,7 +192,8 @@ def main() -> None:
               f"{row.get('plain_s', float('nan')):.1f} s ({default_threads} threads) -> "
               f"{row.get('speedup', float('nan')):.2f}x (best of {args.rounds}; per round "
               f"{', '.join(f'{r:.2f}x' for r in row.get('speedup_rounds', []))}); FLOP floor {row['floor_s']:.1f} s at "
-              f"{peak2:.0f} GFLOP/s; probes {100 * row['probe_share']:.1f}% of step time at eval_every=50, "
+              f"{peak2:.0f} GFLOP/s (MKL {result['matmul_2t_gflops']:.0f}, oneDNN "
+              f"{result['onednn_matmul_2t_gflops']:.0f}); probes {100 * row['probe_share']:.1f}% of step time at eval_every=50, "
               f"{100 * row['probe_share_schedule']:.1f}% with the run's {row['probes_per_run']} probes; "
               f"load {row['load_before']:.1f} -> {row['load_after']:.1f}", flush=True)
     write_result(result, args.out)

@@ -20,6 +20,8 @@ import torch
 SIZES = {  # name: (task, model, batch)
     "lm16": ({"name": "linear-map", "state_size": 16, "sparsity": 3},
              {"layers": 1, "heads": 8, "head_dim": 8, "mlp_ratio": 4}, 128),
+    "tiny": ({"name": "linear-map", "state_size": 8, "sparsity": 2},
+             {"layers": 1, "heads": 4, "head_dim": 8, "mlp_ratio": 0}, 64),
     "demo": ({"name": "linear-map", "state_size": 8, "sparsity": 3},
              {"layers": 1, "heads": 8, "head_dim": 8, "mlp_ratio": 4}, 64),
 }

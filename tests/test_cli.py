@@ -167,6 +167,9 @@ def test_list_shows_tasks_fields_and_presets(capsys):
         assert str(native.kernels().path) in kernels and "(the reference bits)" in kernels
     else:
         assert "C kernels: " in kernels
+    from emergelab.models import onednn
+
+    assert ("matrix products: oneDNN" if onednn.available() else "matrix products: MKL") in kernels
 
 
 def test_list_says_why_there_are_no_kernels(capsys, monkeypatch):
@@ -183,6 +186,19 @@ def test_list_says_why_there_are_no_kernels(capsys, monkeypatch):
         assert "C kernels: not built: emergelab: no C compiler" in capsys.readouterr().out
     finally:
         native.kernels.cache_clear()
+
+
+def test_list_says_which_library_multiplies(capsys, monkeypatch):
+    from emergelab.models import onednn
+
+    monkeypatch.setenv("EMERGELAB_ONEDNN", "0")
+    onednn.available.cache_clear()
+    try:
+        assert main(["list"]) == 0
+        assert "matrix products: MKL's baddbmm (oneDNN: EMERGELAB_ONEDNN=0)" in capsys.readouterr().out
+    finally:
+        monkeypatch.delenv("EMERGELAB_ONEDNN")
+        onednn.available.cache_clear()
 
 
 def test_tiny_run_writes_the_run_directory(workdir, capsys):

@@ -606,6 +606,74 @@ def test_narrow_member_linear_matches_the_plain_products(outputs, with_bias):
     assert torch.equal(alone[0], NarrowMemberLinear.apply(x.detach(), w.detach(), None if b is None else b.detach())[1])
 
 
+@pytest.mark.parametrize("rows,inputs,outputs", [(960, 64, 192), (960, 256, 64), (37, 32, 48), (300, 96, 96)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_onednn_member_linear_matches_the_plain_products_and_keeps_a_members_bits(rows, inputs, outputs, with_bias):
+    """``OneDnnMemberLinear`` (oneDNN's products, one per member) against ``baddbmm`` and a float64 product:
+    the output and all three gradients to float rounding (both directions of the weight gradient's
+    transpose: a map that widens and one that narrows); and a member's bits alone equal to its bits in an
+    ensemble of 3, at one thread and at two."""
+    from emergelab.models import onednn
+    from emergelab.models.layers import OneDnnMemberLinear
+
+    if not onednn.available():
+        pytest.skip("oneDNN is not usable in this torch build")
+    gen = torch.Generator().manual_seed(rows + inputs * outputs)
+    x = torch.randn(3, rows, inputs, generator=gen)
+    w = torch.randn(3, inputs, outputs, generator=gen) / inputs ** 0.5
+    b = torch.randn(3, outputs, generator=gen) if with_bias else None
+    g = torch.randn(3, rows, outputs, generator=gen)
+
+    def run(fn, members, dtype=torch.float32):
+        leaves = [t[members].to(dtype).clone().requires_grad_() for t in (x, w) + ((b,) if with_bias else ())]
+        y = fn(leaves[0], leaves[1], leaves[2] if with_bias else None)
+        return (y.detach(), *torch.autograd.grad(y, leaves, g[members].to(dtype)))
+
+    def plain(xx, ww, bb):
+        return torch.baddbmm(bb.unsqueeze(1), xx, ww) if bb is not None else torch.bmm(xx, ww)
+
+    fast, ref, exact = run(OneDnnMemberLinear.apply, slice(None)), run(plain, slice(None)), \
+        run(plain, slice(None), torch.float64)
+    for name, f, r, e in zip(("y", "dx", "dw", "db"), fast, ref, exact):
+        scale = e.abs().max().item()
+        assert f.shape == r.shape == e.shape, name
+        # the same error as MKL's against float64, to within a factor of 4 (sums of up to 960 products)
+        assert (f.double() - e).abs().max() <= 4 * max((r.double() - e).abs().max().item(), 1e-7 * scale), name
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            alone, together = run(OneDnnMemberLinear.apply, slice(1, 2)), run(OneDnnMemberLinear.apply, slice(None))
+        finally:
+            torch.set_num_threads(1)
+        for name, a, t in zip(("y", "dx", "dw", "db"), alone, together):
+            assert torch.equal(a[0], t[1]), (name, threads)
+
+
+def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(monkeypatch):
+    """The demo's maps take oneDNN, a small map keeps ``baddbmm`` (its call cost outweighs the kernel), and
+    ``EMERGELAB_ONEDNN=0`` keeps every map on ``baddbmm``, bit for bit."""
+    from emergelab.models import onednn
+    from emergelab.models.layers import member_linear, onednn_applies
+
+    if not onednn.available():
+        pytest.skip("oneDNN is not usable in this torch build")
+    assert onednn_applies(torch.zeros(2, 960, 64), torch.zeros(2, 64, 256))
+    assert onednn_applies(torch.zeros(2, 960, 256), torch.zeros(2, 256, 64))
+    assert not onednn_applies(torch.zeros(2, 960, 16), torch.zeros(2, 16, 16))
+    assert not onednn_applies(torch.zeros(2, 256, 64), torch.zeros(2, 64, 64))
+    assert not onednn_applies(torch.zeros(2, 960, 64, dtype=torch.float64), torch.zeros(2, 64, 256, dtype=torch.float64))
+    x, w, b = torch.randn(2, 960, 64), torch.randn(2, 64, 256), torch.randn(2, 256)
+    monkeypatch.setenv("EMERGELAB_ONEDNN", "0")
+    onednn.available.cache_clear()
+    try:
+        assert not onednn.available() and not onednn_applies(torch.zeros(2, 960, 64), torch.zeros(2, 64, 256))
+        assert torch.equal(member_linear(x, w, b), torch.baddbmm(b.unsqueeze(1), x, w))
+    finally:
+        monkeypatch.delenv("EMERGELAB_ONEDNN")
+        onednn.available.cache_clear()
+    assert onednn.available()
+
+
 @pytest.mark.parametrize("inputs,outputs", [(1, 16), (1, 33), (20, 1), (1, 1)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_one_feature_member_linear_matches_the_plain_products_and_keeps_a_members_bits(inputs, outputs, with_bias):

@@ -875,10 +875,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("presets:")
     for name, preset in PRESETS.items():
         print(f"  {name} ({preset['task']['name']}): {preset['description']}")
+    from .models import onednn
     from .models.native import describe
 
-    print("this machine's CPU training kernels (models/native.py):")
+    print("this machine's CPU training kernels (models/native.py, models/onednn.py):")
     print("\n".join("  " + line for line in describe().splitlines()))
+    print("  " + onednn.describe())
     return 0
 
 # ------------------------------------------------------------------------------------ emergelab lm ...

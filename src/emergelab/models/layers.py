@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native, triton_layer_norm
+from . import native, onednn, triton_layer_norm
 from .base import Init, Positions, SequenceModel, normal, ones, select_positions, zeros
 from .hooks import HookPoint
 
@@ -111,16 +111,72 @@ class OneFeatureMemberLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+class OneDnnMemberLinear(torch.autograd.Function):
+    """:func:`member_linear` through oneDNN (``models/onednn.py``) on a CPU: one product per member, forward
+    ``x W + b``, backward ``g W^T`` and ``x^T g`` (as ``(g^T x)^T`` when the map narrows, so that the smaller
+    of ``x`` and ``g`` is the one transposed in memory). About twice MKL's rate where MKL runs AVX2 on an
+    AVX-512 core (AMD); each member's bits depend on its own tensors alone, and did not depend on the thread
+    count at any shape tested (``tests/test_model.py``).
+
+    x ``[E, N, i]``, weight ``[E, i, o]``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.stack([onednn.linear(x[e], weight[e].t(), None if bias is None else bias[e])
+                            for e in range(weight.shape[0])])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        E, i, o = weight.shape
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.stack([onednn.linear(grad[e], weight[e]) for e in range(E)])
+        if ctx.needs_input_grad[1]:
+            if i <= o:
+                dw = torch.stack([onednn.linear(x[e].t(), grad[e].t()) for e in range(E)])
+            else:
+                dw = torch.stack([onednn.linear(grad[e].t(), x[e].t()) for e in range(E)]).transpose(1, 2).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad.sum(1)
+        return dx, dw, db
+
+
+ONEDNN_MIN_FEATURES = 32
+ONEDNN_MIN_MACS = 2_500_000
+"""A CPU map takes :class:`OneDnnMemberLinear` when both its widths are at least ``ONEDNN_MIN_FEATURES`` and
+a member's product has at least ``ONEDNN_MIN_MACS`` multiply-adds (rows x inputs x outputs); below that a
+call's fixed cost (~15 us) outweighs the faster kernel (forward + backward against ``baddbmm``, 1 thread,
+AMD EPYC Zen 5, 2026-11-28: 16 x 16 at 960 rows 0.43x, 32 x 32 at 960 0.69x, 64 x 64 at 256 0.73x, 32 x 96
+at 960 1.10x, 64 x 64 at 960 1.19x, 64 x 192 at 960 1.65x, at 3840 1.87x; benchmarks/README.md "oneDNN").
+The choice depends on the shapes alone, never on the ensemble's size."""
+
+
+def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`member_linear` of ``x`` ``[E, N, i]`` by ``weight`` ``[E, i, o]`` takes
+    :class:`OneDnnMemberLinear`: float32 on a CPU, the size above, and oneDNN usable here."""
+    _, rows, inputs = x.shape
+    outputs = weight.shape[-1]
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and min(inputs, outputs) >= ONEDNN_MIN_FEATURES and rows * inputs * outputs >= ONEDNN_MIN_MACS
+            and onednn.available())
+
+
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``.
     (On a CPU with ``o`` in ``NARROW_OUTPUTS``: :class:`NarrowMemberLinear`; with ``i`` or ``o`` 1:
-    :class:`OneFeatureMemberLinear`.)"""
+    :class:`OneFeatureMemberLinear`; large enough maps (:func:`onednn_applies`): :class:`OneDnnMemberLinear`.
+    Elsewhere, and as the reference those are tested against, ``baddbmm``.)"""
     E, out = weight.shape[0], weight.shape[-1]
     flat = x.reshape(E, -1, x.shape[-1])
     if (out == 1 or weight.shape[1] == 1) and flat.device.type == "cpu":
         y = OneFeatureMemberLinear.apply(flat, weight, bias)
     elif out in NARROW_OUTPUTS and flat.device.type == "cpu":
         y = NarrowMemberLinear.apply(flat, weight, bias)
+    elif onednn_applies(flat, weight):
+        y = OneDnnMemberLinear.apply(flat, weight, bias)
     else:
         y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
     return y.reshape(*x.shape[:-1], out)

@@ -1,0 +1,49 @@
+"""fp32 matrix products through oneDNN, the library torch's CPU build carries beside MKL.
+
+torch runs a float32 ``mm``/``bmm`` on a CPU with MKL, whose kernels on AMD processors use AVX2 even where
+the core has AVX-512 (measured 2026-11-28 on an AMD EPYC, Zen 5: MKL ~110 GFLOP/s a core at every shape of
+our models, oneDNN's JIT kernels ~240; benchmarks/README.md "oneDNN"). torch routes a float32 product to
+oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Inductor's CPU backend calls)
+takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
+
+:func:`available` says whether it can be used here (the op exists, torch says oneDNN is usable, and
+``EMERGELAB_ONEDNN`` is not ``0``). ``models/layers.py:OneDnnMemberLinear`` is the one user.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether :func:`linear` runs on this machine (``EMERGELAB_ONEDNN=0`` says no, to compare or to match a
+    machine without it)."""
+    if os.environ.get("EMERGELAB_ONEDNN", "1") == "0":
+        return False
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w = torch.ones(3, 16), torch.full((17, 16), 0.5)
+        return bool(torch.equal(op(x, w, None, "none", [None], ""), torch.full((3, 17), 8.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w^T (+ bias)``: x ``[N, k]``, w ``[o, k]`` (any strides; a transposed view is as fast as a
+    contiguous weight, a transposed ``x`` is copied first), bias ``[o]`` -> ``[N, o]`` contiguous, float32."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [None], "")
+
+
+def describe() -> str:
+    """One line for ``emergelab list``: which library multiplies the large maps here, and why."""
+    if available():
+        return ("matrix products: oneDNN for maps of >= 32 features each way and >= 2.5M multiply-adds a member "
+                "(models/onednn.py; EMERGELAB_ONEDNN=0: MKL's baddbmm)")
+    why = "EMERGELAB_ONEDNN=0" if os.environ.get("EMERGELAB_ONEDNN", "1") == "0" else "not usable in this torch build"
+    return f"matrix products: MKL's baddbmm (oneDNN: {why})"
