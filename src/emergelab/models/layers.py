@@ -124,8 +124,8 @@ class OneDnnMemberLinear(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.stack([onednn.linear(x[e], weight[e].t(), None if bias is None else bias[e])
-                            for e in range(weight.shape[0])])
+        return _members([onednn.linear(x[e], weight[e].t(), None if bias is None else bias[e])
+                         for e in range(weight.shape[0])])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -133,15 +133,20 @@ class OneDnnMemberLinear(torch.autograd.Function):
         E, i, o = weight.shape
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = torch.stack([onednn.linear(grad[e], weight[e]) for e in range(E)])
+            dx = _members([onednn.linear(grad[e], weight[e]) for e in range(E)])
         if ctx.needs_input_grad[1]:
             if i <= o:
-                dw = torch.stack([onednn.linear(x[e].t(), grad[e].t()) for e in range(E)])
+                dw = _members([onednn.linear(x[e].t(), grad[e].t()) for e in range(E)])
             else:
-                dw = torch.stack([onednn.linear(grad[e].t(), x[e].t()) for e in range(E)]).transpose(1, 2).contiguous()
+                dw = _members([onednn.linear(grad[e].t(), x[e].t()) for e in range(E)]).transpose(1, 2).contiguous()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad.sum(1)
         return dx, dw, db
+
+
+def _members(results: list[torch.Tensor]) -> torch.Tensor:
+    """Per-member results ``[...]`` -> ``[E, ...]``: one member's as a view (no copy), else stacked."""
+    return results[0].unsqueeze(0) if len(results) == 1 else torch.stack(results)
 
 
 ONEDNN_MIN_FEATURES = 32
