@@ -149,23 +149,14 @@ def _members(results: list[torch.Tensor]) -> torch.Tensor:
     return results[0].unsqueeze(0) if len(results) == 1 else torch.stack(results)
 
 
-ONEDNN_MIN_FEATURES = 32
-ONEDNN_MIN_MACS = 2_500_000
-"""A CPU map takes :class:`OneDnnMemberLinear` when both its widths are at least ``ONEDNN_MIN_FEATURES`` and
-a member's product has at least ``ONEDNN_MIN_MACS`` multiply-adds (rows x inputs x outputs); below that a
-call's fixed cost (~15 us) outweighs the faster kernel (forward + backward against ``baddbmm``, 1 thread,
-AMD EPYC Zen 5, 2026-11-28: 16 x 16 at 960 rows 0.43x, 32 x 32 at 960 0.69x, 64 x 64 at 256 0.73x, 32 x 96
-at 960 1.10x, 64 x 64 at 960 1.19x, 64 x 192 at 960 1.65x, at 3840 1.87x; benchmarks/README.md "oneDNN").
-The choice depends on the shapes alone, never on the ensemble's size."""
-
-
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`member_linear` of ``x`` ``[E, N, i]`` by ``weight`` ``[E, i, o]`` takes
-    :class:`OneDnnMemberLinear`: float32 on a CPU, the size above, and oneDNN usable here."""
+    :class:`OneDnnMemberLinear`: float32 on a CPU, large enough (``onednn.MIN_FEATURES``, ``onednn.MIN_MACS``),
+    and oneDNN usable here. The choice depends on the shapes alone, never on the ensemble's size."""
     _, rows, inputs = x.shape
     outputs = weight.shape[-1]
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and min(inputs, outputs) >= ONEDNN_MIN_FEATURES and rows * inputs * outputs >= ONEDNN_MIN_MACS
+            and min(inputs, outputs) >= onednn.MIN_FEATURES and rows * inputs * outputs >= onednn.MIN_MACS
             and onednn.available())
 
 

@@ -18,6 +18,15 @@ from functools import lru_cache
 import torch
 
 
+MIN_FEATURES = 32
+MIN_MACS = 2_500_000
+"""``layers.member_linear`` takes oneDNN for a map when both its widths are at least ``MIN_FEATURES`` and a
+member's product has at least ``MIN_MACS`` multiply-adds (rows x inputs x outputs); below that a call's fixed
+cost (~15 us) outweighs the faster kernel (forward + backward against ``baddbmm``, 1 thread, AMD EPYC Zen 5,
+2026-11-28: 16 x 16 at 960 rows 0.43x, 32 x 32 at 960 0.69x, 64 x 64 at 256 0.73x, 32 x 96 at 960 1.10x,
+64 x 64 at 960 1.19x, 64 x 192 at 960 1.65x, at 3840 1.87x; benchmarks/README.md "oneDNN")."""
+
+
 @lru_cache(maxsize=None)
 def available() -> bool:
     """Whether :func:`linear` runs on this machine (``EMERGELAB_ONEDNN=0`` says no, to compare or to match a
@@ -43,7 +52,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -
 def describe() -> str:
     """One line for ``emergelab list``: which library multiplies the large maps here, and why."""
     if available():
-        return ("matrix products: oneDNN for maps of >= 32 features each way and >= 2.5M multiply-adds a member "
-                "(models/onednn.py; EMERGELAB_ONEDNN=0: MKL's baddbmm)")
+        return (f"matrix products: oneDNN for maps of >= {MIN_FEATURES} features each way and >= "
+                f"{MIN_MACS / 1e6:g}M multiply-adds a member (models/onednn.py; EMERGELAB_ONEDNN=0: MKL's baddbmm)")
     why = "EMERGELAB_ONEDNN=0" if os.environ.get("EMERGELAB_ONEDNN", "1") == "0" else "not usable in this torch build"
     return f"matrix products: MKL's baddbmm (oneDNN: {why})"
