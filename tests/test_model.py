@@ -674,6 +674,37 @@ def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(monkeypatc
     assert onednn.available()
 
 
+@pytest.mark.parametrize("shape", [(4, 240, 64, 256), (2, 5, 16, 16), (3, 7, 24, 5)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_is_nn_linear_with_member_linears_kernels(shape, with_bias):
+    """``layers.Linear`` (Pythia's maps in ``lm/neox.py``): nn.Linear's parameters and state-dict names, its
+    outputs and gradients to float rounding, through oneDNN for a large map and ``baddbmm`` / the narrow form
+    for small ones; other dtypes take the plain products."""
+    from torch import nn
+
+    from emergelab.models.layers import Linear
+
+    B, T, i, o = shape
+    torch.manual_seed(o)
+    ours, ref = Linear(i, o, bias=with_bias), nn.Linear(i, o, bias=with_bias)
+    ref.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(B, T, i)
+    g = torch.randn(B, T, o)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    ys = [m(xx) for m, xx in zip((ours, ref), xs)]
+    assert ys[0].shape == ys[1].shape == (B, T, o)
+    assert torch.allclose(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+    for y in ys:
+        y.backward(g)
+    assert torch.allclose(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    if with_bias:
+        assert torch.allclose(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(ours.double()(x.double()), ref.double()(x.double()), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("inputs,outputs", [(1, 16), (1, 33), (20, 1), (1, 1)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_one_feature_member_linear_matches_the_plain_products_and_keeps_a_members_bits(inputs, outputs, with_bias):
