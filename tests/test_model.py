@@ -674,6 +674,29 @@ def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(monkeypatc
     assert onednn.available()
 
 
+def test_onednn_is_on_by_default_on_x86_only(monkeypatch):
+    """Off by default on other processors (never measured there), on there with ``EMERGELAB_ONEDNN=1``; the
+    choice is the processor's and the switch's, never a timing's."""
+    import platform
+
+    from emergelab.models import onednn
+
+    if not onednn.available():
+        pytest.skip("oneDNN is not usable here")
+    try:
+        monkeypatch.setattr(platform, "machine", lambda: "arm64")
+        onednn.available.cache_clear()
+        assert not onednn.available()
+        assert "off by default on arm64; EMERGELAB_ONEDNN=1 turns it on" in onednn.describe()
+        monkeypatch.setenv("EMERGELAB_ONEDNN", "1")
+        onednn.available.cache_clear()
+        assert onednn.available() and onednn.describe().startswith("matrix products: oneDNN")
+    finally:
+        monkeypatch.undo()
+        onednn.available.cache_clear()
+    assert onednn.available()
+
+
 @pytest.mark.parametrize("shape", [(4, 240, 64, 256), (2, 5, 16, 16), (3, 7, 24, 5)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_linear_is_nn_linear_with_member_linears_kernels(shape, with_bias):

@@ -6,13 +6,17 @@ our models, oneDNN's JIT kernels ~240; benchmarks/README.md "oneDNN"). torch rou
 oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Inductor's CPU backend calls)
 takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
 
-:func:`available` says whether it can be used here (the op exists, torch says oneDNN is usable, and
-``EMERGELAB_ONEDNN`` is not ``0``). ``models/layers.py:OneDnnMemberLinear`` is the one user.
+:func:`available` says whether it is used here: on x86-64 unless ``EMERGELAB_ONEDNN=0``; on other
+processors (e.g. Apple's, where torch's BLAS is Accelerate and oneDNN's fp32 kernels were never measured)
+only with ``EMERGELAB_ONEDNN=1``; and only where the op exists and computes a known product.
+``models/layers.py:OneDnnMemberLinear`` is the one user. The choice never depends on a timing, so a machine
+always trains the same numbers.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from functools import lru_cache
 
 import torch
@@ -27,11 +31,24 @@ cost (~15 us) outweighs the faster kernel (forward + backward against ``baddbmm`
 64 x 64 at 960 1.19x, 64 x 192 at 960 1.65x, at 3840 1.87x; benchmarks/README.md "oneDNN")."""
 
 
+X86_64 = ("x86_64", "amd64")
+
+
+def _why_not() -> str:
+    """Why oneDNN is not used here by the switch or the processor ("" if they allow it)."""
+    flag = os.environ.get("EMERGELAB_ONEDNN", "")
+    if flag == "0":
+        return "EMERGELAB_ONEDNN=0"
+    if flag != "1" and platform.machine().lower() not in X86_64:
+        return f"off by default on {platform.machine() or 'this processor'}; EMERGELAB_ONEDNN=1 turns it on"
+    return ""
+
+
 @lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether :func:`linear` runs on this machine (``EMERGELAB_ONEDNN=0`` says no, to compare or to match a
-    machine without it)."""
-    if os.environ.get("EMERGELAB_ONEDNN", "1") == "0":
+    """Whether :func:`linear` runs on this machine: x86-64 (or ``EMERGELAB_ONEDNN=1``), not
+    ``EMERGELAB_ONEDNN=0`` (to compare, or to match a machine without it), and the op there and right."""
+    if _why_not():
         return False
     try:
         if not torch.backends.mkldnn.is_available():
@@ -54,5 +71,4 @@ def describe() -> str:
     if available():
         return (f"matrix products: oneDNN for maps of >= {MIN_FEATURES} features each way and >= "
                 f"{MIN_MACS / 1e6:g}M multiply-adds a member (models/onednn.py; EMERGELAB_ONEDNN=0: MKL's baddbmm)")
-    why = "EMERGELAB_ONEDNN=0" if os.environ.get("EMERGELAB_ONEDNN", "1") == "0" else "not usable in this torch build"
-    return f"matrix products: MKL's baddbmm (oneDNN: {why})"
+    return f"matrix products: torch's baddbmm (oneDNN: {_why_not() or 'not usable in this torch build'})"
