@@ -165,12 +165,20 @@ def time_steps(step, device: torch.device, warmup: int, target_s: float, repeats
     return best, n
 
 
-def matmul_peak(device: torch.device, threads: int, n: int, target_s: float) -> float:
-    """GFLOP/s of an n x n fp32 matmul (best of 3 blocks)."""
+def matmul_peak(device: torch.device, threads: int, n: int, target_s: float, library: str = "torch") -> float:
+    """GFLOP/s of an n x n fp32 matmul (best of 3 blocks): torch's ``a @ b`` (MKL on a CPU), or with
+    ``library="onednn"`` oneDNN's product (``models/onednn.py``, what the CPU step's large maps use; 0 where it
+    is not used)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from emergelab.models import onednn
+
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = False
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    seconds, _ = time_steps(lambda: a @ b, device, warmup=1, target_s=target_s, repeats=3)
+    if library == "onednn" and (device.type != "cpu" or not onednn.available()):
+        return 0.0
+    product = (lambda: a @ b) if library == "torch" else (lambda: onednn.linear(a, b.t()))
+    seconds, _ = time_steps(product, device, warmup=1, target_s=target_s, repeats=3)
     return 2 * n ** 3 / seconds / 1e9
 
 
@@ -235,11 +243,14 @@ def run(args) -> dict:
     rows = []
     load_before = os.getloadavg()
 
-    peaks = {}
+    peaks, by_library = {}, {}
     for threads in thread_counts:
-        peaks[f"{threads}t"] = matmul_peak(device, threads, 1024 if quick else 2048, 0.3 if quick else 1.0)
-    print(f"fp32 matmul peak ({args.device}): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()),
-          flush=True)
+        for library in ("torch", "onednn"):
+            by_library[f"{library}/{threads}t"] = matmul_peak(device, threads, 1024 if quick else 2048,
+                                                              0.3 if quick else 1.0, library)
+        peaks[f"{threads}t"] = max(by_library[f"torch/{threads}t"], by_library[f"onednn/{threads}t"])
+    print(f"fp32 matmul peak ({args.device}; the faster of torch's a @ b and oneDNN's): "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in by_library.items()), flush=True)
 
     def add(size, strategy, n_seeds, threads, config, seed_steps_per_s, step_s, extra=None):
         tokens = seed_steps_per_s * config.train.batch_size * config.model.context_length
@@ -287,7 +298,7 @@ def run(args) -> dict:
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "ld_preload": os.environ.get("LD_PRELOAD", ""), "malloc_conf": os.environ.get("MALLOC_CONF", "")},
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
-        "budget": budget, "matmul_peak_gflops": peaks, "rows": rows, "seed_counts": list(seed_counts),
+        "budget": budget, "matmul_peak_gflops": peaks, "matmul_peak_by_library": by_library, "rows": rows, "seed_counts": list(seed_counts),
         "worker_startup_s": pool.startup_s if pool is not None else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
