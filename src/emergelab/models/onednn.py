@@ -7,8 +7,8 @@ oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Ind
 takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
 
 :func:`available` says whether it is used here: on x86-64 unless ``EMERGELAB_ONEDNN=0``; on other
-processors (e.g. Apple's, where torch's BLAS is Accelerate and oneDNN's fp32 kernels were never measured)
-only with ``EMERGELAB_ONEDNN=1``; and only where the op exists and computes a known product.
+processors (e.g. Apple's or other ARM cores, where oneDNN's fp32 kernels against torch's own products were
+never measured) only with ``EMERGELAB_ONEDNN=1``; and only where the op exists and computes a known product.
 ``models/layers.py:OneDnnMemberLinear`` is the one user. The choice never depends on a timing, so a machine
 always trains the same numbers.
 """
