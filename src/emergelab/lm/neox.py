@@ -7,7 +7,7 @@ channels of each head with ``rotate_half``, the parallel residual ``x + attn(ln1
 eager attention with a float32 softmax), so logits equal HF's own forward (``tests/test_lm.py``:
 within 1e-5 on random tokens, also with an identity pattern patch). The linear maps are ``models.layers.Linear``:
 ``nn.Linear``'s parameters, with oneDNN's products for the large float32 ones on a CPU (twice MKL's rate on an
-AVX-512 AMD core: Pythia-70m's unembedding of 2048 tokens 1.10 s -> 0.59 s a thread).
+AVX-512 AMD core: Pythia-70m's unembedding of 2048 tokens 1.13 s -> 0.62 s a thread, benchmarks/onednn_products.py).
 
 Hook points (single model, TransformerLens shapes; see ``models.hooks``)::
 
