@@ -54,8 +54,12 @@ def available() -> bool:
         if not torch.backends.mkldnn.is_available():
             return False
         op = torch.ops.mkldnn._linear_pointwise
-        x, w = torch.ones(3, 16), torch.full((17, 16), 0.5)
-        return bool(torch.equal(op(x, w, None, "none", [None], ""), torch.full((3, 17), 8.0)))
+        # the forms OneDnnMemberLinear passes: contiguous and transposed views, with and without a bias
+        x, xt = torch.ones(3, 16), torch.ones(16, 3).t()
+        w, wt = torch.full((17, 16), 0.5), torch.full((16, 17), 0.5).t()
+        want, bias = torch.full((3, 17), 8.0), torch.full((17,), 1.0)
+        return all(torch.equal(op(a, b, None, "none", [None], ""), want) for a in (x, xt) for b in (w, wt)) \
+            and torch.equal(op(x, wt, bias, "none", [None], ""), want + 1)
     except (AttributeError, RuntimeError):
         return False
 
