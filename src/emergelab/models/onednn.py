@@ -23,12 +23,15 @@ import torch
 
 
 MIN_FEATURES = 32
-MIN_MACS = 2_500_000
+MIN_MACS = 3_500_000
 """``layers.member_linear`` takes oneDNN for a map when both its widths are at least ``MIN_FEATURES`` and a
 member's product has at least ``MIN_MACS`` multiply-adds (rows x inputs x outputs); below that a call's fixed
 cost (~15 us) outweighs the faster kernel (forward + backward, ``baddbmm``'s time over oneDNN's, 1 thread, AMD
 EPYC Zen 5, 2026-11-28, ``benchmarks/onednn_products.py``: 16 x 16 at 960 rows 0.44x, 32 x 32 at 960 0.74x,
-64 x 64 at 256 0.77x, 32 x 96 at 960 1.20x, 64 x 64 at 960 1.26x, 64 x 192 at 960 1.70x, at 3840 2.04x)."""
+64 x 64 at 256 0.77x, 32 x 96 at 960 1.20x, 64 x 64 at 960 1.26x, 64 x 192 at 960 1.70x, at 3840 2.04x). The
+line sits above 2.5M: inside the training step the tiny preset's 32 x 96 map at 960 rows (2.95M) measured
+3-15% slower through oneDNN than through ``baddbmm`` (``benchmarks/profile_step.py --size tiny``), where
+the demo's 64 x 64 at 960 (3.9M) and up gain."""
 
 
 X86_64 = ("x86_64", "amd64")
