@@ -1,8 +1,8 @@
 """fp32 matrix products through oneDNN, the library torch's CPU build carries beside MKL.
 
-torch runs a float32 ``mm``/``bmm`` on a CPU with MKL, whose kernels on AMD processors use AVX2 even where
-the core has AVX-512 (measured 2026-11-28 on an AMD EPYC, Zen 5: MKL ~110 GFLOP/s a core at every shape of
-our models, oneDNN's JIT kernels ~240; benchmarks/README.md "oneDNN"). torch routes a float32 product to
+torch runs a float32 ``mm``/``bmm`` on a CPU with MKL, whose kernels on this project's AMD EPYC (Zen 5, AVX-512)
+run at AVX2's rate: 104-111 GFLOP/s a thread at our models' shapes, where oneDNN's JIT kernels run 205-245
+(2026-11-28, ``benchmarks/onednn_products.py``; benchmarks/README.md "oneDNN"). torch routes a float32 product to
 oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Inductor's CPU backend calls)
 takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
 
