@@ -1,7 +1,7 @@
 """fp32 matrix products through oneDNN, the library torch's CPU build carries beside MKL.
 
 torch runs a float32 ``mm``/``bmm`` on a CPU with MKL, whose kernels on this project's AMD EPYC (Zen 5, AVX-512)
-run at AVX2's rate: 104-111 GFLOP/s a thread at our models' shapes, where oneDNN's JIT kernels run 205-245
+run at AVX2's rate: 104-111 GFLOP/s a thread at our models' shapes, where oneDNN's JIT kernels run 207-245
 (2026-11-28, ``benchmarks/onednn_products.py``; benchmarks/README.md "oneDNN"). torch routes a float32 product to
 oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Inductor's CPU backend calls)
 takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
