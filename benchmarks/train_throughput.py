@@ -169,8 +169,7 @@ def matmul_peak(device: torch.device, threads: int, n: int, target_s: float, lib
     """GFLOP/s of an n x n fp32 matmul (best of 3 blocks): torch's ``a @ b`` (MKL on a CPU), or with
     ``library="onednn"`` oneDNN's product (``models/onednn.py``, what the CPU step's large maps use; 0 where it
     is not used)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from emergelab.models import onednn
+    from emergelab.models import onednn  # (main put src/ on the path)
 
     torch.set_num_threads(threads)
     torch.backends.cuda.matmul.allow_tf32 = False
