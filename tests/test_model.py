@@ -697,23 +697,25 @@ def test_onednn_is_on_by_default_on_x86_only(monkeypatch):
     assert onednn.available()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA not available"))])
 @pytest.mark.parametrize("shape", [(4, 240, 64, 256), (2, 5, 16, 16), (3, 7, 24, 5)])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_is_nn_linear_with_member_linears_kernels(shape, with_bias):
+def test_linear_is_nn_linear_with_member_linears_kernels(shape, with_bias, device):
     """``layers.Linear`` (Pythia's maps in ``lm/neox.py``): nn.Linear's parameters and state-dict names, its
     outputs and gradients to float rounding, through oneDNN for a large map and ``baddbmm`` / the narrow form
-    for small ones; other dtypes take the plain products."""
+    for small ones (``baddbmm`` on a GPU); other dtypes take the plain products."""
     from torch import nn
 
     from emergelab.models.layers import Linear
 
     B, T, i, o = shape
     torch.manual_seed(o)
-    ours, ref = Linear(i, o, bias=with_bias), nn.Linear(i, o, bias=with_bias)
+    ours, ref = Linear(i, o, bias=with_bias).to(device), nn.Linear(i, o, bias=with_bias).to(device)
     ref.load_state_dict(ours.state_dict())
     assert list(ours.state_dict()) == list(ref.state_dict())
-    x = torch.randn(B, T, i)
-    g = torch.randn(B, T, o)
+    x = torch.randn(B, T, i, device=device)
+    g = torch.randn(B, T, o, device=device)
     xs = [x.clone().requires_grad_() for _ in range(2)]
     ys = [m(xx) for m, xx in zip((ours, ref), xs)]
     assert ys[0].shape == ys[1].shape == (B, T, o)
