@@ -616,7 +616,7 @@ def test_onednn_member_linear_matches_the_plain_products_and_keeps_a_members_bit
     from emergelab.models import onednn
     from emergelab.models.layers import OneDnnMemberLinear
 
-    if not onednn.available():
+    if not onednn.usable():
         pytest.skip("oneDNN is not usable in this torch build")
     gen = torch.Generator().manual_seed(rows + inputs * outputs)
     x = torch.randn(3, rows, inputs, generator=gen)
@@ -649,14 +649,27 @@ def test_onednn_member_linear_matches_the_plain_products_and_keeps_a_members_bit
             assert torch.equal(a[0], t[1]), (name, threads)
 
 
-def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(monkeypatch):
+@pytest.fixture
+def onednn_on(monkeypatch):
+    """oneDNN switched on (``EMERGELAB_ONEDNN=1``) whatever the processor's default; skips where the op is not
+    usable. Afterwards the switch and the cached choice are as before."""
+    from emergelab.models import onednn
+
+    if not onednn.usable():
+        pytest.skip("oneDNN is not usable in this torch build")
+    monkeypatch.setenv("EMERGELAB_ONEDNN", "1")
+    onednn.available.cache_clear()
+    yield onednn
+    monkeypatch.undo()
+    onednn.available.cache_clear()
+
+
+def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(onednn_on, monkeypatch):
     """The demo's maps take oneDNN, a small map keeps ``baddbmm`` (its call cost outweighs the kernel), and
     ``EMERGELAB_ONEDNN=0`` keeps every map on ``baddbmm``, bit for bit."""
-    from emergelab.models import onednn
     from emergelab.models.layers import member_linear, onednn_applies
 
-    if not onednn.available():
-        pytest.skip("oneDNN is not usable in this torch build")
+    assert onednn_on.available()
     assert onednn_applies(torch.zeros(2, 960, 64), torch.zeros(2, 64, 256))
     assert onednn_applies(torch.zeros(2, 960, 256), torch.zeros(2, 256, 64))
     assert not onednn_applies(torch.zeros(2, 960, 16), torch.zeros(2, 16, 16))
@@ -664,37 +677,61 @@ def test_member_linear_takes_onednn_by_size_and_not_when_switched_off(monkeypatc
     assert not onednn_applies(torch.zeros(2, 960, 64, dtype=torch.float64), torch.zeros(2, 64, 256, dtype=torch.float64))
     x, w, b = torch.randn(2, 960, 64), torch.randn(2, 64, 256), torch.randn(2, 256)
     monkeypatch.setenv("EMERGELAB_ONEDNN", "0")
-    onednn.available.cache_clear()
-    try:
-        assert not onednn.available() and not onednn_applies(torch.zeros(2, 960, 64), torch.zeros(2, 64, 256))
-        assert torch.equal(member_linear(x, w, b), torch.baddbmm(b.unsqueeze(1), x, w))
-    finally:
-        monkeypatch.delenv("EMERGELAB_ONEDNN")
-        onednn.available.cache_clear()
-    assert onednn.available()
+    onednn_on.available.cache_clear()
+    assert not onednn_on.available() and not onednn_applies(torch.zeros(2, 960, 64), torch.zeros(2, 64, 256))
+    assert torch.equal(member_linear(x, w, b), torch.baddbmm(b.unsqueeze(1), x, w))
 
 
-def test_onednn_is_on_by_default_on_x86_only(monkeypatch):
-    """Off by default on other processors (never measured there), on there with ``EMERGELAB_ONEDNN=1``; the
-    choice is the processor's and the switch's, never a timing's."""
+@pytest.mark.parametrize("machine,vendor,capability,why", [
+    ("x86_64", "AuthenticAMD", "AVX512", ""),
+    ("AMD64", "AuthenticAMD", "AVX512", ""),
+    ("x86_64", "GenuineIntel", "AVX512", "off by default on Intel CPUs, where MKL runs AVX-512 and measured faster"),
+    ("x86_64", "AuthenticAMD", "AVX2", "off by default without AVX-512"),
+    ("x86_64", "", "AVX512", "off by default on an x86-64 CPU of vendor unknown"),
+    ("x86_64", "HygonGenuine", "AVX2", "off by default on an x86-64 CPU of vendor HygonGenuine"),
+    ("arm64", "", "DEFAULT", "off by default on arm64"),
+])
+def test_onednn_is_on_by_default_only_where_it_was_measured_faster(monkeypatch, machine, vendor, capability, why):
+    """On by default on an AMD x86-64 CPU with AVX-512 (MKL runs AVX2 there); off on Intel's (MKL runs AVX-512
+    and was faster), without AVX-512 and on other processors (never measured), on anywhere with
+    ``EMERGELAB_ONEDNN=1``: the choice is the processor's and the switch's, never a timing's."""
     import platform
 
     from emergelab.models import onednn
 
-    if not onednn.available():
-        pytest.skip("oneDNN is not usable here")
+    if not onednn.usable():
+        pytest.skip("oneDNN is not usable in this torch build")
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.delenv("EMERGELAB_ONEDNN", raising=False)
     try:
-        monkeypatch.setattr(platform, "machine", lambda: "arm64")
         onednn.available.cache_clear()
-        assert not onednn.available()
-        assert "off by default on arm64; EMERGELAB_ONEDNN=1 turns it on" in onednn.describe()
+        assert onednn.available() == (not why)
+        if why:
+            assert f"(oneDNN: {why}; EMERGELAB_ONEDNN=1 turns it on)" in onednn.describe()
+        else:
+            assert onednn.describe().startswith("matrix products: oneDNN")
         monkeypatch.setenv("EMERGELAB_ONEDNN", "1")
         onednn.available.cache_clear()
         assert onednn.available() and onednn.describe().startswith("matrix products: oneDNN")
+        monkeypatch.setenv("EMERGELAB_ONEDNN", "0")
+        onednn.available.cache_clear()
+        assert not onednn.available() and onednn.describe().endswith("(oneDNN: EMERGELAB_ONEDNN=0)")
     finally:
         monkeypatch.undo()
         onednn.available.cache_clear()
-    assert onednn.available()
+
+
+def test_cpu_vendor_reads_this_machine():
+    from pathlib import Path
+
+    from emergelab.models import onednn
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists() or "vendor_id" not in info.read_text():
+        pytest.skip("no vendor_id in /proc/cpuinfo")
+    assert onednn.cpu_vendor() and f"vendor_id\t: {onednn.cpu_vendor()}" in info.read_text()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -6,9 +6,13 @@ run at AVX2's rate: 104-111 GFLOP/s a thread at our models' shapes, where oneDNN
 oneDNN only for reduced precision; its ``mkldnn::_linear_pointwise`` (the op Inductor's CPU backend calls)
 takes plain strided tensors and computes ``x @ w^T + b`` at full fp32 precision.
 
-:func:`available` says whether it is used here: on x86-64 unless ``EMERGELAB_ONEDNN=0``; on other
-processors (e.g. Apple's or other ARM cores, where oneDNN's fp32 kernels against torch's own products were
-never measured) only with ``EMERGELAB_ONEDNN=1``; and only where the op exists and computes a known product.
+:func:`available` says whether it is used here. By default only where it was measured faster: an x86-64 CPU
+of AMD's with AVX-512, where MKL runs at AVX2's rate. On an Intel Xeon with AVX-512 and AMX
+(the GPU host, 2026-11-28) MKL ran the products as fast as oneDNN (125-154 against 116-150 GFLOP/s a thread)
+and a map's forward + backward 1.1-3x faster than ``OneDnnMemberLinear``, so it is off there; it is off too
+on other processors (never measured: Apple's or other ARM cores, an x86-64 CPU without AVX-512 or of
+another vendor). ``EMERGELAB_ONEDNN=1`` turns it on anywhere, ``EMERGELAB_ONEDNN=0`` off, and it is used
+only where the op exists and computes a known product (:func:`usable`).
 ``models/layers.py:OneDnnMemberLinear`` is the one user. The choice never depends on a timing, so a machine
 always trains the same numbers.
 """
@@ -37,22 +41,49 @@ the demo's 64 x 64 at 960 (3.9M) and up gain."""
 X86_64 = ("x86_64", "amd64")
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("AuthenticAMD", "GenuineIntel"; "" if unknown): ``/proc/cpuinfo`` on Linux,
+    ``platform.processor()`` elsewhere (it names the vendor on Windows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return next((v for v in ("AuthenticAMD", "GenuineIntel") if v in platform.processor()), "")
+
+
+def _off_by_default() -> str:
+    """Why this processor does not take oneDNN by default ("" if it does): it does on AMD's x86-64 CPUs
+    with AVX-512 (torch's own CPU-capability check), where MKL runs AVX2's kernels."""
+    machine = platform.machine().lower()
+    if machine not in X86_64:
+        return f"on {machine or 'this processor'}"
+    vendor = cpu_vendor()
+    if vendor == "GenuineIntel":
+        return "on Intel CPUs, where MKL runs AVX-512 and measured faster"
+    if vendor != "AuthenticAMD":
+        return f"on an x86-64 CPU of vendor {vendor or 'unknown'}"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return "without AVX-512"
+    return ""
+
+
 def _why_not() -> str:
     """Why oneDNN is not used here by the switch or the processor ("" if they allow it)."""
     flag = os.environ.get("EMERGELAB_ONEDNN", "")
     if flag == "0":
         return "EMERGELAB_ONEDNN=0"
-    if flag != "1" and platform.machine().lower() not in X86_64:
-        return f"off by default on {platform.machine() or 'this processor'}; EMERGELAB_ONEDNN=1 turns it on"
+    if flag != "1" and _off_by_default():
+        return f"off by default {_off_by_default()}; EMERGELAB_ONEDNN=1 turns it on"
     return ""
 
 
 @lru_cache(maxsize=None)
-def available() -> bool:
-    """Whether :func:`linear` runs on this machine: x86-64 (or ``EMERGELAB_ONEDNN=1``), not
-    ``EMERGELAB_ONEDNN=0`` (to compare, or to match a machine without it), and the op there and right."""
-    if _why_not():
-        return False
+def usable() -> bool:
+    """Whether torch's oneDNN op is here and computes the products :func:`linear` promises (whatever the
+    processor or the switch say)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -65,6 +96,14 @@ def available() -> bool:
             and torch.equal(op(x, wt, bias, "none", [None], ""), want + 1)
     except (AttributeError, RuntimeError):
         return False
+
+
+@lru_cache(maxsize=None)
+def available() -> bool:
+    """Whether ``member_linear`` takes :func:`linear` on this machine: an AMD x86-64 CPU with AVX-512 (or
+    ``EMERGELAB_ONEDNN=1``), not ``EMERGELAB_ONEDNN=0`` (to compare, or to match a machine without it), and
+    the op :func:`usable`."""
+    return not _why_not() and usable()
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
