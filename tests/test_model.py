@@ -649,6 +649,39 @@ def test_onednn_member_linear_matches_the_plain_products_and_keeps_a_members_bit
             assert torch.equal(a[0], t[1]), (name, threads)
 
 
+@pytest.mark.parametrize("rows,inputs,outputs", [(960, 16, 96), (3968, 24, 17), (37, 48, 5), (256, 64, 64)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_few_members_linear_is_baddbmm_at_one_thread_and_keeps_a_lone_members_bits(rows, inputs, outputs, with_bias):
+    """``FewMembersLinear`` (fewer members than threads) is ``baddbmm``'s autograd bit for bit at one thread;
+    through ``member_linear`` a lone member at two threads has the bits it has at one thread and in an
+    ensemble of 3 (MKL split the weight gradient's rows across threads on an Intel Xeon)."""
+    from emergelab.models.layers import FewMembersLinear, member_linear
+
+    gen = torch.Generator().manual_seed(rows * inputs + outputs)
+    x, w = torch.randn(3, rows, inputs, generator=gen), torch.randn(3, inputs, outputs, generator=gen)
+    b = torch.randn(3, outputs, generator=gen) if with_bias else None
+    g = torch.randn(3, rows, outputs, generator=gen)
+
+    def run(fn, members, threads=1):
+        leaves = [t[members].clone().requires_grad_() for t in (x, w) + ((b,) if with_bias else ())]
+        torch.set_num_threads(threads)
+        try:
+            y = fn(leaves[0], leaves[1], leaves[2] if with_bias else None)
+            return (y.detach(), *torch.autograd.grad(y, leaves, g[members]))
+        finally:
+            torch.set_num_threads(1)
+
+    def plain(xx, ww, bb):
+        return torch.baddbmm(bb.unsqueeze(1), xx, ww) if bb is not None else torch.bmm(xx, ww)
+
+    for members in (slice(1, 2), slice(None)):
+        for name, f, r in zip(("y", "dx", "dw", "db"), run(FewMembersLinear.apply, members), run(plain, members)):
+            assert torch.equal(f, r), name
+    reference = run(member_linear, slice(None))
+    for name, alone, together in zip(("y", "dx", "dw", "db"), run(member_linear, slice(1, 2), threads=2), reference):
+        assert torch.equal(alone[0], together[1]), name
+
+
 @pytest.fixture
 def onednn_on(monkeypatch):
     """oneDNN switched on (``EMERGELAB_ONEDNN=1``) whatever the processor's default; skips where the op is not

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from . import native
+from .threads import torch_threads
 
 
 def padded_length(T: int) -> int:
@@ -100,12 +101,8 @@ class CausalAttention(torch.autograd.Function):
         dp = torch.bmm(g, v.transpose(1, 2))  # [N, T, Tp]
         dkv = dz.new_empty(2, N, D, Tp)  # dk^T, dv^T (padding columns dropped below)
         torch.bmm(g.transpose(1, 2), p, out=dkv[1])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the native softmax backward's rows are thread-independent only at 1
-        try:
+        with torch_threads(1):  # the native softmax backward's rows are thread-independent only at 1
             ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
-        finally:
-            torch.set_num_threads(threads)
         ds.div_(math.sqrt(D))
         dqt = torch.bmm(k.transpose(1, 2), ds.transpose(1, 2))  # [N, D, T]
         torch.bmm(q.transpose(1, 2), ds, out=dkv[0])

@@ -19,6 +19,7 @@ from torch import nn
 from . import native, onednn, triton_layer_norm
 from .base import Init, Positions, SequenceModel, normal, ones, select_positions, zeros
 from .hooks import HookPoint
+from .threads import torch_threads
 
 
 class RowSoftmax(torch.autograd.Function):
@@ -56,7 +57,8 @@ class NarrowMemberLinear(torch.autograd.Function):
     gradient ``x^T g`` likewise; the same products transposed, ``W^T x^T`` and ``g^T x``, run 2-6x faster
     below 16 outputs and slower above (measured at N = 3968, i = 64: benchmarks/README.md). Same math,
     its own rounding; each member's bits do not depend on the others, which ``baddbmm`` does not keep for
-    1, 5-7, 9-11 and 13-15 outputs (docs/determinism.md).
+    1, 5-7, 9-11 and 13-15 outputs (docs/determinism.md). With fewer members than threads it runs at one
+    thread (a lone member's forward at two threads had other bits than at one).
 
     x ``[E, N, i]``, weight ``[E, i, o]``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
 
@@ -65,16 +67,26 @@ class NarrowMemberLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         wt, xt = weight.transpose(1, 2), x.transpose(1, 2)
-        yt = torch.bmm(wt, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), wt, xt)  # [E, o, N]
+        with torch_threads(_one_if_few_members(weight)):
+            yt = torch.bmm(wt, xt) if bias is None else torch.baddbmm(bias.unsqueeze(2), wt, xt)  # [E, o, N]
         return yt.transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        dx = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        dw = torch.bmm(grad.transpose(1, 2), x).transpose(1, 2).contiguous() if ctx.needs_input_grad[1] else None
+        with torch_threads(_one_if_few_members(weight)):
+            dx = torch.bmm(grad, weight.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+            dw = torch.bmm(grad.transpose(1, 2), x).transpose(1, 2).contiguous() if ctx.needs_input_grad[1] else None
         db = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
+
+
+def _one_if_few_members(weight: torch.Tensor) -> int:
+    """1 (thread) where the members ``weight.shape[0]`` are fewer than torch's threads, else 0 (unchanged):
+    for :func:`~emergelab.models.threads.torch_threads`. With fewer members than threads MKL splits a
+    product's other dimensions across threads, and a lone member's bits then differ from one thread's
+    (:class:`FewMembersLinear`; at two threads MKL's narrow products varied here too)."""
+    return 1 if weight.shape[0] < torch.get_num_threads() else 0
 
 
 class OneFeatureMemberLinear(torch.autograd.Function):
@@ -146,6 +158,36 @@ class OneDnnMemberLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+class FewMembersLinear(torch.autograd.Function):
+    """:func:`member_linear`'s ``baddbmm`` on a CPU when the threads outnumber the members (a lone seed at two
+    threads): the same products as ``baddbmm``'s autograd, but the weight gradient ``x^T g`` at one thread.
+    MKL splits that product's sum over the rows across threads when there are fewer members than threads
+    (seen on an Intel Xeon, not on this project's AMD EPYC: ``benchmarks/onednn_bits.py --kernel
+    member_linear``), which gave a lone member's weight gradient at two threads other bits than at one, or in
+    an ensemble. Bit for bit ``baddbmm``'s autograd at one thread (``tests/test_model.py``).
+
+    x ``[E, N, i]``, weight ``[E, i, o]``, bias ``[E, o]`` or None -> ``[E, N, o]``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = grad.bmm(weight.transpose(1, 2))
+        if ctx.needs_input_grad[1]:
+            with torch_threads(_one_if_few_members(weight)):
+                dw = x.transpose(1, 2).bmm(grad)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = grad.sum(1)
+        return dx, dw, db
+
+
 def _members(results: list[torch.Tensor]) -> torch.Tensor:
     """Per-member results ``[...]`` -> ``[E, ...]``: one member's as a view (no copy), else stacked."""
     return results[0].unsqueeze(0) if len(results) == 1 else torch.stack(results)
@@ -165,8 +207,9 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Per-member affine map: x ``[E, ..., i]``, weight ``[E, i, o]``, bias ``[E, o]`` -> ``[E, ..., o]``.
     (On a CPU with ``o`` in ``NARROW_OUTPUTS``: :class:`NarrowMemberLinear`; with ``i`` or ``o`` 1:
-    :class:`OneFeatureMemberLinear`; large enough maps (:func:`onednn_applies`): :class:`OneDnnMemberLinear`.
-    Elsewhere, and as the reference those are tested against, ``baddbmm``.)"""
+    :class:`OneFeatureMemberLinear`; large enough maps (:func:`onednn_applies`): :class:`OneDnnMemberLinear`;
+    fewer members than threads, with gradients: :class:`FewMembersLinear`. Elsewhere, and as the reference
+    those are tested against, ``baddbmm``.)"""
     E, out = weight.shape[0], weight.shape[-1]
     flat = x.reshape(E, -1, x.shape[-1])
     if (out == 1 or weight.shape[1] == 1) and flat.device.type == "cpu":
@@ -175,6 +218,8 @@ def member_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         y = NarrowMemberLinear.apply(flat, weight, bias)
     elif onednn_applies(flat, weight):
         y = OneDnnMemberLinear.apply(flat, weight, bias)
+    elif flat.device.type == "cpu" and E < torch.get_num_threads() and torch.is_grad_enabled():
+        y = FewMembersLinear.apply(flat, weight, bias)
     else:
         y = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
     return y.reshape(*x.shape[:-1], out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from ..train import ExperimentConfig, SeedGroup
 from ..train.estimate import probe_flops
 from ..train.run import train_flops
-from ..train.unit import torch_threads
+from ..models.threads import torch_threads
 from .spec import SweepRun
 
 

@@ -100,21 +100,23 @@ START_METHODS = ("auto", "fork", "spawn")
 
 def start_method(units: Sequence[WorkUnit]) -> str:
     """How :class:`WorkerProcesses` starts its processes for ``units`` when left to choose: ``"fork"`` on
-    Linux when every unit trains on the CPU at one thread and this process has not initialised CUDA,
-    ``"spawn"`` otherwise.
+    Linux without a CUDA device when every unit trains on the CPU at one thread, ``"spawn"`` otherwise.
 
     Why fork: a spawned worker starts a new interpreter and imports torch, pyarrow and emergelab again
     before its first step (1.3-1.4 s on the idle 2-core machine; a forked one is ready in 0.01 s).
     ``benchmarks/worker_start.py``, 4 seeds x 1000 steps: lm16 size 64.7 s forked vs 68.2 s spawned; demo
     size within noise (17.6 s both).
 
-    Why only there: a forked child cannot use CUDA once the parent has, macOS frameworks are not
+    Why only there: a forked child cannot use CUDA once the parent has, nor run a backward pass at all
+    once the parent has run one on a machine with a GPU (torch's autograd engine then starts a thread per
+    device and marks forked children bad: "Unable to handle autograd's threading in combination with
+    fork-based multiprocessing", met on the GPU host, 2026-11-28), macOS frameworks are not
     fork-safe, and an OpenMP thread pool the parent started does not exist in the child: at one thread
     torch never enters a parallel region (``at::parallel_for`` runs inline, MKL and oneDNN run
     sequentially), so the child never asks for it. A forked child also drops its copies of the parent's
     lock files (``store/locks.py``). The numbers trained do not depend on the start method
     (``tests/test_determinism.py::test_forked_and_spawned_workers_give_the_same_bits``)."""
-    if sys.platform != "linux" or torch.cuda.is_initialized():
+    if sys.platform != "linux" or torch.cuda.is_available():
         return "spawn"
     return "fork" if all(_on_cpu(u) and u.threads == 1 for u in units) else "spawn"
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.base import mask_positions, select_positions
+from ..models.threads import torch_threads
 from ..store import SCHEMA, CorruptFileError, MetricsBuffer, RunDir
 from ..store.verify import warn
 from ..tasks import (aggregate_marginal_loss, held_out_tokens, make_generator, marginal_sequences, marginal_tokens,
@@ -499,13 +500,9 @@ def _clip_per_member(model: torch.nn.Module, max_norm: float) -> None:
     down columns in an order that depends on ``E``), at one thread (with ``E = 1`` a large gradient's sum
     is split across threads)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         squares = grads[0].flatten(1).square().sum(1)  # [E]
         for g in grads[1:]:
             squares = squares + g.flatten(1).square().sum(1)
-    finally:
-        torch.set_num_threads(threads)
     scale = (max_norm / (squares.sqrt() + 1e-6)).clamp_(max=1.0)
     torch._foreach_mul_(grads, [scale.view(-1, *([1] * (g.dim() - 1))) for g in grads])

@@ -8,12 +8,10 @@ it after it finished does nothing.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-import torch
-
+from ..models.threads import torch_threads
 from ..store import CorruptFileError, RunDir, content_mismatch, locked
 from .allocator import keep_freed_memory
 from .config import ExperimentConfig
@@ -41,17 +39,6 @@ class WorkUnit:
         """Seed-steps of the whole unit."""
         return int(self.config["train"]["steps"]) * len(self.seeds)
 
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the scope with ``n`` intra-op threads (0: unchanged), restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
