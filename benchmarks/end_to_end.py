@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -150,12 +149,12 @@ def main() -> None:
         return probes_only(args)
     from emergelab.train import train
     from emergelab.train.run import make_plan, train_flops
+    from train_throughput import machine_info
 
     default_threads = torch.get_num_threads()
     result = {"benchmark": "end_to_end", "seeds": args.seeds, "steps": args.steps,
               "emergelab_src": str(Path(sys.modules["emergelab"].__file__).parent),
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "default_threads": default_threads},
+              "machine": {**machine_info(), "default_threads": default_threads},
               "load_avg_before": os.getloadavg(), "rows": []}
     result["matmul_2t_gflops"] = matmul_rate(2)  # MKL: the plain loop's products
     result["onednn_matmul_2t_gflops"] = matmul_rate(2, library="onednn")

@@ -181,6 +181,20 @@ def matmul_peak(device: torch.device, threads: int, n: int, target_s: float, lib
     return 2 * n ** 3 / seconds / 1e9
 
 
+def machine_info() -> dict:
+    """The machine as the results need it to be compared: the CPUs this process may use (not the host's
+    count: under ``taskset`` they differ), the CPU's model and vendor, which library multiplies the CPU step's
+    large maps (``models/onednn.py``), torch."""
+    from emergelab.models import onednn  # (main put src/ on the path)
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return {"platform": platform.platform(), "cpus": len(os.sched_getaffinity(0)), "cpu_model": model,
+            "cpu_vendor": onednn.cpu_vendor(), "matrix_products": onednn.describe(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def _worker(jobs, barrier, results) -> None:
     """A 1-thread worker process: for each job (size, seeds, budget), time a SeedGroup of those seeds."""
     torch.set_num_threads(1)
@@ -292,8 +306,7 @@ def run(args) -> dict:
 
     return {
         "benchmark": "train_throughput", "quick": quick, "device": args.device,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version(),
+        "machine": {**machine_info(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "ld_preload": os.environ.get("LD_PRELOAD", ""), "malloc_conf": os.environ.get("MALLOC_CONF", "")},
         "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
