@@ -1,6 +1,7 @@
 # Sourced by the gpu_session*.sh scripts: OUT (from $OUT or the script's default $OUT_DEFAULT), START and
 # left() (seconds left of DEADLINE_S), unbuffered 1-thread Python, and PYTHONPATH with src/ and the wheels
-# the device image lacks (duckdb), carried in .whl/ and installed into /tmp/site.
+# the device image lacks (duckdb), carried in .whl/ (untracked; fetch it with `pip download duckdb --no-deps
+# --only-binary :all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl`) and installed into /tmp/site.
 set -u
 OUT=${OUT:-$OUT_DEFAULT}
 mkdir -p "$OUT"

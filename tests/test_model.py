@@ -682,6 +682,24 @@ def test_few_members_linear_is_baddbmm_at_one_thread_and_keeps_a_lone_members_bi
         assert torch.equal(alone[0], together[1]), name
 
 
+def test_member_linear_takes_few_members_linear_only_with_fewer_members_than_threads_and_gradients():
+    from emergelab.models.layers import member_linear
+
+    def kernel(*args) -> str:  # the autograd node under member_linear's final reshape
+        return type(member_linear(*args, None).grad_fn.next_functions[0][0]).__name__
+
+    x, w = torch.randn(1, 960, 16, requires_grad=True), torch.randn(1, 16, 96, requires_grad=True)
+    torch.set_num_threads(2)
+    try:
+        assert kernel(x, w) == "FewMembersLinearBackward"
+        assert kernel(x.expand(2, -1, -1), w.expand(2, -1, -1)) == "BmmBackward0"
+        with torch.no_grad():
+            assert member_linear(x, w, None).grad_fn is None
+    finally:
+        torch.set_num_threads(1)
+    assert kernel(x, w) == "BmmBackward0"
+
+
 @pytest.fixture
 def onednn_on(monkeypatch):
     """oneDNN switched on (``EMERGELAB_ONEDNN=1``) whatever the processor's default; skips where the op is not
