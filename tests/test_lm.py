@@ -37,6 +37,7 @@ from emergelab.interventions.patching import PatchTarget  # noqa: E402
 from emergelab.lm import (LocalSource, ScanConfig, build_prompts, coarse_revisions, load_neox,  # noqa: E402
                           pythia_repo, pythia_revisions, scan, score_prompts)
 from emergelab.lm.capabilities import wilson  # noqa: E402
+from emergelab.config import ConfigError  # noqa: E402
 from emergelab.lm.sources import HubSource, HubUnavailableError, with_retries  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,6 +227,49 @@ def test_pythia_naming():
     assert coarse[0] == 0 and coarse[-1] == 153 and 6 <= len(coarse) <= 8
 
 
+@pytest.mark.parametrize("size, seed, variant, repo", [
+    ("410m", 9, "seed", "EleutherAI/pythia-410m-seed9"),
+    ("1b", 0, "seed", "EleutherAI/pythia-1b"),
+    ("70m", 0, "deduped", "EleutherAI/pythia-70m-deduped"),
+    ("160m", 2, "data-seed", "EleutherAI/pythia-160m-data-seed2"),
+    ("160m", 3, "weight-seed", "EleutherAI/pythia-160m-weight-seed3"),
+])
+def test_pythia_repo_names_the_runs_the_hub_holds(size, seed, variant, repo):
+    assert pythia_repo(size, seed, variant) == repo
+
+
+@pytest.mark.parametrize("size, seed, variant, words", [
+    ("1b", 3, "seed", "pythia-1b has seed 0 only (seeds 1..9 exist for 14m, 31m, 70m, 160m, 410m"),
+    ("14m", 10, "seed", "must be 0..9"),
+    ("70m", 1, "deduped", "the deduped variant has seed 0 only"),
+    ("70m", 1, "data-seed", "exists for size 160m only"),
+    ("160m", 0, "weight-seed", "the weight-seed variant has seeds 1..3"),
+    ("160m", 4, "data-seed", "has seeds 1..3"),
+    ("160m", 1, "dedup", "allowed variants are seed, deduped, data-seed, weight-seed"),
+    ("100m", 0, "seed", "allowed sizes are 14m"),
+])
+def test_pythia_repo_refuses_runs_that_do_not_exist(size, seed, variant, words):
+    with pytest.raises(ConfigError) as info:
+        pythia_repo(size, seed, variant)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_pythia_variants_as_sources():
+    from emergelab.lm.sources import make_sources, pythia_seeds
+
+    assert pythia_seeds("160m") == list(range(10)) and pythia_seeds("1b") == [0]
+    assert pythia_seeds("160m", "data-seed") == [1, 2, 3] and pythia_seeds("12b", "deduped") == [0]
+    with pytest.raises(ConfigError, match="exists for size 160m only"):
+        pythia_seeds("70m", "weight-seed")
+    # the default seed is the variant's first; every name is the hub repo, nothing is requested here
+    assert {s: src.name for s, src in make_sources(pythia="160m", variant="data-seed").items()} == \
+        {1: "EleutherAI/pythia-160m-data-seed1"}
+    assert [src.name for src in make_sources(pythia="160m", variant="weight-seed", seeds=[1, 3]).values()] == \
+        ["EleutherAI/pythia-160m-weight-seed1", "EleutherAI/pythia-160m-weight-seed3"]
+    with pytest.raises(ConfigError, match="give it with --pythia SIZE"):
+        make_sources(repo="EleutherAI/pythia-14m", variant="deduped")
+
+
 def _config(**kw) -> ScanConfig:
     return ScanConfig(capability="repetition", params=REP, n_prompts=64, threshold=0.5, coarse=5, **kw)
 
@@ -343,6 +387,13 @@ def test_cli_scan(suite, tmp_path, capsys):
     assert "seed7" in capsys.readouterr().err
     assert main(["lm", "scan", "--local", str(suite), "--param", "lenght=8", "--out", str(tmp_path / "c")]) == 2
     assert "unknown knob 'lenght'" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    # a Pythia run the hub does not hold: one line, before any request or write
+    for argv, words in ((["--pythia", "1b", "--seeds", "0-2"], "pythia-1b has seed 0 only"),
+                        (["--pythia", "160m", "--variant", "data-seed", "--seeds", "0-3"], "has seeds 1..3"),
+                        (["--local", str(suite), "--variant", "deduped"], "give it with --pythia SIZE")):
+        assert main(["lm", "scan", *argv, "--out", str(tmp_path / "d")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
 
 
 # ----------------------------------------------------------------------------------------- patching

@@ -925,6 +925,9 @@ def _add_lm_parser(sub: Any) -> None:
     patch = lm_sub.add_parser("patch", help="patch each head of a late revision into an early one")
     for p in (scan, patch):
         p.add_argument("--pythia", metavar="SIZE", help="EleutherAI/pythia-SIZE (and -seedK for seeds 1..9)")
+        p.add_argument("--variant", default="seed", metavar="VARIANT",
+                       help="with --pythia: seed (default: pythia-SIZE, -seedK) | deduped (pythia-SIZE-deduped) | "
+                            "data-seed, weight-seed (pythia-160m-data-seedK, -weight-seedK, K = 1..3)")
         p.add_argument("--repo", help="a hub repo of a causal LM (GPT-NeoX, Llama, Qwen2, ...; revisions stepN)")
         p.add_argument("--local", type=_path, metavar="DIR", help="local revisions: DIR/seed<k>/<revision>/")
         p.add_argument("--capability", default="repetition", help="repetition | induction | ioi")
@@ -949,7 +952,7 @@ def _add_lm_parser(sub: Any) -> None:
     scan.add_argument("--exhaustive", action="store_true", help="evaluate every revision")
     scan.add_argument("--batch-size", type=int, default=64)
     scan.add_argument("--disk-budget-gb", type=float, default=20.0, help="largest checkpoint held (default 20)")
-    patch.add_argument("--seed", type=int, default=0, help="suite seed (default 0)")
+    patch.add_argument("--seed", type=int, help="suite seed (default 0; 1 with --variant data-seed or weight-seed)")
     patch.add_argument("--early", required=True, metavar="REVISION", help="e.g. step1000 (before --late)")
     patch.add_argument("--late", required=True, metavar="REVISION", help="e.g. step8000 (after --early)")
     patch.add_argument("--what", choices=("pattern", "scores"), default="pattern")
@@ -1004,19 +1007,21 @@ def cmd_lm(args: argparse.Namespace) -> int:
     if scanning:
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None  # None: make_sources' default
     else:
-        require_int("--seed", args.seed, 0)
-        seeds = [args.seed]
+        if args.seed is not None:
+            require_int("--seed", args.seed, 0)
+        seeds = [args.seed] if args.seed is not None else (None if args.pythia else [0])  # None: the variant's first
     revisions = [r.strip() for r in args.revisions.split(",")] if getattr(args, "revisions", None) else None
     hub = {"attempts": args.retries, "backoff": args.backoff}
     with _lm_errors():
         sources = make_sources(pythia=args.pythia, repo=args.repo, local=args.local, seeds=seeds,
-                               revisions=revisions, **hub)
+                               revisions=revisions, variant=args.variant, **hub)
         if scanning:
             result = scan(sources, config, args.out, log=print)  # checks the sources before writing to --out
             print(result.format())
             print(f"wrote {args.out}/metrics.parquet and summary.json")
             return 0
-        result = patch_revisions(sources[args.seed], args.early, args.late, capability=args.capability,
+        (source,) = sources.values()  # the one seed patched
+        result = patch_revisions(source, args.early, args.late, capability=args.capability,
                                  params=params, n_prompts=args.n_prompts, prompt_seed=args.prompt_seed,
                                  what=args.what, top_k=args.top_k, fraction=args.fraction,
                                  greedy_max_heads=args.max_heads, dtype=args.dtype, device=args.device,

@@ -18,9 +18,11 @@ caller deletes ``into`` after use (``scan`` does, so a scan holds one checkpoint
   layout tests build with ``save_pretrained``. ``from_pretrained(local_path, revision=...)`` ignores the
   revision for a local path, hence this explicit layout.
 
-Pythia naming (:func:`pythia_repo`, :func:`pythia_revisions`): ``EleutherAI/pythia-{size}`` is seed 0,
-``EleutherAI/pythia-{size}-seed{k}`` seeds 1..9; revisions ``step0``, ``step1, 2, 4 ... 512``, then
-``step1000`` to ``step143000`` every 1000 (154 in all).
+Pythia naming (:func:`pythia_repo`, :func:`pythia_revisions`): ``EleutherAI/pythia-{size}`` is seed 0 (the
+original run), ``EleutherAI/pythia-{size}-seed{k}`` seeds 1..9 (PolyPythias: 14m to 410m only); the
+variants :data:`PYTHIA_VARIANTS` name the deduplicated-Pile run and the 160m runs that vary only the data
+order or only the initialisation; revisions ``step0``, ``step1, 2, 4 ... 512``, then ``step1000`` to
+``step143000`` every 1000 (154 in all).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ from ..config import ConfigError
 ALLOW = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
          "tokenizer_config.json", "special_tokens_map.json"]
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+# The suites on the hub (model cards of EleutherAI/pythia-*, van der Wal et al. 2025, "PolyPythias"):
+# seed: pythia-{size} (seed 0, the original run) and pythia-{size}-seed{1..9} for the PolyPythias sizes;
+# deduped: pythia-{size}-deduped, the original run's recipe on the deduplicated Pile (one seed);
+# data-seed / weight-seed: pythia-160m-{variant}{1..3}, only the data order / only the initialisation varied.
+PYTHIA_VARIANTS = ("seed", "deduped", "data-seed", "weight-seed")
+POLYPYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m")
 PYTHIA_CONTEXT = 2048  # max_position_embeddings of every Pythia size
 # config.json keys that give a model's context (positions it was built for), in the order tried
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -76,14 +84,54 @@ def pythia_revisions() -> list[str]:
     return [f"step{s}" for s in steps]
 
 
-def pythia_repo(size: str, seed: int = 0, deduped: bool = False) -> str:
-    """``EleutherAI/pythia-{size}[-deduped]`` for seed 0, ``...-seed{seed}`` for seeds 1..9."""
+def pythia_repo(size: str, seed: int = 0, variant: str = "seed") -> str:
+    """The hub repo of one Pythia run (:data:`PYTHIA_VARIANTS`):
+
+    * ``seed``: ``EleutherAI/pythia-{size}`` for seed 0 (the original run), ``...-seed{k}`` for seeds 1..9,
+      which exist for :data:`POLYPYTHIA_SIZES` only;
+    * ``deduped``: ``EleutherAI/pythia-{size}-deduped``, seed 0 only (no other seed was trained);
+    * ``data-seed`` / ``weight-seed``: ``EleutherAI/pythia-160m-data-seed{k}`` / ``-weight-seed{k}``, seeds
+      1..3, 160m only: runs that vary only the data order (the initialisation fixed) or only the
+      initialisation (the data order fixed). The model cards do not say that the fixed half is the original
+      run's, so seed 0 is not one of them: scan ``pythia-160m`` beside them as its own source if wanted.
+
+    A combination the hub does not hold is a :class:`ConfigError` naming what exists, before any request."""
     if size not in PYTHIA_SIZES:
         raise ConfigError(f"pythia size {size!r}: allowed sizes are {', '.join(PYTHIA_SIZES)}")
-    if not 0 <= int(seed) <= 9:
-        raise ConfigError(f"pythia seed {seed!r}: must be 0..9 (0 is the original run)")
-    base = f"EleutherAI/pythia-{size}{'-deduped' if deduped else ''}"
-    return base if int(seed) == 0 else f"{base}-seed{int(seed)}"
+    if variant not in PYTHIA_VARIANTS:
+        raise ConfigError(f"pythia variant {variant!r}: allowed variants are {', '.join(PYTHIA_VARIANTS)}")
+    ok = isinstance(seed, int) and not isinstance(seed, bool)
+    if variant == "seed":
+        if not (ok and 0 <= seed <= 9):
+            raise ConfigError(f"pythia seed {seed!r}: must be 0..9 (0 is the original run)")
+        if seed and size not in POLYPYTHIA_SIZES:
+            raise ConfigError(f"pythia seed {seed}: pythia-{size} has seed 0 only (seeds 1..9 exist for "
+                              f"{', '.join(POLYPYTHIA_SIZES)}: PolyPythias)")
+        return f"EleutherAI/pythia-{size}" if seed == 0 else f"EleutherAI/pythia-{size}-seed{seed}"
+    if variant == "deduped":
+        if not (ok and seed == 0):
+            raise ConfigError(f"pythia seed {seed!r}: the deduped variant has seed 0 only")
+        return f"EleutherAI/pythia-{size}-deduped"
+    if size != "160m":
+        raise ConfigError(f"pythia variant {variant!r}: exists for size 160m only, not {size!r}")
+    if not (ok and 1 <= seed <= 3):
+        raise ConfigError(f"pythia seed {seed!r}: the {variant} variant has seeds 1..3 (seed 0, the original "
+                          "pythia-160m, is not stated to share its fixed half)")
+    return f"EleutherAI/pythia-160m-{variant}{seed}"
+
+
+def pythia_seeds(size: str, variant: str = "seed") -> list[int]:
+    """Every seed :func:`pythia_repo` names for ``size`` and ``variant`` (0..9, 0, or 1..3)."""
+    seeds = []
+    for seed in range(10):
+        try:
+            pythia_repo(size, seed, variant)
+        except ConfigError:
+            continue
+        seeds.append(seed)
+    if not seeds:
+        pythia_repo(size, 1, variant)  # raises the reason (a size the variant lacks)
+    return seeds
 
 
 def folder_size(path: Path) -> int:
@@ -370,11 +418,12 @@ def seed_folders(root: str | Path) -> list[int]:
 
 
 def make_sources(*, pythia: str | None = None, repo: str | None = None, local: str | Path | None = None,
-                 seeds: list[int] | None = None, revisions: list[str] | None = None, deduped: bool = False,
+                 seeds: list[int] | None = None, revisions: list[str] | None = None, variant: str = "seed",
                  **hub: Any) -> dict[int, CheckpointSource]:
     """Suite seed -> source, from exactly one of:
 
-    * ``pythia="14m"``: ``EleutherAI/pythia-14m`` (seed 0) and ``...-seed{k}`` (:func:`pythia_repo`);
+    * ``pythia="14m"``: ``EleutherAI/pythia-14m`` (seed 0) and ``...-seed{k}``, or another ``variant``'s
+      repos (:func:`pythia_repo`; default seeds: 0, or 1 for the 160m data-seed / weight-seed runs);
     * ``repo="org/name"``: one hub repo, seed 0 (``revisions`` needed unless it is a Pythia repo);
     * ``local=ROOT``: ``ROOT/seed{k}/<revision>/`` for each seed (default: every ``seed{k}`` folder), or
       ``ROOT/<revision>/`` for seed 0 alone.
@@ -382,10 +431,14 @@ def make_sources(*, pythia: str | None = None, repo: str | None = None, local: s
     ``hub``: keyword arguments of :class:`HubSource` (attempts, backoff, use_cache, token)."""
     if sum(x is not None for x in (pythia, repo, local)) != 1:
         raise ConfigError("give exactly one of --pythia SIZE, --repo REPO, --local DIR")
+    if variant != "seed" and pythia is None:
+        raise ConfigError(f"--variant {variant}: names a Pythia suite's runs; give it with --pythia SIZE")
     if seeds is None:
         seeds = (seed_folders(local) or [0]) if local is not None else [0]
+        if pythia is not None:
+            seeds = pythia_seeds(pythia, variant)[:1]
     if pythia is not None:
-        return {s: HubSource(pythia_repo(pythia, s, deduped), revisions, **hub) for s in seeds}
+        return {s: HubSource(pythia_repo(pythia, s, variant), revisions, **hub) for s in seeds}
     if repo is not None:
         if seeds != [0]:
             raise ConfigError("--repo names one seed's repo; use --pythia SIZE --seeds ... for a suite")
