@@ -734,6 +734,25 @@ def test_the_emergence_figure_draws_solved_configs_and_counts_the_rest(tmp_path,
     assert legends[1] == ("+ 1 config with no solved seed (not drawn)", ["sparsity=1 (2/2 solved)"])
 
 
+def test_the_emergence_histogram_stacks_configs_that_share_a_bin(tmp_path, monkeypatch):
+    """Overlaid translucent bars hid a config whose seeds emerged in the same bin as another's (4 seeds read
+    where there were 8): the bars are stacked, and each config has its own colour."""
+    from emergelab.report import analysis_figures
+
+    fake_run(tmp_path / "a", planted_rows({0: [100, 200, 300, 400], 1: [100, 200, 300, 400]}, seeds=(0, 1)),
+             optima=lm_optima(4))
+    fake_run(tmp_path / "b", planted_rows({0: [100, 200, 300, 400], 1: [100, 200, 300, 400]}, seeds=(0, 1)),
+             sparsity=2, optima=lm_optima(4))
+    figures = []
+    monkeypatch.setattr(analysis_figures, "save_figure", lambda fig, path: figures.append(fig) or path)
+    analysis_figures.emergence_figure(analyze_runs(connect(tmp_path), n_boot=10), tmp_path / "e.png")
+    ax_h = figures[0].axes[0]
+    bars = [p for p in ax_h.patches if p.get_height() > 0]
+    tops = {round(p.get_y() + p.get_height()) for p in bars}
+    assert max(tops) == 4  # both configs' 2 seeds in one bin: 2 on top of 2
+    assert len({p.get_facecolor() for p in bars}) == 2
+
+
 def test_analyze_writes_beside_the_folder_it_analyses(tmp_path, capsys, monkeypatch):
     """A folder of runs (a sweep) gets DIR/analysis: ./analysis let two sweeps' analyses overwrite each other."""
     for name in ("one", "two"):

@@ -282,6 +282,44 @@ def test_a_crowded_legend_goes_below_the_axes_and_the_figure_grows_for_it(labels
     assert [t.get_text() for t in shown] == labels
 
 
+def test_a_label_too_long_for_the_figure_is_wrapped_below_it_and_the_figure_grows_for_its_lines():
+    """A config label listing many fields ran past both edges of the figure (and, inside a panel, squeezed the
+    axes to slivers): it goes below the axes, broken at its spaces to the figure's width."""
+    from emergelab.report.plotting import crowded, legend_below, line_chars, new_figure, taller_for_legend
+
+    label = ", ".join(f"field_{i}={i * 1000}" for i in range(16))  # ~200 characters
+    assert crowded([label]) and not crowded(["x" * 60])
+    width = 7.5
+    fig = new_figure(width, taller_for_legend(4.0, [label], width))
+    lines = -(-len(label) // line_chars(width))
+    assert fig.get_figheight() >= 4.0 + 0.2 * lines
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label=label)
+    legend_below(fig, ax, [label], loc="upper left")
+    (text,) = fig.legends[0].get_texts()
+    shown = text.get_text().split("\n")
+    assert len(shown) >= 2 and " ".join(shown) == label and max(map(len, shown)) <= line_chars(width)
+    fig.canvas.draw()  # and it lies inside the figure
+    box = text.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width
+
+
+def test_past_the_most_entries_a_note_names_where_the_labels_are():
+    from emergelab.report.plotting import MAX_LEGEND_ENTRIES, legend_below, new_figure, taller_for_legend
+
+    labels = [f"sparsity={s}" for s in range(MAX_LEGEND_ENTRIES + 1)]
+    assert taller_for_legend(4.0, labels) == pytest.approx(4.5)
+    fig = new_figure(7.5, 4.5)
+    ax = fig.subplots()
+    for label in labels:
+        ax.plot([0, 1], [0, 1], label=label)
+    legend_below(fig, ax, labels, title="+ 3 configs with no solved seed (not drawn)")
+    (legend,) = fig.legends
+    assert legend.get_texts() == [] and ax.get_legend() is None
+    title = legend.get_title().get_text()
+    assert title.startswith("+ 3 configs") and f"{len(labels)} configs" in title and "groups.csv" in title
+
+
 def test_legend_labels_too_long_to_pair_take_one_column_and_their_rows():
     from emergelab.report.plotting import legend_columns, taller_for_legend
 

@@ -64,38 +64,39 @@ def _group_columns(result: Any) -> tuple[list[dict], dict[int, dict[str, np.ndar
 
 
 def emergence_figure(result: Any, path: str | Path) -> Path:
-    """Histogram and ECDF of the solved seeds' emergence steps, one colour per config."""
+    """Histogram (stacked, so that configs sharing a bin add up) and ECDF of the solved seeds' emergence
+    steps, one colour per config."""
     from matplotlib.ticker import MaxNLocator
 
     groups, cols = _group_columns(result)
-    drawn = [row for row in groups
-             if (cols[row["group"]]["solved"] & np.isfinite(cols[row["group"]]["emergence"])).any()]
-    labels = [row["label"] for row in drawn]
-    fig = new_figure(11, taller_for_legend(4.2, labels))
+    solved = {row["group"]: np.sort(cols[row["group"]]["emergence"][cols[row["group"]]["solved"]
+                                                                    & np.isfinite(cols[row["group"]]["emergence"])])
+              for row in groups}
+    drawn = [row for row in groups if solved[row["group"]].size]
+    labels = [f"{row['label']} ({solved[row['group']].size}/{cols[row['group']]['solved'].size} solved)"
+              for row in drawn]
+    width = 11
+    fig = new_figure(width, taller_for_legend(4.2, labels, width))
     ax_h, ax_e = fig.subplots(1, 2)
-    palette = group_palette(result)
-    finite = np.concatenate([c["emergence"][c["solved"] & np.isfinite(c["emergence"])] for c in cols.values()]
-                            or [np.zeros(0)])
+    # past 10 configs the colours are a gradient: spread it over the drawn ones so that they stay apart
+    palette = group_palette(result, [row["group"] for row in drawn])
+    finite = np.concatenate([solved[row["group"]] for row in drawn] or [np.zeros(0)])
     bins = np.histogram_bin_edges(finite, bins=min(30, max(5, finite.size // 2))) if finite.size else 10
+    if drawn:
+        ax_h.hist([solved[row["group"]] for row in drawn], bins=bins, stacked=True, histtype="bar", alpha=0.75,
+                  color=[palette[row["group"]] for row in drawn], edgecolor="white", lw=0.5, label=labels)
     # each ECDF runs on to the right edge so its final level shows; curves drawn first are wider, so one
     # that ends where a later one does stays visible under it
     right = finite.max() + 0.05 * max(np.ptp(finite), 1.0) if finite.size else 1.0
     unsolved = len(groups) - len(drawn)
-    for row in groups:
-        c, color = cols[row["group"]], palette[row["group"]]
-        e = np.sort(c["emergence"][c["solved"] & np.isfinite(c["emergence"])])
-        n = c["solved"].size
-        if not e.size:  # nothing to draw: counted in the legends' title instead of an empty entry
-            continue
-        label = f"{row['label']} ({e.size}/{n} solved)"
-        ax_h.hist(e, bins=bins, histtype="stepfilled", alpha=0.35, color=color, edgecolor=color, lw=1.2,
-                  label=label)
+    for i, (row, label) in enumerate(zip(drawn, labels)):
+        e, n = solved[row["group"]], cols[row["group"]]["solved"].size
         x = np.concatenate([[e[0]], e, [right]])
         y = np.concatenate([[0.0], np.arange(1, e.size + 1) / n, [e.size / n]])
-        width = 1.6 + 2.4 * (len(drawn) - 1 - drawn.index(row)) / max(1, len(drawn) - 1)
-        ax_e.step(x, y, where="post", color=color, lw=width, alpha=0.85, label=label)
+        line_width = 1.6 + 2.4 * (len(drawn) - 1 - i) / max(1, len(drawn) - 1)
+        ax_e.step(x, y, where="post", color=palette[row["group"]], lw=line_width, alpha=0.85, label=label)
     ax_h.yaxis.set_major_locator(MaxNLocator(integer=True))  # seeds are counted
-    ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds",
+    ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds (stacked by config)",
              title="Emergence step, solved seeds")
     ax_e.set(xlabel="emergence step", ylabel="fraction of all seeds", ylim=(0, 1.02),
              title="ECDF (ends at the solved fraction)")
@@ -110,8 +111,8 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
         title = (f"+ {unsolved} config{'s' if unsolved > 1 else ''} with no solved seed (not drawn)"
                  if unsolved else None)
         legend_below(fig, ax_h, labels, loc="upper right", title=title)  # crowded: one below both panels
-        if not crowded(labels):
-            ax_e.legend(fontsize=8, loc="lower right", title=title, title_fontsize=8)
+        if not crowded(labels):  # where the curves leave room (an ECDF ending low sat under "lower right")
+            ax_e.legend(fontsize=8, loc="best", title=title, title_fontsize=8)
     return save_figure(fig, Path(path))
 
 
@@ -120,18 +121,19 @@ def solved_figure(result: Any, path: str | Path) -> Path:
     groups = result.groups.to_pylist()
     sc = result.solved_curves.to_pydict()
     g = np.asarray(sc["group"], dtype=np.int64)
-    labels = [row["label"] for row in groups]
-    fig = new_figure(7.5, taller_for_legend(4.5, labels))
+    labels = [f"{row['label']} (n={row['n_seeds']})" for row in groups]
+    width = 7.5
+    fig = new_figure(width, taller_for_legend(4.5, labels, width))
     ax = fig.subplots()
     palette = group_palette(result)
-    for row in groups:
+    for row, label in zip(groups, labels):
         m, color = (g == row["group"]), palette[row["group"]]
         t = np.asarray(sc["step"])[m]
         keep = t > 0  # log axis
         t, p = t[keep], np.asarray(sc["p"])[m][keep]
         lo, hi = np.asarray(sc["lo"])[m][keep], np.asarray(sc["hi"])[m][keep]
         ax.fill_between(t, lo, hi, step="post", color=color, alpha=0.2, lw=0)
-        ax.step(t, p, where="post", color=color, lw=1.8, label=f"{row['label']} (n={row['n_seeds']})")
+        ax.step(t, p, where="post", color=color, lw=1.8, label=label)
     ax.set_xscale("log")
     ax.set(xlabel="step (log)", ylabel="P(solved by step)", ylim=(-0.02, 1.02),
            title="Solved by step t (every output emerged; without per-output optima: final loss\n"
@@ -204,7 +206,7 @@ def plateau_figure(result: Any, field: str, path: str | Path) -> Path | None:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, which="both")
     labels = ax.get_legend_handles_labels()[1]
-    fig.set_figheight(taller_for_legend(fig.get_figheight(), labels))  # the entries are known only now
+    fig.set_figheight(taller_for_legend(fig.get_figheight(), labels, fig.get_figwidth()))  # known only now
     legend_below(fig, ax, labels, loc="best")
     return save_figure(fig, Path(path))
 
@@ -252,17 +254,18 @@ def plot_fresh_rules(result: Any) -> "Figure":
     fc = result.fresh_curves.to_pydict()
     g = np.asarray(fc["group"], dtype=np.int64)
     groups = [row for row in result.groups.to_pylist() if (g == row["group"]).any()]
-    labels = [row["label"] for row in groups]
-    fig = new_figure(12, taller_for_legend(4.4, labels))
+    n_seeds = {row["group"]: int(np.asarray(fc["n_seeds"])[g == row["group"]][0]) for row in groups}
+    labels = [f"{row['label']} (n={n_seeds[row['group']]})" for row in groups]
+    width = 12
+    fig = new_figure(width, taller_for_legend(4.4, labels, width))
     ax_loss, ax_off = fig.subplots(1, 2)
     drawn: list[np.ndarray] = []
     palette = group_palette(result, [row["group"] for row in groups])
-    for row in groups:
+    for row, label in zip(groups, labels):
         m, color = g == row["group"], palette[row["group"]]
         t = np.asarray(fc["step"])[m]
-        n = int(np.asarray(fc["n_seeds"])[m][0])
         ax_loss.fill_between(t, np.asarray(fc["q10"])[m], np.asarray(fc["q90"])[m], color=color, alpha=0.15, lw=0)
-        ax_loss.plot(t, np.asarray(fc["median"])[m], color=color, lw=1.8, label=f"{row['label']} (n={n})")
+        ax_loss.plot(t, np.asarray(fc["median"])[m], color=color, lw=1.8, label=label)
         floor = fc["floor"][int(np.flatnonzero(m)[0])]
         if floor is not None:
             ax_loss.axhline(floor, color=color, ls="--", lw=1)

@@ -20,34 +20,71 @@ def new_figure(width: float, height: float, constrained: bool = True) -> "Figure
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained" if constrained else None)
 
 
+LEGEND_FONTSIZE = 8
+CHAR_EM = 0.55  # a character's mean width in the sans-serif font, in em (config labels: letters, digits, =)
+LEGEND_WIDTH = 7.5  # inches: the width a legend is laid out for when the figure's is not given
+MAX_LEGEND_ENTRIES = 24  # past this a legend would be taller than the figure: a note names where labels are
+
+
 def crowded(labels: list[str]) -> bool:
     """Whether a legend of these config labels would cover the curves inside an axes: more than 6
-    entries, or more than 3 long ones."""
-    return len(labels) > 6 or (len(labels) > 3 and max(map(len, labels)) > 40)
+    entries, more than 3 long ones, or one too long for a panel (over 60 characters)."""
+    longest = max(map(len, labels), default=0)
+    return len(labels) > 6 or (len(labels) > 3 and longest > 40) or longest > 60
 
 
-def legend_columns(labels: list[str]) -> int:
-    """Two columns below the axes, one for labels too long to sit side by side (a fit's formula)."""
-    return 1 if labels and max(map(len, labels)) > 50 else 2
+def line_chars(width: float, columns: int = 1) -> int:
+    """Characters of a legend entry that fit on one line of one of ``columns`` columns below axes as wide
+    as a figure of ``width`` inches (the entry's handle and padding take about 5)."""
+    return max(20, int(width * 72 / (CHAR_EM * LEGEND_FONTSIZE) / columns) - 5)
 
 
-def taller_for_legend(height: float, labels: list[str]) -> float:
+def legend_columns(labels: list[str], width: float = LEGEND_WIDTH) -> int:
+    """Two columns below the axes when every label fits half the figure's width, else one (a fit's formula,
+    a long config label)."""
+    return 2 if labels and max(map(len, labels)) <= line_chars(width, 2) else 1
+
+
+def wrapped(label: str, width: float = LEGEND_WIDTH, columns: int = 1) -> str:
+    """``label`` broken at its spaces into lines that fit a column (a config label listing many fields ran
+    past both edges of the figure)."""
+    import textwrap
+
+    return textwrap.fill(label, line_chars(width, columns), break_on_hyphens=False)
+
+
+def taller_for_legend(height: float, labels: list[str], width: float = LEGEND_WIDTH) -> float:
     """A figure's height with room below the axes for the legend of ``labels`` when :func:`crowded`
-    (:func:`legend_columns` columns); unchanged for a legend that fits inside."""
-    rows = -(-len(labels) // legend_columns(labels))
-    return height + (0.2 * rows + 0.2 if crowded(labels) else 0.0)
+    (:func:`legend_columns` columns, each label :func:`wrapped` to its column); unchanged for a legend that
+    fits inside."""
+    if not crowded(labels):
+        return height
+    if len(labels) > MAX_LEGEND_ENTRIES:
+        return height + 0.5  # the note of legend_below
+    columns = legend_columns(labels, width)
+    lines = sum(wrapped(label, width, columns).count("\n") + 1 for label in labels)
+    return height + 0.2 * -(-lines // columns) + 0.2
 
 
 def legend_below(fig: "Figure", ax: Any, labels: list[str], **inside: Any) -> None:
-    """``ax``'s legend inside it (``inside``: ``loc``, ``title``) unless its config ``labels`` are
-    :func:`crowded`: then below every axes of ``fig`` (:func:`legend_columns` columns; the figure made
-    taller by :func:`taller_for_legend`)."""
-    if crowded(labels):
-        fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center",
-                   ncol=legend_columns(labels),
-                   title=inside.get("title"), title_fontsize=8)
+    """``ax``'s legend inside it (``inside``: ``loc``, ``title``) unless its entries' ``labels`` are
+    :func:`crowded`: then below every axes of ``fig`` (:func:`legend_columns` columns, each entry
+    :func:`wrapped` to its column; the figure made taller by :func:`taller_for_legend`)."""
+    if len(labels) > MAX_LEGEND_ENTRIES:
+        note = (f"{len(labels)} configs, too many to name here: colours follow their order in groups.csv, "
+                "where each config's label is")
+        title = inside.get("title")
+        fig.legend([], [], loc="outside lower center", frameon=False, fontsize=LEGEND_FONTSIZE,
+                   title=f"{title}\n{note}" if title else note, title_fontsize=LEGEND_FONTSIZE)
+    elif crowded(labels):
+        width = fig.get_figwidth()
+        columns = legend_columns(labels, width)
+        handles, texts = ax.get_legend_handles_labels()
+        fig.legend(handles, [wrapped(t, width, columns) for t in texts], fontsize=LEGEND_FONTSIZE,
+                   loc="outside lower center", ncol=columns, title=inside.get("title"),
+                   title_fontsize=LEGEND_FONTSIZE)
     else:
-        ax.legend(fontsize=8, title_fontsize=8, **inside)
+        ax.legend(fontsize=LEGEND_FONTSIZE, title_fontsize=LEGEND_FONTSIZE, **inside)
 
 
 def save_figure(fig: "Figure", path: str | Path) -> Path:
