@@ -1,6 +1,6 @@
 """Figures of a cross-seed emergence analysis (:class:`emergelab.analysis.runs.RunAnalysis`).
 
-* ``emergence_steps.png``: per config, a histogram of the solved seeds' emergence steps (left) and
+* ``emergence_steps.png``: per config, a stacked histogram of the solved seeds' emergence steps (left) and
   their ECDF over all seeds (right; it ends at the solved fraction, so unsolved seeds show as the gap
   to 1).
 * ``solved_by_step.png``: P(solved by step t) per config with its bootstrap band, log step axis.
