@@ -96,7 +96,7 @@ def emergence_figure(result: Any, path: str | Path) -> Path:
         line_width = 1.6 + 2.4 * (len(drawn) - 1 - i) / max(1, len(drawn) - 1)
         ax_e.step(x, y, where="post", color=palette[row["group"]], lw=line_width, alpha=0.85, label=label)
     ax_h.yaxis.set_major_locator(MaxNLocator(integer=True))  # seeds are counted
-    ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds (stacked by config)",
+    ax_h.set(xlabel="emergence step (aggregate loss halfway to optimum)", ylabel="seeds (stacked by config)" if len(drawn) > 1 else "seeds",
              title="Emergence step, solved seeds")
     ax_e.set(xlabel="emergence step", ylabel="fraction of all seeds", ylim=(0, 1.02),
              title="ECDF (ends at the solved fraction)")
