@@ -668,6 +668,43 @@ def test_a_stopped_worker_with_unread_reports_exits_without_waiting_to_be_killed
     assert _stop_two_workers(monkeypatch, _unit_that_fills_the_results_pipe, 60.0) < 30  # not killed 60 s later
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the monkeypatched unit into the workers")
+def test_a_stop_sent_while_a_worker_starts_is_not_lost(monkeypatch):
+    """A worker inherits its parent's SIGTERM handler until it installs its own. One that swallows the
+    signal (a library's: Ray's driver leaves a handler raising SystemExit, which code run at fork can
+    swallow) lost a stop sent in that window, and the worker trained on until killed ``STOP_TIMEOUT_S``
+    later (seen once in CI: 60 s). Workers now start with stops blocked and take them once their handler is
+    in place. Here worker 1 starts 2 s late, and the main process stops both at worker 0's first report."""
+    import multiprocessing
+    import signal
+
+    from emergelab.train import execute
+
+    started = multiprocessing.Value("i", 0)
+    real_exit_with_parent = execute._exit_with_parent
+
+    def starts_late() -> None:
+        with started.get_lock():
+            order, started.value = started.value, started.value + 1
+        if order == 1:
+            time.sleep(2.0)  # the stop arrives now
+        real_exit_with_parent()
+
+    monkeypatch.setattr(execute, "_exit_with_parent", starts_late)
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # a handler that swallows it
+    try:
+        took = _stop_two_workers(monkeypatch, _unit_that_hangs_when_stopped_late, 20.0)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert 1.5 < took < 15  # waited for the late worker's start, not for its kill 20 s after the stop
+
+
+def _unit_that_hangs_when_stopped_late(unit, report) -> None:
+    """Reports, then trains (sleeps) until stopped; it closes at once when stopped."""
+    report(1, None)
+    time.sleep(600)
+
+
 def test_the_c_kernels_are_prepared_before_the_progress_bar(tmp_path, monkeypatch):
     """A machine without a compiler warns before the bar draws (train/execute.prepare_kernels), not inside it;
     a run on a GPU does not build them."""

@@ -31,7 +31,7 @@ import torch
 
 from ..models import native
 from .group import ProgressFn
-from .stopping import deferring, uninterrupted
+from .stopping import deferring, stops_blocked, unblock_stops, uninterrupted
 from .unit import WorkUnit, run_unit
 
 
@@ -165,8 +165,9 @@ class WorkerProcesses:
                  for worker in range(n)]
         with warnings.catch_warnings():  # Python >= 3.12 warns on any fork beside other threads (start_method)
             warnings.filterwarnings("ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning)
-            for proc in procs:  # before the first put starts the queue's feeder thread
-                proc.start()
+            with stops_blocked():  # a worker starts with stops pending until it has its handlers (_worker_main)
+                for proc in procs:  # before the first put starts the queue's feeder thread
+                    proc.start()
         with uninterrupted():  # a stop inside the first put could leave its feeder thread unclosed (_worker_main)
             for index, unit in enumerate(units):
                 tasks.put((index, unit))
@@ -250,14 +251,20 @@ def _worker_main(tasks: Any, results: Any, worker: int, isolate: bool) -> None:
 
     def send(*message: Any) -> None:
         # a stop raised inside Queue.put (its first call starts the feeder thread and registers the finalizers
-        # that end it) could leave the feeder waiting for a close that never comes, and the exit hung on it
-        with uninterrupted():
+        # that end it) could leave the feeder waiting for a close that never comes, and the exit hung on it;
+        # the feeder thread starts with stops blocked, so that they reach the main thread
+        with uninterrupted(), stops_blocked():
             results.put(message)
 
-    _exit_with_parent()
+    # The process started with SIGTERM and SIGINT blocked (WorkerProcesses.map): a stop sent before these
+    # handlers existed would have run the parent's (a forked worker inherits the command's, or a library's:
+    # Ray's driver leaves one that raises SystemExit, which code run at fork can swallow) and could be lost,
+    # the worker then training until killed. It waits, and arrives once unblocked, inside the try.
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle, once
-    signal.signal(signal.SIGTERM, deferring(WorkerStopped))  # (a forked worker inherits the command's SIGTERM handler)
+    signal.signal(signal.SIGTERM, deferring(WorkerStopped))
+    _exit_with_parent()  # its thread keeps stops blocked: they reach the main thread
     try:
+        unblock_stops()
         while (item := tasks.get()) is not None:
             index, unit = item
             send("start", worker, index, None, None)

@@ -11,6 +11,7 @@ The state is this module's: signal handlers are per process, and so is what they
 
 from __future__ import annotations
 
+import signal
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -43,3 +44,30 @@ def uninterrupted() -> Iterator[None]:
         _held -= 1
         if not _held and _pending:
             raise _pending.pop()
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def stops_blocked() -> Iterator[None]:
+    """SIGTERM and SIGINT blocked in this thread for the section (where the platform has signal masks): a
+    stop sent meanwhile waits, and arrives when the section ends. Threads started inside keep them blocked,
+    so a stop reaches the main thread (a stop delivered to a helper thread left a main thread blocked in a
+    long call running on); a process forked or spawned inside starts with them blocked and pending, until it
+    has its own handlers (``execute._worker_main``: one sent earlier ran the handler inherited from the
+    parent, a library's, and could be lost)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def unblock_stops() -> None:
+    """Undo a :func:`stops_blocked` this process started inside (``execute._worker_main``)."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
