@@ -275,6 +275,28 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_sigterm_is_reported_as_one_when_a_library_raised_its_own_keyboard_interrupt(capsys, monkeypatch):
+    """Ray's ``ray.wait`` catches the stop raised in it and raises a plain KeyboardInterrupt: a SIGTERM to
+    ``emergelab sweep --executor ray`` said "interrupted" and exited 130. The command's handler remembers
+    the SIGTERM (``cli.terminated``)."""
+    import signal
+
+    from emergelab import cli
+
+    monkeypatch.setattr(cli, "TERMINATED", [])
+
+    def stopped_inside_a_library(args):
+        cli.terminated()  # what the SIGTERM handler does
+        raise KeyboardInterrupt  # what the library raised instead of it
+
+    monkeypatch.setitem(cli.COMMANDS, "list", stopped_inside_a_library)
+    assert main(["list"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "emergelab: terminated"
+    monkeypatch.setattr(cli, "TERMINATED", [])
+    monkeypatch.setitem(cli.COMMANDS, "list", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["list"]) == 130 and capsys.readouterr().err.strip() == "emergelab: interrupted"
+
+
 def test_copies_of_earlier_outputs_are_marked_in_the_run_table(workdir, capsys):
     """The linear map records each bit's fan-in at step 0 (``fan_in``, from ``tasks.shortcut_fan_in``); the
     summary keeps it and the run table marks a copy (fan-in 1) with ``c``. Master seed 0, S = 8, s = 3: seed

@@ -613,6 +613,7 @@ def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
     from emergelab.sweep import ray_executor
 
     _, reference = finished
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         sweep = expand(spec(), tmp_path / "out")
@@ -620,6 +621,7 @@ def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
         assert sorted(result.done) == sorted(r.name for r in sweep.runs) and not result.failed
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, handler)  # ray.init's exiting handler outlives ray.shutdown
     got, want = metrics_of(tmp_path / "out"), metrics_of(reference)
     assert len(got) == 2 and got.keys() == want.keys()
     assert all(got[k].equals(want[k]) for k in got)
@@ -627,9 +629,11 @@ def test_ray_executor_matches_local_bit_for_bit(finished, tmp_path):
 
 def test_ray_without_a_cluster_or_a_gpu_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     """--address auto with no cluster running printed Ray's traceback; --gpus-per-unit on a cluster
-    without GPUs waited forever at 0%."""
+    without GPUs waited forever at 0%. Starting Ray keeps the process's SIGTERM handler (ray.init put in
+    one that exits, and left it after ray.shutdown)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    handler = signal.getsignal(signal.SIGTERM)
     good = write_spec(tmp_path / "good.yaml", spec(out=str(tmp_path / "out")))
     assert main(["sweep", str(good), "--executor", "ray", "--address", "auto"]) == 2
     err = capsys.readouterr().err
@@ -641,6 +645,7 @@ def test_ray_without_a_cluster_or_a_gpu_is_one_line_before_any_work(tmp_path, ca
         ray.shutdown()
     assert "--gpus-per-unit 0.25: the Ray cluster has no GPU" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))

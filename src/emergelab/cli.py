@@ -1478,6 +1478,17 @@ class Terminated(KeyboardInterrupt):
     (``train.execute.WorkerStopped``)."""
 
 
+def terminated() -> Terminated:
+    """The console command's SIGTERM stop (``entry``), remembered: a library that catches the exception where
+    it arrives and raises its own KeyboardInterrupt (Ray's ``ray.wait``) hid that it was a SIGTERM, and the
+    command said "interrupted" and exited 130 instead of 143."""
+    TERMINATED.append(signal.SIGTERM)
+    return Terminated()
+
+
+TERMINATED: list[int] = []  # SIGTERMs the console command received (terminated)
+
+
 RESUMABLE = ("run", "sweep", "reproduce", "lm")  # commands whose work a re-run continues
 
 
@@ -1495,8 +1506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
         resume = "; re-run the same command to resume" if args is None or args.command in RESUMABLE else ""
-        print(f"emergelab: {'terminated' if isinstance(stop, Terminated) else 'interrupted'}{resume}", file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+        by_sigterm = isinstance(stop, Terminated) or bool(TERMINATED)
+        print(f"emergelab: {'terminated' if by_sigterm else 'interrupted'}{resume}", file=sys.stderr)
+        return 128 + signal.SIGTERM if by_sigterm else 130
     except BrokenPipeError:  # the reader left early (`emergelab list | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         return 128 + signal.SIGPIPE
@@ -1519,7 +1531,7 @@ def entry() -> None:
     from .train.stopping import deferring
 
     # both raised where the main thread is, but held back while a tracker sends a step (train/stopping.py)
-    signal.signal(signal.SIGTERM, deferring(Terminated))
+    signal.signal(signal.SIGTERM, deferring(terminated))
     signal.signal(signal.SIGINT, deferring(KeyboardInterrupt))
     code = main()
     atexit._run_exitfuncs()  # multiprocessing's, tqdm's, logging's, trackers': what a normal exit runs first

@@ -17,6 +17,8 @@ off (``max_retries=0``): ``--retries`` of the sweep is the one knob, and it also
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,10 +65,18 @@ class RayExecutor:
         """Ray, initialised (joining --address), with a GPU wherever units ask for one; ConfigError if not."""
         ray = _import_ray()
         if not ray.is_initialized():
+            # ray.init replaces the process's SIGTERM handler with one that exits, and leaves it after
+            # ray.shutdown: the command's (a stop held back while a tracker sends a step, "re-run to resume",
+            # exit 143) is put back, and the worker processes a later local run forks do not inherit Ray's
+            main = threading.current_thread() is threading.main_thread()
+            before = signal.getsignal(signal.SIGTERM) if main else None
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
             except ConnectionError as error:  # e.g. --address auto with no cluster running here
                 raise ConfigError(f"--address {self.address}: {str(error).splitlines()[0]}") from None
+            finally:
+                if before is not None:
+                    signal.signal(signal.SIGTERM, before)
         if self.num_gpus and not ray.cluster_resources().get("GPU"):  # its tasks would wait forever
             raise ConfigError(f"--gpus-per-unit {self.num_gpus:g}: the Ray cluster has no GPU"
                               + ("" if self.address else " (a local Ray instance: this machine has none); "
