@@ -868,3 +868,23 @@ def test_unembedding_bits_of_a_member_do_not_depend_on_the_ensemble(vocab):
     logits.square().sum().backward()
     single.square().sum().backward()
     assert torch.equal(ensemble.W_U.grad[1], alone.W_U.grad[0])
+
+
+def test_torch_threads_sets_and_restores_only_when_the_count_changes(monkeypatch):
+    """``models.threads.torch_threads`` runs inside the training step's products: a scope that changes
+    nothing (0, or the current count) sets nothing; one that does restores the count, also on an error."""
+    from emergelab.models.threads import torch_threads
+
+    before = torch.get_num_threads()
+    calls = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or real(n))
+    for n in (0, before):
+        with torch_threads(n):
+            assert torch.get_num_threads() == before
+    assert calls == []
+    with pytest.raises(KeyError):
+        with torch_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            raise KeyError
+    assert torch.get_num_threads() == before and calls == [before + 1, before]

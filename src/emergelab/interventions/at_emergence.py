@@ -53,7 +53,6 @@ from .patching import WHAT, PatchingResult, count_heads, patching_table, progres
 MIN_GAP = 0.1  # an output's late - early probability below which its fractions are left out of the medians
 
 
-
 def percent(value: float | None) -> str:
     """A fraction as text: "-" for None or NaN, else a whole percent ("74%"; "0%", not "-0%")."""
     if value is None or value != value:

@@ -75,9 +75,8 @@ def _why_not() -> str:
     flag = os.environ.get("EMERGELAB_ONEDNN", "")
     if flag == "0":
         return "EMERGELAB_ONEDNN=0"
-    if flag != "1" and _off_by_default():
-        return f"off by default {_off_by_default()}; EMERGELAB_ONEDNN=1 turns it on"
-    return ""
+    where = "" if flag == "1" else _off_by_default()
+    return f"off by default {where}; EMERGELAB_ONEDNN=1 turns it on" if where else ""
 
 
 @lru_cache(maxsize=None)

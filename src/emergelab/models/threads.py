@@ -14,10 +14,13 @@ import torch
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the scope with ``n`` intra-op threads (0: unchanged), restoring the setting afterwards."""
+    """Run the scope with ``n`` intra-op threads (0: unchanged), restoring the setting afterwards. Nothing is
+    set when nothing changes (it runs inside the training step's products)."""
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    if not n or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
     try:
         yield
     finally:

@@ -40,7 +40,6 @@ class WorkUnit:
         return int(self.config["train"]["steps"]) * len(self.seeds)
 
 
-
 def run_unit(unit: WorkUnit, on_progress: ProgressFn | None = None) -> None:
     """Train the unit's seeds to the end (resuming if a resume state exists); see the module doc. The
     trackers of ``execution.log`` get every probe's metrics of these seeds (``train/trackers.py``)."""
